@@ -1,0 +1,53 @@
+/** Node-side plumbing shared by the scripts: where things live, reading shards, starting the runtime. */
+import { existsSync, readFileSync } from 'node:fs';
+import { createRequire } from 'node:module';
+import { join, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { loadModel, type LoadedModel } from '../../src/engine/model.js';
+import { initRuntime } from '../../src/runtime/onnx-runtime.js';
+
+export const REPO_ROOT = fileURLToPath(new URL('../../', import.meta.url));
+
+/** The shared model folder stays outside the repo; LAZY_EDGE_MODEL_DIR points elsewhere. */
+export const DEFAULT_MODEL_DIR = process.env.LAZY_EDGE_MODEL_DIR ?? resolve(REPO_ROOT, '../shared/models/stories260K');
+export const DEFAULT_DATA = process.env.LAZY_EDGE_DATA ?? resolve(REPO_ROOT, '../shared/data/tinystories-dev.txt');
+export const SHARDS_ROOT = resolve(REPO_ROOT, 'model-shards');
+export const DEFAULT_MODEL_NAME = 'stories260K';
+
+export function readBytes(path: string): Uint8Array {
+  const buf = readFileSync(path);
+  return new Uint8Array(buf.buffer, buf.byteOffset, buf.byteLength);
+}
+
+let runtimeReady = false;
+/** Starts onnxruntime-web from the wasm file in node_modules (the same binary the Worker bundles). */
+export function initNodeRuntime(): void {
+  if (runtimeReady) return;
+  const require = createRequire(import.meta.url);
+  const wasm = require.resolve('onnxruntime-web/ort-wasm-simd-threaded.wasm');
+  initRuntime({ binary: readBytes(wasm) });
+  runtimeReady = true;
+}
+
+export function shardsDir(name: string): string {
+  return join(SHARDS_ROOT, name);
+}
+
+export async function loadModelFromDir(dir: string): Promise<LoadedModel> {
+  const manifestPath = join(dir, 'manifest.json');
+  if (!existsSync(manifestPath)) {
+    throw new Error(`no shards at ${dir} (missing manifest.json); build them with: npm run shards`);
+  }
+  initNodeRuntime();
+  return loadModel(readFileSync(manifestPath, 'utf8'), async (file) => readBytes(join(dir, file)));
+}
+
+/** Exits with a clear message instead of a stack trace: scripts are used by people and other tools. */
+export function fail(message: string): never {
+  process.stderr.write(`error: ${message}\n`);
+  process.exit(2);
+}
+
+export function progress(message: string): void {
+  process.stderr.write(`${message}\n`);
+}

@@ -1,0 +1,63 @@
+import { existsSync, mkdirSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
+import { basename, join } from 'node:path';
+import { parseLlama2cCheckpoint, randomCheckpoint, type RandomCheckpointOptions } from '../../src/model/checkpoint.js';
+import { sha256Hex } from '../../src/model/manifest.js';
+import { buildShards, type BuiltShards, type ShardSource } from '../../src/shards/build-shards.js';
+import { readBytes } from './node-env.js';
+
+export interface CheckpointInput {
+  checkpoint: string;
+  tokenizer: string;
+  name: string;
+}
+
+export async function sourceFromCheckpoint(input: CheckpointInput): Promise<ShardSource> {
+  const bytes = readBytes(input.checkpoint);
+  return {
+    name: input.name,
+    checkpoint: parseLlama2cCheckpoint(bytes, input.checkpoint),
+    tokenizerBytes: readBytes(input.tokenizer),
+    synthetic: false,
+    source: { file: basename(input.checkpoint), sha256: await sha256Hex(bytes) },
+  };
+}
+
+/** Seeded random weights of a llama shape: for speed work and engine tests, never for quality. */
+export function sourceFromRandom(name: string, opts: RandomCheckpointOptions, tokenizer: string): ShardSource {
+  return {
+    name,
+    checkpoint: randomCheckpoint(opts),
+    tokenizerBytes: readBytes(tokenizer),
+    synthetic: true,
+    source: { file: `random(${JSON.stringify(opts)})`, seed: opts.seed },
+  };
+}
+
+/** Writes into a temporary folder and renames it, so a half-written model is never picked up. */
+export function writeShards(outDir: string, built: BuiltShards): void {
+  const tmp = `${outDir}.tmp-${process.pid}`;
+  rmSync(tmp, { recursive: true, force: true });
+  mkdirSync(tmp, { recursive: true });
+  for (const [file, bytes] of built.files) writeFileSync(join(tmp, file), bytes);
+  writeFileSync(join(tmp, 'manifest.json'), `${JSON.stringify(built.manifest, null, 2)}\n`);
+  rmSync(outDir, { recursive: true, force: true });
+  renameSync(tmp, outDir);
+}
+
+/** True when outDir holds shards built from the same source bytes and format. */
+export function upToDate(outDir: string, source: ShardSource, quant: string): boolean {
+  const path = join(outDir, 'manifest.json');
+  if (!existsSync(path)) return false;
+  try {
+    const m = JSON.parse(readFileSync(path, 'utf8'));
+    return m.source?.sha256 === source.source.sha256 && m.source?.file === source.source.file && m.quant?.format === quant;
+  } catch {
+    return false;
+  }
+}
+
+export async function buildAndWrite(outDir: string, source: ShardSource, log?: (line: string) => void): Promise<BuiltShards> {
+  const built = await buildShards(source, (done, total, file) => log?.(`[${done}/${total}] ${file}`));
+  writeShards(outDir, built);
+  return built;
+}

@@ -1,0 +1,61 @@
+/**
+ * npm run shards -- [--checkpoint FILE] [--tokenizer FILE] [--name NAME] [--out DIR] [--if-missing]
+ *                   [--random dim=96,layers=3,heads=6,kv_heads=2,hidden=256,vocab=512,seq_len=512,seed=1]
+ * Converts a llama2.c checkpoint (default: the shared stories260K) into per-layer ONNX shards.
+ */
+import { join } from 'node:path';
+import { parseArgs } from 'node:util';
+import type { RandomCheckpointOptions } from '../src/model/checkpoint.js';
+import { DEFAULT_MODEL_DIR, DEFAULT_MODEL_NAME, fail, progress, shardsDir } from './lib/node-env.js';
+import { buildAndWrite, sourceFromCheckpoint, sourceFromRandom, upToDate } from './lib/shard-tasks.js';
+
+const RANDOM_KEYS: Record<string, keyof RandomCheckpointOptions> = {
+  dim: 'dim', hidden: 'hiddenDim', layers: 'nLayers', heads: 'nHeads', kv_heads: 'nKvHeads',
+  vocab: 'vocabSize', seq_len: 'seqLen', seed: 'seed',
+};
+
+export function parseRandomSpec(spec: string): RandomCheckpointOptions {
+  const o: Record<string, number> = { seed: 1, vocabSize: 512, seqLen: 2048 };
+  for (const item of spec.split(',').filter(Boolean)) {
+    const [k, v] = item.split('=');
+    const key = RANDOM_KEYS[k];
+    if (!key || !/^\d+$/.test(v ?? '')) fail(`--random item "${item}" is not one of ${Object.keys(RANDOM_KEYS).join(', ')} = integer`);
+    o[key] = Number(v);
+  }
+  o.nKvHeads ??= o.nHeads;
+  o.hiddenDim ??= Math.round((o.dim * 8) / 3 / 32) * 32;
+  for (const k of ['dim', 'nLayers', 'nHeads'] as const) if (!o[k]) fail(`--random needs ${k === 'nLayers' ? 'layers' : k === 'nHeads' ? 'heads' : k}=`);
+  return o as unknown as RandomCheckpointOptions;
+}
+
+async function main(): Promise<void> {
+  const { values } = parseArgs({
+    options: {
+      checkpoint: { type: 'string' },
+      tokenizer: { type: 'string' },
+      name: { type: 'string' },
+      out: { type: 'string' },
+      random: { type: 'string' },
+      'if-missing': { type: 'boolean', default: false },
+    },
+  });
+  const tokenizer = values.tokenizer ?? join(DEFAULT_MODEL_DIR, 'tok512.bin');
+  const source = values.random
+    ? sourceFromRandom(values.name ?? 'random', parseRandomSpec(values.random), tokenizer)
+    : await sourceFromCheckpoint({
+        checkpoint: values.checkpoint ?? join(DEFAULT_MODEL_DIR, 'stories260K.bin'),
+        tokenizer,
+        name: values.name ?? DEFAULT_MODEL_NAME,
+      });
+  const out = values.out ?? shardsDir(source.name);
+  if (values['if-missing'] && upToDate(out, source, 'f32')) {
+    progress(`shards up to date: ${out}`);
+    return;
+  }
+  progress(`building ${source.synthetic ? 'SYNTHETIC (seeded random weights) ' : ''}shards for ${source.name} -> ${out}`);
+  const built = await buildAndWrite(out, source, progress);
+  const bytes = [...built.files.values()].reduce((s, b) => s + b.byteLength, 0);
+  progress(`done: ${built.files.size} files, ${(bytes / 1e6).toFixed(2)} MB`);
+}
+
+main().catch((e: Error) => fail(e.message));

@@ -1,0 +1,150 @@
+import type { ModelConfig } from '../model/config.js';
+import { EngineError } from './errors.js';
+
+/**
+ * Per-layer keys and values, one row per token index (token i sits at position i).
+ * Row i of layer l is valid iff depth[i] > l; LazyLLM leaves the rows of deeper layers unwritten
+ * for tokens it pruned, and fills them in if the token is revived later.
+ */
+export class KVCache {
+  /** keys[l]: [capacity, kvDim] roped keys of layer l */
+  keys: Float32Array[];
+  /** values[l]: [capacity, kvDim] values of layer l */
+  values: Float32Array[];
+  capacity: number;
+
+  constructor(
+    readonly nLayers: number,
+    readonly kvDim: number,
+    capacity = 64,
+  ) {
+    this.capacity = capacity;
+    this.keys = Array.from({ length: nLayers }, () => new Float32Array(capacity * kvDim));
+    this.values = Array.from({ length: nLayers }, () => new Float32Array(capacity * kvDim));
+  }
+
+  /** Grows by doubling so that appending n tokens one at a time costs O(n) copies overall. */
+  reserve(n: number): void {
+    if (n <= this.capacity) return;
+    let cap = this.capacity;
+    while (cap < n) cap *= 2;
+    const grow = (a: Float32Array) => {
+      const b = new Float32Array(cap * this.kvDim);
+      b.set(a);
+      return b;
+    };
+    this.keys = this.keys.map(grow);
+    this.values = this.values.map(grow);
+    this.capacity = cap;
+  }
+
+  /** Writes rows k, v ([tokens.length, kvDim]) for the given tokens at layer l. */
+  write(l: number, tokens: Int32Array, k: Float32Array, v: Float32Array): void {
+    const d = this.kvDim;
+    const K = this.keys[l];
+    const V = this.values[l];
+    for (let j = 0; j < tokens.length; j++) {
+      K.set(k.subarray(j * d, (j + 1) * d), tokens[j] * d);
+      V.set(v.subarray(j * d, (j + 1) * d), tokens[j] * d);
+    }
+  }
+
+  /** Rows of the given ascending tokens at layer l as [tokens.length, kvDim]; a view when contiguous from 0. */
+  gather(l: number, tokens: Int32Array): { k: Float32Array; v: Float32Array } {
+    const d = this.kvDim;
+    const n = tokens.length;
+    if (n === 0 || tokens[n - 1] === n - 1) {
+      return { k: this.keys[l].subarray(0, n * d), v: this.values[l].subarray(0, n * d) };
+    }
+    const k = new Float32Array(n * d);
+    const v = new Float32Array(n * d);
+    const K = this.keys[l];
+    const V = this.values[l];
+    for (let j = 0; j < n; j++) {
+      const src = tokens[j] * d;
+      k.set(K.subarray(src, src + d), j * d);
+      v.set(V.subarray(src, src + d), j * d);
+    }
+    return { k, v };
+  }
+}
+
+/**
+ * The Aux Cache: for each token whose depth is below the layer count, the hidden state entering
+ * the layer where it stopped (= its depth). A revived token resumes from here instead of layer 0.
+ */
+export class AuxCache {
+  /** token index -> hidden state [dim] entering layer depth[token] */
+  readonly entries = new Map<number, Float32Array>();
+
+  constructor(readonly dim: number) {}
+
+  get size(): number {
+    return this.entries.size;
+  }
+
+  get bytes(): number {
+    return this.entries.size * this.dim * 4;
+  }
+}
+
+/**
+ * Everything a sequence carries between steps: its tokens, how deep each has been computed,
+ * and the two caches. Passed into every engine step and returned mutated; never hidden inside it.
+ */
+export class SequenceState {
+  /** [n] token ids; token i is at position i */
+  tokens: number[] = [];
+  /** [capacity] layers computed for token i: KV rows exist for layers 0..depth[i]-1 */
+  depth: Uint8Array;
+  readonly kv: KVCache;
+  readonly aux: AuxCache;
+
+  constructor(readonly config: ModelConfig) {
+    if (config.nLayers > 255) throw new EngineError('models with more than 255 layers are not supported', 'unsupported_model');
+    this.kv = new KVCache(config.nLayers, config.kvDim);
+    this.aux = new AuxCache(config.dim);
+    this.depth = new Uint8Array(this.kv.capacity);
+  }
+
+  get length(): number {
+    return this.tokens.length;
+  }
+
+  append(tokens: readonly number[]): void {
+    const n = this.tokens.length + tokens.length;
+    this.kv.reserve(n);
+    if (n > this.depth.length) {
+      const d = new Uint8Array(this.kv.capacity);
+      d.set(this.depth);
+      this.depth = d;
+    }
+    for (const t of tokens) this.depth[this.tokens.length] = 0, this.tokens.push(t);
+  }
+
+  /** Forgets every token from index n on (a chat history that diverged from what is cached). */
+  truncate(n: number): void {
+    if (n >= this.tokens.length) return;
+    for (const i of this.aux.entries.keys()) if (i >= n) this.aux.entries.delete(i);
+    this.depth.fill(0, n);
+    this.tokens.length = n;
+  }
+
+  /** Number of (token, layer) K/V rows held. */
+  kvEntries(): number {
+    let s = 0;
+    for (let i = 0; i < this.tokens.length; i++) s += this.depth[i];
+    return s;
+  }
+
+  kvBytes(): number {
+    return this.kvEntries() * this.config.kvDim * 2 * 4;
+  }
+
+  /** How many tokens stopped at each depth 0..nLayers. */
+  depthHistogram(): number[] {
+    const h = new Array(this.config.nLayers + 1).fill(0);
+    for (let i = 0; i < this.tokens.length; i++) h[this.depth[i]]++;
+    return h;
+  }
+}

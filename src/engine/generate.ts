@@ -1,0 +1,154 @@
+import { SequenceState } from './caches.js';
+import { EngineError } from './errors.js';
+import type { LoadedModel } from './model.js';
+import { formatSchedule, type Schedule } from './policy.js';
+import { Sampler, type SamplerOptions } from './sampler.js';
+import { runStep, type LayerTrace, type StepStats } from './step.js';
+
+export type FinishReason = 'stop' | 'length';
+
+export interface GenerateOptions {
+  maxTokens: number;
+  sampler: SamplerOptions;
+  /** generation ends before the first occurrence of any of these; the text excludes it */
+  stop?: readonly string[];
+  /** null = dense */
+  schedule: Schedule | null;
+  /** performance.now() value after which no further token is started (finish_reason "length") */
+  deadline?: number;
+  /** receives text as soon as it is safe to show (never part of a stop string) */
+  onText?: (delta: string) => void | Promise<void>;
+  trace?: LayerTrace;
+}
+
+/** Figures of one generation; snake_case because they travel as JSON to the CLI and HTTP clients. */
+export interface GenerationStats {
+  schedule: string;
+  prompt_tokens: number;
+  completion_tokens: number;
+  prefill_ms: number;
+  decode_ms: number;
+  decode_tokens_per_s: number;
+  /** query rows per layer summed over every step of this generation */
+  computed_per_layer: number[];
+  /** the same for the prefill step alone */
+  prefill_computed_per_layer: number[];
+  revived: number;
+  aux_entries: number;
+  aux_bytes: number;
+  kv_entries: number;
+  kv_bytes: number;
+  flops: number;
+  dense_flops: number;
+  flops_ratio: number;
+}
+
+export interface GenerateResult {
+  text: string;
+  tokens: number[];
+  promptTokens: number;
+  finishReason: FinishReason;
+  stats: GenerationStats;
+}
+
+/** Length of the longest suffix of `text` that begins some stop string: text we must hold back. */
+function heldBack(text: string, stops: readonly string[]): number {
+  let hold = 0;
+  for (const s of stops) {
+    for (let k = Math.min(s.length - 1, text.length); k > hold; k--) {
+      if (text.endsWith(s.slice(0, k))) {
+        hold = k;
+        break;
+      }
+    }
+  }
+  return hold;
+}
+
+/**
+ * Prefill `prompt` (appended to whatever `seq` already holds, so chat turns reuse their caches),
+ * then decode. Ends on BOS (how stories260K ends a story) or EOS, a stop string, maxTokens or the
+ * deadline. The sequence keeps every token that was fed through the model.
+ */
+export async function generate(model: LoadedModel, seq: SequenceState, prompt: readonly number[], opts: GenerateOptions): Promise<GenerateResult> {
+  if (prompt.length === 0) throw new EngineError('the prompt must hold at least one token (BOS)', 'invalid_request', 'prompt');
+  if (!Number.isInteger(opts.maxTokens) || opts.maxTokens < 1) throw new EngineError(`max_tokens ${opts.maxTokens} must be a positive integer`, 'invalid_request', 'max_tokens');
+  const stops = (opts.stop ?? []).filter((s) => s.length > 0);
+  const tok = model.tokenizer;
+  const sampler = new Sampler(opts.sampler);
+  const L = model.config.nLayers;
+  const computed = new Array(L).fill(0);
+  let revived = 0;
+  let flops = 0;
+  let denseFlops = 0;
+  const account = (s: StepStats) => {
+    s.computedPerLayer.forEach((c, l) => (computed[l] += c));
+    revived += s.revived;
+    flops += s.flops;
+    denseFlops += s.denseFlops;
+  };
+
+  const first = await runStep(model, seq, prompt, { schedule: opts.schedule, trace: opts.trace });
+  account(first.stats);
+  const prefillMs = first.stats.ms;
+  const tDecode = performance.now();
+
+  const tokens: number[] = [];
+  const decoder = tok.createDecoder({ prev: seq.tokens[seq.length - 1] });
+  let text = '';
+  let emitted = 0;
+  let finishReason: FinishReason = 'length';
+  let logits = first.logits;
+  for (;;) {
+    const next = sampler.sample(logits);
+    if (next === tok.bosId || next === tok.eosId) {
+      finishReason = 'stop';
+      break;
+    }
+    tokens.push(next);
+    text += decoder.push(next);
+    const hit = stops.map((s) => text.indexOf(s)).filter((i) => i >= 0);
+    if (hit.length) {
+      text = text.slice(0, Math.min(...hit));
+      finishReason = 'stop';
+      break;
+    }
+    const safe = text.length - heldBack(text, stops);
+    if (opts.onText && safe > emitted) await opts.onText(text.slice(emitted, safe));
+    emitted = Math.max(emitted, safe);
+    if (tokens.length >= opts.maxTokens) break;
+    if (opts.deadline !== undefined && performance.now() >= opts.deadline) break;
+    const step = await runStep(model, seq, [next], { schedule: opts.schedule, trace: opts.trace });
+    account(step.stats);
+    logits = step.logits;
+  }
+  if (finishReason === 'length') text += decoder.flush();
+  if (opts.onText && text.length > emitted) await opts.onText(text.slice(emitted));
+
+  const decodeMs = performance.now() - tDecode;
+  const steps = Math.max(0, tokens.length - 1);
+  return {
+    text,
+    tokens,
+    promptTokens: prompt.length,
+    finishReason,
+    stats: {
+      schedule: opts.schedule ? formatSchedule(opts.schedule) : 'dense',
+      prompt_tokens: prompt.length,
+      completion_tokens: tokens.length,
+      prefill_ms: prefillMs,
+      decode_ms: decodeMs,
+      decode_tokens_per_s: steps > 0 ? (steps * 1000) / decodeMs : 0,
+      computed_per_layer: computed,
+      prefill_computed_per_layer: first.stats.computedPerLayer,
+      revived,
+      aux_entries: seq.aux.size,
+      aux_bytes: seq.aux.bytes,
+      kv_entries: seq.kvEntries(),
+      kv_bytes: seq.kvBytes(),
+      flops,
+      dense_flops: denseFlops,
+      flops_ratio: denseFlops > 0 ? flops / denseFlops : 1,
+    },
+  };
+}

@@ -1,0 +1,95 @@
+import { EngineError } from './errors.js';
+
+/**
+ * LazyLLM pruning schedule. At each pruning layer the active set becomes the top `keep` share of
+ * the incoming set, ranked by the previous layer's last-token attention. Non-pruning layers keep
+ * the incoming set. Ratios are relative to the incoming set, so they compound with depth.
+ */
+export interface Schedule {
+  prune: ReadonlyArray<{ layer: number; keep: number }>;
+  /** Keep token 0 (BOS) at every layer: it soaks up attention mass the model relies on. */
+  keepFirst: boolean;
+}
+
+export const KEEP_ALL: Schedule = { prune: [], keepFirst: false };
+
+/**
+ * Parses "2:0.5,4:0.6" (layer:keep-share pairs), with an optional "bos" item to keep token 0,
+ * "all" for no pruning. Layers are checked against a model by `validateSchedule`.
+ */
+export function parseSchedule(spec: string): Schedule {
+  const items = spec.split(',').map((s) => s.trim()).filter(Boolean);
+  if (items.length === 0) throw new EngineError(`schedule "${spec}" is empty; use "all" for no pruning or "L:share,..."`, 'invalid_schedule', 'schedule');
+  let keepFirst = false;
+  const prune: { layer: number; keep: number }[] = [];
+  for (const item of items) {
+    if (item === 'bos') {
+      keepFirst = true;
+      continue;
+    }
+    if (item === 'all') continue;
+    const m = /^(\d+):(\d*\.?\d+)$/.exec(item);
+    if (!m) throw new EngineError(`schedule item "${item}" is not "layer:share" (e.g. "2:0.5"), "bos" or "all"`, 'invalid_schedule', 'schedule');
+    prune.push({ layer: Number(m[1]), keep: Number(m[2]) });
+  }
+  return { prune, keepFirst };
+}
+
+export function formatSchedule(s: Schedule): string {
+  const parts = s.prune.map((p) => `${p.layer}:${p.keep}`);
+  if (s.keepFirst) parts.unshift('bos');
+  return parts.length ? parts.join(',') : 'all';
+}
+
+/** Rejects schedules that cannot mean anything for a model with `nLayers` layers, saying why. */
+export function validateSchedule(s: Schedule, nLayers: number): Schedule {
+  let prev = 0;
+  for (const { layer, keep } of s.prune) {
+    const why =
+      !Number.isInteger(layer) ? `layer ${layer} is not an integer`
+      : layer < 1 ? `layer ${layer} cannot prune: scores come from the layer before, so pruning starts at layer 1`
+      : layer >= nLayers ? `layer ${layer} does not exist (the model has layers 0..${nLayers - 1})`
+      : layer <= prev ? `pruning layers must be strictly increasing (${layer} after ${prev})`
+      : !(keep > 0 && keep <= 1) ? `keep share ${keep} at layer ${layer} must be in (0, 1]`
+      : null;
+    if (why) throw new EngineError(`invalid schedule: ${why}`, 'invalid_schedule', 'schedule');
+    prev = layer;
+  }
+  return s;
+}
+
+/** The keep share at `layer`, or null when the layer does not prune. */
+export function keepAt(s: Schedule, layer: number): number | null {
+  return s.prune.find((p) => p.layer === layer)?.keep ?? null;
+}
+
+/**
+ * The next active set: the top ceil(keep * |incoming|) tokens of `incoming` by `scores`, always
+ * including the last token (the one being predicted) and, if asked, token 0.
+ * `incoming` holds ascending token indices; `scores[j]` belongs to `incoming[j]`. Ties go to the
+ * more recent token. Returns ascending indices, a subset of `incoming`.
+ */
+export function selectActive(incoming: Int32Array, scores: Float32Array, keep: number, keepFirst: boolean): Int32Array {
+  const m = incoming.length;
+  if (scores.length !== m) throw new EngineError(`scores (${scores.length}) and incoming set (${m}) differ in length`, 'internal');
+  const k = Math.min(m, Math.max(1, Math.ceil(keep * m)));
+  if (k === m) return incoming;
+  const chosen = new Uint8Array(m);
+  let taken = 0;
+  const force = (j: number) => {
+    if (!chosen[j] && taken < k) {
+      chosen[j] = 1;
+      taken++;
+    }
+  };
+  force(m - 1);
+  if (keepFirst && incoming[0] === 0) force(0);
+  const order = Array.from({ length: m }, (_, j) => j).sort((a, b) => scores[b] - scores[a] || b - a);
+  for (const j of order) {
+    if (taken === k) break;
+    force(j);
+  }
+  const out = new Int32Array(k);
+  for (let j = 0, o = 0; j < m; j++) if (chosen[j]) out[o++] = incoming[j];
+  return out;
+}

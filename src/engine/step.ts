@@ -1,0 +1,174 @@
+import { EMBED_IO, HEAD_IO, LAYER_IO } from '../model/shard-io.js';
+import type { ModelConfig } from '../model/config.js';
+import { SequenceState } from './caches.js';
+import { EngineError } from './errors.js';
+import type { LoadedModel } from './model.js';
+import { keepAt, selectActive, type Schedule } from './policy.js';
+
+export interface StepStats {
+  newTokens: number;
+  /** query rows each layer ran: what LazyLLM saves is visible here */
+  computedPerLayer: number[];
+  /** tokens resumed from the Aux Cache, per layer */
+  revivedPerLayer: number[];
+  /** size of the active set at each layer */
+  activePerLayer: number[];
+  revived: number;
+  auxEntries: number;
+  kvEntries: number;
+  flops: number;
+  /** what the same step would cost with nothing pruned and nothing cached beyond the KV cache */
+  denseFlops: number;
+  ms: number;
+}
+
+/** Observes each layer's queries; tests use it to count how often a token is computed per layer. */
+export type LayerTrace = (layer: number, queries: Int32Array, revived: Int32Array) => void;
+
+export interface StepOptions {
+  /** null runs dense: every token is carried to the last layer. */
+  schedule: Schedule | null;
+  trace?: LayerTrace;
+}
+
+/** Matmul FLOPs of one layer for q query rows attending to t keys (2 per multiply-add). */
+export function layerFlops(cfg: ModelConfig, q: number, t: number): number {
+  const proj = cfg.dim * (cfg.dim + 2 * cfg.kvDim) + cfg.dim * cfg.dim + 3 * cfg.dim * cfg.hiddenDim;
+  return 2 * q * proj + 2 * 2 * q * t * cfg.dim;
+}
+
+function range(a: number, b: number): Int32Array {
+  return Int32Array.from({ length: b - a }, (_, i) => a + i);
+}
+
+/**
+ * One generation step: appends `newTokens` to the sequence and runs them through the model with
+ * LazyLLM's progressive pruning, returning the logits of the last token. Queries at layer l are the
+ * active tokens whose depth is l: new tokens, tokens carried from layer l-1, and tokens revived
+ * from the Aux Cache. Tokens already deeper take part through their cached K/V only.
+ */
+export async function runStep(
+  model: LoadedModel,
+  seq: SequenceState,
+  newTokens: readonly number[],
+  opts: StepOptions,
+): Promise<{ logits: Float32Array; stats: StepStats }> {
+  const t0 = performance.now();
+  const cfg = model.config;
+  const { dim, kvDim, nLayers } = cfg;
+  if (newTokens.length === 0) throw new EngineError('a step needs at least one new token', 'invalid_request');
+  const start = seq.length;
+  seq.append(newTokens);
+  const n = seq.length;
+  const last = n - 1;
+
+  const emb = await model.embed.run({
+    [EMBED_IO.inputs.ids]: { data: BigInt64Array.from(newTokens, (t) => BigInt(t)), dims: [newTokens.length] },
+  });
+  const embedded = emb[EMBED_IO.outputs.x].data as Float32Array; // [newTokens, dim]
+
+  // Hidden states carried from the previous layer within this step: token -> [dim] row.
+  let carried = new Map<number, Float32Array>();
+  for (let j = 0; j < newTokens.length; j++) carried.set(start + j, embedded.subarray(j * dim, (j + 1) * dim));
+
+  const stats: StepStats = {
+    newTokens: newTokens.length,
+    computedPerLayer: [],
+    revivedPerLayer: [],
+    activePerLayer: [],
+    revived: 0,
+    auxEntries: 0,
+    kvEntries: 0,
+    flops: 0,
+    denseFlops: 0,
+    ms: 0,
+  };
+
+  let active = range(0, n); // A_0: every token
+  let scores: Float32Array | null = null; // s^{l-1}, aligned with `active`
+  for (let l = 0; l < nLayers; l++) {
+    const keep = opts.schedule ? keepAt(opts.schedule, l) : null;
+    if (keep !== null && scores) {
+      const next = selectActive(active, scores, keep, opts.schedule!.keepFirst);
+      // Tokens leaving the active set park their current hidden state in the Aux Cache.
+      if (next.length !== active.length) {
+        const kept = new Set(next);
+        for (const i of active) {
+          const h = carried.get(i);
+          if (h && !kept.has(i)) {
+            seq.aux.entries.set(i, h.slice());
+            carried.delete(i);
+          }
+        }
+      }
+      active = next;
+    }
+
+    const queries: number[] = [];
+    const context: number[] = [];
+    const revived: number[] = [];
+    for (const i of active) {
+      const d = seq.depth[i];
+      if (d === l) {
+        queries.push(i);
+        if (!carried.has(i)) revived.push(i);
+      } else if (d > l) context.push(i);
+      else throw new EngineError(`token ${i} at depth ${d} is active at layer ${l}`, 'internal');
+    }
+    const q = queries.length;
+    const x = new Float32Array(q * dim); // [q, dim]
+    for (let j = 0; j < q; j++) {
+      const i = queries[j];
+      let h = carried.get(i);
+      if (!h) {
+        h = seq.aux.entries.get(i);
+        if (!h) throw new EngineError(`token ${i} must resume at layer ${l} but has no Aux Cache entry`, 'internal');
+        seq.aux.entries.delete(i);
+      }
+      x.set(h, j * dim);
+    }
+    const queryIdx = Int32Array.from(queries);
+    const contextIdx = Int32Array.from(context);
+    opts.trace?.(l, queryIdx, Int32Array.from(revived));
+
+    const past = seq.kv.gather(l, contextIdx);
+    const out = await model.layers[l].run({
+      [LAYER_IO.inputs.x]: { data: x, dims: [q, dim] },
+      [LAYER_IO.inputs.pos]: { data: Float32Array.from(queries), dims: [q] },
+      [LAYER_IO.inputs.pastK]: { data: past.k, dims: [context.length, kvDim] },
+      [LAYER_IO.inputs.pastV]: { data: past.v, dims: [context.length, kvDim] },
+      [LAYER_IO.inputs.pastPos]: { data: Float32Array.from(context), dims: [context.length] },
+    });
+    const y = out[LAYER_IO.outputs.y].data as Float32Array;
+    seq.kv.write(l, queryIdx, out[LAYER_IO.outputs.k].data as Float32Array, out[LAYER_IO.outputs.v].data as Float32Array);
+    for (const i of queries) seq.depth[i] = l + 1;
+
+    // attn_last is over keys [context..., queries...]; realign it with `active` (ascending).
+    const attn = out[LAYER_IO.outputs.attnLast].data as Float32Array;
+    const byToken = new Map<number, number>();
+    context.forEach((i, j) => byToken.set(i, attn[j]));
+    queries.forEach((i, j) => byToken.set(i, attn[context.length + j]));
+    scores = Float32Array.from(active, (i) => byToken.get(i)!);
+
+    carried = new Map();
+    for (let j = 0; j < q; j++) carried.set(queries[j], y.subarray(j * dim, (j + 1) * dim));
+
+    stats.computedPerLayer.push(q);
+    stats.revivedPerLayer.push(revived.length);
+    stats.activePerLayer.push(active.length);
+    stats.revived += revived.length;
+    stats.flops += layerFlops(cfg, q, active.length);
+    stats.denseFlops += layerFlops(cfg, newTokens.length, n);
+  }
+
+  const hLast = carried.get(last);
+  if (!hLast) throw new EngineError('the last token did not reach the final layer', 'internal');
+  const head = await model.head.run({ [HEAD_IO.inputs.x]: { data: hLast, dims: [1, dim] } });
+  const logits = head[HEAD_IO.outputs.logits].data as Float32Array;
+  stats.flops += 2 * dim * cfg.vocabSize;
+  stats.denseFlops += 2 * dim * cfg.vocabSize;
+  stats.auxEntries = seq.aux.size;
+  stats.kvEntries = seq.kvEntries();
+  stats.ms = performance.now() - t0;
+  return { logits, stats };
+}

@@ -1,0 +1,60 @@
+import { z } from 'zod';
+import { ModelFormatError } from './errors.js';
+
+export const MANIFEST_FORMAT = 'lazy-edge-shards';
+export const MANIFEST_VERSION = 1;
+
+const fileEntry = z.object({ file: z.string().min(1), sha256: z.string().regex(/^[0-9a-f]{64}$/), bytes: z.number().int().nonnegative() });
+export type FileEntry = z.infer<typeof fileEntry>;
+
+const int = z.number().int().positive();
+export const manifestSchema = z.object({
+  format: z.literal(MANIFEST_FORMAT),
+  version: z.literal(MANIFEST_VERSION),
+  name: z.string().min(1),
+  /** True when the weights are seeded random numbers (speed work only, never quality claims). */
+  synthetic: z.boolean(),
+  source: z.object({ file: z.string(), sha256: z.string().optional(), seed: z.number().optional() }),
+  quant: z.object({ format: z.string(), blockSize: z.number().int().positive().optional() }),
+  config: z.object({
+    dim: int, hiddenDim: int, nLayers: int, nHeads: int, nKvHeads: int, vocabSize: int, seqLen: int,
+    headSize: int, kvDim: int, normEps: z.number().positive(), ropeTheta: z.number().positive(),
+  }),
+  tokenizer: z.object({ format: z.literal('llama2c'), bosId: z.number().int(), eosId: z.number().int() }).merge(fileEntry),
+  /** How chat messages become a prompt; a base model gets a plain documented template. */
+  chatTemplate: z.object({
+    system: z.string(), user: z.string(), assistant: z.string(), generationPrompt: z.string(),
+  }),
+  files: z.object({ embed: fileEntry, layers: z.array(fileEntry).min(1), head: fileEntry }),
+});
+export type Manifest = z.infer<typeof manifestSchema>;
+
+export function parseManifest(text: string, file = 'manifest.json'): Manifest {
+  let json: unknown;
+  try {
+    json = JSON.parse(text);
+  } catch (e) {
+    throw new ModelFormatError(file, 'JSON', `unparseable text (${(e as Error).message})`);
+  }
+  const r = manifestSchema.safeParse(json);
+  if (!r.success) {
+    const issue = r.error.issues[0];
+    throw new ModelFormatError(file, `a valid ${MANIFEST_FORMAT} v${MANIFEST_VERSION} manifest`, `${issue.path.join('.') || '(root)'}: ${issue.message}`);
+  }
+  if (r.data.files.layers.length !== r.data.config.nLayers) {
+    throw new ModelFormatError(file, `${r.data.config.nLayers} layer files`, `${r.data.files.layers.length}`);
+  }
+  return r.data;
+}
+
+export async function sha256Hex(bytes: Uint8Array): Promise<string> {
+  const digest = await crypto.subtle.digest('SHA-256', bytes);
+  return [...new Uint8Array(digest)].map((b) => b.toString(16).padStart(2, '0')).join('');
+}
+
+/** Rejects a file whose bytes differ from what the manifest promised (truncated copy, stale build). */
+export async function verifyFile(entry: FileEntry, bytes: Uint8Array): Promise<void> {
+  if (bytes.byteLength !== entry.bytes) throw new ModelFormatError(entry.file, `${entry.bytes} bytes`, `${bytes.byteLength} bytes`);
+  const hash = await sha256Hex(bytes);
+  if (hash !== entry.sha256) throw new ModelFormatError(entry.file, `sha256 ${entry.sha256}`, `sha256 ${hash}`);
+}

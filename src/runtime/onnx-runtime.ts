@@ -1,0 +1,104 @@
+/**
+ * The only module that imports onnxruntime. Everything else sees plain typed arrays, so the
+ * engine can be tested and reasoned about without the runtime, and a runtime swap touches one file.
+ */
+import * as ort from 'onnxruntime-web/wasm';
+
+export type TensorData = Float32Array | BigInt64Array;
+export interface HostTensor {
+  data: TensorData;
+  dims: readonly number[];
+}
+
+/** A compiled graph, created once and reused for every run. */
+export interface GraphSession {
+  readonly name: string;
+  run(feeds: Record<string, HostTensor>): Promise<Record<string, HostTensor>>;
+  release(): Promise<void>;
+}
+
+/**
+ * Where the onnxruntime wasm comes from. Node passes the file's bytes. workerd forbids compiling
+ * wasm from bytes at run time, so the Worker passes the `WebAssembly.Module` that wrangler compiled
+ * at deploy time from an import of `ort-wasm-simd-threaded.wasm`.
+ */
+export type WasmSource = { binary: Uint8Array } | { module: WebAssembly.Module };
+
+export class RuntimeError extends Error {
+  override name = 'RuntimeError';
+}
+
+let initialised: WasmSource | null = null;
+let firstSession: Promise<unknown> | null = null;
+
+export function initRuntime(source: WasmSource): void {
+  if (initialised) return;
+  ort.env.wasm.numThreads = 1; // workerd has no threads; one thread also keeps Node measurements comparable
+  ort.env.wasm.proxy = false;
+  ort.env.logLevel = 'error';
+  // A placeholder keeps the loader from fetching the binary by URL (import.meta.url is undefined in
+  // workerd); the instantiate hook below substitutes the precompiled module.
+  ort.env.wasm.wasmBinary = 'binary' in source ? source.binary : new Uint8Array(8);
+  initialised = source;
+}
+
+/**
+ * While the first session is created, route WebAssembly.instantiate(bytes) to the precompiled
+ * module. The hook is removed right after so that nothing else in the isolate is affected.
+ */
+async function withPrecompiledModule<T>(module: WebAssembly.Module, create: () => Promise<T>): Promise<T> {
+  const original = WebAssembly.instantiate;
+  const patched = ((source: unknown, imports?: WebAssembly.Imports) =>
+    source instanceof WebAssembly.Module
+      ? original(source, imports)
+      : original(module, imports).then((instance) => ({ module, instance }))) as typeof WebAssembly.instantiate;
+  WebAssembly.instantiate = patched;
+  try {
+    return await create();
+  } finally {
+    WebAssembly.instantiate = original;
+  }
+}
+
+const SESSION_OPTIONS: ort.InferenceSession.SessionOptions = {
+  executionProviders: ['wasm'],
+  graphOptimizationLevel: 'all',
+};
+
+export async function createGraphSession(name: string, bytes: Uint8Array): Promise<GraphSession> {
+  if (!initialised) throw new RuntimeError('initRuntime() must be called before creating sessions');
+  const source = initialised;
+  let session: ort.InferenceSession;
+  try {
+    const create = () => ort.InferenceSession.create(bytes, SESSION_OPTIONS);
+    if (!firstSession) {
+      firstSession = 'module' in source ? withPrecompiledModule(source.module, create) : create();
+      session = (await firstSession) as ort.InferenceSession;
+    } else {
+      await firstSession.catch(() => undefined);
+      session = await create();
+    }
+  } catch (e) {
+    firstSession = null;
+    throw new RuntimeError(`onnxruntime could not load graph "${name}": ${(e as Error)?.message ?? String(e)}`);
+  }
+  return {
+    name,
+    async run(feeds) {
+      const inputs: Record<string, ort.Tensor> = {};
+      for (const [k, t] of Object.entries(feeds)) {
+        inputs[k] = new ort.Tensor(t.data instanceof BigInt64Array ? 'int64' : 'float32', t.data, t.dims);
+      }
+      let out: ort.InferenceSession.ReturnType;
+      try {
+        out = await session.run(inputs);
+      } catch (e) {
+        throw new RuntimeError(`graph "${name}" failed: ${(e as Error)?.message ?? String(e)}`);
+      }
+      const result: Record<string, HostTensor> = {};
+      for (const [k, t] of Object.entries(out)) result[k] = { data: t.data as TensorData, dims: t.dims };
+      return result;
+    },
+    release: () => session.release(),
+  };
+}

@@ -1,0 +1,141 @@
+import type { ModelConfig } from '../model/config.js';
+import type { LayerWeights } from '../model/checkpoint.js';
+import { GraphBuilder } from './onnx-builder.js';
+import { EMBED_IO, HEAD_IO, LAYER_IO } from '../model/shard-io.js';
+
+/**
+ * How a weight matrix becomes graph nodes. The f32 strategy is the default; quantized formats
+ * plug in here so that the layer math below is written once.
+ * `w` is [out, in] row-major (llama2.c layout); the result is x @ w^T.
+ */
+export type LinearEmitter = (b: GraphBuilder, x: string, name: string, w: Float32Array, out: number, inp: number) => string;
+
+export function transpose(w: Float32Array, rows: number, cols: number): Float32Array {
+  const t = new Float32Array(rows * cols);
+  for (let r = 0; r < rows; r++) for (let c = 0; c < cols; c++) t[c * rows + r] = w[r * cols + c];
+  return t;
+}
+
+export const f32Linear: LinearEmitter = (b, x, name, w, out, inp) =>
+  b.op('MatMul', [x, b.f32(name, [inp, out], transpose(w, out, inp))]);
+
+/** Row-stacks several [out_i, in] matrices so one MatMul computes them all (one GEMM, not three). */
+export function stackRows(...ws: Float32Array[]): Float32Array {
+  const all = new Float32Array(ws.reduce((s, w) => s + w.length, 0));
+  let off = 0;
+  for (const w of ws) {
+    all.set(w, off);
+    off += w.length;
+  }
+  return all;
+}
+
+function rmsNorm(b: GraphBuilder, x: string, weight: Float32Array, eps: number, name: string): string {
+  const ms = b.op('ReduceMean', [b.op('Mul', [x, x])], { axes: [-1], keepdims: 1 });
+  const inv = b.op('Reciprocal', [b.op('Sqrt', [b.op('Add', [ms, b.scalar(`${name}_eps`, eps)])])]);
+  return b.op('Mul', [b.op('Mul', [x, inv]), b.f32(name, [weight.length], weight)]);
+}
+
+/** RoPE on adjacent pairs (run.c): x [q, heads*hs] rotated by angles cos/sin [q, 1, hs/2, 1]. */
+function rope(b: GraphBuilder, x: string, heads: number, hs: number, cos: string, sin: string, tag: string): string {
+  const pairs = b.op('Reshape', [x, b.i64(`${tag}_pairs_shape`, [0, heads, hs / 2, 2])]);
+  const [x0, x1] = b.opN('Split', [pairs, b.i64(`${tag}_split`, [1, 1])], { axis: -1 }, { outputs: 2 });
+  const r0 = b.op('Sub', [b.op('Mul', [x0, cos]), b.op('Mul', [x1, sin])]);
+  const r1 = b.op('Add', [b.op('Mul', [x0, sin]), b.op('Mul', [x1, cos])]);
+  return b.op('Reshape', [b.op('Concat', [r0, r1], { axis: -1 }), b.i64(`${tag}_flat_shape`, [0, heads * hs])]);
+}
+
+/**
+ * One decoder layer over an arbitrary subset of tokens. Keys are the context tokens followed
+ * by the queries; a key is visible to a query iff its position is <= the query's position, so
+ * the causal mask follows positions and not the order tokens are fed in.
+ */
+export function buildLayerGraph(
+  cfg: ModelConfig,
+  w: LayerWeights,
+  layer: number,
+  linear: LinearEmitter = f32Linear,
+): Uint8Array {
+  const { dim, hiddenDim, nHeads, nKvHeads, headSize: hs, kvDim } = cfg;
+  const group = nHeads / nKvHeads;
+  const io = LAYER_IO;
+  const b = new GraphBuilder(`layer_${layer}`);
+  const x = b.input(io.inputs.x, 'float32', ['q', dim]);
+  const pos = b.input(io.inputs.pos, 'float32', ['q']);
+  const pastK = b.input(io.inputs.pastK, 'float32', ['c', kvDim]);
+  const pastV = b.input(io.inputs.pastV, 'float32', ['c', kvDim]);
+  const pastPos = b.input(io.inputs.pastPos, 'float32', ['c']);
+
+  // Rotation angles: pos * theta^(-2j/hs) for pair j, shaped [q, 1, hs/2, 1] to broadcast over heads.
+  const invFreq = Float32Array.from({ length: hs / 2 }, (_, j) => 1 / Math.pow(cfg.ropeTheta, (2 * j) / hs));
+  const angles = b.op('Mul', [b.op('Unsqueeze', [pos, b.i64('ax1', [1])]), b.f32('inv_freq', [hs / 2], invFreq)]);
+  const angles4 = b.op('Reshape', [angles, b.i64('angles_shape', [-1, 1, hs / 2, 1])]);
+  const cos = b.op('Cos', [angles4]);
+  const sin = b.op('Sin', [angles4]);
+
+  const xn = rmsNorm(b, x, w.rmsAtt, cfg.normEps, 'rms_att');
+  const qkv = linear(b, xn, 'wqkv', stackRows(w.wq, w.wk, w.wv), dim + 2 * kvDim, dim);
+  const [q0, k0, vNew] = b.opN('Split', [qkv, b.i64('qkv_split', [dim, kvDim, kvDim])], { axis: -1 }, { outputs: 3 });
+  const qRot = rope(b, q0, nHeads, hs, cos, sin, 'rq');
+  const kNew = rope(b, k0, nKvHeads, hs, cos, sin, 'rk');
+
+  const keys = b.op('Concat', [pastK, kNew], { axis: 0 }); //     [t, kvDim]
+  const values = b.op('Concat', [pastV, vNew], { axis: 0 }); //   [t, kvDim]
+  const keyPos = b.op('Concat', [pastPos, pos], { axis: 0 }); //  [t]
+
+  // GQA without repeating K/V: queries as [kvHeads, group, q, hs] against keys [kvHeads, 1, hs, t].
+  const qh = b.op('Transpose', [b.op('Reshape', [qRot, b.i64('q_heads', [0, nKvHeads, group, hs])])], { perm: [1, 2, 0, 3] });
+  const kvHeads = b.i64('kv_heads', [0, nKvHeads, 1, hs]);
+  const kh = b.op('Transpose', [b.op('Reshape', [keys, kvHeads])], { perm: [1, 2, 3, 0] }); //   [kvH, 1, hs, t]
+  const vh = b.op('Transpose', [b.op('Reshape', [values, kvHeads])], { perm: [1, 2, 0, 3] }); // [kvH, 1, t, hs]
+
+  const scores = b.op('Mul', [b.op('MatMul', [qh, kh]), b.scalar('scale', 1 / Math.sqrt(hs))]); // [kvH, G, q, t]
+  const visible = b.op('LessOrEqual', [
+    b.op('Unsqueeze', [keyPos, b.i64('ax0', [0])]), // [1, t]
+    b.op('Unsqueeze', [pos, b.i64('ax1b', [1])]), //  [q, 1]
+  ]);
+  const maskAdd = b.op('Where', [visible, b.scalar('zero', 0), b.scalar('neg_inf', -Infinity)]); // [q, t]
+  const probs = b.op('Softmax', [b.op('Add', [scores, maskAdd])], { axis: -1 });
+  const ctx = b.op('MatMul', [probs, vh]); // [kvH, G, q, hs]
+  const attnOut = b.op('Reshape', [b.op('Transpose', [ctx], { perm: [2, 0, 1, 3] }), b.i64('attn_flat', [0, dim])]);
+  const h = b.op('Add', [x, linear(b, attnOut, 'wo', w.wo, dim, dim)]);
+
+  const hn = rmsNorm(b, h, w.rmsFfn, cfg.normEps, 'rms_ffn');
+  const gateUp = linear(b, hn, 'w13', stackRows(w.w1, w.w3), 2 * hiddenDim, dim);
+  const [gate, up] = b.opN('Split', [gateUp, b.i64('w13_split', [hiddenDim, hiddenDim])], { axis: -1 }, { outputs: 2 });
+  const act = b.op('Mul', [b.op('Mul', [gate, b.op('Sigmoid', [gate])]), up]);
+  const y = b.op('Add', [h, linear(b, act, 'w2', w.w2, dim, hiddenDim)]);
+
+  // Only the last query row's probabilities leave the graph: that is all LazyLLM needs.
+  const lastRow = b.op('Gather', [probs, b.tensor('last', 'int64', [], BigInt64Array.of(-1n))], { axis: 2 }); // [kvH, G, t]
+  const attnLast = b.op('ReduceMean', [lastRow], { axes: [0, 1], keepdims: 0 });
+
+  b.output(y, io.outputs.y, 'float32', ['q', dim]);
+  b.output(kNew, io.outputs.k, 'float32', ['q', kvDim]);
+  b.output(vNew, io.outputs.v, 'float32', ['q', kvDim]);
+  b.output(attnLast, io.outputs.attnLast, 'float32', ['t']);
+  return b.toBytes();
+}
+
+/** Token ids [q] (int64) -> embeddings [q, dim]. */
+export function buildEmbedGraph(cfg: ModelConfig, table: Float32Array): Uint8Array {
+  const b = new GraphBuilder('embed');
+  const ids = b.input(EMBED_IO.inputs.ids, 'int64', ['q']);
+  const x = b.op('Gather', [b.f32('token_embedding', [cfg.vocabSize, cfg.dim], table), ids], { axis: 0 });
+  b.output(x, EMBED_IO.outputs.x, 'float32', ['q', cfg.dim]);
+  return b.toBytes();
+}
+
+/** Final RMSNorm + classifier: hidden [q, dim] -> logits [q, vocab]. */
+export function buildHeadGraph(
+  cfg: ModelConfig,
+  rmsFinal: Float32Array,
+  wcls: Float32Array,
+  linear: LinearEmitter = f32Linear,
+): Uint8Array {
+  const b = new GraphBuilder('head');
+  const x = b.input(HEAD_IO.inputs.x, 'float32', ['q', cfg.dim]);
+  const logits = linear(b, rmsNorm(b, x, rmsFinal, cfg.normEps, 'rms_final'), 'wcls', wcls, cfg.vocabSize, cfg.dim);
+  b.output(logits, HEAD_IO.outputs.logits, 'float32', ['q', cfg.vocabSize]);
+  return b.toBytes();
+}
