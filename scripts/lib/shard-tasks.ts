@@ -61,3 +61,16 @@ export async function buildAndWrite(outDir: string, source: ShardSource, log?: (
   writeShards(outDir, built);
   return built;
 }
+
+/** Builds the default model's shards when they are missing or stale (npm start / npm test / scripts). */
+export async function ensureDefaultShards(log?: (line: string) => void): Promise<string> {
+  const { DEFAULT_MODEL_DIR, DEFAULT_MODEL_NAME, shardsDir } = await import('./node-env.js');
+  const source = await sourceFromCheckpoint({
+    checkpoint: join(DEFAULT_MODEL_DIR, 'stories260K.bin'),
+    tokenizer: join(DEFAULT_MODEL_DIR, 'tok512.bin'),
+    name: DEFAULT_MODEL_NAME,
+  });
+  const out = shardsDir(DEFAULT_MODEL_NAME);
+  if (!upToDate(out, source, 'f32')) await buildAndWrite(out, source, log);
+  return out;
+}

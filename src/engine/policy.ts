@@ -93,3 +93,15 @@ export function selectActive(incoming: Int32Array, scores: Float32Array, keep: n
   for (let j = 0, o = 0; j < m; j++) if (chosen[j]) out[o++] = incoming[j];
   return out;
 }
+
+/**
+ * The default schedule, chosen by measurement (README: "Choosing the default schedule"):
+ * prune after the first layer and again at about two thirds of the depth, keeping BOS.
+ */
+export function defaultSchedule(nLayers: number): Schedule {
+  if (nLayers < 2) return KEEP_ALL;
+  const second = Math.max(2, Math.round((2 * nLayers) / 3));
+  const prune = [{ layer: 1, keep: 0.5 }];
+  if (second < nLayers) prune.push({ layer: second, keep: 0.5 });
+  return { prune, keepFirst: true };
+}
