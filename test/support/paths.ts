@@ -41,3 +41,13 @@ export function greedySampleText(): string {
   const fence = text.search(/^```/m);
   return (fence >= 0 ? text.slice(0, fence) : text).replace(/\n$/, '');
 }
+
+/** The seeded sample greedy-sample.txt quotes for `./run ... -t 1.0 -p 0.9 -s 133742`: the text after that command line. */
+export function seededSampleText(): string {
+  const text = readFileSync(GREEDY_SAMPLE, 'utf8');
+  const cmd = /^\$ \.\/run .*-s 133742\n/m.exec(text);
+  if (!cmd) throw new Error(`${GREEDY_SAMPLE}: no seeded sample after a "./run ... -s 133742" line`);
+  const rest = text.slice(cmd.index + cmd[0].length);
+  const fence = rest.search(/^```/m);
+  return (fence >= 0 ? rest.slice(0, fence) : rest).replace(/\n$/, '');
+}

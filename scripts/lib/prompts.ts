@@ -1,0 +1,28 @@
+/** Long prompts from one-story-a-line text, the way stories260K was trained: BOS before each story. */
+
+export interface Encoder {
+  encode(text: string, opts?: { bos?: boolean }): number[];
+}
+
+/** The text as one token stream: BOS + story, BOS + story, ... */
+export function storyStream(tok: Encoder, stories: readonly string[]): number[] {
+  return stories.flatMap((s) => tok.encode(s, { bos: true }));
+}
+
+/**
+ * `count` prompts of exactly `length` tokens, each followed by the `follow` tokens that come next
+ * in the stream (for teacher-forced perplexity), at evenly spread offsets. Each prompt starts with
+ * BOS, as every training sequence did. A stream too short for one window is repeated.
+ */
+export function promptWindows(stream: readonly number[], length: number, follow: number, count: number, bosId = 1): { prompt: number[]; next: number[] }[] {
+  const need = length + follow;
+  let src = [...stream];
+  while (src.length < need + 1) src = src.concat(stream);
+  const span = src.length - need;
+  return Array.from({ length: count }, (_, k) => {
+    const s = Math.floor((k * span) / count);
+    const prompt = src.slice(s, s + length);
+    prompt[0] = bosId;
+    return { prompt, next: src.slice(s + length, s + need) };
+  });
+}
