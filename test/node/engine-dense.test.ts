@@ -13,7 +13,7 @@ import { loadDefaultModel, maxAbsDiff, randomModel } from '../support/models.js'
 /** Prefill `prompt` in one step, then decode `extra` tokens; compare each step's logits with the reference. */
 async function compareWithReference(model: LoadedModel, ck: Checkpoint, prompt: number[], extra: number[]): Promise<number[]> {
   const ref = new ReferenceModel(ck);
-  let refLogits = new Float32Array();
+  let refLogits: Float32Array = new Float32Array();
   prompt.forEach((t, pos) => (refLogits = ref.forward(t, pos)));
   const seq = new SequenceState(model.config);
   const diffs = [maxAbsDiff((await runStep(model, seq, prompt, { schedule: null })).logits, refLogits)];

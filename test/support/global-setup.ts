@@ -1,0 +1,32 @@
+import type { TestProject } from 'vitest/node';
+import { loadModelFromDir } from '../../scripts/lib/node-env.js';
+import { ensureDefaultShards } from '../../scripts/lib/shard-tasks.js';
+import { SequenceState } from '../../src/engine/caches.js';
+import { generate } from '../../src/engine/generate.js';
+import { parseSchedule } from '../../src/engine/policy.js';
+import { PARITY_CASES, type ParityResult } from './workerd-parity.js';
+
+declare module 'vitest' {
+  export interface ProvidedContext {
+    nodeParity: ParityResult[];
+  }
+}
+
+/**
+ * Builds model-shards/stories260K once for both projects (Node reads it from disk, workerd through
+ * ASSETS), and runs the parity generations in Node so that the workerd tests can compare.
+ */
+export default async function setup(project: TestProject): Promise<void> {
+  const dir = await ensureDefaultShards((line) => process.stderr.write(`shards: ${line}\n`));
+  const model = await loadModelFromDir(dir);
+  const results: ParityResult[] = [];
+  for (const c of PARITY_CASES) {
+    const r = await generate(model, new SequenceState(model.config), model.tokenizer.encode(c.prompt, { bos: true }), {
+      maxTokens: c.maxTokens,
+      sampler: { temperature: c.temperature, topP: c.topP, topK: 0, seed: c.seed },
+      schedule: c.schedule ? parseSchedule(c.schedule) : null,
+    });
+    results.push({ name: c.name, tokens: r.tokens, computedPerLayer: r.stats.computed_per_layer });
+  }
+  project.provide('nodeParity', results);
+}
