@@ -18,8 +18,8 @@ export const KEEP_ALL: Schedule = { prune: [], keepFirst: false };
  * "all" for no pruning. Layers are checked against a model by `validateSchedule`.
  */
 export function parseSchedule(spec: string): Schedule {
-  const items = spec.split(',').map((s) => s.trim()).filter(Boolean);
-  if (items.length === 0) throw new EngineError(`schedule "${spec}" is empty; use "all" for no pruning or "L:share,..."`, 'invalid_schedule', 'schedule');
+  const items = spec.split(',').map((s) => s.trim());
+  if (spec.trim() === '') throw new EngineError(`schedule "${spec}" is empty; use "all" for no pruning or "L:share,..."`, 'invalid_schedule', 'schedule');
   let keepFirst = false;
   const prune: { layer: number; keep: number }[] = [];
   for (const item of items) {
@@ -28,6 +28,7 @@ export function parseSchedule(spec: string): Schedule {
       continue;
     }
     if (item === 'all') continue;
+    if (item === '') throw new EngineError(`schedule "${spec}" has an empty item`, 'invalid_schedule', 'schedule');
     const m = /^(\d+):(\d*\.?\d+)$/.exec(item);
     if (!m) throw new EngineError(`schedule item "${item}" is not "layer:share" (e.g. "2:0.5"), "bos" or "all"`, 'invalid_schedule', 'schedule');
     prune.push({ layer: Number(m[1]), keep: Number(m[2]) });
