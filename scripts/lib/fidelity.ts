@@ -1,0 +1,160 @@
+/**
+ * Lazy-versus-dense fidelity on prompt windows: the measurements behind `npm run eval` and
+ * `npm run calibrate`. Dense and lazy run side by side on the same prompt, so speed ratios are
+ * not skewed by whatever else the machine is doing at the time.
+ */
+import { SequenceState } from '../../src/engine/caches.js';
+import type { LoadedModel } from '../../src/engine/model.js';
+import type { Schedule } from '../../src/engine/policy.js';
+import { runStep } from '../../src/engine/step.js';
+
+export interface PromptCase {
+  prompt: number[];
+  /** the tokens that follow the prompt in the text, for teacher-forced perplexity */
+  next: number[];
+}
+
+export interface CaseResult {
+  tokens: number;
+  first_token_agree: boolean;
+  kl: number;
+  continuation_agreement: number;
+  nll_dense: number;
+  nll_lazy: number;
+  ttft_dense_ms: number;
+  ttft_lazy_ms: number;
+  prefill_flops_ratio: number;
+  prefill_computed_per_layer: number[];
+}
+
+export interface Summary {
+  prompts: number;
+  first_token_agreement: number;
+  mean_kl: number;
+  ppl_dense: number;
+  ppl_lazy: number;
+  ppl_change: number;
+  continuation_agreement: number;
+  ttft_dense_ms: number;
+  ttft_lazy_ms: number;
+  ttft_speedup: number;
+  prefill_flops_ratio: number;
+}
+
+function logSoftmax(logits: Float32Array): Float64Array {
+  let max = -Infinity;
+  for (const v of logits) max = Math.max(max, v);
+  let sum = 0;
+  for (const v of logits) sum += Math.exp(v - max);
+  const lse = max + Math.log(sum);
+  return Float64Array.from(logits, (v) => v - lse);
+}
+
+function argmax(a: ArrayLike<number>): number {
+  let b = 0;
+  for (let i = 1; i < a.length; i++) if (a[i] > a[b]) b = i;
+  return b;
+}
+
+/** KL(p || q) of two next-token distributions given as logits: how far lazy moves dense's prediction. */
+export function klDivergence(pLogits: Float32Array, qLogits: Float32Array): number {
+  const lp = logSoftmax(pLogits);
+  const lq = logSoftmax(qLogits);
+  let kl = 0;
+  for (let i = 0; i < lp.length; i++) kl += Math.exp(lp[i]) * (lp[i] - lq[i]);
+  return Math.max(0, kl);
+}
+
+export function median(xs: number[]): number {
+  const s = [...xs].sort((a, b) => a - b);
+  const m = s.length >> 1;
+  return s.length % 2 ? s[m] : (s[m - 1] + s[m]) / 2;
+}
+
+async function prefill(model: LoadedModel, prompt: number[], schedule: Schedule | null) {
+  const seq = new SequenceState(model.config);
+  const t = performance.now();
+  const r = await runStep(model, seq, prompt, { schedule });
+  return { seq, ms: performance.now() - t, ...r };
+}
+
+/** Greedy continuation of `steps` tokens after a prefill. */
+async function greedy(model: LoadedModel, seq: SequenceState, logits: Float32Array, steps: number, schedule: Schedule | null): Promise<number[]> {
+  const out: number[] = [];
+  for (let s = 0; s < steps; s++) {
+    const t = argmax(logits);
+    out.push(t);
+    if (s + 1 < steps) logits = (await runStep(model, seq, [t], { schedule })).logits;
+  }
+  return out;
+}
+
+/** Sum of -log p(next[k]) when the true text is fed one token at a time after the prompt. */
+async function teacherForcedNll(model: LoadedModel, seq: SequenceState, logits: Float32Array, next: number[], schedule: Schedule | null): Promise<number> {
+  let nll = 0;
+  for (let k = 0; k < next.length; k++) {
+    nll -= logSoftmax(logits)[next[k]];
+    if (k + 1 < next.length) logits = (await runStep(model, seq, [next[k]], { schedule })).logits;
+  }
+  return nll;
+}
+
+export interface EvalOptions {
+  /** greedy continuation length compared position by position */
+  continuation: number;
+  /** timed prefill repetitions per mode (median), alternating dense and lazy */
+  reps: number;
+}
+
+export async function evaluateCase(model: LoadedModel, c: PromptCase, schedule: Schedule, opts: EvalOptions): Promise<CaseResult> {
+  const dense = await prefill(model, c.prompt, null);
+  const lazy = await prefill(model, c.prompt, schedule);
+  const td = [dense.ms];
+  const tl = [lazy.ms];
+  for (let r = 1; r < opts.reps; r++) {
+    tl.push((await prefill(model, c.prompt, schedule)).ms);
+    td.push((await prefill(model, c.prompt, null)).ms);
+  }
+  // Continuations and perplexity continue from fresh prefills so that each mode carries its own caches.
+  const gDense = await greedy(model, dense.seq, dense.logits, opts.continuation, null);
+  const gLazy = await greedy(model, lazy.seq, lazy.logits, opts.continuation, schedule);
+  let agree = 0;
+  while (agree < gDense.length && gDense[agree] === gLazy[agree]) agree++;
+  const d2 = await prefill(model, c.prompt, null);
+  const l2 = await prefill(model, c.prompt, schedule);
+  return {
+    tokens: c.prompt.length,
+    first_token_agree: argmax(dense.logits) === argmax(lazy.logits),
+    kl: klDivergence(dense.logits, lazy.logits),
+    continuation_agreement: agree / opts.continuation,
+    nll_dense: await teacherForcedNll(model, d2.seq, d2.logits, c.next, null),
+    nll_lazy: await teacherForcedNll(model, l2.seq, l2.logits, c.next, schedule),
+    ttft_dense_ms: median(td),
+    ttft_lazy_ms: median(tl),
+    prefill_flops_ratio: lazy.stats.flops / lazy.stats.denseFlops,
+    prefill_computed_per_layer: lazy.stats.computedPerLayer,
+  };
+}
+
+export function summarize(results: CaseResult[], nextTokens: number): Summary {
+  const n = results.length;
+  const mean = (f: (r: CaseResult) => number) => results.reduce((s, r) => s + f(r), 0) / n;
+  const pplDense = Math.exp(results.reduce((s, r) => s + r.nll_dense, 0) / (n * nextTokens));
+  const pplLazy = Math.exp(results.reduce((s, r) => s + r.nll_lazy, 0) / (n * nextTokens));
+  const ttftDense = median(results.map((r) => r.ttft_dense_ms));
+  const ttftLazy = median(results.map((r) => r.ttft_lazy_ms));
+  return {
+    prompts: n,
+    first_token_agreement: mean((r) => (r.first_token_agree ? 1 : 0)),
+    mean_kl: mean((r) => r.kl),
+    ppl_dense: pplDense,
+    ppl_lazy: pplLazy,
+    ppl_change: pplLazy / pplDense - 1,
+    continuation_agreement: mean((r) => r.continuation_agreement),
+    ttft_dense_ms: ttftDense,
+    ttft_lazy_ms: ttftLazy,
+    // the median of per-prompt ratios: each ratio compares runs made seconds apart
+    ttft_speedup: median(results.map((r) => r.ttft_dense_ms / r.ttft_lazy_ms)),
+    prefill_flops_ratio: mean((r) => r.prefill_flops_ratio),
+  };
+}
