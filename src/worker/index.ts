@@ -1,9 +1,4 @@
+import { app } from './app.js';
 import type { Env } from './env.js';
-import { getModel } from './model-store.js';
 
-export default {
-  async fetch(req: Request, env: Env): Promise<Response> {
-    const model = await getModel(env.ASSETS, env.MODEL_NAME);
-    return Response.json({ model: model.manifest.name });
-  },
-} satisfies ExportedHandler<Env>;
+export default app satisfies ExportedHandler<Env>;

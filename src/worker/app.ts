@@ -1,0 +1,61 @@
+import { Hono } from 'hono';
+import { bodyLimit } from 'hono/body-limit';
+import { methodNotAllowed } from 'hono/method-not-allowed';
+import type { AppEnv } from './app-env.js';
+import { requireApiKey } from './auth.js';
+import { ApiError, logFault, toApiError } from './errors.js';
+import { getModel } from './model-store.js';
+import { chat } from './routes/chat.js';
+import { completions } from './routes/completions.js';
+import { models } from './routes/models.js';
+
+/** Largest request body accepted (413 above). A full 512-token context is a few KiB of text. */
+export const MAX_BODY_BYTES = 256 * 1024;
+
+/**
+ * The HTTP API: OpenAI-compatible routes under /v1 (behind the API key when API_KEYS is set) and
+ * an open /healthz. Every failure, whatever raised it, leaves through `onError` as an OpenAI-shaped
+ * error body; the engine below knows nothing of HTTP.
+ */
+export function createApp(): Hono<AppEnv> {
+  const app = new Hono<AppEnv>();
+
+  app.use(
+    '*',
+    methodNotAllowed({
+      app,
+      onMethodNotAllowed: (c, methods) =>
+        new ApiError(405, `Method ${c.req.method} is not allowed on ${c.req.path}; use ${methods.join(' or ')}.`, 'method_not_allowed', null, 'invalid_request_error', {
+          Allow: methods.join(', '),
+        }).getResponse(),
+    }),
+  );
+  app.use(
+    '*',
+    bodyLimit({
+      maxSize: MAX_BODY_BYTES,
+      onError: () => {
+        throw new ApiError(413, `The request body is larger than ${MAX_BODY_BYTES} bytes.`, 'request_too_large');
+      },
+    }),
+  );
+  app.use('/v1/*', requireApiKey());
+
+  app.route('/v1/completions', completions);
+  app.route('/v1/chat/completions', chat);
+  app.route('/v1/models', models);
+  app.get('/healthz', async (c) => {
+    const model = await getModel(c.env.ASSETS, c.env.MODEL_NAME);
+    return c.json({ status: 'ok', model: model.manifest.name });
+  });
+
+  app.notFound((c) => new ApiError(404, `Invalid URL (${c.req.method} ${c.req.path}).`, 'unknown_url').getResponse());
+  app.onError((e, c) => {
+    const err = toApiError(e);
+    logFault(err, e, `${c.req.method} ${c.req.path}`);
+    return err.getResponse();
+  });
+  return app;
+}
+
+export const app = createApp();

@@ -1,0 +1,196 @@
+import type { Context } from 'hono';
+import { SequenceState } from '../engine/caches.js';
+import { EngineError } from '../engine/errors.js';
+import { generate, type FinishReason, type GenerationStats } from '../engine/generate.js';
+import type { LoadedModel } from '../engine/model.js';
+import { defaultSchedule, parseSchedule, validateSchedule, type Schedule } from '../engine/policy.js';
+import type { SamplerOptions } from '../engine/sampler.js';
+import type { AppEnv } from './app-env.js';
+import type { Env } from './env.js';
+import { ApiError, invalid } from './errors.js';
+import { getModel } from './model-store.js';
+import type { LazyOptions } from './schemas.js';
+import { sseResponse, type SendEvent } from './sse.js';
+
+/**
+ * What /v1/completions and /v1/chat/completions share: picking the model, turning OpenAI options
+ * into engine options (context policy, sampler, schedule, time budget), and answering either as one
+ * JSON body or as a stream of events. The routes only parse their bodies and shape their objects.
+ */
+
+/** The OpenAI options both endpoints accept, after validation. */
+export interface CommonOptions {
+  max_tokens?: number | null;
+  temperature?: number | null;
+  top_p?: number | null;
+  top_k?: number | null;
+  seed?: number | null;
+  stop?: string | string[] | null;
+  stream?: boolean | null;
+  stream_options?: { include_usage?: boolean } | null;
+  n?: number | null;
+  lazy?: LazyOptions | null;
+}
+
+export const DEFAULT_REQUEST_BUDGET_MS = 60_000;
+
+/** REQUEST_BUDGET_MS as a number of milliseconds; a value that is not a number >= 0 is a deployment mistake. */
+export function requestBudgetMs(env: Env): number {
+  const raw = env.REQUEST_BUDGET_MS;
+  if (raw === undefined || raw.trim() === '') return DEFAULT_REQUEST_BUDGET_MS;
+  const ms = Number(raw);
+  if (!Number.isFinite(ms) || ms < 0) throw new Error(`REQUEST_BUDGET_MS must be a number of milliseconds >= 0, got "${raw}"`);
+  return ms;
+}
+
+/** The served model, loaded once per isolate; any other name is a 404 like OpenAI's. */
+export async function servedModel(env: Env, requested: string): Promise<LoadedModel> {
+  if (requested !== env.MODEL_NAME) {
+    throw new ApiError(404, `The model '${requested}' does not exist. This server serves '${env.MODEL_NAME}'.`, 'model_not_found', 'model');
+  }
+  return getModel(env.ASSETS, env.MODEL_NAME);
+}
+
+function resolveSchedule(lazy: LazyOptions | null | undefined, nLayers: number): Schedule | null {
+  if (lazy?.enabled === false) {
+    if (lazy.schedule !== undefined) throw invalid('lazy.schedule was given with lazy.enabled false; drop one of them', 'lazy.schedule');
+    return null;
+  }
+  const spec = lazy?.schedule;
+  try {
+    const s =
+      spec === undefined ? defaultSchedule(nLayers)
+      : typeof spec === 'string' ? parseSchedule(spec)
+      : { prune: spec.prune, keepFirst: spec.keep_first ?? false };
+    return validateSchedule(s, nLayers);
+  } catch (e) {
+    if (e instanceof EngineError) throw new ApiError(400, e.message, e.code, 'lazy.schedule');
+    throw e;
+  }
+}
+
+function randomSeed(): number {
+  const [a] = crypto.getRandomValues(new Uint32Array(1));
+  return a || 1;
+}
+
+export interface Job {
+  model: LoadedModel;
+  prompt: number[];
+  maxTokens: number;
+  sampler: SamplerOptions;
+  stop: string[];
+  schedule: Schedule | null;
+  /** performance.now() after which no new token is started */
+  deadline: number;
+}
+
+/**
+ * Turns validated options into an engine job. Context policy: the prompt's tokens (BOS included)
+ * plus max_tokens must fit in the model's trained context (config.seqLen, 512 for stories260K);
+ * `defaultMaxTokens` is used when the client sets none.
+ */
+export function planJob(
+  env: Env,
+  startedAt: number,
+  model: LoadedModel,
+  prompt: number[],
+  o: CommonOptions,
+  at: { promptParam: string; maxTokensParam: string; maxTokens?: number | null; defaultMaxTokens: number },
+): Job {
+  if (o.n != null && o.n !== 1) throw invalid(`n must be 1: this server returns one choice per request (got ${o.n})`, 'n');
+  const ctx = model.config.seqLen;
+  const requested = at.maxTokens ?? o.max_tokens;
+  if (requested != null && requested > ctx - 1) {
+    throw invalid(`${at.maxTokensParam} is too large: ${requested}. This model's context is ${ctx} tokens, so at most ${ctx - 1} can be generated.`, at.maxTokensParam);
+  }
+  const maxTokens = requested ?? at.defaultMaxTokens;
+  if (prompt.length + maxTokens > ctx) {
+    throw new ApiError(
+      400,
+      `This model's maximum context length is ${ctx} tokens. However, you requested ${prompt.length + maxTokens} tokens ` +
+        `(${prompt.length} in the ${at.promptParam}, ${maxTokens} for the completion). Please reduce the length of the ${at.promptParam} or ${at.maxTokensParam}.`,
+      'context_length_exceeded',
+      at.promptParam,
+    );
+  }
+  const topP = o.top_p ?? 1;
+  return {
+    model,
+    prompt,
+    maxTokens,
+    // top_p 0 asks for the single most likely token: greedy decoding (the sampler needs top_p > 0).
+    sampler: { temperature: topP === 0 ? 0 : (o.temperature ?? 1), topP: topP === 0 ? 1 : topP, topK: o.top_k ?? 0, seed: o.seed ?? randomSeed() },
+    stop: o.stop == null ? [] : typeof o.stop === 'string' ? [o.stop] : o.stop,
+    schedule: resolveSchedule(o.lazy, model.config.nLayers),
+    deadline: startedAt + requestBudgetMs(env),
+  };
+}
+
+export interface Usage {
+  prompt_tokens: number;
+  completion_tokens: number;
+  total_tokens: number;
+}
+
+export interface Outcome {
+  text: string;
+  finishReason: FinishReason;
+  usage: Usage;
+  stats: GenerationStats;
+}
+
+/** How an endpoint shapes its objects; `id`, `created` and `model` are the same in every chunk. */
+export interface Shapes {
+  whole(o: Outcome): object;
+  /** chat sends the assistant role before any text */
+  opening?(): object;
+  delta(text: string): object;
+  finish(reason: FinishReason, stats: GenerationStats): object;
+  usage(u: Usage): object;
+}
+
+async function run(job: Job, onText?: (t: string) => Promise<void>): Promise<Outcome> {
+  const r = await generate(job.model, new SequenceState(job.model.config), job.prompt, {
+    maxTokens: job.maxTokens,
+    sampler: job.sampler,
+    stop: job.stop,
+    schedule: job.schedule,
+    deadline: job.deadline,
+    onText,
+  });
+  const usage = { prompt_tokens: r.promptTokens, completion_tokens: r.tokens.length, total_tokens: r.promptTokens + r.tokens.length };
+  return { text: r.text, finishReason: r.finishReason, usage, stats: r.stats };
+}
+
+/**
+ * Runs the job and answers: one JSON body with a Server-Timing header, or with `stream` a text
+ * delta per event as soon as the engine releases it, a last chunk with finish_reason and
+ * `lazy_stats`, optionally a usage chunk (stream_options.include_usage), then [DONE].
+ */
+export async function respond(c: Context<AppEnv>, job: Job, o: CommonOptions, shapes: Shapes): Promise<Response> {
+  if (!o.stream) {
+    const out = await run(job);
+    const timing = `prefill;dur=${out.stats.prefill_ms.toFixed(2)}, decode;dur=${out.stats.decode_ms.toFixed(2)}`;
+    return c.json(shapes.whole(out), 200, { 'Server-Timing': timing });
+  }
+  const produce = async (send: SendEvent) => {
+    const opening = shapes.opening?.();
+    if (opening) await send(opening);
+    const out = await run(job, (t) => send(shapes.delta(t)));
+    await send(shapes.finish(out.finishReason, out.stats));
+    if (o.stream_options?.include_usage) await send(shapes.usage(out.usage));
+  };
+  let waitUntil: ((p: Promise<unknown>) => void) | undefined;
+  try {
+    const ctx = c.executionCtx;
+    waitUntil = (p) => ctx.waitUntil(p);
+  } catch {
+    // no execution context (the app called directly in a test): the open stream keeps the work alive
+  }
+  return sseResponse(produce, waitUntil);
+}
+
+export function completionId(prefix: string): string {
+  return `${prefix}-${crypto.randomUUID().replaceAll('-', '')}`;
+}

@@ -1,0 +1,144 @@
+import { z } from 'zod';
+import { ApiError } from './errors.js';
+
+/**
+ * Request bodies of the HTTP API, validated with zod. Field names and ranges follow OpenAI's
+ * documentation; `lazy` and `top_k` are extensions. Unknown fields are ignored, as most
+ * OpenAI-compatible servers do; OpenAI fields this server cannot honour are rejected when a client
+ * asks for a non-default value (see UNSUPPORTED), so nobody silently gets less than they asked for.
+ */
+
+/** A pruning schedule as the engine's text spec ("bos,1:0.5,3:0.5", "all") or as an object. */
+export const scheduleSchema = z.union(
+  [
+    z.string(),
+    z
+      .object({
+        prune: z.array(z.object({ layer: z.number().int(), keep: z.number() }).strict()),
+        keep_first: z.boolean().optional(),
+      })
+      .strict(),
+  ],
+  { errorMap: () => ({ message: 'schedule must be a spec string like "bos,1:0.5,3:0.5" or {"prune": [{"layer": 1, "keep": 0.5}], "keep_first": true}' }) },
+);
+
+export const lazySchema = z
+  .object({
+    /** false = dense inference; default true */
+    enabled: z.boolean().optional(),
+    /** default: the engine's measured default schedule for the model */
+    schedule: scheduleSchema.optional(),
+  })
+  .strict();
+export type LazyOptions = z.infer<typeof lazySchema>;
+
+const MAX_STOPS = 4;
+
+/** Options shared by /v1/completions and /v1/chat/completions. nullish: OpenAI clients may send null for "default". */
+const generationFields = {
+  model: z.string({ required_error: 'you must provide a model parameter' }),
+  max_tokens: z.number().int().min(1).nullish(),
+  temperature: z.number().min(0).max(2).nullish(),
+  top_p: z.number().min(0).max(1).nullish(),
+  top_k: z.number().int().min(0).nullish(),
+  seed: z.number().int().min(0).max(Number.MAX_SAFE_INTEGER).nullish(),
+  stop: z
+    .union([z.string(), z.array(z.string()).max(MAX_STOPS, `at most ${MAX_STOPS} stop sequences`)], {
+      errorMap: () => ({ message: `stop must be a string or a list of up to ${MAX_STOPS} strings` }),
+    })
+    .nullish(),
+  stream: z.boolean().nullish(),
+  stream_options: z.object({ include_usage: z.boolean().optional() }).nullish(),
+  n: z.number().int().min(1).nullish(),
+  user: z.string().nullish(),
+  lazy: lazySchema.nullish(),
+};
+
+export const completionSchema = z.object({
+  ...generationFields,
+  /** one string; OpenAI's list forms are accepted only as a list holding exactly one string */
+  prompt: z.union([z.string(), z.tuple([z.string()])], { errorMap: () => ({ message: 'prompt must be a string (or a list holding exactly one string)' }) }),
+});
+export type CompletionRequest = z.infer<typeof completionSchema>;
+
+const textPart = z.object({ type: z.literal('text'), text: z.string() });
+export const messageSchema = z.object({
+  /** "developer" is OpenAI's newer name for "system" */
+  role: z.enum(['system', 'developer', 'user', 'assistant']),
+  content: z.union([z.string(), z.array(textPart)], { errorMap: () => ({ message: 'content must be a string or a list of {"type": "text", "text": ...} parts' }) }),
+  name: z.string().optional(),
+});
+export type ChatMessage = z.infer<typeof messageSchema>;
+
+export const chatSchema = z.object({
+  ...generationFields,
+  messages: z.array(messageSchema).min(1, 'messages must hold at least one message'),
+  /** OpenAI's newer name for max_tokens in chat */
+  max_completion_tokens: z.number().int().min(1).nullish(),
+});
+export type ChatRequest = z.infer<typeof chatSchema>;
+
+/** OpenAI fields with the value that means "off"; any other value is refused with unsupported_parameter. */
+const UNSUPPORTED: Record<string, (v: unknown) => boolean> = {
+  echo: (v) => v === false,
+  best_of: (v) => v === 1,
+  suffix: (v) => v === '',
+  logprobs: (v) => v === false || v === 0,
+  top_logprobs: (v) => v === 0,
+  logit_bias: (v) => typeof v === 'object' && v !== null && Object.keys(v).length === 0,
+  presence_penalty: (v) => v === 0,
+  frequency_penalty: (v) => v === 0,
+  tools: (v) => Array.isArray(v) && v.length === 0,
+  functions: (v) => Array.isArray(v) && v.length === 0,
+  response_format: (v) => typeof v === 'object' && v !== null && (v as { type?: unknown }).type === 'text',
+};
+
+/** `messages[0].content` style names, as OpenAI reports them in `param`. */
+function paramName(path: ReadonlyArray<string | number>): string | null {
+  if (path.length === 0) return null;
+  return path.map((p, i) => (typeof p === 'number' ? `[${p}]` : i === 0 ? p : `.${p}`)).join('');
+}
+
+function issueToError(issue: z.ZodIssue): ApiError {
+  const param = paramName(issue.path);
+  const where = param ? `'${param}'` : 'the request body';
+  if (issue.code === 'invalid_type' && issue.received === 'undefined') {
+    return new ApiError(400, `Missing required parameter: ${where}.`, 'missing_required_parameter', param);
+  }
+  if (issue.code === 'invalid_type') {
+    return new ApiError(400, `Invalid type for ${where}: expected ${issue.expected}, but got ${issue.received}.`, 'invalid_type', param);
+  }
+  if (issue.code === 'unrecognized_keys') {
+    return new ApiError(400, `Unrecognized ${issue.keys.length > 1 ? 'fields' : 'field'} in ${where}: ${issue.keys.join(', ')}.`, 'unknown_parameter', param);
+  }
+  return new ApiError(400, `Invalid value for ${where}: ${issue.message}.`, 'invalid_value', param);
+}
+
+/** Validates a parsed JSON body; the first problem becomes a 400 naming the parameter at fault. */
+export function validate<T extends z.ZodTypeAny>(schema: T, body: unknown): z.infer<T> {
+  if (typeof body === 'object' && body !== null && !Array.isArray(body)) {
+    for (const [key, isOff] of Object.entries(UNSUPPORTED)) {
+      const v = (body as Record<string, unknown>)[key];
+      if (v !== undefined && v !== null && !isOff(v)) {
+        throw new ApiError(400, `'${key}' is not supported by this server; leave it unset.`, 'unsupported_parameter', key);
+      }
+    }
+  }
+  const r = schema.safeParse(body);
+  if (!r.success) throw issueToError(r.error.issues[0]);
+  return r.data;
+}
+
+/** Reads the body as JSON; anything unparseable is a 400 before any schema runs. */
+export async function readJson(req: Request): Promise<unknown> {
+  const text = await req.text();
+  try {
+    return JSON.parse(text);
+  } catch {
+    throw new ApiError(
+      400,
+      'We could not parse the JSON body of your request. The body must be a JSON object, sent with Content-Type: application/json.',
+      'invalid_json',
+    );
+  }
+}

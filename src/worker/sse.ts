@@ -1,0 +1,55 @@
+import { logFault, toApiError } from './errors.js';
+
+/** Sends one server-sent event carrying `data` as JSON; rejects with ClientGone once the client has hung up. */
+export type SendEvent = (data: unknown) => Promise<void>;
+
+/** Thrown into the producer when the client disconnects, so that generation stops instead of running on. */
+export class ClientGone extends Error {
+  override name = 'ClientGone';
+}
+
+export const SSE_HEADERS = {
+  'Content-Type': 'text/event-stream; charset=utf-8',
+  'Cache-Control': 'no-cache',
+  'X-Accel-Buffering': 'no',
+};
+
+/**
+ * A streaming response in OpenAI's server-sent-events format: one `data: {json}\n\n` per event,
+ * then `data: [DONE]\n\n`. The response is returned at once and `produce` runs behind it; each
+ * event is written as soon as it is sent and the write is awaited, so the runtime flushes it to the
+ * client before the next token is computed (and a slow reader slows generation instead of
+ * queueing text in memory). An error after the headers went out cannot change the status any more:
+ * it becomes a final `data: {"error": {...}}` event (the openai SDK raises it as an APIError).
+ */
+export function sseResponse(produce: (send: SendEvent) => Promise<void>, waitUntil?: (p: Promise<unknown>) => void): Response {
+  const { readable, writable } = new TransformStream<Uint8Array, Uint8Array>();
+  const writer = writable.getWriter();
+  const encoder = new TextEncoder();
+  const write = async (text: string) => {
+    try {
+      await writer.write(encoder.encode(text));
+    } catch {
+      throw new ClientGone('the client closed the stream');
+    }
+  };
+  const run = (async () => {
+    try {
+      await produce((data) => write(`data: ${JSON.stringify(data)}\n\n`));
+      await write('data: [DONE]\n\n');
+      await writer.close();
+    } catch (e) {
+      if (e instanceof ClientGone) return;
+      const err = toApiError(e);
+      logFault(err, e, 'streamed generation');
+      try {
+        await write(`data: ${JSON.stringify(err.body())}\n\n`);
+        await writer.close();
+      } catch {
+        // the client is gone as well
+      }
+    }
+  })();
+  waitUntil?.(run);
+  return new Response(readable, { headers: SSE_HEADERS });
+}
