@@ -100,11 +100,35 @@ export class SequenceState {
   readonly kv: KVCache;
   readonly aux: AuxCache;
 
+  /**
+   * Change tracking, for incremental persistence (src/engine/state-codec.ts); the engine itself
+   * never reads it. `revision` only grows: `seal()` returns it as a watermark and advances it.
+   * [capacity] touchedAt[i]: revision in which token i's depth, KV rows or Aux Cache entry last
+   * changed (runStep calls `touch`). [capacity] bornAt[i]: revision in which index i was last
+   * appended, so a consumer can tell "depth grew" from "truncated away and appended again".
+   * Whatever changes after `w = seal()` carries a stamp > w.
+   */
+  revision = 1;
+  touchedAt: Uint32Array;
+  bornAt: Uint32Array;
+
   constructor(readonly config: ModelConfig) {
     if (config.nLayers > 255) throw new EngineError('models with more than 255 layers are not supported', 'unsupported_model');
     this.kv = new KVCache(config.nLayers, config.kvDim);
     this.aux = new AuxCache(config.dim);
     this.depth = new Uint8Array(this.kv.capacity);
+    this.touchedAt = new Uint32Array(this.kv.capacity);
+    this.bornAt = new Uint32Array(this.kv.capacity);
+  }
+
+  /** Records that token i's depth, KV rows or Aux Cache entry changed (see `revision`). */
+  touch(i: number): void {
+    this.touchedAt[i] = this.revision;
+  }
+
+  /** A watermark: every later change is stamped with a greater revision. */
+  seal(): number {
+    return this.revision++;
   }
 
   get length(): number {
@@ -118,8 +142,20 @@ export class SequenceState {
       const d = new Uint8Array(this.kv.capacity);
       d.set(this.depth);
       this.depth = d;
+      const grow = (a: Uint32Array) => {
+        const b = new Uint32Array(this.kv.capacity);
+        b.set(a);
+        return b;
+      };
+      this.touchedAt = grow(this.touchedAt);
+      this.bornAt = grow(this.bornAt);
     }
-    for (const t of tokens) this.depth[this.tokens.length] = 0, this.tokens.push(t);
+    for (const t of tokens) {
+      const i = this.tokens.length;
+      this.depth[i] = 0;
+      this.bornAt[i] = this.touchedAt[i] = this.revision;
+      this.tokens.push(t);
+    }
   }
 
   /** Forgets every token from index n on (a chat history that diverged from what is cached). */

@@ -97,6 +97,7 @@ export async function runStep(
           const h = carried.get(i);
           if (h && !kept.has(i)) {
             seq.aux.entries.set(i, h.slice());
+            seq.touch(i);
             carried.delete(i);
           }
         }
@@ -124,6 +125,7 @@ export async function runStep(
         h = seq.aux.entries.get(i);
         if (!h) throw new EngineError(`token ${i} must resume at layer ${l} but has no Aux Cache entry`, 'internal');
         seq.aux.entries.delete(i);
+        seq.touch(i);
       }
       x.set(h, j * dim);
     }
@@ -141,7 +143,10 @@ export async function runStep(
     });
     const y = out[LAYER_IO.outputs.y].data as Float32Array;
     seq.kv.write(l, queryIdx, out[LAYER_IO.outputs.k].data as Float32Array, out[LAYER_IO.outputs.v].data as Float32Array);
-    for (const i of queries) seq.depth[i] = l + 1;
+    for (const i of queries) {
+      seq.depth[i] = l + 1;
+      seq.touch(i);
+    }
 
     // attn_last is over keys [context..., queries...]; realign it with `active` (ascending).
     const attn = out[LAYER_IO.outputs.attnLast].data as Float32Array;
