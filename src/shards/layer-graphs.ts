@@ -30,14 +30,14 @@ export function stackRows(...ws: Float32Array[]): Float32Array {
   return all;
 }
 
-function rmsNorm(b: GraphBuilder, x: string, weight: Float32Array, eps: number, name: string): string {
+export function rmsNorm(b: GraphBuilder, x: string, weight: Float32Array, eps: number, name: string): string {
   const ms = b.op('ReduceMean', [b.op('Mul', [x, x])], { axes: [-1], keepdims: 1 });
   const inv = b.op('Reciprocal', [b.op('Sqrt', [b.op('Add', [ms, b.scalar(`${name}_eps`, eps)])])]);
   return b.op('Mul', [b.op('Mul', [x, inv]), b.f32(name, [weight.length], weight)]);
 }
 
 /** RoPE on adjacent pairs (run.c): x [q, heads*hs] rotated by angles cos/sin [q, 1, hs/2, 1]. */
-function rope(b: GraphBuilder, x: string, heads: number, hs: number, cos: string, sin: string, tag: string): string {
+export function rope(b: GraphBuilder, x: string, heads: number, hs: number, cos: string, sin: string, tag: string): string {
   const pairs = b.op('Reshape', [x, b.i64(`${tag}_pairs_shape`, [0, heads, hs / 2, 2])]);
   const [x0, x1] = b.opN('Split', [pairs, b.i64(`${tag}_split`, [1, 1])], { axis: -1 }, { outputs: 2 });
   const r0 = b.op('Sub', [b.op('Mul', [x0, cos]), b.op('Mul', [x1, sin])]);
