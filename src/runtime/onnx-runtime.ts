@@ -102,3 +102,19 @@ export async function createGraphSession(name: string, bytes: Uint8Array): Promi
     release: () => session.release(),
   };
 }
+
+/**
+ * Publishes this module's onnxruntime-web instance where peer libraries look for a host-provided
+ * runtime (transformers.js uses globalThis[Symbol.for('onnxruntime')] instead of its own), so that
+ * the benchmark runs them on the very same runtime and wasm binary as the engine. `loadPath` reads a
+ * model path into bytes: such libraries pass paths in Node, which the web runtime cannot open.
+ * Call after the first session of this module exists. Benchmarks only.
+ */
+export function exposeRuntimeForPeers(loadPath: (path: string) => Uint8Array): void {
+  const create = ort.InferenceSession.create.bind(ort.InferenceSession) as (m: Uint8Array, o?: ort.InferenceSession.SessionOptions) => Promise<ort.InferenceSession>;
+  const InferenceSession = Object.assign(Object.create(ort.InferenceSession), {
+    create: (model: string | Uint8Array, options?: ort.InferenceSession.SessionOptions) =>
+      create(typeof model === 'string' ? loadPath(model) : model, { ...options, executionProviders: ['wasm'] }),
+  });
+  (globalThis as Record<symbol, unknown>)[Symbol.for('onnxruntime')] = { ...ort, InferenceSession };
+}
