@@ -4,6 +4,8 @@ declare namespace Cloudflare {
     MODEL_NAME: string;
     REQUEST_BUDGET_MS?: string;
     API_KEYS?: string;
+    CHAT_SESSIONS: DurableObjectNamespace<import('../src/worker/chat-session').ChatSession>;
+    SESSION_TTL_SECONDS?: string;
   }
   interface GlobalProps {
     mainModule: typeof import('../src/worker/index');

@@ -292,6 +292,15 @@ export function encodeDelta(seq: SequenceState, view: StoredView, opts: EncodeOp
   return delta;
 }
 
+/** Bytes of a full snapshot of `seq` (what `encodeDelta(seq, emptyView())` writes), give or take chunk headers. */
+export function snapshotBytes(seq: SequenceState): number {
+  const { kvDim, dim } = seq.config;
+  const n = seq.length;
+  let b = HEADER_BYTES + 12 + 4 * n + seq.aux.size * (8 + 4 * dim);
+  for (let i = 0; i < n; i++) if (seq.depth[i] > 0) b += 16 + seq.depth[i] * 8 * kvDim;
+  return b;
+}
+
 // ---- reading ----
 
 export interface ChunkHeader {

@@ -8,6 +8,7 @@ import { getModel } from './model-store.js';
 import { chat } from './routes/chat.js';
 import { completions } from './routes/completions.js';
 import { models } from './routes/models.js';
+import { sessions } from './routes/sessions.js';
 
 /** Largest request body accepted (413 above). A full 512-token context is a few KiB of text. */
 export const MAX_BODY_BYTES = 256 * 1024;
@@ -44,6 +45,7 @@ export function createApp(): Hono<AppEnv> {
   app.route('/v1/completions', completions);
   app.route('/v1/chat/completions', chat);
   app.route('/v1/models', models);
+  app.route('/v1/sessions', sessions);
   app.get('/healthz', async (c) => {
     const model = await getModel(c.env.ASSETS, c.env.MODEL_NAME);
     return c.json({ status: 'ok', model: model.manifest.name });

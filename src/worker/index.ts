@@ -2,3 +2,4 @@ import { app } from './app.js';
 import type { Env } from './env.js';
 
 export default app satisfies ExportedHandler<Env>;
+export { ChatSession } from './chat-session.js';

@@ -75,6 +75,8 @@ export const chatSchema = z.object({
   messages: z.array(messageSchema).min(1, 'messages must hold at least one message'),
   /** OpenAI's newer name for max_tokens in chat */
   max_completion_tokens: z.number().int().min(1).nullish(),
+  /** extension: continue a chat session (src/worker/routes/sessions.ts); also the x-session-id header */
+  session_id: z.string().nullish(),
 });
 export type ChatRequest = z.infer<typeof chatSchema>;
 

@@ -3,6 +3,7 @@ import type { AppEnv } from '../app-env.js';
 import { renderChat } from '../chat-template.js';
 import { completionId, planJob, respond, servedModel } from '../generation.js';
 import { chatSchema, readJson, validate } from '../schemas.js';
+import { sessionChat } from './sessions.js';
 
 /**
  * POST /v1/chat/completions, stateless: the whole conversation comes with every request and is
@@ -12,6 +13,8 @@ import { chatSchema, readJson, validate } from '../schemas.js';
 export const chat = new Hono<AppEnv>().post('/', async (c) => {
   const startedAt = performance.now();
   const body = validate(chatSchema, await readJson(c.req.raw));
+  const sessionId = body.session_id ?? c.req.header('x-session-id');
+  if (sessionId) return sessionChat(c, body, sessionId);
   const model = await servedModel(c.env, body.model);
   const prompt = model.tokenizer.encode(renderChat(model.manifest.chatTemplate, body.messages), { bos: true });
   const maxTokensParam = body.max_completion_tokens != null ? 'max_completion_tokens' : 'max_tokens';

@@ -1,0 +1,170 @@
+import { Hono, type Context } from 'hono';
+import { z } from 'zod';
+import type { AppEnv } from '../app-env.js';
+import { apiKeyId } from '../auth.js';
+import type { Failure, TurnEvent, TurnOutcome, TurnRequest } from '../chat-session.js';
+import { ApiError } from '../errors.js';
+import { completionId, servedModel } from '../generation.js';
+import { chatSchema, messageSchema, readJson, validate, type ChatRequest } from '../schemas.js';
+import { sseResponse, type SendEvent } from '../sse.js';
+
+/**
+ * Chat sessions over HTTP: the routes validate, find the caller's Durable Object and shape
+ * OpenAI-style objects; the object (src/worker/chat-session.ts) holds the state and runs the turn.
+ *
+ *   POST   /v1/sessions               {messages?}                     -> the new session
+ *   GET    /v1/sessions/:id                                           -> messages + cache statistics
+ *   DELETE /v1/sessions/:id
+ *   POST   /v1/sessions/:id/messages  {content, max_tokens, ...}     -> the reply, as a chat completion
+ *   POST   /v1/chat/completions       with session_id or x-session-id (see `sessionChat`)
+ *
+ * A session belongs to the API key that created it: the object is named by key id and session id,
+ * so under another key the same id names an empty object and the answer is 404.
+ */
+
+const ID_PATTERN = /^sess_[0-9a-f]{32}$/;
+
+export function newSessionId(): string {
+  return `sess_${crypto.randomUUID().replaceAll('-', '')}`;
+}
+
+function stub(c: Context<AppEnv>, id: string) {
+  if (!ID_PATTERN.test(id)) throw new ApiError(404, `No session '${id}' exists for this API key.`, 'session_not_found', 'session_id');
+  const ns = c.env.CHAT_SESSIONS;
+  return ns.get(ns.idFromName(`${apiKeyId(c)}/${id}`));
+}
+
+function raise(f: Failure): never {
+  throw new ApiError(f.status as 400, f.error.message, f.error.code, f.error.param, f.error.type, f.status === 409 ? { 'Retry-After': '1' } : {});
+}
+
+const createSchema = z.object({ messages: z.array(messageSchema).optional() });
+
+/** The options of a session message: chat's generation options, without model and messages. */
+export const sessionMessageSchema = chatSchema
+  .pick({ max_tokens: true, max_completion_tokens: true, temperature: true, top_p: true, top_k: true, seed: true, stop: true, stream: true, stream_options: true, n: true, lazy: true })
+  .extend({
+    content: messageSchema.shape.content,
+    /** the message's role: "user" unless a system/developer note is appended */
+    role: z.enum(['system', 'developer', 'user']).optional(),
+  });
+
+type Options = z.infer<typeof sessionMessageSchema> | ChatRequest;
+
+/** Runs one turn in the session's object and answers like /v1/chat/completions (JSON or SSE). */
+async function turnResponse(c: Context<AppEnv>, id: string, model: string, req: TurnRequest, o: Options): Promise<Response> {
+  const obj = stub(c, id);
+  const cid = completionId('chatcmpl');
+  const base = () => ({ id: cid, created: Math.floor(Date.now() / 1000), model });
+  const chunk = (delta: object, finish: string | null) => ({
+    ...base(),
+    object: 'chat.completion.chunk' as const,
+    choices: [{ index: 0, delta, logprobs: null, finish_reason: finish }],
+  });
+
+  if (!o.stream) {
+    const r = await obj.turn(id, req);
+    if (!r.ok) raise(r);
+    const out = r as TurnOutcome;
+    const timing = `prefill;dur=${out.stats.prefill_ms.toFixed(2)}, decode;dur=${out.stats.decode_ms.toFixed(2)}`;
+    return c.json(
+      {
+        ...base(),
+        object: 'chat.completion' as const,
+        choices: [{ index: 0, message: { role: 'assistant', content: out.text, refusal: null }, logprobs: null, finish_reason: out.finishReason }],
+        usage: out.usage,
+        lazy_stats: out.stats,
+        session: out.session,
+      },
+      200,
+      { 'Server-Timing': timing },
+    );
+  }
+
+  // Streaming: the object sends "start" once the request passed every check (until then a refusal
+  // is an ordinary 4xx), then the text as it is released; the events are written as SSE here.
+  let started!: () => void;
+  const startedP = new Promise<null>((r) => (started = () => r(null)));
+  let ready!: () => void;
+  const readyP = new Promise<void>((r) => (ready = r));
+  let send: SendEvent | null = null;
+  const onEvent = async (e: TurnEvent) => {
+    if (e.type === 'start') return started();
+    await readyP;
+    await send!(chunk({ content: e.text }, null));
+  };
+  const replyP = obj.turn(id, req, onEvent);
+  const early = await Promise.race([startedP, replyP]);
+  if (early && !early.ok) raise(early);
+  let waitUntil: ((p: Promise<unknown>) => void) | undefined;
+  try {
+    const ctx = c.executionCtx;
+    waitUntil = (p) => ctx.waitUntil(p);
+  } catch {
+    // no execution context (the app called directly): the open stream keeps the work alive
+  }
+  return sseResponse(async (s) => {
+    send = s;
+    await s(chunk({ role: 'assistant', content: '' }, null));
+    ready();
+    const r = await replyP;
+    if (!r.ok) raise(r);
+    const out = r as TurnOutcome;
+    await s({ ...chunk({}, out.finishReason), lazy_stats: out.stats, session: out.session });
+    if (o.stream_options?.include_usage) await s({ ...base(), object: 'chat.completion.chunk' as const, choices: [], usage: out.usage });
+  }, waitUntil);
+}
+
+/**
+ * /v1/chat/completions with a session (`session_id` in the body or an `x-session-id` header): the
+ * client sends the whole conversation as usual; the session keeps the longest token prefix it
+ * already holds, forgets the rest, and computes only what is new. Its stored conversation becomes
+ * the client's messages plus the reply.
+ */
+export async function sessionChat(c: Context<AppEnv>, body: ChatRequest, id: string): Promise<Response> {
+  await servedModel(c.env, body.model);
+  const req: TurnRequest = {
+    owner: apiKeyId(c),
+    mode: 'replace',
+    messages: body.messages,
+    options: body,
+    maxTokensParam: body.max_completion_tokens != null ? 'max_completion_tokens' : 'max_tokens',
+    maxTokens: body.max_completion_tokens ?? body.max_tokens,
+  };
+  return turnResponse(c, id, body.model, req, body);
+}
+
+export const sessions = new Hono<AppEnv>()
+  .post('/', async (c) => {
+    const text = await c.req.text();
+    const body = validate(createSchema, text.trim() === '' ? {} : await readJson(new Request('http://x', { method: 'POST', body: text })));
+    const id = newSessionId();
+    const r = await stub(c, id).create({ id, owner: apiKeyId(c), messages: body.messages });
+    if (!r.ok) raise(r);
+    return c.json({ object: 'chat.session', ...(r as { session: object }).session }, 200);
+  })
+  .get('/:id', async (c) => {
+    const id = c.req.param('id');
+    const r = await stub(c, id).get(apiKeyId(c), id);
+    if (!r.ok) raise(r);
+    return c.json({ object: 'chat.session', ...(r as { session: object }).session });
+  })
+  .delete('/:id', async (c) => {
+    const id = c.req.param('id');
+    const r = await stub(c, id).remove(apiKeyId(c), id);
+    if (!r.ok) raise(r);
+    return c.json({ id, object: 'chat.session.deleted', deleted: true });
+  })
+  .post('/:id/messages', async (c) => {
+    const id = c.req.param('id');
+    const body = validate(sessionMessageSchema, await readJson(c.req.raw));
+    const req: TurnRequest = {
+      owner: apiKeyId(c),
+      mode: 'append',
+      messages: [{ role: body.role ?? 'user', content: body.content }],
+      options: body,
+      maxTokensParam: body.max_completion_tokens != null ? 'max_completion_tokens' : 'max_tokens',
+      maxTokens: body.max_completion_tokens ?? body.max_tokens,
+    };
+    return turnResponse(c, id, c.env.MODEL_NAME, req, body);
+  });
