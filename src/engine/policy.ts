@@ -96,13 +96,13 @@ export function selectActive(incoming: Int32Array, scores: Float32Array, keep: n
 }
 
 /**
- * The default schedule, chosen by measurement (README: "Choosing the default schedule"):
- * prune after the first layer and again at about two thirds of the depth, keeping BOS.
+ * The default schedule, chosen by measurement on the dev text (README, "LazyLLM: fidelity and
+ * speed"): keep BOS, prune after the first layer to 55% and at two thirds of the depth to 60% of
+ * the survivors; deeper models (8+ layers) also prune at one third of the depth.
  */
 export function defaultSchedule(nLayers: number): Schedule {
   if (nLayers < 2) return KEEP_ALL;
-  const second = Math.max(2, Math.round((2 * nLayers) / 3));
-  const prune = [{ layer: 1, keep: 0.5 }];
-  if (second < nLayers) prune.push({ layer: second, keep: 0.5 });
-  return { prune, keepFirst: true };
+  const points = nLayers >= 8 ? [1, Math.round(nLayers / 3), Math.round((2 * nLayers) / 3)] : [1, Math.round((2 * nLayers) / 3)];
+  const layers = [...new Set(points)].filter((l) => l >= 1 && l < nLayers);
+  return { prune: layers.map((layer, k) => ({ layer, keep: k === 0 ? 0.55 : 0.6 })), keepFirst: true };
 }

@@ -1,0 +1,74 @@
+import { spawnSync } from 'node:child_process';
+import { mkdtempSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { describe, expect, it } from 'vitest';
+import { REPO_ROOT } from '../../scripts/lib/node-env.js';
+import { greedySampleText } from '../support/paths.js';
+
+function run(script: string, args: string[]) {
+  const r = spawnSync(process.execPath, ['--import', 'tsx', join(REPO_ROOT, 'scripts', script), ...args], { cwd: REPO_ROOT, encoding: 'utf8' });
+  return { code: r.status, stdout: r.stdout, stderr: r.stderr };
+}
+
+describe('npm run generate', () => {
+  it('prints exactly one JSON object with --json, reproducing the greedy sample from an empty prompt', () => {
+    const r = run('generate.ts', ['--prompt', '', '--max-tokens', '256', '--temperature', '0', '--lazy', 'off', '--json']);
+    expect(r.code).toBe(0);
+    const lines = r.stdout.trim().split('\n');
+    expect(lines).toHaveLength(1);
+    const out = JSON.parse(lines[0]);
+    expect(out.text).toBe(greedySampleText());
+    expect(out.tokens).toHaveLength(256);
+    expect(out.prompt_tokens).toBe(1);
+    expect(out.finish_reason).toBe('length');
+    expect(out.stats.prefill_ms).toBeGreaterThan(0);
+    expect(out.stats.decode_ms).toBeGreaterThan(0);
+    expect(out.stats.computed_per_layer).toEqual([256, 256, 256, 256, 256]);
+  });
+
+  it('runs lazy by default and reports the rows each layer computed', () => {
+    const prompt = 'Once upon a time there was a cat. The cat liked to sleep in the sun. '.repeat(8);
+    const r = run('generate.ts', ['--prompt', prompt, '--max-tokens', '8', '--temperature', '0', '--json']);
+    expect(r.code).toBe(0);
+    const { stats } = JSON.parse(r.stdout);
+    expect(stats.schedule).not.toBe('dense');
+    expect(stats.prefill_computed_per_layer[0]).toBe(stats.prompt_tokens);
+    expect(stats.prefill_computed_per_layer.at(-1)).toBeLessThan(stats.prompt_tokens);
+  });
+
+  it.each([
+    [['--max-tokens', 'lots'], /--max-tokens must be a number/],
+    [['--lazy', 'maybe'], /--lazy must be "on" or "off"/],
+    [['--schedule', '9:0.5'], /layer 9 does not exist/],
+    [['--temperature', '-1'], /temperature -1 must be/],
+  ])('rejects %j with a clear message and a non-zero exit', (args, message) => {
+    const r = run('generate.ts', ['--prompt', 'hi', ...args]);
+    expect(r.code).not.toBe(0);
+    expect(r.stderr).toMatch(message);
+    expect(r.stdout).toBe('');
+  });
+});
+
+describe('npm run shards', () => {
+  it('names the file and what was wrong when the checkpoint is malformed', () => {
+    const dir = mkdtempSync(join(tmpdir(), 'lazy-edge-'));
+    const bad = join(dir, 'bad.bin');
+    writeFileSync(bad, new Uint8Array(10));
+    const r = run('shards.ts', ['--checkpoint', bad, '--out', join(dir, 'out')]);
+    expect(r.code).not.toBe(0);
+    expect(r.stderr).toContain(bad);
+    expect(r.stderr).toMatch(/expected .*found/);
+  });
+
+  it('writes a seeded random model labelled as synthetic', () => {
+    const dir = mkdtempSync(join(tmpdir(), 'lazy-edge-'));
+    const out = join(dir, 'rand');
+    const r = run('shards.ts', ['--random', 'dim=64,layers=2,heads=4,kv_heads=2,seed=3', '--name', 'rand', '--out', out]);
+    expect(r.code).toBe(0);
+    expect(r.stderr).toMatch(/SYNTHETIC/);
+    const g = run('generate.ts', ['--model', out, '--prompt', 'hello', '--max-tokens', '5', '--temperature', '0', '--json']);
+    expect(g.code).toBe(0);
+    expect(JSON.parse(g.stdout).tokens.length).toBeGreaterThan(0);
+  });
+});
