@@ -1,0 +1,204 @@
+/**
+ * One benchmark process (spawned by scripts/bench.ts, one per model and driver, so that peak memory
+ * is per process and transformers.js gets a fresh module graph):
+ *   node --import tsx scripts/lib/bench-child.ts JOB.json
+ * Prints one JSON object (ChildResult) on stdout; progress on stderr.
+ *
+ * `time` jobs interleave the rows within each repetition (rotating their order), so that a noisy
+ * neighbour slows every row alike; `memory` jobs run one row once and report the process's peak RSS.
+ */
+import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { SequenceState } from '../../src/engine/caches.js';
+import type { LoadedModel } from '../../src/engine/model.js';
+import type { ModelConfig } from '../../src/model/config.js';
+import { parseSchedule, type Schedule } from '../../src/engine/policy.js';
+import { runStep } from '../../src/engine/step.js';
+import { createGraphSession, exposeRuntimeForPeers } from '../../src/runtime/onnx-runtime.js';
+import { threadCpuMs } from './bench-clock.js';
+import { MonolithicDecoder } from './bench-monolithic.js';
+import { initNodeRuntime, loadModelFromDir, readBytes } from './node-env.js';
+
+export type RowName = 'dense' | 'lazy' | 'lazy-aggr' | 'monolithic' | 'transformers.js';
+
+export interface ChildJob {
+  mode: 'time' | 'memory';
+  shards: string;
+  hfRoot: string;
+  hfName: string;
+  rows: RowName[];
+  lengths: number[];
+  reps: number;
+  decode: number;
+  /** length -> prompt token ids */
+  prompts: Record<string, number[]>;
+  /** row -> schedule spec, for the lazy rows */
+  schedules: Partial<Record<RowName, string>>;
+}
+
+export interface Trial {
+  /** wall-clock and on-CPU (this thread) time to the first token's logits, prompt ids in hand */
+  ttftMs: number;
+  ttftCpuMs: number;
+  /** `decode` further tokens, greedy */
+  decodeMs: number;
+  decodeCpuMs: number;
+  tokens: number[];
+  /** engine rows: query rows per layer at prefill */
+  computedPerLayer?: number[];
+  flops?: number;
+}
+
+export interface RowResult {
+  row: RowName;
+  length: number;
+  trials: Trial[];
+}
+
+export interface ChildResult {
+  rows: RowResult[];
+  loadRssMb: number;
+  peakRssMb: number;
+}
+
+type Runner = (prompt: number[], decode: number) => Promise<Trial>;
+
+function argmax(x: Float32Array): number {
+  let b = 0;
+  for (let i = 1; i < x.length; i++) if (x[i] > x[b]) b = i;
+  return b;
+}
+
+function engineRunner(model: LoadedModel, schedule: Schedule | null): Runner {
+  return async (prompt, decode) => {
+    const seq = new SequenceState(model.config);
+    const [c0, t0] = [threadCpuMs(), performance.now()];
+    const first = await runStep(model, seq, prompt, { schedule });
+    const [ttftMs, ttftCpuMs] = [performance.now() - t0, threadCpuMs() - c0];
+    let logits = first.logits;
+    const tokens: number[] = [];
+    const [c1, t1] = [threadCpuMs(), performance.now()];
+    for (let i = 0; i < decode; i++) {
+      tokens.push(argmax(logits));
+      logits = (await runStep(model, seq, [tokens[i]], { schedule })).logits;
+    }
+    const [decodeMs, decodeCpuMs] = [performance.now() - t1, threadCpuMs() - c1];
+    return { ttftMs, ttftCpuMs, decodeMs, decodeCpuMs, tokens, computedPerLayer: first.stats.computedPerLayer, flops: first.stats.flops };
+  };
+}
+
+async function monolithicRunner(job: ChildJob, config: ModelConfig): Promise<Runner> {
+  const session = await createGraphSession('monolithic', readBytes(join(job.hfRoot, job.hfName, 'onnx', 'model.onnx')));
+  const mono = new MonolithicDecoder(session, config);
+  return async (prompt, decode) => {
+    mono.reset();
+    const [c0, t0] = [threadCpuMs(), performance.now()];
+    let logits = await mono.step(prompt);
+    const [ttftMs, ttftCpuMs] = [performance.now() - t0, threadCpuMs() - c0];
+    const tokens: number[] = [];
+    const [c1, t1] = [threadCpuMs(), performance.now()];
+    for (let i = 0; i < decode; i++) {
+      tokens.push(argmax(logits));
+      logits = await mono.step([tokens[i]]);
+    }
+    const [decodeMs, decodeCpuMs] = [performance.now() - t1, threadCpuMs() - c1];
+    return { ttftMs, ttftCpuMs, decodeMs, decodeCpuMs, tokens };
+  };
+}
+
+/**
+ * transformers.js as a user runs it: AutoModelForCausalLM from local files only, greedy generate()
+ * with a streamer whose put() timestamps each token. Runs on this process's onnxruntime-web (wasm,
+ * one thread) through exposeRuntimeForPeers, so the runtime is the engine's.
+ */
+async function transformersRunner(job: ChildJob): Promise<Runner> {
+  exposeRuntimeForPeers((path) => readBytes(path));
+  const T = await import('@huggingface/transformers');
+  T.env.allowRemoteModels = false;
+  T.env.allowLocalModels = true;
+  T.env.localModelPath = job.hfRoot;
+  T.env.useWasmCache = false;
+  const model = await T.AutoModelForCausalLM.from_pretrained(job.hfName, {
+    dtype: 'fp32',
+    local_files_only: true,
+    device: 'auto' as never, // no device list of its own: the exposed runtime's wasm backend
+  });
+  return async (prompt, decode) => {
+    const input_ids = new T.Tensor('int64', BigInt64Array.from(prompt, (t) => BigInt(t)), [1, prompt.length]);
+    const attention_mask = new T.Tensor('int64', new BigInt64Array(prompt.length).fill(1n), [1, prompt.length]);
+    const stamps: number[] = [];
+    const cpu: number[] = [];
+    const streamer = new (class extends T.BaseStreamer {
+      put(): void {
+        stamps.push(performance.now());
+        cpu.push(threadCpuMs());
+      }
+      end(): void {}
+    })();
+    const [c0, t0] = [threadCpuMs(), performance.now()];
+    const out = (await model.generate({
+      input_ids,
+      attention_mask,
+      max_new_tokens: decode + 1,
+      min_new_tokens: decode + 1, // never stop early at EOS: every row decodes the same count
+      do_sample: false,
+      streamer,
+    } as never)) as { tolist(): bigint[][] };
+    // put() #0 is the prompt, #1 the first new token (prefill done), #k the k-th.
+    const tokens = out.tolist()[0].slice(prompt.length + 1).map(Number);
+    return { ttftMs: stamps[1] - t0, ttftCpuMs: cpu[1] - c0, decodeMs: stamps[decode + 1] - stamps[1], decodeCpuMs: cpu[decode + 1] - cpu[1], tokens };
+  };
+}
+
+async function main(): Promise<void> {
+  const job = JSON.parse(readFileSync(process.argv[2], 'utf8')) as ChildJob;
+  const log = (m: string) => process.stderr.write(`  ${m}\n`);
+  initNodeRuntime();
+  const config = (JSON.parse(readFileSync(join(job.shards, 'manifest.json'), 'utf8')) as { config: ModelConfig }).config;
+  // Only processes that time an engine row hold the per-layer model (peak memory is per process).
+  const engineRows = job.rows.filter((r) => r === 'dense' || r === 'lazy' || r === 'lazy-aggr');
+  const model = engineRows.length ? await loadModelFromDir(job.shards) : null;
+  const runners = new Map<RowName, Runner>();
+  for (const row of job.rows) {
+    if (row === 'dense') runners.set(row, engineRunner(model!, null));
+    else if (row === 'lazy' || row === 'lazy-aggr') runners.set(row, engineRunner(model!, parseSchedule(job.schedules[row]!)));
+    else if (row === 'monolithic') runners.set(row, await monolithicRunner(job, config));
+    else {
+      // transformers.js looks for a host runtime only when it is imported, after our first session.
+      if (!model && !runners.has('monolithic')) await createGraphSession('probe', readBytes(join(job.shards, 'embed.onnx')));
+      runners.set(row, await transformersRunner(job));
+    }
+  }
+  const loadRssMb = process.memoryUsage().rss / 2 ** 20;
+  const results: RowResult[] = [];
+  // JIT and wasm tier-up: a few short runs of every row before anything is timed.
+  const warm = job.prompts[String(job.lengths[0])].slice(0, 64);
+  if (job.mode === 'time') for (const [, run] of runners) for (let i = 0; i < 3; i++) await run(warm, 4);
+
+  for (const length of job.lengths) {
+    const prompt = job.prompts[String(length)];
+    const byRow = new Map<RowName, Trial[]>(job.rows.map((r) => [r, []]));
+    if (job.mode === 'time') for (const [, run] of runners) await run(prompt, 2); // warm-up at this size
+    const reps = job.mode === 'memory' ? 1 : job.reps;
+    for (let rep = 0; rep < reps; rep++) {
+      const order = job.rows.map((_, i) => job.rows[(i + rep) % job.rows.length]);
+      for (const row of order) {
+        const trial = await runners.get(row)!(prompt, job.decode);
+        byRow.get(row)!.push(trial);
+        log(
+          `${row.padEnd(15)} len ${String(length).padStart(4)} rep ${rep + 1}/${reps}: TTFT ${trial.ttftMs.toFixed(1)} ms ` +
+            `(cpu ${trial.ttftCpuMs.toFixed(1)}), decode ${((job.decode * 1000) / trial.decodeCpuMs).toFixed(1)} tok/s (cpu)`,
+        );
+      }
+    }
+    for (const [row, trials] of byRow) results.push({ row, length, trials });
+  }
+  const peakRssMb = (process.resourceUsage().maxRSS * 1024) / 2 ** 20;
+  const out: ChildResult = { rows: results, loadRssMb, peakRssMb };
+  process.stdout.write(`${JSON.stringify(out)}\n`);
+}
+
+main().catch((e: Error) => {
+  process.stderr.write(`bench child failed: ${e.stack ?? e.message}\n`);
+  process.exit(1);
+});
