@@ -4,6 +4,7 @@ import { ensureDefaultShards } from '../../scripts/lib/shard-tasks.js';
 import { SequenceState } from '../../src/engine/caches.js';
 import { generate } from '../../src/engine/generate.js';
 import { parseSchedule } from '../../src/engine/policy.js';
+import { runCliCases } from './cli-runner.js';
 import { PARITY_CASES, type ParityResult } from './workerd-parity.js';
 
 declare module 'vitest' {
@@ -19,6 +20,9 @@ declare module 'vitest' {
 export default async function setup(project: TestProject): Promise<void> {
   const dir = await ensureDefaultShards((line) => process.stderr.write(`shards: ${line}\n`));
   const model = await loadModelFromDir(dir);
+  // The generate CLI runs in child processes while the parity generations below run here.
+  const cli = runCliCases();
+  cli.catch(() => undefined); // handled by the await below; this keeps an early failure from being "unhandled"
   const results: ParityResult[] = [];
   for (const c of PARITY_CASES) {
     const r = await generate(model, new SequenceState(model.config), model.tokenizer.encode(c.prompt, { bos: true }), {
@@ -29,4 +33,5 @@ export default async function setup(project: TestProject): Promise<void> {
     results.push({ name: c.name, tokens: r.tokens, computedPerLayer: r.stats.computed_per_layer });
   }
   project.provide('nodeParity', results);
+  project.provide('cliParity', await cli);
 }
