@@ -1,6 +1,7 @@
 import { env } from 'cloudflare:workers';
 import { Hono } from 'hono';
 import { afterEach, describe, expect, it, vi } from 'vitest';
+import { defaultSchedule, formatSchedule } from '../../src/engine/policy.js';
 import { sha256Hex } from '../../src/model/manifest.js';
 import { PLAIN_CHAT_TEMPLATE } from '../../src/shards/build-shards.js';
 import type { AppEnv } from '../../src/worker/app-env.js';
@@ -87,7 +88,7 @@ describe('POST /v1/completions', () => {
       model: MODEL,
       choices: [{ text: expect.any(String), index: 0, logprobs: null, finish_reason: 'length' }],
       usage: { prompt_tokens: 5, completion_tokens: 40, total_tokens: 45 },
-      lazy_stats: expect.objectContaining({ schedule: 'bos,1:0.5,3:0.5', prompt_tokens: 5, completion_tokens: 40 }),
+      lazy_stats: expect.objectContaining({ schedule: formatSchedule(defaultSchedule(5)), prompt_tokens: 5, completion_tokens: 40 }),
     });
     expect(body.choices[0].text).toMatch(/^, there was a little/);
     const timing = res.headers.get('server-timing')!;
