@@ -5,6 +5,7 @@
  * long it waited for a core.
  */
 import { readFileSync, readdirSync } from 'node:fs';
+import { cpus } from 'node:os';
 
 /**
  * On-CPU milliseconds of this process (getrusage: exact, unlike the tick-updated per-thread
@@ -39,7 +40,7 @@ export function median(xs: readonly number[]): number {
 export function loadPerCore(): number {
   try {
     const [one] = readFileSync('/proc/loadavg', 'utf8').split(' ');
-    return Number(one) / Math.max(1, (globalThis as { navigator?: { hardwareConcurrency?: number } }).navigator?.hardwareConcurrency ?? 1);
+    return Number(one) / Math.max(1, cpus().length);
   } catch {
     return NaN;
   }

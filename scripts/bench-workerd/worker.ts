@@ -1,0 +1,61 @@
+/**
+ * POST /run {"model": "stories260K", "tokens": [...], "schedule": "bos,1:0.5" | null, "decode": 64}
+ * prefills the token ids and decodes `decode` greedy tokens, answering the tokens and the step
+ * statistics. POST /noop takes the same body and does nothing (request overhead). GET /ready
+ * loads the model. Timing happens outside (workerd's clocks only advance on
+ * I/O): the benchmark times requests and reads workerd's CPU time from /proc.
+ */
+import { SequenceState } from '../../src/engine/caches.js';
+import { parseSchedule } from '../../src/engine/policy.js';
+import { runStep } from '../../src/engine/step.js';
+import { getModel } from '../../src/worker/model-store.js';
+
+interface Env {
+  ASSETS: Fetcher;
+}
+
+interface RunRequest {
+  model: string;
+  tokens: number[];
+  schedule: string | null;
+  decode: number;
+}
+
+function argmax(x: Float32Array): number {
+  let b = 0;
+  for (let i = 1; i < x.length; i++) if (x[i] > x[b]) b = i;
+  return b;
+}
+
+export default {
+  async fetch(req: Request, env: Env): Promise<Response> {
+    const url = new URL(req.url);
+    try {
+      if (url.pathname === '/ready') {
+        const model = await getModel(env.ASSETS, url.searchParams.get('model') ?? 'stories260K');
+        return Response.json({ ok: true, layers: model.config.nLayers });
+      }
+      if (url.pathname === '/noop' && req.method === 'POST') {
+        const body = (await req.json()) as RunRequest; // the same request cost as /run, minus the model
+        return Response.json({ tokens: [], n: body.tokens.length });
+      }
+      if (url.pathname === '/run' && req.method === 'POST') {
+        const body = (await req.json()) as RunRequest;
+        const model = await getModel(env.ASSETS, body.model);
+        const schedule = body.schedule ? parseSchedule(body.schedule) : null;
+        const seq = new SequenceState(model.config);
+        const first = await runStep(model, seq, body.tokens, { schedule });
+        let logits = first.logits;
+        const tokens: number[] = [];
+        for (let i = 0; i < body.decode; i++) {
+          tokens.push(argmax(logits));
+          logits = (await runStep(model, seq, [tokens[i]], { schedule })).logits;
+        }
+        return Response.json({ tokens, computed_per_layer: first.stats.computedPerLayer });
+      }
+      return new Response('not found', { status: 404 });
+    } catch (e) {
+      return Response.json({ error: (e as Error).message }, { status: 500 });
+    }
+  },
+} satisfies ExportedHandler<Env>;
