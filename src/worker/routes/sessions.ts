@@ -157,7 +157,12 @@ export const sessions = new Hono<AppEnv>()
   })
   .post('/:id/messages', async (c) => {
     const id = c.req.param('id');
-    const body = validate(sessionMessageSchema, await readJson(c.req.raw));
+    const json = await readJson(c.req.raw);
+    // content's union type would report a missing value as an invalid one
+    if (typeof json === 'object' && json !== null && !Array.isArray(json) && (json as { content?: unknown }).content === undefined) {
+      throw new ApiError(400, "Missing required parameter: 'content'.", 'missing_required_parameter', 'content');
+    }
+    const body = validate(sessionMessageSchema, json);
     const req: TurnRequest = {
       owner: apiKeyId(c),
       mode: 'append',
