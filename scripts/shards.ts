@@ -1,11 +1,15 @@
 /**
  * npm run shards -- [--checkpoint FILE] [--tokenizer FILE] [--name NAME] [--out DIR] [--if-missing]
  *                   [--random dim=96,layers=3,heads=6,kv_heads=2,hidden=256,vocab=512,seq_len=512,seed=1]
+ *                   [--quant f32|int8|int4] [--block-size 32] [--kernel dequant|integer|nbits]
  * Converts a llama2.c checkpoint (default: the shared stories260K) into per-layer ONNX shards.
+ * Without --quant the format is chosen by model size (docs/QUANTIZATION.md).
  */
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import type { RandomCheckpointOptions } from '../src/model/checkpoint.js';
+import { defaultQuant } from '../src/engine/memory-budget.js';
+import { DEFAULT_INT4_BLOCK_SIZE, KERNELS_OF, QUANT_FORMATS, quantLabel, resolveQuant, type QuantFormat, type QuantSpec } from '../src/model/quant.js';
 import { DEFAULT_MODEL_DIR, DEFAULT_MODEL_NAME, fail, progress, shardsDir } from './lib/node-env.js';
 import { buildAndWrite, sourceFromCheckpoint, sourceFromRandom, upToDate } from './lib/shard-tasks.js';
 
@@ -28,6 +32,24 @@ export function parseRandomSpec(spec: string): RandomCheckpointOptions {
   return o as unknown as RandomCheckpointOptions;
 }
 
+/** --quant/--kernel/--block-size as a checked spec; null when --quant is absent (the size-based default applies). */
+export function parseQuantArgs(quant?: string, kernel?: string, blockSize?: string): QuantSpec | null {
+  if (quant === undefined) {
+    if (kernel !== undefined || blockSize !== undefined) fail('--kernel and --block-size need --quant');
+    return null;
+  }
+  if (!(QUANT_FORMATS as readonly string[]).includes(quant)) fail(`--quant "${quant}" is not one of ${QUANT_FORMATS.join(', ')}`);
+  if (blockSize !== undefined && !/^\d+$/.test(blockSize)) fail(`--block-size "${blockSize}" is not an integer`);
+  const format = quant as QuantFormat;
+  const r = resolveQuant({
+    format,
+    kernel: kernel ?? KERNELS_OF[format][0],
+    blockSize: format === 'int4' ? Number(blockSize ?? DEFAULT_INT4_BLOCK_SIZE) : blockSize === undefined ? undefined : Number(blockSize),
+  });
+  if ('error' in r) fail(r.error.replace(/quant\.(\w+)/g, (_, k: string) => `--${k === 'blockSize' ? 'block-size' : k}`));
+  return r.spec;
+}
+
 async function main(): Promise<void> {
   const { values } = parseArgs({
     options: {
@@ -37,8 +59,12 @@ async function main(): Promise<void> {
       out: { type: 'string' },
       random: { type: 'string' },
       'if-missing': { type: 'boolean', default: false },
+      quant: { type: 'string' },
+      kernel: { type: 'string' },
+      'block-size': { type: 'string' },
     },
   });
+  const quant = parseQuantArgs(values.quant, values.kernel, values['block-size']);
   const tokenizer = values.tokenizer ?? join(DEFAULT_MODEL_DIR, 'tok512.bin');
   const source = values.random
     ? sourceFromRandom(values.name ?? 'random', parseRandomSpec(values.random), tokenizer)
@@ -47,12 +73,13 @@ async function main(): Promise<void> {
         tokenizer,
         name: values.name ?? DEFAULT_MODEL_NAME,
       });
+  source.quant = quant ?? defaultQuant(source.checkpoint.config);
   const out = values.out ?? shardsDir(source.name);
-  if (values['if-missing'] && upToDate(out, source, 'f32')) {
-    progress(`shards up to date: ${out}`);
+  if (values['if-missing'] && upToDate(out, source, source.quant)) {
+    progress(`shards up to date: ${out} (${quantLabel(source.quant)})`);
     return;
   }
-  progress(`building ${source.synthetic ? 'SYNTHETIC (seeded random weights) ' : ''}shards for ${source.name} -> ${out}`);
+  progress(`building ${source.synthetic ? 'SYNTHETIC (seeded random weights) ' : ''}${quantLabel(source.quant)} shards for ${source.name} -> ${out}`);
   const built = await buildAndWrite(out, source, progress);
   const bytes = [...built.files.values()].reduce((s, b) => s + b.byteLength, 0);
   progress(`done: ${built.files.size} files, ${(bytes / 1e6).toFixed(2)} MB`);

@@ -3,6 +3,7 @@ import { existsSync, readFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { DEFAULT_MEMORY_BUDGET_BYTES, MB } from '../../src/engine/memory-budget.js';
 import { loadModel, type LoadedModel } from '../../src/engine/model.js';
 import { initRuntime } from '../../src/runtime/onnx-runtime.js';
 
@@ -33,13 +34,26 @@ export function shardsDir(name: string): string {
   return join(SHARDS_ROOT, name);
 }
 
+/**
+ * The isolate memory budget loadModel enforces: LAZY_EDGE_MEMORY_BUDGET_MB (a number of MiB, or
+ * "off"), else 128 MB as in a Worker. Speed work on big random shapes sets it explicitly.
+ */
+export function memoryBudgetFromEnv(env: Record<string, string | undefined> = process.env): number {
+  const v = env.LAZY_EDGE_MEMORY_BUDGET_MB?.trim();
+  if (v === undefined || v === '') return DEFAULT_MEMORY_BUDGET_BYTES;
+  if (v === 'off') return Infinity;
+  const n = Number(v);
+  if (!(n > 0)) throw new Error(`LAZY_EDGE_MEMORY_BUDGET_MB="${v}" must be a positive number of MiB or "off"`);
+  return n * MB;
+}
+
 export async function loadModelFromDir(dir: string): Promise<LoadedModel> {
   const manifestPath = join(dir, 'manifest.json');
   if (!existsSync(manifestPath)) {
     throw new Error(`no shards at ${dir} (missing manifest.json); build them with: npm run shards`);
   }
   initNodeRuntime();
-  return loadModel(readFileSync(manifestPath, 'utf8'), async (file) => readBytes(join(dir, file)));
+  return loadModel(readFileSync(manifestPath, 'utf8'), async (file) => readBytes(join(dir, file)), { memoryBudgetBytes: memoryBudgetFromEnv() });
 }
 
 /** Exits with a clear message instead of a stack trace: scripts are used by people and other tools. */

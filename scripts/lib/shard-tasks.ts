@@ -2,6 +2,8 @@ import { existsSync, mkdirSync, readFileSync, renameSync, rmSync, writeFileSync 
 import { basename, join } from 'node:path';
 import { parseLlama2cCheckpoint, randomCheckpoint, type RandomCheckpointOptions } from '../../src/model/checkpoint.js';
 import { sha256Hex } from '../../src/model/manifest.js';
+import { resolveQuant, type QuantSpec } from '../../src/model/quant.js';
+import { defaultQuant } from '../../src/engine/memory-budget.js';
 import { buildShards, type BuiltShards, type ShardSource } from '../../src/shards/build-shards.js';
 import { readBytes } from './node-env.js';
 
@@ -44,13 +46,15 @@ export function writeShards(outDir: string, built: BuiltShards): void {
   renameSync(tmp, outDir);
 }
 
-/** True when outDir holds shards built from the same source bytes and format. */
-export function upToDate(outDir: string, source: ShardSource, quant: string): boolean {
+/** True when outDir holds shards built from the same source bytes, in the same weight format and kernel. */
+export function upToDate(outDir: string, source: ShardSource, quant: QuantSpec): boolean {
   const path = join(outDir, 'manifest.json');
   if (!existsSync(path)) return false;
   try {
     const m = JSON.parse(readFileSync(path, 'utf8'));
-    return m.source?.sha256 === source.source.sha256 && m.source?.file === source.source.file && m.quant?.format === quant;
+    const r = m.quant ? resolveQuant(m.quant) : null;
+    const same = r !== null && 'spec' in r && r.spec.format === quant.format && r.spec.kernel === quant.kernel && r.spec.blockSize === quant.blockSize;
+    return m.source?.sha256 === source.source.sha256 && m.source?.file === source.source.file && same;
   } catch {
     return false;
   }
@@ -70,7 +74,9 @@ export async function ensureDefaultShards(log?: (line: string) => void): Promise
     tokenizer: join(DEFAULT_MODEL_DIR, 'tok512.bin'),
     name: DEFAULT_MODEL_NAME,
   });
+  // The served default is quantized; docs/QUANTIZATION.md has the measurements behind the choice.
+  source.quant = defaultQuant(source.checkpoint.config);
   const out = shardsDir(DEFAULT_MODEL_NAME);
-  if (!upToDate(out, source, 'f32')) await buildAndWrite(out, source, log);
+  if (!upToDate(out, source, source.quant)) await buildAndWrite(out, source, log);
   return out;
 }

@@ -1,5 +1,6 @@
 import { z } from 'zod';
 import { ModelFormatError } from './errors.js';
+import { resolveQuant, type QuantSpec } from './quant.js';
 
 export const MANIFEST_FORMAT = 'lazy-edge-shards';
 export const MANIFEST_VERSION = 1;
@@ -15,7 +16,8 @@ export const manifestSchema = z.object({
   /** True when the weights are seeded random numbers (speed work only, never quality claims). */
   synthetic: z.boolean(),
   source: z.object({ file: z.string(), sha256: z.string().optional(), seed: z.number().optional() }),
-  quant: z.object({ format: z.string(), blockSize: z.number().int().positive().optional() }),
+  /** Weight format and the kernel that runs it (src/model/quant.ts); `kernel` defaults per format. */
+  quant: z.object({ format: z.string(), blockSize: z.number().int().positive().optional(), kernel: z.string().optional() }),
   config: z.object({
     dim: int, hiddenDim: int, nLayers: int, nHeads: int, nKvHeads: int, vocabSize: int, seqLen: int,
     headSize: int, kvDim: int, normEps: z.number().positive(), ropeTheta: z.number().positive(),
@@ -44,7 +46,15 @@ export function parseManifest(text: string, file = 'manifest.json'): Manifest {
   if (r.data.files.layers.length !== r.data.config.nLayers) {
     throw new ModelFormatError(file, `${r.data.config.nLayers} layer files`, `${r.data.files.layers.length}`);
   }
+  quantOf(r.data, file);
   return r.data;
+}
+
+/** The manifest's weight format with defaults filled in; a format this build cannot run is a ModelFormatError. */
+export function quantOf(m: Pick<Manifest, 'quant'>, file = 'manifest.json'): QuantSpec {
+  const r = resolveQuant(m.quant);
+  if ('error' in r) throw new ModelFormatError(file, 'a supported weight format (f32, int8, int4)', r.error);
+  return r.spec;
 }
 
 export async function sha256Hex(bytes: Uint8Array): Promise<string> {

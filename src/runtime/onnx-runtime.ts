@@ -65,12 +65,22 @@ const SESSION_OPTIONS: ort.InferenceSession.SessionOptions = {
   graphOptimizationLevel: 'all',
 };
 
-export async function createGraphSession(name: string, bytes: Uint8Array): Promise<GraphSession> {
+export interface GraphSessionOptions {
+  /**
+   * Let constant folding evaluate DequantizeLinear nodes whose inputs are all initializers, so that
+   * quantized weights become f32 initializers once, at creation (ORT keeps them unfolded by default,
+   * for its QDQ fusions, and then dequantizes on every run). Sets session.disable_quant_qdq.
+   */
+  foldDequantize?: boolean;
+}
+
+export async function createGraphSession(name: string, bytes: Uint8Array, opts: GraphSessionOptions = {}): Promise<GraphSession> {
   if (!initialised) throw new RuntimeError('initRuntime() must be called before creating sessions');
   const source = initialised;
   let session: ort.InferenceSession;
   try {
-    const create = () => ort.InferenceSession.create(bytes, SESSION_OPTIONS);
+    const options = opts.foldDequantize ? { ...SESSION_OPTIONS, extra: { session: { disable_quant_qdq: '1' } } } : { ...SESSION_OPTIONS };
+    const create = () => ort.InferenceSession.create(bytes, options);
     if (!firstSession) {
       firstSession = 'module' in source ? withPrecompiledModule(source.module, create) : create();
       session = (await firstSession) as ort.InferenceSession;

@@ -1,6 +1,8 @@
 import type { Checkpoint } from '../model/checkpoint.js';
 import { MANIFEST_FORMAT, MANIFEST_VERSION, type FileEntry, type Manifest, sha256Hex } from '../model/manifest.js';
-import { buildEmbedGraph, buildHeadGraph, buildLayerGraph, f32Linear, type LinearEmitter } from './layer-graphs.js';
+import { resolveQuant, type QuantSpec } from '../model/quant.js';
+import { buildEmbedGraph, buildHeadGraph, buildLayerGraph } from './layer-graphs.js';
+import { linearFor } from './quant-linear.js';
 
 export interface ShardSource {
   name: string;
@@ -8,7 +10,8 @@ export interface ShardSource {
   tokenizerBytes: Uint8Array;
   synthetic: boolean;
   source: Manifest['source'];
-  quant?: { format: string; blockSize?: number; linear: LinearEmitter };
+  /** weight format of every matrix in the layers and the head (the embedding table becomes int8 rows); default f32 */
+  quant?: QuantSpec;
 }
 
 export interface BuiltShards {
@@ -32,7 +35,10 @@ export const PLAIN_CHAT_TEMPLATE: Manifest['chatTemplate'] = {
 export async function buildShards(src: ShardSource, onProgress?: (done: number, total: number, what: string) => void): Promise<BuiltShards> {
   const ck = src.checkpoint;
   const cfg = ck.config;
-  const linear = src.quant?.linear ?? f32Linear;
+  const quant: QuantSpec = src.quant ?? { format: 'f32', kernel: 'matmul' };
+  const checked = resolveQuant(quant);
+  if ('error' in checked) throw new RangeError(checked.error);
+  const linear = linearFor(quant);
   const files = new Map<string, Uint8Array>();
   const total = cfg.nLayers + 3;
   let done = 0;
@@ -42,7 +48,9 @@ export async function buildShards(src: ShardSource, onProgress?: (done: number, 
     return { file, bytes: bytes.byteLength, sha256: await sha256Hex(bytes) };
   };
   const tokenizer = await add('tokenizer.bin', src.tokenizerBytes);
-  const embed = await add('embed.onnx', buildEmbedGraph(cfg, ck.tokenEmbedding));
+  // Quantized formats also store the embedding table as int8 rows (with a large vocabulary it is a
+  // big share of the weights); f32 keeps it f32.
+  const embed = await add('embed.onnx', buildEmbedGraph(cfg, ck.tokenEmbedding, quant.format !== 'f32'));
   const layers: FileEntry[] = [];
   for (let l = 0; l < cfg.nLayers; l++) {
     layers.push(await add(`layer_${String(l).padStart(2, '0')}.onnx`, buildLayerGraph(cfg, ck.layers[l], l, linear)));
@@ -54,7 +62,7 @@ export async function buildShards(src: ShardSource, onProgress?: (done: number, 
     name: src.name,
     synthetic: src.synthetic,
     source: src.source,
-    quant: { format: src.quant?.format ?? 'f32', ...(src.quant?.blockSize ? { blockSize: src.quant.blockSize } : {}) },
+    quant: { format: quant.format, kernel: quant.kernel, ...(quant.blockSize ? { blockSize: quant.blockSize } : {}) },
     config: { ...cfg },
     tokenizer: { format: 'llama2c', bosId: 1, eosId: 2, ...tokenizer },
     chatTemplate: PLAIN_CHAT_TEMPLATE,

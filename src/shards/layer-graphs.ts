@@ -2,6 +2,7 @@ import type { ModelConfig } from '../model/config.js';
 import type { LayerWeights } from '../model/checkpoint.js';
 import { GraphBuilder } from './onnx-builder.js';
 import { EMBED_IO, HEAD_IO, LAYER_IO } from '../model/shard-io.js';
+import { quantizeInt8Rows } from './quantize.js';
 
 /**
  * How a weight matrix becomes graph nodes. The f32 strategy is the default; quantized formats
@@ -117,11 +118,22 @@ export function buildLayerGraph(
   return b.toBytes();
 }
 
-/** Token ids [q] (int64) -> embeddings [q, dim]. */
-export function buildEmbedGraph(cfg: ModelConfig, table: Float32Array): Uint8Array {
+/**
+ * Token ids [q] (int64) -> embeddings [q, dim]. With `int8Rows` the table is stored (and held) as
+ * int8 rows with one scale per row, and only the q looked-up rows are dequantized on each run.
+ */
+export function buildEmbedGraph(cfg: ModelConfig, table: Float32Array, int8Rows = false): Uint8Array {
   const b = new GraphBuilder('embed');
   const ids = b.input(EMBED_IO.inputs.ids, 'int64', ['q']);
-  const x = b.op('Gather', [b.f32('token_embedding', [cfg.vocabSize, cfg.dim], table), ids], { axis: 0 });
+  let x: string;
+  if (int8Rows) {
+    const t = quantizeInt8Rows(table, cfg.vocabSize, cfg.dim);
+    const rows = b.op('Gather', [b.tensor('token_embedding_q', 'int8', [cfg.vocabSize, cfg.dim], t.q), ids], { axis: 0 }); // [q, dim]
+    const scales = b.op('Gather', [b.f32('token_embedding_scale', [cfg.vocabSize], t.scales), ids], { axis: 0 }); //        [q]
+    x = b.op('Mul', [b.op('Cast', [rows], { to: 1 }), b.op('Unsqueeze', [scales, b.i64('ax_last', [-1])])]);
+  } else {
+    x = b.op('Gather', [b.f32('token_embedding', [cfg.vocabSize, cfg.dim], table), ids], { axis: 0 });
+  }
   b.output(x, EMBED_IO.outputs.x, 'float32', ['q', cfg.dim]);
   return b.toBytes();
 }

@@ -1,15 +1,18 @@
-import { ensureDefaultShards } from '../../scripts/lib/shard-tasks.js';
-import { initNodeRuntime, loadModelFromDir } from '../../scripts/lib/node-env.js';
+import { initNodeRuntime } from '../../scripts/lib/node-env.js';
 import { loadModel, type LoadedModel } from '../../src/engine/model.js';
 import { randomCheckpoint, type Checkpoint, type RandomCheckpointOptions } from '../../src/model/checkpoint.js';
 import { buildShards } from '../../src/shards/build-shards.js';
-import { readBytes, TOK512_BIN } from './paths.js';
+import { loadStories260K, readBytes, TOK512_BIN } from './paths.js';
 
 let defaultModel: Promise<LoadedModel> | null = null;
 
-/** stories260K from model-shards/, built first if missing. One instance per test file. */
+/**
+ * stories260K in f32, sharded in memory: the format the f32 reference forward and llama2.c's samples
+ * are exact for. (model-shards/stories260K, what `npm start` serves, is quantized: see
+ * docs/QUANTIZATION.md and test/node/quant-engine.test.ts.) One instance per test file.
+ */
 export function loadDefaultModel(): Promise<LoadedModel> {
-  defaultModel ??= ensureDefaultShards().then(loadModelFromDir);
+  defaultModel ??= loadCheckpointModel(loadStories260K().ck, 'stories260K');
   return defaultModel;
 }
 

@@ -1,0 +1,112 @@
+/**
+ * Will a model fit the isolate? A Worker isolate has 128 MB (DESIGN.md), and onnxruntime's wasm
+ * heap never shrinks, so a model that fits only until its KV cache grows fails late, mid-request,
+ * with an opaque out-of-memory. loadModel checks this estimate up front instead.
+ * Pure arithmetic over the config and the weight format; docs/QUANTIZATION.md compares it with
+ * measured heaps.
+ */
+import type { ModelConfig } from '../model/config.js';
+import { keepsQuantizedWeights, quantLabel, type QuantSpec } from '../model/quant.js';
+import { EngineError } from './errors.js';
+
+export const MB = 1024 * 1024;
+/** Cloudflare Workers: 128 MB per isolate. */
+export const DEFAULT_MEMORY_BUDGET_BYTES = 128 * MB;
+/**
+ * What the runtime costs before any weight: onnxruntime's initial wasm heap (16 MiB), its compiled
+ * code, and the JS engine's own objects. Measured by `npm run quant-bench` (docs/QUANTIZATION.md).
+ */
+export const RUNTIME_OVERHEAD_BYTES = 24 * MB;
+
+export interface MemoryEstimate {
+  /** every weight as held while the model runs (f32 unless the kernel keeps them quantized) */
+  weights: number;
+  /** K and V, f32, for every layer at seqLen tokens: nLayers * 2 * seqLen * kvDim * 4 */
+  kvCache: number;
+  /** one hidden state per token at most: seqLen * dim * 4 */
+  auxCache: number;
+  runtime: number;
+  /** weights + kvCache + auxCache + runtime: what must fit the budget */
+  total: number;
+  /**
+   * Not in `total`: the attention scores of one layer for a single dense step over the full
+   * context, nHeads * seqLen^2 * 4 bytes per live copy. A long prompt prefilled in one step
+   * briefly needs a few of these on top (ORT frees them after the run, but the heap keeps the pages).
+   */
+  fullContextScores: number;
+}
+
+/** Bytes of one [out, in] weight matrix as the kernel holds it while running. */
+export function matrixBytes(out: number, inp: number, q: QuantSpec): number {
+  if (!keepsQuantizedWeights(q.kernel)) return out * inp * 4;
+  if (q.format === 'int8') return out * inp + out * 4; // int8 values + one f32 scale per output channel
+  const bs = q.blockSize!;
+  const blocks = out * Math.ceil(inp / bs);
+  return blocks * (bs / 2 + 4); // two nibbles per byte (the last block padded) + one f32 scale per block
+}
+
+export function estimateMemory(cfg: ModelConfig, q: QuantSpec): MemoryEstimate {
+  const { dim, hiddenDim, kvDim, nLayers, vocabSize, seqLen, nHeads } = cfg;
+  const perLayer =
+    matrixBytes(dim + 2 * kvDim, dim, q) + // wq|wk|wv stacked
+    matrixBytes(dim, dim, q) + //             wo
+    matrixBytes(2 * hiddenDim, dim, q) + //   w1|w3 stacked
+    matrixBytes(dim, hiddenDim, q) + //       w2
+    2 * dim * 4; //                           RMSNorm gains
+  const weights =
+    nLayers * perLayer +
+    (q.format === 'f32' ? vocabSize * dim * 4 : vocabSize * (dim + 4)) + // embedding table: quantized formats keep int8 rows + a scale per row
+    matrixBytes(vocabSize, dim, q) + //       classifier (its own copy even when tied)
+    dim * 4; //                               final RMSNorm
+  const kvCache = nLayers * 2 * seqLen * kvDim * 4;
+  const auxCache = seqLen * dim * 4;
+  const runtime = RUNTIME_OVERHEAD_BYTES;
+  return {
+    weights,
+    kvCache,
+    auxCache,
+    runtime,
+    total: weights + kvCache + auxCache + runtime,
+    fullContextScores: nHeads * seqLen * seqLen * 4,
+  };
+}
+
+const mb = (b: number) => `${(b / MB).toFixed(1)} MB`;
+
+/**
+ * Refuses a model that would not fit `budgetBytes` at its full context, naming each part of the
+ * estimate and what to do about it. Infinity disables the check.
+ */
+export function checkMemoryBudget(name: string, cfg: ModelConfig, q: QuantSpec, budgetBytes: number): MemoryEstimate {
+  if (!(budgetBytes > 0)) throw new EngineError(`memory budget ${budgetBytes} must be a positive number of bytes`, 'invalid_request', 'memoryBudget');
+  const e = estimateMemory(cfg, q);
+  if (e.total > budgetBytes) {
+    const held = keepsQuantizedWeights(q.kernel) ? q.format : 'f32';
+    throw new EngineError(
+      `model "${name}" does not fit the memory budget: it needs ${mb(e.total)} at its full context of ${cfg.seqLen} tokens ` +
+        `(weights ${mb(e.weights)} as ${quantLabel(q)}, held as ${held}; KV cache ${mb(e.kvCache)}; Aux Cache ${mb(e.auxCache)}; ` +
+        `runtime ${mb(e.runtime)}), but the isolate memory budget allows ${mb(budgetBytes)}. ` +
+        'Rebuild the shards in a format that keeps weights quantized in memory (npm run shards -- --quant int4 --kernel nbits), ' +
+        'use a model with a shorter context, or raise the budget (LAZY_EDGE_MEMORY_BUDGET_MB, or loadModel\'s memoryBudgetBytes).',
+      'model_too_large',
+      'memoryBudget',
+    );
+  }
+  return e;
+}
+
+/**
+ * The weight format `npm run shards` builds when none is given, by model size (the measurements are
+ * in docs/QUANTIZATION.md): int8 dequantized at load while f32 weights plus caches fit the budget
+ * (4x smaller shards, f32 speed, perplexity within 1% of f32); int8 kept int8 in memory when only
+ * that fits; int4 MatMulNBits when only that fits (slow decode, coarse); and when nothing fits, the
+ * smallest, so that loading names what is missing.
+ */
+export function defaultQuant(cfg: ModelConfig, budgetBytes = DEFAULT_MEMORY_BUDGET_BYTES): QuantSpec {
+  const candidates: QuantSpec[] = [
+    { format: 'int8', kernel: 'dequant' },
+    { format: 'int8', kernel: 'integer' },
+    { format: 'int4', kernel: 'nbits', blockSize: 32 },
+  ];
+  return candidates.find((q) => estimateMemory(cfg, q).total <= budgetBytes) ?? candidates[candidates.length - 1];
+}

@@ -1,0 +1,139 @@
+/**
+ * Structural check of a shard's weight tensors against the manifest's format and config, before
+ * onnxruntime sees the graph. A mismatch (a scales tensor of the wrong length, int4 blocks of another
+ * size, f32 weights in a shard the manifest calls int8) otherwise surfaces as an ORT error deep in
+ * session creation, or, for an unfolded DequantizeLinear, only at the first run.
+ */
+import onnxProto from 'onnx-proto';
+import type { ModelConfig } from './config.js';
+import { ModelFormatError } from './errors.js';
+import type { QuantSpec } from './quant.js';
+
+const { onnx } = onnxProto;
+const DT = onnx.TensorProto.DataType;
+
+/** A weight matrix a shard must hold: [out, in] in llama2.c terms; names as src/shards/layer-graphs.ts emits them. */
+export interface WeightSpec {
+  name: string;
+  out: number;
+  inp: number;
+}
+
+export function layerWeightSpecs(c: ModelConfig): WeightSpec[] {
+  return [
+    { name: 'wqkv', out: c.dim + 2 * c.kvDim, inp: c.dim },
+    { name: 'wo', out: c.dim, inp: c.dim },
+    { name: 'w13', out: 2 * c.hiddenDim, inp: c.dim },
+    { name: 'w2', out: c.dim, inp: c.hiddenDim },
+  ];
+}
+
+/** The token embedding [vocab, dim]: f32, or int8 rows with one scale per row in every quantized format. */
+export function embedWeightSpecs(c: ModelConfig): WeightSpec[] {
+  return [{ name: 'token_embedding', out: c.vocabSize, inp: c.dim }];
+}
+
+export function headWeightSpecs(c: ModelConfig): WeightSpec[] {
+  return [{ name: 'wcls', out: c.vocabSize, inp: c.dim }];
+}
+
+interface Expected {
+  name: string;
+  dataType: number;
+  dims: number[];
+  what: string;
+}
+
+const ELEM_BYTES: Record<number, number> = { [DT.FLOAT]: 4, [DT.INT8]: 1, [DT.UINT8]: 1 };
+const TYPE_NAME: Record<number, string> = { [DT.FLOAT]: 'float32', [DT.INT8]: 'int8', [DT.UINT8]: 'uint8' };
+/** Which op must consume the quantized tensor, per format/kernel. */
+const CONSUMER: Record<string, string> = {
+  'int8/dequant': 'DequantizeLinear',
+  'int8/integer': 'MatMulInteger',
+  'int4/dequant': 'Cast',
+  'int4/nbits': 'MatMulNBits',
+  'f32/matmul': 'MatMul',
+};
+
+function embedTensors(w: WeightSpec, q: QuantSpec): Expected[] {
+  const { name, out: rows, inp: cols } = w;
+  if (q.format === 'f32') return [{ name, dataType: DT.FLOAT, dims: [rows, cols], what: `float32 [${rows}, ${cols}] embeddings` }];
+  return [
+    { name: `${name}_q`, dataType: DT.INT8, dims: [rows, cols], what: `int8 [${rows}, ${cols}] embedding rows` },
+    { name: `${name}_scale`, dataType: DT.FLOAT, dims: [rows], what: `${rows} float32 scales (one per row)` },
+  ];
+}
+
+function tensorsOf(w: WeightSpec, q: QuantSpec): Expected[] {
+  const { name, out, inp } = w;
+  if (name === 'token_embedding') return embedTensors(w, q);
+  if (q.format === 'f32') return [{ name, dataType: DT.FLOAT, dims: [inp, out], what: `float32 [${inp}, ${out}] weights` }];
+  if (q.format === 'int8') {
+    return [
+      { name: `${name}_q`, dataType: DT.INT8, dims: [inp, out], what: `int8 [${inp}, ${out}] weights` },
+      { name: `${name}_scale`, dataType: DT.FLOAT, dims: [out], what: `${out} float32 scales (one per output channel)` },
+    ];
+  }
+  const bs = q.blockSize!;
+  const nb = Math.ceil(inp / bs);
+  return [
+    { name: `${name}_q4`, dataType: DT.UINT8, dims: [out, nb, bs / 2], what: `uint8 [${out}, ${nb}, ${bs / 2}] packed int4 weights (blocks of ${bs})` },
+    { name: `${name}_scales`, dataType: DT.FLOAT, dims: [out * nb], what: `${out * nb} float32 scales (${out} outputs x ${nb} blocks of ${bs} inputs)` },
+  ];
+}
+
+const toNum = (d: number | { toNumber(): number }) => (typeof d === 'number' ? d : d.toNumber());
+
+function elementCount(t: onnxProto.onnx.ITensorProto): number {
+  const bytes = t.rawData?.length ?? 0;
+  if (bytes > 0) return bytes / (ELEM_BYTES[t.dataType ?? -1] ?? 1);
+  return t.floatData?.length ?? t.int32Data?.length ?? 0;
+}
+
+/** Throws a ModelFormatError naming the file, the tensor, what the manifest implies and what is there. */
+export function checkShardWeights(file: string, bytes: Uint8Array, q: QuantSpec, weights: WeightSpec[]): void {
+  let model: onnxProto.onnx.ModelProto;
+  try {
+    model = onnx.ModelProto.decode(bytes);
+  } catch (e) {
+    throw new ModelFormatError(file, 'an ONNX model', `undecodable bytes (${(e as Error).message})`);
+  }
+  const inits = new Map((model.graph?.initializer ?? []).map((t) => [t.name ?? '', t]));
+  const nodes = model.graph?.node ?? [];
+  const label = `${q.format}${q.blockSize ? ` (block size ${q.blockSize})` : ''}`;
+  for (const w of weights) {
+    for (const e of tensorsOf(w, q)) {
+      const t = inits.get(e.name);
+      if (!t) {
+        const present = [...inits.keys()].filter((n) => n === w.name || n.startsWith(`${w.name}_`));
+        throw new ModelFormatError(file, `${e.name}: ${e.what}, as the manifest's ${label} format implies`, present.length ? `only ${present.join(', ')}` : 'no such tensor');
+      }
+      const dims = (t.dims ?? []).map(toNum);
+      const n = e.dims.reduce((a, b) => a * b, 1);
+      if (t.dataType !== e.dataType || dims.join(',') !== e.dims.join(',') || elementCount(t) !== n) {
+        throw new ModelFormatError(
+          file,
+          `${e.name}: ${e.what}`,
+          `${TYPE_NAME[t.dataType ?? -1] ?? `data type ${t.dataType}`} [${dims.join(', ')}] holding ${elementCount(t)} values`,
+        );
+      }
+    }
+    const stored = tensorsOf(w, q)[0].name;
+    const want = w.name === 'token_embedding' ? 'Gather' : CONSUMER[`${q.format}/${q.kernel}`];
+    const consumer = nodes.find((nd) => nd.input?.includes(stored));
+    if (consumer?.opType !== want) {
+      throw new ModelFormatError(file, `${stored} consumed by ${want} (kernel ${q.kernel})`, consumer ? `${consumer.opType}` : 'no consumer');
+    }
+    if (want === 'MatMulNBits') {
+      const attr = (k: string) => {
+        const a = consumer.attribute?.find((x) => x.name === k);
+        return a?.i === undefined || a.i === null ? undefined : toNum(a.i as number);
+      };
+      const found = { K: attr('K'), N: attr('N'), bits: attr('bits'), block_size: attr('block_size') };
+      const expect = { K: w.inp, N: w.out, bits: 4, block_size: q.blockSize };
+      if (JSON.stringify(found) !== JSON.stringify(expect)) {
+        throw new ModelFormatError(file, `MatMulNBits on ${stored} with ${JSON.stringify(expect)}`, JSON.stringify(found));
+      }
+    }
+  }
+}

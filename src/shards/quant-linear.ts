@@ -1,0 +1,102 @@
+/**
+ * LinearEmitters for the quantized formats (src/model/quant.ts). Each takes w [out, in] (llama2.c
+ * layout) and emits `x @ w^T` for x [q, in]. The stored tensors of a format are the same whatever
+ * the kernel, so shard bytes depend on the format only.
+ */
+import type { QuantSpec } from '../model/quant.js';
+import type { GraphBuilder } from './onnx-builder.js';
+import { f32Linear, type LinearEmitter } from './layer-graphs.js';
+import { INT4_ZERO_POINT, quantizeInt4, quantizeInt8 } from './quantize.js';
+
+const FLOAT = 1; // TensorProto.FLOAT, for Cast
+
+function int8Tensors(b: GraphBuilder, name: string, w: Float32Array, out: number, inp: number) {
+  const t = quantizeInt8(w, out, inp);
+  return {
+    q: b.tensor(`${name}_q`, 'int8', [inp, out], t.q), //  [in, out]
+    scale: b.f32(`${name}_scale`, [out], t.scales), //     [out]
+  };
+}
+
+/**
+ * int8 weights, DequantizeLinear per output channel then an f32 MatMul. Every input of the
+ * DequantizeLinear is an initializer, so a session created with `foldDequantize` turns it into one
+ * f32 initializer (quantized on the wire, f32 in memory, f32 speed); without it ORT keeps the node
+ * and dequantizes the whole matrix on every run.
+ */
+export const int8DequantLinear: LinearEmitter = (b, x, name, w, out, inp) => {
+  const t = int8Tensors(b, name, w, out, inp);
+  return b.op('MatMul', [x, b.op('DequantizeLinear', [t.q, t.scale], { axis: 1 })]);
+};
+
+/**
+ * int8 weights stay int8: activations are quantized per call to uint8 (per tensor, asymmetric),
+ * multiplied in integers, and rescaled by x_scale * w_scale[out]. ORT fuses the pattern into
+ * DynamicQuantizeMatMul.
+ */
+export const int8IntegerLinear: LinearEmitter = (b, x, name, w, out, inp) => {
+  const t = int8Tensors(b, name, w, out, inp);
+  const [xq, xScale, xZero] = b.opN('DynamicQuantizeLinear', [x], {}, { outputs: 3 });
+  const acc = b.op('MatMulInteger', [xq, t.q, xZero]); // int32 [q, out]
+  return b.op('Mul', [b.op('Cast', [acc], { to: FLOAT }), b.op('Mul', [xScale, t.scale])]);
+};
+
+function int4Tensors(b: GraphBuilder, name: string, w: Float32Array, out: number, inp: number, blockSize: number) {
+  const t = quantizeInt4(w, out, inp, blockSize);
+  return {
+    t,
+    packed: b.tensor(`${name}_q4`, 'uint8', [out, t.nBlocks, blockSize / 2], t.packed),
+    scales: b.f32(`${name}_scales`, [out * t.nBlocks], t.scales),
+  };
+}
+
+/** int4 weights through com.microsoft MatMulNBits, which dequantizes block by block on every run. */
+export function int4NBitsLinear(blockSize: number): LinearEmitter {
+  return (b, x, name, w, out, inp) => {
+    const { packed, scales } = int4Tensors(b, name, w, out, inp, blockSize);
+    return b.op('MatMulNBits', [x, packed, scales], { K: inp, N: out, bits: 4, block_size: blockSize }, { domain: 'com.microsoft' });
+  };
+}
+
+/**
+ * int4 weights unpacked in the graph with plain opset-17 arithmetic on initializers only, so ORT's
+ * constant folding turns the whole chain into one f32 [in, out] initializer when the session is
+ * created: int4 on the wire, f32 in memory and speed.
+ */
+export function int4DequantLinear(blockSize: number): LinearEmitter {
+  return (b, x, name, w, out, inp) => {
+    const { t, packed, scales } = int4Tensors(b, name, w, out, inp, blockSize);
+    const bytes = b.op('Cast', [packed], { to: FLOAT }); // [out, nBlocks, bs/2]
+    const hi = b.op('Floor', [b.op('Div', [bytes, b.scalar(`${name}_16`, 16)])]);
+    const lo = b.op('Sub', [bytes, b.op('Mul', [hi, b.scalar(`${name}_16b`, 16)])]);
+    const ax = b.i64(`${name}_ax`, [-1]);
+    // Element 2k is the low nibble, 2k+1 the high one: interleave as [.., bs/2, 2] then flatten.
+    const pairs = b.op('Concat', [b.op('Unsqueeze', [lo, ax]), b.op('Unsqueeze', [hi, ax])], { axis: -1 });
+    const nibbles = b.op('Reshape', [pairs, b.i64(`${name}_blocks`, [out, t.nBlocks, blockSize])]);
+    const signed = b.op('Sub', [nibbles, b.scalar(`${name}_zp`, INT4_ZERO_POINT)]);
+    const scaled = b.op('Mul', [signed, b.op('Reshape', [scales, b.i64(`${name}_sshape`, [out, t.nBlocks, 1])])]);
+    let rows = b.op('Reshape', [scaled, b.i64(`${name}_rows`, [out, t.nBlocks * blockSize])]); // [out, padded in]
+    if (t.nBlocks * blockSize !== inp) {
+      rows = b.op('Slice', [rows, b.i64(`${name}_s0`, [0]), b.i64(`${name}_s1`, [inp]), b.i64(`${name}_s2`, [1])]);
+    }
+    return b.op('MatMul', [x, b.op('Transpose', [rows], { perm: [1, 0] })]);
+  };
+}
+
+/** The emitter that builds a format's graphs with the given kernel. */
+export function linearFor(q: QuantSpec): LinearEmitter {
+  switch (`${q.format}/${q.kernel}`) {
+    case 'f32/matmul':
+      return f32Linear;
+    case 'int8/dequant':
+      return int8DequantLinear;
+    case 'int8/integer':
+      return int8IntegerLinear;
+    case 'int4/dequant':
+      return int4DequantLinear(q.blockSize!);
+    case 'int4/nbits':
+      return int4NBitsLinear(q.blockSize!);
+    default:
+      throw new RangeError(`no kernel ${q.kernel} for ${q.format} weights`);
+  }
+}
