@@ -323,6 +323,29 @@ describe('chat completions with a session', () => {
     expect(now).toEqual(was);
   });
 
+  it('compacts the stored log into one snapshot once truncated records outweigh the live state', async () => {
+    const id = await createSession();
+    const seen: TurnOutcome['session']['stats'][] = [];
+    // Every request rewrites the start of the history, so each turn truncates almost everything.
+    for (const [k, opening] of ['Tom had a red hat.', 'Sue had a blue cup.', 'Max had a green ball.', 'Amy had a pink bag.'].entries()) {
+      const res = await post('/v1/chat/completions', { model: MODEL, session_id: id, messages: [{ role: 'user', content: `${opening} ${TURNS[0].content}` }], max_tokens: 40, temperature: 0.8, seed: k });
+      const body = (await res.json()) as Reply['body'];
+      expect(res.status, JSON.stringify(body)).toBe(200);
+      seen.push(body.session.stats);
+    }
+    expect(seen.slice(1).every((s) => s.truncated_tokens > 0)).toBe(true);
+    const k = seen.findIndex((s) => s.compacted);
+    expect(k).toBeGreaterThan(0);
+    expect(seen[k].cache.record_chunks).toBe(1);
+    expect(seen[k].cache.record_bytes).toBe(seen[k].delta_bytes);
+    expect(seen[k].cache.record_bytes).toBeLessThan(seen[k - 1].cache.record_bytes + seen[k].delta_bytes);
+    const live = await info(id);
+    await abortAllDurableObjects();
+    const reloaded = await info(id);
+    expect(reloaded.stats.state_source).toBe('records');
+    for (const f of ['tokens', 'depth_histogram', 'kv_bytes', 'aux_bytes', 'record_bytes', 'record_chunks'] as const) expect(reloaded.stats[f]).toEqual(live.stats[f]);
+  });
+
   it('answers 404 for an unknown session and leaves stateless chat alone', async () => {
     await expectError(await post('/v1/chat/completions', { model: MODEL, messages: [{ role: 'user', content: 'Hi' }], session_id: 'sess_' + '0'.repeat(32) }), 404, 'session_not_found');
     await expectError(await post('/v1/chat/completions', { model: MODEL, messages: [{ role: 'user', content: 'Hi' }] }, { 'x-session-id': 'nope' }), 404, 'session_not_found');
