@@ -44,7 +44,7 @@ describe('npm run generate', () => {
     [['--max-tokens', 'lots'], /--max-tokens must be a number/],
     [['--lazy', 'maybe'], /--lazy must be "on" or "off"/],
     [['--schedule', '9:0.5'], /layer 9 does not exist/],
-    [['--temperature', '-1'], /temperature -1 must be/],
+    [['--temperature=-1'], /temperature -1 must be/],
   ])('rejects %j with a clear message and a non-zero exit', (args, message) => {
     const r = run('generate.ts', ['--prompt', 'hi', ...args]);
     expect(r.code).not.toBe(0);
