@@ -1,5 +1,6 @@
 /**
- * The benchmark's models, built once into model-shards/bench-<id>/ (git-ignored):
+ * The benchmark's models, built once into .bench-cache/models/<id>/ (git-ignored; not under
+ * model-shards/, which wrangler serves as static assets with a 25 MiB per-file limit):
  *   shards/            per-layer shards + manifest, what the engine loads
  *   hf/<id>/           the same weights as one ONNX graph in transformers.js's layout
  *                      (config.json, generation_config.json, onnx/model.onnx)
@@ -10,8 +11,9 @@ import { existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node
 import { join } from 'node:path';
 import { parseLlama2cCheckpoint, randomCheckpoint, type Checkpoint, type RandomCheckpointOptions } from '../../src/model/checkpoint.js';
 import { buildShards } from '../../src/shards/build-shards.js';
+import { GRAPH_REVISION } from '../../src/shards/layer-graphs.js';
 import { buildMonolithicGraph, transformersConfig } from './bench-monolithic.js';
-import { DEFAULT_MODEL_DIR, readBytes, SHARDS_ROOT } from './node-env.js';
+import { DEFAULT_MODEL_DIR, readBytes, REPO_ROOT } from './node-env.js';
 import { writeShards } from './shard-tasks.js';
 
 export interface BenchModelSpec {
@@ -71,7 +73,7 @@ export interface BenchModelPaths {
 }
 
 export function benchPaths(spec: BenchModelSpec): BenchModelPaths {
-  const root = join(SHARDS_ROOT, `bench-${spec.id}`);
+  const root = join(REPO_ROOT, '.bench-cache', 'models', spec.id);
   return { shards: join(root, 'shards'), hfRoot: join(root, 'hf'), hfName: spec.id };
 }
 
@@ -114,7 +116,7 @@ export function paddedTokenizer(tok: Uint8Array, vocabSize: number): Uint8Array 
 }
 
 function sourceTag(spec: BenchModelSpec): string {
-  return spec.random ? `random(${JSON.stringify(spec.random)})` : 'stories260K.bin';
+  return `${spec.random ? `random(${JSON.stringify(spec.random)})` : 'stories260K.bin'} graphs r${GRAPH_REVISION}`;
 }
 
 export function loadBenchCheckpoint(spec: BenchModelSpec): Checkpoint {

@@ -4,6 +4,7 @@ import { parseLlama2cCheckpoint, randomCheckpoint, type RandomCheckpointOptions 
 import { sha256Hex } from '../../src/model/manifest.js';
 import { resolveQuant, type QuantSpec } from '../../src/model/quant.js';
 import { defaultQuant } from '../../src/engine/memory-budget.js';
+import { GRAPH_REVISION } from '../../src/shards/layer-graphs.js';
 import { buildShards, type BuiltShards, type ShardSource } from '../../src/shards/build-shards.js';
 import { readBytes } from './node-env.js';
 
@@ -41,12 +42,16 @@ export function writeShards(outDir: string, built: BuiltShards): void {
   rmSync(tmp, { recursive: true, force: true });
   mkdirSync(tmp, { recursive: true });
   for (const [file, bytes] of built.files) writeFileSync(join(tmp, file), bytes);
-  writeFileSync(join(tmp, 'manifest.json'), `${JSON.stringify(built.manifest, null, 2)}\n`);
+  // graphRevision: which revision of the graph builders made these files (not part of the schema).
+  writeFileSync(join(tmp, 'manifest.json'), `${JSON.stringify({ ...built.manifest, graphRevision: GRAPH_REVISION }, null, 2)}\n`);
   rmSync(outDir, { recursive: true, force: true });
   renameSync(tmp, outDir);
 }
 
-/** True when outDir holds shards built from the same source bytes, in the same weight format and kernel. */
+/**
+ * True when outDir holds shards built from the same source bytes, in the same weight format and
+ * kernel, by the current revision of the graph builders.
+ */
 export function upToDate(outDir: string, source: ShardSource, quant: QuantSpec): boolean {
   const path = join(outDir, 'manifest.json');
   if (!existsSync(path)) return false;
@@ -54,7 +59,7 @@ export function upToDate(outDir: string, source: ShardSource, quant: QuantSpec):
     const m = JSON.parse(readFileSync(path, 'utf8'));
     const r = m.quant ? resolveQuant(m.quant) : null;
     const same = r !== null && 'spec' in r && r.spec.format === quant.format && r.spec.kernel === quant.kernel && r.spec.blockSize === quant.blockSize;
-    return m.source?.sha256 === source.source.sha256 && m.source?.file === source.source.file && same;
+    return m.source?.sha256 === source.source.sha256 && m.source?.file === source.source.file && same && m.graphRevision === GRAPH_REVISION;
   } catch {
     return false;
   }

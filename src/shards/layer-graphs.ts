@@ -11,6 +11,13 @@ import { quantizeInt8Rows } from './quantize.js';
  */
 export type LinearEmitter = (b: GraphBuilder, x: string, name: string, w: Float32Array, out: number, inp: number) => string;
 
+/**
+ * Revision of the graphs these builders emit. Bump it with every change to the emitted ops, so that
+ * shards built by an older revision are rebuilt (scripts/lib/shard-tasks.ts upToDate).
+ * 2: RMSNorm as SimplifiedLayerNormalization.
+ */
+export const GRAPH_REVISION = 2;
+
 export function transpose(w: Float32Array, rows: number, cols: number): Float32Array {
   const t = new Float32Array(rows * cols);
   for (let r = 0; r < rows; r++) for (let c = 0; c < cols; c++) t[c * rows + r] = w[r * cols + c];
@@ -31,10 +38,12 @@ export function stackRows(...ws: Float32Array[]): Float32Array {
   return all;
 }
 
+/**
+ * RMSNorm as onnxruntime's SimplifiedLayerNormalization (x / sqrt(mean(x^2) + eps) * weight): one
+ * kernel instead of seven elementwise nodes, each of which costs a dispatch on every run.
+ */
 export function rmsNorm(b: GraphBuilder, x: string, weight: Float32Array, eps: number, name: string): string {
-  const ms = b.op('ReduceMean', [b.op('Mul', [x, x])], { axes: [-1], keepdims: 1 });
-  const inv = b.op('Reciprocal', [b.op('Sqrt', [b.op('Add', [ms, b.scalar(`${name}_eps`, eps)])])]);
-  return b.op('Mul', [b.op('Mul', [x, inv]), b.f32(name, [weight.length], weight)]);
+  return b.op('SimplifiedLayerNormalization', [x, b.f32(name, [weight.length], weight)], { axis: -1, epsilon: { float: eps } });
 }
 
 /** RoPE on adjacent pairs (run.c): x [q, heads*hs] rotated by angles cos/sin [q, 1, hs/2, 1]. */
