@@ -95,9 +95,11 @@ describe('POST /v1/completions', () => {
     expect(timing).toBe(`prefill;dur=${body.lazy_stats.prefill_ms.toFixed(2)}, decode;dur=${body.lazy_stats.decode_ms.toFixed(2)}`);
   });
 
-  it('defaults to 16 tokens like OpenAI', async () => {
+  it('defaults to 16 tokens like OpenAI, and takes the prompt as a list of one string', async () => {
     const body = await complete({ prompt: 'Once upon a time', temperature: 0 });
     expect(body.usage.completion_tokens).toBe(16);
+    const listed = await complete({ prompt: ['Once upon a time'], temperature: 0 });
+    expect(listed.choices[0].text).toBe(body.choices[0].text);
   });
 
   it('runs dense with lazy.enabled false, and takes a schedule as a spec string or an object', async () => {
@@ -145,7 +147,7 @@ describe('POST /v1/completions', () => {
     const finish = chunks.pop()!;
     expect(chunks.length).toBeGreaterThan(10); // one event per released piece of text, not one blob
     for (const ch of chunks) {
-      expect(ch).toEqual({ id: finish.id, object: 'text_completion', created: expect.any(Number), model: MODEL, choices: [{ text: expect.any(String), index: 0, logprobs: null, finish_reason: null }] });
+      expect(ch).toEqual({ id: finish.id, object: 'text_completion', created: finish.created, model: MODEL, choices: [{ text: expect.any(String), index: 0, logprobs: null, finish_reason: null }] });
     }
     expect(chunks.map((ch) => ch.choices[0].text).join('')).toBe(whole.choices[0].text);
     expect(finish.choices).toEqual([{ text: '', index: 0, logprobs: null, finish_reason: whole.choices[0].finish_reason }]);
@@ -269,6 +271,8 @@ describe('bad input: a 4xx with an OpenAI error body', () => {
     ['a missing model', { prompt: 'hi' }, 400, 'missing_required_parameter', 'model'],
     ['a missing prompt', { model: MODEL }, 400, 'invalid_value', 'prompt'],
     ['a prompt of the wrong type', { ...ok, prompt: 42 }, 400, 'invalid_value', 'prompt'],
+    ['a prompt list of two strings', { ...ok, prompt: ['a', 'b'] }, 400, 'invalid_value', 'prompt'],
+    ['a prompt of token ids', { ...ok, prompt: [1, 2, 3] }, 400, 'invalid_value', 'prompt'],
     ['max_tokens as a string', { ...ok, max_tokens: '10' }, 400, 'invalid_type', 'max_tokens'],
     ['max_tokens not an integer', { ...ok, max_tokens: 2.5 }, 400, 'invalid_type', 'max_tokens'],
     ['max_tokens 0', { ...ok, max_tokens: 0 }, 400, 'invalid_value', 'max_tokens'],

@@ -25,7 +25,8 @@ export const chat = new Hono<AppEnv>().post('/', async (c) => {
     defaultMaxTokens: Math.max(1, model.config.seqLen - prompt.length),
   });
   const id = completionId('chatcmpl');
-  const base = () => ({ id, created: Math.floor(Date.now() / 1000), model: body.model });
+  const created = Math.floor(Date.now() / 1000);
+  const base = () => ({ id, created, model: body.model });
   const chunk = (delta: object, finish: string | null) => ({
     ...base(),
     object: 'chat.completion.chunk' as const,

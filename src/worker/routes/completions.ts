@@ -19,7 +19,8 @@ export const completions = new Hono<AppEnv>().post('/', async (c) => {
     defaultMaxTokens: COMPLETIONS_DEFAULT_MAX_TOKENS,
   });
   const id = completionId('cmpl');
-  const base = () => ({ id, object: 'text_completion' as const, created: Math.floor(Date.now() / 1000), model: body.model });
+  const created = Math.floor(Date.now() / 1000);
+  const base = () => ({ id, object: 'text_completion' as const, created, model: body.model });
   return respond(c, job, body, {
     whole: (o) => ({
       ...base(),
