@@ -512,7 +512,11 @@ export class ChatSession extends DurableObject<Env> {
         stop: job.stop,
         schedule: job.schedule,
         deadline: job.deadline,
-        onText: onEvent ? (text) => onEvent({ type: 'text', text }) : undefined,
+        // Streamed: each piece goes out before the next token. Not streamed: a zero-delay timer per
+        // piece, as for stateless requests, so other requests get their turn (a concurrent message
+        // is refused with 409 rather than queued behind this one) and the deployed clock can move
+        // for the request budget.
+        onText: onEvent ? (text) => onEvent({ type: 'text', text }) : () => new Promise<void>((r) => setTimeout(r, 0)),
       });
       const r = turn.result;
       const reply: StoredMessage = { role: 'assistant', content: r.text };

@@ -55,7 +55,8 @@ type Options = z.infer<typeof sessionMessageSchema> | ChatRequest;
 async function turnResponse(c: Context<AppEnv>, id: string, model: string, req: TurnRequest, o: Options): Promise<Response> {
   const obj = stub(c, id);
   const cid = completionId('chatcmpl');
-  const base = () => ({ id: cid, created: Math.floor(Date.now() / 1000), model });
+  const created = Math.floor(Date.now() / 1000);
+  const base = () => ({ id: cid, created, model });
   const chunk = (delta: object, finish: string | null) => ({
     ...base(),
     object: 'chat.completion.chunk' as const,
