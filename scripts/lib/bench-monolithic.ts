@@ -20,7 +20,7 @@ import type { Checkpoint } from '../../src/model/checkpoint.js';
 import type { ModelConfig } from '../../src/model/config.js';
 import type { GraphSession, HostTensor } from '../../src/runtime/onnx-runtime.js';
 import { GraphBuilder } from '../../src/shards/onnx-builder.js';
-import { f32Linear, rmsNorm, rope, stackRows } from '../../src/shards/layer-graphs.js';
+import { f32Linear, rmsNorm, ropeQK, ropeTables, stackRows } from '../../src/shards/layer-graphs.js';
 
 export const MONO_IO = {
   ids: 'input_ids',
@@ -50,14 +50,8 @@ export function buildMonolithicGraph(ck: Checkpoint): Uint8Array {
     b.i64('rows_dim', [-1, dim]),
   ]);
   const pos = b.op('Reshape', [b.op('Cast', [positions], { to: 1 }), b.i64('flat', [-1])]); // [s] float
-  // Rotation angles once for all layers (the shards compute them per layer): [s, 1, hs/2, 1].
-  const invFreq = Float32Array.from({ length: hs / 2 }, (_, j) => 1 / Math.pow(cfg.ropeTheta, (2 * j) / hs));
-  const angles = b.op('Reshape', [
-    b.op('Mul', [b.op('Unsqueeze', [pos, b.i64('ax1', [1])]), b.f32('inv_freq', [hs / 2], invFreq)]),
-    b.i64('angles_shape', [-1, 1, hs / 2, 1]),
-  ]);
-  const cos = b.op('Cos', [angles]);
-  const sin = b.op('Sin', [angles]);
+  // RoPE tables once for all layers (the shards compute them per layer): [s, hs/2].
+  const { cos, sin } = ropeTables(b, pos, hs, cfg.ropeTheta);
 
   // Additive mask [s, T]: key j is visible to query i iff j <= position_i and attention_mask[j] == 1.
   const total = b.op('Gather', [b.op('Shape', [attnMask]), b.tensor('one_i', 'int64', [], BigInt64Array.of(1n))], { axis: 0 });
@@ -77,9 +71,9 @@ export function buildMonolithicGraph(ck: Checkpoint): Uint8Array {
     const pastV = b.input(MONO_IO.pastValue(l), 'float32', ['batch_size', nKvHeads, 'past_sequence_length', hs]);
     const xn = rmsNorm(b, x, w.rmsAtt, cfg.normEps, `${t}_rms_att`);
     const qkv = f32Linear(b, xn, `${t}_wqkv`, stackRows(w.wq, w.wk, w.wv), dim + 2 * kvDim, dim);
-    const [q0, k0, vNew] = b.opN('Split', [qkv, b.i64(`${t}_qkv_split`, [dim, kvDim, kvDim])], { axis: -1 }, { outputs: 3 });
-    const qRot = rope(b, q0, nHeads, hs, cos, sin, `${t}_rq`);
-    const kRot = rope(b, k0, nKvHeads, hs, cos, sin, `${t}_rk`);
+    const [qk0, vNew] = b.opN('Split', [qkv, b.i64(`${t}_qkv_split`, [dim + kvDim, kvDim])], { axis: -1 }, { outputs: 2 });
+    const qk = ropeQK(b, qk0, nHeads + nKvHeads, hs, cos, sin, `${t}_rope`);
+    const [qRot, kRot] = b.opN('Split', [qk, b.i64(`${t}_qk_split`, [dim, kvDim])], { axis: -1 }, { outputs: 2 });
     // The cache grows along the sequence axis of [1, kvH, T, hs].
     const toCache = (v: string) => b.op('Transpose', [b.op('Reshape', [v, bsnh])], { perm: [0, 2, 1, 3] });
     const keys = b.op('Concat', [pastK, toCache(kRot)], { axis: 2 });

@@ -15,8 +15,9 @@ export type LinearEmitter = (b: GraphBuilder, x: string, name: string, w: Float3
  * Revision of the graphs these builders emit. Bump it with every change to the emitted ops, so that
  * shards built by an older revision are rebuilt (scripts/lib/shard-tasks.ts upToDate).
  * 2: RMSNorm as SimplifiedLayerNormalization.
+ * 3: RoPE of queries and keys in one RotaryEmbedding kernel.
  */
-export const GRAPH_REVISION = 2;
+export const GRAPH_REVISION = 3;
 
 export function transpose(w: Float32Array, rows: number, cols: number): Float32Array {
   const t = new Float32Array(rows * cols);
@@ -46,7 +47,28 @@ export function rmsNorm(b: GraphBuilder, x: string, weight: Float32Array, eps: n
   return b.op('SimplifiedLayerNormalization', [x, b.f32(name, [weight.length], weight)], { axis: -1, epsilon: { float: eps } });
 }
 
-/** RoPE on adjacent pairs (run.c): x [q, heads*hs] rotated by angles cos/sin [q, 1, hs/2, 1]. */
+/**
+ * RoPE tables for the rows of `pos` [q] (float positions, any order): cos/sin of pos * theta^(-2j/hs),
+ * each [q, hs/2]. Row i belongs to the i-th token, so ropeQK can rotate tokens at arbitrary positions.
+ */
+export function ropeTables(b: GraphBuilder, pos: string, hs: number, theta: number): { cos: string; sin: string } {
+  const invFreq = Float32Array.from({ length: hs / 2 }, (_, j) => 1 / Math.pow(theta, (2 * j) / hs));
+  const angles = b.op('Mul', [b.op('Unsqueeze', [pos, b.i64('rope_ax1', [1])]), b.f32('inv_freq', [hs / 2], invFreq)]);
+  return { cos: b.op('Cos', [angles]), sin: b.op('Sin', [angles]) };
+}
+
+/**
+ * RoPE on adjacent pairs (run.c) for queries and keys in one onnxruntime RotaryEmbedding kernel
+ * (interleaved): qk [q, heads*hs] with `heads` = query heads + KV heads, tables from ropeTables.
+ * position_ids is the offset 0, so token i reads row i of the tables: its own angles.
+ */
+export function ropeQK(b: GraphBuilder, qk: string, heads: number, hs: number, cos: string, sin: string, tag: string): string {
+  const batched = b.op('Unsqueeze', [qk, b.i64(`${tag}_ax0`, [0])]); // [1, q, heads*hs]
+  const rotated = b.op('RotaryEmbedding', [batched, b.tensor(`${tag}_offset`, 'int64', [1], BigInt64Array.of(0n)), cos, sin], { interleaved: 1, num_heads: heads }, { domain: 'com.microsoft' });
+  return b.op('Squeeze', [rotated, b.i64(`${tag}_ax0s`, [0])]);
+}
+
+/** RoPE on adjacent pairs (run.c) as elementwise ops: x [q, heads*hs] rotated by angles cos/sin [q, 1, hs/2, 1]. */
 export function rope(b: GraphBuilder, x: string, heads: number, hs: number, cos: string, sin: string, tag: string): string {
   const pairs = b.op('Reshape', [x, b.i64(`${tag}_pairs_shape`, [0, heads, hs / 2, 2])]);
   const [x0, x1] = b.opN('Split', [pairs, b.i64(`${tag}_split`, [1, 1])], { axis: -1 }, { outputs: 2 });
@@ -76,18 +98,12 @@ export function buildLayerGraph(
   const pastV = b.input(io.inputs.pastV, 'float32', ['c', kvDim]);
   const pastPos = b.input(io.inputs.pastPos, 'float32', ['c']);
 
-  // Rotation angles: pos * theta^(-2j/hs) for pair j, shaped [q, 1, hs/2, 1] to broadcast over heads.
-  const invFreq = Float32Array.from({ length: hs / 2 }, (_, j) => 1 / Math.pow(cfg.ropeTheta, (2 * j) / hs));
-  const angles = b.op('Mul', [b.op('Unsqueeze', [pos, b.i64('ax1', [1])]), b.f32('inv_freq', [hs / 2], invFreq)]);
-  const angles4 = b.op('Reshape', [angles, b.i64('angles_shape', [-1, 1, hs / 2, 1])]);
-  const cos = b.op('Cos', [angles4]);
-  const sin = b.op('Sin', [angles4]);
-
+  const { cos, sin } = ropeTables(b, pos, hs, cfg.ropeTheta); // [q, hs/2]
   const xn = rmsNorm(b, x, w.rmsAtt, cfg.normEps, 'rms_att');
   const qkv = linear(b, xn, 'wqkv', stackRows(w.wq, w.wk, w.wv), dim + 2 * kvDim, dim);
-  const [q0, k0, vNew] = b.opN('Split', [qkv, b.i64('qkv_split', [dim, kvDim, kvDim])], { axis: -1 }, { outputs: 3 });
-  const qRot = rope(b, q0, nHeads, hs, cos, sin, 'rq');
-  const kNew = rope(b, k0, nKvHeads, hs, cos, sin, 'rk');
+  const [qk0, vNew] = b.opN('Split', [qkv, b.i64('qkv_split', [dim + kvDim, kvDim])], { axis: -1 }, { outputs: 2 });
+  const qk = ropeQK(b, qk0, nHeads + nKvHeads, hs, cos, sin, 'rope');
+  const [qRot, kNew] = b.opN('Split', [qk, b.i64('qk_split', [dim, kvDim])], { axis: -1 }, { outputs: 2 });
 
   const keys = b.op('Concat', [pastK, kNew], { axis: 0 }); //     [t, kvDim]
   const values = b.op('Concat', [pastV, vNew], { axis: 0 }); //   [t, kvDim]
