@@ -166,6 +166,8 @@ interface Live {
   recordBytes: number;
   turns: number;
   source: CacheStats['state_source'];
+  /** the statistics as of the last completed turn (or load): what GET reports while a turn runs */
+  committed: CacheStats | null;
 }
 
 const fail = (status: number, message: string, code: string, param: string | null = null): Failure => ({
@@ -175,6 +177,8 @@ const fail = (status: number, message: string, code: string, param: string | nul
 });
 
 const notFound = (id: string): Failure => fail(404, `No session '${id}' exists for this API key.`, 'session_not_found', 'session_id');
+/** The turn was abandoned because its client went away; the HTTP layer writes nothing more. */
+const goneFailure = (): Failure => fail(499, 'The client closed the stream; the turn was abandoned and nothing was stored.', 'client_gone');
 const busy = (): Failure => fail(409, 'Another request is using this session; retry once it has finished.', 'session_busy');
 
 function failure(e: unknown, where: string): Failure {
@@ -183,6 +187,7 @@ function failure(e: unknown, where: string): Failure {
   return { ok: false, status: err.status, error: err.body().error };
 }
 
+const hex8 = (v: number) => (v >>> 0).toString(16).padStart(8, '0');
 const u32Blob = (a: readonly number[]): ArrayBuffer => Uint32Array.from(a).buffer;
 const blobU32 = (b: unknown): number[] => Array.from(new Uint32Array(b as ArrayBuffer));
 const blobOf = (u: Uint8Array): ArrayBuffer => (u.byteOffset === 0 && u.byteLength === u.buffer.byteLength ? (u.buffer as ArrayBuffer) : (u.slice().buffer as ArrayBuffer));
@@ -230,9 +235,9 @@ export class ChatSession extends DurableObject<Env> {
     const turns = (this.sql.exec('SELECT COUNT(*) AS n FROM turns').one().n as number) ?? 0;
     const rows = this.sql.exec('SELECT seq, bytes FROM chunks ORDER BY seq').toArray();
     const recordBytes = rows.reduce((s, r) => s + (r.bytes as ArrayBuffer).byteLength, 0);
-    const live: Live = { meta, model, fingerprint, seq: new SequenceState(model.config), view: emptyView(), messages, recordBytes, turns, source: 'records' };
+    const live: Live = { meta, model, fingerprint, seq: new SequenceState(model.config), view: emptyView(), messages, recordBytes, turns, source: 'records', committed: null };
     try {
-      if (meta.fingerprint !== fingerprint) throw new StateFormatError('foreign_model', `the session was stored for model ${meta.model} (${meta.fingerprint}), this is ${model.manifest.name} (${fingerprint})`);
+      if (meta.fingerprint !== fingerprint) throw new StateFormatError('foreign_model', `the session was stored for model ${meta.model} (${hex8(meta.fingerprint)}), this is ${model.manifest.name} (${hex8(fingerprint)})`);
       if (rows.length !== meta.chunks) throw new StateFormatError('out_of_order', `${rows.length} chunks stored, ${meta.chunks} expected`);
       const r = replayLog(model.config, rows.map((x) => new Uint8Array(x.bytes as ArrayBuffer)), fingerprint);
       if (r.seq.length !== meta.tokens) throw new StateFormatError('malformed', `the log rebuilds ${r.seq.length} tokens, ${meta.tokens} expected`);
@@ -242,6 +247,7 @@ export class ChatSession extends DurableObject<Env> {
       if (!(e instanceof StateFormatError)) throw e;
       await this.rebuild(live, e);
     }
+    live.committed = this.cacheStats(live);
     return live;
   }
 
@@ -353,7 +359,7 @@ export class ChatSession extends DurableObject<Env> {
       expires_at: Math.floor((live.meta.last_active + ttl) / 1000),
       ttl_seconds: ttl / 1000,
       messages: live.messages.map((m) => ({ ...m })),
-      stats: this.cacheStats(live),
+      stats: this.busy && live.committed ? live.committed : this.cacheStats(live),
     };
   }
 
@@ -418,7 +424,8 @@ export class ChatSession extends DurableObject<Env> {
         messages.forEach((m, k) => this.sql.exec('INSERT INTO messages (idx, role, content) VALUES (?, ?, ?)', k, m.role, m.content));
       });
       await this.ctx.storage.setAlarm(now + this.ttlMs());
-      const live: Live = { meta, model, fingerprint, seq: new SequenceState(model.config), view: emptyView(), messages, recordBytes: 0, turns: 0, source: 'new' };
+      const live: Live = { meta, model, fingerprint, seq: new SequenceState(model.config), view: emptyView(), messages, recordBytes: 0, turns: 0, source: 'new', committed: null };
+      live.committed = this.cacheStats(live);
       this.live = live;
       return { ok: true, session: this.info(live) };
     } catch (e) {
@@ -499,9 +506,25 @@ export class ChatSession extends DurableObject<Env> {
         maxTokens: req.maxTokens,
         defaultMaxTokens: req.mode === 'append' ? Math.max(1, Math.min(SESSION_DEFAULT_MAX_TOKENS, room)) : Math.max(1, room),
       });
-      if (onEvent) await onEvent({ type: 'start' });
     } catch (e) {
       return failure(e, 'session turn (validation)');
+    }
+    // The caller's callback failing means the client is gone (a hung-up stream): not our fault, not logged.
+    let clientGone = false;
+    const emit = async (e: TurnEvent) => {
+      try {
+        await onEvent!(e);
+      } catch (err) {
+        clientGone = true;
+        throw err;
+      }
+    };
+    if (onEvent) {
+      try {
+        await emit({ type: 'start' });
+      } catch {
+        return goneFailure();
+      }
     }
 
     // From here on memory changes; on any failure it is reloaded from storage, which this turn has not touched.
@@ -516,7 +539,7 @@ export class ChatSession extends DurableObject<Env> {
         // piece, as for stateless requests, so other requests get their turn (a concurrent message
         // is refused with 409 rather than queued behind this one) and the deployed clock can move
         // for the request budget.
-        onText: onEvent ? (text) => onEvent({ type: 'text', text }) : () => new Promise<void>((r) => setTimeout(r, 0)),
+        onText: onEvent ? (text) => emit({ type: 'text', text }) : () => new Promise<void>((r) => setTimeout(r, 0)),
       });
       const r = turn.result;
       const reply: StoredMessage = { role: 'assistant', content: r.text };
@@ -550,6 +573,7 @@ export class ChatSession extends DurableObject<Env> {
       live.messages = messages;
       live.turns = turnIdx + 1;
       live.meta = { ...live.meta, tokens: live.seq.length, chunks: delta.view.nextSeq, last_active: now };
+      live.committed = this.cacheStats(live);
       await this.ctx.storage.setAlarm(now + this.ttlMs());
 
       const completion = r.tokens.length;
@@ -567,7 +591,7 @@ export class ChatSession extends DurableObject<Env> {
         session: {
           id: live.meta.session_id,
           turn: turnIdx,
-          stats: { ...turn.stats, delta_bytes: deltaBytes, compacted, cache: this.cacheStats(live) },
+          stats: { ...turn.stats, delta_bytes: deltaBytes, compacted, cache: live.committed },
         },
       };
     } catch (e) {
@@ -577,7 +601,7 @@ export class ChatSession extends DurableObject<Env> {
         console.error('lazy-edge: session reload after a failed turn failed:', reload);
         this.live = undefined;
       }
-      return failure(e, 'session turn');
+      return clientGone ? goneFailure() : failure(e, 'session turn');
     }
   }
 }

@@ -505,6 +505,32 @@ describe('concurrency and refusals', () => {
     expect(second.body.session.stats.computed_per_layer).toEqual(ref[1].computed);
   });
 
+  it('a client that hangs up a streamed turn abandons it: nothing stored, the next turn as if it never ran', async () => {
+    const id = await createSession();
+    const first = await say(id, TURNS[0]);
+    const before = await snapshot(id);
+    const res = await post(`/v1/sessions/${id}/messages`, { ...TURNS[1], lazy: { enabled: false }, stream: true });
+    expect(res.status).toBe(200);
+    const reader = res.body!.getReader();
+    await reader.read(); // the opening chunk: the turn has started
+    await reader.cancel();
+    // While the object notices and restores, it may still refuse with 409; retrying is what a client does.
+    let second: Response;
+    for (;;) {
+      second = await post(`/v1/sessions/${id}/messages`, TURNS[1]);
+      if (second.status !== 409) break;
+      await new Promise((r) => setTimeout(r, 10));
+    }
+    const body = (await second.json()) as Reply['body'];
+    expect(second.status, JSON.stringify(body)).toBe(200);
+    const ref = await reference(appendHistories([first.body.choices[0].message.content], TURNS.slice(0, 2)), TURNS.slice(0, 2));
+    expect(body.choices[0].message.content).toBe(ref[1].text);
+    expect(body.session.stats.computed_per_layer).toEqual(ref[1].computed);
+    const after = await snapshot(id);
+    expect(after.messages).toEqual([...before.messages, { role: 'user', content: TURNS[1].content }, { role: 'assistant', content: ref[1].text }]);
+    expect(after.stats.turns).toBe(2);
+  });
+
   it('a turn that fails mid-generation is not stored, and memory is restored exactly', async () => {
     const id = await createSession();
     const first = await say(id, TURNS[0]);

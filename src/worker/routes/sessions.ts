@@ -6,7 +6,7 @@ import type { Failure, TurnEvent, TurnOutcome, TurnRequest } from '../chat-sessi
 import { ApiError } from '../errors.js';
 import { completionId, servedModel } from '../generation.js';
 import { chatSchema, messageSchema, readJson, validate, type ChatRequest } from '../schemas.js';
-import { sseResponse, type SendEvent } from '../sse.js';
+import { ClientGone, sseResponse, type SendEvent } from '../sse.js';
 
 /**
  * Chat sessions over HTTP: the routes validate, find the caller's Durable Object and shape
@@ -95,6 +95,7 @@ async function turnResponse(c: Context<AppEnv>, id: string, model: string, req: 
     await send!(chunk({ content: e.text }, null));
   };
   const replyP = obj.turn(id, req, onEvent);
+  replyP.catch(() => {}); // awaited below; this only keeps an early rejection from counting as unhandled
   const early = await Promise.race([startedP, replyP]);
   if (early && !early.ok) raise(early);
   let waitUntil: ((p: Promise<unknown>) => void) | undefined;
@@ -109,6 +110,7 @@ async function turnResponse(c: Context<AppEnv>, id: string, model: string, req: 
     await s(chunk({ role: 'assistant', content: '' }, null));
     ready();
     const r = await replyP;
+    if (!r.ok && r.error.code === 'client_gone') throw new ClientGone(r.error.message);
     if (!r.ok) raise(r);
     const out = r as TurnOutcome;
     await s({ ...chunk({}, out.finishReason), lazy_stats: out.stats, session: out.session });
