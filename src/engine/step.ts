@@ -37,6 +37,63 @@ export function layerFlops(cfg: ModelConfig, q: number, t: number): number {
   return 2 * q * proj + 2 * 2 * q * t * cfg.dim;
 }
 
+/**
+ * Query rows per layer run when a layer has many queries (long prefills). Queries are in ascending
+ * position, so chunk j needs as keys only the context and chunks 0..j-1 (later chunks are all
+ * masked for it): the causally masked part of the score matrix is mostly never computed, and the
+ * score buffer is chunk x keys instead of q x keys. Results equal the unchunked run.
+ */
+export const PREFILL_CHUNK = 128;
+
+function concatIdx(a: Int32Array, b: Int32Array): Int32Array {
+  const out = new Int32Array(a.length + b.length);
+  out.set(a);
+  out.set(b, a.length);
+  return out;
+}
+
+/**
+ * Runs layer l for `queries` (hidden states x [q, dim]) against the cached K/V of `context`, in
+ * chunks of about PREFILL_CHUNK queries; writes the queries' K/V rows into the cache. Returns the
+ * new hidden states [q, dim] and the last query's attention over [context..., queries...].
+ */
+async function runLayer(
+  model: LoadedModel,
+  seq: SequenceState,
+  l: number,
+  x: Float32Array,
+  queries: Int32Array,
+  context: Int32Array,
+): Promise<{ y: Float32Array; attn: Float32Array }> {
+  const { dim, kvDim } = model.config;
+  const q = queries.length;
+  const chunks = Math.max(1, Math.round(q / PREFILL_CHUNK));
+  let y: Float32Array = new Float32Array(0);
+  let attn: Float32Array = new Float32Array(0);
+  for (let c = 0; c < chunks; c++) {
+    const a = Math.floor((c * q) / chunks);
+    const b = Math.floor(((c + 1) * q) / chunks);
+    const keysBefore = a === 0 ? context : concatIdx(context, queries.subarray(0, a));
+    const past = seq.kv.gather(l, keysBefore);
+    const out = await model.layers[l].run({
+      [LAYER_IO.inputs.x]: { data: x.subarray(a * dim, b * dim), dims: [b - a, dim] },
+      [LAYER_IO.inputs.pos]: { data: Float32Array.from(queries.subarray(a, b)), dims: [b - a] },
+      [LAYER_IO.inputs.pastK]: { data: past.k, dims: [keysBefore.length, kvDim] },
+      [LAYER_IO.inputs.pastV]: { data: past.v, dims: [keysBefore.length, kvDim] },
+      [LAYER_IO.inputs.pastPos]: { data: Float32Array.from(keysBefore), dims: [keysBefore.length] },
+    });
+    const yc = out[LAYER_IO.outputs.y].data as Float32Array;
+    if (chunks === 1) y = yc;
+    else {
+      if (c === 0) y = new Float32Array(q * dim);
+      y.set(yc, a * dim);
+    }
+    seq.kv.write(l, queries.subarray(a, b), out[LAYER_IO.outputs.k].data as Float32Array, out[LAYER_IO.outputs.v].data as Float32Array);
+    attn = out[LAYER_IO.outputs.attnLast].data as Float32Array; // the last chunk's is the last query's
+  }
+  return { y, attn };
+}
+
 function range(a: number, b: number): Int32Array {
   return Int32Array.from({ length: b - a }, (_, i) => a + i);
 }
@@ -133,23 +190,13 @@ export async function runStep(
     const contextIdx = Int32Array.from(context);
     opts.trace?.(l, queryIdx, Int32Array.from(revived));
 
-    const past = seq.kv.gather(l, contextIdx);
-    const out = await model.layers[l].run({
-      [LAYER_IO.inputs.x]: { data: x, dims: [q, dim] },
-      [LAYER_IO.inputs.pos]: { data: Float32Array.from(queries), dims: [q] },
-      [LAYER_IO.inputs.pastK]: { data: past.k, dims: [context.length, kvDim] },
-      [LAYER_IO.inputs.pastV]: { data: past.v, dims: [context.length, kvDim] },
-      [LAYER_IO.inputs.pastPos]: { data: Float32Array.from(context), dims: [context.length] },
-    });
-    const y = out[LAYER_IO.outputs.y].data as Float32Array;
-    seq.kv.write(l, queryIdx, out[LAYER_IO.outputs.k].data as Float32Array, out[LAYER_IO.outputs.v].data as Float32Array);
+    const { y, attn } = await runLayer(model, seq, l, x, queryIdx, contextIdx);
     for (const i of queries) {
       seq.depth[i] = l + 1;
       seq.touch(i);
     }
 
     // attn_last is over keys [context..., queries...]; realign it with `active` (ascending).
-    const attn = out[LAYER_IO.outputs.attnLast].data as Float32Array;
     const byToken = new Map<number, number>();
     context.forEach((i, j) => byToken.set(i, attn[j]));
     queries.forEach((i, j) => byToken.set(i, attn[context.length + j]));
