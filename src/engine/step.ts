@@ -95,7 +95,9 @@ async function runLayer(
 }
 
 function range(a: number, b: number): Int32Array {
-  return Int32Array.from({ length: b - a }, (_, i) => a + i);
+  const r = new Int32Array(b - a);
+  for (let i = 0; i < r.length; i++) r[i] = a + i;
+  return r;
 }
 
 /**
@@ -162,18 +164,24 @@ export async function runStep(
       active = next;
     }
 
-    const queries: number[] = [];
-    const context: number[] = [];
+    // Split `active` (ascending) into queries (depth l) and context (deeper); both stay ascending.
+    const m = active.length;
+    const queryBuf = new Int32Array(m);
+    const contextBuf = new Int32Array(m);
     const revived: number[] = [];
-    for (const i of active) {
+    let q = 0;
+    let c = 0;
+    for (let j = 0; j < m; j++) {
+      const i = active[j];
       const d = seq.depth[i];
       if (d === l) {
-        queries.push(i);
+        queryBuf[q++] = i;
         if (!carried.has(i)) revived.push(i);
-      } else if (d > l) context.push(i);
+      } else if (d > l) contextBuf[c++] = i;
       else throw new EngineError(`token ${i} at depth ${d} is active at layer ${l}`, 'internal');
     }
-    const q = queries.length;
+    const queries = queryBuf.subarray(0, q);
+    const context = contextBuf.subarray(0, c);
     const x = new Float32Array(q * dim); // [q, dim]
     for (let j = 0; j < q; j++) {
       const i = queries[j];
@@ -186,21 +194,21 @@ export async function runStep(
       }
       x.set(h, j * dim);
     }
-    const queryIdx = Int32Array.from(queries);
-    const contextIdx = Int32Array.from(context);
-    opts.trace?.(l, queryIdx, Int32Array.from(revived));
+    opts.trace?.(l, queries.slice(), Int32Array.from(revived));
 
-    const { y, attn } = await runLayer(model, seq, l, x, queryIdx, contextIdx);
+    const { y, attn } = await runLayer(model, seq, l, x, queries, context);
     for (const i of queries) {
       seq.depth[i] = l + 1;
       seq.touch(i);
     }
 
-    // attn_last is over keys [context..., queries...]; realign it with `active` (ascending).
-    const byToken = new Map<number, number>();
-    context.forEach((i, j) => byToken.set(i, attn[j]));
-    queries.forEach((i, j) => byToken.set(i, attn[context.length + j]));
-    scores = Float32Array.from(active, (i) => byToken.get(i)!);
+    // attn_last is over keys [context..., queries...]; realign it with `active` by merging the two
+    // ascending lists. Only a later pruning layer reads the scores.
+    if (opts.schedule?.prune.some((p) => p.layer > l)) {
+      const sc = new Float32Array(m);
+      for (let j = 0, cj = 0, qj = 0; j < m; j++) sc[j] = cj < c && context[cj] === active[j] ? attn[cj++] : attn[c + qj++];
+      scores = sc;
+    } else scores = null;
 
     carried = new Map();
     for (let j = 0; j < q; j++) carried.set(queries[j], y.subarray(j * dim, (j + 1) * dim));
