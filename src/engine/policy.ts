@@ -85,10 +85,28 @@ export function selectActive(incoming: Int32Array, scores: Float32Array, keep: n
   };
   force(m - 1);
   if (keepFirst && incoming[0] === 0) force(0);
-  const order = Array.from({ length: m }, (_, j) => j).sort((a, b) => scores[b] - scores[a] || b - a);
-  for (const j of order) {
-    if (taken === k) break;
-    force(j);
+  // The `left` best of the rest by (score desc, index desc), without a comparator sort on every
+  // pruning layer of every step: the threshold from a native sort of the free scores, everything
+  // above it, then ties at the threshold to the most recent tokens.
+  const left = k - taken;
+  if (left > 0) {
+    const free = new Float32Array(m - taken);
+    for (let j = 0, f = 0; j < m; j++) if (!chosen[j]) free[f++] = scores[j];
+    free.sort();
+    const threshold = free[free.length - left];
+    let ties = left;
+    for (let j = 0; j < m; j++) {
+      if (!chosen[j] && scores[j] > threshold) {
+        chosen[j] = 1;
+        ties--;
+      }
+    }
+    for (let j = m - 1; j >= 0 && ties > 0; j--) {
+      if (!chosen[j] && scores[j] === threshold) {
+        chosen[j] = 1;
+        ties--;
+      }
+    }
   }
   const out = new Int32Array(k);
   for (let j = 0, o = 0; j < m; j++) if (chosen[j]) out[o++] = incoming[j];
