@@ -60,10 +60,15 @@ export class KVCache {
     const v = new Float32Array(n * d);
     const K = this.keys[l];
     const V = this.values[l];
-    for (let j = 0; j < n; j++) {
+    // One copy per run of consecutive tokens (active sets keep long runs), not one per row.
+    for (let j = 0; j < n; ) {
+      let e = j + 1;
+      while (e < n && tokens[e] === tokens[e - 1] + 1) e++;
       const src = tokens[j] * d;
-      k.set(K.subarray(src, src + d), j * d);
-      v.set(V.subarray(src, src + d), j * d);
+      const len = (e - j) * d;
+      k.set(K.subarray(src, src + len), j * d);
+      v.set(V.subarray(src, src + len), j * d);
+      j = e;
     }
     return { k, v };
   }
