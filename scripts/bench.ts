@@ -9,7 +9,7 @@
  * to stdout. Writes the table between the markers of docs/BENCHMARKS.md and docs/benchmarks.svg.
  */
 import { spawn } from 'node:child_process';
-import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { cpSync, existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { cpus } from 'node:os';
 import { dirname, join, relative } from 'node:path';
 import { parseArgs } from 'node:util';
@@ -18,7 +18,7 @@ import type { ModelConfig } from '../src/model/config.js';
 import { Tokenizer } from '../src/model/tokenizer.js';
 import type { ChildJob, ChildResult, RowName } from './lib/bench-child.js';
 import { loadPerCore } from './lib/bench-clock.js';
-import { BENCH_MODELS, ensureBenchModel, type BenchModelSpec } from './lib/bench-models.js';
+import { BENCH_MODELS, benchPaths, ensureBenchModel, type BenchModelSpec } from './lib/bench-models.js';
 import { measureMatMulPeak, type MatMulPeak } from './lib/bench-peak.js';
 import { benchmarkSvg, markdownTable, summarize, type ModelRun, type SummaryRow } from './lib/bench-report.js';
 import { benchWorkerd, type WorkerdRowResult } from './lib/bench-workerd.js';
@@ -222,8 +222,12 @@ async function main(): Promise<void> {
     const lengths = quick ? [512] : [512, 1024];
     progress(`workerd: dense and lazy on stories260K at ${lengths.join(', ')} tokens`);
     const sched = runs.find((r) => r.spec.id === 'stories260K')!.schedules.lazy!;
+    // The very shards the Node rows ran (f32), served to workerd as static assets like the product's.
+    const served = join(REPO_ROOT, 'model-shards', 'bench-stories260K');
+    rmSync(served, { recursive: true, force: true });
+    cpSync(benchPaths(BENCH_MODELS.find((m) => m.id === 'stories260K')!).shards, served, { recursive: true });
     const rows = await benchWorkerd({
-      model: 'stories260K',
+      model: 'bench-stories260K',
       prompts,
       lengths,
       reps: quick ? 3 : 5,
@@ -233,6 +237,7 @@ async function main(): Promise<void> {
       logFile: join(REPO_ROOT, '.bench-cache', 'wrangler-dev.log'),
     });
     workerd = { model: 'stories260K', rows, decode };
+    rmSync(served, { recursive: true, force: true });
   }
 
   progress('measuring the wasm MatMul peak again');

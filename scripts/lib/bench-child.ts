@@ -46,6 +46,8 @@ export interface Trial {
   tokens: number[];
   /** engine rows: query rows per layer at prefill */
   computedPerLayer?: number[];
+  /** engine rows: query rows computed over all layers and decode steps (dense: layers x steps) */
+  decodeRows?: number;
   flops?: number;
 }
 
@@ -77,13 +79,16 @@ function engineRunner(model: LoadedModel, schedule: Schedule | null): Runner {
     const [ttftMs, ttftCpuMs] = [performance.now() - t0, threadCpuMs() - c0];
     let logits = first.logits;
     const tokens: number[] = [];
+    let decodeRows = 0;
     const [c1, t1] = [threadCpuMs(), performance.now()];
     for (let i = 0; i < decode; i++) {
       tokens.push(argmax(logits));
-      logits = (await runStep(model, seq, [tokens[i]], { schedule })).logits;
+      const r = await runStep(model, seq, [tokens[i]], { schedule });
+      logits = r.logits;
+      for (const rows of r.stats.computedPerLayer) decodeRows += rows;
     }
     const [decodeMs, decodeCpuMs] = [performance.now() - t1, threadCpuMs() - c1];
-    return { ttftMs, ttftCpuMs, decodeMs, decodeCpuMs, tokens, computedPerLayer: first.stats.computedPerLayer, flops: first.stats.flops };
+    return { ttftMs, ttftCpuMs, decodeMs, decodeCpuMs, tokens, computedPerLayer: first.stats.computedPerLayer, flops: first.stats.flops, decodeRows };
   };
 }
 

@@ -30,6 +30,8 @@ export interface SummaryRow {
   pct_of_peak: number;
   /** query rows per layer at prefill (engine rows) */
   computed_per_layer: number[] | null;
+  /** query rows computed per decode step, all layers (engine rows; dense = layer count) */
+  rows_per_decode_step: number | null;
   peak_rss_mb: number | null;
   /** greedy decode tokens equal to the dense row's (same model, same prompt) */
   same_tokens_as_dense: boolean | null;
@@ -79,6 +81,7 @@ export function summarize(runs: ModelRun[], workerd: { model: string; rows: Work
         gflops,
         pct_of_peak: (100 * gflops) / peak.gflopsCpu,
         computed_per_layer: r.trials[0].computedPerLayer ?? null,
+        rows_per_decode_step: r.trials[0].decodeRows === undefined ? null : r.trials[0].decodeRows / decode,
         peak_rss_mb: mem && mem.length === r.length ? mem.peakRssMb : null,
         same_tokens_as_dense: r.row === 'dense' || !d ? null : r.trials[0].tokens.join() === d.tokens.join(),
       });
@@ -105,6 +108,7 @@ export function summarize(runs: ModelRun[], workerd: { model: string; rows: Work
         gflops,
         pct_of_peak: (100 * gflops) / peak.gflopsCpu,
         computed_per_layer: null,
+        rows_per_decode_step: null,
         peak_rss_mb: null,
         same_tokens_as_dense: node ? null : null,
       });
@@ -118,13 +122,14 @@ const f2 = (v: number) => (Number.isFinite(v) ? v.toFixed(2) : '–');
 
 export function markdownTable(rows: SummaryRow[]): string {
   const head =
-    '| model | prompt | row | TTFT ms (CPU) | TTFT ms (wall) | vs dense | decode tok/s (CPU) | GFLOP/s | % of MatMul peak | peak RSS MB | same tokens as dense |\n' +
-    '| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |';
+    '| model | prompt | row | TTFT ms (CPU) | TTFT ms (wall) | vs dense | decode tok/s (CPU) | rows / decode step | GFLOP/s | % of MatMul peak | peak RSS MB | same tokens as dense |\n' +
+    '| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |';
   const lines = rows.map((r) => {
     const prompt = `${r.length}${r.beyondContext ? ' †' : ''}`;
     const row = r.schedule ? `${r.row} \`${r.schedule}\`` : r.row;
     const same = r.same_tokens_as_dense === null ? '' : r.same_tokens_as_dense ? 'yes' : 'no';
-    return `| ${r.model}${r.synthetic ? ' (random)' : ''} | ${prompt} | ${row} | ${f1(r.ttft_cpu_ms)} | ${f1(r.ttft_ms)} | ${f2(r.speedup_vs_dense)}x | ${f1(r.decode_tok_s)} | ${f1(r.gflops)} | ${f1(r.pct_of_peak)} | ${r.peak_rss_mb === null ? '' : r.peak_rss_mb.toFixed(0)} | ${same} |`;
+    const rows = r.rows_per_decode_step === null ? '' : f1(r.rows_per_decode_step);
+    return `| ${r.model}${r.synthetic ? ' (random)' : ''} | ${prompt} | ${row} | ${f1(r.ttft_cpu_ms)} | ${f1(r.ttft_ms)} | ${f2(r.speedup_vs_dense)}x | ${f1(r.decode_tok_s)} | ${rows} | ${f1(r.gflops)} | ${f1(r.pct_of_peak)} | ${r.peak_rss_mb === null ? '' : r.peak_rss_mb.toFixed(0)} | ${same} |`;
   });
   return `${head}\n${lines.join('\n')}`;
 }
