@@ -23,7 +23,7 @@ import { cpus } from 'node:os';
 import { dirname, join, relative } from 'node:path';
 import { parseArgs } from 'node:util';
 import { SequenceState } from '../src/engine/caches.js';
-import { defaultQuant, DEFAULT_MEMORY_BUDGET_BYTES, estimateMemory, MB, RUNTIME_OVERHEAD_BYTES } from '../src/engine/memory-budget.js';
+import { defaultQuant, DEFAULT_MEMORY_BUDGET_BYTES, estimateMemory, INTEGER_KERNEL_MIN_DIM, MB, RUNTIME_OVERHEAD_BYTES } from '../src/engine/memory-budget.js';
 import { loadModel, type LoadedModel } from '../src/engine/model.js';
 import { runStep } from '../src/engine/step.js';
 import { parseLlama2cCheckpoint, type RandomCheckpointOptions } from '../src/model/checkpoint.js';
@@ -530,6 +530,12 @@ stored as MatMulNBits' packed nibbles, so (a) and (c) read the same bytes). Quan
 
 ${foldEvidence}
 
+## Relative to f32
+
+Each strategy's figures divided by the same model's f32 row (below 1 is better, except perplexity, a change).
+
+${ratioTable(rep, models)}
+
 ## Reading the numbers
 
 ${reasoning(rep)}
@@ -539,58 +545,107 @@ ${reasoning(rep)}
 \`estimateMemory\` for llama2.c's published shapes (vocab 32000) at their full context: weights as the kernel holds them,
 f32 KV cache and Aux Cache for every position, ${RUNTIME_OVERHEAD_BYTES / MB} MB runtime. \`loadModel\` refuses a model above the budget
 (\`EngineError\` code \`model_too_large\`, naming each part; \`LAZY_EDGE_MEMORY_BUDGET_MB\` or \`memoryBudgetBytes\` changes it). Not counted:
-a long prompt prefilled in one step also needs the attention scores of one layer, heads × n² × 4 bytes per live copy
-(12 heads at 2048 tokens: 192 MB per copy), which no weight format helps with.
+activations. The engine prefills in chunks of query rows, so one layer's attention scores stay near heads × chunk × n × 4 bytes;
+the heap the tables report after the ${DECODE_CONTEXT}- and 2048-token prefills shows what they add on top of the weights. The KV cache is
+what keeps the bigger shapes out: f32, every layer, every position (144 MB for 12 × 768 at 2048 tokens), whatever the weight format.
 
 ${fitsTable()}
 
-## The default
+## The default, per model size
 
 \`npm run shards\` without \`--quant\` (and so \`npm start\` / \`npm test\`, through \`ensureDefaultShards\`) builds \`defaultQuant(config)\`
-(src/engine/memory-budget.ts): the first of **int8/dequant**, **int8/integer**, **int4-b32/nbits** whose estimate fits the budget.
-For stories260K that is int8/dequant.
+(src/engine/memory-budget.ts), the first of these whose estimate fits the budget:
+
+1. **int8/dequant** (strategy a) when dim < ${INTEGER_KERNEL_MIN_DIM}: stories260K's default. Same speed as f32, perplexity ${pct(find(rep.rows, 'stories260K', 'int8-fold')?.pplChange ?? null)}, shards ×${fmt((find(rep.rows, 'stories260K', 'int8-fold')?.shardMb ?? NaN) / (find(rep.rows, 'stories260K', 'f32')?.shardMb ?? NaN), 2)}.
+2. **int8/integer** (strategy d): larger models. Faster prefill, a quarter of the weight memory, perplexity ${pct(find(rep.rows, 'stories260K', 'int8-integer')?.pplChange ?? null)} on stories260K
+   (re-measure it for a real larger checkpoint: per-tensor activation quantization degrades with activation outliers, which grow with model size).
+3. **int4-b32/nbits** (strategy c) when neither int8 fits: perplexity ${pct(find(rep.rows, 'stories260K', 'int4-nbits')?.pplChange ?? null)} on stories260K and a slow decode.
+
+\`--quant f32|int8|int4 [--block-size 32] [--kernel dequant|integer|nbits]\` overrides it; the manifest records format, kernel and block size,
+and \`--if-missing\` rebuilds when they differ from what is asked.
 `);
   return `${sections.join('\n\n')}\n`;
 }
 
+/** Ratios to the same model's f32 row: the table the choice is made from. */
+function ratioTable(rep: Report, models: BenchModel[]): string {
+  const cols = ['model', 'strategy', 'TTFT 512', 'TTFT 2048', 'decode time / token', 'wasm heap after load', 'shard bytes', 'perplexity'];
+  const lines: string[] = [];
+  for (const m of models) {
+    const f = find(rep.rows, m.id, 'f32');
+    if (!f) continue;
+    for (const r of rep.rows.filter((x) => x.model === m.id && x.strategy !== 'f32' && !x.strategy.includes('-b'))) {
+      const x = (a: number, b: number) => `×${(a / b).toFixed(2)}`;
+      lines.push(
+        `| ${m.id} | ${r.letter ? `(${r.letter}) ` : ''}${r.quant} | ${x(r.ttftMs[512], f.ttftMs[512])} | ${x(r.ttftMs[2048], f.ttftMs[2048])} | ` +
+          `${x(f.decodeTokS, r.decodeTokS)} | ${x(r.heapAfterLoadMb, f.heapAfterLoadMb)} | ${x(r.shardMb, f.shardMb)} | ${m.perplexity ? pct(r.pplChange) : 'n/a (random weights)'} |`,
+      );
+    }
+  }
+  return `| ${cols.join(' | ')} |\n|${cols.map(() => '---').join('|')}|\n${lines.join('\n')}`;
+}
+
 /** The paragraphs that interpret the measured rows; kept here so they quote this run's numbers. */
 function reasoning(rep: Report): string {
-  const s = (id: string) => find(rep.rows, 'stories260K', id);
-  const r = (id: string) => find(rep.rows, 'random-768', id);
+  const at = (model: string, id: string) => find(rep.rows, model, id);
   const x = (a?: number, b?: number) => (a && b ? `×${(a / b).toFixed(2)}` : '–');
   const out: string[] = [];
-  const s8 = s('int8-fold');
-  const s4 = s('int4-fold');
-  const sI = s('int8-integer');
-  if (s8 && s('f32')) {
+  const s = (id: string) => at('stories260K', id);
+  if (s('f32') && s('int8-fold')) {
+    const ttfts = rep.rows.filter((r) => r.model === 'stories260K' && !r.strategy.includes('-b')).map((r) => r.ttftMs[512]);
     out.push(
-      `- **Quality (stories260K).** int8 per channel changes perplexity by ${pct(s8.pplChange)} (within the +1% bar); the integer kernel, which also ` +
-        `quantizes activations per tensor, by ${pct(sI?.pplChange ?? null)}. int4 costs ${pct(s4?.pplChange ?? null)} with blocks of 32` +
-        `${s('int4-b16-fold') ? ` (${pct(s('int4-b16-fold')!.pplChange)} with 16, ${pct(s('int4-b64-fold')!.pplChange)} with 64)` : ''}: ` +
-        'a 64-wide model has no redundancy to hide 4-bit rounding, so int4 is not a quality-neutral choice here.',
+      `- **Quality (stories260K, the only real weights).** int8 per channel moves perplexity by ${pct(s('int8-fold')!.pplChange)}: within the +1% bar, ` +
+        `i.e. free. The integer kernel also rounds every activation row to uint8 (per tensor) and costs ${pct(s('int8-integer')?.pplChange ?? null)}, still within the bar. ` +
+        `int4 costs ${pct(s('int4-fold')?.pplChange ?? null)} with blocks of 32` +
+        (s('int4-b16-fold') && s('int4-b64-fold') ? ` (${pct(s('int4-b16-fold')!.pplChange)} with 16, ${pct(s('int4-b64-fold')!.pplChange)} with 64)` : '') +
+        ': a 64-wide model has no redundancy to absorb 4-bit rounding. (a) and (c) read the same int4 bytes and give the same perplexity; so do (a) and (b) for int8.',
+    );
+    out.push(
+      `- **Speed at dim 64.** Every strategy prefills 512 tokens in ${fmt(Math.min(...ttfts), 0)}–${fmt(Math.max(...ttfts), 0)} ms and decodes within the run's noise of f32: ` +
+        'the matrices are 64 wide, so attention, norms and per-run overhead cost more than the weight GEMMs, and no kernel choice shows.',
     );
   }
-  const f = r('f32');
+  for (const model of ['random-288', 'random-768']) {
+    const f = at(model, 'f32');
+    if (!f) continue;
+    const a = at(model, 'int8-fold');
+    const b = at(model, 'int8-dq-every-run');
+    const c = at(model, 'int4-nbits');
+    const d = at(model, 'int8-integer');
+    out.push(
+      `- **Speed at ${model} (f32: TTFT 512 ${fmt(f.ttftMs[512], 0)} ms, 2048 ${fmt(f.ttftMs[2048], 0)} ms, decode ${fmt(f.decodeTokS)} tok/s).** ` +
+        `(a) runs at f32 speed (TTFT ${x(a?.ttftMs[512], f.ttftMs[512])} / ${x(a?.ttftMs[2048], f.ttftMs[2048])}, decode time ${x(f.decodeTokS, a?.decodeTokS)}). ` +
+        `(b) and (c) dequantize every matrix on every run: hidden in a long prefill (TTFT 2048 ${x(b?.ttftMs[2048], f.ttftMs[2048])} and ${x(c?.ttftMs[2048], f.ttftMs[2048])}) ` +
+        `but it dominates a decode step: ${x(f.decodeTokS, b?.decodeTokS)} and ${x(f.decodeTokS, c?.decodeTokS)} the time per token. ` +
+        `(d) prefills faster than f32 (TTFT ${x(d?.ttftMs[512], f.ttftMs[512])} at 512, ${x(d?.ttftMs[2048], f.ttftMs[2048])} at 2048, where f32 attention takes a larger share) ` +
+        `and decodes in ${x(f.decodeTokS, d?.decodeTokS)} the time per token.`,
+    );
+  }
+  const f = at('random-768', 'f32');
   if (f) {
-    const a = r('int8-fold');
-    const b = r('int8-dq-every-run');
-    const c = r('int4-nbits');
-    const d = r('int8-integer');
+    const a = at('random-768', 'int8-fold');
+    const a4 = at('random-768', 'int4-fold');
+    const c = at('random-768', 'int4-nbits');
+    const d = at('random-768', 'int8-integer');
     out.push(
-      `- **Speed (random-768).** Dequantize-at-load (a) runs at f32 speed in both phases (TTFT 2048 ${x(a?.ttftMs[2048], f.ttftMs[2048])}, decode ${x(a?.decodeTokS, f.decodeTokS)} of f32). ` +
-        `Dequantizing every run (b) barely shows in a long prefill (${x(b?.ttftMs[2048], f.ttftMs[2048])}) but decode drops to ${x(b?.decodeTokS, f.decodeTokS)}; MatMulNBits (c) likewise (${x(c?.ttftMs[2048], f.ttftMs[2048])} prefill, decode ${x(c?.decodeTokS, f.decodeTokS)}). ` +
-        `MatMulInteger (d) is the only kernel that beats f32 in prefill (TTFT 512 ${x(d?.ttftMs[512], f.ttftMs[512])}, 2048 ${x(d?.ttftMs[2048], f.ttftMs[2048])}, where attention, still f32, takes a growing share) but its decode is ${x(d?.decodeTokS, f.decodeTokS)} of f32.`,
-    );
-    out.push(
-      `- **Memory.** (a) holds f32 weights: the heap after load is ${fmt(a?.heapAfterLoadMb, 0)} MB like f32's ${fmt(f.heapAfterLoadMb, 0)} MB, so it saves bytes on the wire and on disk ` +
-        `(${fmt(a?.shardMb, 0)} MB of shards instead of ${fmt(f.shardMb, 0)}) but not in the isolate. (d) holds ${fmt(d?.heapAfterLoadMb, 0)} MB and (c) ${fmt(c?.heapAfterLoadMb, 0)} MB.`,
+      `- **Memory (random-768).** (a) saves bytes on the wire and on disk (${fmt(a?.shardMb, 0)} MB of shards instead of ${fmt(f.shardMb, 0)}) but not in the isolate: ` +
+        `the heap after load is ${fmt(a?.heapAfterLoadMb, 0)} MB against f32's ${fmt(f.heapAfterLoadMb, 0)} MB. int4 folded at load is worse than f32 there ` +
+        `(${fmt(a4?.heapAfterLoadMb, 0)} MB: the unpack chain's f32 intermediates exist while ORT folds it). Only the kernels that keep weights quantized shrink the heap: ` +
+        `(d) ${fmt(d?.heapAfterLoadMb, 0)} MB, (c) ${fmt(c?.heapAfterLoadMb, 0)} MB.`,
     );
   }
+  const dDecode = ['random-288', 'random-768']
+    .map((m) => [m, at(m, 'f32'), at(m, 'int8-integer')] as const)
+    .filter(([, f0, d0]) => f0 && d0)
+    .map(([m, f0, d0]) => `${x(f0!.decodeTokS, d0!.decodeTokS)} at ${m}`)
+    .join(', ');
   out.push(
-    '- **So, per model size.** While f32 weights plus caches fit the isolate, *int8 dequantized at load* is free: f32 speed in prefill and decode, ' +
-      'perplexity within the 1% bar, 4× smaller shards to ship. When only int8 fits, keeping it int8 with MatMulInteger is the better trade than MatMulNBits: ' +
-      'faster prefill (where TTFT is made) and a smaller decode penalty. int4 MatMulNBits is the last resort for shapes where nothing else fits: ' +
-      'it fits twice the model but decodes several times slower and, on small models, costs real perplexity.',
+    '- **Therefore.** Dequantize-at-load is the right int8 strategy only while f32 weights are affordable in memory *and* the GEMMs are too small to matter ' +
+      '(stories260K: it is exact f32 arithmetic on int8-rounded weights, the most faithful int8, and ships 4× fewer bytes). From dim ~256 on, MatMulInteger ' +
+      'wins where it counts: faster TTFT (what LazyLLM is for, and the two multiply), a quarter of the weight memory, decode close to f32 ' +
+      `(time per token ${dDecode || 'not measured here'}), for a fraction of a percent of perplexity. ` +
+      'DequantizeLinear-every-run has no use. MatMulNBits is the only way to hold int4 weights, but it decodes several times slower and int4 costs real ' +
+      'perplexity on small models: a last resort for a model that fits no other way.',
   );
   return out.join('\n');
 }

@@ -26,14 +26,11 @@ export interface MemoryEstimate {
   /** one hidden state per token at most: seqLen * dim * 4 */
   auxCache: number;
   runtime: number;
-  /** weights + kvCache + auxCache + runtime: what must fit the budget */
-  total: number;
   /**
-   * Not in `total`: the attention scores of one layer for a single dense step over the full
-   * context, nHeads * seqLen^2 * 4 bytes per live copy. A long prompt prefilled in one step
-   * briefly needs a few of these on top (ORT frees them after the run, but the heap keeps the pages).
+   * weights + kvCache + auxCache + runtime: what must fit the budget. Activations are not counted
+   * (the engine prefills in chunks, so they stay small next to these; docs/QUANTIZATION.md has measured heaps).
    */
-  fullContextScores: number;
+  total: number;
 }
 
 /** Bytes of one [out, in] weight matrix as the kernel holds it while running. */
@@ -46,7 +43,7 @@ export function matrixBytes(out: number, inp: number, q: QuantSpec): number {
 }
 
 export function estimateMemory(cfg: ModelConfig, q: QuantSpec): MemoryEstimate {
-  const { dim, hiddenDim, kvDim, nLayers, vocabSize, seqLen, nHeads } = cfg;
+  const { dim, hiddenDim, kvDim, nLayers, vocabSize, seqLen } = cfg;
   const perLayer =
     matrixBytes(dim + 2 * kvDim, dim, q) + // wq|wk|wv stacked
     matrixBytes(dim, dim, q) + //             wo
@@ -67,7 +64,6 @@ export function estimateMemory(cfg: ModelConfig, q: QuantSpec): MemoryEstimate {
     auxCache,
     runtime,
     total: weights + kvCache + auxCache + runtime,
-    fullContextScores: nHeads * seqLen * seqLen * 4,
   };
 }
 
@@ -96,15 +92,24 @@ export function checkMemoryBudget(name: string, cfg: ModelConfig, q: QuantSpec, 
 }
 
 /**
- * The weight format `npm run shards` builds when none is given, by model size (the measurements are
- * in docs/QUANTIZATION.md): int8 dequantized at load while f32 weights plus caches fit the budget
- * (4x smaller shards, f32 speed, perplexity within 1% of f32); int8 kept int8 in memory when only
- * that fits; int4 MatMulNBits when only that fits (slow decode, coarse); and when nothing fits, the
- * smallest, so that loading names what is missing.
+ * Width from which the weight GEMMs are big enough for MatMulInteger to win. Measured (npm run
+ * quant-bench, docs/QUANTIZATION.md): at dim 64 (stories260K) every kernel prefills and decodes at
+ * the same speed, within noise; at dim 288 and 768 MatMulInteger prefills 1.4-2x faster than f32.
+ */
+export const INTEGER_KERNEL_MIN_DIM = 256;
+
+/**
+ * The weight format `npm run shards` builds when none is given, by model size (docs/QUANTIZATION.md):
+ * - small models (dim < 256): int8 dequantized at load. Nothing is faster there, it is the most
+ *   faithful int8 (perplexity -0.02% vs f32 on stories260K, against +0.5% for the integer kernel)
+ *   and the shards are 4x smaller; f32 weights in memory cost little at this size.
+ * - larger models: int8 kept int8, MatMulInteger: faster prefill than f32, a quarter of the memory.
+ * - int4 MatMulNBits only when nothing else fits: slow decode (it dequantizes on every run) and
+ *   +19% perplexity on stories260K. When nothing fits at all, the smallest, so that loading says why.
  */
 export function defaultQuant(cfg: ModelConfig, budgetBytes = DEFAULT_MEMORY_BUDGET_BYTES): QuantSpec {
   const candidates: QuantSpec[] = [
-    { format: 'int8', kernel: 'dequant' },
+    ...(cfg.dim < INTEGER_KERNEL_MIN_DIM ? [{ format: 'int8', kernel: 'dequant' } as QuantSpec] : []),
     { format: 'int8', kernel: 'integer' },
     { format: 'int4', kernel: 'nbits', blockSize: 32 },
   ];

@@ -257,10 +257,18 @@ describe('memory budget', () => {
     expect(() => memoryBudgetFromEnv({ LAZY_EDGE_MEMORY_BUDGET_MB: 'lots' })).toThrow(/must be a positive number of MiB or "off"/);
   });
 
-  it('picks a default format that fits', () => {
-    for (const c of [cfg(64, 5, 512, 8, 172), cfg(288, 6, 256, 6), cfg(512, 8, 1024, 8)]) {
-      const q = defaultQuant(c);
-      expect(estimateMemory(c, q).total).toBeLessThanOrEqual(DEFAULT_MEMORY_BUDGET_BYTES);
-    }
+  it('picks the default format by model size: int8 folded when small, int8 MatMulInteger when larger, int4 only when nothing else fits', () => {
+    const stories260K = cfg(64, 5, 512, 8, 172);
+    const stories15M = cfg(288, 6, 256, 6);
+    const wide = { ...cfg(768, 12, 512), vocabSize: 512 }; // int8 weights + caches exceed 128 MB, int4 fits
+    const stories110M = cfg(768, 12, 1024); // fits nothing
+    expect(defaultQuant(stories260K)).toEqual({ format: 'int8', kernel: 'dequant' });
+    expect(defaultQuant(stories15M)).toEqual({ format: 'int8', kernel: 'integer' });
+    expect(defaultQuant(wide)).toEqual({ format: 'int4', kernel: 'nbits', blockSize: 32 });
+    expect(estimateMemory(wide, { format: 'int8', kernel: 'integer' }).total).toBeGreaterThan(DEFAULT_MEMORY_BUDGET_BYTES);
+    for (const c of [stories260K, stories15M, wide]) expect(estimateMemory(c, defaultQuant(c)).total).toBeLessThanOrEqual(DEFAULT_MEMORY_BUDGET_BYTES);
+    // Nothing fits: the smallest, so that loading refuses with the numbers.
+    expect(defaultQuant(stories110M)).toEqual({ format: 'int4', kernel: 'nbits', blockSize: 32 });
+    expect(() => checkMemoryBudget('stories110M', stories110M, defaultQuant(stories110M), DEFAULT_MEMORY_BUDGET_BYTES)).toThrow(/does not fit/);
   });
 });
