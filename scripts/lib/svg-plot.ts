@@ -53,7 +53,8 @@ function niceTicks(lo: number, hi: number, log: boolean): number[] {
 function fmt(v: number): string {
   if (v === 0) return '0';
   const a = Math.abs(v);
-  if (a >= 1e4 || a < 1e-2) return v.toExponential(0);
+  if (a >= 1e6 || a < 1e-2) return v.toExponential(0);
+  if (a >= 1e3) return `${Number((v / 1e3).toPrecision(3))}k`;
   return String(Number(v.toPrecision(3)));
 }
 
@@ -122,6 +123,6 @@ export function renderPanels(panels: Panel[], opts: { panelWidth?: number; panel
   const body = panels
     .map((p, i) => `<g transform="translate(0,${Math.floor(i / perRow) * ph})">${panelSvg(p, (i % perRow) * pw, pw, ph)}</g>`)
     .join('\n');
-  const caption = opts.caption ? `<text x="8" y="${height - 7}" font-size="10" fill="#555">${esc(opts.caption)}</text>` : '';
+  const caption = opts.caption ? `<text x="8" y="${height - 7}" font-size="${width < 600 ? 7 : 10}" fill="#555">${esc(opts.caption)}</text>` : '';
   return `<svg xmlns="http://www.w3.org/2000/svg" width="${width}" height="${height}" viewBox="0 0 ${width} ${height}" font-family="sans-serif" font-size="12">\n<rect width="100%" height="100%" fill="white"/>\n${body}\n${caption}\n</svg>\n`;
 }
