@@ -498,7 +498,7 @@ and LazyLLM's savings multiply whatever they give) from prompt ids to the last t
 after a warm-up (noise on a shared machine only ever adds time). Decode = greedy tokens after a ${DECODE_CONTEXT}-token prompt, timed in
 four chunks, best chunk. *wasm heap* is onnxruntime's WebAssembly memory (it never shrinks: a high-water mark) once every session
 exists (weights as held for running, plus the runtime's ${fmt(rep.runtimeBaseline.heapMb, 0)} MB baseline), after the ${DECODE_CONTEXT}-token prefills
-and decode, and after the longest prefill, whose attention activations dominate it. *peak RSS* includes Node's own ~${fmt(rep.runtimeBaseline.rssMb, 0)} MB.
+and decode, and after the longest prefill (what activations add). *peak RSS* includes Node's own ~${fmt(rep.runtimeBaseline.rssMb, 0)} MB.
 *estimate* is \`estimateMemory\` (src/engine/memory-budget.ts): weights as held + KV and Aux caches at full context + ${RUNTIME_OVERHEAD_BYTES / MB} MB runtime.
 Perplexity: ${PPL_WINDOW}-token windows of \`../shared/data/tinystories-dev.txt\` (BOS first, every next token scored).
 
