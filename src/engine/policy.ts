@@ -9,18 +9,24 @@ export interface Schedule {
   prune: ReadonlyArray<{ layer: number; keep: number }>;
   /** Keep token 0 (BOS) at every layer: it soaks up attention mass the model relies on. */
   keepFirst: boolean;
+  /**
+   * Never prune an active set below this many tokens (default 1). Short contexts gain almost
+   * nothing from pruning and lose the most fidelity to it, so a floor keeps them dense.
+   */
+  minActive?: number;
 }
 
 export const KEEP_ALL: Schedule = { prune: [], keepFirst: false };
 
 /**
- * Parses "2:0.5,4:0.6" (layer:keep-share pairs), with an optional "bos" item to keep token 0,
- * "all" for no pruning. Layers are checked against a model by `validateSchedule`.
+ * Parses "2:0.5,4:0.6" (layer:keep-share pairs), with optional items "bos" (keep token 0) and
+ * "min:N" (never prune below N tokens), "all" for no pruning. Layers are checked against a model by `validateSchedule`.
  */
 export function parseSchedule(spec: string): Schedule {
   const items = spec.split(',').map((s) => s.trim());
   if (spec.trim() === '') throw new EngineError(`schedule "${spec}" is empty; use "all" for no pruning or "L:share,..."`, 'invalid_schedule', 'schedule');
   let keepFirst = false;
+  let minActive: number | undefined;
   const prune: { layer: number; keep: number }[] = [];
   for (const item of items) {
     if (item === 'bos') {
@@ -28,22 +34,31 @@ export function parseSchedule(spec: string): Schedule {
       continue;
     }
     if (item === 'all') continue;
+    const min = /^min:(\d+)$/.exec(item);
+    if (min) {
+      minActive = Number(min[1]);
+      continue;
+    }
     if (item === '') throw new EngineError(`schedule "${spec}" has an empty item`, 'invalid_schedule', 'schedule');
     const m = /^(\d+):(\d*\.?\d+)$/.exec(item);
-    if (!m) throw new EngineError(`schedule item "${item}" is not "layer:share" (e.g. "2:0.5"), "bos" or "all"`, 'invalid_schedule', 'schedule');
+    if (!m) throw new EngineError(`schedule item "${item}" is not "layer:share" (e.g. "2:0.5"), "bos", "min:N" or "all"`, 'invalid_schedule', 'schedule');
     prune.push({ layer: Number(m[1]), keep: Number(m[2]) });
   }
-  return { prune, keepFirst };
+  return minActive === undefined ? { prune, keepFirst } : { prune, keepFirst, minActive };
 }
 
 export function formatSchedule(s: Schedule): string {
   const parts = s.prune.map((p) => `${p.layer}:${p.keep}`);
+  if (s.minActive !== undefined) parts.unshift(`min:${s.minActive}`);
   if (s.keepFirst) parts.unshift('bos');
   return parts.length ? parts.join(',') : 'all';
 }
 
 /** Rejects schedules that cannot mean anything for a model with `nLayers` layers, saying why. */
 export function validateSchedule(s: Schedule, nLayers: number): Schedule {
+  if (s.minActive !== undefined && !(Number.isInteger(s.minActive) && s.minActive >= 1)) {
+    throw new EngineError(`invalid schedule: min ${s.minActive} must be an integer >= 1`, 'invalid_schedule', 'schedule');
+  }
   let prev = 0;
   for (const { layer, keep } of s.prune) {
     const why =
@@ -65,15 +80,15 @@ export function keepAt(s: Schedule, layer: number): number | null {
 }
 
 /**
- * The next active set: the top ceil(keep * |incoming|) tokens of `incoming` by `scores`, always
- * including the last token (the one being predicted) and, if asked, token 0.
+ * The next active set: the top max(ceil(keep * |incoming|), minActive) tokens of `incoming` by
+ * `scores`, always including the last token (the one being predicted) and, if asked, token 0.
  * `incoming` holds ascending token indices; `scores[j]` belongs to `incoming[j]`. Ties go to the
  * more recent token. Returns ascending indices, a subset of `incoming`.
  */
-export function selectActive(incoming: Int32Array, scores: Float32Array, keep: number, keepFirst: boolean): Int32Array {
+export function selectActive(incoming: Int32Array, scores: Float32Array, keep: number, keepFirst: boolean, minActive = 1): Int32Array {
   const m = incoming.length;
   if (scores.length !== m) throw new EngineError(`scores (${scores.length}) and incoming set (${m}) differ in length`, 'internal');
-  const k = Math.min(m, Math.max(1, Math.ceil(keep * m)));
+  const k = Math.min(m, Math.max(1, minActive, Math.ceil(keep * m)));
   if (k === m) return incoming;
   const chosen = new Uint8Array(m);
   let taken = 0;
@@ -116,11 +131,12 @@ export function selectActive(incoming: Int32Array, scores: Float32Array, keep: n
 /**
  * The default schedule, chosen by measurement on the dev text (README, "LazyLLM: fidelity and
  * speed"): keep BOS, prune after the first layer to 55% and at two thirds of the depth to 60% of
- * the survivors; deeper models (8+ layers) also prune at one third of the depth.
+ * the survivors; deeper models (8+ layers) also prune at one third of the depth. Sets of up to
+ * 128 tokens stay whole: below that pruning saves little and short greedy outputs drift from dense.
  */
 export function defaultSchedule(nLayers: number): Schedule {
   if (nLayers < 2) return KEEP_ALL;
   const points = nLayers >= 8 ? [1, Math.round(nLayers / 3), Math.round((2 * nLayers) / 3)] : [1, Math.round((2 * nLayers) / 3)];
   const layers = [...new Set(points)].filter((l) => l >= 1 && l < nLayers);
-  return { prune: layers.map((layer, k) => ({ layer, keep: k === 0 ? 0.55 : 0.6 })), keepFirst: true };
+  return { prune: layers.map((layer, k) => ({ layer, keep: k === 0 ? 0.55 : 0.6 })), keepFirst: true, minActive: 128 };
 }

@@ -148,7 +148,7 @@ export async function runStep(
   for (let l = 0; l < nLayers; l++) {
     const keep = opts.schedule ? keepAt(opts.schedule, l) : null;
     if (keep !== null && scores) {
-      const next = selectActive(active, scores, keep, opts.schedule!.keepFirst);
+      const next = selectActive(active, scores, keep, opts.schedule!.keepFirst, opts.schedule!.minActive);
       // Tokens leaving the active set park their current hidden state in the Aux Cache.
       if (next.length !== active.length) {
         const kept = new Set(next);

@@ -61,7 +61,7 @@ function resolveSchedule(lazy: LazyOptions | null | undefined, nLayers: number):
     const s =
       spec === undefined ? defaultSchedule(nLayers)
       : typeof spec === 'string' ? parseSchedule(spec)
-      : { prune: spec.prune, keepFirst: spec.keep_first ?? false };
+      : { prune: spec.prune, keepFirst: spec.keep_first ?? false, ...(spec.min_active === undefined ? {} : { minActive: spec.min_active }) };
     return validateSchedule(s, nLayers);
   } catch (e) {
     if (e instanceof EngineError) throw new ApiError(400, e.message, e.code, 'lazy.schedule');

@@ -16,6 +16,7 @@ export const scheduleSchema = z.union(
       .object({
         prune: z.array(z.object({ layer: z.number().int(), keep: z.number() }).strict()),
         keep_first: z.boolean().optional(),
+        min_active: z.number().int().optional(),
       })
       .strict(),
   ],

@@ -31,7 +31,7 @@ describe('npm run generate', () => {
   });
 
   it('runs lazy by default and reports the rows each layer computed', () => {
-    const prompt = 'Once upon a time there was a cat. The cat liked to sleep in the sun. '.repeat(8);
+    const prompt = 'Once upon a time there was a cat. The cat liked to sleep in the sun. '.repeat(16);
     const r = run('generate.ts', ['--prompt', prompt, '--max-tokens', '8', '--temperature', '0', '--json']);
     expect(r.code).toBe(0);
     const { stats } = JSON.parse(r.stdout);

@@ -26,6 +26,13 @@ describe('selectActive (the pure LazyLLM policy)', () => {
     expect(selectActive(incoming, sc(1, 2, 3), 1, false)).toBe(incoming);
   });
 
+  it('never prunes below the floor, and leaves sets at or under it whole', () => {
+    const incoming = ids(0, 1, 2, 3, 4, 5, 6, 7);
+    const scores = sc(0.3, 0.1, 0.2, 0.05, 0.15, 0.1, 0.05, 0.05);
+    expect([...selectActive(incoming, scores, 0.25, false, 4)]).toEqual([0, 2, 4, 7]);
+    expect(selectActive(incoming, scores, 0.25, false, 8)).toBe(incoming);
+  });
+
   it('breaks ties toward the more recent token', () => {
     expect([...selectActive(ids(0, 1, 2, 3, 4), sc(0.2, 0.2, 0.2, 0.2, 0.2), 0.4, false)]).toEqual([3, 4]);
   });
@@ -41,6 +48,8 @@ describe('schedules', () => {
     expect(s).toEqual({ prune: [{ layer: 1, keep: 0.5 }, { layer: 3, keep: 0.25 }], keepFirst: true });
     expect(formatSchedule(s)).toBe('bos,1:0.5,3:0.25');
     expect(parseSchedule('all')).toEqual({ prune: [], keepFirst: false });
+    expect(parseSchedule('bos,min:64,2:0.5')).toEqual({ prune: [{ layer: 2, keep: 0.5 }], keepFirst: true, minActive: 64 });
+    expect(formatSchedule(parseSchedule('bos,min:64,2:0.5'))).toBe('bos,min:64,2:0.5');
     expect(keepAt(s, 3)).toBe(0.25);
     expect(keepAt(s, 2)).toBeNull();
   });
@@ -51,6 +60,7 @@ describe('schedules', () => {
     ['3:0.5,2:0.5', /strictly increasing/],
     ['2:1.5', /keep share 1.5 at layer 2 must be in \(0, 1\]/],
     ['2:0', /must be in \(0, 1\]/],
+    ['min:0,2:0.5', /min 0 must be an integer >= 1/],
   ])('rejects %s saying why', (spec, why) => {
     expect(() => validateSchedule(parseSchedule(spec), 5)).toThrow(why);
   });

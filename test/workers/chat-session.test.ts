@@ -4,7 +4,7 @@ import { beforeAll, describe, expect, it } from 'vitest';
 import { SequenceState } from '../../src/engine/caches.js';
 import { generate } from '../../src/engine/generate.js';
 import type { LoadedModel } from '../../src/engine/model.js';
-import { defaultSchedule, type Schedule } from '../../src/engine/policy.js';
+import { parseSchedule, type Schedule } from '../../src/engine/policy.js';
 import { crc32, HEADER_BYTES } from '../../src/engine/state-codec.js';
 import { runStep } from '../../src/engine/step.js';
 import type { CacheStats, ChatSession, SessionInfo, TurnEvent, TurnOutcome, TurnRequest } from '../../src/worker/chat-session.js';
@@ -22,12 +22,19 @@ interface Turn {
   max_tokens: number;
   temperature: number;
   seed: number;
+  lazy: { schedule: string };
 }
 
+/**
+ * Prunes even these short turns: the default schedule keeps sets of up to 128 tokens whole, which
+ * would leave the Aux Cache of a short conversation empty.
+ */
+const CHAT_SCHEDULE = 'bos,1:0.5,3:0.5';
+
 const TURNS: Turn[] = [
-  { content: 'Once upon a time, there was a little cat named Tom. Tom liked to play with a red ball in the garden.', max_tokens: 40, temperature: 0.8, seed: 11 },
-  { content: 'One day, the ball rolled away into the big forest.', max_tokens: 40, temperature: 0.8, seed: 12 },
-  { content: 'Tom was sad, but then he saw his friend the dog.', max_tokens: 40, temperature: 0.8, seed: 13 },
+  { content: 'Once upon a time, there was a little cat named Tom. Tom liked to play with a red ball in the garden.', max_tokens: 40, temperature: 0.8, seed: 11, lazy: { schedule: CHAT_SCHEDULE } },
+  { content: 'One day, the ball rolled away into the big forest.', max_tokens: 40, temperature: 0.8, seed: 12, lazy: { schedule: CHAT_SCHEDULE } },
+  { content: 'Tom was sad, but then he saw his friend the dog.', max_tokens: 40, temperature: 0.8, seed: 13, lazy: { schedule: CHAT_SCHEDULE } },
 ];
 
 type Msg = { role: 'system' | 'user' | 'assistant'; content: string };
@@ -63,7 +70,7 @@ const encodeChat = (msgs: readonly Msg[]) => model.tokenizer.encode(renderChat(m
  * prefix and generating with the engine's own generate(); plus, per turn, a dense cache-free rerun of
  * the whole history with the same reply tokens, whose per-layer work the session must beat.
  */
-async function reference(histories: Msg[][], turns: readonly Turn[], schedule: Schedule | null = defaultSchedule(model.config.nLayers)): Promise<RefTurn[]> {
+async function reference(histories: Msg[][], turns: readonly Turn[], schedule: Schedule | null = parseSchedule(CHAT_SCHEDULE)): Promise<RefTurn[]> {
   const seq = new SequenceState(model.config);
   const out: RefTurn[] = [];
   for (const [k, t] of turns.entries()) {
@@ -290,7 +297,7 @@ describe('chat completions with a session', () => {
     const id = await createSession();
     const t = TURNS;
     const chat = async (messages: Msg[], turn: Turn, how: 'body' | 'header') => {
-      const body = { model: MODEL, messages, max_tokens: turn.max_tokens, temperature: turn.temperature, seed: turn.seed, ...(how === 'body' ? { session_id: id } : {}) };
+      const body = { model: MODEL, messages, max_tokens: turn.max_tokens, temperature: turn.temperature, seed: turn.seed, lazy: turn.lazy, ...(how === 'body' ? { session_id: id } : {}) };
       const res = await post('/v1/chat/completions', body, how === 'header' ? { 'x-session-id': id } : {});
       const json = await res.json();
       expect(res.status, JSON.stringify(json)).toBe(200);
