@@ -150,7 +150,8 @@ async function transformersRunner(job: ChildJob): Promise<Runner> {
       streamer,
     } as never)) as { tolist(): bigint[][] };
     // put() #0 is the prompt, #1 the first new token (prefill done), #k the k-th.
-    const tokens = out.tolist()[0].slice(prompt.length + 1).map(Number);
+    // The first `decode` new tokens, as the other rows report them (the last one's logits are timed too).
+    const tokens = out.tolist()[0].slice(prompt.length, prompt.length + decode).map(Number);
     return { ttftMs: stamps[1] - t0, ttftCpuMs: cpu[1] - c0, decodeMs: stamps[decode + 1] - stamps[1], decodeCpuMs: cpu[decode + 1] - cpu[1], tokens };
   };
 }
@@ -176,14 +177,16 @@ async function main(): Promise<void> {
   }
   const loadRssMb = process.memoryUsage().rss / 2 ** 20;
   const results: RowResult[] = [];
-  // JIT and wasm tier-up: a few short runs of every row before anything is timed.
-  const warm = job.prompts[String(job.lengths[0])].slice(0, 64);
-  if (job.mode === 'time') for (const [, run] of runners) for (let i = 0; i < 3; i++) await run(warm, 4);
+  // Warm-up. A fresh process runs the first ~2000 session runs up to 20x slower (V8 compiles hot
+  // wasm functions a second time, optimised, only after they have run for a while; the JS glue is
+  // JIT-compiled too), so every row first does 30 short prefill+decode runs.
+  const warm = job.prompts[String(job.lengths[0])].slice(0, 128);
+  if (job.mode === 'time') for (let i = 0; i < 30; i++) for (const [, run] of runners) await run(warm, 16);
 
   for (const length of job.lengths) {
     const prompt = job.prompts[String(length)];
     const byRow = new Map<RowName, Trial[]>(job.rows.map((r) => [r, []]));
-    if (job.mode === 'time') for (const [, run] of runners) await run(prompt, 2); // warm-up at this size
+    if (job.mode === 'time') for (const [, run] of runners) await run(prompt, 8); // warm-up at this size
     const reps = job.mode === 'memory' ? 1 : job.reps;
     for (let rep = 0; rep < reps; rep++) {
       const order = job.rows.map((_, i) => job.rows[(i + rep) % job.rows.length]);
