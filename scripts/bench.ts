@@ -1,12 +1,13 @@
 /**
  * npm run bench -- [--quick] [--json] [--models stories260K,rand-15M,rand-12x768] [--no-workerd]
- *                  [--no-memory] [--decode N] [--out docs/BENCHMARKS.md]
+ *                  [--no-memory] [--decode N] [--out FILE.md]
  *
  * Time to first token, decode speed, peak memory and achieved GFLOP/s for: our per-layer engine
  * dense and lazy (default and an aggressive schedule), the same model as one monolithic ONNX graph
  * with a KV cache, and transformers.js running that graph, all on onnxruntime-web (wasm, one
  * thread); plus the engine inside workerd. Progress goes to stderr; with --json one JSON object goes
- * to stdout. Writes the table between the markers of docs/BENCHMARKS.md and docs/benchmarks.svg.
+ * to stdout. Writes the table between the markers of docs/BENCHMARKS.md (a --quick run:
+ * .bench-cache/BENCHMARKS-quick.md) and benchmarks.svg next to it.
  */
 import { spawn } from 'node:child_process';
 import { cpSync, existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
@@ -172,10 +173,12 @@ async function main(): Promise<void> {
       'no-workerd': { type: 'boolean', default: false },
       'no-memory': { type: 'boolean', default: false },
       decode: { type: 'string', default: '64' },
-      out: { type: 'string', default: join(REPO_ROOT, 'docs', 'BENCHMARKS.md') },
+      out: { type: 'string' },
     },
   });
   const quick = values.quick!;
+  // The committed docs/BENCHMARKS.md is a full run's; a quick run goes next to the cache unless told.
+  const out = values.out ?? (quick ? join(REPO_ROOT, '.bench-cache', 'BENCHMARKS-quick.md') : join(REPO_ROOT, 'docs', 'BENCHMARKS.md'));
   const decode = Number(values.decode);
   if (!(Number.isInteger(decode) && decode > 0)) fail(`--decode must be a positive integer, got "${values.decode}"`);
   const wanted = values.models?.split(',') ?? BENCH_MODELS.map((m) => m.id);
@@ -249,8 +252,8 @@ async function main(): Promise<void> {
 
   const rows = summarize(runs, workerd, peak, decode);
   const targets = targetsTable(rows);
-  writeReport(values.out!, rows, meta, peak, targets, quick);
-  progress(`wrote ${relative(REPO_ROOT, values.out!)} and docs/benchmarks.svg`);
+  writeReport(out, rows, meta, peak, targets, quick);
+  progress(`wrote ${relative(REPO_ROOT, out)} and ${relative(REPO_ROOT, join(dirname(out), 'benchmarks.svg'))}`);
   process.stderr.write(`\n${targets}\n\n`);
   if (values.json) {
     const models = runs.map((r) => ({ id: r.spec.id, label: r.spec.label, synthetic: r.spec.synthetic, trainedContext: r.spec.trainedContext, config: r.config, memory: r.memory, trials: r.time.rows }));
