@@ -23,6 +23,8 @@ export interface Panel {
   series: Series[];
   logX?: boolean;
   logY?: boolean;
+  /** start a linear y axis at 0 (default: fit the data) */
+  yFromZero?: boolean;
   /** horizontal reference lines */
   hLines?: { y: number; label: string }[];
 }
@@ -69,7 +71,10 @@ function panelSvg(p: Panel, x0: number, width: number, height: number): string {
   if (p.logX) [xlo, xhi] = [xlo / 1.15, xhi * 1.15];
   else [xlo, xhi] = [xlo - (xhi - xlo) * 0.05 || xlo - 1, xhi + (xhi - xlo) * 0.05 || xhi + 1];
   if (p.logY) [ylo, yhi] = [ylo / 1.3, yhi * 1.3];
-  else [ylo, yhi] = [Math.min(0, ylo), yhi + (yhi - ylo) * 0.08 || yhi + 1];
+  else {
+    const pad = (yhi - ylo) * 0.08 || 1;
+    [ylo, yhi] = [p.yFromZero ? Math.min(0, ylo) : ylo - pad, yhi + pad];
+  }
   const tx = (x: number) => x0 + m.l + (p.logX ? Math.log(x / xlo) / Math.log(xhi / xlo) : (x - xlo) / (xhi - xlo)) * W;
   const ty = (y: number) => m.t + H - (p.logY ? Math.log(y / ylo) / Math.log(yhi / ylo) : (y - ylo) / (yhi - ylo)) * H;
   const out: string[] = [];
