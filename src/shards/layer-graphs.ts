@@ -68,15 +68,6 @@ export function ropeQK(b: GraphBuilder, qk: string, heads: number, hs: number, c
   return b.op('Squeeze', [rotated, b.i64(`${tag}_ax0s`, [0])]);
 }
 
-/** RoPE on adjacent pairs (run.c) as elementwise ops: x [q, heads*hs] rotated by angles cos/sin [q, 1, hs/2, 1]. */
-export function rope(b: GraphBuilder, x: string, heads: number, hs: number, cos: string, sin: string, tag: string): string {
-  const pairs = b.op('Reshape', [x, b.i64(`${tag}_pairs_shape`, [0, heads, hs / 2, 2])]);
-  const [x0, x1] = b.opN('Split', [pairs, b.i64(`${tag}_split`, [1, 1])], { axis: -1 }, { outputs: 2 });
-  const r0 = b.op('Sub', [b.op('Mul', [x0, cos]), b.op('Mul', [x1, sin])]);
-  const r1 = b.op('Add', [b.op('Mul', [x0, sin]), b.op('Mul', [x1, cos])]);
-  return b.op('Reshape', [b.op('Concat', [r0, r1], { axis: -1 }), b.i64(`${tag}_flat_shape`, [0, heads * hs])]);
-}
-
 /**
  * One decoder layer over an arbitrary subset of tokens. Keys are the context tokens followed
  * by the queries; a key is visible to a query iff its position is <= the query's position, so
