@@ -6,10 +6,9 @@
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { openSync, readFileSync, readdirSync } from 'node:fs';
-import { createServer } from 'node:net';
 import { join } from 'node:path';
 import { median, processCpuMs } from './bench-clock.js';
-import { REPO_ROOT } from './node-env.js';
+import { freeLoopbackPort, REPO_ROOT } from './node-env.js';
 
 export interface WorkerdRowResult {
   row: 'dense' | 'lazy';
@@ -19,17 +18,6 @@ export interface WorkerdRowResult {
   decodeMs: number;
   decodeCpuMs: number;
   tokens: number[];
-}
-
-async function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const srv = createServer();
-    srv.once('error', reject);
-    srv.listen(0, '127.0.0.1', () => {
-      const port = (srv.address() as { port: number }).port;
-      srv.close(() => resolve(port));
-    });
-  });
 }
 
 /** The workerd processes below `root` (wrangler runs an entry proxy and the Worker's runtime). */
@@ -80,7 +68,7 @@ export async function benchWorkerd(opts: {
   log: (line: string) => void;
   logFile: string;
 }): Promise<WorkerdRowResult[]> {
-  const port = await freePort();
+  const port = await freeLoopbackPort();
   const base = `http://127.0.0.1:${port}`;
   const out = openSync(opts.logFile, 'w');
   const child = spawn(

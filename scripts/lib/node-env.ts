@@ -1,6 +1,7 @@
 /** Node-side plumbing shared by the scripts: where things live, reading shards, starting the runtime. */
 import { existsSync, readFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
+import { createServer } from 'node:net';
 import { join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { DEFAULT_MEMORY_BUDGET_BYTES, MB } from '../../src/engine/memory-budget.js';
@@ -64,4 +65,16 @@ export function fail(message: string): never {
 
 export function progress(message: string): void {
   process.stderr.write(`${message}\n`);
+}
+
+/** A TCP port on 127.0.0.1 that was free a moment ago, for a dev server a script or test starts. */
+export function freeLoopbackPort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const srv = createServer();
+    srv.once('error', reject);
+    srv.listen(0, '127.0.0.1', () => {
+      const port = (srv.address() as { port: number }).port;
+      srv.close(() => resolve(port));
+    });
+  });
 }

@@ -7,6 +7,7 @@ import {
 } from '../../src/model/checkpoint.js';
 import { validateConfig, type ModelConfig } from '../../src/model/config.js';
 import { ModelFormatError } from '../../src/model/errors.js';
+import { expectFormatError } from '../support/format-errors.js';
 import { readBytes, STORIES260K_BIN } from '../support/paths.js';
 
 const FILE = 'stories260K.bin';
@@ -17,19 +18,6 @@ function withHeader(bytes: Uint8Array, patch: Record<number, number>): Uint8Arra
   const view = new DataView(copy.buffer);
   for (const [i, v] of Object.entries(patch)) view.setInt32(Number(i) * 4, v, true);
   return copy;
-}
-
-function expectFormatError(fn: () => unknown, ...fragments: string[]): ModelFormatError {
-  let err: unknown;
-  try {
-    fn();
-  } catch (e) {
-    err = e;
-  }
-  expect(err).toBeInstanceOf(ModelFormatError);
-  const e = err as ModelFormatError;
-  for (const f of fragments) expect(e.message).toContain(f);
-  return e;
 }
 
 function expectSameWeights(a: Checkpoint, b: Checkpoint): void {

@@ -1,7 +1,7 @@
 import { describe, expect, it } from 'vitest';
-import { ModelFormatError } from '../../src/model/errors.js';
 import { createRng } from '../../src/model/prng.js';
 import { Tokenizer } from '../../src/model/tokenizer.js';
+import { expectFormatError } from '../support/format-errors.js';
 import { devStories, readBytes, TOK512_BIN } from '../support/paths.js';
 
 const FILE = 'tok512.bin';
@@ -56,17 +56,6 @@ function tokenizerFile(maxLen: number, pieces: Array<{ score: number; bytes: num
     off += 8 + p.bytes.length;
   }
   return out;
-}
-
-function expectFormatError(fn: () => unknown, ...fragments: string[]): void {
-  let err: unknown;
-  try {
-    fn();
-  } catch (e) {
-    err = e;
-  }
-  expect(err).toBeInstanceOf(ModelFormatError);
-  for (const f of fragments) expect((err as Error).message).toContain(f);
 }
 
 describe('tok512 layout', () => {

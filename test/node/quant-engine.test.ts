@@ -16,6 +16,7 @@ import { randomCheckpoint, type Checkpoint, type LayerWeights } from '../../src/
 import type { QuantSpec } from '../../src/model/quant.js';
 import { buildShards } from '../../src/shards/build-shards.js';
 import { dequantizeInt4, dequantizeInt8, quantizeInt4, quantizeInt8, quantizeInt8Rows } from '../../src/shards/quantize.js';
+import { klDivergence } from '../../scripts/lib/fidelity.js';
 import { initNodeRuntime } from '../../scripts/lib/node-env.js';
 import { loadStories260K, readBytes, TOK512_BIN } from '../support/paths.js';
 import { maxAbsDiff, SMALL_GQA } from '../support/models.js';
@@ -47,23 +48,6 @@ const FORMATS: QuantSpec[] = [
   { format: 'int4', kernel: 'dequant', blockSize: 32 },
   { format: 'int4', kernel: 'nbits', blockSize: 32 },
 ];
-
-function logSoftmax(x: Float32Array): Float64Array {
-  let max = -Infinity;
-  for (const v of x) max = Math.max(max, v);
-  let s = 0;
-  for (const v of x) s += Math.exp(v - max);
-  const lse = max + Math.log(s);
-  return Float64Array.from(x, (v) => v - lse);
-}
-
-function kl(ref: Float32Array, q: Float32Array): number {
-  const lp = logSoftmax(ref);
-  const lq = logSoftmax(q);
-  let k = 0;
-  for (let i = 0; i < lp.length; i++) k += Math.exp(lp[i]) * (lp[i] - lq[i]);
-  return k;
-}
 
 async function load(ck: Checkpoint, quant: QuantSpec): Promise<LoadedModel> {
   const built = await buildShards({ name: 'q', checkpoint: ck, tokenizerBytes: readBytes(TOK512_BIN), synthetic: true, source: { file: 'q' }, quant });
@@ -137,7 +121,7 @@ describe.each(CASES)('quantized formats on $name', ({ ck, prompt, extra }) => {
     expect(ours).toHaveLength(ref.length);
     ours.forEach((l, k) => {
       expect(maxAbsDiff(l, ref[k])).toBeLessThanOrEqual(tol.maxAbs);
-      expect(kl(ref[k], l)).toBeLessThanOrEqual(tol.kl);
+      expect(klDivergence(ref[k], l)).toBeLessThanOrEqual(tol.kl);
     });
   });
 

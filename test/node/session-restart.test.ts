@@ -10,11 +10,10 @@
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { mkdtempSync, openSync, readFileSync, rmSync } from 'node:fs';
-import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
-import { loadModelFromDir, REPO_ROOT } from '../../scripts/lib/node-env.js';
+import { freeLoopbackPort, loadModelFromDir, REPO_ROOT } from '../../scripts/lib/node-env.js';
 import { ensureDefaultShards } from '../../scripts/lib/shard-tasks.js';
 import { SequenceState } from '../../src/engine/caches.js';
 import { generate } from '../../src/engine/generate.js';
@@ -25,17 +24,6 @@ const TURNS = [
   { content: 'Once upon a time, there was a little bird named Pip.', max_tokens: 30, temperature: 0.7, seed: 5 },
   { content: 'Pip wanted to fly over the tall tree.', max_tokens: 30, temperature: 0.7, seed: 6 },
 ];
-
-function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const srv = createServer();
-    srv.once('error', reject);
-    srv.listen(0, '127.0.0.1', () => {
-      const port = (srv.address() as { port: number }).port;
-      srv.close(() => resolve(port));
-    });
-  });
-}
 
 interface Server {
   child: ChildProcess;
@@ -59,7 +47,7 @@ function killGroup(child: ChildProcess, signal: NodeJS.Signals): void {
 const exited = (child: ChildProcess) => new Promise<void>((r) => (child.exitCode !== null || child.signalCode !== null ? r() : child.once('exit', () => r())));
 
 async function startServer(n: number): Promise<Server> {
-  const port = await freePort();
+  const port = await freeLoopbackPort();
   const log = join(persist, `wrangler-${n}.log`);
   const out = openSync(log, 'w');
   const child = spawn(join(REPO_ROOT, 'node_modules/.bin/wrangler'), ['dev', '--ip', '127.0.0.1', '--port', String(port), '--persist-to', persist], {
