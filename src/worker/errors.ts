@@ -2,6 +2,7 @@ import { HTTPException } from 'hono/http-exception';
 import type { ContentfulStatusCode } from 'hono/utils/http-status';
 import { EngineError } from '../engine/errors.js';
 import { ModelFormatError } from '../model/errors.js';
+import { RuntimeError } from '../runtime/onnx-runtime.js';
 
 /** OpenAI's error body: every non-2xx response of the HTTP API has exactly this shape. */
 export interface ErrorBody {
@@ -51,8 +52,7 @@ export function toApiError(e: unknown): ApiError {
     return ENGINE_CLIENT_CODES.has(e.code) ? new ApiError(400, e.message, e.code, e.param) : new ApiError(500, INTERNAL, 'engine_error');
   }
   if (e instanceof ModelFormatError) return new ApiError(500, 'The model could not be loaded; the server log says which file is wrong.', 'model_unavailable');
-  // The runtime module is the only one allowed to import onnxruntime, so it is recognised by name.
-  if (e instanceof Error && e.name === 'RuntimeError') return new ApiError(500, INTERNAL, 'runtime_error');
+  if (e instanceof RuntimeError) return new ApiError(500, INTERNAL, 'runtime_error');
   if (e instanceof HTTPException) {
     return e.status >= 500 ? new ApiError(e.status, INTERNAL, 'internal_error') : new ApiError(e.status, e.message || `HTTP ${e.status}`, null);
   }
