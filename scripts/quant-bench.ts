@@ -27,7 +27,7 @@ import { defaultQuant, DEFAULT_MEMORY_BUDGET_BYTES, estimateMemory, INTEGER_KERN
 import { loadModel, type LoadedModel } from '../src/engine/model.js';
 import { runStep } from '../src/engine/step.js';
 import { parseLlama2cCheckpoint, type RandomCheckpointOptions } from '../src/model/checkpoint.js';
-import type { ModelConfig } from '../src/model/config.js';
+import { llama2cConfig, type ModelConfig, type ModelShape } from '../src/model/config.js';
 import { quantLabel, type QuantSpec } from '../src/model/quant.js';
 import { LAYER_IO, EMBED_IO, HEAD_IO } from '../src/model/shard-io.js';
 import { Tokenizer } from '../src/model/tokenizer.js';
@@ -87,7 +87,6 @@ interface BenchModel {
 const RANDOM_768: RandomCheckpointOptions = { dim: 768, hiddenDim: 2048, nLayers: 12, nHeads: 12, nKvHeads: 12, vocabSize: 512, seqLen: 2048, seed: 1 };
 /** stories15M's body (dim 288, 6 layers), to see where between the two the kernels start to differ */
 const RANDOM_288: RandomCheckpointOptions = { dim: 288, hiddenDim: 768, nLayers: 6, nHeads: 6, nKvHeads: 6, vocabSize: 512, seqLen: 2048, seed: 1 };
-const randomConfig = (o: RandomCheckpointOptions): ModelConfig => ({ ...o, headSize: o.dim / o.nHeads, kvDim: (o.dim / o.nHeads) * o.nKvHeads, normEps: 1e-5, ropeTheta: 10000 });
 
 const MODELS: BenchModel[] = [
   {
@@ -106,7 +105,7 @@ const MODELS: BenchModel[] = [
     synthetic: true,
     describe: "dim 288, 6 layers, 6 heads, hidden 768, vocab 512, context 2048: stories15M's body with a small vocabulary.",
     random: RANDOM_288,
-    config: () => randomConfig(RANDOM_288),
+    config: () => llama2cConfig(RANDOM_288),
     perplexity: false,
     lengths: [512, 2048],
     reps: (_len, quick) => (quick ? 2 : 5),
@@ -118,7 +117,7 @@ const MODELS: BenchModel[] = [
     synthetic: true,
     describe: "dim 768, 12 layers, 12 heads, hidden 2048, vocab 512, context 2048: stories110M's body with a small vocabulary.",
     random: RANDOM_768,
-    config: () => randomConfig(RANDOM_768),
+    config: () => llama2cConfig(RANDOM_768),
     perplexity: false,
     lengths: [512, 2048],
     reps: (len, quick) => (quick ? 1 : len > 512 ? 2 : 3),
@@ -405,14 +404,10 @@ const SHAPES: { name: string; cfg: ModelConfig }[] = [
   ['stories42M', 512, 1376, 8, 8, 8, 32000, 1024],
   ['stories110M', 768, 2048, 12, 12, 12, 32000, 1024],
   ['random-768 (this bench)', 768, 2048, 12, 12, 12, 512, 2048],
-].map(([name, dim, hiddenDim, nLayers, nHeads, nKvHeads, vocabSize, seqLen]) => {
-  const d = dim as number;
-  const h = nHeads as number;
-  return {
-    name: name as string,
-    cfg: { dim: d, hiddenDim: hiddenDim as number, nLayers: nLayers as number, nHeads: h, nKvHeads: nKvHeads as number, vocabSize: vocabSize as number, seqLen: seqLen as number, headSize: d / h, kvDim: (nKvHeads as number) * (d / h), normEps: 1e-5, ropeTheta: 10000 },
-  };
-});
+].map(([name, dim, hiddenDim, nLayers, nHeads, nKvHeads, vocabSize, seqLen]) => ({
+  name: name as string,
+  cfg: llama2cConfig({ dim, hiddenDim, nLayers, nHeads, nKvHeads, vocabSize, seqLen } as ModelShape),
+}));
 const FIT_FORMATS: QuantSpec[] = [F32, INT8_DQ, { format: 'int8', kernel: 'integer' }, int4(32, 'dequant'), int4(32, 'nbits')];
 
 function fitsTable(): string {

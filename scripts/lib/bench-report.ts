@@ -163,38 +163,26 @@ const ROW_STYLE: Record<string, { color: string; dashed?: boolean }> = {
 export function benchmarkSvg(rows: SummaryRow[], caption: string): string {
   const panels: Panel[] = [];
   const models = [...new Set(rows.map((r) => r.model))];
-  for (const model of models) {
+  // One log-log panel per model and metric, a series per row (the workerd rows are a table-only check).
+  const panel = (model: string, title: string, yLabel: string, y: (r: SummaryRow) => number): Panel => {
     const mine = rows.filter((r) => r.model === model && !r.row.includes('workerd'));
-    const names = [...new Set(mine.map((r) => r.row))];
-    const synthetic = mine[0]?.synthetic;
-    panels.push({
-      title: `${model}${synthetic ? ' (random weights)' : ''}: time to first token`,
+    return {
+      title,
       xLabel: 'prompt tokens',
-      yLabel: 'TTFT, ms (median)',
+      yLabel,
       logX: true,
       logY: true,
-      series: names.map((n) => ({
+      series: [...new Set(mine.map((r) => r.row))].map((n) => ({
         name: n,
         ...ROW_STYLE[n],
-        points: mine.filter((r) => r.row === n).map((r) => [r.length, r.ttft_cpu_ms] as [number, number]),
+        points: mine.filter((r) => r.row === n).map((r) => [r.length, y(r)] as [number, number]),
       })),
-    });
-  }
+    };
+  };
   for (const model of models) {
-    const mine = rows.filter((r) => r.model === model && !r.row.includes('workerd'));
-    const names = [...new Set(mine.map((r) => r.row))];
-    panels.push({
-      title: `${model}: decode speed after the prompt`,
-      xLabel: 'prompt tokens',
-      yLabel: 'decode tokens/s (median)',
-      logX: true,
-      logY: true,
-      series: names.map((n) => ({
-        name: n,
-        ...ROW_STYLE[n],
-        points: mine.filter((r) => r.row === n).map((r) => [r.length, r.decode_tok_s] as [number, number]),
-      })),
-    });
+    const synthetic = rows.find((r) => r.model === model)?.synthetic;
+    panels.push(panel(model, `${model}${synthetic ? ' (random weights)' : ''}: time to first token`, 'TTFT, ms (median)', (r) => r.ttft_cpu_ms));
   }
+  for (const model of models) panels.push(panel(model, `${model}: decode speed after the prompt`, 'decode tokens/s (median)', (r) => r.decode_tok_s));
   return renderPanels(panels, { perRow: Math.max(1, models.length), caption });
 }

@@ -1,4 +1,4 @@
-import { validateConfig, type ModelConfig } from './config.js';
+import { llama2cConfig, validateConfig, type ModelConfig, type ModelShape } from './config.js';
 import { ModelFormatError } from './errors.js';
 import { createRng, type Rng } from './prng.js';
 
@@ -45,10 +45,6 @@ const HEADER_BYTES = HEADER_INTS * 4;
 // turns a baffling "dim = 1634415666" into an actionable message.
 const LLAMA2C_MAGIC = 0x616b3432;
 
-// run.c hard-codes these; the v0 format has no fields for them.
-const LLAMA2C_NORM_EPS = 1e-5;
-const LLAMA2C_ROPE_THETA = 10000;
-
 const LITTLE_ENDIAN_HOST = new Uint8Array(new Uint32Array([1]).buffer)[0] === 1;
 
 interface Section {
@@ -87,21 +83,8 @@ export function llama2cCheckpointBytes(c: ModelConfig, sharedClassifier: boolean
 
 function configFromHeader(h: Int32Array): { config: ModelConfig; shared: boolean } {
   const [dim, hiddenDim, nLayers, nHeads, nKvHeads, rawVocab, seqLen] = h;
-  const headSize = dim / nHeads;
   return {
-    config: {
-      dim,
-      hiddenDim,
-      nLayers,
-      nHeads,
-      nKvHeads,
-      vocabSize: Math.abs(rawVocab),
-      seqLen,
-      headSize,
-      kvDim: nKvHeads * headSize,
-      normEps: LLAMA2C_NORM_EPS,
-      ropeTheta: LLAMA2C_ROPE_THETA,
-    },
+    config: llama2cConfig({ dim, hiddenDim, nLayers, nHeads, nKvHeads, vocabSize: Math.abs(rawVocab), seqLen }),
     // llama2.c's exporter signals an untied classifier by negating vocab_size.
     shared: rawVocab > 0,
   };
@@ -269,7 +252,7 @@ export function serializeLlama2cCheckpoint(ck: Checkpoint): Uint8Array {
   return out;
 }
 
-export type RandomCheckpointOptions = Omit<ModelConfig, 'headSize' | 'kvDim' | 'normEps' | 'ropeTheta'> & {
+export type RandomCheckpointOptions = ModelShape & {
   seed: number;
   sharedClassifier?: boolean;
 };
@@ -291,20 +274,7 @@ function gaussian(rng: Rng, n: number, std: number, mean = 0): Float32Array {
  * residual stream stays bounded as depth grows.
  */
 export function randomCheckpoint(opts: RandomCheckpointOptions): Checkpoint {
-  const headSize = opts.dim / opts.nHeads;
-  const config: ModelConfig = {
-    dim: opts.dim,
-    hiddenDim: opts.hiddenDim,
-    nLayers: opts.nLayers,
-    nHeads: opts.nHeads,
-    nKvHeads: opts.nKvHeads,
-    vocabSize: opts.vocabSize,
-    seqLen: opts.seqLen,
-    headSize,
-    kvDim: opts.nKvHeads * headSize,
-    normEps: LLAMA2C_NORM_EPS,
-    ropeTheta: LLAMA2C_ROPE_THETA,
-  };
+  const config = llama2cConfig(opts);
   validateConfig(config, `<randomCheckpoint seed ${opts.seed}>`);
   const shared = opts.sharedClassifier ?? true;
   const rng = createRng(opts.seed);

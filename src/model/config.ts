@@ -17,6 +17,20 @@ export interface ModelConfig {
   ropeTheta: number;
 }
 
+/** The hyperparameters a llama2.c header (or a chosen shape) states; the rest follows from them. */
+export type ModelShape = Pick<ModelConfig, 'dim' | 'hiddenDim' | 'nLayers' | 'nHeads' | 'nKvHeads' | 'vocabSize' | 'seqLen'>;
+
+/** llama2.c's fixed constants (run.c): RMSNorm epsilon and RoPE base. */
+export const LLAMA2C_NORM_EPS = 1e-5;
+export const LLAMA2C_ROPE_THETA = 10000;
+
+/** A full config for a llama2.c-semantics model of this shape. */
+export function llama2cConfig(shape: ModelShape): ModelConfig {
+  const { dim, hiddenDim, nLayers, nHeads, nKvHeads, vocabSize, seqLen } = shape;
+  const headSize = dim / nHeads;
+  return { dim, hiddenDim, nLayers, nHeads, nKvHeads, vocabSize, seqLen, headSize, kvDim: nKvHeads * headSize, normEps: LLAMA2C_NORM_EPS, ropeTheta: LLAMA2C_ROPE_THETA };
+}
+
 /**
  * Rejects configs the forward pass cannot run. A garbage header otherwise surfaces later as an
  * out-of-bounds read or a silently wrong model, far away from the file that caused it.
