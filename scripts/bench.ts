@@ -23,7 +23,7 @@ import { BENCH_MODELS, benchPaths, ensureBenchModel, type BenchModelSpec } from 
 import { measureMatMulPeak, type MatMulPeak } from './lib/bench-peak.js';
 import { benchmarkSvg, markdownTable, summarize, type ModelRun, type SummaryRow } from './lib/bench-report.js';
 import { benchWorkerd, type WorkerdRowResult } from './lib/bench-workerd.js';
-import { DEFAULT_DATA, DEFAULT_MODEL_DIR, fail, readBytes, REPO_ROOT } from './lib/node-env.js';
+import { DEFAULT_DATA, DEFAULT_MODEL_DIR, fail, readBytes, REPO_ROOT, runMain } from './lib/node-env.js';
 import { promptWindows, storyStream } from './lib/prompts.js';
 
 const ROWS: RowName[] = ['dense', 'lazy', 'lazy-aggr', 'monolithic', 'transformers.js'];
@@ -263,4 +263,4 @@ async function main(): Promise<void> {
   }
 }
 
-main().catch((e: Error) => fail(e.stack ?? e.message));
+runMain(main);

@@ -13,7 +13,7 @@ import { dirname, join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { defaultSchedule, formatSchedule, parseSchedule, validateSchedule, type Schedule } from '../src/engine/policy.js';
 import { evaluateCase, summarize, type Summary } from './lib/fidelity.js';
-import { DEFAULT_DATA, fail, loadModelFromDir, progress, REPO_ROOT } from './lib/node-env.js';
+import { DEFAULT_DATA, fail, loadModelFromDir, progress, REPO_ROOT, runMain } from './lib/node-env.js';
 import { promptWindows, storyStream } from './lib/prompts.js';
 import { ensureDefaultShards } from './lib/shard-tasks.js';
 import { PALETTE, renderPanels } from './lib/svg-plot.js';
@@ -151,4 +151,4 @@ async function main(): Promise<void> {
   process.stdout.write(`${lines.join('\n')}\n`);
 }
 
-main().catch((e: Error) => fail(e.message));
+runMain(main);

@@ -7,7 +7,7 @@ import { existsSync, readFileSync } from 'node:fs';
 import { parseArgs } from 'node:util';
 import { defaultSchedule, formatSchedule, parseSchedule, validateSchedule } from '../src/engine/policy.js';
 import { evaluateCase, summarize, type CaseResult, type Summary } from './lib/fidelity.js';
-import { DEFAULT_DATA, fail, loadModelFromDir, progress } from './lib/node-env.js';
+import { DEFAULT_DATA, fail, loadModelFromDir, progress, runMain } from './lib/node-env.js';
 import { promptWindows, storyStream } from './lib/prompts.js';
 import { ensureDefaultShards } from './lib/shard-tasks.js';
 
@@ -77,4 +77,4 @@ async function main(): Promise<void> {
   );
 }
 
-main().catch((e: Error) => fail(e.message));
+runMain(main);

@@ -5,10 +5,9 @@
  */
 import { parseArgs } from 'node:util';
 import { SequenceState } from '../src/engine/caches.js';
-import { EngineError } from '../src/engine/errors.js';
 import { generate } from '../src/engine/generate.js';
 import { defaultSchedule, parseSchedule, validateSchedule } from '../src/engine/policy.js';
-import { fail, loadModelFromDir } from './lib/node-env.js';
+import { fail, loadModelFromDir, runMain } from './lib/node-env.js';
 import { ensureDefaultShards } from './lib/shard-tasks.js';
 
 function num(name: string, v: string | undefined, dflt: number): number {
@@ -67,4 +66,4 @@ async function main(): Promise<void> {
   }
 }
 
-main().catch((e: Error) => fail(e instanceof EngineError ? e.message : e.message));
+runMain(main);

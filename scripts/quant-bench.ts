@@ -34,7 +34,7 @@ import { Tokenizer } from '../src/model/tokenizer.js';
 import { createGraphSession } from '../src/runtime/onnx-runtime.js';
 import { GraphBuilder } from '../src/shards/onnx-builder.js';
 import { loadPerCore, median, threadCpuMs } from './lib/bench-clock.js';
-import { DEFAULT_DATA, DEFAULT_MODEL_DIR, fail, initNodeRuntime, readBytes, REPO_ROOT } from './lib/node-env.js';
+import { DEFAULT_DATA, DEFAULT_MODEL_DIR, fail, initNodeRuntime, readBytes, REPO_ROOT, runMain } from './lib/node-env.js';
 import { promptWindows, storyStream } from './lib/prompts.js';
 import type { ShardSource } from '../src/shards/build-shards.js';
 import { buildAndWrite, sourceFromCheckpoint, sourceFromRandom, upToDate } from './lib/shard-tasks.js';
@@ -764,4 +764,4 @@ async function main(): Promise<void> {
   if (values.json) process.stdout.write(`${JSON.stringify(report)}\n`);
 }
 
-main().catch((e: Error) => fail(e.stack ?? e.message));
+runMain(main);

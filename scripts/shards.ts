@@ -10,7 +10,7 @@ import { parseArgs } from 'node:util';
 import type { RandomCheckpointOptions } from '../src/model/checkpoint.js';
 import { defaultQuant } from '../src/engine/memory-budget.js';
 import { DEFAULT_INT4_BLOCK_SIZE, KERNELS_OF, QUANT_FORMATS, quantLabel, resolveQuant, type QuantFormat, type QuantSpec } from '../src/model/quant.js';
-import { DEFAULT_MODEL_DIR, DEFAULT_MODEL_NAME, fail, progress, shardsDir } from './lib/node-env.js';
+import { DEFAULT_MODEL_DIR, DEFAULT_MODEL_NAME, fail, progress, runMain, shardsDir } from './lib/node-env.js';
 import { buildAndWrite, sourceFromCheckpoint, sourceFromRandom, upToDate } from './lib/shard-tasks.js';
 
 const RANDOM_KEYS: Record<string, keyof RandomCheckpointOptions> = {
@@ -85,4 +85,4 @@ async function main(): Promise<void> {
   progress(`done: ${built.files.size} files, ${(bytes / 1e6).toFixed(2)} MB`);
 }
 
-main().catch((e: Error) => fail(e.message));
+runMain(main);

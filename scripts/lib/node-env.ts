@@ -5,7 +5,9 @@ import { createServer } from 'node:net';
 import { join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { DEFAULT_MEMORY_BUDGET_BYTES, MB } from '../../src/engine/memory-budget.js';
+import { EngineError } from '../../src/engine/errors.js';
 import { loadModel, type LoadedModel } from '../../src/engine/model.js';
+import { ModelFormatError } from '../../src/model/errors.js';
 import { initRuntime } from '../../src/runtime/onnx-runtime.js';
 
 export const REPO_ROOT = fileURLToPath(new URL('../../', import.meta.url));
@@ -51,7 +53,7 @@ export function memoryBudgetFromEnv(env: Record<string, string | undefined> = pr
 export async function loadModelFromDir(dir: string): Promise<LoadedModel> {
   const manifestPath = join(dir, 'manifest.json');
   if (!existsSync(manifestPath)) {
-    throw new Error(`no shards at ${dir} (missing manifest.json); build them with: npm run shards`);
+    throw new ModelFormatError(manifestPath, 'a shard manifest (build the shards with: npm run shards)', 'no such file');
   }
   initNodeRuntime();
   return loadModel(readFileSync(manifestPath, 'utf8'), async (file) => readBytes(join(dir, file)), { memoryBudgetBytes: memoryBudgetFromEnv() });
@@ -61,6 +63,19 @@ export async function loadModelFromDir(dir: string): Promise<LoadedModel> {
 export function fail(message: string): never {
   process.stderr.write(`error: ${message}\n`);
   process.exit(2);
+}
+
+/**
+ * Runs a script's main and turns what it throws into an exit: the user's mistakes (bad options, bad
+ * files, refused requests) as their message alone, anything else with its stack, since that is a bug.
+ */
+export function runMain(main: () => Promise<void>): void {
+  main().catch((e: unknown) => {
+    const err = e instanceof Error ? e : new Error(String(e));
+    const usersMistake =
+      err instanceof ModelFormatError || err instanceof EngineError || String((err as { code?: unknown }).code ?? '').startsWith('ERR_PARSE_ARGS');
+    fail(usersMistake ? err.message : (err.stack ?? err.message));
+  });
 }
 
 export function progress(message: string): void {
