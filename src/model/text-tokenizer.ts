@@ -1,0 +1,33 @@
+/**
+ * What the engine, the CLI and the Worker need of a tokenizer, whatever its kind: llama2.c's scored
+ * SentencePiece pieces (src/model/tokenizer.ts) or byte-level BPE read from a GGUF
+ * (src/model/bpe-tokenizer.ts). Nothing outside src/model knows which one it holds.
+ */
+
+export interface EncodeOptions {
+  /** prepend BOS; callers pass the model's own default, `addBos` */
+  bos?: boolean;
+  eos?: boolean;
+}
+
+export interface StreamingDecoder {
+  /** Text that became complete with this token; "" while a multi-byte character is still open. */
+  push(token: number): string;
+  /** Whatever is left (an incomplete trailing sequence becomes U+FFFD). */
+  flush(): string;
+}
+
+export interface TextTokenizer {
+  readonly vocabSize: number;
+  readonly bosId: number;
+  readonly eosId: number;
+  /** Whether the model expects prompts to start with BOS (llama2.c: yes; SmolLM2's GGUF: no). */
+  readonly addBos: boolean;
+  /** Ids that end a generation: EOS and every end-of-turn marker (llama2.c: BOS too, how a story ends). */
+  readonly endIds: ReadonlySet<number>;
+  /** Control tokens written in the text (`<|im_start|>`) encode to their single ids. */
+  encode(text: string, opts?: EncodeOptions): number[];
+  decode(tokens: number[]): string;
+  /** `prev`: the token before the first one pushed (decoding may depend on it, e.g. a leading space). */
+  createDecoder(opts?: { prev?: number }): StreamingDecoder;
+}
