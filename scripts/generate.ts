@@ -9,6 +9,7 @@ import { generate } from '../src/engine/generate.js';
 import { defaultSchedule, parseSchedule, validateSchedule } from '../src/engine/policy.js';
 import { fail, loadModelFromDir, runMain } from './lib/node-env.js';
 import { ensureDefaultShards } from './lib/shard-tasks.js';
+import { encodePrompt } from '../src/model/text-tokenizer.js';
 
 function num(name: string, v: string | undefined, dflt: number): number {
   if (v === undefined) return dflt;
@@ -39,7 +40,7 @@ async function main(): Promise<void> {
   const schedule =
     values.lazy === 'off' ? null
     : validateSchedule(values.schedule ? parseSchedule(values.schedule) : defaultSchedule(model.config.nLayers), model.config.nLayers);
-  const prompt = model.tokenizer.encode(values.prompt, { bos: true });
+  const prompt = encodePrompt(model.tokenizer, values.prompt);
   const result = await generate(model, new SequenceState(model.config), prompt, {
     maxTokens: num('max-tokens', values['max-tokens'], 256),
     sampler: {

@@ -29,7 +29,8 @@ import { runStep } from '../src/engine/step.js';
 import { parseLlama2cCheckpoint, type RandomCheckpointOptions } from '../src/model/checkpoint.js';
 import { llama2cConfig, type ModelConfig, type ModelShape } from '../src/model/config.js';
 import { quantLabel, type QuantSpec } from '../src/model/quant.js';
-import { LAYER_IO, EMBED_IO, HEAD_IO } from '../src/model/shard-io.js';
+import { LAYER_IO, HEAD_IO } from '../src/model/shard-io.js';
+import { embedTokens } from '../src/engine/vocab-parts.js';
 import { Tokenizer } from '../src/model/tokenizer.js';
 import { createGraphSession } from '../src/runtime/onnx-runtime.js';
 import { GraphBuilder } from '../src/shards/onnx-builder.js';
@@ -200,8 +201,7 @@ function argmax(a: Float32Array): number {
 async function allLogits(model: LoadedModel, ids: number[]): Promise<Float32Array> {
   const { dim, kvDim } = model.config;
   const n = ids.length;
-  const emb = await model.embed.run({ [EMBED_IO.inputs.ids]: { data: BigInt64Array.from(ids, BigInt), dims: [n] } });
-  let x = emb[EMBED_IO.outputs.x].data as Float32Array;
+  let x = await embedTokens(model.embed, ids, dim);
   const pos = Float32Array.from(ids, (_, i) => i);
   for (const layer of model.layers) {
     const out = await layer.run({
@@ -213,7 +213,8 @@ async function allLogits(model: LoadedModel, ids: number[]): Promise<Float32Arra
     });
     x = out[LAYER_IO.outputs.y].data as Float32Array;
   }
-  return (await model.head.run({ [HEAD_IO.inputs.x]: { data: x, dims: [n, dim] } }))[HEAD_IO.outputs.logits].data as Float32Array;
+  // One head run over all n rows (quant-bench models have one head part).
+  return (await model.head[0].session.run({ [HEAD_IO.inputs.x]: { data: x, dims: [n, dim] } }))[HEAD_IO.outputs.logits].data as Float32Array;
 }
 
 function windowNll(logits: Float32Array, ids: number[], vocab: number): number {
@@ -391,7 +392,7 @@ async function shardsFor(model: BenchModel, q: QuantSpec, log: (l: string) => vo
 
 function shardBytes(dir: string): number {
   const m = JSON.parse(readFileSync(join(dir, 'manifest.json'), 'utf8'));
-  return [m.files.embed, ...m.files.layers, m.files.head].reduce((s: number, f: { bytes: number }) => s + f.bytes, 0);
+  return [...m.files.embed, ...m.files.layers, ...m.files.head].reduce((s: number, f: { bytes: number }) => s + f.bytes, 0);
 }
 
 const fmt = (v: number | null | undefined, d = 1) => (v === null || v === undefined || !Number.isFinite(v) ? '–' : v.toFixed(d));

@@ -1,17 +1,20 @@
 /**
+ * npm run shards -- --gguf FILE [--name NAME] [--out DIR] [--if-missing]
  * npm run shards -- [--checkpoint FILE] [--tokenizer FILE] [--name NAME] [--out DIR] [--if-missing]
  *                   [--random dim=96,layers=3,heads=6,kv_heads=2,hidden=256,vocab=512,seq_len=512,seed=1]
  *                   [--quant f32|int8|int4] [--block-size 32] [--kernel dequant|integer|nbits]
- * Converts a llama2.c checkpoint (default: the shared stories260K) into per-layer ONNX shards.
- * Without --quant the format is chosen by model size (docs/QUANTIZATION.md).
+ * Converts a GGUF (llama architecture; weights keep the file's block types) or a llama2.c checkpoint
+ * (default: the shared stories260K) into per-layer ONNX shards. For a checkpoint without --quant the
+ * format is chosen by model size (docs/QUANTIZATION.md).
  */
-import { join } from 'node:path';
+import { basename, join } from 'node:path';
 import { parseArgs } from 'node:util';
 import type { RandomCheckpointOptions } from '../src/model/checkpoint.js';
 import { defaultQuant } from '../src/engine/memory-budget.js';
 import { DEFAULT_INT4_BLOCK_SIZE, KERNELS_OF, QUANT_FORMATS, quantLabel, resolveQuant, type QuantFormat, type QuantSpec } from '../src/model/quant.js';
 import { DEFAULT_MODEL_DIR, DEFAULT_MODEL_NAME, fail, progress, runMain, shardsDir } from './lib/node-env.js';
-import { buildAndWrite, sourceFromCheckpoint, sourceFromRandom, upToDate } from './lib/shard-tasks.js';
+import { buildAndWrite, GGUF_QUANT, sourceFromCheckpoint, sourceFromGguf, sourceFromRandom, upToDate } from './lib/shard-tasks.js';
+import { sha256File } from './lib/served-model.js';
 
 const RANDOM_KEYS: Record<string, keyof RandomCheckpointOptions> = {
   dim: 'dim', hidden: 'hiddenDim', layers: 'nLayers', heads: 'nHeads', kv_heads: 'nKvHeads',
@@ -54,6 +57,7 @@ async function main(): Promise<void> {
   const { values } = parseArgs({
     options: {
       checkpoint: { type: 'string' },
+      gguf: { type: 'string' },
       tokenizer: { type: 'string' },
       name: { type: 'string' },
       out: { type: 'string' },
@@ -64,7 +68,9 @@ async function main(): Promise<void> {
       'block-size': { type: 'string' },
     },
   });
+  if (values.gguf !== undefined) return ggufMain(values.gguf, values);
   const quant = parseQuantArgs(values.quant, values.kernel, values['block-size']);
+  if (quant?.format === 'gguf') fail('--quant gguf keeps a GGUF\'s own blocks: use it with --gguf FILE');
   const tokenizer = values.tokenizer ?? join(DEFAULT_MODEL_DIR, 'tok512.bin');
   const source = values.random
     ? sourceFromRandom(values.name ?? 'random', parseRandomSpec(values.random), tokenizer)
@@ -80,6 +86,25 @@ async function main(): Promise<void> {
     return;
   }
   progress(`building ${source.synthetic ? 'SYNTHETIC (seeded random weights) ' : ''}${quantLabel(source.quant)} shards for ${source.name} -> ${out}`);
+  const built = await buildAndWrite(out, source, progress);
+  const bytes = [...built.files.values()].reduce((s, b) => s + b.byteLength, 0);
+  progress(`done: ${built.files.size} files, ${(bytes / 1e6).toFixed(2)} MB`);
+}
+
+async function ggufMain(path: string, values: { name?: string; out?: string; 'if-missing'?: boolean; checkpoint?: string; tokenizer?: string; random?: string; quant?: string; kernel?: string; 'block-size'?: string }): Promise<void> {
+  for (const k of ['checkpoint', 'tokenizer', 'random', 'kernel', 'block-size'] as const) if (values[k] !== undefined) fail(`--${k} does not apply to --gguf`);
+  if (values.quant !== undefined && values.quant !== 'gguf') fail(`--quant ${values.quant} is not available for a GGUF: its shards keep the file's own blocks (--quant gguf)`);
+  const name = values.name ?? basename(path).replace(/\.gguf$/i, '');
+  const out = values.out ?? shardsDir(name);
+  const sha256 = await sha256File(path).catch(() => fail(`cannot read ${path}`));
+  if (values['if-missing'] && upToDate(out, { source: { file: basename(path), sha256 } }, GGUF_QUANT)) {
+    progress(`shards up to date: ${out} (gguf)`);
+    return;
+  }
+  // Everything is read and checked before anything is written: a refused file leaves `out` as it was.
+  const source = await sourceFromGguf(path, name, sha256);
+  const c = source.model.config;
+  progress(`building shards for ${name} from ${basename(path)} (${source.model.displayName}: ${c.nLayers} layers, dim ${c.dim}, ${c.nHeads}/${c.nKvHeads} heads, vocab ${c.vocabSize}, context ${c.seqLen}) -> ${out}`);
   const built = await buildAndWrite(out, source, progress);
   const bytes = [...built.files.values()].reduce((s, b) => s + b.byteLength, 0);
   progress(`done: ${built.files.size} files, ${(bytes / 1e6).toFixed(2)} MB`);

@@ -5,8 +5,22 @@ import { sha256Hex } from '../../src/model/manifest.js';
 import { resolveQuant, type QuantSpec } from '../../src/model/quant.js';
 import { defaultQuant } from '../../src/engine/memory-budget.js';
 import { GRAPH_REVISION } from '../../src/shards/layer-graphs.js';
-import { buildShards, type BuiltShards, type ShardSource } from '../../src/shards/build-shards.js';
+import { buildGgufShards, buildShards, type BuiltShards, type GgufShardSource, type ShardSource } from '../../src/shards/build-shards.js';
+import { parseGgufModel } from '../../src/model/gguf-model.js';
+import { readGgufHeader } from './gguf-file.js';
 import { readBytes } from './node-env.js';
+import { locateServedGguf, SERVED_MODEL_NAME, servedShardsDir, sha256File } from './served-model.js';
+
+/** The weight format a GGUF's shards have: the file's own blocks. */
+export const GGUF_QUANT: QuantSpec = { format: 'gguf', kernel: 'dequant' };
+
+export async function sourceFromGguf(path: string, name: string, sha256?: string): Promise<GgufShardSource> {
+  const model = parseGgufModel(await readGgufHeader(path), path);
+  return { name, model, source: { file: basename(path), sha256: sha256 ?? (await sha256File(path)) } };
+}
+
+type AnySource = ShardSource | GgufShardSource;
+const isGguf = (s: AnySource): s is GgufShardSource => 'model' in s;
 
 export interface CheckpointInput {
   checkpoint: string;
@@ -52,7 +66,7 @@ export function writeShards(outDir: string, built: BuiltShards): void {
  * True when outDir holds shards built from the same source bytes, in the same weight format and
  * kernel, by the current revision of the graph builders.
  */
-export function upToDate(outDir: string, source: ShardSource, quant: QuantSpec): boolean {
+export function upToDate(outDir: string, source: Pick<AnySource, 'source'>, quant: QuantSpec): boolean {
   const path = join(outDir, 'manifest.json');
   if (!existsSync(path)) return false;
   try {
@@ -65,8 +79,9 @@ export function upToDate(outDir: string, source: ShardSource, quant: QuantSpec):
   }
 }
 
-export async function buildAndWrite(outDir: string, source: ShardSource, log?: (line: string) => void): Promise<BuiltShards> {
-  const built = await buildShards(source, (done, total, file) => log?.(`[${done}/${total}] ${file}`));
+export async function buildAndWrite(outDir: string, source: AnySource, log?: (line: string) => void): Promise<BuiltShards> {
+  const onProgress = (done: number, total: number, file: string) => log?.(`[${done}/${total}] ${file}`);
+  const built = isGguf(source) ? await buildGgufShards(source, onProgress) : await buildShards(source, onProgress);
   writeShards(outDir, built);
   return built;
 }
@@ -83,5 +98,19 @@ export async function ensureDefaultShards(log?: (line: string) => void): Promise
   source.quant = defaultQuant(source.checkpoint.config);
   const out = shardsDir(DEFAULT_MODEL_NAME);
   if (!upToDate(out, source, source.quant)) await buildAndWrite(out, source, log);
+  return out;
+}
+
+/**
+ * Builds the served model's shards (SmolLM2 from its GGUF, located or fetched by served-model.ts)
+ * when they are missing or stale: npm start and npm test call this before anything else.
+ */
+export async function ensureServedShards(log?: (line: string) => void): Promise<string> {
+  const gguf = await locateServedGguf();
+  const out = servedShardsDir();
+  // Parse the file only to rebuild.
+  if (upToDate(out, { source: { file: basename(gguf.path), sha256: gguf.sha256 } }, GGUF_QUANT)) return out;
+  log?.(`building ${SERVED_MODEL_NAME} shards from ${gguf.path}`);
+  await buildAndWrite(out, await sourceFromGguf(gguf.path, SERVED_MODEL_NAME, gguf.sha256), log);
   return out;
 }

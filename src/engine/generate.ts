@@ -67,8 +67,8 @@ function heldBack(text: string, stops: readonly string[]): number {
 
 /**
  * Prefill `prompt` (appended to whatever `seq` already holds, so chat turns reuse their caches),
- * then decode. Ends on BOS (how stories260K ends a story) or EOS, a stop string, maxTokens or the
- * deadline. The sequence keeps every token that was fed through the model.
+ * then decode. Ends on an end-of-generation id (EOS, an end-of-turn marker; for stories260K also
+ * BOS, how a story ends), a stop string, maxTokens or the deadline. The sequence keeps every token that was fed through the model.
  */
 export async function generate(model: LoadedModel, seq: SequenceState, prompt: readonly number[], opts: GenerateOptions): Promise<GenerateResult> {
   if (prompt.length === 0) throw new EngineError('the prompt must hold at least one token (BOS)', 'invalid_request', 'prompt');
@@ -101,7 +101,7 @@ export async function generate(model: LoadedModel, seq: SequenceState, prompt: r
   let logits = first.logits;
   for (;;) {
     const next = sampler.sample(logits);
-    if (next === tok.bosId || next === tok.eosId) {
+    if (tok.endIds.has(next)) {
       finishReason = 'stop';
       break;
     }

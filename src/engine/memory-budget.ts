@@ -42,6 +42,13 @@ export function matrixBytes(out: number, inp: number, q: QuantSpec): number {
   return blocks * (bs / 2 + 4); // two nibbles per byte (the last block padded) + one f32 scale per block
 }
 
+/** The embedding table: f32; int8 rows + a scale per row; a GGUF's Q8_0 rows + a scale per block of 32. */
+function embeddingBytes(vocab: number, dim: number, q: QuantSpec): number {
+  if (q.format === 'f32') return vocab * dim * 4;
+  if (q.format === 'gguf') return vocab * dim + vocab * Math.ceil(dim / 32) * 4;
+  return vocab * (dim + 4);
+}
+
 export function estimateMemory(cfg: ModelConfig, q: QuantSpec): MemoryEstimate {
   const { dim, hiddenDim, kvDim, nLayers, vocabSize, seqLen } = cfg;
   const perLayer =
@@ -52,7 +59,7 @@ export function estimateMemory(cfg: ModelConfig, q: QuantSpec): MemoryEstimate {
     2 * dim * 4; //                           RMSNorm gains
   const weights =
     nLayers * perLayer +
-    (q.format === 'f32' ? vocabSize * dim * 4 : vocabSize * (dim + 4)) + // embedding table: quantized formats keep int8 rows + a scale per row
+    embeddingBytes(vocabSize, dim, q) +
     matrixBytes(vocabSize, dim, q) + //       classifier (its own copy even when tied)
     dim * 4; //                               final RMSNorm
   const kvCache = nLayers * 2 * seqLen * kvDim * 4;

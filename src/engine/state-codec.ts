@@ -87,16 +87,16 @@ export function modelFingerprint(m: {
   name: string;
   config: ModelConfig;
   tokenizer: { sha256: string };
-  files: { embed: { sha256: string }; layers: ReadonlyArray<{ sha256: string }>; head: { sha256: string } };
+  files: { embed: ReadonlyArray<{ sha256: string }>; layers: ReadonlyArray<{ sha256: string }>; head: ReadonlyArray<{ sha256: string }> };
 }): number {
   const c = m.config;
   const canon = JSON.stringify([
     m.name,
     [c.dim, c.hiddenDim, c.nLayers, c.nHeads, c.nKvHeads, c.vocabSize, c.seqLen, c.normEps, c.ropeTheta],
     m.tokenizer.sha256,
-    m.files.embed.sha256,
+    m.files.embed.map((f) => f.sha256),
     m.files.layers.map((f) => f.sha256),
-    m.files.head.sha256,
+    m.files.head.map((f) => f.sha256),
   ]);
   return crc32(new TextEncoder().encode(canon));
 }

@@ -1,9 +1,10 @@
-import { EMBED_IO, HEAD_IO, LAYER_IO } from '../model/shard-io.js';
+import { LAYER_IO } from '../model/shard-io.js';
 import type { ModelConfig } from '../model/config.js';
 import { SequenceState } from './caches.js';
 import { EngineError } from './errors.js';
 import type { LoadedModel } from './model.js';
 import { keepAt, selectActive, type Schedule } from './policy.js';
+import { embedTokens, headLogits } from './vocab-parts.js';
 
 export interface StepStats {
   newTokens: number;
@@ -121,10 +122,7 @@ export async function runStep(
   const n = seq.length;
   const last = n - 1;
 
-  const emb = await model.embed.run({
-    [EMBED_IO.inputs.ids]: { data: BigInt64Array.from(newTokens, (t) => BigInt(t)), dims: [newTokens.length] },
-  });
-  const embedded = emb[EMBED_IO.outputs.x].data as Float32Array; // [newTokens, dim]
+  const embedded = await embedTokens(model.embed, newTokens, dim); // [newTokens, dim]
 
   // Hidden states carried from the previous layer within this step: token -> [dim] row.
   let carried = new Map<number, Float32Array>();
@@ -223,8 +221,7 @@ export async function runStep(
 
   const hLast = carried.get(last);
   if (!hLast) throw new EngineError('the last token did not reach the final layer', 'internal');
-  const head = await model.head.run({ [HEAD_IO.inputs.x]: { data: hLast, dims: [1, dim] } });
-  const logits = head[HEAD_IO.outputs.logits].data as Float32Array;
+  const logits = await headLogits(model.head, hLast, dim, cfg.vocabSize);
   stats.flops += 2 * dim * cfg.vocabSize;
   stats.denseFlops += 2 * dim * cfg.vocabSize;
   stats.auxEntries = seq.aux.size;

@@ -5,26 +5,27 @@ import { createRng, type Rng } from './prng.js';
 /**
  * Weights of one transformer block. Matrices are stored the way llama2.c stores them:
  * (out, in) row-major, so output row r is the dot product of row r with the input vector.
+ * `M` is how a matrix is held: f32 here, the file's own blocks for a GGUF (src/model/gguf-model.ts).
  */
-export interface LayerWeights {
+export interface LayerWeights<M = Float32Array> {
   /** [dim] RMSNorm gain before attention */
   rmsAtt: Float32Array;
   /** [dim, dim] (out, in) row-major */
-  wq: Float32Array;
+  wq: M;
   /** [kvDim, dim] (out, in) row-major */
-  wk: Float32Array;
+  wk: M;
   /** [kvDim, dim] (out, in) row-major */
-  wv: Float32Array;
+  wv: M;
   /** [dim, dim] (out, in) row-major */
-  wo: Float32Array;
+  wo: M;
   /** [dim] RMSNorm gain before the FFN */
   rmsFfn: Float32Array;
   /** [hiddenDim, dim] (out, in) row-major; gate branch of SwiGLU */
-  w1: Float32Array;
+  w1: M;
   /** [dim, hiddenDim] (out, in) row-major; down projection */
-  w2: Float32Array;
+  w2: M;
   /** [hiddenDim, dim] (out, in) row-major; up branch of SwiGLU */
-  w3: Float32Array;
+  w3: M;
 }
 
 export interface Checkpoint {

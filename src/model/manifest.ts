@@ -3,10 +3,14 @@ import { ModelFormatError } from './errors.js';
 import { resolveQuant, type QuantSpec } from './quant.js';
 
 export const MANIFEST_FORMAT = 'lazy-edge-shards';
-export const MANIFEST_VERSION = 1;
+/** 2: embedding and head split into row parts; GGUF sources (byte-level BPE tokenizer, jinja chat template). */
+export const MANIFEST_VERSION = 2;
 
 const fileEntry = z.object({ file: z.string().min(1), sha256: z.string().regex(/^[0-9a-f]{64}$/), bytes: z.number().int().nonnegative() });
 export type FileEntry = z.infer<typeof fileEntry>;
+/** One file of a table split by vocabulary rows (the 25 MiB static-asset limit); parts are in row order. */
+const partEntry = fileEntry.extend({ rows: z.number().int().positive() });
+export type PartEntry = z.infer<typeof partEntry>;
 
 const int = z.number().int().positive();
 export const manifestSchema = z.object({
@@ -22,12 +26,24 @@ export const manifestSchema = z.object({
     dim: int, hiddenDim: int, nLayers: int, nHeads: int, nKvHeads: int, vocabSize: int, seqLen: int,
     headSize: int, kvDim: int, normEps: z.number().positive(), ropeTheta: z.number().positive(),
   }),
-  tokenizer: z.object({ format: z.literal('llama2c'), bosId: z.number().int(), eosId: z.number().int() }).merge(fileEntry),
-  /** How chat messages become a prompt; a base model gets a plain documented template. */
-  chatTemplate: z.object({
-    system: z.string(), user: z.string(), assistant: z.string(), generationPrompt: z.string(),
-  }),
-  files: z.object({ embed: fileEntry, layers: z.array(fileEntry).min(1), head: fileEntry }),
+  tokenizer: z.discriminatedUnion('format', [
+    z.object({ format: z.literal('llama2c'), bosId: z.number().int(), eosId: z.number().int() }).merge(fileEntry),
+    /** a Hugging Face tokenizer.json built from a GGUF's vocabulary (src/model/bpe-tokenizer.ts) */
+    z.object({
+      format: z.literal('hf-bpe'), bosId: z.number().int(), eosId: z.number().int(), addBos: z.boolean(),
+      /** ids that end a generation */
+      endIds: z.array(z.number().int().nonnegative()).min(1),
+    }).merge(fileEntry),
+  ]),
+  /**
+   * How chat messages become a prompt: the model's own jinja template (a GGUF's tokenizer.chat_template),
+   * or, for a base model, a plain documented template of per-role strings.
+   */
+  chatTemplate: z.union([
+    z.object({ format: z.literal('jinja'), template: z.string().min(1), bosToken: z.string(), eosToken: z.string() }),
+    z.object({ system: z.string(), user: z.string(), assistant: z.string(), generationPrompt: z.string() }),
+  ]),
+  files: z.object({ embed: z.array(partEntry).min(1), layers: z.array(fileEntry).min(1), head: z.array(partEntry).min(1) }),
 });
 export type Manifest = z.infer<typeof manifestSchema>;
 
@@ -46,6 +62,10 @@ export function parseManifest(text: string, file = 'manifest.json'): Manifest {
   if (r.data.files.layers.length !== r.data.config.nLayers) {
     throw new ModelFormatError(file, `${r.data.config.nLayers} layer files`, `${r.data.files.layers.length}`);
   }
+  for (const part of ['embed', 'head'] as const) {
+    const rows = r.data.files[part].reduce((n, p) => n + p.rows, 0);
+    if (rows !== r.data.config.vocabSize) throw new ModelFormatError(file, `${part} parts covering ${r.data.config.vocabSize} rows`, `${rows}`);
+  }
   quantOf(r.data, file);
   return r.data;
 }
@@ -53,7 +73,7 @@ export function parseManifest(text: string, file = 'manifest.json'): Manifest {
 /** The manifest's weight format with defaults filled in; a format this build cannot run is a ModelFormatError. */
 export function quantOf(m: Pick<Manifest, 'quant'>, file = 'manifest.json'): QuantSpec {
   const r = resolveQuant(m.quant);
-  if ('error' in r) throw new ModelFormatError(file, 'a supported weight format (f32, int8, int4)', r.error);
+  if ('error' in r) throw new ModelFormatError(file, 'a supported weight format (f32, int8, int4, gguf)', r.error);
   return r.spec;
 }
 

@@ -10,8 +10,10 @@
  * | int8   | integer   | DynamicQuantizeLinear(x) -> MatMulInteger -> scale           | int8              |
  * | int4   | dequant   | nibble unpack + block scale -> MatMul; folded at creation   | f32               |
  * | int4   | nbits     | com.microsoft MatMulNBits (dequantizes on every run)        | int4              |
+ * | gguf   | dequant   | a GGUF's own blocks (Q4_0/Q4_1/Q8_0; other types as f32),    | f32               |
+ * |        |           | unpacked by arithmetic folded at creation (ggml-linear.ts)  |                   |
  */
-export const QUANT_FORMATS = ['f32', 'int8', 'int4'] as const;
+export const QUANT_FORMATS = ['f32', 'int8', 'int4', 'gguf'] as const;
 export type QuantFormat = (typeof QUANT_FORMATS)[number];
 
 export const QUANT_KERNELS = ['matmul', 'dequant', 'integer', 'nbits'] as const;
@@ -22,6 +24,7 @@ export const KERNELS_OF: Record<QuantFormat, readonly QuantKernel[]> = {
   f32: ['matmul'],
   int8: ['dequant', 'integer'],
   int4: ['dequant', 'nbits'],
+  gguf: ['dequant'],
 };
 
 export const DEFAULT_INT4_BLOCK_SIZE = 32;

@@ -28,13 +28,13 @@ export function layerWeightSpecs(c: ModelConfig): WeightSpec[] {
   ];
 }
 
-/** The token embedding [vocab, dim]: f32, or int8 rows with one scale per row in every quantized format. */
-export function embedWeightSpecs(c: ModelConfig): WeightSpec[] {
-  return [{ name: 'token_embedding', out: c.vocabSize, inp: c.dim }];
+/** The token embedding [rows, dim] of one part: f32, or int8 rows with one scale per row in every quantized format. */
+export function embedWeightSpecs(c: ModelConfig, rows = c.vocabSize): WeightSpec[] {
+  return [{ name: 'token_embedding', out: rows, inp: c.dim }];
 }
 
-export function headWeightSpecs(c: ModelConfig): WeightSpec[] {
-  return [{ name: 'wcls', out: c.vocabSize, inp: c.dim }];
+export function headWeightSpecs(c: ModelConfig, rows = c.vocabSize): WeightSpec[] {
+  return [{ name: 'wcls', out: rows, inp: c.dim }];
 }
 
 interface Expected {
@@ -64,8 +64,34 @@ function embedTensors(w: WeightSpec, q: QuantSpec): Expected[] {
   ];
 }
 
-function tensorsOf(w: WeightSpec, q: QuantSpec): Expected[] {
+/**
+ * A GGUF's matrices keep their own block type, which may differ per tensor, so the shard says which
+ * encoding it holds: Q8_0 (int8 values), Q4_0/Q4_1 (uint8 nibble pairs) with per-block scales, or f32.
+ */
+function ggufTensorsOf(w: WeightSpec, inits: Map<string, onnxProto.onnx.ITensorProto>): Expected[] {
   const { name, out, inp } = w;
+  const embed = name === 'token_embedding';
+  const qs = inits.get(`${name}_qs`);
+  if (!qs) {
+    const dims = embed ? [out, inp] : [inp, out];
+    return [{ name, dataType: DT.FLOAT, dims, what: `float32 [${dims.join(', ')}] weights, or ${name}_qs blocks` }];
+  }
+  const nb = inp / 32;
+  const int8 = qs.dataType === DT.INT8;
+  const scaleDims = embed ? [out, nb] : [out, nb, 1];
+  const e: Expected[] = [
+    embed
+      ? { name: `${name}_qs`, dataType: DT.INT8, dims: [out, inp], what: `int8 [${out}, ${inp}] Q8_0 embedding rows` }
+      : { name: `${name}_qs`, dataType: int8 ? DT.INT8 : DT.UINT8, dims: [out, nb, int8 ? 32 : 16], what: `${int8 ? 'int8' : 'uint8'} [${out}, ${nb}, ${int8 ? 32 : 16}] blocks of 32 inputs` },
+    { name: `${name}_d`, dataType: DT.FLOAT, dims: scaleDims, what: `float32 [${scaleDims.join(', ')}] block scales` },
+  ];
+  if (inits.has(`${name}_m`)) e.push({ name: `${name}_m`, dataType: DT.FLOAT, dims: scaleDims, what: `float32 [${scaleDims.join(', ')}] block minimums` });
+  return e;
+}
+
+function tensorsOf(w: WeightSpec, q: QuantSpec, inits: Map<string, onnxProto.onnx.ITensorProto>): Expected[] {
+  const { name, out, inp } = w;
+  if (q.format === 'gguf') return ggufTensorsOf(w, inits);
   if (name === 'token_embedding') return embedTensors(w, q);
   if (q.format === 'f32') return [{ name, dataType: DT.FLOAT, dims: [inp, out], what: `float32 [${inp}, ${out}] weights` }];
   if (q.format === 'int8') {
@@ -102,7 +128,8 @@ export function checkShardWeights(file: string, bytes: Uint8Array, q: QuantSpec,
   const nodes = model.graph?.node ?? [];
   const label = `${q.format}${q.blockSize ? ` (block size ${q.blockSize})` : ''}`;
   for (const w of weights) {
-    for (const e of tensorsOf(w, q)) {
+    const expected = tensorsOf(w, q, inits);
+    for (const e of expected) {
       const t = inits.get(e.name);
       if (!t) {
         const present = [...inits.keys()].filter((n) => n === w.name || n.startsWith(`${w.name}_`));
@@ -118,8 +145,11 @@ export function checkShardWeights(file: string, bytes: Uint8Array, q: QuantSpec,
         );
       }
     }
-    const stored = tensorsOf(w, q)[0].name;
-    const want = w.name === 'token_embedding' ? 'Gather' : CONSUMER[`${q.format}/${q.kernel}`];
+    const stored = expected[0].name;
+    const want =
+      w.name === 'token_embedding' ? 'Gather'
+      : q.format === 'gguf' ? (stored.endsWith('_qs') ? 'Cast' : 'MatMul')
+      : CONSUMER[`${q.format}/${q.kernel}`];
     const consumer = nodes.find((nd) => nd.input?.includes(stored));
     if (consumer?.opType !== want) {
       throw new ModelFormatError(file, `${stored} consumed by ${want} (kernel ${q.kernel})`, consumer ? `${consumer.opType}` : 'no consumer');

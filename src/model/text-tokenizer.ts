@@ -31,3 +31,8 @@ export interface TextTokenizer {
   /** `prev`: the token before the first one pushed (decoding may depend on it, e.g. a leading space). */
   createDecoder(opts?: { prev?: number }): StreamingDecoder;
 }
+
+/** A prompt as the model expects it: with BOS exactly when the model's tokenizer asks for one. */
+export function encodePrompt(tok: TextTokenizer, text: string): number[] {
+  return tok.encode(text, { bos: tok.addBos });
+}

@@ -1,4 +1,5 @@
 import { ModelFormatError } from './errors.js';
+import type { EncodeOptions, StreamingDecoder, TextTokenizer } from './text-tokenizer.js';
 
 /** Upper bound for max_token_length; real SentencePiece exports stay well under 64. */
 const MAX_SANE_TOKEN_LENGTH = 1024;
@@ -19,22 +20,15 @@ function toByteString(bytes: Uint8Array): string {
 // ignoreBOM: a leading U+FEFF is content, not a marker, when decoding generated text.
 const newUtf8Decoder = () => new TextDecoder('utf-8', { ignoreBOM: true });
 
-export interface EncodeOptions {
-  bos?: boolean;
-  eos?: boolean;
-}
-
-export interface StreamingDecoder {
-  /** Text that became complete with this token; "" while a multi-byte character is still open. */
-  push(token: number): string;
-  /** Whatever is left (an incomplete trailing sequence becomes U+FFFD). */
-  flush(): string;
-}
+export type { EncodeOptions, StreamingDecoder } from './text-tokenizer.js';
 
 /** llama2.c's tokenizer (tokenizer.bin / tok512.bin): SentencePiece BPE exported as scored pieces. */
-export class Tokenizer {
+export class Tokenizer implements TextTokenizer {
   readonly bosId = 1;
   readonly eosId = 2;
+  readonly addBos = true;
+  /** A llama2.c story ends with BOS (the next story's start) or EOS. */
+  readonly endIds: ReadonlySet<number> = new Set([1, 2]);
   /** Pieces as text, for display. Invalid UTF-8 in a piece shows as U+FFFD here only. */
   readonly vocab: string[];
   readonly scores: Float32Array;

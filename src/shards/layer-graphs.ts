@@ -9,15 +9,28 @@ import { quantizeInt8Rows } from './quantize.js';
  * plug in here so that the layer math below is written once.
  * `w` is [out, in] row-major (llama2.c layout); the result is x @ w^T.
  */
-export type LinearEmitter = (b: GraphBuilder, x: string, name: string, w: Float32Array, out: number, inp: number) => string;
+export type LinearEmitter<M = Float32Array> = (b: GraphBuilder, x: string, name: string, w: M, out: number, inp: number) => string;
+
+/** How one kind of matrix becomes graph nodes: the emitter, and row-stacking for fused projections. */
+export interface MatrixFormat<M> {
+  linear: LinearEmitter<M>;
+  /** [sum out_i, in] from [out_i, in] matrices, so one MatMul computes them all */
+  stack(ws: M[]): M;
+}
+
+/** f32 [out, in] matrices (llama2.c checkpoints) through any of the quantized emitters. */
+export function f32Format(linear: LinearEmitter = f32Linear): MatrixFormat<Float32Array> {
+  return { linear, stack: (ws) => stackRows(...ws) };
+}
 
 /**
  * Revision of the graphs these builders emit. Bump it with every change to the emitted ops, so that
  * shards built by an older revision are rebuilt (scripts/lib/shard-tasks.ts upToDate).
  * 2: RMSNorm as SimplifiedLayerNormalization.
  * 3: RoPE of queries and keys in one RotaryEmbedding kernel.
+ * 4: GGUF matrices; RoPE frequency factors; embedding and head split by rows.
  */
-export const GRAPH_REVISION = 3;
+export const GRAPH_REVISION = 4;
 
 export function transpose(w: Float32Array, rows: number, cols: number): Float32Array {
   const t = new Float32Array(rows * cols);
@@ -51,8 +64,9 @@ export function rmsNorm(b: GraphBuilder, x: string, weight: Float32Array, eps: n
  * RoPE tables for the rows of `pos` [q] (float positions, any order): cos/sin of pos * theta^(-2j/hs),
  * each [q, hs/2]. Row i belongs to the i-th token, so ropeQK can rotate tokens at arbitrary positions.
  */
-export function ropeTables(b: GraphBuilder, pos: string, hs: number, theta: number): { cos: string; sin: string } {
-  const invFreq = Float32Array.from({ length: hs / 2 }, (_, j) => 1 / Math.pow(theta, (2 * j) / hs));
+export function ropeTables(b: GraphBuilder, pos: string, hs: number, theta: number, freqFactors?: Float32Array): { cos: string; sin: string } {
+  // Llama 3's rope scaling divides each frequency by a factor the GGUF stores (rope_freqs.weight).
+  const invFreq = Float32Array.from({ length: hs / 2 }, (_, j) => 1 / Math.pow(theta, (2 * j) / hs) / (freqFactors?.[j] ?? 1));
   const angles = b.op('Mul', [b.op('Unsqueeze', [pos, b.i64('rope_ax1', [1])]), b.f32('inv_freq', [hs / 2], invFreq)]);
   return { cos: b.op('Cos', [angles]), sin: b.op('Sin', [angles]) };
 }
@@ -73,12 +87,14 @@ export function ropeQK(b: GraphBuilder, qk: string, heads: number, hs: number, c
  * by the queries; a key is visible to a query iff its position is <= the query's position, so
  * the causal mask follows positions and not the order tokens are fed in.
  */
-export function buildLayerGraph(
+export function buildLayerGraph<M>(
   cfg: ModelConfig,
-  w: LayerWeights,
+  w: LayerWeights<M>,
   layer: number,
-  linear: LinearEmitter = f32Linear,
+  fmt: MatrixFormat<M>,
+  ropeFreqFactors?: Float32Array,
 ): Uint8Array {
+  const { linear, stack } = fmt;
   const { dim, hiddenDim, nHeads, nKvHeads, headSize: hs, kvDim } = cfg;
   const group = nHeads / nKvHeads;
   const io = LAYER_IO;
@@ -89,9 +105,9 @@ export function buildLayerGraph(
   const pastV = b.input(io.inputs.pastV, 'float32', ['c', kvDim]);
   const pastPos = b.input(io.inputs.pastPos, 'float32', ['c']);
 
-  const { cos, sin } = ropeTables(b, pos, hs, cfg.ropeTheta); // [q, hs/2]
+  const { cos, sin } = ropeTables(b, pos, hs, cfg.ropeTheta, ropeFreqFactors); // [q, hs/2]
   const xn = rmsNorm(b, x, w.rmsAtt, cfg.normEps, 'rms_att');
-  const qkv = linear(b, xn, 'wqkv', stackRows(w.wq, w.wk, w.wv), dim + 2 * kvDim, dim);
+  const qkv = linear(b, xn, 'wqkv', stack([w.wq, w.wk, w.wv]), dim + 2 * kvDim, dim);
   const [qk0, vNew] = b.opN('Split', [qkv, b.i64('qkv_split', [dim + kvDim, kvDim])], { axis: -1 }, { outputs: 2 });
   const qk = ropeQK(b, qk0, nHeads + nKvHeads, hs, cos, sin, 'rope');
   const [qRot, kNew] = b.opN('Split', [qk, b.i64('qk_split', [dim, kvDim])], { axis: -1 }, { outputs: 2 });
@@ -118,7 +134,7 @@ export function buildLayerGraph(
   const h = b.op('Add', [x, linear(b, attnOut, 'wo', w.wo, dim, dim)]);
 
   const hn = rmsNorm(b, h, w.rmsFfn, cfg.normEps, 'rms_ffn');
-  const gateUp = linear(b, hn, 'w13', stackRows(w.w1, w.w3), 2 * hiddenDim, dim);
+  const gateUp = linear(b, hn, 'w13', stack([w.w1, w.w3]), 2 * hiddenDim, dim);
   const [gate, up] = b.opN('Split', [gateUp, b.i64('w13_split', [hiddenDim, hiddenDim])], { axis: -1 }, { outputs: 2 });
   const act = b.op('Mul', [b.op('Mul', [gate, b.op('Sigmoid', [gate])]), up]);
   const y = b.op('Add', [h, linear(b, act, 'w2', w.w2, dim, hiddenDim)]);
@@ -139,31 +155,38 @@ export function buildLayerGraph(
  * int8 rows with one scale per row, and only the q looked-up rows are dequantized on each run.
  */
 export function buildEmbedGraph(cfg: ModelConfig, table: Float32Array, int8Rows = false): Uint8Array {
+  return embedGraph(cfg.dim, (b, ids) => {
+    const rows = table.length / cfg.dim;
+    if (!int8Rows) return b.op('Gather', [b.f32('token_embedding', [rows, cfg.dim], table), ids], { axis: 0 });
+    const t = quantizeInt8Rows(table, rows, cfg.dim);
+    const q = b.op('Gather', [b.tensor('token_embedding_q', 'int8', [rows, cfg.dim], t.q), ids], { axis: 0 }); // [q, dim]
+    const scales = b.op('Gather', [b.f32('token_embedding_scale', [rows], t.scales), ids], { axis: 0 }); //     [q]
+    return b.op('Mul', [b.op('Cast', [q], { to: 1 }), b.op('Unsqueeze', [scales, b.i64('ax_last', [-1])])]);
+  });
+}
+
+/** An embedding shard: ids [q] (relative to the part's first row) -> x [q, dim], rows looked up by `rowsOf`. */
+export function embedGraph(dim: number, rowsOf: (b: GraphBuilder, ids: string) => string): Uint8Array {
   const b = new GraphBuilder('embed');
   const ids = b.input(EMBED_IO.inputs.ids, 'int64', ['q']);
-  let x: string;
-  if (int8Rows) {
-    const t = quantizeInt8Rows(table, cfg.vocabSize, cfg.dim);
-    const rows = b.op('Gather', [b.tensor('token_embedding_q', 'int8', [cfg.vocabSize, cfg.dim], t.q), ids], { axis: 0 }); // [q, dim]
-    const scales = b.op('Gather', [b.f32('token_embedding_scale', [cfg.vocabSize], t.scales), ids], { axis: 0 }); //        [q]
-    x = b.op('Mul', [b.op('Cast', [rows], { to: 1 }), b.op('Unsqueeze', [scales, b.i64('ax_last', [-1])])]);
-  } else {
-    x = b.op('Gather', [b.f32('token_embedding', [cfg.vocabSize, cfg.dim], table), ids], { axis: 0 });
-  }
-  b.output(x, EMBED_IO.outputs.x, 'float32', ['q', cfg.dim]);
+  b.output(rowsOf(b, ids), EMBED_IO.outputs.x, 'float32', ['q', dim]);
   return b.toBytes();
 }
 
-/** Final RMSNorm + classifier: hidden [q, dim] -> logits [q, vocab]. */
-export function buildHeadGraph(
+/**
+ * Final RMSNorm + classifier: hidden [q, dim] -> logits [q, rows] for the `rows` vocabulary rows
+ * of `wcls` (the whole vocabulary, or one part of it when the classifier is split across files).
+ */
+export function buildHeadGraph<M>(
   cfg: ModelConfig,
   rmsFinal: Float32Array,
-  wcls: Float32Array,
-  linear: LinearEmitter = f32Linear,
+  wcls: M,
+  rows: number,
+  linear: LinearEmitter<M>,
 ): Uint8Array {
   const b = new GraphBuilder('head');
   const x = b.input(HEAD_IO.inputs.x, 'float32', ['q', cfg.dim]);
-  const logits = linear(b, rmsNorm(b, x, rmsFinal, cfg.normEps, 'rms_final'), 'wcls', wcls, cfg.vocabSize, cfg.dim);
-  b.output(logits, HEAD_IO.outputs.logits, 'float32', ['q', cfg.vocabSize]);
+  const logits = linear(b, rmsNorm(b, x, rmsFinal, cfg.normEps, 'rms_final'), 'wcls', wcls, rows, cfg.dim);
+  b.output(logits, HEAD_IO.outputs.logits, 'float32', ['q', rows]);
   return b.toBytes();
 }

@@ -20,6 +20,7 @@ import { logFault, toApiError, type ErrorBody } from './errors.js';
 import { planJob, type CommonOptions, type Job, type Usage } from './generation.js';
 import { getModel } from './model-store.js';
 import type { ChatMessage } from './schemas.js';
+import { encodePrompt } from '../model/text-tokenizer.js';
 
 /**
  * One chat session: a SQLite-backed Durable Object that owns the conversation's messages and its
@@ -279,7 +280,7 @@ export class ChatSession extends DurableObject<Env> {
       how = 'messages';
       seq = new SequenceState(model.config);
       if (live.messages.length > 0) {
-        const target = model.tokenizer.encode(renderChat(model.manifest.chatTemplate, live.messages), { bos: true });
+        const target = encodePrompt(model.tokenizer, renderChat(model.manifest.chatTemplate, live.messages));
         synthetic = { keep: 0, prompt: target, decoded: [], schedule: defaultSchedule(model.config.nLayers) };
         await replayTurn(model, seq, synthetic);
       }
@@ -498,7 +499,7 @@ export class ChatSession extends DurableObject<Env> {
     let job: Job;
     let target: number[];
     try {
-      target = model.tokenizer.encode(renderChat(model.manifest.chatTemplate, conversation), { bos: true });
+      target = encodePrompt(model.tokenizer, renderChat(model.manifest.chatTemplate, conversation));
       const room = model.config.seqLen - target.length;
       job = planJob(this.env, startedAt, model, target, req.options, {
         promptParam: 'messages',

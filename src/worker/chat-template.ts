@@ -1,3 +1,4 @@
+import { renderChatTemplate } from '../model/chat-template.js';
 import type { Manifest } from '../model/manifest.js';
 import type { ChatMessage } from './schemas.js';
 
@@ -17,6 +18,11 @@ export function messageText(m: ChatMessage): string {
  * far, one message per line, and the model continues it.
  */
 export function renderChat(template: ChatTemplate, messages: readonly ChatMessage[]): string {
+  if ('format' in template) {
+    // The model's own template (a GGUF's tokenizer.chat_template); "developer" is OpenAI's newer name for system.
+    const msgs = messages.map((m) => ({ role: m.role === 'developer' ? 'system' : m.role, content: messageText(m) }));
+    return renderChatTemplate(template.template, msgs, { bosToken: template.bosToken, eosToken: template.eosToken, addGenerationPrompt: true });
+  }
   let out = '';
   for (const m of messages) {
     const role = m.role === 'developer' ? 'system' : m.role;

@@ -9,7 +9,7 @@ import { parseManifest, sha256Hex } from '../../src/model/manifest.js';
 import { createRng } from '../../src/model/prng.js';
 import type { QuantSpec } from '../../src/model/quant.js';
 import { buildShards, type BuiltShards } from '../../src/shards/build-shards.js';
-import { buildLayerGraph, type LinearEmitter } from '../../src/shards/layer-graphs.js';
+import { buildLayerGraph, f32Format, type LinearEmitter } from '../../src/shards/layer-graphs.js';
 import { int8DequantLinear } from '../../src/shards/quant-linear.js';
 import { dequantizeInt4, dequantizeInt8, int4At, quantizeInt4, quantizeInt8 } from '../../src/shards/quantize.js';
 import { initNodeRuntime, memoryBudgetFromEnv } from '../../scripts/lib/node-env.js';
@@ -165,7 +165,7 @@ describe('quantized shards: the manifest and the files must agree', () => {
       const q = b.tensor(`${name}_q`, 'int8', [inp, out], t.q);
       return b.op('MatMul', [x, b.op('DequantizeLinear', [q, b.f32(`${name}_scale`, [out - 1], t.scales.subarray(1))], { axis: 1 })]);
     };
-    const bad = buildLayerGraph(ck.config, ck.layers[1], 1, shortScales);
+    const bad = buildLayerGraph(ck.config, ck.layers[1], 1, f32Format(shortScales));
     const files = new Map(built.files).set('layer_01.onnx', bad);
     const manifest = structuredClone(built.manifest);
     Object.assign(manifest.files.layers[1], { bytes: bad.byteLength, sha256: await sha256Hex(bad) });

@@ -190,7 +190,7 @@ describe('state codec: incremental export and exact replay', () => {
       name: 'm',
       config: model.config,
       tokenizer: { sha256: 'a' },
-      files: { embed: { sha256: 'b' }, layers: [{ sha256: 'c' }], head: { sha256: 'd' } },
+      files: { embed: [{ sha256: 'b' }], layers: [{ sha256: 'c' }], head: [{ sha256: 'd' }] },
     };
     expect(modelFingerprint(base)).toBe(modelFingerprint({ ...base }));
     expect(modelFingerprint(base)).not.toBe(modelFingerprint({ ...base, files: { ...base.files, layers: [{ sha256: 'x' }] } }));

@@ -4,6 +4,7 @@ import { renderChat } from '../chat-template.js';
 import { completionId, planJob, respond, servedModel } from '../generation.js';
 import { chatSchema, readJson, validate } from '../schemas.js';
 import { sessionChat } from './sessions.js';
+import { encodePrompt } from '../../model/text-tokenizer.js';
 
 /**
  * POST /v1/chat/completions, stateless: the whole conversation comes with every request and is
@@ -16,7 +17,7 @@ export const chat = new Hono<AppEnv>().post('/', async (c) => {
   const sessionId = body.session_id ?? c.req.header('x-session-id');
   if (sessionId) return sessionChat(c, body, sessionId);
   const model = await servedModel(c.env, body.model);
-  const prompt = model.tokenizer.encode(renderChat(model.manifest.chatTemplate, body.messages), { bos: true });
+  const prompt = encodePrompt(model.tokenizer, renderChat(model.manifest.chatTemplate, body.messages));
   const maxTokensParam = body.max_completion_tokens != null ? 'max_completion_tokens' : 'max_tokens';
   const job = planJob(c.env, startedAt, model, prompt, body, {
     promptParam: 'messages',

@@ -2,6 +2,7 @@ import { Hono } from 'hono';
 import type { AppEnv } from '../app-env.js';
 import { completionId, planJob, respond, servedModel } from '../generation.js';
 import { completionSchema, readJson, validate } from '../schemas.js';
+import { encodePrompt } from '../../model/text-tokenizer.js';
 
 /** OpenAI's documented default for /v1/completions when max_tokens is not set. */
 export const COMPLETIONS_DEFAULT_MAX_TOKENS = 16;
@@ -12,7 +13,7 @@ export const completions = new Hono<AppEnv>().post('/', async (c) => {
   const body = validate(completionSchema, await readJson(c.req.raw));
   const model = await servedModel(c.env, body.model);
   const text = typeof body.prompt === 'string' ? body.prompt : body.prompt[0];
-  const prompt = model.tokenizer.encode(text, { bos: true });
+  const prompt = encodePrompt(model.tokenizer, text);
   const job = planJob(c.env, startedAt, model, prompt, body, {
     promptParam: 'prompt',
     maxTokensParam: 'max_tokens',

@@ -1,0 +1,48 @@
+/** Reads a local GGUF file: the header through @huggingface/gguf, the tensor bytes from the file itself. */
+import { readFileSync, statSync } from 'node:fs';
+import { gguf } from '@huggingface/gguf';
+import { ModelFormatError } from '../../src/model/errors.js';
+import { ggmlTypeInfo, tensorBytes } from '../../src/model/ggml-quants.js';
+import type { GgufHeader } from '../../src/model/gguf-model.js';
+
+export async function readGgufHeader(path: string): Promise<GgufHeader> {
+  let size: number;
+  try {
+    size = statSync(path).size;
+  } catch {
+    throw new ModelFormatError(path, 'a GGUF file', 'no such file');
+  }
+  const head = new Uint8Array(readFileSync(path).subarray(0, 4));
+  if (new TextDecoder().decode(head) !== 'GGUF') throw new ModelFormatError(path, 'a GGUF file (magic "GGUF")', `the bytes ${JSON.stringify(new TextDecoder().decode(head))}`);
+  let parsed: Awaited<ReturnType<typeof gguf>>;
+  try {
+    parsed = await gguf(path, { allowLocalFile: true });
+  } catch (e) {
+    throw new ModelFormatError(path, 'a complete GGUF header', `an unreadable one (${(e as Error).message})`);
+  }
+  const dataStart = Number(parsed.tensorDataOffset);
+  const tensors = parsed.tensorInfos.map((t) => ({ name: t.name, dims: t.shape.map(Number), type: Number(t.dtype), offset: Number(t.offset) }));
+  // A truncated download is caught here, by the first tensor that does not fit, before anything is built.
+  for (const t of tensors) {
+    if (!ggmlTypeInfo(t.type)) continue; // parseGgufModel names it
+    const n = t.dims.reduce((a, b) => a * b, 1);
+    const end = dataStart + t.offset + tensorBytes(t.type, n);
+    if (end > size) throw new ModelFormatError(path, `${end} bytes at least (tensor ${t.name} ends there)`, `${size} bytes: the file is truncated`);
+  }
+  let bytes: Uint8Array | null = null;
+  const byName = new Map(tensors.map((t) => [t.name, t]));
+  return {
+    version: Number(parsed.metadata.version),
+    metadata: parsed.metadata as Record<string, unknown>,
+    tensors,
+    read(name) {
+      const t = byName.get(name)!;
+      if (!bytes) {
+        const buf = readFileSync(path);
+        bytes = new Uint8Array(buf.buffer, buf.byteOffset, buf.byteLength);
+      }
+      const start = dataStart + t.offset;
+      return bytes.subarray(start, start + tensorBytes(t.type, t.dims.reduce((a, b) => a * b, 1)));
+    },
+  };
+}
