@@ -15,12 +15,23 @@ export default defineConfig({
         },
       },
       {
-        plugins: [cloudflareTest({ wrangler: { configPath: './wrangler.toml' } })],
+        // Most Worker tests run the small stories260K; its outputs are what they pin.
+        plugins: [cloudflareTest({ wrangler: { configPath: './wrangler.toml' }, miniflare: { bindings: { MODEL_NAME: 'stories260K' } } })],
         test: {
           name: 'workers',
           include: ['test/workers/**/*.test.ts'],
           testTimeout: 300_000,
           hookTimeout: 300_000,
+        },
+      },
+      {
+        // The served default, SmolLM2, as wrangler.toml configures it, with the budget npm start sets.
+        plugins: [cloudflareTest({ wrangler: { configPath: './wrangler.toml' }, miniflare: { bindings: { MEMORY_BUDGET_MB: '1024' } } })],
+        test: {
+          name: 'workers-smollm2',
+          include: ['test/workers-smollm2/**/*.test.ts'],
+          testTimeout: 600_000,
+          hookTimeout: 600_000,
         },
       },
     ],

@@ -32,7 +32,7 @@ export default {
     const url = new URL(req.url);
     try {
       if (url.pathname === '/ready') {
-        const model = await getModel(env.ASSETS, url.searchParams.get('model') ?? 'stories260K');
+        const model = await getModel({ ...env, MODEL_NAME: url.searchParams.get('model') ?? 'stories260K', MEMORY_BUDGET_MB: 'off' });
         return Response.json({ ok: true, layers: model.config.nLayers });
       }
       if (url.pathname === '/noop' && req.method === 'POST') {
@@ -41,7 +41,7 @@ export default {
       }
       if (url.pathname === '/run' && req.method === 'POST') {
         const body = (await req.json()) as RunRequest;
-        const model = await getModel(env.ASSETS, body.model);
+        const model = await getModel({ ...env, MODEL_NAME: body.model, MEMORY_BUDGET_MB: 'off' });
         const schedule = body.schedule ? parseSchedule(body.schedule) : null;
         const seq = new SequenceState(model.config);
         const first = await runStep(model, seq, body.tokens, { schedule });

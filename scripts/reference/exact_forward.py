@@ -202,7 +202,11 @@ def prose_logits(prompts, W, cfg):
         positions = common.stored_positions(prompt["name"], len(ids))
         t0 = time.time()
         log(f"{prompt['name']}: forward over {len(ids)} tokens ...")
-        progress = lambda layer: log(f"  {prompt['name']} layer {layer + 1}/{cfg['n_layer']} ({time.time() - t0:.0f}s)") if len(ids) >= 512 and layer % 5 == 4 else None
+
+        def progress(layer, name=prompt["name"], t0=t0):
+            if len(ids) >= 512 and layer % 5 == 4:
+                log(f"  {name} layer {layer + 1}/{cfg['n_layer']} ({time.time() - t0:.0f}s)")
+
         rows = forward(ids, KVCache(cfg, len(ids)), W, cfg, logits_at=positions, progress=progress)
         entries.append(common.logits_prompt_entry(prompt, positions, rows))
         log(f"  done in {time.time() - t0:.1f}s; argmax at last position {entries[-1]['top_ids'][-1][0]}")

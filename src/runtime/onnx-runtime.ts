@@ -42,22 +42,42 @@ export function initRuntime(source: WasmSource): void {
   initialised = source;
 }
 
+let wasmMemory: WebAssembly.Memory | null = null;
+
+function findMemory(imports: WebAssembly.Imports | undefined, instance: WebAssembly.Instance): WebAssembly.Memory | null {
+  for (const v of Object.values(instance.exports)) if (v instanceof WebAssembly.Memory) return v;
+  for (const mod of Object.values(imports ?? {})) for (const v of Object.values(mod)) if (v instanceof WebAssembly.Memory) return v;
+  return null;
+}
+
 /**
- * While the first session is created, route WebAssembly.instantiate(bytes) to the precompiled
- * module. The hook is removed right after so that nothing else in the isolate is affected.
+ * While the first session is created, watch WebAssembly.instantiate: to keep a handle on the wasm
+ * memory (its size is the heap onnxruntime holds: weights, activations, scratch), and in workerd, to
+ * route instantiate(bytes) to the precompiled module. The hook is removed right after so that
+ * nothing else in the isolate is affected.
  */
-async function withPrecompiledModule<T>(module: WebAssembly.Module, create: () => Promise<T>): Promise<T> {
+async function withInstantiateHook<T>(module: WebAssembly.Module | null, create: () => Promise<T>): Promise<T> {
   const original = WebAssembly.instantiate;
-  const patched = ((source: unknown, imports?: WebAssembly.Imports) =>
-    source instanceof WebAssembly.Module
-      ? original(source, imports)
-      : original(module, imports).then((instance) => ({ module, instance }))) as typeof WebAssembly.instantiate;
+  const keep = (imports: WebAssembly.Imports | undefined) => (instance: WebAssembly.Instance) => {
+    wasmMemory ??= findMemory(imports, instance);
+    return instance;
+  };
+  const patched = ((source: unknown, imports?: WebAssembly.Imports) => {
+    if (source instanceof WebAssembly.Module) return original(source, imports).then(keep(imports));
+    if (module) return original(module, imports).then(keep(imports)).then((instance) => ({ module, instance }));
+    return (original(source as BufferSource, imports) as unknown as Promise<WebAssembly.WebAssemblyInstantiatedSource>).then((r) => ({ module: r.module, instance: keep(imports)(r.instance) }));
+  }) as typeof WebAssembly.instantiate;
   WebAssembly.instantiate = patched;
   try {
     return await create();
   } finally {
     WebAssembly.instantiate = original;
   }
+}
+
+/** Bytes of onnxruntime's wasm heap now (it only grows); null before the first session or if unseen. */
+export function wasmHeapBytes(): number | null {
+  return wasmMemory ? wasmMemory.buffer.byteLength : null;
 }
 
 const SESSION_OPTIONS: ort.InferenceSession.SessionOptions = {
@@ -82,7 +102,7 @@ export async function createGraphSession(name: string, bytes: Uint8Array, opts: 
     const options = opts.foldDequantize ? { ...SESSION_OPTIONS, extra: { session: { disable_quant_qdq: '1' } } } : { ...SESSION_OPTIONS };
     const create = () => ort.InferenceSession.create(bytes, options);
     if (!firstSession) {
-      firstSession = 'module' in source ? withPrecompiledModule(source.module, create) : create();
+      firstSession = withInstantiateHook('module' in source ? source.module : null, create);
       session = (await firstSession) as ort.InferenceSession;
     } else {
       await firstSession.catch(() => undefined);

@@ -4,7 +4,7 @@ import { methodNotAllowed } from 'hono/method-not-allowed';
 import type { AppEnv } from './app-env.js';
 import { requireApiKey } from './auth.js';
 import { ApiError, logFault, toApiError } from './errors.js';
-import { getModel } from './model-store.js';
+import { getModel, memoryReport } from './model-store.js';
 import { chat } from './routes/chat.js';
 import { completions } from './routes/completions.js';
 import { models } from './routes/models.js';
@@ -47,8 +47,8 @@ export function createApp(): Hono<AppEnv> {
   app.route('/v1/models', models);
   app.route('/v1/sessions', sessions);
   app.get('/healthz', async (c) => {
-    const model = await getModel(c.env.ASSETS, c.env.MODEL_NAME);
-    return c.json({ status: 'ok', model: model.manifest.name });
+    const model = await getModel(c.env);
+    return c.json({ status: 'ok', model: model.manifest.name, memory: memoryReport(model) });
   });
 
   app.notFound((c) => new ApiError(404, `Invalid URL (${c.req.method} ${c.req.path}).`, 'unknown_url').getResponse());

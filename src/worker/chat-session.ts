@@ -230,7 +230,7 @@ export class ChatSession extends DurableObject<Env> {
     const row = this.sql.exec('SELECT * FROM session WHERE id = 1').toArray()[0];
     if (!row) return null;
     const meta = row as unknown as Meta;
-    const model = await getModel(this.env.ASSETS, this.env.MODEL_NAME);
+    const model = await getModel(this.env);
     const fingerprint = modelFingerprint(model.manifest);
     const messages = this.sql.exec('SELECT role, content FROM messages ORDER BY idx').toArray() as unknown as StoredMessage[];
     const turns = (this.sql.exec('SELECT COUNT(*) AS n FROM turns').one().n as number) ?? 0;
@@ -394,7 +394,7 @@ export class ChatSession extends DurableObject<Env> {
       if (await this.ensure()) return fail(409, `Session '${init.id}' already exists.`, 'session_exists');
       if (this.busy) return busy();
       this.busy = true;
-      const model = await getModel(this.env.ASSETS, this.env.MODEL_NAME);
+      const model = await getModel(this.env);
       const fingerprint = modelFingerprint(model.manifest);
       const now = Date.now();
       const messages = (init.messages ?? []).map((m) => ({ role: m.role, content: messageText(m) }));

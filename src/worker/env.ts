@@ -2,6 +2,13 @@
 export interface Env {
   ASSETS: Fetcher;
   MODEL_NAME: string;
+  /**
+   * The isolate memory budget the model must fit, in MiB, or "off" (default 128: what a deployed
+   * Worker has). Raise it only for local use: a deployed isolate is killed past 128 MB whatever this says.
+   */
+  MEMORY_BUDGET_MB?: string;
+  /** the context window served, in tokens (default 2048; at most the model's trained context) */
+  CONTEXT_TOKENS?: string;
   /** per-request generation time budget in ms; a generation that reaches it ends with finish_reason "length" */
   REQUEST_BUDGET_MS?: string;
   /** comma-separated bearer tokens; unset = open server */

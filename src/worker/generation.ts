@@ -48,7 +48,7 @@ export async function servedModel(env: Env, requested: string): Promise<LoadedMo
   if (requested !== env.MODEL_NAME) {
     throw new ApiError(404, `The model '${requested}' does not exist. This server serves '${env.MODEL_NAME}'.`, 'model_not_found', 'model');
   }
-  return getModel(env.ASSETS, env.MODEL_NAME);
+  return getModel(env);
 }
 
 function resolveSchedule(lazy: LazyOptions | null | undefined, nLayers: number): Schedule | null {

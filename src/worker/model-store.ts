@@ -1,7 +1,9 @@
 import wasmModule from 'onnxruntime-web/ort-wasm-simd-threaded.wasm';
-import { loadModel, type LoadedModel } from '../engine/model.js';
+import { MB } from '../engine/memory-budget.js';
+import { loadModel, type LoadedModel, type LoadOptions } from '../engine/model.js';
 import { ModelFormatError } from '../model/errors.js';
-import { initRuntime } from '../runtime/onnx-runtime.js';
+import { initRuntime, wasmHeapBytes } from '../runtime/onnx-runtime.js';
+import type { Env } from './env.js';
 
 initRuntime({ module: wasmModule });
 
@@ -14,16 +16,54 @@ async function readAsset(assets: Fetcher, path: string): Promise<Uint8Array> {
   return new Uint8Array(await res.arrayBuffer());
 }
 
-/** The named model's shards, read from the static assets and verified against the manifest's sha256. */
-export function getModel(assets: Fetcher, name: string): Promise<LoadedModel> {
+/** What a deployed Worker isolate has, whatever MEMORY_BUDGET_MB says (DESIGN.md). */
+export const DEPLOYED_ISOLATE_MB = 128;
+
+export type ModelEnv = Pick<Env, 'ASSETS' | 'MODEL_NAME' | 'MEMORY_BUDGET_MB' | 'CONTEXT_TOKENS'>;
+
+function positiveVar(name: string, v: string | undefined): number | undefined {
+  if (v === undefined || v.trim() === '') return undefined;
+  const n = Number(v);
+  if (!(n > 0)) throw new ModelFormatError(name, 'a positive number (wrangler.toml [vars])', JSON.stringify(v));
+  return n;
+}
+
+/** MEMORY_BUDGET_MB and CONTEXT_TOKENS as loadModel's options. */
+export function loadOptionsOf(env: ModelEnv): LoadOptions {
+  const budget = env.MEMORY_BUDGET_MB?.trim() === 'off' ? Infinity : positiveVar('MEMORY_BUDGET_MB', env.MEMORY_BUDGET_MB);
+  return {
+    memoryBudgetBytes: budget === undefined ? undefined : budget * MB,
+    contextTokens: positiveVar('CONTEXT_TOKENS', env.CONTEXT_TOKENS),
+  };
+}
+
+/** The configured model's shards, read from the static assets and verified against the manifest's sha256. */
+export function getModel(env: ModelEnv): Promise<LoadedModel> {
+  const name = env.MODEL_NAME;
   let p = loads.get(name);
   if (!p) {
     p = (async () => {
-      const manifest = new TextDecoder().decode(await readAsset(assets, `${name}/manifest.json`));
-      return loadModel(manifest, (file) => readAsset(assets, `${name}/${file}`));
+      const manifest = new TextDecoder().decode(await readAsset(env.ASSETS, `${name}/manifest.json`));
+      return loadModel(manifest, (file) => readAsset(env.ASSETS, `${name}/${file}`), loadOptionsOf(env));
     })();
     p.catch(() => loads.delete(name));
     loads.set(name, p);
   }
   return p;
+}
+
+const mib = (b: number) => Math.round((b / MB) * 10) / 10;
+
+/** What /healthz says about memory: the budget, the estimate it was checked with, the heap measured now. */
+export function memoryReport(model: LoadedModel) {
+  const e = model.memory;
+  const heap = wasmHeapBytes();
+  return {
+    budget_mb: Number.isFinite(model.memoryBudgetBytes) ? mib(model.memoryBudgetBytes) : null,
+    deployed_isolate_mb: DEPLOYED_ISOLATE_MB,
+    fits_deployed_isolate: e.total <= DEPLOYED_ISOLATE_MB * MB,
+    context_tokens: model.config.seqLen,
+    estimate_mb: { weights: mib(e.weights), kv_cache: mib(e.kvCache), aux_cache: mib(e.auxCache), runtime: mib(e.runtime), total: mib(e.total) },
+    measured_wasm_heap_mb: heap === null ? null : mib(heap),
+  };
 }

@@ -1,6 +1,6 @@
 import type { TestProject } from 'vitest/node';
 import { loadModelFromDir } from '../../scripts/lib/node-env.js';
-import { ensureDefaultShards } from '../../scripts/lib/shard-tasks.js';
+import { ensureDefaultShards, ensureServedShards } from '../../scripts/lib/shard-tasks.js';
 import { SequenceState } from '../../src/engine/caches.js';
 import { generate } from '../../src/engine/generate.js';
 import { parseSchedule } from '../../src/engine/policy.js';
@@ -18,7 +18,9 @@ declare module 'vitest' {
  * ASSETS), and runs the parity generations in Node so that the workerd tests can compare.
  */
 export default async function setup(project: TestProject): Promise<void> {
-  const dir = await ensureDefaultShards((line) => process.stderr.write(`shards: ${line}\n`));
+  const log = (line: string) => process.stderr.write(`shards: ${line}\n`);
+  await ensureServedShards(log); // SmolLM2, for the workers-smollm2 project and the Node SmolLM2 tests
+  const dir = await ensureDefaultShards(log);
   const model = await loadModelFromDir(dir);
   // The generate CLI runs in child processes while the parity generations below run here.
   const cli = runCliCases();

@@ -60,7 +60,7 @@ interface RefTurn {
 
 let model: LoadedModel;
 beforeAll(async () => {
-  model = await getModel(env.ASSETS, env.MODEL_NAME);
+  model = await getModel(env);
 });
 
 const encodeChat = (msgs: readonly Msg[]) => model.tokenizer.encode(renderChat(model.manifest.chatTemplate, msgs), { bos: true });

@@ -180,7 +180,7 @@ describe('POST /v1/chat/completions', () => {
   ];
 
   it('renders messages with the manifest template: the same as completing the rendered text', async () => {
-    const model = await getModel(env.ASSETS, env.MODEL_NAME);
+    const model = await getModel(env);
     const rendered = renderChat(model.manifest.chatTemplate, messages as never);
     expect(rendered).toBe('A story for children.\nOnce upon a time there was a girl named Lily.\n');
     const req = { max_tokens: 50, temperature: 0.7, seed: 9 };

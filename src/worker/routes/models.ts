@@ -19,5 +19,5 @@ function describe(m: LoadedModel) {
 
 /** GET /v1/models and GET /v1/models/{id}: the one model this Worker serves (MODEL_NAME). */
 export const models = new Hono<AppEnv>()
-  .get('/', async (c) => c.json({ object: 'list', data: [describe(await getModel(c.env.ASSETS, c.env.MODEL_NAME))] }))
+  .get('/', async (c) => c.json({ object: 'list', data: [describe(await getModel(c.env))] }))
   .get('/:id', async (c) => c.json(describe(await servedModel(c.env, c.req.param('id')))));

