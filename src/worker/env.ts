@@ -9,6 +9,8 @@ export interface Env {
   MEMORY_BUDGET_MB?: string;
   /** the context window served, in tokens (default 2048; at most the model's trained context) */
   CONTEXT_TOKENS?: string;
+  /** local development only: pace shard reads to this many MB/s (src/worker/model-store.ts says why) */
+  ASSET_READ_MB_PER_S?: string;
   /** per-request generation time budget in ms; a generation that reaches it ends with finish_reason "length" */
   REQUEST_BUDGET_MS?: string;
   /** comma-separated bearer tokens; unset = open server */

@@ -10,16 +10,28 @@ initRuntime({ module: wasmModule });
 // One load per isolate, shared by concurrent first requests; a failed load is retried next time.
 const loads = new Map<string, Promise<LoadedModel>>();
 
-async function readAsset(assets: Fetcher, path: string): Promise<Uint8Array> {
-  const res = await assets.fetch(`https://assets.local/${path}`);
-  if (!res.ok) throw new ModelFormatError(path, 'a model shard in the static assets', `HTTP ${res.status} (run npm run shards)`);
-  return new Uint8Array(await res.arrayBuffer());
+/**
+ * Reads one static asset. `mbPerSecond` (ASSET_READ_MB_PER_S, local development only) paces the
+ * reads: wrangler's local asset service holds a loopback socket per ~4 KB read for about six
+ * seconds, so reading a 145 MB model at full speed runs workerd out of file descriptors.
+ */
+function assetReader(assets: Fetcher, mbPerSecond: number | undefined) {
+  let readyAt = 0;
+  return async (path: string): Promise<Uint8Array> => {
+    const wait = readyAt - Date.now();
+    if (wait > 0) await new Promise((r) => setTimeout(r, wait));
+    const res = await assets.fetch(`https://assets.local/${path}`);
+    if (!res.ok) throw new ModelFormatError(path, 'a model shard in the static assets', `HTTP ${res.status} (run npm run shards)`);
+    const bytes = new Uint8Array(await res.arrayBuffer());
+    if (mbPerSecond) readyAt = Math.max(readyAt, Date.now()) + (bytes.byteLength / (mbPerSecond * MB)) * 1000;
+    return bytes;
+  };
 }
 
 /** What a deployed Worker isolate has, whatever MEMORY_BUDGET_MB says (DESIGN.md). */
 export const DEPLOYED_ISOLATE_MB = 128;
 
-export type ModelEnv = Pick<Env, 'ASSETS' | 'MODEL_NAME' | 'MEMORY_BUDGET_MB' | 'CONTEXT_TOKENS'>;
+export type ModelEnv = Pick<Env, 'ASSETS' | 'MODEL_NAME' | 'MEMORY_BUDGET_MB' | 'CONTEXT_TOKENS' | 'ASSET_READ_MB_PER_S'>;
 
 function positiveVar(name: string, v: string | undefined): number | undefined {
   if (v === undefined || v.trim() === '') return undefined;
@@ -43,8 +55,9 @@ export function getModel(env: ModelEnv): Promise<LoadedModel> {
   let p = loads.get(name);
   if (!p) {
     p = (async () => {
-      const manifest = new TextDecoder().decode(await readAsset(env.ASSETS, `${name}/manifest.json`));
-      return loadModel(manifest, (file) => readAsset(env.ASSETS, `${name}/${file}`), loadOptionsOf(env));
+      const read = assetReader(env.ASSETS, positiveVar('ASSET_READ_MB_PER_S', env.ASSET_READ_MB_PER_S));
+      const manifest = new TextDecoder().decode(await read(`${name}/manifest.json`));
+      return loadModel(manifest, (file) => read(`${name}/${file}`), loadOptionsOf(env));
     })();
     p.catch(() => loads.delete(name));
     loads.set(name, p);
