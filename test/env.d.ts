@@ -6,6 +6,9 @@ declare namespace Cloudflare {
     API_KEYS?: string;
     CHAT_SESSIONS: DurableObjectNamespace<import('../src/worker/chat-session').ChatSession>;
     SESSION_TTL_SECONDS?: string;
+    MEMORY_BUDGET_MB?: string;
+    CONTEXT_TOKENS?: string;
+    ASSET_READ_MB_PER_S?: string;
   }
   interface GlobalProps {
     mainModule: typeof import('../src/worker/index');

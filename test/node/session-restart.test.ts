@@ -1,7 +1,7 @@
 /**
  * SPAWNS `wrangler dev` (twice): a chat session survives a restart of the dev server.
  *
- * Starts `node_modules/.bin/wrangler dev --ip 127.0.0.1 --port <free> --persist-to <tmp dir>` in its own
+ * Starts `node_modules/.bin/wrangler dev --ip 127.0.0.1 --port <free> --persist-to <tmp dir> --var MODEL_NAME:stories260K` in its own
  * process group, creates a session and runs a turn, kills the server (SIGKILL to that process group,
  * by the PID this test spawned: wrangler and its workerd children, nothing else), starts it again
  * on the same persistence directory and continues the conversation. The replies must equal the
@@ -50,7 +50,7 @@ async function startServer(n: number): Promise<Server> {
   const port = await freeLoopbackPort();
   const log = join(persist, `wrangler-${n}.log`);
   const out = openSync(log, 'w');
-  const child = spawn(join(REPO_ROOT, 'node_modules/.bin/wrangler'), ['dev', '--ip', '127.0.0.1', '--port', String(port), '--persist-to', persist], {
+  const child = spawn(join(REPO_ROOT, 'node_modules/.bin/wrangler'), ['dev', '--ip', '127.0.0.1', '--port', String(port), '--persist-to', persist, '--var', 'MODEL_NAME:stories260K'], {
     cwd: REPO_ROOT,
     detached: true, // its own process group: wrangler and its workerd processes stop together
     stdio: ['ignore', out, out],

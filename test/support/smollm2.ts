@@ -1,0 +1,100 @@
+/** SmolLM2 fixtures written by scripts/reference/ (numpy over gguf-dequantized weights; llama.cpp), and the metrics over them. */
+import { readFileSync } from 'node:fs';
+import { fileURLToPath } from 'node:url';
+import { loadModelFromDir } from '../../scripts/lib/node-env.js';
+import { servedShardsDir } from '../../scripts/lib/served-model.js';
+import { SequenceState } from '../../src/engine/caches.js';
+import type { LoadedModel } from '../../src/engine/model.js';
+import { runStep } from '../../src/engine/step.js';
+
+const FIXTURES = fileURLToPath(new URL('../fixtures/smollm2/', import.meta.url));
+export const fixture = <T>(name: string): T => JSON.parse(readFileSync(`${FIXTURES}${name}`, 'utf8')) as T;
+
+/** Per stored position: the reference's top-k ids and natural-log probabilities, and its top-2 logit margin. */
+export interface LogitsPrompt {
+  name: string;
+  ids: number[];
+  positions: number[];
+  top_ids: number[][];
+  top_logprobs: number[][];
+  margin: number[];
+}
+export interface LogitsFixture {
+  top_k: number;
+  prompts: LogitsPrompt[];
+  vs_exact?: Record<string, { mean_kl: number; argmax_agreement: number }>;
+}
+export interface ChatFixture {
+  max_tokens: number;
+  near_tie: number;
+  end_ids: number[];
+  prompts: Array<{
+    messages: Array<{ role: 'user' | 'system' | 'assistant'; content: string }>;
+    prompt_ids: number[];
+    exact: { ids: number[]; margins: number[]; text: string };
+    first_near_tie: number | null;
+    llamacpp: { ids: number[] };
+    llamacpp_departs_at: number | null;
+  }>;
+}
+
+let model: Promise<LoadedModel> | null = null;
+/** The served shards (model-shards/smollm2-135m-instruct, built by the global setup), no memory budget: Node is not an isolate. */
+export function loadSmolLM2(): Promise<LoadedModel> {
+  const prev = process.env.LAZY_EDGE_MEMORY_BUDGET_MB;
+  process.env.LAZY_EDGE_MEMORY_BUDGET_MB = 'off';
+  model ??= loadModelFromDir(servedShardsDir()).finally(() => {
+    if (prev === undefined) delete process.env.LAZY_EDGE_MEMORY_BUDGET_MB;
+    else process.env.LAZY_EDGE_MEMORY_BUDGET_MB = prev;
+  });
+  return model;
+}
+
+/** Dense logits at each of `positions` (ascending): the prompt is fed in chunks that end there. */
+export async function logitsAt(m: LoadedModel, ids: number[], positions: number[]): Promise<Float32Array[]> {
+  const seq = new SequenceState(m.config);
+  const out: Float32Array[] = [];
+  let fed = 0;
+  for (const p of positions) {
+    const r = await runStep(m, seq, ids.slice(fed, p + 1), { schedule: null });
+    fed = p + 1;
+    out.push(r.logits);
+  }
+  return out;
+}
+
+export function logSoftmax(logits: Float32Array): Float64Array {
+  let max = -Infinity;
+  for (const v of logits) max = Math.max(max, v);
+  let sum = 0;
+  for (const v of logits) sum += Math.exp(v - max);
+  const lse = max + Math.log(sum);
+  return Float64Array.from(logits, (v) => v - lse);
+}
+
+export function argmax(a: ArrayLike<number>): number {
+  let b = 0;
+  for (let i = 1; i < a.length; i++) if (a[i] > a[b]) b = i;
+  return b;
+}
+
+/**
+ * KL(reference || ours) over the reference's top-k tokens plus one bucket for the rest of the mass:
+ * the fixtures store only the top-k. It is a lower bound of the full KL, and close to it when the
+ * top-k hold most of the mass (scripts/reference/README.md).
+ */
+export function bucketKl(refIds: number[], refLogprobs: number[], ours: Float64Array): number {
+  let kl = 0;
+  let pTop = 0;
+  let qTop = 0;
+  refIds.forEach((id, k) => {
+    const p = Math.exp(refLogprobs[k]);
+    kl += p * (refLogprobs[k] - ours[id]);
+    pTop += p;
+    qTop += Math.exp(ours[id]);
+  });
+  const pRest = Math.max(0, 1 - pTop);
+  const qRest = Math.max(1e-300, 1 - qTop);
+  if (pRest > 0) kl += pRest * (Math.log(pRest) - Math.log(qRest));
+  return Math.max(0, kl);
+}
