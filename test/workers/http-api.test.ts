@@ -60,7 +60,11 @@ describe('GET /healthz and /v1/models', () => {
   it('reports health with the served model loaded', async () => {
     const res = await worker('/healthz');
     expect(res.status).toBe(200);
-    expect(await res.json()).toEqual({ status: 'ok', model: MODEL });
+    const body = (await res.json()) as { status: string; model: string; memory: Record<string, unknown> };
+    expect(body).toMatchObject({ status: 'ok', model: MODEL });
+    // stories260K at its 512-token context fits a deployed isolate with room to spare.
+    expect(body.memory).toMatchObject({ budget_mb: 128, deployed_isolate_mb: 128, fits_deployed_isolate: true, context_tokens: 512 });
+    expect(body.memory.measured_wasm_heap_mb).toBeGreaterThanOrEqual(16);
   });
 
   it('lists the served model in OpenAI shape, with its context length', async () => {
