@@ -79,7 +79,7 @@ async function main(): Promise<void> {
   const chars = Math.round(Number(values.tokens) * 4.4);
   const doc = readFileSync(values.data!, 'utf8').replace(/\s+/g, ' ').slice(0, chars);
   const messages = [{ role: 'user', content: `${doc}\n\nIn one sentence: what does this license let people do with the Work?` }];
-  const base = { messages, max_tokens: Number(values['max-tokens']), temperature: 0, stream: true, stream_options: { include_usage: true } };
+  const base = { model: health.model, messages, max_tokens: Number(values['max-tokens']), temperature: 0, stream: true, stream_options: { include_usage: true } };
   const runs: Run[] = [];
   // Interleaved, the first pair discarded as warm-up (a fresh isolate runs its first steps slower).
   for (let i = 0; i <= Number(values.repeat); i++) {
