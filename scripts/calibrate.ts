@@ -7,6 +7,11 @@
  * per schedule, the default marked. Each schedule is measured with scripts/lib/fidelity.ts (the
  * same code as `npm run eval`: lazy and dense side by side on the same prompt windows).
  * Progress on stderr; a markdown table (or with --json one JSON object) on stdout.
+ *
+ * npm run calibrate -- --model DIR --tasks passkey,mdqa [--tokens 1024] [--prompts N] [--schedules ...]
+ * sweeps schedules on the generated long-context tasks instead (scripts/lib/tasks.ts): dense runs
+ * once per prompt, each schedule after it on the same prompt; the plot is TTFT speedup against the
+ * change in task accuracy and against the KL of the first next-token distribution.
  */
 import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
@@ -17,6 +22,12 @@ import { DEFAULT_DATA, fail, loadModelFromDir, progress, REPO_ROOT, runMain } fr
 import { promptWindows, storyStream } from './lib/prompts.js';
 import { ensureDefaultShards } from './lib/shard-tasks.js';
 import { PALETTE, renderPanels } from './lib/svg-plot.js';
+import { klDivergence, median } from './lib/fidelity.js';
+import { promptTokens, runMode, type ModeRun } from './lib/task-eval.js';
+import { generateTasks, scoreReply, TASKS, type TaskName } from './lib/tasks.js';
+import { resolve } from 'node:path';
+
+const FILLER = ['apache-2.0.txt', 'mpl-2.0.txt', 'lgpl-2.1.txt'].map((f) => resolve(REPO_ROOT, '../shared/data', f));
 
 /** A grid around the default: one pruning layer, two, three; gentle to aggressive. */
 export function scheduleGrid(nLayers: number): Schedule[] {
@@ -89,8 +100,11 @@ async function main(): Promise<void> {
       model: { type: 'string' },
       json: { type: 'boolean', default: false },
       out: { type: 'string', default: join(REPO_ROOT, 'docs', 'calibration.svg') },
+      tasks: { type: 'string' },
+      seed: { type: 'string', default: '1' },
     },
   });
+  if (values.tasks !== undefined) return taskSweep(values);
   if (!existsSync(values.data!)) fail(`--data ${values.data}: no such file`);
   const int = (name: string, v: string) => {
     const n = Number(v);
@@ -149,6 +163,100 @@ async function main(): Promise<void> {
     ),
   ];
   process.stdout.write(`${lines.join('\n')}\n`);
+}
+
+/** Schedules for deep models: where pruning starts matters more than how hard (docs: README, LazyLLM on SmolLM2). */
+export function deepScheduleGrid(L: number): Schedule[] {
+  const at = (f: number) => Math.max(1, Math.round(f * L));
+  const specs = [
+    formatSchedule(defaultSchedule(L)),
+    `bos,min:128,1:0.55,${at(1 / 3)}:0.6,${at(2 / 3)}:0.6`,
+    `bos,min:128,${at(0.2)}:0.7,${at(0.5)}:0.6,${at(0.8)}:0.5`,
+    `bos,min:128,${at(1 / 3)}:0.5,${at(2 / 3)}:0.5`,
+    `bos,min:128,${at(1 / 3)}:0.7,${at(2 / 3)}:0.5`,
+    `bos,min:128,${at(0.5)}:0.4,${at(0.8)}:0.5`,
+    `bos,min:128,${at(0.1)}:0.8,${at(1 / 3)}:0.6,${at(2 / 3)}:0.5`,
+  ];
+  return [...new Set(specs)].map((s) => validateSchedule(parseSchedule(s), L));
+}
+
+interface TaskPoint {
+  schedule: string;
+  isDefault: boolean;
+  accuracy_dense: number;
+  accuracy_lazy: number;
+  mean_kl: number;
+  ttft_speedup: number;
+}
+
+async function taskSweep(values: Record<string, string | boolean | undefined>): Promise<void> {
+  if (!values.model) fail('--tasks needs --model DIR');
+  const names = String(values.tasks).split(',').map((t) => t.trim());
+  for (const t of names) if (!(TASKS as readonly string[]).includes(t)) fail(`--tasks "${t}" is not one of ${TASKS.join(', ')}`);
+  const tokens = Number(values.tokens);
+  const prompts = Number(values.prompts === '16' ? 3 : values.prompts);
+  if (!Number.isInteger(tokens) || tokens < 64 || !Number.isInteger(prompts) || prompts < 1) fail('--tokens and --prompts must be positive integers');
+  const model = await loadModelFromDir(String(values.model), { contextTokens: tokens + 64 });
+  const L = model.config.nLayers;
+  const schedules = values.schedules ? String(values.schedules).split(';').map((s) => validateSchedule(parseSchedule(s.trim()), L)) : deepScheduleGrid(L);
+  const def = formatSchedule(defaultSchedule(L));
+  const filler = FILLER.map((f) => readFileSync(f, 'utf8')).join('\n');
+  const cases = names.flatMap((task) =>
+    generateTasks({ task: task as TaskName, tokens, count: prompts, seed: Number(values.seed), filler, countTokens: (m) => promptTokens(model, m).length }),
+  );
+  progress(`${model.manifest.name}: ${schedules.length} schedules x ${cases.length} task prompts of about ${tokens} tokens (default ${def})`);
+  await runMode(model, promptTokens(model, cases[0].messages).slice(0, 256), null, 2); // warm-up
+  const dense: ModeRun[] = [];
+  for (const c of cases) dense.push(await runMode(model, promptTokens(model, c.messages), null, c.max_tokens ?? 16));
+  const accDense = cases.filter((c, i) => scoreReply(dense[i].text, c.answer)).length / cases.length;
+  progress(`dense: accuracy ${(100 * accDense).toFixed(0)}%, TTFT median ${(median(dense.map((d) => d.prefill_ms)) / 1000).toFixed(2)} s`);
+  const points: TaskPoint[] = [];
+  for (const [i, schedule] of schedules.entries()) {
+    const spec = formatSchedule(schedule);
+    const runs: ModeRun[] = [];
+    for (const c of cases) runs.push(await runMode(model, promptTokens(model, c.messages), schedule, c.max_tokens ?? 16));
+    const p: TaskPoint = {
+      schedule: spec,
+      isDefault: spec === def,
+      accuracy_dense: accDense,
+      accuracy_lazy: cases.filter((c, k) => scoreReply(runs[k].text, c.answer)).length / cases.length,
+      mean_kl: runs.reduce((s, r, k) => s + klDivergence(dense[k].firstLogits, r.firstLogits), 0) / runs.length,
+      ttft_speedup: median(runs.map((r, k) => dense[k].prefill_ms / r.prefill_ms)),
+    };
+    points.push(p);
+    progress(`[${i + 1}/${schedules.length}] ${spec.padEnd(40)} speedup ${p.ttft_speedup.toFixed(2)}x  accuracy ${(100 * p.accuracy_lazy).toFixed(0)}% (dense ${(100 * accDense).toFixed(0)}%)  KL ${p.mean_kl.toFixed(4)}`);
+  }
+  points.sort((a, b) => a.ttft_speedup - b.ttft_speedup);
+  const series = (y: (p: TaskPoint) => number) => [
+    { name: 'schedules', color: PALETTE[0], scatter: true, points: points.filter((p) => !p.isDefault).map((p) => [p.ttft_speedup, y(p)] as [number, number]), labels: points.filter((p) => !p.isDefault).map((p) => p.schedule.replace(/^bos,min:128,/, '')) },
+    ...points.filter((p) => p.isDefault).map((p) => ({ name: `default ${p.schedule}`, color: PALETTE[1], scatter: true, highlight: true, points: [[p.ttft_speedup, y(p)] as [number, number]], labels: ['default'] })),
+  ];
+  const when = new Date().toISOString().slice(0, 16).replace('T', ' ');
+  const out = String(values.out).endsWith('calibration.svg') ? String(values.out).replace(/calibration\.svg$/, `calibration-${model.manifest.name}.svg`) : String(values.out);
+  mkdirSync(dirname(out), { recursive: true });
+  writeFileSync(
+    out,
+    renderPanels(
+      [
+        { title: `task accuracy change vs TTFT speedup (${tokens} tokens)`, xLabel: 'TTFT speedup over dense (median of per-prompt ratios)', yLabel: 'lazy accuracy - dense accuracy, points', series: series((p) => 100 * (p.accuracy_lazy - p.accuracy_dense)), hLines: [{ y: -1, label: 'target -1 point' }] },
+        { title: `first-token KL vs TTFT speedup (${tokens} tokens)`, xLabel: 'TTFT speedup over dense (median of per-prompt ratios)', yLabel: 'mean KL(dense || lazy) of the first token', series: series((p) => p.mean_kl), hLines: [{ y: 0.02, label: 'target 0.02' }] },
+      ],
+      { panelWidth: 560, panelHeight: 400, perRow: 2, caption: `npm run calibrate -- --model ${values.model} --tasks ${values.tasks} --tokens ${tokens} --prompts ${prompts}; ${when} UTC` },
+    ),
+  );
+  progress(`wrote ${out}`);
+  if (values.json) {
+    process.stdout.write(`${JSON.stringify({ model: model.manifest.name, tokens, cases: cases.length, default: def, accuracy_dense: accDense, points })}\n`);
+    return;
+  }
+  process.stdout.write(
+    [
+      `| schedule | TTFT speedup | accuracy lazy (dense ${(100 * accDense).toFixed(0)}%) | first-token KL |`,
+      '| --- | ---: | ---: | ---: |',
+      ...points.map((p) => `| \`${p.schedule}\`${p.isDefault ? ' (default)' : ''} | ${p.ttft_speedup.toFixed(2)}x | ${(100 * p.accuracy_lazy).toFixed(0)}% | ${p.mean_kl.toFixed(4)} |`),
+      '',
+    ].join('\n'),
+  );
 }
 
 runMain(main);

@@ -1,7 +1,13 @@
 /**
  * npm run eval -- --data FILE [--tokens 512,1024] [--schedule SPEC] [--prompts N] [--next N]
  *                 [--reps N] [--model DIR] [--json]
- * Compares lazy with dense on multi-story prompts built from FILE (one story a line, BOS before each).
+ * npm run eval -- --model DIR --tasks passkey,passkey-distractors,mdqa [--tokens 1024,2048,4096]
+ *                 [--prompts N] [--seed S] [--filler FILE,...] [--schedule SPEC] [--json]
+ * npm run eval -- --model DIR --tasks-file F.jsonl [--schedule SPEC] [--json]
+ * Compares lazy with dense: on natural text (multi-story prompts built from FILE, one story a line,
+ * BOS before each; fidelity of the next-token distribution), or on long-context tasks, generated
+ * (scripts/lib/tasks.ts) or read from a file (one {"id", "task", "messages", "answer"} a line),
+ * scored by whether the greedy reply contains the answer.
  */
 import { existsSync, readFileSync } from 'node:fs';
 import { parseArgs } from 'node:util';
@@ -10,6 +16,13 @@ import { evaluateCase, summarize, type CaseResult, type Summary } from './lib/fi
 import { DEFAULT_DATA, fail, loadModelFromDir, progress, runMain } from './lib/node-env.js';
 import { promptWindows, storyStream } from './lib/prompts.js';
 import { ensureDefaultShards } from './lib/shard-tasks.js';
+import { promptTokens, runTaskCase, summarizeTasks, type TaskResult } from './lib/task-eval.js';
+import { generateTasks, parseTasksFile, TASKS, type ChatTurn, type TaskCase, type TaskName } from './lib/tasks.js';
+import { resolve } from 'node:path';
+import { REPO_ROOT } from './lib/node-env.js';
+
+/** Haystack prose for the generated tasks (../shared/data/README.md). */
+const FILLER = ['apache-2.0.txt', 'mpl-2.0.txt', 'lgpl-2.1.txt'].map((f) => resolve(REPO_ROOT, '../shared/data', f));
 
 function positiveInt(name: string, v: string): number {
   const n = Number(v);
@@ -29,8 +42,13 @@ async function main(): Promise<void> {
       reps: { type: 'string', default: '3' },
       model: { type: 'string' },
       json: { type: 'boolean', default: false },
+      tasks: { type: 'string' },
+      'tasks-file': { type: 'string' },
+      seed: { type: 'string', default: '1' },
+      filler: { type: 'string', default: FILLER.join(',') },
     },
   });
+  if (values.tasks !== undefined || values['tasks-file'] !== undefined) return taskMain(values);
   if (!existsSync(values.data)) fail(`--data ${values.data}: no such file`);
   const lengths = values.tokens.split(',').map((t) => positiveInt('tokens', t.trim()));
   const prompts = positiveInt('prompts', values.prompts);
@@ -74,6 +92,53 @@ async function main(): Promise<void> {
       ...rows,
       '',
     ].join('\n'),
+  );
+}
+
+async function taskMain(values: { tasks?: string; 'tasks-file'?: string; tokens: string; prompts: string; seed: string; filler: string; schedule?: string; model?: string; json: boolean }): Promise<void> {
+  if (!values.model) fail('--tasks and --tasks-file need --model DIR (for example model-shards/smollm2-135m-instruct)');
+  const names = values.tasks?.split(',').map((t) => t.trim()) ?? [];
+  for (const t of names) if (!(TASKS as readonly string[]).includes(t)) fail(`--tasks "${t}" is not one of ${TASKS.join(', ')}`);
+  const lengths = values.tokens.split(',').map((t) => positiveInt('tokens', t.trim()));
+  // Long prompts need the context: serve the trained window (the memory budget still applies).
+  const model = await loadModelFromDir(values.model, { contextTokens: Math.max(...lengths, 2048) + 64 });
+  const cfg = model.config;
+  const schedule = validateSchedule(values.schedule ? parseSchedule(values.schedule) : defaultSchedule(cfg.nLayers), cfg.nLayers);
+  const cases: TaskCase[] = [];
+  if (values['tasks-file']) {
+    const f = values['tasks-file'];
+    if (!existsSync(f)) fail(`--tasks-file ${f}: no such file`);
+    cases.push(...parseTasksFile(readFileSync(f, 'utf8'), f));
+  }
+  const files = values.filler.split(',');
+  for (const f of files) if (!existsSync(f)) fail(`--filler ${f}: no such file`);
+  const filler = files.map((f) => readFileSync(f, 'utf8')).join('\n');
+  const countTokens = (m: ChatTurn[]) => promptTokens(model, m).length;
+  for (const task of names) {
+    for (const len of lengths) {
+      if (len + 16 > cfg.seqLen) fail(`--tokens ${len} does not fit the context of ${cfg.seqLen} tokens`);
+      cases.push(...generateTasks({ task: task as TaskName, tokens: len, count: positiveInt('prompts', values.prompts), seed: positiveInt('seed', values.seed), filler, countTokens }));
+    }
+  }
+  if (cases.length === 0) fail('no task cases');
+  progress(`${model.manifest.name}: schedule ${formatSchedule(schedule)}, ${cases.length} task prompts`);
+  const results: TaskResult[] = [];
+  for (const [k, c] of cases.entries()) {
+    const r = await runTaskCase(model, c, schedule, k);
+    results.push(r);
+    progress(`  [${k + 1}/${cases.length}] ${r.id} (${r.tokens} tokens): dense ${r.correct_dense ? 'ok' : 'MISS'} lazy ${r.correct_lazy ? 'ok' : 'MISS'}, ttft ${r.ttft_dense_ms.toFixed(0)} -> ${r.ttft_lazy_ms.toFixed(0)} ms; lazy said ${JSON.stringify(r.reply_lazy.slice(0, 40))}`);
+  }
+  const tasks = summarizeTasks(results);
+  if (values.json) {
+    process.stdout.write(`${JSON.stringify({ model: model.manifest.name, schedule: formatSchedule(schedule), tasks, cases: results })}\n`);
+    return;
+  }
+  const pct = (x: number) => `${(100 * x).toFixed(0)}%`;
+  const rows = Object.entries(tasks).flatMap(([t, bs]) =>
+    Object.entries(bs).map(([b, s]) => `| ${t} | ${b} | ${s.n} | ${pct(s.accuracy_dense)} | ${pct(s.accuracy_lazy)} | ${(s.ttft_dense_ms / 1000).toFixed(2)} / ${(s.ttft_lazy_ms / 1000).toFixed(2)} s | ${s.ttft_speedup.toFixed(2)}x |`),
+  );
+  process.stdout.write(
+    [`model ${model.manifest.name}, schedule ${formatSchedule(schedule)}`, '', '| task | prompt tokens | n | accuracy dense | accuracy lazy | TTFT dense / lazy | TTFT speedup |', '| --- | --- | --- | --- | --- | --- | --- |', ...rows, ''].join('\n'),
   );
 }
 

@@ -6,7 +6,7 @@ import { join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { DEFAULT_MEMORY_BUDGET_BYTES, MB } from '../../src/engine/memory-budget.js';
 import { EngineError } from '../../src/engine/errors.js';
-import { loadModel, type LoadedModel } from '../../src/engine/model.js';
+import { loadModel, type LoadedModel, type LoadOptions } from '../../src/engine/model.js';
 import { ModelFormatError } from '../../src/model/errors.js';
 import { initRuntime } from '../../src/runtime/onnx-runtime.js';
 
@@ -50,13 +50,26 @@ export function memoryBudgetFromEnv(env: Record<string, string | undefined> = pr
   return n * MB;
 }
 
-export async function loadModelFromDir(dir: string): Promise<LoadedModel> {
+/** LAZY_EDGE_CONTEXT_TOKENS: the context window scripts serve (default 2048, as the Worker's CONTEXT_TOKENS). */
+export function contextTokensFromEnv(env: Record<string, string | undefined> = process.env): number | undefined {
+  const v = env.LAZY_EDGE_CONTEXT_TOKENS?.trim();
+  if (v === undefined || v === '') return undefined;
+  const n = Number(v);
+  if (!Number.isInteger(n) || n < 2) throw new Error(`LAZY_EDGE_CONTEXT_TOKENS="${v}" must be an integer of at least 2`);
+  return n;
+}
+
+export async function loadModelFromDir(dir: string, opts: LoadOptions = {}): Promise<LoadedModel> {
   const manifestPath = join(dir, 'manifest.json');
   if (!existsSync(manifestPath)) {
     throw new ModelFormatError(manifestPath, 'a shard manifest (build the shards with: npm run shards)', 'no such file');
   }
   initNodeRuntime();
-  return loadModel(readFileSync(manifestPath, 'utf8'), async (file) => readBytes(join(dir, file)), { memoryBudgetBytes: memoryBudgetFromEnv() });
+  return loadModel(readFileSync(manifestPath, 'utf8'), async (file) => readBytes(join(dir, file)), {
+    memoryBudgetBytes: memoryBudgetFromEnv(),
+    contextTokens: contextTokensFromEnv(),
+    ...opts,
+  });
 }
 
 /** Exits with a clear message instead of a stack trace: scripts are used by people and other tools. */
