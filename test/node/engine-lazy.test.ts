@@ -2,7 +2,7 @@ import { beforeAll, describe, expect, it } from 'vitest';
 import { promptWindows, storyStream } from '../../scripts/lib/prompts.js';
 import { SequenceState } from '../../src/engine/caches.js';
 import type { LoadedModel } from '../../src/engine/model.js';
-import { parseSchedule, type Schedule } from '../../src/engine/policy.js';
+import { defaultSchedule, keepAt, parseSchedule, type Schedule } from '../../src/engine/policy.js';
 import { Sampler } from '../../src/engine/sampler.js';
 import { runStep, type LayerTrace } from '../../src/engine/step.js';
 import { devStories, loadStories260K } from '../support/paths.js';
@@ -143,3 +143,31 @@ describe('LazyLLM on a seeded random GQA model', () => {
     }
   });
 });
+
+describe("LazyLLM on SmolLM2's shape (30 layers, GQA 9/3), seeded random weights", () => {
+  // SmolLM2-135M's layer count and head layout at a small width (head size 8): the invariants depend
+  // on the shape of the schedule and the attention, not on the width or the weights.
+  const { model } = randomModel({ dim: 72, hiddenDim: 192, nLayers: 30, nHeads: 9, nKvHeads: 3, vocabSize: 512, seqLen: 1024, seed: 135 });
+  it('computes each token at most once per layer, follows the default 30-layer schedule, and keeps Aux entries exactly for unfinished tokens', async () => {
+    const m = await model;
+    const L = m.config.nLayers;
+    const c = computeCounter(L);
+    const prompt = Array.from({ length: 400 }, (_, i) => (i * 97 + 11) % 512);
+    const schedule = defaultSchedule(L);
+    const { seq, steps } = await drive(m, schedule, prompt, 12, [5, 6, 7, 8, 9], c.trace);
+    expect(c.maxCount()).toBe(1);
+    // Prefill: every pruning layer of the schedule shrinks the set to its share, never below the floor.
+    let active = prompt.length;
+    steps[0].stats.computedPerLayer.forEach((q, l) => {
+      const keep = keepAt(schedule, l);
+      if (keep !== null) active = Math.min(active, Math.max(1, schedule.minActive ?? 1, Math.ceil(keep * active)));
+      expect(q, `layer ${l}`).toBe(active);
+    });
+    expect(c.revivals.length).toBeGreaterThan(0);
+    for (let i = 0; i < seq.length; i++) {
+      expect(seq.aux.entries.has(i)).toBe(seq.depth[i] < L);
+      for (let l = 0; l < L; l++) expect(c.counts[l].has(i)).toBe(l < seq.depth[i]);
+    }
+  });
+});
+
