@@ -14,19 +14,28 @@ export interface Schedule {
    * nothing from pruning and lose the most fidelity to it, so a floor keeps them dense.
    */
   minActive?: number;
+  /**
+   * At most this many tokens revived from the Aux Cache per pruning layer and step (default: no
+   * limit, the paper's semantics). Each revival is a row the step computes at that layer and every
+   * deeper one it survives, so the first decode steps after a long pruned prefill carry most of the
+   * work prefill skipped; a budget spreads it out, or with 0 drops it, at some cost in fidelity.
+   */
+  reviveBudget?: number;
 }
 
 export const KEEP_ALL: Schedule = { prune: [], keepFirst: false };
 
 /**
  * Parses "2:0.5,4:0.6" (layer:keep-share pairs), with optional items "bos" (keep token 0) and
- * "min:N" (never prune below N tokens), "all" for no pruning. Layers are checked against a model by `validateSchedule`.
+ * "min:N" (never prune below N tokens), "revive:N" (at most N revivals per pruning layer and step),
+ * "all" for no pruning. Layers are checked against a model by `validateSchedule`.
  */
 export function parseSchedule(spec: string): Schedule {
   const items = spec.split(',').map((s) => s.trim());
   if (spec.trim() === '') throw new EngineError(`schedule "${spec}" is empty; use "all" for no pruning or "L:share,..."`, 'invalid_schedule', 'schedule');
   let keepFirst = false;
   let minActive: number | undefined;
+  let reviveBudget: number | undefined;
   const prune: { layer: number; keep: number }[] = [];
   for (const item of items) {
     if (item === 'bos') {
@@ -39,16 +48,22 @@ export function parseSchedule(spec: string): Schedule {
       minActive = Number(min[1]);
       continue;
     }
+    const revive = /^revive:(\d+)$/.exec(item);
+    if (revive) {
+      reviveBudget = Number(revive[1]);
+      continue;
+    }
     if (item === '') throw new EngineError(`schedule "${spec}" has an empty item`, 'invalid_schedule', 'schedule');
     const m = /^(\d+):(\d*\.?\d+)$/.exec(item);
-    if (!m) throw new EngineError(`schedule item "${item}" is not "layer:share" (e.g. "2:0.5"), "bos", "min:N" or "all"`, 'invalid_schedule', 'schedule');
+    if (!m) throw new EngineError(`schedule item "${item}" is not "layer:share" (e.g. "2:0.5"), "bos", "min:N", "revive:N" or "all"`, 'invalid_schedule', 'schedule');
     prune.push({ layer: Number(m[1]), keep: Number(m[2]) });
   }
-  return minActive === undefined ? { prune, keepFirst } : { prune, keepFirst, minActive };
+  return { prune, keepFirst, ...(minActive !== undefined ? { minActive } : {}), ...(reviveBudget !== undefined ? { reviveBudget } : {}) };
 }
 
 export function formatSchedule(s: Schedule): string {
   const parts = s.prune.map((p) => `${p.layer}:${p.keep}`);
+  if (s.reviveBudget !== undefined) parts.unshift(`revive:${s.reviveBudget}`);
   if (s.minActive !== undefined) parts.unshift(`min:${s.minActive}`);
   if (s.keepFirst) parts.unshift('bos');
   return parts.length ? parts.join(',') : 'all';
@@ -58,6 +73,9 @@ export function formatSchedule(s: Schedule): string {
 export function validateSchedule(s: Schedule, nLayers: number): Schedule {
   if (s.minActive !== undefined && !(Number.isInteger(s.minActive) && s.minActive >= 1)) {
     throw new EngineError(`invalid schedule: min ${s.minActive} must be an integer >= 1`, 'invalid_schedule', 'schedule');
+  }
+  if (s.reviveBudget !== undefined && !(Number.isInteger(s.reviveBudget) && s.reviveBudget >= 0)) {
+    throw new EngineError(`invalid schedule: revive ${s.reviveBudget} must be an integer >= 0`, 'invalid_schedule', 'schedule');
   }
   let prev = 0;
   for (const { layer, keep } of s.prune) {
@@ -126,6 +144,18 @@ export function selectActive(incoming: Int32Array, scores: Float32Array, keep: n
   const out = new Int32Array(k);
   for (let j = 0, o = 0; j < m; j++) if (chosen[j]) out[o++] = incoming[j];
   return out;
+}
+
+/**
+ * Applies a revival budget to a selection: of the selected tokens that would be revived (`revivable`),
+ * keeps the `budget` best by `score` (ties to the more recent) and leaves the rest out of the set;
+ * they stay parked. Returns ascending indices, a subset of `selected`.
+ */
+export function limitRevivals(selected: Int32Array, revivable: (i: number) => boolean, score: (i: number) => number, budget: number): Int32Array {
+  const candidates = [...selected].filter(revivable);
+  if (candidates.length <= budget) return selected;
+  const keep = new Set(candidates.sort((a, b) => score(b) - score(a) || b - a).slice(0, budget));
+  return selected.filter((i) => !revivable(i) || keep.has(i));
 }
 
 /**

@@ -3,7 +3,7 @@ import type { ModelConfig } from '../model/config.js';
 import { SequenceState } from './caches.js';
 import { EngineError } from './errors.js';
 import type { LoadedModel } from './model.js';
-import { keepAt, selectActive, type Schedule } from './policy.js';
+import { keepAt, limitRevivals, selectActive, type Schedule } from './policy.js';
 import { embedTokens, headLogits } from './vocab-parts.js';
 
 export interface StepStats {
@@ -146,7 +146,13 @@ export async function runStep(
   for (let l = 0; l < nLayers; l++) {
     const keep = opts.schedule ? keepAt(opts.schedule, l) : null;
     if (keep !== null && scores) {
-      const next = selectActive(active, scores, keep, opts.schedule!.keepFirst, opts.schedule!.minActive);
+      let next = selectActive(active, scores, keep, opts.schedule!.keepFirst, opts.schedule!.minActive);
+      const budget = opts.schedule!.reviveBudget;
+      if (budget !== undefined) {
+        const at = new Map<number, number>();
+        active.forEach((i, j) => at.set(i, scores![j]));
+        next = limitRevivals(next, (i) => seq.depth[i] === l && !carried.has(i), (i) => at.get(i)!, budget);
+      }
       // Tokens leaving the active set park their current hidden state in the Aux Cache.
       if (next.length !== active.length) {
         const kept = new Set(next);

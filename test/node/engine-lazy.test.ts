@@ -111,6 +111,19 @@ describe('LazyLLM in the engine (stories260K)', () => {
     expect(seq.aux.size).toBe(0);
   });
 
+  it('a revival budget caps the tokens revived per pruning layer and step; revive:0 revives none', async () => {
+    for (const budget of [0, 3]) {
+      const c = computeCounter(L);
+      const schedule = parseSchedule(`bos,revive:${budget},1:0.4,3:0.5`);
+      const { steps } = await drive(model, schedule, prompt, 20, batch, c.trace);
+      expect(c.maxCount()).toBe(1);
+      for (const s of steps.slice(1)) for (const r of s.stats.revivedPerLayer) expect(r).toBeLessThanOrEqual(budget);
+    }
+    // Without a budget the same run revives more than 3 at some layer of some step: the cap did something.
+    const free = await drive(model, parseSchedule('bos,1:0.4,3:0.5'), prompt, 20, batch);
+    expect(Math.max(...free.steps.slice(1).flatMap((s) => s.stats.revivedPerLayer))).toBeGreaterThan(3);
+  });
+
   it('a revived token computes the same K/V as if it had never been pruned', async () => {
     // Dense after a lazy prefill must equal a dense prefill for the layers the pruned tokens resume:
     // the Aux Cache holds exactly the hidden state the dense pass would have had there.

@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import { EngineError } from '../../src/engine/errors.js';
-import { defaultSchedule, formatSchedule, keepAt, parseSchedule, selectActive, validateSchedule } from '../../src/engine/policy.js';
+import { defaultSchedule, formatSchedule, keepAt, limitRevivals, parseSchedule, selectActive, validateSchedule } from '../../src/engine/policy.js';
 
 const ids = (...a: number[]) => Int32Array.from(a);
 const sc = (...a: number[]) => Float32Array.from(a);
@@ -73,3 +73,26 @@ describe('schedules', () => {
     for (let L = 1; L <= 48; L++) expect(() => validateSchedule(defaultSchedule(L), L)).not.toThrow();
   });
 });
+
+describe('revival budget', () => {
+  it('parses, formats and validates revive:N', () => {
+    const s = parseSchedule('bos,min:128,revive:4,10:0.5');
+    expect(s.reviveBudget).toBe(4);
+    expect(formatSchedule(s)).toBe('bos,min:128,revive:4,10:0.5');
+    expect(parseSchedule('revive:0,2:0.5').reviveBudget).toBe(0);
+    expect(parseSchedule('2:0.5').reviveBudget).toBeUndefined();
+    expect(() => validateSchedule({ prune: [], keepFirst: false, reviveBudget: -1 }, 4)).toThrow(/revive -1 must be an integer >= 0/);
+  });
+
+  it('keeps the best-scored revivals up to the budget and every token that is not a revival', () => {
+    const sel = Int32Array.from([0, 2, 3, 5, 7, 9]);
+    const revivable = (i: number) => [2, 3, 5, 7].includes(i);
+    const score = (i: number) => ({ 2: 0.1, 3: 0.4, 5: 0.3, 7: 0.2 })[i] ?? 0;
+    expect([...limitRevivals(sel, revivable, score, 2)]).toEqual([0, 3, 5, 9]);
+    expect([...limitRevivals(sel, revivable, score, 0)]).toEqual([0, 9]);
+    expect(limitRevivals(sel, revivable, score, 4)).toBe(sel);
+    // ties go to the more recent token
+    expect([...limitRevivals(sel, revivable, () => 1, 1)]).toEqual([0, 7, 9]);
+  });
+});
+
