@@ -9,6 +9,7 @@ declare namespace Cloudflare {
     MEMORY_BUDGET_MB?: string;
     CONTEXT_TOKENS?: string;
     ASSET_READ_MB_PER_S?: string;
+    CORS_ORIGINS?: string;
   }
   interface GlobalProps {
     mainModule: typeof import('../src/worker/index');

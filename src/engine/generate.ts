@@ -4,6 +4,7 @@ import type { LoadedModel } from './model.js';
 import { formatSchedule, type Schedule } from './policy.js';
 import { Sampler, type SamplerOptions } from './sampler.js';
 import { runStep, type LayerTrace, type StepStats } from './step.js';
+import type { LazyTrace } from './trace.js';
 
 export type FinishReason = 'stop' | 'length';
 
@@ -18,6 +19,11 @@ export interface GenerateOptions {
   deadline?: number;
   /** receives text as soon as it is safe to show (never part of a stop string) */
   onText?: (delta: string) => void | Promise<void>;
+  /**
+   * Awaited before every decode step, whether or not text was released: the host yields to its
+   * event loop here (other requests take turns) and throws to stop a generation nobody waits for.
+   */
+  beforeStep?: () => void | Promise<void>;
   trace?: LayerTrace;
 }
 
@@ -41,6 +47,8 @@ export interface GenerationStats {
   flops: number;
   dense_flops: number;
   flops_ratio: number;
+  /** only when the caller asked for it (a TraceRecorder, src/engine/trace.ts): what was computed and pruned */
+  trace?: LazyTrace;
 }
 
 export interface GenerateResult {
@@ -117,6 +125,7 @@ export async function generate(model: LoadedModel, seq: SequenceState, prompt: r
     if (opts.onText && safe > emitted) await opts.onText(text.slice(emitted, safe));
     emitted = Math.max(emitted, safe);
     if (tokens.length >= opts.maxTokens) break;
+    await opts.beforeStep?.();
     if (opts.deadline !== undefined && performance.now() >= opts.deadline) break;
     const step = await runStep(model, seq, [next], { schedule: opts.schedule, trace: opts.trace });
     account(step.stats);

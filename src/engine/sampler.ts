@@ -49,17 +49,16 @@ export class Sampler {
   sample(logits: Float32Array): number {
     const { temperature, topP, topK } = this.opts;
     const n = logits.length;
-    if (temperature === 0) {
-      let best = 0;
-      for (let i = 1; i < n; i++) if (logits[i] > logits[best]) best = i;
-      return best;
-    }
+    if (temperature === 0) return argmax(logits);
     const probs = new Float32Array(n);
     let max = -Infinity;
     for (let i = 0; i < n; i++) {
       probs[i] = f(logits[i] / temperature);
       if (probs[i] > max) max = probs[i];
     }
+    // A temperature so small (about 1e-38) that logits / T leaves float32's range: the largest is ±inf, softmax
+    // would be inf - inf = NaN and sample the last token every time. Its limit is greedy, so decode greedily.
+    if (!Number.isFinite(max)) return argmax(logits);
     let sum = 0;
     for (let i = 0; i < n; i++) {
       probs[i] = f(Math.exp(f(probs[i] - max)));
@@ -77,6 +76,12 @@ export class Sampler {
     const coin = this.randomF32();
     return topP <= 0 || topP >= 1 ? sampleMult(probs, coin) : sampleTopP(probs, topP, coin);
   }
+}
+
+function argmax(logits: Float32Array): number {
+  let best = 0;
+  for (let i = 1; i < logits.length; i++) if (logits[i] > logits[best]) best = i;
+  return best;
 }
 
 function sampleMult(probs: Float32Array, coin: number): number {

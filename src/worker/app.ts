@@ -1,13 +1,16 @@
 import { Hono } from 'hono';
-import { bodyLimit } from 'hono/body-limit';
 import { methodNotAllowed } from 'hono/method-not-allowed';
 import type { AppEnv } from './app-env.js';
 import { requireApiKey } from './auth.js';
+import { bodyLimit } from './body-limit.js';
+import { cors } from './cors.js';
+import { requireJsonBody } from './content-type.js';
 import { ApiError, logFault, toApiError } from './errors.js';
 import { getModel, memoryReport } from './model-store.js';
 import { chat } from './routes/chat.js';
 import { completions } from './routes/completions.js';
 import { models } from './routes/models.js';
+import { playground } from './routes/playground.js';
 import { sessions } from './routes/sessions.js';
 
 /** Largest request body accepted (413 above). A full 512-token context is a few KiB of text. */
@@ -21,6 +24,8 @@ export const MAX_BODY_BYTES = 256 * 1024;
 export function createApp(): Hono<AppEnv> {
   const app = new Hono<AppEnv>();
 
+  // First: a preflight needs no key or body, and every answer (errors included) needs the CORS headers.
+  app.use('*', cors());
   app.use(
     '*',
     methodNotAllowed({
@@ -31,21 +36,15 @@ export function createApp(): Hono<AppEnv> {
         }).getResponse(),
     }),
   );
-  app.use(
-    '*',
-    bodyLimit({
-      maxSize: MAX_BODY_BYTES,
-      onError: () => {
-        throw new ApiError(413, `The request body is larger than ${MAX_BODY_BYTES} bytes.`, 'request_too_large');
-      },
-    }),
-  );
+  app.use('/v1/*', requireJsonBody());
+  app.use('*', bodyLimit(MAX_BODY_BYTES));
   app.use('/v1/*', requireApiKey());
 
   app.route('/v1/completions', completions);
   app.route('/v1/chat/completions', chat);
   app.route('/v1/models', models);
   app.route('/v1/sessions', sessions);
+  app.route('/', playground);
   app.get('/healthz', async (c) => {
     const model = await getModel(c.env);
     return c.json({ status: 'ok', model: model.manifest.name, memory: memoryReport(model) });

@@ -13,11 +13,12 @@ import {
   StateFormatError,
   type StoredView,
 } from '../engine/state-codec.js';
+import { TraceRecorder } from '../engine/trace.js';
 import { replayTurn, replayTurns, runTurn, type TurnRecord, type TurnStats } from '../engine/turns.js';
 import { renderChat } from './chat-template.js';
 import type { Env } from './env.js';
 import { logFault, toApiError, type ErrorBody } from './errors.js';
-import { planJob, type CommonOptions, type Job, type Usage } from './generation.js';
+import { planJob, yieldToEventLoop, type CommonOptions, type Job, type Usage } from './generation.js';
 import { getModel } from './model-store.js';
 import type { ChatMessage } from './schemas.js';
 import { encodePrompt } from '../model/text-tokenizer.js';
@@ -131,6 +132,12 @@ export interface TurnRequest {
 }
 
 export type TurnEvent = { type: 'start' } | { type: 'text'; text: string };
+/**
+ * Receives a streamed turn's events; resolving to `false` (or throwing) says the client is gone and
+ * the turn is abandoned. The HTTP layer answers `false` rather than throwing: an exception thrown
+ * by an RPC callback is reported by workerd as an uncaught error, and a hang-up is no error.
+ */
+export type TurnListener = (e: TurnEvent) => Promise<boolean | void>;
 
 export interface TurnOutcome {
   text: string;
@@ -398,6 +405,19 @@ export class ChatSession extends DurableObject<Env> {
       const fingerprint = modelFingerprint(model.manifest);
       const now = Date.now();
       const messages = (init.messages ?? []).map((m) => ({ role: m.role, content: messageText(m) }));
+      // A conversation that leaves no room for a reply would make every turn fail until the TTL.
+      if (messages.length > 0) {
+        const ctx = model.config.seqLen;
+        const n = encodePrompt(model.tokenizer, renderChat(model.manifest.chatTemplate, messages)).length;
+        if (n + 1 > ctx) {
+          return fail(
+            400,
+            `This model's maximum context length is ${ctx} tokens. However, the initial messages are ${n} tokens, leaving no room for a reply. Please reduce the length of the messages.`,
+            'context_length_exceeded',
+            'messages',
+          );
+        }
+      }
       const meta: Meta = {
         session_id: init.id,
         owner: init.owner,
@@ -479,7 +499,7 @@ export class ChatSession extends DurableObject<Env> {
    * One chat turn. Everything that can be refused is checked before the state is touched; with
    * `onEvent`, a "start" event marks the point after which the reply streams as "text" events.
    */
-  async turn(id: string, req: TurnRequest, onEvent?: (e: TurnEvent) => Promise<void>): Promise<Result<TurnOutcome>> {
+  async turn(id: string, req: TurnRequest, onEvent?: TurnListener): Promise<Result<TurnOutcome>> {
     const live = await this.owned(req.owner, id);
     if ('ok' in live) return live;
     if (this.busy) return busy();
@@ -491,7 +511,7 @@ export class ChatSession extends DurableObject<Env> {
     }
   }
 
-  private async runTurn(live: Live, req: TurnRequest, onEvent?: (e: TurnEvent) => Promise<void>): Promise<Result<TurnOutcome>> {
+  private async runTurn(live: Live, req: TurnRequest, onEvent?: TurnListener): Promise<Result<TurnOutcome>> {
     const startedAt = performance.now();
     const { model } = live;
     const incoming = req.messages.map((m) => ({ role: m.role, content: messageText(m) }));
@@ -513,11 +533,16 @@ export class ChatSession extends DurableObject<Env> {
     // The caller's callback failing means the client is gone (a hung-up stream): not our fault, not logged.
     let clientGone = false;
     const emit = async (e: TurnEvent) => {
+      let wanted: boolean | void;
       try {
-        await onEvent!(e);
+        wanted = await onEvent!(e);
       } catch (err) {
         clientGone = true;
         throw err;
+      }
+      if (wanted === false) {
+        clientGone = true;
+        throw new Error('client gone');
       }
     };
     if (onEvent) {
@@ -530,17 +555,23 @@ export class ChatSession extends DurableObject<Env> {
 
     // From here on memory changes; on any failure it is reloaded from storage, which this turn has not touched.
     try {
+      const tracer = job.trace ? new TraceRecorder(model, live.seq) : undefined;
       const turn = await runTurn(model, live.seq, target, {
+        trace: tracer?.hook,
         maxTokens: job.maxTokens,
         sampler: job.sampler,
         stop: job.stop,
         schedule: job.schedule,
         deadline: job.deadline,
-        // Streamed: each piece goes out before the next token. Not streamed: a zero-delay timer per
-        // piece, as for stateless requests, so other requests get their turn (a concurrent message
-        // is refused with 409 rather than queued behind this one) and the deployed clock can move
-        // for the request budget.
-        onText: onEvent ? (text) => emit({ type: 'text', text }) : () => new Promise<void>((r) => setTimeout(r, 0)),
+        // Streamed: each piece goes out as it is released. Before every token, streamed or not, a
+        // zero-delay timer lets other requests take their turn (a concurrent message or DELETE is
+        // refused with 409 at once rather than queued behind this turn; /healthz answers), and lets
+        // the deployed clock move for the request budget. A hung-up stream stops here, within a token.
+        onText: onEvent ? (text) => emit({ type: 'text', text }) : undefined,
+        beforeStep: async () => {
+          await yieldToEventLoop();
+          if (clientGone) throw new Error('client gone');
+        },
       });
       const r = turn.result;
       const reply: StoredMessage = { role: 'assistant', content: r.text };
@@ -588,7 +619,7 @@ export class ChatSession extends DurableObject<Env> {
           total_tokens: target.length + completion,
           prompt_tokens_details: { cached_tokens: turn.stats.reused_tokens },
         },
-        stats: r.stats,
+        stats: tracer ? { ...r.stats, trace: tracer.result() } : r.stats,
         session: {
           id: live.meta.session_id,
           turn: turnIdx,

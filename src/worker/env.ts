@@ -15,6 +15,8 @@ export interface Env {
   REQUEST_BUDGET_MS?: string;
   /** comma-separated bearer tokens; unset = open server */
   API_KEYS?: string;
+  /** origins (comma-separated, e.g. https://app.example.com) allowed to call the API from a browser; unset = no CORS (src/worker/cors.ts) */
+  CORS_ORIGINS?: string;
   /** chat sessions (src/worker/chat-session.ts), one Durable Object per API key and session id */
   CHAT_SESSIONS: DurableObjectNamespace<import('./chat-session.js').ChatSession>;
   /** seconds a session may stay idle before its alarm deletes it (default 86400) */

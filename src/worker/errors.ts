@@ -10,6 +10,17 @@ export interface ErrorBody {
 }
 
 /**
+ * Longest error message sent, in characters. Messages quote the offending input (a schedule, a
+ * model name, unknown keys) so the client sees what to fix; the quote must not turn a 240 KB
+ * request into a 240 KB answer.
+ */
+export const MAX_MESSAGE_CHARS = 1024;
+
+function clip(message: string): string {
+  return message.length <= MAX_MESSAGE_CHARS ? message : `${message.slice(0, MAX_MESSAGE_CHARS - 1)}…`;
+}
+
+/**
  * The one error type of the HTTP layer. Handlers and middleware throw it; the app's single
  * `onError` turns it (and anything else, via `toApiError`) into an OpenAI-shaped response.
  */
@@ -23,16 +34,25 @@ export class ApiError extends HTTPException {
     readonly type: string = status >= 500 ? 'server_error' : 'invalid_request_error',
     readonly headers: Record<string, string> = {},
   ) {
-    super(status, { message });
+    super(status, { message: clip(message) });
   }
 
   body(): ErrorBody {
-    return { error: { message: this.message, type: this.type, param: this.param, code: this.code } };
+    const param = this.param === null ? null : clip(this.param);
+    return { error: { message: this.message, type: this.type, param, code: this.code } };
   }
 
   override getResponse(): Response {
     return Response.json(this.body(), { status: this.status, headers: this.headers });
   }
+}
+
+/**
+ * The client hung up (a stream's reader cancelled, a request aborted): a normal event, not a fault.
+ * Generation stops on it; nobody is left to read an answer, and nothing is logged.
+ */
+export class ClientGone extends Error {
+  override name = 'ClientGone';
 }
 
 export const invalid = (message: string, param: string | null, code: string | null = 'invalid_value') => new ApiError(400, message, code, param);
@@ -48,6 +68,7 @@ const INTERNAL = 'The server had an error while processing your request.';
  */
 export function toApiError(e: unknown): ApiError {
   if (e instanceof ApiError) return e;
+  if (e instanceof ClientGone) return new ApiError(499 as ContentfulStatusCode, 'The client closed the request.', 'client_gone');
   if (e instanceof EngineError) {
     return ENGINE_CLIENT_CODES.has(e.code) ? new ApiError(400, e.message, e.code, e.param) : new ApiError(500, INTERNAL, 'engine_error');
   }

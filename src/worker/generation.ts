@@ -5,9 +5,10 @@ import { generate, type FinishReason, type GenerationStats } from '../engine/gen
 import type { LoadedModel } from '../engine/model.js';
 import { defaultSchedule, parseSchedule, validateSchedule, type Schedule } from '../engine/policy.js';
 import type { SamplerOptions } from '../engine/sampler.js';
+import { TraceRecorder } from '../engine/trace.js';
 import type { AppEnv } from './app-env.js';
 import type { Env } from './env.js';
-import { ApiError, invalid } from './errors.js';
+import { ApiError, ClientGone, invalid } from './errors.js';
 import { getModel } from './model-store.js';
 import type { LazyOptions } from './schemas.js';
 import { sseResponse, type SendEvent } from './sse.js';
@@ -83,6 +84,8 @@ export interface Job {
   schedule: Schedule | null;
   /** performance.now() after which no new token is started */
   deadline: number;
+  /** lazy.trace: attach a TraceRecorder's record to the stats */
+  trace: boolean;
 }
 
 /**
@@ -124,6 +127,7 @@ export function planJob(
     stop: o.stop == null ? [] : typeof o.stop === 'string' ? [o.stop] : o.stop,
     schedule: resolveSchedule(o.lazy, model.config.nLayers),
     deadline: startedAt + requestBudgetMs(env),
+    trace: o.lazy?.trace === true,
   };
 }
 
@@ -151,52 +155,78 @@ export interface Shapes {
 }
 
 /**
- * A zero-delay timer between tokens of a non-streamed generation (a streamed one awaits its writes
- * instead). It costs about 10 us, lets other requests in the isolate take turns, and gives the
- * clock a chance to move: deployed Workers advance performance.now() only when an event such as
- * I/O arrives, and the request budget is checked against that clock.
+ * A zero-delay timer between tokens of every generation, streamed or not. It costs about 10 us and
+ * lets other requests in the isolate take turns: an awaited stream write resolves as a microtask,
+ * which alone would hold /healthz and every other request back until the stream ends. It also
+ * gives the clock a chance to move: deployed Workers advance performance.now() only when an event
+ * such as I/O arrives, and the request budget is checked against that clock.
  */
-const yieldToEventLoop = () => new Promise<void>((resolve) => setTimeout(resolve, 0));
+export const yieldToEventLoop = () => new Promise<void>((resolve) => setTimeout(resolve, 0));
 
-async function run(job: Job, onText?: (t: string) => Promise<void>): Promise<Outcome> {
-  const r = await generate(job.model, new SequenceState(job.model.config), job.prompt, {
+/** Between tokens: yield, then stop (with the signal's reason) if the client has hung up. */
+export function betweenTokens(gone?: AbortSignal): () => Promise<void> {
+  return async () => {
+    await yieldToEventLoop();
+    if (gone?.aborted) throw new ClientGone('the client hung up; generation stopped');
+  };
+}
+
+async function run(job: Job, beforeStep: () => Promise<void>, onText?: (t: string) => Promise<void>): Promise<Outcome> {
+  const seq = new SequenceState(job.model.config);
+  const tracer = job.trace ? new TraceRecorder(job.model, seq) : undefined;
+  const r = await generate(job.model, seq, job.prompt, {
     maxTokens: job.maxTokens,
     sampler: job.sampler,
     stop: job.stop,
     schedule: job.schedule,
     deadline: job.deadline,
     onText,
+    beforeStep,
+    trace: tracer?.hook,
   });
   const usage = { prompt_tokens: r.promptTokens, completion_tokens: r.tokens.length, total_tokens: r.promptTokens + r.tokens.length };
-  return { text: r.text, finishReason: r.finishReason, usage, stats: r.stats };
+  return { text: r.text, finishReason: r.finishReason, usage, stats: tracer ? { ...r.stats, trace: tracer.result() } : r.stats };
+}
+
+/**
+ * With stream_options.include_usage, OpenAI sends `"usage": null` in every chunk before the last
+ * (usage) one; clients that check for the key rely on it.
+ */
+export function withNullUsage(o: CommonOptions, send: SendEvent): SendEvent {
+  return o.stream_options?.include_usage ? (data) => send({ ...(data as object), usage: null }) : send;
+}
+
+/** The request's execution context's waitUntil, or undefined when the app is called directly (a test). */
+export function waitUntilOf(c: Context<AppEnv>): ((p: Promise<unknown>) => void) | undefined {
+  try {
+    const ctx = c.executionCtx;
+    return (p) => ctx.waitUntil(p);
+  } catch {
+    return undefined; // the open stream keeps the work alive
+  }
 }
 
 /**
  * Runs the job and answers: one JSON body with a Server-Timing header, or with `stream` a text
  * delta per event as soon as the engine releases it, a last chunk with finish_reason and
- * `lazy_stats`, optionally a usage chunk (stream_options.include_usage), then [DONE].
+ * `lazy_stats`, optionally a usage chunk (stream_options.include_usage), then [DONE]. A streamed
+ * generation whose client hangs up stops before its next token.
  */
 export async function respond(c: Context<AppEnv>, job: Job, o: CommonOptions, shapes: Shapes): Promise<Response> {
   if (!o.stream) {
-    const out = await run(job, yieldToEventLoop);
+    const out = await run(job, betweenTokens(c.req.raw.signal));
     const timing = `prefill;dur=${out.stats.prefill_ms.toFixed(2)}, decode;dur=${out.stats.decode_ms.toFixed(2)}`;
     return c.json(shapes.whole(out), 200, { 'Server-Timing': timing });
   }
-  const produce = async (send: SendEvent) => {
+  const produce = async (sendRaw: SendEvent, gone: AbortSignal) => {
+    const send = withNullUsage(o, sendRaw);
     const opening = shapes.opening?.();
     if (opening) await send(opening);
-    const out = await run(job, (t) => send(shapes.delta(t)));
+    const out = await run(job, betweenTokens(gone), (t) => send(shapes.delta(t)));
     await send(shapes.finish(out.finishReason, out.stats));
-    if (o.stream_options?.include_usage) await send(shapes.usage(out.usage));
+    if (o.stream_options?.include_usage) await sendRaw(shapes.usage(out.usage));
   };
-  let waitUntil: ((p: Promise<unknown>) => void) | undefined;
-  try {
-    const ctx = c.executionCtx;
-    waitUntil = (p) => ctx.waitUntil(p);
-  } catch {
-    // no execution context (the app called directly in a test): the open stream keeps the work alive
-  }
-  return sseResponse(produce, waitUntil);
+  return sseResponse(produce, waitUntilOf(c));
 }
 
 export function completionId(prefix: string): string {

@@ -29,6 +29,8 @@ export const lazySchema = z
     enabled: z.boolean().optional(),
     /** default: the engine's measured default schedule for the model */
     schedule: scheduleSchema.optional(),
+    /** adds `lazy_stats.trace`: what each layer computed at prefill and what decode revived (src/engine/trace.ts) */
+    trace: z.boolean().optional(),
   })
   .strict();
 export type LazyOptions = z.infer<typeof lazySchema>;
@@ -102,10 +104,22 @@ function paramName(path: ReadonlyArray<string | number>): string | null {
   return path.map((p, i) => (typeof p === 'number' ? `[${p}]` : i === 0 ? p : `.${p}`)).join('');
 }
 
-function issueToError(issue: z.ZodIssue): ApiError {
+/** The value at a zod issue's path in the body, undefined when any step of the path is missing. */
+function valueAt(body: unknown, path: ReadonlyArray<string | number>): unknown {
+  let v = body;
+  for (const k of path) {
+    if (typeof v !== 'object' || v === null) return undefined;
+    v = (v as Record<string | number, unknown>)[k];
+  }
+  return v;
+}
+
+function issueToError(issue: z.ZodIssue, body: unknown): ApiError {
   const param = paramName(issue.path);
   const where = param ? `'${param}'` : 'the request body';
-  if (issue.code === 'invalid_type' && issue.received === 'undefined') {
+  // A union (prompt, content, stop) reports a missing value as a value none of its members took.
+  const missing = (issue.code === 'invalid_type' && issue.received === 'undefined') || (issue.path.length > 0 && valueAt(body, issue.path) === undefined);
+  if (missing) {
     return new ApiError(400, `Missing required parameter: ${where}.`, 'missing_required_parameter', param);
   }
   if (issue.code === 'invalid_type') {
@@ -128,7 +142,7 @@ export function validate<T extends z.ZodTypeAny>(schema: T, body: unknown): z.in
     }
   }
   const r = schema.safeParse(body);
-  if (!r.success) throw issueToError(r.error.issues[0]);
+  if (!r.success) throw issueToError(r.error.issues[0], body);
   return r.data;
 }
 

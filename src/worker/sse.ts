@@ -1,12 +1,9 @@
-import { logFault, toApiError } from './errors.js';
+import { ClientGone, logFault, toApiError } from './errors.js';
+
+export { ClientGone };
 
 /** Sends one server-sent event carrying `data` as JSON; rejects with ClientGone once the client has hung up. */
 export type SendEvent = (data: unknown) => Promise<void>;
-
-/** Thrown into the producer when the client disconnects, so that generation stops instead of running on. */
-export class ClientGone extends Error {
-  override name = 'ClientGone';
-}
 
 export const SSE_HEADERS = {
   'Content-Type': 'text/event-stream; charset=utf-8',
@@ -21,25 +18,34 @@ export const SSE_HEADERS = {
  * client before the next token is computed (and a slow reader slows generation instead of
  * queueing text in memory). An error after the headers went out cannot change the status any more:
  * it becomes a final `data: {"error": {...}}` event (the openai SDK raises it as an APIError).
+ *
+ * `gone` is aborted as soon as the client hangs up, even between writes: a producer that computes
+ * tokens without sending (text held back for a stop string) checks it, so no work outlives the reader.
+ * A hang-up is a normal event, never logged.
  */
-export function sseResponse(produce: (send: SendEvent) => Promise<void>, waitUntil?: (p: Promise<unknown>) => void): Response {
+export function sseResponse(produce: (send: SendEvent, gone: AbortSignal) => Promise<void>, waitUntil?: (p: Promise<unknown>) => void): Response {
   const { readable, writable } = new TransformStream<Uint8Array, Uint8Array>();
   const writer = writable.getWriter();
   const encoder = new TextEncoder();
+  const hangUp = new AbortController();
+  // The writable side errors when the reader cancels: that is the hang-up, whenever it happens.
+  writer.closed.catch(() => hangUp.abort(new ClientGone('the client closed the stream')));
   const write = async (text: string) => {
+    if (hangUp.signal.aborted) throw new ClientGone('the client closed the stream');
     try {
       await writer.write(encoder.encode(text));
     } catch {
+      hangUp.abort(new ClientGone('the client closed the stream'));
       throw new ClientGone('the client closed the stream');
     }
   };
   const run = (async () => {
     try {
-      await produce((data) => write(`data: ${JSON.stringify(data)}\n\n`));
+      await produce((data) => write(`data: ${JSON.stringify(data)}\n\n`), hangUp.signal);
       await write('data: [DONE]\n\n');
       await writer.close();
     } catch (e) {
-      if (e instanceof ClientGone) return;
+      if (e instanceof ClientGone || hangUp.signal.aborted) return;
       const err = toApiError(e);
       logFault(err, e, 'streamed generation');
       try {

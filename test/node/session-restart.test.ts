@@ -8,68 +8,31 @@
  * same turns run with the engine in this process on the same shards. Only 127.0.0.1 is contacted;
  * whatever the test started is killed and the directory removed, whether it passes or fails.
  */
-import { spawn, type ChildProcess } from 'node:child_process';
-import { mkdtempSync, openSync, readFileSync, rmSync } from 'node:fs';
+import type { ChildProcess } from 'node:child_process';
+import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
-import { freeLoopbackPort, loadModelFromDir, REPO_ROOT } from '../../scripts/lib/node-env.js';
+import { loadModelFromDir } from '../../scripts/lib/node-env.js';
 import { ensureDefaultShards } from '../../scripts/lib/shard-tasks.js';
 import { SequenceState } from '../../src/engine/caches.js';
 import { generate } from '../../src/engine/generate.js';
 import { defaultSchedule } from '../../src/engine/policy.js';
 import { renderChat } from '../../src/worker/chat-template.js';
+import { exited, killGroup, startWranglerDev, type DevServer } from '../support/wrangler-dev.js';
 
 const TURNS = [
   { content: 'Once upon a time, there was a little bird named Pip.', max_tokens: 30, temperature: 0.7, seed: 5 },
   { content: 'Pip wanted to fly over the tall tree.', max_tokens: 30, temperature: 0.7, seed: 6 },
 ];
 
-interface Server {
-  child: ChildProcess;
-  base: string;
-  log: string;
-}
+type Server = DevServer;
 
 const started: ChildProcess[] = [];
 const persist = mkdtempSync(join(tmpdir(), 'lazy-edge-persist-'));
 
-function killGroup(child: ChildProcess, signal: NodeJS.Signals): void {
-  if (child.pid !== undefined && child.exitCode === null && child.signalCode === null) {
-    try {
-      process.kill(-child.pid, signal);
-    } catch {
-      // already gone
-    }
-  }
-}
-
-const exited = (child: ChildProcess) => new Promise<void>((r) => (child.exitCode !== null || child.signalCode !== null ? r() : child.once('exit', () => r())));
-
-async function startServer(n: number): Promise<Server> {
-  const port = await freeLoopbackPort();
-  const log = join(persist, `wrangler-${n}.log`);
-  const out = openSync(log, 'w');
-  const child = spawn(join(REPO_ROOT, 'node_modules/.bin/wrangler'), ['dev', '--ip', '127.0.0.1', '--port', String(port), '--persist-to', persist, '--var', 'MODEL_NAME:stories260K'], {
-    cwd: REPO_ROOT,
-    detached: true, // its own process group: wrangler and its workerd processes stop together
-    stdio: ['ignore', out, out],
-    env: { ...process.env, WRANGLER_SEND_METRICS: 'false', WRANGLER_HIDE_BANNER: 'true', CLOUDFLARE_CF_FETCH_ENABLED: 'false', NO_COLOR: '1' },
-  });
-  started.push(child);
-  const base = `http://127.0.0.1:${port}`;
-  // Ready when /healthz answers (the model is loaded by then); fail at once if wrangler exits.
-  for (;;) {
-    if (child.exitCode !== null || child.signalCode !== null) throw new Error(`wrangler dev exited (${child.exitCode ?? child.signalCode}); log:\n${readFileSync(log, 'utf8')}`);
-    try {
-      const res = await fetch(`${base}/healthz`);
-      if (res.ok) return { child, base, log };
-    } catch {
-      // not listening yet
-    }
-    await new Promise((r) => setTimeout(r, 250));
-  }
-}
+const startServer = (n: number): Promise<Server> =>
+  startWranglerDev(['--persist-to', persist, '--var', 'MODEL_NAME:stories260K'], join(persist, `wrangler-${n}.log`), started);
 
 async function call<T>(s: Server, method: string, path: string, body?: object): Promise<T> {
   const res = await fetch(`${s.base}${path}`, { method, headers: { 'content-type': 'application/json' }, body: body && JSON.stringify(body) });

@@ -151,10 +151,12 @@ describe('POST /v1/completions', () => {
     const finish = chunks.pop()!;
     expect(chunks.length).toBeGreaterThan(10); // one event per released piece of text, not one blob
     for (const ch of chunks) {
-      expect(ch).toEqual({ id: finish.id, object: 'text_completion', created: finish.created, model: MODEL, choices: [{ text: expect.any(String), index: 0, logprobs: null, finish_reason: null }] });
+      // with include_usage, OpenAI sends "usage": null in every chunk before the usage chunk
+      expect(ch).toEqual({ id: finish.id, object: 'text_completion', created: finish.created, model: MODEL, choices: [{ text: expect.any(String), index: 0, logprobs: null, finish_reason: null }], usage: null });
     }
     expect(chunks.map((ch) => ch.choices[0].text).join('')).toBe(whole.choices[0].text);
     expect(finish.choices).toEqual([{ text: '', index: 0, logprobs: null, finish_reason: whole.choices[0].finish_reason }]);
+    expect(finish.usage).toBeNull();
     expect(finish.lazy_stats.computed_per_layer).toEqual(whole.lazy_stats.computed_per_layer);
     expect(usage.choices).toEqual([]);
     expect(usage.usage).toEqual(whole.usage);
@@ -273,7 +275,7 @@ describe('bad input: a 4xx with an OpenAI error body', () => {
     ['malformed JSON', '{"model": "stories260K", "prompt": ', 400, 'invalid_json', null],
     ['a body that is not an object', '[1, 2]', 400, 'invalid_type', null],
     ['a missing model', { prompt: 'hi' }, 400, 'missing_required_parameter', 'model'],
-    ['a missing prompt', { model: MODEL }, 400, 'invalid_value', 'prompt'],
+    ['a missing prompt', { model: MODEL }, 400, 'missing_required_parameter', 'prompt'],
     ['a prompt of the wrong type', { ...ok, prompt: 42 }, 400, 'invalid_value', 'prompt'],
     ['a prompt list of two strings', { ...ok, prompt: ['a', 'b'] }, 400, 'invalid_value', 'prompt'],
     ['a prompt of token ids', { ...ok, prompt: [1, 2, 3] }, 400, 'invalid_value', 'prompt'],
@@ -317,7 +319,7 @@ describe('bad input: a 4xx with an OpenAI error body', () => {
     ['messages not a list', { model: MODEL, messages: 'hi' }, 400, 'invalid_type', 'messages'],
     ['an unknown role', { model: MODEL, messages: [{ role: 'tool', content: 'x' }] }, 400, 'invalid_value', 'messages[0].role'],
     ['content of the wrong type', { model: MODEL, messages: [{ role: 'user', content: 7 }] }, 400, 'invalid_value', 'messages[0].content'],
-    ['a missing content', { model: MODEL, messages: [{ role: 'user' }] }, 400, 'invalid_value', 'messages[0].content'],
+    ['a missing content', { model: MODEL, messages: [{ role: 'user' }] }, 400, 'missing_required_parameter', 'messages[0].content'],
     ['a conversation longer than the context', { model: MODEL, messages: [{ role: 'user', content: long }] }, 400, 'context_length_exceeded', 'messages'],
     ['max_completion_tokens beyond the context', { model: MODEL, messages: [{ role: 'user', content: 'hi' }], max_completion_tokens: 9999 }, 400, 'invalid_value', 'max_completion_tokens'],
     ['n = 3', { model: MODEL, messages: [{ role: 'user', content: 'hi' }], n: 3 }, 400, 'invalid_value', 'n'],
@@ -344,7 +346,7 @@ describe('bad input: a 4xx with an OpenAI error body', () => {
   it('answers unknown routes with 404 and wrong methods with 405 and an Allow header', async () => {
     await expectError(await worker('/v1/nothing'), 404, 'unknown_url');
     await expectError(await post('/v1/engines', {}), 404, 'unknown_url');
-    await expectError(await worker('/'), 404, 'unknown_url');
+    await expectError(await worker('/index.html'), 404, 'unknown_url'); // / is the playground page (test/workers/playground.test.ts)
     const get = await worker('/v1/completions');
     expect(get.headers.get('allow')).toBe('POST');
     await expectError(get, 405, 'method_not_allowed');

@@ -4,7 +4,7 @@ import type { AppEnv } from '../app-env.js';
 import { apiKeyId } from '../auth.js';
 import type { Failure, TurnEvent, TurnOutcome, TurnRequest } from '../chat-session.js';
 import { ApiError } from '../errors.js';
-import { completionId, servedModel } from '../generation.js';
+import { completionId, servedModel, waitUntilOf, withNullUsage } from '../generation.js';
 import { chatSchema, messageSchema, readJson, validate, type ChatRequest } from '../schemas.js';
 import { ClientGone, sseResponse, type SendEvent } from '../sse.js';
 
@@ -83,39 +83,61 @@ async function turnResponse(c: Context<AppEnv>, id: string, model: string, req: 
   }
 
   // Streaming: the object sends "start" once the request passed every check (until then a refusal
-  // is an ordinary 4xx), then the text as it is released; the events are written as SSE here.
+  // is an ordinary 4xx), then the text as it is released; the events are written as SSE here. Once
+  // the client hangs up, every later event is answered `false`, which makes the object
+  // abandon the turn (state as before it) and free the session at once.
   let started!: () => void;
   const startedP = new Promise<null>((r) => (started = () => r(null)));
   let ready!: () => void;
   const readyP = new Promise<void>((r) => (ready = r));
   let send: SendEvent | null = null;
-  const onEvent = async (e: TurnEvent) => {
-    if (e.type === 'start') return started();
+  let gone: AbortSignal | null = null;
+  const onEvent = async (e: TurnEvent): Promise<boolean> => {
+    if (e.type === 'start') {
+      started();
+      return true;
+    }
     await readyP;
-    await send!(chunk({ content: e.text }, null));
+    if (!send || gone?.aborted) return false;
+    try {
+      await send(chunk({ content: e.text }, null));
+      return true;
+    } catch {
+      return false; // the client hung up (ClientGone): the object abandons the turn
+    }
   };
   const replyP = obj.turn(id, req, onEvent);
   replyP.catch(() => {}); // awaited below; this only keeps an early rejection from counting as unhandled
   const early = await Promise.race([startedP, replyP]);
   if (early && !early.ok) raise(early);
-  let waitUntil: ((p: Promise<unknown>) => void) | undefined;
-  try {
-    const ctx = c.executionCtx;
-    waitUntil = (p) => ctx.waitUntil(p);
-  } catch {
-    // no execution context (the app called directly): the open stream keeps the work alive
-  }
-  return sseResponse(async (s) => {
+  return sseResponse(async (sendRaw, hangUp) => {
+    const s = withNullUsage(o, sendRaw);
+    gone = hangUp;
     send = s;
-    await s(chunk({ role: 'assistant', content: '' }, null));
+    try {
+      await s(chunk({ role: 'assistant', content: '' }, null));
+    } catch (e) {
+      // The client left before the first chunk: release the object's events all the same, so that
+      // its next one fails and it abandons the turn (never waiting forever with the session busy),
+      // and stay until it has, which keeps this request's callback alive for it.
+      ready();
+      await replyP.catch(() => undefined);
+      throw e;
+    }
     ready();
-    const r = await replyP;
+    let r: Awaited<typeof replyP>;
+    try {
+      r = await replyP;
+    } catch (e) {
+      if (hangUp.aborted) throw new ClientGone('the client closed the stream');
+      throw e;
+    }
     if (!r.ok && r.error.code === 'client_gone') throw new ClientGone(r.error.message);
     if (!r.ok) raise(r);
     const out = r as TurnOutcome;
     await s({ ...chunk({}, out.finishReason), lazy_stats: out.stats, session: out.session });
-    if (o.stream_options?.include_usage) await s({ ...base(), object: 'chat.completion.chunk' as const, choices: [], usage: out.usage });
-  }, waitUntil);
+    if (o.stream_options?.include_usage) await sendRaw({ ...base(), object: 'chat.completion.chunk' as const, choices: [], usage: out.usage });
+  }, waitUntilOf(c));
 }
 
 /**

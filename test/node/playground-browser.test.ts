@@ -1,0 +1,200 @@
+/**
+ * SPAWNS `wrangler dev` and a headless Chromium: the playground page in a real browser.
+ *
+ * Starts `wrangler dev --ip 127.0.0.1 --port <free> --var MODEL_NAME:stories260K` (its own process
+ * group, persisted to a temporary directory), then Debian's /usr/bin/chromium driven by
+ * playwright-core (never a downloaded browser; `.ci/run` installs the package when missing). The
+ * page loads from the dev server, sends a chat message, and the streamed reply must grow in
+ * several steps and end as the same text the API gives for the same request; the pruning grid
+ * must have one row per layer of the model and one column per token of the prompt as the chat
+ * template renders it, with the prompt's text along it and each layer's computed cells matching
+ * the API's prefill statistics. A session chat must survive a reload. The screenshot of the page
+ * after the first reply is written to docs/playground.png. Only 127.0.0.1 is contacted; the
+ * browser and the server are stopped whether the test passes or fails.
+ */
+import type { ChildProcess } from 'node:child_process';
+import { existsSync, mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { chromium, type Browser, type Page } from 'playwright-core';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { loadModelFromDir, REPO_ROOT } from '../../scripts/lib/node-env.js';
+import { ensureDefaultShards } from '../../scripts/lib/shard-tasks.js';
+import type { LoadedModel } from '../../src/engine/model.js';
+import type { LazyTrace } from '../../src/engine/trace.js';
+import { encodePrompt } from '../../src/model/text-tokenizer.js';
+import { renderChat } from '../../src/worker/chat-template.js';
+import { exited, killGroup, startWranglerDev, type DevServer } from '../support/wrangler-dev.js';
+
+const CHROMIUM = '/usr/bin/chromium';
+const CHROMIUM_ARGS = ['--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking', '--disable-component-update', '--no-first-run'];
+const SCREENSHOT = join(REPO_ROOT, 'docs/playground.png');
+
+const SYSTEM = 'A story about a cat and a dog.';
+const USER = 'Once upon a time, there was a little cat named Tom who wanted to find his ball.';
+/** prunes even this short prompt (the default schedule's floor of 128 tokens would keep it whole) */
+const SCHEDULE = 'bos,1:0.5,3:0.5';
+const MAX_TOKENS = 48;
+const SEED = 7;
+
+const started: ChildProcess[] = [];
+const persist = mkdtempSync(join(tmpdir(), 'lazy-edge-playground-'));
+let server: DevServer;
+let browser: Browser | undefined;
+let model: LoadedModel;
+/** uncaught errors of the page's script: none may happen */
+const pageErrors: string[] = [];
+
+beforeAll(async () => {
+  if (!existsSync(CHROMIUM)) throw new Error(`${CHROMIUM} is missing: apt-get install -y chromium (.ci/run does)`);
+  model = await loadModelFromDir(await ensureDefaultShards());
+  server = await startWranglerDev(['--persist-to', persist, '--var', 'MODEL_NAME:stories260K'], join(persist, 'wrangler.log'), started);
+  browser = await chromium.launch({ executablePath: CHROMIUM, args: CHROMIUM_ARGS });
+});
+
+afterAll(async () => {
+  await browser?.close();
+  for (const c of started) killGroup(c, 'SIGKILL');
+  await Promise.all(started.map(exited));
+  rmSync(persist, { recursive: true, force: true });
+});
+
+async function openPage(): Promise<Page> {
+  const page = await browser!.newPage({ viewport: { width: 1280, height: 900 } });
+  page.on('pageerror', (e) => pageErrors.push(e.message));
+  await page.goto(`${server.base}/`);
+  await expect.poll(() => page.textContent('#status')).toContain('model stories260K');
+  return page;
+}
+
+async function settings(page: Page, o: { session: boolean }) {
+  await page.fill('#system', SYSTEM);
+  await page.fill('#maxtokens', String(MAX_TOKENS));
+  await page.fill('#temperature', '0');
+  await page.fill('#seed', String(SEED));
+  await page.fill('#schedule', SCHEDULE);
+  await page.setChecked('#lazy', true);
+  await page.setChecked('#usesession', o.session);
+}
+
+/**
+ * Sends `text` and waits for the reply; returns the lengths the reply's text had, in order. The
+ * page sets the text once per streamed delta, each time as a new text node, so a MutationObserver
+ * sees every length even when several deltas arrive in one network read.
+ */
+async function sendAndWatch(page: Page, text: string): Promise<{ lengths: number[]; reply: string }> {
+  await page.evaluate(() => {
+    const w = window as unknown as { lengths: number[] };
+    w.lengths = [];
+    new MutationObserver((records) => {
+      for (const r of records) {
+        const target = r.target as Element;
+        if (!target.classList?.contains('text') || !target.parentElement?.classList.contains('assistant')) continue;
+        for (const n of Array.from(r.addedNodes)) if (n.nodeType === Node.TEXT_NODE) w.lengths.push((n as Text).data.length);
+      }
+    }).observe(document.getElementById('log')!, { childList: true, subtree: true });
+  });
+  const before = await page.locator('.msg.assistant').count();
+  await page.fill('#input', text);
+  await page.click('#send');
+  const reply = page.locator('.msg.assistant').nth(before);
+  await expect.poll(() => reply.getAttribute('data-state'), { timeout: 120_000 }).toMatch(/^(done|error)$/);
+  expect(await reply.getAttribute('data-state'), await reply.textContent() ?? '').toBe('done');
+  return { lengths: await page.evaluate(() => (window as unknown as { lengths: number[] }).lengths), reply: (await reply.locator('.text').textContent()) ?? '' };
+}
+
+interface Completion {
+  choices: { message: { content: string } }[];
+  lazy_stats: { prefill_computed_per_layer: number[]; trace: LazyTrace };
+}
+
+describe('[spawns wrangler dev and Chromium] the playground page', () => {
+  it('streams a reply and draws the pruning grid the model and prompt imply', async () => {
+    const page = await openPage();
+    await settings(page, { session: false });
+    const { lengths, reply } = await sendAndWatch(page, USER);
+
+    // The same request, non-streamed, straight to the API: the page must show exactly its text.
+    const messages = [
+      { role: 'system' as const, content: SYSTEM },
+      { role: 'user' as const, content: USER },
+    ];
+    const res = await fetch(`${server.base}/v1/chat/completions`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
+      body: JSON.stringify({ model: 'stories260K', messages, max_tokens: MAX_TOKENS, temperature: 0, seed: SEED, lazy: { enabled: true, schedule: SCHEDULE, trace: true } }),
+    });
+    expect(res.status).toBe(200);
+    const api = (await res.json()) as Completion;
+    expect(reply).toBe(api.choices[0].message.content);
+    expect(reply.length).toBeGreaterThan(20);
+
+    // It grew while streaming: several lengths, each longer than the last, ending at the whole reply.
+    const growing = lengths.filter((n) => n > 0);
+    expect(growing.length, JSON.stringify(lengths)).toBeGreaterThanOrEqual(3);
+    for (let k = 1; k < growing.length; k++) expect(growing[k]).toBeGreaterThan(growing[k - 1]);
+    expect(growing.at(-1)).toBe(reply.length);
+
+    // The grid: layers x prompt tokens, as the model's config and the chat template imply.
+    const layers = model.config.nLayers;
+    const rendered = renderChat(model.manifest.chatTemplate, messages);
+    const tokens = encodePrompt(model.tokenizer, rendered).length;
+    const grid = page.locator('#grid');
+    expect(await grid.getAttribute('data-layers')).toBe(String(layers));
+    expect(await grid.getAttribute('data-tokens')).toBe(String(tokens));
+    expect(await page.locator('#grid .row.layer').count()).toBe(layers);
+    const perLayer = await page.$$eval('#grid .row.layer', (rows) =>
+      rows.map((r) => ({ cells: r.querySelectorAll('.c').length, computed: r.querySelectorAll('.c.computed').length, revived: r.querySelectorAll('.c.revived').length })),
+    );
+    expect(perLayer.map((r) => r.cells)).toEqual(new Array(layers).fill(tokens));
+    expect(perLayer.map((r) => r.computed)).toEqual(api.lazy_stats.prefill_computed_per_layer);
+    expect(perLayer[0].computed).toBe(tokens); // layer 0 computes every token
+    expect(perLayer.some((r) => r.computed < tokens)).toBe(true); // the schedule pruned something
+    const revivedCells = api.lazy_stats.trace.revivals.reduce((s, [, , from, to]) => s + to - from, 0);
+    expect(perLayer.reduce((s, r) => s + r.revived, 0)).toBe(revivedCells);
+
+    // The prompt's text runs along the grid, one label per token (BOS shows as "·", a newline as "⏎").
+    const labels = await page.$$eval('#grid .row.tokens .t', (ts) => ts.map((t) => t.textContent ?? ''));
+    expect(labels).toHaveLength(tokens);
+    expect(labels.join('').replaceAll('·', '').replaceAll('⏎', '\n')).toBe(rendered);
+
+    // The reply's statistics: TTFT, speed, rows per layer against dense.
+    const stats = (await page.locator('.msg.assistant .stats').first().textContent()) ?? '';
+    expect(stats).toMatch(/TTFT \d+ ms/);
+    expect(stats).toMatch(/tokens\/s/);
+    expect(stats).toContain(`schedule ${SCHEDULE}`);
+
+    await page.screenshot({ path: SCREENSHOT, fullPage: true });
+    expect(existsSync(SCREENSHOT)).toBe(true);
+    expect(pageErrors).toEqual([]);
+    await page.close();
+  });
+
+  it('keeps a session chat across a page reload', async () => {
+    const page = await openPage();
+    await page.click('#newchat');
+    await settings(page, { session: true });
+    const { reply } = await sendAndWatch(page, USER);
+    const id = await page.evaluate(() => localStorage.getItem('lazy-edge.session'));
+    expect(id).toMatch(/^sess_[0-9a-f]{32}$/);
+    expect(await page.textContent('#sessioninfo')).toContain(id!);
+
+    await page.reload();
+    await expect.poll(() => page.locator('.msg').count()).toBe(2);
+    expect(await page.locator('.msg.user .text').textContent()).toBe(USER);
+    expect(await page.locator('.msg.assistant .text').textContent()).toBe(reply);
+    expect(await page.inputValue('#system')).toBe(SYSTEM);
+
+    // The second turn continues the stored session: the server reuses the cached history.
+    const second = await sendAndWatch(page, 'Tom looked under the bed.');
+    expect(second.reply.length).toBeGreaterThan(0);
+    const grid = page.locator('#grid');
+    const stored = (await (await fetch(`${server.base}/v1/sessions/${id}`)).json()) as { messages: unknown[]; stats: { tokens: number } };
+    expect(stored.messages).toHaveLength(5); // system, user, assistant, user, assistant
+    const reusedCells = await page.locator('#grid .c.earlier').count();
+    expect(reusedCells).toBeGreaterThan(0); // history computed in the first turn
+    expect(Number(await grid.getAttribute('data-tokens'))).toBeLessThan(stored.stats.tokens);
+    expect(pageErrors).toEqual([]);
+    await page.close();
+  });
+});
