@@ -88,6 +88,8 @@ export interface ModeRun {
   /** next-token logits at the end of the prompt */
   firstLogits: Float32Array;
   prefill_ms: number;
+  /** prefill FLOPs against dense's for the same prompt (1 for dense) */
+  prefill_flops_ratio: number;
 }
 
 /** Prefill and greedy decode with one schedule (null = dense), keeping the first logits for KL. */
@@ -97,6 +99,7 @@ export async function runMode(model: LoadedModel, prompt: number[], schedule: Sc
   let step = await runStep(model, seq, prompt, { schedule });
   const prefillMs = performance.now() - t0;
   const firstLogits = step.logits;
+  const flopsRatio = step.stats.flops / step.stats.denseFlops;
   const decoder = model.tokenizer.createDecoder({ prev: prompt[prompt.length - 1] });
   let text = '';
   for (let k = 0; k < maxTokens; k++) {
@@ -105,5 +108,5 @@ export async function runMode(model: LoadedModel, prompt: number[], schedule: Sc
     text += decoder.push(next);
     if (k + 1 < maxTokens) step = await runStep(model, seq, [next], { schedule });
   }
-  return { text: text + decoder.flush(), firstLogits, prefill_ms: prefillMs };
+  return { text: text + decoder.flush(), firstLogits, prefill_ms: prefillMs, prefill_flops_ratio: flopsRatio };
 }

@@ -1,6 +1,7 @@
 import { SequenceState } from './caches.js';
 import { EngineError } from './errors.js';
 import type { LoadedModel } from './model.js';
+import { tokenLogprobs, type TokenLogprob } from './logprobs.js';
 import { formatSchedule, type Schedule } from './policy.js';
 import { Sampler, type SamplerOptions } from './sampler.js';
 import { runStep, type LayerTrace, type StepStats } from './step.js';
@@ -17,8 +18,15 @@ export interface GenerateOptions {
   schedule: Schedule | null;
   /** performance.now() value after which no further token is started (finish_reason "length") */
   deadline?: number;
-  /** receives text as soon as it is safe to show (never part of a stop string) */
-  onText?: (delta: string) => void | Promise<void>;
+  /**
+   * receives text as soon as it is safe to show (never part of a stop string). With `logprobs`,
+   * also the logprobs of the tokens released with it: a token goes out with the piece that
+   * completes its text (one that only opens a character, with the piece that closes it), the last
+   * call carries every token not sent yet (then `delta` may be ""), and in all they are `tokens`.
+   */
+  onText?: (delta: string, logprobs?: TokenLogprob[]) => void | Promise<void>;
+  /** compute each generated token's logprob and its `top` alternatives (src/engine/logprobs.ts); off when absent */
+  logprobs?: { top: number };
   /**
    * Awaited before every decode step, whether or not text was released: the host yields to its
    * event loop here (other requests take turns) and throws to stop a generation nobody waits for.
@@ -57,6 +65,8 @@ export interface GenerateResult {
   promptTokens: number;
   finishReason: FinishReason;
   stats: GenerationStats;
+  /** with GenerateOptions.logprobs: one per entry of `tokens` */
+  logprobs?: TokenLogprob[];
 }
 
 /** Length of the longest suffix of `text` that begins some stop string: text we must hold back. */
@@ -107,6 +117,17 @@ export async function generate(model: LoadedModel, seq: SequenceState, prompt: r
   let emitted = 0;
   let finishReason: FinishReason = 'length';
   let logits = first.logits;
+  const top = opts.logprobs?.top;
+  const logprobs: TokenLogprob[] | undefined = top === undefined ? undefined : [];
+  // logprobs[k] ends at text offset ends[k]; logprobs[sent..] have not gone out with a piece yet
+  const ends: number[] = [];
+  let sent = 0;
+  const release = (upTo: number): TokenLogprob[] | undefined => {
+    if (!logprobs) return undefined;
+    const from = sent;
+    while (sent < logprobs.length && ends[sent] <= upTo) sent++;
+    return logprobs.slice(from, sent);
+  };
   for (;;) {
     const next = sampler.sample(logits);
     if (tok.endIds.has(next)) {
@@ -115,6 +136,10 @@ export async function generate(model: LoadedModel, seq: SequenceState, prompt: r
     }
     tokens.push(next);
     text += decoder.push(next);
+    if (logprobs) {
+      logprobs.push(tokenLogprobs(logits, next, top!));
+      ends.push(text.length);
+    }
     const hit = stops.map((s) => text.indexOf(s)).filter((i) => i >= 0);
     if (hit.length) {
       text = text.slice(0, Math.min(...hit));
@@ -122,7 +147,7 @@ export async function generate(model: LoadedModel, seq: SequenceState, prompt: r
       break;
     }
     const safe = text.length - heldBack(text, stops);
-    if (opts.onText && safe > emitted) await opts.onText(text.slice(emitted, safe));
+    if (opts.onText && safe > emitted) await opts.onText(text.slice(emitted, safe), release(safe));
     emitted = Math.max(emitted, safe);
     if (tokens.length >= opts.maxTokens) break;
     await opts.beforeStep?.();
@@ -132,7 +157,7 @@ export async function generate(model: LoadedModel, seq: SequenceState, prompt: r
     logits = step.logits;
   }
   if (finishReason === 'length') text += decoder.flush();
-  if (opts.onText && text.length > emitted) await opts.onText(text.slice(emitted));
+  if (opts.onText && (text.length > emitted || (logprobs && sent < logprobs.length))) await opts.onText(text.slice(emitted), release(Infinity));
 
   const decodeMs = performance.now() - tDecode;
   const steps = Math.max(0, tokens.length - 1);
@@ -141,6 +166,7 @@ export async function generate(model: LoadedModel, seq: SequenceState, prompt: r
     tokens,
     promptTokens: prompt.length,
     finishReason,
+    ...(logprobs ? { logprobs } : {}),
     stats: {
       schedule: opts.schedule ? formatSchedule(opts.schedule) : 'dense',
       prompt_tokens: prompt.length,

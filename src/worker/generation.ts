@@ -10,6 +10,7 @@ import type { AppEnv } from './app-env.js';
 import type { Env } from './env.js';
 import { ApiError, ClientGone, invalid } from './errors.js';
 import { getModel } from './model-store.js';
+import { LogprobShaper, type ShapedLogprob } from './logprobs.js';
 import type { LazyOptions } from './schemas.js';
 import { sseResponse, type SendEvent } from './sse.js';
 
@@ -86,6 +87,8 @@ export interface Job {
   deadline: number;
   /** lazy.trace: attach a TraceRecorder's record to the stats */
   trace: boolean;
+  /** logprobs requested: how many alternatives per token (0 = the token's own only); null = off */
+  logprobs: number | null;
 }
 
 /**
@@ -99,7 +102,7 @@ export function planJob(
   model: LoadedModel,
   prompt: number[],
   o: CommonOptions,
-  at: { promptParam: string; maxTokensParam: string; maxTokens?: number | null; defaultMaxTokens: number },
+  at: { promptParam: string; maxTokensParam: string; maxTokens?: number | null; defaultMaxTokens: number; logprobs?: number | null },
 ): Job {
   if (o.n != null && o.n !== 1) throw invalid(`n must be 1: this server returns one choice per request (got ${o.n})`, 'n');
   const ctx = model.config.seqLen;
@@ -128,6 +131,7 @@ export function planJob(
     schedule: resolveSchedule(o.lazy, model.config.nLayers),
     deadline: startedAt + requestBudgetMs(env),
     trace: o.lazy?.trace === true,
+    logprobs: at.logprobs ?? null,
   };
 }
 
@@ -135,6 +139,8 @@ export interface Usage {
   prompt_tokens: number;
   completion_tokens: number;
   total_tokens: number;
+  /** prompt tokens whose state was reused rather than computed: 0 without a session */
+  prompt_tokens_details: { cached_tokens: number };
 }
 
 export interface Outcome {
@@ -142,6 +148,8 @@ export interface Outcome {
   finishReason: FinishReason;
   usage: Usage;
   stats: GenerationStats;
+  /** when the job asked for logprobs: one per completion token */
+  logprobs?: ShapedLogprob[];
 }
 
 /** How an endpoint shapes its objects; `id`, `created` and `model` are the same in every chunk. */
@@ -149,7 +157,8 @@ export interface Shapes {
   whole(o: Outcome): object;
   /** chat sends the assistant role before any text */
   opening?(): object;
-  delta(text: string): object;
+  /** `logprobs`: those of the tokens released with this text, when the job asked for them */
+  delta(text: string, logprobs?: ShapedLogprob[]): object;
   finish(reason: FinishReason, stats: GenerationStats): object;
   usage(u: Usage): object;
 }
@@ -171,21 +180,24 @@ export function betweenTokens(gone?: AbortSignal): () => Promise<void> {
   };
 }
 
-async function run(job: Job, beforeStep: () => Promise<void>, onText?: (t: string) => Promise<void>): Promise<Outcome> {
+async function run(job: Job, beforeStep: () => Promise<void>, onText?: (t: string, logprobs?: ShapedLogprob[]) => Promise<void>): Promise<Outcome> {
   const seq = new SequenceState(job.model.config);
   const tracer = job.trace ? new TraceRecorder(job.model, seq) : undefined;
+  const shaper = job.logprobs === null ? undefined : new LogprobShaper(job.model.tokenizer, job.prompt[job.prompt.length - 1]);
   const r = await generate(job.model, seq, job.prompt, {
     maxTokens: job.maxTokens,
     sampler: job.sampler,
     stop: job.stop,
     schedule: job.schedule,
     deadline: job.deadline,
-    onText,
+    onText: onText && (shaper ? (t, lps) => onText(t, shaper.shape(lps)) : (t) => onText(t)),
     beforeStep,
     trace: tracer?.hook,
+    ...(job.logprobs === null ? {} : { logprobs: { top: job.logprobs } }),
   });
-  const usage = { prompt_tokens: r.promptTokens, completion_tokens: r.tokens.length, total_tokens: r.promptTokens + r.tokens.length };
-  return { text: r.text, finishReason: r.finishReason, usage, stats: tracer ? { ...r.stats, trace: tracer.result() } : r.stats };
+  const usage = { prompt_tokens: r.promptTokens, completion_tokens: r.tokens.length, total_tokens: r.promptTokens + r.tokens.length, prompt_tokens_details: { cached_tokens: 0 } };
+  const logprobs = shaper && !onText ? { logprobs: shaper.shape(r.logprobs) } : {};
+  return { text: r.text, finishReason: r.finishReason, usage, stats: tracer ? { ...r.stats, trace: tracer.result() } : r.stats, ...logprobs };
 }
 
 /**
@@ -222,7 +234,7 @@ export async function respond(c: Context<AppEnv>, job: Job, o: CommonOptions, sh
     const send = withNullUsage(o, sendRaw);
     const opening = shapes.opening?.();
     if (opening) await send(opening);
-    const out = await run(job, betweenTokens(gone), (t) => send(shapes.delta(t)));
+    const out = await run(job, betweenTokens(gone), (t, lps) => send(shapes.delta(t, lps)));
     await send(shapes.finish(out.finishReason, out.stats));
     if (o.stream_options?.include_usage) await sendRaw(shapes.usage(out.usage));
   };
