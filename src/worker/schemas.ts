@@ -57,10 +57,17 @@ const generationFields = {
   lazy: lazySchema.nullish(),
 };
 
+/** Token ids as given (no BOS added); checked against the vocabulary once the model is known. */
+const tokenIds = z.array(z.number().int().min(0)).min(1);
+
 export const completionSchema = z.object({
   ...generationFields,
-  /** one string; OpenAI's list forms are accepted only as a list holding exactly one string */
-  prompt: z.union([z.string(), z.tuple([z.string()])], { errorMap: () => ({ message: 'prompt must be a string (or a list holding exactly one string)' }) }),
+  /** one string or one list of token ids; OpenAI's list forms are accepted when they hold exactly one prompt */
+  prompt: z.union([z.string(), z.tuple([z.string()]), tokenIds, z.tuple([tokenIds])], {
+    errorMap: () => ({ message: 'prompt must be a string or a list of token ids (or a list holding exactly one of them)' }),
+  }),
+  /** the legacy logprobs: how many alternatives per token, 0..5 (false = off, as null) */
+  logprobs: z.union([z.number().int().min(0).max(5), z.literal(false)], { errorMap: () => ({ message: 'logprobs must be an integer from 0 to 5' }) }).nullish(),
 });
 export type CompletionRequest = z.infer<typeof completionSchema>;
 
@@ -76,6 +83,9 @@ export type ChatMessage = z.infer<typeof messageSchema>;
 export const chatSchema = z.object({
   ...generationFields,
   messages: z.array(messageSchema).min(1, 'messages must hold at least one message'),
+  logprobs: z.boolean().nullish(),
+  /** alternatives per token, 0..20; needs logprobs: true */
+  top_logprobs: z.number().int().min(0).max(20).nullish(),
   /** OpenAI's newer name for max_tokens in chat */
   max_completion_tokens: z.number().int().min(1).nullish(),
   /** extension: continue a chat session (src/worker/routes/sessions.ts); also the x-session-id header */
@@ -88,8 +98,6 @@ const UNSUPPORTED: Record<string, (v: unknown) => boolean> = {
   echo: (v) => v === false,
   best_of: (v) => v === 1,
   suffix: (v) => v === '',
-  logprobs: (v) => v === false || v === 0,
-  top_logprobs: (v) => v === 0,
   logit_bias: (v) => typeof v === 'object' && v !== null && Object.keys(v).length === 0,
   presence_penalty: (v) => v === 0,
   frequency_penalty: (v) => v === 0,
@@ -97,6 +105,21 @@ const UNSUPPORTED: Record<string, (v: unknown) => boolean> = {
   functions: (v) => Array.isArray(v) && v.length === 0,
   response_format: (v) => typeof v === 'object' && v !== null && (v as { type?: unknown }).type === 'text',
 };
+
+/**
+ * Chat's logprobs options as the number of alternatives per token, or null when off. top_logprobs
+ * without logprobs: true is refused, as OpenAI does (0 is accepted: it asks for nothing).
+ */
+export function chatLogprobs(o: { logprobs?: boolean | null; top_logprobs?: number | null }): number | null {
+  if (o.logprobs === true) return o.top_logprobs ?? 0;
+  if (o.top_logprobs) throw new ApiError(400, "Invalid value for 'top_logprobs': logprobs must be set to true when top_logprobs is used.", 'invalid_value', 'top_logprobs');
+  return null;
+}
+
+/** The completions' legacy logprobs (an integer 0..5) as alternatives per token, or null when off. */
+export function completionLogprobs(o: { logprobs?: number | false | null }): number | null {
+  return typeof o.logprobs === 'number' ? o.logprobs : null;
+}
 
 /** `messages[0].content` style names, as OpenAI reports them in `param`. */
 function paramName(path: ReadonlyArray<string | number>): string | null {
