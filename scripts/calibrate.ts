@@ -27,10 +27,7 @@ import { klDivergence, median } from './lib/fidelity.js';
 import { promptTokens, runMode, type ModeRun } from './lib/task-eval.js';
 import { SequenceState } from '../src/engine/caches.js';
 import { runStep } from '../src/engine/step.js';
-import { generateTasks, scoreReply, TASKS, type TaskName } from './lib/tasks.js';
-import { resolve } from 'node:path';
-
-const FILLER = ['apache-2.0.txt', 'mpl-2.0.txt', 'lgpl-2.1.txt'].map((f) => resolve(REPO_ROOT, '../shared/data', f));
+import { DEFAULT_FILLER, generateTasks, scoreReply, TASKS, type TaskName } from './lib/tasks.js';
 
 /** A grid around the default: one pruning layer, two, three; gentle to aggressive. */
 export function scheduleGrid(nLayers: number): Schedule[] {
@@ -204,7 +201,7 @@ async function taskSweep(values: Record<string, string | boolean | undefined>): 
   const L = model.config.nLayers;
   const schedules = values.schedules ? String(values.schedules).split(';').map((s) => validateSchedule(parseSchedule(s.trim()), L)) : deepScheduleGrid(L);
   const def = formatSchedule(defaultSchedule(L));
-  const filler = FILLER.map((f) => readFileSync(f, 'utf8')).join('\n');
+  const filler = DEFAULT_FILLER.map((f) => readFileSync(f, 'utf8')).join('\n');
   const cases = names.flatMap((task) =>
     generateTasks({ task: task as TaskName, tokens, count: prompts, seed: Number(values.seed), filler, countTokens: (m) => promptTokens(model, m).length }),
   );

@@ -17,12 +17,7 @@ import { DEFAULT_DATA, fail, loadModelFromDir, progress, runMain } from './lib/n
 import { promptWindows, storyStream } from './lib/prompts.js';
 import { ensureDefaultShards } from './lib/shard-tasks.js';
 import { promptTokens, runTaskCase, summarizeTasks, type TaskResult } from './lib/task-eval.js';
-import { generateTasks, parseTasksFile, TASKS, type ChatTurn, type TaskCase, type TaskName } from './lib/tasks.js';
-import { resolve } from 'node:path';
-import { REPO_ROOT } from './lib/node-env.js';
-
-/** Haystack prose for the generated tasks (../shared/data/README.md). */
-const FILLER = ['apache-2.0.txt', 'mpl-2.0.txt', 'lgpl-2.1.txt'].map((f) => resolve(REPO_ROOT, '../shared/data', f));
+import { DEFAULT_FILLER, generateTasks, parseTasksFile, TASKS, type ChatTurn, type TaskCase, type TaskName } from './lib/tasks.js';
 
 function positiveInt(name: string, v: string): number {
   const n = Number(v);
@@ -45,7 +40,7 @@ async function main(): Promise<void> {
       tasks: { type: 'string' },
       'tasks-file': { type: 'string' },
       seed: { type: 'string', default: '1' },
-      filler: { type: 'string', default: FILLER.join(',') },
+      filler: { type: 'string', default: DEFAULT_FILLER.join(',') },
     },
   });
   if (values.tasks !== undefined || values['tasks-file'] !== undefined) return taskMain(values);

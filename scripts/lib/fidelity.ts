@@ -41,7 +41,7 @@ export interface Summary {
   prefill_flops_ratio: number;
 }
 
-function logSoftmax(logits: Float32Array): Float64Array {
+export function logSoftmax(logits: Float32Array): Float64Array {
   let max = -Infinity;
   for (const v of logits) max = Math.max(max, v);
   let sum = 0;

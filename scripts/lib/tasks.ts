@@ -7,7 +7,12 @@
  *   one of them, with look-alike entities holding other answers.
  * Each answer occurs in the prompt exactly once, so "the reply contains it" means the model read it.
  */
+import { resolve } from 'node:path';
 import { createRng, type Rng } from '../../src/model/prng.js';
+import { REPO_ROOT } from './node-env.js';
+
+/** Haystack prose for the generated tasks (../shared/data/README.md): three license texts. */
+export const DEFAULT_FILLER = ['apache-2.0.txt', 'mpl-2.0.txt', 'lgpl-2.1.txt'].map((f) => resolve(REPO_ROOT, '../shared/data', f));
 
 export const TASKS = ['passkey', 'passkey-distractors', 'mdqa'] as const;
 export type TaskName = (typeof TASKS)[number];

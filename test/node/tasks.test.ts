@@ -4,16 +4,15 @@
  * the --tasks-file reader on known cases.
  */
 import { readFileSync } from 'node:fs';
-import { join, resolve } from 'node:path';
+import { join } from 'node:path';
 import { beforeAll, describe, expect, it } from 'vitest';
-import { REPO_ROOT } from '../../scripts/lib/node-env.js';
 import { servedShardsDir } from '../../scripts/lib/served-model.js';
-import { bucketOf, generateTasks, normalize, occurrences, parseTasksFile, scoreReply, TASKS, type ChatTurn } from '../../scripts/lib/tasks.js';
+import { bucketOf, DEFAULT_FILLER, generateTasks, normalize, occurrences, parseTasksFile, scoreReply, TASKS, type ChatTurn } from '../../scripts/lib/tasks.js';
 import { BpeTokenizer } from '../../src/model/bpe-tokenizer.js';
 import { renderChatTemplate } from '../../src/model/chat-template.js';
 import { parseManifest } from '../../src/model/manifest.js';
 
-const filler = ['apache-2.0.txt', 'mpl-2.0.txt', 'lgpl-2.1.txt'].map((f) => readFileSync(resolve(REPO_ROOT, '../shared/data', f), 'utf8')).join('\n');
+const filler = DEFAULT_FILLER.map((f) => readFileSync(f, 'utf8')).join('\n');
 let countTokens: (m: ChatTurn[]) => number;
 
 beforeAll(() => {

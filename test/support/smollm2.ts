@@ -6,6 +6,7 @@ import { servedShardsDir } from '../../scripts/lib/served-model.js';
 import { SequenceState } from '../../src/engine/caches.js';
 import type { LoadedModel } from '../../src/engine/model.js';
 import { runStep } from '../../src/engine/step.js';
+export { argmax, logSoftmax } from '../../scripts/lib/fidelity.js';
 
 const FIXTURES = fileURLToPath(new URL('../fixtures/smollm2/', import.meta.url));
 export const fixture = <T>(name: string): T => JSON.parse(readFileSync(`${FIXTURES}${name}`, 'utf8')) as T;
@@ -61,21 +62,6 @@ export async function logitsAt(m: LoadedModel, ids: number[], positions: number[
     out.push(r.logits);
   }
   return out;
-}
-
-export function logSoftmax(logits: Float32Array): Float64Array {
-  let max = -Infinity;
-  for (const v of logits) max = Math.max(max, v);
-  let sum = 0;
-  for (const v of logits) sum += Math.exp(v - max);
-  const lse = max + Math.log(sum);
-  return Float64Array.from(logits, (v) => v - lse);
-}
-
-export function argmax(a: ArrayLike<number>): number {
-  let b = 0;
-  for (let i = 1; i < a.length; i++) if (a[i] > a[b]) b = i;
-  return b;
 }
 
 /**
