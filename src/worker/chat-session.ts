@@ -19,6 +19,7 @@ import { renderChat } from './chat-template.js';
 import type { Env } from './env.js';
 import { logFault, toApiError, type ErrorBody } from './errors.js';
 import { planJob, yieldToEventLoop, type CommonOptions, type Job, type Usage } from './generation.js';
+import { LogprobShaper, type ShapedLogprob } from './logprobs.js';
 import { getModel } from './model-store.js';
 import type { ChatMessage } from './schemas.js';
 import { encodePrompt } from '../model/text-tokenizer.js';
@@ -129,9 +130,12 @@ export interface TurnRequest {
   /** names used in error messages */
   maxTokensParam: string;
   maxTokens?: number | null;
+  /** logprobs asked for: alternatives per token; null or absent = off */
+  logprobs?: number | null;
 }
 
-export type TurnEvent = { type: 'start' } | { type: 'text'; text: string };
+/** `logprobs` (when the turn asked for them): those of the tokens released with this text. */
+export type TurnEvent = { type: 'start' } | { type: 'text'; text: string; logprobs?: ShapedLogprob[] };
 /**
  * Receives a streamed turn's events; resolving to `false` (or throwing) says the client is gone and
  * the turn is abandoned. The HTTP layer answers `false` rather than throwing: an exception thrown
@@ -144,6 +148,8 @@ export interface TurnOutcome {
   finishReason: FinishReason;
   usage: Usage & { prompt_tokens_details: { cached_tokens: number } };
   stats: GenerationStats;
+  /** when the turn asked for them (a streamed turn sent them with its text instead) */
+  logprobs?: ShapedLogprob[];
   session: {
     id: string;
     turn: number;
@@ -526,6 +532,7 @@ export class ChatSession extends DurableObject<Env> {
         maxTokensParam: req.maxTokensParam,
         maxTokens: req.maxTokens,
         defaultMaxTokens: req.mode === 'append' ? Math.max(1, Math.min(SESSION_DEFAULT_MAX_TOKENS, room)) : Math.max(1, room),
+        logprobs: req.logprobs,
       });
     } catch (e) {
       return failure(e, 'session turn (validation)');
@@ -556,7 +563,9 @@ export class ChatSession extends DurableObject<Env> {
     // From here on memory changes; on any failure it is reloaded from storage, which this turn has not touched.
     try {
       const tracer = job.trace ? new TraceRecorder(model, live.seq) : undefined;
+      const shaper = job.logprobs === null ? undefined : new LogprobShaper(model.tokenizer, target[target.length - 1]);
       const turn = await runTurn(model, live.seq, target, {
+        ...(job.logprobs === null ? {} : { logprobs: { top: job.logprobs } }),
         trace: tracer?.hook,
         maxTokens: job.maxTokens,
         sampler: job.sampler,
@@ -567,7 +576,7 @@ export class ChatSession extends DurableObject<Env> {
         // zero-delay timer lets other requests take their turn (a concurrent message or DELETE is
         // refused with 409 at once rather than queued behind this turn; /healthz answers), and lets
         // the deployed clock move for the request budget. A hung-up stream stops here, within a token.
-        onText: onEvent ? (text) => emit({ type: 'text', text }) : undefined,
+        onText: onEvent ? (text, lps) => emit(shaper ? { type: 'text', text, logprobs: shaper.shape(lps) } : { type: 'text', text }) : undefined,
         beforeStep: async () => {
           await yieldToEventLoop();
           if (clientGone) throw new Error('client gone');
@@ -620,6 +629,7 @@ export class ChatSession extends DurableObject<Env> {
           prompt_tokens_details: { cached_tokens: turn.stats.reused_tokens },
         },
         stats: tracer ? { ...r.stats, trace: tracer.result() } : r.stats,
+        ...(shaper && !onEvent ? { logprobs: shaper.shape(r.logprobs) } : {}),
         session: {
           id: live.meta.session_id,
           turn: turnIdx,

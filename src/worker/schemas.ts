@@ -58,7 +58,7 @@ const generationFields = {
 };
 
 /** Token ids as given (no BOS added); checked against the vocabulary once the model is known. */
-const tokenIds = z.array(z.number().int().min(0)).min(1);
+const tokenIds = z.array(z.number()).min(1);
 
 export const completionSchema = z.object({
   ...generationFields,
@@ -68,6 +68,8 @@ export const completionSchema = z.object({
   }),
   /** the legacy logprobs: how many alternatives per token, 0..5 (false = off, as null) */
   logprobs: z.union([z.number().int().min(0).max(5), z.literal(false)], { errorMap: () => ({ message: 'logprobs must be an integer from 0 to 5' }) }).nullish(),
+  /** chat's option; here logprobs: N says how many alternatives */
+  top_logprobs: z.literal(0, { errorMap: () => ({ message: 'top_logprobs is a chat option; /v1/completions takes logprobs: N (0..5) alternatives per token' }) }).nullish(),
 });
 export type CompletionRequest = z.infer<typeof completionSchema>;
 
@@ -110,14 +112,14 @@ const UNSUPPORTED: Record<string, (v: unknown) => boolean> = {
  * Chat's logprobs options as the number of alternatives per token, or null when off. top_logprobs
  * without logprobs: true is refused, as OpenAI does (0 is accepted: it asks for nothing).
  */
-export function chatLogprobs(o: { logprobs?: boolean | null; top_logprobs?: number | null }): number | null {
+export function chatTopLogprobs(o: { logprobs?: boolean | null; top_logprobs?: number | null }): number | null {
   if (o.logprobs === true) return o.top_logprobs ?? 0;
   if (o.top_logprobs) throw new ApiError(400, "Invalid value for 'top_logprobs': logprobs must be set to true when top_logprobs is used.", 'invalid_value', 'top_logprobs');
   return null;
 }
 
 /** The completions' legacy logprobs (an integer 0..5) as alternatives per token, or null when off. */
-export function completionLogprobs(o: { logprobs?: number | false | null }): number | null {
+export function completionTopLogprobs(o: { logprobs?: number | false | null }): number | null {
   return typeof o.logprobs === 'number' ? o.logprobs : null;
 }
 

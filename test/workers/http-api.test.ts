@@ -91,7 +91,7 @@ describe('POST /v1/completions', () => {
       created: expect.any(Number),
       model: MODEL,
       choices: [{ text: expect.any(String), index: 0, logprobs: null, finish_reason: 'length' }],
-      usage: { prompt_tokens: 5, completion_tokens: 40, total_tokens: 45 },
+      usage: { prompt_tokens: 5, completion_tokens: 40, total_tokens: 45, prompt_tokens_details: { cached_tokens: 0 } },
       lazy_stats: expect.objectContaining({ schedule: formatSchedule(defaultSchedule(5)), prompt_tokens: 5, completion_tokens: 40 }),
     });
     expect(body.choices[0].text).toMatch(/^, there was a little/);
@@ -278,7 +278,8 @@ describe('bad input: a 4xx with an OpenAI error body', () => {
     ['a missing prompt', { model: MODEL }, 400, 'missing_required_parameter', 'prompt'],
     ['a prompt of the wrong type', { ...ok, prompt: 42 }, 400, 'invalid_value', 'prompt'],
     ['a prompt list of two strings', { ...ok, prompt: ['a', 'b'] }, 400, 'invalid_value', 'prompt'],
-    ['a prompt of token ids', { ...ok, prompt: [1, 2, 3] }, 400, 'invalid_value', 'prompt'],
+    ['a prompt of token ids outside the vocabulary', { ...ok, prompt: [1, 2, 99999] }, 400, 'invalid_value', 'prompt[2]'],
+    ['a prompt list of two token-id lists', { ...ok, prompt: [[1], [2]] }, 400, 'invalid_value', 'prompt'],
     ['max_tokens as a string', { ...ok, max_tokens: '10' }, 400, 'invalid_type', 'max_tokens'],
     ['max_tokens not an integer', { ...ok, max_tokens: 2.5 }, 400, 'invalid_type', 'max_tokens'],
     ['max_tokens 0', { ...ok, max_tokens: 0 }, 400, 'invalid_value', 'max_tokens'],
@@ -298,7 +299,7 @@ describe('bad input: a 4xx with an OpenAI error body', () => {
     ['a schedule of the wrong type', { ...ok, lazy: { schedule: 5 } }, 400, 'invalid_value', 'lazy.schedule'],
     ['a schedule with lazy disabled', { ...ok, lazy: { enabled: false, schedule: 'bos' } }, 400, 'invalid_value', 'lazy.schedule'],
     ['an unknown lazy option', { ...ok, lazy: { enable: true } }, 400, 'unknown_parameter', 'lazy'],
-    ['logprobs, which this server cannot give', { ...ok, logprobs: 5 }, 400, 'unsupported_parameter', 'logprobs'],
+    ['logprobs beyond 5', { ...ok, logprobs: 6 }, 400, 'invalid_value', 'logprobs'],
     ['echo', { ...ok, echo: true }, 400, 'unsupported_parameter', 'echo'],
   ])('completions: %s', async (_name, body, status, code, param) => {
     await expectError(await completion(body), status, code, param);

@@ -26,7 +26,7 @@ describe('the openai SDK against the Worker', () => {
     expect(r.object).toBe('text_completion');
     expect(r.choices[0].text).toMatch(/^, there was a little/);
     expect(r.choices[0].finish_reason).toBe('length');
-    expect(r.usage).toEqual({ prompt_tokens: 5, completion_tokens: 24, total_tokens: 29 });
+    expect(r.usage).toEqual({ prompt_tokens: 5, completion_tokens: 24, total_tokens: 29, prompt_tokens_details: { cached_tokens: 0 } });
     const dense = await client.completions.create({ model: MODEL, prompt: 'Once upon a time', max_tokens: 24, temperature: 0, lazy: { enabled: false } } as OpenAI.CompletionCreateParamsNonStreaming);
     expect((dense as unknown as { lazy_stats: { schedule: string } }).lazy_stats.schedule).toBe('dense');
   });

@@ -5,7 +5,8 @@ import { apiKeyId } from '../auth.js';
 import type { Failure, TurnEvent, TurnOutcome, TurnRequest } from '../chat-session.js';
 import { ApiError } from '../errors.js';
 import { completionId, servedModel, waitUntilOf, withNullUsage } from '../generation.js';
-import { chatSchema, messageSchema, readJson, validate, type ChatRequest } from '../schemas.js';
+import { chatLogprobs } from '../logprobs.js';
+import { chatSchema, chatTopLogprobs, messageSchema, readJson, validate, type ChatRequest } from '../schemas.js';
 import { ClientGone, sseResponse, type SendEvent } from '../sse.js';
 
 /**
@@ -42,7 +43,7 @@ const createSchema = z.object({ messages: z.array(messageSchema).optional() });
 
 /** The options of a session message: chat's generation options, without model and messages. */
 export const sessionMessageSchema = chatSchema
-  .pick({ max_tokens: true, max_completion_tokens: true, temperature: true, top_p: true, top_k: true, seed: true, stop: true, stream: true, stream_options: true, n: true, lazy: true })
+  .pick({ max_tokens: true, max_completion_tokens: true, temperature: true, top_p: true, top_k: true, seed: true, stop: true, stream: true, stream_options: true, n: true, lazy: true, logprobs: true, top_logprobs: true })
   .extend({
     content: messageSchema.shape.content,
     /** the message's role: "user" unless a system/developer note is appended */
@@ -57,10 +58,10 @@ async function turnResponse(c: Context<AppEnv>, id: string, model: string, req: 
   const cid = completionId('chatcmpl');
   const created = Math.floor(Date.now() / 1000);
   const base = () => ({ id: cid, created, model });
-  const chunk = (delta: object, finish: string | null) => ({
+  const chunk = (delta: object, finish: string | null, lps: object | null = null) => ({
     ...base(),
     object: 'chat.completion.chunk' as const,
-    choices: [{ index: 0, delta, logprobs: null, finish_reason: finish }],
+    choices: [{ index: 0, delta, logprobs: lps, finish_reason: finish }],
   });
 
   if (!o.stream) {
@@ -72,7 +73,7 @@ async function turnResponse(c: Context<AppEnv>, id: string, model: string, req: 
       {
         ...base(),
         object: 'chat.completion' as const,
-        choices: [{ index: 0, message: { role: 'assistant', content: out.text, refusal: null }, logprobs: null, finish_reason: out.finishReason }],
+        choices: [{ index: 0, message: { role: 'assistant', content: out.text, refusal: null }, logprobs: out.logprobs ? chatLogprobs(out.logprobs) : null, finish_reason: out.finishReason }],
         usage: out.usage,
         lazy_stats: out.stats,
         session: out.session,
@@ -100,7 +101,7 @@ async function turnResponse(c: Context<AppEnv>, id: string, model: string, req: 
     await readyP;
     if (!send || gone?.aborted) return false;
     try {
-      await send(chunk({ content: e.text }, null));
+      await send(chunk({ content: e.text }, null, e.logprobs ? chatLogprobs(e.logprobs) : null));
       return true;
     } catch {
       return false; // the client hung up (ClientGone): the object abandons the turn
@@ -155,6 +156,7 @@ export async function sessionChat(c: Context<AppEnv>, body: ChatRequest, id: str
     options: body,
     maxTokensParam: body.max_completion_tokens != null ? 'max_completion_tokens' : 'max_tokens',
     maxTokens: body.max_completion_tokens ?? body.max_tokens,
+    logprobs: chatTopLogprobs(body),
   };
   return turnResponse(c, id, body.model, req, body);
 }
@@ -195,6 +197,7 @@ export const sessions = new Hono<AppEnv>()
       options: body,
       maxTokensParam: body.max_completion_tokens != null ? 'max_completion_tokens' : 'max_tokens',
       maxTokens: body.max_completion_tokens ?? body.max_tokens,
+      logprobs: chatTopLogprobs(body),
     };
     return turnResponse(c, id, c.env.MODEL_NAME, req, body);
   });
