@@ -4,8 +4,8 @@
  * npm run eval -- --model DIR --tasks passkey,passkey-distractors,mdqa [--tokens 1024,2048,4096]
  *                 [--prompts N] [--seed S] [--filler FILE,...] [--schedule SPEC] [--json]
  * npm run eval -- --model DIR --tasks-file F.jsonl [--schedule SPEC] [--json]
- * Compares lazy with dense: on natural text (multi-story prompts built from FILE, one story a line,
- * BOS before each; fidelity of the next-token distribution), or on long-context tasks, generated
+ * Compares lazy with dense: on natural text (windows of FILE; for a model trained with BOS, one
+ * story a line with BOS before each; fidelity of the next-token distribution), or on long-context tasks, generated
  * (scripts/lib/tasks.ts) or read from a file (one {"id", "task", "messages", "answer"} a line),
  * scored by whether the greedy reply contains the answer.
  */
@@ -14,7 +14,7 @@ import { parseArgs } from 'node:util';
 import { defaultSchedule, formatSchedule, parseSchedule, validateSchedule } from '../src/engine/policy.js';
 import { evaluateCase, summarize, type CaseResult, type Summary } from './lib/fidelity.js';
 import { DEFAULT_DATA, fail, loadModelFromDir, progress, runMain } from './lib/node-env.js';
-import { promptWindows, storyStream } from './lib/prompts.js';
+import { evalStream, promptWindows } from './lib/prompts.js';
 import { ensureDefaultShards } from './lib/shard-tasks.js';
 import { promptTokens, runTaskCase, summarizeTasks, type TaskResult } from './lib/task-eval.js';
 import { DEFAULT_FILLER, generateTasks, parseTasksFile, TASKS, type ChatTurn, type TaskCase, type TaskName } from './lib/tasks.js';
@@ -49,18 +49,17 @@ async function main(): Promise<void> {
   const prompts = positiveInt('prompts', values.prompts);
   const nextTokens = positiveInt('next', values.next);
   const opts = { continuation: positiveInt('continuation', values.continuation), reps: positiveInt('reps', values.reps) };
-  const model = await loadModelFromDir(values.model ?? (await ensureDefaultShards(progress)));
+  const model = await loadModelFromDir(values.model ?? (await ensureDefaultShards(progress)), { contextTokens: Math.max(...lengths) + nextTokens + 64 });
   const cfg = model.config;
   const schedule = validateSchedule(values.schedule ? parseSchedule(values.schedule) : defaultSchedule(cfg.nLayers), cfg.nLayers);
-  const stories = readFileSync(values.data, 'utf8').split('\n').filter((l) => l.trim().length > 0);
-  if (stories.length === 0) fail(`--data ${values.data} holds no stories (one story a line)`);
-  const stream = storyStream(model.tokenizer, stories);
+  const stream = evalStream(model.tokenizer, readFileSync(values.data, 'utf8'));
+  if (stream.length < 2) fail(`--data ${values.data} holds no text`);
   progress(`${model.manifest.name}: schedule ${formatSchedule(schedule)}, ${stream.length} tokens of text, ${prompts} prompts per length`);
 
   const summary: Record<string, Summary> = {};
   const cases: Record<string, CaseResult[]> = {};
   for (const len of lengths) {
-    const windows = promptWindows(stream, len, nextTokens, prompts, model.tokenizer.bosId);
+    const windows = promptWindows(stream, len, nextTokens, prompts, model.tokenizer.addBos ? model.tokenizer.bosId : null);
     const results: CaseResult[] = [];
     for (const [k, w] of windows.entries()) {
       results.push(await evaluateCase(model, w, schedule, opts));
@@ -70,13 +69,14 @@ async function main(): Promise<void> {
     cases[len] = results;
     summary[len] = summarize(results, nextTokens);
   }
-  const note = lengths.some((l) => l > cfg.seqLen) ? `lengths above ${cfg.seqLen} are beyond the trained context` : undefined;
+  const trained = model.trainedContext;
+  const note = lengths.some((l) => l > trained) ? `lengths above ${trained} are beyond the trained context` : undefined;
   if (values.json) {
-    process.stdout.write(`${JSON.stringify({ model: model.manifest.name, schedule: formatSchedule(schedule), trained_context: cfg.seqLen, note, summary, cases })}\n`);
+    process.stdout.write(`${JSON.stringify({ model: model.manifest.name, schedule: formatSchedule(schedule), trained_context: trained, note, summary, cases })}\n`);
     return;
   }
   const rows = Object.entries(summary).map(([len, s]) =>
-    `| ${len}${Number(len) > cfg.seqLen ? ' (beyond trained context)' : ''} | ${s.prompts} | ${(100 * s.first_token_agreement).toFixed(1)}% | ${s.mean_kl.toFixed(4)} | ${s.ppl_dense.toFixed(3)} | ${s.ppl_lazy.toFixed(3)} (${(100 * s.ppl_change).toFixed(2)}%) | ${(100 * s.continuation_agreement).toFixed(1)}% | ${s.ttft_dense_ms.toFixed(1)} / ${s.ttft_lazy_ms.toFixed(1)} ms | ${s.ttft_speedup.toFixed(2)}x | ${s.prefill_flops_ratio.toFixed(2)} |`,
+    `| ${len}${Number(len) > trained ? ' (beyond trained context)' : ''} | ${s.prompts} | ${(100 * s.first_token_agreement).toFixed(1)}% | ${s.mean_kl.toFixed(4)} | ${s.ppl_dense.toFixed(3)} | ${s.ppl_lazy.toFixed(3)} (${(100 * s.ppl_change).toFixed(2)}%) | ${(100 * s.continuation_agreement).toFixed(1)}% | ${s.ttft_dense_ms.toFixed(1)} / ${s.ttft_lazy_ms.toFixed(1)} ms | ${s.ttft_speedup.toFixed(2)}x | ${s.prefill_flops_ratio.toFixed(2)} |`,
   );
   process.stdout.write(
     [

@@ -4,6 +4,15 @@ export interface Encoder {
   encode(text: string, opts?: { bos?: boolean }): number[];
 }
 
+/**
+ * The evaluation stream of a text file for a model: for a model trained with BOS (llama2.c), BOS +
+ * story for each line; for one without (SmolLM2's GGUF), the whole text as one plain token stream.
+ */
+export function evalStream(tok: Encoder & { addBos: boolean }, text: string): number[] {
+  if (!tok.addBos) return tok.encode(text);
+  return storyStream(tok, text.split('\n').filter((l) => l.trim().length > 0));
+}
+
 /** The text as one token stream: BOS + story, BOS + story, ... */
 export function storyStream(tok: Encoder, stories: readonly string[]): number[] {
   return stories.flatMap((s) => tok.encode(s, { bos: true }));
@@ -12,9 +21,10 @@ export function storyStream(tok: Encoder, stories: readonly string[]): number[] 
 /**
  * `count` prompts of exactly `length` tokens, each followed by the `follow` tokens that come next
  * in the stream (for teacher-forced perplexity), at evenly spread offsets. Each prompt starts with
- * BOS, as every training sequence did. A stream too short for one window is repeated.
+ * BOS, as every training sequence did (bosId null: a model without BOS, windows as they fall). A
+ * stream too short for one window is repeated.
  */
-export function promptWindows(stream: readonly number[], length: number, follow: number, count: number, bosId = 1): { prompt: number[]; next: number[] }[] {
+export function promptWindows(stream: readonly number[], length: number, follow: number, count: number, bosId: number | null = 1): { prompt: number[]; next: number[] }[] {
   const need = length + follow;
   let src = [...stream];
   while (src.length < need + 1) src = src.concat(stream);
@@ -22,7 +32,7 @@ export function promptWindows(stream: readonly number[], length: number, follow:
   return Array.from({ length: count }, (_, k) => {
     const s = Math.floor((k * span) / count);
     const prompt = src.slice(s, s + length);
-    prompt[0] = bosId;
+    if (bosId !== null) prompt[0] = bosId;
     return { prompt, next: src.slice(s + length, s + need) };
   });
 }
