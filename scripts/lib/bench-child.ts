@@ -18,6 +18,7 @@ import { createGraphSession, exposeRuntimeForPeers } from '../../src/runtime/onn
 import { threadCpuMs } from './bench-clock.js';
 import { MonolithicDecoder } from './bench-monolithic.js';
 import { initNodeRuntime, loadModelFromDir, readBytes } from './node-env.js';
+import { argmax } from './stats.js';
 
 export type RowName = 'dense' | 'lazy' | 'lazy-aggr' | 'monolithic' | 'transformers.js';
 
@@ -64,12 +65,6 @@ export interface ChildResult {
 }
 
 type Runner = (prompt: number[], decode: number) => Promise<Trial>;
-
-function argmax(x: Float32Array): number {
-  let b = 0;
-  for (let i = 1; i < x.length; i++) if (x[i] > x[b]) b = i;
-  return b;
-}
 
 function engineRunner(model: LoadedModel, schedule: Schedule | null): Runner {
   return async (prompt, decode) => {

@@ -30,11 +30,7 @@ export function processCpuMs(pid: number): number {
   }
 }
 
-export function median(xs: readonly number[]): number {
-  const s = [...xs].sort((a, b) => a - b);
-  const m = s.length >> 1;
-  return s.length === 0 ? NaN : s.length % 2 ? s[m] : (s[m - 1] + s[m]) / 2;
-}
+export { median } from './stats.js';
 
 /** 1-minute load average per core, to say how busy the machine was during a measurement. */
 export function loadPerCore(): number {

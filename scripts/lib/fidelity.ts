@@ -7,6 +7,9 @@ import { SequenceState } from '../../src/engine/caches.js';
 import type { LoadedModel } from '../../src/engine/model.js';
 import type { Schedule } from '../../src/engine/policy.js';
 import { runStep } from '../../src/engine/step.js';
+import { argmax, logSoftmax, median } from './stats.js';
+
+export { argmax, logSoftmax, median };
 
 export interface PromptCase {
   prompt: number[];
@@ -41,21 +44,6 @@ export interface Summary {
   prefill_flops_ratio: number;
 }
 
-export function logSoftmax(logits: Float32Array): Float64Array {
-  let max = -Infinity;
-  for (const v of logits) max = Math.max(max, v);
-  let sum = 0;
-  for (const v of logits) sum += Math.exp(v - max);
-  const lse = max + Math.log(sum);
-  return Float64Array.from(logits, (v) => v - lse);
-}
-
-export function argmax(a: ArrayLike<number>): number {
-  let b = 0;
-  for (let i = 1; i < a.length; i++) if (a[i] > a[b]) b = i;
-  return b;
-}
-
 /** KL(p || q) of two next-token distributions given as logits: how far lazy moves dense's prediction. */
 export function klDivergence(pLogits: Float32Array, qLogits: Float32Array): number {
   const lp = logSoftmax(pLogits);
@@ -63,12 +51,6 @@ export function klDivergence(pLogits: Float32Array, qLogits: Float32Array): numb
   let kl = 0;
   for (let i = 0; i < lp.length; i++) kl += Math.exp(lp[i]) * (lp[i] - lq[i]);
   return Math.max(0, kl);
-}
-
-export function median(xs: number[]): number {
-  const s = [...xs].sort((a, b) => a - b);
-  const m = s.length >> 1;
-  return s.length % 2 ? s[m] : (s[m - 1] + s[m]) / 2;
 }
 
 async function prefill(model: LoadedModel, prompt: number[], schedule: Schedule | null) {

@@ -77,12 +77,18 @@ export class KVCache {
 /**
  * The Aux Cache: for each token whose depth is below the layer count, the hidden state entering
  * the layer where it stopped (= its depth). A revived token resumes from here instead of layer 0.
+ * Read-only here: entries change only through SequenceState (`park`, `resume`), which stamps them.
  */
 export class AuxCache {
   /** token index -> hidden state [dim] entering layer depth[token] */
-  readonly entries = new Map<number, Float32Array>();
+  readonly entries: ReadonlyMap<number, Float32Array>;
 
-  constructor(readonly dim: number) {}
+  constructor(
+    readonly dim: number,
+    entries: ReadonlyMap<number, Float32Array>,
+  ) {
+    this.entries = entries;
+  }
 
   get size(): number {
     return this.entries.size;
@@ -100,7 +106,10 @@ export class AuxCache {
 export class SequenceState {
   /** [n] token ids; token i is at position i */
   tokens: number[] = [];
-  /** [capacity] layers computed for token i: KV rows exist for layers 0..depth[i]-1 */
+  /**
+   * [capacity] layers computed for token i: KV rows exist for layers 0..depth[i]-1. Read it freely;
+   * change it only with `deepen`, which stamps the change for incremental persistence.
+   */
   depth: Uint8Array;
   readonly kv: KVCache;
   readonly aux: AuxCache;
@@ -109,26 +118,49 @@ export class SequenceState {
    * Change tracking, for incremental persistence (src/engine/state-codec.ts); the engine itself
    * never reads it. `revision` only grows: `seal()` returns it as a watermark and advances it.
    * [capacity] touchedAt[i]: revision in which token i's depth, KV rows or Aux Cache entry last
-   * changed (runStep calls `touch`). [capacity] bornAt[i]: revision in which index i was last
+   * changed (stamped by `park`, `resume` and `deepen`, the only ways they change). [capacity] bornAt[i]: revision in which index i was last
    * appended, so a consumer can tell "depth grew" from "truncated away and appended again".
    * Whatever changes after `w = seal()` carries a stamp > w.
    */
   revision = 1;
   touchedAt: Uint32Array;
   bornAt: Uint32Array;
+  /** the Aux Cache's entries; `aux` is the read-only face of this map */
+  private readonly auxEntries = new Map<number, Float32Array>();
 
   constructor(readonly config: ModelConfig) {
     if (config.nLayers > 255) throw new EngineError('models with more than 255 layers are not supported', 'unsupported_model');
     this.kv = new KVCache(config.nLayers, config.kvDim);
-    this.aux = new AuxCache(config.dim);
+    this.aux = new AuxCache(config.dim, this.auxEntries);
     this.depth = new Uint8Array(this.kv.capacity);
     this.touchedAt = new Uint32Array(this.kv.capacity);
     this.bornAt = new Uint32Array(this.kv.capacity);
   }
 
   /** Records that token i's depth, KV rows or Aux Cache entry changed (see `revision`). */
-  touch(i: number): void {
+  private touch(i: number): void {
     this.touchedAt[i] = this.revision;
+  }
+
+  /** Token i stops here: its hidden state `h` [dim] (entering layer depth[i]) goes to the Aux Cache, replacing any earlier one. */
+  park(i: number, h: Float32Array): void {
+    this.auxEntries.set(i, h);
+    this.touch(i);
+  }
+
+  /** Token i resumes: takes its Aux Cache entry out and returns it; undefined (nothing changed) when it has none. */
+  resume(i: number): Float32Array | undefined {
+    const h = this.auxEntries.get(i);
+    if (h === undefined) return undefined;
+    this.auxEntries.delete(i);
+    this.touch(i);
+    return h;
+  }
+
+  /** Token i has been computed through layer `depth` - 1 (its KV rows up to there are written). */
+  deepen(i: number, depth: number): void {
+    this.depth[i] = depth;
+    this.touch(i);
   }
 
   /** A watermark: every later change is stamped with a greater revision. */
@@ -166,7 +198,7 @@ export class SequenceState {
   /** Forgets every token from index n on (a chat history that diverged from what is cached). */
   truncate(n: number): void {
     if (n >= this.tokens.length) return;
-    for (const i of this.aux.entries.keys()) if (i >= n) this.aux.entries.delete(i);
+    for (const i of this.auxEntries.keys()) if (i >= n) this.auxEntries.delete(i);
     this.depth.fill(0, n);
     this.tokens.length = n;
   }

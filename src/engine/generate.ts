@@ -117,6 +117,8 @@ export async function generate(model: LoadedModel, seq: SequenceState, prompt: r
   let emitted = 0;
   let finishReason: FinishReason = 'length';
   let logits = first.logits;
+  let decodeSteps = 0;
+  let cutAtStop = false;
   const top = opts.logprobs?.top;
   const logprobs: TokenLogprob[] | undefined = top === undefined ? undefined : [];
   // logprobs[k] ends at text offset ends[k]; logprobs[sent..] have not gone out with a piece yet
@@ -144,6 +146,7 @@ export async function generate(model: LoadedModel, seq: SequenceState, prompt: r
     if (hit.length) {
       text = text.slice(0, Math.min(...hit));
       finishReason = 'stop';
+      cutAtStop = true;
       break;
     }
     const safe = text.length - heldBack(text, stops);
@@ -154,13 +157,15 @@ export async function generate(model: LoadedModel, seq: SequenceState, prompt: r
     if (opts.deadline !== undefined && performance.now() >= opts.deadline) break;
     const step = await runStep(model, seq, [next], { schedule: opts.schedule, trace: opts.trace });
     account(step.stats);
+    decodeSteps++;
     logits = step.logits;
   }
-  if (finishReason === 'length') text += decoder.flush();
+  // Whatever ended the generation, an unfinished UTF-8 character still held by the decoder comes
+  // out (as U+FFFD); only text cut at a stop string has nothing after the cut to show.
+  if (!cutAtStop) text += decoder.flush();
   if (opts.onText && (text.length > emitted || (logprobs && sent < logprobs.length))) await opts.onText(text.slice(emitted), release(Infinity));
 
   const decodeMs = performance.now() - tDecode;
-  const steps = Math.max(0, tokens.length - 1);
   return {
     text,
     tokens,
@@ -173,7 +178,8 @@ export async function generate(model: LoadedModel, seq: SequenceState, prompt: r
       completion_tokens: tokens.length,
       prefill_ms: prefillMs,
       decode_ms: decodeMs,
-      decode_tokens_per_s: steps > 0 ? (steps * 1000) / decodeMs : 0,
+      // decode steps actually run (a token that ended the generation was sampled but never fed)
+      decode_tokens_per_s: decodeSteps > 0 ? (decodeSteps * 1000) / decodeMs : 0,
       computed_per_layer: computed,
       prefill_computed_per_layer: first.stats.computedPerLayer,
       revived,

@@ -209,7 +209,7 @@ export interface Delta {
  * advances), so the next delta starts from here; the caller adopts `delta.view` once stored.
  */
 export function encodeDelta(seq: SequenceState, view: StoredView, opts: EncodeOptions): Delta {
-  const { nLayers, kvDim, dim } = seq.config;
+  const { kvDim, dim } = seq.config;
   const w = new ChunkWriter(opts.fingerprint, view.nextSeq, opts.maxChunkBytes ?? DEFAULT_MAX_CHUNK_BYTES);
   const n = seq.length;
   const watermark = seq.seal();
@@ -286,7 +286,6 @@ export function encodeDelta(seq: SequenceState, view: StoredView, opts: EncodeOp
       delta.auxDeleted++;
     }
   }
-  if (nLayers > 255) throw new RangeError('depth is stored as a byte');
   w.flush();
   delta.view = { watermark, length: n, depth, aux, nextSeq: w.nextSeq };
   return delta;
@@ -397,17 +396,17 @@ export function applyChunk(seq: SequenceState, chunk: Uint8Array, expect: { fing
           seq.kv.keys[l].set(f32s(kvDim), i * kvDim);
           seq.kv.values[l].set(f32s(kvDim), i * kvDim);
         }
-        seq.depth[i] = to;
+        seq.deepen(i, to);
         break;
       }
       case OP_AUX_SET: {
         const i = token();
-        seq.aux.entries.set(i, f32s(dim).slice());
+        seq.park(i, f32s(dim).slice());
         break;
       }
       case OP_AUX_DEL: {
         const i = token();
-        if (!seq.aux.entries.delete(i)) bad(`token ${i}: no Aux Cache entry to delete`);
+        if (!seq.resume(i)) bad(`token ${i}: no Aux Cache entry to delete`);
         break;
       }
       default:
@@ -452,32 +451,4 @@ export function checkInvariants(seq: SequenceState): void {
     if ((d < L) !== seq.aux.entries.has(i)) throw new StateFormatError('malformed', `token ${i} at depth ${d} ${d < L ? 'lacks' : 'has'} an Aux Cache entry`);
   }
   for (const i of seq.aux.entries.keys()) if (i >= seq.length) throw new StateFormatError('malformed', `Aux Cache entry for token ${i} beyond the ${seq.length} held`);
-}
-
-/** Byte-exact comparison of two states' contents (tokens, depth, KV rows below depth, Aux Cache); null when equal. */
-export function diffStates(a: SequenceState, b: SequenceState): string | null {
-  if (a.length !== b.length) return `length ${a.length} vs ${b.length}`;
-  const { nLayers, kvDim } = a.config;
-  const same = (x: Float32Array, y: Float32Array) => {
-    const u = new Uint32Array(x.buffer, x.byteOffset, x.length);
-    const v = new Uint32Array(y.buffer, y.byteOffset, y.length);
-    if (u.length !== v.length) return false;
-    for (let j = 0; j < u.length; j++) if (u[j] !== v[j]) return false;
-    return true;
-  };
-  for (let i = 0; i < a.length; i++) {
-    if (a.tokens[i] !== b.tokens[i]) return `token ${i}: id ${a.tokens[i]} vs ${b.tokens[i]}`;
-    if (a.depth[i] !== b.depth[i]) return `token ${i}: depth ${a.depth[i]} vs ${b.depth[i]}`;
-    for (let l = 0; l < Math.min(a.depth[i], nLayers); l++) {
-      const r = [i * kvDim, (i + 1) * kvDim] as const;
-      if (!same(a.kv.keys[l].subarray(...r), b.kv.keys[l].subarray(...r))) return `token ${i}: K row of layer ${l} differs`;
-      if (!same(a.kv.values[l].subarray(...r), b.kv.values[l].subarray(...r))) return `token ${i}: V row of layer ${l} differs`;
-    }
-  }
-  if (a.aux.size !== b.aux.size) return `Aux Cache holds ${a.aux.size} vs ${b.aux.size} entries`;
-  for (const [i, h] of a.aux.entries) {
-    const g = b.aux.entries.get(i);
-    if (!g || !same(h, g)) return `Aux Cache entry of token ${i} differs`;
-  }
-  return null;
 }

@@ -159,8 +159,7 @@ export async function runStep(
         for (const i of active) {
           const h = carried.get(i);
           if (h && !kept.has(i)) {
-            seq.aux.entries.set(i, h.slice());
-            seq.touch(i);
+            seq.park(i, h.slice());
             carried.delete(i);
           }
         }
@@ -191,20 +190,15 @@ export async function runStep(
       const i = queries[j];
       let h = carried.get(i);
       if (!h) {
-        h = seq.aux.entries.get(i);
+        h = seq.resume(i);
         if (!h) throw new EngineError(`token ${i} must resume at layer ${l} but has no Aux Cache entry`, 'internal');
-        seq.aux.entries.delete(i);
-        seq.touch(i);
       }
       x.set(h, j * dim);
     }
     opts.trace?.(l, queries.slice(), Int32Array.from(revived));
 
     const { y, attn } = await runLayer(model, seq, l, x, queries, context);
-    for (const i of queries) {
-      seq.depth[i] = l + 1;
-      seq.touch(i);
-    }
+    for (const i of queries) seq.deepen(i, l + 1);
 
     // attn_last is over keys [context..., queries...]; realign it with `active` by merging the two
     // ascending lists. Only a later pruning layer reads the scores.

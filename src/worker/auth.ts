@@ -11,14 +11,6 @@ export function parseApiKeys(secret: string | undefined): string[] {
   return (secret ?? '').split(',').map((k) => k.trim()).filter(Boolean);
 }
 
-/**
- * A stable, non-secret name for a key: "key-" + the first 16 hex digits of its sha256. Safe to log
- * and to use as a namespace (e.g. for per-key sessions); the key cannot be recovered from it.
- */
-export async function keyId(key: string): Promise<string> {
-  return `key-${(await sha256Hex(new TextEncoder().encode(key))).slice(0, 16)}`;
-}
-
 /** Who is calling: the key id set by `requireApiKey`, or "anonymous" on an open server. */
 export function apiKeyId(c: Context<AppEnv>): string {
   return c.get('apiKeyId') ?? ANONYMOUS;
@@ -69,6 +61,7 @@ export function requireApiKey(): MiddlewareHandler<AppEnv> {
     const key = m[1].trim();
     const digest = await sha256Hex(new TextEncoder().encode(key));
     if (!(await knownDigests(secret!)).has(digest)) throw unauthorized('Incorrect API key provided.', 'invalid_api_key');
+    // A stable, non-secret name for the key, safe to log and to namespace sessions with.
     c.set('apiKeyId', `key-${digest.slice(0, 16)}`);
     return next();
   };

@@ -1,24 +1,25 @@
-/** Bindings and variables the Worker receives (wrangler.toml). */
-export interface Env {
-  ASSETS: Fetcher;
-  MODEL_NAME: string;
-  /**
-   * The isolate memory budget the model must fit, in MiB, or "off" (default 128: what a deployed
-   * Worker has). Raise it only for local use: a deployed isolate is killed past 128 MB whatever this says.
-   */
-  MEMORY_BUDGET_MB?: string;
-  /** the context window served, in tokens (default 2048; at most the model's trained context) */
-  CONTEXT_TOKENS?: string;
-  /** local development only: pace shard reads to this many MB/s (src/worker/model-store.ts says why) */
-  ASSET_READ_MB_PER_S?: string;
-  /** per-request generation time budget in ms; a generation that reaches it ends with finish_reason "length" */
-  REQUEST_BUDGET_MS?: string;
-  /** comma-separated bearer tokens; unset = open server */
-  API_KEYS?: string;
-  /** origins (comma-separated, e.g. https://app.example.com) allowed to call the API from a browser; unset = no CORS (src/worker/cors.ts) */
-  CORS_ORIGINS?: string;
-  /** chat sessions (src/worker/chat-session.ts), one Durable Object per API key and session id */
-  CHAT_SESSIONS: DurableObjectNamespace<import('./chat-session.js').ChatSession>;
-  /** seconds a session may stay idle before its alarm deletes it (default 86400) */
-  SESSION_TTL_SECONDS?: string;
+/**
+ * Bindings and variables the Worker receives. Those wrangler.toml declares (ASSETS, CHAT_SESSIONS,
+ * the [vars]) are generated into worker-configuration.d.ts by `npm run types` (`wrangler types`),
+ * documented in wrangler.toml; rerun it after changing wrangler.toml. Those it does not set
+ * (secrets, local-only settings) are added here, once, for the Worker and the tests alike.
+ */
+declare global {
+  namespace Cloudflare {
+    interface Env {
+      /** comma-separated bearer tokens (`wrangler secret put API_KEYS`); unset = open server */
+      API_KEYS?: string;
+      /** origins (comma-separated, e.g. https://app.example.com) allowed to call the API from a browser; unset = no CORS (src/worker/cors.ts) */
+      CORS_ORIGINS?: string;
+      /** local development only: pace shard reads to this many MB/s (src/worker/model-store.ts says why) */
+      ASSET_READ_MB_PER_S?: string;
+    }
+  }
 }
+
+/**
+ * The Worker's env. The [vars] are typed as wrangler.toml sets them, but the code still reads each
+ * as possibly unset (a deployment may drop one) and falls back to its default: MEMORY_BUDGET_MB
+ * (MiB or "off", 128), CONTEXT_TOKENS (2048), REQUEST_BUDGET_MS (60000), SESSION_TTL_SECONDS (86400).
+ */
+export type Env = Cloudflare.Env;

@@ -1,13 +1,8 @@
 import { HTTPException } from 'hono/http-exception';
 import type { ContentfulStatusCode } from 'hono/utils/http-status';
-import { EngineError } from '../engine/errors.js';
-import { ModelFormatError } from '../model/errors.js';
-import { RuntimeError } from '../runtime/onnx-runtime.js';
+import { ClientGone, describeError, INTERNAL, logFault, type ErrorBody, type Failure } from './faults.js';
 
-/** OpenAI's error body: every non-2xx response of the HTTP API has exactly this shape. */
-export interface ErrorBody {
-  error: { message: string; type: string; param: string | null; code: string | null };
-}
+export { ClientGone, logFault, type ErrorBody };
 
 /**
  * Longest error message sent, in characters. Messages quote the offending input (a schedule, a
@@ -47,20 +42,12 @@ export class ApiError extends HTTPException {
   }
 }
 
-/**
- * The client hung up (a stream's reader cancelled, a request aborted): a normal event, not a fault.
- * Generation stops on it; nobody is left to read an answer, and nothing is logged.
- */
-export class ClientGone extends Error {
-  override name = 'ClientGone';
-}
-
 export const invalid = (message: string, param: string | null, code: string | null = 'invalid_value') => new ApiError(400, message, code, param);
 
-/** Engine codes that mean "the request asked for something impossible"; every other code is our fault. */
-const ENGINE_CLIENT_CODES = new Set(['invalid_request', 'invalid_sampler', 'invalid_schedule', 'context_length_exceeded']);
-
-const INTERNAL = 'The server had an error while processing your request.';
+/** A Failure (faults.ts) as the HTTP layer's error: the one place where a failure takes its HTTP form. */
+export function fromFailure(f: Failure, headers: Record<string, string> = {}): ApiError {
+  return new ApiError(f.status as ContentfulStatusCode, f.error.message, f.error.code, f.error.param, f.error.type, headers);
+}
 
 /**
  * Maps any thrown value to an ApiError. Client mistakes keep their message (it says what to fix);
@@ -68,19 +55,8 @@ const INTERNAL = 'The server had an error while processing your request.';
  */
 export function toApiError(e: unknown): ApiError {
   if (e instanceof ApiError) return e;
-  if (e instanceof ClientGone) return new ApiError(499 as ContentfulStatusCode, 'The client closed the request.', 'client_gone');
-  if (e instanceof EngineError) {
-    return ENGINE_CLIENT_CODES.has(e.code) ? new ApiError(400, e.message, e.code, e.param) : new ApiError(500, INTERNAL, 'engine_error');
-  }
-  if (e instanceof ModelFormatError) return new ApiError(500, 'The model could not be loaded; the server log says which file is wrong.', 'model_unavailable');
-  if (e instanceof RuntimeError) return new ApiError(500, INTERNAL, 'runtime_error');
   if (e instanceof HTTPException) {
     return e.status >= 500 ? new ApiError(e.status, INTERNAL, 'internal_error') : new ApiError(e.status, e.message || `HTTP ${e.status}`, null);
   }
-  return new ApiError(500, INTERNAL, 'internal_error');
-}
-
-/** Server faults go to the log with their stack (never to the client); client mistakes are not logged. */
-export function logFault(err: ApiError, cause: unknown, where: string): void {
-  if (err.status >= 500) console.error(`lazy-edge: ${where} failed (${err.code}):`, cause instanceof Error ? (cause.stack ?? cause.message) : cause);
+  return fromFailure(describeError(e));
 }

@@ -31,7 +31,8 @@ function assetReader(assets: Fetcher, mbPerSecond: number | undefined) {
 /** What a deployed Worker isolate has, whatever MEMORY_BUDGET_MB says (DESIGN.md). */
 export const DEPLOYED_ISOLATE_MB = 128;
 
-export type ModelEnv = Pick<Env, 'ASSETS' | 'MODEL_NAME' | 'MEMORY_BUDGET_MB' | 'CONTEXT_TOKENS' | 'ASSET_READ_MB_PER_S'>;
+/** What loading needs; the settings may be unset (their defaults apply). */
+export type ModelEnv = Pick<Env, 'ASSETS' | 'MODEL_NAME'> & Partial<Pick<Env, 'MEMORY_BUDGET_MB' | 'CONTEXT_TOKENS' | 'ASSET_READ_MB_PER_S'>>;
 
 function positiveVar(name: string, v: string | undefined): number | undefined {
   if (v === undefined || v.trim() === '') return undefined;

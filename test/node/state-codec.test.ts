@@ -8,7 +8,6 @@ import { runStep } from '../../src/engine/step.js';
 import {
   applyChunk,
   crc32,
-  diffStates,
   emptyView,
   encodeDelta,
   FORMAT_VERSION,
@@ -20,6 +19,7 @@ import {
 } from '../../src/engine/state-codec.js';
 import { devStories, loadStories260K } from '../support/paths.js';
 import { loadDefaultModel, randomModel } from '../support/models.js';
+import { diffStates } from '../support/state-diff.js';
 
 /** xorshift32: the test's own reproducible randomness. */
 function rng(seed: number) {

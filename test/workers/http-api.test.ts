@@ -8,6 +8,7 @@ import type { AppEnv } from '../../src/worker/app-env.js';
 import { MAX_BODY_BYTES } from '../../src/worker/app.js';
 import { apiKeyId, requireApiKey, resetOpenNotice } from '../../src/worker/auth.js';
 import { renderChat } from '../../src/worker/chat-template.js';
+import { DEFAULT_REQUEST_BUDGET_MS, planJob } from '../../src/worker/job.js';
 import { getModel } from '../../src/worker/model-store.js';
 import { MODEL, post, readEvents, withEnv, worker } from '../support/http.js';
 
@@ -261,8 +262,13 @@ describe('time budget (REQUEST_BUDGET_MS)', () => {
     expect(finish.lazy_stats.completion_tokens).toBeLessThan(50);
   });
 
-  it('uses wrangler.toml\'s budget by default', () => {
+  it('uses wrangler.toml\'s budget by default', async () => {
     expect(Number(env.REQUEST_BUDGET_MS)).toBeGreaterThan(0);
+    // What a request is given: its deadline is its start plus the configured budget, or the default one when unset.
+    const model = await getModel(env);
+    const at = { promptParam: 'prompt', maxTokensParam: 'max_tokens', defaultMaxTokens: 1 };
+    expect(planJob(env, 1000, model, [1], {}, at).deadline).toBe(1000 + Number(env.REQUEST_BUDGET_MS));
+    expect(planJob({}, 1000, model, [1], {}, at).deadline).toBe(1000 + DEFAULT_REQUEST_BUDGET_MS);
   });
 });
 

@@ -1,8 +1,9 @@
 import { Hono } from 'hono';
 import type { AppEnv } from '../app-env.js';
 import { renderChat } from '../chat-template.js';
-import { completionId, planJob, respond, servedModel } from '../generation.js';
-import { chatLogprobs } from '../logprobs.js';
+import { chatShapes } from '../chat-shapes.js';
+import { planJob } from '../job.js';
+import { respond, servedModel } from '../respond.js';
 import { chatSchema, chatTopLogprobs, readJson, validate } from '../schemas.js';
 import { sessionChat } from './sessions.js';
 import { encodePrompt } from '../../model/text-tokenizer.js';
@@ -28,25 +29,5 @@ export const chat = new Hono<AppEnv>().post('/', async (c) => {
     defaultMaxTokens: Math.max(1, model.config.seqLen - prompt.length),
     logprobs,
   });
-  const id = completionId('chatcmpl');
-  const created = Math.floor(Date.now() / 1000);
-  const base = () => ({ id, created, model: body.model });
-  const chunk = (delta: object, finish: string | null, lps: object | null = null) => ({
-    ...base(),
-    object: 'chat.completion.chunk' as const,
-    choices: [{ index: 0, delta, logprobs: lps, finish_reason: finish }],
-  });
-  return respond(c, job, body, {
-    whole: (o) => ({
-      ...base(),
-      object: 'chat.completion' as const,
-      choices: [{ index: 0, message: { role: 'assistant', content: o.text, refusal: null }, logprobs: o.logprobs ? chatLogprobs(o.logprobs) : null, finish_reason: o.finishReason }],
-      usage: o.usage,
-      lazy_stats: o.stats,
-    }),
-    opening: () => chunk({ role: 'assistant', content: '' }, null),
-    delta: (t, lps) => chunk({ content: t }, null, lps ? chatLogprobs(lps) : null),
-    finish: (reason, stats) => ({ ...chunk({}, reason), lazy_stats: stats }),
-    usage: (u) => ({ ...base(), object: 'chat.completion.chunk' as const, choices: [], usage: u }),
-  });
+  return respond(c, job, body, chatShapes(body.model));
 });

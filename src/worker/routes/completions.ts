@@ -1,7 +1,8 @@
 import { Hono } from 'hono';
 import type { AppEnv } from '../app-env.js';
 import { invalid } from '../errors.js';
-import { completionId, planJob, respond, servedModel } from '../generation.js';
+import { planJob } from '../job.js';
+import { completionId, respond, servedModel } from '../respond.js';
 import { completionLogprobs } from '../logprobs.js';
 import { completionSchema, completionTopLogprobs, readJson, validate, type CompletionRequest } from '../schemas.js';
 import { encodePrompt, type TextTokenizer } from '../../model/text-tokenizer.js';

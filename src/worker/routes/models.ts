@@ -1,7 +1,7 @@
 import { Hono } from 'hono';
 import type { LoadedModel } from '../../engine/model.js';
 import type { AppEnv } from '../app-env.js';
-import { servedModel } from '../generation.js';
+import { servedModel } from '../respond.js';
 import { getModel } from '../model-store.js';
 
 /** OpenAI's model object, plus what a client of this server needs to know: context size and format. */

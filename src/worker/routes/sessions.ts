@@ -2,10 +2,10 @@ import { Hono, type Context } from 'hono';
 import { z } from 'zod';
 import type { AppEnv } from '../app-env.js';
 import { apiKeyId } from '../auth.js';
-import type { Failure, TurnEvent, TurnOutcome, TurnRequest } from '../chat-session.js';
-import { ApiError } from '../errors.js';
-import { completionId, servedModel, waitUntilOf, withNullUsage } from '../generation.js';
-import { chatLogprobs } from '../logprobs.js';
+import type { Failure, TurnEvent, TurnOutcome, TurnRequest } from '../session/types.js';
+import { chatShapes } from '../chat-shapes.js';
+import { ApiError, fromFailure } from '../errors.js';
+import { checkModelName, waitUntilOf, withNullUsage } from '../respond.js';
 import { chatSchema, chatTopLogprobs, messageSchema, readJson, validate, type ChatRequest } from '../schemas.js';
 import { ClientGone, sseResponse, type SendEvent } from '../sse.js';
 
@@ -35,8 +35,9 @@ function stub(c: Context<AppEnv>, id: string) {
   return ns.get(ns.idFromName(`${apiKeyId(c)}/${id}`));
 }
 
+/** The object's Failure takes its HTTP form here, once. */
 function raise(f: Failure): never {
-  throw new ApiError(f.status as 400, f.error.message, f.error.code, f.error.param, f.error.type, f.status === 409 ? { 'Retry-After': '1' } : {});
+  throw fromFailure(f, f.status === 409 ? { 'Retry-After': '1' } : {});
 }
 
 const createSchema = z.object({ messages: z.array(messageSchema).optional() });
@@ -55,32 +56,14 @@ type Options = z.infer<typeof sessionMessageSchema> | ChatRequest;
 /** Runs one turn in the session's object and answers like /v1/chat/completions (JSON or SSE). */
 async function turnResponse(c: Context<AppEnv>, id: string, model: string, req: TurnRequest, o: Options): Promise<Response> {
   const obj = stub(c, id);
-  const cid = completionId('chatcmpl');
-  const created = Math.floor(Date.now() / 1000);
-  const base = () => ({ id: cid, created, model });
-  const chunk = (delta: object, finish: string | null, lps: object | null = null) => ({
-    ...base(),
-    object: 'chat.completion.chunk' as const,
-    choices: [{ index: 0, delta, logprobs: lps, finish_reason: finish }],
-  });
+  const shapes = chatShapes(model);
 
   if (!o.stream) {
     const r = await obj.turn(id, req);
     if (!r.ok) raise(r);
     const out = r as TurnOutcome;
     const timing = `prefill;dur=${out.stats.prefill_ms.toFixed(2)}, decode;dur=${out.stats.decode_ms.toFixed(2)}`;
-    return c.json(
-      {
-        ...base(),
-        object: 'chat.completion' as const,
-        choices: [{ index: 0, message: { role: 'assistant', content: out.text, refusal: null }, logprobs: out.logprobs ? chatLogprobs(out.logprobs) : null, finish_reason: out.finishReason }],
-        usage: out.usage,
-        lazy_stats: out.stats,
-        session: out.session,
-      },
-      200,
-      { 'Server-Timing': timing },
-    );
+    return c.json(shapes.whole(out, { session: out.session }), 200, { 'Server-Timing': timing });
   }
 
   // Streaming: the object sends "start" once the request passed every check (until then a refusal
@@ -101,7 +84,7 @@ async function turnResponse(c: Context<AppEnv>, id: string, model: string, req: 
     await readyP;
     if (!send || gone?.aborted) return false;
     try {
-      await send(chunk({ content: e.text }, null, e.logprobs ? chatLogprobs(e.logprobs) : null));
+      await send(shapes.delta(e.text, e.logprobs));
       return true;
     } catch {
       return false; // the client hung up (ClientGone): the object abandons the turn
@@ -116,7 +99,7 @@ async function turnResponse(c: Context<AppEnv>, id: string, model: string, req: 
     gone = hangUp;
     send = s;
     try {
-      await s(chunk({ role: 'assistant', content: '' }, null));
+      await s(shapes.opening());
     } catch (e) {
       // The client left before the first chunk: release the object's events all the same, so that
       // its next one fails and it abandons the turn (never waiting forever with the session busy),
@@ -136,8 +119,8 @@ async function turnResponse(c: Context<AppEnv>, id: string, model: string, req: 
     if (!r.ok && r.error.code === 'client_gone') throw new ClientGone(r.error.message);
     if (!r.ok) raise(r);
     const out = r as TurnOutcome;
-    await s({ ...chunk({}, out.finishReason), lazy_stats: out.stats, session: out.session });
-    if (o.stream_options?.include_usage) await sendRaw({ ...base(), object: 'chat.completion.chunk' as const, choices: [], usage: out.usage });
+    await s(shapes.finish(out.finishReason, out.stats, { session: out.session }));
+    if (o.stream_options?.include_usage) await sendRaw(shapes.usage(out.usage));
   }, waitUntilOf(c));
 }
 
@@ -148,7 +131,7 @@ async function turnResponse(c: Context<AppEnv>, id: string, model: string, req: 
  * the client's messages plus the reply.
  */
 export async function sessionChat(c: Context<AppEnv>, body: ChatRequest, id: string): Promise<Response> {
-  await servedModel(c.env, body.model);
+  checkModelName(c.env, body.model);
   const req: TurnRequest = {
     owner: apiKeyId(c),
     mode: 'replace',

@@ -1,0 +1,119 @@
+import type { Context } from 'hono';
+import { SequenceState } from '../engine/caches.js';
+import { generate, type FinishReason, type GenerationStats } from '../engine/generate.js';
+import type { LoadedModel } from '../engine/model.js';
+import { TraceRecorder } from '../engine/trace.js';
+import type { AppEnv } from './app-env.js';
+import type { Env } from './env.js';
+import { ApiError, ClientGone } from './errors.js';
+import { engineOptions, yieldToEventLoop, type CommonOptions, type Job, type Usage } from './job.js';
+import { LogprobShaper, type ShapedLogprob } from './logprobs.js';
+import { getModel } from './model-store.js';
+import { sseResponse, type SendEvent } from './sse.js';
+
+/**
+ * The HTTP side of generation, used only by the routes: checking the model name, running a
+ * stateless job (job.ts) and answering either as one JSON body or as a stream of events. The routes
+ * only parse their bodies and shape their objects (chat-shapes.ts for chat).
+ */
+
+/** Any name but the configured one is a 404 like OpenAI's; checked against configuration, nothing loaded. */
+export function checkModelName(env: Pick<Env, 'MODEL_NAME'>, requested: string): void {
+  if (requested !== env.MODEL_NAME) {
+    throw new ApiError(404, `The model '${requested}' does not exist. This server serves '${env.MODEL_NAME}'.`, 'model_not_found', 'model');
+  }
+}
+
+/** The served model, loaded once per isolate (after `checkModelName`). */
+export async function servedModel(env: Env, requested: string): Promise<LoadedModel> {
+  checkModelName(env, requested);
+  return getModel(env);
+}
+
+export interface Outcome {
+  text: string;
+  finishReason: FinishReason;
+  usage: Usage;
+  stats: GenerationStats;
+  /** when the job asked for logprobs: one per completion token */
+  logprobs?: ShapedLogprob[];
+}
+
+/** How an endpoint shapes its objects; `id`, `created` and `model` are the same in every chunk. */
+export interface Shapes {
+  whole(o: Outcome): object;
+  /** chat sends the assistant role before any text */
+  opening?(): object;
+  /** `logprobs`: those of the tokens released with this text, when the job asked for them */
+  delta(text: string, logprobs?: ShapedLogprob[]): object;
+  finish(reason: FinishReason, stats: GenerationStats): object;
+  usage(u: Usage): object;
+}
+
+/** Between tokens: yield, then stop (with the signal's reason) if the client has hung up. */
+export function betweenTokens(gone?: AbortSignal): () => Promise<void> {
+  return async () => {
+    await yieldToEventLoop();
+    if (gone?.aborted) throw new ClientGone('the client hung up; generation stopped');
+  };
+}
+
+async function run(job: Job, beforeStep: () => Promise<void>, onText?: (t: string, logprobs?: ShapedLogprob[]) => Promise<void>): Promise<Outcome> {
+  const seq = new SequenceState(job.model.config);
+  const tracer = job.trace ? new TraceRecorder(job.model, seq) : undefined;
+  const shaper = job.logprobs === null ? undefined : new LogprobShaper(job.model.tokenizer, job.prompt[job.prompt.length - 1]);
+  const r = await generate(job.model, seq, job.prompt, {
+    ...engineOptions(job),
+    onText: onText && (shaper ? (t, lps) => onText(t, shaper.shape(lps)) : (t) => onText(t)),
+    beforeStep,
+    trace: tracer?.hook,
+  });
+  const usage = { prompt_tokens: r.promptTokens, completion_tokens: r.tokens.length, total_tokens: r.promptTokens + r.tokens.length, prompt_tokens_details: { cached_tokens: 0 } };
+  const logprobs = shaper && !onText ? { logprobs: shaper.shape(r.logprobs) } : {};
+  return { text: r.text, finishReason: r.finishReason, usage, stats: tracer ? { ...r.stats, trace: tracer.result() } : r.stats, ...logprobs };
+}
+
+/**
+ * With stream_options.include_usage, OpenAI sends `"usage": null` in every chunk before the last
+ * (usage) one; clients that check for the key rely on it.
+ */
+export function withNullUsage(o: CommonOptions, send: SendEvent): SendEvent {
+  return o.stream_options?.include_usage ? (data) => send({ ...(data as object), usage: null }) : send;
+}
+
+/** The request's execution context's waitUntil, or undefined when the app is called directly (a test). */
+export function waitUntilOf(c: Context<AppEnv>): ((p: Promise<unknown>) => void) | undefined {
+  try {
+    const ctx = c.executionCtx;
+    return (p) => ctx.waitUntil(p);
+  } catch {
+    return undefined; // the open stream keeps the work alive
+  }
+}
+
+/**
+ * Runs the job and answers: one JSON body with a Server-Timing header, or with `stream` a text
+ * delta per event as soon as the engine releases it, a last chunk with finish_reason and
+ * `lazy_stats`, optionally a usage chunk (stream_options.include_usage), then [DONE]. A streamed
+ * generation whose client hangs up stops before its next token.
+ */
+export async function respond(c: Context<AppEnv>, job: Job, o: CommonOptions, shapes: Shapes): Promise<Response> {
+  if (!o.stream) {
+    const out = await run(job, betweenTokens(c.req.raw.signal));
+    const timing = `prefill;dur=${out.stats.prefill_ms.toFixed(2)}, decode;dur=${out.stats.decode_ms.toFixed(2)}`;
+    return c.json(shapes.whole(out), 200, { 'Server-Timing': timing });
+  }
+  const produce = async (sendRaw: SendEvent, gone: AbortSignal) => {
+    const send = withNullUsage(o, sendRaw);
+    const opening = shapes.opening?.();
+    if (opening) await send(opening);
+    const out = await run(job, betweenTokens(gone), (t, lps) => send(shapes.delta(t, lps)));
+    await send(shapes.finish(out.finishReason, out.stats));
+    if (o.stream_options?.include_usage) await sendRaw(shapes.usage(out.usage));
+  };
+  return sseResponse(produce, waitUntilOf(c));
+}
+
+export function completionId(prefix: string): string {
+  return `${prefix}-${crypto.randomUUID().replaceAll('-', '')}`;
+}

@@ -1,0 +1,39 @@
+import type { SequenceState } from '../../engine/caches.js';
+import type { LoadedModel } from '../../engine/model.js';
+import type { StoredView } from '../../engine/state-codec.js';
+import type { Meta } from './store.js';
+import type { CacheStats, StoredMessage } from './types.js';
+
+/** A loaded session: its stored rows as last committed, and the engine state they rebuild. */
+export interface Live {
+  meta: Meta;
+  model: LoadedModel;
+  fingerprint: number;
+  seq: SequenceState;
+  view: StoredView;
+  messages: StoredMessage[];
+  recordBytes: number;
+  turns: number;
+  source: CacheStats['state_source'];
+  /** the statistics as of the last completed turn (or load): what GET reports while a turn runs */
+  committed: CacheStats | null;
+}
+
+export function cacheStats(live: Live, sql: SqlStorage): CacheStats {
+  const { seq } = live;
+  return {
+    tokens: seq.length,
+    depth_histogram: seq.depthHistogram(),
+    kv_entries: seq.kvEntries(),
+    kv_bytes: seq.kvBytes(),
+    aux_entries: seq.aux.size,
+    aux_bytes: seq.aux.bytes,
+    record_bytes: live.recordBytes,
+    record_chunks: live.view.nextSeq,
+    storage_bytes: sql.databaseSize,
+    turns: live.turns,
+    state_source: live.source,
+    recoveries: live.meta.recoveries,
+    last_recovery: live.meta.last_recovery,
+  };
+}

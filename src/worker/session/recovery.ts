@@ -1,0 +1,92 @@
+import { SequenceState } from '../../engine/caches.js';
+import { defaultSchedule } from '../../engine/policy.js';
+import { emptyView, encodeDelta, modelFingerprint, replayLog, StateFormatError } from '../../engine/state-codec.js';
+import { replayTurn, replayTurns, type TurnRecord } from '../../engine/turns.js';
+import { encodePrompt } from '../../model/text-tokenizer.js';
+import { renderChat } from '../chat-template.js';
+import type { Env } from '../env.js';
+import { getModel } from '../model-store.js';
+import { cacheStats, type Live } from './live.js';
+import { clearTurns, insertTurn, readSession, readTurns, recordRecovery, writeChunks } from './store.js';
+
+/**
+ * Loading a session: replays the stored chunks. A chunk that is damaged, foreign (other model or
+ * format) or missing is never served: the state is rebuilt by replaying the turn records (exactly
+ * the same state) or, when those belong to another model, by re-prefilling the messages; then the
+ * log is rewritten as one snapshot.
+ */
+
+const hex8 = (v: number) => (v >>> 0).toString(16).padStart(8, '0');
+
+/** The stored session, loaded (and recovered if need be); null when the object holds none. */
+export async function loadSession(storage: DurableObjectStorage, env: Env): Promise<Live | null> {
+  const stored = readSession(storage.sql);
+  if (!stored) return null;
+  const { meta, messages, turns, chunks, recordBytes } = stored;
+  const model = await getModel(env);
+  const fingerprint = modelFingerprint(model.manifest);
+  const live: Live = { meta, model, fingerprint, seq: new SequenceState(model.config), view: emptyView(), messages, recordBytes, turns, source: 'records', committed: null };
+  try {
+    if (meta.fingerprint !== fingerprint) throw new StateFormatError('foreign_model', `the session was stored for model ${meta.model} (${hex8(meta.fingerprint)}), this is ${model.manifest.name} (${hex8(fingerprint)})`);
+    if (chunks.length !== meta.chunks) throw new StateFormatError('out_of_order', `${chunks.length} chunks stored, ${meta.chunks} expected`);
+    const r = replayLog(model.config, chunks, fingerprint);
+    if (r.seq.length !== meta.tokens) throw new StateFormatError('malformed', `the log rebuilds ${r.seq.length} tokens, ${meta.tokens} expected`);
+    live.seq = r.seq;
+    live.view = r.view;
+  } catch (e) {
+    if (!(e instanceof StateFormatError)) throw e;
+    await rebuild(storage, live, e);
+  }
+  live.committed = cacheStats(live, storage.sql);
+  return live;
+}
+
+/**
+ * Recovers from a log that cannot be trusted: redoes the recorded turns (identical state) when
+ * they were made with this model, else prefills the stored messages; then replaces the log with a
+ * snapshot of the rebuilt state. Never serves from the bad log.
+ */
+async function rebuild(storage: DurableObjectStorage, live: Live, why: StateFormatError): Promise<void> {
+  const { model, fingerprint } = live;
+  const sql = storage.sql;
+  const rows = readTurns(sql);
+  let seq: SequenceState | null = null;
+  let how = 'turn records';
+  if (rows.every((r) => r.fingerprint === fingerprint)) {
+    try {
+      seq = await replayTurns(
+        model,
+        rows.map((r) => r.record),
+      );
+    } catch (e) {
+      console.warn('lazy-edge: session turn records could not be replayed; prefilling the messages instead:', e);
+    }
+  }
+  let synthetic: TurnRecord | null = null;
+  if (!seq) {
+    how = 'messages';
+    seq = new SequenceState(model.config);
+    if (live.messages.length > 0) {
+      const target = encodePrompt(model.tokenizer, renderChat(model.manifest.chatTemplate, live.messages));
+      synthetic = { keep: 0, prompt: target, decoded: [], schedule: defaultSchedule(model.config.nLayers) };
+      await replayTurn(model, seq, synthetic);
+    }
+  }
+  const delta = encodeDelta(seq, emptyView(), { fingerprint });
+  const note = `${why.reason}: ${why.message}; rebuilt from ${how}`;
+  console.warn(`lazy-edge: session ${live.meta.session_id}: stored state rejected (${note})`);
+  storage.transactionSync(() => {
+    writeChunks(sql, 0, delta.chunks, true);
+    if (synthetic) {
+      clearTurns(sql);
+      insertTurn(sql, 0, synthetic, fingerprint);
+    }
+    recordRecovery(sql, { fingerprint, model: model.manifest.name, tokens: seq.length, chunks: delta.chunks.length, note });
+  });
+  live.meta = { ...live.meta, fingerprint, model: model.manifest.name, tokens: seq.length, chunks: delta.chunks.length, recoveries: live.meta.recoveries + 1, last_recovery: note };
+  live.seq = seq;
+  live.view = delta.view;
+  live.recordBytes = delta.chunks.reduce((s, c) => s + c.byteLength, 0);
+  if (synthetic) live.turns = 1;
+  live.source = 'rebuilt';
+}

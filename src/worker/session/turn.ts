@@ -1,0 +1,146 @@
+import { emptyView, encodeDelta, snapshotBytes } from '../../engine/state-codec.js';
+import { TraceRecorder } from '../../engine/trace.js';
+import { runTurn } from '../../engine/turns.js';
+import { encodePrompt } from '../../model/text-tokenizer.js';
+import { messageText, renderChat } from '../chat-template.js';
+import { failureOf, failureFrom, type Failure } from '../faults.js';
+import { engineOptions, planJob, yieldToEventLoop, type Job } from '../job.js';
+import { LogprobShaper } from '../logprobs.js';
+import { cacheStats, type Live } from './live.js';
+import { insertTurn, updateCounts, writeChunks, writeMessages } from './store.js';
+import type { Result, StoredMessage, TurnEvent, TurnListener, TurnOutcome, TurnRequest } from './types.js';
+
+/** max_tokens of a session message when the client sets none (capped by the room left in the context). */
+export const SESSION_DEFAULT_MAX_TOKENS = 128;
+
+/** The turn was abandoned because its client went away; the HTTP layer writes nothing more. */
+const goneFailure = (): Failure => failureOf(499, 'The client closed the stream; the turn was abandoned and nothing was stored.', 'client_gone');
+
+export interface TurnHost {
+  storage: DurableObjectStorage;
+  env: { REQUEST_BUDGET_MS?: string };
+  ttlMs(): number;
+  /** called when the turn failed after memory started changing: memory must be reloaded from storage */
+  discardMemory(): Promise<void>;
+}
+
+/**
+ * One chat turn on a loaded session. Everything that can be refused is checked before the state is
+ * touched; with `onEvent`, a "start" event marks the point after which the reply streams as "text"
+ * events. Memory changes only inside the turn and storage only at its end, in one transaction; a
+ * turn that fails leaves storage untouched and has the host reload memory from it.
+ */
+export async function playTurn(host: TurnHost, live: Live, req: TurnRequest, onEvent?: TurnListener): Promise<Result<TurnOutcome>> {
+  const startedAt = performance.now();
+  const { model } = live;
+  const sql = host.storage.sql;
+  const incoming = req.messages.map((m) => ({ role: m.role, content: messageText(m) }));
+  const conversation = req.mode === 'append' ? [...live.messages, ...incoming] : incoming;
+  let job: Job;
+  let target: number[];
+  try {
+    target = encodePrompt(model.tokenizer, renderChat(model.manifest.chatTemplate, conversation));
+    const room = model.config.seqLen - target.length;
+    job = planJob(host.env, startedAt, model, target, req.options, {
+      promptParam: 'messages',
+      maxTokensParam: req.maxTokensParam,
+      maxTokens: req.maxTokens,
+      defaultMaxTokens: req.mode === 'append' ? Math.max(1, Math.min(SESSION_DEFAULT_MAX_TOKENS, room)) : Math.max(1, room),
+      logprobs: req.logprobs,
+    });
+  } catch (e) {
+    return failureFrom(e, 'session turn (validation)');
+  }
+  // The caller's callback failing means the client is gone (a hung-up stream): not our fault, not logged.
+  let clientGone = false;
+  const emit = async (e: TurnEvent) => {
+    let wanted: boolean | void;
+    try {
+      wanted = await onEvent!(e);
+    } catch (err) {
+      clientGone = true;
+      throw err;
+    }
+    if (wanted === false) {
+      clientGone = true;
+      throw new Error('client gone');
+    }
+  };
+  if (onEvent) {
+    try {
+      await emit({ type: 'start' });
+    } catch {
+      return goneFailure();
+    }
+  }
+
+  // From here on memory changes; on any failure it is reloaded from storage, which this turn has not touched.
+  try {
+    const tracer = job.trace ? new TraceRecorder(model, live.seq) : undefined;
+    const shaper = job.logprobs === null ? undefined : new LogprobShaper(model.tokenizer, target[target.length - 1]);
+    const turn = await runTurn(model, live.seq, target, {
+      ...engineOptions(job),
+      trace: tracer?.hook,
+      // Streamed: each piece goes out as it is released. Before every token, streamed or not, a
+      // zero-delay timer lets other requests take their turn (a concurrent message or DELETE is
+      // refused with 409 at once rather than queued behind this turn; /healthz answers), and lets
+      // the deployed clock move for the request budget. A hung-up stream stops here, within a token.
+      onText: onEvent ? (text, lps) => emit(shaper ? { type: 'text', text, logprobs: shaper.shape(lps) } : { type: 'text', text }) : undefined,
+      beforeStep: async () => {
+        await yieldToEventLoop();
+        if (clientGone) throw new Error('client gone');
+      },
+    });
+    const r = turn.result;
+    const reply: StoredMessage = { role: 'assistant', content: r.text };
+    const messages = [...conversation, reply];
+
+    let delta = encodeDelta(live.seq, live.view, { fingerprint: live.fingerprint });
+    let deltaBytes = delta.chunks.reduce((s, c) => s + c.byteLength, 0);
+    // Truncations leave dead records behind; once the log is over twice the live state, rewrite it once.
+    const compacted = live.recordBytes + deltaBytes > 2 * snapshotBytes(live.seq) + 65_536;
+    if (compacted) {
+      delta = encodeDelta(live.seq, emptyView(), { fingerprint: live.fingerprint });
+      deltaBytes = delta.chunks.reduce((s, c) => s + c.byteLength, 0);
+    }
+    const turnIdx = live.turns;
+    const now = Date.now();
+    host.storage.transactionSync(() => {
+      writeChunks(sql, compacted ? 0 : live.view.nextSeq, delta.chunks, compacted);
+      insertTurn(sql, turnIdx, turn.record, live.fingerprint);
+      if (req.mode === 'append') writeMessages(sql, live.messages.length, messages.slice(live.messages.length));
+      else writeMessages(sql, 0, messages, true);
+      updateCounts(sql, live.seq.length, delta.view.nextSeq, now);
+    });
+    live.view = delta.view;
+    live.recordBytes = compacted ? deltaBytes : live.recordBytes + deltaBytes;
+    live.messages = messages;
+    live.turns = turnIdx + 1;
+    live.meta = { ...live.meta, tokens: live.seq.length, chunks: delta.view.nextSeq, last_active: now };
+    live.committed = cacheStats(live, sql);
+    await host.storage.setAlarm(now + host.ttlMs());
+
+    const completion = r.tokens.length;
+    return {
+      ok: true,
+      text: r.text,
+      finishReason: r.finishReason,
+      usage: {
+        prompt_tokens: target.length,
+        completion_tokens: completion,
+        total_tokens: target.length + completion,
+        prompt_tokens_details: { cached_tokens: turn.stats.reused_tokens },
+      },
+      stats: tracer ? { ...r.stats, trace: tracer.result() } : r.stats,
+      ...(shaper && !onEvent ? { logprobs: shaper.shape(r.logprobs) } : {}),
+      session: {
+        id: live.meta.session_id,
+        turn: turnIdx,
+        stats: { ...turn.stats, delta_bytes: deltaBytes, compacted, cache: live.committed },
+      },
+    };
+  } catch (e) {
+    await host.discardMemory();
+    return clientGone ? goneFailure() : failureFrom(e, 'session turn');
+  }
+}

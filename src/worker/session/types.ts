@@ -1,0 +1,85 @@
+import type { FinishReason, GenerationStats } from '../../engine/generate.js';
+import type { TurnStats } from '../../engine/turns.js';
+import type { Failure } from '../faults.js';
+import type { CommonOptions, Usage } from '../job.js';
+import type { ShapedLogprob } from '../logprobs.js';
+import type { ChatMessage } from '../schemas.js';
+
+/** What crosses the RPC boundary between the HTTP routes (routes/sessions.ts) and a ChatSession. */
+
+export interface StoredMessage {
+  role: ChatMessage['role'];
+  content: string;
+}
+
+export interface CacheStats {
+  tokens: number;
+  /** how many tokens stopped at each depth 0..nLayers */
+  depth_histogram: number[];
+  kv_entries: number;
+  kv_bytes: number;
+  aux_entries: number;
+  aux_bytes: number;
+  /** bytes of the stored state log, and its chunk count */
+  record_bytes: number;
+  record_chunks: number;
+  /** the object's whole SQLite database (messages, turns, log, page overhead) */
+  storage_bytes: number;
+  turns: number;
+  /** "records" when the state came from the stored log, "rebuilt" after a recovery */
+  state_source: 'records' | 'rebuilt' | 'new';
+  recoveries: number;
+  last_recovery: string | null;
+}
+
+export interface SessionInfo {
+  id: string;
+  model: string;
+  created: number;
+  last_active: number;
+  expires_at: number;
+  ttl_seconds: number;
+  messages: StoredMessage[];
+  stats: CacheStats;
+}
+
+export type { Failure };
+/** Every RPC method answers with a Result; nothing but a broken object throws across the boundary. */
+export type Result<T> = ({ ok: true } & T) | Failure;
+
+export interface TurnRequest {
+  owner: string;
+  /** "append": `messages` follow the stored conversation (POST /v1/sessions/:id/messages);
+   *  "replace": `messages` are the whole conversation (chat completions with a session) */
+  mode: 'append' | 'replace';
+  messages: ChatMessage[];
+  options: CommonOptions;
+  /** names used in error messages */
+  maxTokensParam: string;
+  maxTokens?: number | null;
+  /** logprobs asked for: alternatives per token; null or absent = off */
+  logprobs?: number | null;
+}
+
+/** `logprobs` (when the turn asked for them): those of the tokens released with this text. */
+export type TurnEvent = { type: 'start' } | { type: 'text'; text: string; logprobs?: ShapedLogprob[] };
+/**
+ * Receives a streamed turn's events; resolving to `false` (or throwing) says the client is gone and
+ * the turn is abandoned. The HTTP layer answers `false` rather than throwing: an exception thrown
+ * by an RPC callback is reported by workerd as an uncaught error, and a hang-up is no error.
+ */
+export type TurnListener = (e: TurnEvent) => Promise<boolean | void>;
+
+export interface TurnOutcome {
+  text: string;
+  finishReason: FinishReason;
+  usage: Usage & { prompt_tokens_details: { cached_tokens: number } };
+  stats: GenerationStats;
+  /** when the turn asked for them (a streamed turn sent them with its text instead) */
+  logprobs?: ShapedLogprob[];
+  session: {
+    id: string;
+    turn: number;
+    stats: TurnStats & { delta_bytes: number; compacted: boolean; cache: CacheStats };
+  };
+}
