@@ -77,7 +77,7 @@ export function estimateMemory(cfg: ModelConfig, q: QuantSpec): MemoryEstimate {
 const mb = (b: number) => `${(b / MB).toFixed(1)} MB`;
 
 /**
- * Refuses a model that would not fit `budgetBytes` at its full context, naming each part of the
+ * Refuses a model that would not fit `budgetBytes` at its full (served) context, `cfg.seqLen`, naming each part of the
  * estimate and what to do about it. Infinity disables the check.
  */
 export function checkMemoryBudget(name: string, cfg: ModelConfig, q: QuantSpec, budgetBytes: number): MemoryEstimate {

@@ -42,7 +42,7 @@ export interface LoadOptions {
   /** check every file's sha256 against the manifest, and the weight tensors against its format (default true) */
   verify?: boolean;
   /**
-   * Refuse, before reading any shard, a model whose weights plus KV and Aux caches at full context
+   * Refuse, before reading any shard, a model whose weights plus KV and Aux caches at the served context
    * would not fit (default 128 MB, a Worker isolate; Infinity turns the check off).
    */
   memoryBudgetBytes?: number;
@@ -60,7 +60,7 @@ export interface LoadOptions {
 
 function tokenizerOf(manifest: Manifest, bytes: Uint8Array): TextTokenizer {
   const t = manifest.tokenizer;
-  if (t.format === 'llama2c') return Tokenizer.fromLlama2c(bytes, manifest.config.vocabSize, t.file);
+  if (t.format === 'llama2c') return Tokenizer.fromLlama2c(bytes, manifest.config.vocabSize, t.file, { bosId: t.bosId, eosId: t.eosId });
   let json: unknown;
   try {
     json = JSON.parse(new TextDecoder().decode(bytes));

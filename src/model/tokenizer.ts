@@ -22,13 +22,14 @@ const newUtf8Decoder = () => new TextDecoder('utf-8', { ignoreBOM: true });
 
 export type { EncodeOptions, StreamingDecoder } from './text-tokenizer.js';
 
+/** run.c's fixed special ids; a shard manifest records the ids its model uses. */
+export const LLAMA2C_SPECIAL_IDS = { bosId: 1, eosId: 2 } as const;
+
 /** llama2.c's tokenizer (tokenizer.bin / tok512.bin): SentencePiece BPE exported as scored pieces. */
 export class Tokenizer implements TextTokenizer {
-  readonly bosId = 1;
-  readonly eosId = 2;
   readonly addBos = true;
   /** A llama2.c story ends with BOS (the next story's start) or EOS. */
-  readonly endIds: ReadonlySet<number> = new Set([1, 2]);
+  readonly endIds: ReadonlySet<number>;
   /** Pieces as text, for display. Invalid UTF-8 in a piece shows as U+FFFD here only. */
   readonly vocab: string[];
   readonly scores: Float32Array;
@@ -46,7 +47,10 @@ export class Tokenizer implements TextTokenizer {
     scores: Float32Array,
     maxTokenLength: number,
     private readonly file: string,
+    readonly bosId: number,
+    readonly eosId: number,
   ) {
+    this.endIds = new Set([bosId, eosId]);
     const decoder = newUtf8Decoder();
     this.pieceBytes = pieces;
     this.scores = scores;
@@ -74,7 +78,7 @@ export class Tokenizer implements TextTokenizer {
    * Layout: int32 max_token_length, then per token float32 score, int32 byte length, raw bytes.
    * `vocabSize` comes from the model header because the file does not record it.
    */
-  static fromLlama2c(bytes: Uint8Array, vocabSize: number, file: string): Tokenizer {
+  static fromLlama2c(bytes: Uint8Array, vocabSize: number, file: string, ids: { bosId: number; eosId: number } = LLAMA2C_SPECIAL_IDS): Tokenizer {
     if (!Number.isSafeInteger(vocabSize) || vocabSize <= 0) {
       throw new ModelFormatError(file, 'a positive vocabSize from the model header', String(vocabSize));
     }
@@ -134,7 +138,7 @@ export class Tokenizer implements TextTokenizer {
         `${bytes.length} bytes`,
       );
     }
-    return new Tokenizer(pieces, scores, maxTokenLength, file);
+    return new Tokenizer(pieces, scores, maxTokenLength, file, ids.bosId, ids.eosId);
   }
 
   /**

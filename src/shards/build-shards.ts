@@ -1,4 +1,5 @@
 import type { Checkpoint } from '../model/checkpoint.js';
+import { LLAMA2C_SPECIAL_IDS } from '../model/tokenizer.js';
 import type { ModelConfig } from '../model/config.js';
 import { endOfGenerationIds, tokenizerJsonFromSpec } from '../model/bpe-tokenizer.js';
 import type { GgmlMatrix, GgufModel } from '../model/gguf-model.js';
@@ -106,7 +107,7 @@ export async function buildShards(src: ShardSource, onProgress?: ShardProgress):
   const head = await w.parts('head', rowParts(cfg.vocabSize, embedRowBytes), (r0, r1) =>
     buildHeadGraph(cfg, ck.rmsFinal, ck.wcls.subarray(r0 * dim, r1 * dim), r1 - r0, fmt.linear),
   );
-  const manifest = manifestOf(src, cfg, quant, { ...tokenizer, format: 'llama2c', bosId: 1, eosId: 2 }, PLAIN_CHAT_TEMPLATE, { embed, layers, head });
+  const manifest = manifestOf(src, cfg, quant, { ...tokenizer, format: 'llama2c', ...LLAMA2C_SPECIAL_IDS }, PLAIN_CHAT_TEMPLATE, { embed, layers, head });
   return { manifest, files: w.files };
 }
 
