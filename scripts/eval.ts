@@ -69,7 +69,7 @@ async function main(): Promise<void> {
     cases[len] = results;
     summary[len] = summarize(results, nextTokens);
   }
-  const trained = model.trainedContext;
+  const trained = model.manifest.config.seqLen;
   const note = lengths.some((l) => l > trained) ? `lengths above ${trained} are beyond the trained context` : undefined;
   if (values.json) {
     process.stdout.write(`${JSON.stringify({ model: model.manifest.name, schedule: formatSchedule(schedule), trained_context: trained, note, summary, cases })}\n`);

@@ -1,5 +1,5 @@
 /** Reads a local GGUF file: the header through @huggingface/gguf, the tensor bytes from the file itself. */
-import { readFileSync, statSync } from 'node:fs';
+import { closeSync, openSync, readFileSync, readSync, statSync } from 'node:fs';
 import { gguf } from '@huggingface/gguf';
 import { ModelFormatError } from '../../src/model/errors.js';
 import { ggmlTypeInfo, tensorBytes } from '../../src/model/ggml-quants.js';
@@ -12,7 +12,13 @@ export async function readGgufHeader(path: string): Promise<GgufHeader> {
   } catch {
     throw new ModelFormatError(path, 'a GGUF file', 'no such file');
   }
-  const head = new Uint8Array(readFileSync(path).subarray(0, 4));
+  const head = new Uint8Array(4);
+  const fd = openSync(path, 'r');
+  try {
+    readSync(fd, head, 0, 4, 0);
+  } finally {
+    closeSync(fd);
+  }
   if (new TextDecoder().decode(head) !== 'GGUF') throw new ModelFormatError(path, 'a GGUF file (magic "GGUF")', `the bytes ${JSON.stringify(new TextDecoder().decode(head))}`);
   let parsed: Awaited<ReturnType<typeof gguf>>;
   try {

@@ -14,10 +14,8 @@ import type { RowPart } from './vocab-parts.js';
 /** A model ready to run: its sessions are created once and shared by every sequence. */
 export interface LoadedModel {
   manifest: Manifest;
-  /** the manifest's config with `seqLen` = the served context window (at most the trained one) */
+  /** the manifest's config with `seqLen` = the served context window (at most the trained one, manifest.config.seqLen) */
   config: ModelConfig;
-  /** the context the model was trained for (manifest.config.seqLen) */
-  trainedContext: number;
   /** weight format and kernel, defaults filled in */
   quant: QuantSpec;
   /** what the model needs at its served context (src/engine/memory-budget.ts) */
@@ -109,5 +107,5 @@ export async function loadModel(manifestText: string, read: ShardReader, opts: L
     layers.push(await createGraphSession(`layer ${l}`, await fetchWeights(entry, layerWeights), sessionOpts));
   }
   const head = await rowParts('head', manifest.files.head, (rows) => headWeightSpecs(manifest.config, rows));
-  return { manifest, config, trainedContext: manifest.config.seqLen, quant, memory, memoryBudgetBytes, tokenizer, embed, layers, head };
+  return { manifest, config, quant, memory, memoryBudgetBytes, tokenizer, embed, layers, head };
 }

@@ -232,8 +232,3 @@ export function parseGgufModel(h: GgufHeader, file: string): GgufModel {
     displayName: m.str('general.name') ?? file,
   };
 }
-
-/** A matrix as f32 [out, in] row-major (llama2.c layout), exactly as the file's blocks decode. */
-export function matrixToF32(w: GgmlMatrix): Float32Array {
-  return dequantize(w.type, w.data, w.out * w.inp);
-}

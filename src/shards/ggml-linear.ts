@@ -12,7 +12,7 @@ import type { GraphBuilder } from './onnx-builder.js';
 import { f32Linear, type LinearEmitter, type MatrixFormat } from './layer-graphs.js';
 
 const FLOAT = 1; // TensorProto.FLOAT, for Cast
-export const GGML_F32 = 0;
+const GGML_F32 = 0;
 const Q4_0 = 2;
 const Q4_1 = 3;
 const Q8_0 = 8;
@@ -38,11 +38,6 @@ function asF32Matrix(w: GgmlMatrix): GgmlMatrix {
   if (w.type === GGML_F32) return w;
   const f = toF32(w);
   return { type: GGML_F32, out: w.out, inp: w.inp, data: new Uint8Array(f.buffer, f.byteOffset, f.byteLength) };
-}
-
-function f32View(w: GgmlMatrix): Float32Array {
-  const copy = w.data.slice(); // aligned, and independent of the file's buffer
-  return new Float32Array(copy.buffer, 0, w.out * w.inp);
 }
 
 /** Rows [r0, r1) of a matrix: rows are independent runs of blocks, so a byte slice. */
@@ -119,7 +114,7 @@ function unpackedRows(b: GraphBuilder, name: string, w: GgmlMatrix): string {
 
 /** x @ w^T for x [q, in]; kept block types unpacked in the graph (folded at load), the rest f32. */
 export const ggmlDequantLinear: LinearEmitter<GgmlMatrix> = (b, x, name, w, out, inp) => {
-  if (!keepsBlocks(w.type) || inp % BLOCK !== 0) return f32Linear(b, x, name, w.type === GGML_F32 ? f32View(w) : toF32(w), out, inp);
+  if (!keepsBlocks(w.type) || inp % BLOCK !== 0) return f32Linear(b, x, name, toF32(w), out, inp);
   return b.op('MatMul', [x, b.op('Transpose', [unpackedRows(b, name, w)], { perm: [1, 0] })]);
 };
 
@@ -133,8 +128,7 @@ export const GGML_DEQUANT: MatrixFormat<GgmlMatrix> = { linear: ggmlDequantLinea
 export function ggmlEmbedRows(b: GraphBuilder, ids: string, table: GgmlMatrix): string {
   const { out: rows, inp: dim } = table;
   if (table.type !== Q8_0) {
-    const f = table.type === GGML_F32 ? f32View(table) : toF32(table);
-    return b.op('Gather', [b.f32('token_embedding', [rows, dim], f), ids], { axis: 0 });
+    return b.op('Gather', [b.f32('token_embedding', [rows, dim], toF32(table)), ids], { axis: 0 });
   }
   const nb = dim / BLOCK;
   const t = unpackBlocks(table);
