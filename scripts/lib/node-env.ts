@@ -6,6 +6,7 @@ import { join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { DEFAULT_MEMORY_BUDGET_BYTES, MB } from '../../src/engine/memory-budget.js';
 import { EngineError } from '../../src/engine/errors.js';
+import { isKvFormat, KV_FORMATS, type KvFormat } from '../../src/engine/kv-rows.js';
 import { loadModel, type LoadedModel, type LoadOptions } from '../../src/engine/model.js';
 import { ModelFormatError } from '../../src/model/errors.js';
 import { initRuntime } from '../../src/runtime/onnx-runtime.js';
@@ -59,6 +60,14 @@ export function contextTokensFromEnv(env: Record<string, string | undefined> = p
   return n;
 }
 
+/** LAZY_EDGE_KV_FORMAT: how scripts' KV caches hold rows (f32, f16 or int8; default f32, as the Worker's KV_FORMAT). */
+export function kvFormatFromEnv(env: Record<string, string | undefined> = process.env): KvFormat | undefined {
+  const v = env.LAZY_EDGE_KV_FORMAT?.trim();
+  if (v === undefined || v === '') return undefined;
+  if (!isKvFormat(v)) throw new Error(`LAZY_EDGE_KV_FORMAT="${v}" must be one of ${KV_FORMATS.join(', ')}`);
+  return v as KvFormat;
+}
+
 export async function loadModelFromDir(dir: string, opts: LoadOptions = {}): Promise<LoadedModel> {
   const manifestPath = join(dir, 'manifest.json');
   if (!existsSync(manifestPath)) {
@@ -68,6 +77,7 @@ export async function loadModelFromDir(dir: string, opts: LoadOptions = {}): Pro
   return loadModel(readFileSync(manifestPath, 'utf8'), async (file) => readBytes(join(dir, file)), {
     memoryBudgetBytes: memoryBudgetFromEnv(),
     contextTokens: contextTokensFromEnv(),
+    kvFormat: kvFormatFromEnv(),
     ...opts,
   });
 }

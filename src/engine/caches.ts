@@ -1,26 +1,29 @@
 import type { ModelConfig } from '../model/config.js';
 import { EngineError } from './errors.js';
+import { kvRowBytes, rowStore, type KvFormat, type RowStore } from './kv-rows.js';
 
 /**
  * Per-layer keys and values, one row per token index (token i sits at position i).
  * Row i of layer l is valid iff depth[i] > l; LazyLLM leaves the rows of deeper layers unwritten
  * for tokens it pruned, and fills them in if the token is revived later.
+ * Rows are held in `format` (src/engine/kv-rows.ts) and always read and written as f32.
  */
 export class KVCache {
   /** keys[l]: [capacity, kvDim] roped keys of layer l */
-  keys: Float32Array[];
+  private keys: RowStore[];
   /** values[l]: [capacity, kvDim] values of layer l */
-  values: Float32Array[];
+  private values: RowStore[];
   capacity: number;
 
   constructor(
     readonly nLayers: number,
     readonly kvDim: number,
+    readonly format: KvFormat = 'f32',
     capacity = 64,
   ) {
     this.capacity = capacity;
-    this.keys = Array.from({ length: nLayers }, () => new Float32Array(capacity * kvDim));
-    this.values = Array.from({ length: nLayers }, () => new Float32Array(capacity * kvDim));
+    this.keys = Array.from({ length: nLayers }, () => rowStore(format, kvDim, capacity));
+    this.values = Array.from({ length: nLayers }, () => rowStore(format, kvDim, capacity));
   }
 
   /** Grows by doubling so that appending n tokens one at a time costs O(n) copies overall. */
@@ -28,48 +31,54 @@ export class KVCache {
     if (n <= this.capacity) return;
     let cap = this.capacity;
     while (cap < n) cap *= 2;
-    const grow = (a: Float32Array) => {
-      const b = new Float32Array(cap * this.kvDim);
-      b.set(a);
-      return b;
-    };
-    this.keys = this.keys.map(grow);
-    this.values = this.values.map(grow);
+    for (const s of [...this.keys, ...this.values]) s.grow(cap);
     this.capacity = cap;
+  }
+
+  /** Bytes the rows take at the current capacity. */
+  get bytes(): number {
+    let b = 0;
+    for (const s of [...this.keys, ...this.values]) b += s.bytes;
+    return b;
   }
 
   /** Writes rows k, v ([tokens.length, kvDim]) for the given tokens at layer l. */
   write(l: number, tokens: Int32Array, k: Float32Array, v: Float32Array): void {
     const d = this.kvDim;
-    const K = this.keys[l];
-    const V = this.values[l];
     for (let j = 0; j < tokens.length; j++) {
-      K.set(k.subarray(j * d, (j + 1) * d), tokens[j] * d);
-      V.set(v.subarray(j * d, (j + 1) * d), tokens[j] * d);
+      this.keys[l].write(tokens[j], k.subarray(j * d, (j + 1) * d));
+      this.values[l].write(tokens[j], v.subarray(j * d, (j + 1) * d));
     }
   }
 
-  /** Rows of the given ascending tokens at layer l as [tokens.length, kvDim]; a view when contiguous from 0. */
+  /** Rows of the given ascending tokens at layer l as [tokens.length, kvDim]; a view when f32 and contiguous from 0. */
   gather(l: number, tokens: Int32Array): { k: Float32Array; v: Float32Array } {
     const d = this.kvDim;
     const n = tokens.length;
     if (n === 0 || tokens[n - 1] === n - 1) {
-      return { k: this.keys[l].subarray(0, n * d), v: this.values[l].subarray(0, n * d) };
+      const k = this.keys[l].view(n);
+      const v = this.values[l].view(n);
+      if (k && v) return { k, v };
     }
     const k = new Float32Array(n * d);
     const v = new Float32Array(n * d);
-    const K = this.keys[l];
-    const V = this.values[l];
-    // One copy per run of consecutive tokens (active sets keep long runs), not one per row.
+    // One read per run of consecutive tokens (active sets keep long runs), not one per row.
     for (let j = 0; j < n; ) {
       let e = j + 1;
       while (e < n && tokens[e] === tokens[e - 1] + 1) e++;
-      const src = tokens[j] * d;
-      const len = (e - j) * d;
-      k.set(K.subarray(src, src + len), j * d);
-      v.set(V.subarray(src, src + len), j * d);
+      this.keys[l].read(tokens[j], e - j, k, j * d);
+      this.values[l].read(tokens[j], e - j, v, j * d);
       j = e;
     }
+    return { k, v };
+  }
+
+  /** Row i of layer l as f32 copies ([kvDim] each): for persistence and tests. */
+  row(l: number, i: number): { k: Float32Array; v: Float32Array } {
+    const k = new Float32Array(this.kvDim);
+    const v = new Float32Array(this.kvDim);
+    this.keys[l].read(i, 1, k, 0);
+    this.values[l].read(i, 1, v, 0);
     return { k, v };
   }
 }
@@ -130,7 +139,7 @@ export class SequenceState {
 
   constructor(readonly config: ModelConfig) {
     if (config.nLayers > 255) throw new EngineError('models with more than 255 layers are not supported', 'unsupported_model');
-    this.kv = new KVCache(config.nLayers, config.kvDim);
+    this.kv = new KVCache(config.nLayers, config.kvDim, config.kvFormat ?? 'f32');
     this.aux = new AuxCache(config.dim, this.auxEntries);
     this.depth = new Uint8Array(this.kv.capacity);
     this.touchedAt = new Uint32Array(this.kv.capacity);
@@ -210,8 +219,9 @@ export class SequenceState {
     return s;
   }
 
+  /** Bytes of the rows held (not of the capacity reserved: KVCache.bytes). */
   kvBytes(): number {
-    return this.kvEntries() * this.config.kvDim * 2 * 4;
+    return this.kvEntries() * 2 * kvRowBytes(this.kv.format, this.config.kvDim);
   }
 
   /** How many tokens stopped at each depth 0..nLayers. */

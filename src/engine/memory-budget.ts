@@ -6,8 +6,9 @@
  * measured heaps.
  */
 import type { ModelConfig } from '../model/config.js';
-import { keepsQuantizedWeights, quantLabel, type QuantSpec } from '../model/quant.js';
+import { ggufTotalWeightBytes, keepsQuantizedWeights, quantLabel, type QuantSpec } from '../model/quant.js';
 import { EngineError } from './errors.js';
+import { kvRowBytes } from './kv-rows.js';
 
 export const MB = 1024 * 1024;
 /** Cloudflare Workers: 128 MB per isolate. */
@@ -21,7 +22,7 @@ export const RUNTIME_OVERHEAD_BYTES = 24 * MB;
 export interface MemoryEstimate {
   /** every weight as held while the model runs (f32 unless the kernel keeps them quantized) */
   weights: number;
-  /** K and V, f32, for every layer at seqLen tokens: nLayers * 2 * seqLen * kvDim * 4 */
+  /** K and V for every layer at seqLen tokens, in the config's kvFormat: nLayers * 2 * seqLen * kvRowBytes */
   kvCache: number;
   /** one hidden state per token at most: seqLen * dim * 4 */
   auxCache: number;
@@ -57,12 +58,14 @@ export function estimateMemory(cfg: ModelConfig, q: QuantSpec): MemoryEstimate {
     matrixBytes(2 * hiddenDim, dim, q) + //   w1|w3 stacked
     matrixBytes(dim, hiddenDim, q) + //       w2
     2 * dim * 4; //                           RMSNorm gains
-  const weights =
-    nLayers * perLayer +
+  // A GGUF build holds each group of matrices as its own kernel does (src/model/quant.ts).
+  const weights = q.gguf
+    ? ggufTotalWeightBytes(cfg, q.gguf)
+    : nLayers * perLayer +
     embeddingBytes(vocabSize, dim, q) +
     matrixBytes(vocabSize, dim, q) + //       classifier (its own copy even when tied)
     dim * 4; //                               final RMSNorm
-  const kvCache = nLayers * 2 * seqLen * kvDim * 4;
+  const kvCache = nLayers * 2 * seqLen * kvRowBytes(cfg.kvFormat ?? 'f32', kvDim);
   const auxCache = seqLen * dim * 4;
   const runtime = RUNTIME_OVERHEAD_BYTES;
   return {
@@ -87,10 +90,10 @@ export function checkMemoryBudget(name: string, cfg: ModelConfig, q: QuantSpec, 
     const held = keepsQuantizedWeights(q.kernel) ? q.format : 'f32';
     throw new EngineError(
       `model "${name}" does not fit the memory budget: it needs ${mb(e.total)} at its full context of ${cfg.seqLen} tokens ` +
-        `(weights ${mb(e.weights)} as ${quantLabel(q)}, held as ${held}; KV cache ${mb(e.kvCache)}; Aux Cache ${mb(e.auxCache)}; ` +
+        `(weights ${mb(e.weights)} as ${quantLabel(q)}, held as ${held}; KV cache ${mb(e.kvCache)} as ${cfg.kvFormat ?? 'f32'}; Aux Cache ${mb(e.auxCache)}; ` +
         `runtime ${mb(e.runtime)}), but the isolate memory budget allows ${mb(budgetBytes)}. ` +
         'Rebuild the shards in a format that keeps weights quantized in memory (npm run shards -- --quant int4 --kernel nbits), ' +
-        'use a model with a shorter context, or raise the budget (LAZY_EDGE_MEMORY_BUDGET_MB, or loadModel\'s memoryBudgetBytes).',
+        'hold the KV cache as f16 or int8 (KV_FORMAT, LAZY_EDGE_KV_FORMAT), use a shorter context, or raise the budget (LAZY_EDGE_MEMORY_BUDGET_MB, or loadModel\'s memoryBudgetBytes).',
       'model_too_large',
       'memoryBudget',
     );

@@ -9,10 +9,18 @@ import type { TextTokenizer } from '../model/text-tokenizer.js';
 import { Tokenizer } from '../model/tokenizer.js';
 import { createGraphSession, type GraphSession } from '../runtime/onnx-runtime.js';
 import { checkMemoryBudget, DEFAULT_MEMORY_BUDGET_BYTES, type MemoryEstimate } from './memory-budget.js';
+import { checkPartBudget, type LayerRange, type PartSpec } from './part-memory.js';
 import type { RowPart } from './vocab-parts.js';
+import type { KvFormat } from './kv-rows.js';
 
-/** A model ready to run: its sessions are created once and shared by every sequence. */
-export interface LoadedModel {
+export type { LayerRange, PartSpec } from './part-memory.js';
+
+/**
+ * Some of a model's pieces, ready to run: a contiguous range of decoder layers, and maybe the
+ * embedding, classifier parts and tokenizer. A split model runs its layer groups as parts, each in
+ * its own isolate (src/engine/layer-group.ts); the whole model is the part that holds everything.
+ */
+export interface ModelPart {
   manifest: Manifest;
   /** the manifest's config with `seqLen` = the served context window (at most the trained one, manifest.config.seqLen) */
   config: ModelConfig;
@@ -22,12 +30,21 @@ export interface LoadedModel {
   memory: MemoryEstimate;
   /** the budget it was checked against (bytes; Infinity when off) */
   memoryBudgetBytes: number;
-  tokenizer: TextTokenizer;
-  /** embedding table by vocabulary rows, in order */
+  /** what this part holds */
+  part: PartSpec;
+  /** the decoder layers held: layers[k] is layer layerRange.start + k */
+  layerRange: LayerRange;
+  tokenizer: TextTokenizer | null;
+  /** embedding table by vocabulary rows, in order; empty when not held */
   embed: RowPart[];
   layers: GraphSession[];
-  /** classifier by vocabulary rows, in order */
+  /** classifier by vocabulary rows, in order (those of `part.head`); empty when not held */
   head: RowPart[];
+}
+
+/** A model ready to run: its sessions are created once and shared by every sequence. */
+export interface LoadedModel extends ModelPart {
+  tokenizer: TextTokenizer;
 }
 
 /** Served context window when none is configured: long prompts, and a KV cache a local machine holds. */
@@ -54,6 +71,8 @@ export interface LoadOptions {
    * the memory budget is checked for a KV cache of this many tokens.
    */
   contextTokens?: number;
+  /** how the KV cache holds its rows (default f32; src/engine/kv-rows.ts): part of the memory budget */
+  kvFormat?: KvFormat;
 }
 
 function tokenizerOf(manifest: Manifest, bytes: Uint8Array): TextTokenizer {
@@ -69,13 +88,38 @@ function tokenizerOf(manifest: Manifest, bytes: Uint8Array): TextTokenizer {
 }
 
 export async function loadModel(manifestText: string, read: ShardReader, opts: LoadOptions = {}): Promise<LoadedModel> {
+  const m = await loadModelPart(manifestText, read, {}, opts);
+  return m as LoadedModel; // everything held, the tokenizer too
+}
+
+/** Every piece of the model: all layers, the embedding, every classifier part and the tokenizer. */
+export function wholePart(manifest: Manifest): PartSpec {
+  return { layers: { start: 0, end: manifest.config.nLayers }, embed: true, head: manifest.files.head.map((_, i) => i), tokenizer: true };
+}
+
+/**
+ * Loads some of a model: only the shards of the pieces asked for are read and checked. The memory
+ * budget is checked for those pieces (src/engine/part-memory.ts); for the whole model, as loadModel does.
+ */
+export async function loadModelPart(manifestText: string, read: ShardReader, want: Partial<PartSpec>, opts: LoadOptions = {}): Promise<ModelPart> {
   const manifest = parseManifest(manifestText);
+  const whole = wholePart(manifest);
+  const part: PartSpec = { ...whole, ...want };
+  const L = manifest.config.nLayers;
+  const { start, end } = part.layers;
+  if (!(Number.isInteger(start) && Number.isInteger(end) && 0 <= start && start <= end && end <= L)) {
+    throw new EngineError(`layer range ${start}..${end} is not within the model's ${L} layers`, 'invalid_request', 'layers');
+  }
+  for (const i of part.head) if (!(Number.isInteger(i) && i >= 0 && i < manifest.files.head.length)) throw new EngineError(`classifier part ${i} does not exist (the model has ${manifest.files.head.length})`, 'invalid_request', 'head');
+  const isWhole = start === 0 && end === L && part.embed && part.head.length === whole.head.length && part.tokenizer;
   const quant = quantOf(manifest);
   const requested = opts.contextTokens ?? DEFAULT_CONTEXT_TOKENS;
   if (!Number.isSafeInteger(requested) || requested < 2) throw new EngineError(`context window ${requested} must be an integer of at least 2 tokens`, 'invalid_request', 'contextTokens');
-  const config = { ...manifest.config, seqLen: Math.min(manifest.config.seqLen, requested) };
+  const config: ModelConfig = { ...manifest.config, seqLen: Math.min(manifest.config.seqLen, requested), kvFormat: opts.kvFormat ?? 'f32' };
   const memoryBudgetBytes = opts.memoryBudgetBytes ?? DEFAULT_MEMORY_BUDGET_BYTES;
-  const memory = checkMemoryBudget(manifest.name, config, quant, memoryBudgetBytes);
+  const memory = isWhole
+    ? checkMemoryBudget(manifest.name, config, quant, memoryBudgetBytes)
+    : checkPartBudget(manifest.name, config, quant, part, manifest.files.head.map((p) => p.rows), memoryBudgetBytes);
   const sessionOpts = { foldDequantize: quant.kernel === 'dequant' && (opts.foldDequantize ?? true) };
   const verify = opts.verify ?? true;
   const fetchFile = async (entry: FileEntry) => {
@@ -83,29 +127,29 @@ export async function loadModel(manifestText: string, read: ShardReader, opts: L
     if (verify) await verifyFile(entry, bytes);
     return bytes;
   };
-  const tokBytes = await fetchFile(manifest.tokenizer);
-  const tokenizer = tokenizerOf(manifest, tokBytes);
+  const tokenizer = part.tokenizer ? tokenizerOf(manifest, await fetchFile(manifest.tokenizer)) : null;
   const fetchWeights = async (entry: FileEntry, weights: WeightSpec[]) => {
     const bytes = await fetchFile(entry);
     if (verify) checkShardWeights(entry.file, bytes, quant, weights);
     return bytes;
   };
-  const rowParts = async (what: string, parts: PartEntry[], specs: (rows: number) => WeightSpec[]): Promise<RowPart[]> => {
+  /** the parts numbered in `held` (in order), each knowing its first vocabulary row */
+  const rowParts = async (what: string, parts: PartEntry[], held: readonly number[], specs: (rows: number) => WeightSpec[]): Promise<RowPart[]> => {
     const out: RowPart[] = [];
     let start = 0;
     for (const [i, p] of parts.entries()) {
       const name = parts.length === 1 ? what : `${what} ${i}`;
-      out.push({ session: await createGraphSession(name, await fetchWeights(p, specs(p.rows)), sessionOpts), start, rows: p.rows });
+      if (held.includes(i)) out.push({ session: await createGraphSession(name, await fetchWeights(p, specs(p.rows)), sessionOpts), start, rows: p.rows });
       start += p.rows;
     }
     return out;
   };
-  const embed = await rowParts('embed', manifest.files.embed, (rows) => embedWeightSpecs(manifest.config, rows));
+  const embed = part.embed ? await rowParts('embed', manifest.files.embed, manifest.files.embed.map((_, i) => i), (rows) => embedWeightSpecs(manifest.config, rows)) : [];
   const layers: GraphSession[] = [];
   const layerWeights = layerWeightSpecs(manifest.config);
-  for (const [l, entry] of manifest.files.layers.entries()) {
-    layers.push(await createGraphSession(`layer ${l}`, await fetchWeights(entry, layerWeights), sessionOpts));
+  for (let l = start; l < end; l++) {
+    layers.push(await createGraphSession(`layer ${l}`, await fetchWeights(manifest.files.layers[l], layerWeights), sessionOpts));
   }
-  const head = await rowParts('head', manifest.files.head, (rows) => headWeightSpecs(manifest.config, rows));
-  return { manifest, config, quant, memory, memoryBudgetBytes, tokenizer, embed, layers, head };
+  const head = await rowParts('head', manifest.files.head, part.head, (rows) => headWeightSpecs(manifest.config, rows));
+  return { manifest, config, quant, memory, memoryBudgetBytes, part, layerRange: { start, end }, tokenizer, embed, layers, head };
 }

@@ -262,8 +262,9 @@ export function encodeDelta(seq: SequenceState, view: StoredView, opts: EncodeOp
       w.u32(a);
       w.u32(b);
       for (let l = a; l < b; l++) {
-        w.f32s(seq.kv.keys[l].subarray(i * kvDim, (i + 1) * kvDim));
-        w.f32s(seq.kv.values[l].subarray(i * kvDim, (i + 1) * kvDim));
+        const { k, v } = seq.kv.row(l, i);
+        w.f32s(k);
+        w.f32s(v);
       }
       delta.kvRows += b - a;
       a = b;
@@ -393,8 +394,7 @@ export function applyChunk(seq: SequenceState, chunk: Uint8Array, expect: { fing
         const to = u32();
         if (from !== seq.depth[i] || to <= from || to > nLayers) bad(`token ${i}: rows ${from}..${to} do not extend depth ${seq.depth[i]}`);
         for (let l = from; l < to; l++) {
-          seq.kv.keys[l].set(f32s(kvDim), i * kvDim);
-          seq.kv.values[l].set(f32s(kvDim), i * kvDim);
+          seq.kv.write(l, Int32Array.of(i), f32s(kvDim), f32s(kvDim));
         }
         seq.deepen(i, to);
         break;

@@ -15,6 +15,11 @@ export interface ModelConfig {
   kvDim: number;
   normEps: number;
   ropeTheta: number;
+  /**
+   * How the KV cache holds its rows (src/engine/kv-rows.ts; default f32). Like `seqLen`, a serving
+   * choice made when the model is loaded, not a property of the checkpoint.
+   */
+  kvFormat?: 'f32' | 'f16' | 'int8';
 }
 
 /** The hyperparameters a llama2.c header (or a chosen shape) states; the rest follows from them. */
@@ -36,7 +41,7 @@ export function llama2cConfig(shape: ModelShape): ModelConfig {
  * out-of-bounds read or a silently wrong model, far away from the file that caused it.
  */
 export function validateConfig(c: ModelConfig, file: string): void {
-  const ints: Array<keyof ModelConfig> = [
+  const ints: Array<keyof ModelShape> = [
     'dim',
     'hiddenDim',
     'nLayers',
@@ -46,7 +51,7 @@ export function validateConfig(c: ModelConfig, file: string): void {
     'seqLen',
   ];
   for (const k of ints) {
-    const v = c[k];
+    const v: number = c[k];
     if (!Number.isSafeInteger(v) || v <= 0) {
       throw new ModelFormatError(file, `${k} to be a positive integer`, String(v));
     }

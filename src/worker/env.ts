@@ -20,6 +20,6 @@ declare global {
 /**
  * The Worker's env. The [vars] are typed as wrangler.toml sets them, but the code still reads each
  * as possibly unset (a deployment may drop one) and falls back to its default: MEMORY_BUDGET_MB
- * (MiB or "off", 128), CONTEXT_TOKENS (2048), REQUEST_BUDGET_MS (60000), SESSION_TTL_SECONDS (86400).
+ * (MiB or "off", 128), CONTEXT_TOKENS (2048), KV_FORMAT (f32), REQUEST_BUDGET_MS (60000), SESSION_TTL_SECONDS (86400).
  */
 export type Env = Cloudflare.Env;

@@ -1,4 +1,5 @@
 import wasmModule from 'onnxruntime-web/ort-wasm-simd-threaded.wasm';
+import { isKvFormat, KV_FORMATS, type KvFormat } from '../engine/kv-rows.js';
 import { MB } from '../engine/memory-budget.js';
 import { loadModel, type LoadedModel, type LoadOptions } from '../engine/model.js';
 import { ModelFormatError } from '../model/errors.js';
@@ -32,7 +33,7 @@ function assetReader(assets: Fetcher, mbPerSecond: number | undefined) {
 export const DEPLOYED_ISOLATE_MB = 128;
 
 /** What loading needs; the settings may be unset (their defaults apply). */
-export type ModelEnv = Pick<Env, 'ASSETS' | 'MODEL_NAME'> & Partial<Pick<Env, 'MEMORY_BUDGET_MB' | 'CONTEXT_TOKENS' | 'ASSET_READ_MB_PER_S'>>;
+export type ModelEnv = Pick<Env, 'ASSETS' | 'MODEL_NAME'> & Partial<Pick<Env, 'MEMORY_BUDGET_MB' | 'CONTEXT_TOKENS' | 'KV_FORMAT' | 'ASSET_READ_MB_PER_S'>>;
 
 function positiveVar(name: string, v: string | undefined): number | undefined {
   if (v === undefined || v.trim() === '') return undefined;
@@ -41,12 +42,19 @@ function positiveVar(name: string, v: string | undefined): number | undefined {
   return n;
 }
 
-/** MEMORY_BUDGET_MB and CONTEXT_TOKENS as loadModel's options. */
+function kvFormatVar(name: string, v: string | undefined): KvFormat | undefined {
+  if (v === undefined || v.trim() === '') return undefined;
+  if (!isKvFormat(v.trim())) throw new ModelFormatError(name, `one of ${KV_FORMATS.join(', ')} (wrangler.toml [vars])`, JSON.stringify(v));
+  return v.trim() as KvFormat;
+}
+
+/** MEMORY_BUDGET_MB, CONTEXT_TOKENS and KV_FORMAT as loadModel's options. */
 export function loadOptionsOf(env: ModelEnv): LoadOptions {
   const budget = env.MEMORY_BUDGET_MB?.trim() === 'off' ? Infinity : positiveVar('MEMORY_BUDGET_MB', env.MEMORY_BUDGET_MB);
   return {
     memoryBudgetBytes: budget === undefined ? undefined : budget * MB,
     contextTokens: positiveVar('CONTEXT_TOKENS', env.CONTEXT_TOKENS),
+    kvFormat: kvFormatVar('KV_FORMAT', env.KV_FORMAT),
   };
 }
 

@@ -228,7 +228,7 @@ describe('memory budget', () => {
     expect((err as EngineError).code).toBe('model_too_large');
     const msg = (err as Error).message;
     expect(msg).toMatch(/^model "big" does not fit the memory budget: it needs \d+\.\d MB at its full context of 2048 tokens/);
-    expect(msg).toMatch(/weights \d+\.\d MB as f32, held as f32; KV cache 144\.0 MB; Aux Cache 6\.0 MB; runtime 24\.0 MB/);
+    expect(msg).toMatch(/weights \d+\.\d MB as f32, held as f32; KV cache 144\.0 MB as f32; Aux Cache 6\.0 MB; runtime 24\.0 MB/);
     expect(msg).toMatch(/the isolate memory budget allows 128\.0 MB/);
     expect(msg).toMatch(/LAZY_EDGE_MEMORY_BUDGET_MB/);
     // The same model fits a budget raised far enough, and the check returns the estimate.

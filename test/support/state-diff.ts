@@ -3,7 +3,7 @@ import type { SequenceState } from '../../src/engine/caches.js';
 /** Byte-exact comparison of two states' contents (tokens, depth, KV rows below depth, Aux Cache); null when equal. */
 export function diffStates(a: SequenceState, b: SequenceState): string | null {
   if (a.length !== b.length) return `length ${a.length} vs ${b.length}`;
-  const { nLayers, kvDim } = a.config;
+  const { nLayers } = a.config;
   const same = (x: Float32Array, y: Float32Array) => {
     const u = new Uint32Array(x.buffer, x.byteOffset, x.length);
     const v = new Uint32Array(y.buffer, y.byteOffset, y.length);
@@ -15,9 +15,10 @@ export function diffStates(a: SequenceState, b: SequenceState): string | null {
     if (a.tokens[i] !== b.tokens[i]) return `token ${i}: id ${a.tokens[i]} vs ${b.tokens[i]}`;
     if (a.depth[i] !== b.depth[i]) return `token ${i}: depth ${a.depth[i]} vs ${b.depth[i]}`;
     for (let l = 0; l < Math.min(a.depth[i], nLayers); l++) {
-      const r = [i * kvDim, (i + 1) * kvDim] as const;
-      if (!same(a.kv.keys[l].subarray(...r), b.kv.keys[l].subarray(...r))) return `token ${i}: K row of layer ${l} differs`;
-      if (!same(a.kv.values[l].subarray(...r), b.kv.values[l].subarray(...r))) return `token ${i}: V row of layer ${l} differs`;
+      const x = a.kv.row(l, i);
+      const y = b.kv.row(l, i);
+      if (!same(x.k, y.k)) return `token ${i}: K row of layer ${l} differs`;
+      if (!same(x.v, y.v)) return `token ${i}: V row of layer ${l} differs`;
     }
   }
   if (a.aux.size !== b.aux.size) return `Aux Cache holds ${a.aux.size} vs ${b.aux.size} entries`;

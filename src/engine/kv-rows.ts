@@ -1,0 +1,178 @@
+/**
+ * How the KV cache stores its rows. The layer graphs take and return f32 K/V, so a row is encoded
+ * when written and decoded when gathered; what changes is what the cache holds between steps, which
+ * is most of a long context's memory (SmolLM2: 46 KB per token in f32, 2048 tokens = 90 MB).
+ *
+ * | format | bytes per row of width d | error per element                         |
+ * |--------|--------------------------|-------------------------------------------|
+ * | f32    | 4d                       | none                                      |
+ * | f16    | 2d                       | half an f16 ulp: |x| * 2^-11 (normal range) |
+ * | int8   | d + 4                    | half a step: max|row| / 254               |
+ */
+import { f16ToF32 } from '../model/ggml-quants.js';
+
+export const KV_FORMATS = ['f32', 'f16', 'int8'] as const;
+export type KvFormat = (typeof KV_FORMATS)[number];
+
+export function isKvFormat(s: string): s is KvFormat {
+  return (KV_FORMATS as readonly string[]).includes(s);
+}
+
+export function kvRowBytes(format: KvFormat, width: number): number {
+  return format === 'f32' ? 4 * width : format === 'f16' ? 2 * width : width + 4;
+}
+
+/** Rows of one width, one per token index, in one format; grows by reallocation. */
+export interface RowStore {
+  readonly format: KvFormat;
+  readonly capacity: number;
+  /** bytes held (capacity rows) */
+  readonly bytes: number;
+  grow(capacity: number): void;
+  /** Encodes `src` ([width] f32) as row i. */
+  write(i: number, src: Float32Array): void;
+  /** Decodes rows [start, start + count) into dst ([count, width] f32) from element `at` on. */
+  read(start: number, count: number, dst: Float32Array, at: number): void;
+  /** Rows [0, count) as f32 without a copy, when the format is f32; null otherwise. */
+  view(count: number): Float32Array | null;
+}
+
+class F32Rows implements RowStore {
+  readonly format = 'f32';
+  /** [capacity, width] */
+  private data: Float32Array;
+  constructor(private readonly width: number, public capacity: number) {
+    this.data = new Float32Array(capacity * width);
+  }
+  get bytes() {
+    return this.data.byteLength;
+  }
+  grow(capacity: number) {
+    const d = new Float32Array(capacity * this.width);
+    d.set(this.data);
+    this.data = d;
+    this.capacity = capacity;
+  }
+  write(i: number, src: Float32Array) {
+    this.data.set(src, i * this.width);
+  }
+  read(start: number, count: number, dst: Float32Array, at: number) {
+    dst.set(this.data.subarray(start * this.width, (start + count) * this.width), at);
+  }
+  view(count: number) {
+    return this.data.subarray(0, count * this.width);
+  }
+}
+
+const f32Scratch = new Float32Array(1);
+const u32Scratch = new Uint32Array(f32Scratch.buffer);
+
+/**
+ * IEEE half nearest to x (ties to even); beyond the largest half (65504) it saturates instead of
+ * becoming infinity, because one infinite key would turn a whole attention row into NaN.
+ */
+export function f32ToF16Bits(x: number): number {
+  f32Scratch[0] = x;
+  const u = u32Scratch[0];
+  const sign = (u >>> 16) & 0x8000;
+  const exp = (u >>> 23) & 0xff;
+  let man = u & 0x7fffff;
+  if (exp === 0xff) return man ? 0x7e00 : sign | 0x7bff; // NaN stays NaN; infinity saturates
+  const e = exp - 112; // rebias 127 -> 15
+  if (e >= 31) return sign | 0x7bff;
+  if (e <= 0) {
+    if (e < -10) return sign; // below half the smallest subnormal
+    man |= 0x800000;
+    const shift = 14 - e;
+    let h = man >>> shift;
+    const rem = man & ((1 << shift) - 1);
+    const half = 1 << (shift - 1);
+    if (rem > half || (rem === half && h & 1)) h++;
+    return sign | h;
+  }
+  let h = (e << 10) | (man >>> 13);
+  const rem = man & 0x1fff;
+  if (rem > 0x1000 || (rem === 0x1000 && h & 1)) h++; // a carry into the exponent is the right rounding
+  return h >= 0x7c00 ? sign | 0x7bff : sign | h;
+}
+
+class F16Rows implements RowStore {
+  readonly format = 'f16';
+  /** [capacity, width] IEEE half bits */
+  private data: Uint16Array;
+  constructor(private readonly width: number, public capacity: number) {
+    this.data = new Uint16Array(capacity * width);
+  }
+  get bytes() {
+    return this.data.byteLength;
+  }
+  grow(capacity: number) {
+    const d = new Uint16Array(capacity * this.width);
+    d.set(this.data);
+    this.data = d;
+    this.capacity = capacity;
+  }
+  write(i: number, src: Float32Array) {
+    const o = i * this.width;
+    for (let j = 0; j < this.width; j++) this.data[o + j] = f32ToF16Bits(src[j]);
+  }
+  read(start: number, count: number, dst: Float32Array, at: number) {
+    const d = this.data;
+    const end = (start + count) * this.width;
+    for (let s = start * this.width, o = at; s < end; s++, o++) dst[o] = f16ToF32(d[s]);
+  }
+  view() {
+    return null;
+  }
+}
+
+class Int8Rows implements RowStore {
+  readonly format = 'int8';
+  /** [capacity, width] round(x / scale) */
+  private data: Int8Array;
+  /** [capacity] max|row| / 127 */
+  private scales: Float32Array;
+  constructor(private readonly width: number, public capacity: number) {
+    this.data = new Int8Array(capacity * width);
+    this.scales = new Float32Array(capacity);
+  }
+  get bytes() {
+    return this.data.byteLength + this.scales.byteLength;
+  }
+  grow(capacity: number) {
+    const d = new Int8Array(capacity * this.width);
+    d.set(this.data);
+    const s = new Float32Array(capacity);
+    s.set(this.scales);
+    this.data = d;
+    this.scales = s;
+    this.capacity = capacity;
+  }
+  write(i: number, src: Float32Array) {
+    let max = 0;
+    for (let j = 0; j < this.width; j++) max = Math.max(max, Math.abs(src[j]));
+    const scale = max / 127;
+    const inv = scale > 0 ? 1 / scale : 0;
+    const o = i * this.width;
+    for (let j = 0; j < this.width; j++) this.data[o + j] = Math.round(src[j] * inv);
+    this.scales[i] = scale;
+  }
+  read(start: number, count: number, dst: Float32Array, at: number) {
+    const w = this.width;
+    for (let r = 0; r < count; r++) {
+      const s = this.scales[start + r];
+      const src = (start + r) * w;
+      const o = at + r * w;
+      for (let j = 0; j < w; j++) dst[o + j] = this.data[src + j] * s;
+    }
+  }
+  view() {
+    return null;
+  }
+}
+
+export function rowStore(format: KvFormat, width: number, capacity: number): RowStore {
+  if (format === 'f32') return new F32Rows(width, capacity);
+  if (format === 'f16') return new F16Rows(width, capacity);
+  return new Int8Rows(width, capacity);
+}
