@@ -4,7 +4,7 @@ import type { LoadedModel } from './model.js';
 import { tokenLogprobs, type TokenLogprob } from './logprobs.js';
 import { formatSchedule, type Schedule } from './policy.js';
 import { Sampler, type SamplerOptions } from './sampler.js';
-import { runStep, type LayerTrace, type StepStats } from './step.js';
+import { runStep, type LayerTrace, type StepOptions, type StepStats } from './step.js';
 import type { LazyTrace } from './trace.js';
 
 export type FinishReason = 'stop' | 'length';
@@ -33,7 +33,12 @@ export interface GenerateOptions {
    */
   beforeStep?: () => void | Promise<void>;
   trace?: LayerTrace;
+  /** runs each step (default: runStep on the whole model); a split model passes its chain of layer groups (src/engine/layer-group.ts) */
+  step?: StepRunner;
 }
+
+/** One step over `seq`'s sequence; a runner that keeps the caches elsewhere still appends the tokens to `seq`. */
+export type StepRunner = (seq: SequenceState, newTokens: readonly number[], opts: StepOptions) => Promise<{ logits: Float32Array; stats: StepStats }>;
 
 /** Figures of one generation; snake_case because they travel as JSON to the CLI and HTTP clients. */
 export interface GenerationStats {
@@ -106,7 +111,8 @@ export async function generate(model: LoadedModel, seq: SequenceState, prompt: r
     denseFlops += s.denseFlops;
   };
 
-  const first = await runStep(model, seq, prompt, { schedule: opts.schedule, trace: opts.trace });
+  const runner: StepRunner = opts.step ?? ((s, t, o) => runStep(model, s, t, o));
+  const first = await runner(seq, prompt, { schedule: opts.schedule, trace: opts.trace });
   account(first.stats);
   const prefillMs = first.stats.ms;
   const tDecode = performance.now();
@@ -155,7 +161,7 @@ export async function generate(model: LoadedModel, seq: SequenceState, prompt: r
     if (tokens.length >= opts.maxTokens) break;
     await opts.beforeStep?.();
     if (opts.deadline !== undefined && performance.now() >= opts.deadline) break;
-    const step = await runStep(model, seq, [next], { schedule: opts.schedule, trace: opts.trace });
+    const step = await runner(seq, [next], { schedule: opts.schedule, trace: opts.trace });
     account(step.stats);
     decodeSteps++;
     logits = step.logits;

@@ -2,7 +2,7 @@ import { LAYER_IO } from '../model/shard-io.js';
 import type { ModelConfig } from '../model/config.js';
 import { SequenceState } from './caches.js';
 import { EngineError } from './errors.js';
-import type { LoadedModel } from './model.js';
+import type { LayerRange, ModelPart } from './model.js';
 import { keepAt, limitRevivals, selectActive, type Schedule } from './policy.js';
 import { embedTokens, headLogits } from './vocab-parts.js';
 
@@ -23,6 +23,9 @@ export interface StepStats {
   ms: number;
 }
 
+/** What a run over some of the layers adds to a step's statistics (per-layer arrays cover its layers only). */
+export type LayerStats = Omit<StepStats, 'newTokens' | 'ms'>;
+
 /** Observes each layer's queries; tests use it to count how often a token is computed per layer. */
 export type LayerTrace = (layer: number, queries: Int32Array, revived: Int32Array) => void;
 
@@ -30,6 +33,28 @@ export interface StepOptions {
   /** null runs dense: every token is carried to the last layer. */
   schedule: Schedule | null;
   trace?: LayerTrace;
+}
+
+/**
+ * Everything one step carries from layer `layer - 1` into layer `layer`: all a run over layers
+ * [layer, b) needs besides its own caches, and what crosses the boundary between two layer groups
+ * (src/engine/layer-group.ts). Pruning at `layer` is decided by whoever runs `layer`, from `scores`.
+ */
+export interface Frontier {
+  /** the layer this enters; 0 for embedded tokens, nLayers for the head */
+  layer: number;
+  /** the sequence length before this step: the new tokens are indices start..start+newTokens.length-1 */
+  start: number;
+  /** [k] this step's new token ids: every layer group appends them to its own state */
+  newTokens: number[];
+  /** [m] ascending token indices: the active set that left layer - 1 (at layer 0, every token) */
+  active: Int32Array;
+  /** [m] s^{layer-1}, the last token's attention averaged over heads, aligned with `active`; null when no later layer prunes */
+  scores: Float32Array | null;
+  /** [q] ascending: the tokens computed at layer - 1 in this step (at layer 0, the new tokens) */
+  carried: Int32Array;
+  /** [q, dim] their hidden states, entering `layer` */
+  hidden: Float32Array;
 }
 
 /** Matmul FLOPs of one layer for q query rows attending to t keys (2 per multiply-add). */
@@ -55,18 +80,20 @@ function concatIdx(a: Int32Array, b: Int32Array): Int32Array {
 
 /**
  * Runs layer l for `queries` (hidden states x [q, dim]) against the cached K/V of `context`, in
- * chunks of about PREFILL_CHUNK queries; writes the queries' K/V rows into the cache. Returns the
- * new hidden states [q, dim] and the last query's attention over [context..., queries...].
+ * chunks of about PREFILL_CHUNK queries; writes the queries' K/V rows into the cache, whose layer
+ * l is its row `l - range.start`. Returns the new hidden states [q, dim] and the last query's
+ * attention over [context..., queries...].
  */
 async function runLayer(
-  model: LoadedModel,
+  part: ModelPart,
   seq: SequenceState,
   l: number,
   x: Float32Array,
   queries: Int32Array,
   context: Int32Array,
 ): Promise<{ y: Float32Array; attn: Float32Array }> {
-  const { dim, kvDim } = model.config;
+  const { dim, kvDim } = part.config;
+  const lk = l - part.layerRange.start;
   const q = queries.length;
   const chunks = Math.max(1, Math.round(q / PREFILL_CHUNK));
   let y: Float32Array = new Float32Array(0);
@@ -75,8 +102,8 @@ async function runLayer(
     const a = Math.floor((c * q) / chunks);
     const b = Math.floor(((c + 1) * q) / chunks);
     const keysBefore = a === 0 ? context : concatIdx(context, queries.subarray(0, a));
-    const past = seq.kv.gather(l, keysBefore);
-    const out = await model.layers[l].run({
+    const past = seq.kv.gather(lk, keysBefore);
+    const out = await part.layers[lk].run({
       [LAYER_IO.inputs.x]: { data: x.subarray(a * dim, b * dim), dims: [b - a, dim] },
       [LAYER_IO.inputs.pos]: { data: Float32Array.from(queries.subarray(a, b)), dims: [b - a] },
       [LAYER_IO.inputs.pastK]: { data: past.k, dims: [keysBefore.length, kvDim] },
@@ -89,7 +116,7 @@ async function runLayer(
       if (c === 0) y = new Float32Array(q * dim);
       y.set(yc, a * dim);
     }
-    seq.kv.write(l, queries.subarray(a, b), out[LAYER_IO.outputs.k].data as Float32Array, out[LAYER_IO.outputs.v].data as Float32Array);
+    seq.kv.write(lk, queries.subarray(a, b), out[LAYER_IO.outputs.k].data as Float32Array, out[LAYER_IO.outputs.v].data as Float32Array);
     attn = out[LAYER_IO.outputs.attnLast].data as Float32Array; // the last chunk's is the last query's
   }
   return { y, attn };
@@ -101,35 +128,40 @@ function range(a: number, b: number): Int32Array {
   return r;
 }
 
-/**
- * One generation step: appends `newTokens` to the sequence and runs them through the model with
- * LazyLLM's progressive pruning, returning the logits of the last token. Queries at layer l are the
- * active tokens whose depth is l: new tokens, tokens carried from layer l-1, and tokens revived
- * from the Aux Cache. Tokens already deeper take part through their cached K/V only.
- */
-export async function runStep(
-  model: LoadedModel,
-  seq: SequenceState,
-  newTokens: readonly number[],
-  opts: StepOptions,
-): Promise<{ logits: Float32Array; stats: StepStats }> {
-  const t0 = performance.now();
-  const cfg = model.config;
-  const { dim, kvDim, nLayers } = cfg;
+/** The frontier entering layer 0: the new tokens (appended after `start` tokens) embedded, every token active. */
+export async function embedStep(part: Pick<ModelPart, 'config' | 'embed'>, start: number, newTokens: readonly number[]): Promise<Frontier> {
   if (newTokens.length === 0) throw new EngineError('a step needs at least one new token', 'invalid_request');
-  const start = seq.length;
-  seq.append(newTokens);
-  const n = seq.length;
-  const last = n - 1;
+  if (part.embed.length === 0) throw new EngineError('this model part holds no embedding', 'internal');
+  const hidden = await embedTokens(part.embed, newTokens, part.config.dim); // [newTokens, dim]
+  const n = start + newTokens.length;
+  return { layer: 0, start, newTokens: [...newTokens], active: range(0, n), scores: null, carried: range(start, n), hidden };
+}
 
-  const embedded = await embedTokens(model.embed, newTokens, dim); // [newTokens, dim]
+/**
+ * Runs one step over the part's layers [a, b) = part.layerRange, from the frontier entering a to
+ * the one leaving b - 1, with LazyLLM's progressive pruning. `seq` holds this part's layers only
+ * (its layer k is layer a + k, and its depths count this part's layers: a token's depth here is
+ * its model depth minus a, clamped to [0, b - a]); the step's new tokens are appended to it first.
+ * Queries at layer l are the active tokens whose depth is l: new tokens, tokens carried from layer
+ * l-1, and tokens revived from this part's Aux Cache. Tokens already deeper take part through
+ * their cached K/V only. A token pruned at layer l parks the hidden state entering l here, in the
+ * part that runs l, which is where it resumes.
+ */
+export async function runLayers(part: ModelPart, seq: SequenceState, into: Frontier, opts: StepOptions): Promise<{ frontier: Frontier; stats: LayerStats }> {
+  const cfg = part.config;
+  const { dim } = cfg;
+  const { start: a, end: b } = part.layerRange;
+  if (into.layer !== a) throw new EngineError(`layers ${a}..${b - 1} were handed the frontier entering layer ${into.layer}`, 'internal');
+  if (seq.kv.nLayers !== b - a) throw new EngineError(`a state of ${seq.kv.nLayers} layers cannot run layers ${a}..${b - 1}`, 'internal');
+  if (seq.length !== into.start) throw new EngineError(`the state holds ${seq.length} tokens, the step starts at ${into.start}`, 'internal');
+  seq.append(into.newTokens);
+  const n = seq.length;
 
   // Hidden states carried from the previous layer within this step: token -> [dim] row.
   let carried = new Map<number, Float32Array>();
-  for (let j = 0; j < newTokens.length; j++) carried.set(start + j, embedded.subarray(j * dim, (j + 1) * dim));
+  for (let j = 0; j < into.carried.length; j++) carried.set(into.carried[j], into.hidden.subarray(j * dim, (j + 1) * dim));
 
-  const stats: StepStats = {
-    newTokens: newTokens.length,
+  const stats: LayerStats = {
     computedPerLayer: [],
     revivedPerLayer: [],
     activePerLayer: [],
@@ -138,12 +170,13 @@ export async function runStep(
     kvEntries: 0,
     flops: 0,
     denseFlops: 0,
-    ms: 0,
   };
 
-  let active = range(0, n); // A_0: every token
-  let scores: Float32Array | null = null; // s^{l-1}, aligned with `active`
-  for (let l = 0; l < nLayers; l++) {
+  let active = into.active; // A_{l-1}
+  let scores = into.scores; // s^{l-1}, aligned with `active`
+  let out: { queries: Int32Array; y: Float32Array } = { queries: into.carried, y: into.hidden };
+  for (let l = a; l < b; l++) {
+    const lk = l - a; // this part's layer index, and the depth of a token that is a query at l
     const keep = opts.schedule ? keepAt(opts.schedule, l) : null;
     if (keep !== null && scores) {
       let next = selectActive(active, scores, keep, opts.schedule!.keepFirst, opts.schedule!.minActive);
@@ -151,7 +184,7 @@ export async function runStep(
       if (budget !== undefined) {
         const at = new Map<number, number>();
         active.forEach((i, j) => at.set(i, scores![j]));
-        next = limitRevivals(next, (i) => seq.depth[i] === l && !carried.has(i), (i) => at.get(i)!, budget);
+        next = limitRevivals(next, (i) => seq.depth[i] === lk && !carried.has(i), (i) => at.get(i)!, budget);
       }
       // Tokens leaving the active set park their current hidden state in the Aux Cache.
       if (next.length !== active.length) {
@@ -168,6 +201,7 @@ export async function runStep(
     }
 
     // Split `active` (ascending) into queries (depth l) and context (deeper); both stay ascending.
+    // Every token entering a part is at least as deep as the part's first layer, so depth 0 here is depth a.
     const m = active.length;
     const queryBuf = new Int32Array(m);
     const contextBuf = new Int32Array(m);
@@ -177,11 +211,11 @@ export async function runStep(
     for (let j = 0; j < m; j++) {
       const i = active[j];
       const d = seq.depth[i];
-      if (d === l) {
+      if (d === lk) {
         queryBuf[q++] = i;
         if (!carried.has(i)) revived.push(i);
-      } else if (d > l) contextBuf[c++] = i;
-      else throw new EngineError(`token ${i} at depth ${d} is active at layer ${l}`, 'internal');
+      } else if (d > lk) contextBuf[c++] = i;
+      else throw new EngineError(`token ${i} at depth ${a + d} is active at layer ${l}`, 'internal');
     }
     const queries = queryBuf.subarray(0, q);
     const context = contextBuf.subarray(0, c);
@@ -197,8 +231,8 @@ export async function runStep(
     }
     opts.trace?.(l, queries.slice(), Int32Array.from(revived));
 
-    const { y, attn } = await runLayer(model, seq, l, x, queries, context);
-    for (const i of queries) seq.deepen(i, l + 1);
+    const { y, attn } = await runLayer(part, seq, l, x, queries, context);
+    for (const i of queries) seq.deepen(i, lk + 1);
 
     // attn_last is over keys [context..., queries...]; realign it with `active` by merging the two
     // ascending lists. Only a later pruning layer reads the scores.
@@ -210,22 +244,71 @@ export async function runStep(
 
     carried = new Map();
     for (let j = 0; j < q; j++) carried.set(queries[j], y.subarray(j * dim, (j + 1) * dim));
+    out = { queries, y };
 
     stats.computedPerLayer.push(q);
     stats.revivedPerLayer.push(revived.length);
     stats.activePerLayer.push(active.length);
     stats.revived += revived.length;
     stats.flops += layerFlops(cfg, q, active.length);
-    stats.denseFlops += layerFlops(cfg, newTokens.length, n);
+    stats.denseFlops += layerFlops(cfg, into.newTokens.length, n);
   }
-
-  const hLast = carried.get(last);
-  if (!hLast) throw new EngineError('the last token did not reach the final layer', 'internal');
-  const logits = await headLogits(model.head, hLast, dim, cfg.vocabSize);
-  stats.flops += 2 * dim * cfg.vocabSize;
-  stats.denseFlops += 2 * dim * cfg.vocabSize;
   stats.auxEntries = seq.aux.size;
   stats.kvEntries = seq.kvEntries();
-  stats.ms = performance.now() - t0;
-  return { logits, stats };
+  const frontier: Frontier = { layer: b, start: into.start, newTokens: into.newTokens, active, scores, carried: out.queries, hidden: out.y };
+  return { frontier, stats };
+}
+
+/** The last token's hidden state [dim] in a frontier that left the last layer. */
+export function lastHidden(f: Frontier, dim: number): Float32Array {
+  const last = f.start + f.newTokens.length - 1;
+  const j = f.carried.length - 1;
+  if (j < 0 || f.carried[j] !== last) throw new EngineError('the last token did not reach the final layer', 'internal');
+  return f.hidden.subarray(j * dim, (j + 1) * dim);
+}
+
+/** Logits [vocab] of the last token, from the frontier leaving the last layer. */
+export async function headStep(part: Pick<ModelPart, 'config' | 'head'>, f: Frontier): Promise<Float32Array> {
+  const { dim, vocabSize, nLayers } = part.config;
+  if (f.layer !== nLayers) throw new EngineError(`the head was handed the frontier entering layer ${f.layer}`, 'internal');
+  if (part.head.reduce((s, p) => s + p.rows, 0) !== vocabSize) throw new EngineError('this model part holds only some of the classifier', 'internal');
+  return headLogits(part.head, lastHidden(f, dim), dim, vocabSize);
+}
+
+/** FLOPs of the classifier for one token. */
+export const headFlops = (cfg: ModelConfig) => 2 * cfg.dim * cfg.vocabSize;
+
+/** One step's statistics from its groups' (in layer order). */
+export function stepStats(cfg: ModelConfig, newTokens: number, groups: readonly LayerStats[], ms: number): StepStats {
+  const s: StepStats = { newTokens, computedPerLayer: [], revivedPerLayer: [], activePerLayer: [], revived: 0, auxEntries: 0, kvEntries: 0, flops: headFlops(cfg), denseFlops: headFlops(cfg), ms };
+  for (const g of groups) {
+    s.computedPerLayer.push(...g.computedPerLayer);
+    s.revivedPerLayer.push(...g.revivedPerLayer);
+    s.activePerLayer.push(...g.activePerLayer);
+    s.revived += g.revived;
+    s.auxEntries += g.auxEntries;
+    s.kvEntries += g.kvEntries;
+    s.flops += g.flops;
+    s.denseFlops += g.denseFlops;
+  }
+  return s;
+}
+
+/**
+ * One generation step: appends `newTokens` to the sequence and runs them through the model with
+ * LazyLLM's progressive pruning, returning the logits of the last token. The composition of
+ * embedStep, runLayers over every layer, and headStep; a split model runs the same three with the
+ * layers in groups (src/engine/layer-group.ts).
+ */
+export async function runStep(
+  model: ModelPart,
+  seq: SequenceState,
+  newTokens: readonly number[],
+  opts: StepOptions,
+): Promise<{ logits: Float32Array; stats: StepStats }> {
+  const t0 = performance.now();
+  const into = await embedStep(model, seq.length, newTokens);
+  const { frontier, stats } = await runLayers(model, seq, into, opts);
+  const logits = await headStep(model, frontier);
+  return { logits, stats: stepStats(model.config, newTokens.length, [stats], performance.now() - t0) };
 }

@@ -1,0 +1,95 @@
+/**
+ * A model split into G contiguous layer groups, each a ModelPart with its own SequenceState
+ * holding only its layers' KV rows and Aux Cache entries (in a Worker, each group is a Durable
+ * Object: src/worker/groups/). A step is embedStep -> runLayers on each group in order -> headStep;
+ * between two groups crosses a Frontier (src/engine/step.ts): the active set, its scores and the
+ * hidden states of the tokens the last layer computed. Pruning at a layer is decided in the group
+ * that runs it, so a pruned token's Aux Cache entry lives in the group that will resume it.
+ */
+import type { ModelConfig } from '../model/config.js';
+import { SequenceState } from './caches.js';
+import { EngineError } from './errors.js';
+import type { LayerRange, ModelPart } from './model.js';
+import { embedStep, headStep, runLayers, stepStats, type Frontier, type LayerStats, type StepOptions, type StepStats } from './step.js';
+
+/** `groups` contiguous ranges covering layers 0..nLayers-1, sizes differing by at most one (the earlier ones larger). */
+export function splitLayers(nLayers: number, groups: number): LayerRange[] {
+  if (!(Number.isInteger(groups) && groups >= 1 && groups <= nLayers)) throw new EngineError(`${groups} layer groups: need an integer from 1 to the model's ${nLayers} layers`, 'invalid_request', 'groups');
+  const out: LayerRange[] = [];
+  for (let g = 0, start = 0; g < groups; g++) {
+    const size = Math.floor(nLayers / groups) + (g < nLayers % groups ? 1 : 0);
+    out.push({ start, end: start + size });
+    start += size;
+  }
+  return out;
+}
+
+/**
+ * The state of one group: a SequenceState over the group's layers only, as if they were a model
+ * of their own. Its layer k is model layer range.start + k, and a token's depth there is its
+ * model depth minus range.start, clamped to [0, size]: 0 for a token that stopped before the
+ * group (or exactly at its first layer), size for one that went through it.
+ */
+export function groupState(config: ModelConfig, range: LayerRange): SequenceState {
+  return new SequenceState(groupConfig(config, range));
+}
+
+/** The config a group's state is built from: the model's, with the group's layer count. */
+export function groupConfig(config: ModelConfig, range: LayerRange): ModelConfig {
+  return { ...config, nLayers: range.end - range.start };
+}
+
+/** Bytes of a frontier as it crosses a boundary: ids, active set, scores and hidden rows. */
+export function frontierBytes(f: Frontier): number {
+  return 4 * (f.newTokens.length + f.active.length + (f.scores?.length ?? 0) + f.carried.length + f.hidden.length) + 12;
+}
+
+/** One group's step: its layers, with the state it owns. */
+export function groupStep(part: ModelPart, seq: SequenceState, into: Frontier, opts: StepOptions): Promise<{ frontier: Frontier; stats: LayerStats }> {
+  return runLayers(part, seq, into, opts);
+}
+
+/**
+ * A split model run in one process: the groups' parts and states, in layer order; the first part
+ * holds the embedding and the last the classifier. Its steps give what runStep gives on the whole
+ * model (the same arithmetic, in the same order), which is what tests check.
+ */
+export class LocalChain {
+  readonly states: SequenceState[];
+
+  constructor(readonly parts: readonly ModelPart[]) {
+    if (parts.length === 0) throw new EngineError('a chain needs at least one group', 'internal');
+    const L = parts[0].config.nLayers;
+    parts.forEach((p, g) => {
+      const want = g === 0 ? 0 : parts[g - 1].layerRange.end;
+      if (p.layerRange.start !== want) throw new EngineError(`group ${g} starts at layer ${p.layerRange.start}, expected ${want}`, 'internal');
+    });
+    if (parts.at(-1)!.layerRange.end !== L) throw new EngineError(`the groups end at layer ${parts.at(-1)!.layerRange.end} of ${L}`, 'internal');
+    this.states = parts.map((p) => groupState(p.config, p.layerRange));
+  }
+
+  get length(): number {
+    return this.states[0].length;
+  }
+
+  /** Truncates every group's state to n tokens. */
+  truncate(n: number): void {
+    for (const s of this.states) s.truncate(n);
+  }
+
+  async step(newTokens: readonly number[], opts: StepOptions): Promise<{ logits: Float32Array; stats: StepStats; bytes: number[] }> {
+    const t0 = performance.now();
+    let f = await embedStep(this.parts[0], this.length, newTokens);
+    const stats: LayerStats[] = [];
+    const bytes: number[] = [];
+    for (const [g, part] of this.parts.entries()) {
+      bytes.push(frontierBytes(f));
+      const r = await groupStep(part, this.states[g], f, opts);
+      f = r.frontier;
+      stats.push(r.stats);
+    }
+    bytes.push(frontierBytes(f));
+    const logits = await headStep(this.parts.at(-1)!, f);
+    return { logits, stats: stepStats(this.parts[0].config, newTokens.length, stats, performance.now() - t0), bytes };
+  }
+}
