@@ -36,3 +36,12 @@ export function promptWindows(stream: readonly number[], length: number, follow:
     return { prompt, next: src.slice(s + length, s + need) };
   });
 }
+
+/** Exactly n tokens of the text's evaluation stream, repeating it as needed (for measurements that depend on the count, not the words). */
+export function streamOfLength(tok: Encoder & { addBos: boolean }, text: string, n: number): number[] {
+  const stream = evalStream(tok, text);
+  if (stream.length === 0) throw new Error('the text holds no tokens');
+  const out: number[] = [];
+  while (out.length < n) out.push(...stream.slice(0, n - out.length));
+  return out;
+}

@@ -1,0 +1,80 @@
+/**
+ * `npm run memory -- --runtime workerd`: the model loaded and filled inside workerd (wrangler dev,
+ * scripts/memory-workerd/), read from two sides. Inside: onnxruntime's wasm memory, and the caches'
+ * bytes (the JS heap itself is not observable there). Outside: the workerd process's resident set
+ * (VmRSS) and its peak (VmHWM) from /proc, net of the process before the model was loaded; they
+ * include what workerd allocates for the isolate beyond the JS heap and the wasm memory.
+ */
+import { mkdirSync } from 'node:fs';
+import { basename, join, resolve } from 'node:path';
+import type { KvFormat } from '../../src/engine/kv-rows.js';
+import { DEFAULT_MEMORY_BUDGET_BYTES } from '../../src/engine/memory-budget.js';
+import type { MemoryReport } from './memory-report.js';
+import { fail, REPO_ROOT, SHARDS_ROOT } from './node-env.js';
+import { findWorkerds, residentBytes, startWranglerDev, waitReady } from './wrangler-dev.js';
+
+interface LoadAnswer {
+  wasm_bytes: number;
+  quant: string;
+  estimate_bytes: MemoryReport['estimate_bytes'];
+  error?: string;
+}
+interface FillAnswer {
+  wasm_bytes: number;
+  kv_cache_bytes: number;
+  tokens: number;
+  error?: string;
+}
+
+export async function measureInWorkerd(o: { dir: string; context: number; kv: KvFormat; text: string; log: (m: string) => void }): Promise<MemoryReport> {
+  const name = basename(resolve(o.dir));
+  if (resolve(o.dir) !== join(SHARDS_ROOT, name)) fail(`--runtime workerd serves shards from ${SHARDS_ROOT}: --model must be a directory there`);
+  mkdirSync(join(REPO_ROOT, '.bench-cache'), { recursive: true });
+  const logFile = join(REPO_ROOT, '.bench-cache', 'memory-workerd.log');
+  const dev = await startWranglerDev('scripts/memory-workerd/wrangler.toml', logFile);
+  o.log(`workerd: wrangler dev (pid ${dev.child.pid}) on ${dev.base}, log ${logFile}`);
+  try {
+    await waitReady(`${dev.base}/noop`, dev.child, 180_000);
+    const pids = findWorkerds(dev.child.pid!);
+    if (!pids.length) fail('no workerd process found under wrangler dev');
+    const read = () => pids.map(residentBytes);
+    const before = read();
+    o.log(`loading ${name} in workerd (context ${o.context}, KV ${o.kv})`);
+    const load = (await (await fetch(`${dev.base}/load?model=${encodeURIComponent(name)}&context=${o.context}&kv=${o.kv}`)).json()) as LoadAnswer;
+    if (load.error) throw new Error(`workerd /load: ${load.error}`);
+    const afterLoad = read();
+    o.log(`prefilling ${o.context} tokens in workerd`);
+    const res = await fetch(`${dev.base}/fill`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ model: name, context: o.context, kv: o.kv, text: o.text }) });
+    const fill = (await res.json()) as FillAnswer;
+    if (fill.error) throw new Error(`workerd /fill: ${fill.error}`);
+    const afterFill = read();
+    // The Worker's runtime is the workerd whose resident set grew; wrangler's entry proxy barely moves.
+    let k = 0;
+    for (let i = 1; i < pids.length; i++) if (afterFill[i].rss - before[i].rss > afterFill[k].rss - before[k].rss) k = i;
+    const base = before[k].rss;
+    const steady = afterFill[k].rss - base;
+    return {
+      runtime: 'workerd',
+      model: name,
+      context: fill.tokens,
+      kv_format: o.kv,
+      quant: load.quant,
+      load_peak_bytes: afterLoad[k].hwm - base,
+      steady_bytes: steady,
+      wasm_bytes: fill.wasm_bytes,
+      js_heap_bytes: fill.kv_cache_bytes,
+      fill_peak_bytes: afterFill[k].hwm - base,
+      wasm_after_load_bytes: load.wasm_bytes,
+      kv_cache_bytes: fill.kv_cache_bytes,
+      estimate_bytes: load.estimate_bytes,
+      deployed_isolate_bytes: DEFAULT_MEMORY_BUDGET_BYTES,
+      fits_deployed_isolate: afterFill[k].hwm - base <= DEFAULT_MEMORY_BUDGET_BYTES,
+      measured_in:
+        'workerd: wasm = WebAssembly.Memory size inside the isolate; js_heap_bytes = the KV and Aux caches\' bytes (workerd exposes no JS heap figure); ' +
+        'load_peak/steady/fill_peak = the workerd process\'s VmHWM/VmRSS from /proc net of its VmRSS before loading (they include workerd\'s own allocations for the isolate)',
+      workerd_rss_before_bytes: base,
+    };
+  } finally {
+    await dev.stop();
+  }
+}

@@ -1,0 +1,49 @@
+/**
+ * GET /load?model=M&context=N&kv=F loads the model as the product Worker does (src/worker/model-store.ts)
+ * and answers the wasm memory then. POST /fill {"model", "context", "kv", "text"} prefills `context` tokens of the
+ * text (repeated as needed) into a fresh sequence and answers the wasm memory and the caches' bytes. GET /noop answers
+ * nothing (a baseline for the process's resident set). Memory inside workerd is only observable as
+ * the wasm memory; the driver (scripts/lib/memory-workerd.ts) reads the process from /proc.
+ */
+import { SequenceState } from '../../src/engine/caches.js';
+import { runStep } from '../../src/engine/step.js';
+import { wasmHeapBytes } from '../../src/runtime/onnx-runtime.js';
+import { getModel } from '../../src/worker/model-store.js';
+import { streamOfLength } from '../lib/prompts.js';
+
+interface Env {
+  ASSETS: Fetcher;
+  ASSET_READ_MB_PER_S: string;
+}
+
+const modelOf = (env: Env, p: { model: string; context: number; kv: string }) =>
+  getModel({ ...env, MODEL_NAME: p.model, CONTEXT_TOKENS: String(p.context), KV_FORMAT: p.kv, MEMORY_BUDGET_MB: 'off' });
+
+export default {
+  async fetch(req: Request, env: Env): Promise<Response> {
+    const url = new URL(req.url);
+    try {
+      if (url.pathname === '/noop') return Response.json({ ok: true });
+      if (url.pathname === '/load') {
+        const q = url.searchParams;
+        const model = await modelOf(env, { model: q.get('model') ?? '', context: Number(q.get('context')), kv: q.get('kv') ?? 'f32' });
+        const e = model.memory;
+        return Response.json({
+          wasm_bytes: wasmHeapBytes(),
+          quant: `${model.quant.format}/${model.quant.kernel}`,
+          estimate_bytes: { weights: e.weights, kv_cache: e.kvCache, aux_cache: e.auxCache, runtime: e.runtime, total: e.total },
+        });
+      }
+      if (url.pathname === '/fill' && req.method === 'POST') {
+        const body = (await req.json()) as { model: string; context: number; kv: string; text: string };
+        const model = await modelOf(env, body);
+        const seq = new SequenceState(model.config);
+        await runStep(model, seq, streamOfLength(model.tokenizer, body.text, body.context), { schedule: null });
+        return Response.json({ wasm_bytes: wasmHeapBytes(), kv_cache_bytes: seq.kv.bytes + seq.aux.bytes, tokens: seq.length });
+      }
+      return new Response('not found', { status: 404 });
+    } catch (e) {
+      return Response.json({ error: (e as Error).message }, { status: 500 });
+    }
+  },
+} satisfies ExportedHandler<Env>;
