@@ -1,0 +1,214 @@
+/**
+ * A model split into contiguous layer groups (src/engine/layer-group.ts) computes exactly what the
+ * whole model computes: the same logits at prefill, decode and a later batch, dense and lazy, and
+ * the same state, distributed so that each group holds its own layers' KV rows and the Aux Cache
+ * entries of the tokens that stopped at its layers. The groups load only their own shards.
+ */
+import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { beforeAll, describe, expect, it } from 'vitest';
+import { initNodeRuntime, shardsDir } from '../../scripts/lib/node-env.js';
+import { promptWindows, storyStream } from '../../scripts/lib/prompts.js';
+import { servedShardsDir } from '../../scripts/lib/served-model.js';
+import { SequenceState } from '../../src/engine/caches.js';
+import { generate } from '../../src/engine/generate.js';
+import { LocalChain, splitLayers } from '../../src/engine/layer-group.js';
+import { loadModel, loadModelPart, type LayerRange, type LoadedModel, type ModelPart } from '../../src/engine/model.js';
+import { defaultSchedule, parseSchedule, type Schedule } from '../../src/engine/policy.js';
+import { GREEDY } from '../../src/engine/sampler.js';
+import { runStep, type StepStats } from '../../src/engine/step.js';
+import { devStories, loadStories260K, readBytes } from '../support/paths.js';
+
+function reader(dir: string) {
+  const files: string[] = [];
+  const read = async (f: string) => {
+    files.push(f);
+    return readBytes(join(dir, f));
+  };
+  return { files, read, manifest: readFileSync(join(dir, 'manifest.json'), 'utf8') };
+}
+
+const NO_BUDGET = { memoryBudgetBytes: Infinity };
+
+async function loadWhole(dir: string): Promise<LoadedModel> {
+  initNodeRuntime();
+  const r = reader(dir);
+  return loadModel(r.manifest, r.read, NO_BUDGET);
+}
+
+/** Loads each group as its own part: the first holds the embedding, the last the classifier. */
+async function loadGroups(dir: string, ranges: LayerRange[]): Promise<{ parts: ModelPart[]; files: string[][] }> {
+  initNodeRuntime();
+  const parts: ModelPart[] = [];
+  const files: string[][] = [];
+  for (const [g, layers] of ranges.entries()) {
+    const r = reader(dir);
+    const heads = JSON.parse(r.manifest).files.head.map((_: unknown, i: number) => i);
+    parts.push(await loadModelPart(r.manifest, r.read, { layers, embed: g === 0, head: g === ranges.length - 1 ? heads : [], tokenizer: false }, NO_BUDGET));
+    files.push(r.files);
+  }
+  return { parts, files };
+}
+
+/** Prefill, `decode` greedy steps, then a batch of new tokens (a chat turn's shape), on the whole model and on the chain side by side. */
+async function drive(model: LoadedModel, chain: LocalChain, schedule: Schedule | null, prompt: number[], decode: number, batch: number[]) {
+  const seq = new SequenceState(model.config);
+  const whole: { logits: Float32Array; stats: StepStats }[] = [];
+  const split: { logits: Float32Array; stats: StepStats }[] = [];
+  const step = async (tokens: number[]) => {
+    whole.push(await runStep(model, seq, tokens, { schedule }));
+    split.push(await chain.step(tokens, { schedule }));
+  };
+  await step(prompt);
+  for (let s = 0; s < decode; s++) {
+    const l = whole.at(-1)!.logits;
+    await step([l.indexOf(Math.max(...l))]);
+  }
+  if (batch.length) await step(batch);
+  return { seq, whole, split };
+}
+
+/** The whole model's state equals the groups' states put together. */
+function expectSameState(seq: SequenceState, chain: LocalChain, ranges: LayerRange[]) {
+  const L = seq.config.nLayers;
+  const n = seq.length;
+  const auxSeen = new Set<number>();
+  for (const [g, { start, end }] of ranges.entries()) {
+    const s = chain.states[g];
+    expect(s.tokens).toEqual(seq.tokens);
+    for (let i = 0; i < n; i++) {
+      const d = seq.depth[i];
+      // a token's depth in a group is its depth minus the group's first layer, within the group's size
+      expect(s.depth[i]).toBe(Math.min(Math.max(d - start, 0), end - start));
+      for (let l = start; l < Math.min(d, end); l++) expect(s.kv.row(l - start, i)).toEqual(seq.kv.row(l, i));
+    }
+    // An Aux Cache entry holds the state entering the layer the token stopped at: it lives in that layer's group.
+    for (const [i, h] of s.aux.entries) {
+      expect(seq.depth[i]).toBeGreaterThanOrEqual(start);
+      expect(seq.depth[i]).toBeLessThan(end);
+      expect(h).toEqual(seq.aux.entries.get(i));
+      auxSeen.add(i);
+    }
+  }
+  expect([...auxSeen].sort((a, b) => a - b)).toEqual([...seq.aux.entries.keys()].sort((a, b) => a - b));
+  expect(chain.states.reduce((t, s) => t + s.kvEntries(), 0)).toBe(seq.kvEntries());
+  expect(L).toBe(ranges.at(-1)!.end);
+}
+
+function expectSameSteps(r: Awaited<ReturnType<typeof drive>>) {
+  expect(r.split).toHaveLength(r.whole.length);
+  r.whole.forEach((w, k) => {
+    expect(r.split[k].logits).toEqual(w.logits);
+    const { ms: _a, ...ws } = w.stats;
+    const { ms: _b, ...ss } = r.split[k].stats;
+    expect(ss).toEqual(ws);
+  });
+}
+
+describe('stories260K split into layer groups', () => {
+  const dir = shardsDir('stories260K');
+  const { tok } = loadStories260K();
+  const [w] = promptWindows(storyStream(tok, devStories()), 300, 40, 1);
+  const prompt = w.prompt;
+  const batch = w.next.slice(0, 25);
+  let model: LoadedModel;
+  beforeAll(async () => {
+    model = await loadWhole(dir);
+  });
+
+  it('splits 5 layers into contiguous groups of near-equal size', () => {
+    expect(splitLayers(5, 1)).toEqual([{ start: 0, end: 5 }]);
+    expect(splitLayers(5, 2)).toEqual([{ start: 0, end: 3 }, { start: 3, end: 5 }]);
+    expect(splitLayers(5, 3)).toEqual([{ start: 0, end: 2 }, { start: 2, end: 4 }, { start: 4, end: 5 }]);
+    expect(splitLayers(30, 4).map((r) => r.end - r.start)).toEqual([8, 8, 7, 7]);
+    expect(() => splitLayers(5, 6)).toThrow(/layer groups/);
+    expect(() => splitLayers(5, 0)).toThrow(/layer groups/);
+  });
+
+  it('each group reads only its own shards', async () => {
+    const m = JSON.parse(readFileSync(join(dir, 'manifest.json'), 'utf8'));
+    const { files } = await loadGroups(dir, splitLayers(5, 3));
+    expect(files[0]).toEqual([...m.files.embed.map((f: { file: string }) => f.file), m.files.layers[0].file, m.files.layers[1].file]);
+    expect(files[1]).toEqual([m.files.layers[2].file, m.files.layers[3].file]);
+    expect(files[2]).toEqual([m.files.layers[4].file, ...m.files.head.map((f: { file: string }) => f.file)]);
+  });
+
+  for (const G of [2, 3]) {
+    for (const [name, schedule] of [
+      ['dense', null],
+      ['lazy, bos,1:0.4,3:0.5', parseSchedule('bos,1:0.4,3:0.5')],
+      ['lazy, the default schedule', defaultSchedule(5)],
+      ['lazy with a revival budget, bos,1:0.5,2:0.5,4:0.5,revive:3', parseSchedule('bos,1:0.5,2:0.5,4:0.5,revive:3')],
+    ] as const) {
+      it(`${G} groups, ${name}: the same logits and statistics at prefill, 20 decode steps and a batch, and the same state`, async () => {
+        const ranges = splitLayers(5, G);
+        const { parts } = await loadGroups(dir, ranges);
+        const chain = new LocalChain(parts);
+        const r = await drive(model, chain, schedule, prompt, 20, batch);
+        expectSameSteps(r);
+        expectSameState(r.seq, chain, ranges);
+        if (schedule) expect(r.seq.aux.size).toBeGreaterThan(0);
+      });
+    }
+  }
+
+  it('3 groups: a truncated history (a diverging chat) continues exactly as the whole model does', async () => {
+    const ranges = splitLayers(5, 3);
+    const chain = new LocalChain((await loadGroups(dir, ranges)).parts);
+    const schedule = parseSchedule('bos,1:0.4,3:0.5');
+    const r = await drive(model, chain, schedule, prompt, 10, []);
+    r.seq.truncate(200);
+    chain.truncate(200);
+    const a = await runStep(model, r.seq, batch, { schedule });
+    const b = await chain.step(batch, { schedule });
+    expect(b.logits).toEqual(a.logits);
+    expectSameState(r.seq, chain, ranges);
+  });
+
+  it('generate through the chain gives the whole model\'s greedy tokens and statistics', async () => {
+    const chain = new LocalChain((await loadGroups(dir, splitLayers(5, 2))).parts);
+    const schedule = parseSchedule('bos,1:0.5,3:0.5');
+    const opts = { maxTokens: 40, sampler: GREEDY, schedule };
+    const whole = await generate(model, new SequenceState(model.config), prompt, opts);
+    const front = new SequenceState({ ...model.config, nLayers: 0 });
+    const split = await generate(model, front, prompt, {
+      ...opts,
+      step: async (seq, tokens, o) => {
+        seq.append(tokens);
+        return chain.step(tokens, o);
+      },
+    });
+    expect(split.tokens).toEqual(whole.tokens);
+    expect(split.text).toBe(whole.text);
+    expect(split.stats.computed_per_layer).toEqual(whole.stats.computed_per_layer);
+    expect(front.tokens).toEqual(chain.states[0].tokens);
+  });
+});
+
+describe('SmolLM2 split into 2 layer groups', () => {
+  const dir = servedShardsDir();
+  let model: LoadedModel;
+  let chain: LocalChain;
+  // "The capital of France is" (NOTES.md), fed as a prompt and then decoded: a few tokens keep this fast.
+  const prompt = [504, 3575, 282, 4649, 314];
+  beforeAll(async () => {
+    model = await loadWhole(dir);
+  });
+
+  for (const [name, schedule] of [
+    ['dense', null],
+    // no floor, so that even this short prompt is pruned, early and late
+    ['lazy, bos,4:0.6,16:0.5,25:0.5', parseSchedule('bos,4:0.6,16:0.5,25:0.5')],
+  ] as const) {
+    it(`${name}: the same logits at prefill, 4 decode steps and a batch, and the same state`, async () => {
+      const ranges = splitLayers(30, 2);
+      chain = new LocalChain((await loadGroups(dir, ranges)).parts);
+      const r = await drive(model, chain, schedule, prompt, 4, [30, 1148, 1812]);
+      expectSameSteps(r);
+      expectSameState(r.seq, chain, ranges);
+      const first = r.whole[0].logits;
+      if (schedule) expect(r.seq.aux.size).toBeGreaterThan(0);
+      else expect(first.indexOf(Math.max(...first))).toBe(7042); // " Paris", as the references say
+    });
+  }
+});
