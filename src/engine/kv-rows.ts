@@ -9,7 +9,7 @@
  * | f16    | 2d                       | half an f16 ulp: |x| * 2^-11 (normal range) |
  * | int8   | d + 4                    | half a step: max|row| / 254               |
  */
-import { f16ToF32 } from '../model/ggml-quants.js';
+import { halfTable } from '../model/ggml-quants.js';
 
 export const KV_FORMATS = ['f32', 'f16', 'int8'] as const;
 export type KvFormat = (typeof KV_FORMATS)[number];
@@ -118,8 +118,9 @@ class F16Rows implements RowStore {
   }
   read(start: number, count: number, dst: Float32Array, at: number) {
     const d = this.data;
+    const table = halfTable();
     const end = (start + count) * this.width;
-    for (let s = start * this.width, o = at; s < end; s++, o++) dst[o] = f16ToF32(d[s]);
+    for (let s = start * this.width, o = at; s < end; s++, o++) dst[o] = table[d[s]];
   }
   view() {
     return null;

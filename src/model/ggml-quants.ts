@@ -123,6 +123,11 @@ function f16Table(): { bits: Uint32Array; values: Float32Array } {
   return { bits: f16Bits, values: f16Values };
 }
 
+/** [65536] the f32 value of every IEEE half, indexed by its bits: for decoding many halves in a loop. */
+export function halfTable(): Float32Array {
+  return f16Table().values;
+}
+
 /** Value of an IEEE half given as its 16 bits (the low 16 bits of `bits` are used). */
 export function f16ToF32(bits: number): number {
   return f16Table().values[bits & 0xffff];
