@@ -2,7 +2,7 @@ import { existsSync, mkdirSync, readFileSync, renameSync, rmSync, writeFileSync 
 import { basename, join } from 'node:path';
 import { parseLlama2cCheckpoint, randomCheckpoint, type RandomCheckpointOptions } from '../../src/model/checkpoint.js';
 import { sha256Hex } from '../../src/model/manifest.js';
-import { resolveQuant, type QuantSpec } from '../../src/model/quant.js';
+import { resolveQuant, sameQuant, type QuantSpec } from '../../src/model/quant.js';
 import { defaultQuant } from '../../src/engine/memory-budget.js';
 import { GRAPH_REVISION } from '../../src/shards/layer-graphs.js';
 import { buildGgufShards, buildShards, type BuiltShards, type GgufShardSource, type ShardSource } from '../../src/shards/build-shards.js';
@@ -72,7 +72,7 @@ export function upToDate(outDir: string, source: Pick<AnySource, 'source'>, quan
   try {
     const m = JSON.parse(readFileSync(path, 'utf8'));
     const r = m.quant ? resolveQuant(m.quant) : null;
-    const same = r !== null && 'spec' in r && r.spec.format === quant.format && r.spec.kernel === quant.kernel && r.spec.blockSize === quant.blockSize;
+    const same = r !== null && 'spec' in r && sameQuant(r.spec, quant);
     return m.source?.sha256 === source.source.sha256 && m.source?.file === source.source.file && same && m.graphRevision === GRAPH_REVISION;
   } catch {
     return false;

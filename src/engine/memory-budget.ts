@@ -6,7 +6,7 @@
  * measured heaps.
  */
 import type { ModelConfig } from '../model/config.js';
-import { ggufTotalWeightBytes, keepsQuantizedWeights, quantLabel, type QuantSpec } from '../model/quant.js';
+import { ggufMatrixBytes, ggufTotalWeightBytes, keepsQuantizedWeights, quantLabel, type QuantSpec } from '../model/quant.js';
 import { EngineError } from './errors.js';
 import { kvRowBytes } from './kv-rows.js';
 
@@ -36,6 +36,8 @@ export interface MemoryEstimate {
 
 /** Bytes of one [out, in] weight matrix as the kernel holds it while running. */
 export function matrixBytes(out: number, inp: number, q: QuantSpec): number {
+  // A GGUF build's groups differ (estimateMemory sizes each); a lone matrix here is the classifier (part-memory.ts).
+  if (q.gguf) return ggufMatrixBytes(out, inp, q.gguf.head);
   if (!keepsQuantizedWeights(q.kernel)) return out * inp * 4;
   if (q.format === 'int8') return out * inp + out * 4; // int8 values + one f32 scale per output channel
   const bs = q.blockSize!;

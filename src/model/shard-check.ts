@@ -7,7 +7,7 @@
 import onnxProto from 'onnx-proto';
 import type { ModelConfig } from './config.js';
 import { ModelFormatError } from './errors.js';
-import type { QuantSpec } from './quant.js';
+import { GGUF_DEQUANT_KERNELS, type GgufKernels, type QuantSpec } from './quant.js';
 
 const { onnx } = onnxProto;
 const DT = onnx.TensorProto.DataType;
@@ -89,9 +89,74 @@ function ggufTensorsOf(w: WeightSpec, inits: Map<string, onnxProto.onnx.ITensorP
   return e;
 }
 
+/** Which group of a GGUF build's kernels a weight belongs to, by the names layer-graphs.ts gives them. */
+function roleOf(name: string): keyof GgufKernels {
+  if (name === 'token_embedding') return 'embed';
+  if (name === 'wcls') return 'head';
+  return name === 'wqkv' || name === 'wo' ? 'attn' : 'ffn';
+}
+
+/** The tensors and the consuming op a GGUF weight must have under its group's kernel (src/shards/ggml-kernels.ts). */
+function ggufKernelTensors(w: WeightSpec, k: GgufKernels, inits: Map<string, onnxProto.onnx.ITensorProto>): { expected: Expected[]; consumer: string; bits?: number } {
+  const { name, out, inp } = w;
+  const kernel = k[roleOf(name)];
+  const nb = inp / 32;
+  const scales = (what: string, suffix = 'scales'): Expected => ({ name: `${name}_${suffix}`, dataType: DT.FLOAT, dims: [out * nb], what: `${out * nb} float32 ${what} (${out} outputs x ${nb} blocks of 32)` });
+  switch (kernel) {
+    case 'q4':
+      return {
+        consumer: 'Gather',
+        expected: [
+          { name: `${name}_q4`, dataType: DT.UINT8, dims: [out, nb, 16], what: `uint8 [${out}, ${nb}, 16] 4-bit embedding rows` },
+          { name: `${name}_d`, dataType: DT.FLOAT, dims: [out, nb], what: `float32 [${out}, ${nb}] block scales` },
+          { name: `${name}_m`, dataType: DT.FLOAT, dims: [out, nb], what: `float32 [${out}, ${nb}] block minimums` },
+        ],
+      };
+    case 'nbits':
+      return {
+        consumer: 'MatMulNBits',
+        bits: 4,
+        expected: [
+          { name: `${name}_q4`, dataType: DT.UINT8, dims: [out, nb, 16], what: `uint8 [${out}, ${nb}, 16] MatMulNBits nibbles (blocks of 32)` },
+          scales('block scales'),
+          { name: `${name}_zp`, dataType: DT.UINT8, dims: [out * Math.ceil(nb / 2)], what: `uint8 [${out * Math.ceil(nb / 2)}] packed zero points` },
+          { name: `${name}_mt`, dataType: DT.FLOAT, dims: [nb, out], what: `float32 [${nb}, ${out}] block minimums (the correction)` },
+        ],
+      };
+    case 'nbits-zp':
+      return {
+        consumer: 'MatMulNBits',
+        bits: 4,
+        expected: [
+          { name: `${name}_q4`, dataType: DT.UINT8, dims: [out, nb, 16], what: `uint8 [${out}, ${nb}, 16] MatMulNBits nibbles (blocks of 32)` },
+          scales('block scales'),
+          scales('float zero points', 'zpf'),
+        ],
+      };
+    case 'nbits8':
+      return {
+        consumer: 'MatMulNBits',
+        bits: 8,
+        expected: [{ name: `${name}_q8`, dataType: DT.UINT8, dims: [out, nb, 32], what: `uint8 [${out}, ${nb}, 32] 8-bit MatMulNBits blocks` }, scales('block scales')],
+      };
+    case 'integer':
+      return {
+        consumer: 'MatMulInteger',
+        expected: [
+          { name: `${name}_q`, dataType: DT.INT8, dims: [inp, out], what: `int8 [${inp}, ${out}] weights` },
+          { name: `${name}_scale`, dataType: DT.FLOAT, dims: [out], what: `${out} float32 scales (one per output channel)` },
+        ],
+      };
+    default: {
+      const expected = ggufTensorsOf(w, inits);
+      return { expected, consumer: name === 'token_embedding' ? 'Gather' : expected[0].name.endsWith('_qs') ? 'Cast' : 'MatMul' };
+    }
+  }
+}
+
 function tensorsOf(w: WeightSpec, q: QuantSpec, inits: Map<string, onnxProto.onnx.ITensorProto>): Expected[] {
   const { name, out, inp } = w;
-  if (q.format === 'gguf') return ggufTensorsOf(w, inits);
+  if (q.format === 'gguf') return ggufKernelTensors(w, q.gguf ?? GGUF_DEQUANT_KERNELS, inits).expected;
   if (name === 'token_embedding') return embedTensors(w, q);
   if (q.format === 'f32') return [{ name, dataType: DT.FLOAT, dims: [inp, out], what: `float32 [${inp}, ${out}] weights` }];
   if (q.format === 'int8') {
@@ -126,7 +191,7 @@ export function checkShardWeights(file: string, bytes: Uint8Array, q: QuantSpec,
   }
   const inits = new Map((model.graph?.initializer ?? []).map((t) => [t.name ?? '', t]));
   const nodes = model.graph?.node ?? [];
-  const label = `${q.format}${q.blockSize ? ` (block size ${q.blockSize})` : ''}`;
+  const label = q.gguf ? `gguf (${Object.entries(q.gguf).map(([r, k]) => `${r}=${k}`).join(', ')})` : `${q.format}${q.blockSize ? ` (block size ${q.blockSize})` : ''}`;
   for (const w of weights) {
     const expected = tensorsOf(w, q, inits);
     for (const e of expected) {
@@ -146,13 +211,12 @@ export function checkShardWeights(file: string, bytes: Uint8Array, q: QuantSpec,
       }
     }
     const stored = expected[0].name;
-    const want =
-      w.name === 'token_embedding' ? 'Gather'
-      : q.format === 'gguf' ? (stored.endsWith('_qs') ? 'Cast' : 'MatMul')
-      : CONSUMER[`${q.format}/${q.kernel}`];
+    const gguf = q.format === 'gguf' ? ggufKernelTensors(w, q.gguf ?? GGUF_DEQUANT_KERNELS, inits) : null;
+    const want = gguf ? gguf.consumer : w.name === 'token_embedding' ? 'Gather' : CONSUMER[`${q.format}/${q.kernel}`];
+    const kernelName = gguf ? `${roleOf(w.name)}=${(q.gguf ?? GGUF_DEQUANT_KERNELS)[roleOf(w.name)]}` : q.kernel;
     const consumer = nodes.find((nd) => nd.input?.includes(stored));
     if (consumer?.opType !== want) {
-      throw new ModelFormatError(file, `${stored} consumed by ${want} (kernel ${q.kernel})`, consumer ? `${consumer.opType}` : 'no consumer');
+      throw new ModelFormatError(file, `${stored} consumed by ${want} (kernel ${kernelName})`, consumer ? `${consumer.opType}` : 'no consumer');
     }
     if (want === 'MatMulNBits') {
       const attr = (k: string) => {
@@ -160,7 +224,7 @@ export function checkShardWeights(file: string, bytes: Uint8Array, q: QuantSpec,
         return a?.i === undefined || a.i === null ? undefined : toNum(a.i as number);
       };
       const found = { K: attr('K'), N: attr('N'), bits: attr('bits'), block_size: attr('block_size') };
-      const expect = { K: w.inp, N: w.out, bits: 4, block_size: q.blockSize };
+      const expect = { K: w.inp, N: w.out, bits: gguf?.bits ?? 4, block_size: gguf ? 32 : q.blockSize };
       if (JSON.stringify(found) !== JSON.stringify(expect)) {
         throw new ModelFormatError(file, `MatMulNBits on ${stored} with ${JSON.stringify(expect)}`, JSON.stringify(found));
       }

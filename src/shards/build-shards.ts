@@ -4,9 +4,10 @@ import type { ModelConfig } from '../model/config.js';
 import { endOfGenerationIds, tokenizerJsonFromSpec } from '../model/bpe-tokenizer.js';
 import type { GgmlMatrix, GgufModel } from '../model/gguf-model.js';
 import { MANIFEST_FORMAT, MANIFEST_VERSION, type FileEntry, type Manifest, type PartEntry, sha256Hex } from '../model/manifest.js';
-import { resolveQuant, type QuantSpec } from '../model/quant.js';
-import { GGML_DEQUANT, ggmlDequantLinear, ggmlEmbedRows, shardRowBytes, sliceRows } from './ggml-linear.js';
-import { buildEmbedGraph, buildHeadGraph, buildLayerGraph, embedGraph, f32Format } from './layer-graphs.js';
+import { GGUF_DEQUANT_KERNELS, ggufKernelString, ggufQuant, resolveQuant, type GgufKernels, type QuantSpec } from '../model/quant.js';
+import { ggmlEmbedRows, shardRowBytes, sliceRows, stackGgml } from './ggml-linear.js';
+import { ggmlLinearFor, kernelRowBytes, q4EmbedRows } from './ggml-kernels.js';
+import { buildEmbedGraph, buildHeadGraph, buildLayerGraph, embedGraph, f32Format, type MatrixFormat } from './layer-graphs.js';
 import { linearFor } from './quant-linear.js';
 
 /** A llama2.c checkpoint (f32 weights) and its tokenizer file. */
@@ -25,6 +26,10 @@ export interface GgufShardSource {
   name: string;
   model: GgufModel;
   source: Manifest['source'];
+  /** the kernel of each group of matrices (src/model/quant.ts); default: everything dequantized at load */
+  kernels?: GgufKernels;
+  /** split the head into at least this many row parts (bounds what a kernel that decodes its weights per run allocates) */
+  headParts?: number;
 }
 
 export interface BuiltShards {
@@ -119,16 +124,28 @@ export async function buildShards(src: ShardSource, onProgress?: ShardProgress):
 export async function buildGgufShards(src: GgufShardSource, onProgress?: ShardProgress): Promise<BuiltShards> {
   const m = src.model;
   const cfg = m.config;
-  const quant: QuantSpec = { format: 'gguf', kernel: 'dequant' };
-  const embedRanges = rowParts(cfg.vocabSize, shardRowBytes(m.embedding));
-  const headRanges = rowParts(cfg.vocabSize, shardRowBytes(m.head));
+  const k = src.kernels ?? GGUF_DEQUANT_KERNELS;
+  const quant = ggufQuant(k);
+  const rowBytes = (w: GgmlMatrix, kernel: GgufKernels[keyof GgufKernels]) => (kernel === 'dequant' ? shardRowBytes(w) : kernelRowBytes(w.inp, kernel));
+  const embedRanges = rowParts(cfg.vocabSize, k.embed === 'q8' ? shardRowBytes(m.embedding) : kernelRowBytes(cfg.dim, k.embed));
+  const headBytes = rowBytes(m.head, k.head);
+  const headRanges = rowParts(cfg.vocabSize, headBytes, Math.min(MAX_SHARD_BYTES, Math.ceil((cfg.vocabSize * headBytes) / Math.max(1, src.headParts ?? 1))));
   const w = new ShardWriter(cfg.nLayers + 1 + embedRanges.length + headRanges.length, onProgress);
   const tok = m.tokenizer;
   const tokenizer = await w.add('tokenizer.json', new TextEncoder().encode(JSON.stringify(tokenizerJsonFromSpec(tok))));
-  const embed = await w.parts('embed', embedRanges, (r0, r1) => embedGraph(cfg.dim, (b, ids) => ggmlEmbedRows(b, ids, sliceRows(m.embedding, r0, r1))));
+  const embedRows = k.embed === 'q8' ? ggmlEmbedRows : q4EmbedRows;
+  const embed = await w.parts('embed', embedRanges, (r0, r1) => embedGraph(cfg.dim, (b, ids) => embedRows(b, ids, sliceRows(m.embedding, r0, r1))));
+  // The layer graph names its matrices wqkv, wo (attention) and w13, w2 (FFN): each group gets its kernel.
+  const attn = ggmlLinearFor(k.attn);
+  const ffn = ggmlLinearFor(k.ffn);
+  const layerFormat: MatrixFormat<GgmlMatrix> = {
+    linear: (b, x, name, mat, out, inp) => (name === 'wqkv' || name === 'wo' ? attn : ffn)(b, x, name, mat, out, inp),
+    stack: stackGgml,
+  };
   const layers: FileEntry[] = [];
-  for (let l = 0; l < cfg.nLayers; l++) layers.push(await w.add(layerFile(l), buildLayerGraph<GgmlMatrix>(cfg, m.layers[l], l, GGML_DEQUANT, m.ropeFreqFactors)));
-  const head = await w.parts('head', headRanges, (r0, r1) => buildHeadGraph(cfg, m.rmsFinal, sliceRows(m.head, r0, r1), r1 - r0, ggmlDequantLinear));
+  for (let l = 0; l < cfg.nLayers; l++) layers.push(await w.add(layerFile(l), buildLayerGraph<GgmlMatrix>(cfg, m.layers[l], l, layerFormat, m.ropeFreqFactors)));
+  const headLinear = ggmlLinearFor(k.head);
+  const head = await w.parts('head', headRanges, (r0, r1) => buildHeadGraph(cfg, m.rmsFinal, sliceRows(m.head, r0, r1), r1 - r0, headLinear));
   const chatTemplate: Manifest['chatTemplate'] = m.chatTemplate
     ? { format: 'jinja', template: m.chatTemplate, bosToken: tok.tokens[tok.bosId] ?? '', eosToken: tok.tokens[tok.eosId] ?? '' }
     : PLAIN_CHAT_TEMPLATE;
@@ -151,7 +168,7 @@ function manifestOf(
     name: src.name,
     synthetic: src.synthetic,
     source: src.source,
-    quant: { format: quant.format, kernel: quant.kernel, ...(quant.blockSize ? { blockSize: quant.blockSize } : {}) },
+    quant: { format: quant.format, kernel: quant.gguf ? ggufKernelString(quant.gguf) : quant.kernel, ...(quant.blockSize ? { blockSize: quant.blockSize } : {}) },
     config: { ...cfg },
     tokenizer,
     chatTemplate,
