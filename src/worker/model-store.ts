@@ -16,7 +16,7 @@ const loads = new Map<string, Promise<LoadedModel>>();
  * reads: wrangler's local asset service holds a loopback socket per ~4 KB read for about six
  * seconds, so reading a 145 MB model at full speed runs workerd out of file descriptors.
  */
-function assetReader(assets: Fetcher, mbPerSecond: number | undefined) {
+export function assetReader(assets: Fetcher, mbPerSecond: number | undefined) {
   let readyAt = 0;
   return async (path: string): Promise<Uint8Array> => {
     const wait = readyAt - Date.now();
@@ -35,7 +35,7 @@ export const DEPLOYED_ISOLATE_MB = 128;
 /** What loading needs; the settings may be unset (their defaults apply). */
 export type ModelEnv = Pick<Env, 'ASSETS' | 'MODEL_NAME'> & Partial<Pick<Env, 'MEMORY_BUDGET_MB' | 'CONTEXT_TOKENS' | 'KV_FORMAT' | 'ASSET_READ_MB_PER_S'>>;
 
-function positiveVar(name: string, v: string | undefined): number | undefined {
+export function positiveVar(name: string, v: string | undefined): number | undefined {
   if (v === undefined || v.trim() === '') return undefined;
   const n = Number(v);
   if (!(n > 0)) throw new ModelFormatError(name, 'a positive number (wrangler.toml [vars])', JSON.stringify(v));
