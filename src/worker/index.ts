@@ -3,3 +3,4 @@ import type { Env } from './env.js';
 
 export default app satisfies ExportedHandler<Env>;
 export { ChatSession } from './chat-session.js';
+export { LayerGroup } from './groups/layer-group-object.js';

@@ -8,6 +8,9 @@ import type { Env } from './env.js';
 import { ApiError, ClientGone } from './errors.js';
 import { engineOptions, yieldToEventLoop, type CommonOptions, type Job, type Usage } from './job.js';
 import { LogprobShaper, type ShapedLogprob } from './logprobs.js';
+import { acquirePoolChain, chainError, type Chain } from './groups/chain.js';
+import { layerGroups } from './groups/config.js';
+import { frontModel } from './groups/parts.js';
 import { getModel } from './model-store.js';
 import { sseResponse, type SendEvent } from './sse.js';
 
@@ -24,10 +27,10 @@ export function checkModelName(env: Pick<Env, 'MODEL_NAME'>, requested: string):
   }
 }
 
-/** The served model, loaded once per isolate (after `checkModelName`). */
+/** The served model, loaded once per isolate (after `checkModelName`); with split layers, only its tokenizer and config (groups/). */
 export async function servedModel(env: Env, requested: string): Promise<LoadedModel> {
   checkModelName(env, requested);
-  return getModel(env);
+  return layerGroups(env) > 1 ? frontModel(env) : getModel(env);
 }
 
 export interface Outcome {
@@ -58,19 +61,33 @@ export function betweenTokens(gone?: AbortSignal): () => Promise<void> {
   };
 }
 
-async function run(job: Job, beforeStep: () => Promise<void>, onText?: (t: string, logprobs?: ShapedLogprob[]) => Promise<void>): Promise<Outcome> {
-  const seq = new SequenceState(job.model.config);
-  const tracer = job.trace ? new TraceRecorder(job.model, seq) : undefined;
-  const shaper = job.logprobs === null ? undefined : new LogprobShaper(job.model.tokenizer, job.prompt[job.prompt.length - 1]);
-  const r = await generate(job.model, seq, job.prompt, {
-    ...engineOptions(job),
-    onText: onText && (shaper ? (t, lps) => onText(t, shaper.shape(lps)) : (t) => onText(t)),
-    beforeStep,
-    trace: tracer?.hook,
-  });
-  const usage = { prompt_tokens: r.promptTokens, completion_tokens: r.tokens.length, total_tokens: r.promptTokens + r.tokens.length, prompt_tokens_details: { cached_tokens: 0 } };
-  const logprobs = shaper && !onText ? { logprobs: shaper.shape(r.logprobs) } : {};
-  return { text: r.text, finishReason: r.finishReason, usage, stats: tracer ? { ...r.stats, trace: tracer.result() } : r.stats, ...logprobs };
+/** With split layers, a chain of layer groups held for this request (released by `run`); null otherwise. */
+async function chainFor(env: Env, job: Job): Promise<Chain | null> {
+  return layerGroups(env) > 1 ? acquirePoolChain(env, job.model.config) : null;
+}
+
+async function run(job: Job, chain: Chain | null, beforeStep: () => Promise<void>, onText?: (t: string, logprobs?: ShapedLogprob[]) => Promise<void>): Promise<Outcome> {
+  try {
+    const seq = chain ? chain.frontState() : new SequenceState(job.model.config);
+    // The pruning trace needs the caches' depths, which a split model keeps in its groups.
+    const tracer = job.trace && !chain ? new TraceRecorder(job.model, seq) : undefined;
+    const shaper = job.logprobs === null ? undefined : new LogprobShaper(job.model.tokenizer, job.prompt[job.prompt.length - 1]);
+    const r = await generate(job.model, seq, job.prompt, {
+      ...engineOptions(job),
+      onText: onText && (shaper ? (t, lps) => onText(t, shaper.shape(lps)) : (t) => onText(t)),
+      beforeStep,
+      trace: tracer?.hook,
+      ...(chain ? { step: chain.runner } : {}),
+    });
+    const usage = { prompt_tokens: r.promptTokens, completion_tokens: r.tokens.length, total_tokens: r.promptTokens + r.tokens.length, prompt_tokens_details: { cached_tokens: 0 } };
+    const logprobs = shaper && !onText ? { logprobs: shaper.shape(r.logprobs) } : {};
+    const stats = chain ? chain.fixStats(r.stats) : tracer ? { ...r.stats, trace: tracer.result() } : r.stats;
+    return { text: r.text, finishReason: r.finishReason, usage, stats, ...logprobs };
+  } catch (e) {
+    throw chainError(e);
+  } finally {
+    await chain?.release();
+  }
 }
 
 /**
@@ -98,8 +115,10 @@ export function waitUntilOf(c: Context<AppEnv>): ((p: Promise<unknown>) => void)
  * generation whose client hangs up stops before its next token.
  */
 export async function respond(c: Context<AppEnv>, job: Job, o: CommonOptions, shapes: Shapes): Promise<Response> {
+  // Taken before answering, so that a busy pool is a plain 503 rather than an error inside a stream.
+  const chain = await chainFor(c.env, job);
   if (!o.stream) {
-    const out = await run(job, betweenTokens(c.req.raw.signal));
+    const out = await run(job, chain, betweenTokens(c.req.raw.signal));
     const timing = `prefill;dur=${out.stats.prefill_ms.toFixed(2)}, decode;dur=${out.stats.decode_ms.toFixed(2)}`;
     return c.json(shapes.whole(out), 200, { 'Server-Timing': timing });
   }
@@ -107,7 +126,7 @@ export async function respond(c: Context<AppEnv>, job: Job, o: CommonOptions, sh
     const send = withNullUsage(o, sendRaw);
     const opening = shapes.opening?.();
     if (opening) await send(opening);
-    const out = await run(job, betweenTokens(gone), (t, lps) => send(shapes.delta(t, lps)));
+    const out = await run(job, chain, betweenTokens(gone), (t, lps) => send(shapes.delta(t, lps)));
     await send(shapes.finish(out.finishReason, out.stats));
     if (o.stream_options?.include_usage) await sendRaw(shapes.usage(out.usage));
   };

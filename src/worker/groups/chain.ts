@@ -1,0 +1,159 @@
+/**
+ * The front Worker's side of a split model: a chain of LayerGroup objects run as one model. Each
+ * step goes through the groups in order, the frontier crossing every boundary (hidden states of
+ * the tokens still computed, the active set and its scores), and the last group answers logits;
+ * sampling, stop strings and streaming stay in the front (engine/generate.ts, with this runner).
+ */
+import { SequenceState } from '../../engine/caches.js';
+import { kvRowBytes } from '../../engine/kv-rows.js';
+import type { GenerateOptions, GenerationStats, StepRunner } from '../../engine/generate.js';
+import { frontierBytes } from '../../engine/layer-group.js';
+import type { ModelConfig } from '../../model/config.js';
+import { stepStats, type LayerStats, type StepStats } from '../../engine/step.js';
+import type { Env } from '../env.js';
+import { ApiError, fromFailure } from '../errors.js';
+import { groupChains, layerGroups } from './config.js';
+import type { LayerGroup } from './layer-group-object.js';
+import type { Failure, GroupStepCall, GroupStepReply } from './types.js';
+
+export type GroupStub = DurableObjectStub<LayerGroup>;
+
+/** What crossed RPC boundaries, for lazy_stats.split. */
+export interface SplitStats {
+  groups: number;
+  /** the chain that served the request (stateless) */
+  chain?: number;
+  /**
+   * bytes that crossed the group boundaries in the prefill step: the frontiers (active set,
+   * scores, carried hidden states, token ids) summed over the G - 1 boundaries. The front relays
+   * each, so RPC carries twice this, plus the token ids in and the logits out.
+   */
+  prefill_boundary_bytes: number;
+  /** the same per decode step, averaged */
+  decode_boundary_bytes_per_step: number;
+  /** steps run (1 prefill + decode steps) */
+  steps: number;
+}
+
+class GroupFailure extends Error {
+  constructor(readonly failure: Failure) {
+    super(failure.error.message);
+  }
+}
+
+function unwrap<T extends object>(r: { ok: true } & T | Failure): T {
+  if (!r.ok) throw new GroupFailure(r as Failure);
+  return r as T;
+}
+
+/** A Failure a group answered, as the HTTP layer's error. */
+export function chainError(e: unknown): unknown {
+  return e instanceof GroupFailure ? fromFailure(e.failure) : e;
+}
+
+/** A chain of groups held for one lease. */
+export class Chain {
+  private bytes: number[] = [];
+  private last: StepStats | null = null;
+
+  constructor(
+    readonly stubs: readonly GroupStub[],
+    readonly lease: string,
+    readonly config: ModelConfig,
+    readonly index?: number,
+  ) {}
+
+  /** A state for generate(): tokens only, since the caches live in the groups. */
+  frontState(): SequenceState {
+    return new SequenceState({ ...this.config, nLayers: 0 });
+  }
+
+  /** Runs steps through the groups; the front state only records the tokens. */
+  readonly runner: StepRunner = async (seq, newTokens, opts) => {
+    const t0 = performance.now();
+    const G = this.stubs.length;
+    seq.append(newTokens);
+    let moved = 0;
+    let input: GroupStepCall['input'] = { tokens: [...newTokens] };
+    const stats: LayerStats[] = [];
+    let logits: Float32Array | null = null;
+    for (let g = 0; g < G; g++) {
+      const r: GroupStepReply = unwrap<GroupStepReply>(await this.stubs[g].step({ groups: G, group: g, lease: this.lease, input, schedule: opts.schedule }));
+      stats.push(r.stats);
+      if ('logits' in r.output) logits = r.output.logits;
+      else {
+        input = { frontier: r.output.frontier };
+        moved += frontierBytes(r.output.frontier);
+      }
+    }
+    if (!logits) throw new Error('the last layer group answered no logits');
+    this.bytes.push(moved);
+    this.last = stepStats(this.config, newTokens.length, stats, performance.now() - t0);
+    return { logits, stats: this.last };
+  };
+
+  /** The generation's statistics with the caches' figures from the groups (the front state holds none). */
+  fixStats(s: GenerationStats): GenerationStats & { split: SplitStats } {
+    const last = this.last;
+    const aux = last?.auxEntries ?? 0;
+    const kv = last?.kvEntries ?? 0;
+    const decode = this.bytes.slice(1);
+    return {
+      ...s,
+      aux_entries: aux,
+      aux_bytes: aux * this.config.dim * 4,
+      kv_entries: kv,
+      kv_bytes: kv * 2 * kvRowBytes(this.config.kvFormat ?? 'f32', this.config.kvDim),
+      split: {
+        groups: this.stubs.length,
+        ...(this.index === undefined ? {} : { chain: this.index }),
+        prefill_boundary_bytes: this.bytes[0] ?? 0,
+        decode_boundary_bytes_per_step: decode.length ? Math.round(decode.reduce((a, b) => a + b, 0) / decode.length) : 0,
+        steps: this.bytes.length,
+      },
+    };
+  }
+
+  async release(): Promise<void> {
+    await Promise.all(this.stubs.map((s) => s.release(this.lease).catch(() => undefined)));
+  }
+}
+
+const stubOf = (env: Env, name: string): GroupStub => env.LAYER_GROUP_OBJECTS.get(env.LAYER_GROUP_OBJECTS.idFromName(name));
+
+/** The objects of stateless chain c. */
+export function poolChain(env: Env, c: number, groups: number): GroupStub[] {
+  return Array.from({ length: groups }, (_, g) => stubOf(env, `pool/${c}/${g}`));
+}
+
+/**
+ * Takes a free chain of the pool for one request, starting from a random one. When every chain is
+ * serving a request, the answer is a clear 503 with Retry-After: a request never waits behind
+ * another one's whole generation, and never shares a chain's state.
+ */
+export async function acquirePoolChain(env: Env, config: ModelConfig): Promise<Chain> {
+  const G = layerGroups(env);
+  const C = groupChains(env);
+  const lease = crypto.randomUUID();
+  const first = crypto.getRandomValues(new Uint32Array(1))[0] % C;
+  for (let k = 0; k < C; k++) {
+    const c = (first + k) % C;
+    const stubs = poolChain(env, c, G);
+    const head = await stubs[0].acquire({ groups: G, group: 0, lease, exclusive: true });
+    if (!head.ok) {
+      if (head.error.code === 'chain_busy') continue;
+      throw new GroupFailure(head);
+    }
+    try {
+      for (let g = 1; g < G; g++) unwrap<{ loaded: boolean }>(await stubs[g].acquire({ groups: G, group: g, lease, exclusive: false }));
+    } catch (e) {
+      await new Chain(stubs, lease, config).release();
+      throw e;
+    }
+    return new Chain(stubs, lease, config, c);
+  }
+  throw new ApiError(503, `All ${C} layer-group chains are serving other requests; retry shortly.`, 'server_busy', null, 'server_error', { 'Retry-After': '1' });
+}
+
+/** generate() options for a chain: its runner. */
+export const chainOptions = (chain: Chain): Pick<GenerateOptions, 'step'> => ({ step: chain.runner });

@@ -1,0 +1,38 @@
+/** What crosses RPC between the front Worker (chain.ts) and a LayerGroup object. */
+import type { Schedule } from '../../engine/policy.js';
+import type { Frontier, LayerStats } from '../../engine/step.js';
+import type { Failure } from '../faults.js';
+
+export type { Failure };
+
+export type Result<T> = ({ ok: true } & T) | Failure;
+
+/** Who the object is: group `group` of `groups`, serving one lease (a stateless request, or a session's turn). */
+export interface GroupAddress {
+  groups: number;
+  group: number;
+  lease: string;
+}
+
+export interface GroupStepCall extends GroupAddress {
+  /** the first group embeds the step's new tokens; every other group receives the frontier */
+  input: { tokens: number[] } | { frontier: Frontier };
+  schedule: Schedule | null;
+}
+
+/** The last group answers the logits of the step's last token; the others the frontier leaving their last layer. */
+export interface GroupStepReply {
+  output: { frontier: Frontier } | { logits: Float32Array };
+  stats: LayerStats;
+}
+
+export interface IsolateProbe {
+  /** a random id drawn once per isolate (module scope): equal ids mean one isolate */
+  isolate: string;
+  /** onnxruntime's wasm heap in this isolate now (bytes), null before the first session */
+  wasm_heap_bytes: number | null;
+  /** what this object's state holds */
+  tokens: number;
+  kv_bytes: number;
+  aux_bytes: number;
+}

@@ -1,0 +1,103 @@
+import { env } from 'cloudflare:workers';
+import { describe, expect, it } from 'vitest';
+import { acquirePoolChain, poolChain } from '../../src/worker/groups/chain.js';
+import { frontModel } from '../../src/worker/groups/parts.js';
+import { MODEL, readEvents, withEnv } from '../support/http.js';
+
+/**
+ * The layers split across LayerGroup Durable Objects (LAYER_GROUPS > 1) inside workerd: the real
+ * Worker, the real objects over RPC. What the split serves must be what the whole model serves.
+ */
+
+const PROMPT = 'Once upon a time, there was a little cat named Tom. Tom liked to play with a red ball in the garden. One day,';
+
+interface Completion {
+  status: number;
+  body: {
+    choices: { text: string; finish_reason: string }[];
+    lazy_stats: { computed_per_layer: number[]; prefill_computed_per_layer: number[]; aux_entries: number; kv_entries: number; split?: { groups: number; prefill_boundary_bytes: number; decode_boundary_bytes_per_step: number; steps: number } };
+    error?: { code: string };
+  };
+}
+
+async function complete(vars: Record<string, string>, body: object): Promise<Completion> {
+  const res = await withEnv(vars, '/v1/completions', { method: 'POST', headers: { 'Content-Type': 'application/json' }, body: JSON.stringify({ model: MODEL, prompt: PROMPT, ...body }) });
+  return { status: res.status, body: (await res.json()) as Completion['body'] };
+}
+
+const CASES = [
+  ['dense, greedy', { max_tokens: 40, temperature: 0, lazy: { enabled: false } }],
+  ['lazy bos,1:0.5,3:0.5, sampled', { max_tokens: 40, temperature: 0.8, seed: 7, lazy: { schedule: 'bos,1:0.5,3:0.5' } }],
+  ['lazy bos,1:0.4,2:0.5,4:0.5, greedy', { max_tokens: 40, temperature: 0, lazy: { schedule: 'bos,1:0.4,2:0.5,4:0.5' } }],
+] as const;
+
+describe('layer groups in workerd (stories260K)', () => {
+  it('objects of one class share one isolate here (so one onnxruntime heap): memory per object is not measurable apart locally', async () => {
+    const [a, b] = poolChain(env, 0, 2);
+    const [pa, pb] = [await a.probe(), await b.probe()];
+    // Recorded as found: workerd runs every object of a namespace in the Worker's isolate.
+    expect(pa.isolate).toBe(pb.isolate);
+  });
+
+  for (const G of [2, 3]) {
+    for (const [name, body] of CASES) {
+      it(`${G} groups, ${name}: the same text and per-layer work as the whole model`, async () => {
+        const whole = await complete({ LAYER_GROUPS: '1' }, body);
+        const split = await complete({ LAYER_GROUPS: String(G) }, body);
+        expect(whole.status).toBe(200);
+        expect(split.status).toBe(200);
+        expect(whole.body.choices[0].text.length).toBeGreaterThan(20);
+        expect(split.body.choices[0]).toEqual(whole.body.choices[0]);
+        const { split: s, ...stats } = split.body.lazy_stats;
+        for (const k of ['computed_per_layer', 'prefill_computed_per_layer', 'aux_entries', 'kv_entries'] as const) expect(stats[k]).toEqual(whole.body.lazy_stats[k]);
+        expect(s!.groups).toBe(G);
+        // the frontier leaving a group at prefill holds at least the last token's hidden state (64 floats)
+        expect(s!.prefill_boundary_bytes).toBeGreaterThan((G - 1) * 64 * 4);
+        expect(s!.decode_boundary_bytes_per_step).toBeGreaterThan(0);
+      });
+    }
+  }
+
+  it('streams the split reply token by token, the same text as unsplit', async () => {
+    const body = { max_tokens: 30, temperature: 0, lazy: { schedule: 'bos,1:0.5,3:0.5' } };
+    const whole = await complete({ LAYER_GROUPS: '1' }, body);
+    const res = await withEnv({ LAYER_GROUPS: '3' }, '/v1/completions', { method: 'POST', headers: { 'Content-Type': 'application/json' }, body: JSON.stringify({ model: MODEL, prompt: PROMPT, stream: true, ...body }) });
+    expect(res.status).toBe(200);
+    const { events, reads } = await readEvents(res);
+    expect(events.at(-1)).toBe('[DONE]');
+    const chunks = events.slice(0, -1).map((e) => JSON.parse(e) as { choices: { text: string }[] });
+    const text = chunks.map((c) => c.choices[0]?.text ?? '').join('');
+    expect(text).toBe(whole.body.choices[0].text);
+    expect(chunks.filter((c) => (c.choices[0]?.text ?? '') !== '').length).toBeGreaterThan(5);
+    expect(reads).toBeGreaterThan(5);
+  });
+
+  it('a request that finds every chain busy gets 503 server_busy, never a share of another request\'s state', async () => {
+    const vars = { LAYER_GROUPS: '2', GROUP_CHAINS: '1' };
+    const front = await frontModel(env);
+    const held = await acquirePoolChain({ ...env, ...vars }, front.config);
+    try {
+      const busy = await complete(vars, { max_tokens: 5, temperature: 0 });
+      expect(busy.status).toBe(503);
+      expect(busy.body.error!.code).toBe('server_busy');
+    } finally {
+      await held.release();
+    }
+    const after = await complete(vars, { max_tokens: 5, temperature: 0 });
+    expect(after.status).toBe(200);
+  });
+
+  it('a group taken over by another lease refuses the old one\'s steps (lease_lost)', async () => {
+    const front = await frontModel(env);
+    const vars = { LAYER_GROUPS: '2', GROUP_CHAINS: '1' };
+    const a = await acquirePoolChain({ ...env, ...vars }, front.config);
+    const seq = a.frontState();
+    await a.runner(seq, [1, 400, 300], { schedule: null });
+    // a later holder of group 1 (as after group 0's lease went idle): the old lease may not go on
+    const other = await poolChain(env, 0, 2)[1].acquire({ groups: 2, group: 1, lease: 'other', exclusive: false });
+    expect(other.ok).toBe(true);
+    await expect(a.runner(seq, [13], { schedule: null })).rejects.toThrow(/no longer held/);
+    await a.release();
+    await poolChain(env, 0, 2)[1].release('other');
+  });
+});
