@@ -1,6 +1,6 @@
 import type { ModelConfig } from '../model/config.js';
 import { EngineError } from './errors.js';
-import { kvRowBytes, rowStore, type KvFormat, type RowStore } from './kv-rows.js';
+import { kvRowBytes, rowStore, type KvFormat, type RawRows, type RowStore } from './kv-rows.js';
 
 /**
  * Per-layer keys and values, one row per token index (token i sits at position i).
@@ -51,26 +51,9 @@ export class KVCache {
     }
   }
 
-  /** Rows of the given ascending tokens at layer l as [tokens.length, kvDim]; a view when f32 and contiguous from 0. */
-  gather(l: number, tokens: Int32Array): { k: Float32Array; v: Float32Array } {
-    const d = this.kvDim;
-    const n = tokens.length;
-    if (n === 0 || tokens[n - 1] === n - 1) {
-      const k = this.keys[l].view(n);
-      const v = this.values[l].view(n);
-      if (k && v) return { k, v };
-    }
-    const k = new Float32Array(n * d);
-    const v = new Float32Array(n * d);
-    // One read per run of consecutive tokens (active sets keep long runs), not one per row.
-    for (let j = 0; j < n; ) {
-      let e = j + 1;
-      while (e < n && tokens[e] === tokens[e - 1] + 1) e++;
-      this.keys[l].read(tokens[j], e - j, k, j * d);
-      this.values[l].read(tokens[j], e - j, v, j * d);
-      j = e;
-    }
-    return { k, v };
+  /** Rows of the given ascending tokens at layer l as [tokens.length, kvDim] in the cache's format; views when contiguous from 0. */
+  gather(l: number, tokens: Int32Array): { k: RawRows; v: RawRows } {
+    return { k: this.keys[l].take(tokens), v: this.values[l].take(tokens) };
   }
 
   /** Row i of layer l as f32 copies ([kvDim] each): for persistence and tests. */

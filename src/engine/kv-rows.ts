@@ -1,7 +1,8 @@
 /**
- * How the KV cache stores its rows. The layer graphs take and return f32 K/V, so a row is encoded
- * when written and decoded when gathered; what changes is what the cache holds between steps, which
- * is most of a long context's memory (SmolLM2: 46 KB per token in f32, 2048 tokens = 90 MB).
+ * How the KV cache stores its rows. The layer graphs return f32 K/V, encoded here when written, and
+ * take the past rows in the stored format, decoding them themselves (src/shards/layer-graphs.ts): so
+ * the rows cross into the runtime at their stored size and no f32 copy is made on this side. The
+ * format decides most of a long context's memory (SmolLM2: 46 KB per token in f32, 2048 tokens = 90 MB).
  *
  * | format | bytes per row of width d | error per element                         |
  * |--------|--------------------------|-------------------------------------------|
@@ -33,8 +34,45 @@ export interface RowStore {
   write(i: number, src: Float32Array): void;
   /** Decodes rows [start, start + count) into dst ([count, width] f32) from element `at` on. */
   read(start: number, count: number, dst: Float32Array, at: number): void;
-  /** Rows [0, count) as f32 without a copy, when the format is f32; null otherwise. */
-  view(count: number): Float32Array | null;
+  /**
+   * The given ascending rows as stored ([tokens.length, width] in the format, a view when they are
+   * rows 0..n-1), for the layer graph to decode itself: no f32 copy is made on this side.
+   */
+  take(tokens: Int32Array): RawRows;
+}
+
+/** Rows in their stored format: what a layer graph takes as its past K or V. */
+export type RawRows =
+  | { format: 'f32'; data: Float32Array }
+  | { format: 'f16'; data: Uint16Array }
+  | { format: 'int8'; data: Int8Array; /** [rows] */ scales: Float32Array };
+
+/**
+ * Copies the ascending `tokens`' rows of `src` ([capacity, width]) into a new array, one copy per
+ * run of consecutive tokens (active sets keep long runs); a view when they are rows 0..n-1.
+ */
+function gatherRuns<T extends Float32Array | Uint16Array | Int8Array>(src: T, width: number, tokens: Int32Array, make: (n: number) => T): T {
+  const n = tokens.length;
+  if (n === 0 || tokens[n - 1] === n - 1) return src.subarray(0, n * width) as T;
+  const out = make(n * width);
+  for (let j = 0; j < n; ) {
+    let e = j + 1;
+    while (e < n && tokens[e] === tokens[e - 1] + 1) e++;
+    out.set(src.subarray(tokens[j] * width, tokens[e - 1] * width + width), j * width);
+    j = e;
+  }
+  return out;
+}
+
+/** Decodes raw rows to f32 ([rows, width]), as the layer graph does. */
+export function decodeRows(raw: RawRows, width: number): Float32Array {
+  if (raw.format === 'f32') return raw.data;
+  const out = new Float32Array(raw.data.length);
+  if (raw.format === 'f16') {
+    const table = halfTable();
+    for (let i = 0; i < out.length; i++) out[i] = table[raw.data[i]];
+  } else for (let i = 0; i < out.length; i++) out[i] = raw.data[i] * raw.scales[Math.floor(i / width)];
+  return out;
 }
 
 class F32Rows implements RowStore {
@@ -59,8 +97,8 @@ class F32Rows implements RowStore {
   read(start: number, count: number, dst: Float32Array, at: number) {
     dst.set(this.data.subarray(start * this.width, (start + count) * this.width), at);
   }
-  view(count: number) {
-    return this.data.subarray(0, count * this.width);
+  take(tokens: Int32Array): RawRows {
+    return { format: 'f32', data: gatherRuns(this.data, this.width, tokens, (n) => new Float32Array(n)) };
   }
 }
 
@@ -122,8 +160,8 @@ class F16Rows implements RowStore {
     const end = (start + count) * this.width;
     for (let s = start * this.width, o = at; s < end; s++, o++) dst[o] = table[d[s]];
   }
-  view() {
-    return null;
+  take(tokens: Int32Array): RawRows {
+    return { format: 'f16', data: gatherRuns(this.data, this.width, tokens, (n) => new Uint16Array(n)) };
   }
 }
 
@@ -167,8 +205,8 @@ class Int8Rows implements RowStore {
       for (let j = 0; j < w; j++) dst[o + j] = this.data[src + j] * s;
     }
   }
-  view() {
-    return null;
+  take(tokens: Int32Array): RawRows {
+    return { format: 'int8', data: gatherRuns(this.data, this.width, tokens, (n) => new Int8Array(n)), scales: gatherRuns(this.scales, 1, tokens, (n) => new Float32Array(n)) };
   }
 }
 

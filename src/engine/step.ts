@@ -5,6 +5,8 @@ import { EngineError } from './errors.js';
 import type { LayerRange, ModelPart } from './model.js';
 import { keepAt, limitRevivals, selectActive, type Schedule } from './policy.js';
 import { embedTokens, headLogits } from './vocab-parts.js';
+import type { RawRows } from './kv-rows.js';
+import type { HostTensor } from '../runtime/onnx-runtime.js';
 
 export interface StepStats {
   newTokens: number;
@@ -84,6 +86,24 @@ function concatIdx(a: Int32Array, b: Int32Array): Int32Array {
  * l is its row `l - range.start`. Returns the new hidden states [q, dim] and the last query's
  * attention over [context..., queries...].
  */
+const NONE = { f32: new Float32Array(0), f16: new Uint16Array(0), i8: new Int8Array(0) };
+
+/** The past K/V inputs of a layer graph for n rows held in `k.format`: those rows in its inputs, the other forms empty. */
+function pastFeeds(k: RawRows, v: RawRows, n: number, kvDim: number): Record<string, HostTensor> {
+  const io = LAYER_IO.inputs;
+  const rows = (f: RawRows['format']) => [f === k.format ? n : 0, kvDim];
+  return {
+    [io.pastK]: { data: k.format === 'f32' ? k.data : NONE.f32, dims: rows('f32') },
+    [io.pastV]: { data: v.format === 'f32' ? v.data : NONE.f32, dims: rows('f32') },
+    [io.pastKF16]: { data: k.format === 'f16' ? k.data : NONE.f16, dims: rows('f16') },
+    [io.pastVF16]: { data: v.format === 'f16' ? v.data : NONE.f16, dims: rows('f16') },
+    [io.pastKI8]: { data: k.format === 'int8' ? k.data : NONE.i8, dims: rows('int8') },
+    [io.pastVI8]: { data: v.format === 'int8' ? v.data : NONE.i8, dims: rows('int8') },
+    [io.pastKI8Scale]: { data: k.format === 'int8' ? k.scales : NONE.f32, dims: [rows('int8')[0], 1] },
+    [io.pastVI8Scale]: { data: v.format === 'int8' ? v.scales : NONE.f32, dims: [rows('int8')[0], 1] },
+  };
+}
+
 async function runLayer(
   part: ModelPart,
   seq: SequenceState,
@@ -106,8 +126,7 @@ async function runLayer(
     const out = await part.layers[lk].run({
       [LAYER_IO.inputs.x]: { data: x.subarray(a * dim, b * dim), dims: [b - a, dim] },
       [LAYER_IO.inputs.pos]: { data: Float32Array.from(queries.subarray(a, b)), dims: [b - a] },
-      [LAYER_IO.inputs.pastK]: { data: past.k, dims: [keysBefore.length, kvDim] },
-      [LAYER_IO.inputs.pastV]: { data: past.v, dims: [keysBefore.length, kvDim] },
+      ...pastFeeds(past.k, past.v, keysBefore.length, kvDim),
       [LAYER_IO.inputs.pastPos]: { data: Float32Array.from(keysBefore), dims: [keysBefore.length] },
     });
     const yc = out[LAYER_IO.outputs.y].data as Float32Array;

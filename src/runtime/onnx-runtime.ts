@@ -4,7 +4,8 @@
  */
 import * as ort from 'onnxruntime-web/wasm';
 
-export type TensorData = Float32Array | BigInt64Array;
+/** float32, float16 (as its bits), int8 and int64 tensors: what the shards take and return. */
+export type TensorData = Float32Array | Uint16Array | Int8Array | BigInt64Array;
 export interface HostTensor {
   data: TensorData;
   dims: readonly number[];
@@ -94,6 +95,13 @@ export interface GraphSessionOptions {
   foldDequantize?: boolean;
 }
 
+function elementType(d: TensorData): 'float32' | 'float16' | 'int8' | 'int64' {
+  if (d instanceof Float32Array) return 'float32';
+  if (d instanceof Uint16Array) return 'float16';
+  if (d instanceof Int8Array) return 'int8';
+  return 'int64';
+}
+
 export async function createGraphSession(name: string, bytes: Uint8Array, opts: GraphSessionOptions = {}): Promise<GraphSession> {
   if (!initialised) throw new RuntimeError('initRuntime() must be called before creating sessions');
   const source = initialised;
@@ -117,7 +125,7 @@ export async function createGraphSession(name: string, bytes: Uint8Array, opts: 
     async run(feeds) {
       const inputs: Record<string, ort.Tensor> = {};
       for (const [k, t] of Object.entries(feeds)) {
-        inputs[k] = new ort.Tensor(t.data instanceof BigInt64Array ? 'int64' : 'float32', t.data, t.dims);
+        inputs[k] = new ort.Tensor(elementType(t.data), t.data, t.dims);
       }
       let out: ort.InferenceSession.ReturnType;
       try {

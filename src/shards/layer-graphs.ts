@@ -29,8 +29,9 @@ export function f32Format(linear: LinearEmitter = f32Linear): MatrixFormat<Float
  * 2: RMSNorm as SimplifiedLayerNormalization.
  * 3: RoPE of queries and keys in one RotaryEmbedding kernel.
  * 4: GGUF matrices; RoPE frequency factors; embedding and head split by rows.
+ * 5: past K/V in the KV cache's format (f32, f16 or int8 rows, decoded in the graph).
  */
-export const GRAPH_REVISION = 4;
+export const GRAPH_REVISION = 5;
 
 export function transpose(w: Float32Array, rows: number, cols: number): Float32Array {
   const t = new Float32Array(rows * cols);
@@ -101,8 +102,8 @@ export function buildLayerGraph<M>(
   const b = new GraphBuilder(`layer_${layer}`);
   const x = b.input(io.inputs.x, 'float32', ['q', dim]);
   const pos = b.input(io.inputs.pos, 'float32', ['q']);
-  const pastK = b.input(io.inputs.pastK, 'float32', ['c', kvDim]);
-  const pastV = b.input(io.inputs.pastV, 'float32', ['c', kvDim]);
+  const pastK = pastRows(b, kvDim, io.inputs.pastK, io.inputs.pastKF16, io.inputs.pastKI8, io.inputs.pastKI8Scale); // [c, kvDim]
+  const pastV = pastRows(b, kvDim, io.inputs.pastV, io.inputs.pastVF16, io.inputs.pastVI8, io.inputs.pastVI8Scale); // [c, kvDim]
   const pastPos = b.input(io.inputs.pastPos, 'float32', ['c']);
 
   const { cos, sin } = ropeTables(b, pos, hs, cfg.ropeTheta, ropeFreqFactors); // [q, hs/2]
@@ -148,6 +149,18 @@ export function buildLayerGraph<M>(
   b.output(vNew, io.outputs.v, 'float32', ['q', kvDim]);
   b.output(attnLast, io.outputs.attnLast, 'float32', ['t']);
   return b.toBytes();
+}
+
+/**
+ * The context's K or V rows as f32 [c, kvDim] from the three forms the KV cache may hold them in
+ * (src/engine/kv-rows.ts); two of them are empty on any run. Decoding here rather than in JS means
+ * the rows cross into the runtime at their stored size, and the cache keeps no f32 copy.
+ */
+function pastRows(b: GraphBuilder, kvDim: number, f32: string, f16: string, i8: string, i8Scale: string): string {
+  const a = b.input(f32, 'float32', ['c32', kvDim]);
+  const h = b.op('Cast', [b.input(f16, 'float16', ['c16', kvDim])], { to: 1 });
+  const q = b.op('Mul', [b.op('Cast', [b.input(i8, 'int8', ['c8', kvDim])], { to: 1 }), b.input(i8Scale, 'float32', ['c8', 1])]);
+  return b.op('Concat', [a, h, q], { axis: 0 });
 }
 
 /**

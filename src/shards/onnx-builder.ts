@@ -10,8 +10,9 @@ const INT64 = onnx.TensorProto.DataType.INT64;
 const INT8 = onnx.TensorProto.DataType.INT8;
 const UINT8 = onnx.TensorProto.DataType.UINT8;
 const INT32 = onnx.TensorProto.DataType.INT32;
+const FLOAT16 = onnx.TensorProto.DataType.FLOAT16;
 
-export const ElemType = { float32: FLOAT, int64: INT64, int8: INT8, uint8: UINT8, int32: INT32 } as const;
+export const ElemType = { float32: FLOAT, float16: FLOAT16, int64: INT64, int8: INT8, uint8: UINT8, int32: INT32 } as const;
 export type ElemName = keyof typeof ElemType;
 
 function valueInfo(name: string, elem: ElemName, dims: Dim[]): onnxProto.onnx.IValueInfoProto {

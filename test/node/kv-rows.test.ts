@@ -2,7 +2,7 @@ import { beforeAll, describe, expect, it } from 'vitest';
 import { klDivergence } from '../../scripts/lib/fidelity.js';
 import { promptWindows, storyStream } from '../../scripts/lib/prompts.js';
 import { KVCache, SequenceState } from '../../src/engine/caches.js';
-import { f32ToF16Bits, kvRowBytes, KV_FORMATS, rowStore, type KvFormat } from '../../src/engine/kv-rows.js';
+import { decodeRows, f32ToF16Bits, kvRowBytes, KV_FORMATS, rowStore, type KvFormat } from '../../src/engine/kv-rows.js';
 import { checkMemoryBudget, MB } from '../../src/engine/memory-budget.js';
 import type { LoadedModel } from '../../src/engine/model.js';
 import { emptyView, encodeDelta, replayLog } from '../../src/engine/state-codec.js';
@@ -12,7 +12,7 @@ import { f16ToF32 } from '../../src/model/ggml-quants.js';
 import { createRng } from '../../src/model/prng.js';
 import { diffStates } from '../support/state-diff.js';
 import { devStories, loadStories260K } from '../support/paths.js';
-import { loadDefaultModel } from '../support/models.js';
+import { loadDefaultModel, maxAbsDiff } from '../support/models.js';
 
 function randomRows(n: number, width: number, seed: number, scale = 4): Float32Array {
   const rng = createRng(seed);
@@ -98,10 +98,13 @@ describe('KV row formats', () => {
       kv.write(1, all, keys, rows);
       const pick = Int32Array.from([0, 1, 2, 50, 51, 299]);
       const g = kv.gather(1, pick);
+      expect(g.k.format).toBe(format);
+      const gk = decodeRows(g.k, width);
+      const gv = decodeRows(g.v, width);
       for (const [j, i] of pick.entries()) {
         const r = kv.row(1, i);
-        expect(g.k.subarray(j * width, (j + 1) * width)).toEqual(r.k);
-        expect(g.v.subarray(j * width, (j + 1) * width)).toEqual(r.v);
+        expect(gk.subarray(j * width, (j + 1) * width)).toEqual(r.k);
+        expect(gv.subarray(j * width, (j + 1) * width)).toEqual(r.v);
       }
       expect(kv.bytes).toBe(2 * 2 * kv.capacity * kvRowBytes(format, width));
     }
@@ -138,6 +141,22 @@ describe('KV formats in the engine (stories260K)', () => {
     expect(kl.int8).toBeLessThan(1e-2);
     expect(kl.f16).toBeLessThan(kl.int8);
   });
+
+  for (const f of ['f16', 'int8'] as const) {
+    it(`the layer graph decodes ${f} rows exactly as the cache's own decoder does`, async () => {
+      // The same rows given to the graph as ${f} and, decoded on this side, as f32: the next step must not differ.
+      const m = as(f);
+      const seq = new SequenceState(m.config);
+      await runStep(m, seq, w.prompt.slice(0, 200), { schedule: null });
+      const fp = 3;
+      const { chunks } = encodeDelta(seq, emptyView(), { fingerprint: fp }); // rows persist as f32, decoded
+      const asF32 = replayLog(as('f32').config, chunks, fp).seq;
+      expect(asF32.kv.format).toBe('f32');
+      const a = await runStep(m, seq, [w.next[0]], { schedule: null });
+      const b = await runStep(as('f32'), asF32, [w.next[0]], { schedule: null });
+      expect(maxAbsDiff(a.logits, b.logits)).toBeLessThanOrEqual(1e-5);
+    });
+  }
 
   it('a session state persisted from an f16 cache replays to the same rows', async () => {
     const m = as('f16');
