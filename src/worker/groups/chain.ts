@@ -51,15 +51,17 @@ export function chainError(e: unknown): unknown {
   return e instanceof GroupFailure ? fromFailure(e.failure) : e;
 }
 
-/** A chain of groups held for one lease. */
-export class Chain {
+type StepCall = (g: number, input: GroupStepCall['input'], schedule: GroupStepCall['schedule']) => Promise<Failure | ({ ok: true } & GroupStepReply)>;
+
+/** Runs steps through a chain of groups, and keeps the figures of what crossed their boundaries. */
+export class ChainRunner {
   private bytes: number[] = [];
   private last: StepStats | null = null;
 
   constructor(
-    readonly stubs: readonly GroupStub[],
-    readonly lease: string,
+    readonly groups: number,
     readonly config: ModelConfig,
+    private readonly call: StepCall,
     readonly index?: number,
   ) {}
 
@@ -68,17 +70,17 @@ export class Chain {
     return new SequenceState({ ...this.config, nLayers: 0 });
   }
 
-  /** Runs steps through the groups; the front state only records the tokens. */
+  /** The front state only records the tokens; each group receives where the step starts, and truncates to it. */
   readonly runner: StepRunner = async (seq, newTokens, opts) => {
     const t0 = performance.now();
-    const G = this.stubs.length;
+    const start = seq.length;
     seq.append(newTokens);
     let moved = 0;
-    let input: GroupStepCall['input'] = { tokens: [...newTokens] };
+    let input: GroupStepCall['input'] = { tokens: [...newTokens], start };
     const stats: LayerStats[] = [];
     let logits: Float32Array | null = null;
-    for (let g = 0; g < G; g++) {
-      const r: GroupStepReply = unwrap<GroupStepReply>(await this.stubs[g].step({ groups: G, group: g, lease: this.lease, input, schedule: opts.schedule }));
+    for (let g = 0; g < this.groups; g++) {
+      const r: GroupStepReply = unwrap<GroupStepReply>(await this.call(g, input, opts.schedule));
       stats.push(r.stats);
       if ('logits' in r.output) logits = r.output.logits;
       else {
@@ -105,13 +107,25 @@ export class Chain {
       kv_entries: kv,
       kv_bytes: kv * 2 * kvRowBytes(this.config.kvFormat ?? 'f32', this.config.kvDim),
       split: {
-        groups: this.stubs.length,
+        groups: this.groups,
         ...(this.index === undefined ? {} : { chain: this.index }),
         prefill_boundary_bytes: this.bytes[0] ?? 0,
         decode_boundary_bytes_per_step: decode.length ? Math.round(decode.reduce((a, b) => a + b, 0) / decode.length) : 0,
         steps: this.bytes.length,
       },
     };
+  }
+}
+
+/** A pool chain held for one lease (a stateless request). */
+export class Chain extends ChainRunner {
+  constructor(
+    readonly stubs: readonly GroupStub[],
+    readonly lease: string,
+    config: ModelConfig,
+    index?: number,
+  ) {
+    super(stubs.length, config, (g, input, schedule) => stubs[g].step({ groups: stubs.length, group: g, lease, input, schedule }), index);
   }
 
   async release(): Promise<void> {

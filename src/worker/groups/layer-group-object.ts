@@ -7,10 +7,31 @@ import { embedStep, headStep, runLayers, type Frontier } from '../../engine/step
 import { wasmHeapBytes } from '../../runtime/onnx-runtime.js';
 import type { Env } from '../env.js';
 import { failureFrom, failureOf } from '../faults.js';
+import { emptyView, encodeDelta, modelFingerprint, type StoredView } from '../../engine/state-codec.js';
 import { groupPart } from './config.js';
 import { compactFrontier } from './frontier.js';
+import { groupFingerprint, loadGroupLog, writeGroupChunks } from './group-store.js';
 import { groupModel, manifestOf } from './parts.js';
-import type { GroupAddress, GroupStepCall, GroupStepReply, IsolateProbe, Result } from './types.js';
+import type { GroupAddress, GroupStepCall, GroupStepReply, GroupSummary, IsolateProbe, Result, SessionGroupAddress, SessionStepCall } from './types.js';
+
+/** A session group's state in memory: committed through `turn` turns, or inside attempt `attempt` at turn `turn`. */
+interface SessionMemory {
+  seq: SequenceState;
+  view: StoredView;
+  fingerprint: number;
+  turn: number;
+  attempt: string | null;
+  recordBytes: number;
+}
+
+/** One step over a group's layers: group 0 embeds `tokens`, the last applies the head. */
+async function runGroupStep(part: ModelPart, seq: SequenceState, call: GroupStepCall | SessionStepCall): Promise<GroupStepReply> {
+  if ('tokens' in call.input !== (call.group === 0)) throw new EngineError(`group ${call.group} was sent ${'tokens' in call.input ? 'tokens' : 'a frontier'}; group 0 embeds tokens, the others take a frontier`, 'internal');
+  const into: Frontier = 'tokens' in call.input ? await embedStep(part, call.input.start, call.input.tokens) : call.input.frontier;
+  const { frontier, stats } = await runLayers(part, seq, into, { schedule: call.schedule });
+  const output = call.group === call.groups - 1 ? { logits: await headStep(part, frontier) } : { frontier: compactFrontier(frontier) };
+  return { output, stats };
+}
 
 /** Drawn once per isolate: tells whether two objects run in the same one. */
 const ISOLATE_ID = crypto.randomUUID();
@@ -36,7 +57,7 @@ export class LayerGroup extends DurableObject<Env> {
   private state: SequenceState | null = null;
   private stepping = false;
 
-  private async part(a: GroupAddress): Promise<ModelPart> {
+  private async part(a: Pick<GroupAddress, 'groups' | 'group'>): Promise<ModelPart> {
     const m = await manifestOf(this.env);
     return groupModel(this.env, groupPart(m.config.nLayers, m.files.head.length, a.groups, a.group));
   }
@@ -68,14 +89,9 @@ export class LayerGroup extends DurableObject<Env> {
     if (this.stepping) return failureOf(409, 'A step is already running on this layer group.', 'chain_busy');
     this.stepping = true;
     try {
-      const part = await this.part(call);
-      const seq = this.state;
-      if ('tokens' in call.input !== (call.group === 0)) throw new EngineError(`group ${call.group} was sent ${'tokens' in call.input ? 'tokens' : 'a frontier'}; group 0 embeds tokens, the others take a frontier`, 'internal');
-      const into: Frontier = 'tokens' in call.input ? await embedStep(part, seq.length, call.input.tokens) : call.input.frontier;
-      const { frontier, stats } = await runLayers(part, seq, into, { schedule: call.schedule });
+      const reply = await runGroupStep(await this.part(call), this.state, call);
       this.lease = { id: call.lease, at: Date.now() };
-      const output = call.group === call.groups - 1 ? { logits: await headStep(part, frontier) } : { frontier: compactFrontier(frontier) };
-      return { ok: true, output, stats };
+      return { ok: true, ...reply };
     } catch (e) {
       // A failed step leaves the state partly changed: nobody may continue from it.
       this.state = null;
@@ -93,9 +109,100 @@ export class LayerGroup extends DurableObject<Env> {
     this.state = null;
   }
 
+  // ---- a session's group (named from the session and the group index; its state is stored) ----
+
+  private session: SessionMemory | null = null;
+
+  /** The committed state at `a.committed` turns, or the attempt `a.attempt` in progress; reloaded from storage otherwise. */
+  private async sessionMemory(a: SessionGroupAddress, continuing: boolean): Promise<{ part: ModelPart; mem: SessionMemory }> {
+    const part = await this.part(a);
+    const mem = this.session;
+    if (mem && (continuing ? mem.attempt === a.attempt || (mem.attempt === null && mem.turn === a.committed) : mem.attempt === null && mem.turn === a.committed)) return { part, mem };
+    // Not loaded, evicted, or left mid-turn by an attempt that did not commit: rebuild from storage.
+    this.session = null;
+    const { start, end } = part.layerRange;
+    const fingerprint = groupFingerprint(modelFingerprint(part.manifest), start, end, a.groups);
+    const seq = groupState(part.config, part.layerRange);
+    const { view, bytes } = await this.ctx.blockConcurrencyWhile(async () => this.ctx.storage.transactionSync(() => loadGroupLog(this.ctx.storage.sql, seq, a.committed, fingerprint, a.group === 0)));
+    this.session = { seq, view, fingerprint, turn: a.committed, attempt: null, recordBytes: bytes };
+    return { part, mem: this.session };
+  }
+
+  /** One step of a session turn's attempt; the first step of an attempt starts from the committed state. */
+  async turnStep(call: SessionStepCall): Promise<Result<GroupStepReply>> {
+    if (this.stepping) return failureOf(409, 'A step is already running on this layer group.', 'chain_busy');
+    this.stepping = true;
+    try {
+      const { part, mem } = await this.sessionMemory(call, true);
+      mem.attempt = call.attempt;
+      // The session keeps the longest common prefix of the conversation: a step may start earlier than the state ends.
+      const start = 'tokens' in call.input ? call.input.start : call.input.frontier.start;
+      if (mem.seq.length > start) mem.seq.truncate(start);
+      return { ok: true, ...(await runGroupStep(part, mem.seq, call)) };
+    } catch (e) {
+      this.session = null; // reloaded from storage by the next call
+      return failureFrom(e, 'session layer group step');
+    } finally {
+      this.stepping = false;
+    }
+  }
+
+  /**
+   * Stores what attempt `a.attempt` changed, tagged with turn `a.committed`: pending until the
+   * session commits that turn (group-store.ts). The state in memory then counts as committed at
+   * `a.committed + 1`; if the session does not commit, the next call reloads without it.
+   */
+  async prepare(a: SessionGroupAddress): Promise<Result<{ delta_bytes: number }>> {
+    try {
+      const mem = this.session;
+      if (!mem || mem.attempt !== a.attempt || mem.turn !== a.committed) return failureOf(409, 'This layer group no longer holds the turn being committed.', 'turn_lost');
+      const delta = encodeDelta(mem.seq, mem.view, { fingerprint: mem.fingerprint });
+      this.ctx.storage.transactionSync(() => writeGroupChunks(this.ctx.storage.sql, mem.view.nextSeq, a.committed, delta.chunks));
+      const bytes = delta.chunks.reduce((t, c) => t + c.byteLength, 0);
+      mem.view = delta.view;
+      mem.recordBytes += bytes;
+      mem.attempt = null;
+      mem.turn = a.committed + 1;
+      return { ok: true, delta_bytes: bytes };
+    } catch (e) {
+      this.session = null;
+      return failureFrom(e, 'session layer group prepare');
+    }
+  }
+
+  /** The committed state's figures. */
+  async summary(a: Omit<SessionGroupAddress, 'attempt'>): Promise<Result<{ summary: GroupSummary }>> {
+    try {
+      const { mem } = await this.sessionMemory({ ...a, attempt: '' }, false);
+      const s = mem.seq;
+      return {
+        ok: true,
+        summary: {
+          tokens: s.length,
+          depth: s.depth.slice(0, s.length),
+          kv_entries: s.kvEntries(),
+          kv_bytes: s.kvBytes(),
+          aux_entries: s.aux.size,
+          aux_bytes: s.aux.bytes,
+          record_bytes: mem.recordBytes,
+          record_chunks: mem.view.nextSeq,
+          storage_bytes: this.ctx.storage.sql.databaseSize,
+        },
+      };
+    } catch (e) {
+      return failureFrom(e, 'session layer group summary');
+    }
+  }
+
+  /** Deletes everything this group stored (the session was deleted or expired). */
+  async erase(): Promise<void> {
+    this.session = null;
+    await this.ctx.storage.deleteAll();
+  }
+
   /** Which isolate this object runs in, its wasm heap, and what its state holds: for tests and measurements. */
   async probe(): Promise<IsolateProbe> {
-    const s = this.state;
+    const s = this.state ?? this.session?.seq ?? null;
     return {
       isolate: ISOLATE_ID,
       wasm_heap_bytes: wasmHeapBytes(),

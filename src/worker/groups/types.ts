@@ -15,8 +15,8 @@ export interface GroupAddress {
 }
 
 export interface GroupStepCall extends GroupAddress {
-  /** the first group embeds the step's new tokens; every other group receives the frontier */
-  input: { tokens: number[] } | { frontier: Frontier };
+  /** the first group embeds the step's new tokens (appended after `start`); every other group receives the frontier */
+  input: { tokens: number[]; start: number } | { frontier: Frontier };
   schedule: Schedule | null;
 }
 
@@ -35,4 +35,33 @@ export interface IsolateProbe {
   tokens: number;
   kv_bytes: number;
   aux_bytes: number;
+}
+
+/** A session's group: which session turn it serves. */
+export interface SessionGroupAddress {
+  groups: number;
+  group: number;
+  /** the session's committed turn count: chunks of later turns are not committed (group-store.ts) */
+  committed: number;
+  /** one attempt at turn `committed`: a group continues only the attempt it is in, else it reloads */
+  attempt: string;
+}
+
+export interface SessionStepCall extends SessionGroupAddress {
+  input: GroupStepCall['input'];
+  schedule: GroupStepCall['schedule'];
+}
+
+/** A session group's committed state, for the session's statistics. */
+export interface GroupSummary {
+  tokens: number;
+  /** [tokens] each token's depth within this group's layers */
+  depth: Uint8Array;
+  kv_entries: number;
+  kv_bytes: number;
+  aux_entries: number;
+  aux_bytes: number;
+  record_bytes: number;
+  record_chunks: number;
+  storage_bytes: number;
 }

@@ -1,0 +1,89 @@
+/**
+ * A chat session's layer groups, seen from its ChatSession object: objects named from the session
+ * object's id and the group index, each storing its own layers' state (group-store.ts). A turn is
+ * one attempt: its steps run through the groups, then every group stores its changes as pending
+ * for the turn (prepare), then the session commits the turn record; a turn that fails anywhere
+ * before that commit leaves every group as it was (they drop the attempt when next called).
+ */
+import type { ModelConfig } from '../../model/config.js';
+import type { Env } from '../env.js';
+import { ChainRunner, type GroupStub } from './chain.js';
+import type { GroupSummary, SessionGroupAddress } from './types.js';
+
+/** The objects of the session whose ChatSession object has id `sessionObject`. */
+export function sessionGroups(env: Env, sessionObject: string, groups: number): GroupStub[] {
+  const ns = env.LAYER_GROUP_OBJECTS;
+  return Array.from({ length: groups }, (_, g) => ns.get(ns.idFromName(`session/${sessionObject}/${groups}/${g}`)));
+}
+
+export class SessionChainFailure extends Error {}
+
+function ok<T extends object>(r: ({ ok: true } & T) | { ok: false; error: { message: string } }, what: string): T {
+  if (!r.ok) throw new SessionChainFailure(`${what}: ${(r as { error: { message: string } }).error.message}`);
+  return r as T;
+}
+
+/** Sum of the groups' committed figures; a token's depth is the sum of its depths in the groups. */
+export interface ChainSummary {
+  tokens: number;
+  depth_histogram: number[];
+  kv_entries: number;
+  kv_bytes: number;
+  aux_entries: number;
+  aux_bytes: number;
+  record_bytes: number;
+  record_chunks: number;
+  storage_bytes: number;
+}
+
+export class SessionChain {
+  constructor(
+    readonly stubs: readonly GroupStub[],
+    readonly config: ModelConfig,
+  ) {}
+
+  get groups(): number {
+    return this.stubs.length;
+  }
+
+  private address(g: number, committed: number, attempt: string): SessionGroupAddress {
+    return { groups: this.groups, group: g, committed, attempt };
+  }
+
+  /** A runner for one attempt at turn `committed` (the session's committed turn count). */
+  attempt(committed: number): { runner: ChainRunner; id: string } {
+    const id = crypto.randomUUID();
+    const runner = new ChainRunner(this.groups, this.config, (g, input, schedule) => this.stubs[g].turnStep({ ...this.address(g, committed, id), input, schedule }));
+    return { runner, id };
+  }
+
+  /** Every group stores the attempt's changes as pending for turn `committed`; throws if any cannot. Returns the bytes each stored. */
+  async prepare(committed: number, attempt: string): Promise<number[]> {
+    const r = await Promise.all(this.stubs.map((s, g) => s.prepare(this.address(g, committed, attempt))));
+    return r.map((x, g) => ok<{ delta_bytes: number }>(x, `layer group ${g} could not store the turn`).delta_bytes);
+  }
+
+  /** The groups' committed state at `committed` turns, summed. */
+  async summary(committed: number): Promise<ChainSummary> {
+    const parts: GroupSummary[] = (await Promise.all(this.stubs.map((s, g) => s.summary({ groups: this.groups, group: g, committed })))).map((r, g) => ok<{ summary: GroupSummary }>(r, `layer group ${g}`).summary);
+    const n = parts[0].tokens;
+    const hist = new Array(this.config.nLayers + 1).fill(0);
+    for (let i = 0; i < n; i++) hist[parts.reduce((d, p) => d + p.depth[i], 0)]++;
+    const sum = (k: 'kv_entries' | 'kv_bytes' | 'aux_entries' | 'aux_bytes' | 'record_bytes' | 'record_chunks' | 'storage_bytes') => parts.reduce((t, p) => t + p[k], 0);
+    return {
+      tokens: n,
+      depth_histogram: hist,
+      kv_entries: sum('kv_entries'),
+      kv_bytes: sum('kv_bytes'),
+      aux_entries: sum('aux_entries'),
+      aux_bytes: sum('aux_bytes'),
+      record_bytes: sum('record_bytes'),
+      record_chunks: sum('record_chunks'),
+      storage_bytes: sum('storage_bytes'),
+    };
+  }
+
+  async erase(): Promise<void> {
+    await Promise.all(this.stubs.map((s) => s.erase()));
+  }
+}
