@@ -64,26 +64,28 @@ export interface ChildResult {
   peakRssMb: number;
 }
 
-type Runner = (prompt: number[], decode: number) => Promise<Trial>;
+type Runner = (prompt: number[], decode: number, stop?: readonly number[]) => Promise<Trial & { promptTokens?: number }>;
 
-function engineRunner(model: LoadedModel, schedule: Schedule | null): Runner {
-  return async (prompt, decode) => {
+export function engineRunner(model: LoadedModel, schedule: Schedule | null): Runner {
+  return async (prompt, decode, stop) => {
     const seq = new SequenceState(model.config);
     const [c0, t0] = [threadCpuMs(), performance.now()];
     const first = await runStep(model, seq, prompt, { schedule });
     const [ttftMs, ttftCpuMs] = [performance.now() - t0, threadCpuMs() - c0];
+    const promptTokens = seq.length;
     let logits = first.logits;
     const tokens: number[] = [];
     let decodeRows = 0;
     const [c1, t1] = [threadCpuMs(), performance.now()];
     for (let i = 0; i < decode; i++) {
       tokens.push(argmax(logits));
+      if (stop?.includes(tokens[i])) break; // a reply ends at its stop id (included), as the fixtures'
       const r = await runStep(model, seq, [tokens[i]], { schedule });
       logits = r.logits;
       for (const rows of r.stats.computedPerLayer) decodeRows += rows;
     }
     const [decodeMs, decodeCpuMs] = [performance.now() - t1, threadCpuMs() - c1];
-    return { ttftMs, ttftCpuMs, decodeMs, decodeCpuMs, tokens, computedPerLayer: first.stats.computedPerLayer, flops: first.stats.flops, decodeRows };
+    return { ttftMs, ttftCpuMs, decodeMs, decodeCpuMs, tokens, computedPerLayer: first.stats.computedPerLayer, flops: first.stats.flops, decodeRows, promptTokens };
   };
 }
 
@@ -151,7 +153,41 @@ async function transformersRunner(job: ChildJob): Promise<Runner> {
   };
 }
 
+/**
+ * `bench-child.ts --serve SHARDS CONTEXT SCHEDULE`: the engine rows (dense, lazy with SCHEDULE) as a
+ * line-protocol peer (scripts/lib/peers/engine.ts), so that the bench can interleave them with
+ * processes it does not own (llama.cpp, a browser). One JSON request per stdin line:
+ * {"cmd": "run", "row": "dense" | "lazy", "prompt": [ids], "decode": N, "stop": [ids]?} -> Trial.
+ */
+async function serve(shards: string, contextTokens: number, schedule: string): Promise<void> {
+  initNodeRuntime();
+  const model = await loadModelFromDir(shards, { contextTokens });
+  const runners: Record<string, Runner> = { dense: engineRunner(model, null), lazy: engineRunner(model, parseSchedule(schedule)) };
+  const reply = (o: object) => process.stdout.write(`${JSON.stringify(o)}\n`);
+  reply({ ready: true, layers: model.config.nLayers, contextTokens: model.config.seqLen });
+  let buf = '';
+  for await (const chunk of process.stdin) {
+    buf += chunk;
+    let i: number;
+    while ((i = buf.indexOf('\n')) >= 0) {
+      const line = buf.slice(0, i).trim();
+      buf = buf.slice(i + 1);
+      if (!line) continue;
+      const req = JSON.parse(line) as { cmd: string; row: string; prompt: number[]; decode: number; stop?: number[] };
+      if (req.cmd === 'quit') return;
+      try {
+        const run = runners[req.row];
+        if (!run) throw new Error(`unknown row ${req.row}`);
+        reply({ ...(await run(req.prompt, req.decode, req.stop)), peakRssMb: (process.resourceUsage().maxRSS * 1024) / 2 ** 20 });
+      } catch (e) {
+        reply({ error: (e as Error).message });
+      }
+    }
+  }
+}
+
 async function main(): Promise<void> {
+  if (process.argv[2] === '--serve') return serve(process.argv[3], Number(process.argv[4]), process.argv[5]);
   const job = JSON.parse(readFileSync(process.argv[2], 'utf8')) as ChildJob;
   const log = (m: string) => process.stderr.write(`  ${m}\n`);
   initNodeRuntime();

@@ -41,3 +41,61 @@ export function loadPerCore(): number {
     return NaN;
   }
 }
+
+/** Busy CPU ms of the whole machine (all cores; /proc/stat, 10 ms ticks), NaN if unreadable. */
+export function machineBusyMs(): number {
+  try {
+    const f = readFileSync('/proc/stat', 'utf8').split('\n')[0].trim().split(/\s+/).slice(1).map(Number);
+    // user nice system idle iowait irq softirq steal: everything but idle and iowait
+    return (f[0] + f[1] + f[2] + f[5] + f[6] + (f[7] ?? 0)) * 10;
+  } catch {
+    return NaN;
+  }
+}
+
+/** On-CPU ms of this process and every process below it (the bench's children, its browsers). */
+export function ownTreeCpuMs(): number {
+  const mine = process.cpuUsage();
+  let ms = (mine.user + mine.system) / 1000;
+  const parent = new Map<number, number>();
+  for (const d of readdirSync('/proc')) {
+    if (!/^\d+$/.test(d)) continue;
+    try {
+      const stat = readFileSync(`/proc/${d}/stat`, 'utf8');
+      parent.set(Number(d), Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[1]));
+    } catch {
+      // gone
+    }
+  }
+  for (const pid of parent.keys()) {
+    for (let p = parent.get(pid); p; p = parent.get(p)) {
+      if (p !== process.pid) continue;
+      const c = processCpuMs(pid);
+      if (Number.isFinite(c)) ms += c;
+      break;
+    }
+  }
+  return ms;
+}
+
+/**
+ * Cores kept busy by processes other than this bench and its children, over a window: the
+ * machine's busy time minus our own, per wall second. 1.0 = another process held a whole core.
+ */
+export class ForeignLoad {
+  private busy0 = machineBusyMs();
+  private own0 = ownTreeCpuMs();
+  private t0 = performance.now();
+
+  cores(): number {
+    const wall = performance.now() - this.t0;
+    return Math.max(0, (machineBusyMs() - this.busy0 - (ownTreeCpuMs() - this.own0)) / wall);
+  }
+}
+
+/** Foreign cores over a short idle sample (the bench does nothing meanwhile). */
+export async function sampleForeignLoad(ms = 3000): Promise<number> {
+  const w = new ForeignLoad();
+  await new Promise((r) => setTimeout(r, ms));
+  return w.cores();
+}

@@ -1,0 +1,97 @@
+/**
+ * The benchmark's peer runners (scripts/lib/peers/) compute what our dense row computes, so that a
+ * peer row cannot silently measure something else: on a short chat prompt where llama.cpp's greedy
+ * reply equals the exact-weights reference ("Translate 'good morning' into Spanish.", 9 tokens
+ * ending at <|im_end|>), each peer gives the same tokens as our dense engine row, and each reports
+ * its own prompt token count equal to ours, on that prompt and on a 128-token prose window (the
+ * bench's prompts are such windows, handed to wllama as text).
+ *
+ * wllama runs in Debian's headless Chromium, as on CI. llama.cpp native needs Python with
+ * llama-cpp-python, which CI does not have: that test skips and prints why.
+ */
+import { readFileSync } from 'node:fs';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { defaultSchedule, formatSchedule } from '../../src/engine/policy.js';
+import { SMOL_TEXT } from '../../scripts/lib/bench-smollm2.js';
+import { startEngine, type EnginePeers } from '../../scripts/lib/peers/engine.js';
+import { startLlamaCpp } from '../../scripts/lib/peers/llamacpp.js';
+import type { Peer, PeerPrompt } from '../../scripts/lib/peers/peer.js';
+import { agreesWithExact, chatChecks, shardTokenizer, textWindows, type ChatCheck } from '../../scripts/lib/peers/prompts.js';
+import { startWllama } from '../../scripts/lib/peers/wllama.js';
+import { locateServedGguf, servedShardsDir } from '../../scripts/lib/served-model.js';
+
+const PROMPT = "Translate 'good morning' into Spanish.";
+const N_CTX = 512;
+const log = (m: string) => process.stderr.write(`  ${m}\n`);
+
+let engine: EnginePeers;
+let gguf: string;
+let check: ChatCheck;
+let prose: PeerPrompt;
+let dense: { chat: number[]; proseTokens: number; prose: number[] };
+
+beforeAll(async () => {
+  const shards = servedShardsDir();
+  gguf = (await locateServedGguf()).path;
+  const tok = shardTokenizer(shards);
+  check = chatChecks(shards, tok).find((c) => c.name === PROMPT)!;
+  prose = textWindows(tok, readFileSync(SMOL_TEXT, 'utf8'), [128])[128];
+  engine = await startEngine({ shards, contextTokens: N_CTX, schedule: formatSchedule(defaultSchedule(30)), log });
+  const chat = await engine.dense.run(check.prompt, check.maxTokens, check.endIds);
+  const p = await engine.dense.run(prose, 4);
+  dense = { chat: chat.tokens, proseTokens: p.promptTokens, prose: p.tokens };
+});
+
+afterAll(async () => {
+  await engine?.close();
+});
+
+it('our dense row answers the check prompt as the exact-weights reference does, and counts its tokens', () => {
+  expect(check.firstNearTie).toBeNull();
+  expect(dense.chat).toEqual(check.exact);
+  expect(agreesWithExact(check, dense.chat)).toBe(true);
+  expect(dense.proseTokens).toBe(128);
+});
+
+/** The same greedy tokens as dense, and the peer's own prompt token counts equal to ours. */
+async function sameAsDense(peer: Peer): Promise<void> {
+  const chat = await peer.run(check.prompt, check.maxTokens, check.endIds);
+  log(`${peer.row}: ${JSON.stringify(chat.tokens)}, prompt tokens ${chat.promptTokens}`);
+  expect(chat.promptTokens).toBe(check.prompt.ids.length);
+  expect(chat.tokens).toEqual(dense.chat);
+  const p = await peer.run(prose, 4);
+  expect(p.promptTokens).toBe(dense.proseTokens);
+  expect(p.tokens).toHaveLength(4);
+}
+
+describe('wllama in headless Chromium', () => {
+  for (const threads of [1, 2]) {
+    it(`${threads} thread(s): same tokens as dense, its own prompt token counts equal ours`, async () => {
+      const s = await startWllama({ gguf, threads, nCtx: N_CTX, log });
+      if (!s.ok) throw new Error(s.reason); // Chromium and npm are on CI: this peer must run there
+      try {
+        expect(s.peer.info.threads).toBe(threads);
+        expect(s.peer.info.cross_origin_isolated).toBe(true);
+        await sameAsDense(s.peer);
+      } finally {
+        await s.peer.close();
+      }
+    });
+  }
+});
+
+describe('llama.cpp native (llama-cpp-python)', () => {
+  it('1 thread: same tokens as dense, its own prompt token counts equal ours', async (ctx) => {
+    const s = await startLlamaCpp({ gguf, threads: 1, nCtx: N_CTX, log });
+    if (!s.ok) {
+      console.log(`[bench-peers] skipping llama.cpp native: ${s.reason}`);
+      ctx.skip();
+      return;
+    }
+    try {
+      await sameAsDense(s.peer);
+    } finally {
+      await s.peer.close();
+    }
+  });
+});
