@@ -1,5 +1,10 @@
 /**
  * npm run quant-bench -- [--quick] [--json] [--out docs/QUANTIZATION.md] [--models stories260K,random-768]
+ * npm run quant-bench -- --gguf FILE | --model DIR [--configs dequant,nbits,...] [--reps 1] [--json]
+ *
+ * With --gguf (or --model, a GGUF build's shards: the GGUF is found by its manifest's source) the GGUF
+ * weight kernels are measured on the model's own shapes instead (lib/quant-bench-gguf.ts) and written
+ * into their own section of the doc, leaving the rest as it is.
  *
  * Compares compute strategies for quantized weights on onnxruntime-web wasm, one thread:
  *   f32     MatMul on f32 initializers (the baseline)
@@ -27,12 +32,33 @@ import { quantLabel, type QuantSpec } from '../src/model/quant.js';
 import { Tokenizer } from '../src/model/tokenizer.js';
 import type { ShardSource } from '../src/shards/build-shards.js';
 import { loadPerCore } from './lib/bench-clock.js';
-import { DEFAULT_DATA, DEFAULT_MODEL_DIR, fail, readBytes, REPO_ROOT, runMain } from './lib/node-env.js';
+import { DEFAULT_DATA, DEFAULT_MODEL_DIR, fail, initNodeRuntime, readBytes, REPO_ROOT, runMain } from './lib/node-env.js';
 import { promptWindows, storyStream } from './lib/prompts.js';
 import { runChild, type ChildJob, type ChildResult } from './lib/quant-bench-child.js';
 import { MODELS, PPL_WINDOW, STRATEGIES, type BenchModel } from './lib/quant-bench-models.js';
 import { renderDoc, type Report, type Row } from './lib/quant-bench-report.js';
-import { buildAndWrite, sourceFromCheckpoint, sourceFromRandom, upToDate } from './lib/shard-tasks.js';
+import { buildAndWrite, sourceFromCheckpoint, sourceFromGguf, sourceFromRandom, upToDate } from './lib/shard-tasks.js';
+import {
+  FIDELITY_TEXTS,
+  FIDELITY_TOKENS,
+  GGUF_CONFIGS,
+  kernelsOf,
+  PREFILL_LENGTHS,
+  renderGgufSection,
+  runGgufChild,
+  SECTION_BEGIN,
+  SECTION_END,
+  spliceSection,
+  TIMING_TEXT,
+  type GgufChildJob,
+  type GgufChildResult,
+  type GgufReport,
+  type GgufRow,
+} from './lib/quant-bench-gguf.js';
+import { ggufQuant, ggufWeightBytes } from '../src/model/quant.js';
+import { BpeTokenizer } from '../src/model/bpe-tokenizer.js';
+import { locateServedGguf, sha256File } from './lib/served-model.js';
+import { basename, resolve } from 'node:path';
 import { median } from './lib/stats.js';
 
 // The parts: lib/quant-bench-models.ts (what is measured), lib/quant-bench-child.ts (one model in one
@@ -116,18 +142,24 @@ async function main(): Promise<void> {
       /** re-render the doc from a report saved with --json, without measuring */
       render: { type: 'string' },
       child: { type: 'string' },
+      gguf: { type: 'string' },
+      model: { type: 'string' },
+      configs: { type: 'string' },
+      reps: { type: 'string', default: '1' },
     },
   });
-  if (values.render) {
-    const saved = JSON.parse(readFileSync(values.render, 'utf8')) as Report;
-    writeFileSync(values.out, renderDoc(saved, MODELS.filter((m) => saved.rows.some((r) => r.model === m.id))));
-    progress(`wrote ${relative(REPO_ROOT, values.out)} from ${values.render}`);
-    return;
-  }
   if (values.child) {
-    const result = await runChild(JSON.parse(readFileSync(values.child, 'utf8')) as ChildJob);
+    const job = JSON.parse(readFileSync(values.child, 'utf8')) as ChildJob | GgufChildJob;
+    const result = job.kind === 'gguf' ? await runGgufChild(job, initNodeRuntime) : await runChild(job);
     process.stdout.write(`${JSON.stringify(result)}\n`);
     process.exit(0); // onnxruntime's wasm keeps the event loop alive
+  }
+  if (values.gguf !== undefined || values.model !== undefined) return ggufMain(values);
+  if (values.render) {
+    const saved = JSON.parse(readFileSync(values.render, 'utf8')) as Report;
+    writeFileSync(values.out, keepGgufSection(values.out, renderDoc(saved, MODELS.filter((m) => saved.rows.some((r) => r.model === m.id)))));
+    progress(`wrote ${relative(REPO_ROOT, values.out)} from ${values.render}`);
+    return;
   }
   const quick = values.quick;
   const wanted = values.models.split(',').map((m) => m.trim());
@@ -210,8 +242,111 @@ async function main(): Promise<void> {
     rows,
   };
   mkdirSync(dirname(values.out), { recursive: true });
-  writeFileSync(values.out, renderDoc(report, models));
+  writeFileSync(values.out, keepGgufSection(values.out, renderDoc(report, models)));
   progress(`wrote ${relative(REPO_ROOT, values.out)}`);
+  if (values.json) process.stdout.write(`${JSON.stringify(report)}\n`);
+}
+
+/** The llama2.c tables are regenerated whole; a GGUF section already in the doc is carried over. */
+function keepGgufSection(path: string, doc: string): string {
+  if (!existsSync(path)) return doc;
+  const old = readFileSync(path, 'utf8');
+  const a = old.indexOf(SECTION_BEGIN);
+  const b = old.indexOf(SECTION_END);
+  return a >= 0 && b > a ? spliceSection(doc, old.slice(a, b + SECTION_END.length)) : doc;
+}
+
+/** The GGUF behind --gguf FILE, or behind a GGUF build's shards (--model DIR): the served file when the hashes match. */
+async function ggufPath(values: { gguf?: string; model?: string }): Promise<string> {
+  if (values.gguf !== undefined) {
+    if (!existsSync(values.gguf)) fail(`--gguf ${values.gguf}: no such file`);
+    return values.gguf;
+  }
+  const manifestPath = join(values.model!, 'manifest.json');
+  if (!existsSync(manifestPath)) fail(`--model ${values.model}: no manifest.json there (build shards with npm run shards)`);
+  const m = JSON.parse(readFileSync(manifestPath, 'utf8'));
+  if (m.quant?.format !== 'gguf') fail(`--model ${values.model}: its shards were not built from a GGUF (quant.format ${m.quant?.format}); run without --model for llama2.c checkpoints`);
+  const served = await locateServedGguf().catch(() => null);
+  if (served && served.sha256 === m.source?.sha256) return served.path;
+  const beside = resolve(values.model!, '..', '..', '..', 'shared', 'models');
+  fail(`--model ${values.model}: cannot find ${m.source?.file} (sha256 ${m.source?.sha256}); pass it with --gguf FILE${existsSync(beside) ? ` (look in ${beside})` : ''}`);
+}
+
+async function ggufMain(values: { gguf?: string; model?: string; configs?: string; reps?: string; out: string; json?: boolean }): Promise<void> {
+  const path = await ggufPath(values);
+  const wanted = values.configs ? values.configs.split(',').map((c) => c.trim()) : GGUF_CONFIGS.map((c) => c.id);
+  const unknown = wanted.filter((w) => !GGUF_CONFIGS.some((c) => c.id === w));
+  if (unknown.length) fail(`--configs: unknown ${unknown.join(', ')} (known: ${GGUF_CONFIGS.map((c) => c.id).join(', ')})`);
+  if (!wanted.includes('dequant')) fail('--configs must include dequant: it is the exact-weights reference every other row is compared with');
+  const reps = Number(values.reps);
+  if (!Number.isInteger(reps) || reps < 1) fail(`--reps "${values.reps}" is not a positive integer`);
+  const configs = GGUF_CONFIGS.filter((c) => wanted.includes(c.id));
+  const sha256 = await sha256File(path);
+  const source = await sourceFromGguf(path, basename(path).replace(/\.gguf$/i, ''), sha256);
+  const cfg = source.model.config;
+  const cache = join(CACHE, `gguf-${sha256.slice(0, 12)}`);
+  mkdirSync(cache, { recursive: true });
+
+  // Prompts from the model's own tokenizer, built once with the first configuration's shards.
+  const loadStart = loadPerCore();
+  progress(`${source.model.displayName}: ${configs.length} configurations; load per core ${loadStart.toFixed(2)}`);
+  const dirs = new Map<string, string>();
+  for (const c of configs) {
+    const dir = join(cache, c.id);
+    const quant = ggufQuant(kernelsOf(c));
+    const headRowsOk = (() => {
+      try {
+        return JSON.parse(readFileSync(join(dir, 'manifest.json'), 'utf8')).files.head.length >= c.headParts;
+      } catch {
+        return false;
+      }
+    })();
+    if (!upToDate(dir, source, quant) || !headRowsOk) {
+      progress(`building ${c.id} (${c.kernel}) -> ${relative(REPO_ROOT, dir)}`);
+      await buildAndWrite(dir, { ...source, kernels: kernelsOf(c), headParts: c.headParts });
+    }
+    dirs.set(c.id, dir);
+  }
+  const first = JSON.parse(readFileSync(join(dirs.get('dequant')!, 'manifest.json'), 'utf8'));
+  const tok = BpeTokenizer.fromJson(JSON.parse(readFileSync(join(dirs.get('dequant')!, first.tokenizer.file), 'utf8')), first.tokenizer, first.tokenizer.file);
+  const dataDir = dirname(DEFAULT_DATA);
+  const text = (f: string) => {
+    const p = join(dataDir, f);
+    if (!existsSync(p)) fail(`no text at ${p} (LAZY_EDGE_DATA's folder holds the shared texts)`);
+    return readFileSync(p, 'utf8');
+  };
+  const prompt = tok.encode(text(TIMING_TEXT)).slice(0, Math.max(...PREFILL_LENGTHS));
+  if (prompt.length < Math.max(...PREFILL_LENGTHS)) fail(`${TIMING_TEXT} has only ${prompt.length} tokens`);
+  const windows = FIDELITY_TEXTS.map((t) => tok.encode(text(t)).slice(0, FIDELITY_TOKENS));
+
+  const baseline = (await spawnChild({ kind: 'runtime', dir: '', fold: true, lengths: [], reps: {}, decode: 0, prompts: {}, pplWindows: [], warmup: [] }, 'runtime')) as { heapMb: number };
+  const rows: GgufRow[] = [];
+  const referenceFile = join(cache, 'reference-logprobs.f32');
+  for (const c of configs.sort((a, b) => (a.id === 'dequant' ? -1 : b.id === 'dequant' ? 1 : 0))) {
+    const dir = dirs.get(c.id)!;
+    progress(`${c.id}: ${c.what}`);
+    const job: GgufChildJob = { kind: 'gguf', dir, prompt, windows, referenceFile, reference: c.id === 'dequant', reps };
+    const result = (await spawnChild(job as unknown as ChildJob, `gguf-${c.id}`)) as GgufChildResult;
+    const m = JSON.parse(readFileSync(join(dir, 'manifest.json'), 'utf8'));
+    rows.push({ id: c.id, kernel: c.kernel, what: c.what, headParts: m.files.head.length, shardMb: shardBytes(dir) / MB, bytes: ggufWeightBytes(cfg, kernelsOf(c)), nLayers: cfg.nLayers, result });
+  }
+  const ortVersion = JSON.parse(readFileSync(join(REPO_ROOT, 'node_modules/onnxruntime-web/package.json'), 'utf8')).version as string;
+  const argv = process.argv.slice(2).filter((a) => a !== '--json');
+  const report: GgufReport = {
+    command: `npm run quant-bench -- ${argv.join(' ')}`,
+    date: new Date().toISOString().slice(0, 10),
+    commit: gitCommit(),
+    model: source.model.displayName,
+    gguf: basename(path),
+    machine: { cpus: cpus().length, cpuModel: cpus()[0]?.model ?? '?', node: process.version, onnxruntimeWeb: ortVersion, loadPerCoreStart: loadStart, loadPerCoreEnd: loadPerCore() },
+    runtimeHeapMb: baseline.heapMb,
+    kvPerTokenF32: cfg.nLayers * 2 * cfg.kvDim * 4,
+    rows,
+  };
+  writeFileSync(join(cache, 'report.json'), JSON.stringify(report, null, 1));
+  const doc = existsSync(values.out) ? readFileSync(values.out, 'utf8') : '# Quantized weights on onnxruntime-web (wasm, one thread)\n';
+  writeFileSync(values.out, spliceSection(doc, renderGgufSection(report)));
+  progress(`wrote ${relative(REPO_ROOT, values.out)} (report ${relative(REPO_ROOT, join(cache, 'report.json'))})`);
   if (values.json) process.stdout.write(`${JSON.stringify(report)}\n`);
 }
 

@@ -8,9 +8,8 @@ import { join } from 'node:path';
 import { SequenceState } from '../../src/engine/caches.js';
 import { MB } from '../../src/engine/memory-budget.js';
 import { loadModel, type LoadedModel } from '../../src/engine/model.js';
-import { runStep } from '../../src/engine/step.js';
-import { embedTokens } from '../../src/engine/vocab-parts.js';
-import { HEAD_IO, LAYER_IO } from '../../src/model/shard-io.js';
+import { embedStep, runLayers, runStep } from '../../src/engine/step.js';
+import { HEAD_IO } from '../../src/model/shard-io.js';
 import { createGraphSession } from '../../src/runtime/onnx-runtime.js';
 import { GraphBuilder } from '../../src/shards/onnx-builder.js';
 import { threadCpuMs } from './bench-clock.js';
@@ -75,24 +74,13 @@ async function timed<T>(f: () => Promise<T>): Promise<[T, Timing]> {
   return [r, { cpuMs: threadCpuMs() - c, wallMs: performance.now() - w }];
 }
 
-/** Logits [n, vocab] for every position of `ids` in one dense pass through the model's own sessions. */
+/** Logits [n, vocab] for every position of `ids` in one dense pass through the model's own layers. */
 async function allLogits(model: LoadedModel, ids: number[]): Promise<Float32Array> {
-  const { dim, kvDim } = model.config;
+  const { dim } = model.config;
   const n = ids.length;
-  let x = await embedTokens(model.embed, ids, dim);
-  const pos = Float32Array.from(ids, (_, i) => i);
-  for (const layer of model.layers) {
-    const out = await layer.run({
-      [LAYER_IO.inputs.x]: { data: x, dims: [n, dim] },
-      [LAYER_IO.inputs.pos]: { data: pos, dims: [n] },
-      [LAYER_IO.inputs.pastK]: { data: new Float32Array(0), dims: [0, kvDim] },
-      [LAYER_IO.inputs.pastV]: { data: new Float32Array(0), dims: [0, kvDim] },
-      [LAYER_IO.inputs.pastPos]: { data: new Float32Array(0), dims: [0] },
-    });
-    x = out[LAYER_IO.outputs.y].data as Float32Array;
-  }
-  // One head run over all n rows (quant-bench models have one head part).
-  return (await model.head[0].session.run({ [HEAD_IO.inputs.x]: { data: x, dims: [n, dim] } }))[HEAD_IO.outputs.logits].data as Float32Array;
+  const { frontier } = await runLayers(model, new SequenceState(model.config), await embedStep(model, 0, ids), { schedule: null });
+  // Dense: every token is carried out of the last layer, in order. One head run over all n rows (quant-bench models have one head part).
+  return (await model.head[0].session.run({ [HEAD_IO.inputs.x]: { data: frontier.hidden, dims: [n, dim] } }))[HEAD_IO.outputs.logits].data as Float32Array;
 }
 
 /** Teacher-forced NLL of a window: the sum over positions of -log p(next token). */

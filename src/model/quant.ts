@@ -49,9 +49,10 @@ export interface QuantSpec {
  * - nbits-zp: the same 4-bit blocks with a float zero point -m/d instead of the correction.
  * - nbits8:   MatMulNBits 8-bit: Q8_0 exactly (q + 128 with the default zero point 128); others re-quantized to Q8_0.
  * - integer:  int8 per output channel re-quantized from the file's exact values, DynamicQuantizeLinear + MatMulInteger.
+ * - integer2: the same int8 weights, the activations as two int8 terms (the second quantizes the first's error).
  * The embedding is looked up, not multiplied: q8 keeps Q8_0 rows (the file's, or re-quantized), q4 re-quantizes to 4-bit rows.
  */
-export const GGUF_MATRIX_KERNELS = ['dequant', 'nbits', 'nbits-zp', 'nbits8', 'integer'] as const;
+export const GGUF_MATRIX_KERNELS = ['dequant', 'nbits', 'nbits-zp', 'nbits8', 'integer', 'integer2'] as const;
 export type GgufMatrixKernel = (typeof GGUF_MATRIX_KERNELS)[number];
 export const GGUF_EMBED_KERNELS = ['q8', 'q4'] as const;
 export type GgufEmbedKernel = (typeof GGUF_EMBED_KERNELS)[number];
@@ -79,7 +80,7 @@ export function ggufKernelString(k: GgufKernels): string {
 
 /** The summary kernel of per-role kernels: what decides folding and the memory figures of the whole model. */
 function ggufSummary(k: GgufKernels): QuantKernel {
-  const layer = new Set([k.attn, k.ffn].map((x) => (x.startsWith('nbits') ? 'nbits' : x)));
+  const layer = new Set([k.attn, k.ffn].map((x) => (x.startsWith('nbits') ? 'nbits' : x.startsWith('integer') ? 'integer' : x)));
   if (layer.size > 1) return 'mixed';
   return [...layer][0] as QuantKernel;
 }
@@ -161,6 +162,7 @@ export function ggufMatrixBytes(out: number, inp: number, k: GgufMatrixKernel): 
     case 'nbits8':
       return out * nb * (BLOCK + 4);
     case 'integer':
+    case 'integer2':
       return out * inp + out * 4;
   }
 }

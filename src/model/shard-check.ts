@@ -140,6 +140,7 @@ function ggufKernelTensors(w: WeightSpec, k: GgufKernels, inits: Map<string, onn
         expected: [{ name: `${name}_q8`, dataType: DT.UINT8, dims: [out, nb, 32], what: `uint8 [${out}, ${nb}, 32] 8-bit MatMulNBits blocks` }, scales('block scales')],
       };
     case 'integer':
+    case 'integer2':
       return {
         consumer: 'MatMulInteger',
         expected: [

@@ -19,7 +19,7 @@ import type { GgufEmbedKernel, GgufMatrixKernel } from '../model/quant.js';
 import type { GraphBuilder } from './onnx-builder.js';
 import type { LinearEmitter } from './layer-graphs.js';
 import { ggmlDequantLinear, toF32 } from './ggml-linear.js';
-import { int8IntegerLinear } from './quant-linear.js';
+import { int8Integer2Linear, int8IntegerLinear } from './quant-linear.js';
 
 const FLOAT = 1; // TensorProto.FLOAT, for Cast
 const Q4_1 = 3;
@@ -162,6 +162,7 @@ export function ggmlLinearFor(kernel: GgufMatrixKernel): LinearEmitter<GgmlMatri
   return (b, x, name, w, out, inp) => {
     if (kernel === 'dequant' || inp % BLOCK !== 0) return ggmlDequantLinear(b, x, name, w, out, inp);
     if (kernel === 'integer') return int8IntegerLinear(b, x, name, toF32(w), out, inp);
+    if (kernel === 'integer2') return int8Integer2Linear(b, x, name, toF32(w), out, inp);
     if (kernel === 'nbits8') return nbits8(b, x, name, w);
     return nbits4(b, x, name, w, kernel === 'nbits-zp');
   };
@@ -193,6 +194,7 @@ export function kernelRowBytes(inp: number, kernel: GgufMatrixKernel | GgufEmbed
   const nb = inp / BLOCK;
   switch (kernel) {
     case 'integer':
+    case 'integer2':
       return inp + 4;
     case 'nbits8':
     case 'q8':

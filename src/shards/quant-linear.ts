@@ -41,6 +41,44 @@ export const int8IntegerLinear: LinearEmitter = (b, x, name, w, out, inp) => {
   return b.op('Mul', [b.op('Cast', [acc], { to: FLOAT }), b.op('Mul', [xScale, t.scale])]);
 };
 
+/**
+ * int8 weights with the activations in two int8 terms: x ≈ (q1 − z1)·s1 + (q2 − z2)·s2, where the second
+ * quantizes what the first missed. Two MatMulIntegers over the same int8 weights: twice the integer work,
+ * activation rounding ~256 times smaller than one term's (what int8 activations cost models with outliers).
+ */
+export const int8Integer2Linear: LinearEmitter = (b, x, name, w, out, inp) => {
+  const t = int8AsymTensors(b, name, w, out, inp);
+  const [q1, s1, z1] = b.opN('DynamicQuantizeLinear', [x], {}, { outputs: 3 });
+  const residual = b.op('Sub', [x, b.op('DequantizeLinear', [q1, s1, z1])]);
+  const [q2, s2, z2] = b.opN('DynamicQuantizeLinear', [residual], {}, { outputs: 3 });
+  const term = (q: string, s: string, z: string) => b.op('Mul', [b.op('Cast', [b.op('MatMulInteger', [q, t.q, z, t.zero])], { to: FLOAT }), s]);
+  return b.op('Mul', [b.op('Add', [term(q1, s1, z1), term(q2, s2, z2)]), t.scale]);
+};
+
+/**
+ * int8 per output channel, asymmetric: 255 levels over [min, max] of the row (value = (q − zp)·scale), for
+ * rows whose range is not centred on zero (a Q4_1 row's blocks each have their own minimum).
+ */
+function int8AsymTensors(b: GraphBuilder, name: string, w: Float32Array, out: number, inp: number) {
+  const q = new Int8Array(inp * out); //  [in, out]
+  const scale = new Float32Array(out); // [out]
+  const zero = new Int8Array(out); //     [out]
+  for (let r = 0; r < out; r++) {
+    let lo = 0;
+    let hi = 0;
+    for (let c = 0; c < inp; c++) {
+      lo = Math.min(lo, w[r * inp + c]);
+      hi = Math.max(hi, w[r * inp + c]);
+    }
+    const s = Math.fround((hi - lo) / 255) || 1;
+    const z = Math.max(-128, Math.min(127, Math.round(-128 - lo / s)));
+    scale[r] = s;
+    zero[r] = z;
+    for (let c = 0; c < inp; c++) q[c * out + r] = Math.max(-128, Math.min(127, Math.round(w[r * inp + c] / s) + z));
+  }
+  return { q: b.tensor(`${name}_q`, 'int8', [inp, out], q), scale: b.f32(`${name}_scale`, [out], scale), zero: b.tensor(`${name}_zq`, 'int8', [out], zero) };
+}
+
 function int4Tensors(b: GraphBuilder, name: string, w: Float32Array, out: number, inp: number, blockSize: number) {
   const t = quantizeInt4(w, out, inp, blockSize);
   return {

@@ -113,6 +113,14 @@ describe('repacks against ggml decoding', () => {
     expect(relErr(await runKernel('integer', w, x, 3), reference(w, x, 3))).toBeLessThan(0.02);
   });
 
+  it('integer2 (asymmetric int8 weights, two-term activations) is several times closer than integer: relative error < 0.5%', async () => {
+    const w = randomBlocks(Q4_1, 40, 96, 9);
+    const ref = reference(w, x, 3);
+    const e2 = relErr(await runKernel('integer2', w, x, 3), ref);
+    expect(e2).toBeLessThan(0.005);
+    expect(e2).toBeLessThan(relErr(await runKernel('integer', w, x, 3), ref) / 2);
+  });
+
   it('a Q8_0 matrix re-quantized to 4-bit blocks (nbits on a non-Q4_1 type) stays within half a 4-bit step', async () => {
     const w = randomBlocks(Q8_0, 40, 96, 11);
     const e = relErr(await runKernel('nbits', w, x, 3), reference(w, x, 3));
@@ -142,12 +150,14 @@ async function load(built: BuiltShards, manifest = built.manifest) {
 /**
  * Tolerances per configuration on the 16 positions of p16 (mean KL of the fixture's top-32 plus rest bucket; top-1
  * agreement with the reference). Measured (docs/QUANTIZATION.md, and this test's log): the exact repacks 3e-8 like the
- * f32 build; int8 MatMulInteger layers ~0.09 (12/16), the 4-bit embedding ~0.02, the 4-bit head ~0.04.
+ * f32 build; int8 MatMulInteger layers ~0.09 (12/16); integer2 (asymmetric int8 weights, two-term activations) ~0.006
+ * (15/16); the 4-bit embedding ~0.02, the 4-bit head ~0.04.
  */
 const CASES: Array<{ kernel: string; maxMeanKl: number; minTop1: number }> = [
   { kernel: 'attn=nbits,ffn=nbits,head=nbits8', maxMeanKl: 1e-4, minTop1: 16 },
   { kernel: 'attn=nbits-zp,ffn=nbits-zp,head=nbits8', maxMeanKl: 1e-4, minTop1: 16 },
   { kernel: 'attn=integer,ffn=integer,head=integer', maxMeanKl: 0.2, minTop1: 10 },
+  { kernel: 'attn=integer2,ffn=integer2,head=nbits8', maxMeanKl: 0.02, minTop1: 14 },
   { kernel: 'attn=integer,ffn=nbits,head=nbits-zp,embed=q4', maxMeanKl: 0.25, minTop1: 10 },
 ];
 

@@ -1,0 +1,301 @@
+/**
+ * scripts/quant-bench.ts --gguf FILE | --model DIR: the weight kernels of a GGUF model (src/model/quant.ts
+ * GgufKernels) measured on its real shapes, one wasm thread. What is measured (the configurations, the
+ * prompts), the child process that measures one configuration, and the docs/QUANTIZATION.md section.
+ *
+ * Fidelity is against the `dequant` build, which computes the file's exact weights in f32 (it matches the
+ * numpy exact-weights reference to a mean KL of 3e-8: test/node/smollm2-reference.test.ts), so it stands
+ * for the exact weights in-run: mean KL(dequant || configuration) of the full next-token distributions and
+ * argmax agreement, teacher-forced over fixed text windows.
+ */
+import { readFileSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { SequenceState } from '../../src/engine/caches.js';
+import { MB } from '../../src/engine/memory-budget.js';
+import { loadModel, type LoadedModel } from '../../src/engine/model.js';
+import { embedStep, runLayers, runStep } from '../../src/engine/step.js';
+import { ggufWeightBytes, parseGgufKernels, type GgufKernels } from '../../src/model/quant.js';
+import { HEAD_IO } from '../../src/model/shard-io.js';
+import { threadCpuMs } from './bench-clock.js';
+import { readBytes } from './node-env.js';
+import { argmax, logSoftmax } from './stats.js';
+
+export interface GgufConfig {
+  id: string;
+  /** the manifest's kernel string (attn=..,ffn=..,head=..,embed=..) */
+  kernel: string;
+  headParts: number;
+  what: string;
+}
+
+/** The configurations, the reference first. Heads that MatMulNBits decodes per run are cut into 8 row parts (12 MB of f32 each). */
+export const GGUF_CONFIGS: GgufConfig[] = [
+  { id: 'dequant', kernel: 'dequant', headParts: 1, what: 'file blocks unpacked and folded to f32 at load (the reference)' },
+  { id: 'nbits', kernel: 'attn=nbits,ffn=nbits,head=nbits8,embed=q8', headParts: 8, what: 'MatMulNBits exact Q4_1 (zp 0 + m·Σx correction), head MatMulNBits 8-bit exact Q8_0' },
+  { id: 'nbits-zp', kernel: 'attn=nbits-zp,ffn=nbits-zp,head=nbits8,embed=q8', headParts: 8, what: 'MatMulNBits Q4_1 with float zero point −m/d, head 8-bit exact' },
+  { id: 'integer', kernel: 'attn=integer,ffn=integer,head=integer,embed=q8', headParts: 1, what: 'int8 per channel (symmetric) re-quantized, MatMulInteger everywhere, head too' },
+  { id: 'integer2', kernel: 'attn=integer2,ffn=integer2,head=integer,embed=q8', headParts: 1, what: 'int8 per channel asymmetric, activations as two int8 terms; head int8 MatMulInteger' },
+  { id: 'integer2-head8', kernel: 'attn=integer2,ffn=integer2,head=nbits8,embed=q8', headParts: 8, what: 'integer2 layers, head MatMulNBits 8-bit exact Q8_0' },
+  { id: 'integer2-head4', kernel: 'attn=integer2,ffn=integer2,head=nbits-zp,embed=q8', headParts: 8, what: 'integer2 layers, head re-quantized to 4-bit blocks (MatMulNBits)' },
+  { id: 'integer2-emb4', kernel: 'attn=integer2,ffn=integer2,head=integer,embed=q4', headParts: 1, what: 'integer2 layers and int8 head, embedding re-quantized to 4-bit rows' },
+  { id: 'attn8-ffn4', kernel: 'attn=integer2,ffn=nbits,head=nbits8,embed=q8', headParts: 8, what: 'attention integer2, FFN MatMulNBits exact Q4_1, head 8-bit exact' },
+  { id: 'attn4-ffn8', kernel: 'attn=nbits,ffn=integer2,head=nbits8,embed=q8', headParts: 8, what: 'attention MatMulNBits exact Q4_1, FFN integer2, head 8-bit exact' },
+];
+
+export function kernelsOf(c: GgufConfig): GgufKernels {
+  const r = parseGgufKernels(c.kernel);
+  if ('error' in r) throw new Error(`${c.id}: ${r.error}`);
+  return r.kernels;
+}
+
+/** Text windows for fidelity: this many tokens from each file, teacher-forced, scored every FIDELITY_STRIDE positions. */
+export const FIDELITY_TOKENS = 1024;
+export const FIDELITY_STRIDE = 4;
+export const FIDELITY_TEXTS = ['apache-2.0.txt', 'mpl-2.0.txt'];
+/** The timing prompt's text. */
+export const TIMING_TEXT = 'lgpl-2.1.txt';
+export const PREFILL_LENGTHS = [512, 2048];
+export const DECODE_TOKENS = 8;
+
+export interface GgufChildJob {
+  kind: 'gguf';
+  dir: string;
+  /** token ids of the timing prompt (at least the longest prefill) */
+  prompt: number[];
+  windows: number[][];
+  /** where the reference's log-probabilities are written (the reference run) or read from */
+  referenceFile: string;
+  reference: boolean;
+  reps: number;
+}
+
+export interface GgufChildResult {
+  loadMs: number;
+  heapAfterLoadMb: number;
+  heapAfter2048Mb: number;
+  heapPeakMb: number;
+  prefillCpuMs: Record<string, number>;
+  prefillWallMs: Record<string, number>;
+  decodeTokS: number;
+  decodeWallTokS: number;
+  fidelity: { positions: number; meanKl: number; maxKl: number; argmaxAgreement: number } | null;
+}
+
+/** Positions scored in a window: every FIDELITY_STRIDE-th, from the 16th on (the first few predict from almost nothing). */
+const scored = (n: number) => Array.from({ length: n }, (_, i) => i).filter((i) => i >= 15 && (i - 15) % FIDELITY_STRIDE === 0);
+
+/** Logits at `positions` of one dense, teacher-forced pass over `ids` (the engine's own layers and chunks): [positions.length, vocab]. */
+async function windowLogits(model: LoadedModel, ids: number[], positions: number[]): Promise<Float32Array> {
+  const { dim, vocabSize } = model.config;
+  const into = await embedStep(model, 0, ids);
+  const { frontier } = await runLayers(model, new SequenceState(model.config), into, { schedule: null });
+  const rowOf = new Map(Array.from(frontier.carried, (t, j) => [t, j]));
+  const p = positions.length;
+  const rows = new Float32Array(p * dim); // [p, dim]
+  positions.forEach((at, i) => rows.set(frontier.hidden.subarray(rowOf.get(at)! * dim, (rowOf.get(at)! + 1) * dim), i * dim));
+  const logits = new Float32Array(p * vocabSize); // [p, vocab]
+  for (const part of model.head) {
+    const l = (await part.session.run({ [HEAD_IO.inputs.x]: { data: rows, dims: [p, dim] } }))[HEAD_IO.outputs.logits].data as Float32Array; // [p, part.rows]
+    for (let i = 0; i < p; i++) logits.set(l.subarray(i * part.rows, (i + 1) * part.rows), i * vocabSize + part.start);
+  }
+  return logits;
+}
+
+const memories: WebAssembly.Memory[] = [];
+function watchWasmMemory(): void {
+  const Original = WebAssembly.Memory;
+  WebAssembly.Memory = new Proxy(Original, {
+    construct(target, args) {
+      const m = Reflect.construct(target, args) as WebAssembly.Memory;
+      memories.push(m);
+      return m;
+    },
+  });
+}
+const heapMb = () => Math.max(0, ...memories.map((m) => m.buffer.byteLength)) / MB;
+
+export async function runGgufChild(job: GgufChildJob, initRuntime: () => void): Promise<GgufChildResult> {
+  watchWasmMemory();
+  initRuntime();
+  const log = (m: string) => process.stderr.write(`${m}\n`);
+  const manifest = readFileSync(join(job.dir, 'manifest.json'), 'utf8');
+  const w0 = performance.now();
+  const model = await loadModel(manifest, async (f) => readBytes(join(job.dir, f)), { memoryBudgetBytes: Infinity });
+  const loadMs = performance.now() - w0;
+  const heapAfterLoadMb = heapMb();
+  log(`loaded in ${loadMs.toFixed(0)} ms; wasm heap ${heapAfterLoadMb.toFixed(1)} MB`);
+
+  const prefillCpuMs: Record<string, number> = {};
+  const prefillWallMs: Record<string, number> = {};
+  let decodeTokS = NaN;
+  let decodeWallTokS = NaN;
+  for (const len of PREFILL_LENGTHS) {
+    for (let r = 0; r < job.reps; r++) {
+      const seq = new SequenceState(model.config);
+      const c0 = threadCpuMs();
+      const t0 = performance.now();
+      let { logits } = await runStep(model, seq, job.prompt.slice(0, len), { schedule: null });
+      const cpu = threadCpuMs() - c0;
+      const wall = performance.now() - t0;
+      prefillCpuMs[len] = Math.min(prefillCpuMs[len] ?? Infinity, cpu);
+      prefillWallMs[len] = Math.min(prefillWallMs[len] ?? Infinity, wall);
+      log(`prefill ${len}: ${cpu.toFixed(0)} ms CPU (${wall.toFixed(0)} ms wall)`);
+      if (len === PREFILL_LENGTHS.at(-1) && r === 0) {
+        // Decode at this context: one token a step, the best half of the run (noise only slows it down).
+        const cpuPer: number[] = [];
+        const wallPer: number[] = [];
+        for (let k = 0; k < DECODE_TOKENS; k++) {
+          const d0 = threadCpuMs();
+          const dw = performance.now();
+          logits = (await runStep(model, seq, [argmax(logits)], { schedule: null })).logits;
+          cpuPer.push(threadCpuMs() - d0);
+          wallPer.push(performance.now() - dw);
+        }
+        const best = (xs: number[]) => xs.sort((a, b) => a - b).slice(0, Math.max(1, xs.length >> 1)).reduce((a, b) => a + b, 0) / Math.max(1, xs.length >> 1);
+        decodeTokS = 1000 / best(cpuPer);
+        decodeWallTokS = 1000 / best(wallPer);
+        log(`decode at ${len + 1}: ${decodeTokS.toFixed(2)} tok/s CPU`);
+      }
+    }
+  }
+  const heapAfter2048Mb = heapMb();
+
+  // Fidelity: full distributions at the scored positions; the reference writes them, the others compare.
+  const vocab = model.config.vocabSize;
+  const all: Float32Array[] = [];
+  for (const w of job.windows) {
+    const logits = await windowLogits(model, w, scored(w.length));
+    for (let i = 0; i < logits.length / vocab; i++) all.push(Float32Array.from(logSoftmax(logits.subarray(i * vocab, (i + 1) * vocab))));
+  }
+  let fidelity: GgufChildResult['fidelity'] = null;
+  if (job.reference) {
+    const flat = new Float32Array(all.length * vocab);
+    all.forEach((lp, i) => flat.set(lp, i * vocab));
+    writeFileSync(job.referenceFile, flat);
+    fidelity = { positions: all.length, meanKl: 0, maxKl: 0, argmaxAgreement: 1 };
+  } else {
+    const b = readFileSync(job.referenceFile);
+    const ref = new Float32Array(b.buffer, b.byteOffset, b.byteLength / 4);
+    if (ref.length !== all.length * vocab) throw new Error(`reference holds ${ref.length / vocab} positions, this run ${all.length}`);
+    let sum = 0;
+    let max = 0;
+    let agree = 0;
+    all.forEach((q, i) => {
+      const p = ref.subarray(i * vocab, (i + 1) * vocab);
+      let kl = 0;
+      for (let v = 0; v < vocab; v++) if (p[v] > -80) kl += Math.exp(p[v]) * (p[v] - q[v]);
+      kl = Math.max(0, kl);
+      sum += kl;
+      max = Math.max(max, kl);
+      if (argmax(p) === argmax(q)) agree++;
+    });
+    fidelity = { positions: all.length, meanKl: sum / all.length, maxKl: max, argmaxAgreement: agree / all.length };
+    log(`fidelity over ${all.length} positions: mean KL ${fidelity.meanKl.toExponential(2)}, argmax agreement ${(100 * fidelity.argmaxAgreement).toFixed(1)}%`);
+  }
+  return { loadMs, heapAfterLoadMb, heapAfter2048Mb, heapPeakMb: heapMb(), prefillCpuMs, prefillWallMs, decodeTokS, decodeWallTokS, fidelity };
+}
+
+export interface GgufRow {
+  id: string;
+  kernel: string;
+  what: string;
+  headParts: number;
+  shardMb: number;
+  bytes: ReturnType<typeof ggufWeightBytes>;
+  nLayers: number;
+  result: GgufChildResult;
+}
+
+export interface GgufReport {
+  command: string;
+  date: string;
+  commit: string;
+  model: string;
+  gguf: string;
+  machine: { cpus: number; cpuModel: string; node: string; onnxruntimeWeb: string; loadPerCoreStart: number; loadPerCoreEnd: number };
+  runtimeHeapMb: number;
+  /** KV cache bytes per token of context in f32, every layer: nLayers × 2 × kvDim × 4 */
+  kvPerTokenF32: number;
+  rows: GgufRow[];
+}
+
+const f = (v: number | undefined | null, d = 1) => (v === undefined || v === null || !Number.isFinite(v) ? '–' : v.toFixed(d));
+const mb = (b: number) => (b / MB).toFixed(2);
+
+export const SECTION_BEGIN = '<!-- gguf-kernels:begin (npm run quant-bench -- --gguf FILE) -->';
+export const SECTION_END = '<!-- gguf-kernels:end -->';
+
+/** The doc section for a GGUF run, between markers so the rest of docs/QUANTIZATION.md is kept. */
+export function renderGgufSection(rep: GgufReport): string {
+  const ref = rep.rows.find((r) => r.id === 'dequant');
+  const m = rep.machine;
+  const x = (a: number, b?: number) => (b ? `×${(a / b).toFixed(2)}` : '–');
+  const tps = (r: GgufRow, len: number) => (len * 1000) / r.result.prefillCpuMs[len];
+  const head = [
+    'configuration', 'kernels', 'prefill 512 tok/s', 'prefill 2048 tok/s', 'decode tok/s @2048', 'vs dequant (p512 / p2048 / decode)',
+    'wasm heap MB: load / after 2048', 'shards MB', 'mean KL vs exact', 'max KL', 'argmax agree',
+  ];
+  const lines = rep.rows.map((r) => {
+    const fi = r.result.fidelity;
+    return [
+      `**${r.id}**: ${r.what}`,
+      `\`${r.kernel}\`${r.headParts > 1 ? ` (head in ${r.headParts} parts)` : ''}`,
+      f(tps(r, 512), 0),
+      f(tps(r, 2048), 0),
+      f(r.result.decodeTokS, 2),
+      ref ? `${x(tps(r, 512), tps(ref, 512))} / ${x(tps(r, 2048), tps(ref, 2048))} / ${x(r.result.decodeTokS, ref.result.decodeTokS)}` : '–',
+      `${f(r.result.heapAfterLoadMb, 0)} / ${f(r.result.heapAfter2048Mb, 0)}`,
+      f(r.shardMb, 1),
+      r.id === 'dequant' ? '0 (reference)' : fi ? fi.meanKl.toExponential(2) : '–',
+      r.id === 'dequant' ? '–' : fi ? fi.maxKl.toExponential(2) : '–',
+      fi ? `${(100 * fi.argmaxAgreement).toFixed(1)}%` : '–',
+    ].join(' | ');
+  });
+  const bytesHead = ['configuration', 'per layer MB (attention + FFN + norms)', `${rep.rows[0]?.nLayers ?? '?'} layers MB`, 'embedding MB', 'head MB', 'all weights MB', 'measured heap after load − runtime MB'];
+  const bytesLines = rep.rows.map((r) => {
+    const b = r.bytes;
+    const total = r.nLayers * b.perLayer + b.embed + b.head;
+    return [r.id, `${mb(b.perLayer)} (${mb(b.attn)} + ${mb(b.ffn)})`, mb(r.nLayers * b.perLayer), mb(b.embed), mb(b.head), mb(total), f(r.result.heapAfterLoadMb - rep.runtimeHeapMb, 0)].join(' | ');
+  });
+  const positions = rep.rows.find((r) => r.result.fidelity)?.result.fidelity?.positions ?? 0;
+  return `${SECTION_BEGIN}
+## ${rep.model}: GGUF weight kernels on the real shapes
+
+Generated by \`${rep.command}\` (commit ${rep.commit}) on ${rep.date} from \`${rep.gguf}\`.
+Machine: ${m.cpus} × ${m.cpuModel}, Node ${m.node}, onnxruntime-web ${m.onnxruntimeWeb}, one wasm thread; load per core ${f(m.loadPerCoreStart, 2)} at the start,
+${f(m.loadPerCoreEnd, 2)} at the end (shared machine: rates are from **on-CPU** time of the inference thread, one repetition each, under the measurement lock).
+
+Each configuration is built by \`npm run shards -- --gguf FILE --kernel KERNELS [--head-parts N]\` and runs in its own process.
+*prefill* = one dense \`runStep\` over the first 512 / 2048 tokens of \`${TIMING_TEXT}\` (the engine's query chunks);
+*decode* = ${DECODE_TOKENS} greedy steps right after the 2048-token prefill, mean of the faster half.
+*wasm heap* = onnxruntime's WebAssembly memory once every session exists, and after the 2048-token prefill and decode (a high-water mark: it never shrinks;
+the runtime alone is ${f(rep.runtimeHeapMb, 0)} MB). *Fidelity*: teacher-forced over the first ${FIDELITY_TOKENS} tokens of ${FIDELITY_TEXTS.map((t) => `\`${t}\``).join(' and ')},
+every ${FIDELITY_STRIDE}th position from the 16th (${positions} positions), full-vocabulary KL(exact ‖ configuration) and argmax agreement. The exact weights are the
+\`dequant\` build's (the file's values in f32: KL 3e-8 against the numpy exact-weights reference, test/node/smollm2-reference.test.ts).
+llama.cpp itself, on this file against the exact weights, has mean KL 0.0048 and 96.5% argmax agreement (NOTES.md).
+
+| ${head.join(' | ')} |
+|${head.map(() => '---').join('|')}|
+${lines.map((l) => `| ${l} |`).join('\n')}
+
+### Bytes held per piece (what a layer split across isolates sizes its groups by)
+
+From \`ggufWeightBytes\` (src/model/quant.ts): the tensors each kernel keeps (weights, scales, zero points, corrections), f32 norms.
+The last column is the measured wasm heap after load minus the runtime's: MatMulNBits and the folded f32 weights add their per-run
+temporaries (the largest matrix dequantized, the head part's rows), the integer kernel its packed copies.
+
+| ${bytesHead.join(' | ')} |
+|${bytesHead.map(() => '---').join('|')}|
+${bytesLines.map((l) => `| ${l} |`).join('\n')}
+
+KV cache per token of context (all layers): ${rep.kvPerTokenF32} B in f32, ${rep.kvPerTokenF32 / 2} B in f16, a quarter plus a scale per row in int8 (src/engine/kv-rows.ts).
+${SECTION_END}`;
+}
+
+/** Replaces (or appends) the GGUF section of a doc. */
+export function spliceSection(doc: string, section: string): string {
+  const a = doc.indexOf(SECTION_BEGIN);
+  const b = doc.indexOf(SECTION_END);
+  if (a >= 0 && b > a) return `${doc.slice(0, a)}${section}${doc.slice(b + SECTION_END.length)}`;
+  return `${doc.trimEnd()}\n\n${section}\n`;
+}
