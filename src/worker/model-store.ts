@@ -61,30 +61,38 @@ export function loadOptionsOf(env: ModelEnv): LoadOptions {
 /** The configured model's shards, read from the static assets and verified against the manifest's sha256. */
 export function getModel(env: ModelEnv): Promise<LoadedModel> {
   const name = env.MODEL_NAME;
-  let p = loads.get(name);
+  // Keyed by the options too: a model served at another context or KV format is another load.
+  const key = `${name} ${JSON.stringify(loadOptionsOf(env))}`;
+  let p = loads.get(key);
   if (!p) {
     p = (async () => {
       const read = assetReader(env.ASSETS, positiveVar('ASSET_READ_MB_PER_S', env.ASSET_READ_MB_PER_S));
       const manifest = new TextDecoder().decode(await read(`${name}/manifest.json`));
       return loadModel(manifest, (file) => read(`${name}/${file}`), loadOptionsOf(env));
     })();
-    p.catch(() => loads.delete(name));
-    loads.set(name, p);
+    p.catch(() => loads.delete(key));
+    loads.set(key, p);
   }
   return p;
 }
 
 const mib = (b: number) => Math.round((b / MB) * 10) / 10;
 
-/** What /healthz says about memory: the budget, the estimate it was checked with, the heap measured now. */
+/**
+ * What /healthz says about memory: the budget, the estimate it was checked with, the wasm memory
+ * measured now (it only grows: a high-water mark). Fitting a deployed isolate takes both the estimate
+ * and the measurement to be under it: the estimate covers the caches at full context, the measurement
+ * what the runtime really took (`npm run memory` measures both sides, docs/MEMORY.md).
+ */
 export function memoryReport(model: LoadedModel) {
   const e = model.memory;
   const heap = wasmHeapBytes();
   return {
     budget_mb: Number.isFinite(model.memoryBudgetBytes) ? mib(model.memoryBudgetBytes) : null,
     deployed_isolate_mb: DEPLOYED_ISOLATE_MB,
-    fits_deployed_isolate: e.total <= DEPLOYED_ISOLATE_MB * MB,
+    fits_deployed_isolate: Math.max(e.total, heap ?? 0) <= DEPLOYED_ISOLATE_MB * MB,
     context_tokens: model.config.seqLen,
+    kv_format: model.config.kvFormat ?? 'f32',
     estimate_mb: { weights: mib(e.weights), kv_cache: mib(e.kvCache), aux_cache: mib(e.auxCache), runtime: mib(e.runtime), total: mib(e.total) },
     measured_wasm_heap_mb: heap === null ? null : mib(heap),
   };

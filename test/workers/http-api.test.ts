@@ -64,8 +64,31 @@ describe('GET /healthz and /v1/models', () => {
     const body = (await res.json()) as { status: string; model: string; memory: Record<string, unknown> };
     expect(body).toMatchObject({ status: 'ok', model: MODEL });
     // stories260K at its 512-token context fits a deployed isolate with room to spare.
-    expect(body.memory).toMatchObject({ budget_mb: 128, deployed_isolate_mb: 128, fits_deployed_isolate: true, context_tokens: 512 });
+    expect(body.memory).toMatchObject({ budget_mb: 128, deployed_isolate_mb: 128, fits_deployed_isolate: true, context_tokens: 512, kv_format: 'f32' });
     expect(body.memory.measured_wasm_heap_mb).toBeGreaterThanOrEqual(16);
+  });
+
+  it('serves with the KV cache held as int8 when KV_FORMAT says so, and counts it so', async () => {
+    const f32 = (await (await worker('/healthz')).json()) as { memory: { estimate_mb: { kv_cache: number } } };
+    const res = await withEnv({ KV_FORMAT: 'int8' }, '/healthz');
+    expect(res.status).toBe(200);
+    const int8 = (await res.json()) as { memory: { kv_format: string; estimate_mb: { kv_cache: number } } };
+    expect(int8.memory.kv_format).toBe('int8');
+    // stories260K: kvDim 32, so an int8 row (32 + 4 bytes) is 36/128 of an f32 one.
+    expect(int8.memory.estimate_mb.kv_cache).toBeCloseTo((f32.memory.estimate_mb.kv_cache * 36) / 128, 1);
+    const done = await withEnv({ KV_FORMAT: 'int8' }, '/v1/completions', {
+      method: 'POST',
+      headers: { 'Content-Type': 'application/json' },
+      body: JSON.stringify({ model: MODEL, prompt: 'Once upon a time', max_tokens: 8, temperature: 0 }),
+    });
+    expect(done.status).toBe(200);
+    expect(((await done.json()) as { usage: { completion_tokens: number } }).usage.completion_tokens).toBe(8);
+  });
+
+  it('refuses a KV_FORMAT it does not know, naming the setting in the log (a server fault, not the client\'s)', async () => {
+    const logged = vi.spyOn(console, 'error').mockImplementation(() => {});
+    await expectError(await withEnv({ KV_FORMAT: 'bf16' }, '/healthz'), 500, 'model_unavailable');
+    expect(logged.mock.calls.flat().join(' ')).toMatch(/KV_FORMAT.*f32, f16, int8.*"bf16"/);
   });
 
   it('lists the served model in OpenAI shape, with its context length', async () => {
