@@ -17,6 +17,7 @@ import { runStep } from '../../src/engine/step.js';
 import { createGraphSession, exposeRuntimeForPeers } from '../../src/runtime/onnx-runtime.js';
 import { threadCpuMs } from './bench-clock.js';
 import { MonolithicDecoder } from './bench-monolithic.js';
+import { GraphBuilder } from '../../src/shards/onnx-builder.js';
 import { initNodeRuntime, loadModelFromDir, readBytes } from './node-env.js';
 import { argmax } from './stats.js';
 
@@ -113,7 +114,7 @@ async function monolithicRunner(job: ChildJob, config: ModelConfig): Promise<Run
  * with a streamer whose put() timestamps each token. Runs on this process's onnxruntime-web (wasm,
  * one thread) through exposeRuntimeForPeers, so the runtime is the engine's.
  */
-async function transformersRunner(job: ChildJob): Promise<Runner> {
+async function transformersRunner(job: Pick<ChildJob, 'hfRoot' | 'hfName'>, dtype: 'fp32' | 'q8' | 'q4' = 'fp32'): Promise<Runner> {
   exposeRuntimeForPeers((path) => readBytes(path));
   const T = await import('@huggingface/transformers');
   T.env.allowRemoteModels = false;
@@ -121,11 +122,11 @@ async function transformersRunner(job: ChildJob): Promise<Runner> {
   T.env.localModelPath = job.hfRoot;
   T.env.useWasmCache = false;
   const model = await T.AutoModelForCausalLM.from_pretrained(job.hfName, {
-    dtype: 'fp32',
+    dtype,
     local_files_only: true,
     device: 'auto' as never, // no device list of its own: the exposed runtime's wasm backend
   });
-  return async (prompt, decode) => {
+  return async (prompt, decode, stop) => {
     const input_ids = new T.Tensor('int64', BigInt64Array.from(prompt, (t) => BigInt(t)), [1, prompt.length]);
     const attention_mask = new T.Tensor('int64', new BigInt64Array(prompt.length).fill(1n), [1, prompt.length]);
     const stamps: number[] = [];
@@ -141,30 +142,31 @@ async function transformersRunner(job: ChildJob): Promise<Runner> {
     const out = (await model.generate({
       input_ids,
       attention_mask,
-      max_new_tokens: decode + 1,
-      min_new_tokens: decode + 1, // never stop early at EOS: every row decodes the same count
+      ...(stop
+        ? { max_new_tokens: decode, eos_token_id: [...stop] } // a reply: ends at its stop id, included
+        : { max_new_tokens: decode + 1, min_new_tokens: decode + 1 }), // never stop early at EOS: every row decodes the same count
       do_sample: false,
       streamer,
     } as never)) as { tolist(): bigint[][] };
     // put() #0 is the prompt, #1 the first new token (prefill done), #k the k-th.
     // The first `decode` new tokens, as the other rows report them (the last one's logits are timed too).
     const tokens = out.tolist()[0].slice(prompt.length, prompt.length + decode).map(Number);
-    return { ttftMs: stamps[1] - t0, ttftCpuMs: cpu[1] - c0, decodeMs: stamps[decode + 1] - stamps[1], decodeCpuMs: cpu[decode + 1] - cpu[1], tokens };
+    const last = Math.min(decode, stamps.length - 2); // a reply that stopped early has fewer stamps
+    const promptTokens = Number(input_ids.dims[1]);
+    return { ttftMs: stamps[1] - t0, ttftCpuMs: cpu[1] - c0, decodeMs: stamps[last + 1] - stamps[1], decodeCpuMs: cpu[last + 1] - cpu[1], tokens, promptTokens };
   };
 }
 
 /**
- * `bench-child.ts --serve SHARDS CONTEXT SCHEDULE`: the engine rows (dense, lazy with SCHEDULE) as a
- * line-protocol peer (scripts/lib/peers/engine.ts), so that the bench can interleave them with
- * processes it does not own (llama.cpp, a browser). One JSON request per stdin line:
- * {"cmd": "run", "row": "dense" | "lazy", "prompt": [ids], "decode": N, "stop": [ids]?} -> Trial.
+ * `bench-child.ts --serve SHARDS CONTEXT SCHEDULE` (the engine rows: dense, lazy with SCHEDULE) or
+ * `--serve-transformers ...` (one transformers.js row) as a line-protocol peer
+ * (scripts/lib/peers/engine.ts), so that the bench can interleave them with processes it does not
+ * own (llama.cpp, a browser). One JSON request per stdin line:
+ * {"cmd": "run", "row": NAME, "prompt": [ids], "decode": N, "stop": [ids]?} -> Trial.
  */
-async function serve(shards: string, contextTokens: number, schedule: string): Promise<void> {
-  initNodeRuntime();
-  const model = await loadModelFromDir(shards, { contextTokens });
-  const runners: Record<string, Runner> = { dense: engineRunner(model, null), lazy: engineRunner(model, parseSchedule(schedule)) };
+async function serve(runners: Record<string, Runner>): Promise<void> {
   const reply = (o: object) => process.stdout.write(`${JSON.stringify(o)}\n`);
-  reply({ ready: true, layers: model.config.nLayers, contextTokens: model.config.seqLen });
+  reply({ ready: true, rows: Object.keys(runners) });
   let buf = '';
   for await (const chunk of process.stdin) {
     buf += chunk;
@@ -187,7 +189,22 @@ async function serve(shards: string, contextTokens: number, schedule: string): P
 }
 
 async function main(): Promise<void> {
-  if (process.argv[2] === '--serve') return serve(process.argv[3], Number(process.argv[4]), process.argv[5]);
+  if (process.argv[2] === '--serve') {
+    const [shards, contextTokens, schedule] = process.argv.slice(3);
+    initNodeRuntime();
+    const model = await loadModelFromDir(shards, { contextTokens: Number(contextTokens) });
+    return serve({ dense: engineRunner(model, null), lazy: engineRunner(model, parseSchedule(schedule)) });
+  }
+  if (process.argv[2] === '--serve-transformers') {
+    // `--serve-transformers HF_ROOT HF_NAME DTYPE`: transformers.js alone in its process, on our
+    // onnxruntime-web, which it looks for only once a first session exists (a one-node graph).
+    const [hfRoot, hfName, dtype] = process.argv.slice(3);
+    initNodeRuntime();
+    const probe = new GraphBuilder('probe');
+    probe.output(probe.op('Identity', [probe.input('x', 'float32', [1])]), 'y', 'float32', [1]);
+    await createGraphSession('probe', probe.toBytes());
+    return serve({ [`transformers.js-${dtype}`]: await transformersRunner({ hfRoot, hfName }, dtype as 'fp32' | 'q8' | 'q4') });
+  }
   const job = JSON.parse(readFileSync(process.argv[2], 'utf8')) as ChildJob;
   const log = (m: string) => process.stderr.write(`  ${m}\n`);
   initNodeRuntime();

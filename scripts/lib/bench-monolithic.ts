@@ -20,7 +20,7 @@ import type { Checkpoint } from '../../src/model/checkpoint.js';
 import type { ModelConfig } from '../../src/model/config.js';
 import type { GraphSession, HostTensor } from '../../src/runtime/onnx-runtime.js';
 import { GraphBuilder } from '../../src/shards/onnx-builder.js';
-import { f32Linear, rmsNorm, ropeQK, ropeTables, stackRows } from '../../src/shards/layer-graphs.js';
+import { f32Linear, rmsNorm, ropeQK, ropeTables, stackRows, type LinearEmitter } from '../../src/shards/layer-graphs.js';
 
 export const MONO_IO = {
   ids: 'input_ids',
@@ -34,7 +34,8 @@ export const MONO_IO = {
   presentValue: (l: number) => `present.${l}.value`,
 } as const;
 
-export function buildMonolithicGraph(ck: Checkpoint): Uint8Array {
+/** `linear` emits every projection and the head (f32 by default; a quantized emitter for transformers.js's q8/q4 files). */
+export function buildMonolithicGraph(ck: Checkpoint, linear: LinearEmitter = f32Linear): Uint8Array {
   const cfg = ck.config;
   const { dim, hiddenDim, nHeads, nKvHeads, headSize: hs, kvDim, vocabSize, nLayers } = cfg;
   const group = nHeads / nKvHeads;
@@ -70,7 +71,7 @@ export function buildMonolithicGraph(ck: Checkpoint): Uint8Array {
     const pastK = b.input(MONO_IO.pastKey(l), 'float32', ['batch_size', nKvHeads, 'past_sequence_length', hs]);
     const pastV = b.input(MONO_IO.pastValue(l), 'float32', ['batch_size', nKvHeads, 'past_sequence_length', hs]);
     const xn = rmsNorm(b, x, w.rmsAtt, cfg.normEps, `${t}_rms_att`);
-    const qkv = f32Linear(b, xn, `${t}_wqkv`, stackRows(w.wq, w.wk, w.wv), dim + 2 * kvDim, dim);
+    const qkv = linear(b, xn, `${t}_wqkv`, stackRows(w.wq, w.wk, w.wv), dim + 2 * kvDim, dim);
     const [qk0, vNew] = b.opN('Split', [qkv, b.i64(`${t}_qkv_split`, [dim + kvDim, kvDim])], { axis: -1 }, { outputs: 2 });
     const qk = ropeQK(b, qk0, nHeads + nKvHeads, hs, cos, sin, `${t}_rope`);
     const [qRot, kRot] = b.opN('Split', [qk, b.i64(`${t}_qk_split`, [dim, kvDim])], { axis: -1 }, { outputs: 2 });
@@ -88,12 +89,12 @@ export function buildMonolithicGraph(ck: Checkpoint): Uint8Array {
     const probs = b.op('Softmax', [b.op('Add', [scores, maskAdd])], { axis: -1 });
     const ctx = b.op('MatMul', [probs, vh]);
     const attnOut = b.op('Reshape', [b.op('Transpose', [ctx], { perm: [2, 0, 1, 3] }), b.i64(`${t}_attn_flat`, [0, dim])]);
-    const h = b.op('Add', [x, f32Linear(b, attnOut, `${t}_wo`, w.wo, dim, dim)]);
+    const h = b.op('Add', [x, linear(b, attnOut, `${t}_wo`, w.wo, dim, dim)]);
     const hn = rmsNorm(b, h, w.rmsFfn, cfg.normEps, `${t}_rms_ffn`);
-    const gateUp = f32Linear(b, hn, `${t}_w13`, stackRows(w.w1, w.w3), 2 * hiddenDim, dim);
+    const gateUp = linear(b, hn, `${t}_w13`, stackRows(w.w1, w.w3), 2 * hiddenDim, dim);
     const [gate, up] = b.opN('Split', [gateUp, b.i64(`${t}_w13_split`, [hiddenDim, hiddenDim])], { axis: -1 }, { outputs: 2 });
     const act = b.op('Mul', [b.op('Mul', [gate, b.op('Sigmoid', [gate])]), up]);
-    x = b.op('Add', [h, f32Linear(b, act, `${t}_w2`, w.w2, dim, hiddenDim)]);
+    x = b.op('Add', [h, linear(b, act, `${t}_w2`, w.w2, dim, hiddenDim)]);
   }
 
   // Only the last k rows go through the classifier (k = 0: all), as optimum's num_logits_to_keep.
@@ -109,7 +110,7 @@ export function buildMonolithicGraph(ck: Checkpoint): Uint8Array {
     b.i64('slice_axes', [0]),
   ]);
   const normed = rmsNorm(b, kept, ck.rmsFinal, cfg.normEps, 'rms_final');
-  const logits = f32Linear(b, normed, 'wcls', ck.wcls, vocabSize, dim);
+  const logits = linear(b, normed, 'wcls', ck.wcls, vocabSize, dim);
   b.output(b.op('Reshape', [logits, b.i64('logits_shape', [1, -1, vocabSize])]), MONO_IO.logits, 'float32', ['batch_size', 'num_logits', vocabSize]);
   return b.toBytes();
 }

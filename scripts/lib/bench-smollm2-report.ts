@@ -151,6 +151,8 @@ const STYLE: Record<string, { color: string; dashed?: boolean }> = {
   'llama.cpp': { color: PALETTE[7], dashed: true },
   'wllama-1': { color: PALETTE[4], dashed: true },
   'wllama-2': { color: PALETTE[6], dashed: true },
+  'transformers.js-q8': { color: PALETTE[3], dashed: true },
+  'transformers.js-q4': { color: PALETTE[5], dashed: true },
 };
 
 export function smolSvg(run: SmolRun, figs: SmolFigure[], caption: string): string {

@@ -1,7 +1,8 @@
 /**
  * The SmolLM2-135M-Instruct section of `npm run bench`: our engine (dense, lazy) against what a user
- * would pick instead on the same GGUF: wllama in headless Chromium (1 and 2 threads) and llama.cpp
- * native on one thread. Every row gets the same prompt ids (wllama the text that tokenizes to them),
+ * would pick instead on the same GGUF: wllama in headless Chromium (1 and 2 threads), llama.cpp
+ * native on one thread, and transformers.js on our monolithic ONNX export of the same weights at q8
+ * (its wasm default) and q4. Every row gets the same prompt ids (wllama the text that tokenizes to them),
  * rows are interleaved within each repetition in rotating order, and every figure carries the cores
  * other processes kept busy while it was taken.
  *
@@ -18,11 +19,13 @@ import { startEngine, type EnginePeers } from './peers/engine.js';
 import { startLlamaCpp } from './peers/llamacpp.js';
 import type { Peer, PeerPrompt, PeerTrial } from './peers/peer.js';
 import { agreesWithExact, chatChecks, shardTokenizer, textWindows } from './peers/prompts.js';
+import { ensureSmolExport } from './peers/smol-export.js';
+import { startTransformers } from './peers/transformers.js';
 import { startWllama } from './peers/wllama.js';
 import { locateServedGguf, servedShardsDir } from './served-model.js';
 
 export const SMOL_ID = 'smollm2-135m-instruct';
-export const SMOL_PEERS = ['dense', 'lazy', 'llama.cpp', 'wllama-1', 'wllama-2'] as const;
+export const SMOL_PEERS = ['dense', 'lazy', 'llama.cpp', 'wllama-1', 'wllama-2', 'transformers.js-q8', 'transformers.js-q4'] as const;
 export type SmolPeerId = (typeof SMOL_PEERS)[number];
 /** The prompt text: the first N tokens of the LGPL 2.1 (5,865 tokens; the fixtures' p2048 is its first 2048). */
 export const SMOL_TEXT = '/work/shared/data/lgpl-2.1.txt';
@@ -106,6 +109,14 @@ export async function benchSmolLM2(opts: {
       if (!opts.peers.includes(id)) continue;
       const s = await startWllama({ gguf, threads, nCtx, log });
       add(id, s.ok ? s.peer.row : s.row, s.ok ? s.peer : null, s.ok ? undefined : s.reason);
+    }
+    const tjs = (['q8', 'q4'] as const).filter((d) => opts.peers.includes(`transformers.js-${d}`));
+    if (tjs.length) {
+      const exported = await ensureSmolExport(gguf, sha256, tjs, log);
+      for (const dtype of tjs) {
+        const s = await startTransformers({ exported, dtype, log });
+        add(`transformers.js-${dtype}`, s.ok ? s.peer.row : s.row, s.ok ? s.peer : null, s.ok ? undefined : s.reason);
+      }
     }
     const order = rows.filter((r) => r.available);
 

@@ -6,7 +6,9 @@
  * its own prompt token count equal to ours, on that prompt and on a 128-token prose window (the
  * bench's prompts are such windows, handed to wllama as text).
  *
- * wllama runs in Debian's headless Chromium, as on CI. llama.cpp native needs Python with
+ * transformers.js runs our monolithic export of the same weights; at fp32 (the exact weights) it must
+ * match, while the bench's q8 and q4 rows re-quantize and are only compared. wllama runs in Debian's
+ * headless Chromium, as on CI. llama.cpp native needs Python with
  * llama-cpp-python, which CI does not have: that test skips and prints why.
  */
 import { readFileSync } from 'node:fs';
@@ -17,6 +19,8 @@ import { startEngine, type EnginePeers } from '../../scripts/lib/peers/engine.js
 import { startLlamaCpp } from '../../scripts/lib/peers/llamacpp.js';
 import type { Peer, PeerPrompt } from '../../scripts/lib/peers/peer.js';
 import { agreesWithExact, chatChecks, shardTokenizer, textWindows, type ChatCheck } from '../../scripts/lib/peers/prompts.js';
+import { ensureSmolExport } from '../../scripts/lib/peers/smol-export.js';
+import { startTransformers } from '../../scripts/lib/peers/transformers.js';
 import { startWllama } from '../../scripts/lib/peers/wllama.js';
 import { locateServedGguf, servedShardsDir } from '../../scripts/lib/served-model.js';
 
@@ -26,13 +30,14 @@ const log = (m: string) => process.stderr.write(`  ${m}\n`);
 
 let engine: EnginePeers;
 let gguf: string;
+let sha256: string;
 let check: ChatCheck;
 let prose: PeerPrompt;
 let dense: { chat: number[]; proseTokens: number; prose: number[] };
 
 beforeAll(async () => {
   const shards = servedShardsDir();
-  gguf = (await locateServedGguf()).path;
+  ({ path: gguf, sha256 } = await locateServedGguf());
   const tok = shardTokenizer(shards);
   check = chatChecks(shards, tok).find((c) => c.name === PROMPT)!;
   prose = textWindows(tok, readFileSync(SMOL_TEXT, 'utf8'), [128])[128];
@@ -88,6 +93,19 @@ describe('llama.cpp native (llama-cpp-python)', () => {
       ctx.skip();
       return;
     }
+    try {
+      await sameAsDense(s.peer);
+    } finally {
+      await s.peer.close();
+    }
+  });
+});
+
+describe('transformers.js on our monolithic export', () => {
+  it('fp32 (the exact weights): same tokens as dense, its prompt token counts equal ours', async () => {
+    const exported = await ensureSmolExport(gguf, sha256, ['fp32'], log);
+    const s = await startTransformers({ exported, dtype: 'fp32', log });
+    if (!s.ok) throw new Error(s.reason);
     try {
       await sameAsDense(s.peer);
     } finally {
