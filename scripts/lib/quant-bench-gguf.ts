@@ -35,6 +35,7 @@ export const GGUF_CONFIGS: GgufConfig[] = [
   { id: 'nbits-zp', kernel: 'attn=nbits-zp,ffn=nbits-zp,head=nbits8,embed=q8', headParts: 8, what: 'MatMulNBits Q4_1 with float zero point −m/d, head 8-bit exact' },
   { id: 'integer', kernel: 'attn=integer,ffn=integer,head=integer,embed=q8', headParts: 1, what: 'int8 per channel (symmetric) re-quantized, MatMulInteger everywhere, head too' },
   { id: 'integer2', kernel: 'attn=integer2,ffn=integer2,head=integer,embed=q8', headParts: 1, what: 'int8 per channel asymmetric, activations as two int8 terms; head int8 MatMulInteger' },
+  { id: 'integer2-all', kernel: 'attn=integer2,ffn=integer2,head=integer2,embed=q8', headParts: 1, what: 'integer2 layers and head' },
   { id: 'integer2-head8', kernel: 'attn=integer2,ffn=integer2,head=nbits8,embed=q8', headParts: 8, what: 'integer2 layers, head MatMulNBits 8-bit exact Q8_0' },
   { id: 'integer2-head4', kernel: 'attn=integer2,ffn=integer2,head=nbits-zp,embed=q8', headParts: 8, what: 'integer2 layers, head re-quantized to 4-bit blocks (MatMulNBits)' },
   { id: 'integer2-emb4', kernel: 'attn=integer2,ffn=integer2,head=integer,embed=q4', headParts: 1, what: 'integer2 layers and int8 head, embedding re-quantized to 4-bit rows' },
