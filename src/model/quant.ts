@@ -162,8 +162,9 @@ export function ggufMatrixBytes(out: number, inp: number, k: GgufMatrixKernel): 
     case 'nbits8':
       return out * nb * (BLOCK + 4);
     case 'integer':
-    case 'integer2':
       return out * inp + out * 4;
+    case 'integer2': // + an int8 zero point per output channel
+      return out * inp + out * 5;
   }
 }
 

@@ -146,6 +146,7 @@ function ggufKernelTensors(w: WeightSpec, k: GgufKernels, inits: Map<string, onn
         expected: [
           { name: `${name}_q`, dataType: DT.INT8, dims: [inp, out], what: `int8 [${inp}, ${out}] weights` },
           { name: `${name}_scale`, dataType: DT.FLOAT, dims: [out], what: `${out} float32 scales (one per output channel)` },
+          ...(kernel === 'integer2' ? [{ name: `${name}_zq`, dataType: DT.INT8, dims: [out], what: `${out} int8 zero points (one per output channel)` }] : []),
         ],
       };
     default: {
