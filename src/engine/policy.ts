@@ -21,6 +21,12 @@ export interface Schedule {
    * work prefill skipped; a budget spreads it out, or with 0 drops it, at some cost in fidelity.
    */
   reviveBudget?: number;
+  /**
+   * Rank tokens by the attention of the last this-many query rows of the step, averaged (default 1:
+   * the last token's, the paper's). Only prefill steps have more than one row; a chat prompt ends in
+   * template tokens, and a window covering the question ranks the context by what is asked.
+   */
+  scoreRows?: number;
 }
 
 export const KEEP_ALL: Schedule = { prune: [], keepFirst: false };
@@ -28,6 +34,7 @@ export const KEEP_ALL: Schedule = { prune: [], keepFirst: false };
 /**
  * Parses "2:0.5,4:0.6" (layer:keep-share pairs), with optional items "bos" (keep token 0) and
  * "min:N" (never prune below N tokens), "revive:N" (at most N revivals per pruning layer and step),
+ * "rows:N" (rank by the mean attention of the step's last N query rows),
  * "all" for no pruning. Layers are checked against a model by `validateSchedule`.
  */
 export function parseSchedule(spec: string): Schedule {
@@ -36,6 +43,7 @@ export function parseSchedule(spec: string): Schedule {
   let keepFirst = false;
   let minActive: number | undefined;
   let reviveBudget: number | undefined;
+  let scoreRows: number | undefined;
   const prune: { layer: number; keep: number }[] = [];
   for (const item of items) {
     if (item === 'bos') {
@@ -53,21 +61,36 @@ export function parseSchedule(spec: string): Schedule {
       reviveBudget = Number(revive[1]);
       continue;
     }
+    const rows = /^rows:(\d+)$/.exec(item);
+    if (rows) {
+      scoreRows = Number(rows[1]);
+      continue;
+    }
     if (item === '') throw new EngineError(`schedule "${spec}" has an empty item`, 'invalid_schedule', 'schedule');
     const m = /^(\d+):(\d*\.?\d+)$/.exec(item);
-    if (!m) throw new EngineError(`schedule item "${item}" is not "layer:share" (e.g. "2:0.5"), "bos", "min:N", "revive:N" or "all"`, 'invalid_schedule', 'schedule');
+    if (!m) throw new EngineError(`schedule item "${item}" is not "layer:share" (e.g. "2:0.5"), "bos", "min:N", "revive:N", "rows:N" or "all"`, 'invalid_schedule', 'schedule');
     prune.push({ layer: Number(m[1]), keep: Number(m[2]) });
   }
-  return { prune, keepFirst, ...(minActive !== undefined ? { minActive } : {}), ...(reviveBudget !== undefined ? { reviveBudget } : {}) };
+  return {
+    prune,
+    keepFirst,
+    ...(minActive !== undefined ? { minActive } : {}),
+    ...(reviveBudget !== undefined ? { reviveBudget } : {}),
+    ...(scoreRows !== undefined ? { scoreRows } : {}),
+  };
 }
 
 export function formatSchedule(s: Schedule): string {
   const parts = s.prune.map((p) => `${p.layer}:${p.keep}`);
+  if (s.scoreRows !== undefined) parts.unshift(`rows:${s.scoreRows}`);
   if (s.reviveBudget !== undefined) parts.unshift(`revive:${s.reviveBudget}`);
   if (s.minActive !== undefined) parts.unshift(`min:${s.minActive}`);
   if (s.keepFirst) parts.unshift('bos');
   return parts.length ? parts.join(',') : 'all';
 }
+
+/** The most rows a window can cover: a prefill runs its queries in chunks of at least this many (step.ts PREFILL_CHUNK / 2). */
+export const PREFILL_SCORE_ROWS_MAX = 64;
 
 /** Rejects schedules that cannot mean anything for a model with `nLayers` layers, saying why. */
 export function validateSchedule(s: Schedule, nLayers: number): Schedule {
@@ -76,6 +99,9 @@ export function validateSchedule(s: Schedule, nLayers: number): Schedule {
   }
   if (s.reviveBudget !== undefined && !(Number.isInteger(s.reviveBudget) && s.reviveBudget >= 0)) {
     throw new EngineError(`invalid schedule: revive ${s.reviveBudget} must be an integer >= 0`, 'invalid_schedule', 'schedule');
+  }
+  if (s.scoreRows !== undefined && !(Number.isInteger(s.scoreRows) && s.scoreRows >= 1 && s.scoreRows <= PREFILL_SCORE_ROWS_MAX)) {
+    throw new EngineError(`invalid schedule: rows ${s.scoreRows} must be an integer from 1 to ${PREFILL_SCORE_ROWS_MAX}`, 'invalid_schedule', 'schedule');
   }
   let prev = 0;
   for (const { layer, keep } of s.prune) {

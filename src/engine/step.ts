@@ -111,6 +111,7 @@ async function runLayer(
   x: Float32Array,
   queries: Int32Array,
   context: Int32Array,
+  attnRows: BigInt64Array,
 ): Promise<{ y: Float32Array; attn: Float32Array }> {
   const { dim, kvDim } = part.config;
   const lk = l - part.layerRange.start;
@@ -127,6 +128,7 @@ async function runLayer(
       [LAYER_IO.inputs.x]: { data: x.subarray(a * dim, b * dim), dims: [b - a, dim] },
       [LAYER_IO.inputs.pos]: { data: Float32Array.from(queries.subarray(a, b)), dims: [b - a] },
       ...pastFeeds(past.k, past.v, keysBefore.length, kvDim),
+      [LAYER_IO.inputs.attnRows]: { data: attnRows, dims: [1] },
       [LAYER_IO.inputs.pastPos]: { data: Float32Array.from(keysBefore), dims: [keysBefore.length] },
     });
     const yc = out[LAYER_IO.outputs.y].data as Float32Array;
@@ -175,6 +177,7 @@ export async function runLayers(part: ModelPart, seq: SequenceState, into: Front
   if (seq.length !== into.start) throw new EngineError(`the state holds ${seq.length} tokens, the step starts at ${into.start}`, 'internal');
   seq.append(into.newTokens);
   const n = seq.length;
+  const attnRows = BigInt64Array.of(BigInt(opts.schedule?.scoreRows ?? 1)); // [1]
 
   // Hidden states carried from the previous layer within this step: token -> [dim] row.
   let carried = new Map<number, Float32Array>();
@@ -250,7 +253,7 @@ export async function runLayers(part: ModelPart, seq: SequenceState, into: Front
     }
     opts.trace?.(l, queries.slice(), Int32Array.from(revived));
 
-    const { y, attn } = await runLayer(part, seq, l, x, queries, context);
+    const { y, attn } = await runLayer(part, seq, l, x, queries, context, attnRows);
     for (const i of queries) seq.deepen(i, lk + 1);
 
     // attn_last is over keys [context..., queries...]; realign it with `active` by merging the two
