@@ -4,11 +4,12 @@
  * prefills (and decodes) minus the median of a /noop request with the same body; CPU time is
  * workerd's own (all its threads, from /proc), so it is comparable with the Node rows' CPU time.
  */
-import { spawn, type ChildProcess } from 'node:child_process';
-import { openSync, readFileSync, readdirSync } from 'node:fs';
+import { spawn } from 'node:child_process';
+import { openSync } from 'node:fs';
 import { join } from 'node:path';
 import { median, processCpuMs } from './bench-clock.js';
 import { freeLoopbackPort, REPO_ROOT } from './node-env.js';
+import { findWorkerds, waitReady } from './wrangler-dev.js';
 
 export interface WorkerdRowResult {
   row: 'dense' | 'lazy';
@@ -18,44 +19,6 @@ export interface WorkerdRowResult {
   decodeMs: number;
   decodeCpuMs: number;
   tokens: number[];
-}
-
-/** The workerd processes below `root` (wrangler runs an entry proxy and the Worker's runtime). */
-function findWorkerds(root: number): number[] {
-  const parent = new Map<number, number>();
-  const comm = new Map<number, string>();
-  for (const d of readdirSync('/proc')) {
-    if (!/^\d+$/.test(d)) continue;
-    try {
-      const stat = readFileSync(`/proc/${d}/stat`, 'utf8');
-      const close = stat.lastIndexOf(')');
-      comm.set(Number(d), stat.slice(stat.indexOf('(') + 1, close));
-      parent.set(Number(d), Number(stat.slice(close + 2).split(' ')[1]));
-    } catch {
-      // gone already
-    }
-  }
-  const found: number[] = [];
-  for (const [pid, name] of comm) {
-    if (name !== 'workerd') continue;
-    for (let p = parent.get(pid); p; p = parent.get(p)) if (p === root) found.push(pid);
-  }
-  return found;
-}
-
-async function waitReady(url: string, child: ChildProcess, timeoutMs: number): Promise<void> {
-  const until = Date.now() + timeoutMs;
-  while (Date.now() < until) {
-    if (child.exitCode !== null) throw new Error(`wrangler dev exited with code ${child.exitCode}`);
-    try {
-      const res = await fetch(url);
-      if (res.ok) return;
-    } catch {
-      // not listening yet
-    }
-    await new Promise((r) => setTimeout(r, 500));
-  }
-  throw new Error(`wrangler dev did not answer ${url} within ${timeoutMs / 1000} s`);
 }
 
 export async function benchWorkerd(opts: {
