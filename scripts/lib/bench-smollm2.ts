@@ -11,7 +11,7 @@
  * against ours, so that a row cannot silently measure something else.
  */
 import { readFileSync } from 'node:fs';
-import { join } from 'node:path';
+import { join, resolve } from 'node:path';
 import { defaultSchedule, formatSchedule } from '../../src/engine/policy.js';
 import type { ModelConfig } from '../../src/model/config.js';
 import { ForeignLoad } from './bench-clock.js';
@@ -22,13 +22,14 @@ import { agreesWithExact, chatChecks, shardTokenizer, textWindows } from './peer
 import { ensureSmolExport } from './peers/smol-export.js';
 import { startTransformers } from './peers/transformers.js';
 import { startWllama } from './peers/wllama.js';
+import { REPO_ROOT } from './node-env.js';
 import { locateServedGguf, servedShardsDir } from './served-model.js';
 
 export const SMOL_ID = 'smollm2-135m-instruct';
 export const SMOL_PEERS = ['dense', 'lazy', 'llama.cpp', 'wllama-1', 'wllama-2', 'transformers.js-q8', 'transformers.js-q4'] as const;
 export type SmolPeerId = (typeof SMOL_PEERS)[number];
 /** The prompt text: the first N tokens of the LGPL 2.1 (5,865 tokens; the fixtures' p2048 is its first 2048). */
-export const SMOL_TEXT = '/work/shared/data/lgpl-2.1.txt';
+export const SMOL_TEXT = resolve(REPO_ROOT, '../shared/data/lgpl-2.1.txt');
 
 export interface SmolTrial extends PeerTrial {
   /** cores other processes kept busy during this trial */
@@ -82,7 +83,7 @@ export async function benchSmolLM2(opts: {
   const windows = textWindows(tok, readFileSync(SMOL_TEXT, 'utf8'), [128, ...opts.lengths]);
   const checks = opts.checks ? chatChecks(shards, tok) : [];
   const maxLen = Math.max(...opts.lengths);
-  const nCtx = maxLen + opts.decode + 64;
+  const nCtx = Math.max(maxLen, 128) + Math.max(opts.decode, 8) + 64; // the warm-up runs 128 + 8
   const schedule = formatSchedule(defaultSchedule(manifest.config.nLayers));
 
   const rows: SmolRow[] = [];

@@ -11,10 +11,8 @@
  * headless Chromium, as on CI. llama.cpp native needs Python with
  * llama-cpp-python, which CI does not have: that test skips and prints why.
  */
-import { readFileSync } from 'node:fs';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { defaultSchedule, formatSchedule } from '../../src/engine/policy.js';
-import { SMOL_TEXT } from '../../scripts/lib/bench-smollm2.js';
 import { startEngine, type EnginePeers } from '../../scripts/lib/peers/engine.js';
 import { startLlamaCpp } from '../../scripts/lib/peers/llamacpp.js';
 import type { Peer, PeerPrompt } from '../../scripts/lib/peers/peer.js';
@@ -23,6 +21,7 @@ import { ensureSmolExport } from '../../scripts/lib/peers/smol-export.js';
 import { startTransformers } from '../../scripts/lib/peers/transformers.js';
 import { startWllama } from '../../scripts/lib/peers/wllama.js';
 import { locateServedGguf, servedShardsDir } from '../../scripts/lib/served-model.js';
+import { fixture, type LogitsFixture } from '../support/smollm2.js';
 
 const PROMPT = "Translate 'good morning' into Spanish.";
 const N_CTX = 512;
@@ -40,7 +39,8 @@ beforeAll(async () => {
   ({ path: gguf, sha256 } = await locateServedGguf());
   const tok = shardTokenizer(shards);
   check = chatChecks(shards, tok).find((c) => c.name === PROMPT)!;
-  prose = textWindows(tok, readFileSync(SMOL_TEXT, 'utf8'), [128])[128];
+  // 128 tokens of the MPL 2.0 (the fixtures' p512 ids), so that the test needs no data file
+  prose = textWindows(tok, fixture<LogitsFixture>('logits-exact.json').prompts.find((p) => p.name === 'p512')!.ids, [128])[128];
   engine = await startEngine({ shards, contextTokens: N_CTX, schedule: formatSchedule(defaultSchedule(30)), log });
   const chat = await engine.dense.run(check.prompt, check.maxTokens, check.endIds);
   const p = await engine.dense.run(prose, 4);

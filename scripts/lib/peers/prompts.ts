@@ -31,8 +31,8 @@ export function roundTrip(tok: TextTokenizer, ids: number[]): PeerPrompt | null 
   return same(tok.encode(text, { bos: false }), ids) ? { ids, text } : null;
 }
 
-export function textWindows(tok: TextTokenizer, text: string, lengths: number[]): Record<number, PeerPrompt> {
-  const all = tok.encode(text, { bos: false });
+export function textWindows(tok: TextTokenizer, text: string | readonly number[], lengths: number[]): Record<number, PeerPrompt> {
+  const all = typeof text === 'string' ? tok.encode(text, { bos: false }) : [...text];
   const out: Record<number, PeerPrompt> = {};
   for (const n of lengths) {
     for (let off = 0; off + n <= all.length && off < 256; off++) {
