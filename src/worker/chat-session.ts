@@ -5,11 +5,13 @@ import { encodePrompt } from '../model/text-tokenizer.js';
 import { messageText, renderChat } from './chat-template.js';
 import type { Env } from './env.js';
 import { failureOf, failureFrom, type Failure } from './faults.js';
+import { frontModel } from './groups/parts.js';
 import { getModel } from './model-store.js';
 import type { ChatMessage } from './schemas.js';
 import { cacheStats, type Live } from './session/live.js';
 import { loadSession } from './session/recovery.js';
 import { insertSession, readLastActive, setLastActive, type Meta } from './session/store.js';
+import { sessionChain, writeLayerGroups } from './session/split.js';
 import { playTurn, type TurnHost } from './session/turn.js';
 import type { Result, SessionInfo, TurnListener, TurnOutcome, TurnRequest } from './session/types.js';
 
@@ -56,7 +58,7 @@ export class ChatSession extends DurableObject<Env> {
   constructor(ctx: DurableObjectState, env: Env) {
     super(ctx, env);
     ctx.blockConcurrencyWhile(async () => {
-      this.live = await loadSession(this.ctx.storage, this.env);
+      this.live = await loadSession(this.ctx.storage, this.env, this.ctx.id.toString());
     });
   }
 
@@ -89,7 +91,7 @@ export class ChatSession extends DurableObject<Env> {
   /** The loaded state; loads again if an earlier load failed (the constructor's, or one after a failed turn). */
   private async ensure(): Promise<Live | null> {
     if (this.live === undefined) await this.ctx.blockConcurrencyWhile(async () => {
-      if (this.live === undefined) this.live = await loadSession(this.ctx.storage, this.env);
+      if (this.live === undefined) this.live = await loadSession(this.ctx.storage, this.env, this.ctx.id.toString());
     });
     return this.live ?? null;
   }
@@ -102,8 +104,12 @@ export class ChatSession extends DurableObject<Env> {
 
   // ---- RPC ----
 
-  /** Creates the session held by this object; `messages` (e.g. a system message) start the conversation. */
-  async create(init: { id: string; owner: string; messages?: ChatMessage[] }): Promise<Result<{ session: SessionInfo }>> {
+  /**
+   * Creates the session held by this object; `messages` (e.g. a system message) start the
+   * conversation. `groups` > 1 splits its layers across that many LayerGroup objects (LAYER_GROUPS
+   * of the Worker that created it; kept for the session's life).
+   */
+  async create(init: { id: string; owner: string; messages?: ChatMessage[]; groups?: number }): Promise<Result<{ session: SessionInfo }>> {
     try {
       if (await this.ensure()) return failureOf(409, `Session '${init.id}' already exists.`, 'session_exists');
     } catch (e) {
@@ -121,8 +127,9 @@ export class ChatSession extends DurableObject<Env> {
     }
   }
 
-  private async createNew(init: { id: string; owner: string; messages?: ChatMessage[] }): Promise<Result<{ session: SessionInfo }>> {
-    const model = await getModel(this.env);
+  private async createNew(init: { id: string; owner: string; messages?: ChatMessage[]; groups?: number }): Promise<Result<{ session: SessionInfo }>> {
+    const groups = init.groups ?? 1;
+    const model = groups > 1 ? await frontModel(this.env) : await getModel(this.env);
     const fingerprint = modelFingerprint(model.manifest);
     const now = Date.now();
     const messages = (init.messages ?? []).map((m) => ({ role: m.role, content: messageText(m) }));
@@ -151,9 +158,16 @@ export class ChatSession extends DurableObject<Env> {
       recoveries: 0,
       last_recovery: null,
     };
-    this.ctx.storage.transactionSync(() => insertSession(this.ctx.storage.sql, meta, messages));
+    const chain = groups > 1 ? sessionChain(this.env, this.ctx.id.toString(), groups, model.config) : undefined;
+    // Groups left by an earlier session of this object (deleted, expired) must start empty too.
+    const summary = chain ? (await chain.erase(), await chain.summary(0)) : undefined;
+    this.ctx.storage.transactionSync(() => {
+      insertSession(this.ctx.storage.sql, meta, messages);
+      if (chain) writeLayerGroups(this.ctx.storage.sql, groups);
+    });
     await this.ctx.storage.setAlarm(now + this.ttlMs());
-    const live: Live = { meta, model, fingerprint, seq: new SequenceState(model.config), view: emptyView(), messages, recordBytes: 0, turns: 0, source: 'new', committed: null };
+    const seq = chain ? chain.frontState() : new SequenceState(model.config);
+    const live: Live = { meta, model, fingerprint, seq, view: emptyView(), messages, recordBytes: 0, turns: 0, source: 'new', committed: null, chain, groups: summary };
     live.committed = cacheStats(live, this.ctx.storage.sql);
     this.live = live;
     return { ok: true, session: this.info(live) };
@@ -185,7 +199,9 @@ export class ChatSession extends DurableObject<Env> {
   }
 
   private async destroy(): Promise<void> {
+    const chain = this.live?.chain;
     this.live = null;
+    await chain?.erase();
     await this.ctx.storage.deleteAlarm();
     await this.ctx.storage.deleteAll();
   }
@@ -230,7 +246,7 @@ export class ChatSession extends DurableObject<Env> {
       ttlMs: () => this.ttlMs(),
       discardMemory: async () => {
         try {
-          this.live = await loadSession(this.ctx.storage, this.env);
+          this.live = await loadSession(this.ctx.storage, this.env, this.ctx.id.toString());
         } catch (reload) {
           console.error('lazy-edge: session reload after a failed turn failed:', reload);
           this.live = undefined;

@@ -51,7 +51,7 @@ export function chainError(e: unknown): unknown {
   return e instanceof GroupFailure ? fromFailure(e.failure) : e;
 }
 
-type StepCall = (g: number, input: GroupStepCall['input'], schedule: GroupStepCall['schedule']) => Promise<Failure | ({ ok: true } & GroupStepReply)>;
+type StepCall = (g: number, input: GroupStepCall['input'], schedule: GroupStepCall['schedule'], trace: boolean) => Promise<Failure | ({ ok: true } & GroupStepReply)>;
 
 /** Runs steps through a chain of groups, and keeps the figures of what crossed their boundaries. */
 export class ChainRunner {
@@ -80,8 +80,9 @@ export class ChainRunner {
     const stats: LayerStats[] = [];
     let logits: Float32Array | null = null;
     for (let g = 0; g < this.groups; g++) {
-      const r: GroupStepReply = unwrap<GroupStepReply>(await this.call(g, input, opts.schedule));
+      const r: GroupStepReply = unwrap<GroupStepReply>(await this.call(g, input, opts.schedule, opts.trace !== undefined));
       stats.push(r.stats);
+      for (const t of r.trace ?? []) opts.trace?.(t.layer, t.queries, t.revived);
       if ('logits' in r.output) logits = r.output.logits;
       else {
         input = { frontier: r.output.frontier };
@@ -125,7 +126,7 @@ export class Chain extends ChainRunner {
     config: ModelConfig,
     index?: number,
   ) {
-    super(stubs.length, config, (g, input, schedule) => stubs[g].step({ groups: stubs.length, group: g, lease, input, schedule }), index);
+    super(stubs.length, config, (g, input, schedule, trace) => stubs[g].step({ groups: stubs.length, group: g, lease, input, schedule, trace }), index);
   }
 
   async release(): Promise<void> {

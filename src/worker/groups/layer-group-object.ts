@@ -12,7 +12,7 @@ import { groupPart } from './config.js';
 import { compactFrontier } from './frontier.js';
 import { groupFingerprint, loadGroupLog, writeGroupChunks } from './group-store.js';
 import { groupModel, manifestOf } from './parts.js';
-import type { GroupAddress, GroupStepCall, GroupStepReply, GroupSummary, IsolateProbe, Result, SessionGroupAddress, SessionStepCall } from './types.js';
+import type { GroupAddress, GroupStepCall, GroupStepReply, GroupSummary, IsolateProbe, LayerTraceEntry, Result, SessionGroupAddress, SessionStepCall } from './types.js';
 
 /** A session group's state in memory: committed through `turn` turns, or inside attempt `attempt` at turn `turn`. */
 interface SessionMemory {
@@ -28,9 +28,10 @@ interface SessionMemory {
 async function runGroupStep(part: ModelPart, seq: SequenceState, call: GroupStepCall | SessionStepCall): Promise<GroupStepReply> {
   if ('tokens' in call.input !== (call.group === 0)) throw new EngineError(`group ${call.group} was sent ${'tokens' in call.input ? 'tokens' : 'a frontier'}; group 0 embeds tokens, the others take a frontier`, 'internal');
   const into: Frontier = 'tokens' in call.input ? await embedStep(part, call.input.start, call.input.tokens) : call.input.frontier;
-  const { frontier, stats } = await runLayers(part, seq, into, { schedule: call.schedule });
+  const trace: LayerTraceEntry[] | undefined = call.trace ? [] : undefined;
+  const { frontier, stats } = await runLayers(part, seq, into, { schedule: call.schedule, trace: trace && ((layer, queries, revived) => trace.push({ layer, queries, revived })) });
   const output = call.group === call.groups - 1 ? { logits: await headStep(part, frontier) } : { frontier: compactFrontier(frontier) };
-  return { output, stats };
+  return { output, stats, ...(trace ? { trace } : {}) };
 }
 
 /** Drawn once per isolate: tells whether two objects run in the same one. */
@@ -133,6 +134,8 @@ export class LayerGroup extends DurableObject<Env> {
     if (this.stepping) return failureOf(409, 'A step is already running on this layer group.', 'chain_busy');
     this.stepping = true;
     try {
+      // Later steps continue the attempt this object is in; if it lost it (evicted mid-turn), the turn fails.
+      if (call.step > 0 && this.session?.attempt !== call.attempt) return failureOf(409, 'This layer group lost the turn in progress (it was restarted); the turn is abandoned.', 'turn_lost');
       const { part, mem } = await this.sessionMemory(call, true);
       mem.attempt = call.attempt;
       // The session keeps the longest common prefix of the conversation: a step may start earlier than the state ends.

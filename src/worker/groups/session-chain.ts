@@ -5,6 +5,7 @@
  * for the turn (prepare), then the session commits the turn record; a turn that fails anywhere
  * before that commit leaves every group as it was (they drop the attempt when next called).
  */
+import { SequenceState } from '../../engine/caches.js';
 import type { ModelConfig } from '../../model/config.js';
 import type { Env } from '../env.js';
 import { ChainRunner, type GroupStub } from './chain.js';
@@ -12,6 +13,7 @@ import type { GroupSummary, SessionGroupAddress } from './types.js';
 
 /** The objects of the session whose ChatSession object has id `sessionObject`. */
 export function sessionGroups(env: Env, sessionObject: string, groups: number): GroupStub[] {
+  // The count is part of the name: a session made under another split never meets these objects.
   const ns = env.LAYER_GROUP_OBJECTS;
   return Array.from({ length: groups }, (_, g) => ns.get(ns.idFromName(`session/${sessionObject}/${groups}/${g}`)));
 }
@@ -36,14 +38,20 @@ export interface ChainSummary {
   storage_bytes: number;
 }
 
+/**
+ * Stubs are made afresh for every attempt and call: a stub to an object that was reset (evicted,
+ * restarted) stays broken, while a new one reaches the object as it restores itself.
+ */
 export class SessionChain {
   constructor(
-    readonly stubs: readonly GroupStub[],
+    private readonly connect: () => GroupStub[],
+    readonly groups: number,
     readonly config: ModelConfig,
   ) {}
 
-  get groups(): number {
-    return this.stubs.length;
+  /** The session's state on its side: tokens only, since the caches live in the groups. */
+  frontState(): SequenceState {
+    return new SequenceState({ ...this.config, nLayers: 0 });
   }
 
   private address(g: number, committed: number, attempt: string): SessionGroupAddress {
@@ -53,19 +61,21 @@ export class SessionChain {
   /** A runner for one attempt at turn `committed` (the session's committed turn count). */
   attempt(committed: number): { runner: ChainRunner; id: string } {
     const id = crypto.randomUUID();
-    const runner = new ChainRunner(this.groups, this.config, (g, input, schedule) => this.stubs[g].turnStep({ ...this.address(g, committed, id), input, schedule }));
+    const stubs = this.connect();
+    const steps = new Array<number>(this.groups).fill(0);
+    const runner = new ChainRunner(this.groups, this.config, (g, input, schedule, trace) => stubs[g].turnStep({ ...this.address(g, committed, id), step: steps[g]++, input, schedule, trace }));
     return { runner, id };
   }
 
   /** Every group stores the attempt's changes as pending for turn `committed`; throws if any cannot. Returns the bytes each stored. */
   async prepare(committed: number, attempt: string): Promise<number[]> {
-    const r = await Promise.all(this.stubs.map((s, g) => s.prepare(this.address(g, committed, attempt))));
+    const r = await Promise.all(this.connect().map((s, g) => s.prepare(this.address(g, committed, attempt))));
     return r.map((x, g) => ok<{ delta_bytes: number }>(x, `layer group ${g} could not store the turn`).delta_bytes);
   }
 
   /** The groups' committed state at `committed` turns, summed. */
   async summary(committed: number): Promise<ChainSummary> {
-    const parts: GroupSummary[] = (await Promise.all(this.stubs.map((s, g) => s.summary({ groups: this.groups, group: g, committed })))).map((r, g) => ok<{ summary: GroupSummary }>(r, `layer group ${g}`).summary);
+    const parts: GroupSummary[] = (await Promise.all(this.connect().map((s, g) => s.summary({ groups: this.groups, group: g, committed })))).map((r, g) => ok<{ summary: GroupSummary }>(r, `layer group ${g}`).summary);
     const n = parts[0].tokens;
     const hist = new Array(this.config.nLayers + 1).fill(0);
     for (let i = 0; i < n; i++) hist[parts.reduce((d, p) => d + p.depth[i], 0)]++;
@@ -84,6 +94,6 @@ export class SessionChain {
   }
 
   async erase(): Promise<void> {
-    await Promise.all(this.stubs.map((s) => s.erase()));
+    await Promise.all(this.connect().map((s) => s.erase()));
   }
 }

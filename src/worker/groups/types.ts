@@ -18,12 +18,22 @@ export interface GroupStepCall extends GroupAddress {
   /** the first group embeds the step's new tokens (appended after `start`); every other group receives the frontier */
   input: { tokens: number[]; start: number } | { frontier: Frontier };
   schedule: Schedule | null;
+  /** answer each layer's queries and revivals (the engine's LayerTrace, replayed by the caller) */
+  trace?: boolean;
+}
+
+/** One layer's LayerTrace call. */
+export interface LayerTraceEntry {
+  layer: number;
+  queries: Int32Array;
+  revived: Int32Array;
 }
 
 /** The last group answers the logits of the step's last token; the others the frontier leaving their last layer. */
 export interface GroupStepReply {
   output: { frontier: Frontier } | { logits: Float32Array };
   stats: LayerStats;
+  trace?: LayerTraceEntry[];
 }
 
 export interface IsolateProbe {
@@ -48,8 +58,11 @@ export interface SessionGroupAddress {
 }
 
 export interface SessionStepCall extends SessionGroupAddress {
+  /** the step's index within the attempt: only step 0 may start from the committed state */
+  step: number;
   input: GroupStepCall['input'];
   schedule: GroupStepCall['schedule'];
+  trace?: boolean;
 }
 
 /** A session group's committed state, for the session's statistics. */

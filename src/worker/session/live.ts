@@ -1,6 +1,7 @@
 import type { SequenceState } from '../../engine/caches.js';
 import type { LoadedModel } from '../../engine/model.js';
 import type { StoredView } from '../../engine/state-codec.js';
+import type { ChainSummary, SessionChain } from '../groups/session-chain.js';
 import type { Meta } from './store.js';
 import type { CacheStats, StoredMessage } from './types.js';
 
@@ -17,10 +18,31 @@ export interface Live {
   source: CacheStats['state_source'];
   /** the statistics as of the last completed turn (or load): what GET reports while a turn runs */
   committed: CacheStats | null;
+  /** with split layers (session/split.ts): the session's groups, and their committed figures; `seq` then holds only the tokens */
+  chain?: SessionChain;
+  groups?: ChainSummary;
 }
 
 export function cacheStats(live: Live, sql: SqlStorage): CacheStats {
   const { seq } = live;
+  const g = live.groups;
+  if (g) {
+    return {
+      tokens: seq.length,
+      depth_histogram: g.depth_histogram,
+      kv_entries: g.kv_entries,
+      kv_bytes: g.kv_bytes,
+      aux_entries: g.aux_entries,
+      aux_bytes: g.aux_bytes,
+      record_bytes: live.recordBytes + g.record_bytes,
+      record_chunks: live.view.nextSeq + g.record_chunks,
+      storage_bytes: sql.databaseSize + g.storage_bytes,
+      turns: live.turns,
+      state_source: live.source,
+      recoveries: live.meta.recoveries,
+      last_recovery: live.meta.last_recovery,
+    };
+  }
   return {
     tokens: seq.length,
     depth_histogram: seq.depthHistogram(),

@@ -5,8 +5,10 @@ import { replayTurn, replayTurns, type TurnRecord } from '../../engine/turns.js'
 import { encodePrompt } from '../../model/text-tokenizer.js';
 import { renderChat } from '../chat-template.js';
 import type { Env } from '../env.js';
+import { frontModel } from '../groups/parts.js';
 import { getModel } from '../model-store.js';
 import { cacheStats, type Live } from './live.js';
+import { readLayerGroups, sessionChain, tokensOfRecords } from './split.js';
 import { clearTurns, insertTurn, readSession, readTurns, recordRecovery, writeChunks } from './store.js';
 
 /**
@@ -18,10 +20,15 @@ import { clearTurns, insertTurn, readSession, readTurns, recordRecovery, writeCh
 
 const hex8 = (v: number) => (v >>> 0).toString(16).padStart(8, '0');
 
-/** The stored session, loaded (and recovered if need be); null when the object holds none. */
-export async function loadSession(storage: DurableObjectStorage, env: Env): Promise<Live | null> {
+/**
+ * The stored session, loaded (and recovered if need be); null when the object holds none.
+ * `sessionObject` (the object's id) names the session's layer groups when its layers are split.
+ */
+export async function loadSession(storage: DurableObjectStorage, env: Env, sessionObject: string): Promise<Live | null> {
   const stored = readSession(storage.sql);
   if (!stored) return null;
+  const groups = readLayerGroups(storage.sql);
+  if (groups > 1) return loadSplitSession(storage, env, sessionObject, groups, stored);
   const { meta, messages, turns, chunks, recordBytes } = stored;
   const model = await getModel(env);
   const fingerprint = modelFingerprint(model.manifest);
@@ -37,6 +44,26 @@ export async function loadSession(storage: DurableObjectStorage, env: Env): Prom
     if (!(e instanceof StateFormatError)) throw e;
     await rebuild(storage, live, e);
   }
+  live.committed = cacheStats(live, storage.sql);
+  return live;
+}
+
+/**
+ * A session whose layers are split: the tokens come from the turn records; every group loads its
+ * own committed state (dropping what a turn that never committed left, groups/group-store.ts) when
+ * asked for its figures here. A group log that cannot be trusted fails the load: rebuilding a
+ * split session from its records is not done yet.
+ */
+async function loadSplitSession(storage: DurableObjectStorage, env: Env, sessionObject: string, groups: number, stored: NonNullable<ReturnType<typeof readSession>>): Promise<Live> {
+  const { meta, messages, turns } = stored;
+  const model = await frontModel(env);
+  const fingerprint = modelFingerprint(model.manifest);
+  if (meta.fingerprint !== fingerprint) throw new StateFormatError('foreign_model', `the split session was stored for model ${meta.model} (${hex8(meta.fingerprint)}), this is ${model.manifest.name} (${hex8(fingerprint)})`);
+  const records = readTurns(storage.sql).map((r) => r.record);
+  const chain = sessionChain(env, sessionObject, groups, model.config);
+  const live: Live = { meta, model, fingerprint, seq: tokensOfRecords(model.config, records), view: emptyView(), messages, recordBytes: 0, turns, source: 'records', committed: null, chain };
+  live.groups = await chain.summary(turns);
+  if (live.groups.tokens !== live.seq.length) throw new StateFormatError('malformed', `the layer groups hold ${live.groups.tokens} tokens, the turn records ${live.seq.length}`);
   live.committed = cacheStats(live, storage.sql);
   return live;
 }

@@ -76,7 +76,10 @@ export async function playTurn(host: TurnHost, live: Live, req: TurnRequest, onE
 
   // From here on memory changes; on any failure it is reloaded from storage, which this turn has not touched.
   try {
-    const tracer = job.trace ? new TraceRecorder(model, live.seq) : undefined;
+    // Split layers: this turn is one attempt through the session's groups (session/split.ts); the
+    // pruning trace needs depths the groups hold, so it is not recorded.
+    const attempt = live.chain?.attempt(live.turns);
+    const tracer = job.trace && !attempt ? new TraceRecorder(model, live.seq) : undefined;
     const shaper = job.logprobs === null ? undefined : new LogprobShaper(model.tokenizer, target[target.length - 1]);
     const turn = await runTurn(model, live.seq, target, {
       ...engineOptions(job),
@@ -90,15 +93,18 @@ export async function playTurn(host: TurnHost, live: Live, req: TurnRequest, onE
         await yieldToEventLoop();
         if (clientGone) throw new Error('client gone');
       },
+      ...(attempt ? { step: attempt.runner.runner } : {}),
     });
     const r = turn.result;
     const reply: StoredMessage = { role: 'assistant', content: r.text };
     const messages = [...conversation, reply];
 
-    let delta = encodeDelta(live.seq, live.view, { fingerprint: live.fingerprint });
-    let deltaBytes = delta.chunks.reduce((s, c) => s + c.byteLength, 0);
+    // Split: every group stores its part of the turn as pending first; the transaction below commits it.
+    const groupBytes = attempt ? await live.chain!.prepare(live.turns, attempt.id) : [];
+    let delta = attempt ? { chunks: [] as Uint8Array[], view: live.view } : encodeDelta(live.seq, live.view, { fingerprint: live.fingerprint });
+    let deltaBytes = delta.chunks.reduce((s, c) => s + c.byteLength, 0) + groupBytes.reduce((a, b) => a + b, 0);
     // Truncations leave dead records behind; once the log is over twice the live state, rewrite it once.
-    const compacted = live.recordBytes + deltaBytes > 2 * snapshotBytes(live.seq) + 65_536;
+    const compacted = !attempt && live.recordBytes + deltaBytes > 2 * snapshotBytes(live.seq) + 65_536;
     if (compacted) {
       delta = encodeDelta(live.seq, emptyView(), { fingerprint: live.fingerprint });
       deltaBytes = delta.chunks.reduce((s, c) => s + c.byteLength, 0);
@@ -113,10 +119,12 @@ export async function playTurn(host: TurnHost, live: Live, req: TurnRequest, onE
       updateCounts(sql, live.seq.length, delta.view.nextSeq, now);
     });
     live.view = delta.view;
-    live.recordBytes = compacted ? deltaBytes : live.recordBytes + deltaBytes;
+    if (!attempt) live.recordBytes = compacted ? deltaBytes : live.recordBytes + deltaBytes;
     live.messages = messages;
     live.turns = turnIdx + 1;
     live.meta = { ...live.meta, tokens: live.seq.length, chunks: delta.view.nextSeq, last_active: now };
+    // The turn is committed: figures that cannot be read now are read again at the next load.
+    if (live.chain) live.groups = await live.chain.summary(live.turns).catch(() => live.groups);
     live.committed = cacheStats(live, sql);
     await host.storage.setAlarm(now + host.ttlMs());
 
@@ -131,7 +139,7 @@ export async function playTurn(host: TurnHost, live: Live, req: TurnRequest, onE
         total_tokens: target.length + completion,
         prompt_tokens_details: { cached_tokens: turn.stats.reused_tokens },
       },
-      stats: tracer ? { ...r.stats, trace: tracer.result() } : r.stats,
+      stats: attempt ? attempt.runner.fixStats(r.stats) : tracer ? { ...r.stats, trace: tracer.result() } : r.stats,
       ...(shaper && !onEvent ? { logprobs: shaper.shape(r.logprobs) } : {}),
       session: {
         id: live.meta.session_id,

@@ -1,0 +1,42 @@
+/**
+ * Sessions whose layers are split across LayerGroup objects (LAYER_GROUPS > 1 when the session was
+ * created): the ChatSession object keeps the conversation, the turn records and the tokens; each
+ * group keeps its layers' KV rows and Aux Cache entries in its own storage (groups/group-store.ts).
+ * The split a session was made with is stored with it, so that changing LAYER_GROUPS later does
+ * not reassign its state.
+ */
+import { SequenceState } from '../../engine/caches.js';
+import type { TurnRecord } from '../../engine/turns.js';
+import type { ModelConfig } from '../../model/config.js';
+import type { Env } from '../env.js';
+import { SessionChain, sessionGroups } from '../groups/session-chain.js';
+
+const SCHEMA = `CREATE TABLE IF NOT EXISTS layer_groups (id INTEGER PRIMARY KEY CHECK (id = 1), groups INTEGER NOT NULL)`;
+
+/** The session's layer groups as stored; 1 (its own caches) when none is. */
+export function readLayerGroups(sql: SqlStorage): number {
+  const has = sql.exec(`SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'layer_groups'`).toArray().length > 0;
+  if (!has) return 1;
+  return (sql.exec('SELECT groups FROM layer_groups WHERE id = 1').toArray()[0]?.groups as number | undefined) ?? 1;
+}
+
+export function writeLayerGroups(sql: SqlStorage, groups: number): void {
+  sql.exec(SCHEMA);
+  sql.exec('INSERT OR REPLACE INTO layer_groups (id, groups) VALUES (1, ?)', groups);
+}
+
+/** The tokens a session holds after its recorded turns, in a state without layers (the groups hold the caches). */
+export function tokensOfRecords(config: ModelConfig, records: readonly TurnRecord[]): SequenceState {
+  const seq = new SequenceState({ ...config, nLayers: 0 });
+  for (const r of records) {
+    seq.truncate(r.keep);
+    seq.append(r.prompt);
+    seq.append(r.decoded);
+  }
+  return seq;
+}
+
+/** The chain of a session's groups, named from its ChatSession object's id. */
+export function sessionChain(env: Env, sessionObject: string, groups: number, config: ModelConfig): SessionChain {
+  return new SessionChain(() => sessionGroups(env, sessionObject, groups), groups, config);
+}
