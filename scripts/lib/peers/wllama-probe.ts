@@ -1,7 +1,7 @@
 /**
  * Where does wllama's time go? Run by hand, under the measurement lock:
  *   flock /tmp/lazy-edge-measure.lock npx tsx scripts/lib/peers/wllama-probe.ts \
- *     [--length 512] [--reps 3] [--decode 16] [--threads 1] [--compat DIR] [--js-flags FLAGS]
+ *     [--length 512] [--reps 3] [--decode 16] [--threads 1] [--compat DIR] [--gguf FILE] [--no-native]
  *
  * Interleaves llama.cpp native and wllama's default build (Memory64 + JSPI), and with --compat DIR
  * (the folder of @wllama/wllama-compat, e.g. after `npm install --prefix /tmp/x
@@ -9,7 +9,8 @@
  * Asyncify), on the same prompt. Per row: prefill tokens/s by wllama's own timer (llama-server's
  * prompt_ms) and by the page clock, the difference (tokenization, messages between page and worker,
  * the harness), decode tokens/s, the browser's CPU seconds per wall second (does it use the
- * threads it was given?), and the cores other processes kept busy meanwhile.
+ * threads it was given?), and the cores other processes kept busy meanwhile. --gguf FILE: another
+ * file of the same model (e.g. requantized to a type whose wasm kernel has SIMD), same vocabulary.
  */
 import { readFileSync } from 'node:fs';
 import { parseArgs } from 'node:util';
@@ -31,13 +32,14 @@ async function main(): Promise<void> {
       decode: { type: 'string', default: '16' },
       threads: { type: 'string', default: '1' },
       compat: { type: 'string' },
+      gguf: { type: 'string' },
       'no-native': { type: 'boolean', default: false },
     },
   });
   const [length, reps, decode, threads] = ['length', 'reps', 'decode', 'threads'].map((k) => Number(values[k as 'length']));
   if (![length, reps, decode, threads].every((x) => Number.isInteger(x) && x > 0)) fail('--length, --reps, --decode, --threads: positive integers');
   const log = (m: string) => process.stderr.write(`[probe] ${m}\n`);
-  const gguf = (await locateServedGguf()).path;
+  const gguf = values.gguf ?? (await locateServedGguf()).path;
   const prompt = textWindows(shardTokenizer(servedShardsDir()), readFileSync(SMOL_TEXT, 'utf8'), [length])[length];
   const peers: Peer[] = [];
   const nCtx = length + decode + 64;
@@ -84,7 +86,7 @@ async function main(): Promise<void> {
       foreign_cores: median(ts.map((t) => t.foreign)),
     };
   });
-  process.stdout.write(`${JSON.stringify({ length, reps, decode, threads, rows }, null, 1)}\n`);
+  process.stdout.write(`${JSON.stringify({ gguf, length, reps, decode, threads, rows }, null, 1)}\n`);
 }
 
 runMain(main);
