@@ -276,7 +276,7 @@ async function main(): Promise<void> {
   }
 
   const meta = { cpus: cpus().length, cpuModel: cpus()[0]?.model ?? 'unknown CPU', loadStart: loadPerCore(), loadEnd: NaN, decode, quick, foreignStart };
-  progress(`${quick ? 'quick' : 'full'} run: ${specs.map((s) => s.id).join(', ')}; load per core ${meta.loadStart.toFixed(2)}`);
+  progress(`${quick ? 'quick' : 'full'} run: ${[...specs.map((s) => s.id), ...(smol ? [SMOL_ID] : [])].join(', ')}; load per core ${meta.loadStart.toFixed(2)}`);
 
   const tok = Tokenizer.fromLlama2c(readBytes(join(DEFAULT_MODEL_DIR, 'tok512.bin')), 512, 'tok512.bin');
   const stories = readFileSync(DEFAULT_DATA, 'utf8').split('\n').filter((l) => l.length > 0);
