@@ -34,8 +34,8 @@ async function runGroupStep(part: ModelPart, seq: SequenceState, call: GroupStep
   return { output, stats, ...(trace ? { trace } : {}) };
 }
 
-/** Drawn once per isolate: tells whether two objects run in the same one. */
-const ISOLATE_ID = crypto.randomUUID();
+/** Drawn once per isolate, at the first probe (the global scope may not draw random values): tells whether two objects run in the same one. */
+let isolateId: string | null = null;
 
 /**
  * A lease nobody has used for this long is abandoned (its front Worker died or its client left
@@ -207,7 +207,7 @@ export class LayerGroup extends DurableObject<Env> {
   async probe(): Promise<IsolateProbe> {
     const s = this.state ?? this.session?.seq ?? null;
     return {
-      isolate: ISOLATE_ID,
+      isolate: (isolateId ??= crypto.randomUUID()),
       wasm_heap_bytes: wasmHeapBytes(),
       tokens: s?.length ?? 0,
       kv_bytes: s?.kvBytes() ?? 0,
