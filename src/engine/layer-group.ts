@@ -7,6 +7,9 @@
  * that runs it, so a pruned token's Aux Cache entry lives in the group that will resume it.
  */
 import type { ModelConfig } from '../model/config.js';
+import type { QuantSpec } from '../model/quant.js';
+import { MB, type MemoryEstimate } from './memory-budget.js';
+import { estimatePartMemory } from './part-memory.js';
 import { SequenceState } from './caches.js';
 import { EngineError } from './errors.js';
 import type { LayerRange, ModelPart } from './model.js';
@@ -92,4 +95,31 @@ export class LocalChain {
     const logits = await headStep(this.parts.at(-1)!, f);
     return { logits, stats: stepStats(this.parts[0].config, newTokens.length, stats, performance.now() - t0), bytes };
   }
+}
+
+/** One group of a planned split: its pieces and what they need at the served context (part-memory.ts). */
+export interface GroupPlan {
+  layers: LayerRange;
+  embed: boolean;
+  head: boolean;
+  bytes: MemoryEstimate;
+}
+
+/** The estimates of a split into `groups` groups, the first also embedding and the last holding the whole classifier. */
+export function planSplit(cfg: ModelConfig, q: QuantSpec, headRows: readonly number[], groups: number): GroupPlan[] {
+  return splitLayers(cfg.nLayers, groups).map((layers, g) => {
+    const part = { layers, embed: g === 0, head: g === groups - 1 ? headRows.map((_, i) => i) : [], tokenizer: false };
+    return { layers, embed: part.embed, head: part.head.length > 0, bytes: estimatePartMemory(cfg, q, part, headRows) };
+  });
+}
+
+/** The fewest groups whose every object fits `budgetBytes`, or null when no split does (the reason says which piece is too big). */
+export function fewestGroups(cfg: ModelConfig, q: QuantSpec, headRows: readonly number[], budgetBytes: number): { groups: number; plan: GroupPlan[] } | { groups: null; reason: string } {
+  for (let G = 1; G <= cfg.nLayers; G++) {
+    const plan = planSplit(cfg, q, headRows, G);
+    if (plan.every((p) => p.bytes.total <= budgetBytes)) return { groups: G, plan };
+  }
+  const last = planSplit(cfg, q, headRows, cfg.nLayers);
+  const worst = last.reduce((a, b) => (b.bytes.total > a.bytes.total ? b : a));
+  return { groups: null, reason: `even one layer a group, layer ${worst.layers.start}${worst.embed ? ' with the embedding' : ''}${worst.head ? ' with the classifier' : ''} needs ${(worst.bytes.total / MB).toFixed(1)} MB` };
 }

@@ -1,0 +1,168 @@
+/**
+ * npx tsx scripts/split-probe.ts [--groups 1,2,3] [--tokens 2000] [--max-tokens 32] [--repeat 2] [--model NAME] [--context N]
+ *
+ * The served model split into layer groups (LAYER_GROUPS) against unsplit, in `wrangler dev`: for
+ * each group count, starts wrangler dev on 127.0.0.1 with that split, streams one long chat prompt
+ * (a question after ~N tokens of ../shared/data/apache-2.0.txt) dense and lazy interleaved (the
+ * first pair a warm-up), and reports TTFT on the client clock, the server's prefill time, decode
+ * tokens/s, the bytes that crossed group boundaries per prefill and per decode step
+ * (lazy_stats.split), workerd's peak resident memory, and the plan's estimated bytes per object
+ * (src/engine/layer-group.ts planSplit, from the manifest and config). Run it under the
+ * measurement lock: flock /tmp/lazy-edge-measure.lock npx tsx scripts/split-probe.ts ...
+ * Progress on stderr; one JSON object on stdout.
+ */
+import { readFileSync } from 'node:fs';
+import { loadavg, tmpdir } from 'node:os';
+import { join, resolve } from 'node:path';
+import { parseArgs } from 'node:util';
+import { fewestGroups, planSplit } from '../src/engine/layer-group.js';
+import { MB } from '../src/engine/memory-budget.js';
+import { parseManifest, quantOf } from '../src/model/manifest.js';
+import { fail, progress, REPO_ROOT, runMain, shardsDir } from './lib/node-env.js';
+import { findWorkerds, residentBytes, startWranglerDev, waitReady } from './lib/wrangler-dev.js';
+
+interface Run {
+  groups: number;
+  mode: 'dense' | 'lazy';
+  ttft_ms: number;
+  prompt_tokens: number;
+  completion_tokens: number;
+  prefill_ms: number;
+  decode_tokens_per_s: number;
+  prefill_boundary_bytes: number | null;
+  decode_boundary_bytes_per_step: number | null;
+  text: string;
+}
+
+async function streamOnce(url: string, body: object, groups: number, mode: Run['mode']): Promise<Run> {
+  const t0 = performance.now();
+  const res = await fetch(`${url}/v1/chat/completions`, { method: 'POST', headers: { 'Content-Type': 'application/json' }, body: JSON.stringify(body) });
+  if (!res.ok || !res.body) fail(`HTTP ${res.status}: ${await res.text()}`);
+  let ttft = NaN;
+  let text = '';
+  let stats: Record<string, any> = {};
+  let usage: Record<string, number> = {};
+  let buf = '';
+  const reader = res.body.pipeThrough(new TextDecoderStream()).getReader();
+  for (;;) {
+    const { done, value } = await reader.read();
+    if (done) break;
+    buf += value;
+    let end: number;
+    while ((end = buf.indexOf('\n\n')) >= 0) {
+      const data = buf.slice(6, end);
+      buf = buf.slice(end + 2);
+      if (data === '[DONE]') continue;
+      const ev = JSON.parse(data);
+      if (ev.error) fail(`stream error: ${JSON.stringify(ev.error)}`);
+      const piece = ev.choices?.[0]?.delta?.content;
+      if (piece && Number.isNaN(ttft)) ttft = performance.now() - t0;
+      if (piece) text += piece;
+      if (ev.lazy_stats) stats = ev.lazy_stats;
+      if (ev.usage) usage = ev.usage;
+    }
+  }
+  return {
+    groups,
+    mode,
+    ttft_ms: ttft,
+    prompt_tokens: usage.prompt_tokens,
+    completion_tokens: usage.completion_tokens,
+    prefill_ms: stats.prefill_ms,
+    decode_tokens_per_s: stats.decode_tokens_per_s,
+    prefill_boundary_bytes: stats.split?.prefill_boundary_bytes ?? null,
+    decode_boundary_bytes_per_step: stats.split?.decode_boundary_bytes_per_step ?? null,
+    text,
+  };
+}
+
+const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
+const mib = (b: number) => Math.round((b / MB) * 10) / 10;
+
+async function main(): Promise<void> {
+  const { values } = parseArgs({
+    options: {
+      groups: { type: 'string', default: '1,2' },
+      tokens: { type: 'string', default: '2000' },
+      'max-tokens': { type: 'string', default: '32' },
+      repeat: { type: 'string', default: '2' },
+      model: { type: 'string', default: 'smollm2-135m-instruct' },
+      context: { type: 'string', default: '2048' },
+      data: { type: 'string', default: resolve(REPO_ROOT, '../shared/data/apache-2.0.txt') },
+    },
+  });
+  const groupsList = values.groups!.split(',').map(Number);
+  if (groupsList.some((g) => !Number.isInteger(g) || g < 1)) fail(`--groups ${values.groups}: integers >= 1, comma-separated`);
+  const context = Number(values.context);
+  const manifest = parseManifest(readFileSync(join(shardsDir(values.model!), 'manifest.json'), 'utf8'));
+  const quant = quantOf(manifest);
+  const headRows = manifest.files.head.map((p) => p.rows);
+  const plans = Object.fromEntries(
+    [2048, 4096, 8192].map((ctx) => {
+      const cfg = { ...manifest.config, seqLen: Math.min(ctx, manifest.config.seqLen) };
+      const fit = fewestGroups(cfg, quant, headRows, 128 * MB);
+      return [ctx, { fewest_groups_for_128mb: fit.groups, ...(fit.groups === null ? { reason: fit.reason } : {}), per_object_mb: Object.fromEntries(groupsList.map((G) => [G, planSplit(cfg, quant, headRows, G).map((p) => mib(p.bytes.total))])) }];
+    }),
+  );
+  progress(`estimated MB per object (weights as the kernel holds them, KV and Aux at the context, runtime): ${JSON.stringify(plans)}`);
+
+  const chars = Math.round(Number(values.tokens) * 4.4);
+  const doc = readFileSync(values.data!, 'utf8').replace(/\s+/g, ' ').slice(0, chars);
+  const messages = [{ role: 'user', content: `${doc}\n\nIn one sentence: what does this license let people do with the Work?` }];
+  const base = { model: manifest.name, messages, max_tokens: Number(values['max-tokens']), temperature: 0, stream: true, stream_options: { include_usage: true } };
+  const runs: Run[] = [];
+  const peaks: Record<number, number> = {};
+  const load = [loadavg()[0]];
+  for (const G of groupsList) {
+    const log = join(tmpdir(), `split-probe-${process.pid}-${G}.log`);
+    progress(`LAYER_GROUPS=${G}: starting wrangler dev (log ${log})`);
+    const dev = await startWranglerDev(join(REPO_ROOT, 'wrangler.toml'), log, {
+      MODEL_NAME: values.model!,
+      LAYER_GROUPS: String(G),
+      MEMORY_BUDGET_MB: '1024',
+      ASSET_READ_MB_PER_S: '8',
+      CONTEXT_TOKENS: String(context),
+    });
+    try {
+      await waitReady(`${dev.base}/v1/models`, dev.child, 120_000);
+      for (let i = 0; i <= Number(values.repeat); i++) {
+        for (const mode of ['dense', 'lazy'] as const) {
+          const r = await streamOnce(dev.base, { ...base, lazy: { enabled: mode === 'lazy' } }, G, mode);
+          progress(`G=${G} ${i === 0 ? 'warm-up ' : ''}${mode}: ${r.prompt_tokens} prompt tokens, TTFT ${r.ttft_ms.toFixed(0)} ms (prefill ${r.prefill_ms.toFixed(0)} ms), decode ${r.decode_tokens_per_s.toFixed(1)} tok/s, boundary bytes prefill ${r.prefill_boundary_bytes} / decode step ${r.decode_boundary_bytes_per_step}, ${JSON.stringify(r.text.slice(0, 60))}`);
+          if (i > 0) runs.push(r);
+        }
+      }
+      peaks[G] = findWorkerds(dev.child.pid!).reduce((m, pid) => Math.max(m, residentBytes(pid).hwm), 0);
+      load.push(loadavg()[0]);
+    } finally {
+      await dev.stop();
+    }
+  }
+  const summary = groupsList.map((G) => {
+    const pick = (mode: Run['mode']) => {
+      const rs = runs.filter((r) => r.groups === G && r.mode === mode);
+      return {
+        ttft_ms: median(rs.map((r) => r.ttft_ms)),
+        prefill_ms: median(rs.map((r) => r.prefill_ms)),
+        decode_tokens_per_s: median(rs.map((r) => r.decode_tokens_per_s)),
+        prefill_boundary_bytes: rs[0].prefill_boundary_bytes,
+        decode_boundary_bytes_per_step: rs[0].decode_boundary_bytes_per_step,
+        text: rs[0].text,
+      };
+    };
+    return { groups: G, dense: pick('dense'), lazy: pick('lazy'), workerd_peak_rss_mb: mib(peaks[G]) };
+  });
+  const unsplit = summary.find((s) => s.groups === 1);
+  const ratios = unsplit
+    ? summary.filter((s) => s.groups > 1).map((s) => ({
+        groups: s.groups,
+        decode_split_over_unsplit_dense: s.dense.decode_tokens_per_s / unsplit.dense.decode_tokens_per_s,
+        decode_split_over_unsplit_lazy: s.lazy.decode_tokens_per_s / unsplit.lazy.decode_tokens_per_s,
+        ttft_split_over_unsplit_dense: s.dense.ttft_ms / unsplit.dense.ttft_ms,
+        lazy_ttft_speedup_over_split_dense: s.dense.ttft_ms / s.lazy.ttft_ms,
+      }))
+    : [];
+  process.stdout.write(`${JSON.stringify({ model: manifest.name, context, prompt_tokens: runs[0]?.prompt_tokens, load_average_1m: load, plans, summary, ratios, runs })}\n`);
+}
+
+runMain(main);
