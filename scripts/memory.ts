@@ -36,10 +36,10 @@ const DEFAULT_TEXT = resolve(REPO_ROOT, '../shared/data/mpl-2.0.txt');
 const t0 = Date.now();
 const progress = (m: string) => process.stderr.write(`[memory ${((Date.now() - t0) / 1000).toFixed(0).padStart(4)} s] ${m}\n`);
 
-/** JS-side bytes outside the wasm memory: the V8 heap plus array buffers that are not the wasm memory. */
+/** JS-side bytes: the V8 heap plus array buffers (Node does not count a WebAssembly.Memory among them). */
 function jsBytes(): number {
   const m = process.memoryUsage();
-  return m.heapUsed + Math.max(0, m.arrayBuffers - (wasmHeapBytes() ?? 0));
+  return m.heapUsed + m.arrayBuffers;
 }
 
 function settle(): void {
@@ -101,7 +101,7 @@ async function measureInNode(dir: string, context: number, kv: KvFormat, text: s
     estimate_bytes: { weights: e.weights, kv_cache: e.kvCache, aux_cache: e.auxCache, runtime: e.runtime, total: e.total },
     deployed_isolate_bytes: DEFAULT_MEMORY_BUDGET_BYTES,
     fits_deployed_isolate: Math.max(loadPeak, fillPeak, wasm + js) <= DEFAULT_MEMORY_BUDGET_BYTES,
-    measured_in: 'node: wasm = WebAssembly.Memory size; JS = process.memoryUsage() heapUsed + arrayBuffers outside the wasm memory, net of the process before loading, after a full GC; peaks sampled every 2 ms',
+    measured_in: 'node: wasm = WebAssembly.Memory size; JS = process.memoryUsage() heapUsed + arrayBuffers (which exclude the wasm memory), net of the process before loading, after a full GC; peaks sampled every 2 ms',
     js_baseline_bytes: baseJs,
   };
 }
