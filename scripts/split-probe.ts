@@ -101,7 +101,7 @@ async function main(): Promise<void> {
     [2048, 4096, 8192].map((ctx) => {
       const cfg = { ...manifest.config, seqLen: Math.min(ctx, manifest.config.seqLen) };
       const fit = fewestGroups(cfg, quant, headRows, 128 * MB);
-      return [ctx, { fewest_groups_for_128mb: fit.groups, ...(fit.groups === null ? { reason: fit.reason } : {}), per_object_mb: Object.fromEntries(groupsList.map((G) => [G, planSplit(cfg, quant, headRows, G).map((p) => mib(p.bytes.total))])) }];
+      return [ctx, { fewest_for_128mb: fit.groups === null ? { reason: fit.reason } : { layer_groups: fit.groups, head_groups: fit.heads, max_object_mb: mib(Math.max(...fit.plan.map((p) => p.bytes.total))) }, per_object_mb: Object.fromEntries(groupsList.map((G) => [G, planSplit(cfg, quant, headRows, G).map((p) => mib(p.bytes.total))])) }];
     }),
   );
   progress(`estimated MB per object (weights as the kernel holds them, KV and Aux at the context, runtime): ${JSON.stringify(plans)}`);

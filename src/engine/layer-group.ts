@@ -97,29 +97,46 @@ export class LocalChain {
   }
 }
 
-/** One group of a planned split: its pieces and what they need at the served context (part-memory.ts). */
+/** One object of a planned split: its pieces and what they need at the served context (part-memory.ts). */
 export interface GroupPlan {
   layers: LayerRange;
   embed: boolean;
-  head: boolean;
+  /** indices of the classifier row parts it holds */
+  head: number[];
   bytes: MemoryEstimate;
 }
 
-/** The estimates of a split into `groups` groups, the first also embedding and the last holding the whole classifier. */
-export function planSplit(cfg: ModelConfig, q: QuantSpec, headRows: readonly number[], groups: number): GroupPlan[] {
-  return splitLayers(cfg.nLayers, groups).map((layers, g) => {
-    const part = { layers, embed: g === 0, head: g === groups - 1 ? headRows.map((_, i) => i) : [], tokenizer: false };
-    return { layers, embed: part.embed, head: part.head.length > 0, bytes: estimatePartMemory(cfg, q, part, headRows) };
-  });
+/**
+ * The estimates of a split into `groups` layer groups (the first also embedding) and `heads`
+ * classifier objects holding the row parts i with i mod heads = k; without them the last layer
+ * group holds the whole classifier. The Worker places the pieces the same way (src/worker/groups/config.ts).
+ */
+export function planSplit(cfg: ModelConfig, q: QuantSpec, headRows: readonly number[], groups: number, heads = 0): GroupPlan[] {
+  const all = headRows.map((_, i) => i);
+  const plan = (layers: LayerRange, embed: boolean, head: number[]): GroupPlan => ({ layers, embed, head, bytes: estimatePartMemory(cfg, q, { layers, embed, head, tokenizer: false }, headRows) });
+  const layerGroups = splitLayers(cfg.nLayers, groups).map((layers, g) => plan(layers, g === 0, heads === 0 && g === groups - 1 ? all : []));
+  const headObjects = Array.from({ length: heads }, (_, k) => plan({ start: cfg.nLayers, end: cfg.nLayers }, false, all.filter((i) => i % heads === k)));
+  return [...layerGroups, ...headObjects];
 }
 
-/** The fewest groups whose every object fits `budgetBytes`, or null when no split does (the reason says which piece is too big). */
-export function fewestGroups(cfg: ModelConfig, q: QuantSpec, headRows: readonly number[], budgetBytes: number): { groups: number; plan: GroupPlan[] } | { groups: null; reason: string } {
-  for (let G = 1; G <= cfg.nLayers; G++) {
-    const plan = planSplit(cfg, q, headRows, G);
-    if (plan.every((p) => p.bytes.total <= budgetBytes)) return { groups: G, plan };
+/**
+ * The fewest objects (layer groups plus classifier objects, fewest layer groups first) whose every
+ * object fits `budgetBytes`, or null when no split does (the reason names the piece that is too big).
+ */
+export function fewestGroups(cfg: ModelConfig, q: QuantSpec, headRows: readonly number[], budgetBytes: number): { groups: number; heads: number; plan: GroupPlan[] } | { groups: null; reason: string } {
+  let best: { groups: number; heads: number; plan: GroupPlan[] } | null = null;
+  for (let heads = 0; heads <= headRows.length; heads++) {
+    for (let G = 1; G <= cfg.nLayers; G++) {
+      const plan = planSplit(cfg, q, headRows, G, heads);
+      if (plan.every((p) => p.bytes.total <= budgetBytes)) {
+        if (!best || G + heads < best.groups + best.heads) best = { groups: G, heads, plan };
+        break;
+      }
+    }
   }
-  const last = planSplit(cfg, q, headRows, cfg.nLayers);
+  if (best) return best;
+  const last = planSplit(cfg, q, headRows, cfg.nLayers, headRows.length);
   const worst = last.reduce((a, b) => (b.bytes.total > a.bytes.total ? b : a));
-  return { groups: null, reason: `even one layer a group, layer ${worst.layers.start}${worst.embed ? ' with the embedding' : ''}${worst.head ? ' with the classifier' : ''} needs ${(worst.bytes.total / MB).toFixed(1)} MB` };
+  const what = worst.layers.end > worst.layers.start ? `layer ${worst.layers.start}${worst.embed ? ' with the embedding' : ''}` : `classifier part(s) ${worst.head.join(', ')}`;
+  return { groups: null, reason: `even split as far as it goes, ${what} needs ${(worst.bytes.total / MB).toFixed(1)} MB` };
 }

@@ -11,7 +11,7 @@ import type { ChatMessage } from './schemas.js';
 import { cacheStats, type Live } from './session/live.js';
 import { loadSession } from './session/recovery.js';
 import { insertSession, readLastActive, setLastActive, type Meta } from './session/store.js';
-import { sessionChain, writeLayerGroups } from './session/split.js';
+import { sessionChain, writeSplit, type Split } from './session/split.js';
 import { playTurn, type TurnHost } from './session/turn.js';
 import type { Result, SessionInfo, TurnListener, TurnOutcome, TurnRequest } from './session/types.js';
 
@@ -106,10 +106,11 @@ export class ChatSession extends DurableObject<Env> {
 
   /**
    * Creates the session held by this object; `messages` (e.g. a system message) start the
-   * conversation. `groups` > 1 splits its layers across that many LayerGroup objects (LAYER_GROUPS
-   * of the Worker that created it; kept for the session's life).
+   * conversation. `split.groups` > 1 splits its layers across that many LayerGroup objects, and its
+   * classifier across `split.heads` more (LAYER_GROUPS and HEAD_GROUPS of the Worker that created
+   * it; kept for the session's life).
    */
-  async create(init: { id: string; owner: string; messages?: ChatMessage[]; groups?: number }): Promise<Result<{ session: SessionInfo }>> {
+  async create(init: { id: string; owner: string; messages?: ChatMessage[]; split?: Split }): Promise<Result<{ session: SessionInfo }>> {
     try {
       if (await this.ensure()) return failureOf(409, `Session '${init.id}' already exists.`, 'session_exists');
     } catch (e) {
@@ -127,8 +128,9 @@ export class ChatSession extends DurableObject<Env> {
     }
   }
 
-  private async createNew(init: { id: string; owner: string; messages?: ChatMessage[]; groups?: number }): Promise<Result<{ session: SessionInfo }>> {
-    const groups = init.groups ?? 1;
+  private async createNew(init: { id: string; owner: string; messages?: ChatMessage[]; split?: Split }): Promise<Result<{ session: SessionInfo }>> {
+    const split = init.split ?? { groups: 1, heads: 0 };
+    const groups = split.groups;
     const model = groups > 1 ? await frontModel(this.env) : await getModel(this.env);
     const fingerprint = modelFingerprint(model.manifest);
     const now = Date.now();
@@ -158,12 +160,12 @@ export class ChatSession extends DurableObject<Env> {
       recoveries: 0,
       last_recovery: null,
     };
-    const chain = groups > 1 ? sessionChain(this.env, this.ctx.id.toString(), groups, model.config) : undefined;
+    const chain = groups > 1 ? sessionChain(this.env, this.ctx.id.toString(), split, model.config) : undefined;
     // Groups left by an earlier session of this object (deleted, expired) must start empty too.
     const summary = chain ? (await chain.erase(), await chain.summary(0)) : undefined;
     this.ctx.storage.transactionSync(() => {
       insertSession(this.ctx.storage.sql, meta, messages);
-      if (chain) writeLayerGroups(this.ctx.storage.sql, groups);
+      if (chain) writeSplit(this.ctx.storage.sql, split);
     });
     await this.ctx.storage.setAlarm(now + this.ttlMs());
     const seq = chain ? chain.frontState() : new SequenceState(model.config);

@@ -137,7 +137,7 @@ describe('sessions split into layer groups (stories260K)', () => {
     expect(replyFigures(await say(3, id, TURNS[0]))).toEqual(ref[0]);
     const before = await stats(id);
     // What a ChatSession that died right after `prepare` leaves: each group holds turn 1's chunks, pending.
-    const chain = sessionChain(env, env.CHAT_SESSIONS.idFromName(`anonymous/${id}`).toString(), 3, (await frontModel(env)).config);
+    const chain = sessionChain(env, env.CHAT_SESSIONS.idFromName(`anonymous/${id}`).toString(), { groups: 3, heads: 0 }, (await frontModel(env)).config);
     const { runner, id: attempt } = chain.attempt(1);
     const seq = chain.frontState();
     seq.append(new Array(before.tokens).fill(0));
@@ -167,6 +167,17 @@ describe('sessions split into layer groups (stories260K)', () => {
       expect(replyFigures(rb)).toEqual(replyFigures(ra));
     }
     expect(cacheFigures(await stats(b))).toEqual(cacheFigures(await stats(a)));
+  });
+
+  it('2 layer groups and the classifier in an object of its own: the unsplit session\'s replies, and a restart of that object survived', async () => {
+    const ref = await unsplitReference();
+    const res = await withEnv({ LAYER_GROUPS: '2', HEAD_GROUPS: '1' }, '/v1/sessions', { method: 'POST', headers: { 'Content-Type': 'application/json' }, body: '{}' });
+    const id = ((await res.json()) as { id: string }).id;
+    const obj = env.CHAT_SESSIONS.idFromName(`anonymous/${id}`).toString();
+    for (const [k, t] of TURNS.entries()) {
+      if (k === 2) await restart(sessionGroups(env, obj, 2, 1)[2]);
+      expect(replyFigures(await say(2, id, t))).toEqual(ref[k]);
+    }
   });
 
   it('2 groups: a deleted session erases its groups', async () => {

@@ -58,6 +58,16 @@ describe('layer groups in workerd (stories260K)', () => {
     }
   }
 
+  for (const [name, body] of CASES) {
+    it(`2 layer groups and the classifier in an object of its own, ${name}: the same text as the whole model`, async () => {
+      const whole = await complete({ LAYER_GROUPS: '1' }, body);
+      const split = await complete({ LAYER_GROUPS: '2', HEAD_GROUPS: '1' }, body);
+      expect(split.status).toBe(200);
+      expect(split.body.choices[0]).toEqual(whole.body.choices[0]);
+      expect(split.body.lazy_stats.computed_per_layer).toEqual(whole.body.lazy_stats.computed_per_layer);
+    });
+  }
+
   it('streams the split reply token by token, the same text as unsplit', async () => {
     const body = { max_tokens: 30, temperature: 0, lazy: { schedule: 'bos,1:0.5,3:0.5' } };
     const whole = await complete({ LAYER_GROUPS: '1' }, body);

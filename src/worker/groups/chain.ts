@@ -9,10 +9,10 @@ import { kvRowBytes } from '../../engine/kv-rows.js';
 import type { GenerateOptions, GenerationStats, StepRunner } from '../../engine/generate.js';
 import { frontierBytes } from '../../engine/layer-group.js';
 import type { ModelConfig } from '../../model/config.js';
-import { stepStats, type LayerStats, type StepStats } from '../../engine/step.js';
+import { lastHidden, stepStats, type Frontier, type LayerStats, type StepStats } from '../../engine/step.js';
 import type { Env } from '../env.js';
 import { ApiError, fromFailure } from '../errors.js';
-import { groupChains, layerGroups } from './config.js';
+import { groupChains, headGroups, layerGroups } from './config.js';
 import type { LayerGroup } from './layer-group-object.js';
 import type { Failure, GroupStepCall, GroupStepReply } from './types.js';
 
@@ -21,6 +21,8 @@ export type GroupStub = DurableObjectStub<LayerGroup>;
 /** What crossed RPC boundaries, for lazy_stats.split. */
 export interface SplitStats {
   groups: number;
+  /** classifier objects after the layer groups */
+  heads: number;
   /** the chain that served the request (stateless) */
   chain?: number;
   /**
@@ -52,6 +54,8 @@ export function chainError(e: unknown): unknown {
 }
 
 type StepCall = (g: number, input: GroupStepCall['input'], schedule: GroupStepCall['schedule'], trace: boolean) => Promise<Failure | ({ ok: true } & GroupStepReply)>;
+/** Classifier object k: the logits of its rows for the last token's hidden state. */
+type HeadCall = (k: number, hidden: Float32Array) => Promise<Failure | { ok: true; rows: { start: number; logits: Float32Array }[] }>;
 
 /** Runs steps through a chain of groups, and keeps the figures of what crossed their boundaries. */
 export class ChainRunner {
@@ -63,6 +67,8 @@ export class ChainRunner {
     readonly config: ModelConfig,
     private readonly call: StepCall,
     readonly index?: number,
+    readonly heads = 0,
+    private readonly headCall?: HeadCall,
   ) {}
 
   /** A state for generate(): tokens only, since the caches live in the groups. */
@@ -89,6 +95,19 @@ export class ChainRunner {
         moved += frontierBytes(r.output.frontier);
       }
     }
+    if (this.heads > 0) {
+      // The classifier objects share the last token's hidden state and answer their rows at once.
+      const h = lastHidden((input as { frontier: Frontier }).frontier, this.config.dim).slice();
+      const parts = await Promise.all(Array.from({ length: this.heads }, async (_, k) => unwrap<{ rows: { start: number; logits: Float32Array }[] }>(await this.headCall!(k, h)).rows));
+      logits = new Float32Array(this.config.vocabSize); // [vocab]
+      let filled = 0;
+      for (const r of parts.flat()) {
+        logits.set(r.logits, r.start);
+        filled += r.logits.length;
+      }
+      if (filled !== this.config.vocabSize) throw new Error(`the classifier objects answered ${filled} of ${this.config.vocabSize} rows`);
+      moved += h.byteLength * this.heads;
+    }
     if (!logits) throw new Error('the last layer group answered no logits');
     this.bytes.push(moved);
     this.last = stepStats(this.config, newTokens.length, stats, performance.now() - t0);
@@ -109,6 +128,7 @@ export class ChainRunner {
       kv_bytes: kv * 2 * kvRowBytes(this.config.kvFormat ?? 'f32', this.config.kvDim),
       split: {
         groups: this.groups,
+        heads: this.heads,
         ...(this.index === undefined ? {} : { chain: this.index }),
         prefill_boundary_bytes: this.bytes[0] ?? 0,
         decode_boundary_bytes_per_step: decode.length ? Math.round(decode.reduce((a, b) => a + b, 0) / decode.length) : 0,
@@ -120,13 +140,23 @@ export class ChainRunner {
 
 /** A pool chain held for one lease (a stateless request). */
 export class Chain extends ChainRunner {
+  /** `stubs`: the layer groups, then `heads` classifier objects. */
   constructor(
     readonly stubs: readonly GroupStub[],
     readonly lease: string,
     config: ModelConfig,
     index?: number,
+    heads = 0,
   ) {
-    super(stubs.length, config, (g, input, schedule, trace) => stubs[g].step({ groups: stubs.length, group: g, lease, input, schedule, trace }), index);
+    const G = stubs.length - heads;
+    super(
+      G,
+      config,
+      (g, input, schedule, trace) => stubs[g].step({ groups: G, group: g, heads, lease, input, schedule, trace }),
+      index,
+      heads,
+      (k, hidden) => stubs[G + k].head({ groups: G, group: G + k, heads }, hidden),
+    );
   }
 
   async release(): Promise<void> {
@@ -136,9 +166,9 @@ export class Chain extends ChainRunner {
 
 const stubOf = (env: Env, name: string): GroupStub => env.LAYER_GROUP_OBJECTS.get(env.LAYER_GROUP_OBJECTS.idFromName(name));
 
-/** The objects of stateless chain c. */
-export function poolChain(env: Env, c: number, groups: number): GroupStub[] {
-  return Array.from({ length: groups }, (_, g) => stubOf(env, `pool/${c}/${g}`));
+/** The objects of stateless chain c: its layer groups, then its classifier objects. */
+export function poolChain(env: Env, c: number, groups: number, heads = 0): GroupStub[] {
+  return Array.from({ length: groups + heads }, (_, g) => stubOf(env, heads ? `pool/${c}/${groups}+${heads}/${g}` : `pool/${c}/${g}`));
 }
 
 /**
@@ -148,24 +178,25 @@ export function poolChain(env: Env, c: number, groups: number): GroupStub[] {
  */
 export async function acquirePoolChain(env: Env, config: ModelConfig): Promise<Chain> {
   const G = layerGroups(env);
+  const H = headGroups(env);
   const C = groupChains(env);
   const lease = crypto.randomUUID();
   const first = crypto.getRandomValues(new Uint32Array(1))[0] % C;
   for (let k = 0; k < C; k++) {
     const c = (first + k) % C;
-    const stubs = poolChain(env, c, G);
-    const head = await stubs[0].acquire({ groups: G, group: 0, lease, exclusive: true });
+    const stubs = poolChain(env, c, G, H);
+    const head = await stubs[0].acquire({ groups: G, group: 0, heads: H, lease, exclusive: true });
     if (!head.ok) {
       if (head.error.code === 'chain_busy') continue;
       throw new GroupFailure(head);
     }
     try {
-      for (let g = 1; g < G; g++) unwrap<{ loaded: boolean }>(await stubs[g].acquire({ groups: G, group: g, lease, exclusive: false }));
+      for (let g = 1; g < G; g++) unwrap<{ loaded: boolean }>(await stubs[g].acquire({ groups: G, group: g, heads: H, lease, exclusive: false }));
     } catch (e) {
-      await new Chain(stubs, lease, config).release();
+      await new Chain(stubs, lease, config, c, H).release();
       throw e;
     }
-    return new Chain(stubs, lease, config, c);
+    return new Chain(stubs, lease, config, c, H);
   }
   throw new ApiError(503, `All ${C} layer-group chains are serving other requests; retry shortly.`, 'server_busy', null, 'server_error', { 'Retry-After': '1' });
 }

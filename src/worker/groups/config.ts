@@ -18,14 +18,25 @@ function intVar(name: string, raw: string | undefined, fallback: number): number
   return n;
 }
 
-export type GroupEnv = Partial<Pick<Env, 'LAYER_GROUPS' | 'GROUP_CHAINS'>>;
+export type GroupEnv = Partial<Pick<Env, 'LAYER_GROUPS' | 'GROUP_CHAINS' | 'HEAD_GROUPS'>>;
 
 export const layerGroups = (env: GroupEnv) => intVar('LAYER_GROUPS', env.LAYER_GROUPS, DEFAULT_LAYER_GROUPS);
 export const groupChains = (env: GroupEnv) => intVar('GROUP_CHAINS', env.GROUP_CHAINS, DEFAULT_GROUP_CHAINS);
+/** Objects holding only classifier row parts (0: the last layer group holds the whole classifier). */
+export const headGroups = (env: GroupEnv) => (env.HEAD_GROUPS?.trim() === '0' ? 0 : intVar('HEAD_GROUPS', env.HEAD_GROUPS, 0));
 
-/** Group g of G over nLayers layers: its layers; the first also embeds, the last also holds the classifier. */
-export function groupPart(nLayers: number, headParts: number, groups: number, g: number): PartSpec {
+/**
+ * Object g of a split into `groups` layer groups and `heads` classifier objects: layer group g
+ * (g < groups) holds its layers, the first also the embedding and, without classifier objects,
+ * the last the whole classifier; classifier object k (g = groups + k) holds the row parts i with
+ * i mod heads = k. The classifier is the largest piece of a model with a big vocabulary (SmolLM2:
+ * 49152 rows, 108 MiB as f32), so it may need objects of its own.
+ */
+export function groupPart(nLayers: number, headParts: number, groups: number, g: number, heads = 0): PartSpec {
   const ranges: LayerRange[] = splitLayers(nLayers, groups);
-  if (!(Number.isInteger(g) && g >= 0 && g < groups)) throw new Error(`group ${g} of ${groups} does not exist`);
-  return { layers: ranges[g], embed: g === 0, head: g === groups - 1 ? Array.from({ length: headParts }, (_, i) => i) : [], tokenizer: false };
+  if (heads > headParts) throw new Error(`${heads} classifier objects for ${headParts} classifier parts`);
+  if (!(Number.isInteger(g) && g >= 0 && g < groups + heads)) throw new Error(`object ${g} of ${groups} + ${heads} does not exist`);
+  const all = Array.from({ length: headParts }, (_, i) => i);
+  if (g >= groups) return { layers: { start: nLayers, end: nLayers }, embed: false, head: all.filter((i) => i % heads === g - groups), tokenizer: false };
+  return { layers: ranges[g], embed: g === 0, head: heads === 0 && g === groups - 1 ? all : [], tokenizer: false };
 }

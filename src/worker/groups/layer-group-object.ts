@@ -4,6 +4,7 @@ import { EngineError } from '../../engine/errors.js';
 import { groupState } from '../../engine/layer-group.js';
 import type { ModelPart } from '../../engine/model.js';
 import { embedStep, headStep, runLayers, type Frontier } from '../../engine/step.js';
+import { headPartLogits } from '../../engine/vocab-parts.js';
 import { wasmHeapBytes } from '../../runtime/onnx-runtime.js';
 import type { Env } from '../env.js';
 import { failureFrom, failureOf } from '../faults.js';
@@ -30,7 +31,7 @@ async function runGroupStep(part: ModelPart, seq: SequenceState, call: GroupStep
   const into: Frontier = 'tokens' in call.input ? await embedStep(part, call.input.start, call.input.tokens) : call.input.frontier;
   const trace: LayerTraceEntry[] | undefined = call.trace ? [] : undefined;
   const { frontier, stats } = await runLayers(part, seq, into, { schedule: call.schedule, trace: trace && ((layer, queries, revived) => trace.push({ layer, queries, revived })) });
-  const output = call.group === call.groups - 1 ? { logits: await headStep(part, frontier) } : { frontier: compactFrontier(frontier) };
+  const output = call.group === call.groups - 1 && !call.heads ? { logits: await headStep(part, frontier) } : { frontier: compactFrontier(frontier) };
   return { output, stats, ...(trace ? { trace } : {}) };
 }
 
@@ -58,9 +59,20 @@ export class LayerGroup extends DurableObject<Env> {
   private state: SequenceState | null = null;
   private stepping = false;
 
-  private async part(a: Pick<GroupAddress, 'groups' | 'group'>): Promise<ModelPart> {
+  private async part(a: Pick<GroupAddress, 'groups' | 'group' | 'heads'>): Promise<ModelPart> {
     const m = await manifestOf(this.env);
-    return groupModel(this.env, groupPart(m.config.nLayers, m.files.head.length, a.groups, a.group));
+    return groupModel(this.env, groupPart(m.config.nLayers, m.files.head.length, a.groups, a.group, a.heads ?? 0));
+  }
+
+  /** A classifier object: the logits of its vocabulary rows for the last token's hidden state [dim]. Stateless. */
+  async head(a: Pick<GroupAddress, 'groups' | 'group' | 'heads'>, hidden: Float32Array): Promise<Result<{ rows: { start: number; logits: Float32Array }[] }>> {
+    try {
+      const part = await this.part(a);
+      if (part.head.length === 0) throw new EngineError(`object ${a.group} holds no classifier rows`, 'internal');
+      return { ok: true, rows: await headPartLogits(part.head, hidden, part.config.dim) };
+    } catch (e) {
+      return failureFrom(e, 'classifier object');
+    }
   }
 
   private held(lease: string): boolean {

@@ -12,10 +12,11 @@ import { ChainRunner, type GroupStub } from './chain.js';
 import type { GroupSummary, SessionGroupAddress } from './types.js';
 
 /** The objects of the session whose ChatSession object has id `sessionObject`. */
-export function sessionGroups(env: Env, sessionObject: string, groups: number): GroupStub[] {
-  // The count is part of the name: a session made under another split never meets these objects.
+export function sessionGroups(env: Env, sessionObject: string, groups: number, heads = 0): GroupStub[] {
+  // The split is part of the name: a session made under another split never meets these objects.
   const ns = env.LAYER_GROUP_OBJECTS;
-  return Array.from({ length: groups }, (_, g) => ns.get(ns.idFromName(`session/${sessionObject}/${groups}/${g}`)));
+  const split = heads ? `${groups}+${heads}` : String(groups);
+  return Array.from({ length: groups + heads }, (_, g) => ns.get(ns.idFromName(`session/${sessionObject}/${split}/${g}`)));
 }
 
 export class SessionChainFailure extends Error {}
@@ -43,11 +44,17 @@ export interface ChainSummary {
  * restarted) stays broken, while a new one reaches the object as it restores itself.
  */
 export class SessionChain {
+  /** `connect` gives the layer groups' stubs, then the `heads` classifier objects'. */
   constructor(
     private readonly connect: () => GroupStub[],
     readonly groups: number,
     readonly config: ModelConfig,
+    readonly heads = 0,
   ) {}
+
+  private layerStubs(): GroupStub[] {
+    return this.connect().slice(0, this.groups);
+  }
 
   /** The session's state on its side: tokens only, since the caches live in the groups. */
   frontState(): SequenceState {
@@ -55,7 +62,7 @@ export class SessionChain {
   }
 
   private address(g: number, committed: number, attempt: string): SessionGroupAddress {
-    return { groups: this.groups, group: g, committed, attempt };
+    return { groups: this.groups, group: g, heads: this.heads, committed, attempt };
   }
 
   /** A runner for one attempt at turn `committed` (the session's committed turn count). */
@@ -63,19 +70,27 @@ export class SessionChain {
     const id = crypto.randomUUID();
     const stubs = this.connect();
     const steps = new Array<number>(this.groups).fill(0);
-    const runner = new ChainRunner(this.groups, this.config, (g, input, schedule, trace) => stubs[g].turnStep({ ...this.address(g, committed, id), step: steps[g]++, input, schedule, trace }));
+    const G = this.groups;
+    const runner = new ChainRunner(
+      G,
+      this.config,
+      (g, input, schedule, trace) => stubs[g].turnStep({ ...this.address(g, committed, id), step: steps[g]++, input, schedule, trace }),
+      undefined,
+      this.heads,
+      (k, hidden) => stubs[G + k].head({ groups: G, group: G + k, heads: this.heads }, hidden),
+    );
     return { runner, id };
   }
 
   /** Every group stores the attempt's changes as pending for turn `committed`; throws if any cannot. Returns the bytes each stored. */
   async prepare(committed: number, attempt: string): Promise<number[]> {
-    const r = await Promise.all(this.connect().map((s, g) => s.prepare(this.address(g, committed, attempt))));
+    const r = await Promise.all(this.layerStubs().map((s, g) => s.prepare(this.address(g, committed, attempt))));
     return r.map((x, g) => ok<{ delta_bytes: number }>(x, `layer group ${g} could not store the turn`).delta_bytes);
   }
 
   /** The groups' committed state at `committed` turns, summed. */
   async summary(committed: number): Promise<ChainSummary> {
-    const parts: GroupSummary[] = (await Promise.all(this.connect().map((s, g) => s.summary({ groups: this.groups, group: g, committed })))).map((r, g) => ok<{ summary: GroupSummary }>(r, `layer group ${g}`).summary);
+    const parts: GroupSummary[] = (await Promise.all(this.layerStubs().map((s, g) => s.summary({ groups: this.groups, group: g, heads: this.heads, committed })))).map((r, g) => ok<{ summary: GroupSummary }>(r, `layer group ${g}`).summary);
     const n = parts[0].tokens;
     const hist = new Array(this.config.nLayers + 1).fill(0);
     for (let i = 0; i < n; i++) hist[parts.reduce((d, p) => d + p.depth[i], 0)]++;
@@ -94,6 +109,6 @@ export class SessionChain {
   }
 
   async erase(): Promise<void> {
-    await Promise.all(this.connect().map((s) => s.erase()));
+    await Promise.all(this.layerStubs().map((s) => s.erase()));
   }
 }

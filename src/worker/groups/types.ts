@@ -11,6 +11,8 @@ export type Result<T> = ({ ok: true } & T) | Failure;
 export interface GroupAddress {
   groups: number;
   group: number;
+  /** classifier objects after the layer groups (config.ts groupPart); 0 or absent: the last layer group applies the classifier */
+  heads?: number;
   lease: string;
 }
 
@@ -51,6 +53,7 @@ export interface IsolateProbe {
 export interface SessionGroupAddress {
   groups: number;
   group: number;
+  heads?: number;
   /** the session's committed turn count: chunks of later turns are not committed (group-store.ts) */
   committed: number;
   /** one attempt at turn `committed`: a group continues only the attempt it is in, else it reloads */

@@ -8,7 +8,7 @@ import type { Env } from '../env.js';
 import { frontModel } from '../groups/parts.js';
 import { getModel } from '../model-store.js';
 import { cacheStats, type Live } from './live.js';
-import { readLayerGroups, sessionChain, tokensOfRecords } from './split.js';
+import { readSplit, sessionChain, tokensOfRecords, type Split } from './split.js';
 import { clearTurns, insertTurn, readSession, readTurns, recordRecovery, writeChunks } from './store.js';
 
 /**
@@ -27,8 +27,8 @@ const hex8 = (v: number) => (v >>> 0).toString(16).padStart(8, '0');
 export async function loadSession(storage: DurableObjectStorage, env: Env, sessionObject: string): Promise<Live | null> {
   const stored = readSession(storage.sql);
   if (!stored) return null;
-  const groups = readLayerGroups(storage.sql);
-  if (groups > 1) return loadSplitSession(storage, env, sessionObject, groups, stored);
+  const split = readSplit(storage.sql);
+  if (split.groups > 1) return loadSplitSession(storage, env, sessionObject, split, stored);
   const { meta, messages, turns, chunks, recordBytes } = stored;
   const model = await getModel(env);
   const fingerprint = modelFingerprint(model.manifest);
@@ -54,13 +54,13 @@ export async function loadSession(storage: DurableObjectStorage, env: Env, sessi
  * asked for its figures here. A group log that cannot be trusted fails the load: rebuilding a
  * split session from its records is not done yet.
  */
-async function loadSplitSession(storage: DurableObjectStorage, env: Env, sessionObject: string, groups: number, stored: NonNullable<ReturnType<typeof readSession>>): Promise<Live> {
+async function loadSplitSession(storage: DurableObjectStorage, env: Env, sessionObject: string, split: Split, stored: NonNullable<ReturnType<typeof readSession>>): Promise<Live> {
   const { meta, messages, turns } = stored;
   const model = await frontModel(env);
   const fingerprint = modelFingerprint(model.manifest);
   if (meta.fingerprint !== fingerprint) throw new StateFormatError('foreign_model', `the split session was stored for model ${meta.model} (${hex8(meta.fingerprint)}), this is ${model.manifest.name} (${hex8(fingerprint)})`);
   const records = readTurns(storage.sql).map((r) => r.record);
-  const chain = sessionChain(env, sessionObject, groups, model.config);
+  const chain = sessionChain(env, sessionObject, split, model.config);
   const live: Live = { meta, model, fingerprint, seq: tokensOfRecords(model.config, records), view: emptyView(), messages, recordBytes: 0, turns, source: 'records', committed: null, chain };
   live.groups = await chain.summary(turns);
   if (live.groups.tokens !== live.seq.length) throw new StateFormatError('malformed', `the layer groups hold ${live.groups.tokens} tokens, the turn records ${live.seq.length}`);

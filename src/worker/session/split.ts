@@ -11,18 +11,26 @@ import type { ModelConfig } from '../../model/config.js';
 import type { Env } from '../env.js';
 import { SessionChain, sessionGroups } from '../groups/session-chain.js';
 
-const SCHEMA = `CREATE TABLE IF NOT EXISTS layer_groups (id INTEGER PRIMARY KEY CHECK (id = 1), groups INTEGER NOT NULL)`;
+const SCHEMA = `CREATE TABLE IF NOT EXISTS layer_groups (id INTEGER PRIMARY KEY CHECK (id = 1), groups INTEGER NOT NULL, heads INTEGER NOT NULL)`;
 
-/** The session's layer groups as stored; 1 (its own caches) when none is. */
-export function readLayerGroups(sql: SqlStorage): number {
-  const has = sql.exec(`SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'layer_groups'`).toArray().length > 0;
-  if (!has) return 1;
-  return (sql.exec('SELECT groups FROM layer_groups WHERE id = 1').toArray()[0]?.groups as number | undefined) ?? 1;
+/** How a session is split. */
+export interface Split {
+  /** layer groups; 1 = the session object holds its own caches */
+  groups: number;
+  /** classifier objects after them */
+  heads: number;
 }
 
-export function writeLayerGroups(sql: SqlStorage, groups: number): void {
+/** The session's split as stored; 1 group (its own caches) when none is. */
+export function readSplit(sql: SqlStorage): Split {
+  const has = sql.exec(`SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'layer_groups'`).toArray().length > 0;
+  const row = has ? sql.exec('SELECT groups, heads FROM layer_groups WHERE id = 1').toArray()[0] : undefined;
+  return row ? { groups: row.groups as number, heads: row.heads as number } : { groups: 1, heads: 0 };
+}
+
+export function writeSplit(sql: SqlStorage, s: Split): void {
   sql.exec(SCHEMA);
-  sql.exec('INSERT OR REPLACE INTO layer_groups (id, groups) VALUES (1, ?)', groups);
+  sql.exec('INSERT OR REPLACE INTO layer_groups (id, groups, heads) VALUES (1, ?, ?)', s.groups, s.heads);
 }
 
 /** The tokens a session holds after its recorded turns, in a state without layers (the groups hold the caches). */
@@ -37,6 +45,6 @@ export function tokensOfRecords(config: ModelConfig, records: readonly TurnRecor
 }
 
 /** The chain of a session's groups, named from its ChatSession object's id. */
-export function sessionChain(env: Env, sessionObject: string, groups: number, config: ModelConfig): SessionChain {
-  return new SessionChain(() => sessionGroups(env, sessionObject, groups), groups, config);
+export function sessionChain(env: Env, sessionObject: string, split: Split, config: ModelConfig): SessionChain {
+  return new SessionChain(() => sessionGroups(env, sessionObject, split.groups, split.heads), split.groups, config, split.heads);
 }
