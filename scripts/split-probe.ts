@@ -1,8 +1,8 @@
 /**
- * npx tsx scripts/split-probe.ts [--groups 1,2,3] [--tokens 2000] [--max-tokens 32] [--repeat 2] [--model NAME] [--context N]
+ * npx tsx scripts/split-probe.ts [--groups 1,2,8+2] [--tokens 2000] [--max-tokens 32] [--repeat 2] [--model NAME] [--context N]
  *
- * The served model split into layer groups (LAYER_GROUPS) against unsplit, in `wrangler dev`: for
- * each group count, starts wrangler dev on 127.0.0.1 with that split, streams one long chat prompt
+ * The served model split into layer groups (LAYER_GROUPS; "G+H" adds H classifier objects,
+ * HEAD_GROUPS) against unsplit, in `wrangler dev`: for each split, starts wrangler dev on 127.0.0.1 with that split, streams one long chat prompt
  * (a question after ~N tokens of ../shared/data/apache-2.0.txt) dense and lazy interleaved (the
  * first pair a warm-up), and reports TTFT on the client clock, the server's prefill time, decode
  * tokens/s, the bytes that crossed group boundaries per prefill and per decode step
@@ -22,7 +22,7 @@ import { fail, progress, REPO_ROOT, runMain, shardsDir } from './lib/node-env.js
 import { findWorkerds, residentBytes, startWranglerDev, waitReady } from './lib/wrangler-dev.js';
 
 interface Run {
-  groups: number;
+  groups: string;
   mode: 'dense' | 'lazy';
   ttft_ms: number;
   prompt_tokens: number;
@@ -34,7 +34,7 @@ interface Run {
   text: string;
 }
 
-async function streamOnce(url: string, body: object, groups: number, mode: Run['mode']): Promise<Run> {
+async function streamOnce(url: string, body: object, groups: string, mode: Run['mode']): Promise<Run> {
   const t0 = performance.now();
   const res = await fetch(`${url}/v1/chat/completions`, { method: 'POST', headers: { 'Content-Type': 'application/json' }, body: JSON.stringify(body) });
   if (!res.ok || !res.body) fail(`HTTP ${res.status}: ${await res.text()}`);
@@ -91,8 +91,15 @@ async function main(): Promise<void> {
       data: { type: 'string', default: resolve(REPO_ROOT, '../shared/data/apache-2.0.txt') },
     },
   });
-  const groupsList = values.groups!.split(',').map(Number);
-  if (groupsList.some((g) => !Number.isInteger(g) || g < 1)) fail(`--groups ${values.groups}: integers >= 1, comma-separated`);
+  const groupsList = values.groups!.split(',');
+  const splitOf = (spec: string) => {
+    const [g, h = '0'] = spec.split('+');
+    const G = Number(g);
+    const H = Number(h);
+    if (!Number.isInteger(G) || G < 1 || !Number.isInteger(H) || H < 0) fail(`--groups ${values.groups}: "G" or "G+H" items (integers), comma-separated`);
+    return { G, H };
+  };
+  groupsList.forEach(splitOf);
   const context = Number(values.context);
   const manifest = parseManifest(readFileSync(join(shardsDir(values.model!), 'manifest.json'), 'utf8'));
   const quant = quantOf(manifest);
@@ -101,7 +108,7 @@ async function main(): Promise<void> {
     [2048, 4096, 8192].map((ctx) => {
       const cfg = { ...manifest.config, seqLen: Math.min(ctx, manifest.config.seqLen) };
       const fit = fewestGroups(cfg, quant, headRows, 128 * MB);
-      return [ctx, { fewest_for_128mb: fit.groups === null ? { reason: fit.reason } : { layer_groups: fit.groups, head_groups: fit.heads, max_object_mb: mib(Math.max(...fit.plan.map((p) => p.bytes.total))) }, per_object_mb: Object.fromEntries(groupsList.map((G) => [G, planSplit(cfg, quant, headRows, G).map((p) => mib(p.bytes.total))])) }];
+      return [ctx, { fewest_for_128mb: fit.groups === null ? { reason: fit.reason } : { layer_groups: fit.groups, head_groups: fit.heads, max_object_mb: mib(Math.max(...fit.plan.map((p) => p.bytes.total))) }, per_object_mb: Object.fromEntries(groupsList.map((spec) => [spec, planSplit(cfg, quant, headRows, splitOf(spec).G, splitOf(spec).H).map((p) => mib(p.bytes.total))])) }];
     }),
   );
   progress(`estimated MB per object (weights as the kernel holds them, KV and Aux at the context, runtime): ${JSON.stringify(plans)}`);
@@ -111,14 +118,16 @@ async function main(): Promise<void> {
   const messages = [{ role: 'user', content: `${doc}\n\nIn one sentence: what does this license let people do with the Work?` }];
   const base = { model: manifest.name, messages, max_tokens: Number(values['max-tokens']), temperature: 0, stream: true, stream_options: { include_usage: true } };
   const runs: Run[] = [];
-  const peaks: Record<number, number> = {};
+  const peaks: Record<string, number> = {};
   const load = [loadavg()[0]];
   for (const G of groupsList) {
+    const { G: layerGroups, H: heads } = splitOf(G);
     const log = join(tmpdir(), `split-probe-${process.pid}-${G}.log`);
     progress(`LAYER_GROUPS=${G}: starting wrangler dev (log ${log})`);
     const dev = await startWranglerDev(join(REPO_ROOT, 'wrangler.toml'), log, {
       MODEL_NAME: values.model!,
-      LAYER_GROUPS: String(G),
+      LAYER_GROUPS: String(layerGroups),
+      HEAD_GROUPS: String(heads),
       MEMORY_BUDGET_MB: '1024',
       ASSET_READ_MB_PER_S: '8',
       CONTEXT_TOKENS: String(context),
@@ -152,9 +161,9 @@ async function main(): Promise<void> {
     };
     return { groups: G, dense: pick('dense'), lazy: pick('lazy'), workerd_peak_rss_mb: mib(peaks[G]) };
   });
-  const unsplit = summary.find((s) => s.groups === 1);
+  const unsplit = summary.find((s) => s.groups === '1');
   const ratios = unsplit
-    ? summary.filter((s) => s.groups > 1).map((s) => ({
+    ? summary.filter((s) => s.groups !== '1').map((s) => ({
         groups: s.groups,
         decode_split_over_unsplit_dense: s.dense.decode_tokens_per_s / unsplit.dense.decode_tokens_per_s,
         decode_split_over_unsplit_lazy: s.lazy.decode_tokens_per_s / unsplit.lazy.decode_tokens_per_s,
