@@ -156,7 +156,13 @@ async function main(): Promise<void> {
   }
   if (values.gguf !== undefined || values.model !== undefined) return ggufMain(values);
   if (values.render) {
-    const saved = JSON.parse(readFileSync(values.render, 'utf8')) as Report;
+    const saved = JSON.parse(readFileSync(values.render, 'utf8')) as Report | GgufReport;
+    if ('kvPerTokenF32' in saved) {
+      const doc = existsSync(values.out) ? readFileSync(values.out, 'utf8') : '';
+      writeFileSync(values.out, spliceSection(doc, renderGgufSection(saved)));
+      progress(`wrote the GGUF section of ${relative(REPO_ROOT, values.out)} from ${values.render}`);
+      return;
+    }
     writeFileSync(values.out, keepGgufSection(values.out, renderDoc(saved, MODELS.filter((m) => saved.rows.some((r) => r.model === m.id)))));
     progress(`wrote ${relative(REPO_ROOT, values.out)} from ${values.render}`);
     return;
