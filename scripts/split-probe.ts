@@ -1,5 +1,5 @@
 /**
- * npx tsx scripts/split-probe.ts [--groups 1,2,8+2] [--tokens 2000] [--max-tokens 32] [--repeat 2] [--model NAME] [--context N]
+ * npx tsx scripts/split-probe.ts [--groups 1,2,8+2] [--tokens 2000] [--max-tokens 32] [--repeat 2] [--model NAME] [--context N] [--plan-only]
  *
  * The served model split into layer groups (LAYER_GROUPS; "G+H" adds H classifier objects,
  * HEAD_GROUPS) against unsplit, in `wrangler dev`: for each split, starts wrangler dev on 127.0.0.1 with that split, streams one long chat prompt
@@ -7,7 +7,8 @@
  * first pair a warm-up), and reports TTFT on the client clock, the server's prefill time, decode
  * tokens/s, the bytes that crossed group boundaries per prefill and per decode step
  * (lazy_stats.split), workerd's peak resident memory, and the plan's estimated bytes per object
- * (src/engine/layer-group.ts planSplit, from the manifest and config). Run it under the
+ * (src/engine/layer-group.ts planSplit, from the manifest and config). --plan-only prints the
+ * fewest objects under 128 MB for each KV format at 2k/4k/8k tokens and exits. Run it under the
  * measurement lock: flock /tmp/lazy-edge-measure.lock npx tsx scripts/split-probe.ts ...
  * Progress on stderr; one JSON object on stdout.
  */
@@ -89,6 +90,7 @@ async function main(): Promise<void> {
       model: { type: 'string', default: 'smollm2-135m-instruct' },
       context: { type: 'string', default: '2048' },
       data: { type: 'string', default: resolve(REPO_ROOT, '../shared/data/apache-2.0.txt') },
+      'plan-only': { type: 'boolean', default: false },
     },
   });
   const groupsList = values.groups!.split(',');
@@ -111,6 +113,21 @@ async function main(): Promise<void> {
       return [ctx, { fewest_for_128mb: fit.groups === null ? { reason: fit.reason } : { layer_groups: fit.groups, head_groups: fit.heads, max_object_mb: mib(Math.max(...fit.plan.map((p) => p.bytes.total))) }, per_object_mb: Object.fromEntries(groupsList.map((spec) => [spec, planSplit(cfg, quant, headRows, splitOf(spec).G, splitOf(spec).H).map((p) => mib(p.bytes.total))])) }];
     }),
   );
+  if (values['plan-only']) {
+    const table = Object.fromEntries(
+      (['f32', 'f16', 'int8'] as const).map((kvFormat) => [
+        kvFormat,
+        Object.fromEntries(
+          [2048, 4096, 8192].map((ctx) => {
+            const fit = fewestGroups({ ...manifest.config, seqLen: Math.min(ctx, manifest.config.seqLen), kvFormat }, quant, headRows, 128 * MB);
+            return [ctx, fit.groups === null ? { reason: fit.reason } : { layer_groups: fit.groups, head_groups: fit.heads, max_object_mb: mib(Math.max(...fit.plan.map((p) => p.bytes.total))), per_object_mb: fit.plan.map((p) => mib(p.bytes.total)) }];
+          }),
+        ),
+      ]),
+    );
+    process.stdout.write(`${JSON.stringify({ model: manifest.name, quant, budget_mb: 128, fewest_objects: table })}\n`);
+    return;
+  }
   progress(`estimated MB per object (weights as the kernel holds them, KV and Aux at the context, runtime): ${JSON.stringify(plans)}`);
 
   const chars = Math.round(Number(values.tokens) * 4.4);
