@@ -12,7 +12,9 @@ import { promptWindows, storyStream } from '../../scripts/lib/prompts.js';
 import { servedShardsDir } from '../../scripts/lib/served-model.js';
 import { SequenceState } from '../../src/engine/caches.js';
 import { generate } from '../../src/engine/generate.js';
-import { LocalChain, splitLayers } from '../../src/engine/layer-group.js';
+import { fewestGroups, LocalChain, planSplit, splitLayers } from '../../src/engine/layer-group.js';
+import { estimateMemory, MB } from '../../src/engine/memory-budget.js';
+import { parseManifest, quantOf } from '../../src/model/manifest.js';
 import { loadModel, loadModelPart, type LayerRange, type LoadedModel, type ModelPart } from '../../src/engine/model.js';
 import { defaultSchedule, parseSchedule, type Schedule } from '../../src/engine/policy.js';
 import { GREEDY } from '../../src/engine/sampler.js';
@@ -182,6 +184,49 @@ describe('stories260K split into layer groups', () => {
     expect(split.text).toBe(whole.text);
     expect(split.stats.computed_per_layer).toEqual(whole.stats.computed_per_layer);
     expect(front.tokens).toEqual(chain.states[0].tokens);
+  });
+});
+
+describe('sizing a split from the manifest and config', () => {
+  const m = parseManifest(readFileSync(join(servedShardsDir(), 'manifest.json'), 'utf8'));
+  const q = quantOf(m);
+  const rows = m.files.head.map((p) => p.rows);
+
+  it('the objects of any split hold exactly the whole model\'s weights and KV cache between them', () => {
+    for (const kvFormat of ['f32', 'int8'] as const) {
+      const cfg = { ...m.config, seqLen: 4096, kvFormat };
+      const whole = estimateMemory(cfg, q);
+      for (const [G, H] of [[1, 0], [3, 0], [8, 2], [30, 1]]) {
+        const plan = planSplit(cfg, q, rows, G, H);
+        expect(plan).toHaveLength(G + H);
+        // every object holding classifier rows holds the final RMSNorm too ([dim] f32): one copy more per extra holder
+        const holders = plan.filter((p) => p.head.length > 0).length;
+        expect(plan.reduce((t, p) => t + p.bytes.weights, 0)).toBe(whole.weights + (holders - 1) * cfg.dim * 4);
+        expect(plan.reduce((t, p) => t + p.bytes.kvCache, 0)).toBe(whole.kvCache);
+        expect(plan.filter((p) => p.embed)).toHaveLength(1);
+        expect(plan.flatMap((p) => p.head).sort()).toEqual(rows.map((_, i) => i));
+      }
+    }
+  });
+
+  it('SmolLM2 at 2048 tokens fits 128 MB objects only with the classifier in objects of its own', () => {
+    const cfg = { ...m.config, seqLen: 2048 };
+    const fit = fewestGroups(cfg, q, rows, 128 * MB);
+    expect(fit.groups).not.toBeNull();
+    if (fit.groups === null) return;
+    expect(fit.heads).toBeGreaterThan(0);
+    for (const p of fit.plan) expect(p.bytes.total).toBeLessThanOrEqual(128 * MB);
+    // one object fewer does not fit (the search returns the fewest)
+    const fewer = planSplit(cfg, q, rows, fit.groups - 1, fit.heads);
+    expect(Math.max(...fewer.map((p) => p.bytes.total))).toBeGreaterThan(128 * MB);
+  });
+
+  it('loading a part checks the budget for that part only, and refuses layers the model does not have', async () => {
+    initNodeRuntime();
+    const r = reader(shardsDir('stories260K'));
+    await expect(loadModelPart(r.manifest, r.read, { layers: { start: 3, end: 7 } }, NO_BUDGET)).rejects.toThrow(/layer range 3\.\.7/);
+    await expect(loadModelPart(r.manifest, r.read, { layers: { start: 0, end: 2 }, head: [], tokenizer: false }, { memoryBudgetBytes: 20 * MB })).rejects.toThrow(/layers 0\.\.1 with the embedding of model "stories260K" do not fit/);
+    expect(r.files).toEqual([]); // refused before reading any shard
   });
 });
 
