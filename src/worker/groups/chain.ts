@@ -188,13 +188,13 @@ export async function acquirePoolChain(env: Env, config: ModelConfig): Promise<C
     const head = await stubs[0].acquire({ groups: G, group: 0, heads: H, lease, exclusive: true });
     if (!head.ok) {
       if (head.error.code === 'chain_busy') continue;
-      throw new GroupFailure(head);
+      throw fromFailure(head);
     }
     try {
       for (let g = 1; g < G; g++) unwrap<{ loaded: boolean }>(await stubs[g].acquire({ groups: G, group: g, heads: H, lease, exclusive: false }));
     } catch (e) {
       await new Chain(stubs, lease, config, c, H).release();
-      throw e;
+      throw chainError(e);
     }
     return new Chain(stubs, lease, config, c, H);
   }
