@@ -206,3 +206,26 @@ describe('shard-check refuses shards that are not what the manifest says', () =>
     expect(ggufQuant(kernels('attn=nbits,ffn=integer')).kernel).toBe('mixed');
   });
 });
+
+describe('npm run shards -- --gguf FILE refuses bad kernel options with a message', () => {
+  const REPO = new URL('../../', import.meta.url).pathname;
+  const cases: Array<[string[], RegExp]> = [
+    [['--kernel', 'int3'], /--kernel "int3" is not one of dequant, nbits, nbits-zp, nbits8, integer, integer2/],
+    [['--kernel', 'attn=nbits,lm=integer'], /--kernel item "lm=integer" is not role=kernel/],
+    [['--kernel', 'nbits', '--embed', 'q2'], /embed=q2: embed takes q8, q4/],
+    [['--head-parts', '0'], /--head-parts "0" is not a positive integer/],
+    [['--block-size', '32'], /--block-size does not apply to --gguf/],
+  ];
+  for (const [args, message] of cases) {
+    it(args.join(' '), async () => {
+      const { execFile } = await import('node:child_process');
+      const { promisify } = await import('node:util');
+      const gguf = (await locateServedGguf()).path;
+      const run = promisify(execFile)(`${REPO}node_modules/.bin/tsx`, ['scripts/shards.ts', '--gguf', gguf, '--out', '/nonexistent/never-written', ...args], { cwd: REPO });
+      const err = (await run.then(() => null, (e: { code: number; stderr: string }) => e))!;
+      expect(err?.code).toBe(2);
+      expect(err.stderr).toMatch(message);
+      expect(err.stderr).not.toMatch(/\n\s+at /);
+    }, 60_000);
+  }
+});
