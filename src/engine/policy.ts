@@ -89,7 +89,7 @@ export function formatSchedule(s: Schedule): string {
   return parts.length ? parts.join(',') : 'all';
 }
 
-/** The most rows a window can cover: a prefill runs its queries in chunks of at least this many (step.ts PREFILL_CHUNK / 2). */
+/** The most rows a window can cover (step.ts keeps every prefill chunk at least as long as the window, within a bound on its memory). */
 export const PREFILL_SCORE_ROWS_MAX = 64;
 
 /** Rejects schedules that cannot mean anything for a model with `nLayers` layers, saying why. */

@@ -73,6 +73,24 @@ export function layerFlops(cfg: ModelConfig, q: number, t: number): number {
  */
 export const PREFILL_CHUNK = 128;
 
+/**
+ * The most bytes one attention score tensor ([heads, chunk rows, keys] f32) of a prefill chunk may
+ * take: long contexts get shorter chunks. The runtime holds a few such tensors at once, and its
+ * heap never shrinks, so without a bound the wasm memory grows with the context (measured: +88 MB
+ * at 4096 tokens with 128-row chunks, npm run memory) long after the weights are in. At 2048
+ * tokens and SmolLM2's 9 heads this is 113 rows, near PREFILL_CHUNK; at 8192, 28.
+ */
+export const ATTN_SCORE_BYTES = 8 * 1024 * 1024;
+/** Chunks never go below this many rows: each run reads all of a layer's weights once. */
+const MIN_CHUNK_ROWS = 16;
+
+/** How many equal chunks `q` query rows over at most `keys` keys run in (see ATTN_SCORE_BYTES), each at least `window` rows when q allows. */
+export function prefillChunks(q: number, keys: number, nHeads: number, window: number): number {
+  // Twice the window: equal chunks of at most rowsCap rows then each hold at least the window.
+  const rowsCap = Math.max(MIN_CHUNK_ROWS, 2 * window, Math.floor(ATTN_SCORE_BYTES / (nHeads * keys * 4)));
+  return Math.max(1, Math.round(q / PREFILL_CHUNK), Math.ceil(q / rowsCap));
+}
+
 function concatIdx(a: Int32Array, b: Int32Array): Int32Array {
   const out = new Int32Array(a.length + b.length);
   out.set(a);
@@ -116,7 +134,7 @@ async function runLayer(
   const { dim, kvDim } = part.config;
   const lk = l - part.layerRange.start;
   const q = queries.length;
-  const chunks = Math.max(1, Math.round(q / PREFILL_CHUNK));
+  const chunks = prefillChunks(q, context.length + q, part.config.nHeads, Number(attnRows[0]));
   let y: Float32Array = new Float32Array(0);
   let attn: Float32Array = new Float32Array(0);
   for (let c = 0; c < chunks; c++) {

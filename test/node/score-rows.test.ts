@@ -3,7 +3,7 @@ import { promptWindows, storyStream } from '../../scripts/lib/prompts.js';
 import { SequenceState } from '../../src/engine/caches.js';
 import type { LoadedModel } from '../../src/engine/model.js';
 import { formatSchedule, parseSchedule, validateSchedule } from '../../src/engine/policy.js';
-import { runStep } from '../../src/engine/step.js';
+import { ATTN_SCORE_BYTES, prefillChunks, runStep } from '../../src/engine/step.js';
 import { embedTokens } from '../../src/engine/vocab-parts.js';
 import { LAYER_IO } from '../../src/model/shard-io.js';
 import type { HostTensor } from '../../src/runtime/onnx-runtime.js';
@@ -71,5 +71,22 @@ describe('ranking by a window of query rows (schedule item rows:N)', () => {
     expect(formatSchedule(s)).toBe('bos,rows:16,20:0.5');
     expect(() => validateSchedule(parseSchedule('rows:0,2:0.5'), 4)).toThrow(/rows 0 must be an integer from 1 to 64/);
     expect(() => validateSchedule(parseSchedule('rows:65,2:0.5'), 4)).toThrow(/rows 65/);
+  });
+});
+
+describe('prefill chunks', () => {
+  it('bound the attention scores at long contexts and keep every chunk as long as the ranking window', () => {
+    expect(prefillChunks(2048, 2048, 9, 1)).toBe(19); // 113 rows at most: near the 128 of short contexts
+    expect(prefillChunks(100, 100, 9, 1)).toBe(1);
+    for (const keys of [1024, 4096, 8192, 32768]) {
+      const q = keys;
+      const n = prefillChunks(q, keys, 9, 1);
+      const rows = Math.ceil(q / n);
+      expect(Math.max(16, 9 * rows * keys * 4)).toBeLessThanOrEqual(Math.max(ATTN_SCORE_BYTES, 9 * 16 * keys * 4));
+      for (const window of [16, 32, 64]) {
+        const m = prefillChunks(q, keys, 9, window);
+        expect(Math.floor(q / m)).toBeGreaterThanOrEqual(window);
+      }
+    }
   });
 });
