@@ -146,6 +146,8 @@ async function main(): Promise<void> {
       model: { type: 'string' },
       configs: { type: 'string' },
       reps: { type: 'string', default: '1' },
+      /** GGUF: keep the saved report's rows for configurations not run this time */
+      merge: { type: 'boolean', default: false },
     },
   });
   if (values.child) {
@@ -278,7 +280,7 @@ async function ggufPath(values: { gguf?: string; model?: string }): Promise<stri
   fail(`--model ${values.model}: cannot find ${m.source?.file} (sha256 ${m.source?.sha256}); pass it with --gguf FILE${existsSync(beside) ? ` (look in ${beside})` : ''}`);
 }
 
-async function ggufMain(values: { gguf?: string; model?: string; configs?: string; reps?: string; out: string; json?: boolean }): Promise<void> {
+async function ggufMain(values: { gguf?: string; model?: string; configs?: string; reps?: string; out: string; json?: boolean; merge?: boolean }): Promise<void> {
   const path = await ggufPath(values);
   const wanted = values.configs ? values.configs.split(',').map((c) => c.trim()) : GGUF_CONFIGS.map((c) => c.id);
   const unknown = wanted.filter((w) => !GGUF_CONFIGS.some((c) => c.id === w));
@@ -349,7 +351,16 @@ async function ggufMain(values: { gguf?: string; model?: string; configs?: strin
     kvPerTokenF32: cfg.nLayers * 2 * cfg.kvDim * 4,
     rows,
   };
-  writeFileSync(join(cache, 'report.json'), JSON.stringify(report, null, 1));
+  const saved = join(cache, 'report.json');
+  if (values.merge && existsSync(saved)) {
+    // Rows of configurations not run now come from the saved report, in the configurations' order; the header names both runs.
+    const old = JSON.parse(readFileSync(saved, 'utf8')) as GgufReport;
+    const byId = new Map([...old.rows, ...rows].map((r) => [r.id, r]));
+    report.rows = GGUF_CONFIGS.map((c) => byId.get(c.id)).filter((r): r is GgufRow => r !== undefined);
+    report.command = `${old.command}, then ${report.command}`;
+    report.commit = `${old.commit}, then ${report.commit}`;
+  }
+  writeFileSync(saved, JSON.stringify(report, null, 1));
   const doc = existsSync(values.out) ? readFileSync(values.out, 'utf8') : '# Quantized weights on onnxruntime-web (wasm, one thread)\n';
   writeFileSync(values.out, spliceSection(doc, renderGgufSection(report)));
   progress(`wrote ${relative(REPO_ROOT, values.out)} (report ${relative(REPO_ROOT, join(cache, 'report.json'))})`);
