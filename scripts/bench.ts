@@ -200,6 +200,13 @@ async function main(): Promise<void> {
     // Re-render the SmolLM2 section from a saved `--json` output (nothing is measured).
     const saved = JSON.parse(readFileSync(values['render-smol'], 'utf8')) as { meta: Record<string, unknown>; peak: { used: MatMulPeak }; smollm2: SmolRun | null };
     if (!saved.smollm2) fail(`${values['render-smol']} holds no SmolLM2 run (a --json output of a run with --models smollm2)`);
+    // JSON wrote the browser rows' absent CPU clock (Infinity) as null.
+    for (const r of saved.smollm2.rows)
+      for (const ts of Object.values(r.trials))
+        for (const t of ts) {
+          t.ttftCpuMs ??= Infinity;
+          t.decodeCpuMs ??= Infinity;
+        }
     const out = values.out ?? join(REPO_ROOT, 'docs', 'BENCHMARKS.md');
     const when = String(saved.meta.when ?? statSync(values['render-smol']).mtime.toISOString());
     const command = String(saved.meta.command ?? `npm run bench -- --models smollm2 --smol-lengths ${saved.smollm2.lengths.join(',')} --smol-reps ${saved.smollm2.reps} --smol-decode ${saved.smollm2.decode}`);
