@@ -51,8 +51,11 @@ export const int8Integer2Linear: LinearEmitter = (b, x, name, w, out, inp) => {
   const [q1, s1, z1] = b.opN('DynamicQuantizeLinear', [x], {}, { outputs: 3 });
   const residual = b.op('Sub', [x, b.op('DequantizeLinear', [q1, s1, z1])]);
   const [q2, s2, z2] = b.opN('DynamicQuantizeLinear', [residual], {}, { outputs: 3 });
-  const term = (q: string, s: string, z: string) => b.op('Mul', [b.op('Cast', [b.op('MatMulInteger', [q, t.q, z, t.zero])], { to: FLOAT }), s]);
-  return b.op('Mul', [b.op('Add', [term(q1, s1, z1), term(q2, s2, z2)]), t.scale]);
+  // Each term as Cast(MatMulInteger) · (x_scale · w_scale): the pattern ORT fuses into DynamicQuantizeMatMul
+  // (measured on [576 -> 3072]: ~20% faster than rescaling the sum once).
+  const term = (q: string, s: string, z: string) =>
+    b.op('Mul', [b.op('Cast', [b.op('MatMulInteger', [q, t.q, z, t.zero])], { to: FLOAT }), b.op('Mul', [s, t.scale])]);
+  return b.op('Add', [term(q1, s1, z1), term(q2, s2, z2)]);
 };
 
 /**
