@@ -146,11 +146,14 @@ async function main(): Promise<void> {
       LAYER_GROUPS: String(layerGroups),
       HEAD_GROUPS: String(heads),
       MEMORY_BUDGET_MB: '1024',
-      ASSET_READ_MB_PER_S: '8',
+      // The classifier objects load in parallel, each pacing its own reads: keep the sum at 8 MB/s
+      // (wrangler's local asset service holds a socket per ~4 KB read for seconds; src/worker/model-store.ts).
+      ASSET_READ_MB_PER_S: String(8 / Math.max(1, heads)),
       CONTEXT_TOKENS: String(context),
     });
     try {
-      await waitReady(`${dev.base}/v1/models`, dev.child, 120_000);
+      // The playground page: it loads no model (GET /v1/models and /healthz load the whole one).
+      await waitReady(`${dev.base}/`, dev.child, 120_000);
       for (let i = 0; i <= Number(values.repeat); i++) {
         for (const mode of ['dense', 'lazy'] as const) {
           const r = await streamOnce(dev.base, { ...base, lazy: { enabled: mode === 'lazy' } }, G, mode);
