@@ -352,9 +352,18 @@ async function ggufMain(values: { gguf?: string; model?: string; configs?: strin
     rows,
   };
   const saved = join(cache, 'report.json');
+  const refRow = rows.find((r) => r.id === 'dequant')!;
+  for (const r of rows) r.ref = { prefillCpuMs: refRow.result.prefillCpuMs, decodeTokS: refRow.result.decodeTokS };
   if (values.merge && existsSync(saved)) {
-    // Rows of configurations not run now come from the saved report, in the configurations' order; the header names both runs.
+    // Rows of configurations not run now come from the saved report, each keeping its own run's reference; the header names every run.
     const old = JSON.parse(readFileSync(saved, 'utf8')) as GgufReport;
+    const oldRef = old.rows.find((r) => r.id === 'dequant');
+    const lastRun = Math.max(1, ...old.rows.map((r) => r.run ?? 1));
+    for (const r of old.rows) {
+      r.run ??= 1;
+      if (!r.ref && oldRef) r.ref = { prefillCpuMs: oldRef.result.prefillCpuMs, decodeTokS: oldRef.result.decodeTokS };
+    }
+    for (const r of rows) r.run = lastRun + 1;
     const byId = new Map([...old.rows, ...rows].map((r) => [r.id, r]));
     report.rows = GGUF_CONFIGS.map((c) => byId.get(c.id)).filter((r): r is GgufRow => r !== undefined);
     report.command = `${old.command}, then ${report.command}`;

@@ -205,6 +205,10 @@ export interface GgufRow {
   bytes: ReturnType<typeof ggufWeightBytes>;
   nLayers: number;
   result: GgufChildResult;
+  /** the dequant row of the same run (ratios compare rows of one run only: the shared machine's speed drifts between runs) */
+  ref?: { prefillCpuMs: Record<string, number>; decodeTokS: number };
+  /** which run of a merged report measured the row (1 = the earliest) */
+  run?: number;
 }
 
 export interface GgufReport {
@@ -229,6 +233,8 @@ export const SECTION_END = '<!-- gguf-kernels:end -->';
 /** The doc section for a GGUF run, between markers so the rest of docs/QUANTIZATION.md is kept. */
 export function renderGgufSection(rep: GgufReport): string {
   const ref = rep.rows.find((r) => r.id === 'dequant');
+  const refOf = (r: GgufRow) => r.ref ?? (ref ? { prefillCpuMs: ref.result.prefillCpuMs, decodeTokS: ref.result.decodeTokS } : undefined);
+  const runs = new Set(rep.rows.map((r) => r.run ?? 1));
   const m = rep.machine;
   const x = (a: number, b?: number) => (b ? `×${(a / b).toFixed(2)}` : '–');
   const tps = (r: GgufRow, len: number) => (len * 1000) / r.result.prefillCpuMs[len];
@@ -239,12 +245,17 @@ export function renderGgufSection(rep: GgufReport): string {
   const lines = rep.rows.map((r) => {
     const fi = r.result.fidelity;
     return [
-      `**${r.id}**: ${r.what}`,
+      `**${r.id}**${runs.size > 1 ? ` (run ${r.run ?? 1})` : ''}: ${r.what}`,
       `\`${r.kernel}\`${r.headParts > 1 ? ` (head in ${r.headParts} parts)` : ''}`,
       f(tps(r, 512), 0),
       f(tps(r, 2048), 0),
       f(r.result.decodeTokS, 2),
-      ref ? `${x(tps(r, 512), tps(ref, 512))} / ${x(tps(r, 2048), tps(ref, 2048))} / ${x(r.result.decodeTokS, ref.result.decodeTokS)}` : '–',
+      (() => {
+        const o = refOf(r);
+        if (!o) return '–';
+        const rt = (len: number) => (len * 1000) / o.prefillCpuMs[len];
+        return `${x(tps(r, 512), rt(512))} / ${x(tps(r, 2048), rt(2048))} / ${x(r.result.decodeTokS, o.decodeTokS)}`;
+      })(),
       `${f(r.result.heapAfterLoadMb, 0)} / ${f(r.result.heapAfter2048Mb, 0)}`,
       f(r.shardMb, 1),
       r.id === 'dequant' ? '0 (reference)' : fi ? fi.meanKl.toExponential(2) : '–',
@@ -275,7 +286,7 @@ every ${FIDELITY_STRIDE}th position from the 16th (${positions} positions), full
 \`dequant\` build's (the file's values in f32: KL 3e-8 against the numpy exact-weights reference, test/node/smollm2-reference.test.ts).
 llama.cpp itself, on this file against the exact weights, has mean KL 0.0048 and 96.5% argmax agreement (NOTES.md).
 
-| ${head.join(' | ')} |
+${runs.size > 1 ? `Rows come from ${runs.size} runs (the command above, in order; run N is the N-th). The machine's speed drifts between runs (the dequant row of each run: ${rep.rows.filter((r) => r.ref).map((r) => `run ${r.run ?? 1} decode ${f(r.ref!.decodeTokS, 1)} tok/s`).filter((v, i, a) => a.indexOf(v) === i).join(', ')}), so compare rows through the *vs dequant* column, which divides by the dequant row of the row's own run; the dequant row shown is the latest run's.\n\n` : ''}| ${head.join(' | ')} |
 |${head.map(() => '---').join('|')}|
 ${lines.map((l) => `| ${l} |`).join('\n')}
 
@@ -304,7 +315,11 @@ function ggufReasoning(rep: GgufReport): string {
   const dec = (id: string) => f(r(id)?.result.decodeTokS, 1);
   const p2k = (id: string) => (r(id) ? f((2048 * 1000) / r(id)!.result.prefillCpuMs[2048], 0) : '–');
   const layer = (id: string) => (r(id) ? mb(r(id)!.bytes.perLayer) : '–');
-  const xd = (id: string) => (r(id) && ref ? `×${(r(id)!.result.decodeTokS / ref.result.decodeTokS).toFixed(2)}` : '–');
+  const xd = (id: string) => {
+    const row = r(id);
+    const o = row?.ref ?? ref?.result;
+    return row && o ? `×${(row.result.decodeTokS / o.decodeTokS).toFixed(2)}` : '–';
+  };
   return `### Reading the SmolLM2 numbers
 
 - **Exactness.** MatMulNBits computes Q4_1 exactly both ways: with zero point 0 and the block minimum as a correction m·Σx (mean KL ${kl('nbits')})
@@ -318,10 +333,11 @@ function ggufReasoning(rep: GgufReport): string {
   time on 16 positions, wq|wk|wv and w2 cost the most), while re-quantizing the Q4_1 weights to int8 per channel, folded to f32, costs about a tenth of it.
 - **\`integer2\`** keeps the weights int8 (asymmetric per channel) and writes each activation row as two int8 terms (the second quantizes the first's error):
   two MatMulIntegers on the same int8 weights. Layers and head in integer2: mean KL ${kl('integer2-all')} (llama.cpp on this file: 0.0048), ${dec('integer2-all')} tok/s decode
-  (${xd('integer2-all')} of f32), ${p2k('integer2-all')} tok/s prefill at 2048, ${layer('integer2-all')} MB a layer. The head matters: an int8 head with one term costs
+  (${xd('integer2-all')} of f32 in the same run), ${p2k('integer2-all')} tok/s prefill at 2048, ${layer('integer2-all')} MB a layer. The head matters: an int8 head with one term costs
   mean KL ${kl('integer2')} on its own, the exact 8-bit MatMulNBits head ${kl('integer2-head8')} but decode ${dec('integer2-head8')} tok/s (it dequantizes 28 M weights a token),
   a 4-bit head ${kl('integer2-head4')}, and a 4-bit embedding with the int8 head ${kl('integer2-emb4')} (${kl('integer2')} without it): keep both at 8 bits.
-- **Nothing that keeps the weights quantized reaches 20 tok/s of decode** on one wasm thread here; f32 does (${dec('dequant')}) at ${mb(ref?.bytes.perLayer ?? NaN)} MB a layer
+- **Nothing that keeps the weights quantized reaches 20 tok/s of decode** on one wasm thread here; f32 does in a quiet run (best dequant decode of the runs:
+  ${f(Math.max(ref?.result.decodeTokS ?? 0, ...rep.rows.map((x) => x.ref?.decodeTokS ?? 0)), 1)} tok/s) at ${mb(ref?.bytes.perLayer ?? NaN)} MB a layer
   and ${mb(ref ? ref.nLayers * ref.bytes.perLayer + ref.bytes.embed + ref.bytes.head : NaN)} MB of weights.`;
 }
 
