@@ -315,6 +315,11 @@ function ggufReasoning(rep: GgufReport): string {
   const dec = (id: string) => f(r(id)?.result.decodeTokS, 1);
   const p2k = (id: string) => (r(id) ? f((2048 * 1000) / r(id)!.result.prefillCpuMs[2048], 0) : '–');
   const layer = (id: string) => (r(id) ? mb(r(id)!.bytes.perLayer) : '–');
+  const xp = (id: string) => {
+    const row = r(id);
+    const o = row?.ref ?? ref?.result;
+    return row && o ? `×${(o.prefillCpuMs[2048] / row.result.prefillCpuMs[2048]).toFixed(2)}` : '–';
+  };
   const xd = (id: string) => {
     const row = r(id);
     const o = row?.ref ?? ref?.result;
@@ -325,11 +330,11 @@ function ggufReasoning(rep: GgufReport): string {
 - **Exactness.** MatMulNBits computes Q4_1 exactly both ways: with zero point 0 and the block minimum as a correction m·Σx (mean KL ${kl('nbits')})
   and with a float zero point −m/d (${kl('nbits-zp')}): onnxruntime-web ${rep.machine.onnxruntimeWeb} accepts float zero points for 4 bits (not for 8 bits, which
   the Q8_0 head does not need: q + 128 with the default zero point is exact). Both hold ${layer('nbits-zp')} MB a layer instead of ${layer('dequant')} MB.
-- **But MatMulNBits decodes every weight on every run** (there is no 4-bit wasm GEMM): fine in a long prefill (${p2k('nbits-zp')} tok/s at 2048 against ${p2k('dequant')}
-  for f32), ruinous in decode, where each token re-dequantizes all 30 layers and the head: ${dec('nbits-zp')} tok/s (float zero point) and ${dec('nbits')} tok/s
-  (correction) against ${dec('dequant')} for f32. Any group kept in 4 bits pays this in decode (attention only: ${dec('attn4-ffn8')} tok/s; FFN only: ${dec('attn8-ffn4')}).
-- **int8 per channel with one int8 activation term (\`integer\`) is fast and wrong for SmolLM2**: ${dec('integer')} tok/s decode and the fastest prefill
-  (${p2k('integer')} tok/s), but mean KL ${kl('integer')}: activation rows with outlier channels lose everything else when rounded to 8 bits (one matrix at a
+- **But MatMulNBits decodes every weight on every run** (there is no 4-bit wasm GEMM): fine in a long prefill (${p2k('nbits-zp')} tok/s at 2048, ${xp('nbits-zp')}
+  of f32 in the same run), ruinous in decode, where each token re-dequantizes all 30 layers and the head: ${dec('nbits-zp')} tok/s (float zero point, ${xd('nbits-zp')} of f32)
+  and ${dec('nbits')} tok/s (correction, ${xd('nbits')}). Any group kept in 4 bits pays this in decode (attention only: ${xd('attn4-ffn8')}; FFN only: ${xd('attn8-ffn4')}).
+- **int8 per channel with one int8 activation term (\`integer\`) is fast and wrong for SmolLM2**: decode ${xd('integer')} of f32 and the fastest prefill
+  (${xp('integer')} at 2048), but mean KL ${kl('integer')}: activation rows with outlier channels lose everything else when rounded to 8 bits (one matrix at a
   time on 16 positions, wq|wk|wv and w2 cost the most), while re-quantizing the Q4_1 weights to int8 per channel, folded to f32, costs about a tenth of it.
 - **\`integer2\`** keeps the weights int8 (asymmetric per channel) and writes each activation row as two int8 terms (the second quantizes the first's error):
   two MatMulIntegers on the same int8 weights. Layers and head in integer2: mean KL ${kl('integer2-all')} (llama.cpp on this file: 0.0048), ${dec('integer2-all')} tok/s decode
