@@ -1,6 +1,6 @@
 import type { ModelConfig } from '../model/config.js';
 import { EngineError } from './errors.js';
-import { kvRowBytes, rowStore, type KvFormat, type RawRows, type RowStore } from './kv-rows.js';
+import { decodeRows, kvRowBytes, rowStore, type KvFormat, type RawRows, type RowStore } from './kv-rows.js';
 
 /**
  * Per-layer keys and values, one row per token index (token i sits at position i).
@@ -58,11 +58,8 @@ export class KVCache {
 
   /** Row i of layer l as f32 copies ([kvDim] each): for persistence and tests. */
   row(l: number, i: number): { k: Float32Array; v: Float32Array } {
-    const k = new Float32Array(this.kvDim);
-    const v = new Float32Array(this.kvDim);
-    this.keys[l].read(i, 1, k, 0);
-    this.values[l].read(i, 1, v, 0);
-    return { k, v };
+    const at = Int32Array.of(i);
+    return { k: decodeRows(this.keys[l].take(at), this.kvDim).slice(), v: decodeRows(this.values[l].take(at), this.kvDim).slice() };
   }
 }
 

@@ -32,8 +32,6 @@ export interface RowStore {
   grow(capacity: number): void;
   /** Encodes `src` ([width] f32) as row i. */
   write(i: number, src: Float32Array): void;
-  /** Decodes rows [start, start + count) into dst ([count, width] f32) from element `at` on. */
-  read(start: number, count: number, dst: Float32Array, at: number): void;
   /**
    * The given ascending rows as stored ([tokens.length, width] in the format, a view when they are
    * rows 0..n-1), for the layer graph to decode itself: no f32 copy is made on this side.
@@ -94,9 +92,6 @@ class F32Rows implements RowStore {
   write(i: number, src: Float32Array) {
     this.data.set(src, i * this.width);
   }
-  read(start: number, count: number, dst: Float32Array, at: number) {
-    dst.set(this.data.subarray(start * this.width, (start + count) * this.width), at);
-  }
   take(tokens: Int32Array): RawRows {
     return { format: 'f32', data: gatherRuns(this.data, this.width, tokens, (n) => new Float32Array(n)) };
   }
@@ -154,12 +149,6 @@ class F16Rows implements RowStore {
     const o = i * this.width;
     for (let j = 0; j < this.width; j++) this.data[o + j] = f32ToF16Bits(src[j]);
   }
-  read(start: number, count: number, dst: Float32Array, at: number) {
-    const d = this.data;
-    const table = halfTable();
-    const end = (start + count) * this.width;
-    for (let s = start * this.width, o = at; s < end; s++, o++) dst[o] = table[d[s]];
-  }
   take(tokens: Int32Array): RawRows {
     return { format: 'f16', data: gatherRuns(this.data, this.width, tokens, (n) => new Uint16Array(n)) };
   }
@@ -195,15 +184,6 @@ class Int8Rows implements RowStore {
     const o = i * this.width;
     for (let j = 0; j < this.width; j++) this.data[o + j] = Math.round(src[j] * inv);
     this.scales[i] = scale;
-  }
-  read(start: number, count: number, dst: Float32Array, at: number) {
-    const w = this.width;
-    for (let r = 0; r < count; r++) {
-      const s = this.scales[start + r];
-      const src = (start + r) * w;
-      const o = at + r * w;
-      for (let j = 0; j < w; j++) dst[o + j] = this.data[src + j] * s;
-    }
   }
   take(tokens: Int32Array): RawRows {
     return { format: 'int8', data: gatherRuns(this.data, this.width, tokens, (n) => new Int8Array(n)), scales: gatherRuns(this.scales, 1, tokens, (n) => new Float32Array(n)) };
