@@ -13,7 +13,7 @@ import { lastHidden, stepStats, type Frontier, type LayerStats, type StepStats }
 import type { Env } from '../env.js';
 import { ApiError, fromFailure } from '../errors.js';
 import { groupChains, headGroups, layerGroups } from './config.js';
-import type { LayerGroup } from './layer-group-object.js';
+import { LEASE_IDLE_MS, type LayerGroup } from './layer-group-object.js';
 import type { Failure, GroupStepCall, GroupStepReply } from './types.js';
 
 export type GroupStub = DurableObjectStub<LayerGroup>;
@@ -61,6 +61,8 @@ type HeadCall = (k: number, hidden: Float32Array) => Promise<Failure | { ok: tru
 export class ChainRunner {
   private bytes: number[] = [];
   private last: StepStats | null = null;
+  /** Date.now() of the last step's start (or of the runner's creation) */
+  lastUse = Date.now();
 
   constructor(
     readonly groups: number,
@@ -79,6 +81,7 @@ export class ChainRunner {
   /** The front state only records the tokens; each group receives where the step starts, and truncates to it. */
   readonly runner: StepRunner = async (seq, newTokens, opts) => {
     const t0 = performance.now();
+    this.lastUse = Date.now();
     const start = seq.length;
     seq.append(newTokens);
     let moved = 0;
@@ -159,9 +162,32 @@ export class Chain extends ChainRunner {
     );
   }
 
+  private readonly stopKeepAlive = keepAlive(() => this.stubs, () => this.lastUse);
+
   async release(): Promise<void> {
+    this.stopKeepAlive();
     await Promise.all(this.stubs.map((s) => s.release(this.lease).catch(() => undefined)));
   }
+}
+
+/**
+ * An object that receives no call for a few seconds may be evicted, and a stateless group's state
+ * lives only in memory: in wrangler dev the deeper groups of a chain lost theirs while the first
+ * ones ran a 2k-token prefill (they answered lease_lost). While a chain is held, every object is
+ * pinged this often, so that none sits idle while the others compute.
+ */
+export const KEEP_ALIVE_MS = 3_000;
+
+/**
+ * Pings `stubs()` every KEEP_ALIVE_MS until the returned stop is called, or until `lastUse()` is
+ * older than the lease idle time (a holder that never released must not keep a chain forever).
+ */
+export function keepAlive(stubs: () => readonly GroupStub[], lastUse: () => number): () => void {
+  const timer = setInterval(() => {
+    if (Date.now() - lastUse() > LEASE_IDLE_MS) return clearInterval(timer);
+    for (const s of stubs()) s.probe().catch(() => undefined);
+  }, KEEP_ALIVE_MS);
+  return () => clearInterval(timer);
 }
 
 const stubOf = (env: Env, name: string): GroupStub => env.LAYER_GROUP_OBJECTS.get(env.LAYER_GROUP_OBJECTS.idFromName(name));

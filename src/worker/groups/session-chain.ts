@@ -8,7 +8,7 @@
 import { SequenceState } from '../../engine/caches.js';
 import type { ModelConfig } from '../../model/config.js';
 import type { Env } from '../env.js';
-import { ChainRunner, type GroupStub } from './chain.js';
+import { ChainRunner, keepAlive, type GroupStub } from './chain.js';
 import type { GroupSummary, SessionGroupAddress } from './types.js';
 
 /** The objects of the session whose ChatSession object has id `sessionObject`. */
@@ -66,12 +66,15 @@ export class SessionChain {
   }
 
   /** A runner for one attempt at turn `committed` (the session's committed turn count). */
-  attempt(committed: number): { runner: ChainRunner; id: string } {
+  /** A runner for one attempt at turn `committed`; `done()` ends its keep-alive (chain.ts) once the attempt is over. */
+  attempt(committed: number): { runner: ChainRunner; id: string; done: () => void } {
     const id = crypto.randomUUID();
     const stubs = this.connect();
+    let runner: ChainRunner | null = null;
+    const done = keepAlive(() => stubs, () => runner?.lastUse ?? Date.now());
     const steps = new Array<number>(this.groups).fill(0);
     const G = this.groups;
-    const runner = new ChainRunner(
+    runner = new ChainRunner(
       G,
       this.config,
       (g, input, schedule, trace) => stubs[g].turnStep({ ...this.address(g, committed, id), step: steps[g]++, input, schedule, trace }),
@@ -79,7 +82,7 @@ export class SessionChain {
       this.heads,
       (k, hidden) => stubs[G + k].head({ groups: G, group: G + k, heads: this.heads }, hidden),
     );
-    return { runner, id };
+    return { runner, id, done };
   }
 
   /** Every group stores the attempt's changes as pending for turn `committed`; throws if any cannot. Returns the bytes each stored. */

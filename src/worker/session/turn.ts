@@ -75,10 +75,12 @@ export async function playTurn(host: TurnHost, live: Live, req: TurnRequest, onE
   }
 
   // From here on memory changes; on any failure it is reloaded from storage, which this turn has not touched.
+  let attemptDone: (() => void) | undefined;
   try {
     // Split layers: this turn is one attempt through the session's groups (session/split.ts); the
     // pruning trace needs depths the groups hold, so it is not recorded.
     const attempt = live.chain?.attempt(live.turns);
+    attemptDone = attempt?.done;
     const tracer = job.trace && !attempt ? new TraceRecorder(model, live.seq) : undefined;
     const shaper = job.logprobs === null ? undefined : new LogprobShaper(model.tokenizer, target[target.length - 1]);
     const turn = await runTurn(model, live.seq, target, {
@@ -150,5 +152,7 @@ export async function playTurn(host: TurnHost, live: Live, req: TurnRequest, onE
   } catch (e) {
     await host.discardMemory();
     return clientGone ? goneFailure() : failureFrom(e, 'session turn');
+  } finally {
+    attemptDone?.();
   }
 }
