@@ -162,7 +162,8 @@ export class Chain extends ChainRunner {
     );
   }
 
-  private readonly stopKeepAlive = keepAlive(() => this.stubs, () => this.lastUse);
+  /** the keep-alive started while the chain was being taken (objects loaded first must not idle while later ones load) */
+  stopKeepAlive: () => void = () => undefined;
 
   async release(): Promise<void> {
     this.stopKeepAlive();
@@ -216,13 +217,16 @@ export async function acquirePoolChain(env: Env, config: ModelConfig): Promise<C
       if (head.error.code === 'chain_busy') continue;
       throw fromFailure(head);
     }
+    const chain = new Chain(stubs, lease, config, c, H);
+    chain.stopKeepAlive = keepAlive(() => stubs, () => chain.lastUse);
     try {
       for (let g = 1; g < G; g++) unwrap<{ loaded: boolean }>(await stubs[g].acquire({ groups: G, group: g, heads: H, lease, exclusive: false }));
     } catch (e) {
-      await new Chain(stubs, lease, config, c, H).release();
+      await chain.release();
       throw chainError(e);
     }
-    return new Chain(stubs, lease, config, c, H);
+    chain.lastUse = Date.now();
+    return chain;
   }
   throw new ApiError(503, `All ${C} layer-group chains are serving other requests; retry shortly.`, 'server_busy', null, 'server_error', { 'Retry-After': '1' });
 }
