@@ -9,6 +9,7 @@
  * run), and the cache's bytes per token. Progress on stderr; --json prints one object on stdout.
  */
 import { readFileSync } from 'node:fs';
+import { resolve } from 'node:path';
 import { parseArgs } from 'node:util';
 import { SequenceState } from '../src/engine/caches.js';
 import { kvRowBytes, KV_FORMATS, type KvFormat } from '../src/engine/kv-rows.js';
@@ -19,7 +20,6 @@ import { fail, loadModelFromDir, REPO_ROOT, runMain } from './lib/node-env.js';
 import { evalStream, promptWindows } from './lib/prompts.js';
 import { servedShardsDir } from './lib/served-model.js';
 import { argmax, median } from './lib/stats.js';
-import { resolve } from 'node:path';
 
 const t0 = Date.now();
 const progress = (m: string) => process.stderr.write(`[kv-formats ${((Date.now() - t0) / 1000).toFixed(0).padStart(4)} s] ${m}\n`);

@@ -18,6 +18,7 @@
  * saying which of the above produced them. Progress goes to stderr.
  */
 import { readFileSync } from 'node:fs';
+import { resolve } from 'node:path';
 import { parseArgs } from 'node:util';
 import { SequenceState } from '../src/engine/caches.js';
 import { isKvFormat, KV_FORMATS, type KvFormat } from '../src/engine/kv-rows.js';
@@ -25,12 +26,10 @@ import { DEFAULT_MEMORY_BUDGET_BYTES, MB } from '../src/engine/memory-budget.js'
 import { runStep } from '../src/engine/step.js';
 import { wasmHeapBytes } from '../src/runtime/onnx-runtime.js';
 import { streamOfLength } from './lib/prompts.js';
-import { fail, loadModelFromDir, runMain } from './lib/node-env.js';
+import { fail, loadModelFromDir, REPO_ROOT, runMain } from './lib/node-env.js';
 import { measureInWorkerd } from './lib/memory-workerd.js';
 import type { MemoryReport } from './lib/memory-report.js';
 import { servedShardsDir } from './lib/served-model.js';
-import { resolve } from 'node:path';
-import { REPO_ROOT } from './lib/node-env.js';
 
 const DEFAULT_TEXT = resolve(REPO_ROOT, '../shared/data/mpl-2.0.txt');
 const t0 = Date.now();
