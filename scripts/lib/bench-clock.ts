@@ -6,6 +6,7 @@
  */
 import { readFileSync, readdirSync } from 'node:fs';
 import { cpus } from 'node:os';
+import { descendants } from './proc.js';
 
 /**
  * On-CPU milliseconds of this process (getrusage: exact, unlike the tick-updated per-thread
@@ -57,23 +58,9 @@ export function machineBusyMs(): number {
 export function ownTreeCpuMs(): number {
   const mine = process.cpuUsage();
   let ms = (mine.user + mine.system) / 1000;
-  const parent = new Map<number, number>();
-  for (const d of readdirSync('/proc')) {
-    if (!/^\d+$/.test(d)) continue;
-    try {
-      const stat = readFileSync(`/proc/${d}/stat`, 'utf8');
-      parent.set(Number(d), Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[1]));
-    } catch {
-      // gone
-    }
-  }
-  for (const pid of parent.keys()) {
-    for (let p = parent.get(pid); p; p = parent.get(p)) {
-      if (p !== process.pid) continue;
-      const c = processCpuMs(pid);
-      if (Number.isFinite(c)) ms += c;
-      break;
-    }
+  for (const pid of descendants(process.pid)) {
+    const c = processCpuMs(pid);
+    if (Number.isFinite(c)) ms += c;
   }
   return ms;
 }

@@ -4,31 +4,14 @@
  * processes found for /proc readings. Used by the benchmark and the memory measurement.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
-import { openSync, readFileSync, readdirSync } from 'node:fs';
+import { openSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { freeLoopbackPort, REPO_ROOT } from './node-env.js';
+import { descendants, processName } from './proc.js';
 
 /** The workerd processes below `root` (wrangler runs an entry proxy and the Worker's runtime). */
 export function findWorkerds(root: number): number[] {
-  const parent = new Map<number, number>();
-  const comm = new Map<number, string>();
-  for (const d of readdirSync('/proc')) {
-    if (!/^\d+$/.test(d)) continue;
-    try {
-      const stat = readFileSync(`/proc/${d}/stat`, 'utf8');
-      const close = stat.lastIndexOf(')');
-      comm.set(Number(d), stat.slice(stat.indexOf('(') + 1, close));
-      parent.set(Number(d), Number(stat.slice(close + 2).split(' ')[1]));
-    } catch {
-      // gone already
-    }
-  }
-  const found: number[] = [];
-  for (const [pid, name] of comm) {
-    if (name !== 'workerd') continue;
-    for (let p = parent.get(pid); p; p = parent.get(p)) if (p === root) found.push(pid);
-  }
-  return found;
+  return descendants(root).filter((pid) => processName(pid) === 'workerd');
 }
 
 /** VmRSS and VmHWM (peak resident set) of a process, in bytes; NaN when unreadable. */

@@ -13,7 +13,7 @@
  */
 import { existsSync } from 'node:fs';
 import type { Browser, Page } from 'playwright-core';
-import { descendants, maxPeakRssMb, treeCpuMs } from './proc.js';
+import { descendants, maxPeakRssMb, treeCpuMs } from '../proc.js';
 import { servePeerPage, type PageServer } from './wllama-page.js';
 import { unavailable, type Peer, type PeerStart, type PeerTrial } from './peer.js';
 

@@ -1,6 +1,16 @@
 /** Processes below a pid, and their CPU time and peak memory, from /proc (Linux). */
 import { readdirSync, readFileSync } from 'node:fs';
 
+/** The command name of a process ('' once it is gone). */
+export function processName(pid: number): string {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    return stat.slice(stat.indexOf('(') + 1, stat.lastIndexOf(')'));
+  } catch {
+    return '';
+  }
+}
+
 export function descendants(root: number): number[] {
   const parent = new Map<number, number>();
   for (const d of readdirSync('/proc')) {
