@@ -2,7 +2,7 @@
  * npm run bench -- [--quick] [--json] [--models stories260K,rand-15M,rand-12x768,smollm2] [--no-workerd]
  *                  [--no-memory] [--decode N] [--out FILE.md] [--allow-load]
  *                  [--smol-lengths 512,1024,2048,4096] [--smol-reps N] [--smol-decode N]
- *                  [--smol-peers dense,lazy,llama.cpp,wllama-1,wllama-2,transformers.js-q8,transformers.js-q4]
+ *                  [--smol-peers dense,lazy,workerd-dense,workerd-lazy,llama.cpp,wllama-1,wllama-2,transformers.js-q8,transformers.js-q4]
  *                  [--no-smol-checks] [--render-smol SAVED.json]
  *
  * Time to first token, decode speed, peak memory and achieved GFLOP/s for: our per-layer engine

@@ -4,9 +4,15 @@
  * statistics. POST /noop takes the same body and does nothing (request overhead). GET /ready
  * loads the model. Timing happens outside (workerd's clocks only advance on
  * I/O): the benchmark times requests and reads workerd's CPU time from /proc.
+ *
+ * The SmolLM2 peer rows (scripts/lib/peers/workerd.ts) time prefill and decode as two requests:
+ * POST /prefill (the /run body without `decode`) keeps the sequence it prefilled, and POST /decode
+ * {"decode": N, "stop": [ids]?} continues that sequence greedily, answering every token from the
+ * first. One benchmark drives one sequence at a time, so one held sequence is enough.
  */
 import { SequenceState } from '../../src/engine/caches.js';
-import { parseSchedule } from '../../src/engine/policy.js';
+import type { LoadedModel } from '../../src/engine/model.js';
+import { parseSchedule, type Schedule } from '../../src/engine/policy.js';
 import { runStep } from '../../src/engine/step.js';
 import { getModel } from '../../src/worker/model-store.js';
 
@@ -20,6 +26,14 @@ interface RunRequest {
   schedule: string | null;
   decode: number;
 }
+
+interface Held {
+  model: LoadedModel;
+  seq: SequenceState;
+  schedule: Schedule | null;
+  logits: Float32Array;
+}
+let held: Held | null = null;
 
 function argmax(x: Float32Array): number {
   let b = 0;
@@ -52,6 +66,29 @@ export default {
           logits = (await runStep(model, seq, [tokens[i]], { schedule })).logits;
         }
         return Response.json({ tokens, computed_per_layer: first.stats.computedPerLayer });
+      }
+      if (url.pathname === '/prefill' && req.method === 'POST') {
+        const body = (await req.json()) as RunRequest;
+        const model = await getModel({ ...env, MODEL_NAME: body.model, MEMORY_BUDGET_MB: 'off' });
+        const schedule = body.schedule ? parseSchedule(body.schedule) : null;
+        const seq = new SequenceState(model.config);
+        held = null;
+        const { logits } = await runStep(model, seq, body.tokens, { schedule });
+        held = { model, seq, schedule, logits };
+        return Response.json({ prompt_tokens: seq.length });
+      }
+      if (url.pathname === '/decode' && req.method === 'POST') {
+        const body = (await req.json()) as { decode: number; stop?: number[] };
+        if (!held) return Response.json({ error: 'POST /prefill first' }, { status: 409 });
+        const { model, seq, schedule } = held;
+        const tokens: number[] = [];
+        for (let i = 0; i < body.decode; i++) {
+          tokens.push(argmax(held.logits));
+          if (body.stop?.includes(tokens[i])) break; // a reply ends at its stop id (included), as bench-child's
+          held.logits = (await runStep(model, seq, [tokens[i]], { schedule })).logits;
+        }
+        held = null;
+        return Response.json({ tokens });
       }
       return new Response('not found', { status: 404 });
     } catch (e) {

@@ -156,6 +156,8 @@ export function smolTargetsTable(run: SmolRun, figs: SmolFigure[], peak: MatMulP
 const STYLE: Record<string, { color: string; dashed?: boolean }> = {
   dense: { color: PALETTE[0] },
   lazy: { color: PALETTE[1] },
+  'workerd-dense': { color: PALETTE[0], dashed: true },
+  'workerd-lazy': { color: PALETTE[1], dashed: true },
   'llama.cpp': { color: PALETTE[7], dashed: true },
   'wllama-1': { color: PALETTE[4], dashed: true },
   'wllama-2': { color: PALETTE[6], dashed: true },

@@ -11,7 +11,8 @@
  * against ours, so that a row cannot silently measure something else.
  */
 import { readFileSync } from 'node:fs';
-import { join, resolve } from 'node:path';
+import { tmpdir } from 'node:os';
+import { basename, join, resolve } from 'node:path';
 import { defaultSchedule, formatSchedule } from '../../src/engine/policy.js';
 import type { ModelConfig } from '../../src/model/config.js';
 import { ForeignLoad } from './bench-clock.js';
@@ -22,11 +23,12 @@ import { agreesWithExact, chatChecks, shardTokenizer, textWindows } from './peer
 import { ensureSmolExport } from './peers/smol-export.js';
 import { startTransformers } from './peers/transformers.js';
 import { startWllama } from './peers/wllama.js';
+import { startWorkerdEngine, type WorkerdPeers } from './peers/workerd.js';
 import { REPO_ROOT } from './node-env.js';
 import { locateServedGguf, servedShardsDir } from './served-model.js';
 
 export const SMOL_ID = 'smollm2-135m-instruct';
-export const SMOL_PEERS = ['dense', 'lazy', 'llama.cpp', 'wllama-1', 'wllama-2', 'transformers.js-q8', 'transformers.js-q4'] as const;
+export const SMOL_PEERS = ['dense', 'lazy', 'workerd-dense', 'workerd-lazy', 'llama.cpp', 'wllama-1', 'wllama-2', 'transformers.js-q8', 'transformers.js-q4'] as const;
 export type SmolPeerId = (typeof SMOL_PEERS)[number];
 /** The prompt text: the first N tokens of the LGPL 2.1 (5,865 tokens; the fixtures' p2048 is its first 2048). */
 export const SMOL_TEXT = resolve(REPO_ROOT, '../shared/data/lgpl-2.1.txt');
@@ -89,6 +91,7 @@ export async function benchSmolLM2(opts: {
   const rows: SmolRow[] = [];
   const live = new Map<SmolPeerId, Peer>();
   let engine: EnginePeers | null = null;
+  let workerd: WorkerdPeers | null = null;
   const add = (id: SmolPeerId, row: string, peer: Peer | null, reason?: string) => {
     rows.push({ id, row, available: !!peer, reason, info: peer?.info, peakRssMb: null, checks: [], trials: {} });
     if (peer) live.set(id, peer);
@@ -100,6 +103,16 @@ export async function benchSmolLM2(opts: {
       engine = await startEngine({ shards, contextTokens: nCtx, schedule, log });
       if (opts.peers.includes('dense')) add('dense', 'dense', engine.dense);
       if (opts.peers.includes('lazy')) add('lazy', `lazy \`${schedule}\``, engine.lazy);
+    }
+    if (opts.peers.includes('workerd-dense') || opts.peers.includes('workerd-lazy')) {
+      const logFile = join(tmpdir(), `lazy-edge-bench-smollm2-workerd-${process.pid}.log`);
+      try {
+        workerd = await startWorkerdEngine({ model: basename(shards), contextTokens: nCtx, schedule, logFile, log });
+        if (opts.peers.includes('workerd-dense')) add('workerd-dense', workerd.dense.row, workerd.dense);
+        if (opts.peers.includes('workerd-lazy')) add('workerd-lazy', workerd.lazy.row, workerd.lazy);
+      } catch (e) {
+        for (const id of ['workerd-dense', 'workerd-lazy'] as const) if (opts.peers.includes(id)) add(id, `${id.slice(8)} (workerd)`, null, `wrangler dev did not serve the model: ${(e as Error).message} (log ${logFile})`);
+      }
     }
     if (opts.peers.includes('llama.cpp')) {
       const s = await startLlamaCpp({ gguf, threads: 1, nCtx, log });
@@ -157,6 +170,7 @@ export async function benchSmolLM2(opts: {
   } finally {
     for (const [id, p] of live) if (id !== 'dense' && id !== 'lazy') await p.close().catch((e: Error) => log(`closing ${id}: ${e.message}`));
     await engine?.close().catch(() => {});
+    await workerd?.close().catch(() => {});
   }
   const all = rows.flatMap((r) => Object.values(r.trials).flat().map((t) => t.foreignCores)).sort((a, b) => a - b);
   return {

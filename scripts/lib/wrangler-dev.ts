@@ -3,9 +3,9 @@
  * group (so wrangler and its workerd stop together), awaited until a URL answers, and its workerd
  * processes found for /proc readings. Used by the benchmark and the memory measurement.
  */
-import { spawn, type ChildProcess } from 'node:child_process';
-import { openSync, readFileSync } from 'node:fs';
-import { join } from 'node:path';
+import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { linkSync, mkdirSync, openSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { basename, dirname, join, resolve } from 'node:path';
 import { freeLoopbackPort, REPO_ROOT } from './node-env.js';
 import { descendants, processName } from './proc.js';
 
@@ -46,8 +46,49 @@ export interface WranglerDev {
   stop(): Promise<void>;
 }
 
-/** Starts `wrangler dev --config <config>` on a free loopback port; `vars` become --var flags. */
-export async function startWranglerDev(config: string, logFile: string, vars: Record<string, string> = {}): Promise<WranglerDev> {
+/** Hard links (same file system, no bytes copied) of every file below `from`, at the same paths below `to`. */
+function linkTree(from: string, to: string): void {
+  mkdirSync(to, { recursive: true });
+  for (const name of readdirSync(from)) {
+    const [a, b] = [join(from, name), join(to, name)];
+    if (statSync(a).isDirectory()) linkTree(a, b);
+    else linkSync(a, b);
+  }
+}
+
+/**
+ * A snapshot of a Worker for measuring: its bundle as `wrangler deploy --dry-run` builds it now, and
+ * hard links of the named model folders of its assets, in a folder of .bench-cache/ with a config
+ * that runs them unbundled. wrangler dev reloads the Worker whenever a source file or an asset
+ * changes, which drops the loaded model mid-measurement while other work goes on in the checkout.
+ */
+function freezeWorker(config: string, models: string[]): { config: string; dir: string } {
+  const dir = join(REPO_ROOT, '.bench-cache', `frozen-${process.pid}-${Date.now()}`);
+  const build = spawnSync(process.execPath, [join(REPO_ROOT, 'node_modules/wrangler/bin/wrangler.js'), 'deploy', '--dry-run', '--outdir', join(dir, 'build'), '--config', config], {
+    cwd: REPO_ROOT,
+    encoding: 'utf8',
+    env: { ...process.env, WRANGLER_SEND_METRICS: 'false', NO_COLOR: '1' },
+  });
+  if (build.status !== 0) throw new Error(`wrangler deploy --dry-run --config ${config} failed:\n${build.stderr || build.stdout}`);
+  let text = readFileSync(config, 'utf8');
+  const main = /^main\s*=\s*"([^"]+)"/m.exec(text)?.[1];
+  const assets = /^\[assets\][^[]*?^directory\s*=\s*"([^"]+)"/ms.exec(text)?.[1];
+  if (!main || !assets) throw new Error(`${config}: no main or [assets] directory to freeze`);
+  text = text
+    .replace(/^main\s*=.*$/m, `main = "build/${basename(main).replace(/\.[cm]?[jt]s$/, '.js')}"\nno_bundle = true`)
+    .replace(/^(\[assets\][^[]*?^directory\s*=\s*)"[^"]+"/ms, '$1"assets"');
+  for (const m of models) linkTree(resolve(dirname(config), assets, m), join(dir, 'assets', m));
+  writeFileSync(join(dir, 'wrangler.toml'), text);
+  return { config: join(dir, 'wrangler.toml'), dir };
+}
+
+/**
+ * Starts `wrangler dev --config <config>` on a free loopback port; `vars` become --var flags. With
+ * `freeze`, it runs a snapshot of the Worker and of those model folders (freezeWorker), removed at stop.
+ */
+export async function startWranglerDev(config: string, logFile: string, vars: Record<string, string> = {}, opts: { freeze?: { models: string[] } } = {}): Promise<WranglerDev> {
+  const frozen = opts.freeze ? freezeWorker(resolve(REPO_ROOT, config), opts.freeze.models) : null;
+  if (frozen) config = frozen.config;
   const port = await freeLoopbackPort();
   const out = openSync(logFile, 'w');
   const varArgs = Object.entries(vars).flatMap(([k, v]) => ['--var', `${k}:${v}`]);
@@ -74,6 +115,7 @@ export async function startWranglerDev(config: string, logFile: string, vars: Re
       kill();
       await new Promise((r) => (child.exitCode !== null ? r(null) : child.once('exit', r)));
       process.removeListener('exit', kill);
+      if (frozen) rmSync(frozen.dir, { recursive: true, force: true });
     },
   };
 }
