@@ -3,16 +3,28 @@ import { EngineError } from './errors.js';
 import { decodeRows, kvRowBytes, rowStore, type KvFormat, type RawRows, type RowStore } from './kv-rows.js';
 
 /**
- * Per-layer keys and values, one row per token index (token i sits at position i).
- * Row i of layer l is valid iff depth[i] > l; LazyLLM leaves the rows of deeper layers unwritten
- * for tokens it pruned, and fills them in if the token is revived later.
- * Rows are held in `format` (src/engine/kv-rows.ts) and always read and written as f32.
+ * Per-layer keys and values of the tokens computed at each layer. Token i has a row at layer l iff
+ * depth[i] > l; LazyLLM leaves the rows of deeper layers unwritten for tokens it pruned, and fills
+ * them in if the token is revived later.
+ *
+ * A layer's rows are kept in the order they were computed, not by position: the rows of layer l are
+ * rows 0..count(l)-1, and a revived token's row goes after the others. So what a step attends to at
+ * a layer is always a prefix of its rows, handed to the layer graph as a view (no copy); tokens of
+ * that prefix outside the step's active set are masked by position (`layerRows`). With nothing pruned
+ * the order is the positions' (row i is token i), as a plain KV cache.
+ * Rows are held in `format` (src/engine/kv-rows.ts) and always written as f32.
  */
 export class KVCache {
-  /** keys[l]: [capacity, kvDim] roped keys of layer l */
+  /** keys[l]: [capacity, kvDim] roped keys of layer l, row s belonging to token tokenAt[l][s] */
   private keys: RowStore[];
-  /** values[l]: [capacity, kvDim] values of layer l */
+  /** values[l]: [capacity, kvDim] values of layer l, rows as keys[l] */
   private values: RowStore[];
+  /** rowOf[l]: [capacity] the row of token i at layer l, -1 when it has none */
+  private rowOf: Int32Array[];
+  /** tokenAt[l]: [capacity] the token of row s of layer l, for s < counts[l] */
+  private tokenAt: Int32Array[];
+  /** [nLayers] rows written at each layer */
+  private counts: Int32Array;
   capacity: number;
 
   constructor(
@@ -24,6 +36,9 @@ export class KVCache {
     this.capacity = capacity;
     this.keys = Array.from({ length: nLayers }, () => rowStore(format, kvDim, capacity));
     this.values = Array.from({ length: nLayers }, () => rowStore(format, kvDim, capacity));
+    this.rowOf = Array.from({ length: nLayers }, () => new Int32Array(capacity).fill(-1));
+    this.tokenAt = Array.from({ length: nLayers }, () => new Int32Array(capacity));
+    this.counts = new Int32Array(nLayers);
   }
 
   /** Grows by doubling so that appending n tokens one at a time costs O(n) copies overall. */
@@ -32,6 +47,13 @@ export class KVCache {
     let cap = this.capacity;
     while (cap < n) cap *= 2;
     for (const s of [...this.keys, ...this.values]) s.grow(cap);
+    const grow = (a: Int32Array, fill: number) => {
+      const b = new Int32Array(cap).fill(fill);
+      b.set(a);
+      return b;
+    };
+    this.rowOf = this.rowOf.map((a) => grow(a, -1));
+    this.tokenAt = this.tokenAt.map((a) => grow(a, 0));
     this.capacity = cap;
   }
 
@@ -42,24 +64,88 @@ export class KVCache {
     return b;
   }
 
-  /** Writes rows k, v ([tokens.length, kvDim]) for the given tokens at layer l. */
+  /** Writes rows k, v ([tokens.length, kvDim]) for the given tokens at layer l; a token without a row there gets the next one. */
   write(l: number, tokens: Int32Array, k: Float32Array, v: Float32Array): void {
     const d = this.kvDim;
+    const rowOf = this.rowOf[l];
     for (let j = 0; j < tokens.length; j++) {
-      this.keys[l].write(tokens[j], k.subarray(j * d, (j + 1) * d));
-      this.values[l].write(tokens[j], v.subarray(j * d, (j + 1) * d));
+      const i = tokens[j];
+      let s = rowOf[i];
+      if (s < 0) {
+        s = this.counts[l]++;
+        rowOf[i] = s;
+        this.tokenAt[l][s] = i;
+      }
+      this.keys[l].write(s, k.subarray(j * d, (j + 1) * d));
+      this.values[l].write(s, v.subarray(j * d, (j + 1) * d));
     }
   }
 
-  /** Rows of the given ascending tokens at layer l as [tokens.length, kvDim] in the cache's format; views when contiguous from 0. */
+  /** The row of token i at layer l, -1 when it has none. */
+  rowIndex(l: number, i: number): number {
+    return this.rowOf[l][i];
+  }
+
+  /** Rows written at layer l. */
+  count(l: number): number {
+    return this.counts[l];
+  }
+
+  /**
+   * Every row of layer l, as the layer graph takes its past K/V: k, v [count, kvDim] views in the
+   * cache's format, and tokens [count] (a view) the token of each row. Valid until the next write.
+   */
+  layerRows(l: number): { k: RawRows; v: RawRows; tokens: Int32Array } {
+    const n = this.counts[l];
+    const prefix = this.prefix(n);
+    return { k: this.keys[l].take(prefix), v: this.values[l].take(prefix), tokens: this.tokenAt[l].subarray(0, n) };
+  }
+
+  /** [n] 0..n-1, shared and read-only: asks a row store for a view of its first n rows. */
+  private identity = new Int32Array(0);
+  private prefix(n: number): Int32Array {
+    if (this.identity.length < n) this.identity = Int32Array.from({ length: Math.max(n, 2 * this.identity.length) }, (_, i) => i);
+    return this.identity.subarray(0, n);
+  }
+
+  /** Rows of the given tokens at layer l, in their order, as [tokens.length, kvDim] in the cache's format: for tests and persistence. */
   gather(l: number, tokens: Int32Array): { k: RawRows; v: RawRows } {
-    return { k: this.keys[l].take(tokens), v: this.values[l].take(tokens) };
+    const rows = new Int32Array(tokens.length);
+    for (let j = 0; j < tokens.length; j++) {
+      rows[j] = this.rowOf[l][tokens[j]];
+      if (rows[j] < 0) throw new EngineError(`token ${tokens[j]} has no row at layer ${l}`, 'internal');
+    }
+    return { k: this.keys[l].take(rows), v: this.values[l].take(rows) };
   }
 
   /** Row i of layer l as f32 copies ([kvDim] each): for persistence and tests. */
   row(l: number, i: number): { k: Float32Array; v: Float32Array } {
-    const at = Int32Array.of(i);
-    return { k: decodeRows(this.keys[l].take(at), this.kvDim).slice(), v: decodeRows(this.values[l].take(at), this.kvDim).slice() };
+    const { k, v } = this.gather(l, Int32Array.of(i));
+    return { k: decodeRows(k, this.kvDim).slice(), v: decodeRows(v, this.kvDim).slice() };
+  }
+
+  /** Forgets the rows of tokens n.. at every layer; the others close up, in their order. */
+  truncate(n: number): void {
+    for (let l = 0; l < this.nLayers; l++) {
+      const rowOf = this.rowOf[l];
+      const tokenAt = this.tokenAt[l];
+      let kept = 0;
+      for (let s = 0; s < this.counts[l]; s++) {
+        const i = tokenAt[s];
+        if (i >= n) {
+          rowOf[i] = -1;
+          continue;
+        }
+        if (s !== kept) {
+          this.keys[l].move(kept, s);
+          this.values[l].move(kept, s);
+          tokenAt[kept] = i;
+          rowOf[i] = kept;
+        }
+        kept++;
+      }
+      this.counts[l] = kept;
+    }
   }
 }
 
@@ -188,6 +274,7 @@ export class SequenceState {
   truncate(n: number): void {
     if (n >= this.tokens.length) return;
     for (const i of this.auxEntries.keys()) if (i >= n) this.auxEntries.delete(i);
+    this.kv.truncate(n);
     this.depth.fill(0, n);
     this.tokens.length = n;
   }

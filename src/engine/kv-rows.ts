@@ -33,10 +33,12 @@ export interface RowStore {
   /** Encodes `src` ([width] f32) as row i. */
   write(i: number, src: Float32Array): void;
   /**
-   * The given ascending rows as stored ([tokens.length, width] in the format, a view when they are
+   * The given rows, in the order given, as stored ([tokens.length, width] in the format, a view when they are
    * rows 0..n-1), for the layer graph to decode itself: no f32 copy is made on this side.
    */
   take(tokens: Int32Array): RawRows;
+  /** Copies row `from` over row `to` as stored (no re-encoding): for compacting a layer's rows. */
+  move(to: number, from: number): void;
 }
 
 /** Rows in their stored format: what a layer graph takes as its past K or V. */
@@ -48,10 +50,13 @@ export type RawRows =
 /**
  * Copies the ascending `tokens`' rows of `src` ([capacity, width]) into a new array, one copy per
  * run of consecutive tokens (active sets keep long runs); a view when they are rows 0..n-1.
+ * The list may be in any order (a layer's rows are kept in the order they were computed, caches.ts).
  */
 function gatherRuns<T extends Float32Array | Uint16Array | Int8Array>(src: T, width: number, tokens: Int32Array, make: (n: number) => T): T {
   const n = tokens.length;
-  if (n === 0 || tokens[n - 1] === n - 1) return src.subarray(0, n * width) as T;
+  let prefix = true;
+  for (let j = 0; j < n && prefix; j++) prefix = tokens[j] === j;
+  if (prefix) return src.subarray(0, n * width) as T;
   const out = make(n * width);
   for (let j = 0; j < n; ) {
     let e = j + 1;
@@ -91,6 +96,9 @@ class F32Rows implements RowStore {
   }
   write(i: number, src: Float32Array) {
     this.data.set(src, i * this.width);
+  }
+  move(to: number, from: number) {
+    this.data.copyWithin(to * this.width, from * this.width, (from + 1) * this.width);
   }
   take(tokens: Int32Array): RawRows {
     return { format: 'f32', data: gatherRuns(this.data, this.width, tokens, (n) => new Float32Array(n)) };
@@ -149,6 +157,9 @@ class F16Rows implements RowStore {
     const o = i * this.width;
     for (let j = 0; j < this.width; j++) this.data[o + j] = f32ToF16Bits(src[j]);
   }
+  move(to: number, from: number) {
+    this.data.copyWithin(to * this.width, from * this.width, (from + 1) * this.width);
+  }
   take(tokens: Int32Array): RawRows {
     return { format: 'f16', data: gatherRuns(this.data, this.width, tokens, (n) => new Uint16Array(n)) };
   }
@@ -184,6 +195,10 @@ class Int8Rows implements RowStore {
     const o = i * this.width;
     for (let j = 0; j < this.width; j++) this.data[o + j] = Math.round(src[j] * inv);
     this.scales[i] = scale;
+  }
+  move(to: number, from: number) {
+    this.data.copyWithin(to * this.width, from * this.width, (from + 1) * this.width);
+    this.scales[to] = this.scales[from];
   }
   take(tokens: Int32Array): RawRows {
     return { format: 'int8', data: gatherRuns(this.data, this.width, tokens, (n) => new Int8Array(n)), scales: gatherRuns(this.scales, 1, tokens, (n) => new Float32Array(n)) };

@@ -91,19 +91,6 @@ export function prefillChunks(q: number, keys: number, nHeads: number, window: n
   return Math.max(1, Math.round(q / PREFILL_CHUNK), Math.ceil(q / rowsCap));
 }
 
-function concatIdx(a: Int32Array, b: Int32Array): Int32Array {
-  const out = new Int32Array(a.length + b.length);
-  out.set(a);
-  out.set(b, a.length);
-  return out;
-}
-
-/**
- * Runs layer l for `queries` (hidden states x [q, dim]) against the cached K/V of `context`, in
- * chunks of about PREFILL_CHUNK queries; writes the queries' K/V rows into the cache, whose layer
- * l is its row `l - range.start`. Returns the new hidden states [q, dim] and the last query's
- * attention over [context..., queries...].
- */
 const NONE = { f32: new Float32Array(0), f16: new Uint16Array(0), i8: new Int8Array(0) };
 
 /** The past K/V inputs of a layer graph for n rows held in `k.format`: those rows in its inputs, the other forms empty. */
@@ -122,6 +109,20 @@ function pastFeeds(k: RawRows, v: RawRows, n: number, kvDim: number): Record<str
   };
 }
 
+/**
+ * The position given to a cached key the step does not attend to: beyond every query's, so the
+ * graph's causal mask (key position <= query position) hides it and its weight is exactly 0.
+ */
+export const MASKED_POS = 2 ** 30;
+
+/**
+ * Runs layer l for `queries` (hidden states x [q, dim]) against the cached K/V of `context`, in
+ * chunks of about PREFILL_CHUNK queries; writes the queries' K/V rows into the cache, whose layer
+ * l is its row `l - range.start`. The keys are every row the layer holds (a view, in the order
+ * computed, see KVCache), those of tokens outside `context` masked by position, followed by the
+ * queries. Returns the new hidden states [q, dim], the last query's attention over [the layer's
+ * `past` rows before this step..., queries...], and `past`.
+ */
 async function runLayer(
   part: ModelPart,
   seq: SequenceState,
@@ -130,24 +131,35 @@ async function runLayer(
   queries: Int32Array,
   context: Int32Array,
   attnRows: BigInt64Array,
-): Promise<{ y: Float32Array; attn: Float32Array }> {
+): Promise<{ y: Float32Array; attn: Float32Array; past: number }> {
   const { dim, kvDim } = part.config;
   const lk = l - part.layerRange.start;
   const q = queries.length;
-  const chunks = prefillChunks(q, context.length + q, part.config.nHeads, Number(attnRows[0]));
+  const held = seq.kv.layerRows(lk).tokens; // [past]
+  const past = held.length;
+  if (past < context.length) throw new EngineError(`layer ${l} holds ${past} rows for a context of ${context.length}`, 'internal');
+  // [past + q] the rows' positions, masked outside the context, then the queries' (chunk j sees chunks < j as keys)
+  const keyPos = new Float32Array(past + q);
+  if (context.length === past) for (let s = 0; s < past; s++) keyPos[s] = held[s];
+  else {
+    keyPos.fill(MASKED_POS, 0, past);
+    for (let j = 0; j < context.length; j++) keyPos[seq.kv.rowIndex(lk, context[j])] = context[j];
+  }
+  for (let j = 0; j < q; j++) keyPos[past + j] = queries[j];
+  const chunks = prefillChunks(q, past + q, part.config.nHeads, Number(attnRows[0]));
   let y: Float32Array = new Float32Array(0);
   let attn: Float32Array = new Float32Array(0);
   for (let c = 0; c < chunks; c++) {
     const a = Math.floor((c * q) / chunks);
     const b = Math.floor(((c + 1) * q) / chunks);
-    const keysBefore = a === 0 ? context : concatIdx(context, queries.subarray(0, a));
-    const past = seq.kv.gather(lk, keysBefore);
+    const rows = seq.kv.layerRows(lk); // the earlier chunks' rows were appended after the past ones
+    if (rows.tokens.length !== past + a) throw new EngineError(`layer ${l} holds ${rows.tokens.length} rows, expected ${past + a}`, 'internal');
     const out = await part.layers[lk].run({
       [LAYER_IO.inputs.x]: { data: x.subarray(a * dim, b * dim), dims: [b - a, dim] },
-      [LAYER_IO.inputs.pos]: { data: Float32Array.from(queries.subarray(a, b)), dims: [b - a] },
-      ...pastFeeds(past.k, past.v, keysBefore.length, kvDim),
+      [LAYER_IO.inputs.pos]: { data: keyPos.slice(past + a, past + b), dims: [b - a] },
+      ...pastFeeds(rows.k, rows.v, past + a, kvDim),
       [LAYER_IO.inputs.attnRows]: { data: attnRows, dims: [1] },
-      [LAYER_IO.inputs.pastPos]: { data: Float32Array.from(keysBefore), dims: [keysBefore.length] },
+      [LAYER_IO.inputs.pastPos]: { data: keyPos.subarray(0, past + a), dims: [past + a] },
     });
     const yc = out[LAYER_IO.outputs.y].data as Float32Array;
     if (chunks === 1) y = yc;
@@ -158,7 +170,7 @@ async function runLayer(
     seq.kv.write(lk, queries.subarray(a, b), out[LAYER_IO.outputs.k].data as Float32Array, out[LAYER_IO.outputs.v].data as Float32Array);
     attn = out[LAYER_IO.outputs.attnLast].data as Float32Array; // the last chunk's is the last query's
   }
-  return { y, attn };
+  return { y, attn, past };
 }
 
 function range(a: number, b: number): Int32Array {
@@ -271,14 +283,17 @@ export async function runLayers(part: ModelPart, seq: SequenceState, into: Front
     }
     opts.trace?.(l, queries.slice(), Int32Array.from(revived));
 
-    const { y, attn } = await runLayer(part, seq, l, x, queries, context, attnRows);
+    const { y, attn, past } = await runLayer(part, seq, l, x, queries, context, attnRows);
     for (const i of queries) seq.deepen(i, lk + 1);
 
-    // attn_last is over keys [context..., queries...]; realign it with `active` by merging the two
-    // ascending lists. Only a later pruning layer reads the scores.
+    // attn_last is over keys [the layer's past rows..., queries...]; realign it with `active` (the
+    // ascending merge of context and queries). Only a later pruning layer reads the scores.
     if (opts.schedule?.prune.some((p) => p.layer > l)) {
       const sc = new Float32Array(m);
-      for (let j = 0, cj = 0, qj = 0; j < m; j++) sc[j] = cj < c && context[cj] === active[j] ? attn[cj++] : attn[c + qj++];
+      for (let j = 0, cj = 0, qj = 0; j < m; j++) {
+        if (cj < c && context[cj] === active[j]) sc[j] = attn[seq.kv.rowIndex(lk, context[cj++])];
+        else sc[j] = attn[past + qj++];
+      }
       scores = sc;
     } else scores = null;
 
@@ -290,7 +305,7 @@ export async function runLayers(part: ModelPart, seq: SequenceState, into: Front
     stats.revivedPerLayer.push(revived.length);
     stats.activePerLayer.push(active.length);
     stats.revived += revived.length;
-    stats.flops += layerFlops(cfg, q, active.length);
+    stats.flops += layerFlops(cfg, q, past + q); // the keys the graph ran over, masked ones included
     stats.denseFlops += layerFlops(cfg, into.newTokens.length, n);
   }
   stats.auxEntries = seq.aux.size;
