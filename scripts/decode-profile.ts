@@ -1,5 +1,5 @@
 /**
- * npm run decode-profile -- [--model DIR] [--tokens 2048] [--decode 32] [--schedules dense,default,<spec>...] [--text FILE] [--json]
+ * npm run decode-profile -- [--model DIR] [--tokens 2048] [--decode 32] [--windows 8,32] [--schedules dense,default,<spec>...] [--text FILE] [--json]
  *
  * Where a decode step's time goes, dense against lazy schedules, side by side on one prompt: for each
  * schedule, a prefill of --tokens tokens of text, then --decode greedy steps. Per schedule: decode
@@ -7,6 +7,10 @@
  * (over all layers); and the step's time split into the layer graphs' runs, the embedding and head
  * runs, and what remains on the JavaScript side (selection, realignment, gathers and copies). The
  * schedules run interleaved, one decode step each in turn, so the machine's load falls on all alike.
+ * --windows N,M also reports tokens/s over the first N (M, ...) steps: with LazyLLM's semantics the
+ * first steps after a pruned prefill revive most of what it skipped, so the rate depends on the reply
+ * length; `end_to_end_ms` (prefill + every step) is what a whole reply costs, which the paper's
+ * "each token computed at most once per layer" bounds by dense's.
  * Progress on stderr; --json prints one object on stdout.
  */
 import { readFileSync } from 'node:fs';
@@ -47,6 +51,7 @@ async function main() {
       model: { type: 'string' },
       tokens: { type: 'string', default: '2048' },
       decode: { type: 'string', default: '32' },
+      windows: { type: 'string', default: '' },
       schedules: { type: 'string', default: 'dense,default,default+revive:8,default+revive:0' },
       text: { type: 'string', default: resolve(REPO_ROOT, '../shared/data/mpl-2.0.txt') },
       json: { type: 'boolean', default: false },
@@ -55,6 +60,8 @@ async function main() {
   const tokens = Number(values.tokens);
   const decode = Number(values.decode);
   if (!Number.isInteger(tokens) || tokens < 2 || !Number.isInteger(decode) || decode < 1) fail('--tokens and --decode take positive integers');
+  const windows = values.windows === '' ? [] : values.windows.split(',').map(Number);
+  for (const w of windows) if (!(Number.isInteger(w) && w >= 1 && w <= decode)) fail(`--windows: each must be an integer from 1 to --decode (${decode}), got ${values.windows}`);
   let text: string;
   try {
     text = readFileSync(values.text, 'utf8');
@@ -110,6 +117,8 @@ async function main() {
       schedule: s.name,
       prefill_ms: runs[k].prefillMs,
       decode_tok_s: (st.length * 1000) / total,
+      decode_tok_s_first: Object.fromEntries(windows.map((w) => [w, (w * 1000) / st.slice(0, w).reduce((a, x) => a + x.ms, 0)])),
+      end_to_end_ms: runs[k].prefillMs + total,
       step_ms: mean(st.map((x) => x.ms)),
       layer_runs_ms: mean(st.map((x) => x.layersMs)),
       vocab_runs_ms: mean(st.map((x) => x.vocabMs)),
@@ -124,10 +133,11 @@ async function main() {
   for (const r of rows) {
     progress(
       `${r.schedule}: decode ${r.decode_tok_s.toFixed(1)} tok/s (${(r.decode_tok_s / d.decode_tok_s).toFixed(2)}x ${d.schedule}); step ${r.step_ms.toFixed(1)} ms = layers ${r.layer_runs_ms.toFixed(1)} + embed/head ${r.vocab_runs_ms.toFixed(1)} + JS ${r.js_side_ms.toFixed(1)}; ` +
-        `revived ${r.revived_per_step.toFixed(1)}/step (first steps ${r.revived_first_8.join(' ')}), ${r.query_rows_per_step.toFixed(0)} query rows/step`,
+        `revived ${r.revived_per_step.toFixed(1)}/step (first steps ${r.revived_first_8.join(' ')}), ${r.query_rows_per_step.toFixed(0)} query rows/step; ` +
+        `${Object.entries(r.decode_tok_s_first).map(([w, v]) => `first ${w}: ${v.toFixed(1)} tok/s; `).join('')}prefill + decode ${(r.end_to_end_ms / 1000).toFixed(2)} s`,
     );
   }
-  const out = { model: model.manifest.name, quant: `${model.quant.format}/${model.quant.kernel}`, kv_format: model.config.kvFormat, tokens, decode, rows };
+  const out = { model: model.manifest.name, quant: `${model.quant.format}/${model.quant.kernel}`, kv_format: model.config.kvFormat, tokens, decode, windows, rows };
   process.stdout.write(values.json ? `${JSON.stringify(out)}\n` : `${JSON.stringify(out, null, 2)}\n`);
 }
 

@@ -1,5 +1,5 @@
 /**
- * npm run eval -- --data FILE [--tokens 512,1024] [--schedule SPEC] [--prompts N] [--next N]
+ * npm run eval -- --data FILE [--tokens 512,1024] [--schedule SPEC] [--prompts N] [--next N] [--continuation N (0: none)]
  *                 [--reps N] [--model DIR] [--json]
  * npm run eval -- --model DIR --tasks passkey,passkey-distractors,mdqa [--tokens 1024,2048,4096]
  *                 [--prompts N] [--seed S] [--filler FILE,...] [--schedule SPEC] [--json]
@@ -48,7 +48,8 @@ async function main(): Promise<void> {
   const lengths = values.tokens.split(',').map((t) => positiveInt('tokens', t.trim()));
   const prompts = positiveInt('prompts', values.prompts);
   const nextTokens = positiveInt('next', values.next);
-  const opts = { continuation: positiveInt('continuation', values.continuation), reps: positiveInt('reps', values.reps) };
+  const continuation = values.continuation === '0' ? 0 : positiveInt('continuation', values.continuation); // 0: no greedy continuation (saves two prefills a prompt)
+  const opts = { continuation, reps: positiveInt('reps', values.reps) };
   const model = await loadModelFromDir(values.model ?? (await ensureDefaultShards(progress)), { contextTokens: Math.max(...lengths) + nextTokens + 64 });
   const cfg = model.config;
   const schedule = validateSchedule(values.schedule ? parseSchedule(values.schedule) : defaultSchedule(cfg.nLayers), cfg.nLayers);

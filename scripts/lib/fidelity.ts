@@ -97,18 +97,23 @@ export async function evaluateCase(model: LoadedModel, c: PromptCase, schedule: 
     tl.push((await prefill(model, c.prompt, schedule)).ms);
     td.push((await prefill(model, c.prompt, null)).ms);
   }
-  // Continuations and perplexity continue from fresh prefills so that each mode carries its own caches.
-  const gDense = await greedy(model, dense.seq, dense.logits, opts.continuation, null);
-  const gLazy = await greedy(model, lazy.seq, lazy.logits, opts.continuation, schedule);
+  // Continuations and perplexity continue from fresh prefills so that each mode carries its own caches;
+  // with no continuation asked (0), perplexity continues from the first prefills (long prompts: half the prefills).
   let agree = 0;
-  while (agree < gDense.length && gDense[agree] === gLazy[agree]) agree++;
-  const d2 = await prefill(model, c.prompt, null);
-  const l2 = await prefill(model, c.prompt, schedule);
+  let [d2, l2] = [dense, lazy];
+  if (opts.continuation > 0) {
+    const gDense = await greedy(model, dense.seq, dense.logits, opts.continuation, null);
+    const gLazy = await greedy(model, lazy.seq, lazy.logits, opts.continuation, schedule);
+    while (agree < gDense.length && gDense[agree] === gLazy[agree]) agree++;
+    d2 = await prefill(model, c.prompt, null);
+    l2 = await prefill(model, c.prompt, schedule);
+  }
   return {
     tokens: c.prompt.length,
     first_token_agree: argmax(dense.logits) === argmax(lazy.logits),
     kl: klDivergence(dense.logits, lazy.logits),
-    continuation_agreement: agree / opts.continuation,
+    /** NaN (null in JSON) when no continuation was asked */
+    continuation_agreement: opts.continuation > 0 ? agree / opts.continuation : NaN,
     nll_dense: await teacherForcedNll(model, d2.seq, d2.logits, c.next, null),
     nll_lazy: await teacherForcedNll(model, l2.seq, l2.logits, c.next, schedule),
     ttft_dense_ms: median(td),

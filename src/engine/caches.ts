@@ -57,10 +57,11 @@ export class KVCache {
     this.capacity = cap;
   }
 
-  /** Bytes the rows take at the current capacity. */
+  /** Bytes the rows take at the current capacity, with the two row indexes (8 bytes per token and layer). */
   get bytes(): number {
     let b = 0;
     for (const s of [...this.keys, ...this.values]) b += s.bytes;
+    for (const a of [...this.rowOf, ...this.tokenAt]) b += a.byteLength;
     return b;
   }
 

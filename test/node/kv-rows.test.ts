@@ -23,6 +23,13 @@ function randomRows(n: number, width: number, seed: number, scale = 4): Float32A
   return a;
 }
 
+/** A row as a store of `format` holds it, decoded: what reading it back must give. */
+function rowStoreRoundTrip(format: KvFormat, r: Float32Array) {
+  const s = rowStore(format, r.length, 1);
+  s.write(0, r);
+  return s.take(Int32Array.of(0));
+}
+
 describe('f16 encoding', () => {
   it('agrees with the independent half decoder (ggml-quants, bit-exact against gguf) on every finite half', () => {
     for (let h = 0; h < 0x10000; h++) {
@@ -104,7 +111,39 @@ describe('KV row formats', () => {
         expect(gk.subarray(j * width, (j + 1) * width)).toEqual(r.k);
         expect(gv.subarray(j * width, (j + 1) * width)).toEqual(r.v);
       }
-      expect(kv.bytes).toBe(2 * 2 * kv.capacity * kvRowBytes(format, width));
+      expect(kv.bytes).toBe(2 * kv.capacity * (2 * kvRowBytes(format, width) + 2 * 4)); // K and V rows, and two Int32 row indexes, per layer
+    }
+  });
+
+  it('KVCache keeps each layer\'s rows in the order computed, as a view, and truncate closes them up', () => {
+    for (const format of KV_FORMATS) {
+      const kv = new KVCache(2, width, format, 4);
+      kv.reserve(8);
+      const keys = randomRows(8, width, 7);
+      const vals = randomRows(8, width, 8);
+      const row = (a: Float32Array, i: number) => a.subarray(i * width, (i + 1) * width);
+      // layer 1 computes tokens 0, 2, 5 (a pruned prefill), then 7 (a decode step), then 3 and 1 (revived)
+      const order = [0, 2, 5, 7, 3, 1];
+      for (const i of order) kv.write(1, Int32Array.of(i), row(keys, i).slice(), row(vals, i).slice());
+      const all = kv.layerRows(1);
+      expect([...all.tokens]).toEqual(order);
+      expect(kv.count(1)).toBe(6);
+      expect(kv.count(0)).toBe(0);
+      const ks = decodeRows(all.k, width);
+      for (const [s, i] of order.entries()) {
+        expect(kv.rowIndex(1, i)).toBe(s);
+        expect(ks.subarray(s * width, (s + 1) * width)).toEqual(kv.row(1, i).k);
+      }
+      expect(kv.rowIndex(1, 4)).toBe(-1);
+      expect(() => kv.gather(1, Int32Array.of(4))).toThrow(/no row/);
+      const before = new Map(order.map((i) => [i, kv.row(1, i)]));
+      kv.truncate(4); // forgets 5 and 7: the others close up in their order, rows unchanged (no re-encoding)
+      expect([...kv.layerRows(1).tokens]).toEqual([0, 2, 3, 1]);
+      for (const i of [0, 2, 3, 1]) expect(kv.row(1, i)).toEqual(before.get(i));
+      expect(kv.rowIndex(1, 5)).toBe(-1);
+      kv.write(1, Int32Array.of(5), row(keys, 6).slice(), row(vals, 6).slice()); // index 5 appended again
+      expect(kv.rowIndex(1, 5)).toBe(4);
+      expect(kv.row(1, 5).k).toEqual(decodeRows(rowStoreRoundTrip(format, row(keys, 6)), width));
     }
   });
 });
