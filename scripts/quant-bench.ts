@@ -60,6 +60,7 @@ import { BpeTokenizer } from '../src/model/bpe-tokenizer.js';
 import { locateServedGguf, sha256File } from './lib/served-model.js';
 import { basename, resolve } from 'node:path';
 import { median } from './lib/stats.js';
+import { peakJob, runPeakChild, type PeakChildJob, type PeakResult } from './lib/quant-bench-peak.js';
 
 // The parts: lib/quant-bench-models.ts (what is measured), lib/quant-bench-child.ts (one model in one
 // strategy, in its own process), lib/quant-bench-report.ts (docs/QUANTIZATION.md). Here: the orchestrator.
@@ -151,8 +152,8 @@ async function main(): Promise<void> {
     },
   });
   if (values.child) {
-    const job = JSON.parse(readFileSync(values.child, 'utf8')) as ChildJob | GgufChildJob;
-    const result = job.kind === 'gguf' ? await runGgufChild(job, initNodeRuntime) : await runChild(job);
+    const job = JSON.parse(readFileSync(values.child, 'utf8')) as ChildJob | GgufChildJob | PeakChildJob;
+    const result = job.kind === 'gguf' ? await runGgufChild(job, initNodeRuntime) : job.kind === 'peak' ? await runPeakChild(job, initNodeRuntime) : await runChild(job);
     process.stdout.write(`${JSON.stringify(result)}\n`);
     process.exit(0); // onnxruntime's wasm keeps the event loop alive
   }
@@ -328,6 +329,9 @@ async function ggufMain(values: { gguf?: string; model?: string; configs?: strin
   const windows = FIDELITY_TEXTS.map((t) => tok.encode(text(t)).slice(0, FIDELITY_TOKENS));
 
   const baseline = (await spawnChild({ kind: 'runtime', dir: '', fold: true, lengths: [], reps: {}, decode: 0, prompts: {}, pplWindows: [], warmup: [] }, 'runtime')) as { heapMb: number };
+  // The wasm MatMul peak on the layers' shapes, in this run, for the prefills to be read against (quant-bench-peak.ts).
+  progress('MatMul peak on the layer shapes');
+  const peak = (await spawnChild(peakJob(cfg) as unknown as ChildJob, 'matmul-peak')) as PeakResult;
   const rows: GgufRow[] = [];
   const referenceFile = join(cache, 'reference-logprobs.f32');
   for (const c of configs.sort((a, b) => (a.id === 'dequant' ? -1 : b.id === 'dequant' ? 1 : 0))) {
@@ -336,7 +340,7 @@ async function ggufMain(values: { gguf?: string; model?: string; configs?: strin
     const job: GgufChildJob = { kind: 'gguf', dir, prompt, windows, referenceFile, reference: c.id === 'dequant', reps };
     const result = (await spawnChild(job as unknown as ChildJob, `gguf-${c.id}`)) as GgufChildResult;
     const m = JSON.parse(readFileSync(join(dir, 'manifest.json'), 'utf8'));
-    rows.push({ id: c.id, kernel: c.kernel, what: c.what, headParts: m.files.head.length, shardMb: shardBytes(dir) / MB, bytes: ggufWeightBytes(cfg, kernelsOf(c)), nLayers: cfg.nLayers, result });
+    rows.push({ id: c.id, kernel: c.kernel, what: c.what, headParts: m.files.head.length, shardMb: shardBytes(dir) / MB, bytes: ggufWeightBytes(cfg, kernelsOf(c)), nLayers: cfg.nLayers, result, peak });
   }
   const ortVersion = JSON.parse(readFileSync(join(REPO_ROOT, 'node_modules/onnxruntime-web/package.json'), 'utf8')).version as string;
   const argv = process.argv.slice(2).filter((a) => a !== '--json');
@@ -349,6 +353,7 @@ async function ggufMain(values: { gguf?: string; model?: string; configs?: strin
     machine: { cpus: cpus().length, cpuModel: cpus()[0]?.model ?? '?', node: process.version, onnxruntimeWeb: ortVersion, loadPerCoreStart: loadStart, loadPerCoreEnd: loadPerCore() },
     runtimeHeapMb: baseline.heapMb,
     kvPerTokenF32: cfg.nLayers * 2 * cfg.kvDim * 4,
+    config: cfg,
     rows,
   };
   const saved = join(cache, 'report.json');

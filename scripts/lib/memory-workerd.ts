@@ -23,15 +23,21 @@ interface FillAnswer {
   wasm_bytes: number;
   kv_cache_bytes: number;
   tokens: number;
+  estimate_bytes: MemoryReport['estimate_bytes'];
   error?: string;
 }
 
-export async function measureInWorkerd(o: { dir: string; context: number; kv: KvFormat; text: string; log: (m: string) => void }): Promise<MemoryReport> {
+const FILL_STEP = 2048;
+
+/** One report per context in `o.contexts` (ascending): the model loaded once at the largest, the cache filled in steps. */
+export async function measureInWorkerd(o: { dir: string; contexts: readonly number[]; kv: KvFormat; text: string; log: (m: string) => void }): Promise<MemoryReport[]> {
   const name = basename(resolve(o.dir));
   if (resolve(o.dir) !== join(SHARDS_ROOT, name)) fail(`--runtime workerd serves shards from ${SHARDS_ROOT}: --model must be a directory there`);
   mkdirSync(join(REPO_ROOT, '.bench-cache'), { recursive: true });
   const logFile = join(REPO_ROOT, '.bench-cache', 'memory-workerd.log');
-  const dev = await startWranglerDev('scripts/memory-workerd/wrangler.toml', logFile);
+  // LAZY_EDGE_ASSET_READ_MB_PER_S slows the shard reads further on a loaded machine (wrangler's asset service runs out of descriptors)
+  const pace = process.env.LAZY_EDGE_ASSET_READ_MB_PER_S;
+  const dev = await startWranglerDev('scripts/memory-workerd/wrangler.toml', logFile, pace ? { ASSET_READ_MB_PER_S: pace } : {});
   o.log(`workerd: wrangler dev (pid ${dev.child.pid}) on ${dev.base}, log ${logFile}`);
   try {
     await waitReady(`${dev.base}/noop`, dev.child, 180_000);
@@ -39,41 +45,50 @@ export async function measureInWorkerd(o: { dir: string; context: number; kv: Kv
     if (!pids.length) fail('no workerd process found under wrangler dev');
     const read = () => pids.map(residentBytes);
     const before = read();
-    o.log(`loading ${name} in workerd (context ${o.context}, KV ${o.kv})`);
-    const load = (await (await fetch(`${dev.base}/load?model=${encodeURIComponent(name)}&context=${o.context}&kv=${o.kv}`)).json()) as LoadAnswer;
+    const context = o.contexts[o.contexts.length - 1];
+    o.log(`loading ${name} in workerd (context ${context}, KV ${o.kv})`);
+    const load = (await (await fetch(`${dev.base}/load?model=${encodeURIComponent(name)}&context=${context}&kv=${o.kv}`)).json()) as LoadAnswer;
     if (load.error) throw new Error(`workerd /load: ${load.error}`);
     const afterLoad = read();
-    o.log(`prefilling ${o.context} tokens in workerd`);
-    const res = await fetch(`${dev.base}/fill`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ model: name, context: o.context, kv: o.kv, text: o.text }) });
-    const fill = (await res.json()) as FillAnswer;
-    if (fill.error) throw new Error(`workerd /fill: ${fill.error}`);
-    const afterFill = read();
-    // The Worker's runtime is the workerd whose resident set grew; wrangler's entry proxy barely moves.
-    let k = 0;
-    for (let i = 1; i < pids.length; i++) if (afterFill[i].rss - before[i].rss > afterFill[k].rss - before[k].rss) k = i;
-    const base = before[k].rss;
-    const steady = afterFill[k].rss - base;
-    return {
-      runtime: 'workerd',
-      model: name,
-      context: fill.tokens,
-      kv_format: o.kv,
-      quant: load.quant,
-      load_peak_bytes: afterLoad[k].hwm - base,
-      steady_bytes: steady,
-      wasm_bytes: fill.wasm_bytes,
-      js_heap_bytes: fill.kv_cache_bytes,
-      fill_peak_bytes: afterFill[k].hwm - base,
-      wasm_after_load_bytes: load.wasm_bytes,
-      kv_cache_bytes: fill.kv_cache_bytes,
-      estimate_bytes: load.estimate_bytes,
-      deployed_isolate_bytes: DEFAULT_MEMORY_BUDGET_BYTES,
-      fits_deployed_isolate: afterFill[k].hwm - base <= DEFAULT_MEMORY_BUDGET_BYTES,
-      measured_in:
-        'workerd: wasm = WebAssembly.Memory size inside the isolate; js_heap_bytes = the KV and Aux caches\' bytes (workerd exposes no JS heap figure); ' +
-        'load_peak/steady/fill_peak = the workerd process\'s VmHWM/VmRSS from /proc net of its VmRSS before loading (they include workerd\'s own allocations for the isolate)',
-      workerd_rss_before_bytes: base,
-    };
+    const out: MemoryReport[] = [];
+    for (const upTo of o.contexts) {
+      // In steps of at most FILL_STEP tokens: one request per step stays well inside fetch's 300 s header timeout.
+      let fill: FillAnswer | undefined;
+      for (let at = Math.min(upTo, (out.at(-1)?.context ?? 0) + FILL_STEP); ; at = Math.min(upTo, at + FILL_STEP)) {
+        o.log(`prefilling to ${at} tokens in workerd`);
+        const res = await fetch(`${dev.base}/fill`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ model: name, context, kv: o.kv, text: o.text, upTo: at }) });
+        fill = (await res.json()) as FillAnswer;
+        if (fill.error) throw new Error(`workerd /fill: ${fill.error}`);
+        if (at === upTo) break;
+      }
+      const afterFill = read();
+      // The Worker's runtime is the workerd whose resident set grew; wrangler's entry proxy barely moves.
+      let k = 0;
+      for (let i = 1; i < pids.length; i++) if (afterFill[i].rss - before[i].rss > afterFill[k].rss - before[k].rss) k = i;
+      const base = before[k].rss;
+      out.push({
+        runtime: 'workerd',
+        model: name,
+        context: fill.tokens,
+        kv_format: o.kv,
+        quant: load.quant,
+        load_peak_bytes: afterLoad[k].hwm - base,
+        steady_bytes: afterFill[k].rss - base,
+        wasm_bytes: fill.wasm_bytes,
+        js_heap_bytes: fill.kv_cache_bytes,
+        fill_peak_bytes: afterFill[k].hwm - base,
+        wasm_after_load_bytes: load.wasm_bytes,
+        kv_cache_bytes: fill.kv_cache_bytes,
+        estimate_bytes: fill.estimate_bytes,
+        deployed_isolate_bytes: DEFAULT_MEMORY_BUDGET_BYTES,
+        fits_deployed_isolate: afterFill[k].hwm - base <= DEFAULT_MEMORY_BUDGET_BYTES,
+        measured_in:
+          'workerd: wasm = WebAssembly.Memory size inside the isolate; js_heap_bytes = the KV and Aux caches\' bytes (workerd exposes no JS heap figure); ' +
+          'load_peak/steady/fill_peak = the workerd process\'s VmHWM/VmRSS from /proc net of its VmRSS before loading (they include workerd\'s own allocations for the isolate)',
+        workerd_rss_before_bytes: base,
+      });
+    }
+    return out;
   } finally {
     await dev.stop();
   }

@@ -19,6 +19,8 @@ import { HEAD_IO } from '../../src/model/shard-io.js';
 import { threadCpuMs } from './bench-clock.js';
 import { readBytes } from './node-env.js';
 import { argmax, logSoftmax } from './stats.js';
+import type { ModelConfig } from '../../src/model/config.js';
+import { prefillFlops, type PeakResult } from './quant-bench-peak.js';
 
 export interface GgufConfig {
   id: string;
@@ -209,6 +211,8 @@ export interface GgufRow {
   ref?: { prefillCpuMs: Record<string, number>; decodeTokS: number };
   /** which run of a merged report measured the row (1 = the earliest) */
   run?: number;
+  /** the wasm MatMul peak measured in the row's own run (absent in runs before it was measured) */
+  peak?: PeakResult;
 }
 
 export interface GgufReport {
@@ -221,6 +225,8 @@ export interface GgufReport {
   runtimeHeapMb: number;
   /** KV cache bytes per token of context in f32, every layer: nLayers × 2 × kvDim × 4 */
   kvPerTokenF32: number;
+  /** the model's config (for the prefill FLOPs; absent in reports before the peak row) */
+  config?: ModelConfig;
   rows: GgufRow[];
 }
 
@@ -301,10 +307,47 @@ it includes what loading needs only for a moment (a shard's bytes copied in whil
 |${bytesHead.map(() => '---').join('|')}|
 ${bytesLines.map((l) => `| ${l} |`).join('\n')}
 
+${peakSection(rep)}
+
 ${ggufReasoning(rep)}
 
 KV cache per token of context (all layers): ${rep.kvPerTokenF32} B in f32, ${rep.kvPerTokenF32 / 2} B in f16, a quarter plus a scale per row in int8 (src/engine/kv-rows.ts).
 ${SECTION_END}`;
+}
+
+/**
+ * Prefill against the wasm MatMul peak of the same run: each configuration's dense prefill GFLOP/s (weight MatMuls,
+ * causal attention and the last token's classifier, quant-bench-peak.ts prefillFlops, over on-CPU time) as a
+ * fraction of the best f32 MatMul on the layer shapes. Rows measured in a run without the peak read –.
+ */
+function peakSection(rep: GgufReport): string {
+  const withPeak = rep.rows.filter((r) => r.peak);
+  if (!withPeak.length || !rep.config) return '';
+  const cfg = rep.config;
+  const p = withPeak.at(-1)!.peak!;
+  const shapes = p.shapes.map((s) => `${s.name} [${s.m}×${s.k}]×[${s.k}×${s.n}] ${f(s.gflops, 2)}`).join(', ');
+  const lens = PREFILL_LENGTHS;
+  const head = ['configuration', ...lens.map((n) => `prefill ${n}: GFLOP/s (of it weights)`), ...lens.map((n) => `fraction of the peak at ${n}`), 'the run\'s peak GFLOP/s'];
+  const lines = rep.rows.map((r) => {
+    const g = (n: number) => prefillFlops(cfg, n).total / (r.result.prefillCpuMs[n] * 1e6);
+    const w = (n: number) => prefillFlops(cfg, n).weights / prefillFlops(cfg, n).total;
+    return [
+      `${r.id}${r.run ? ` (run ${r.run})` : ''}`,
+      ...lens.map((n) => `${f(g(n), 2)} (${f(100 * w(n), 0)}%)`),
+      ...lens.map((n) => (r.peak ? `**${f((100 * g(n)) / r.peak.peakGflops, 0)}%**` : '–')),
+      r.peak ? f(r.peak.peakGflops, 2) : '–',
+    ].join(' | ');
+  });
+  return `### Prefill against the wasm MatMul peak (same run)
+
+The peak: one f32 MatMul graph per layer shape, the weight an initializer (prepacked by MLAS as in the \`dequant\` build), ${p.rows} rows
+(the engine's prefill chunk), best on-CPU run of each, one wasm thread: ${shapes} GFLOP/s; the peak is the best shape,
+${f(p.peakGflops, 2)} GFLOP/s (a layer's four MatMuls together: ${f(p.layerGflops, 2)}). A prefill's FLOPs count the layers' weight MatMuls,
+causal attention (2 × 2 × dim per query and key) and the last token's classifier (quant-bench-peak.ts \`prefillFlops\`), over the prefill's on-CPU time.
+
+| ${head.join(' | ')} |
+|${head.map(() => '---').join('|')}|
+${lines.map((l) => `| ${l} |`).join('\n')}`;
 }
 
 /** The paragraphs that read the GGUF rows; they quote this run's numbers (a row missing from the run reads as –). */

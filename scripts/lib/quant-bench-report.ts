@@ -128,7 +128,7 @@ after a warm-up (noise on a shared machine only ever adds time). Decode = greedy
 four chunks, best chunk. *wasm heap* is onnxruntime's WebAssembly memory (it never shrinks: a high-water mark) once every session
 exists (weights as held for running, plus the runtime's ${fmt(rep.runtimeBaseline.heapMb, 0)} MB baseline), after the ${DECODE_CONTEXT}-token prefills
 and decode, and after the longest prefill (what activations add). *peak RSS* includes Node's own ~${fmt(rep.runtimeBaseline.rssMb, 0)} MB.
-*estimate* is \`estimateMemory\` (src/engine/memory-budget.ts): weights as held + KV and Aux caches at full context + ${RUNTIME_OVERHEAD_BYTES / MB} MB runtime.
+*estimate* is \`estimateMemory\` (src/engine/memory-budget.ts): weights as held + KV and Aux caches at full context + the measured load copies or activations + tokenizer + ${RUNTIME_OVERHEAD_BYTES / MB} MB runtime (the table's figure is from the estimate of the run's date).
 Perplexity: ${PPL_WINDOW}-token windows of \`../shared/data/tinystories-dev.txt\` (BOS first, every next token scored).
 
 Strategies: **(a)** dequantize once at load — int8/int4 initializers on disk and on the wire, turned into f32 initializers
@@ -172,11 +172,14 @@ ${reasoning(rep)}
 ## Which sizes fit a 128 MB isolate
 
 \`estimateMemory\` for llama2.c's published shapes (vocab 32000) at their full context: weights as the kernel holds them,
-f32 KV cache and Aux Cache for every position, ${RUNTIME_OVERHEAD_BYTES / MB} MB runtime. \`loadModel\` refuses a model above the budget
-(\`EngineError\` code \`model_too_large\`, naming each part; \`LAZY_EDGE_MEMORY_BUDGET_MB\` or \`memoryBudgetBytes\` changes it). Not counted:
-activations. The engine prefills in chunks of query rows, so one layer's attention scores stay near heads × chunk × n × 4 bytes;
-the heap the tables report after the ${DECODE_CONTEXT}- and 2048-token prefills shows what they add on top of the weights. The KV cache is
-what keeps the bigger shapes out: f32, every layer, every position (144 MB for 12 × 768 at 2048 tokens), whatever the weight format.
+f32 KV cache and Aux Cache for every position, tokenizer, ${RUNTIME_OVERHEAD_BYTES / MB} MB runtime, and the larger of two measured terms that share the wasm
+memory: the copies that creating the largest piece's session leaves in it (the shard copied in, parsed, folded or prepacked:
+per byte of that piece, 6.1 for f32 MatMul, 5.6 for folded int8, 12.7 for folded int4, ~3-5 for the integer and MatMulNBits
+kernels, from this page's random-768 heaps and docs/MEMORY.md) and the run's activations. \`loadModel\` refuses a model above the budget
+(\`EngineError\` code \`model_too_large\`, naming each part; \`LAZY_EDGE_MEMORY_BUDGET_MB\` or \`memoryBudgetBytes\` changes it).
+Folding at load is what keeps f32-in-memory builds out now: a 32000-row f32 classifier is one 37 MB piece (stories15M) whose
+session creation needs six times that for a moment, and the wasm memory keeps the high-water mark. The KV cache keeps the
+bigger shapes out whatever the weight format: f32, every layer, every position (144 MB for 12 × 768 at 2048 tokens).
 
 ${fitsTable()}
 

@@ -6,7 +6,7 @@
  * measured heaps.
  */
 import type { ModelConfig } from '../model/config.js';
-import { ggufMatrixBytes, ggufTotalWeightBytes, keepsQuantizedWeights, quantLabel, type QuantSpec } from '../model/quant.js';
+import { ggufMatrixBytes, ggufWeightBytes, keepsQuantizedWeights, quantLabel, type QuantSpec } from '../model/quant.js';
 import { EngineError } from './errors.js';
 import { kvRowBytes } from './kv-rows.js';
 
@@ -14,24 +14,92 @@ export const MB = 1024 * 1024;
 /** Cloudflare Workers: 128 MB per isolate. */
 export const DEFAULT_MEMORY_BUDGET_BYTES = 128 * MB;
 /**
- * What the runtime costs before any weight: onnxruntime's initial wasm heap (16 MiB), its compiled
- * code, and the JS engine's own objects. Measured by `npm run quant-bench` (docs/QUANTIZATION.md).
+ * What the runtime costs before any weight: onnxruntime's initial wasm memory (16 MiB) and 4 MiB of JS
+ * engine objects (stories260K in Node: 2.5 MiB of JS heap after loading, net of the wasm binary's copy,
+ * which an isolate does not hold). MEASURED below says how.
  */
-export const RUNTIME_OVERHEAD_BYTES = 24 * MB;
+export const RUNTIME_OVERHEAD_BYTES = 20 * MB;
+
+/**
+ * The measured constants. Commands (docs/MEMORY.md has the runs and the tables):
+ *   npm run memory -- --model model-shards/<build> --context 2048,4096,8192 --kv F --json   (whole models)
+ *   node --expose-gc --import tsx scripts/split-memory.ts --context 2048 --split 8+2 --json  (one object each, dequant)
+ * onnxruntime's wasm memory grows by at least a fifth at a time (emscripten's geometric step 0.2,
+ * capped at 96 MiB) and never shrinks, so a measured size is up to 20% above what was live at its
+ * peak; the constants are fitted to the measured sizes, which is what an isolate really reserves.
+ */
+export const MEASURED = {
+  /**
+   * Creating a piece's session (a layer, an embedding or classifier row part) needs, for a moment,
+   * copies of it: the shard's bytes copied into wasm, parsed, then folded (dequant) or prepacked. The
+   * wasm memory keeps that high-water mark, so a model holds its tensors plus this many bytes per byte of
+   * its largest piece, by the piece's kernel (the freed copies are reused, not added up: the load traces
+   * of `npm run memory` show a layer costing its tensors, 2.9 MB against 3.40 for integer2).
+   *   dequant layer (Q4_1 unpack chain folded to f32): 10.1 (split-memory, 4 folded layers: 206.8 MB of wasm);
+   *   dequant head part (Q8_0 folded): 4.75 (split-memory, one 24576-row part: 341.6 MB of wasm);
+   *   integer/integer2 (MatMulInteger, DynamicQuantizeMatMul): 4.8 (integer2 build: 240.7 MB of wasm for
+   *   159.7 MB of tensors, its largest pieces the 13.6 MB head parts; the integer build: 240.7 MB too);
+   *   nbits family and the q8 embedding: 3.0 (nbits build: 200.6 MB for 138.4 MB, largest piece 15.2 MB).
+   * A llama2.c checkpoint's builds, from quant-bench's random-768 rows (docs/QUANTIZATION.md; 28.3 MB of f32 a layer):
+   *   f32 MatMul (prepacked): 6.1 (529 MB of wasm); int8 DequantizeLinear folded: 5.6 (515 MB); int4 unpacked and
+   *   folded: 12.7 (716 MB); their MatMulInteger and MatMulNBits rows (2.7, 3.2) are within the GGUF kernels' figures.
+   */
+  copiesPerPieceByte: {
+    'dequant-layer': 10.1,
+    'dequant-head': 4.75,
+    integer: 4.8,
+    integer2: 4.8,
+    nbits: 3.0,
+    'nbits-zp': 3.0,
+    nbits8: 3.0,
+    embed: 3.0,
+    matmul: 6.1,
+    'dequant-int8': 5.6,
+    'dequant-int4': 12.7,
+  } as Record<string, number>,
+  /**
+   * per token of context: one layer's KV-sized attention temporaries while it runs (past rows decoded to
+   * f32, concatenated with the new rows, transposed to the heads' layout), in f32 rows of kvDim: 6, fitted
+   * to the nbits build's step from 251.6 to 288.9 MB of wasm between 4096 and 8192 tokens (37.3 MB; 6 rows
+   * of 192 f32 at 8192 tokens are 36 MB).
+   */
+  attnTempRowsPerToken: 6,
+  /** the tokenizer's JS heap per vocabulary entry (SmolLM2: 16.3 MB for 49152 entries, measured alone) */
+  tokenizerBytesPerVocab: Math.round((16.3 * MB) / 49152),
+};
+
+/** Kernels that decode their weight to f32 on every run: the classifier part's rows then exist once more as f32. */
+const DECODES_TO_F32 = new Set(['nbits', 'nbits-zp', 'nbits8']);
 
 export interface MemoryEstimate {
   /** every weight as held while the model runs (f32 unless the kernel keeps them quantized) */
   weights: number;
+  /** the copies made while creating the largest piece's session, kept by the wasm memory (MEASURED.copiesPerPieceByte) */
+  weightCopies: number;
   /** K and V for every layer at seqLen tokens, in the config's kvFormat: nLayers * 2 * seqLen * kvRowBytes */
   kvCache: number;
   /** one hidden state per token at most: seqLen * dim * 4 */
   auxCache: number;
+  /**
+   * temporaries while running: the classifier part decoded to f32 by a MatMulNBits head, and one
+   * layer's KV-sized attention temporaries at seqLen (MEASURED). Prefill activations are bounded by
+   * chunking (step.ts prefillChunks) and lie within the runtime's base.
+   */
+  activations: number;
+  /** the tokenizer's tables on the JS heap (0 for a part that does not hold it) */
+  tokenizer: number;
   runtime: number;
   /**
-   * weights + kvCache + auxCache + runtime: what must fit the budget. Activations are not counted
-   * (the engine prefills in chunks, so they stay small next to these; docs/QUANTIZATION.md has measured heaps).
+   * What must fit the budget: weights, caches, tokenizer and runtime, plus the larger of weightCopies
+   * and activations: both live in the wasm memory at different times (loading, running), and the
+   * memory freed by one is reused by the other.
    */
   total: number;
+}
+
+/** The total of an estimate's parts (see MemoryEstimate.total). */
+export function totalOf(e: Omit<MemoryEstimate, 'total'>): number {
+  return e.weights + Math.max(e.weightCopies, e.activations) + e.kvCache + e.auxCache + e.tokenizer + e.runtime;
 }
 
 /** Bytes of one [out, in] weight matrix as the kernel holds it while running. */
@@ -52,50 +120,109 @@ function embeddingBytes(vocab: number, dim: number, q: QuantSpec): number {
   return vocab * (dim + 4);
 }
 
-export function estimateMemory(cfg: ModelConfig, q: QuantSpec): MemoryEstimate {
-  const { dim, hiddenDim, kvDim, nLayers, vocabSize, seqLen } = cfg;
-  const perLayer =
-    matrixBytes(dim + 2 * kvDim, dim, q) + // wq|wk|wv stacked
-    matrixBytes(dim, dim, q) + //             wo
-    matrixBytes(2 * hiddenDim, dim, q) + //   w1|w3 stacked
-    matrixBytes(dim, hiddenDim, q) + //       w2
-    2 * dim * 4; //                           RMSNorm gains
-  // A GGUF build holds each group of matrices as its own kernel does (src/model/quant.ts).
-  const weights = q.gguf
-    ? ggufTotalWeightBytes(cfg, q.gguf)
-    : nLayers * perLayer +
-    embeddingBytes(vocabSize, dim, q) +
-    matrixBytes(vocabSize, dim, q) + //       classifier (its own copy even when tied)
-    dim * 4; //                               final RMSNorm
-  const kvCache = nLayers * 2 * seqLen * kvRowBytes(cfg.kvFormat ?? 'f32', kvDim);
-  const auxCache = seqLen * dim * 4;
-  const runtime = RUNTIME_OVERHEAD_BYTES;
+/** The kernel that runs each group of matrices. */
+function kernelsOf(q: QuantSpec): { attn: string; ffn: string; head: string } {
+  if (q.gguf) return { attn: q.gguf.attn, ffn: q.gguf.ffn, head: q.gguf.head };
+  // a checkpoint's build: one kernel for every matrix; its dequantize-at-load folds int8 or int4 blocks
+  const k = keepsQuantizedWeights(q.kernel) ? q.kernel : q.format === 'f32' ? 'matmul' : `dequant-${q.format}`;
+  return { attn: k, ffn: k, head: k };
+}
+
+/** Copies per byte of a piece run by `kernel`; a GGUF's dequant folds Q4_1 layers and a Q8_0 head, which differ. */
+const factor = (kernel: string, piece: 'layer' | 'head') => MEASURED.copiesPerPieceByte[kernel === 'dequant' ? `dequant-${piece}` : kernel] ?? MEASURED.copiesPerPieceByte.matmul;
+
+/**
+ * The pieces a model (or a part of it) is made of, as held while running: one decoder layer's
+ * tensors, the embedding, one classifier row, the final norm; the copies each piece's session
+ * creation leaves behind per byte; the per-token figures. part-memory.ts sums them for a part.
+ */
+export function pieceBytes(cfg: ModelConfig, q: QuantSpec) {
+  const { dim, hiddenDim, kvDim, vocabSize } = cfg;
+  const k = kernelsOf(q);
+  let attn: number, ffn: number, embed: number, headRow: number;
+  if (q.gguf) {
+    const g = ggufWeightBytes(cfg, q.gguf);
+    attn = g.attn;
+    ffn = g.ffn;
+    embed = g.embed;
+    headRow = ggufMatrixBytes(1, dim, q.gguf.head);
+  } else {
+    attn = matrixBytes(dim + 2 * kvDim, dim, q) + matrixBytes(dim, dim, q); // wq|wk|wv stacked, wo
+    ffn = matrixBytes(2 * hiddenDim, dim, q) + matrixBytes(dim, hiddenDim, q); // w1|w3 stacked, w2
+    embed = embeddingBytes(vocabSize, dim, q);
+    headRow = matrixBytes(1, dim, q); // the classifier: its own copy even when tied
+  }
+  const norms = 2 * dim * 4; // a layer's RMSNorm gains
+  // A layer is one session: its copies are those of its costlier group.
+  const layerCopies = Math.round(Math.max(factor(k.attn, 'layer'), factor(k.ffn, 'layer')) * (attn + ffn));
   return {
-    weights,
-    kvCache,
-    auxCache,
-    runtime,
-    total: weights + kvCache + auxCache + runtime,
+    layer: attn + ffn + norms,
+    /** what creating one layer's session leaves in the wasm memory beyond the tensors */
+    layerCopies,
+    embed,
+    /** the same, per embedding row (the embedding comes in row parts like the classifier) */
+    embedRowCopies: (MEASURED.copiesPerPieceByte.embed * embed) / vocabSize,
+    headRow,
+    headRowCopies: factor(k.head, 'head') * headRow,
+    /** bytes of f32 a MatMulNBits head decodes one row to, on every run */
+    headRowDecoded: DECODES_TO_F32.has(k.head) ? dim * 4 : 0,
+    finalNorm: dim * 4,
+    kvPerTokenLayer: 2 * kvRowBytes(cfg.kvFormat ?? 'f32', kvDim),
+    auxPerToken: dim * 4,
+    attnTempPerToken: Math.round(MEASURED.attnTempRowsPerToken * kvDim * 4),
+    tokenizer: vocabSize * MEASURED.tokenizerBytesPerVocab,
   };
+}
+
+/**
+ * What the whole model needs at its served context, cfg.seqLen. `headRows`: the rows of each
+ * classifier part (manifest.files.head); without it, one part of every row. The embedding is taken
+ * in parts of the same rows (the shard builder cuts both alike).
+ */
+export function estimateMemory(cfg: ModelConfig, q: QuantSpec, headRows: readonly number[] = [cfg.vocabSize]): MemoryEstimate {
+  const p = pieceBytes(cfg, q);
+  const L = cfg.nLayers;
+  const part = Math.max(0, ...headRows);
+  const e = {
+    weights: L * p.layer + p.embed + cfg.vocabSize * p.headRow + p.finalNorm,
+    weightCopies: Math.round(Math.max(L > 0 ? p.layerCopies : 0, part * p.embedRowCopies, part * p.headRowCopies)),
+    kvCache: L * cfg.seqLen * p.kvPerTokenLayer,
+    auxCache: cfg.seqLen * p.auxPerToken,
+    activations: part * p.headRowDecoded + (L > 0 ? cfg.seqLen * p.attnTempPerToken : 0),
+    tokenizer: p.tokenizer,
+    runtime: RUNTIME_OVERHEAD_BYTES,
+  };
+  return { ...e, total: totalOf(e) };
 }
 
 const mb = (b: number) => `${(b / MB).toFixed(1)} MB`;
 
+/** The estimate's parts, as the refusals name them. */
+export function partsText(e: MemoryEstimate, as: { weights?: string; kv?: string } = {}): string {
+  return (
+    `weights ${mb(e.weights)}${as.weights ? ` as ${as.weights}` : ''}; the kernels' copies of them ${mb(e.weightCopies)}; ` +
+    `KV cache ${mb(e.kvCache)}${as.kv ? ` as ${as.kv}` : ''}; Aux Cache ${mb(e.auxCache)}; ` +
+    `activations ${mb(e.activations)}; tokenizer ${mb(e.tokenizer)}; runtime ${mb(e.runtime)}; ` +
+    'the copies and the activations reuse the same wasm memory, so only the larger counts'
+  );
+}
+
 /**
  * Refuses a model that would not fit `budgetBytes` at its full (served) context, `cfg.seqLen`, naming each part of the
- * estimate and what to do about it. Infinity disables the check.
+ * estimate and what to do about it. Infinity disables the check. headRows: as estimateMemory.
  */
-export function checkMemoryBudget(name: string, cfg: ModelConfig, q: QuantSpec, budgetBytes: number): MemoryEstimate {
+export function checkMemoryBudget(name: string, cfg: ModelConfig, q: QuantSpec, budgetBytes: number, headRows?: readonly number[]): MemoryEstimate {
   if (!(budgetBytes > 0)) throw new EngineError(`memory budget ${budgetBytes} must be a positive number of bytes`, 'invalid_request', 'memoryBudget');
-  const e = estimateMemory(cfg, q);
+  const e = estimateMemory(cfg, q, headRows);
   if (e.total > budgetBytes) {
     const held = keepsQuantizedWeights(q.kernel) ? q.format : 'f32';
     throw new EngineError(
       `model "${name}" does not fit the memory budget: it needs ${mb(e.total)} at its full context of ${cfg.seqLen} tokens ` +
-        `(weights ${mb(e.weights)} as ${quantLabel(q)}, held as ${held}; KV cache ${mb(e.kvCache)} as ${cfg.kvFormat ?? 'f32'}; Aux Cache ${mb(e.auxCache)}; ` +
-        `runtime ${mb(e.runtime)}), but the isolate memory budget allows ${mb(budgetBytes)}. ` +
-        'Rebuild the shards in a format that keeps weights quantized in memory (npm run shards -- --quant int4 --kernel nbits), ' +
-        'hold the KV cache as f16 or int8 (KV_FORMAT, LAZY_EDGE_KV_FORMAT), use a shorter context, or raise the budget (LAZY_EDGE_MEMORY_BUDGET_MB, or loadModel\'s memoryBudgetBytes).',
+        `(${partsText(e, { weights: `${quantLabel(q)}, held as ${held}`, kv: cfg.kvFormat ?? 'f32' })}), ` +
+        `but the isolate memory budget allows ${mb(budgetBytes)}. ` +
+        'Rebuild the shards in a format that keeps weights quantized in memory (for a GGUF: npm run shards -- --gguf FILE --kernel integer2 --head integer2; ' +
+        'for a checkpoint: --quant int4 --kernel nbits), hold the KV cache as f16 or int8 (KV_FORMAT, LAZY_EDGE_KV_FORMAT), use a shorter context, ' +
+        'split the model across Durable Objects (docs/LAYER-GROUPS.md), or raise the budget (LAZY_EDGE_MEMORY_BUDGET_MB, or loadModel\'s memoryBudgetBytes).',
       'model_too_large',
       'memoryBudget',
     );

@@ -118,7 +118,7 @@ export async function loadModelPart(manifestText: string, read: ShardReader, wan
   const config: ModelConfig = { ...manifest.config, seqLen: Math.min(manifest.config.seqLen, requested), kvFormat: opts.kvFormat ?? 'f32' };
   const memoryBudgetBytes = opts.memoryBudgetBytes ?? DEFAULT_MEMORY_BUDGET_BYTES;
   const memory = isWhole
-    ? checkMemoryBudget(manifest.name, config, quant, memoryBudgetBytes)
+    ? checkMemoryBudget(manifest.name, config, quant, memoryBudgetBytes, manifest.files.head.map((p) => p.rows))
     : checkPartBudget(manifest.name, config, quant, part, manifest.files.head.map((p) => p.rows), memoryBudgetBytes);
   const sessionOpts = { foldDequantize: quant.kernel === 'dequant' && (opts.foldDequantize ?? true) };
   const verify = opts.verify ?? true;

@@ -66,6 +66,14 @@ describe('GET /healthz and /v1/models', () => {
     // stories260K at its 512-token context fits a deployed isolate with room to spare.
     expect(body.memory).toMatchObject({ budget_mb: 128, deployed_isolate_mb: 128, fits_deployed_isolate: true, context_tokens: 512, kv_format: 'f32' });
     expect(body.memory.measured_wasm_heap_mb).toBeGreaterThanOrEqual(16);
+    // workerd exposes no JS heap figure: reported as such, not as 0.
+    expect(body.memory.measured_js_heap_mb).toBeNull();
+    expect(body.memory.measured_in).toMatch(/JS heap: not exposed/);
+    // the estimate's parts, as the budget check counted them, add up to its total
+    const est = body.memory.estimate_mb as Record<string, number>;
+    const parts = ['weights', 'weight_copies', 'kv_cache', 'aux_cache', 'activations', 'tokenizer', 'runtime'];
+    expect(Object.keys(est).sort()).toEqual([...parts, 'total'].sort());
+    expect(parts.reduce((t, k) => t + est[k], 0)).toBeCloseTo(est.total, 0);
   });
 
   it('serves with the KV cache held as int8 when KV_FORMAT says so, and counts it so', async () => {
