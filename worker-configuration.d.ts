@@ -16,6 +16,7 @@ declare namespace Cloudflare {
 		LAYER_GROUPS: string;
 		GROUP_CHAINS: string;
 		HEAD_GROUPS: string;
+		EMBED_IN_FRONT: string;
 		CHAT_SESSIONS: DurableObjectNamespace<import("./src/worker/index").ChatSession>;
 		LAYER_GROUP_OBJECTS: DurableObjectNamespace<import("./src/worker/index").LayerGroup>;
 	}

@@ -38,6 +38,7 @@ import { fail, initNodeRuntime, readBytes, REPO_ROOT, runMain } from './lib/node
 import { measureInWorkerd } from './lib/memory-workerd.js';
 import { estimateJson, type MemoryReport } from './lib/memory-report.js';
 import { servedShardsDir } from './lib/served-model.js';
+import { splitMemoryMain } from './split-memory.js';
 
 const DEFAULT_TEXT = resolve(REPO_ROOT, '../shared/data/mpl-2.0.txt');
 const t0 = Date.now();
@@ -133,6 +134,8 @@ async function measureInNode(dir: string, contexts: readonly number[], kv: KvFor
 }
 
 async function main() {
+  // --split G+H: the split as served, each object measured alone in a fresh process (issue 16): `objects` and `max_object_bytes`
+  if (process.argv.includes('--split')) return splitMemoryMain(process.argv.slice(2));
   const { values } = parseArgs({
     options: {
       model: { type: 'string' },

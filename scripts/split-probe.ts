@@ -1,5 +1,6 @@
 /**
- * npx tsx scripts/split-probe.ts [--groups 1,2,8+2] [--tokens 2000] [--max-tokens 32] [--repeat 2] [--model NAME] [--context N] [--plan-only]
+ * npx tsx scripts/split-probe.ts [--groups 1,2,8+2] [--tokens 2000] [--max-tokens 32] [--repeat 2] [--model NAME] [--context N]
+ *                                [--kv f32|f16|int8] [--embed-in-front] [--modes dense,lazy] [--var NAME=VALUE ...] [--plan-only]
  *
  * The served model split into layer groups (LAYER_GROUPS; "G+H" adds H classifier objects,
  * HEAD_GROUPS) against unsplit, in `wrangler dev`: for each split, starts wrangler dev on 127.0.0.1 with that split, streams one long chat prompt
@@ -17,6 +18,7 @@ import { loadavg, tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { parseArgs } from 'node:util';
 import { fewestGroups, planSplit } from '../src/engine/layer-group.js';
+import type { KvFormat } from '../src/engine/kv-rows.js';
 import { MB } from '../src/engine/memory-budget.js';
 import { parseManifest, quantOf } from '../src/model/manifest.js';
 import { fail, progress, REPO_ROOT, runMain, shardsDir } from './lib/node-env.js';
@@ -77,6 +79,7 @@ async function streamOnce(url: string, body: object, groups: string, mode: Run['
   };
 }
 
+const ratio = (a: number | undefined, b: number | undefined) => (a === undefined || b === undefined ? null : a / b);
 const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
 const mib = (b: number) => Math.round((b / MB) * 10) / 10;
 
@@ -91,6 +94,10 @@ async function main(): Promise<void> {
       context: { type: 'string', default: '2048' },
       data: { type: 'string', default: resolve(REPO_ROOT, '../shared/data/apache-2.0.txt') },
       'plan-only': { type: 'boolean', default: false },
+      kv: { type: 'string', default: 'f32' },
+      'embed-in-front': { type: 'boolean', default: false },
+      modes: { type: 'string', default: 'dense,lazy' },
+      var: { type: 'string', multiple: true, default: [] },
     },
   });
   const groupsList = values.groups!.split(',');
@@ -103,14 +110,22 @@ async function main(): Promise<void> {
   };
   groupsList.forEach(splitOf);
   const context = Number(values.context);
+  const front = values['embed-in-front']!;
+  const modes = values.modes!.split(',') as Run['mode'][];
+  if (!modes.every((m) => m === 'dense' || m === 'lazy')) fail(`--modes ${values.modes}: dense and/or lazy`);
+  const extraVars = Object.fromEntries(values.var!.map((kv) => {
+    const i = kv.indexOf('=');
+    if (i < 1) fail(`--var ${kv}: NAME=VALUE`);
+    return [kv.slice(0, i), kv.slice(i + 1)];
+  }));
   const manifest = parseManifest(readFileSync(join(shardsDir(values.model!), 'manifest.json'), 'utf8'));
   const quant = quantOf(manifest);
   const headRows = manifest.files.head.map((p) => p.rows);
   const plans = Object.fromEntries(
     [2048, 4096, 8192].map((ctx) => {
-      const cfg = { ...manifest.config, seqLen: Math.min(ctx, manifest.config.seqLen) };
-      const fit = fewestGroups(cfg, quant, headRows, 128 * MB);
-      return [ctx, { fewest_for_128mb: fit.groups === null ? { reason: fit.reason } : { layer_groups: fit.groups, head_groups: fit.heads, max_object_mb: mib(Math.max(...fit.plan.map((p) => p.bytes.total))) }, per_object_mb: Object.fromEntries(groupsList.map((spec) => [spec, planSplit(cfg, quant, headRows, splitOf(spec).G, splitOf(spec).H).map((p) => mib(p.bytes.total))])) }];
+      const cfg = { ...manifest.config, seqLen: Math.min(ctx, manifest.config.seqLen), kvFormat: values.kv as KvFormat };
+      const fit = fewestGroups(cfg, quant, headRows, 128 * MB, front);
+      return [ctx, { fewest_for_128mb: fit.groups === null ? { reason: fit.reason } : { layer_groups: fit.groups, head_groups: fit.heads, max_object_mb: mib(Math.max(...fit.plan.map((p) => p.bytes.total))) }, per_object_mb: Object.fromEntries(groupsList.map((spec) => [spec, planSplit(cfg, quant, headRows, splitOf(spec).G, splitOf(spec).H, front).map((p) => mib(p.bytes.total))])) }];
     }),
   );
   if (values['plan-only']) {
@@ -119,7 +134,7 @@ async function main(): Promise<void> {
         kvFormat,
         Object.fromEntries(
           [2048, 4096, 8192].map((ctx) => {
-            const fit = fewestGroups({ ...manifest.config, seqLen: Math.min(ctx, manifest.config.seqLen), kvFormat }, quant, headRows, 128 * MB);
+            const fit = fewestGroups({ ...manifest.config, seqLen: Math.min(ctx, manifest.config.seqLen), kvFormat }, quant, headRows, 128 * MB, front);
             return [ctx, fit.groups === null ? { reason: fit.reason } : { layer_groups: fit.groups, head_groups: fit.heads, max_object_mb: mib(Math.max(...fit.plan.map((p) => p.bytes.total))), per_object_mb: fit.plan.map((p) => mib(p.bytes.total)) }];
           }),
         ),
@@ -141,21 +156,26 @@ async function main(): Promise<void> {
     const { G: layerGroups, H: heads } = splitOf(G);
     const log = join(tmpdir(), `split-probe-${process.pid}-${G}.log`);
     progress(`LAYER_GROUPS=${G}: starting wrangler dev (log ${log})`);
+    // frozen: wrangler dev reloads on any change to src/ or model-shards/, and a reload restarts every object
     const dev = await startWranglerDev(join(REPO_ROOT, 'wrangler.toml'), log, {
       MODEL_NAME: values.model!,
       LAYER_GROUPS: String(layerGroups),
       HEAD_GROUPS: String(heads),
       MEMORY_BUDGET_MB: '1024',
-      // The classifier objects load in parallel, each pacing its own reads: keep the sum at 8 MB/s
-      // (wrangler's local asset service holds a socket per ~4 KB read for seconds; src/worker/model-store.ts).
-      ASSET_READ_MB_PER_S: String(8 / Math.max(1, heads)),
+      // The classifier objects load in parallel, each pacing its own reads: keep the sum at 4 MB/s
+      // (wrangler's local asset service holds a socket per ~4 KB read for seconds, and at 8 MB/s
+      // workerd ran out of file descriptors; src/worker/model-store.ts).
+      ASSET_READ_MB_PER_S: String(4 / Math.max(1, heads)),
       CONTEXT_TOKENS: String(context),
-    });
+      KV_FORMAT: values.kv!,
+      EMBED_IN_FRONT: front ? '1' : '0',
+      ...extraVars,
+    }, { freeze: { models: [values.model!] } });
     try {
       // The playground page: it loads no model (GET /v1/models and /healthz load the whole one).
       await waitReady(`${dev.base}/`, dev.child, 120_000);
       for (let i = 0; i <= Number(values.repeat); i++) {
-        for (const mode of ['dense', 'lazy'] as const) {
+        for (const mode of modes) {
           const r = await streamOnce(dev.base, { ...base, lazy: { enabled: mode === 'lazy' } }, G, mode);
           progress(`G=${G} ${i === 0 ? 'warm-up ' : ''}${mode}: ${r.prompt_tokens} prompt tokens, TTFT ${r.ttft_ms.toFixed(0)} ms (prefill ${r.prefill_ms.toFixed(0)} ms), decode ${r.decode_tokens_per_s.toFixed(1)} tok/s, boundary bytes prefill ${r.prefill_boundary_bytes} / decode step ${r.decode_boundary_bytes_per_step}, ${JSON.stringify(r.text.slice(0, 60))}`);
           if (i > 0) runs.push(r);
@@ -165,11 +185,13 @@ async function main(): Promise<void> {
       load.push(loadavg()[0]);
     } finally {
       await dev.stop();
+      if (readFileSync(log, 'utf8').includes('Reloading local server')) progress(`LAYER_GROUPS=${G}: wrangler dev reloaded during the run (${log}): its objects restarted`);
     }
   }
   const summary = groupsList.map((G) => {
     const pick = (mode: Run['mode']) => {
       const rs = runs.filter((r) => r.groups === G && r.mode === mode);
+      if (rs.length === 0) return null;
       return {
         ttft_ms: median(rs.map((r) => r.ttft_ms)),
         prefill_ms: median(rs.map((r) => r.prefill_ms)),
@@ -185,10 +207,10 @@ async function main(): Promise<void> {
   const ratios = unsplit
     ? summary.filter((s) => s.groups !== '1').map((s) => ({
         groups: s.groups,
-        decode_split_over_unsplit_dense: s.dense.decode_tokens_per_s / unsplit.dense.decode_tokens_per_s,
-        decode_split_over_unsplit_lazy: s.lazy.decode_tokens_per_s / unsplit.lazy.decode_tokens_per_s,
-        ttft_split_over_unsplit_dense: s.dense.ttft_ms / unsplit.dense.ttft_ms,
-        lazy_ttft_speedup_over_split_dense: s.dense.ttft_ms / s.lazy.ttft_ms,
+        decode_split_over_unsplit_dense: ratio(s.dense?.decode_tokens_per_s, unsplit.dense?.decode_tokens_per_s),
+        decode_split_over_unsplit_lazy: ratio(s.lazy?.decode_tokens_per_s, unsplit.lazy?.decode_tokens_per_s),
+        ttft_split_over_unsplit_dense: ratio(s.dense?.ttft_ms, unsplit.dense?.ttft_ms),
+        lazy_ttft_speedup_over_split_dense: ratio(s.dense?.ttft_ms, s.lazy?.ttft_ms),
       }))
     : [];
   process.stdout.write(`${JSON.stringify({ model: manifest.name, context, prompt_tokens: runs[0]?.prompt_tokens, load_average_1m: load, plans, summary, ratios, runs })}\n`);

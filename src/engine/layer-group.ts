@@ -103,31 +103,35 @@ export interface GroupPlan {
   embed: boolean;
   /** indices of the classifier row parts it holds */
   head: number[];
+  /** the front (Worker or session object): the tokenizer and, with `frontEmbeds`, the embedding; no layers */
+  front?: boolean;
   bytes: MemoryEstimate;
 }
 
 /**
  * The estimates of a split into `groups` layer groups (the first also embedding) and `heads`
  * classifier objects holding the row parts i with i mod heads = k; without them the last layer
- * group holds the whole classifier. The Worker places the pieces the same way (src/worker/groups/config.ts).
+ * group holds the whole classifier. With `frontEmbeds` the front holds the embedding beside the
+ * tokenizer, and is planned as a last object. The Worker places the pieces the same way
+ * (src/worker/groups/config.ts).
  */
-export function planSplit(cfg: ModelConfig, q: QuantSpec, headRows: readonly number[], groups: number, heads = 0): GroupPlan[] {
+export function planSplit(cfg: ModelConfig, q: QuantSpec, headRows: readonly number[], groups: number, heads = 0, frontEmbeds = false): GroupPlan[] {
   const all = headRows.map((_, i) => i);
-  const plan = (layers: LayerRange, embed: boolean, head: number[]): GroupPlan => ({ layers, embed, head, bytes: estimatePartMemory(cfg, q, { layers, embed, head, tokenizer: false }, headRows) });
-  const layerGroups = splitLayers(cfg.nLayers, groups).map((layers, g) => plan(layers, g === 0, heads === 0 && g === groups - 1 ? all : []));
+  const plan = (layers: LayerRange, embed: boolean, head: number[], front = false): GroupPlan => ({ layers, embed, head, ...(front ? { front } : {}), bytes: estimatePartMemory(cfg, q, { layers, embed, head, tokenizer: front }, headRows) });
+  const layerGroups = splitLayers(cfg.nLayers, groups).map((layers, g) => plan(layers, g === 0 && !frontEmbeds, heads === 0 && g === groups - 1 ? all : []));
   const headObjects = Array.from({ length: heads }, (_, k) => plan({ start: cfg.nLayers, end: cfg.nLayers }, false, all.filter((i) => i % heads === k)));
-  return [...layerGroups, ...headObjects];
+  return [...layerGroups, ...headObjects, ...(frontEmbeds ? [plan({ start: 0, end: 0 }, true, [], true)] : [])];
 }
 
 /**
  * The fewest objects (layer groups plus classifier objects, fewest layer groups first) whose every
  * object fits `budgetBytes`, or null when no split does (the reason names the piece that is too big).
  */
-export function fewestGroups(cfg: ModelConfig, q: QuantSpec, headRows: readonly number[], budgetBytes: number): { groups: number; heads: number; plan: GroupPlan[] } | { groups: null; reason: string } {
+export function fewestGroups(cfg: ModelConfig, q: QuantSpec, headRows: readonly number[], budgetBytes: number, frontEmbeds = false): { groups: number; heads: number; plan: GroupPlan[] } | { groups: null; reason: string } {
   let best: { groups: number; heads: number; plan: GroupPlan[] } | null = null;
   for (let heads = 0; heads <= headRows.length; heads++) {
     for (let G = 1; G <= cfg.nLayers; G++) {
-      const plan = planSplit(cfg, q, headRows, G, heads);
+      const plan = planSplit(cfg, q, headRows, G, heads, frontEmbeds);
       if (plan.every((p) => p.bytes.total <= budgetBytes)) {
         if (!best || G + heads < best.groups + best.heads) best = { groups: G, heads, plan };
         break;
@@ -135,7 +139,7 @@ export function fewestGroups(cfg: ModelConfig, q: QuantSpec, headRows: readonly 
     }
   }
   if (best) return best;
-  const last = planSplit(cfg, q, headRows, cfg.nLayers, headRows.length);
+  const last = planSplit(cfg, q, headRows, cfg.nLayers, headRows.length, frontEmbeds);
   const worst = last.reduce((a, b) => (b.bytes.total > a.bytes.total ? b : a));
   const what = worst.layers.end > worst.layers.start ? `layer ${worst.layers.start}${worst.embed ? ' with the embedding' : ''}` : `classifier part(s) ${worst.head.join(', ')}`;
   return { groups: null, reason: `even split as far as it goes, ${what} needs ${(worst.bytes.total / MB).toFixed(1)} MB` };

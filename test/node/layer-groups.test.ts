@@ -210,6 +210,19 @@ describe('sizing a split from the manifest and config', () => {
     }
   });
 
+  it('with the embedding in the front, the front holds it and the tokenizer, no group holds it, and the groups still hold the whole model\'s layers', () => {
+    const cfg = { ...m.config, seqLen: 8192, kvFormat: 'int8' as const };
+    const inGroup = planSplit(cfg, q, rows, 6, 1);
+    const inFront = planSplit(cfg, q, rows, 6, 1, true);
+    expect(inFront).toHaveLength(6 + 1 + 1);
+    const front = inFront.at(-1)!;
+    expect(front).toMatchObject({ front: true, embed: true, head: [], layers: { start: 0, end: 0 } });
+    expect(inFront.slice(0, -1).some((p) => p.embed)).toBe(false);
+    // group 0 loses exactly the embedding's weights; the others are as before
+    expect(inGroup[0].bytes.weights - inFront[0].bytes.weights).toBe(front.bytes.weights);
+    expect(inFront.slice(1, -1).map((p) => p.bytes.total)).toEqual(inGroup.slice(1).map((p) => p.bytes.total));
+  });
+
   it('SmolLM2 at 2048 tokens fits 128 MB objects only with integer2 weights and the classifier in objects of its own', () => {
     const cfg = { ...m.config, seqLen: 2048 };
     // The served build folds Q4_1 to f32 as each session is created: one classifier part alone needs more than 128 MB

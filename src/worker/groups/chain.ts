@@ -9,10 +9,12 @@ import { kvRowBytes } from '../../engine/kv-rows.js';
 import type { GenerateOptions, GenerationStats, StepRunner } from '../../engine/generate.js';
 import { frontierBytes } from '../../engine/layer-group.js';
 import type { ModelConfig } from '../../model/config.js';
-import { lastHidden, stepStats, type Frontier, type LayerStats, type StepStats } from '../../engine/step.js';
+import { embedStep, lastHidden, stepStats, type Frontier, type LayerStats, type StepStats } from '../../engine/step.js';
 import type { Env } from '../env.js';
 import { ApiError, fromFailure } from '../errors.js';
-import { groupChains, headGroups, layerGroups } from './config.js';
+import { embedInFront, groupChains, headGroups, layerGroups, type GroupEnv } from './config.js';
+import { compactFrontier } from './frontier.js';
+import { frontModel } from './parts.js';
 import { LEASE_IDLE_MS, type LayerGroup } from './layer-group-object.js';
 import type { Failure, GroupStepCall, GroupStepReply } from './types.js';
 
@@ -54,6 +56,15 @@ export function chainError(e: unknown): unknown {
 }
 
 type StepCall = (g: number, input: GroupStepCall['input'], schedule: GroupStepCall['schedule'], trace: boolean) => Promise<Failure | ({ ok: true } & GroupStepReply)>;
+/** The front's embedding (EMBED_IN_FRONT): the frontier entering layer 0 for the new tokens. */
+export type FrontEmbed = (start: number, tokens: readonly number[]) => Promise<Frontier>;
+
+/** The front's embedding when EMBED_IN_FRONT is set (the front part loads it with the tokenizer), else undefined. */
+export function frontEmbed(env: Pick<Env, 'ASSETS' | 'MODEL_NAME'> & Partial<Env> & GroupEnv): FrontEmbed | undefined {
+  if (!embedInFront(env)) return undefined;
+  return async (start, tokens) => embedStep(await frontModel(env), start, tokens);
+}
+
 /** Classifier object k: the logits of its rows for the last token's hidden state. */
 type HeadCall = (k: number, hidden: Float32Array) => Promise<Failure | { ok: true; rows: { start: number; logits: Float32Array }[] }>;
 
@@ -71,6 +82,7 @@ export class ChainRunner {
     readonly index?: number,
     readonly heads = 0,
     private readonly headCall?: HeadCall,
+    private readonly embed?: FrontEmbed,
   ) {}
 
   /** A state for generate(): tokens only, since the caches live in the groups. */
@@ -86,6 +98,11 @@ export class ChainRunner {
     seq.append(newTokens);
     let moved = 0;
     let input: GroupStepCall['input'] = { tokens: [...newTokens], start };
+    if (this.embed) {
+      // The front holds the embedding: the first boundary is front -> group 0.
+      input = { frontier: compactFrontier(await this.embed(start, newTokens)) };
+      moved += frontierBytes(input.frontier);
+    }
     const stats: LayerStats[] = [];
     let logits: Float32Array | null = null;
     for (let g = 0; g < this.groups; g++) {
@@ -150,15 +167,18 @@ export class Chain extends ChainRunner {
     config: ModelConfig,
     index?: number,
     heads = 0,
+    embed?: FrontEmbed,
   ) {
     const G = stubs.length - heads;
+    const frontEmbeds = embed !== undefined;
     super(
       G,
       config,
-      (g, input, schedule, trace) => stubs[g].step({ groups: G, group: g, heads, lease, input, schedule, trace }),
+      (g, input, schedule, trace) => stubs[g].step({ groups: G, group: g, heads, frontEmbeds, lease, input, schedule, trace }),
       index,
       heads,
       (k, hidden) => stubs[G + k].head({ groups: G, group: G + k, heads }, hidden),
+      embed,
     );
   }
 
@@ -208,19 +228,21 @@ export async function acquirePoolChain(env: Env, config: ModelConfig): Promise<C
   const H = headGroups(env);
   const C = groupChains(env);
   const lease = crypto.randomUUID();
+  const embed = frontEmbed(env);
+  const frontEmbeds = embed !== undefined;
   const first = crypto.getRandomValues(new Uint32Array(1))[0] % C;
   for (let k = 0; k < C; k++) {
     const c = (first + k) % C;
     const stubs = poolChain(env, c, G, H);
-    const head = await stubs[0].acquire({ groups: G, group: 0, heads: H, lease, exclusive: true });
+    const head = await stubs[0].acquire({ groups: G, group: 0, heads: H, frontEmbeds, lease, exclusive: true });
     if (!head.ok) {
       if (head.error.code === 'chain_busy') continue;
       throw fromFailure(head);
     }
-    const chain = new Chain(stubs, lease, config, c, H);
+    const chain = new Chain(stubs, lease, config, c, H, embed);
     chain.stopKeepAlive = keepAlive(() => stubs, () => chain.lastUse);
     try {
-      for (let g = 1; g < G; g++) unwrap<{ loaded: boolean }>(await stubs[g].acquire({ groups: G, group: g, heads: H, lease, exclusive: false }));
+      for (let g = 1; g < G; g++) unwrap<{ loaded: boolean }>(await stubs[g].acquire({ groups: G, group: g, heads: H, frontEmbeds, lease, exclusive: false }));
     } catch (e) {
       await chain.release();
       throw chainError(e);

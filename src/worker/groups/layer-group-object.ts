@@ -27,7 +27,8 @@ interface SessionMemory {
 
 /** One step over a group's layers: group 0 embeds `tokens`, the last applies the head. */
 async function runGroupStep(part: ModelPart, seq: SequenceState, call: GroupStepCall | SessionStepCall): Promise<GroupStepReply> {
-  if ('tokens' in call.input !== (call.group === 0)) throw new EngineError(`group ${call.group} was sent ${'tokens' in call.input ? 'tokens' : 'a frontier'}; group 0 embeds tokens, the others take a frontier`, 'internal');
+  // Tokens go to the group holding the embedding; a frontier to any group (the first one too when the front embeds).
+  if ('tokens' in call.input && part.embed.length === 0) throw new EngineError(`group ${call.group} holds no embedding but was sent tokens`, 'internal');
   const into: Frontier = 'tokens' in call.input ? await embedStep(part, call.input.start, call.input.tokens) : call.input.frontier;
   const trace: LayerTraceEntry[] | undefined = call.trace ? [] : undefined;
   const { frontier, stats } = await runLayers(part, seq, into, { schedule: call.schedule, trace: trace && ((layer, queries, revived) => trace.push({ layer, queries, revived })) });
@@ -58,10 +59,12 @@ export class LayerGroup extends DurableObject<Env> {
   private lease: { id: string; at: number } | null = null;
   private state: SequenceState | null = null;
   private stepping = false;
+  /** when this instance started (an eviction or restart starts a new one, with no lease) */
+  private readonly born = Date.now();
 
-  private async part(a: Pick<GroupAddress, 'groups' | 'group' | 'heads'>): Promise<ModelPart> {
+  private async part(a: Pick<GroupAddress, 'groups' | 'group' | 'heads' | 'frontEmbeds'>): Promise<ModelPart> {
     const m = await manifestOf(this.env);
-    return groupModel(this.env, groupPart(m.config.nLayers, m.files.head.length, a.groups, a.group, a.heads ?? 0));
+    return groupModel(this.env, groupPart(m.config.nLayers, m.files.head.length, a.groups, a.group, a.heads ?? 0, a.frontEmbeds ?? false));
   }
 
   /** A classifier object: the logits of its vocabulary rows for the last token's hidden state [dim]. Stateless. */
@@ -98,7 +101,11 @@ export class LayerGroup extends DurableObject<Env> {
 
   /** Runs the step over this group's layers for the lease holding it. */
   async step(call: GroupStepCall): Promise<Result<GroupStepReply>> {
-    if (!this.held(call.lease) || !this.state) return failureOf(409, 'This layer group is no longer held by this request (it was taken over after being idle).', 'lease_lost');
+    if (!this.held(call.lease) || !this.state) {
+      const why = this.lease ? `held by another request since ${Date.now() - this.lease.at} ms` : `holding no request, started ${Date.now() - this.born} ms ago`;
+      console.warn(`layer group ${call.group}/${call.groups}: step refused (lease_lost): ${why}`);
+      return failureOf(409, `This layer group is no longer held by this request (${why}).`, 'lease_lost');
+    }
     if (this.stepping) return failureOf(409, 'A step is already running on this layer group.', 'chain_busy');
     this.stepping = true;
     try {

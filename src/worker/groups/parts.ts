@@ -10,6 +10,7 @@
 import { loadModelPart, type LoadedModel, type ModelPart, type PartSpec } from '../../engine/model.js';
 import { parseManifest, type Manifest } from '../../model/manifest.js';
 import type { Env } from '../env.js';
+import { embedInFront, type GroupEnv } from './config.js';
 import { assetReader, loadOptionsOf, positiveVar, type ModelEnv } from '../model-store.js';
 
 const parts = new Map<string, Promise<ModelPart>>();
@@ -52,10 +53,11 @@ export function groupModel(env: ModelEnv, spec: PartSpec): Promise<ModelPart> {
 
 /**
  * What the front Worker holds when the layers are split: the tokenizer, the config and the chat
- * template; no weights. Typed as a LoadedModel so that the job planning and generation code paths
+ * template; no weights but the embedding with EMBED_IN_FRONT (config.ts). Typed as a LoadedModel so that the job planning and generation code paths
  * stay the same; its steps are run by the chain (chain.ts).
  */
-export async function frontModel(env: Pick<Env, 'ASSETS' | 'MODEL_NAME'> & Partial<Env>): Promise<LoadedModel> {
-  const key = `${env.MODEL_NAME}|front`;
-  return (await cached(key, async () => load(env, { layers: { start: 0, end: 0 }, embed: false, head: [], tokenizer: true }))) as LoadedModel;
+export async function frontModel(env: Pick<Env, 'ASSETS' | 'MODEL_NAME'> & Partial<Env> & GroupEnv): Promise<LoadedModel> {
+  const embed = embedInFront(env);
+  const key = `${env.MODEL_NAME}|front${embed ? '+e' : ''}`;
+  return (await cached(key, async () => load(env, { layers: { start: 0, end: 0 }, embed, head: [], tokenizer: true }))) as LoadedModel;
 }

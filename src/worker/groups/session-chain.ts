@@ -8,7 +8,7 @@
 import { SequenceState } from '../../engine/caches.js';
 import type { ModelConfig } from '../../model/config.js';
 import type { Env } from '../env.js';
-import { ChainRunner, keepAlive, type GroupStub } from './chain.js';
+import { ChainRunner, keepAlive, type FrontEmbed, type GroupStub } from './chain.js';
 import type { GroupSummary, SessionGroupAddress } from './types.js';
 
 /** The objects of the session whose ChatSession object has id `sessionObject`. */
@@ -50,6 +50,8 @@ export class SessionChain {
     readonly groups: number,
     readonly config: ModelConfig,
     readonly heads = 0,
+    /** the session object embeds (EMBED_IN_FRONT): group 0 holds no embedding */
+    private readonly embed?: FrontEmbed,
   ) {}
 
   private layerStubs(): GroupStub[] {
@@ -62,10 +64,9 @@ export class SessionChain {
   }
 
   private address(g: number, committed: number, attempt: string): SessionGroupAddress {
-    return { groups: this.groups, group: g, heads: this.heads, committed, attempt };
+    return { groups: this.groups, group: g, heads: this.heads, frontEmbeds: this.embed !== undefined, committed, attempt };
   }
 
-  /** A runner for one attempt at turn `committed` (the session's committed turn count). */
   /** A runner for one attempt at turn `committed`; `done()` ends its keep-alive (chain.ts) once the attempt is over. */
   attempt(committed: number): { runner: ChainRunner; id: string; done: () => void } {
     const id = crypto.randomUUID();
@@ -81,6 +82,7 @@ export class SessionChain {
       undefined,
       this.heads,
       (k, hidden) => stubs[G + k].head({ groups: G, group: G + k, heads: this.heads }, hidden),
+      this.embed,
     );
     return { runner, id, done };
   }

@@ -13,6 +13,8 @@ export interface GroupAddress {
   group: number;
   /** classifier objects after the layer groups (config.ts groupPart); 0 or absent: the last layer group applies the classifier */
   heads?: number;
+  /** the front embeds the tokens (EMBED_IN_FRONT): group 0 holds no embedding and receives a frontier */
+  frontEmbeds?: boolean;
   lease: string;
 }
 
@@ -54,6 +56,7 @@ export interface SessionGroupAddress {
   groups: number;
   group: number;
   heads?: number;
+  frontEmbeds?: boolean;
   /** the session's committed turn count: chunks of later turns are not committed (group-store.ts) */
   committed: number;
   /** one attempt at turn `committed`: a group continues only the attempt it is in, else it reloads */
