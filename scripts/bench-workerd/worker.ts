@@ -41,6 +41,25 @@ function argmax(x: Float32Array): number {
   return b;
 }
 
+async function prefill(env: Env, body: RunRequest): Promise<Held & { computedPerLayer: number[] }> {
+  const model = await getModel({ ...env, MODEL_NAME: body.model, MEMORY_BUDGET_MB: 'off' });
+  const schedule = body.schedule ? parseSchedule(body.schedule) : null;
+  const seq = new SequenceState(model.config);
+  const { logits, stats } = await runStep(model, seq, body.tokens, { schedule });
+  return { model, seq, schedule, logits, computedPerLayer: stats.computedPerLayer };
+}
+
+/** Greedy tokens from the held logits on; with `stop`, ends after a stop id (included), as bench-child's. */
+async function decode(h: Held, n: number, stop?: number[]): Promise<number[]> {
+  const tokens: number[] = [];
+  for (let i = 0; i < n; i++) {
+    tokens.push(argmax(h.logits));
+    if (stop?.includes(tokens[i])) break;
+    h.logits = (await runStep(h.model, h.seq, [tokens[i]], { schedule: h.schedule })).logits;
+  }
+  return tokens;
+}
+
 export default {
   async fetch(req: Request, env: Env): Promise<Response> {
     const url = new URL(req.url);
@@ -55,40 +74,20 @@ export default {
       }
       if (url.pathname === '/run' && req.method === 'POST') {
         const body = (await req.json()) as RunRequest;
-        const model = await getModel({ ...env, MODEL_NAME: body.model, MEMORY_BUDGET_MB: 'off' });
-        const schedule = body.schedule ? parseSchedule(body.schedule) : null;
-        const seq = new SequenceState(model.config);
-        const first = await runStep(model, seq, body.tokens, { schedule });
-        let logits = first.logits;
-        const tokens: number[] = [];
-        for (let i = 0; i < body.decode; i++) {
-          tokens.push(argmax(logits));
-          logits = (await runStep(model, seq, [tokens[i]], { schedule })).logits;
-        }
-        return Response.json({ tokens, computed_per_layer: first.stats.computedPerLayer });
+        const h = await prefill(env, body);
+        return Response.json({ tokens: await decode(h, body.decode), computed_per_layer: h.computedPerLayer });
       }
       if (url.pathname === '/prefill' && req.method === 'POST') {
-        const body = (await req.json()) as RunRequest;
-        const model = await getModel({ ...env, MODEL_NAME: body.model, MEMORY_BUDGET_MB: 'off' });
-        const schedule = body.schedule ? parseSchedule(body.schedule) : null;
-        const seq = new SequenceState(model.config);
         held = null;
-        const { logits } = await runStep(model, seq, body.tokens, { schedule });
-        held = { model, seq, schedule, logits };
-        return Response.json({ prompt_tokens: seq.length });
+        held = await prefill(env, (await req.json()) as RunRequest);
+        return Response.json({ prompt_tokens: held.seq.length });
       }
       if (url.pathname === '/decode' && req.method === 'POST') {
         const body = (await req.json()) as { decode: number; stop?: number[] };
         if (!held) return Response.json({ error: 'POST /prefill first' }, { status: 409 });
-        const { model, seq, schedule } = held;
-        const tokens: number[] = [];
-        for (let i = 0; i < body.decode; i++) {
-          tokens.push(argmax(held.logits));
-          if (body.stop?.includes(tokens[i])) break; // a reply ends at its stop id (included), as bench-child's
-          held.logits = (await runStep(model, seq, [tokens[i]], { schedule })).logits;
-        }
+        const h = held;
         held = null;
-        return Response.json({ tokens });
+        return Response.json({ tokens: await decode(h, body.decode, body.stop) });
       }
       return new Response('not found', { status: 404 });
     } catch (e) {
