@@ -26,7 +26,7 @@ export default defineConfig({
       },
       {
         // The served default, SmolLM2, as wrangler.toml configures it, with the budget npm start sets.
-        plugins: [cloudflareTest({ wrangler: { configPath: './wrangler.toml' }, miniflare: { bindings: { MEMORY_BUDGET_MB: '1024', ASSET_READ_MB_PER_S: '4' } } })],
+        plugins: [cloudflareTest({ wrangler: { configPath: './wrangler.toml' }, miniflare: { bindings: { MEMORY_BUDGET_MB: '1024' } } })],
         test: {
           name: 'workers-smollm2',
           include: ['test/workers-smollm2/**/*.test.ts'],

@@ -1,7 +1,8 @@
 /**
- * A Worker run in `wrangler dev` on 127.0.0.1 for measuring from outside: started in its own process
- * group (so wrangler and its workerd stop together), awaited until a URL answers, and its workerd
- * processes found for /proc readings. Used by the benchmark and the memory measurement.
+ * A Worker run locally (scripts/serve.ts: wrangler's local server without its inspector) on 127.0.0.1
+ * for measuring and testing from outside: started in its own process group (so wrangler and its
+ * workerd stop together), awaited until a URL answers, and its workerd processes found for /proc
+ * readings. Used by the benchmarks, the memory measurement, the split probe and the Node tests.
  */
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { linkSync, mkdirSync, openSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
@@ -25,10 +26,34 @@ export function residentBytes(pid: number): { rss: number; hwm: number } {
   }
 }
 
+/**
+ * `tsx scripts/serve.ts ...args` in a process group of its own, its output in `logFile`. The caller
+ * stops it by that group (killGroup), so no process it did not start is touched.
+ */
+export function spawnServe(args: string[], logFile: string): ChildProcess {
+  const out = openSync(logFile, 'w');
+  return spawn(process.execPath, ['--import', 'tsx', join(REPO_ROOT, 'scripts/serve.ts'), ...args], {
+    cwd: REPO_ROOT,
+    detached: true,
+    stdio: ['ignore', out, out],
+    env: { ...process.env, WRANGLER_SEND_METRICS: 'false', WRANGLER_HIDE_BANNER: 'true', NO_COLOR: '1' },
+  });
+}
+
+export function killGroup(child: ChildProcess, signal: NodeJS.Signals): void {
+  if (child.pid !== undefined && child.exitCode === null && child.signalCode === null) {
+    try {
+      process.kill(-child.pid, signal);
+    } catch {
+      // already gone
+    }
+  }
+}
+
 export async function waitReady(url: string, child: ChildProcess, timeoutMs: number): Promise<void> {
   const until = Date.now() + timeoutMs;
   while (Date.now() < until) {
-    if (child.exitCode !== null) throw new Error(`wrangler dev exited with code ${child.exitCode}`);
+    if (child.exitCode !== null) throw new Error(`the local server exited with code ${child.exitCode}`);
     try {
       const res = await fetch(url);
       if (res.ok) return;
@@ -37,7 +62,7 @@ export async function waitReady(url: string, child: ChildProcess, timeoutMs: num
     }
     await new Promise((r) => setTimeout(r, 500));
   }
-  throw new Error(`wrangler dev did not answer ${url} within ${timeoutMs / 1000} s`);
+  throw new Error(`the local server did not answer ${url} within ${timeoutMs / 1000} s`);
 }
 
 export interface WranglerDev {
@@ -59,8 +84,9 @@ function linkTree(from: string, to: string): void {
 /**
  * A snapshot of a Worker for measuring: its bundle as `wrangler deploy --dry-run` builds it now, and
  * hard links of the named model folders of its assets, in a folder of .bench-cache/ with a config
- * that runs them unbundled. wrangler dev reloads the Worker whenever a source file or an asset
- * changes, which drops the loaded model mid-measurement while other work goes on in the checkout.
+ * that runs them unbundled. The server does not reload on edits, but its bundle and its asset files
+ * are read at start and at first load: a snapshot keeps a measurement on one version of the code and
+ * the shards while other work (edits, shard builds) goes on in the checkout.
  */
 function freezeWorker(config: string, models: string[]): { config: string; dir: string } {
   const dir = join(REPO_ROOT, '.bench-cache', `frozen-${process.pid}-${Date.now()}`);
@@ -83,30 +109,16 @@ function freezeWorker(config: string, models: string[]): { config: string; dir: 
 }
 
 /**
- * Starts `wrangler dev --config <config>` on a free loopback port; `vars` become --var flags. With
+ * Serves `config` on a free loopback port; `vars` become --var flags. With
  * `freeze`, it runs a snapshot of the Worker and of those model folders (freezeWorker), removed at stop.
  */
 export async function startWranglerDev(config: string, logFile: string, vars: Record<string, string> = {}, opts: { freeze?: { models: string[] } } = {}): Promise<WranglerDev> {
   const frozen = opts.freeze ? freezeWorker(resolve(REPO_ROOT, config), opts.freeze.models) : null;
   if (frozen) config = frozen.config;
   const port = await freeLoopbackPort();
-  const out = openSync(logFile, 'w');
   const varArgs = Object.entries(vars).flatMap(([k, v]) => ['--var', `${k}:${v}`]);
-  const child = spawn(process.execPath, [join(REPO_ROOT, 'node_modules/wrangler/bin/wrangler.js'), 'dev', '--config', config, '--ip', '127.0.0.1', '--port', String(port), ...varArgs], {
-    cwd: REPO_ROOT,
-    detached: true,
-    stdio: ['ignore', out, out],
-    env: { ...process.env, WRANGLER_SEND_METRICS: 'false', CLOUDFLARE_CF_FETCH_ENABLED: 'false', NO_COLOR: '1' },
-  });
-  const kill = () => {
-    if (child.pid && child.exitCode === null) {
-      try {
-        process.kill(-child.pid, 'SIGTERM');
-      } catch {
-        // already gone
-      }
-    }
-  };
+  const child = spawnServe(['--config', config, '--ip', '127.0.0.1', '--port', String(port), ...varArgs], logFile);
+  const kill = () => killGroup(child, 'SIGTERM');
   process.once('exit', kill);
   return {
     base: `http://127.0.0.1:${port}`,

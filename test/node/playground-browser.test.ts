@@ -1,7 +1,7 @@
 /**
- * SPAWNS `wrangler dev` and a headless Chromium: the playground page in a real browser.
+ * SPAWNS the local server (scripts/serve.ts) and a headless Chromium: the playground page in a real browser.
  *
- * Starts `wrangler dev --ip 127.0.0.1 --port <free> --var MODEL_NAME:stories260K` (its own process
+ * Starts `scripts/serve.ts --ip 127.0.0.1 --port <free> --var MODEL_NAME:stories260K` (its own process
  * group, persisted to a temporary directory), then Debian's /usr/bin/chromium driven by
  * playwright-core (never a downloaded browser; `.ci/run` installs the package when missing). The
  * page loads from the dev server, sends a chat message, and the streamed reply must grow in
@@ -108,7 +108,7 @@ interface Completion {
   lazy_stats: { prefill_computed_per_layer: number[]; trace: LazyTrace };
 }
 
-describe('[spawns wrangler dev and Chromium] the playground page', () => {
+describe('[spawns the local server and Chromium] the playground page', () => {
   it('streams a reply and draws the pruning grid the model and prompt imply', async () => {
     const page = await openPage();
     await settings(page, { session: false });

@@ -1,7 +1,7 @@
 /**
- * SPAWNS `wrangler dev` (twice): a chat session survives a restart of the dev server.
+ * SPAWNS the local server (twice): a chat session survives a restart of the dev server.
  *
- * Starts `node_modules/.bin/wrangler dev --ip 127.0.0.1 --port <free> --persist-to <tmp dir> --var MODEL_NAME:stories260K` in its own
+ * Starts `scripts/serve.ts --ip 127.0.0.1 --port <free> --persist-to <tmp dir> --var MODEL_NAME:stories260K` in its own
  * process group, creates a session and runs a turn, kills the server (SIGKILL to that process group,
  * by the PID this test spawned: wrangler and its workerd children, nothing else), starts it again
  * on the same persistence directory and continues the conversation. The replies must equal the
@@ -57,7 +57,7 @@ afterAll(async () => {
   rmSync(persist, { recursive: true, force: true });
 });
 
-describe('[spawns wrangler dev] a chat session across a dev-server restart', () => {
+describe('[spawns the local server] a chat session across a dev-server restart', () => {
   it('keeps its conversation and caches in local persistence and continues exactly', async () => {
     // The reference: the same turns with the engine in this process, on the shards wrangler serves.
     const model = await loadModelFromDir(await ensureDefaultShards());
