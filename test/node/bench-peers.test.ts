@@ -9,8 +9,11 @@
  * transformers.js runs our monolithic export of the same weights; at fp32 (the exact weights) it must
  * match, while the bench's q8 and q4 rows re-quantize and are only compared. wllama runs in Debian's
  * headless Chromium, as on CI. llama.cpp native needs Python with
- * llama-cpp-python, which CI does not have: that test skips and prints why.
+ * llama-cpp-python, which CI does not have: that test skips and prints why. Our own rows inside
+ * workerd (the bench's `workerd-dense` and `workerd-lazy`) must give dense's tokens too.
  */
+import { tmpdir } from 'node:os';
+import { basename, join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { defaultSchedule, formatSchedule } from '../../src/engine/policy.js';
 import { startEngine, type EnginePeers } from '../../scripts/lib/peers/engine.js';
@@ -20,6 +23,7 @@ import { agreesWithExact, chatChecks, shardTokenizer, textWindows, type ChatChec
 import { ensureSmolExport } from '../../scripts/lib/peers/smol-export.js';
 import { startTransformers } from '../../scripts/lib/peers/transformers.js';
 import { startWllama } from '../../scripts/lib/peers/wllama.js';
+import { startWorkerdEngine } from '../../scripts/lib/peers/workerd.js';
 import { locateServedGguf, servedShardsDir } from '../../scripts/lib/served-model.js';
 import { fixture, type LogitsFixture } from '../support/smollm2.js';
 
@@ -110,6 +114,19 @@ describe('transformers.js on our monolithic export', () => {
       await sameAsDense(s.peer);
     } finally {
       await s.peer.close();
+    }
+  });
+});
+
+describe('our engine inside workerd (scripts/bench-workerd, a frozen snapshot served locally)', () => {
+  it('dense and lazy: the same tokens as dense in Node, and its prompt token counts equal ours', async () => {
+    const w = await startWorkerdEngine({ model: basename(servedShardsDir()), contextTokens: N_CTX, schedule: formatSchedule(defaultSchedule(30)), logFile: join(tmpdir(), `bench-peers-workerd-${process.pid}.log`), log });
+    try {
+      await sameAsDense(w.dense);
+      // the default schedule's floor (min:128) keeps all 39 prompt tokens: this checks the lazy row's path through workerd
+      await sameAsDense(w.lazy);
+    } finally {
+      await w.close();
     }
   });
 });

@@ -26,13 +26,11 @@ export async function startWorkerdEngine(opts: {
   logFile: string;
   log: (m: string) => void;
 }): Promise<WorkerdPeers> {
-  // Local asset reads are paced: wrangler's asset service holds a socket per ~4 KB read (model-store.ts).
   const dev: WranglerDev = await startWranglerDev(join(REPO_ROOT, 'scripts/bench-workerd/wrangler.toml'), opts.logFile, {
     CONTEXT_TOKENS: String(opts.contextTokens),
-    ASSET_READ_MB_PER_S: '4',
   }, { freeze: { models: [opts.model] } });
   try {
-    opts.log(`workerd: wrangler dev (pid ${dev.child.pid}) on ${dev.base}, log ${opts.logFile}; loading ${opts.model}`);
+    opts.log(`workerd: local server (pid ${dev.child.pid}) on ${dev.base}, log ${opts.logFile}; loading ${opts.model}`);
     await waitReady(`${dev.base}/ready?model=${opts.model}`, dev.child, 600_000);
   } catch (e) {
     await dev.stop();
@@ -56,7 +54,7 @@ export async function startWorkerdEngine(opts: {
 
   const make = (row: 'dense' | 'lazy'): Peer => ({
     row: `${row === 'dense' ? 'dense' : `lazy \`${opts.schedule}\``} (workerd)`,
-    info: { engine: 'lazy-edge (onnxruntime-web 1.30 wasm, 1 thread, workerd in wrangler dev)', threads: 1, ...(row === 'lazy' ? { schedule: opts.schedule } : {}) },
+    info: { engine: 'lazy-edge (onnxruntime-web 1.30 wasm, 1 thread, workerd served by scripts/serve.ts)', threads: 1, ...(row === 'lazy' ? { schedule: opts.schedule } : {}) },
     async run(prompt, decode, stop): Promise<PeerTrial> {
       const schedule = row === 'lazy' ? opts.schedule : null;
       const p = await post<{ prompt_tokens: number }>('/prefill', { model: opts.model, tokens: prompt.ids, schedule });
