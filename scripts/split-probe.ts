@@ -156,16 +156,12 @@ async function main(): Promise<void> {
     const { G: layerGroups, H: heads } = splitOf(G);
     const log = join(tmpdir(), `split-probe-${process.pid}-${G}.log`);
     progress(`LAYER_GROUPS=${G}: starting wrangler dev (log ${log})`);
-    // frozen: wrangler dev reloads on any change to src/ or model-shards/, and a reload restarts every object
+    // frozen: the bundle and the model's shards as they are now, whatever other work changes in the checkout meanwhile
     const dev = await startWranglerDev(join(REPO_ROOT, 'wrangler.toml'), log, {
       MODEL_NAME: values.model!,
       LAYER_GROUPS: String(layerGroups),
       HEAD_GROUPS: String(heads),
       MEMORY_BUDGET_MB: '1024',
-      // The classifier objects load in parallel, each pacing its own reads: keep the sum at 4 MB/s
-      // (wrangler's local asset service holds a socket per ~4 KB read for seconds, and at 8 MB/s
-      // workerd ran out of file descriptors; src/worker/model-store.ts).
-      ASSET_READ_MB_PER_S: String(4 / Math.max(1, heads)),
       CONTEXT_TOKENS: String(context),
       KV_FORMAT: values.kv!,
       EMBED_IN_FRONT: front ? '1' : '0',
@@ -185,7 +181,6 @@ async function main(): Promise<void> {
       load.push(loadavg()[0]);
     } finally {
       await dev.stop();
-      if (readFileSync(log, 'utf8').includes('Reloading local server')) progress(`LAYER_GROUPS=${G}: wrangler dev reloaded during the run (${log}): its objects restarted`);
     }
   }
   const summary = groupsList.map((G) => {

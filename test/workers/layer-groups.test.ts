@@ -113,6 +113,18 @@ describe('layer groups in workerd (stories260K)', () => {
     await poolChain(env, 0, 2)[1].release('other');
   });
 
+  it('a held chain keeps a call in flight to each of its objects (so none is evicted while the others compute) until it is released', async () => {
+    const front = await frontModel(env);
+    const vars = { LAYER_GROUPS: '2', HEAD_GROUPS: '1', GROUP_CHAINS: '1' };
+    const a = await acquirePoolChain({ ...env, ...vars }, front.config);
+    // each probe goes through the chain's own stub, so it arrives after that stub's hold()
+    expect((await Promise.all(a.stubs.map((s) => s.probe()))).map((p) => p.holds)).toEqual([1, 1, 1]);
+    await a.runner(a.frontState(), [1, 400, 300], { schedule: null });
+    expect((await Promise.all(a.stubs.map((s) => s.probe()))).map((p) => p.holds)).toEqual([1, 1, 1]);
+    await a.release();
+    expect((await Promise.all(a.stubs.map((s) => s.probe()))).map((p) => p.holds)).toEqual([0, 0, 0]);
+  });
+
   it('a group restarted in the middle of a stateless request (what a wrangler dev reload or a deploy does) fails the next step saying so; the chain then serves the next request', async () => {
     const front = await frontModel(env);
     const vars = { LAYER_GROUPS: '3', GROUP_CHAINS: '1' };

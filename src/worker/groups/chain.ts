@@ -182,33 +182,44 @@ export class Chain extends ChainRunner {
     );
   }
 
-  /** the keep-alive started while the chain was being taken (objects loaded first must not idle while later ones load) */
-  stopKeepAlive: () => void = () => undefined;
+  /** the holds started while the chain was being taken (objects loaded first must not be evicted while later ones load) */
+  stopHolding: () => void = () => undefined;
 
   async release(): Promise<void> {
-    this.stopKeepAlive();
+    this.stopHolding();
     await Promise.all(this.stubs.map((s) => s.release(this.lease).catch(() => undefined)));
   }
 }
 
-/**
- * An object that receives no call for a few seconds may be evicted, and a stateless group's state
- * lives only in memory: in wrangler dev the deeper groups of a chain lost theirs while the first
- * ones ran a 2k-token prefill (they answered lease_lost). While a chain is held, every object is
- * pinged this often, so that none sits idle while the others compute.
- */
-export const KEEP_ALIVE_MS = 3_000;
+/** How long one hold() call lasts before the front renews it (any length works; a short one ends sooner if the front dies). */
+export const HOLD_MS = 30_000;
 
 /**
- * Pings `stubs()` every KEEP_ALIVE_MS until the returned stop is called, or until `lastUse()` is
- * older than the lease idle time (a holder that never released must not keep a chain forever).
+ * Holds every object of `stubs` (each has a hold() call in flight, renewed every HOLD_MS) until the
+ * returned stop is called, or until `lastUse()` is older than the lease idle time (a holder that
+ * never released must not keep a chain forever). An object whose state lives only in memory may
+ * be evicted once no call to it is in flight, and a chain's objects sit idle while the others
+ * compute: in wrangler dev every idle object of a chain was evicted during a 13 s prefill, even
+ * with a ping every 3 s (the layer-group-object.ts hold() comment says why).
  */
-export function keepAlive(stubs: () => readonly GroupStub[], lastUse: () => number): () => void {
-  const timer = setInterval(() => {
-    if (Date.now() - lastUse() > LEASE_IDLE_MS) return clearInterval(timer);
-    for (const s of stubs()) s.probe().catch(() => undefined);
-  }, KEEP_ALIVE_MS);
-  return () => clearInterval(timer);
+export function holdObjects(stubs: readonly GroupStub[], lastUse: () => number): () => void {
+  const id = crypto.randomUUID();
+  let stopped = false;
+  for (const s of stubs) {
+    void (async () => {
+      while (!stopped && Date.now() - lastUse() <= LEASE_IDLE_MS) {
+        try {
+          await s.hold(id, HOLD_MS);
+        } catch {
+          return; // the object was reset: its next step says so
+        }
+      }
+    })();
+  }
+  return () => {
+    stopped = true;
+    for (const s of stubs) s.unhold(id).catch(() => undefined);
+  };
 }
 
 const stubOf = (env: Env, name: string): GroupStub => env.LAYER_GROUP_OBJECTS.get(env.LAYER_GROUP_OBJECTS.idFromName(name));
@@ -240,7 +251,7 @@ export async function acquirePoolChain(env: Env, config: ModelConfig): Promise<C
       throw fromFailure(head);
     }
     const chain = new Chain(stubs, lease, config, c, H, embed);
-    chain.stopKeepAlive = keepAlive(() => stubs, () => chain.lastUse);
+    chain.stopHolding = holdObjects(stubs, () => chain.lastUse);
     try {
       for (let g = 1; g < G; g++) unwrap<{ loaded: boolean }>(await stubs[g].acquire({ groups: G, group: g, heads: H, frontEmbeds, lease, exclusive: false }));
     } catch (e) {

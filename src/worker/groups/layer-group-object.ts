@@ -104,7 +104,7 @@ export class LayerGroup extends DurableObject<Env> {
     if (!this.held(call.lease) || !this.state) {
       const why = this.lease ? `held by another request since ${Date.now() - this.lease.at} ms` : `holding no request, started ${Date.now() - this.born} ms ago`;
       console.warn(`layer group ${call.group}/${call.groups}: step refused (lease_lost): ${why}`);
-      return failureOf(409, `This layer group is no longer held by this request (${why}).`, 'lease_lost');
+      return failureOf(409, `Layer group ${call.group} of ${call.groups} is no longer held by this request (${why}).`, 'lease_lost');
     }
     if (this.stepping) return failureOf(409, 'A step is already running on this layer group.', 'chain_busy');
     this.stepping = true;
@@ -222,7 +222,38 @@ export class LayerGroup extends DurableObject<Env> {
     await this.ctx.storage.deleteAll();
   }
 
-  /** Which isolate this object runs in, its wasm heap, and what its state holds: for tests and measurements. */
+  // ---- held while a chain serves a request (chain.ts holdObjects) ----
+
+  /** The hold() calls in flight, by id: each ends at unhold(id) or when its time is up. */
+  private readonly holds = new Map<string, () => void>();
+
+  /**
+   * A call that stays in flight until `unhold(id)` or `ms`, whichever comes first. An object with a
+   * call in flight is never evicted for inactivity, so while the front holds every object of a
+   * chain none loses its state between steps, however long the other objects compute. (Pings do not
+   * do that in local workerd: the runtime evicts an object 10 s after its last call ends, measured
+   * on an event-loop clock that does not advance while the in-process RPCs of a chain keep the loop
+   * busy, so a 13 s prefill evicted every idle object at once; docs/LAYER-GROUPS.md.)
+   */
+  async hold(id: string, ms: number): Promise<void> {
+    this.holds.get(id)?.();
+    await new Promise<void>((resolve) => {
+      const timer = setTimeout(() => end(), ms);
+      const end = () => {
+        clearTimeout(timer);
+        if (this.holds.get(id) === end) this.holds.delete(id);
+        resolve();
+      };
+      this.holds.set(id, end);
+    });
+  }
+
+  /** Ends the hold `id` (if still in flight). */
+  async unhold(id: string): Promise<void> {
+    this.holds.get(id)?.();
+  }
+
+  /** Which isolate this object runs in, its wasm heap, what its state holds and how many holds are in flight: for tests and measurements. */
   async probe(): Promise<IsolateProbe> {
     const s = this.state ?? this.session?.seq ?? null;
     return {
@@ -231,6 +262,7 @@ export class LayerGroup extends DurableObject<Env> {
       tokens: s?.length ?? 0,
       kv_bytes: s?.kvBytes() ?? 0,
       aux_bytes: s?.aux.bytes ?? 0,
+      holds: this.holds.size,
     };
   }
 }

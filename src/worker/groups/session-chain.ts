@@ -8,7 +8,7 @@
 import { SequenceState } from '../../engine/caches.js';
 import type { ModelConfig } from '../../model/config.js';
 import type { Env } from '../env.js';
-import { ChainRunner, keepAlive, type FrontEmbed, type GroupStub } from './chain.js';
+import { ChainRunner, holdObjects, type FrontEmbed, type GroupStub } from './chain.js';
 import type { GroupSummary, SessionGroupAddress } from './types.js';
 
 /** The objects of the session whose ChatSession object has id `sessionObject`. */
@@ -67,12 +67,12 @@ export class SessionChain {
     return { groups: this.groups, group: g, heads: this.heads, frontEmbeds: this.embed !== undefined, committed, attempt };
   }
 
-  /** A runner for one attempt at turn `committed`; `done()` ends its keep-alive (chain.ts) once the attempt is over. */
+  /** A runner for one attempt at turn `committed`; `done()` ends its holds on the objects (chain.ts holdObjects) once the attempt is over. */
   attempt(committed: number): { runner: ChainRunner; id: string; done: () => void } {
     const id = crypto.randomUUID();
     const stubs = this.connect();
     let runner: ChainRunner | null = null;
-    const done = keepAlive(() => stubs, () => runner?.lastUse ?? Date.now());
+    const done = holdObjects(stubs, () => runner?.lastUse ?? Date.now());
     const steps = new Array<number>(this.groups).fill(0);
     const G = this.groups;
     runner = new ChainRunner(

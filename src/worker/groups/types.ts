@@ -49,6 +49,8 @@ export interface IsolateProbe {
   tokens: number;
   kv_bytes: number;
   aux_bytes: number;
+  /** hold() calls in flight (a chain serving a request holds each of its objects once) */
+  holds: number;
 }
 
 /** A session's group: which session turn it serves. */
