@@ -1,5 +1,6 @@
 /**
- * node --expose-gc --import tsx scripts/split-memory.ts [--model DIR] [--context N] [--split G+H] [--kv f32|f16|int8] [--embed-in-front] [--objects 0,1,..] [--json]
+ * node --expose-gc --import tsx scripts/split-memory.ts [--model DIR] [--context N] [--split G+H] [--kv f32|f16|int8] [--embed-in-front] [--objects 0,1,..]
+ *                                                      [--runtime node|workerd] [--json]
  *
  * Memory per object of a split model, measured: every object of the split (layer groups, then
  * classifier objects, then with --embed-in-front the front holding the tokenizer and embedding;
@@ -15,22 +16,29 @@
  * the same, so the first, one middle group and a classifier object stand for the rest at long
  * contexts, where each takes minutes). Progress on stderr; --json prints one object with
  * `objects` (each: its pieces and measured bytes) and `max_object_bytes`.
+ *
+ * --runtime workerd loads each object alone in a workerd process of its own instead
+ * (scripts/split-memory-workerd/, served by scripts/serve.ts): there the wasm memory is read inside,
+ * and the process's resident set (VmRSS) and its peak (VmHWM) from /proc, net of the process's
+ * resident set before the load; they hold the JS heap and what workerd allocates for the isolate
+ * (compiled code included), which no API inside workerd reports.
  */
 import { spawnSync } from 'node:child_process';
 import { readFileSync } from 'node:fs';
-import { join } from 'node:path';
+import { tmpdir } from 'node:os';
+import { basename, join, resolve } from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { parseArgs } from 'node:util';
 import { isKvFormat, KV_FORMATS, type KvFormat } from '../src/engine/kv-rows.js';
-import { groupState, planSplit } from '../src/engine/layer-group.js';
+import { planSplit } from '../src/engine/layer-group.js';
 import { MB } from '../src/engine/memory-budget.js';
 import { loadModelPart, type PartSpec } from '../src/engine/model.js';
-import { embedStep, runLayers, type Frontier } from '../src/engine/step.js';
-import { headPartLogits } from '../src/engine/vocab-parts.js';
 import { parseManifest, quantOf } from '../src/model/manifest.js';
 import { wasmHeapBytes } from '../src/runtime/onnx-runtime.js';
-import { fail, initNodeRuntime, readBytes, REPO_ROOT, runMain } from './lib/node-env.js';
+import { fail, initNodeRuntime, readBytes, REPO_ROOT, runMain, SHARDS_ROOT } from './lib/node-env.js';
 import { servedShardsDir } from './lib/served-model.js';
+import { fillPart } from './lib/split-fill.js';
+import { findWorkerds, residentBytes, startWranglerDev, waitReady } from './lib/wrangler-dev.js';
 
 const t0 = Date.now();
 const progress = (m: string) => process.stderr.write(`[split-memory ${((Date.now() - t0) / 1000).toFixed(0).padStart(4)} s] ${m}\n`);
@@ -71,32 +79,8 @@ async function child(job: ChildJob): Promise<ObjectMeasure> {
   const loadPeak = peak;
   peak = 0;
   settle();
-  const { dim, vocabSize } = part.config;
-  const n = part.config.seqLen;
-  let kvAux = 0;
-  if (part.layerRange.end > part.layerRange.start) {
-    const seq = groupState(part.config, part.layerRange);
-    const ids = Array.from({ length: n }, (_, i) => (i * 7919) % vocabSize);
-    let into: Frontier;
-    if (part.embed.length) into = await embedStep(part, 0, ids);
-    else {
-      const hidden = new Float32Array(n * dim); // [n, dim] synthetic, values in [-1, 1)
-      for (let i = 0; i < hidden.length; i++) hidden[i] = Math.sin(i * 12.9898) * 0.999;
-      const all = Int32Array.from({ length: n }, (_, i) => i);
-      into = { layer: part.layerRange.start, start: 0, newTokens: ids, active: all, scores: null, carried: all, hidden };
-    }
-    await runLayers(part, seq, into, { schedule: null });
-    into = undefined as unknown as Frontier; // the step's input is dropped after it, as the object drops the RPC's frontier
-    kvAux = seq.kv.bytes + seq.aux.bytes;
-    (globalThis as { keep?: unknown }).keep = seq; // held, as the object holds it
-  }
-  if (part.layerRange.end === part.layerRange.start && part.embed.length) {
-    // the front: embeds the prompt (the frontier it sends group 0), then drops it
-    const f = await embedStep(part, 0, Array.from({ length: n }, (_, i) => (i * 7919) % vocabSize));
-    sample();
-    void f;
-  }
-  if (part.head.length) await headPartLogits(part.head, new Float32Array(dim).fill(0.1), dim);
+  const { seq, kvAuxBytes: kvAux } = await fillPart(part, sample);
+  (globalThis as { keep?: unknown }).keep = seq; // held, as the object holds it
   sample();
   clearInterval(timer);
   const fillPeak = peak;
@@ -104,6 +88,54 @@ async function child(job: ChildJob): Promise<ObjectMeasure> {
   const wasm = wasmHeapBytes() ?? 0;
   const js = Math.max(0, jsBytes() - base);
   return { load_peak_bytes: loadPeak, fill_peak_bytes: fillPeak, steady_bytes: wasm + js, wasm_bytes: wasm, js_heap_bytes: js, kv_aux_bytes: kvAux };
+}
+
+interface WorkerdMeasure {
+  wasm_after_load_bytes: number;
+  wasm_bytes: number;
+  /** VmRSS net of the process before loading: after the load, after the fill */
+  rss_after_load_bytes: number;
+  rss_bytes: number;
+  /** VmHWM (peak resident set) net of the process's resident set before loading: through the load, through the fill */
+  load_peak_bytes: number;
+  fill_peak_bytes: number;
+  kv_aux_bytes: number;
+}
+
+/** One object alone in a workerd process (scripts/split-memory-workerd/): loaded, filled, read from /proc. */
+async function inWorkerd(job: ChildJob): Promise<WorkerdMeasure> {
+  const model = basename(resolve(job.dir));
+  if (resolve(job.dir) !== join(SHARDS_ROOT, model)) fail(`--runtime workerd serves shards from ${SHARDS_ROOT}: --model must be a directory there`);
+  const log = join(tmpdir(), `split-memory-workerd-${process.pid}.log`);
+  const dev = await startWranglerDev('scripts/split-memory-workerd/wrangler.toml', log);
+  try {
+    await waitReady(`${dev.base}/noop`, dev.child, 180_000);
+    const pids = findWorkerds(dev.child.pid!);
+    if (!pids.length) fail(`no workerd process under the local server (log ${log})`);
+    const before = pids.map((p) => residentBytes(p).rss);
+    const post = async (path: string, body: object) => {
+      const r = (await (await fetch(`${dev.base}${path}`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify(body) })).json()) as Record<string, number> & { error?: string };
+      if (r.error) throw new Error(`workerd ${path}: ${r.error} (log ${log})`);
+      return r;
+    };
+    const load = await post('/load', { model, context: job.context, kv: job.kv, part: job.part });
+    const afterLoad = pids.map(residentBytes);
+    const fill = await post('/fill', {});
+    const afterFill = pids.map(residentBytes);
+    // wrangler runs two workerd processes (an entry proxy and the runtime): the object's is the one that grew
+    const i = afterFill.reduce((best, r, k) => (r.rss - before[k] > afterFill[best].rss - before[best] ? k : best), 0);
+    return {
+      wasm_after_load_bytes: load.wasm_bytes,
+      wasm_bytes: fill.wasm_bytes,
+      rss_after_load_bytes: afterLoad[i].rss - before[i],
+      rss_bytes: afterFill[i].rss - before[i],
+      load_peak_bytes: afterLoad[i].hwm - before[i],
+      fill_peak_bytes: afterFill[i].hwm - before[i],
+      kv_aux_bytes: fill.kv_aux_bytes,
+    };
+  } finally {
+    await dev.stop();
+  }
 }
 
 /** The CLI (also `npm run memory -- --split G+H ...`, scripts/memory.ts): `args` as after the script's name. */
@@ -117,6 +149,7 @@ export async function splitMemoryMain(args: string[]): Promise<void> {
       kv: { type: 'string', default: 'f32' },
       objects: { type: 'string' },
       'embed-in-front': { type: 'boolean', default: false },
+      runtime: { type: 'string', default: 'node' },
       json: { type: 'boolean', default: false },
       child: { type: 'string' },
     },
@@ -129,6 +162,8 @@ export async function splitMemoryMain(args: string[]): Promise<void> {
   const context = Number(values.context);
   if (!Number.isInteger(context) || context < 2) fail(`--context ${values.context} must be an integer of at least 2`);
   if (!isKvFormat(values.kv!)) fail(`--kv ${values.kv} must be one of ${KV_FORMATS.join(', ')}`);
+  const runtime = values.runtime!;
+  if (runtime !== 'node' && runtime !== 'workerd') fail(`--runtime ${runtime}: node or workerd`);
   const [g, h = '0'] = values.split!.split('+');
   const G = Number(g);
   const H = Number(h);
@@ -144,15 +179,23 @@ export async function splitMemoryMain(args: string[]): Promise<void> {
     const job: ChildJob = { dir, context: cfg.seqLen, kv: values.kv as KvFormat, part: { layers: p.layers, embed: p.embed, head: p.head, tokenizer: p.front ?? false } };
     const layers = p.front ? 'front: tokenizer' : p.layers.end > p.layers.start ? `layers ${p.layers.start}..${p.layers.end - 1}` : 'no layers';
     const what = `object ${i}: ${layers}${p.embed ? ' + embedding' : ''}${p.head.length ? ` + classifier parts ${p.head.join(',')}` : ''}`;
-    progress(`${what}: loading and filling ${cfg.seqLen} tokens`);
+    progress(`${what}: loading and filling ${cfg.seqLen} tokens in ${runtime}`);
+    const estimate = `estimate ${(p.bytes.total / MB).toFixed(1)} MB`;
+    const pieces = { index: i, ...(p.front ? { front: true } : {}), layers: p.layers, embed: p.embed, head: p.head };
+    if (runtime === 'workerd') {
+      const m = await inWorkerd(job);
+      progress(`${what}: resident ${(m.rss_bytes / MB).toFixed(1)} MB (wasm ${(m.wasm_bytes / MB).toFixed(1)}), peak ${(m.load_peak_bytes / MB).toFixed(1)} through the load, ${(m.fill_peak_bytes / MB).toFixed(1)} through the fill; ${estimate}`);
+      objects.push({ ...pieces, ...m, estimate_bytes: p.bytes.total, max_bytes: Math.max(m.rss_bytes, m.fill_peak_bytes) });
+      continue;
+    }
     const r = spawnSync(process.execPath, ['--expose-gc', '--import', 'tsx', join(REPO_ROOT, 'scripts/split-memory.ts'), '--child', JSON.stringify(job)], { cwd: REPO_ROOT, encoding: 'utf8', maxBuffer: 1 << 20 });
     if (r.status !== 0) fail(`${what} failed:\n${r.stderr}`);
     const m = JSON.parse(r.stdout.trim().split('\n').at(-1)!) as ObjectMeasure;
-    progress(`${what}: steady ${(m.steady_bytes / MB).toFixed(1)} MB (wasm ${(m.wasm_bytes / MB).toFixed(1)}, JS ${(m.js_heap_bytes / MB).toFixed(1)}), load peak ${(m.load_peak_bytes / MB).toFixed(1)}, fill peak ${(m.fill_peak_bytes / MB).toFixed(1)}; estimate ${(p.bytes.total / MB).toFixed(1)} MB`);
-    objects.push({ index: i, ...(p.front ? { front: true } : {}), layers: p.layers, embed: p.embed, head: p.head, ...m, estimate_bytes: p.bytes.total, max_bytes: Math.max(m.steady_bytes, m.load_peak_bytes, m.fill_peak_bytes) });
+    progress(`${what}: steady ${(m.steady_bytes / MB).toFixed(1)} MB (wasm ${(m.wasm_bytes / MB).toFixed(1)}, JS ${(m.js_heap_bytes / MB).toFixed(1)}), load peak ${(m.load_peak_bytes / MB).toFixed(1)}, fill peak ${(m.fill_peak_bytes / MB).toFixed(1)}; ${estimate}`);
+    objects.push({ ...pieces, ...m, estimate_bytes: p.bytes.total, max_bytes: Math.max(m.steady_bytes, m.load_peak_bytes, m.fill_peak_bytes) });
   }
   const max = Math.max(...objects.map((o) => o.max_bytes));
-  const out = { runtime: 'node', model: manifest.name, context: cfg.seqLen, kv_format: values.kv, split: { layer_groups: G, head_groups: H, embed_in_front: values['embed-in-front'] }, ...(only ? { measured_objects: [...only] } : {}), objects, max_object_bytes: max, fits_128mb: max <= 128 * MB };
+  const out = { runtime, ...(runtime === 'workerd' ? { measured_in: 'workerd process per object: VmRSS / VmHWM net of the process before the load; wasm memory inside' } : {}), model: manifest.name, context: cfg.seqLen, kv_format: values.kv, split: { layer_groups: G, head_groups: H, embed_in_front: values['embed-in-front'] }, ...(only ? { measured_objects: [...only] } : {}), objects, max_object_bytes: max, fits_128mb: max <= 128 * MB };
   progress(`max object ${(max / MB).toFixed(1)} MB: ${out.fits_128mb ? 'every object fits' : 'does not fit'} 128 MB`);
   process.stdout.write(values.json ? `${JSON.stringify(out)}\n` : `${JSON.stringify(out, null, 2)}\n`);
 }

@@ -1,0 +1,41 @@
+/**
+ * What one object of a split model does with a full context, for measuring its memory: a layer group
+ * prefills N tokens (dense, one step, chunked inside as served) into its own layers' state; the first
+ * embeds N token ids if it holds the embedding, a later one receives N synthetic hidden states
+ * (memory depends on shapes, not values); the front embeds the prompt (the frontier it sends group 0);
+ * an object with classifier rows answers their logits once. Shared by scripts/split-memory.ts (each
+ * object in a Node process) and scripts/split-memory-workerd/ (each object in a workerd process).
+ */
+import type { SequenceState } from '../../src/engine/caches.js';
+import { groupState } from '../../src/engine/layer-group.js';
+import type { ModelPart } from '../../src/engine/model.js';
+import { embedStep, runLayers, type Frontier } from '../../src/engine/step.js';
+import { headPartLogits } from '../../src/engine/vocab-parts.js';
+
+/** Fills `part` at its full context; answers the state it now holds (null without layers) and its KV + Aux bytes. `sample` is called where a peak may be. */
+export async function fillPart(part: ModelPart, sample: () => void = () => undefined): Promise<{ seq: SequenceState | null; kvAuxBytes: number }> {
+  const { dim, vocabSize } = part.config;
+  const n = part.config.seqLen;
+  const ids = Array.from({ length: n }, (_, i) => (i * 7919) % vocabSize);
+  let seq: SequenceState | null = null;
+  if (part.layerRange.end > part.layerRange.start) {
+    seq = groupState(part.config, part.layerRange);
+    let into: Frontier;
+    if (part.embed.length) into = await embedStep(part, 0, ids);
+    else {
+      const hidden = new Float32Array(n * dim); // [n, dim] synthetic, values in [-1, 1)
+      for (let i = 0; i < hidden.length; i++) hidden[i] = Math.sin(i * 12.9898) * 0.999;
+      const all = Int32Array.from({ length: n }, (_, i) => i);
+      into = { layer: part.layerRange.start, start: 0, newTokens: ids, active: all, scores: null, carried: all, hidden };
+    }
+    await runLayers(part, seq, into, { schedule: null });
+    sample();
+    // the step's input and output are dropped after it, as the object drops the RPC's frontiers
+  } else if (part.embed.length) {
+    await embedStep(part, 0, ids);
+    sample();
+  }
+  if (part.head.length) await headPartLogits(part.head, new Float32Array(dim).fill(0.1), dim);
+  sample();
+  return { seq, kvAuxBytes: seq ? seq.kv.bytes + seq.aux.bytes : 0 };
+}
