@@ -11,6 +11,7 @@
  * process before loading (the KV and Aux caches among it), after a full GC; and the peaks sampled
  * while loading and filling. A group after the first receives N synthetic hidden states (memory
  * depends on shapes, not values); the first embeds N token ids. Objects run one at a time.
+ * --step-tokens C fills in steps of at most C tokens instead of one (scripts/lib/split-fill.ts).
  * Locally every object of a class shares one workerd isolate (docs/LAYER-GROUPS.md), which is why
  * this measures each in a process of its own. --objects measures only those (equal groups hold
  * the same, so the first, one middle group and a classifier object stand for the rest at long
@@ -55,6 +56,8 @@ interface ChildJob {
   context: number;
   kv: KvFormat;
   part: PartSpec;
+  /** fill in steps of at most this many tokens (0: one step) */
+  stepTokens: number;
 }
 
 interface ObjectMeasure {
@@ -79,7 +82,7 @@ async function child(job: ChildJob): Promise<ObjectMeasure> {
   const loadPeak = peak;
   peak = 0;
   settle();
-  const { seq, kvAuxBytes: kvAux } = await fillPart(part, sample);
+  const { seq, kvAuxBytes: kvAux } = await fillPart(part, sample, job.stepTokens);
   (globalThis as { keep?: unknown }).keep = seq; // held, as the object holds it
   sample();
   clearInterval(timer);
@@ -120,7 +123,7 @@ async function inWorkerd(job: ChildJob): Promise<WorkerdMeasure> {
     };
     const load = await post('/load', { model, context: job.context, kv: job.kv, part: job.part });
     const afterLoad = pids.map(residentBytes);
-    const fill = await post('/fill', {});
+    const fill = await post('/fill', { stepTokens: job.stepTokens });
     const afterFill = pids.map(residentBytes);
     // wrangler runs two workerd processes (an entry proxy and the runtime): the object's is the one that grew
     const i = afterFill.reduce((best, r, k) => (r.rss - before[k] > afterFill[best].rss - before[best] ? k : best), 0);
@@ -149,6 +152,7 @@ export async function splitMemoryMain(args: string[]): Promise<void> {
       kv: { type: 'string', default: 'f32' },
       objects: { type: 'string' },
       'embed-in-front': { type: 'boolean', default: false },
+      'step-tokens': { type: 'string', default: '0' },
       runtime: { type: 'string', default: 'node' },
       json: { type: 'boolean', default: false },
       child: { type: 'string' },
@@ -162,6 +166,8 @@ export async function splitMemoryMain(args: string[]): Promise<void> {
   const context = Number(values.context);
   if (!Number.isInteger(context) || context < 2) fail(`--context ${values.context} must be an integer of at least 2`);
   if (!isKvFormat(values.kv!)) fail(`--kv ${values.kv} must be one of ${KV_FORMATS.join(', ')}`);
+  const stepTokens = Number(values['step-tokens']);
+  if (!Number.isInteger(stepTokens) || stepTokens < 0) fail(`--step-tokens ${values['step-tokens']}: an integer >= 0 (0: the whole context in one step)`);
   const runtime = values.runtime!;
   if (runtime !== 'node' && runtime !== 'workerd') fail(`--runtime ${runtime}: node or workerd`);
   const [g, h = '0'] = values.split!.split('+');
@@ -176,7 +182,7 @@ export async function splitMemoryMain(args: string[]): Promise<void> {
   const objects = [];
   for (const [i, p] of plan.entries()) {
     if (only && !only.has(i)) continue;
-    const job: ChildJob = { dir, context: cfg.seqLen, kv: values.kv as KvFormat, part: { layers: p.layers, embed: p.embed, head: p.head, tokenizer: p.front ?? false } };
+    const job: ChildJob = { dir, context: cfg.seqLen, kv: values.kv as KvFormat, part: { layers: p.layers, embed: p.embed, head: p.head, tokenizer: p.front ?? false }, stepTokens };
     const layers = p.front ? 'front: tokenizer' : p.layers.end > p.layers.start ? `layers ${p.layers.start}..${p.layers.end - 1}` : 'no layers';
     const what = `object ${i}: ${layers}${p.embed ? ' + embedding' : ''}${p.head.length ? ` + classifier parts ${p.head.join(',')}` : ''}`;
     progress(`${what}: loading and filling ${cfg.seqLen} tokens in ${runtime}`);
@@ -195,7 +201,7 @@ export async function splitMemoryMain(args: string[]): Promise<void> {
     objects.push({ ...pieces, ...m, estimate_bytes: p.bytes.total, max_bytes: Math.max(m.steady_bytes, m.load_peak_bytes, m.fill_peak_bytes) });
   }
   const max = Math.max(...objects.map((o) => o.max_bytes));
-  const out = { runtime, ...(runtime === 'workerd' ? { measured_in: 'workerd process per object: VmRSS / VmHWM net of the process before the load; wasm memory inside' } : {}), model: manifest.name, context: cfg.seqLen, kv_format: values.kv, split: { layer_groups: G, head_groups: H, embed_in_front: values['embed-in-front'] }, ...(only ? { measured_objects: [...only] } : {}), objects, max_object_bytes: max, fits_128mb: max <= 128 * MB };
+  const out = { runtime, ...(runtime === 'workerd' ? { measured_in: 'workerd process per object: VmRSS / VmHWM net of the process before the load; wasm memory inside' } : {}), model: manifest.name, context: cfg.seqLen, kv_format: values.kv, split: { layer_groups: G, head_groups: H, embed_in_front: values['embed-in-front'] }, step_tokens: stepTokens, ...(only ? { measured_objects: [...only] } : {}), objects, max_object_bytes: max, fits_128mb: max <= 128 * MB };
   progress(`max object ${(max / MB).toFixed(1)} MB: ${out.fits_128mb ? 'every object fits' : 'does not fit'} 128 MB`);
   process.stdout.write(values.json ? `${JSON.stringify(out)}\n` : `${JSON.stringify(out, null, 2)}\n`);
 }

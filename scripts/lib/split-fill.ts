@@ -12,27 +12,30 @@ import type { ModelPart } from '../../src/engine/model.js';
 import { embedStep, runLayers, type Frontier } from '../../src/engine/step.js';
 import { headPartLogits } from '../../src/engine/vocab-parts.js';
 
-/** Fills `part` at its full context; answers the state it now holds (null without layers) and its KV + Aux bytes. `sample` is called where a peak may be. */
-export async function fillPart(part: ModelPart, sample: () => void = () => undefined): Promise<{ seq: SequenceState | null; kvAuxBytes: number }> {
+/**
+ * Fills `part` at its full context, in steps of at most `stepTokens` tokens (0: one step, as a
+ * prefill is served; less: as a front that sends a long prefill in pieces would); answers the state
+ * it now holds (null without layers) and its KV + Aux bytes. `sample` is called where a peak may be.
+ */
+export async function fillPart(part: ModelPart, sample: () => void = () => undefined, stepTokens = 0): Promise<{ seq: SequenceState | null; kvAuxBytes: number }> {
   const { dim, vocabSize } = part.config;
   const n = part.config.seqLen;
-  const ids = Array.from({ length: n }, (_, i) => (i * 7919) % vocabSize);
-  let seq: SequenceState | null = null;
-  if (part.layerRange.end > part.layerRange.start) {
-    seq = groupState(part.config, part.layerRange);
-    let into: Frontier;
-    if (part.embed.length) into = await embedStep(part, 0, ids);
-    else {
-      const hidden = new Float32Array(n * dim); // [n, dim] synthetic, values in [-1, 1)
-      for (let i = 0; i < hidden.length; i++) hidden[i] = Math.sin(i * 12.9898) * 0.999;
-      const all = Int32Array.from({ length: n }, (_, i) => i);
-      into = { layer: part.layerRange.start, start: 0, newTokens: ids, active: all, scores: null, carried: all, hidden };
-    }
-    await runLayers(part, seq, into, { schedule: null });
-    sample();
-    // the step's input and output are dropped after it, as the object drops the RPC's frontiers
-  } else if (part.embed.length) {
-    await embedStep(part, 0, ids);
+  const step = stepTokens > 0 ? Math.min(stepTokens, n) : n;
+  const seq = part.layerRange.end > part.layerRange.start ? groupState(part.config, part.layerRange) : null;
+  for (let at = 0; at < n; at += step) {
+    const ids = Array.from({ length: Math.min(step, n - at) }, (_, i) => ((at + i) * 7919) % vocabSize);
+    if (seq) {
+      let into: Frontier;
+      if (part.embed.length) into = await embedStep(part, at, ids);
+      else {
+        const hidden = new Float32Array(ids.length * dim); // [step, dim] synthetic, values in [-1, 1)
+        for (let i = 0; i < hidden.length; i++) hidden[i] = Math.sin((at * dim + i) * 12.9898) * 0.999;
+        const active = Int32Array.from({ length: at + ids.length }, (_, i) => i);
+        into = { layer: part.layerRange.start, start: at, newTokens: ids, active, scores: null, carried: active.slice(at), hidden };
+      }
+      await runLayers(part, seq, into, { schedule: null });
+      // the step's input and output are dropped after it, as the object drops the RPC's frontiers
+    } else if (part.embed.length) await embedStep(part, at, ids);
     sample();
   }
   if (part.head.length) await headPartLogits(part.head, new Float32Array(dim).fill(0.1), dim);

@@ -2,7 +2,7 @@
  * One object of a split model inside workerd, for `scripts/split-memory.ts --runtime workerd`:
  * POST /load {"model", "context", "kv", "part"} loads that part as its Durable Object would
  * (loadModelPart over the static assets, src/worker/groups/parts.ts) and answers the wasm memory;
- * POST /fill then fills it at the context (scripts/lib/split-fill.ts) and answers the wasm memory and
+ * POST /fill {"stepTokens"} then fills it at the context (scripts/lib/split-fill.ts) and answers the wasm memory and
  * its KV + Aux bytes; GET /noop answers nothing (the process's baseline). The JS heap is not
  * observable inside workerd: the driver reads the process's resident set from /proc.
  */
@@ -36,7 +36,8 @@ export default {
       }
       if (url.pathname === '/fill' && req.method === 'POST') {
         if (!loaded) throw new Error('POST /load first');
-        const { seq, kvAuxBytes } = await fillPart(loaded);
+        const { stepTokens = 0 } = (await req.json()) as { stepTokens?: number };
+        const { seq, kvAuxBytes } = await fillPart(loaded, undefined, stepTokens);
         state = seq;
         return Response.json({ wasm_bytes: wasmHeapBytes(), kv_aux_bytes: kvAuxBytes, tokens: state?.length ?? 0 });
       }

@@ -17,7 +17,8 @@ interface Completion {
   status: number;
   body: {
     choices: { text: string; finish_reason: string }[];
-    lazy_stats: { computed_per_layer: number[]; prefill_computed_per_layer: number[]; aux_entries: number; kv_entries: number; split?: { groups: number; prefill_boundary_bytes: number; decode_boundary_bytes_per_step: number; steps: number } };
+    usage: { prompt_tokens: number };
+    lazy_stats: { computed_per_layer: number[]; prefill_computed_per_layer: number[]; aux_entries: number; kv_entries: number; split?: { groups: number; prefill_boundary_bytes: number; decode_boundary_bytes_per_step: number; steps: number; prefill_steps: number } };
     error?: { code: string };
   };
 }
@@ -112,6 +113,21 @@ describe('layer groups in workerd (stories260K)', () => {
     await a.release();
     await poolChain(env, 0, 2)[1].release('other');
   });
+
+  for (const G of [2, 3]) {
+    it(`${G} groups, a dense prefill sent in steps of at most 7 tokens (PREFILL_STEP_TOKENS): the same text and per-layer work as the whole model; a lazy one is not cut`, async () => {
+      for (const [body, dense] of [[CASES[0][1], true], [CASES[2][1], false]] as const) {
+        const whole = await complete({ LAYER_GROUPS: '1' }, body);
+        const split = await complete({ LAYER_GROUPS: String(G), PREFILL_STEP_TOKENS: '7' }, body);
+        expect(split.status).toBe(200);
+        expect(split.body.choices[0]).toEqual(whole.body.choices[0]);
+        const { split: s, ...stats } = split.body.lazy_stats;
+        for (const k of ['computed_per_layer', 'prefill_computed_per_layer', 'aux_entries', 'kv_entries'] as const) expect(stats[k]).toEqual(whole.body.lazy_stats[k]);
+        expect(s!.groups).toBe(G);
+        expect(s!.prefill_steps).toBe(dense ? Math.ceil(split.body.usage.prompt_tokens / 7) : 1);
+      }
+    });
+  }
 
   it('a held chain keeps a call in flight to each of its objects (so none is evicted while the others compute) until it is released', async () => {
     const front = await frontModel(env);

@@ -12,7 +12,7 @@ import type { ModelConfig } from '../../model/config.js';
 import { embedStep, lastHidden, stepStats, type Frontier, type LayerStats, type StepStats } from '../../engine/step.js';
 import type { Env } from '../env.js';
 import { ApiError, fromFailure } from '../errors.js';
-import { embedInFront, groupChains, headGroups, layerGroups, type GroupEnv } from './config.js';
+import { embedInFront, groupChains, headGroups, layerGroups, prefillStepTokens, type GroupEnv } from './config.js';
 import { compactFrontier } from './frontier.js';
 import { frontModel } from './parts.js';
 import { LEASE_IDLE_MS, type LayerGroup } from './layer-group-object.js';
@@ -37,6 +37,8 @@ export interface SplitStats {
   decode_boundary_bytes_per_step: number;
   /** steps run (1 prefill + decode steps) */
   steps: number;
+  /** the steps the prefill went through the chain in (more than 1 when PREFILL_STEP_TOKENS cut it) */
+  prefill_steps: number;
 }
 
 class GroupFailure extends Error {
@@ -68,9 +70,26 @@ export function frontEmbed(env: Pick<Env, 'ASSETS' | 'MODEL_NAME'> & Partial<Env
 /** Classifier object k: the logits of its rows for the last token's hidden state. */
 type HeadCall = (k: number, hidden: Float32Array) => Promise<Failure | { ok: true; rows: { start: number; logits: Float32Array }[] }>;
 
+/** Two consecutive steps over the same layers as one step's figures: the work summed, the active set and caches as the later step left them. */
+function addLayerStats(a: LayerStats, b: LayerStats): LayerStats {
+  const sum = (x: number[], y: number[]) => x.map((v, i) => v + y[i]);
+  return {
+    computedPerLayer: sum(a.computedPerLayer, b.computedPerLayer),
+    revivedPerLayer: sum(a.revivedPerLayer, b.revivedPerLayer),
+    activePerLayer: b.activePerLayer,
+    revived: a.revived + b.revived,
+    auxEntries: b.auxEntries,
+    kvEntries: b.kvEntries,
+    flops: a.flops + b.flops,
+    denseFlops: a.denseFlops + b.denseFlops,
+  };
+}
+
 /** Runs steps through a chain of groups, and keeps the figures of what crossed their boundaries. */
 export class ChainRunner {
   private bytes: number[] = [];
+  /** chain steps each runner call took */
+  private pieces: number[] = [];
   private last: StepStats | null = null;
   /** Date.now() of the last step's start (or of the runner's creation) */
   lastUse = Date.now();
@@ -83,6 +102,8 @@ export class ChainRunner {
     readonly heads = 0,
     private readonly headCall?: HeadCall,
     private readonly embed?: FrontEmbed,
+    /** a dense step of more tokens runs as steps of at most this many (PREFILL_STEP_TOKENS; 0: never cut) */
+    private readonly stepTokens = 0,
   ) {}
 
   /** A state for generate(): tokens only, since the caches live in the groups. */
@@ -90,10 +111,33 @@ export class ChainRunner {
     return new SequenceState({ ...this.config, nLayers: 0 });
   }
 
-  /** The front state only records the tokens; each group receives where the step starts, and truncates to it. */
+  /**
+   * The front state only records the tokens; each group receives where the step starts, and
+   * truncates to it. With `stepTokens` (PREFILL_STEP_TOKENS), a dense step of more tokens runs as
+   * consecutive steps of at most that many: what every object holds at once for a step (the
+   * frontier in, the hidden states it computes, the frontier out) is then that many tokens' worth
+   * instead of the whole prompt's. A lazy step is never cut: its pruning ranks every token by the
+   * attention of the step's last one.
+   */
   readonly runner: StepRunner = async (seq, newTokens, opts) => {
     const t0 = performance.now();
     this.lastUse = Date.now();
+    const piece = this.stepTokens > 0 && opts.schedule === null && opts.trace === undefined ? this.stepTokens : newTokens.length;
+    let r = await this.oneStep(seq, newTokens.slice(0, piece), opts);
+    let { stats, moved } = r;
+    for (let a = piece; a < newTokens.length; a += piece) {
+      r = await this.oneStep(seq, newTokens.slice(a, a + piece), opts);
+      stats = stats.map((s, g) => addLayerStats(s, r.stats[g]));
+      moved += r.moved;
+    }
+    this.bytes.push(moved);
+    this.pieces.push(Math.ceil(newTokens.length / piece));
+    this.last = stepStats(this.config, newTokens.length, stats, performance.now() - t0);
+    return { logits: r.logits, stats: this.last };
+  };
+
+  /** One step through every object: the last token's logits, each layer group's figures, and the bytes that crossed the boundaries. */
+  private async oneStep(seq: SequenceState, newTokens: readonly number[], opts: Parameters<StepRunner>[2]): Promise<{ logits: Float32Array; stats: LayerStats[]; moved: number }> {
     const start = seq.length;
     seq.append(newTokens);
     let moved = 0;
@@ -129,10 +173,8 @@ export class ChainRunner {
       moved += h.byteLength * this.heads;
     }
     if (!logits) throw new Error('the last layer group answered no logits');
-    this.bytes.push(moved);
-    this.last = stepStats(this.config, newTokens.length, stats, performance.now() - t0);
-    return { logits, stats: this.last };
-  };
+    return { logits, stats, moved };
+  }
 
   /** The generation's statistics with the caches' figures from the groups (the front state holds none). */
   fixStats(s: GenerationStats): GenerationStats & { split: SplitStats } {
@@ -153,6 +195,7 @@ export class ChainRunner {
         prefill_boundary_bytes: this.bytes[0] ?? 0,
         decode_boundary_bytes_per_step: decode.length ? Math.round(decode.reduce((a, b) => a + b, 0) / decode.length) : 0,
         steps: this.bytes.length,
+        prefill_steps: this.pieces[0] ?? 0,
       },
     };
   }
@@ -168,6 +211,7 @@ export class Chain extends ChainRunner {
     index?: number,
     heads = 0,
     embed?: FrontEmbed,
+    stepTokens = 0,
   ) {
     const G = stubs.length - heads;
     const frontEmbeds = embed !== undefined;
@@ -179,6 +223,7 @@ export class Chain extends ChainRunner {
       heads,
       (k, hidden) => stubs[G + k].head({ groups: G, group: G + k, heads }, hidden),
       embed,
+      stepTokens,
     );
   }
 
@@ -250,7 +295,7 @@ export async function acquirePoolChain(env: Env, config: ModelConfig): Promise<C
       if (head.error.code === 'chain_busy') continue;
       throw fromFailure(head);
     }
-    const chain = new Chain(stubs, lease, config, c, H, embed);
+    const chain = new Chain(stubs, lease, config, c, H, embed, prefillStepTokens(env));
     chain.stopHolding = holdObjects(stubs, () => chain.lastUse);
     try {
       for (let g = 1; g < G; g++) unwrap<{ loaded: boolean }>(await stubs[g].acquire({ groups: G, group: g, heads: H, frontEmbeds, lease, exclusive: false }));

@@ -18,12 +18,19 @@ function intVar(name: string, raw: string | undefined, fallback: number): number
   return n;
 }
 
-export type GroupEnv = Partial<Pick<Env, 'LAYER_GROUPS' | 'GROUP_CHAINS' | 'HEAD_GROUPS' | 'EMBED_IN_FRONT'>>;
+export type GroupEnv = Partial<Pick<Env, 'LAYER_GROUPS' | 'GROUP_CHAINS' | 'HEAD_GROUPS' | 'EMBED_IN_FRONT' | 'PREFILL_STEP_TOKENS'>>;
 
 export const layerGroups = (env: GroupEnv) => intVar('LAYER_GROUPS', env.LAYER_GROUPS, DEFAULT_LAYER_GROUPS);
 export const groupChains = (env: GroupEnv) => intVar('GROUP_CHAINS', env.GROUP_CHAINS, DEFAULT_GROUP_CHAINS);
 /** Objects holding only classifier row parts (0: the last layer group holds the whole classifier). */
 export const headGroups = (env: GroupEnv) => (env.HEAD_GROUPS?.trim() === '0' ? 0 : intVar('HEAD_GROUPS', env.HEAD_GROUPS, 0));
+
+/**
+ * PREFILL_STEP_TOKENS = C (0, the default: never): a dense prefill of more than C tokens goes
+ * through the chain as consecutive steps of at most C tokens (chain.ts). An object's prefill peak
+ * is its frontiers and hidden states: 19 MB each for SmolLM2 at 8192 tokens, 2.4 MB at 1024.
+ */
+export const prefillStepTokens = (env: GroupEnv) => (env.PREFILL_STEP_TOKENS?.trim() === '0' ? 0 : intVar('PREFILL_STEP_TOKENS', env.PREFILL_STEP_TOKENS, 0));
 
 /**
  * EMBED_IN_FRONT = 1: the front (Worker or ChatSession object) holds the embedding with the
