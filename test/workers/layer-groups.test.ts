@@ -65,9 +65,14 @@ describe('layer groups in workerd (stories260K)', () => {
     it(`2 layer groups and the classifier in an object of its own, ${name}: the same text as the whole model`, async () => {
       const whole = await complete({ LAYER_GROUPS: '1' }, body);
       const split = await complete({ LAYER_GROUPS: '2', HEAD_GROUPS: '1' }, body);
+      const inGroup = await complete({ LAYER_GROUPS: '2' }, body);
       expect(split.status).toBe(200);
       expect(split.body.choices[0]).toEqual(whole.body.choices[0]);
       expect(split.body.lazy_stats.computed_per_layer).toEqual(whole.body.lazy_stats.computed_per_layer);
+      // the last layer group sends on only the last token's hidden state (stories260K: 64 floats), not the prompt's
+      const more = split.body.lazy_stats.split!.prefill_boundary_bytes - inGroup.body.lazy_stats.split!.prefill_boundary_bytes;
+      expect(more).toBeGreaterThanOrEqual(2 * 64 * 4);
+      expect(more).toBeLessThan(3 * 64 * 4);
     });
   }
 

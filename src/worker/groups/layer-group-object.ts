@@ -10,7 +10,7 @@ import type { Env } from '../env.js';
 import { failureFrom, failureOf } from '../faults.js';
 import { emptyView, encodeDelta, modelFingerprint, type StoredView } from '../../engine/state-codec.js';
 import { groupPart } from './config.js';
-import { compactFrontier } from './frontier.js';
+import { compactFrontier, lastTokenFrontier } from './frontier.js';
 import { groupFingerprint, loadGroupLog, writeGroupChunks } from './group-store.js';
 import { groupModel, manifestOf } from './parts.js';
 import type { GroupAddress, GroupStepCall, GroupStepReply, GroupSummary, IsolateProbe, LayerTraceEntry, Result, SessionGroupAddress, SessionStepCall } from './types.js';
@@ -32,7 +32,8 @@ async function runGroupStep(part: ModelPart, seq: SequenceState, call: GroupStep
   const into: Frontier = 'tokens' in call.input ? await embedStep(part, call.input.start, call.input.tokens) : call.input.frontier;
   const trace: LayerTraceEntry[] | undefined = call.trace ? [] : undefined;
   const { frontier, stats } = await runLayers(part, seq, into, { schedule: call.schedule, trace: trace && ((layer, queries, revived) => trace.push({ layer, queries, revived })) });
-  const output = call.group === call.groups - 1 && !call.heads ? { logits: await headStep(part, frontier) } : { frontier: compactFrontier(frontier) };
+  const last = call.group === call.groups - 1;
+  const output = last && !call.heads ? { logits: await headStep(part, frontier) } : { frontier: last ? lastTokenFrontier(frontier, part.config.dim) : compactFrontier(frontier) };
   return { output, stats, ...(trace ? { trace } : {}) };
 }
 
