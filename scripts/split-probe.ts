@@ -1,10 +1,12 @@
 /**
  * npx tsx scripts/split-probe.ts [--groups 1,2,8+2] [--tokens 2000] [--max-tokens 32] [--repeat 2] [--model NAME] [--context N]
- *                                [--kv f32|f16|int8] [--embed-in-front] [--modes dense,lazy] [--var NAME=VALUE ...] [--plan-only]
+ *                                [--kv f32|f16|int8] [--embed-in-front] [--modes dense,lazy] [--data FILE[,FILE...]]
+ *                                [--var NAME=VALUE ...] [--plan-only]
  *
  * The served model split into layer groups (LAYER_GROUPS; "G+H" adds H classifier objects,
  * HEAD_GROUPS) against unsplit, in `wrangler dev`: for each split, starts wrangler dev on 127.0.0.1 with that split, streams one long chat prompt
- * (a question after ~N tokens of ../shared/data/apache-2.0.txt) dense and lazy interleaved (the
+ * (a question after ~N tokens of ../shared/data/apache-2.0.txt, or of the --data files one after
+ * the other; the Apache text holds ~2500 tokens, so 8k prompts name more files) dense and lazy interleaved (the
  * first pair a warm-up), and reports TTFT on the client clock, the server's prefill time, decode
  * tokens/s, the bytes that crossed group boundaries per prefill and per decode step
  * (lazy_stats.split), workerd's peak resident memory, and the plan's estimated bytes per object
@@ -145,8 +147,11 @@ async function main(): Promise<void> {
   }
   progress(`estimated MB per object (weights as the kernel holds them, KV and Aux at the context, runtime): ${JSON.stringify(plans)}`);
 
+  // --data FILE[,FILE...]: the files one after the other, as long as --tokens needs (~4.4 characters a token)
   const chars = Math.round(Number(values.tokens) * 4.4);
-  const doc = readFileSync(values.data!, 'utf8').replace(/\s+/g, ' ').slice(0, chars);
+  const text = values.data!.split(',').map((f) => readFileSync(f, 'utf8')).join('\n\n').replace(/\s+/g, ' ');
+  if (text.length < chars) fail(`--data ${values.data}: ${text.length} characters, ~${Math.floor(text.length / 4.4)} tokens; --tokens ${values.tokens} needs more (name several files, comma-separated)`);
+  const doc = text.slice(0, chars);
   const messages = [{ role: 'user', content: `${doc}\n\nIn one sentence: what does this license let people do with the Work?` }];
   const base = { model: manifest.name, messages, max_tokens: Number(values['max-tokens']), temperature: 0, stream: true, stream_options: { include_usage: true } };
   const runs: Run[] = [];
