@@ -1,5 +1,5 @@
 /**
- * `npm run memory -- --runtime workerd`: the model loaded and filled inside workerd (wrangler dev,
+ * `npm run memory -- --runtime workerd`: the model loaded and filled inside workerd (a frozen snapshot served by scripts/serve.ts,
  * scripts/memory-workerd/), read from two sides. Inside: onnxruntime's wasm memory, and the caches'
  * bytes (the JS heap itself is not observable there). Outside: the workerd process's resident set
  * (VmRSS) and its peak (VmHWM) from /proc, net of the process before the model was loaded; they
@@ -35,14 +35,15 @@ export async function measureInWorkerd(o: { dir: string; contexts: readonly numb
   if (resolve(o.dir) !== join(SHARDS_ROOT, name)) fail(`--runtime workerd serves shards from ${SHARDS_ROOT}: --model must be a directory there`);
   mkdirSync(join(REPO_ROOT, '.bench-cache'), { recursive: true });
   const logFile = join(REPO_ROOT, '.bench-cache', 'memory-workerd.log');
-  // LAZY_EDGE_ASSET_READ_MB_PER_S slows the shard reads further on a loaded machine (wrangler's asset service runs out of descriptors)
-  const pace = process.env.LAZY_EDGE_ASSET_READ_MB_PER_S;
-  const dev = await startWranglerDev('scripts/memory-workerd/wrangler.toml', logFile, pace ? { ASSET_READ_MB_PER_S: pace } : {});
-  o.log(`workerd: wrangler dev (pid ${dev.child.pid}) on ${dev.base}, log ${logFile}`);
+  // Frozen: a snapshot of the Worker and of this model's shards, so that edits and shard builds elsewhere in the
+  // checkout neither reload it mid-fill nor change what it reads. serve.ts runs it without wrangler's inspector,
+  // whose per-chunk devtools events once exhausted workerd's descriptors; the shard reads need no pacing.
+  const dev = await startWranglerDev('scripts/memory-workerd/wrangler.toml', logFile, {}, { freeze: { models: [name] } });
+  o.log(`workerd: scripts/serve.ts (pid ${dev.child.pid}) on ${dev.base}, log ${logFile}`);
   try {
     await waitReady(`${dev.base}/noop`, dev.child, 180_000);
     const pids = findWorkerds(dev.child.pid!);
-    if (!pids.length) fail('no workerd process found under wrangler dev');
+    if (!pids.length) fail('no workerd process found under scripts/serve.ts');
     const read = () => pids.map(residentBytes);
     const before = read();
     const context = o.contexts[o.contexts.length - 1];

@@ -17,7 +17,6 @@ import { streamOfLength } from '../lib/prompts.js';
 
 interface Env {
   ASSETS: Fetcher;
-  ASSET_READ_MB_PER_S: string;
 }
 
 const sequences = new Map<string, SequenceState>();
