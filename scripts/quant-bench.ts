@@ -57,10 +57,12 @@ import {
 } from './lib/quant-bench-gguf.js';
 import { ggufQuant, ggufWeightBytes } from '../src/model/quant.js';
 import { BpeTokenizer } from '../src/model/bpe-tokenizer.js';
-import { locateServedGguf, sha256File } from './lib/served-model.js';
+import { locateServedGguf, servedShardsDir, sha256File } from './lib/served-model.js';
+import type { ModelConfig } from '../src/model/config.js';
 import { basename, resolve } from 'node:path';
 import { median } from './lib/stats.js';
 import { peakJob, runPeakChild, type PeakChildJob, type PeakResult } from './lib/quant-bench-peak.js';
+import { runDecodeOpsChild, type DecodeOpsJob, type DecodeOpsResult } from './lib/quant-bench-decode.js';
 
 // The parts: lib/quant-bench-models.ts (what is measured), lib/quant-bench-child.ts (one model in one
 // strategy, in its own process), lib/quant-bench-report.ts (docs/QUANTIZATION.md). Here: the orchestrator.
@@ -149,14 +151,21 @@ async function main(): Promise<void> {
       reps: { type: 'string', default: '1' },
       /** GGUF: keep the saved report's rows for configurations not run this time */
       merge: { type: 'boolean', default: false },
+      /** a decode step's weight products one matrix at a time, per kernel (lib/quant-bench-decode.ts) */
+      'decode-ops': { type: 'boolean', default: false },
     },
   });
   if (values.child) {
-    const job = JSON.parse(readFileSync(values.child, 'utf8')) as ChildJob | GgufChildJob | PeakChildJob;
-    const result = job.kind === 'gguf' ? await runGgufChild(job, initNodeRuntime) : job.kind === 'peak' ? await runPeakChild(job, initNodeRuntime) : await runChild(job);
+    const job = JSON.parse(readFileSync(values.child, 'utf8')) as ChildJob | GgufChildJob | PeakChildJob | DecodeOpsJob;
+    const result =
+      job.kind === 'gguf' ? await runGgufChild(job, initNodeRuntime)
+      : job.kind === 'peak' ? await runPeakChild(job, initNodeRuntime)
+      : job.kind === 'decode-ops' ? await runDecodeOpsChild(job, initNodeRuntime)
+      : await runChild(job);
     process.stdout.write(`${JSON.stringify(result)}\n`);
     process.exit(0); // onnxruntime's wasm keeps the event loop alive
   }
+  if (values['decode-ops']) return decodeOpsMain(values.model ?? servedShardsDir());
   if (values.gguf !== undefined || values.model !== undefined) return ggufMain(values);
   if (values.render) {
     const saved = JSON.parse(readFileSync(values.render, 'utf8')) as Report | GgufReport;
@@ -279,6 +288,17 @@ async function ggufPath(values: { gguf?: string; model?: string }): Promise<stri
   if (served && served.sha256 === m.source?.sha256) return served.path;
   const beside = resolve(values.model!, '..', '..', '..', 'shared', 'models');
   fail(`--model ${values.model}: cannot find ${m.source?.file} (sha256 ${m.source?.sha256}); pass it with --gguf FILE${existsSync(beside) ? ` (look in ${beside})` : ''}`);
+}
+
+/** --decode-ops: the model's decode shapes (from its manifest) in every kernel, one process; JSON on stdout. */
+async function decodeOpsMain(dir: string): Promise<void> {
+  const m = JSON.parse(readFileSync(join(dir, 'manifest.json'), 'utf8')) as { config: ModelConfig; files: { head: { rows: number }[] } };
+  const job: DecodeOpsJob = { kind: 'decode-ops', config: m.config, headRows: m.files.head.map((p) => p.rows), rows: 1, budgetMs: 400 };
+  progress(`decode shapes of ${relative(REPO_ROOT, dir)}, one activation row; load per core ${loadPerCore().toFixed(2)}`);
+  const r = (await spawnChild(job as unknown as ChildJob, 'decode-ops')) as DecodeOpsResult;
+  for (const [kernel, t] of Object.entries(r.perToken)) progress(`${kernel}: a token's weight products ${t.totalMs.toFixed(2)} ms (layers ${t.layersMs.toFixed(2)}, classifier ${t.headMs.toFixed(2)})`);
+  progress(`load per core ${loadPerCore().toFixed(2)} at the end`);
+  process.stdout.write(`${JSON.stringify(r)}\n`);
 }
 
 async function ggufMain(values: { gguf?: string; model?: string; configs?: string; reps?: string; out: string; json?: boolean; merge?: boolean }): Promise<void> {

@@ -9,6 +9,7 @@ import { f32Linear, type LinearEmitter } from './layer-graphs.js';
 import { INT4_ZERO_POINT, quantizeInt4, quantizeInt8 } from './quantize.js';
 
 const FLOAT = 1; // TensorProto.FLOAT, for Cast
+const INT32 = 6; // TensorProto.INT32
 
 function int8Tensors(b: GraphBuilder, name: string, w: Float32Array, out: number, inp: number) {
   const t = quantizeInt8(w, out, inp);
@@ -59,6 +60,28 @@ export const int8Integer2Linear: LinearEmitter = (b, x, name, w, out, inp) => {
 };
 
 /**
+ * integer2's arithmetic with the two activation terms stacked as rows of one MatMulInteger ([2q, in] uint8),
+ * so that the int8 weights are read once for both. ORT's MatMulInteger takes one zero point for all of A,
+ * so A goes in with none and each term's is taken out after, exactly, in int32:
+ *   Σ_k (q_t[k] − z_t)(w[k,n] − zw[n]) = MatMulInteger(q_t, w, 0, zw)[n] − z_t · c[n],  c[n] = Σ_k (w[k,n] − zw[n]).
+ * A candidate for decode (quant-bench --decode-ops measures it against integer2 at the decode shapes).
+ */
+export const int8Integer2StackedLinear: LinearEmitter = (b, x, name, w, out, inp) => {
+  const t = int8AsymTensors(b, name, w, out, inp);
+  const [q1, s1, z1] = b.opN('DynamicQuantizeLinear', [x], {}, { outputs: 3 });
+  const residual = b.op('Sub', [x, b.op('DequantizeLinear', [q1, s1, z1])]);
+  const [q2, s2, z2] = b.opN('DynamicQuantizeLinear', [residual], {}, { outputs: 3 });
+  const one = b.i64(`${name}_one`, [1]);
+  const pair = (u: string, v: string) => b.op('Concat', [b.op('Reshape', [u, one]), b.op('Reshape', [v, one])], { axis: 0 }); // [2]
+  const halves = b.i64(`${name}_halves`, [2, 1, 1]);
+  const acc = b.op('Reshape', [b.op('MatMulInteger', [b.op('Concat', [q1, q2], { axis: 0 }), t.q, '', t.zero]), b.i64(`${name}_2qn`, [2, -1, out])]); // int32 [2, q, out]
+  const zs = b.op('Reshape', [b.op('Cast', [pair(z1, z2)], { to: INT32 }), halves]); // int32 [2, 1, 1]
+  const centred = b.op('Sub', [acc, b.op('Mul', [zs, t.colSums])]); // int32 [2, q, out], exact
+  const terms = b.op('Mul', [b.op('Cast', [centred], { to: FLOAT }), b.op('Reshape', [pair(s1, s2), halves])]);
+  return b.op('Mul', [b.op('ReduceSum', [terms, b.i64(`${name}_ax0`, [0])], { keepdims: 0 }), t.scale]); // [q, out]
+};
+
+/**
  * int8 per output channel, asymmetric: 255 levels over [min, max] of the row (value = (q − zp)·scale), for
  * rows whose range is not centred on zero (a Q4_1 row's blocks each have their own minimum).
  */
@@ -79,7 +102,17 @@ function int8AsymTensors(b: GraphBuilder, name: string, w: Float32Array, out: nu
     zero[r] = z;
     for (let c = 0; c < inp; c++) q[c * out + r] = Math.max(-128, Math.min(127, Math.round(w[r * inp + c] / s) + z));
   }
-  return { q: b.tensor(`${name}_q`, 'int8', [inp, out], q), scale: b.f32(`${name}_scale`, [out], scale), zero: b.tensor(`${name}_zq`, 'int8', [out], zero) };
+  return {
+    q: b.tensor(`${name}_q`, 'int8', [inp, out], q),
+    scale: b.f32(`${name}_scale`, [out], scale),
+    zero: b.tensor(`${name}_zq`, 'int8', [out], zero),
+    /** c[n] = Σ_k (q[k,n] − zero[n]): an initializer only for the stacked form, which reads it */
+    get colSums() {
+      const c = new Int32Array(out);
+      for (let k = 0; k < inp; k++) for (let n = 0; n < out; n++) c[n] += q[k * out + n] - zero[n];
+      return b.tensor(`${name}_colsum`, 'int32', [out], c);
+    },
+  };
 }
 
 function int4Tensors(b: GraphBuilder, name: string, w: Float32Array, out: number, inp: number, blockSize: number) {

@@ -20,6 +20,7 @@ import { createGraphSession } from '../../src/runtime/onnx-runtime.js';
 import { buildGgufShards, type BuiltShards, type GgufShardSource } from '../../src/shards/build-shards.js';
 import { ggmlLinearFor, packNBits, q4Blocks } from '../../src/shards/ggml-kernels.js';
 import { GraphBuilder } from '../../src/shards/onnx-builder.js';
+import { int8Integer2Linear, int8Integer2StackedLinear } from '../../src/shards/quant-linear.js';
 import { argmax, bucketKl, fixture, logitsAt, logSoftmax, type LogitsFixture } from '../support/smollm2.js';
 import { createRng } from '../../src/model/prng.js';
 
@@ -119,6 +120,21 @@ describe('repacks against ggml decoding', () => {
     const e2 = relErr(await runKernel('integer2', w, x, 3), ref);
     expect(e2).toBeLessThan(0.005);
     expect(e2).toBeLessThan(relErr(await runKernel('integer', w, x, 3), ref));
+  });
+
+  it('integer2 with its two terms stacked in one MatMulInteger computes the same integers as integer2 (relative difference < 1e-6)', async () => {
+    const w = randomBlocks(Q4_1, 40, 96, 9);
+    const f = Float32Array.from(dequantize(w.type, w.data, w.out * w.inp));
+    const run = async (emit: typeof int8Integer2Linear, q: number) => {
+      const b = new GraphBuilder('k-stacked');
+      b.output(emit(b, b.input('x', 'float32', [q, w.inp]), 'w', f, w.out, w.inp), 'y', 'float32', [q, w.out]);
+      const s = await createGraphSession('k-stacked', b.toBytes());
+      return (await s.run({ x: { data: x.subarray(0, q * w.inp), dims: [q, w.inp] } })).y.data as Float32Array;
+    };
+    for (const q of [1, 3]) {
+      const two = await run(int8Integer2Linear, q);
+      expect(relErr(await run(int8Integer2StackedLinear, q), Float64Array.from(two))).toBeLessThan(1e-6);
+    }
   });
 
   it('a Q8_0 matrix re-quantized to 4-bit blocks (nbits on a non-Q4_1 type) stays within half a 4-bit step', async () => {
