@@ -242,7 +242,7 @@ async function taskSweep(values: Record<string, string | boolean | undefined>): 
       prefill_flops_ratio: runs.reduce((s, r) => s + r.prefill_flops_ratio, 0) / runs.length,
     };
     points.push(p);
-    progress(`[${i + 1}/${schedules.length}] ${spec.padEnd(40)} speedup ${p.ttft_speedup?.toFixed(2) ?? '-'}x (FLOPs ${p.prefill_flops_ratio.toFixed(2)})  accuracy ${(100 * p.accuracy_lazy).toFixed(0)}% (dense ${(100 * accDense).toFixed(0)}%)  KL ${p.mean_kl.toFixed(4)}`);
+    progress(`[${i + 1}/${schedules.length}] ${spec.padEnd(40)} speedup ${p.ttft_speedup === null ? '-' : `${p.ttft_speedup.toFixed(2)}x`} (FLOPs ${p.prefill_flops_ratio.toFixed(2)})  accuracy ${(100 * p.accuracy_lazy).toFixed(0)}% (dense ${(100 * accDense).toFixed(0)}%)  KL ${p.mean_kl.toFixed(4)}`);
   }
   const x = (p: TaskPoint) => (timed ? p.ttft_speedup! : 1 / p.prefill_flops_ratio);
   const xLabel = timed ? 'TTFT speedup over dense (median of per-prompt ratios)' : 'dense / lazy prefill FLOPs (what TTFT speedup tracks)';
