@@ -10,15 +10,17 @@ import type { ModelConfig } from '../../src/model/config.js';
 import { createGraphSession } from '../../src/runtime/onnx-runtime.js';
 import { GraphBuilder } from '../../src/shards/onnx-builder.js';
 import { f32Linear, type LinearEmitter } from '../../src/shards/layer-graphs.js';
-import { int8Integer2Linear, int8Integer2StackedLinear, int8IntegerLinear } from '../../src/shards/quant-linear.js';
+import { int8Integer2Linear, int8Integer2StackedLinear, int8Integer2TwoLinear, int8IntegerLinear } from '../../src/shards/quant-linear.js';
 import { threadCpuMs } from './bench-clock.js';
 import { layerShapes } from './quant-bench-peak.js';
 
 export const DECODE_KERNELS: Record<string, LinearEmitter> = {
   f32: f32Linear,
   integer: int8IntegerLinear,
-  integer2: int8Integer2Linear,
+  'integer2-two': int8Integer2TwoLinear,
   'integer2-stacked': int8Integer2StackedLinear,
+  /** as built: stacked where the matrix is wider than deep */
+  integer2: int8Integer2Linear,
 };
 
 export interface DecodeOpsJob {

@@ -47,7 +47,7 @@ export const int8IntegerLinear: LinearEmitter = (b, x, name, w, out, inp) => {
  * quantizes what the first missed. Two MatMulIntegers over the same int8 weights: twice the integer work,
  * activation rounding ~256 times smaller than one term's (what int8 activations cost models with outliers).
  */
-export const int8Integer2Linear: LinearEmitter = (b, x, name, w, out, inp) => {
+export const int8Integer2TwoLinear: LinearEmitter = (b, x, name, w, out, inp) => {
   const t = int8AsymTensors(b, name, w, out, inp);
   const [q1, s1, z1] = b.opN('DynamicQuantizeLinear', [x], {}, { outputs: 3 });
   const residual = b.op('Sub', [x, b.op('DequantizeLinear', [q1, s1, z1])]);
@@ -58,6 +58,16 @@ export const int8Integer2Linear: LinearEmitter = (b, x, name, w, out, inp) => {
     b.op('Mul', [b.op('Cast', [b.op('MatMulInteger', [q, t.q, z, t.zero])], { to: FLOAT }), b.op('Mul', [s, t.scale])]);
   return b.op('Add', [term(q1, s1, z1), term(q2, s2, z2)]);
 };
+
+/**
+ * integer2: the two terms stacked in one MatMulInteger for matrices wider than they are deep, two products
+ * otherwise. Measured at a decode step's one row (quant-bench --decode-ops, 2026-12-02): stacked takes
+ * wq|wk|wv 130 us instead of 158, w1|w3 410 instead of 566, a 24576-row classifier part 6.5 ms instead of
+ * 11.7 (the weights read once for both rows), but wo 89 instead of 75 and w2 the same 180: its extra small
+ * ops cost ~15 us, which only a wide matrix repays. The integers are the same either way.
+ */
+export const int8Integer2Linear: LinearEmitter = (b, x, name, w, out, inp) =>
+  (out > inp ? int8Integer2StackedLinear : int8Integer2TwoLinear)(b, x, name, w, out, inp);
 
 /**
  * integer2's arithmetic with the two activation terms stacked as rows of one MatMulInteger ([2q, in] uint8),

@@ -20,7 +20,7 @@ import { createGraphSession } from '../../src/runtime/onnx-runtime.js';
 import { buildGgufShards, type BuiltShards, type GgufShardSource } from '../../src/shards/build-shards.js';
 import { ggmlLinearFor, packNBits, q4Blocks } from '../../src/shards/ggml-kernels.js';
 import { GraphBuilder } from '../../src/shards/onnx-builder.js';
-import { int8Integer2Linear, int8Integer2StackedLinear } from '../../src/shards/quant-linear.js';
+import { int8Integer2StackedLinear, int8Integer2TwoLinear } from '../../src/shards/quant-linear.js';
 import { argmax, bucketKl, fixture, logitsAt, logSoftmax, type LogitsFixture } from '../support/smollm2.js';
 import { createRng } from '../../src/model/prng.js';
 
@@ -125,14 +125,14 @@ describe('repacks against ggml decoding', () => {
   it('integer2 with its two terms stacked in one MatMulInteger computes the same integers as integer2 (relative difference < 1e-6)', async () => {
     const w = randomBlocks(Q4_1, 40, 96, 9);
     const f = Float32Array.from(dequantize(w.type, w.data, w.out * w.inp));
-    const run = async (emit: typeof int8Integer2Linear, q: number) => {
+    const run = async (emit: typeof int8Integer2TwoLinear, q: number) => {
       const b = new GraphBuilder('k-stacked');
       b.output(emit(b, b.input('x', 'float32', [q, w.inp]), 'w', f, w.out, w.inp), 'y', 'float32', [q, w.out]);
       const s = await createGraphSession('k-stacked', b.toBytes());
       return (await s.run({ x: { data: x.subarray(0, q * w.inp), dims: [q, w.inp] } })).y.data as Float32Array;
     };
     for (const q of [1, 3]) {
-      const two = await run(int8Integer2Linear, q);
+      const two = await run(int8Integer2TwoLinear, q);
       expect(relErr(await run(int8Integer2StackedLinear, q), Float64Array.from(two))).toBeLessThan(1e-6);
     }
   });
