@@ -122,7 +122,8 @@ export class ChainRunner {
   readonly runner: StepRunner = async (seq, newTokens, opts) => {
     const t0 = performance.now();
     this.lastUse = Date.now();
-    const piece = this.stepTokens > 0 && opts.schedule === null && opts.trace === undefined ? this.stepTokens : newTokens.length;
+    // (A trace hook is then called for each piece's layers: what a session counts per layer sums.)
+    const piece = this.stepTokens > 0 && opts.schedule === null ? this.stepTokens : newTokens.length;
     let r = await this.oneStep(seq, newTokens.slice(0, piece), opts);
     let { stats, moved } = r;
     for (let a = piece; a < newTokens.length; a += piece) {

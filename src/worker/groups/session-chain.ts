@@ -52,6 +52,8 @@ export class SessionChain {
     readonly heads = 0,
     /** the session object embeds (EMBED_IN_FRONT): group 0 holds no embedding */
     private readonly embed?: FrontEmbed,
+    /** a dense step of more tokens goes through the groups as steps of at most this many (PREFILL_STEP_TOKENS; 0: never cut) */
+    private readonly stepTokens = 0,
   ) {}
 
   private layerStubs(): GroupStub[] {
@@ -83,6 +85,7 @@ export class SessionChain {
       this.heads,
       (k, hidden) => stubs[G + k].head({ groups: G, group: G + k, heads: this.heads }, hidden),
       this.embed,
+      this.stepTokens,
     );
     return { runner, id, done };
   }

@@ -10,6 +10,7 @@ import type { TurnRecord } from '../../engine/turns.js';
 import type { ModelConfig } from '../../model/config.js';
 import type { Env } from '../env.js';
 import { frontEmbed } from '../groups/chain.js';
+import { prefillStepTokens } from '../groups/config.js';
 import { SessionChain, sessionGroups } from '../groups/session-chain.js';
 
 const SCHEMA = `CREATE TABLE IF NOT EXISTS layer_groups (id INTEGER PRIMARY KEY CHECK (id = 1), groups INTEGER NOT NULL, heads INTEGER NOT NULL)`;
@@ -47,5 +48,5 @@ export function tokensOfRecords(config: ModelConfig, records: readonly TurnRecor
 
 /** The chain of a session's groups, named from its ChatSession object's id. */
 export function sessionChain(env: Env, sessionObject: string, split: Split, config: ModelConfig): SessionChain {
-  return new SessionChain(() => sessionGroups(env, sessionObject, split.groups, split.heads), split.groups, config, split.heads, frontEmbed(env));
+  return new SessionChain(() => sessionGroups(env, sessionObject, split.groups, split.heads), split.groups, config, split.heads, frontEmbed(env), prefillStepTokens(env));
 }
