@@ -8,7 +8,9 @@
  * forwards each event to its Node process on a new loopback connection that stays in CLOSE-WAIT.
  * Loading SmolLM2's 139 MB of shards opened ~20,000 of them and workerd ran out of descriptors
  * (issue 16). With the inspector off, the same load holds ~30 descriptors. Nor does this server
- * reload when files in the checkout change: a reload restarts every Durable Object mid-request.
+ * rebuild when a source file changes (a reload restarts every Durable Object mid-request); wrangler
+ * 4.86 still watches the assets directory whatever `watch` says, so rebuilding a served model's
+ * shards does reload it (measurements run a frozen snapshot: scripts/lib/wrangler-dev.ts).
  * Debugging with devtools still works through plain `npx wrangler dev`, for small models.
  */
 import { parseArgs } from 'node:util';

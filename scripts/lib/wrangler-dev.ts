@@ -84,9 +84,9 @@ function linkTree(from: string, to: string): void {
 /**
  * A snapshot of a Worker for measuring: its bundle as `wrangler deploy --dry-run` builds it now, and
  * hard links of the named model folders of its assets, in a folder of .bench-cache/ with a config
- * that runs them unbundled. The server does not reload on edits, but its bundle and its asset files
- * are read at start and at first load: a snapshot keeps a measurement on one version of the code and
- * the shards while other work (edits, shard builds) goes on in the checkout.
+ * that runs them unbundled. The server does not rebuild on source edits, but wrangler reloads it when
+ * anything in its assets directory changes (a shard build elsewhere in the checkout restarts every
+ * Durable Object): a snapshot keeps a measurement on one version of the code and the shards.
  */
 function freezeWorker(config: string, models: string[]): { config: string; dir: string } {
   const dir = join(REPO_ROOT, '.bench-cache', `frozen-${process.pid}-${Date.now()}`);
