@@ -9,6 +9,7 @@ import { readFileSync } from 'node:fs';
 import { resolve } from 'node:path';
 import { parseArgs } from 'node:util';
 import { fail, progress, REPO_ROOT, runMain } from './lib/node-env.js';
+import { streamChat } from './lib/chat-stream.js';
 
 interface Run {
   mode: 'dense' | 'lazy';
@@ -23,42 +24,16 @@ interface Run {
 }
 
 async function streamOnce(url: string, body: object, mode: Run['mode']): Promise<Run> {
-  const t0 = performance.now();
-  const res = await fetch(`${url}/v1/chat/completions`, { method: 'POST', headers: { 'Content-Type': 'application/json' }, body: JSON.stringify(body) });
-  if (!res.ok || !res.body) fail(`HTTP ${res.status}: ${await res.text()}`);
-  let ttft = NaN;
-  let text = '';
-  let stats: Record<string, unknown> = {};
-  let usage: Record<string, number> = {};
-  let buf = '';
-  const reader = res.body.pipeThrough(new TextDecoderStream()).getReader();
-  for (;;) {
-    const { done, value } = await reader.read();
-    if (done) break;
-    buf += value;
-    let end: number;
-    while ((end = buf.indexOf('\n\n')) >= 0) {
-      const data = buf.slice(6, end);
-      buf = buf.slice(end + 2);
-      if (data === '[DONE]') continue;
-      const ev = JSON.parse(data);
-      if (ev.error) fail(`stream error: ${JSON.stringify(ev.error)}`);
-      const piece = ev.choices?.[0]?.delta?.content;
-      if (piece && Number.isNaN(ttft)) ttft = performance.now() - t0;
-      if (piece) text += piece;
-      if (ev.lazy_stats) stats = ev.lazy_stats;
-      if (ev.usage) usage = ev.usage;
-    }
-  }
+  const { ttft_ms, total_ms, text, stats, usage } = await streamChat(url, body);
   return {
     mode,
-    ttft_ms: ttft,
-    total_ms: performance.now() - t0,
-    prompt_tokens: usage.prompt_tokens ?? (stats.prompt_tokens as number),
-    completion_tokens: usage.completion_tokens ?? (stats.completion_tokens as number),
-    prefill_ms: stats.prefill_ms as number,
-    decode_tokens_per_s: stats.decode_tokens_per_s as number,
-    schedule: stats.schedule as string,
+    ttft_ms,
+    total_ms,
+    prompt_tokens: usage.prompt_tokens ?? stats.prompt_tokens,
+    completion_tokens: usage.completion_tokens ?? stats.completion_tokens,
+    prefill_ms: stats.prefill_ms,
+    decode_tokens_per_s: stats.decode_tokens_per_s,
+    schedule: stats.schedule,
     text,
   };
 }

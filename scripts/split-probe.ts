@@ -4,7 +4,7 @@
  *                                [--var NAME=VALUE ...] [--plan-only]
  *
  * The served model split into layer groups (LAYER_GROUPS; "G+H" adds H classifier objects,
- * HEAD_GROUPS) against unsplit, in `wrangler dev`: for each split, starts wrangler dev on 127.0.0.1 with that split, streams one long chat prompt
+ * HEAD_GROUPS) against unsplit, served locally (scripts/serve.ts): for each split, starts the server on 127.0.0.1 with that split, streams one long chat prompt
  * (a question after ~N tokens of ../shared/data/apache-2.0.txt, or of the --data files one after
  * the other; the Apache text holds ~2500 tokens, so 8k prompts name more files) dense and lazy interleaved (the
  * first pair a warm-up), and reports TTFT on the client clock, the server's prefill time, decode
@@ -24,6 +24,7 @@ import type { KvFormat } from '../src/engine/kv-rows.js';
 import { MB } from '../src/engine/memory-budget.js';
 import { parseManifest, quantOf } from '../src/model/manifest.js';
 import { fail, progress, REPO_ROOT, runMain, shardsDir } from './lib/node-env.js';
+import { streamChat } from './lib/chat-stream.js';
 import { findWorkerds, residentBytes, startWranglerDev, waitReady } from './lib/wrangler-dev.js';
 
 interface Run {
@@ -40,33 +41,7 @@ interface Run {
 }
 
 async function streamOnce(url: string, body: object, groups: string, mode: Run['mode']): Promise<Run> {
-  const t0 = performance.now();
-  const res = await fetch(`${url}/v1/chat/completions`, { method: 'POST', headers: { 'Content-Type': 'application/json' }, body: JSON.stringify(body) });
-  if (!res.ok || !res.body) fail(`HTTP ${res.status}: ${await res.text()}`);
-  let ttft = NaN;
-  let text = '';
-  let stats: Record<string, any> = {};
-  let usage: Record<string, number> = {};
-  let buf = '';
-  const reader = res.body.pipeThrough(new TextDecoderStream()).getReader();
-  for (;;) {
-    const { done, value } = await reader.read();
-    if (done) break;
-    buf += value;
-    let end: number;
-    while ((end = buf.indexOf('\n\n')) >= 0) {
-      const data = buf.slice(6, end);
-      buf = buf.slice(end + 2);
-      if (data === '[DONE]') continue;
-      const ev = JSON.parse(data);
-      if (ev.error) fail(`stream error: ${JSON.stringify(ev.error)}`);
-      const piece = ev.choices?.[0]?.delta?.content;
-      if (piece && Number.isNaN(ttft)) ttft = performance.now() - t0;
-      if (piece) text += piece;
-      if (ev.lazy_stats) stats = ev.lazy_stats;
-      if (ev.usage) usage = ev.usage;
-    }
-  }
+  const { ttft_ms: ttft, text, stats, usage } = await streamChat(url, body);
   return {
     groups,
     mode,
