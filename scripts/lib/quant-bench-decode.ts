@@ -11,7 +11,7 @@ import { createGraphSession } from '../../src/runtime/onnx-runtime.js';
 import { GraphBuilder } from '../../src/shards/onnx-builder.js';
 import { f32Linear, type LinearEmitter } from '../../src/shards/layer-graphs.js';
 import { int8Integer2Linear, int8Integer2StackedLinear, int8Integer2TwoLinear, int8IntegerLinear } from '../../src/shards/quant-linear.js';
-import { threadCpuMs } from './bench-clock.js';
+import { bestCpuMs } from './bench-clock.js';
 import { layerShapes } from './quant-bench-peak.js';
 
 export const DECODE_KERNELS: Record<string, LinearEmitter> = {
@@ -71,18 +71,7 @@ export async function runDecodeOpsChild(job: DecodeOpsJob, initRuntime: () => vo
       let err = 0;
       let top = 0;
       for (let i = 0; i < y.length; i++) [err, top] = [Math.max(err, Math.abs(y[i] - reference[i])), Math.max(top, Math.abs(reference[i]))];
-      for (let i = 0; i < 5; i++) await session.run(feeds); // prepacking, allocation, tier-up
-      let best = Infinity;
-      let spent = 0;
-      let runs = 0;
-      while (spent < job.budgetMs || runs < 20) {
-        const c0 = threadCpuMs();
-        await session.run(feeds);
-        const dt = threadCpuMs() - c0;
-        best = Math.min(best, dt);
-        spent += dt;
-        runs++;
-      }
+      const { best, runs } = await bestCpuMs(() => session.run(feeds), { warmups: 5, budgetMs: job.budgetMs, minRuns: 20 });
       await session.release();
       log(`${kernel} [${job.rows} x ${s.k}] x [${s.k} x ${s.n}] (${s.name}): ${(best * 1000).toFixed(0)} us (best of ${runs}), error vs f32 ${(err / top).toExponential(1)}`);
       ops.push({ kernel, name: s.name, k: s.k, n: s.n, perToken: s.perToken, bestUs: best * 1000, runs, relErrVsF32: err / top });

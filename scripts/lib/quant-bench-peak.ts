@@ -9,7 +9,7 @@ import type { ModelConfig } from '../../src/model/config.js';
 import { PREFILL_CHUNK } from '../../src/engine/step.js';
 import { createGraphSession } from '../../src/runtime/onnx-runtime.js';
 import { GraphBuilder } from '../../src/shards/onnx-builder.js';
-import { threadCpuMs } from './bench-clock.js';
+import { bestCpuMs } from './bench-clock.js';
 
 export interface PeakChildJob {
   kind: 'peak';
@@ -74,18 +74,7 @@ export async function runPeakChild(job: PeakChildJob, initRuntime: () => void): 
     const session = await createGraphSession(`peak-${s.name}`, b.toBytes());
     const x = new Float32Array(job.rows * s.k).map((_, i) => Math.cos(i));
     const feeds = { x: { data: x, dims: [job.rows, s.k] } };
-    for (let i = 0; i < 3; i++) await session.run(feeds); // prepacking, allocation, tier-up
-    let best = Infinity;
-    let spent = 0;
-    let runs = 0;
-    while (spent < job.budgetMs || runs < 5) {
-      const c0 = threadCpuMs();
-      await session.run(feeds);
-      const dt = threadCpuMs() - c0;
-      best = Math.min(best, dt);
-      spent += dt;
-      runs++;
-    }
+    const { best, runs } = await bestCpuMs(() => session.run(feeds), { warmups: 3, budgetMs: job.budgetMs, minRuns: 5 });
     await session.release();
     const gflops = (2 * job.rows * s.k * s.n) / (best * 1e6);
     log(`MatMul [${job.rows} x ${s.k}] x [${s.k} x ${s.n}] (${s.name}): ${gflops.toFixed(2)} GFLOP/s (best of ${runs}, ${best.toFixed(2)} ms CPU)`);
