@@ -126,13 +126,14 @@ export class ChainRunner {
     const piece = this.stepTokens > 0 && opts.schedule === null ? this.stepTokens : newTokens.length;
     let r = await this.oneStep(seq, newTokens.slice(0, piece), opts);
     let { stats, moved } = r;
-    for (let a = piece; a < newTokens.length; a += piece) {
+    let pieces = 1;
+    for (let a = piece; a < newTokens.length; a += piece, pieces++) {
       r = await this.oneStep(seq, newTokens.slice(a, a + piece), opts);
       stats = stats.map((s, g) => addLayerStats(s, r.stats[g]));
       moved += r.moved;
     }
     this.bytes.push(moved);
-    this.pieces.push(Math.ceil(newTokens.length / piece));
+    this.pieces.push(pieces);
     this.last = stepStats(this.config, newTokens.length, stats, performance.now() - t0);
     return { logits: r.logits, stats: this.last };
   };
