@@ -110,7 +110,7 @@ async function inWorkerd(job: ChildJob): Promise<WorkerdMeasure> {
   const model = basename(resolve(job.dir));
   if (resolve(job.dir) !== join(SHARDS_ROOT, model)) fail(`--runtime workerd serves shards from ${SHARDS_ROOT}: --model must be a directory there`);
   const log = join(tmpdir(), `split-memory-workerd-${process.pid}.log`);
-  const dev = await startWranglerDev('scripts/split-memory-workerd/wrangler.toml', log);
+  const dev = await startWranglerDev('scripts/split-memory-workerd/wrangler.toml', log, {}, { freeze: { models: [model] } }); // edits and shard builds elsewhere must not reload it mid-fill
   try {
     await waitReady(`${dev.base}/noop`, dev.child, 180_000);
     const pids = findWorkerds(dev.child.pid!);
