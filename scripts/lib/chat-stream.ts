@@ -9,7 +9,7 @@ export interface StreamedChat {
   ttft_ms: number;
   total_ms: number;
   text: string;
-  // eslint-disable-next-line @typescript-eslint/no-explicit-any -- the server's lazy_stats, read field by field by each probe
+  /** the server's lazy_stats, untyped here: each probe reads the fields it reports */
   stats: Record<string, any>;
   usage: Record<string, number>;
 }
