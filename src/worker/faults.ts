@@ -60,9 +60,18 @@ export function describeError(e: unknown): Failure {
   return failureOf(500, INTERNAL, 'internal_error');
 }
 
-/** Server faults go to the log with their stack (never to the client); client mistakes are not logged. */
+/**
+ * 5xx answers that are the server's load, not its fault: every layer-group chain serving another
+ * request (`server_busy`, groups/chain.ts). Expected whenever requests outnumber GROUP_CHAINS, so
+ * they are counted in the log as such (one line, no stack), where an operator sizing the pool
+ * looks, and kept out of the error log, where a real fault must not drown among them.
+ */
+const LOAD_ANSWERS = new Set(['server_busy']);
+
+/** Server faults go to the log with their stack (never to the client); client mistakes are not logged; load answers are noted as such. */
 export function logFault(err: { status: number; code: string | null }, cause: unknown, where: string): void {
-  if (err.status >= 500) console.error(`lazy-edge: ${where} failed (${err.code}):`, cause instanceof Error ? (cause.stack ?? cause.message) : cause);
+  if (err.code !== null && LOAD_ANSWERS.has(err.code)) console.info(`lazy-edge: ${where} answered ${err.status} ${err.code} (load, not a fault): ${cause instanceof Error ? cause.message : String(cause)}`);
+  else if (err.status >= 500) console.error(`lazy-edge: ${where} failed (${err.code}):`, cause instanceof Error ? (cause.stack ?? cause.message) : cause);
 }
 
 /** `describeError`, with a server fault logged (the RPC side of the Durable Object uses this). */

@@ -1,6 +1,6 @@
 import wasmModule from 'onnxruntime-web/ort-wasm-simd-threaded.wasm';
 import { isKvFormat, KV_FORMATS, type KvFormat } from '../engine/kv-rows.js';
-import { MB } from '../engine/memory-budget.js';
+import { MB, type MemoryEstimate } from '../engine/memory-budget.js';
 import { loadModel, type LoadedModel, type LoadOptions } from '../engine/model.js';
 import { ModelFormatError } from '../model/errors.js';
 import { initRuntime, wasmHeapBytes } from '../runtime/onnx-runtime.js';
@@ -76,7 +76,21 @@ export function getModel(env: ModelEnv): Promise<LoadedModel> {
   return p;
 }
 
-const mib = (b: number) => Math.round((b / MB) * 10) / 10;
+export const mib = (b: number) => Math.round((b / MB) * 10) / 10;
+
+/** An estimate's parts (src/engine/memory-budget.ts) in MiB, as /healthz reports them. */
+export function estimateMb(e: MemoryEstimate) {
+  return {
+    weights: mib(e.weights),
+    weight_copies: mib(e.weightCopies),
+    kv_cache: mib(e.kvCache),
+    aux_cache: mib(e.auxCache),
+    activations: mib(e.activations),
+    tokenizer: mib(e.tokenizer),
+    runtime: mib(e.runtime),
+    total: mib(e.total),
+  };
+}
 
 /**
  * The JavaScript heap where the runtime exposes it: Node's process.memoryUsage (V8 heap + array buffers,
@@ -100,7 +114,7 @@ function jsHeapBytes(): { bytes: number; how: string } | null {
  * in workerd). Fitting a deployed isolate takes both the estimate and the measurement to be under it:
  * the estimate covers the caches at full context, the measurement what the runtime really took.
  */
-export function memoryReport(model: LoadedModel) {
+export function memoryReport(model: Pick<LoadedModel, 'memory' | 'memoryBudgetBytes' | 'config'>) {
   const e = model.memory;
   const heap = wasmHeapBytes();
   const js = jsHeapBytes();
@@ -110,16 +124,7 @@ export function memoryReport(model: LoadedModel) {
     fits_deployed_isolate: Math.max(e.total, (heap ?? 0) + (js?.bytes ?? 0)) <= DEPLOYED_ISOLATE_MB * MB,
     context_tokens: model.config.seqLen,
     kv_format: model.config.kvFormat ?? 'f32',
-    estimate_mb: {
-      weights: mib(e.weights),
-      weight_copies: mib(e.weightCopies),
-      kv_cache: mib(e.kvCache),
-      aux_cache: mib(e.auxCache),
-      activations: mib(e.activations),
-      tokenizer: mib(e.tokenizer),
-      runtime: mib(e.runtime),
-      total: mib(e.total),
-    },
+    estimate_mb: estimateMb(e),
     measured_wasm_heap_mb: heap === null ? null : mib(heap),
     measured_js_heap_mb: js === null ? null : mib(js.bytes),
     measured_in: `wasm: onnxruntime's WebAssembly.Memory size; JS heap: ${js ? js.how : 'not exposed by this runtime (workerd)'}`,

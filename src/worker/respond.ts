@@ -27,10 +27,15 @@ export function checkModelName(env: Pick<Env, 'MODEL_NAME'>, requested: string):
   }
 }
 
-/** The served model, loaded once per isolate (after `checkModelName`); with split layers, only its tokenizer and config (groups/). */
+/** The model as this isolate holds it, loaded once: the whole model, or with split layers only the front's pieces (tokenizer, config, maybe the embedding: groups/parts.ts). */
+export function localModel(env: Env): Promise<LoadedModel> {
+  return layerGroups(env) > 1 ? frontModel(env) : getModel(env);
+}
+
+/** The served model, after `checkModelName` (localModel). */
 export async function servedModel(env: Env, requested: string): Promise<LoadedModel> {
   checkModelName(env, requested);
-  return layerGroups(env) > 1 ? frontModel(env) : getModel(env);
+  return localModel(env);
 }
 
 export interface Outcome {

@@ -1,6 +1,6 @@
 import { env } from 'cloudflare:workers';
 import { runInDurableObject } from 'cloudflare:test';
-import { describe, expect, it } from 'vitest';
+import { describe, expect, it, vi } from 'vitest';
 import type { LayerGroup } from '../../src/worker/groups/layer-group-object.js';
 import { acquirePoolChain, poolChain } from '../../src/worker/groups/chain.js';
 import { frontModel } from '../../src/worker/groups/parts.js';
@@ -40,6 +40,59 @@ describe('layer groups in workerd (stories260K)', () => {
     const [pa, pb] = [await a.probe(), await b.probe()];
     // Recorded as found: workerd runs every object of a namespace in the Worker's isolate.
     expect(pa.isolate).toBe(pb.isolate);
+  });
+
+  it('GET /healthz and /v1/models on a split front load only what the front holds (the tokenizer; with EMBED_IN_FRONT the embedding), never a layer or the classifier; /healthz gives every object\'s estimate', async () => {
+    const m = (await frontModel(env)).manifest;
+    /** the static assets, recording which of the model's files are read through them */
+    const recording = () => {
+      const read: string[] = [];
+      const assets = {
+        fetch: (input: string, init?: RequestInit) => {
+          read.push(new URL(input).pathname.slice(`/${MODEL}/`.length));
+          return env.ASSETS.fetch(input, init);
+        },
+      } as unknown as Fetcher;
+      return { assets, read };
+    };
+    const weights = (kind: 'layers' | 'head' | 'embed') => m.files[kind].map((f) => f.file);
+    // A context of its own per case makes every load a fresh one (loads are cached per isolate and options).
+    for (const [embed, ctx] of [['0', '301'], ['1', '302']] as const) {
+      const { assets, read } = recording();
+      const vars = { LAYER_GROUPS: '2', HEAD_GROUPS: '1', EMBED_IN_FRONT: embed, CONTEXT_TOKENS: ctx, ASSETS: assets };
+      const health = await withEnv(vars, '/healthz');
+      expect(health.status).toBe(200);
+      const list = await withEnv(vars, '/v1/models');
+      expect(list.status).toBe(200);
+      expect(((await list.json()) as { data: { id: string; context_length: number }[] }).data).toMatchObject([{ id: MODEL, context_length: Number(ctx) }]);
+      expect(read).toContain(m.tokenizer.file);
+      for (const f of [...weights('layers'), ...weights('head')]) expect(read).not.toContain(f);
+      for (const f of weights('embed')) expect(read.includes(f)).toBe(embed === '1');
+      type Obj = { object: string; layers: number[] | null; embed: boolean; head_parts: number[]; estimate_mb: Record<string, number> };
+      const body = (await health.json()) as { status: string; memory: { context_tokens: number; estimate_mb: Record<string, number> }; split: { layer_groups: number; objects: Obj[]; max_object_estimate_mb: number; fits_deployed_isolates: boolean } };
+      expect(body.status).toBe('ok');
+      const objects = body.split.objects;
+      // stories260K: 5 layers in 2 groups, its one classifier part in the classifier object
+      expect(objects.map(({ estimate_mb: _, ...o }) => o)).toEqual([
+        { object: 'layer group 0', layers: [0, 2], embed: embed === '0', head_parts: [] },
+        { object: 'layer group 1', layers: [3, 4], embed: false, head_parts: [] },
+        { object: 'classifier object 0', layers: null, embed: false, head_parts: [0] },
+        { object: 'front', layers: null, embed: embed === '1', head_parts: [] },
+      ]);
+      // the front's estimate is what it holds (no KV rows, no classifier), and what /healthz reports as this isolate's
+      const front = objects[3].estimate_mb;
+      expect(front.kv_cache).toBe(0);
+      expect(front.tokenizer).toBeGreaterThan(0);
+      expect(body.memory.estimate_mb).toEqual(front);
+      expect(body.memory.context_tokens).toBe(Number(ctx));
+      expect(objects[0].estimate_mb.kv_cache).toBeGreaterThan(objects[1].estimate_mb.kv_cache); // 3 layers' rows against 2
+      expect(body.split.max_object_estimate_mb).toBe(Math.max(...objects.map((o) => o.estimate_mb.total)));
+      expect(body.split.fits_deployed_isolates).toBe(true);
+    }
+    // Unsplit, the same check reads every layer: what the split front must not do.
+    const whole = recording();
+    expect((await withEnv({ LAYER_GROUPS: '1', CONTEXT_TOKENS: '303', ASSETS: whole.assets }, '/healthz')).status).toBe(200);
+    for (const f of weights('layers')) expect(whole.read).toContain(f);
   });
 
   for (const G of [2, 3]) {
@@ -90,15 +143,21 @@ describe('layer groups in workerd (stories260K)', () => {
     expect(reads).toBeGreaterThan(5);
   });
 
-  it('a request that finds every chain busy gets 503 server_busy, never a share of another request\'s state', async () => {
+  it('a request that finds every chain busy gets 503 server_busy, never a share of another request\'s state; the log notes it as load, not as a fault', async () => {
     const vars = { LAYER_GROUPS: '2', GROUP_CHAINS: '1' };
     const front = await frontModel(env);
     const held = await acquirePoolChain({ ...env, ...vars }, front.config);
+    const errors = vi.spyOn(console, 'error').mockImplementation(() => {});
+    const infos = vi.spyOn(console, 'info').mockImplementation(() => {});
     try {
       const busy = await complete(vars, { max_tokens: 5, temperature: 0 });
       expect(busy.status).toBe(503);
       expect(busy.body.error!.code).toBe('server_busy');
+      expect(errors).not.toHaveBeenCalled();
+      expect(infos.mock.calls.flat().join(' ')).toMatch(/POST \/v1\/completions answered 503 server_busy \(load, not a fault\)/);
     } finally {
+      errors.mockRestore();
+      infos.mockRestore();
       await held.release();
     }
     const after = await complete(vars, { max_tokens: 5, temperature: 0 });

@@ -58,6 +58,7 @@ export function groupModel(env: ModelEnv, spec: PartSpec): Promise<ModelPart> {
  */
 export async function frontModel(env: Pick<Env, 'ASSETS' | 'MODEL_NAME'> & Partial<Env> & GroupEnv): Promise<LoadedModel> {
   const embed = embedInFront(env);
-  const key = `${env.MODEL_NAME}|front${embed ? '+e' : ''}`;
+  // Keyed by the load options too (as model-store.ts keys the whole model): they set the served context.
+  const key = `${env.MODEL_NAME}|front${embed ? '+e' : ''}|${JSON.stringify(loadOptionsOf(env))}`;
   return (await cached(key, async () => load(env, { layers: { start: 0, end: 0 }, embed, head: [], tokenizer: true }))) as LoadedModel;
 }
