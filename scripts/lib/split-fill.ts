@@ -26,7 +26,7 @@ export async function fillPart(part: ModelPart, sample: () => void = () => undef
     const ids = Array.from({ length: Math.min(step, n - at) }, (_, i) => ((at + i) * 7919) % vocabSize);
     if (seq) {
       let into: Frontier;
-      if (part.embed.length) into = await embedStep(part, at, ids);
+      if (part.embed) into = await embedStep(part, at, ids);
       else {
         const hidden = new Float32Array(ids.length * dim); // [step, dim] synthetic, values in [-1, 1)
         for (let i = 0; i < hidden.length; i++) hidden[i] = Math.sin((at * dim + i) * 12.9898) * 0.999;
@@ -35,7 +35,7 @@ export async function fillPart(part: ModelPart, sample: () => void = () => undef
       }
       await runLayers(part, seq, into, { schedule: null });
       // the step's input and output are dropped after it, as the object drops the RPC's frontiers
-    } else if (part.embed.length) await embedStep(part, at, ids);
+    } else if (part.embed) await embedStep(part, at, ids);
     sample();
   }
   if (part.head.length) await headPartLogits(part.head, new Float32Array(dim).fill(0.1), dim);

@@ -14,11 +14,15 @@ export const MB = 1024 * 1024;
 /** Cloudflare Workers: 128 MB per isolate. */
 export const DEFAULT_MEMORY_BUDGET_BYTES = 128 * MB;
 /**
- * What the runtime costs before any weight: onnxruntime's initial wasm memory (16 MiB) and 4 MiB of JS
- * engine objects (stories260K in Node: 2.5 MiB of JS heap after loading, net of the wasm binary's copy,
- * which an isolate does not hold). MEASURED below says how.
+ * JS engine objects every part needs (stories260K in Node: 2.5 MiB of JS heap after loading, net of the
+ * wasm binary's copy, which an isolate does not hold).
  */
-export const RUNTIME_OVERHEAD_BYTES = 20 * MB;
+export const JS_ENGINE_BYTES = 4 * MB;
+/**
+ * What the runtime costs before any weight: onnxruntime's initial wasm memory (16 MiB) and the JS engine's
+ * objects. A part that holds no session (the tokenizer and embedding alone) never starts onnxruntime.
+ */
+export const RUNTIME_OVERHEAD_BYTES = 16 * MB + JS_ENGINE_BYTES;
 
 /**
  * The measured constants. Commands (docs/MEMORY.md has the runs and the tables):
@@ -52,7 +56,6 @@ export const MEASURED = {
     nbits: 3.0,
     'nbits-zp': 3.0,
     nbits8: 3.0,
-    embed: 3.0,
     matmul: 6.1,
     'dequant-int8': 5.6,
     'dequant-int4': 12.7,
@@ -160,8 +163,6 @@ export function pieceBytes(cfg: ModelConfig, q: QuantSpec) {
     /** what creating one layer's session leaves in the wasm memory beyond the tensors */
     layerCopies,
     embed,
-    /** the same, per embedding row (the embedding comes in row parts like the classifier) */
-    embedRowCopies: (MEASURED.copiesPerPieceByte.embed * embed) / vocabSize,
     headRow,
     headRowCopies: factor(k.head, 'head') * headRow,
     /** bytes of f32 a MatMulNBits head decodes one row to, on every run */
@@ -174,25 +175,43 @@ export function pieceBytes(cfg: ModelConfig, q: QuantSpec) {
   };
 }
 
+/** Which pieces an estimate is for: n decoder layers, the embedding, classifier parts of these rows, the tokenizer. */
+export interface HeldPieces {
+  layers: number;
+  embed: boolean;
+  headRows: readonly number[];
+  tokenizer: boolean;
+}
+
 /**
- * What the whole model needs at its served context, cfg.seqLen. `headRows`: the rows of each
- * classifier part (manifest.files.head); without it, one part of every row. The embedding is taken
- * in parts of the same rows (the shard builder cuts both alike).
+ * What a model (or a part of it) holding `held` needs at its served context, cfg.seqLen. The copies
+ * are those of its largest session; the embedding, looked up in plain code (src/model/embedding-table.ts),
+ * makes none.
  */
-export function estimateMemory(cfg: ModelConfig, q: QuantSpec, headRows: readonly number[] = [cfg.vocabSize]): MemoryEstimate {
+export function estimateHeld(cfg: ModelConfig, q: QuantSpec, held: HeldPieces): MemoryEstimate {
   const p = pieceBytes(cfg, q);
-  const L = cfg.nLayers;
-  const part = Math.max(0, ...headRows);
+  const nl = held.layers;
+  const rows = held.headRows.reduce((s, r) => s + r, 0);
+  const largestHeadPart = Math.max(0, ...held.headRows);
   const e = {
-    weights: L * p.layer + p.embed + cfg.vocabSize * p.headRow + p.finalNorm,
-    weightCopies: Math.round(Math.max(L > 0 ? p.layerCopies : 0, part * p.embedRowCopies, part * p.headRowCopies)),
-    kvCache: L * cfg.seqLen * p.kvPerTokenLayer,
-    auxCache: cfg.seqLen * p.auxPerToken,
-    activations: part * p.headRowDecoded + (L > 0 ? cfg.seqLen * p.attnTempPerToken : 0),
-    tokenizer: p.tokenizer,
-    runtime: RUNTIME_OVERHEAD_BYTES,
+    weights: nl * p.layer + (held.embed ? p.embed : 0) + (rows ? rows * p.headRow + p.finalNorm : 0),
+    weightCopies: Math.round(Math.max(nl > 0 ? p.layerCopies : 0, largestHeadPart * p.headRowCopies)),
+    kvCache: nl * cfg.seqLen * p.kvPerTokenLayer,
+    // A token's Aux Cache entry is in one part, but any part may end up with all of them.
+    auxCache: nl > 0 ? cfg.seqLen * p.auxPerToken : 0,
+    activations: largestHeadPart * p.headRowDecoded + (nl > 0 ? cfg.seqLen * p.attnTempPerToken : 0),
+    tokenizer: held.tokenizer ? p.tokenizer : 0,
+    runtime: nl > 0 || rows > 0 ? RUNTIME_OVERHEAD_BYTES : JS_ENGINE_BYTES,
   };
   return { ...e, total: totalOf(e) };
+}
+
+/**
+ * What the whole model needs at its served context. `headRows`: the rows of each classifier part
+ * (manifest.files.head); without it, one part of every row.
+ */
+export function estimateMemory(cfg: ModelConfig, q: QuantSpec, headRows: readonly number[] = [cfg.vocabSize]): MemoryEstimate {
+  return estimateHeld(cfg, q, { layers: cfg.nLayers, embed: true, headRows, tokenizer: true });
 }
 
 const mb = (b: number) => `${(b / MB).toFixed(1)} MB`;

@@ -1,5 +1,5 @@
 import { ModelFormatError } from '../model/errors.js';
-import { parseManifest, quantOf, verifyFile, type FileEntry, type Manifest, type PartEntry } from '../model/manifest.js';
+import { parseManifest, quantOf, verifyFile, type FileEntry, type Manifest } from '../model/manifest.js';
 import { EngineError } from './errors.js';
 import type { ModelConfig } from '../model/config.js';
 import type { QuantSpec } from '../model/quant.js';
@@ -11,6 +11,7 @@ import { createGraphSession, type GraphSession } from '../runtime/onnx-runtime.j
 import { checkMemoryBudget, DEFAULT_MEMORY_BUDGET_BYTES, type MemoryEstimate } from './memory-budget.js';
 import { checkPartBudget, type LayerRange, type PartSpec } from './part-memory.js';
 import type { RowPart } from './vocab-parts.js';
+import { EmbeddingTable, embeddingPartOf } from '../model/embedding-table.js';
 import type { KvFormat } from './kv-rows.js';
 
 export type { LayerRange, PartSpec } from './part-memory.js';
@@ -35,8 +36,8 @@ export interface ModelPart {
   /** the decoder layers held: layers[k] is layer layerRange.start + k */
   layerRange: LayerRange;
   tokenizer: TextTokenizer | null;
-  /** embedding table by vocabulary rows, in order; empty when not held */
-  embed: RowPart[];
+  /** the embedding table, looked up without the runtime; null when not held */
+  embed: EmbeddingTable | null;
   layers: GraphSession[];
   /** classifier by vocabulary rows, in order (those of `part.head`); empty when not held */
   head: RowPart[];
@@ -45,6 +46,7 @@ export interface ModelPart {
 /** A model ready to run: its sessions are created once and shared by every sequence. */
 export interface LoadedModel extends ModelPart {
   tokenizer: TextTokenizer;
+  embed: EmbeddingTable;
 }
 
 /** Served context window when none is configured: long prompts, and a KV cache a local machine holds. */
@@ -89,7 +91,7 @@ function tokenizerOf(manifest: Manifest, bytes: Uint8Array): TextTokenizer {
 
 export async function loadModel(manifestText: string, read: ShardReader, opts: LoadOptions = {}): Promise<LoadedModel> {
   const m = await loadModelPart(manifestText, read, {}, opts);
-  return m as LoadedModel; // everything held, the tokenizer too
+  return m as LoadedModel; // everything held, the tokenizer and embedding too
 }
 
 /** Every piece of the model: all layers, the embedding, every classifier part and the tokenizer. */
@@ -133,23 +135,32 @@ export async function loadModelPart(manifestText: string, read: ShardReader, wan
     if (verify) checkShardWeights(entry.file, bytes, quant, weights);
     return bytes;
   };
-  /** the parts numbered in `held` (in order), each knowing its first vocabulary row */
-  const rowParts = async (what: string, parts: PartEntry[], held: readonly number[], specs: (rows: number) => WeightSpec[]): Promise<RowPart[]> => {
+  /** the classifier parts numbered in part.head (in order), each knowing its first vocabulary row */
+  const headParts = async (): Promise<RowPart[]> => {
     const out: RowPart[] = [];
-    let start = 0;
-    for (const [i, p] of parts.entries()) {
-      const name = parts.length === 1 ? what : `${what} ${i}`;
-      if (held.includes(i)) out.push({ session: await createGraphSession(name, await fetchWeights(p, specs(p.rows)), sessionOpts), start, rows: p.rows });
-      start += p.rows;
+    let first = 0;
+    for (const [i, p] of manifest.files.head.entries()) {
+      const name = manifest.files.head.length === 1 ? 'head' : `head ${i}`;
+      if (part.head.includes(i)) out.push({ session: await createGraphSession(name, await fetchWeights(p, headWeightSpecs(manifest.config, p.rows)), sessionOpts), start: first, rows: p.rows });
+      first += p.rows;
     }
     return out;
   };
-  const embed = part.embed ? await rowParts('embed', manifest.files.embed, manifest.files.embed.map((_, i) => i), (rows) => embedWeightSpecs(manifest.config, rows)) : [];
+  const embedTable = async (): Promise<EmbeddingTable> => {
+    const parts = [];
+    let first = 0;
+    for (const p of manifest.files.embed) {
+      parts.push(embeddingPartOf(p.file, await fetchWeights(p, embedWeightSpecs(manifest.config, p.rows)), first, p.rows, manifest.config.dim));
+      first += p.rows;
+    }
+    return new EmbeddingTable(parts, manifest.config.dim);
+  };
+  const embed = part.embed ? await embedTable() : null;
   const layers: GraphSession[] = [];
   const layerWeights = layerWeightSpecs(manifest.config);
   for (let l = start; l < end; l++) {
     layers.push(await createGraphSession(`layer ${l}`, await fetchWeights(manifest.files.layers[l], layerWeights), sessionOpts));
   }
-  const head = await rowParts('head', manifest.files.head, part.head, (rows) => headWeightSpecs(manifest.config, rows));
+  const head = await headParts();
   return { manifest, config, quant, memory, memoryBudgetBytes, part, layerRange: { start, end }, tokenizer, embed, layers, head };
 }

@@ -7,7 +7,7 @@
 import type { ModelConfig } from '../model/config.js';
 import type { QuantSpec } from '../model/quant.js';
 import { EngineError } from './errors.js';
-import { MB, partsText, pieceBytes, RUNTIME_OVERHEAD_BYTES, totalOf, type MemoryEstimate } from './memory-budget.js';
+import { estimateHeld, MB, partsText, type MemoryEstimate } from './memory-budget.js';
 
 /** Decoder layers [start, end). */
 export interface LayerRange {
@@ -24,31 +24,13 @@ export interface PartSpec {
   tokenizer: boolean;
 }
 
-/** Bytes of the pieces a part could hold, as the kernel holds them while running (memory-budget.ts). */
-export { pieceBytes };
-
 /**
  * The estimate for `part` of a model whose config (served seqLen) is `cfg`; headRows = rows of each head part.
- * Every part pays the runtime; the attention temporaries come with layers, the classifier's with its rows,
- * and the copies with its largest piece (memory-budget.ts MEASURED).
+ * A part with a session pays the runtime; the attention temporaries come with layers, the classifier's with
+ * its rows, and the copies with its largest piece (memory-budget.ts estimateHeld).
  */
 export function estimatePartMemory(cfg: ModelConfig, q: QuantSpec, part: PartSpec, headRows: readonly number[]): MemoryEstimate {
-  const p = pieceBytes(cfg, q);
-  const nl = part.layers.end - part.layers.start;
-  const rows = part.head.reduce((s, i) => s + headRows[i], 0);
-  const largestHeadPart = Math.max(0, ...part.head.map((i) => headRows[i]));
-  const embedPart = part.embed ? Math.max(0, ...headRows) : 0; // the embedding's row parts are cut like the classifier's
-  const e = {
-    weights: nl * p.layer + (part.embed ? p.embed : 0) + (part.head.length ? rows * p.headRow + p.finalNorm : 0),
-    weightCopies: Math.round(Math.max(nl > 0 ? p.layerCopies : 0, embedPart * p.embedRowCopies, largestHeadPart * p.headRowCopies)),
-    kvCache: nl * cfg.seqLen * p.kvPerTokenLayer,
-    // A token's Aux Cache entry is in one part, but any part may end up with all of them.
-    auxCache: nl > 0 ? cfg.seqLen * p.auxPerToken : 0,
-    activations: largestHeadPart * p.headRowDecoded + (nl > 0 ? cfg.seqLen * p.attnTempPerToken : 0),
-    tokenizer: part.tokenizer ? p.tokenizer : 0,
-    runtime: RUNTIME_OVERHEAD_BYTES,
-  };
-  return { ...e, total: totalOf(e) };
+  return estimateHeld(cfg, q, { layers: part.layers.end - part.layers.start, embed: part.embed, headRows: part.head.map((i) => headRows[i]), tokenizer: part.tokenizer });
 }
 
 const mb = (b: number) => `${(b / MB).toFixed(1)} MB`;

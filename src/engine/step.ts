@@ -4,7 +4,7 @@ import { SequenceState } from './caches.js';
 import { EngineError } from './errors.js';
 import type { LayerRange, ModelPart } from './model.js';
 import { keepAt, limitRevivals, selectActive, type Schedule } from './policy.js';
-import { embedTokens, headLogits } from './vocab-parts.js';
+import { headLogits } from './vocab-parts.js';
 import type { RawRows } from './kv-rows.js';
 import type { HostTensor } from '../runtime/onnx-runtime.js';
 
@@ -35,6 +35,11 @@ export interface StepOptions {
   /** null runs dense: every token is carried to the last layer. */
   schedule: Schedule | null;
   trace?: LayerTrace;
+  /**
+   * Awaited after each layer (and, split, after each call to a group: src/worker/groups/chain.ts):
+   * a host whose client sees nothing during a long prefill keeps its connection alive here.
+   */
+  progress?: () => void | Promise<void>;
 }
 
 /**
@@ -182,8 +187,8 @@ function range(a: number, b: number): Int32Array {
 /** The frontier entering layer 0: the new tokens (appended after `start` tokens) embedded, every token active. */
 export async function embedStep(part: Pick<ModelPart, 'config' | 'embed'>, start: number, newTokens: readonly number[]): Promise<Frontier> {
   if (newTokens.length === 0) throw new EngineError('a step needs at least one new token', 'invalid_request');
-  if (part.embed.length === 0) throw new EngineError('this model part holds no embedding', 'internal');
-  const hidden = await embedTokens(part.embed, newTokens, part.config.dim); // [newTokens, dim]
+  if (!part.embed) throw new EngineError('this model part holds no embedding', 'internal');
+  const hidden = part.embed.lookup(newTokens); // [newTokens, dim]
   const n = start + newTokens.length;
   return { layer: 0, start, newTokens: [...newTokens], active: range(0, n), scores: null, carried: range(start, n), hidden };
 }
@@ -307,6 +312,7 @@ export async function runLayers(part: ModelPart, seq: SequenceState, into: Front
     stats.revived += revived.length;
     stats.flops += layerFlops(cfg, q, past + q); // the keys the graph ran over, masked ones included
     stats.denseFlops += layerFlops(cfg, into.newTokens.length, n);
+    await opts.progress?.();
   }
   stats.auxEntries = seq.aux.size;
   stats.kvEntries = seq.kvEntries();

@@ -4,7 +4,6 @@ import { SequenceState } from '../../src/engine/caches.js';
 import type { LoadedModel } from '../../src/engine/model.js';
 import { formatSchedule, parseSchedule, validateSchedule } from '../../src/engine/policy.js';
 import { ATTN_SCORE_BYTES, prefillChunks, runStep } from '../../src/engine/step.js';
-import { embedTokens } from '../../src/engine/vocab-parts.js';
 import { LAYER_IO } from '../../src/model/shard-io.js';
 import type { HostTensor } from '../../src/runtime/onnx-runtime.js';
 import { devStories, loadStories260K } from '../support/paths.js';
@@ -21,7 +20,7 @@ describe('ranking by a window of query rows (schedule item rows:N)', () => {
   /** Layer 0 run on the first n prompt tokens with no context, attn_last averaged over `rows` rows. */
   async function attnLast(n: number, rows: number): Promise<Float32Array> {
     const { dim, kvDim } = model.config;
-    const x = await embedTokens(model.embed, w.prompt.slice(0, n), dim);
+    const x = model.embed.lookup(w.prompt.slice(0, n));
     const none = (data: HostTensor['data'], width: number): HostTensor => ({ data, dims: width ? [0, width] : [0] });
     const io = LAYER_IO.inputs;
     const out = await model.layers[0].run({
