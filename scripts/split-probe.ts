@@ -1,7 +1,7 @@
 /**
  * npx tsx scripts/split-probe.ts [--groups 1,2,8+2] [--tokens 2000] [--max-tokens 32] [--repeat 2] [--model NAME] [--context N]
  *                                [--kv f32|f16|int8] [--embed-in-front] [--modes dense,lazy] [--data FILE[,FILE...]]
- *                                [--var NAME=VALUE ...] [--plan-only]
+ *                                [--schedule SPEC] [--var NAME=VALUE ...] [--plan-only]
  *
  * The served model split into layer groups (LAYER_GROUPS; "G+H" adds H classifier objects,
  * HEAD_GROUPS) against unsplit, served locally (scripts/serve.ts): for each split, starts the server on 127.0.0.1 with that split, streams one long chat prompt
@@ -13,6 +13,8 @@
  * (src/engine/layer-group.ts planSplit, from the manifest and config). --plan-only prints the
  * fewest objects under 128 MB for each KV format at 2k/4k/8k tokens and exits. Run it under the
  * measurement lock: flock /tmp/lazy-edge-measure.lock npx tsx scripts/split-probe.ts ...
+ * --schedule sets the lazy runs' pruning schedule (the engine's spec, e.g. "bos,min:128,4:0.4,12:0.5,20:0.5";
+ * default: the model's default schedule).
  * Progress on stderr; one JSON object on stdout.
  */
 import { readFileSync } from 'node:fs';
@@ -75,6 +77,7 @@ async function main(): Promise<void> {
       'embed-in-front': { type: 'boolean', default: false },
       modes: { type: 'string', default: 'dense,lazy' },
       var: { type: 'string', multiple: true, default: [] },
+      schedule: { type: 'string' },
     },
   });
   const groupsList = values.groups!.split(',');
@@ -152,7 +155,7 @@ async function main(): Promise<void> {
       await waitReady(`${dev.base}/`, dev.child, 120_000);
       for (let i = 0; i <= Number(values.repeat); i++) {
         for (const mode of modes) {
-          const r = await streamOnce(dev.base, { ...base, lazy: { enabled: mode === 'lazy' } }, G, mode);
+          const r = await streamOnce(dev.base, { ...base, lazy: { enabled: mode === 'lazy', ...(mode === 'lazy' && values.schedule ? { schedule: values.schedule } : {}) } }, G, mode);
           progress(`G=${G} ${i === 0 ? 'warm-up ' : ''}${mode}: ${r.prompt_tokens} prompt tokens, TTFT ${r.ttft_ms.toFixed(0)} ms (prefill ${r.prefill_ms.toFixed(0)} ms), decode ${r.decode_tokens_per_s.toFixed(1)} tok/s, boundary bytes prefill ${r.prefill_boundary_bytes} / decode step ${r.decode_boundary_bytes_per_step}, ${JSON.stringify(r.text.slice(0, 60))}`);
           if (i > 0) runs.push(r);
         }
