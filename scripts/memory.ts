@@ -17,7 +17,7 @@
  *            net of what the process held before loading (Node and tsx themselves), after a full GC.
  *   workerd  the same steps inside workerd (scripts/memory-workerd/, a frozen snapshot served by scripts/serve.ts on 127.0.0.1): the wasm
  *            memory is read inside the isolate; workerd exposes no JS heap figure, so js_heap_bytes is the
- *            caches' own bytes (exact) and the process's resident set (which includes workerd itself) is
+ *            bytes of the caches and the embedding table (exact) and the process's resident set (which includes workerd itself) is
  *            reported beside it.
  *
  * --json prints one object: load_peak_bytes, steady_bytes, wasm_bytes, js_heap_bytes, and `measured_in`

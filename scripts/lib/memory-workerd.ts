@@ -1,7 +1,7 @@
 /**
  * `npm run memory -- --runtime workerd`: the model loaded and filled inside workerd (a frozen snapshot served by scripts/serve.ts,
- * scripts/memory-workerd/), read from two sides. Inside: onnxruntime's wasm memory, and the caches'
- * bytes (the JS heap itself is not observable there). Outside: the workerd process's resident set
+ * scripts/memory-workerd/), read from two sides. Inside: onnxruntime's wasm memory, and the bytes of the
+ * caches and of the embedding table (the JS heap itself is not observable there). Outside: the workerd process's resident set
  * (VmRSS) and its peak (VmHWM) from /proc, net of the process before the model was loaded; they
  * include what workerd allocates for the isolate beyond the JS heap and the wasm memory.
  */
@@ -22,6 +22,8 @@ interface LoadAnswer {
 interface FillAnswer {
   wasm_bytes: number;
   kv_cache_bytes: number;
+  /** the embedding table's rows on the JS heap (src/model/embedding-table.ts) */
+  embedding_bytes: number;
   tokens: number;
   estimate_bytes: MemoryReport['estimate_bytes'];
   error?: string;
@@ -76,15 +78,16 @@ export async function measureInWorkerd(o: { dir: string; contexts: readonly numb
         load_peak_bytes: afterLoad[k].hwm - base,
         steady_bytes: afterFill[k].rss - base,
         wasm_bytes: fill.wasm_bytes,
-        js_heap_bytes: fill.kv_cache_bytes,
+        js_heap_bytes: fill.kv_cache_bytes + fill.embedding_bytes,
         fill_peak_bytes: afterFill[k].hwm - base,
         wasm_after_load_bytes: load.wasm_bytes,
         kv_cache_bytes: fill.kv_cache_bytes,
+        embedding_bytes: fill.embedding_bytes,
         estimate_bytes: fill.estimate_bytes,
         deployed_isolate_bytes: DEFAULT_MEMORY_BUDGET_BYTES,
         fits_deployed_isolate: afterFill[k].hwm - base <= DEFAULT_MEMORY_BUDGET_BYTES,
         measured_in:
-          'workerd: wasm = WebAssembly.Memory size inside the isolate; js_heap_bytes = the KV and Aux caches\' bytes (workerd exposes no JS heap figure); ' +
+          'workerd: wasm = WebAssembly.Memory size inside the isolate; js_heap_bytes = the bytes of the KV and Aux caches and of the embedding table (workerd exposes no JS heap figure); ' +
           'load_peak/steady/fill_peak = the workerd process\'s VmHWM/VmRSS from /proc net of its VmRSS before loading (they include workerd\'s own allocations for the isolate)',
         workerd_rss_before_bytes: base,
       });

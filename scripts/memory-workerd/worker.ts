@@ -2,7 +2,7 @@
  * GET /load?model=M&context=N&kv=F loads the model as the product Worker does (src/worker/model-store.ts)
  * and answers the wasm memory then. POST /fill {"model", "context", "kv", "text", "upTo"} prefills the text (repeated
  * as needed) into the model's one sequence until it holds `upTo` tokens (default `context`; a fresh sequence when
- * it already holds as many), and answers the wasm memory and the caches' bytes. Filling in steps keeps each
+ * it already holds as many), and answers the wasm memory, the caches' bytes and the embedding table's. Filling in steps keeps each
  * request to minutes (the driver's fetch would time out on one 8k prefill in workerd). GET /noop answers
  * nothing (a baseline for the process's resident set). Memory inside workerd is only observable as
  * the wasm memory; the driver (scripts/lib/memory-workerd.ts) reads the process from /proc.
@@ -51,6 +51,7 @@ export default {
         return Response.json({
           wasm_bytes: wasmHeapBytes(),
           kv_cache_bytes: seq.kv.bytes + seq.aux.bytes,
+          embedding_bytes: model.embed.bytes,
           tokens: seq.length,
           estimate_bytes: estimateJson(estimateMemory({ ...model.config, seqLen: seq.length }, model.quant, model.manifest.files.head.map((p) => p.rows))),
         });
