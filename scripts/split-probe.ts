@@ -39,11 +39,13 @@ interface Run {
   decode_tokens_per_s: number;
   prefill_boundary_bytes: number | null;
   decode_boundary_bytes_per_step: number | null;
+  /** SSE comment lines the server sent while prefilling (keep-alives: src/worker/keep-alive.ts) */
+  keepalive_comments: number;
   text: string;
 }
 
 async function streamOnce(url: string, body: object, groups: string, mode: Run['mode']): Promise<Run> {
-  const { ttft_ms: ttft, text, stats, usage } = await streamChat(url, body);
+  const { ttft_ms: ttft, text, stats, usage, comments } = await streamChat(url, body);
   return {
     groups,
     mode,
@@ -54,6 +56,7 @@ async function streamOnce(url: string, body: object, groups: string, mode: Run['
     decode_tokens_per_s: stats.decode_tokens_per_s,
     prefill_boundary_bytes: stats.split?.prefill_boundary_bytes ?? null,
     decode_boundary_bytes_per_step: stats.split?.decode_boundary_bytes_per_step ?? null,
+    keepalive_comments: comments,
     text,
   };
 }
@@ -151,12 +154,12 @@ async function main(): Promise<void> {
       ...extraVars,
     }, { freeze: { models: [values.model!] } });
     try {
-      // The playground page: it loads no model (GET /v1/models and /healthz load the whole one).
+      // The playground page: it loads no model (unsplit, GET /v1/models and /healthz load the whole one).
       await waitReady(`${dev.base}/`, dev.child, 120_000);
       for (let i = 0; i <= Number(values.repeat); i++) {
         for (const mode of modes) {
           const r = await streamOnce(dev.base, { ...base, lazy: { enabled: mode === 'lazy', ...(mode === 'lazy' && values.schedule ? { schedule: values.schedule } : {}) } }, G, mode);
-          progress(`G=${G} ${i === 0 ? 'warm-up ' : ''}${mode}: ${r.prompt_tokens} prompt tokens, TTFT ${r.ttft_ms.toFixed(0)} ms (prefill ${r.prefill_ms.toFixed(0)} ms), decode ${r.decode_tokens_per_s.toFixed(1)} tok/s, boundary bytes prefill ${r.prefill_boundary_bytes} / decode step ${r.decode_boundary_bytes_per_step}, ${JSON.stringify(r.text.slice(0, 60))}`);
+          progress(`G=${G} ${i === 0 ? 'warm-up ' : ''}${mode}: ${r.prompt_tokens} prompt tokens, TTFT ${r.ttft_ms.toFixed(0)} ms (prefill ${r.prefill_ms.toFixed(0)} ms), decode ${r.decode_tokens_per_s.toFixed(1)} tok/s, boundary bytes prefill ${r.prefill_boundary_bytes} / decode step ${r.decode_boundary_bytes_per_step}, ${r.keepalive_comments} keep-alive comments, ${JSON.stringify(r.text.slice(0, 60))}`);
           if (i > 0) runs.push(r);
         }
       }

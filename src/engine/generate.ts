@@ -32,6 +32,8 @@ export interface GenerateOptions {
    * event loop here (other requests take turns) and throws to stop a generation nobody waits for.
    */
   beforeStep?: () => void | Promise<void>;
+  /** awaited as the prefill step goes (StepOptions.progress): before the first token, a client sees nothing else */
+  onPrefillProgress?: () => void | Promise<void>;
   trace?: LayerTrace;
   /** runs each step (default: runStep on the whole model); a split model passes its chain of layer groups (src/engine/layer-group.ts) */
   step?: StepRunner;
@@ -112,7 +114,7 @@ export async function generate(model: LoadedModel, seq: SequenceState, prompt: r
   };
 
   const runner: StepRunner = opts.step ?? ((s, t, o) => runStep(model, s, t, o));
-  const first = await runner(seq, prompt, { schedule: opts.schedule, trace: opts.trace });
+  const first = await runner(seq, prompt, { schedule: opts.schedule, trace: opts.trace, progress: opts.onPrefillProgress });
   account(first.stats);
   const prefillMs = first.stats.ms;
   const tDecode = performance.now();

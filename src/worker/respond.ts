@@ -12,7 +12,8 @@ import { acquirePoolChain, chainError, type Chain } from './groups/chain.js';
 import { layerGroups } from './groups/config.js';
 import { frontModel } from './groups/parts.js';
 import { getModel } from './model-store.js';
-import { sseResponse, type SendEvent } from './sse.js';
+import { keepAliveMs, prefillKeepAlive } from './keep-alive.js';
+import { sseResponse, type SendComment, type SendEvent } from './sse.js';
 
 /**
  * The HTTP side of generation, used only by the routes: checking the model name, running a
@@ -71,7 +72,13 @@ async function chainFor(env: Env, job: Job): Promise<Chain | null> {
   return layerGroups(env) > 1 ? acquirePoolChain(env, job.model.config) : null;
 }
 
-async function run(job: Job, chain: Chain | null, beforeStep: () => Promise<void>, onText?: (t: string, logprobs?: ShapedLogprob[]) => Promise<void>): Promise<Outcome> {
+async function run(
+  job: Job,
+  chain: Chain | null,
+  beforeStep: () => Promise<void>,
+  onText?: (t: string, logprobs?: ShapedLogprob[]) => Promise<void>,
+  onPrefillProgress?: () => Promise<void>,
+): Promise<Outcome> {
   try {
     const seq = chain ? chain.frontState() : new SequenceState(job.model.config);
     // The pruning trace needs the caches' depths, which a split model keeps in its groups.
@@ -81,6 +88,7 @@ async function run(job: Job, chain: Chain | null, beforeStep: () => Promise<void
       ...engineOptions(job),
       onText: onText && (shaper ? (t, lps) => onText(t, shaper.shape(lps)) : (t) => onText(t)),
       beforeStep,
+      onPrefillProgress,
       trace: tracer?.hook,
       ...(chain ? { step: chain.runner } : {}),
     });
@@ -116,8 +124,9 @@ export function waitUntilOf(c: Context<AppEnv>): ((p: Promise<unknown>) => void)
 /**
  * Runs the job and answers: one JSON body with a Server-Timing header, or with `stream` a text
  * delta per event as soon as the engine releases it, a last chunk with finish_reason and
- * `lazy_stats`, optionally a usage chunk (stream_options.include_usage), then [DONE]. A streamed
- * generation whose client hangs up stops before its next token.
+ * `lazy_stats`, optionally a usage chunk (stream_options.include_usage), then [DONE]; while it
+ * prefills, a comment line now and then (keep-alive.ts). A streamed generation whose client hangs
+ * up stops before its next token (or, prefilling, its next layer or group call).
  */
 export async function respond(c: Context<AppEnv>, job: Job, o: CommonOptions, shapes: Shapes): Promise<Response> {
   // Taken before answering, so that a busy pool is a plain 503 rather than an error inside a stream.
@@ -127,11 +136,12 @@ export async function respond(c: Context<AppEnv>, job: Job, o: CommonOptions, sh
     const timing = `prefill;dur=${out.stats.prefill_ms.toFixed(2)}, decode;dur=${out.stats.decode_ms.toFixed(2)}`;
     return c.json(shapes.whole(out), 200, { 'Server-Timing': timing });
   }
-  const produce = async (sendRaw: SendEvent, gone: AbortSignal) => {
+  const produce = async (sendRaw: SendEvent, gone: AbortSignal, comment: SendComment) => {
     const send = withNullUsage(o, sendRaw);
     const opening = shapes.opening?.();
     if (opening) await send(opening);
-    const out = await run(job, chain, betweenTokens(gone), (t, lps) => send(shapes.delta(t, lps)));
+    const keepAlive = prefillKeepAlive(() => comment('prefilling'), keepAliveMs(c.env));
+    const out = await run(job, chain, betweenTokens(gone), (t, lps) => send(shapes.delta(t, lps)), keepAlive);
     await send(shapes.finish(out.finishReason, out.stats));
     if (o.stream_options?.include_usage) await sendRaw(shapes.usage(out.usage));
   };

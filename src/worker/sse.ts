@@ -4,6 +4,8 @@ export { ClientGone };
 
 /** Sends one server-sent event carrying `data` as JSON; rejects with ClientGone once the client has hung up. */
 export type SendEvent = (data: unknown) => Promise<void>;
+/** Sends an SSE comment line (`: text`), which clients skip: it keeps a silent stream open (keep-alive.ts). */
+export type SendComment = (text: string) => Promise<void>;
 
 export const SSE_HEADERS = {
   'Content-Type': 'text/event-stream; charset=utf-8',
@@ -21,9 +23,10 @@ export const SSE_HEADERS = {
  *
  * `gone` is aborted as soon as the client hangs up, even between writes: a producer that computes
  * tokens without sending (text held back for a stop string) checks it, so no work outlives the reader.
- * A hang-up is a normal event, never logged.
+ * A hang-up is a normal event, never logged. `comment` writes an SSE comment line, which carries
+ * no event: what a long prefill sends to keep the connection open (keep-alive.ts).
  */
-export function sseResponse(produce: (send: SendEvent, gone: AbortSignal) => Promise<void>, waitUntil?: (p: Promise<unknown>) => void): Response {
+export function sseResponse(produce: (send: SendEvent, gone: AbortSignal, comment: SendComment) => Promise<void>, waitUntil?: (p: Promise<unknown>) => void): Response {
   const { readable, writable } = new TransformStream<Uint8Array, Uint8Array>();
   const writer = writable.getWriter();
   const encoder = new TextEncoder();
@@ -41,7 +44,8 @@ export function sseResponse(produce: (send: SendEvent, gone: AbortSignal) => Pro
   };
   const run = (async () => {
     try {
-      await produce((data) => write(`data: ${JSON.stringify(data)}\n\n`), hangUp.signal);
+      // A comment is one line: a line break in it would start a field of an event.
+      await produce((data) => write(`data: ${JSON.stringify(data)}\n\n`), hangUp.signal, (text) => write(`: ${text.replace(/[\r\n]+/g, ' ')}\n\n`));
       await write('data: [DONE]\n\n');
       await writer.close();
     } catch (e) {

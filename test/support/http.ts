@@ -26,13 +26,15 @@ export async function withEnv(overrides: Partial<Cloudflare.Env>, path: string, 
 
 /**
  * Reads a server-sent-event stream chunk by chunk as it arrives and returns each event's data
- * field in order; checks the framing (every event is exactly one `data: ` line and a blank line).
+ * field in order; checks the framing (every event is exactly one `data: ` line and a blank line,
+ * or a comment: one `: ` line and a blank line, returned apart with the count of events before it).
  */
-export async function readEvents(res: Response): Promise<{ events: string[]; reads: number }> {
+export async function readEvents(res: Response): Promise<{ events: string[]; reads: number; comments: { text: string; after: number }[] }> {
   const reader = res.body!.pipeThrough(new TextDecoderStream()).getReader();
   let buf = '';
   let reads = 0;
   const events: string[] = [];
+  const comments: { text: string; after: number }[] = [];
   for (;;) {
     const { done, value } = await reader.read();
     if (done) break;
@@ -42,10 +44,14 @@ export async function readEvents(res: Response): Promise<{ events: string[]; rea
     while ((end = buf.indexOf('\n\n')) >= 0) {
       const event = buf.slice(0, end);
       buf = buf.slice(end + 2);
+      if (event.startsWith(': ') && !event.includes('\n')) {
+        comments.push({ text: event.slice(2), after: events.length });
+        continue;
+      }
       if (!event.startsWith('data: ') || event.includes('\n')) throw new Error(`malformed event: ${JSON.stringify(event)}`);
       events.push(event.slice('data: '.length));
     }
   }
   if (buf !== '') throw new Error(`stream ended inside an event: ${JSON.stringify(buf)}`);
-  return { events, reads };
+  return { events, reads, comments };
 }

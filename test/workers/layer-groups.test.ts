@@ -1,10 +1,12 @@
 import { env } from 'cloudflare:workers';
-import { runInDurableObject } from 'cloudflare:test';
+import { createExecutionContext, runInDurableObject } from 'cloudflare:test';
+import OpenAI from 'openai';
 import { describe, expect, it, vi } from 'vitest';
 import type { LayerGroup } from '../../src/worker/groups/layer-group-object.js';
 import { acquirePoolChain, poolChain } from '../../src/worker/groups/chain.js';
 import { frontModel } from '../../src/worker/groups/parts.js';
-import { MODEL, readEvents, withEnv } from '../support/http.js';
+import { app } from '../../src/worker/app.js';
+import { BASE, MODEL, readEvents, withEnv } from '../support/http.js';
 
 /**
  * The layers split across LayerGroup Durable Objects (LAYER_GROUPS > 1) inside workerd: the real
@@ -141,6 +143,44 @@ describe('layer groups in workerd (stories260K)', () => {
     expect(text).toBe(whole.body.choices[0].text);
     expect(chunks.filter((c) => (c.choices[0]?.text ?? '') !== '').length).toBeGreaterThan(5);
     expect(reads).toBeGreaterThan(5);
+  });
+
+  it('a streamed split prefill in steps (PREFILL_STEP_TOKENS) sends SSE comments between its chain calls, all before the first token; the openai SDK reads the same text as unstreamed', async () => {
+    // STREAM_KEEPALIVE_MS 0: a comment at every point the prefill reports (5 s apart by default)
+    const G = 2;
+    const vars = { LAYER_GROUPS: String(G), PREFILL_STEP_TOKENS: '7', STREAM_KEEPALIVE_MS: '0' };
+    const body = { max_tokens: 30, temperature: 0, lazy: { enabled: false } };
+    const whole = await complete({ LAYER_GROUPS: '1' }, body);
+    const res = await withEnv(vars, '/v1/completions', { method: 'POST', headers: { 'Content-Type': 'application/json' }, body: JSON.stringify({ model: MODEL, prompt: PROMPT, stream: true, ...body }) });
+    expect(res.status).toBe(200);
+    const { events, comments } = await readEvents(res);
+    const chunks = events.slice(0, -1).map((e) => JSON.parse(e) as { choices: { text: string }[]; lazy_stats?: Completion['body']['lazy_stats'] });
+    expect(chunks.map((c) => c.choices[0]?.text ?? '').join('')).toBe(whole.body.choices[0].text);
+    const steps = chunks.at(-1)!.lazy_stats!.split!.prefill_steps;
+    expect(steps).toBe(Math.ceil(whole.body.usage.prompt_tokens / 7));
+    // one after each group's answer in each step of the prefill; none once tokens flow
+    expect(comments.length).toBe(steps * G);
+    expect(comments.every((c) => c.after === 0 && c.text === 'prefilling')).toBe(true);
+
+    const client = new OpenAI({
+      apiKey: 'unused',
+      baseURL: `${BASE}/v1`,
+      maxRetries: 0,
+      fetch: async (url: string | URL | Request, init?: RequestInit) => app.fetch(new Request(url, init), { ...env, ...vars }, createExecutionContext()),
+    });
+    const stream = await client.completions.create({ model: MODEL, prompt: PROMPT, stream: true, ...body } as OpenAI.CompletionCreateParamsStreaming);
+    let text = '';
+    for await (const chunk of stream) text += chunk.choices[0]?.text ?? '';
+    expect(text).toBe(whole.body.choices[0].text);
+  });
+
+  it('the whole model streamed sends an SSE comment after each layer of its prefill, none while it decodes', async () => {
+    const body = { max_tokens: 20, temperature: 0, lazy: { enabled: false } };
+    const whole = await complete({ LAYER_GROUPS: '1' }, body);
+    const res = await withEnv({ LAYER_GROUPS: '1', STREAM_KEEPALIVE_MS: '0' }, '/v1/completions', { method: 'POST', headers: { 'Content-Type': 'application/json' }, body: JSON.stringify({ model: MODEL, prompt: PROMPT, stream: true, ...body }) });
+    const { events, comments } = await readEvents(res);
+    expect(events.slice(0, -1).map((e) => (JSON.parse(e) as { choices: { text: string }[] }).choices[0]?.text ?? '').join('')).toBe(whole.body.choices[0].text);
+    expect(comments.map((c) => c.after)).toEqual([0, 0, 0, 0, 0]); // stories260K: 5 layers
   });
 
   it('a request that finds every chain busy gets 503 server_busy, never a share of another request\'s state; the log notes it as load, not as a fault', async () => {

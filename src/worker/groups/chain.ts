@@ -153,6 +153,7 @@ export class ChainRunner {
     let logits: Float32Array | null = null;
     for (let g = 0; g < this.groups; g++) {
       const r: GroupStepReply = unwrap<GroupStepReply>(await this.call(g, input, opts.schedule, opts.trace !== undefined));
+      await opts.progress?.();
       stats.push(r.stats);
       for (const t of r.trace ?? []) opts.trace?.(t.layer, t.queries, t.revived);
       if ('logits' in r.output) logits = r.output.logits;

@@ -8,7 +8,8 @@ import { headGroups, layerGroups } from '../groups/config.js';
 import { ApiError, fromFailure } from '../errors.js';
 import { checkModelName, waitUntilOf, withNullUsage } from '../respond.js';
 import { chatSchema, chatTopLogprobs, messageSchema, readJson, validate, type ChatRequest } from '../schemas.js';
-import { ClientGone, sseResponse, type SendEvent } from '../sse.js';
+import { keepAliveMs } from '../keep-alive.js';
+import { ClientGone, sseResponse, type SendComment, type SendEvent } from '../sse.js';
 
 /**
  * Chat sessions over HTTP: the routes validate, find the caller's Durable Object and shape
@@ -68,7 +69,8 @@ async function turnResponse(c: Context<AppEnv>, id: string, model: string, req: 
   }
 
   // Streaming: the object sends "start" once the request passed every check (until then a refusal
-  // is an ordinary 4xx), then the text as it is released; the events are written as SSE here. Once
+  // is an ordinary 4xx), then the text as it is released (and, prefilling, "progress": a comment
+  // line); the events are written as SSE here. Once
   // the client hangs up, every later event is answered `false`, which makes the object
   // abandon the turn (state as before it) and free the session at once.
   let started!: () => void;
@@ -76,6 +78,7 @@ async function turnResponse(c: Context<AppEnv>, id: string, model: string, req: 
   let ready!: () => void;
   const readyP = new Promise<void>((r) => (ready = r));
   let send: SendEvent | null = null;
+  let comment: SendComment | null = null;
   let gone: AbortSignal | null = null;
   const onEvent = async (e: TurnEvent): Promise<boolean> => {
     if (e.type === 'start') {
@@ -83,22 +86,24 @@ async function turnResponse(c: Context<AppEnv>, id: string, model: string, req: 
       return true;
     }
     await readyP;
-    if (!send || gone?.aborted) return false;
+    if (!send || !comment || gone?.aborted) return false;
     try {
-      await send(shapes.delta(e.text, e.logprobs));
+      if (e.type === 'progress') await comment('prefilling');
+      else await send(shapes.delta(e.text, e.logprobs));
       return true;
     } catch {
       return false; // the client hung up (ClientGone): the object abandons the turn
     }
   };
-  const replyP = obj.turn(id, req, onEvent);
+  const replyP = obj.turn(id, { ...req, keepAliveMs: keepAliveMs(c.env) }, onEvent);
   replyP.catch(() => {}); // awaited below; this only keeps an early rejection from counting as unhandled
   const early = await Promise.race([startedP, replyP]);
   if (early && !early.ok) raise(early);
-  return sseResponse(async (sendRaw, hangUp) => {
+  return sseResponse(async (sendRaw, hangUp, sendComment) => {
     const s = withNullUsage(o, sendRaw);
     gone = hangUp;
     send = s;
+    comment = sendComment;
     try {
       await s(shapes.opening());
     } catch (e) {

@@ -5,6 +5,7 @@ import { encodePrompt } from '../../model/text-tokenizer.js';
 import { messageText, renderChat } from '../chat-template.js';
 import { failureOf, failureFrom, type Failure } from '../faults.js';
 import { engineOptions, planJob, yieldToEventLoop, type Job } from '../job.js';
+import { DEFAULT_KEEPALIVE_MS, prefillKeepAlive } from '../keep-alive.js';
 import { LogprobShaper } from '../logprobs.js';
 import { cacheStats, type Live } from './live.js';
 import { insertTurn, updateCounts, writeChunks, writeMessages } from './store.js';
@@ -95,6 +96,8 @@ export async function playTurn(host: TurnHost, live: Live, req: TurnRequest, onE
         await yieldToEventLoop();
         if (clientGone) throw new Error('client gone');
       },
+      // Streamed: a long prefill says now and then that it is still at work (keep-alive.ts).
+      onPrefillProgress: onEvent ? prefillKeepAlive(() => emit({ type: 'progress' }), req.keepAliveMs ?? DEFAULT_KEEPALIVE_MS) : undefined,
       ...(attempt ? { step: attempt.runner.runner } : {}),
     });
     const r = turn.result;

@@ -59,10 +59,16 @@ export interface TurnRequest {
   maxTokens?: number | null;
   /** logprobs asked for: alternatives per token; null or absent = off */
   logprobs?: number | null;
+  /** streamed: the most milliseconds a prefill stays silent before a "progress" event (STREAM_KEEPALIVE_MS of the Worker that streams it) */
+  keepAliveMs?: number;
 }
 
-/** `logprobs` (when the turn asked for them): those of the tokens released with this text. */
-export type TurnEvent = { type: 'start' } | { type: 'text'; text: string; logprobs?: ShapedLogprob[] };
+/**
+ * `logprobs` (when the turn asked for them): those of the tokens released with this text.
+ * "progress": the turn is still prefilling (at most once per TurnRequest.keepAliveMs); the HTTP
+ * layer writes an SSE comment for it, which keeps a silent stream open (keep-alive.ts).
+ */
+export type TurnEvent = { type: 'start' } | { type: 'progress' } | { type: 'text'; text: string; logprobs?: ShapedLogprob[] };
 /**
  * Receives a streamed turn's events; resolving to `false` (or throwing) says the client is gone and
  * the turn is abandoned. The HTTP layer answers `false` rather than throwing: an exception thrown
