@@ -107,8 +107,9 @@ export class ChatSession extends DurableObject<Env> {
   /**
    * Creates the session held by this object; `messages` (e.g. a system message) start the
    * conversation. `split.groups` > 1 splits its layers across that many LayerGroup objects, and its
-   * classifier across `split.heads` more (LAYER_GROUPS and HEAD_GROUPS of the Worker that created
-   * it; kept for the session's life).
+   * classifier across `split.heads` more, and sends its dense turns through them in steps of
+   * `split.stepTokens` (LAYER_GROUPS, HEAD_GROUPS and PREFILL_STEP_TOKENS of the Worker that
+   * created it; kept for the session's life).
    */
   async create(init: { id: string; owner: string; messages?: ChatMessage[]; split?: Split }): Promise<Result<{ session: SessionInfo }>> {
     try {

@@ -6,7 +6,7 @@ import type { LayerGroup } from '../../src/worker/groups/layer-group-object.js';
 import { frontModel } from '../../src/worker/groups/parts.js';
 import { sessionGroups } from '../../src/worker/groups/session-chain.js';
 import { sessionChain } from '../../src/worker/session/split.js';
-import { withEnv } from '../support/http.js';
+import { readEvents, withEnv } from '../support/http.js';
 
 /**
  * Chat sessions whose layers are split across LayerGroup objects (created with LAYER_GROUPS > 1):
@@ -178,6 +178,40 @@ describe('sessions split into layer groups (stories260K)', () => {
       if (k === 2) await restart(sessionGroups(env, obj, 2, 1)[2]);
       expect(replyFigures(await say(2, id, t))).toEqual(ref[k]);
     }
+  });
+
+  it('2 groups, created with PREFILL_STEP_TOKENS 7: dense turns go through the groups in steps of at most 7 tokens, with the unsplit session\'s replies and per-layer work; a streamed turn sends SSE comments between the steps', async () => {
+    const DENSE = TURNS.map((t) => ({ ...t, temperature: 0, lazy: { enabled: false } }));
+    const turn = async (vars: Record<string, string>, id: string, t: object) => {
+      const res = await withEnv(vars, `/v1/sessions/${id}/messages`, { method: 'POST', headers: { 'Content-Type': 'application/json' }, body: JSON.stringify(t) });
+      const text = await res.text();
+      expect(res.status, text).toBe(200);
+      return JSON.parse(text) as Reply & { usage: { prompt_tokens: number; prompt_tokens_details: { cached_tokens: number } }; lazy_stats: { split?: { prefill_steps: number } } };
+    };
+    const made = async (vars: Record<string, string>) => ((await (await withEnv(vars, '/v1/sessions', { method: 'POST', headers: { 'Content-Type': 'application/json' }, body: '{}' })).json()) as { id: string }).id;
+    const whole = await made({ LAYER_GROUPS: '1' });
+    // The step size is the creating Worker's: the turns below run without it, and the ChatSession's own env says 0.
+    const split = await made({ LAYER_GROUPS: '2', PREFILL_STEP_TOKENS: '7' });
+    for (const t of DENSE.slice(0, 3)) {
+      const [a, b] = [await turn({ LAYER_GROUPS: '1' }, whole, t), await turn({ LAYER_GROUPS: '2' }, split, t)];
+      expect(replyFigures(b)).toEqual(replyFigures(a));
+      const fresh = b.usage.prompt_tokens - b.usage.prompt_tokens_details.cached_tokens;
+      expect(fresh).toBeGreaterThan(7);
+      expect(b.lazy_stats.split!.prefill_steps).toBe(Math.ceil(fresh / 7));
+    }
+    expect(cacheFigures(await stats(split))).toEqual(cacheFigures(await stats(whole)));
+
+    // streamed, a comment after each group's answer in each step (STREAM_KEEPALIVE_MS 0: at every one), all before the first text
+    const ref = await turn({ LAYER_GROUPS: '1' }, whole, DENSE[3]);
+    const res = await withEnv({ LAYER_GROUPS: '2', STREAM_KEEPALIVE_MS: '0' }, `/v1/sessions/${split}/messages`, { method: 'POST', headers: { 'Content-Type': 'application/json' }, body: JSON.stringify({ ...DENSE[3], stream: true }) });
+    expect(res.status).toBe(200);
+    const { events, comments } = await readEvents(res);
+    const chunks = events.slice(0, -1).map((e) => JSON.parse(e) as { choices: { delta: { content?: string } }[]; lazy_stats?: { split?: { prefill_steps: number } } });
+    expect(chunks.map((c) => c.choices[0]?.delta.content ?? '').join('')).toBe(ref.choices[0].message.content);
+    const steps = chunks.at(-1)!.lazy_stats!.split!.prefill_steps;
+    expect(steps).toBe(Math.ceil((ref.usage.prompt_tokens - ref.usage.prompt_tokens_details.cached_tokens) / 7));
+    expect(comments.length).toBe(steps * 2);
+    expect(comments.every((c) => c.after === 1)).toBe(true); // after the assistant-role chunk, before any text
   });
 
   it('2 groups: a deleted session erases its groups', async () => {

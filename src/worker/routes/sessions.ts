@@ -4,7 +4,7 @@ import type { AppEnv } from '../app-env.js';
 import { apiKeyId } from '../auth.js';
 import type { Failure, TurnEvent, TurnOutcome, TurnRequest } from '../session/types.js';
 import { chatShapes } from '../chat-shapes.js';
-import { headGroups, layerGroups } from '../groups/config.js';
+import { headGroups, layerGroups, prefillStepTokens } from '../groups/config.js';
 import { ApiError, fromFailure } from '../errors.js';
 import { checkModelName, waitUntilOf, withNullUsage } from '../respond.js';
 import { chatSchema, chatTopLogprobs, messageSchema, readJson, validate, type ChatRequest } from '../schemas.js';
@@ -155,7 +155,7 @@ export const sessions = new Hono<AppEnv>()
     const text = await c.req.text();
     const body = validate(createSchema, text.trim() === '' ? {} : await readJson(new Request('http://x', { method: 'POST', body: text })));
     const id = newSessionId();
-    const r = await stub(c, id).create({ id, owner: apiKeyId(c), messages: body.messages, split: { groups: layerGroups(c.env), heads: headGroups(c.env) } });
+    const r = await stub(c, id).create({ id, owner: apiKeyId(c), messages: body.messages, split: { groups: layerGroups(c.env), heads: headGroups(c.env), stepTokens: prefillStepTokens(c.env) } });
     if (!r.ok) raise(r);
     return c.json({ object: 'chat.session', ...(r as { session: object }).session }, 200);
   })
