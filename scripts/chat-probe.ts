@@ -20,11 +20,14 @@ interface Run {
   prefill_ms: number;
   decode_tokens_per_s: number;
   schedule: string;
+  /** SSE comments before the first token, and the longest silence then (the server's keep-alives: src/worker/keep-alive.ts) */
+  keepalive_comments: number;
+  longest_silence_ms: number;
   text: string;
 }
 
 async function streamOnce(url: string, body: object, mode: Run['mode']): Promise<Run> {
-  const { ttft_ms, total_ms, text, stats, usage } = await streamChat(url, body);
+  const { ttft_ms, total_ms, text, stats, usage, comments, longest_silence_ms } = await streamChat(url, body);
   return {
     mode,
     ttft_ms,
@@ -34,6 +37,8 @@ async function streamOnce(url: string, body: object, mode: Run['mode']): Promise
     prefill_ms: stats.prefill_ms,
     decode_tokens_per_s: stats.decode_tokens_per_s,
     schedule: stats.schedule,
+    keepalive_comments: comments,
+    longest_silence_ms,
     text,
   };
 }
@@ -60,7 +65,7 @@ async function main(): Promise<void> {
   for (let i = 0; i <= Number(values.repeat); i++) {
     for (const mode of ['dense', 'lazy'] as const) {
       const r = await streamOnce(url, { ...base, lazy: { enabled: mode === 'lazy' } }, mode);
-      progress(`${i === 0 ? 'warm-up ' : ''}${mode}: ${r.prompt_tokens} prompt tokens, TTFT ${r.ttft_ms.toFixed(0)} ms (prefill ${r.prefill_ms.toFixed(0)} ms), decode ${r.decode_tokens_per_s.toFixed(1)} tok/s, ${JSON.stringify(r.text.slice(0, 80))}`);
+      progress(`${i === 0 ? 'warm-up ' : ''}${mode}: ${r.prompt_tokens} prompt tokens, TTFT ${r.ttft_ms.toFixed(0)} ms (prefill ${r.prefill_ms.toFixed(0)} ms), decode ${r.decode_tokens_per_s.toFixed(1)} tok/s, ${r.keepalive_comments} keep-alive comments (longest silence ${(r.longest_silence_ms / 1000).toFixed(1)} s), ${JSON.stringify(r.text.slice(0, 80))}`);
       if (i > 0) runs.push(r);
     }
   }

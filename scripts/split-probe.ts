@@ -39,13 +39,14 @@ interface Run {
   decode_tokens_per_s: number;
   prefill_boundary_bytes: number | null;
   decode_boundary_bytes_per_step: number | null;
-  /** SSE comment lines the server sent while prefilling (keep-alives: src/worker/keep-alive.ts) */
+  /** SSE comment lines the server sent while prefilling (keep-alives: src/worker/keep-alive.ts), and the longest silence before the first token */
   keepalive_comments: number;
+  longest_silence_ms: number;
   text: string;
 }
 
 async function streamOnce(url: string, body: object, groups: string, mode: Run['mode']): Promise<Run> {
-  const { ttft_ms: ttft, text, stats, usage, comments } = await streamChat(url, body);
+  const { ttft_ms: ttft, text, stats, usage, comments, longest_silence_ms } = await streamChat(url, body);
   return {
     groups,
     mode,
@@ -57,6 +58,7 @@ async function streamOnce(url: string, body: object, groups: string, mode: Run['
     prefill_boundary_bytes: stats.split?.prefill_boundary_bytes ?? null,
     decode_boundary_bytes_per_step: stats.split?.decode_boundary_bytes_per_step ?? null,
     keepalive_comments: comments,
+    longest_silence_ms,
     text,
   };
 }
@@ -159,7 +161,7 @@ async function main(): Promise<void> {
       for (let i = 0; i <= Number(values.repeat); i++) {
         for (const mode of modes) {
           const r = await streamOnce(dev.base, { ...base, lazy: { enabled: mode === 'lazy', ...(mode === 'lazy' && values.schedule ? { schedule: values.schedule } : {}) } }, G, mode);
-          progress(`G=${G} ${i === 0 ? 'warm-up ' : ''}${mode}: ${r.prompt_tokens} prompt tokens, TTFT ${r.ttft_ms.toFixed(0)} ms (prefill ${r.prefill_ms.toFixed(0)} ms), decode ${r.decode_tokens_per_s.toFixed(1)} tok/s, boundary bytes prefill ${r.prefill_boundary_bytes} / decode step ${r.decode_boundary_bytes_per_step}, ${r.keepalive_comments} keep-alive comments, ${JSON.stringify(r.text.slice(0, 60))}`);
+          progress(`G=${G} ${i === 0 ? 'warm-up ' : ''}${mode}: ${r.prompt_tokens} prompt tokens, TTFT ${r.ttft_ms.toFixed(0)} ms (prefill ${r.prefill_ms.toFixed(0)} ms), decode ${r.decode_tokens_per_s.toFixed(1)} tok/s, boundary bytes prefill ${r.prefill_boundary_bytes} / decode step ${r.decode_boundary_bytes_per_step}, ${r.keepalive_comments} keep-alive comments (longest silence ${(r.longest_silence_ms / 1000).toFixed(1)} s), ${JSON.stringify(r.text.slice(0, 60))}`);
           if (i > 0) runs.push(r);
         }
       }

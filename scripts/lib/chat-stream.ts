@@ -21,6 +21,8 @@ export interface StreamedChat {
   usage: Record<string, number>;
   /** SSE comment lines the server sent (keep-alives while it prefilled) */
   comments: number;
+  /** the longest the stream stayed silent (no event, no comment) between the request and the first content piece */
+  longest_silence_ms: number;
 }
 
 /** POSTs `body` as JSON without a time limit; resolves with the status and the body as a stream of text. */
@@ -49,8 +51,15 @@ export async function streamChat(url: string, body: object): Promise<StreamedCha
   let stats: StreamedChat['stats'] = {};
   let usage: StreamedChat['usage'] = {};
   let comments = 0;
+  let heard = t0;
+  let silence = 0;
   let buf = '';
   for await (const value of res.chunks) {
+    if (Number.isNaN(ttft)) {
+      const now = performance.now();
+      silence = Math.max(silence, now - heard);
+      heard = now;
+    }
     buf += value;
     let end: number;
     while ((end = buf.indexOf('\n\n')) >= 0) {
@@ -71,5 +80,5 @@ export async function streamChat(url: string, body: object): Promise<StreamedCha
       if (ev.usage) usage = ev.usage;
     }
   }
-  return { ttft_ms: ttft, total_ms: performance.now() - t0, text, stats, usage, comments };
+  return { ttft_ms: ttft, total_ms: performance.now() - t0, text, stats, usage, comments, longest_silence_ms: silence };
 }
