@@ -67,7 +67,11 @@ async function main(): Promise<void> {
   const stopAt = AbortSignal.timeout(maxSeconds * 1000 + 30_000);
   const samples: Sample[] = [];
 
-  /** One request, timed to its first body byte and to its end; a stream must end with [DONE] and no error event. */
+  /**
+   * One request, timed to its first body byte and to its end; a stream must end with [DONE] and no
+   * error event. The keep-alive comments a stream sends while it prefills (`: prefilling`,
+   * src/worker/keep-alive.ts) are not its first byte here: that is its first event.
+   */
   async function timed(kind: Kind, path: string, init: RequestInit): Promise<Sample> {
     const t0 = performance.now();
     let ttfb = NaN;
@@ -79,13 +83,16 @@ async function main(): Promise<void> {
       for (;;) {
         const { done, value } = await reader.read();
         if (done) break;
-        if (Number.isNaN(ttfb)) ttfb = performance.now() - t0;
         text += dec.decode(value, { stream: true });
+        if (Number.isNaN(ttfb)) {
+          const rest = text.replace(/^(:[^\n]*\n\n)+/, '');
+          if (rest !== '' && !rest.startsWith(':')) ttfb = performance.now() - t0;
+        }
       }
       const ms = performance.now() - t0;
       let error: string | undefined;
       if (!res.ok) error = `HTTP ${res.status}: ${text.slice(0, 200)}`;
-      else if (text.startsWith('data: ')) {
+      else if (/^(:[^\n]*\n\n)*data: /.test(text)) {
         if (text.includes('data: {"error"')) error = `stream error: ${text.slice(text.indexOf('data: {"error"'), text.indexOf('data: {"error"') + 200)}`;
         else if (!text.endsWith('data: [DONE]\n\n')) error = 'stream ended without [DONE]';
       }
