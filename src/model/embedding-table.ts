@@ -8,10 +8,10 @@
  * else (the split's front) never starts the runtime at all. The shard's graph still says what a lookup
  * is: a test holds this code to onnxruntime running that graph, bit for bit, for every stored form.
  */
-import onnxProto from 'onnx-proto';
+import type onnxProto from 'onnx-proto';
 import { ModelFormatError } from './errors.js';
+import { decodeShard } from './shard-check.js';
 
-const { onnx } = onnxProto;
 const BLOCK = 32;
 
 /** One shard's rows in the form it stores them (src/shards/layer-graphs.ts, ggml-linear.ts, ggml-kernels.ts). */
@@ -42,13 +42,7 @@ const float32 = (b: Uint8Array) => (b.byteOffset % 4 === 0 ? new Float32Array(b.
 
 /** Reads the rows an embed shard holds (its file name is for errors), without a runtime. */
 export function embeddingPartOf(file: string, bytes: Uint8Array, start: number, rows: number, dim: number): EmbeddingPart {
-  let model: onnxProto.onnx.ModelProto;
-  try {
-    model = onnx.ModelProto.decode(bytes);
-  } catch (e) {
-    throw new ModelFormatError(file, 'an ONNX model', `undecodable bytes (${(e as Error).message})`);
-  }
-  const inits = new Map((model.graph?.initializer ?? []).map((t) => [t.name ?? '', t]));
+  const { inits } = decodeShard(file, bytes);
   const get = (name: string, n: number, elem: number) => tensorBytes(file, inits, name, n, elem);
   const nb = dim / BLOCK;
   let stored: StoredRows;

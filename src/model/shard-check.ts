@@ -183,15 +183,20 @@ function elementCount(t: onnxProto.onnx.ITensorProto): number {
   return t.floatData?.length ?? t.int32Data?.length ?? 0;
 }
 
-/** Throws a ModelFormatError naming the file, the tensor, what the manifest implies and what is there. */
-export function checkShardWeights(file: string, bytes: Uint8Array, q: QuantSpec, weights: WeightSpec[]): void {
+/** A shard's graph and its initializers by name (their raw data are views of `bytes`, not copies). */
+export function decodeShard(file: string, bytes: Uint8Array): { model: onnxProto.onnx.ModelProto; inits: Map<string, onnxProto.onnx.ITensorProto> } {
   let model: onnxProto.onnx.ModelProto;
   try {
     model = onnx.ModelProto.decode(bytes);
   } catch (e) {
     throw new ModelFormatError(file, 'an ONNX model', `undecodable bytes (${(e as Error).message})`);
   }
-  const inits = new Map((model.graph?.initializer ?? []).map((t) => [t.name ?? '', t]));
+  return { model, inits: new Map((model.graph?.initializer ?? []).map((t) => [t.name ?? '', t])) };
+}
+
+/** Throws a ModelFormatError naming the file, the tensor, what the manifest implies and what is there. */
+export function checkShardWeights(file: string, bytes: Uint8Array, q: QuantSpec, weights: WeightSpec[]): void {
+  const { model, inits } = decodeShard(file, bytes);
   const nodes = model.graph?.node ?? [];
   const label = q.gguf ? `gguf (${Object.entries(q.gguf).map(([r, k]) => `${r}=${k}`).join(', ')})` : `${q.format}${q.blockSize ? ` (block size ${q.blockSize})` : ''}`;
   for (const w of weights) {

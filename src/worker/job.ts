@@ -4,6 +4,7 @@ import type { LoadedModel } from '../engine/model.js';
 import { defaultSchedule, parseSchedule, validateSchedule, type Schedule } from '../engine/policy.js';
 import type { SamplerOptions } from '../engine/sampler.js';
 import { RequestError } from './faults.js';
+import { millisecondsVar } from './env.js';
 import type { LazyOptions } from './schemas.js';
 
 /**
@@ -31,11 +32,7 @@ export const DEFAULT_REQUEST_BUDGET_MS = 60_000;
 
 /** REQUEST_BUDGET_MS as a number of milliseconds; a value that is not a number >= 0 is a deployment mistake. */
 export function requestBudgetMs(env: { REQUEST_BUDGET_MS?: string }): number {
-  const raw = env.REQUEST_BUDGET_MS;
-  if (raw === undefined || raw.trim() === '') return DEFAULT_REQUEST_BUDGET_MS;
-  const ms = Number(raw);
-  if (!Number.isFinite(ms) || ms < 0) throw new Error(`REQUEST_BUDGET_MS must be a number of milliseconds >= 0, got "${raw}"`);
-  return ms;
+  return millisecondsVar('REQUEST_BUDGET_MS', env.REQUEST_BUDGET_MS, DEFAULT_REQUEST_BUDGET_MS);
 }
 
 const invalid = (message: string, param: string) => new RequestError(message, 'invalid_value', param);

@@ -6,17 +6,14 @@
  * goes out at most once per STREAM_KEEPALIVE_MS, the first that long after the stream opened: a
  * request that answers sooner sends none.
  */
+import { millisecondsVar } from './env.js';
 import { yieldToEventLoop } from './job.js';
 
 export const DEFAULT_KEEPALIVE_MS = 5_000;
 
 /** STREAM_KEEPALIVE_MS as milliseconds (0: a comment at every point the prefill reports); anything else is a deployment mistake. */
 export function keepAliveMs(env: { STREAM_KEEPALIVE_MS?: string }): number {
-  const raw = env.STREAM_KEEPALIVE_MS;
-  if (raw === undefined || raw.trim() === '') return DEFAULT_KEEPALIVE_MS;
-  const ms = Number(raw);
-  if (!Number.isFinite(ms) || ms < 0) throw new Error(`STREAM_KEEPALIVE_MS must be a number of milliseconds >= 0, got "${raw}"`);
-  return ms;
+  return millisecondsVar('STREAM_KEEPALIVE_MS', env.STREAM_KEEPALIVE_MS, DEFAULT_KEEPALIVE_MS);
 }
 
 /** True at most once per `ms`, and not before `ms` have passed since it was made. */
