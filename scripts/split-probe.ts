@@ -6,8 +6,8 @@
  * The served model split into layer groups (LAYER_GROUPS; "G+H" adds H classifier objects,
  * HEAD_GROUPS) against unsplit, served locally (scripts/serve.ts): for each split, starts the server on 127.0.0.1 with that split, streams one long chat prompt
  * (a question after ~N tokens of ../shared/data/apache-2.0.txt, or of the --data files one after
- * the other; the Apache text holds ~2500 tokens, so 8k prompts name more files) dense and lazy interleaved (the
- * first pair a warm-up), and reports TTFT on the client clock, the server's prefill time, decode
+ * the other; the Apache text holds ~2500 tokens, so 8k prompts name more files) to every split in
+ * turn, each served by its own server all along, dense and lazy interleaved (the first round a warm-up), and reports TTFT on the client clock, the server's prefill time, decode
  * tokens/s, the bytes that crossed group boundaries per prefill and per decode step
  * (lazy_stats.split), workerd's peak resident memory, and the plan's estimated bytes per object
  * (src/engine/layer-group.ts planSplit, from the manifest and config). --plan-only prints the
@@ -140,36 +140,43 @@ async function main(): Promise<void> {
   const runs: Run[] = [];
   const peaks: Record<string, number> = {};
   const load = [loadavg()[0]];
-  for (const G of groupsList) {
-    const { G: layerGroups, H: heads } = splitOf(G);
-    const log = join(tmpdir(), `split-probe-${process.pid}-${G}.log`);
-    progress(`LAYER_GROUPS=${G}: starting wrangler dev (log ${log})`);
-    // frozen: the bundle and the model's shards as they are now, whatever other work changes in the checkout meanwhile
-    const dev = await startWranglerDev(join(REPO_ROOT, 'wrangler.toml'), log, {
-      MODEL_NAME: values.model!,
-      LAYER_GROUPS: String(layerGroups),
-      HEAD_GROUPS: String(heads),
-      MEMORY_BUDGET_MB: '1024',
-      CONTEXT_TOKENS: String(context),
-      KV_FORMAT: values.kv!,
-      EMBED_IN_FRONT: front ? '1' : '0',
-      ...extraVars,
-    }, { freeze: { models: [values.model!] } });
-    try {
+  // Every split is served at once, each by its own server, and the requests go round them in turn
+  // (split after split, dense after lazy): a change of load on the shared machine then falls on all
+  // of them alike, so their ratios are measured side by side. Idle servers take no CPU.
+  const servers: { G: string; dev: Awaited<ReturnType<typeof startWranglerDev>> }[] = [];
+  try {
+    for (const G of groupsList) {
+      const { G: layerGroups, H: heads } = splitOf(G);
+      const log = join(tmpdir(), `split-probe-${process.pid}-${G}.log`);
+      progress(`LAYER_GROUPS=${G}: starting the local server (log ${log})`);
+      // frozen: the bundle and the model's shards as they are now, whatever other work changes in the checkout meanwhile
+      const dev = await startWranglerDev(join(REPO_ROOT, 'wrangler.toml'), log, {
+        MODEL_NAME: values.model!,
+        LAYER_GROUPS: String(layerGroups),
+        HEAD_GROUPS: String(heads),
+        MEMORY_BUDGET_MB: '1024',
+        CONTEXT_TOKENS: String(context),
+        KV_FORMAT: values.kv!,
+        EMBED_IN_FRONT: front ? '1' : '0',
+        ...extraVars,
+      }, { freeze: { models: [values.model!] } });
+      servers.push({ G, dev });
       // The playground page: it loads no model (unsplit, GET /v1/models and /healthz load the whole one).
       await waitReady(`${dev.base}/`, dev.child, 120_000);
-      for (let i = 0; i <= Number(values.repeat); i++) {
+    }
+    for (let i = 0; i <= Number(values.repeat); i++) {
+      for (const { G, dev } of servers) {
         for (const mode of modes) {
           const r = await streamOnce(dev.base, { ...base, lazy: { enabled: mode === 'lazy', ...(mode === 'lazy' && values.schedule ? { schedule: values.schedule } : {}) } }, G, mode);
           progress(`G=${G} ${i === 0 ? 'warm-up ' : ''}${mode}: ${r.prompt_tokens} prompt tokens, TTFT ${r.ttft_ms.toFixed(0)} ms (prefill ${r.prefill_ms.toFixed(0)} ms), decode ${r.decode_tokens_per_s.toFixed(1)} tok/s, boundary bytes prefill ${r.prefill_boundary_bytes} / decode step ${r.decode_boundary_bytes_per_step}, ${r.keepalive_comments} keep-alive comments (longest silence ${(r.longest_silence_ms / 1000).toFixed(1)} s), ${JSON.stringify(r.text.slice(0, 60))}`);
           if (i > 0) runs.push(r);
         }
       }
-      peaks[G] = findWorkerds(dev.child.pid!).reduce((m, pid) => Math.max(m, residentBytes(pid).hwm), 0);
       load.push(loadavg()[0]);
-    } finally {
-      await dev.stop();
     }
+    for (const { G, dev } of servers) peaks[G] = findWorkerds(dev.child.pid!).reduce((m, pid) => Math.max(m, residentBytes(pid).hwm), 0);
+  } finally {
+    for (const { dev } of servers) await dev.stop();
   }
   const summary = groupsList.map((G) => {
     const pick = (mode: Run['mode']) => {
