@@ -11,7 +11,7 @@ import { createGraphSession, type GraphSession } from '../runtime/onnx-runtime.j
 import { checkMemoryBudget, DEFAULT_MEMORY_BUDGET_BYTES, type MemoryEstimate } from './memory-budget.js';
 import { checkPartBudget, type LayerRange, type PartSpec } from './part-memory.js';
 import type { RowPart } from './vocab-parts.js';
-import { EmbeddingTable, embeddingPartOf } from '../model/embedding-table.js';
+import { EmbeddingTable } from '../model/embedding-table.js';
 import type { KvFormat } from './kv-rows.js';
 
 export type { LayerRange, PartSpec } from './part-memory.js';
@@ -146,16 +146,7 @@ export async function loadModelPart(manifestText: string, read: ShardReader, wan
     }
     return out;
   };
-  const embedTable = async (): Promise<EmbeddingTable> => {
-    const parts = [];
-    let first = 0;
-    for (const p of manifest.files.embed) {
-      parts.push(embeddingPartOf(p.file, await fetchWeights(p, embedWeightSpecs(manifest.config, p.rows)), first, p.rows, manifest.config.dim));
-      first += p.rows;
-    }
-    return new EmbeddingTable(parts, manifest.config.dim);
-  };
-  const embed = part.embed ? await embedTable() : null;
+  const embed = part.embed ? await EmbeddingTable.fromShards(manifest.files.embed, manifest.config.dim, (p) => fetchWeights(p, embedWeightSpecs(manifest.config, p.rows))) : null;
   const layers: GraphSession[] = [];
   const layerWeights = layerWeightSpecs(manifest.config);
   for (let l = start; l < end; l++) {

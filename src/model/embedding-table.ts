@@ -97,6 +97,17 @@ export class EmbeddingTable {
     readonly dim: number,
   ) {}
 
+  /** The table of a model's embed shards (the manifest's parts, in vocabulary order), each read by `bytesOf`. */
+  static async fromShards<P extends { file: string; rows: number }>(parts: readonly P[], dim: number, bytesOf: (p: P) => Uint8Array | Promise<Uint8Array>): Promise<EmbeddingTable> {
+    const out: EmbeddingPart[] = [];
+    let first = 0;
+    for (const p of parts) {
+      out.push(embeddingPartOf(p.file, await bytesOf(p), first, p.rows, dim));
+      first += p.rows;
+    }
+    return new EmbeddingTable(out, dim);
+  }
+
   /** ids -> embeddings [ids.length, dim] */
   lookup(ids: readonly number[]): Float32Array {
     const x = new Float32Array(ids.length * this.dim); // [ids.length, dim]

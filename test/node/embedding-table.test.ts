@@ -92,14 +92,9 @@ describe.each([
   it.skipIf(!existsSync(join(dir, 'manifest.json')))('look up as onnxruntime runs them', async () => {
     const m = parseManifest(readFileSync(join(dir, 'manifest.json'), 'utf8'));
     const { dim, vocabSize } = m.config;
-    const parts = [];
-    let first = 0;
-    for (const p of m.files.embed) {
-      parts.push(embeddingPartOf(p.file, readBytes(join(dir, p.file)), first, p.rows, dim));
-      first += p.rows;
-    }
-    expect(first).toBe(vocabSize);
-    const table = new EmbeddingTable(parts, dim);
+    const table = await EmbeddingTable.fromShards(m.files.embed, dim, (p) => readBytes(join(dir, p.file)));
+    const { parts } = table;
+    expect(parts.reduce((n, p) => n + p.rows, 0)).toBe(vocabSize);
     const rng = createRng(11);
     const ids = [0, vocabSize - 1, ...Array.from({ length: 30 }, () => Math.floor(rng.next() * vocabSize))];
     const js = table.lookup(ids);
