@@ -26,7 +26,7 @@ import { promptWindows, storyStream } from './lib/prompts.js';
 import { ensureDefaultShards } from './lib/shard-tasks.js';
 import { PALETTE, renderPanels } from './lib/svg-plot.js';
 import { klDivergence, median } from './lib/fidelity.js';
-import { promptTokens, runMode, type ModeRun } from './lib/task-eval.js';
+import { chatPrompt, promptTokens, runMode, type ModeRun } from './lib/task-eval.js';
 import { SequenceState } from '../src/engine/caches.js';
 import { runStep } from '../src/engine/step.js';
 import { DEFAULT_FILLER, generateTasks, scoreReply, TASKS, type TaskName } from './lib/tasks.js';
@@ -223,8 +223,8 @@ async function taskSweep(values: Record<string, string | boolean | undefined>): 
     const runs: ModeRun[] = [];
     const ratios: number[] = [];
     for (const c of cases) {
-      const prompt = promptTokens(model, c.messages);
-      const r = await runMode(model, prompt, schedule, c.max_tokens ?? 16);
+      const { prompt, question } = chatPrompt(model, c.messages);
+      const r = await runMode(model, prompt, schedule, c.max_tokens ?? 16, question);
       runs.push(r);
       if (!timed) continue;
       // A dense prefill right after, so each speed ratio compares runs made seconds apart.

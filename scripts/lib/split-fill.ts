@@ -11,6 +11,7 @@ import { groupState } from '../../src/engine/layer-group.js';
 import type { ModelPart } from '../../src/engine/model.js';
 import { embedStep, runLayers, type Frontier } from '../../src/engine/step.js';
 import { headPartLogits } from '../../src/engine/vocab-parts.js';
+import { rankingFor } from '../../src/engine/policy.js';
 
 /**
  * Fills `part` at its full context, in steps of at most `stepTokens` tokens (0: one step, as a
@@ -31,7 +32,7 @@ export async function fillPart(part: ModelPart, sample: () => void = () => undef
         const hidden = new Float32Array(ids.length * dim); // [step, dim] synthetic, values in [-1, 1)
         for (let i = 0; i < hidden.length; i++) hidden[i] = Math.sin((at * dim + i) * 12.9898) * 0.999;
         const active = Int32Array.from({ length: at + ids.length }, (_, i) => i);
-        into = { layer: part.layerRange.start, start: at, newTokens: ids, active, scores: null, carried: active.slice(at), hidden };
+        into = { layer: part.layerRange.start, start: at, newTokens: ids, active, scores: null, ranking: rankingFor(undefined, at, ids.length, null, null), carried: active.slice(at), hidden };
       }
       await runLayers(part, seq, into, { schedule: null });
       // the step's input and output are dropped after it, as the object drops the RPC's frontiers

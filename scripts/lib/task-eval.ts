@@ -5,9 +5,9 @@
 import { SequenceState } from '../../src/engine/caches.js';
 import { generate } from '../../src/engine/generate.js';
 import type { LoadedModel } from '../../src/engine/model.js';
-import type { Schedule } from '../../src/engine/policy.js';
+import { rankingFor, type Schedule, type TokenSpan } from '../../src/engine/policy.js';
 import { encodePrompt } from '../../src/model/text-tokenizer.js';
-import { renderChat } from '../../src/worker/chat-template.js';
+import { encodeChat, renderChat } from '../../src/worker/chat-template.js';
 import { argmax, median } from './fidelity.js';
 import { runStep } from '../../src/engine/step.js';
 import { bucketOf, scoreReply, type ChatTurn, type TaskCase } from './tasks.js';
@@ -36,14 +36,20 @@ export interface TaskSummary {
   ttft_speedup: number;
 }
 
+/** A task's chat as prompt tokens and its question's span, as the Worker renders it. */
+export function chatPrompt(model: LoadedModel, messages: ChatTurn[]): { prompt: number[]; question: TokenSpan | null } {
+  return encodeChat(model.tokenizer, model.manifest.chatTemplate, messages);
+}
+
+/** The prompt tokens alone (cheaper: what task generation counts). */
 export function promptTokens(model: LoadedModel, messages: ChatTurn[]): number[] {
   return encodePrompt(model.tokenizer, renderChat(model.manifest.chatTemplate, messages));
 }
 
 export async function runTaskCase(model: LoadedModel, c: TaskCase, schedule: Schedule, order: number): Promise<TaskResult> {
-  const prompt = promptTokens(model, c.messages);
+  const { prompt, question } = chatPrompt(model, c.messages);
   const run = (s: Schedule | null) =>
-    generate(model, new SequenceState(model.config), prompt, { maxTokens: c.max_tokens ?? 16, sampler: { temperature: 0, topP: 1, topK: 0, seed: 1 }, schedule: s });
+    generate(model, new SequenceState(model.config), prompt, { maxTokens: c.max_tokens ?? 16, sampler: { temperature: 0, topP: 1, topK: 0, seed: 1 }, schedule: s, question });
   const first = await run(order % 2 === 0 ? null : schedule);
   const second = await run(order % 2 === 0 ? schedule : null);
   const [dense, lazy] = order % 2 === 0 ? [first, second] : [second, first];
@@ -92,11 +98,15 @@ export interface ModeRun {
   prefill_flops_ratio: number;
 }
 
-/** Prefill and greedy decode with one schedule (null = dense), keeping the first logits for KL. */
-export async function runMode(model: LoadedModel, prompt: number[], schedule: Schedule | null, maxTokens: number): Promise<ModeRun> {
+/**
+ * Prefill and greedy decode with one schedule (null = dense), keeping the first logits for KL;
+ * `question` ranks the prompt under signal:query. (generate() does not hand out the first logits.)
+ */
+export async function runMode(model: LoadedModel, prompt: number[], schedule: Schedule | null, maxTokens: number, question: TokenSpan | null = null): Promise<ModeRun> {
   const seq = new SequenceState(model.config);
   const t0 = performance.now();
-  let step = await runStep(model, seq, prompt, { schedule });
+  const prefill = rankingFor(schedule?.signal, 0, prompt.length, null, question);
+  let step = await runStep(model, seq, prompt, { schedule, ranking: prefill });
   const prefillMs = performance.now() - t0;
   const firstLogits = step.logits;
   const flopsRatio = step.stats.flops / step.stats.denseFlops;
@@ -106,7 +116,7 @@ export async function runMode(model: LoadedModel, prompt: number[], schedule: Sc
     const next = argmax(step.logits);
     if (model.tokenizer.endIds.has(next)) break;
     text += decoder.push(next);
-    if (k + 1 < maxTokens) step = await runStep(model, seq, [next], { schedule });
+    if (k + 1 < maxTokens) step = await runStep(model, seq, [next], { schedule, ranking: rankingFor(schedule?.signal, seq.length, 1, prefill, null) });
   }
   return { text: text + decoder.flush(), firstLogits, prefill_ms: prefillMs, prefill_flops_ratio: flopsRatio };
 }

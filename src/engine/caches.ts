@@ -176,6 +176,35 @@ export class AuxCache {
 }
 
 /**
+ * What a prefill ranked its tokens by, kept for the decode steps after it (signals other than the
+ * paper's, src/engine/policy.ts Ranking): a decode step has only its own token's attention, which
+ * under a chat template says little about what the question needs. Transient: every prefill
+ * rewrites it, and nothing persists it (a session's next turn starts with a prefill of its own).
+ */
+export class RankMemo {
+  /** layer (of this state) -> [n] token i's score after that layer; NaN where the prefill did not rank i */
+  private readonly byLayer = new Map<number, Float32Array>();
+
+  clear(): void {
+    this.byLayer.clear();
+  }
+
+  /** Records `scores` [m] of the active tokens `active` [m] after layer `layer`, in a sequence of n tokens. */
+  remember(layer: number, active: Int32Array, scores: Float32Array, n: number): void {
+    const row = new Float32Array(n).fill(NaN); // [n]
+    for (let j = 0; j < active.length; j++) row[active[j]] = scores[j];
+    this.byLayer.set(layer, row);
+  }
+
+  /** The remembered scores of `active` [m] after `layer`, falling back to `own` [m] for tokens the prefill did not rank. */
+  recall(layer: number, active: Int32Array, own: Float32Array): Float32Array {
+    const row = this.byLayer.get(layer);
+    if (!row) return own;
+    return Float32Array.from(active, (i, j) => (i < row.length && !Number.isNaN(row[i]) ? row[i] : own[j]));
+  }
+}
+
+/**
  * Everything a sequence carries between steps: its tokens, how deep each has been computed,
  * and the two caches. Passed into every engine step and returned mutated; never hidden inside it.
  */
@@ -189,6 +218,7 @@ export class SequenceState {
   depth: Uint8Array;
   readonly kv: KVCache;
   readonly aux: AuxCache;
+  readonly rankMemo = new RankMemo();
 
   /**
    * Change tracking, for incremental persistence (src/engine/state-codec.ts); the engine itself
@@ -274,6 +304,7 @@ export class SequenceState {
   /** Forgets every token from index n on (a chat history that diverged from what is cached). */
   truncate(n: number): void {
     if (n >= this.tokens.length) return;
+    this.rankMemo.clear();
     for (const i of this.auxEntries.keys()) if (i >= n) this.auxEntries.delete(i);
     this.kv.truncate(n);
     this.depth.fill(0, n);

@@ -2,7 +2,7 @@ import { SequenceState } from './caches.js';
 import { EngineError } from './errors.js';
 import type { LoadedModel } from './model.js';
 import { tokenLogprobs, type TokenLogprob } from './logprobs.js';
-import { formatSchedule, type Schedule } from './policy.js';
+import { formatSchedule, rankingFor, type Schedule, type TokenSpan } from './policy.js';
 import { Sampler, type SamplerOptions } from './sampler.js';
 import { runStep, type LayerTrace, type StepOptions, type StepStats } from './step.js';
 import type { LazyTrace } from './trace.js';
@@ -16,6 +16,12 @@ export interface GenerateOptions {
   stop?: readonly string[];
   /** null = dense */
   schedule: Schedule | null;
+  /**
+   * [from, to) sequence indices of the question's tokens (the final user message's last paragraph,
+   * src/model/chat-prompt.ts), all within this prompt; null for text without one. The schedule's
+   * query signal ranks by their attention.
+   */
+  question?: TokenSpan | null;
   /** performance.now() value after which no further token is started (finish_reason "length") */
   deadline?: number;
   /**
@@ -114,7 +120,9 @@ export async function generate(model: LoadedModel, seq: SequenceState, prompt: r
   };
 
   const runner: StepRunner = opts.step ?? ((s, t, o) => runStep(model, s, t, o));
-  const first = await runner(seq, prompt, { schedule: opts.schedule, trace: opts.trace, progress: opts.onPrefillProgress });
+  const signal = opts.schedule?.signal;
+  const prefillRanking = rankingFor(signal, seq.length, prompt.length, null, opts.question ?? null);
+  const first = await runner(seq, prompt, { schedule: opts.schedule, trace: opts.trace, progress: opts.onPrefillProgress, ranking: prefillRanking });
   account(first.stats);
   const prefillMs = first.stats.ms;
   const tDecode = performance.now();
@@ -163,7 +171,7 @@ export async function generate(model: LoadedModel, seq: SequenceState, prompt: r
     if (tokens.length >= opts.maxTokens) break;
     await opts.beforeStep?.();
     if (opts.deadline !== undefined && performance.now() >= opts.deadline) break;
-    const step = await runner(seq, [next], { schedule: opts.schedule, trace: opts.trace });
+    const step = await runner(seq, [next], { schedule: opts.schedule, trace: opts.trace, ranking: rankingFor(signal, seq.length, 1, prefillRanking, null) });
     account(step.stats);
     decodeSteps++;
     logits = step.logits;

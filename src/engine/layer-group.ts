@@ -42,9 +42,9 @@ export function groupConfig(config: ModelConfig, range: LayerRange): ModelConfig
   return { ...config, nLayers: range.end - range.start };
 }
 
-/** Bytes of a frontier as it crosses a boundary: ids, active set, scores and hidden rows. */
+/** Bytes of a frontier as it crosses a boundary: ids, active set, scores and hidden rows, plus the layer, start and ranking (from, to, keepFrom, fresh). */
 export function frontierBytes(f: Frontier): number {
-  return 4 * (f.newTokens.length + f.active.length + (f.scores?.length ?? 0) + f.carried.length + f.hidden.length) + 12;
+  return 4 * (f.newTokens.length + f.active.length + (f.scores?.length ?? 0) + f.carried.length + f.hidden.length) + 8 + 16;
 }
 
 /** One group's step: its layers, with the state it owns. */

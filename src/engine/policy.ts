@@ -1,9 +1,22 @@
 import { EngineError } from './errors.js';
 
 /**
+ * Which query rows' attention ranks the tokens (the importance signal).
+ * - last: the last prompt token's row (the paper's rule). Under a chat template that token is the
+ *   template's tail, whose attention ranks the fact a question needs no better than chance.
+ * - query: the rows of the question (the final user message's last paragraph, a span the chat
+ *   template's rendering gives exactly, src/model/chat-prompt.ts). Needs a chat request.
+ * - window: the last `rows` prompt tokens (SnapKV's observation window): text without a question.
+ */
+export type Signal = { kind: 'last' } | { kind: 'query' } | { kind: 'window'; rows: number };
+
+/** How the per-head scores of a signal become one score per token: the mean (the paper) or the max over heads. */
+export type HeadReduction = 'mean' | 'max';
+
+/**
  * LazyLLM pruning schedule. At each pruning layer the active set becomes the top `keep` share of
- * the incoming set, ranked by the previous layer's last-token attention. Non-pruning layers keep
- * the incoming set. Ratios are relative to the incoming set, so they compound with depth.
+ * the incoming set, ranked by the previous layer's attention from the signal's rows. Non-pruning
+ * layers keep the incoming set. Ratios are relative to the incoming set, so they compound with depth.
  */
 export interface Schedule {
   prune: ReadonlyArray<{ layer: number; keep: number }>;
@@ -21,87 +34,109 @@ export interface Schedule {
    * work prefill skipped; a budget spreads it out, or with 0 drops it, at some cost in fidelity.
    */
   reviveBudget?: number;
+  /** the rows that rank (default last) */
+  signal?: Signal;
+  /** head reduction (default mean, the paper's) */
+  heads?: HeadReduction;
   /**
-   * Rank tokens by the attention of the last this-many query rows of the step, averaged (default 1:
-   * the last token's, the paper's). Only prefill steps have more than one row; a chat prompt ends in
-   * template tokens, and a window covering the question ranks the context by what is asked.
+   * Max-pool each token's score over the `pool` active tokens centred on it (default 1: none). A
+   * fact is a run of tokens, and attention lands on a few of them; pooling keeps the run together.
    */
-  scoreRows?: number;
+  pool?: number;
 }
 
 export const KEEP_ALL: Schedule = { prune: [], keepFirst: false };
 
+const invalidSchedule = (message: string) => new EngineError(message, 'invalid_schedule', 'schedule');
+
 /**
- * Parses "2:0.5,4:0.6" (layer:keep-share pairs), with optional items "bos" (keep token 0) and
+ * Parses "2:0.5,4:0.6" (layer:keep-share pairs), with optional items "bos" (keep token 0),
  * "min:N" (never prune below N tokens), "revive:N" (at most N revivals per pruning layer and step),
- * "rows:N" (rank by the mean attention of the step's last N query rows),
- * "all" for no pruning. Layers are checked against a model by `validateSchedule`.
+ * "signal:last|query|window:K", "heads:mean|max", "pool:K", or "all" alone for no pruning. An item
+ * given twice, or "all" beside anything else, is refused rather than guessed at. Layers are checked
+ * against a model by `validateSchedule`.
  */
 export function parseSchedule(spec: string): Schedule {
   const items = spec.split(',').map((s) => s.trim());
-  if (spec.trim() === '') throw new EngineError(`schedule "${spec}" is empty; use "all" for no pruning or "L:share,..."`, 'invalid_schedule', 'schedule');
-  let keepFirst = false;
-  let minActive: number | undefined;
-  let reviveBudget: number | undefined;
-  let scoreRows: number | undefined;
-  const prune: { layer: number; keep: number }[] = [];
-  for (const item of items) {
-    if (item === 'bos') {
-      keepFirst = true;
-      continue;
-    }
-    if (item === 'all') continue;
-    const min = /^min:(\d+)$/.exec(item);
-    if (min) {
-      minActive = Number(min[1]);
-      continue;
-    }
-    const revive = /^revive:(\d+)$/.exec(item);
-    if (revive) {
-      reviveBudget = Number(revive[1]);
-      continue;
-    }
-    const rows = /^rows:(\d+)$/.exec(item);
-    if (rows) {
-      scoreRows = Number(rows[1]);
-      continue;
-    }
-    if (item === '') throw new EngineError(`schedule "${spec}" has an empty item`, 'invalid_schedule', 'schedule');
-    const m = /^(\d+):(\d*\.?\d+)$/.exec(item);
-    if (!m) throw new EngineError(`schedule item "${item}" is not "layer:share" (e.g. "2:0.5"), "bos", "min:N", "revive:N", "rows:N" or "all"`, 'invalid_schedule', 'schedule');
-    prune.push({ layer: Number(m[1]), keep: Number(m[2]) });
+  if (spec.trim() === '') throw invalidSchedule(`schedule "${spec}" is empty; use "all" for no pruning or "L:share,..."`);
+  if (items.includes('all')) {
+    if (items.length > 1) throw invalidSchedule(`schedule "${spec}" contradicts itself: "all" (no pruning) cannot be combined with other items`);
+    return KEEP_ALL;
   }
-  return {
-    prune,
-    keepFirst,
-    ...(minActive !== undefined ? { minActive } : {}),
-    ...(reviveBudget !== undefined ? { reviveBudget } : {}),
-    ...(scoreRows !== undefined ? { scoreRows } : {}),
+  const s: { -readonly [K in keyof Schedule]: Schedule[K] } = { prune: [], keepFirst: false };
+  const prune: { layer: number; keep: number }[] = [];
+  const seen = new Set<string>();
+  const once = (key: string, item: string) => {
+    if (seen.has(key)) throw invalidSchedule(`schedule "${spec}" names ${key} twice ("${item}")`);
+    seen.add(key);
   };
+  for (const item of items) {
+    if (item === '') throw invalidSchedule(`schedule "${spec}" has an empty item`);
+    let m: RegExpExecArray | null;
+    if (item === 'bos') {
+      once('bos', item);
+      s.keepFirst = true;
+    } else if ((m = /^min:(\d+)$/.exec(item))) {
+      once('min', item);
+      s.minActive = Number(m[1]);
+    } else if ((m = /^revive:(\d+)$/.exec(item))) {
+      once('revive', item);
+      s.reviveBudget = Number(m[1]);
+    } else if ((m = /^signal:(last|query|window:(\d+))$/.exec(item))) {
+      once('signal', item);
+      s.signal = m[1] === 'last' ? { kind: 'last' } : m[1] === 'query' ? { kind: 'query' } : { kind: 'window', rows: Number(m[2]) };
+    } else if ((m = /^heads:(mean|max)$/.exec(item))) {
+      once('heads', item);
+      s.heads = m[1] as HeadReduction;
+    } else if ((m = /^pool:(\d+)$/.exec(item))) {
+      once('pool', item);
+      s.pool = Number(m[1]);
+    } else if ((m = /^(\d+):(\d*\.?\d+)$/.exec(item))) {
+      prune.push({ layer: Number(m[1]), keep: Number(m[2]) });
+    } else {
+      throw invalidSchedule(
+        `schedule item "${item}" is not "layer:share" (e.g. "2:0.5"), "bos", "min:N", "revive:N", "signal:last|query|window:K", "heads:mean|max", "pool:K" or "all"`,
+      );
+    }
+  }
+  s.prune = prune;
+  return s;
+}
+
+export function formatSignal(signal: Signal): string {
+  return signal.kind === 'window' ? `window:${signal.rows}` : signal.kind;
 }
 
 export function formatSchedule(s: Schedule): string {
-  const parts = s.prune.map((p) => `${p.layer}:${p.keep}`);
-  if (s.scoreRows !== undefined) parts.unshift(`rows:${s.scoreRows}`);
-  if (s.reviveBudget !== undefined) parts.unshift(`revive:${s.reviveBudget}`);
-  if (s.minActive !== undefined) parts.unshift(`min:${s.minActive}`);
-  if (s.keepFirst) parts.unshift('bos');
-  return parts.length ? parts.join(',') : 'all';
+  if (s.prune.length === 0 && !s.keepFirst && s.minActive === undefined && s.reviveBudget === undefined && !s.signal && !s.heads && s.pool === undefined) return 'all';
+  return [
+    ...(s.keepFirst ? ['bos'] : []),
+    ...(s.minActive !== undefined ? [`min:${s.minActive}`] : []),
+    ...(s.reviveBudget !== undefined ? [`revive:${s.reviveBudget}`] : []),
+    ...(s.signal ? [`signal:${formatSignal(s.signal)}`] : []),
+    ...(s.heads ? [`heads:${s.heads}`] : []),
+    ...(s.pool !== undefined ? [`pool:${s.pool}`] : []),
+    ...s.prune.map((p) => `${p.layer}:${p.keep}`),
+  ].join(',');
 }
 
-/** The most rows a window can cover (step.ts keeps every prefill chunk at least as long as the window, within a bound on its memory). */
-export const PREFILL_SCORE_ROWS_MAX = 64;
+/** The widest pooling kernel and window a schedule may ask for: beyond them a signal only blurs. */
+export const POOL_MAX = 255;
+export const WINDOW_ROWS_MAX = 1024;
 
 /** Rejects schedules that cannot mean anything for a model with `nLayers` layers, saying why. */
 export function validateSchedule(s: Schedule, nLayers: number): Schedule {
   if (s.minActive !== undefined && !(Number.isInteger(s.minActive) && s.minActive >= 1)) {
-    throw new EngineError(`invalid schedule: min ${s.minActive} must be an integer >= 1`, 'invalid_schedule', 'schedule');
+    throw invalidSchedule(`invalid schedule: min ${s.minActive} must be an integer >= 1`);
   }
   if (s.reviveBudget !== undefined && !(Number.isInteger(s.reviveBudget) && s.reviveBudget >= 0)) {
-    throw new EngineError(`invalid schedule: revive ${s.reviveBudget} must be an integer >= 0`, 'invalid_schedule', 'schedule');
+    throw invalidSchedule(`invalid schedule: revive ${s.reviveBudget} must be an integer >= 0`);
   }
-  if (s.scoreRows !== undefined && !(Number.isInteger(s.scoreRows) && s.scoreRows >= 1 && s.scoreRows <= PREFILL_SCORE_ROWS_MAX)) {
-    throw new EngineError(`invalid schedule: rows ${s.scoreRows} must be an integer from 1 to ${PREFILL_SCORE_ROWS_MAX}`, 'invalid_schedule', 'schedule');
+  if (s.signal?.kind === 'window' && !(Number.isInteger(s.signal.rows) && s.signal.rows >= 1 && s.signal.rows <= WINDOW_ROWS_MAX)) {
+    throw invalidSchedule(`invalid schedule: signal window ${s.signal.rows} must be an integer from 1 to ${WINDOW_ROWS_MAX}`);
+  }
+  if (s.pool !== undefined && !(Number.isInteger(s.pool) && s.pool >= 1 && s.pool <= POOL_MAX && s.pool % 2 === 1)) {
+    throw invalidSchedule(`invalid schedule: pool ${s.pool} must be an odd integer from 1 to ${POOL_MAX} (a window centred on each token)`);
   }
   let prev = 0;
   for (const { layer, keep } of s.prune) {
@@ -112,10 +147,93 @@ export function validateSchedule(s: Schedule, nLayers: number): Schedule {
       : layer <= prev ? `pruning layers must be strictly increasing (${layer} after ${prev})`
       : !(keep > 0 && keep <= 1) ? `keep share ${keep} at layer ${layer} must be in (0, 1]`
       : null;
-    if (why) throw new EngineError(`invalid schedule: ${why}`, 'invalid_schedule', 'schedule');
+    if (why) throw invalidSchedule(`invalid schedule: ${why}`);
     prev = layer;
   }
   return s;
+}
+
+/**
+ * What ranks one step's tokens, in sequence indices: the rows whose attention ranks them, and the
+ * first index from which every token is kept (the rows themselves, whatever follows them, and the
+ * tokens generated since). `fresh`: the rows are this step's, so the scores are computed from them
+ * and remembered for the decode steps that follow (signals other than last); otherwise (a decode
+ * step under such a signal) the remembered scores rank, and nothing the question did not ask for
+ * comes back.
+ */
+/** [from, to) sequence indices */
+export interface TokenSpan {
+  from: number;
+  to: number;
+}
+
+export interface Ranking {
+  /** [from, to): the ranking rows, among this step's new tokens */
+  from: number;
+  to: number;
+  keepFrom: number;
+  fresh: boolean;
+}
+
+/**
+ * The ranking of a step that appends `newTokens` tokens after `start`. The prefill (`prefill`
+ * null) takes its rows from the signal: the last token, the last K tokens, or the question's span
+ * (sequence indices). A decode step ranks by its own token under the paper's signal and
+ * by what the prefill remembered otherwise, keeping what the prefill kept.
+ */
+export function rankingFor(signal: Signal | undefined, start: number, newTokens: number, prefill: Ranking | null, question: TokenSpan | null): Ranking {
+  const n = start + newTokens;
+  const last: Ranking = { from: n - 1, to: n, keepFrom: n - 1, fresh: true };
+  if (!signal || signal.kind === 'last') return last;
+  if (prefill) return { from: n - 1, to: n, keepFrom: prefill.keepFrom, fresh: false };
+  if (signal.kind === 'window') {
+    const from = Math.max(start, n - signal.rows);
+    return { from, to: n, keepFrom: from, fresh: true };
+  }
+  if (!question) throw invalidSchedule('signal:query needs a question: it ranks by the final user message of a chat request (use signal:window:K for plain text)');
+  const { from: a, to: b } = question;
+  if (!(start <= a && a < b && b <= n)) {
+    throw invalidSchedule(`signal:query: the question's tokens ${a}..${b - 1} are not all among this step's new tokens ${start}..${n - 1} (already cached?)`);
+  }
+  return { from: a, to: b, keepFrom: a, fresh: true };
+}
+
+/**
+ * One score per token from the signal's per-head attention: `perHead` [heads, m] (row h holds head
+ * h's probabilities, mean over the signal's rows, aligned with the active set) reduced over heads
+ * by `heads`, then max-pooled over the `pool` entries centred on each (neighbours in the active set,
+ * which at the first pruning layer are the prompt's positions). Returns [m].
+ */
+export function importance(perHead: Float32Array, nHeads: number, heads: HeadReduction = 'mean', pool = 1): Float32Array {
+  const m = perHead.length / nHeads;
+  if (!Number.isInteger(m)) throw new EngineError(`${perHead.length} attention values do not split into ${nHeads} heads`, 'internal');
+  const reduced = new Float32Array(m); // [m]
+  for (let h = 0; h < nHeads; h++) {
+    const row = perHead.subarray(h * m, (h + 1) * m);
+    if (heads === 'max') for (let j = 0; j < m; j++) reduced[j] = h === 0 ? row[j] : Math.max(reduced[j], row[j]);
+    else for (let j = 0; j < m; j++) reduced[j] += row[j] / nHeads;
+  }
+  return pool > 1 ? maxPool(reduced, pool) : reduced;
+}
+
+/** out[j] = max of a[j - r .. j + r] (clipped to the array), r = (k - 1) / 2: a monotone deque, O(m). */
+export function maxPool(a: Float32Array, k: number): Float32Array {
+  const m = a.length;
+  const r = (k - 1) >> 1;
+  const out = new Float32Array(m); // [m]
+  const dq = new Int32Array(m); // indices with decreasing values
+  let head = 0;
+  let tail = 0;
+  let next = 0; // next index to enter the window
+  for (let j = 0; j < m; j++) {
+    for (; next < Math.min(m, j + r + 1); next++) {
+      while (tail > head && a[dq[tail - 1]] <= a[next]) tail--;
+      dq[tail++] = next;
+    }
+    while (dq[head] < j - r) head++;
+    out[j] = a[dq[head]];
+  }
+  return out;
 }
 
 /** The keep share at `layer`, or null when the layer does not prune. */
@@ -123,27 +241,37 @@ export function keepAt(s: Schedule, layer: number): number | null {
   return s.prune.find((p) => p.layer === layer)?.keep ?? null;
 }
 
+/** Whether token 0 is always kept: when asked ("bos"), and always under a question or window signal (the attention sink). */
+export function keepsFirst(s: Schedule): boolean {
+  return s.keepFirst || (s.signal !== undefined && s.signal.kind !== 'last');
+}
+
 /**
- * The next active set: the top max(ceil(keep * |incoming|), minActive) tokens of `incoming` by
- * `scores`, always including the last token (the one being predicted) and, if asked, token 0.
+ * The next active set: every token from index `keepFrom` on (the signal's rows and what follows
+ * them; with the paper's signal just the last token, the one being predicted), token 0 if asked,
+ * and the best of the others by `scores`: max(keep share of the others, minActive) in all.
  * `incoming` holds ascending token indices; `scores[j]` belongs to `incoming[j]`. Ties go to the
  * more recent token. Returns ascending indices, a subset of `incoming`.
  */
-export function selectActive(incoming: Int32Array, scores: Float32Array, keep: number, keepFirst: boolean, minActive = 1): Int32Array {
+export function selectActive(incoming: Int32Array, scores: Float32Array, keep: number, keepFirst: boolean, minActive = 1, keepFrom = Infinity): Int32Array {
   const m = incoming.length;
   if (scores.length !== m) throw new EngineError(`scores (${scores.length}) and incoming set (${m}) differ in length`, 'internal');
-  const k = Math.min(m, Math.max(1, minActive, Math.ceil(keep * m)));
+  // Protected tokens beyond the last do not count against the share: a decode step that adds one
+  // keeps the same others as the prefill did.
+  let extra = 0;
+  while (extra < m - 1 && incoming[m - 2 - extra] >= keepFrom) extra++;
+  const k = Math.min(m, Math.max(1, minActive, extra + Math.ceil(keep * (m - extra))));
   if (k === m) return incoming;
   const chosen = new Uint8Array(m);
   let taken = 0;
   const force = (j: number) => {
-    if (!chosen[j] && taken < k) {
+    if (!chosen[j]) {
       chosen[j] = 1;
       taken++;
     }
   };
-  force(m - 1);
-  if (keepFirst && incoming[0] === 0) force(0);
+  for (let j = m - 1 - extra; j < m; j++) force(j);
+  if (keepFirst && incoming[0] === 0 && taken < k) force(0);
   // The `left` best of the rest by (score desc, index desc), without a comparator sort on every
   // pruning layer of every step: the threshold from a native sort of the free scores, everything
   // above it, then ties at the threshold to the most recent tokens.

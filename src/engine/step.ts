@@ -3,7 +3,7 @@ import type { ModelConfig } from '../model/config.js';
 import { SequenceState } from './caches.js';
 import { EngineError } from './errors.js';
 import type { LayerRange, ModelPart } from './model.js';
-import { keepAt, limitRevivals, selectActive, type Schedule } from './policy.js';
+import { importance, keepAt, keepsFirst, limitRevivals, rankingFor, selectActive, type Ranking, type Schedule } from './policy.js';
 import { headLogits } from './vocab-parts.js';
 import type { RawRows } from './kv-rows.js';
 import type { HostTensor } from '../runtime/onnx-runtime.js';
@@ -40,6 +40,8 @@ export interface StepOptions {
    * a host whose client sees nothing during a long prefill keeps its connection alive here.
    */
   progress?: () => void | Promise<void>;
+  /** what ranks this step's tokens (default: its last token's row, the paper's); generate() sets it from the schedule's signal */
+  ranking?: Ranking;
 }
 
 /**
@@ -56,8 +58,10 @@ export interface Frontier {
   newTokens: number[];
   /** [m] ascending token indices: the active set that left layer - 1 (at layer 0, every token) */
   active: Int32Array;
-  /** [m] s^{layer-1}, the last token's attention averaged over heads, aligned with `active`; null when no later layer prunes */
+  /** [m] s^{layer-1}, the signal's importance of each active token after layer - 1, aligned with `active`; null when `layer` does not prune */
   scores: Float32Array | null;
+  /** what ranks the tokens in this step: every group ranks by the same rows and keeps the same tokens */
+  ranking: Ranking;
   /** [q] ascending: the tokens computed at layer - 1 in this step (at layer 0, the new tokens) */
   carried: Int32Array;
   /** [q, dim] their hidden states, entering `layer` */
@@ -89,10 +93,9 @@ export const ATTN_SCORE_BYTES = 8 * 1024 * 1024;
 /** Chunks never go below this many rows: each run reads all of a layer's weights once. */
 const MIN_CHUNK_ROWS = 16;
 
-/** How many equal chunks `q` query rows over at most `keys` keys run in (see ATTN_SCORE_BYTES), each at least `window` rows when q allows. */
-export function prefillChunks(q: number, keys: number, nHeads: number, window: number): number {
-  // Twice the window: equal chunks of at most rowsCap rows then each hold at least the window.
-  const rowsCap = Math.max(MIN_CHUNK_ROWS, 2 * window, Math.floor(ATTN_SCORE_BYTES / (nHeads * keys * 4)));
+/** How many equal chunks `q` query rows over at most `keys` keys run in (see ATTN_SCORE_BYTES). */
+export function prefillChunks(q: number, keys: number, nHeads: number): number {
+  const rowsCap = Math.max(MIN_CHUNK_ROWS, Math.floor(ATTN_SCORE_BYTES / (nHeads * keys * 4)));
   return Math.max(1, Math.round(q / PREFILL_CHUNK), Math.ceil(q / rowsCap));
 }
 
@@ -125,8 +128,10 @@ export const MASKED_POS = 2 ** 30;
  * chunks of about PREFILL_CHUNK queries; writes the queries' K/V rows into the cache, whose layer
  * l is its row `l - range.start`. The keys are every row the layer holds (a view, in the order
  * computed, see KVCache), those of tokens outside `context` masked by position, followed by the
- * queries. Returns the new hidden states [q, dim], the last query's attention over [the layer's
- * `past` rows before this step..., queries...], and `past`.
+ * queries. Returns the new hidden states [q, dim], the attention of the queries [rowFrom, rowTo)
+ * per head, mean over those rows, over [the layer's `past` rows before this step..., queries...]
+ * ([heads, past + q]), and `past`. The rows may span chunks: each chunk's share is weighted by its
+ * rows (keys after a chunk are masked for it, so they get nothing from it).
  */
 async function runLayer(
   part: ModelPart,
@@ -135,9 +140,10 @@ async function runLayer(
   x: Float32Array,
   queries: Int32Array,
   context: Int32Array,
-  attnRows: BigInt64Array,
+  rowFrom: number,
+  rowTo: number,
 ): Promise<{ y: Float32Array; attn: Float32Array; past: number }> {
-  const { dim, kvDim } = part.config;
+  const { dim, kvDim, nHeads } = part.config;
   const lk = l - part.layerRange.start;
   const q = queries.length;
   const held = seq.kv.layerRows(lk).tokens; // [past]
@@ -151,19 +157,23 @@ async function runLayer(
     for (let j = 0; j < context.length; j++) keyPos[seq.kv.rowIndex(lk, context[j])] = context[j];
   }
   for (let j = 0; j < q; j++) keyPos[past + j] = queries[j];
-  const chunks = prefillChunks(q, past + q, part.config.nHeads, Number(attnRows[0]));
+  const chunks = prefillChunks(q, past + q, nHeads);
+  const t = past + q;
   let y: Float32Array = new Float32Array(0);
-  let attn: Float32Array = new Float32Array(0);
+  const attn = new Float32Array(nHeads * t); // [heads, t]
   for (let c = 0; c < chunks; c++) {
     const a = Math.floor((c * q) / chunks);
     const b = Math.floor(((c + 1) * q) / chunks);
     const rows = seq.kv.layerRows(lk); // the earlier chunks' rows were appended after the past ones
     if (rows.tokens.length !== past + a) throw new EngineError(`layer ${l} holds ${rows.tokens.length} rows, expected ${past + a}`, 'internal');
+    const r0 = Math.max(rowFrom, a);
+    const r1 = Math.min(rowTo, b);
     const out = await part.layers[lk].run({
       [LAYER_IO.inputs.x]: { data: x.subarray(a * dim, b * dim), dims: [b - a, dim] },
       [LAYER_IO.inputs.pos]: { data: keyPos.slice(past + a, past + b), dims: [b - a] },
       ...pastFeeds(rows.k, rows.v, past + a, kvDim),
-      [LAYER_IO.inputs.attnRows]: { data: attnRows, dims: [1] },
+      // A chunk without signal rows still names one row: its output is not read.
+      [LAYER_IO.inputs.attnRows]: { data: r1 > r0 ? BigInt64Array.of(BigInt(r0 - a), BigInt(r1 - a)) : BigInt64Array.of(0n, 1n), dims: [2] },
       [LAYER_IO.inputs.pastPos]: { data: keyPos.subarray(0, past + a), dims: [past + a] },
     });
     const yc = out[LAYER_IO.outputs.y].data as Float32Array;
@@ -173,9 +183,26 @@ async function runLayer(
       y.set(yc, a * dim);
     }
     seq.kv.write(lk, queries.subarray(a, b), out[LAYER_IO.outputs.k].data as Float32Array, out[LAYER_IO.outputs.v].data as Float32Array);
-    attn = out[LAYER_IO.outputs.attnLast].data as Float32Array; // the last chunk's is the last query's
+    if (r1 > r0) {
+      const part = out[LAYER_IO.outputs.attn].data as Float32Array; // [heads, past + b]
+      const w = (r1 - r0) / (rowTo - rowFrom);
+      const tc = past + b;
+      for (let h = 0; h < nHeads; h++) for (let key = 0; key < tc; key++) attn[h * t + key] += w * part[h * tc + key];
+    }
   }
   return { y, attn, past };
+}
+
+/** The first j with sorted[j] >= x (sorted.length if none). */
+function lowerBound(sorted: Int32Array, x: number): number {
+  let lo = 0;
+  let hi = sorted.length;
+  while (lo < hi) {
+    const mid = (lo + hi) >> 1;
+    if (sorted[mid] < x) lo = mid + 1;
+    else hi = mid;
+  }
+  return lo;
 }
 
 function range(a: number, b: number): Int32Array {
@@ -185,12 +212,12 @@ function range(a: number, b: number): Int32Array {
 }
 
 /** The frontier entering layer 0: the new tokens (appended after `start` tokens) embedded, every token active. */
-export async function embedStep(part: Pick<ModelPart, 'config' | 'embed'>, start: number, newTokens: readonly number[]): Promise<Frontier> {
+export async function embedStep(part: Pick<ModelPart, 'config' | 'embed'>, start: number, newTokens: readonly number[], ranking?: Ranking): Promise<Frontier> {
   if (newTokens.length === 0) throw new EngineError('a step needs at least one new token', 'invalid_request');
   if (!part.embed) throw new EngineError('this model part holds no embedding', 'internal');
   const hidden = part.embed.lookup(newTokens); // [newTokens, dim]
   const n = start + newTokens.length;
-  return { layer: 0, start, newTokens: [...newTokens], active: range(0, n), scores: null, carried: range(start, n), hidden };
+  return { layer: 0, start, newTokens: [...newTokens], active: range(0, n), scores: null, ranking: ranking ?? rankingFor(undefined, start, newTokens.length, null, null), carried: range(start, n), hidden };
 }
 
 /**
@@ -212,7 +239,10 @@ export async function runLayers(part: ModelPart, seq: SequenceState, into: Front
   if (seq.length !== into.start) throw new EngineError(`the state holds ${seq.length} tokens, the step starts at ${into.start}`, 'internal');
   seq.append(into.newTokens);
   const n = seq.length;
-  const attnRows = BigInt64Array.of(BigInt(opts.schedule?.scoreRows ?? 1)); // [1]
+  const { ranking } = into;
+  const { from: rowFrom, to: rowTo } = ranking;
+  if (!(into.start <= rowFrom && rowFrom < rowTo && rowTo <= n)) throw new EngineError(`ranking rows ${rowFrom}..${rowTo - 1} are not among the step's new tokens ${into.start}..${n - 1}`, 'internal');
+  if (ranking.fresh) seq.rankMemo.clear();
 
   // Hidden states carried from the previous layer within this step: token -> [dim] row.
   let carried = new Map<number, Float32Array>();
@@ -236,7 +266,7 @@ export async function runLayers(part: ModelPart, seq: SequenceState, into: Front
     const lk = l - a; // this part's layer index, and the depth of a token that is a query at l
     const keep = opts.schedule ? keepAt(opts.schedule, l) : null;
     if (keep !== null && scores) {
-      let next = selectActive(active, scores, keep, opts.schedule!.keepFirst, opts.schedule!.minActive);
+      let next = selectActive(active, scores, keep, keepsFirst(opts.schedule!), opts.schedule!.minActive, ranking.keepFrom);
       const budget = opts.schedule!.reviveBudget;
       if (budget !== undefined) {
         const at = new Map<number, number>();
@@ -288,18 +318,29 @@ export async function runLayers(part: ModelPart, seq: SequenceState, into: Front
     }
     opts.trace?.(l, queries.slice(), Int32Array.from(revived));
 
-    const { y, attn, past } = await runLayer(part, seq, l, x, queries, context, attnRows);
+    // The signal's rows among the queries: they are kept, so every one of them is a query here.
+    const j0 = lowerBound(queries, rowFrom);
+    const j1 = lowerBound(queries, rowTo);
+    if (j1 - j0 !== rowTo - rowFrom) throw new EngineError(`layer ${l} computes ${j1 - j0} of the ${rowTo - rowFrom} ranking rows`, 'internal');
+    const { y, attn, past } = await runLayer(part, seq, l, x, queries, context, j0, j1);
     for (const i of queries) seq.deepen(i, lk + 1);
 
-    // attn_last is over keys [the layer's past rows..., queries...]; realign it with `active` (the
-    // ascending merge of context and queries). Only a later pruning layer reads the scores.
-    if (opts.schedule?.prune.some((p) => p.layer > l)) {
-      const sc = new Float32Array(m);
+    // Only the next layer reads the scores, and only when it prunes.
+    if (opts.schedule && keepAt(opts.schedule, l + 1) !== null) {
+      // attn is over keys [the layer's past rows..., queries...]; realign it with `active` (the
+      // ascending merge of context and queries).
+      const H = cfg.nHeads;
+      const t = past + q;
+      const perHead = new Float32Array(H * m); // [heads, m]
       for (let j = 0, cj = 0, qj = 0; j < m; j++) {
-        if (cj < c && context[cj] === active[j]) sc[j] = attn[seq.kv.rowIndex(lk, context[cj++])];
-        else sc[j] = attn[past + qj++];
+        const key = cj < c && context[cj] === active[j] ? seq.kv.rowIndex(lk, context[cj++]) : past + qj++;
+        for (let h = 0; h < H; h++) perHead[h * m + j] = attn[h * t + key];
       }
-      scores = sc;
+      const own = importance(perHead, H, opts.schedule.heads, opts.schedule.pool);
+      if (ranking.fresh) {
+        if (opts.schedule.signal && opts.schedule.signal.kind !== 'last') seq.rankMemo.remember(lk, active, own, n);
+        scores = own;
+      } else scores = seq.rankMemo.recall(lk, active, own);
     } else scores = null;
 
     carried = new Map();
@@ -316,7 +357,7 @@ export async function runLayers(part: ModelPart, seq: SequenceState, into: Front
   }
   stats.auxEntries = seq.aux.size;
   stats.kvEntries = seq.kvEntries();
-  const frontier: Frontier = { layer: b, start: into.start, newTokens: into.newTokens, active, scores, carried: out.queries, hidden: out.y };
+  const frontier: Frontier = { layer: b, start: into.start, newTokens: into.newTokens, active, scores, ranking, carried: out.queries, hidden: out.y };
   return { frontier, stats };
 }
 
@@ -368,7 +409,7 @@ export async function runStep(
   opts: StepOptions,
 ): Promise<{ logits: Float32Array; stats: StepStats }> {
   const t0 = performance.now();
-  const into = await embedStep(model, seq.length, newTokens);
+  const into = await embedStep(model, seq.length, newTokens, opts.ranking);
   const { frontier, stats } = await runLayers(model, seq, into, opts);
   const logits = await headStep(model, frontier);
   return { logits, stats: stepStats(model.config, newTokens.length, [stats], performance.now() - t0) };

@@ -16,14 +16,14 @@ export const LAYER_IO = {
     pastVI8: 'past_v_i8', //       [c8, kvDim] values, int8 ...
     pastVI8Scale: 'past_v_i8_scale', // [c8, 1] ... times one f32 scale per row
     pastPos: 'past_pos', // [c]          positions of the context tokens, c = c32 + c16 + c8
-    attnRows: 'attn_rows', // [1] int64  how many of the last query rows attn_last averages (1: the last token's)
+    attnRows: 'attn_rows', // [2] int64  [from, to): the query rows of this run whose attention `attn` averages
   },
   outputs: {
     y: 'y', //              [q, dim]   hidden states leaving this layer
     k: 'k', //              [q, kvDim] roped keys of the query tokens, to append to the cache
     v: 'v', //              [q, kvDim] values of the query tokens
-    attnLast: 'attn_last', // [c + q]  the last attn_rows query rows' attention probabilities, mean over
-    //                                 heads and rows, over keys ordered [context..., queries...]
+    attn: 'attn', //        [heads, c + q] attention probabilities of the attn_rows query rows, mean over
+    //                                 those rows, per query head, over keys ordered [context..., queries...]
   },
 } as const;
 

@@ -36,3 +36,22 @@ export interface TextTokenizer {
 export function encodePrompt(tok: TextTokenizer, text: string): number[] {
   return tok.encode(text, { bos: tok.addBos });
 }
+
+/**
+ * The tokens of `prompt` (= encodePrompt(tok, text)) that hold the characters [charFrom, charTo) of
+ * `text`, as [from, to) token indices: a prefix of the text encodes to a prefix of its tokens
+ * wherever the cut falls between two pre-tokenized words, which it does before and after a
+ * paragraph and at control tokens. Where a cut splits a token, that token counts as inside.
+ */
+export function tokenSpanOf(tok: TextTokenizer, text: string, prompt: readonly number[], charFrom: number, charTo: number): { from: number; to: number } {
+  const boundary = (c: number, inside: 'after' | 'before'): number => {
+    const head = encodePrompt(tok, text.slice(0, c));
+    let k = 0;
+    while (k < head.length && k < prompt.length && head[k] === prompt[k]) k++;
+    // k === head.length: a clean cut; else token k straddles it and belongs to the span.
+    return k === head.length || inside === 'after' ? k : k + 1;
+  };
+  const from = boundary(charFrom, 'after');
+  const to = Math.max(from + 1, Math.min(prompt.length, boundary(charTo, 'before')));
+  return { from, to };
+}

@@ -31,8 +31,9 @@ export function f32Format(linear: LinearEmitter = f32Linear): MatrixFormat<Float
  * 4: GGUF matrices; RoPE frequency factors; embedding and head split by rows.
  * 5: past K/V in the KV cache's format (f32, f16 or int8 rows, decoded in the graph).
  * 6: attn_last averages the last attn_rows query rows.
+ * 7: `attn` per query head, averaged over the query rows [from, to) that attn_rows names.
  */
-export const GRAPH_REVISION = 6;
+export const GRAPH_REVISION = 7;
 
 export function transpose(w: Float32Array, rows: number, cols: number): Float32Array {
   const t = new Float32Array(rows * cols);
@@ -106,7 +107,7 @@ export function buildLayerGraph<M>(
   const pastK = pastRows(b, kvDim, io.inputs.pastK, io.inputs.pastKF16, io.inputs.pastKI8, io.inputs.pastKI8Scale); // [c, kvDim]
   const pastV = pastRows(b, kvDim, io.inputs.pastV, io.inputs.pastVF16, io.inputs.pastVI8, io.inputs.pastVI8Scale); // [c, kvDim]
   const pastPos = b.input(io.inputs.pastPos, 'float32', ['c']);
-  const attnRows = b.input(io.inputs.attnRows, 'int64', [1]);
+  const attnRows = b.input(io.inputs.attnRows, 'int64', [2]); // [from, to) of this run's query rows
 
   const { cos, sin } = ropeTables(b, pos, hs, cfg.ropeTheta, ropeFreqFactors); // [q, hs/2]
   const xn = rmsNorm(b, x, w.rmsAtt, cfg.normEps, 'rms_att');
@@ -142,17 +143,18 @@ export function buildLayerGraph<M>(
   const act = b.op('Mul', [b.op('Mul', [gate, b.op('Sigmoid', [gate])]), up]);
   const y = b.op('Add', [h, linear(b, act, 'w2', w.w2, dim, hiddenDim)]);
 
-  // Only the last rows' probabilities leave the graph, averaged: that is all LazyLLM needs. The paper
-  // ranks by the last token's row (attn_rows 1); a window of rows lets the question ending a prompt
-  // rank the context as a whole, not only its final template token. Slice clamps a window larger
-  // than the run's queries to all of them.
-  const lastRows = b.op('Slice', [probs, b.op('Neg', [attnRows]), b.i64('rows_end', [1 << 30]), b.i64('rows_axis', [2])]); // [kvH, G, r, t]
-  const attnLast = b.op('ReduceMean', [lastRows], { axes: [0, 1, 2], keepdims: 0 });
+  // Only the named rows' probabilities leave the graph, averaged over the rows but kept per head: the
+  // engine reduces heads (mean or max) and pools neighbours itself (src/engine/policy.ts, importance).
+  // The rows are the last token's (the paper), a window ending the prompt, or the question's rows.
+  const [rowsFrom, rowsTo] = b.opN('Split', [attnRows, b.i64('rows_split', [1, 1])], { axis: 0 }, { outputs: 2 });
+  const rows = b.op('Slice', [probs, rowsFrom, rowsTo, b.i64('rows_axis', [2])]); // [kvH, G, r, t]
+  const perHead = b.op('ReduceMean', [rows], { axes: [2], keepdims: 0 }); //          [kvH, G, t]
+  const attn = b.op('Reshape', [perHead, b.i64('attn_heads', [nHeads, -1])]); //       [heads, t]
 
   b.output(y, io.outputs.y, 'float32', ['q', dim]);
   b.output(kNew, io.outputs.k, 'float32', ['q', kvDim]);
   b.output(vNew, io.outputs.v, 'float32', ['q', kvDim]);
-  b.output(attnLast, io.outputs.attnLast, 'float32', ['t']);
+  b.output(attn, io.outputs.attn, 'float32', [nHeads, 't']);
   return b.toBytes();
 }
 

@@ -10,6 +10,7 @@ import type { GenerateOptions, GenerationStats, StepRunner } from '../../engine/
 import { frontierBytes } from '../../engine/layer-group.js';
 import type { ModelConfig } from '../../model/config.js';
 import { embedStep, lastHidden, stepStats, type Frontier, type LayerStats, type StepStats } from '../../engine/step.js';
+import type { Ranking } from '../../engine/policy.js';
 import type { Env } from '../env.js';
 import { ApiError, fromFailure } from '../errors.js';
 import { embedInFront, groupChains, headGroups, layerGroups, prefillStepTokens, type GroupEnv } from './config.js';
@@ -59,12 +60,12 @@ export function chainError(e: unknown): unknown {
 
 type StepCall = (g: number, input: GroupStepCall['input'], schedule: GroupStepCall['schedule'], trace: boolean) => Promise<Failure | ({ ok: true } & GroupStepReply)>;
 /** The front's embedding (EMBED_IN_FRONT): the frontier entering layer 0 for the new tokens. */
-export type FrontEmbed = (start: number, tokens: readonly number[]) => Promise<Frontier>;
+export type FrontEmbed = (start: number, tokens: readonly number[], ranking?: Ranking) => Promise<Frontier>;
 
 /** The front's embedding when EMBED_IN_FRONT is set (the front part loads it with the tokenizer), else undefined. */
 export function frontEmbed(env: Pick<Env, 'ASSETS' | 'MODEL_NAME'> & Partial<Env> & GroupEnv): FrontEmbed | undefined {
   if (!embedInFront(env)) return undefined;
-  return async (start, tokens) => embedStep(await frontModel(env), start, tokens);
+  return async (start, tokens, ranking) => embedStep(await frontModel(env), start, tokens, ranking);
 }
 
 /** Classifier object k: the logits of its rows for the last token's hidden state. */
@@ -124,6 +125,8 @@ export class ChainRunner {
     this.lastUse = Date.now();
     // (A trace hook is then called for each piece's layers: what a session counts per layer sums.)
     const piece = this.stepTokens > 0 && opts.schedule === null ? this.stepTokens : newTokens.length;
+    // A dense step cut into pieces ranks nothing: each piece keeps the default ranking of its own.
+    if (piece < newTokens.length) opts = { ...opts, ranking: undefined };
     let r = await this.oneStep(seq, newTokens.slice(0, piece), opts);
     let { stats, moved } = r;
     let pieces = 1;
@@ -143,10 +146,10 @@ export class ChainRunner {
     const start = seq.length;
     seq.append(newTokens);
     let moved = 0;
-    let input: GroupStepCall['input'] = { tokens: [...newTokens], start };
+    let input: GroupStepCall['input'] = { tokens: [...newTokens], start, ...(opts.ranking ? { ranking: opts.ranking } : {}) };
     if (this.embed) {
       // The front holds the embedding: the first boundary is front -> group 0.
-      input = { frontier: compactFrontier(await this.embed(start, newTokens)) };
+      input = { frontier: compactFrontier(await this.embed(start, newTokens, opts.ranking)) };
       moved += frontierBytes(input.frontier);
     }
     const stats: LayerStats[] = [];

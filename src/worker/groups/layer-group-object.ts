@@ -29,7 +29,7 @@ interface SessionMemory {
 async function runGroupStep(part: ModelPart, seq: SequenceState, call: GroupStepCall | SessionStepCall): Promise<GroupStepReply> {
   // Tokens go to the group holding the embedding; a frontier to any group (the first one too when the front embeds).
   if ('tokens' in call.input && !part.embed) throw new EngineError(`group ${call.group} holds no embedding but was sent tokens`, 'internal');
-  const into: Frontier = 'tokens' in call.input ? await embedStep(part, call.input.start, call.input.tokens) : call.input.frontier;
+  const into: Frontier = 'tokens' in call.input ? await embedStep(part, call.input.start, call.input.tokens, call.input.ranking) : call.input.frontier;
   const trace: LayerTraceEntry[] | undefined = call.trace ? [] : undefined;
   const { frontier, stats } = await runLayers(part, seq, into, { schedule: call.schedule, trace: trace && ((layer, queries, revived) => trace.push({ layer, queries, revived })) });
   const last = call.group === call.groups - 1;

@@ -1,5 +1,5 @@
 /** What crosses RPC between the front Worker (chain.ts) and a LayerGroup object. */
-import type { Schedule } from '../../engine/policy.js';
+import type { Ranking, Schedule } from '../../engine/policy.js';
 import type { Frontier, LayerStats } from '../../engine/step.js';
 import type { Failure } from '../faults.js';
 
@@ -20,7 +20,7 @@ export interface GroupAddress {
 
 export interface GroupStepCall extends GroupAddress {
   /** the first group embeds the step's new tokens (appended after `start`); every other group receives the frontier */
-  input: { tokens: number[]; start: number } | { frontier: Frontier };
+  input: { tokens: number[]; start: number; ranking?: Ranking } | { frontier: Frontier };
   schedule: Schedule | null;
   /** answer each layer's queries and revivals (the engine's LayerTrace, replayed by the caller) */
   trace?: boolean;
