@@ -5,7 +5,7 @@
 import { SequenceState } from '../../src/engine/caches.js';
 import { generate } from '../../src/engine/generate.js';
 import type { LoadedModel } from '../../src/engine/model.js';
-import { rankingFor, type Schedule, type TokenSpan } from '../../src/engine/policy.js';
+import { stepRankings, type Schedule, type TokenSpan } from '../../src/engine/policy.js';
 import { encodePrompt } from '../../src/model/text-tokenizer.js';
 import { encodeChat, renderChat } from '../../src/worker/chat-template.js';
 import { argmax, median } from './fidelity.js';
@@ -105,8 +105,8 @@ export interface ModeRun {
 export async function runMode(model: LoadedModel, prompt: number[], schedule: Schedule | null, maxTokens: number, question: TokenSpan | null = null): Promise<ModeRun> {
   const seq = new SequenceState(model.config);
   const t0 = performance.now();
-  const prefill = rankingFor(schedule?.signal, 0, prompt.length, null, question);
-  let step = await runStep(model, seq, prompt, { schedule, ranking: prefill });
+  const ranking = stepRankings(schedule?.signal, question);
+  let step = await runStep(model, seq, prompt, { schedule, ranking: ranking(0, prompt.length) });
   const prefillMs = performance.now() - t0;
   const firstLogits = step.logits;
   const flopsRatio = step.stats.flops / step.stats.denseFlops;
@@ -116,7 +116,7 @@ export async function runMode(model: LoadedModel, prompt: number[], schedule: Sc
     const next = argmax(step.logits);
     if (model.tokenizer.endIds.has(next)) break;
     text += decoder.push(next);
-    if (k + 1 < maxTokens) step = await runStep(model, seq, [next], { schedule, ranking: rankingFor(schedule?.signal, seq.length, 1, prefill, null) });
+    if (k + 1 < maxTokens) step = await runStep(model, seq, [next], { schedule, ranking: ranking(seq.length, 1) });
   }
   return { text: text + decoder.flush(), firstLogits, prefill_ms: prefillMs, prefill_flops_ratio: flopsRatio };
 }

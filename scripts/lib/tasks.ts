@@ -5,6 +5,10 @@
  * - passkey-distractors: the same, with look-alike keys under other labels around it;
  * - mdqa: short documents of synthetic facts spread through the filler, one question answered by
  *   one of them, with look-alike entities holding other answers.
+ * - which-key: three facts of the same shape (three people's locker numbers) spread through the
+ *   filler, and the question asks for one of them. Unlike mdqa's look-alike names, which defeat
+ *   this model even dense, the three owners are plain distinct names: SmolLM2 answers them densely
+ *   at 2k and 4k, and a pruned prompt keeps the right answer only if it keeps the asked-for fact.
  * Each answer occurs in the prompt exactly once, so "the reply contains it" means the model read it.
  */
 import { resolve } from 'node:path';
@@ -14,7 +18,7 @@ import { REPO_ROOT } from './node-env.js';
 /** Haystack prose for the generated tasks (../shared/data/README.md): three license texts. */
 export const DEFAULT_FILLER = ['apache-2.0.txt', 'mpl-2.0.txt', 'lgpl-2.1.txt'].map((f) => resolve(REPO_ROOT, '../shared/data', f));
 
-export const TASKS = ['passkey', 'passkey-distractors', 'mdqa'] as const;
+export const TASKS = ['passkey', 'passkey-distractors', 'mdqa', 'which-key'] as const;
 export type TaskName = (typeof TASKS)[number];
 
 export interface ChatTurn {
@@ -107,6 +111,8 @@ function lookAlikeName(rng: Rng, n: string): string {
   return n.slice(0, at) + v + n.slice(at + 1);
 }
 
+const OWNERS = ['Alice', 'Bruno', 'Chloe', 'Daniel', 'Emma', 'Felix', 'Grace', 'Hugo', 'Irene', 'Jonas', 'Karen', 'Leo', 'Maria', 'Nathan', 'Olivia', 'Peter'];
+
 interface Needles {
   /** facts to hide, in order; the first holds the answer */
   facts: string[];
@@ -127,6 +133,17 @@ function needlesFor(task: TaskName, rng: Rng): Needles {
       }
     }
     return { facts, question: 'What is the pass key? Answer with the number only.', answer: key };
+  }
+  if (task === 'which-key') {
+    const owners = [...OWNERS];
+    const people = Array.from({ length: 3 }, () => owners.splice(int(rng, 0, owners.length - 1), 1)[0]);
+    const keys: string[] = [];
+    for (const _ of people) keys.push(fiveDigits(rng, keys));
+    return {
+      facts: people.map((p, i) => `${p}'s locker number is ${keys[i]}.`),
+      question: `What is ${people[0]}'s locker number? Answer with the number only.`,
+      answer: keys[0],
+    };
   }
   const city = name(rng);
   const kingdom = name(rng);

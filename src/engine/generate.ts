@@ -2,7 +2,7 @@ import { SequenceState } from './caches.js';
 import { EngineError } from './errors.js';
 import type { LoadedModel } from './model.js';
 import { tokenLogprobs, type TokenLogprob } from './logprobs.js';
-import { formatSchedule, rankingFor, type Schedule, type TokenSpan } from './policy.js';
+import { formatSchedule, stepRankings, type Schedule, type TokenSpan } from './policy.js';
 import { Sampler, type SamplerOptions } from './sampler.js';
 import { runStep, type LayerTrace, type StepOptions, type StepStats } from './step.js';
 import type { LazyTrace } from './trace.js';
@@ -120,9 +120,8 @@ export async function generate(model: LoadedModel, seq: SequenceState, prompt: r
   };
 
   const runner: StepRunner = opts.step ?? ((s, t, o) => runStep(model, s, t, o));
-  const signal = opts.schedule?.signal;
-  const prefillRanking = rankingFor(signal, seq.length, prompt.length, null, opts.question ?? null);
-  const first = await runner(seq, prompt, { schedule: opts.schedule, trace: opts.trace, progress: opts.onPrefillProgress, ranking: prefillRanking });
+  const ranking = stepRankings(opts.schedule?.signal, opts.question ?? null);
+  const first = await runner(seq, prompt, { schedule: opts.schedule, trace: opts.trace, progress: opts.onPrefillProgress, ranking: ranking(seq.length, prompt.length) });
   account(first.stats);
   const prefillMs = first.stats.ms;
   const tDecode = performance.now();
@@ -171,7 +170,7 @@ export async function generate(model: LoadedModel, seq: SequenceState, prompt: r
     if (tokens.length >= opts.maxTokens) break;
     await opts.beforeStep?.();
     if (opts.deadline !== undefined && performance.now() >= opts.deadline) break;
-    const step = await runner(seq, [next], { schedule: opts.schedule, trace: opts.trace, ranking: rankingFor(signal, seq.length, 1, prefillRanking, null) });
+    const step = await runner(seq, [next], { schedule: opts.schedule, trace: opts.trace, ranking: ranking(seq.length, 1) });
     account(step.stats);
     decodeSteps++;
     logits = step.logits;

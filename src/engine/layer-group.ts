@@ -82,7 +82,7 @@ export class LocalChain {
 
   async step(newTokens: readonly number[], opts: StepOptions): Promise<{ logits: Float32Array; stats: StepStats; bytes: number[] }> {
     const t0 = performance.now();
-    let f = await embedStep(this.parts[0], this.length, newTokens);
+    let f = await embedStep(this.parts[0], this.length, newTokens, opts.ranking);
     const stats: LayerStats[] = [];
     const bytes: number[] = [];
     for (const [g, part] of this.parts.entries()) {

@@ -191,11 +191,26 @@ export function rankingFor(signal: Signal | undefined, start: number, newTokens:
     return { from, to: n, keepFrom: from, fresh: true };
   }
   if (!question) throw invalidSchedule('signal:query needs a question: it ranks by the final user message of a chat request (use signal:window:K for plain text)');
-  const { from: a, to: b } = question;
-  if (!(start <= a && a < b && b <= n)) {
-    throw invalidSchedule(`signal:query: the question's tokens ${a}..${b - 1} are not all among this step's new tokens ${start}..${n - 1} (already cached?)`);
-  }
-  return { from: a, to: b, keepFrom: a, fresh: true };
+  if (!(question.from < question.to && question.to <= n)) throw new EngineError(`question tokens ${question.from}..${question.to - 1} lie outside the sequence of ${n}`, 'internal');
+  // A session turn that reuses part of the question from its cache ranks by the rest of it; by the
+  // last token when all of it was cached (a regenerated reply: nothing new was asked).
+  const a = Math.max(start, question.from);
+  if (a >= question.to) return last;
+  return { from: a, to: question.to, keepFrom: a, fresh: true };
+}
+
+/**
+ * The rankings of one generation's steps, in order: the first (the prefill) from the signal, each
+ * later one (a decode step) from the first. generate() and a turn's replay both use it, so a
+ * replayed turn ranks exactly as it did.
+ */
+export function stepRankings(signal: Signal | undefined, question: TokenSpan | null): (start: number, newTokens: number) => Ranking {
+  let prefill: Ranking | null = null;
+  return (start, newTokens) => {
+    const r = rankingFor(signal, start, newTokens, prefill, question);
+    prefill ??= r;
+    return r;
+  };
 }
 
 /**
@@ -312,27 +327,31 @@ export function limitRevivals(selected: Int32Array, revivable: (i: number) => bo
   return selected.filter((i) => !revivable(i) || keep.has(i));
 }
 
+/** What a prompt offers to rank by: a question (a chat request's last user paragraph) or only text. */
+export type PromptKind = 'question' | 'text';
+
 /**
  * The default schedule, chosen by measurement.
- * - Up to 23 layers (stories260K, the 12-layer benchmark shapes): keep BOS, prune after the first
- *   layer to 55% and at two thirds of the depth to 60% of the survivors; 8+ layers also prune at one
- *   third of the depth (README, "LazyLLM: fidelity and speed", on the dev text).
- * - 24+ layers (SmolLM2-135M's 30): prune once, at two thirds of the depth, to half. On the
- *   retrieval tasks every cheaper schedule answered fewer prompts than dense, and 20:0.5 as many:
- *   on 8 prompts at 1k (`npm run calibrate -- --tasks passkey,passkey-distractors --prompts 4
- *   --speed flops`, README) it matched dense's 6 of 8 at 0.81 of dense's prefill FLOPs, while
- *   keeping less from the same layer (20:0.2, 0.72) gave one answer fewer, pruning earlier (16:0.3,
- *   0.65) two fewer, and 0.57 or less of the FLOPs three to five fewer; at 2k it gave dense's
- *   verdict on 47 of 48 suite prompts (the other one better), with first-token KL 0.0025 on
- *   natural text. A deep model's early and middle layers still route the facts a question needs,
- *   and their last-token attention does not yet show it.
- *   So 3x faster first tokens (about 0.33 of the FLOPs) is out of reach at equal accuracy here.
+ * - Up to 23 layers (stories260K, the 12-layer benchmark shapes): the paper's signal; keep BOS,
+ *   prune after the first layer to 55% and at two thirds of the depth to 60% of the survivors; 8+
+ *   layers also prune at one third of the depth (README, "LazyLLM: fidelity and speed", on the dev
+ *   text). These models are not chat models, and no query-aware signal was calibrated on them.
+ * - 24+ layers (SmolLM2-135M's 30), with a question: rank by the question's rows, max over heads,
+ *   pooled over 15 neighbours (docs/QUERY-AWARE.md has the sweep). The paper's last-token signal
+ *   under a chat template ranks the needed fact no better than chance, so with it no schedule
+ *   pruning before ~2/3 of the depth kept dense's answers (its best, 20:0.5, bought 1.25x).
+ * - 24+ layers, text without a question (/v1/completions): the window of the last 16 tokens, max over
+ *   heads, pooled 15, the same pruning.
  * Sets of up to 128 tokens stay whole: below that pruning saves little and short greedy outputs
  * drift from dense.
  */
-export function defaultSchedule(nLayers: number): Schedule {
+export function defaultSchedule(nLayers: number, prompt: PromptKind = 'text'): Schedule {
   if (nLayers < 2) return KEEP_ALL;
-  if (nLayers >= 24) return { prune: [{ layer: Math.round((2 * nLayers) / 3), keep: 0.5 }], keepFirst: true, minActive: 128 };
+  if (nLayers >= 24) {
+    const signal: Signal = prompt === 'question' ? { kind: 'query' } : { kind: 'window', rows: 16 };
+    const at = (f: number) => Math.round(f * nLayers);
+    return { prune: [{ layer: at(0.27), keep: 0.3 }], keepFirst: true, minActive: 128, signal, heads: 'max', pool: 15 };
+  }
   const points = nLayers >= 8 ? [1, Math.round(nLayers / 3), Math.round((2 * nLayers) / 3)] : [1, Math.round((2 * nLayers) / 3)];
   const layers = [...new Set(points)].filter((l) => l >= 1 && l < nLayers);
   return { prune: layers.map((layer, k) => ({ layer, keep: k === 0 ? 0.55 : 0.6 })), keepFirst: true, minActive: 128 };

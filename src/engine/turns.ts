@@ -13,7 +13,7 @@ import { SequenceState } from './caches.js';
 import { EngineError } from './errors.js';
 import { generate, type GenerateOptions, type GenerateResult } from './generate.js';
 import type { LoadedModel } from './model.js';
-import type { Schedule } from './policy.js';
+import { stepRankings, type Schedule, type TokenSpan } from './policy.js';
 import { runStep } from './step.js';
 
 export interface TurnRecord {
@@ -25,6 +25,8 @@ export interface TurnRecord {
   decoded: number[];
   /** the schedule the turn ran with; null = dense */
   schedule: Schedule | null;
+  /** the question's tokens the turn ranked by (signal:query), sequence indices; null when none */
+  question: TokenSpan | null;
 }
 
 export interface TurnStats {
@@ -85,15 +87,16 @@ export async function runTurn(model: LoadedModel, seq: SequenceState, target: re
     revived_per_layer: revived,
     dense_rerun_per_layer: new Array(L).fill(target.length + decoded.length),
   };
-  return { result, record: { keep, prompt: [...prompt], decoded, schedule: opts.schedule }, stats };
+  return { result, record: { keep, prompt: [...prompt], decoded, schedule: opts.schedule, question: opts.question ?? null }, stats };
 }
 
 /** Redoes a recorded turn on `seq`: the same steps with the same tokens, hence the same state. */
 export async function replayTurn(model: LoadedModel, seq: SequenceState, r: TurnRecord): Promise<void> {
   if (r.keep > seq.length) throw new EngineError(`turn keeps ${r.keep} tokens of ${seq.length}`, 'internal');
   seq.truncate(r.keep);
-  await runStep(model, seq, r.prompt, { schedule: r.schedule });
-  for (const t of r.decoded) await runStep(model, seq, [t], { schedule: r.schedule });
+  const ranking = stepRankings(r.schedule?.signal, r.question);
+  await runStep(model, seq, r.prompt, { schedule: r.schedule, ranking: ranking(seq.length, r.prompt.length) });
+  for (const t of r.decoded) await runStep(model, seq, [t], { schedule: r.schedule, ranking: ranking(seq.length, 1) });
 }
 
 /** A fresh state rebuilt from a session's turn records. */

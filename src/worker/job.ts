@@ -1,7 +1,7 @@
 import { EngineError } from '../engine/errors.js';
 import type { GenerateOptions } from '../engine/generate.js';
 import type { LoadedModel } from '../engine/model.js';
-import { defaultSchedule, parseSchedule, validateSchedule, type Schedule } from '../engine/policy.js';
+import { defaultSchedule, parseSchedule, validateSchedule, type Schedule, type TokenSpan } from '../engine/policy.js';
 import type { SamplerOptions } from '../engine/sampler.js';
 import { RequestError } from './faults.js';
 import { millisecondsVar } from './env.js';
@@ -37,7 +37,11 @@ export function requestBudgetMs(env: { REQUEST_BUDGET_MS?: string }): number {
 
 const invalid = (message: string, param: string) => new RequestError(message, 'invalid_value', param);
 
-function resolveSchedule(lazy: LazyOptions | null | undefined, nLayers: number): Schedule | null {
+/**
+ * The request's schedule, or the default for its kind: a chat request with a question ranks by the
+ * question (signal:query), anything else by the window ending the prompt (policy.ts defaultSchedule).
+ */
+function resolveSchedule(lazy: LazyOptions | null | undefined, nLayers: number, question: TokenSpan | null): Schedule | null {
   if (lazy?.enabled === false) {
     if (lazy.schedule !== undefined) throw invalid('lazy.schedule was given with lazy.enabled false; drop one of them', 'lazy.schedule');
     return null;
@@ -45,9 +49,12 @@ function resolveSchedule(lazy: LazyOptions | null | undefined, nLayers: number):
   const spec = lazy?.schedule;
   try {
     const s =
-      spec === undefined ? defaultSchedule(nLayers)
+      spec === undefined ? defaultSchedule(nLayers, question ? 'question' : 'text')
       : typeof spec === 'string' ? parseSchedule(spec)
       : { prune: spec.prune, keepFirst: spec.keep_first ?? false, ...(spec.min_active === undefined ? {} : { minActive: spec.min_active }) };
+    if (s.signal?.kind === 'query' && !question) {
+      throw new EngineError('signal:query ranks by the question, the last paragraph of the final user message, and this request has none: use signal:window:K for text without a question', 'invalid_schedule', 'schedule');
+    }
     return validateSchedule(s, nLayers);
   } catch (e) {
     if (e instanceof EngineError) throw new RequestError(e.message, e.code, 'lazy.schedule');
@@ -67,6 +74,8 @@ export interface Job {
   sampler: SamplerOptions;
   stop: string[];
   schedule: Schedule | null;
+  /** [from, to) prompt tokens of the question (chat requests with one: src/worker/chat-template.ts encodeChat) */
+  question: TokenSpan | null;
   /** performance.now() after which no new token is started */
   deadline: number;
   /** lazy.trace: attach a TraceRecorder's record to the stats */
@@ -86,7 +95,7 @@ export function planJob(
   model: LoadedModel,
   prompt: number[],
   o: CommonOptions,
-  at: { promptParam: string; maxTokensParam: string; maxTokens?: number | null; defaultMaxTokens: number; logprobs?: number | null },
+  at: { promptParam: string; maxTokensParam: string; maxTokens?: number | null; defaultMaxTokens: number; logprobs?: number | null; question?: TokenSpan | null },
 ): Job {
   if (o.n != null && o.n !== 1) throw invalid(`n must be 1: this server returns one choice per request (got ${o.n})`, 'n');
   const ctx = model.config.seqLen;
@@ -111,7 +120,8 @@ export function planJob(
     // top_p 0 asks for the single most likely token: greedy decoding (the sampler needs top_p > 0).
     sampler: { temperature: topP === 0 ? 0 : (o.temperature ?? 1), topP: topP === 0 ? 1 : topP, topK: o.top_k ?? 0, seed: o.seed ?? randomSeed() },
     stop: o.stop == null ? [] : typeof o.stop === 'string' ? [o.stop] : o.stop,
-    schedule: resolveSchedule(o.lazy, model.config.nLayers),
+    schedule: resolveSchedule(o.lazy, model.config.nLayers, at.question ?? null),
+    question: at.question ?? null,
     deadline: startedAt + requestBudgetMs(env),
     trace: o.lazy?.trace === true,
     logprobs: at.logprobs ?? null,
@@ -119,12 +129,13 @@ export function planJob(
 }
 
 /** The job's part of the engine's options (the caller adds its hooks: onText, beforeStep, trace). */
-export function engineOptions(job: Job): Pick<GenerateOptions, 'maxTokens' | 'sampler' | 'stop' | 'schedule' | 'deadline' | 'logprobs'> {
+export function engineOptions(job: Job): Pick<GenerateOptions, 'maxTokens' | 'sampler' | 'stop' | 'schedule' | 'question' | 'deadline' | 'logprobs'> {
   return {
     maxTokens: job.maxTokens,
     sampler: job.sampler,
     stop: job.stop,
     schedule: job.schedule,
+    question: job.question,
     deadline: job.deadline,
     ...(job.logprobs === null ? {} : { logprobs: { top: job.logprobs } }),
   };

@@ -1,12 +1,11 @@
 import { Hono } from 'hono';
 import type { AppEnv } from '../app-env.js';
-import { renderChat } from '../chat-template.js';
+import { encodeChat } from '../chat-template.js';
 import { chatShapes } from '../chat-shapes.js';
 import { planJob } from '../job.js';
 import { respond, servedModel } from '../respond.js';
 import { chatSchema, chatTopLogprobs, readJson, validate } from '../schemas.js';
 import { sessionChat } from './sessions.js';
-import { encodePrompt } from '../../model/text-tokenizer.js';
 
 /**
  * POST /v1/chat/completions, stateless: the whole conversation comes with every request and is
@@ -20,7 +19,7 @@ export const chat = new Hono<AppEnv>().post('/', async (c) => {
   const sessionId = body.session_id ?? c.req.header('x-session-id');
   if (sessionId) return sessionChat(c, body, sessionId);
   const model = await servedModel(c.env, body.model);
-  const prompt = encodePrompt(model.tokenizer, renderChat(model.manifest.chatTemplate, body.messages));
+  const { prompt, question } = encodeChat(model.tokenizer, model.manifest.chatTemplate, body.messages);
   const maxTokensParam = body.max_completion_tokens != null ? 'max_completion_tokens' : 'max_tokens';
   const job = planJob(c.env, startedAt, model, prompt, body, {
     promptParam: 'messages',
@@ -28,6 +27,7 @@ export const chat = new Hono<AppEnv>().post('/', async (c) => {
     maxTokens: body.max_completion_tokens ?? body.max_tokens,
     defaultMaxTokens: Math.max(1, model.config.seqLen - prompt.length),
     logprobs,
+    question,
   });
   return respond(c, job, body, chatShapes(body.model));
 });

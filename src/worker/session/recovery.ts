@@ -2,8 +2,7 @@ import { SequenceState } from '../../engine/caches.js';
 import { defaultSchedule } from '../../engine/policy.js';
 import { emptyView, encodeDelta, modelFingerprint, replayLog, StateFormatError } from '../../engine/state-codec.js';
 import { replayTurn, replayTurns, type TurnRecord } from '../../engine/turns.js';
-import { encodePrompt } from '../../model/text-tokenizer.js';
-import { renderChat } from '../chat-template.js';
+import { encodeChat } from '../chat-template.js';
 import type { Env } from '../env.js';
 import { frontModel } from '../groups/parts.js';
 import { getModel } from '../model-store.js';
@@ -94,9 +93,9 @@ async function rebuild(storage: DurableObjectStorage, live: Live, why: StateForm
     how = 'messages';
     seq = new SequenceState(model.config);
     if (live.messages.length > 0) {
-      const target = encodePrompt(model.tokenizer, renderChat(model.manifest.chatTemplate, live.messages));
-      synthetic = { keep: 0, prompt: target, decoded: [], schedule: defaultSchedule(model.config.nLayers) };
-      await replayTurn(model, seq, synthetic);
+      const { prompt: target, question } = encodeChat(model.tokenizer, model.manifest.chatTemplate, live.messages);
+      synthetic = { keep: 0, prompt: target, decoded: [], schedule: defaultSchedule(model.config.nLayers, question ? 'question' : 'text'), question };
+      await replayTurn(model, seq, synthetic!);
     }
   }
   const delta = encodeDelta(seq, emptyView(), { fingerprint });

@@ -9,6 +9,8 @@ import type { StoredMessage } from './types.js';
  *   messages  the conversation, in order
  *   turns     one row per turn: what it truncated to, the tokens it fed, its schedule (TurnRecord):
  *             replaying them redoes every step exactly
+ *   turn_questions  the question span a turn ranked by (signal:query), for the turns that had one
+ *             (a table of its own, so that databases written before it need no migration)
  *   chunks    the state log of src/engine/state-codec.ts: each turn appends the records of what it
  *             changed (never rewrites the cache), in chunks of at most 1 MiB (rows may hold 2 MB),
  *             each with format version, model fingerprint, sequence number and crc32
@@ -39,6 +41,7 @@ export const SESSION_SCHEMA = [
      schedule TEXT NOT NULL,
      fingerprint INTEGER NOT NULL
    )`,
+  `CREATE TABLE IF NOT EXISTS turn_questions (idx INTEGER PRIMARY KEY, q_from INTEGER NOT NULL, q_to INTEGER NOT NULL)`,
   `CREATE TABLE IF NOT EXISTS chunks (seq INTEGER PRIMARY KEY, bytes BLOB NOT NULL)`,
 ];
 
@@ -84,16 +87,23 @@ export function readSession(sql: SqlStorage): StoredSession | null {
 /** The turn records in order, each with the fingerprint of the model that made it. */
 export function readTurns(sql: SqlStorage): { record: TurnRecord; fingerprint: number }[] {
   return sql
-    .exec('SELECT keep, prompt, decoded, schedule, fingerprint FROM turns ORDER BY idx')
+    .exec('SELECT keep, prompt, decoded, schedule, fingerprint, q_from, q_to FROM turns LEFT JOIN turn_questions USING (idx) ORDER BY idx')
     .toArray()
     .map((r) => ({
-      record: { keep: r.keep as number, prompt: blobU32(r.prompt), decoded: blobU32(r.decoded), schedule: JSON.parse(r.schedule as string) as Schedule | null },
+      record: {
+        keep: r.keep as number,
+        prompt: blobU32(r.prompt),
+        decoded: blobU32(r.decoded),
+        schedule: JSON.parse(r.schedule as string) as Schedule | null,
+        question: r.q_from === null ? null : { from: r.q_from as number, to: r.q_to as number },
+      },
       fingerprint: r.fingerprint as number,
     }));
 }
 
 export function clearTurns(sql: SqlStorage): void {
   sql.exec('DELETE FROM turns');
+  sql.exec('DELETE FROM turn_questions');
 }
 
 export function insertTurn(sql: SqlStorage, idx: number, r: TurnRecord, fingerprint: number): void {
@@ -106,6 +116,7 @@ export function insertTurn(sql: SqlStorage, idx: number, r: TurnRecord, fingerpr
     JSON.stringify(r.schedule),
     fingerprint,
   );
+  if (r.question) sql.exec('INSERT INTO turn_questions (idx, q_from, q_to) VALUES (?, ?, ?)', idx, r.question.from, r.question.to);
 }
 
 /** Appends chunks to the log from sequence number `first`; with `replace`, the log is emptied first. */
