@@ -27,7 +27,13 @@ export const SSE_HEADERS = {
  * no event: what a long prefill sends to keep the connection open (keep-alive.ts).
  */
 export function sseResponse(produce: (send: SendEvent, gone: AbortSignal, comment: SendComment) => Promise<void>, waitUntil?: (p: Promise<unknown>) => void): Response {
-  const { readable, writable } = new TransformStream<Uint8Array, Uint8Array>();
+  // Not a JS TransformStream: when a client hangs up at some moments (about one time in three in
+  // wrangler dev, issue 26), workerd drops the pump that reads the response body without
+  // cancelling a JS-backed readable. The pending write then never settles, `closed` never rejects
+  // and request.signal never aborts, so a session stayed busy and a group chain held for good.
+  // The runtime's native pipe errors its writable whenever its readable end goes away, however it
+  // goes (scripts/runtime-probe-workerd shows both with a minimal Worker).
+  const { readable, writable } = new IdentityTransformStream();
   const writer = writable.getWriter();
   const encoder = new TextEncoder();
   const hangUp = new AbortController();
