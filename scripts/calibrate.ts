@@ -11,12 +11,13 @@
  * npm run calibrate -- --model DIR --tasks passkey,mdqa [--tokens 1024] [--prompts N] [--schedules ...]
  * sweeps schedules on the generated long-context tasks instead (scripts/lib/tasks.ts): dense answers
  * each prompt once; each schedule then answers it and is timed against a dense prefill run right
- * after it; the plot is TTFT speedup against the change in task accuracy and against the KL of the
- * first next-token distribution. `--speed flops` skips those timed dense prefills and plots dense/lazy
- * prefill FLOPs instead (deterministic; measured TTFT speedups on SmolLM2 track it within a few percent),
- * for sweeps on a machine too busy to time them.
+ * after it; the plot is TTFT speedup against the change in task accuracy (the speed-accuracy
+ * frontier, the paper's signal against the query-aware ones); the table adds the FLOPs ratio and
+ * the KL of the first next-token distribution. Schedules take the signal items of the policy
+ * (signal:last|query|window:K, heads:mean|max, pool:K): chat prompts rank by their question.
  */
 import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { loadavg } from 'node:os';
 import { dirname, join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { defaultSchedule, formatSchedule, parseSchedule, validateSchedule, type Schedule } from '../src/engine/policy.js';
@@ -27,8 +28,6 @@ import { ensureDefaultShards } from './lib/shard-tasks.js';
 import { PALETTE, renderPanels } from './lib/svg-plot.js';
 import { klDivergence, median } from './lib/fidelity.js';
 import { chatPrompt, promptTokens, runMode, type ModeRun } from './lib/task-eval.js';
-import { SequenceState } from '../src/engine/caches.js';
-import { runStep } from '../src/engine/step.js';
 import { DEFAULT_FILLER, generateTasks, scoreReply, TASKS, type TaskName } from './lib/tasks.js';
 
 /** A grid around the default: one pruning layer, two, three; gentle to aggressive. */
@@ -168,32 +167,48 @@ async function main(): Promise<void> {
   process.stdout.write(`${lines.join('\n')}\n`);
 }
 
-/** Schedules for deep models: where pruning starts matters more than how hard (docs: README, LazyLLM on SmolLM2). */
+/**
+ * Schedules for deep models, signal x schedule: the paper's last-token signal against the question's
+ * rows (max over heads, pooled 15), at the old default (one late pruning layer) and at early pruning
+ * (docs/QUERY-AWARE.md).
+ */
 export function deepScheduleGrid(L: number): Schedule[] {
   const at = (f: number) => Math.max(1, Math.round(f * L));
+  const q = 'signal:query,heads:max,pool:15';
   const specs = [
-    formatSchedule(defaultSchedule(L)),
-    `bos,min:128,1:0.55,${at(1 / 3)}:0.6,${at(2 / 3)}:0.6`,
-    `bos,min:128,${at(0.2)}:0.7,${at(0.5)}:0.6,${at(0.8)}:0.5`,
-    `bos,min:128,${at(1 / 3)}:0.5,${at(2 / 3)}:0.5`,
-    `bos,min:128,${at(1 / 3)}:0.7,${at(2 / 3)}:0.5`,
-    `bos,min:128,${at(0.5)}:0.4,${at(0.8)}:0.5`,
-    `bos,min:128,${at(0.1)}:0.8,${at(1 / 3)}:0.6,${at(2 / 3)}:0.5`,
+    formatSchedule(defaultSchedule(L, 'question')),
+    `bos,min:128,${at(2 / 3)}:0.5`,
+    `bos,min:128,${at(0.27)}:0.3`,
+    `bos,min:128,${q},${at(2 / 3)}:0.5`,
+    `bos,min:128,${q},${at(0.27)}:0.4`,
+    `bos,min:128,${q},${at(0.27)}:0.3`,
+    `bos,min:128,${q},${at(0.27)}:0.2,${at(0.53)}:0.5,${at(2 / 3)}:0.5`,
+    `bos,min:128,signal:window:16,heads:max,pool:15,${at(0.27)}:0.3`,
   ];
   return [...new Set(specs)].map((s) => validateSchedule(parseSchedule(s), L));
 }
 
-interface TaskPoint {
+/** One schedule's figures on a task sweep. */
+export interface TaskPoint {
   schedule: string;
   isDefault: boolean;
   accuracy_dense: number;
   accuracy_lazy: number;
+  /** prompts dense answered that this schedule did not */
+  lost: number;
+  /** prompts this schedule answered that dense did not */
+  gained: number;
   mean_kl: number;
-  /** median of per-prompt dense/lazy prefill times; null with --speed flops */
-  ttft_speedup: number | null;
+  /** median of per-prompt dense/lazy prefill times, each pair run back to back */
+  ttft_speedup: number;
   prefill_flops_ratio: number;
 }
 
+/**
+ * Every prompt answered densely and then by each schedule, back to back, so that each speed ratio
+ * compares runs made seconds apart on the same machine state (the order of the schedules rotates
+ * from prompt to prompt). Progress per prompt on stderr; with --json one JSON object on stdout.
+ */
 async function taskSweep(values: Record<string, string | boolean | undefined>): Promise<void> {
   if (!values.model) fail('--tasks needs --model DIR');
   const names = String(values.tasks).split(',').map((t) => t.trim());
@@ -201,82 +216,99 @@ async function taskSweep(values: Record<string, string | boolean | undefined>): 
   const tokens = Number(values.tokens);
   const prompts = Number(values.prompts === '16' ? 3 : values.prompts);
   if (!Number.isInteger(tokens) || tokens < 64 || !Number.isInteger(prompts) || prompts < 1) fail('--tokens and --prompts must be positive integers');
-  if (values.speed !== 'measured' && values.speed !== 'flops') fail(`--speed must be "measured" or "flops", got "${values.speed}"`);
-  const timed = values.speed === 'measured';
+  if (values.speed !== 'measured') fail(`--speed: task sweeps time every run side by side with dense (the FLOPs ratio comes with it); got "${values.speed}"`);
   const model = await loadModelFromDir(String(values.model), { contextTokens: tokens + 64 });
   const L = model.config.nLayers;
   const schedules = values.schedules ? String(values.schedules).split(';').map((s) => validateSchedule(parseSchedule(s.trim()), L)) : deepScheduleGrid(L);
-  const def = formatSchedule(defaultSchedule(L));
+  const def = formatSchedule(defaultSchedule(L, 'question'));
   const filler = DEFAULT_FILLER.map((f) => readFileSync(f, 'utf8')).join('\n');
   const cases = names.flatMap((task) =>
     generateTasks({ task: task as TaskName, tokens, count: prompts, seed: Number(values.seed), filler, countTokens: (m) => promptTokens(model, m).length }),
   );
   progress(`${model.manifest.name}: ${schedules.length} schedules x ${cases.length} task prompts of about ${tokens} tokens (default ${def})`);
   await runMode(model, promptTokens(model, cases[0].messages).slice(0, 256), null, 2); // warm-up
-  const dense: ModeRun[] = [];
-  for (const c of cases) dense.push(await runMode(model, promptTokens(model, c.messages), null, c.max_tokens ?? 16));
-  const accDense = cases.filter((c, i) => scoreReply(dense[i].text, c.answer)).length / cases.length;
-  progress(`dense: accuracy ${(100 * accDense).toFixed(0)}%, TTFT median ${(median(dense.map((d) => d.prefill_ms)) / 1000).toFixed(2)} s`);
-  const points: TaskPoint[] = [];
-  for (const [i, schedule] of schedules.entries()) {
-    const spec = formatSchedule(schedule);
-    const runs: ModeRun[] = [];
-    const ratios: number[] = [];
-    for (const c of cases) {
-      const { prompt, question } = chatPrompt(model, c.messages);
-      const r = await runMode(model, prompt, schedule, c.max_tokens ?? 16, question);
-      runs.push(r);
-      if (!timed) continue;
-      // A dense prefill right after, so each speed ratio compares runs made seconds apart.
-      const t = performance.now();
-      await runStep(model, new SequenceState(model.config), prompt, { schedule: null });
-      ratios.push((performance.now() - t) / r.prefill_ms);
+  const specs = schedules.map((s) => formatSchedule(s));
+  const runs = new Map<string, { ok: boolean; kl: number; ratio: number; flops: number }[]>(specs.map((s) => [s, []]));
+  const denseOk: boolean[] = [];
+  const t0 = Date.now();
+  for (const [k, c] of cases.entries()) {
+    const { prompt, question } = chatPrompt(model, c.messages);
+    const dense = await runMode(model, prompt, null, c.max_tokens ?? 16);
+    denseOk.push(scoreReply(dense.text, c.answer));
+    const line: string[] = [];
+    for (let j = 0; j < schedules.length; j++) {
+      const i = (j + k) % schedules.length;
+      const r = await runMode(model, prompt, schedules[i], c.max_tokens ?? 16, question);
+      const ok = scoreReply(r.text, c.answer);
+      runs.get(specs[i])!.push({ ok, kl: klDivergence(dense.firstLogits, r.firstLogits), ratio: dense.prefill_ms / r.prefill_ms, flops: r.prefill_flops_ratio });
+      line[i] = `${ok ? '+' : '-'}${(dense.prefill_ms / r.prefill_ms).toFixed(1)}x`;
     }
-    const p: TaskPoint = {
+    progress(`[${k + 1}/${cases.length}, ${((Date.now() - t0) / 1000).toFixed(0)} s] ${c.id} (${prompt.length} tokens): dense ${denseOk[k] ? '+' : '-'} ${(dense.prefill_ms / 1000).toFixed(1)} s | ${line.join(' ')}`);
+  }
+  const accDense = denseOk.filter(Boolean).length / cases.length;
+  const points: TaskPoint[] = specs.map((spec) => {
+    const rs = runs.get(spec)!;
+    return {
       schedule: spec,
       isDefault: spec === def,
       accuracy_dense: accDense,
-      accuracy_lazy: cases.filter((c, k) => scoreReply(runs[k].text, c.answer)).length / cases.length,
-      mean_kl: runs.reduce((s, r, k) => s + klDivergence(dense[k].firstLogits, r.firstLogits), 0) / runs.length,
-      ttft_speedup: timed ? median(ratios) : null,
-      prefill_flops_ratio: runs.reduce((s, r) => s + r.prefill_flops_ratio, 0) / runs.length,
+      accuracy_lazy: rs.filter((r) => r.ok).length / rs.length,
+      lost: rs.filter((r, k) => denseOk[k] && !r.ok).length,
+      gained: rs.filter((r, k) => !denseOk[k] && r.ok).length,
+      mean_kl: rs.reduce((s, r) => s + r.kl, 0) / rs.length,
+      ttft_speedup: median(rs.map((r) => r.ratio)),
+      prefill_flops_ratio: rs.reduce((s, r) => s + r.flops, 0) / rs.length,
     };
-    points.push(p);
-    progress(`[${i + 1}/${schedules.length}] ${spec.padEnd(40)} speedup ${p.ttft_speedup === null ? '-' : `${p.ttft_speedup.toFixed(2)}x`} (FLOPs ${p.prefill_flops_ratio.toFixed(2)})  accuracy ${(100 * p.accuracy_lazy).toFixed(0)}% (dense ${(100 * accDense).toFixed(0)}%)  KL ${p.mean_kl.toFixed(4)}`);
-  }
-  const x = (p: TaskPoint) => (timed ? p.ttft_speedup! : 1 / p.prefill_flops_ratio);
-  const xLabel = timed ? 'TTFT speedup over dense (median of per-prompt ratios)' : 'dense / lazy prefill FLOPs (what TTFT speedup tracks)';
-  const xName = timed ? 'TTFT speedup' : 'FLOPs speedup';
-  points.sort((a, b) => x(a) - x(b));
-  const series = (y: (p: TaskPoint) => number) => [
-    { name: 'schedules', color: PALETTE[0], scatter: true, points: points.filter((p) => !p.isDefault).map((p) => [x(p), y(p)] as [number, number]), labels: points.filter((p) => !p.isDefault).map((p) => p.schedule.replace(/^bos,min:128,/, '')) },
-    ...points.filter((p) => p.isDefault).map((p) => ({ name: `default ${p.schedule}`, color: PALETTE[1], scatter: true, highlight: true, points: [[x(p), y(p)] as [number, number]], labels: ['default'] })),
-  ];
-  const when = new Date().toISOString().slice(0, 16).replace('T', ' ');
-  const out = String(values.out).endsWith('calibration.svg') ? String(values.out).replace(/calibration\.svg$/, `calibration-${model.manifest.name}.svg`) : String(values.out);
+  });
+  points.sort((a, b) => a.ttft_speedup - b.ttft_speedup);
+  const caption = `npm run calibrate -- --model ${values.model} --tasks ${values.tasks} --tokens ${tokens} --prompts ${prompts}; ${new Date().toISOString().slice(0, 16).replace('T', ' ')} UTC; load ${loadavg()[0].toFixed(2)}`;
+  const out = String(values.out).endsWith('calibration.svg') ? String(values.out).replace(/calibration\.svg$/, `calibration-${model.manifest.name}-${tokens}.svg`) : String(values.out);
   mkdirSync(dirname(out), { recursive: true });
-  writeFileSync(
-    out,
-    renderPanels(
-      [
-        { title: `task accuracy change vs ${xName} (${tokens} tokens)`, xLabel, yLabel: 'lazy accuracy - dense accuracy, points', series: series((p) => 100 * (p.accuracy_lazy - p.accuracy_dense)), hLines: [{ y: -1, label: 'target -1 point' }] },
-        { title: `first-token KL vs ${xName} (${tokens} tokens)`, xLabel, yLabel: 'mean KL(dense || lazy) of the first token', series: series((p) => p.mean_kl), hLines: [{ y: 0.02, label: 'target 0.02' }] },
-      ],
-      { panelWidth: 560, panelHeight: 400, perRow: 2, caption: `npm run calibrate -- --model ${values.model} --tasks ${values.tasks} --tokens ${tokens} --prompts ${prompts}${timed ? '' : ' --speed flops'}; ${when} UTC` },
-    ),
-  );
+  writeFileSync(out, frontierSvg([{ tokens, points }], caption));
   progress(`wrote ${out}`);
   if (values.json) {
-    process.stdout.write(`${JSON.stringify({ model: model.manifest.name, tokens, cases: cases.length, default: def, accuracy_dense: accDense, points })}\n`);
+    process.stdout.write(`${JSON.stringify({ model: model.manifest.name, tokens, cases: cases.length, default: def, accuracy_dense: accDense, load: loadavg(), caption, points })}\n`);
     return;
   }
-  process.stdout.write(
-    [
-      `| schedule | TTFT speedup | prefill FLOPs lazy/dense | accuracy lazy (dense ${(100 * accDense).toFixed(0)}%) | first-token KL |`,
-      '| --- | ---: | ---: | ---: | ---: |',
-      ...points.map((p) => `| \`${p.schedule}\`${p.isDefault ? ' (default)' : ''} | ${p.ttft_speedup === null ? '-' : `${p.ttft_speedup.toFixed(2)}x`} | ${p.prefill_flops_ratio.toFixed(2)} | ${(100 * p.accuracy_lazy).toFixed(0)}% | ${p.mean_kl.toFixed(4)} |`),
-      '',
-    ].join('\n'),
+  process.stdout.write(`${taskTable(accDense, cases.length, points)}\n`);
+}
+
+/** The markdown table of a task sweep. */
+export function taskTable(accDense: number, n: number, points: TaskPoint[]): string {
+  return [
+    `| schedule | TTFT speedup | prefill FLOPs lazy/dense | accuracy lazy (dense ${(100 * accDense).toFixed(0)}% of ${n}) | lost / gained vs dense | first-token KL |`,
+    '| --- | ---: | ---: | ---: | ---: | ---: |',
+    ...points.map(
+      (p) =>
+        `| \`${p.schedule}\`${p.isDefault ? ' (default)' : ''} | ${p.ttft_speedup.toFixed(2)}x | ${p.prefill_flops_ratio.toFixed(2)} | ${(100 * p.accuracy_lazy).toFixed(0)}% | ${p.lost} / ${p.gained} | ${p.mean_kl.toFixed(4)} |`,
+    ),
+  ].join('\n');
+}
+
+/** The speed-accuracy frontier: accuracy change against TTFT speedup, the paper's signal against the query-aware ones, one panel per length. */
+export function frontierSvg(sweeps: { tokens: number; points: TaskPoint[] }[], caption: string): string {
+  const label = (p: TaskPoint) => p.schedule.replace(/^bos,min:128,/, '').replace('signal:query,heads:max,pool:15,', 'query,');
+  const kindOf = (p: TaskPoint) => (p.schedule.includes('signal:query') ? 'query' : p.schedule.includes('signal:window') ? 'window' : 'last');
+  const kinds = [
+    { kind: 'last', name: "signal:last (the paper's)", color: PALETTE[0] },
+    { kind: 'query', name: 'signal:query, heads:max, pool:15', color: PALETTE[1] },
+    { kind: 'window', name: 'signal:window:16, heads:max, pool:15', color: PALETTE[2] },
+  ];
+  return renderPanels(
+    sweeps.map(({ tokens, points }) => ({
+      title: `task accuracy change vs TTFT speedup (${tokens} tokens)`,
+      xLabel: 'TTFT speedup over dense (median of per-prompt ratios, side by side)',
+      yLabel: 'lazy accuracy - dense accuracy, points',
+      series: [
+        ...kinds.map((k) => {
+          const ps = points.filter((p) => kindOf(p) === k.kind && !p.isDefault);
+          return { name: k.name, color: k.color, scatter: true, points: ps.map((p) => [p.ttft_speedup, 100 * (p.accuracy_lazy - p.accuracy_dense)] as [number, number]), labels: ps.map(label) };
+        }),
+        ...points.filter((p) => p.isDefault).map((p) => ({ name: `default ${label(p)}`, color: PALETTE[1], scatter: true, highlight: true, points: [[p.ttft_speedup, 100 * (p.accuracy_lazy - p.accuracy_dense)] as [number, number]], labels: ['default'] })),
+      ],
+      hLines: [{ y: (-100 * 1) / 24, label: '1 task in 24' }],
+    })),
+    { panelWidth: 560, panelHeight: 420, perRow: 2, caption },
   );
 }
 

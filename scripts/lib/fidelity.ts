@@ -5,8 +5,8 @@
  */
 import { SequenceState } from '../../src/engine/caches.js';
 import type { LoadedModel } from '../../src/engine/model.js';
-import type { Schedule } from '../../src/engine/policy.js';
 import { runStep } from '../../src/engine/step.js';
+import { stepRankings, type Schedule } from '../../src/engine/policy.js';
 import { argmax, logSoftmax, median } from './stats.js';
 
 export { argmax, logSoftmax, median };
@@ -53,30 +53,35 @@ export function klDivergence(pLogits: Float32Array, qLogits: Float32Array): numb
   return Math.max(0, kl);
 }
 
+/** A prefill, timed, and `feed`: one decode step after it, ranked as generate() ranks them (text: the window signal, if any). */
 async function prefill(model: LoadedModel, prompt: number[], schedule: Schedule | null) {
   const seq = new SequenceState(model.config);
+  const ranking = stepRankings(schedule?.signal, null);
   const t = performance.now();
-  const r = await runStep(model, seq, prompt, { schedule });
-  return { seq, ms: performance.now() - t, ...r };
+  const r = await runStep(model, seq, prompt, { schedule, ranking: ranking(0, prompt.length) });
+  const feed = async (token: number) => (await runStep(model, seq, [token], { schedule, ranking: ranking(seq.length, 1) })).logits;
+  return { seq, ms: performance.now() - t, feed, ...r };
 }
 
 /** Greedy continuation of `steps` tokens after a prefill. */
-async function greedy(model: LoadedModel, seq: SequenceState, logits: Float32Array, steps: number, schedule: Schedule | null): Promise<number[]> {
+async function greedy(p: { logits: Float32Array; feed: (t: number) => Promise<Float32Array> }, steps: number): Promise<number[]> {
   const out: number[] = [];
+  let logits = p.logits;
   for (let s = 0; s < steps; s++) {
     const t = argmax(logits);
     out.push(t);
-    if (s + 1 < steps) logits = (await runStep(model, seq, [t], { schedule })).logits;
+    if (s + 1 < steps) logits = await p.feed(t);
   }
   return out;
 }
 
 /** Sum of -log p(next[k]) when the true text is fed one token at a time after the prompt. */
-async function teacherForcedNll(model: LoadedModel, seq: SequenceState, logits: Float32Array, next: number[], schedule: Schedule | null): Promise<number> {
+async function teacherForcedNll(p: { logits: Float32Array; feed: (t: number) => Promise<Float32Array> }, next: number[]): Promise<number> {
   let nll = 0;
+  let logits = p.logits;
   for (let k = 0; k < next.length; k++) {
     nll -= logSoftmax(logits)[next[k]];
-    if (k + 1 < next.length) logits = (await runStep(model, seq, [next[k]], { schedule })).logits;
+    if (k + 1 < next.length) logits = await p.feed(next[k]);
   }
   return nll;
 }
@@ -102,8 +107,8 @@ export async function evaluateCase(model: LoadedModel, c: PromptCase, schedule: 
   let agree = 0;
   let [d2, l2] = [dense, lazy];
   if (opts.continuation > 0) {
-    const gDense = await greedy(model, dense.seq, dense.logits, opts.continuation, null);
-    const gLazy = await greedy(model, lazy.seq, lazy.logits, opts.continuation, schedule);
+    const gDense = await greedy(dense, opts.continuation);
+    const gLazy = await greedy(lazy, opts.continuation);
     while (agree < gDense.length && gDense[agree] === gLazy[agree]) agree++;
     d2 = await prefill(model, c.prompt, null);
     l2 = await prefill(model, c.prompt, schedule);
@@ -114,8 +119,8 @@ export async function evaluateCase(model: LoadedModel, c: PromptCase, schedule: 
     kl: klDivergence(dense.logits, lazy.logits),
     /** NaN (null in JSON) when no continuation was asked */
     continuation_agreement: opts.continuation > 0 ? agree / opts.continuation : NaN,
-    nll_dense: await teacherForcedNll(model, d2.seq, d2.logits, c.next, null),
-    nll_lazy: await teacherForcedNll(model, l2.seq, l2.logits, c.next, schedule),
+    nll_dense: await teacherForcedNll(d2, c.next),
+    nll_lazy: await teacherForcedNll(l2, c.next),
     ttft_dense_ms: median(td),
     ttft_lazy_ms: median(tl),
     prefill_flops_ratio: lazy.stats.flops / lazy.stats.denseFlops,

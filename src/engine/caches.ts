@@ -41,11 +41,16 @@ export class KVCache {
     this.counts = new Int32Array(nLayers);
   }
 
-  /** Grows by doubling so that appending n tokens one at a time costs O(n) copies overall. */
-  reserve(n: number): void {
+  /**
+   * Room for n tokens. Grows by doubling so that appending n tokens one at a time costs O(n) copies
+   * overall; `exact` grows to n itself, for a caller that knows the final length (generate(): the
+   * prompt plus max_tokens), so that no decode step copies every layer's rows to grow.
+   */
+  reserve(n: number, exact = false): void {
     if (n <= this.capacity) return;
     let cap = this.capacity;
-    while (cap < n) cap *= 2;
+    if (exact) cap = n;
+    else while (cap < n) cap *= 2;
     for (const s of [...this.keys, ...this.values]) s.grow(cap);
     const grow = (a: Int32Array, fill: number) => {
       const b = new Int32Array(cap).fill(fill);
@@ -278,10 +283,27 @@ export class SequenceState {
     return this.tokens.length;
   }
 
+  /** Room for n tokens in all, reserved at once (see KVCache.reserve). */
+  reserve(n: number): void {
+    this.kv.reserve(n, true);
+    this.fitIndexes();
+  }
+
   append(tokens: readonly number[]): void {
     const n = this.tokens.length + tokens.length;
     this.kv.reserve(n);
-    if (n > this.depth.length) {
+    this.fitIndexes();
+    for (const t of tokens) {
+      const i = this.tokens.length;
+      this.depth[i] = 0;
+      this.bornAt[i] = this.touchedAt[i] = this.revision;
+      this.tokens.push(t);
+    }
+  }
+
+  /** Grows the per-token arrays to the KV cache's capacity. */
+  private fitIndexes(): void {
+    if (this.kv.capacity > this.depth.length) {
       const d = new Uint8Array(this.kv.capacity);
       d.set(this.depth);
       this.depth = d;
@@ -292,12 +314,6 @@ export class SequenceState {
       };
       this.touchedAt = grow(this.touchedAt);
       this.bornAt = grow(this.bornAt);
-    }
-    for (const t of tokens) {
-      const i = this.tokens.length;
-      this.depth[i] = 0;
-      this.bornAt[i] = this.touchedAt[i] = this.revision;
-      this.tokens.push(t);
     }
   }
 

@@ -120,6 +120,9 @@ export async function generate(model: LoadedModel, seq: SequenceState, prompt: r
   };
 
   const runner: StepRunner = opts.step ?? ((s, t, o) => runStep(model, s, t, o));
+  // Every row the generation can need, at once: growing by doubling at the first decode step would
+  // copy every layer's rows (and hold both copies) right after a long prefill.
+  seq.reserve(seq.length + prompt.length + opts.maxTokens);
   const ranking = stepRankings(opts.schedule?.signal, opts.question ?? null);
   const first = await runner(seq, prompt, { schedule: opts.schedule, trace: opts.trace, progress: opts.onPrefillProgress, ranking: ranking(seq.length, prompt.length) });
   account(first.stats);

@@ -12,6 +12,7 @@
 import type { SequenceState } from './caches.js';
 import type { LoadedModel } from './model.js';
 import type { LayerTrace } from './step.js';
+import type { TokenSpan } from './policy.js';
 
 /** Most revival entries a trace carries; further ones are only counted (`revivals_dropped`). */
 export const MAX_TRACE_REVIVALS = 2048;
@@ -37,6 +38,8 @@ export interface LazyTrace {
    * below `reused` and 0 after; a position with prefill_depth < layers was pruned at that layer.
    */
   prefill_depth: number[];
+  /** [from, to) positions of the prompt's question (what signal:query ranks by); null when it has none */
+  question: [number, number] | null;
   /** tokens resumed from the Aux Cache by decode steps, in order (at most MAX_TRACE_REVIVALS) */
   revivals: TraceRevival[];
   revivals_dropped: number;
@@ -49,12 +52,12 @@ const digits = (n: number) => String(Math.max(0, Math.floor(n))).length;
  * decode steps and positions stay below `maxPosition` (the context size), given the JSON size of
  * its `pieces` (about the prompt's text, plus quotes and commas). Each depth is at most
  * digits(layers) characters plus a comma; each revival at most two positions, two layers and six
- * brackets/commas; the keys and counters fit in 200 bytes.
+ * brackets/commas; the keys, counters and question span fit in 240 bytes.
  */
 export function traceSizeBound(tokens: number, layers: number, maxPosition: number, piecesJsonBytes: number): number {
   const depth = digits(layers) + 1;
   const revival = 2 * digits(maxPosition) + 2 * digits(layers) + 6;
-  return 200 + 2 * tokens * depth + MAX_TRACE_REVIVALS * revival + piecesJsonBytes;
+  return 240 + 2 * tokens * depth + MAX_TRACE_REVIVALS * revival + piecesJsonBytes;
 }
 
 /**
@@ -75,6 +78,8 @@ export class TraceRecorder {
   constructor(
     private readonly model: LoadedModel,
     private readonly seq: SequenceState,
+    /** the prompt's question, if it has one */
+    private readonly question: TokenSpan | null = null,
   ) {}
 
   readonly hook: LayerTrace = (layer, queries, revived) => {
@@ -122,6 +127,7 @@ export class TraceRecorder {
       reused,
       depth_before: Array.from(this.before.subarray(0, reused)),
       prefill_depth: Array.from(this.after),
+      question: this.question ? [this.question.from, this.question.to] : null,
       revivals: this.revivals,
       revivals_dropped: this.dropped,
     };

@@ -82,7 +82,7 @@ async function run(
   try {
     const seq = chain ? chain.frontState() : new SequenceState(job.model.config);
     // The pruning trace needs the caches' depths, which a split model keeps in its groups.
-    const tracer = job.trace && !chain ? new TraceRecorder(job.model, seq) : undefined;
+    const tracer = job.trace && !chain ? new TraceRecorder(job.model, seq, job.question) : undefined;
     const shaper = job.logprobs === null ? undefined : new LogprobShaper(job.model.tokenizer, job.prompt[job.prompt.length - 1]);
     const r = await generate(job.model, seq, job.prompt, {
       ...engineOptions(job),

@@ -47,7 +47,8 @@ describe('TraceRecorder', () => {
     const r = await generate(model, seq, prompt, { ...opts(3), trace: tracer.hook });
     const t = tracer.result();
 
-    expect(Object.keys(t).sort()).toEqual(['depth_before', 'layers', 'pieces', 'prefill_depth', 'reused', 'revivals', 'revivals_dropped', 'tokens']);
+    expect(Object.keys(t).sort()).toEqual(['depth_before', 'layers', 'pieces', 'prefill_depth', 'question', 'reused', 'revivals', 'revivals_dropped', 'tokens']);
+    expect(t.question).toBeNull(); // a plain prompt: no chat question
     expect(t.layers).toBe(model.config.nLayers);
     expect(t.tokens).toBe(prompt.length);
     expect(t.reused).toBe(0);

@@ -82,7 +82,7 @@ export async function playTurn(host: TurnHost, live: Live, req: TurnRequest, onE
     // pruning trace needs depths the groups hold, so it is not recorded.
     const attempt = live.chain?.attempt(live.turns);
     attemptDone = attempt?.done;
-    const tracer = job.trace && !attempt ? new TraceRecorder(model, live.seq) : undefined;
+    const tracer = job.trace && !attempt ? new TraceRecorder(model, live.seq, job.question) : undefined;
     const shaper = job.logprobs === null ? undefined : new LogprobShaper(model.tokenizer, target[target.length - 1]);
     const turn = await runTurn(model, live.seq, target, {
       ...engineOptions(job),
