@@ -35,16 +35,33 @@ function quantile(xs: number[], q: number): number | null {
 
 const round = (v: number | null) => (v === null ? null : Math.round(v * 10) / 10);
 
+const USAGE = `usage: npm run load -- [--url http://127.0.0.1:8787] [--clients 8] [--requests 48] [--max-seconds 120] [--max-tokens 24]
+  Loads a running server (loopback only) with streamed and non-streamed completions and session turns
+  from --clients parallel clients, until --requests were sent or --max-seconds passed, while probing
+  GET /healthz every 250 ms. Prints per kind requests, errors, p50/p95 latency and time to first byte,
+  then one JSON line. API_KEY in the environment is sent as a bearer key.`;
+
 async function main(): Promise<void> {
-  const { values } = parseArgs({
-    options: {
-      url: { type: 'string', default: 'http://127.0.0.1:8787' },
-      clients: { type: 'string', default: '8' },
-      requests: { type: 'string', default: '48' },
-      'max-seconds': { type: 'string', default: '120' },
-      'max-tokens': { type: 'string', default: '24' },
-    },
-  });
+  let values;
+  try {
+    values = parseArgs({
+      options: {
+        url: { type: 'string', default: 'http://127.0.0.1:8787' },
+        clients: { type: 'string', default: '8' },
+        requests: { type: 'string', default: '48' },
+        'max-seconds': { type: 'string', default: '120' },
+        'max-tokens': { type: 'string', default: '24' },
+        help: { type: 'boolean', short: 'h' },
+      },
+      strict: true,
+    }).values;
+  } catch (e) {
+    fail(`${(e as Error).message}\n${USAGE}`);
+  }
+  if (values.help) {
+    process.stdout.write(`${USAGE}\n`);
+    return;
+  }
   const url = new URL(values.url!);
   if (!LOOPBACK.has(url.hostname)) fail(`--url must be a loopback address (127.0.0.1, localhost, ::1), got ${url.hostname}`);
   const base = url.origin;

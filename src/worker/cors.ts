@@ -34,9 +34,13 @@ export function corsOrigins(env: Env): Set<string> {
 export function cors(): MiddlewareHandler<AppEnv> {
   return async (c, next) => {
     const origin = c.req.header('origin');
-    const allowed = origin !== undefined && corsOrigins(c.env).has(origin.toLowerCase());
+    const origins = corsOrigins(c.env);
+    const allowed = origin !== undefined && origins.has(origin.toLowerCase());
     if (!allowed) {
       await next();
+      // The answer depends on Origin even when it carries no CORS headers: without Vary, a cache
+      // could hand this header-less answer to an allowed origin, or the reverse.
+      if (origins.size > 0) c.res.headers.append('Vary', 'Origin');
       return;
     }
     if (c.req.method === 'OPTIONS' && c.req.header('access-control-request-method')) {

@@ -360,6 +360,15 @@ describe('chat completions with a session', () => {
     await expectError(await post('/v1/chat/completions', { model: 'gpt-4o', messages: [{ role: 'user', content: 'Hi' }], session_id: id }), 404, 'model_not_found');
     expect((await info(id)).stats.turns).toBe(0);
   });
+
+  it('refuses a wrong model on /v1/sessions/:id/messages as every other route does, and takes the served one (issue 26, item 4)', async () => {
+    const id = await createSession();
+    await expectError(await post(`/v1/sessions/${id}/messages`, { model: 'gpt-4', content: 'Hi', max_tokens: 2 }), 404, 'model_not_found');
+    expect((await info(id)).messages).toEqual([]);
+    const ok = await post(`/v1/sessions/${id}/messages`, { model: MODEL, content: 'Hi', max_tokens: 2 });
+    expect(ok.status).toBe(200);
+    expect((await info(id)).messages.length).toBe(2);
+  });
 });
 
 describe('session lifecycle', () => {

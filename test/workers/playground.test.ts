@@ -91,6 +91,13 @@ describe('CORS (CORS_ORIGINS)', () => {
     const other = await withEnv(cfg, '/v1/chat/completions', preflight('https://evil.example'));
     expect(other.status).toBeGreaterThanOrEqual(400);
     expect(other.headers.get('access-control-allow-origin')).toBeNull();
+    // Every answer varies with Origin once CORS is configured, one without CORS headers too (issue 26, item 8).
+    expect(other.headers.get('vary')).toContain('Origin');
+    for (const headers of [{ Origin: 'https://evil.example' }, {}] as Record<string, string>[]) {
+      const plain = await withEnv(cfg, '/healthz', { headers });
+      expect(plain.status).toBe(200);
+      expect(plain.headers.get('vary')).toContain('Origin');
+    }
 
     // A real request from a listed origin: the 401 (no key) is readable by that origin's script.
     const denied = await withEnv(cfg, '/v1/models', { headers: { Origin: 'http://localhost:5173' } });

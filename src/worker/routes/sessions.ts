@@ -48,6 +48,8 @@ const createSchema = z.object({ messages: z.array(messageSchema).optional() });
 export const sessionMessageSchema = chatSchema
   .pick({ max_tokens: true, max_completion_tokens: true, temperature: true, top_p: true, top_k: true, seed: true, stop: true, stream: true, stream_options: true, n: true, lazy: true, logprobs: true, top_logprobs: true })
   .extend({
+    /** optional here (the session's model is the served one), but a wrong name is refused as everywhere else */
+    model: z.string().optional(),
     content: messageSchema.shape.content,
     /** the message's role: "user" unless a system/developer note is appended */
     role: z.enum(['system', 'developer', 'user']).optional(),
@@ -179,6 +181,7 @@ export const sessions = new Hono<AppEnv>()
       throw new ApiError(400, "Missing required parameter: 'content'.", 'missing_required_parameter', 'content');
     }
     const body = validate(sessionMessageSchema, json);
+    if (body.model !== undefined) checkModelName(c.env, body.model);
     const req: TurnRequest = {
       owner: apiKeyId(c),
       mode: 'append',
