@@ -38,11 +38,19 @@ interface Server {
 const started: ChildProcess[] = [];
 const dir = mkdtempSync(join(tmpdir(), 'lazy-edge-hangups-'));
 
+/** Nobody answers on it and it can be bound: workerd's listeners let a probe bind their port, so a connect comes first. */
 const isFree = (port: number) =>
   new Promise<boolean>((resolve) => {
-    const s = createServer();
-    s.once('error', () => resolve(false));
-    s.listen(port, HOST, () => s.close(() => resolve(true)));
+    const probe = connect(port, HOST);
+    probe.once('connect', () => {
+      probe.destroy();
+      resolve(false);
+    });
+    probe.once('error', () => {
+      const s = createServer();
+      s.once('error', () => resolve(false));
+      s.listen(port, HOST, () => s.close(() => resolve(true)));
+    });
   });
 
 let nextPort = 8830;
