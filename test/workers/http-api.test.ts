@@ -1,13 +1,15 @@
 import { env } from 'cloudflare:workers';
 import { Hono } from 'hono';
 import { afterEach, describe, expect, it, vi } from 'vitest';
-import { defaultSchedule, formatSchedule } from '../../src/engine/policy.js';
+import { SequenceState } from '../../src/engine/caches.js';
+import { generate } from '../../src/engine/generate.js';
+import { defaultSchedule, formatSchedule, parseSchedule } from '../../src/engine/policy.js';
 import { sha256Hex } from '../../src/model/manifest.js';
 import { PLAIN_CHAT_TEMPLATE } from '../../src/shards/build-shards.js';
 import type { AppEnv } from '../../src/worker/app-env.js';
 import { MAX_BODY_BYTES } from '../../src/worker/app.js';
 import { apiKeyId, requireApiKey, resetOpenNotice } from '../../src/worker/auth.js';
-import { renderChat } from '../../src/worker/chat-template.js';
+import { encodeChat, renderChat } from '../../src/worker/chat-template.js';
 import { DEFAULT_REQUEST_BUDGET_MS, planJob } from '../../src/worker/job.js';
 import { getModel } from '../../src/worker/model-store.js';
 import { MODEL, post, readEvents, withEnv, worker } from '../support/http.js';
@@ -234,6 +236,28 @@ describe('POST /v1/chat/completions', () => {
       lazy_stats: expect.objectContaining({ computed_per_layer: plain.lazy_stats.computed_per_layer }),
     });
     expect(chat.usage.prompt_tokens).toBe(model.tokenizer.encode(rendered, { bos: true }).length);
+  });
+
+  it('ranks by the question under signal:query: the engine\'s reply given the template\'s question span, not the paper\'s', async () => {
+    const story = 'Once upon a time there was a girl named Lily. She found a red ball in the park. She played with her dog Max all day. The sun was warm and the birds sang. Her mom called her home for dinner.';
+    const long = [{ role: 'user', content: `${story} ${story}\n\nWhat did Lily find in the park?` }];
+    const spec = 'signal:query,heads:max,pool:3,1:0.4,3:0.5';
+    const chat = await chatComplete({ messages: long, max_tokens: 20, temperature: 0, lazy: { schedule: spec } });
+    const model = await getModel(env);
+    const { prompt, question } = encodeChat(model.tokenizer, model.manifest.chatTemplate, long);
+    expect(question).not.toBeNull();
+    const run = (schedule: string, q: typeof question) =>
+      generate(model, new SequenceState(model.config), prompt, { maxTokens: 20, sampler: { temperature: 0, topP: 1, topK: 0, seed: 1 }, schedule: parseSchedule(schedule), question: q });
+    const engine = await run(spec, question);
+    expect(chat.choices[0].message.content).toBe(engine.text);
+    expect(chat.lazy_stats.schedule).toBe(spec);
+    expect(chat.lazy_stats.prefill_computed_per_layer).toEqual(engine.stats.prefill_computed_per_layer);
+    const paper = await run('signal:last,heads:max,pool:3,1:0.4,3:0.5', null);
+    expect(paper.stats.computed_per_layer).not.toEqual(engine.stats.computed_per_layer);
+    // Text without a question cannot rank by one: a clear 400, not a silent fallback.
+    const res = await post('/v1/completions', { model: MODEL, prompt: story, max_tokens: 4, lazy: { schedule: spec } });
+    expect(res.status).toBe(400);
+    expect(((await res.json()) as { error: { message: string; param: string } }).error).toMatchObject({ param: 'lazy.schedule', message: expect.stringMatching(/signal:window:K/) });
   });
 
   it('accepts max_completion_tokens and defaults to the rest of the context', async () => {

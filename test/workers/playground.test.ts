@@ -21,6 +21,7 @@ const traceSchema = z
     reused: z.number().int().min(0),
     depth_before: z.array(z.number().int().min(1)),
     prefill_depth: z.array(z.number().int().min(0)),
+    question: z.tuple([z.number().int().min(0), z.number().int().min(1)]).nullable(),
     revivals: z.array(z.tuple([z.number().int().min(1), z.number().int().min(0), z.number().int().min(0), z.number().int().min(1)])),
     revivals_dropped: z.number().int().min(0),
   })
@@ -36,6 +37,7 @@ function checkTrace(t: unknown, promptTokens: number): Trace {
   expect(trace.prefill_depth).toHaveLength(trace.tokens);
   expect(trace.depth_before).toHaveLength(trace.reused);
   expect(Math.max(...trace.prefill_depth)).toBeLessThanOrEqual(trace.layers);
+  if (trace.question) expect(trace.question[1]).toBeLessThanOrEqual(trace.tokens);
   expect(jsonBytes(trace)).toBeLessThanOrEqual(traceSizeBound(trace.tokens, trace.layers, 512, jsonBytes(trace.pieces)));
   return trace;
 }
@@ -133,6 +135,9 @@ describe('lazy.trace', () => {
     const last = JSON.parse(events.at(-2)!) as { lazy_stats: { prompt_tokens: number; prefill_computed_per_layer: number[]; revived: number; trace: unknown } };
     const t = checkTrace(last.lazy_stats.trace, last.lazy_stats.prompt_tokens);
     expect(t.reused).toBe(0);
+    // The question (the user message's last paragraph, here all of it) as the template rendered it.
+    expect(t.question).not.toBeNull();
+    expect(t.pieces.slice(t.question![0], t.question![1]).join('').trim()).toBe(MESSAGES[0].content);
     const rows = Array.from({ length: t.layers }, (_, l) => t.prefill_depth.filter((d) => l < d).length);
     expect(rows).toEqual(last.lazy_stats.prefill_computed_per_layer);
     expect(t.revivals.length).toBe(last.lazy_stats.revived);
