@@ -240,7 +240,7 @@ describe('POST /v1/chat/completions', () => {
 
   it('ranks by the question under signal:query: the engine\'s reply given the template\'s question span, not the paper\'s', async () => {
     const story = 'Once upon a time there was a girl named Lily. She found a red ball in the park. She played with her dog Max all day. The sun was warm and the birds sang. Her mom called her home for dinner.';
-    const long = [{ role: 'user', content: `${story} ${story}\n\nWhat did Lily find in the park?` }];
+    const long = [{ role: 'user' as const, content: `${story} ${story}\n\nWhat did Lily find in the park?` }];
     const spec = 'signal:query,heads:max,pool:3,1:0.4,3:0.5';
     const chat = await chatComplete({ messages: long, max_tokens: 20, temperature: 0, lazy: { schedule: spec } });
     const model = await getModel(env);
@@ -251,7 +251,7 @@ describe('POST /v1/chat/completions', () => {
     const engine = await run(spec, question);
     expect(chat.choices[0].message.content).toBe(engine.text);
     expect(chat.lazy_stats.schedule).toBe(spec);
-    expect(chat.lazy_stats.prefill_computed_per_layer).toEqual(engine.stats.prefill_computed_per_layer);
+    expect((chat.lazy_stats as unknown as { prefill_computed_per_layer: number[] }).prefill_computed_per_layer).toEqual(engine.stats.prefill_computed_per_layer);
     const paper = await run('signal:last,heads:max,pool:3,1:0.4,3:0.5', null);
     expect(paper.stats.computed_per_layer).not.toEqual(engine.stats.computed_per_layer);
     // Text without a question cannot rank by one: a clear 400, not a silent fallback.
