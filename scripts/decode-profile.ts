@@ -1,7 +1,9 @@
 /**
  * npm run decode-profile -- [--model DIR] [--tokens 2048] [--decode 32] [--windows 8,32] [--schedules dense,default,<spec>...] [--text FILE] [--json]
  *
- * Where a decode step's time goes, dense against lazy schedules, side by side on one prompt: for each
+ * Where a decode step's time goes, dense against lazy schedules, side by side on one prompt (text:
+ * `default` is the text default, whose window signal decodes as the chat default's question does,
+ * by the scores the prefill remembered): for each
  * schedule, a prefill of --tokens tokens of text, then --decode greedy steps. Per schedule: decode
  * tokens/s; per step on average the tokens revived from the Aux Cache and the query rows computed
  * (over all layers); and the step's time split into the layer graphs' runs, the embedding and head
@@ -18,7 +20,7 @@ import { resolve } from 'node:path';
 import { parseArgs } from 'node:util';
 import { SequenceState } from '../src/engine/caches.js';
 import type { LoadedModel } from '../src/engine/model.js';
-import { defaultSchedule, formatSchedule, parseSchedule, validateSchedule, type Schedule } from '../src/engine/policy.js';
+import { defaultSchedule, formatSchedule, parseSchedule, stepRankings, validateSchedule, type Schedule } from '../src/engine/policy.js';
 import { runStep } from '../src/engine/step.js';
 import { EmbeddingTable } from '../src/model/embedding-table.js';
 import type { GraphSession } from '../src/runtime/onnx-runtime.js';
@@ -103,11 +105,11 @@ async function main() {
     }
   });
   const prompt = streamOfLength(model.tokenizer, text, tokens);
-  const runs = schedules.map(() => ({ seq: new SequenceState(model.config), next: 0, steps: [] as { ms: number; layersMs: number; vocabMs: number; revived: number; computed: number }[], prefillMs: 0, out: [] as number[] }));
+  const runs = schedules.map((s) => ({ seq: new SequenceState(model.config), ranking: stepRankings(s.schedule?.signal, null), next: 0, steps: [] as { ms: number; layersMs: number; vocabMs: number; revived: number; computed: number }[], prefillMs: 0, out: [] as number[] }));
   for (const [k, s] of schedules.entries()) {
     progress(`${s.name}: prefill ${tokens} tokens`);
     const t = performance.now();
-    const r = await runStep(model, runs[k].seq, prompt, { schedule: s.schedule });
+    const r = await runStep(model, runs[k].seq, prompt, { schedule: s.schedule, ranking: runs[k].ranking(0, prompt.length) });
     runs[k].prefillMs = performance.now() - t;
     runs[k].next = argmax(r.logits);
   }
@@ -116,7 +118,7 @@ async function main() {
       const run = runs[k];
       clock.layers = clock.vocab = 0;
       const t = performance.now();
-      const r = await runStep(model, run.seq, [run.next], { schedule: s.schedule });
+      const r = await runStep(model, run.seq, [run.next], { schedule: s.schedule, ranking: run.ranking(run.seq.length, 1) });
       const ms = performance.now() - t;
       run.out.push(run.next);
       run.steps.push({ ms, layersMs: clock.layers, vocabMs: clock.vocab, revived: r.stats.revived, computed: r.stats.computedPerLayer.reduce((a, b) => a + b, 0) });
