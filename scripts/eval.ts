@@ -52,7 +52,7 @@ async function main(): Promise<void> {
   const opts = { continuation, reps: positiveInt('reps', values.reps) };
   const model = await loadModelFromDir(values.model ?? (await ensureDefaultShards(progress)), { contextTokens: Math.max(...lengths) + nextTokens + 64 });
   const cfg = model.config;
-  const schedule = validateSchedule(values.schedule ? parseSchedule(values.schedule) : defaultSchedule(cfg.nLayers), cfg.nLayers);
+  const schedule = validateSchedule(values.schedule ? parseSchedule(values.schedule) : defaultSchedule(cfg.nLayers, 'text'), cfg.nLayers);
   const stream = evalStream(model.tokenizer, readFileSync(values.data, 'utf8'));
   if (stream.length < 2) fail(`--data ${values.data} holds no text`);
   progress(`${model.manifest.name}: schedule ${formatSchedule(schedule)}, ${stream.length} tokens of text, ${prompts} prompts per length`);
@@ -99,7 +99,7 @@ async function taskMain(values: { tasks?: string; 'tasks-file'?: string; tokens:
   // Long prompts need the context: serve the trained window (the memory budget still applies).
   const model = await loadModelFromDir(values.model, { contextTokens: Math.max(...lengths, 2048) + 64 });
   const cfg = model.config;
-  const schedule = validateSchedule(values.schedule ? parseSchedule(values.schedule) : defaultSchedule(cfg.nLayers), cfg.nLayers);
+  const schedule = validateSchedule(values.schedule ? parseSchedule(values.schedule) : defaultSchedule(cfg.nLayers, 'question'), cfg.nLayers);
   const cases: TaskCase[] = [];
   if (values['tasks-file']) {
     const f = values['tasks-file'];

@@ -12,7 +12,7 @@ import { join } from 'node:path';
 import { SequenceState } from '../../src/engine/caches.js';
 import type { LoadedModel } from '../../src/engine/model.js';
 import type { ModelConfig } from '../../src/model/config.js';
-import { parseSchedule, type Schedule } from '../../src/engine/policy.js';
+import { parseSchedule, stepRankings, type Schedule } from '../../src/engine/policy.js';
 import { runStep } from '../../src/engine/step.js';
 import { createGraphSession, exposeRuntimeForPeers } from '../../src/runtime/onnx-runtime.js';
 import { threadCpuMs } from './bench-clock.js';
@@ -70,8 +70,10 @@ type Runner = (prompt: number[], decode: number, stop?: readonly number[]) => Pr
 export function engineRunner(model: LoadedModel, schedule: Schedule | null): Runner {
   return async (prompt, decode, stop) => {
     const seq = new SequenceState(model.config);
+    // Text prompts: a window signal ranks by the prompt's end (a chat prompt's question is not known here).
+    const ranking = stepRankings(schedule?.signal, null);
     const [c0, t0] = [threadCpuMs(), performance.now()];
-    const first = await runStep(model, seq, prompt, { schedule });
+    const first = await runStep(model, seq, prompt, { schedule, ranking: ranking(0, prompt.length) });
     const [ttftMs, ttftCpuMs] = [performance.now() - t0, threadCpuMs() - c0];
     const promptTokens = seq.length;
     let logits = first.logits;
@@ -81,7 +83,7 @@ export function engineRunner(model: LoadedModel, schedule: Schedule | null): Run
     for (let i = 0; i < decode; i++) {
       tokens.push(argmax(logits));
       if (stop?.includes(tokens[i])) break; // a reply ends at its stop id (included), as the fixtures'
-      const r = await runStep(model, seq, [tokens[i]], { schedule });
+      const r = await runStep(model, seq, [tokens[i]], { schedule, ranking: ranking(seq.length, 1) });
       logits = r.logits;
       for (const rows of r.stats.computedPerLayer) decodeRows += rows;
     }
