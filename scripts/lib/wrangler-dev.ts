@@ -83,13 +83,14 @@ function linkTree(from: string, to: string): void {
 
 /**
  * A snapshot of a Worker for measuring: its bundle as `wrangler deploy --dry-run` builds it now, and
- * hard links of the named model folders of its assets, in a folder of .bench-cache/ with a config
+ * hard links of the named model folders of its assets, in a folder of `under` (.bench-cache/ unless
+ * the caller, e.g. a test, names a directory outside the checkout; same file system) with a config
  * that runs them unbundled. The server does not rebuild on source edits, but wrangler reloads it when
  * anything in its assets directory changes (a shard build elsewhere in the checkout restarts every
  * Durable Object): a snapshot keeps a measurement on one version of the code and the shards.
  */
-function freezeWorker(config: string, models: string[]): { config: string; dir: string } {
-  const dir = join(REPO_ROOT, '.bench-cache', `frozen-${process.pid}-${Date.now()}`);
+function freezeWorker(config: string, models: string[], under = join(REPO_ROOT, '.bench-cache')): { config: string; dir: string } {
+  const dir = join(under, `frozen-${process.pid}-${Date.now()}`);
   const build = spawnSync(process.execPath, [join(REPO_ROOT, 'node_modules/wrangler/bin/wrangler.js'), 'deploy', '--dry-run', '--outdir', join(dir, 'build'), '--config', config], {
     cwd: REPO_ROOT,
     encoding: 'utf8',
@@ -112,8 +113,8 @@ function freezeWorker(config: string, models: string[]): { config: string; dir: 
  * Serves `config` on a free loopback port; `vars` become --var flags. With
  * `freeze`, it runs a snapshot of the Worker and of those model folders (freezeWorker), removed at stop.
  */
-export async function startWranglerDev(config: string, logFile: string, vars: Record<string, string> = {}, opts: { freeze?: { models: string[] } } = {}): Promise<WranglerDev> {
-  const frozen = opts.freeze ? freezeWorker(resolve(REPO_ROOT, config), opts.freeze.models) : null;
+export async function startWranglerDev(config: string, logFile: string, vars: Record<string, string> = {}, opts: { freeze?: { models: string[]; under?: string } } = {}): Promise<WranglerDev> {
+  const frozen = opts.freeze ? freezeWorker(resolve(REPO_ROOT, config), opts.freeze.models, opts.freeze.under) : null;
   if (frozen) config = frozen.config;
   const port = await freeLoopbackPort();
   const varArgs = Object.entries(vars).flatMap(([k, v]) => ['--var', `${k}:${v}`]);

@@ -28,6 +28,11 @@ import { locateServedGguf, servedShardsDir } from '../../scripts/lib/served-mode
 import { fixture, type LogitsFixture } from '../support/smollm2.js';
 
 const PROMPT = "Translate 'good morning' into Spanish.";
+/**
+ * The transformers.js export (over 600 MB) and the frozen Worker go outside the checkout, so that
+ * `npm test` leaves it clean; the export is kept there between runs (stamped by the GGUF's sha256).
+ */
+const CACHE = process.env.LAZY_EDGE_TEST_CACHE ?? join(tmpdir(), 'lazy-edge-test-cache');
 const N_CTX = 512;
 const log = (m: string) => process.stderr.write(`  ${m}\n`);
 
@@ -107,7 +112,7 @@ describe('llama.cpp native (llama-cpp-python)', () => {
 
 describe('transformers.js on our monolithic export', () => {
   it('fp32 (the exact weights): same tokens as dense, its prompt token counts equal ours', async () => {
-    const exported = await ensureSmolExport(gguf, sha256, ['fp32'], log);
+    const exported = await ensureSmolExport(gguf, sha256, ['fp32'], log, CACHE);
     const s = await startTransformers({ exported, dtype: 'fp32', log });
     if (!s.ok) throw new Error(s.reason);
     try {
@@ -120,7 +125,7 @@ describe('transformers.js on our monolithic export', () => {
 
 describe('our engine inside workerd (scripts/bench-workerd, a frozen snapshot served locally)', () => {
   it('dense and lazy: the same tokens as dense in Node, and its prompt token counts equal ours', async () => {
-    const w = await startWorkerdEngine({ model: basename(servedShardsDir()), contextTokens: N_CTX, schedule: formatSchedule(defaultSchedule(30)), logFile: join(tmpdir(), `bench-peers-workerd-${process.pid}.log`), log });
+    const w = await startWorkerdEngine({ model: basename(servedShardsDir()), contextTokens: N_CTX, schedule: formatSchedule(defaultSchedule(30)), logFile: join(tmpdir(), `bench-peers-workerd-${process.pid}.log`), log, freezeUnder: CACHE });
     try {
       await sameAsDense(w.dense);
       // the default schedule's floor (min:128) keeps all 39 prompt tokens: this checks the lazy row's path through workerd

@@ -8,17 +8,18 @@
  * several steps and end as the same text the API gives for the same request; the pruning grid
  * must have one row per layer of the model and one column per token of the prompt as the chat
  * template renders it, with the prompt's text along it and each layer's computed cells matching
- * the API's prefill statistics. A session chat must survive a reload. The screenshot of the page
- * after the first reply is written to docs/playground.png. Only 127.0.0.1 is contacted; the
+ * the API's prefill statistics. A session chat must survive a reload. The page after the first reply
+ * is saved as a PNG in the test's temporary directory, never in docs/ (`npm run screenshot` refreshes
+ * docs/playground.png, on the served model), so that the suite leaves the checkout clean. Only 127.0.0.1 is contacted; the
  * browser and the server are stopped whether the test passes or fails.
  */
 import type { ChildProcess } from 'node:child_process';
-import { existsSync, mkdtempSync, rmSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { chromium, type Browser, type Page } from 'playwright-core';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { loadModelFromDir, REPO_ROOT } from '../../scripts/lib/node-env.js';
+import { loadModelFromDir } from '../../scripts/lib/node-env.js';
 import { ensureDefaultShards } from '../../scripts/lib/shard-tasks.js';
 import type { LoadedModel } from '../../src/engine/model.js';
 import type { LazyTrace } from '../../src/engine/trace.js';
@@ -28,7 +29,6 @@ import { exited, killGroup, startWranglerDev, type DevServer } from '../support/
 
 const CHROMIUM = '/usr/bin/chromium';
 const CHROMIUM_ARGS = ['--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking', '--disable-component-update', '--no-first-run'];
-const SCREENSHOT = join(REPO_ROOT, 'docs/playground.png');
 
 const SYSTEM = 'A story about a cat and a dog.';
 const USER = 'Once upon a time, there was a little cat named Tom who wanted to find his ball.';
@@ -39,6 +39,7 @@ const SEED = 7;
 
 const started: ChildProcess[] = [];
 const persist = mkdtempSync(join(tmpdir(), 'lazy-edge-playground-'));
+const SCREENSHOT = join(persist, 'playground.png');
 let server: DevServer;
 let browser: Browser | undefined;
 let model: LoadedModel;
@@ -165,7 +166,7 @@ describe('[spawns the local server and Chromium] the playground page', () => {
     expect(stats).toContain(`schedule ${SCHEDULE}`);
 
     await page.screenshot({ path: SCREENSHOT, fullPage: true });
-    expect(existsSync(SCREENSHOT)).toBe(true);
+    expect(readFileSync(SCREENSHOT).subarray(0, 8)).toEqual(Buffer.from([0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a])); // a PNG
     expect(pageErrors).toEqual([]);
     await page.close();
   });

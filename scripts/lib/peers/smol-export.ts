@@ -8,7 +8,9 @@
  *   onnx/model.onnx            dtype "fp32": the dequantized weights as they are (the exact weights;
  *                              the test checks the transformers.js runner on it)
  * Both re-quantize the dequantized Q4_1 weights, so they do not compute exactly the file's weights
- * (their tokens are compared, not required to match). Built once per GGUF (sha256 stamp).
+ * (their tokens are compared, not required to match). Built once per GGUF (sha256 stamp) under
+ * `cacheRoot`: the bench keeps it in the ignored .bench-cache/, the tests pass a directory outside
+ * the checkout (hundreds of MB that `npm test` must not leave in it).
  */
 import { existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
@@ -39,8 +41,8 @@ export async function ggufCheckpoint(path: string): Promise<Checkpoint> {
   return { config: m.config, tokenEmbedding, layers, rmsFinal: m.rmsFinal, wcls: m.tiedHead ? tokenEmbedding : f32(m.head), sharedClassifier: m.tiedHead };
 }
 
-export async function ensureSmolExport(gguf: string, sha256: string, dtypes: readonly SmolTjsDtype[], log: (m: string) => void): Promise<SmolExport> {
-  const hfRoot = join(REPO_ROOT, '.bench-cache', 'models', 'smollm2', 'hf');
+export async function ensureSmolExport(gguf: string, sha256: string, dtypes: readonly SmolTjsDtype[], log: (m: string) => void, cacheRoot = join(REPO_ROOT, '.bench-cache')): Promise<SmolExport> {
+  const hfRoot = join(cacheRoot, 'models', 'smollm2', 'hf');
   const hfName = 'smollm2';
   const dir = join(hfRoot, hfName);
   const stamp = join(dir, 'source.txt');

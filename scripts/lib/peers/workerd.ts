@@ -25,10 +25,12 @@ export async function startWorkerdEngine(opts: {
   schedule: string;
   logFile: string;
   log: (m: string) => void;
+  /** where the frozen snapshot goes (default .bench-cache/) */
+  freezeUnder?: string;
 }): Promise<WorkerdPeers> {
   const dev: WranglerDev = await startWranglerDev(join(REPO_ROOT, 'scripts/bench-workerd/wrangler.toml'), opts.logFile, {
     CONTEXT_TOKENS: String(opts.contextTokens),
-  }, { freeze: { models: [opts.model] } });
+  }, { freeze: { models: [opts.model], under: opts.freezeUnder } });
   try {
     opts.log(`workerd: local server (pid ${dev.child.pid}) on ${dev.base}, log ${opts.logFile}; loading ${opts.model}`);
     await waitReady(`${dev.base}/ready?model=${opts.model}`, dev.child, 600_000);

@@ -1,0 +1,85 @@
+/**
+ * npm run screenshot -- [--out docs/playground.png] [--model <name>] [--schedule <schedule>] [--max-tokens 48]
+ * Refreshes the README's picture of the playground: serves the Worker locally (scripts/serve.ts on
+ * 127.0.0.1, the served model unless --model names another shard folder, state in a temporary
+ * directory), opens the page in Debian's headless Chromium (playwright-core, never a downloaded
+ * browser), sends one chat message with the lazy schedule on and saves the page once the reply is
+ * done. The only script that writes docs/playground.png: the tests save their screenshot in a
+ * temporary directory, so that `npm test` leaves the checkout as it found it.
+ */
+import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join, resolve } from 'node:path';
+import { parseArgs } from 'node:util';
+import { chromium } from 'playwright-core';
+import { fail, freeLoopbackPort, progress, REPO_ROOT, runMain } from './lib/node-env.js';
+import { SERVED_MODEL_NAME } from './lib/served-model.js';
+import { killGroup, spawnServe, waitReady } from './lib/wrangler-dev.js';
+
+const CHROMIUM = '/usr/bin/chromium';
+const CHROMIUM_ARGS = ['--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking', '--disable-component-update', '--no-first-run'];
+const USAGE = `usage: npm run screenshot -- [--out docs/playground.png] [--model ${SERVED_MODEL_NAME}] [--schedule <schedule>] [--max-tokens 48]
+  Serves the Worker on 127.0.0.1, sends one chat message from the playground in headless Chromium
+  (${CHROMIUM}) and saves the page with its reply and pruning grid to --out.`;
+
+runMain(async () => {
+  let values;
+  try {
+    ({ values } = parseArgs({
+      options: {
+        out: { type: 'string', default: join(REPO_ROOT, 'docs/playground.png') },
+        model: { type: 'string', default: SERVED_MODEL_NAME },
+        // prunes a short chat prompt (the default schedule's floor of 128 tokens keeps it whole)
+        schedule: { type: 'string', default: 'bos,4:0.5,12:0.5' },
+        'max-tokens': { type: 'string', default: '48' },
+        system: { type: 'string', default: 'You are a helpful assistant.' },
+        message: { type: 'string', default: 'Write two sentences about a cat who finds a lost ball.' },
+        help: { type: 'boolean', default: false },
+      },
+    }));
+  } catch (e) {
+    process.stderr.write(`${USAGE}\n`);
+    fail((e as Error).message);
+  }
+  if (values.help) {
+    process.stdout.write(`${USAGE}\n`);
+    return;
+  }
+  if (!existsSync(CHROMIUM)) fail(`${CHROMIUM} is missing: apt-get install -y chromium`);
+  const out = resolve(values.out);
+  const dir = mkdtempSync(join(tmpdir(), 'lazy-edge-screenshot-'));
+  const port = await freeLoopbackPort();
+  const base = `http://127.0.0.1:${port}`;
+  const log = join(dir, 'wrangler.log');
+  const child = spawnServe(['--ip', '127.0.0.1', '--port', String(port), '--persist-to', dir, '--var', `MODEL_NAME:${values.model}`], log);
+  const browser = await chromium.launch({ executablePath: CHROMIUM, args: CHROMIUM_ARGS }).catch((e) => {
+    killGroup(child, 'SIGKILL');
+    throw e;
+  });
+  try {
+    progress(`serving ${values.model} on ${base} (log ${log})`);
+    await waitReady(`${base}/healthz`, child, 600_000).catch((e) => {
+      throw new Error(`${(e as Error).message}\n${readFileSync(log, 'utf8')}`);
+    });
+    const page = await browser.newPage({ viewport: { width: 1280, height: 900 } });
+    await page.goto(`${base}/`);
+    await page.waitForFunction((m) => document.getElementById('status')?.textContent?.includes(`model ${m}`), values.model, { timeout: 120_000 });
+    await page.fill('#system', values.system);
+    await page.fill('#maxtokens', values['max-tokens']);
+    await page.fill('#temperature', '0');
+    await page.fill('#schedule', values.schedule);
+    await page.setChecked('#lazy', true);
+    await page.setChecked('#usesession', false);
+    await page.fill('#input', values.message);
+    await page.click('#send');
+    const reply = page.locator('.msg.assistant').first();
+    await page.waitForFunction(() => /^(done|error)$/.test(document.querySelector('.msg.assistant')?.getAttribute('data-state') ?? ''), null, { timeout: 600_000 });
+    if ((await reply.getAttribute('data-state')) !== 'done') throw new Error(`the reply failed: ${await reply.textContent()}`);
+    await page.screenshot({ path: out, fullPage: true });
+    progress(`wrote ${out}`);
+  } finally {
+    await browser.close();
+    killGroup(child, 'SIGKILL');
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
