@@ -34,6 +34,8 @@ const CASES = [
   ['dense, greedy', { max_tokens: 40, temperature: 0, lazy: { enabled: false } }],
   ['lazy bos,1:0.5,3:0.5, sampled', { max_tokens: 40, temperature: 0.8, seed: 7, lazy: { schedule: 'bos,1:0.5,3:0.5' } }],
   ['lazy bos,1:0.4,2:0.5,4:0.5, greedy', { max_tokens: 40, temperature: 0, lazy: { schedule: 'bos,1:0.4,2:0.5,4:0.5' } }],
+  // A window signal: every group ranks by the rows the frontier names and decodes by the scores it remembered.
+  ['lazy signal:window:8,heads:max,pool:3,1:0.4,3:0.5, greedy', { max_tokens: 40, temperature: 0, lazy: { schedule: 'signal:window:8,heads:max,pool:3,1:0.4,3:0.5' } }],
 ] as const;
 
 describe('layer groups in workerd (stories260K)', () => {
