@@ -2,7 +2,7 @@ import { EngineError } from '../engine/errors.js';
 import type { GenerateOptions } from '../engine/generate.js';
 import type { LoadedModel } from '../engine/model.js';
 import { defaultSchedule, parseSchedule, validateSchedule, type Schedule, type TokenSpan } from '../engine/policy.js';
-import type { SamplerOptions } from '../engine/sampler.js';
+import { REPETITION_WINDOW, type SamplerOptions } from '../engine/sampler.js';
 import { RequestError } from './faults.js';
 import { millisecondsVar } from './env.js';
 import type { LazyOptions } from './schemas.js';
@@ -26,6 +26,9 @@ export interface CommonOptions {
   stream_options?: { include_usage?: boolean } | null;
   n?: number | null;
   lazy?: LazyOptions | null;
+  frequency_penalty?: number | null;
+  presence_penalty?: number | null;
+  repetition_penalty?: number | null;
 }
 
 export const DEFAULT_REQUEST_BUDGET_MS = 60_000;
@@ -60,6 +63,13 @@ function resolveSchedule(lazy: LazyOptions | null | undefined, nLayers: number, 
     if (e instanceof EngineError) throw new RequestError(e.message, e.code, 'lazy.schedule');
     throw e;
   }
+}
+
+/** The request's penalties for the sampler; none when all are off, so the sampler's plain path runs. */
+function penalties(o: CommonOptions, prompt: readonly number[]): Partial<SamplerOptions> {
+  const [frequencyPenalty, presencePenalty, repetitionPenalty] = [o.frequency_penalty ?? 0, o.presence_penalty ?? 0, o.repetition_penalty ?? 1];
+  if (frequencyPenalty === 0 && presencePenalty === 0 && repetitionPenalty === 1) return {};
+  return { frequencyPenalty, presencePenalty, repetitionPenalty, ...(repetitionPenalty === 1 ? {} : { penaltyContext: prompt.slice(-REPETITION_WINDOW) }) };
 }
 
 function randomSeed(): number {
@@ -118,7 +128,7 @@ export function planJob(
     prompt,
     maxTokens,
     // top_p 0 asks for the single most likely token: greedy decoding (the sampler needs top_p > 0).
-    sampler: { temperature: topP === 0 ? 0 : (o.temperature ?? 1), topP: topP === 0 ? 1 : topP, topK: o.top_k ?? 0, seed: o.seed ?? randomSeed() },
+    sampler: { temperature: topP === 0 ? 0 : (o.temperature ?? 1), topP: topP === 0 ? 1 : topP, topK: o.top_k ?? 0, seed: o.seed ?? randomSeed(), ...penalties(o, prompt) },
     stop: o.stop == null ? [] : typeof o.stop === 'string' ? [o.stop] : o.stop,
     schedule: resolveSchedule(o.lazy, model.config.nLayers, at.question ?? null),
     question: at.question ?? null,

@@ -3,9 +3,11 @@ import { ApiError } from './errors.js';
 
 /**
  * Request bodies of the HTTP API, validated with zod. Field names and ranges follow OpenAI's
- * documentation; `lazy` and `top_k` are extensions. Unknown fields are ignored, as most
- * OpenAI-compatible servers do; OpenAI fields this server cannot honour are rejected when a client
- * asks for a non-default value (see UNSUPPORTED), so nobody silently gets less than they asked for.
+ * documentation; `lazy`, `top_k` and `repetition_penalty` are extensions. A top-level field the
+ * server does not know is refused (unknown_parameter), and OpenAI fields it cannot honour are
+ * refused unless they hold their "off" value (UNSUPPORTED): a request is honoured as written or not
+ * at all, never run with a setting silently dropped (a misspelt `temprature` would otherwise sample
+ * at temperature 1 without a word).
  */
 
 /** A pruning schedule as the engine's text spec ("bos,1:0.5,3:0.5", "all") or as an object. */
@@ -53,7 +55,14 @@ const generationFields = {
   stream: z.boolean().nullish(),
   stream_options: z.object({ include_usage: z.boolean().optional() }).nullish(),
   n: z.number().int().min(1).nullish(),
+  /** OpenAI's end-user id, for abuse monitoring: it changes no output, and nothing here logs it */
   user: z.string().nullish(),
+  /** OpenAI's: logit[j] -= count[j] * frequency_penalty, count over the tokens generated so far */
+  frequency_penalty: z.number().min(-2).max(2).nullish(),
+  /** OpenAI's: logit[j] -= presence_penalty once token j was generated */
+  presence_penalty: z.number().min(-2).max(2).nullish(),
+  /** llama.cpp's repeat penalty over the last 64 tokens, prompt included (src/engine/sampler.ts); 1 = off */
+  repetition_penalty: z.number().gt(0, 'repetition_penalty must be greater than 0 (1 is off)').nullish(),
   lazy: lazySchema.nullish(),
 };
 
@@ -101,10 +110,15 @@ const UNSUPPORTED: Record<string, (v: unknown) => boolean> = {
   best_of: (v) => v === 1,
   suffix: (v) => v === '',
   logit_bias: (v) => typeof v === 'object' && v !== null && Object.keys(v).length === 0,
-  presence_penalty: (v) => v === 0,
-  frequency_penalty: (v) => v === 0,
   tools: (v) => Array.isArray(v) && v.length === 0,
   functions: (v) => Array.isArray(v) && v.length === 0,
+  tool_choice: (v) => v === 'none',
+  function_call: (v) => v === 'none',
+  // only means something with tools, which must be empty
+  parallel_tool_calls: (v) => typeof v === 'boolean',
+  store: (v) => v === false,
+  metadata: (v) => typeof v === 'object' && v !== null && Object.keys(v).length === 0,
+  modalities: (v) => Array.isArray(v) && v.length === 1 && v[0] === 'text',
   response_format: (v) => typeof v === 'object' && v !== null && (v as { type?: unknown }).type === 'text',
 };
 
@@ -150,23 +164,35 @@ function issueToError(issue: z.ZodIssue, body: unknown): ApiError {
   if (issue.code === 'invalid_type') {
     return new ApiError(400, `Invalid type for ${where}: expected ${issue.expected}, but got ${issue.received}.`, 'invalid_type', param);
   }
+  if (issue.code === 'unrecognized_keys' && issue.path.length === 0) {
+    const list = issue.keys.join(', ');
+    return new ApiError(400, `Unrecognized request argument supplied: ${list}. This server does not know ${issue.keys.length > 1 ? 'these parameters' : 'this parameter'}; remove ${issue.keys.length > 1 ? 'them' : 'it'} or check the spelling.`, 'unknown_parameter', issue.keys[0]);
+  }
   if (issue.code === 'unrecognized_keys') {
     return new ApiError(400, `Unrecognized ${issue.keys.length > 1 ? 'fields' : 'field'} in ${where}: ${issue.keys.join(', ')}.`, 'unknown_parameter', param);
   }
   return new ApiError(400, `Invalid value for ${where}: ${issue.message}.`, 'invalid_value', param);
 }
 
-/** Validates a parsed JSON body; the first problem becomes a 400 naming the parameter at fault. */
+/**
+ * Validates a parsed JSON body; the first problem becomes a 400 naming the parameter at fault. An
+ * object schema is applied strictly (unknown top-level fields refused), after the UNSUPPORTED
+ * fields, checked to be off, are set aside.
+ */
 export function validate<T extends z.ZodTypeAny>(schema: T, body: unknown): z.infer<T> {
+  let rest = body;
   if (typeof body === 'object' && body !== null && !Array.isArray(body)) {
+    const copy = { ...(body as Record<string, unknown>) };
     for (const [key, isOff] of Object.entries(UNSUPPORTED)) {
-      const v = (body as Record<string, unknown>)[key];
+      const v = copy[key];
       if (v !== undefined && v !== null && !isOff(v)) {
         throw new ApiError(400, `'${key}' is not supported by this server; leave it unset.`, 'unsupported_parameter', key);
       }
+      delete copy[key];
     }
+    rest = copy;
   }
-  const r = schema.safeParse(body);
+  const r = (schema instanceof z.ZodObject ? schema.strict() : schema).safeParse(rest);
   if (!r.success) throw issueToError(r.error.issues[0], body);
   return r.data;
 }

@@ -362,12 +362,18 @@ describe('bad input: a 4xx with an OpenAI error body', () => {
     ['an unknown lazy option', { ...ok, lazy: { enable: true } }, 400, 'unknown_parameter', 'lazy'],
     ['logprobs beyond 5', { ...ok, logprobs: 6 }, 400, 'invalid_value', 'logprobs'],
     ['echo', { ...ok, echo: true }, 400, 'unsupported_parameter', 'echo'],
+    ['an unknown field', { ...ok, temprature: 0 }, 400, 'unknown_parameter', 'temprature'],
+    ['a known field of another endpoint', { ...ok, max_completion_tokens: 5 }, 400, 'unknown_parameter', 'max_completion_tokens'],
+    ['frequency_penalty above 2', { ...ok, frequency_penalty: 2.5 }, 400, 'invalid_value', 'frequency_penalty'],
+    ['presence_penalty below -2', { ...ok, presence_penalty: -3 }, 400, 'invalid_value', 'presence_penalty'],
+    ['repetition_penalty 0', { ...ok, repetition_penalty: 0 }, 400, 'invalid_value', 'repetition_penalty'],
+    ['store true', { ...ok, store: true }, 400, 'unsupported_parameter', 'store'],
   ])('completions: %s', async (_name, body, status, code, param) => {
     await expectError(await completion(body), status, code, param);
   });
 
   it('accepts the "off" values of unsupported OpenAI options and nulls for defaults', async () => {
-    const body = await complete({ prompt: 'Hi', max_tokens: 3, echo: false, logprobs: null, presence_penalty: 0, frequency_penalty: 0, best_of: 1, temperature: null, stop: null, seed: null, stream: false, lazy: null });
+    const body = await complete({ prompt: 'Hi', max_tokens: 3, echo: false, logprobs: null, presence_penalty: 0, frequency_penalty: 0, repetition_penalty: null, best_of: 1, temperature: null, stop: null, seed: null, stream: false, lazy: null, user: 'u1', store: false, metadata: {}, tool_choice: 'none', parallel_tool_calls: true, modalities: ['text'] });
     expect(body.usage.completion_tokens).toBeGreaterThan(0);
   });
 
@@ -386,6 +392,8 @@ describe('bad input: a 4xx with an OpenAI error body', () => {
     ['max_completion_tokens beyond the context', { model: MODEL, messages: [{ role: 'user', content: 'hi' }], max_completion_tokens: 9999 }, 400, 'invalid_value', 'max_completion_tokens'],
     ['n = 3', { model: MODEL, messages: [{ role: 'user', content: 'hi' }], n: 3 }, 400, 'invalid_value', 'n'],
     ['tools', { model: MODEL, messages: [{ role: 'user', content: 'hi' }], tools: [{ type: 'function' }] }, 400, 'unsupported_parameter', 'tools'],
+    ['an unknown field', { model: MODEL, messages: [{ role: 'user', content: 'hi' }], top_a: 0.5 }, 400, 'unknown_parameter', 'top_a'],
+    ['repetition_penalty negative', { model: MODEL, messages: [{ role: 'user', content: 'hi' }], repetition_penalty: -1 }, 400, 'invalid_value', 'repetition_penalty'],
     ['an unknown model', { model: 'gpt-4o', messages: [{ role: 'user', content: 'hi' }] }, 404, 'model_not_found', 'model'],
   ])('chat: %s', async (_name, body, status, code, param) => {
     await expectError(await post('/v1/chat/completions', body), status, code, param);

@@ -46,7 +46,7 @@ const createSchema = z.object({ messages: z.array(messageSchema).optional() });
 
 /** The options of a session message: chat's generation options, without model and messages. */
 export const sessionMessageSchema = chatSchema
-  .pick({ max_tokens: true, max_completion_tokens: true, temperature: true, top_p: true, top_k: true, seed: true, stop: true, stream: true, stream_options: true, n: true, lazy: true, logprobs: true, top_logprobs: true })
+  .pick({ max_tokens: true, max_completion_tokens: true, temperature: true, top_p: true, top_k: true, seed: true, stop: true, stream: true, stream_options: true, n: true, lazy: true, logprobs: true, top_logprobs: true, frequency_penalty: true, presence_penalty: true, repetition_penalty: true, user: true })
   .extend({
     /** optional here (the session's model is the served one), but a wrong name is refused as everywhere else */
     model: z.string().optional(),
