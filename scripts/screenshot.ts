@@ -1,5 +1,5 @@
 /**
- * npm run screenshot -- [--out docs/playground.png] [--model <name>] [--schedule <schedule>] [--max-tokens 48]
+ * npm run screenshot -- [--out docs/playground.png] [--model <name>] [--schedule <schedule>] [--max-tokens 48] [--port <free>]
  * Refreshes the README's picture of the playground: serves the Worker locally (scripts/serve.ts on
  * 127.0.0.1, the served model unless --model names another shard folder, state in a temporary
  * directory), opens the page in Debian's headless Chromium (playwright-core, never a downloaded
@@ -7,6 +7,7 @@
  * done. The only script that writes docs/playground.png: the tests save their screenshot in a
  * temporary directory, so that `npm test` leaves the checkout as it found it.
  */
+import type { ChildProcess } from 'node:child_process';
 import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
@@ -14,13 +15,24 @@ import { parseArgs } from 'node:util';
 import { chromium } from 'playwright-core';
 import { fail, freeLoopbackPort, progress, REPO_ROOT, runMain } from './lib/node-env.js';
 import { SERVED_MODEL_NAME } from './lib/served-model.js';
-import { killGroup, spawnServe, waitReady } from './lib/wrangler-dev.js';
+import { killGroup, spawnServe } from './lib/wrangler-dev.js';
 
 const CHROMIUM = '/usr/bin/chromium';
 const CHROMIUM_ARGS = ['--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking', '--disable-component-update', '--no-first-run'];
-const USAGE = `usage: npm run screenshot -- [--out docs/playground.png] [--model ${SERVED_MODEL_NAME}] [--schedule <schedule>] [--max-tokens 48]
+const USAGE = `usage: npm run screenshot -- [--out docs/playground.png] [--model ${SERVED_MODEL_NAME}] [--schedule <schedule>] [--max-tokens 48] [--port <free>]
   Serves the Worker on 127.0.0.1, sends one chat message from the playground in headless Chromium
   (${CHROMIUM}) and saves the page with its reply and pruning grid to --out.`;
+
+/** Until /healthz answers 200; its 5xx (a model that cannot load) is final, not worth waiting out. */
+async function healthy(base: string, child: ChildProcess, log: string): Promise<void> {
+  for (;;) {
+    if (child.exitCode !== null || child.signalCode !== null) throw new Error(`the local server exited; its log:\n${readFileSync(log, 'utf8')}`);
+    const res = await fetch(`${base}/healthz`).catch(() => null);
+    if (res?.ok) return;
+    if (res && res.status >= 500) throw new Error(`the server cannot serve the model: ${res.status} ${await res.text()}`);
+    await new Promise((r) => setTimeout(r, 500));
+  }
+}
 
 runMain(async () => {
   let values;
@@ -34,6 +46,7 @@ runMain(async () => {
         'max-tokens': { type: 'string', default: '48' },
         system: { type: 'string', default: 'You are a helpful assistant.' },
         message: { type: 'string', default: 'Write two sentences about a cat who finds a lost ball.' },
+        port: { type: 'string' },
         help: { type: 'boolean', default: false },
       },
     }));
@@ -48,19 +61,19 @@ runMain(async () => {
   if (!existsSync(CHROMIUM)) fail(`${CHROMIUM} is missing: apt-get install -y chromium`);
   const out = resolve(values.out);
   const dir = mkdtempSync(join(tmpdir(), 'lazy-edge-screenshot-'));
-  const port = await freeLoopbackPort();
+  const port = values.port === undefined ? await freeLoopbackPort() : Number(values.port);
+  if (!Number.isInteger(port) || port < 1 || port > 65535) fail(`--port ${values.port} is not a port number`);
   const base = `http://127.0.0.1:${port}`;
   const log = join(dir, 'wrangler.log');
-  const child = spawnServe(['--ip', '127.0.0.1', '--port', String(port), '--persist-to', dir, '--var', `MODEL_NAME:${values.model}`], log);
+  // the budget npm start serves with: the served model's f32 shards do not fit the default 128 MB
+  const child = spawnServe(['--ip', '127.0.0.1', '--port', String(port), '--persist-to', dir, '--var', `MODEL_NAME:${values.model}`, '--var', 'MEMORY_BUDGET_MB:1024'], log);
   const browser = await chromium.launch({ executablePath: CHROMIUM, args: CHROMIUM_ARGS }).catch((e) => {
     killGroup(child, 'SIGKILL');
     throw e;
   });
   try {
     progress(`serving ${values.model} on ${base} (log ${log})`);
-    await waitReady(`${base}/healthz`, child, 600_000).catch((e) => {
-      throw new Error(`${(e as Error).message}\n${readFileSync(log, 'utf8')}`);
-    });
+    await healthy(base, child, log);
     const page = await browser.newPage({ viewport: { width: 1280, height: 900 } });
     await page.goto(`${base}/`);
     await page.waitForFunction((m) => document.getElementById('status')?.textContent?.includes(`model ${m}`), values.model, { timeout: 120_000 });
