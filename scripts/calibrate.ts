@@ -8,6 +8,8 @@
  * same code as `npm run eval`: lazy and dense side by side on the same prompt windows).
  * Progress on stderr; a markdown table (or with --json one JSON object) on stdout.
  *
+ * npm run calibrate -- --plot SWEEP.json,... --out FILE.svg   (the frontier of saved task sweeps)
+ *
  * npm run calibrate -- --model DIR --tasks passkey,mdqa [--tokens 1024] [--prompts N] [--schedules ...]
  * sweeps schedules on the generated long-context tasks instead (scripts/lib/tasks.ts): dense answers
  * each prompt once; each schedule then answers it and is timed against a dense prefill run right
@@ -104,8 +106,10 @@ async function main(): Promise<void> {
       tasks: { type: 'string' },
       seed: { type: 'string', default: '1' },
       speed: { type: 'string', default: 'measured' },
+      plot: { type: 'string' },
     },
   });
+  if (values.plot !== undefined) return plotSweeps(values.plot, values.out!);
   if (values.tasks !== undefined) return taskSweep(values);
   if (!existsSync(values.data!)) fail(`--data ${values.data}: no such file`);
   const int = (name: string, v: string) => {
@@ -271,6 +275,23 @@ async function taskSweep(values: Record<string, string | boolean | undefined>): 
     return;
   }
   process.stdout.write(`${taskTable(accDense, cases.length, points)}\n`);
+}
+
+/**
+ * `--plot A.json,B.json --out FILE.svg`: one frontier plot, a panel per length, from task sweeps
+ * saved with --json (a sweep per length can take an hour; the plot should not need them run again).
+ */
+function plotSweeps(files: string, out: string): void {
+  const sweeps = files.split(',').map((f) => {
+    try {
+      return JSON.parse(readFileSync(f.trim(), 'utf8')) as { tokens: number; points: TaskPoint[]; caption: string; cases: number };
+    } catch (e) {
+      fail(`--plot ${f}: not a task sweep's --json output (${(e as Error).message})`);
+    }
+  });
+  mkdirSync(dirname(out), { recursive: true });
+  writeFileSync(out, frontierSvg(sweeps, sweeps.map((s) => `${s.tokens} tokens, ${s.cases} prompts: ${s.caption}`).join(' | ')));
+  progress(`wrote ${out}`);
 }
 
 /** The markdown table of a task sweep. */
