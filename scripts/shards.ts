@@ -32,6 +32,7 @@ import {
 } from '../src/model/quant.js';
 import { DEFAULT_MODEL_DIR, DEFAULT_MODEL_NAME, fail, progress, runMain, shardsDir } from './lib/node-env.js';
 import { buildAndWrite, sourceFromCheckpoint, sourceFromGguf, sourceFromRandom, upToDate } from './lib/shard-tasks.js';
+import { unreadableReason } from './lib/gguf-file.js';
 import { sha256File } from './lib/served-model.js';
 
 const RANDOM_KEYS: Record<string, keyof RandomCheckpointOptions> = {
@@ -142,7 +143,7 @@ async function ggufMain(path: string, values: GgufArgs): Promise<void> {
   const quant = ggufQuant(kernels);
   const name = values.name ?? basename(path).replace(/\.gguf$/i, '');
   const out = values.out ?? shardsDir(name);
-  const sha256 = await sha256File(path).catch(() => fail(`cannot read ${path}`));
+  const sha256 = await sha256File(path).catch((e: unknown) => fail(`cannot read ${path}: ${unreadableReason(e)}`));
   if (values['if-missing'] && upToDate(out, { source: { file: basename(path), sha256 } }, quant)) {
     progress(`shards up to date: ${out} (${quantLabel(quant)})`);
     return;

@@ -4,22 +4,38 @@ import { gguf } from '@huggingface/gguf';
 import { ModelFormatError } from '../../src/model/errors.js';
 import { ggmlTypeInfo, tensorBytes } from '../../src/model/ggml-quants.js';
 import type { GgufHeader } from '../../src/model/gguf-model.js';
+import { checkGgufHeaderComplete } from './gguf-header-check.js';
+
+/** Why a path cannot be read, in words (the error's code: ENOENT, EISDIR, EACCES, ...). */
+export function unreadableReason(e: unknown): string {
+  const code = (e as { code?: string }).code;
+  if (code === 'ENOENT') return 'no such file';
+  if (code === 'EISDIR') return 'a directory, not a file';
+  if (code === 'EACCES' || code === 'EPERM') return 'a file this user may not read (permission denied)';
+  if (code === 'ENOTDIR') return 'a path through something that is not a directory';
+  if (code === 'ELOOP') return 'a loop of symbolic links';
+  return (e as Error).message ?? String(e);
+}
 
 export async function readGgufHeader(path: string): Promise<GgufHeader> {
   let size: number;
-  try {
-    size = statSync(path).size;
-  } catch {
-    throw new ModelFormatError(path, 'a GGUF file', 'no such file');
-  }
   const head = new Uint8Array(4);
-  const fd = openSync(path, 'r');
   try {
-    readSync(fd, head, 0, 4, 0);
-  } finally {
-    closeSync(fd);
+    const st = statSync(path);
+    if (st.isDirectory()) throw Object.assign(new Error('directory'), { code: 'EISDIR' });
+    size = st.size;
+    const fd = openSync(path, 'r');
+    try {
+      readSync(fd, head, 0, 4, 0);
+    } finally {
+      closeSync(fd);
+    }
+  } catch (e) {
+    throw new ModelFormatError(path, 'a readable GGUF file', unreadableReason(e));
   }
+  if (size < 4) throw new ModelFormatError(path, 'a GGUF file (4 bytes of magic "GGUF" and a header)', `${size} bytes: the file is truncated`);
   if (new TextDecoder().decode(head) !== 'GGUF') throw new ModelFormatError(path, 'a GGUF file (magic "GGUF")', `the bytes ${JSON.stringify(new TextDecoder().decode(head))}`);
+  checkGgufHeaderComplete(path, size);
   let parsed: Awaited<ReturnType<typeof gguf>>;
   try {
     parsed = await gguf(path, { allowLocalFile: true });

@@ -428,6 +428,26 @@ describe('bad input: a 4xx with an OpenAI error body', () => {
     await expectError(del, 405, 'method_not_allowed');
     await expectError(await post('/healthz', {}), 405, 'method_not_allowed');
   });
+
+  // Every method a client can send that reaches the Worker (workerd answers an unknown token such as
+  // FOO with its own 501 and CONNECT with a 500, before any Worker code runs).
+  it.each<[string, string]>([
+    ['/', 'GET, HEAD'],
+    ['/healthz', 'GET, HEAD'],
+    ['/v1/models', 'GET, HEAD'],
+    ['/v1/completions', 'POST'],
+    ['/v1/chat/completions', 'POST'],
+    ['/v1/sessions', 'POST'],
+    [`/v1/sessions/sess_${'a'.repeat(32)}/messages`, 'POST'],
+  ])('answers every other method on %s with a JSON 405 allowing %s', async (path, allow) => {
+    const allowed = allow.split(', ');
+    for (const method of ['GET', 'POST', 'PUT', 'PATCH', 'DELETE', 'OPTIONS', 'TRACE', 'PROPFIND'].filter((m) => !allowed.includes(m))) {
+      const res = await worker(path, { method, ...(method === 'GET' || method === 'TRACE' ? {} : { body: '{}', headers: { 'Content-Type': 'application/json' } }) });
+      expect(res.headers.get('allow'), `${method} ${path}`).toBe(allow);
+      const err = await expectError(res, 405, 'method_not_allowed');
+      expect(err.message).toContain(`Method ${method} is not allowed on ${path}`);
+    }
+  });
 });
 
 describe('unexpected faults', () => {
