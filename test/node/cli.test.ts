@@ -75,3 +75,33 @@ describe('npm run shards', () => {
     expect(JSON.parse(g.stdout).tokens.length).toBeGreaterThan(0);
   });
 });
+
+describe('npm run eval and npm run calibrate take the signal items of a schedule', () => {
+  const stories = join(REPO_ROOT, 'model-shards', 'stories260K');
+  const data = join(REPO_ROOT, '../shared/data/tinystories-dev.txt');
+
+  it('eval on text ranks by a window; a chat task ranks by its question; a bad item is a clear error', () => {
+    const text = run('eval.ts', ['--model', stories, '--data', data, '--tokens', '128', '--prompts', '2', '--next', '8', '--continuation', '0', '--reps', '1', '--schedule', 'bos,signal:window:8,heads:max,pool:3,1:0.5,3:0.5', '--json']);
+    expect(text.code, text.stderr).toBe(0);
+    const t = JSON.parse(text.stdout);
+    expect(t.schedule).toBe('bos,signal:window:8,heads:max,pool:3,1:0.5,3:0.5');
+    expect(t.summary['128'].prefill_flops_ratio).toBeLessThan(1);
+    const tasks = run('eval.ts', ['--model', stories, '--tasks', 'passkey', '--tokens', '200', '--prompts', '1', '--schedule', 'signal:query,heads:max,pool:3,1:0.5,3:0.5', '--json']);
+    expect(tasks.code, tasks.stderr).toBe(0);
+    const bad = run('eval.ts', ['--model', stories, '--data', data, '--tokens', '128', '--prompts', '1', '--schedule', 'signal:question,1:0.5']);
+    expect(bad.code).not.toBe(0);
+    expect(bad.stderr).toMatch(/signal:last\|query\|window:K/);
+  });
+
+  it('calibrate sweeps signal x schedule on chat tasks, every schedule beside dense, and plots the frontier from its JSON', () => {
+    const dir = mkdtempSync(join(tmpdir(), 'lazy-edge-calibrate-'));
+    const r = run('calibrate.ts', ['--model', stories, '--tasks', 'passkey', '--tokens', '200', '--prompts', '1', '--schedules', 'bos,1:0.5,3:0.5;bos,signal:query,heads:max,pool:3,1:0.5,3:0.5', '--json', '--out', join(dir, 'sweep.svg')]);
+    expect(r.code, r.stderr).toBe(0);
+    const sweep = JSON.parse(r.stdout);
+    expect(sweep.points.map((p: { schedule: string }) => p.schedule).sort()).toEqual(['bos,1:0.5,3:0.5', 'bos,signal:query,heads:max,pool:3,1:0.5,3:0.5']);
+    for (const p of sweep.points) expect(p.prefill_flops_ratio).toBeLessThan(1);
+    writeFileSync(join(dir, 'sweep.json'), r.stdout);
+    const plot = run('calibrate.ts', ['--plot', join(dir, 'sweep.json'), '--out', join(dir, 'frontier.svg')]);
+    expect(plot.code, plot.stderr).toBe(0);
+  });
+});
