@@ -232,6 +232,19 @@ describe('query-aware LazyLLM in the engine (stories260K)', () => {
   });
 });
 
+describe('KV rows reserved up front', () => {
+  it('generate() reserves prompt + max_tokens rows before the prefill, so no decode step regrows the cache', async () => {
+    const model = await loadDefaultModel();
+    const { tok } = loadStories260K();
+    const [w] = promptWindows(storyStream(tok, devStories()), 130, 0, 1);
+    const seq = new SequenceState(model.config);
+    const capacities = new Set<number>();
+    await generate(model, seq, w.prompt, { maxTokens: 20, sampler: { temperature: 0, topP: 1, topK: 0, seed: 1 }, schedule: null, trace: () => capacities.add(seq.kv.capacity) });
+    // 130 + 20 rows: not the next power of two (256) a doubling cache would hold after 129 tokens.
+    expect([...capacities]).toEqual([150]);
+  });
+});
+
 describe('prefill chunks', () => {
   it('bound the attention scores at long contexts', () => {
     expect(prefillChunks(2048, 2048, 9)).toBe(19); // 113 rows at most: near the 128 of short contexts
