@@ -12,6 +12,7 @@ import { cacheStats, type Live } from './session/live.js';
 import { loadSession } from './session/recovery.js';
 import { insertSession, readLastActive, setLastActive, type Meta } from './session/store.js';
 import { sessionChain, writeSplit, type Split } from './session/split.js';
+import { replayStored } from './session/idempotency.js';
 import { playTurn, type TurnHost } from './session/turn.js';
 import type { Result, SessionInfo, TurnListener, TurnOutcome, TurnRequest } from './session/types.js';
 
@@ -236,6 +237,8 @@ export class ChatSession extends DurableObject<Env> {
     if (this.busy) return busy();
     this.busy = true;
     try {
+      const stored = await replayStored(this.ctx.storage.sql, req, live.committed, onEvent);
+      if (stored) return stored;
       return await playTurn(this.host(), live, req, onEvent);
     } finally {
       this.busy = false;

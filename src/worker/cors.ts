@@ -14,7 +14,7 @@ import type { Env } from './env.js';
  */
 
 const ALLOW_METHODS = 'GET, POST, DELETE, OPTIONS';
-const ALLOW_HEADERS = 'Authorization, Content-Type, X-Session-Id';
+const ALLOW_HEADERS = 'Authorization, Content-Type, X-Session-Id, Idempotency-Key';
 /** response headers a cross-origin script may read (timing of non-streamed replies, 409's retry hint) */
 const EXPOSE_HEADERS = 'Server-Timing, Retry-After';
 const PREFLIGHT_MAX_AGE_S = '600';

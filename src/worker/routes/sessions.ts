@@ -37,6 +37,19 @@ function stub(c: Context<AppEnv>, id: string) {
   return ns.get(ns.idFromName(`${apiKeyId(c)}/${id}`));
 }
 
+/**
+ * The Idempotency-Key header (session/idempotency.ts): 1 to 255 visible ASCII characters, as the
+ * keys of Stripe's API and of the IETF draft are; undefined when absent.
+ */
+function idempotencyKey(c: Context<AppEnv>): string | undefined {
+  const key = c.req.header('idempotency-key');
+  if (key === undefined) return undefined;
+  if (!/^[\x21-\x7e]{1,255}$/.test(key)) {
+    throw new ApiError(400, "Invalid value for 'Idempotency-Key': it must be 1 to 255 visible ASCII characters (a UUID is a good key).", 'invalid_value', 'Idempotency-Key');
+  }
+  return key;
+}
+
 /** The object's Failure takes its HTTP form here, once. */
 function raise(f: Failure): never {
   throw fromFailure(f, f.status === 409 ? { 'Retry-After': '1' } : {});
@@ -148,6 +161,7 @@ export async function sessionChat(c: Context<AppEnv>, body: ChatRequest, id: str
     maxTokensParam: body.max_completion_tokens != null ? 'max_completion_tokens' : 'max_tokens',
     maxTokens: body.max_completion_tokens ?? body.max_tokens,
     logprobs: chatTopLogprobs(body),
+    idempotencyKey: idempotencyKey(c),
   };
   return turnResponse(c, id, body.model, req, body);
 }
@@ -190,6 +204,7 @@ export const sessions = new Hono<AppEnv>()
       maxTokensParam: body.max_completion_tokens != null ? 'max_completion_tokens' : 'max_tokens',
       maxTokens: body.max_completion_tokens ?? body.max_tokens,
       logprobs: chatTopLogprobs(body),
+      idempotencyKey: idempotencyKey(c),
     };
     return turnResponse(c, id, c.env.MODEL_NAME, req, body);
   });

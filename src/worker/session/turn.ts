@@ -7,6 +7,7 @@ import { failureOf, failureFrom, type Failure } from '../faults.js';
 import { engineOptions, planJob, yieldToEventLoop, type Job } from '../job.js';
 import { DEFAULT_KEEPALIVE_MS, prefillKeepAlive } from '../keep-alive.js';
 import { LogprobShaper } from '../logprobs.js';
+import { recordOutcome } from './idempotency.js';
 import { cacheStats, type Live } from './live.js';
 import { insertTurn, updateCounts, writeChunks, writeMessages } from './store.js';
 import type { Result, StoredMessage, TurnEvent, TurnListener, TurnOutcome, TurnRequest } from './types.js';
@@ -116,25 +117,8 @@ export async function playTurn(host: TurnHost, live: Live, req: TurnRequest, onE
     }
     const turnIdx = live.turns;
     const now = Date.now();
-    host.storage.transactionSync(() => {
-      writeChunks(sql, compacted ? 0 : live.view.nextSeq, delta.chunks, compacted);
-      insertTurn(sql, turnIdx, turn.record, live.fingerprint);
-      if (req.mode === 'append') writeMessages(sql, live.messages.length, messages.slice(live.messages.length));
-      else writeMessages(sql, 0, messages, true);
-      updateCounts(sql, live.seq.length, delta.view.nextSeq, now);
-    });
-    live.view = delta.view;
-    if (!attempt) live.recordBytes = compacted ? deltaBytes : live.recordBytes + deltaBytes;
-    live.messages = messages;
-    live.turns = turnIdx + 1;
-    live.meta = { ...live.meta, tokens: live.seq.length, chunks: delta.view.nextSeq, last_active: now };
-    // The turn is committed: figures that cannot be read now are read again at the next load.
-    if (live.chain) live.groups = await live.chain.summary(live.turns).catch(() => live.groups);
-    live.committed = cacheStats(live, sql);
-    await host.storage.setAlarm(now + host.ttlMs());
-
     const completion = r.tokens.length;
-    return {
+    const outcome: { ok: true } & TurnOutcome = {
       ok: true,
       text: r.text,
       finishReason: r.finishReason,
@@ -149,9 +133,30 @@ export async function playTurn(host: TurnHost, live: Live, req: TurnRequest, onE
       session: {
         id: live.meta.session_id,
         turn: turnIdx,
-        stats: { ...turn.stats, delta_bytes: deltaBytes, compacted, cache: live.committed },
+        // the cache figures are read again once the turn is committed (below)
+        stats: { ...turn.stats, delta_bytes: deltaBytes, compacted, cache: live.committed ?? cacheStats(live, sql) },
       },
     };
+    host.storage.transactionSync(() => {
+      writeChunks(sql, compacted ? 0 : live.view.nextSeq, delta.chunks, compacted);
+      insertTurn(sql, turnIdx, turn.record, live.fingerprint);
+      if (req.mode === 'append') writeMessages(sql, live.messages.length, messages.slice(live.messages.length));
+      else writeMessages(sql, 0, messages, true);
+      updateCounts(sql, live.seq.length, delta.view.nextSeq, now);
+      // with the turn, atomically: a retry after any crash either finds both or neither
+      if (req.idempotencyKey !== undefined) recordOutcome(sql, req.idempotencyKey, req, outcome);
+    });
+    live.view = delta.view;
+    if (!attempt) live.recordBytes = compacted ? deltaBytes : live.recordBytes + deltaBytes;
+    live.messages = messages;
+    live.turns = turnIdx + 1;
+    live.meta = { ...live.meta, tokens: live.seq.length, chunks: delta.view.nextSeq, last_active: now };
+    // The turn is committed: figures that cannot be read now are read again at the next load.
+    if (live.chain) live.groups = await live.chain.summary(live.turns).catch(() => live.groups);
+    live.committed = cacheStats(live, sql);
+    await host.storage.setAlarm(now + host.ttlMs());
+    outcome.session.stats.cache = live.committed;
+    return outcome;
   } catch (e) {
     await host.discardMemory();
     return clientGone ? goneFailure() : failureFrom(e, 'session turn');

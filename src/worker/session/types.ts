@@ -59,6 +59,8 @@ export interface TurnRequest {
   maxTokens?: number | null;
   /** logprobs asked for: alternatives per token; null or absent = off */
   logprobs?: number | null;
+  /** the request's Idempotency-Key header (session/idempotency.ts) */
+  idempotencyKey?: string;
   /** streamed: the most milliseconds a prefill stays silent before a "progress" event (STREAM_KEEPALIVE_MS of the Worker that streams it) */
   keepAliveMs?: number;
 }
@@ -86,6 +88,8 @@ export interface TurnOutcome {
   session: {
     id: string;
     turn: number;
+    /** true when this is the stored outcome of an earlier request with the same Idempotency-Key */
+    replayed?: boolean;
     stats: TurnStats & { delta_bytes: number; compacted: boolean; cache: CacheStats };
   };
 }
