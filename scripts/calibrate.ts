@@ -107,9 +107,10 @@ async function main(): Promise<void> {
       seed: { type: 'string', default: '1' },
       speed: { type: 'string', default: 'measured' },
       plot: { type: 'string' },
+      default: { type: 'string' },
     },
   });
-  if (values.plot !== undefined) return plotSweeps(values.plot, values.out!);
+  if (values.plot !== undefined) return plotSweeps(values.plot, values.out!, values.default);
   if (values.tasks !== undefined) return taskSweep(values);
   if (!existsSync(values.data!)) fail(`--data ${values.data}: no such file`);
   const int = (name: string, v: string) => {
@@ -281,16 +282,20 @@ async function taskSweep(values: Record<string, string | boolean | undefined>): 
  * `--plot A.json,B.json --out FILE.svg`: one frontier plot, a panel per length, from task sweeps
  * saved with --json (a sweep per length can take an hour; the plot should not need them run again).
  */
-function plotSweeps(files: string, out: string): void {
+function plotSweeps(files: string, out: string, def?: string): void {
   const sweeps = files.split(',').map((f) => {
+    let sweep: { tokens: number; points: TaskPoint[]; cases: number; load: number[] };
     try {
-      return JSON.parse(readFileSync(f.trim(), 'utf8')) as { tokens: number; points: TaskPoint[]; caption: string; cases: number };
+      sweep = JSON.parse(readFileSync(f.trim(), 'utf8'));
     } catch (e) {
       fail(`--plot ${f}: not a task sweep's --json output (${(e as Error).message})`);
     }
+    // --default SPEC marks that schedule (a sweep marks the default of its own day).
+    return def === undefined ? sweep : { ...sweep, points: sweep.points.map((p) => ({ ...p, isDefault: p.schedule === formatSchedule(parseSchedule(def)) })) };
   });
   mkdirSync(dirname(out), { recursive: true });
-  writeFileSync(out, frontierSvg(sweeps, sweeps.map((s) => `${s.tokens} tokens, ${s.cases} prompts: ${s.caption}`).join(' | ')));
+  const caption = `npm run calibrate -- --tasks ${TASKS.join(',')} --prompts 4, then --plot; ${sweeps.map((s) => `${s.tokens} tokens: ${s.cases} prompts, load ${s.load.map((l) => l.toFixed(1)).join('/')}`).join('; ')}`;
+  writeFileSync(out, frontierSvg(sweeps, caption));
   progress(`wrote ${out}`);
 }
 
