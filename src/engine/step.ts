@@ -184,10 +184,10 @@ async function runLayer(
     }
     seq.kv.write(lk, queries.subarray(a, b), out[LAYER_IO.outputs.k].data as Float32Array, out[LAYER_IO.outputs.v].data as Float32Array);
     if (r1 > r0) {
-      const part = out[LAYER_IO.outputs.attn].data as Float32Array; // [heads, past + b]
+      const chunkAttn = out[LAYER_IO.outputs.attn].data as Float32Array; // [heads, past + b]
       const w = (r1 - r0) / (rowTo - rowFrom);
       const tc = past + b;
-      for (let h = 0; h < nHeads; h++) for (let key = 0; key < tc; key++) attn[h * t + key] += w * part[h * tc + key];
+      for (let h = 0; h < nHeads; h++) for (let key = 0; key < tc; key++) attn[h * t + key] += w * chunkAttn[h * tc + key];
     }
   }
   return { y, attn, past };
