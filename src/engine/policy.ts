@@ -342,7 +342,8 @@ export type PromptKind = 'question' | 'text';
  *   (docs/QUERY-AWARE.md, 16 prompts a length, side by side) it answered as many prompts as dense
  *   at 2k (8 of 16, 2.98x TTFT) and one more at 1k, where the paper's signal kept dense's answers
  *   only pruning at 2/3 of the depth (1.2x) and lost 7 of 8 pruning from layer 8. Layers 9-13 rank
- *   poorly with every signal, so the first cut comes before them.
+ *   poorly with every signal, so the first cut comes before them. At 4k it lost 2 of 4 (3.16x),
+ *   where one cut (8:0.3, 2.2x) kept all 4: the later cuts want a floor that grows with the prompt.
  * - 24+ layers, text without a question (/v1/completions): the window of the last 16 tokens, max
  *   over heads, pooled 15, keeping half from layer 8 (0.56 of the FLOPs): on natural text at 2k, KL
  *   0.018 against dense, where keeping 30% gave 0.144.
