@@ -130,8 +130,9 @@ export const MASKED_POS = 2 ** 30;
  * computed, see KVCache), those of tokens outside `context` masked by position, followed by the
  * queries. Returns the new hidden states [q, dim], the attention of the queries [rowFrom, rowTo)
  * per head, mean over those rows, over [the layer's `past` rows before this step..., queries...]
- * ([heads, past + q]), and `past`. The rows may span chunks: each chunk's share is weighted by its
- * rows (keys after a chunk are masked for it, so they get nothing from it).
+ * ([heads, past + q]; all zeros for an empty span), and `past`. The rows may span chunks: each
+ * chunk's share is weighted by its rows (keys after a chunk are masked for it, so they get nothing
+ * from it).
  */
 async function runLayer(
   part: ModelPart,
@@ -322,11 +323,12 @@ export async function runLayers(part: ModelPart, seq: SequenceState, into: Front
     const j0 = lowerBound(queries, rowFrom);
     const j1 = lowerBound(queries, rowTo);
     if (j1 - j0 !== rowTo - rowFrom) throw new EngineError(`layer ${l} computes ${j1 - j0} of the ${rowTo - rowFrom} ranking rows`, 'internal');
-    const { y, attn, past } = await runLayer(part, seq, l, x, queries, context, j0, j1);
+    // Only the next layer reads the scores, and only when it prunes: otherwise no rows are gathered.
+    const ranks = opts.schedule !== null && keepAt(opts.schedule, l + 1) !== null;
+    const { y, attn, past } = await runLayer(part, seq, l, x, queries, context, ranks ? j0 : 0, ranks ? j1 : 0);
     for (const i of queries) seq.deepen(i, lk + 1);
 
-    // Only the next layer reads the scores, and only when it prunes.
-    if (opts.schedule && keepAt(opts.schedule, l + 1) !== null) {
+    if (ranks && opts.schedule) {
       // attn is over keys [the layer's past rows..., queries...]; realign it with `active` (the
       // ascending merge of context and queries).
       const H = cfg.nHeads;
