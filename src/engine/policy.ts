@@ -334,7 +334,7 @@ export type PromptKind = 'question' | 'text';
  * The default schedule, chosen by measurement.
  * - Up to 23 layers (stories260K, the 12-layer benchmark shapes): the paper's signal; keep BOS,
  *   prune after the first layer to 55% and at two thirds of the depth to 60% of the survivors; 8+
- *   layers also prune at one third of the depth (README, "LazyLLM: fidelity and speed", on the dev
+ *   layers also prune at one third of the depth (docs/LAZYLLM.md, "LazyLLM: how it runs", on the dev
  *   text). These models are not chat models, and no query-aware signal was calibrated on them.
  * - 24+ layers (SmolLM2-135M's 30), a chat prompt with a question: rank by the question's rows,
  *   max over heads, pooled over 15 neighbours; keep 20% from 0.27 of the depth (layer 8), half of

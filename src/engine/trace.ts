@@ -20,7 +20,7 @@ export const MAX_TRACE_REVIVALS = 2048;
 /** One revival: [decode step (1 = first decode step), position, first layer computed, last layer computed + 1]. */
 export type TraceRevival = [step: number, position: number, from: number, to: number];
 
-/** `lazy_stats.trace`; snake_case because it travels as JSON (README "Extensions" documents it). */
+/** `lazy_stats.trace`; snake_case because it travels as JSON (docs/HTTP-API.md, "Extensions", documents it). */
 export interface LazyTrace {
   /** decoder layers: the grid's rows */
   layers: number;

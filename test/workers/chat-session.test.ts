@@ -184,7 +184,7 @@ describe('a three-turn session conversation', () => {
       // layer 0 sees only what is new: the new prompt tokens and the decode steps
       expect(s.computed_per_layer[0]).toBe(s.new_prompt_tokens + (ref[k].denseRerun[0] - replies[k].body.usage.prompt_tokens));
     }
-    // Figures for the record (README "Chat sessions").
+    // Figures for the record (docs/SESSIONS.md).
     console.log(
       'session turns, tokens computed per layer (session vs dense rerun):\n' +
         replies.map((r, k) => `  turn ${k + 1}: ${JSON.stringify(r.body.session.stats.computed_per_layer)} vs ${JSON.stringify(ref[k].denseRerun)}, revived ${JSON.stringify(r.body.session.stats.revived_per_layer)}, reused ${r.body.session.stats.reused_tokens}, delta ${r.body.session.stats.delta_bytes} B, storage ${r.body.session.stats.cache.storage_bytes} B, records ${r.body.session.stats.cache.record_bytes} B, kv ${r.body.session.stats.cache.kv_bytes} B, aux ${r.body.session.stats.cache.aux_bytes} B`).join('\n'),

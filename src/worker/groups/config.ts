@@ -1,5 +1,5 @@
 /**
- * How the served model is split (README "Layer groups"): LAYER_GROUPS contiguous groups of decoder
+ * How the served model is split (docs/LAYER-GROUPS.md): LAYER_GROUPS contiguous groups of decoder
  * layers, each run by its own LayerGroup Durable Object; GROUP_CHAINS chains of such objects serve
  * stateless requests, one request per chain at a time. LAYER_GROUPS 1 (the default) runs the whole
  * model in the isolate that answers the request, as before.
