@@ -183,7 +183,15 @@ describe('[spawns the local server] a streamed session turn hung up by its clien
         outcomes.push(`${point}:${probe.status}`);
         expect(probe.status, `try ${i} (${point}): the session is still busy after ${probe.polls} polls: ${JSON.stringify(probe.json)}`).toBe(400);
         const after = await call(plain, 'GET', `/v1/sessions/${id}`);
-        expect(after.json.messages, `try ${i} (${point}): the abandoned turn left the conversation as it was`).toEqual(history);
+        const msgs = after.json.messages as { role: string; content: string }[];
+        if (point === 'mid-token' && msgs.length === history.length + 2) {
+          // stories260K may end its story within the chunks read before the hang-up: the turn then
+          // finished before the server could see the client leave, and is stored whole like any
+          // finished turn (never a half turn: the user message and a complete reply, or nothing).
+          expect(msgs.slice(0, history.length)).toEqual(history);
+          expect(msgs[history.length]).toEqual({ role: 'user', content: 'And then?' });
+          expect(msgs[history.length + 1].role).toBe('assistant');
+        } else expect(msgs, `try ${i} (${point}): the abandoned turn left the conversation as it was`).toEqual(history);
         const next = await call(plain, 'POST', `/v1/sessions/${id}/messages`, { content: 'Go on.', max_tokens: 3 });
         expect(next.status, JSON.stringify(next.json)).toBe(200);
       }
