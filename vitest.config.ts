@@ -16,7 +16,12 @@ export default defineConfig({
       },
       {
         // Most Worker tests run the small stories260K; its outputs are what they pin.
-        plugins: [cloudflareTest({ wrangler: { configPath: './wrangler.toml' }, miniflare: { bindings: { MODEL_NAME: 'stories260K' } } })],
+        plugins: [
+          cloudflareTest({
+            wrangler: { configPath: './wrangler.toml' },
+            miniflare: { bindings: { MODEL_NAME: 'stories260K' } },
+          }),
+        ],
         test: {
           name: 'workers',
           include: ['test/workers/**/*.test.ts'],
@@ -26,7 +31,12 @@ export default defineConfig({
       },
       {
         // The served default, SmolLM2, as wrangler.toml configures it, with the budget npm start sets.
-        plugins: [cloudflareTest({ wrangler: { configPath: './wrangler.toml' }, miniflare: { bindings: { MEMORY_BUDGET_MB: '1024' } } })],
+        plugins: [
+          cloudflareTest({
+            wrangler: { configPath: './wrangler.toml' },
+            miniflare: { bindings: { MEMORY_BUDGET_MB: '1024' } },
+          }),
+        ],
         test: {
           name: 'workers-smollm2',
           include: ['test/workers-smollm2/**/*.test.ts'],

@@ -48,7 +48,10 @@ const MAX_FOREIGN_CORES = 0.5;
 /** More pruning than the default: a quarter survives layer 1, half of that from two thirds on. */
 export function aggressiveSchedule(nLayers: number): Schedule {
   const second = Math.max(2, Math.round((2 * nLayers) / 3));
-  return { prune: [{ layer: 1, keep: 0.25 }, ...(second < nLayers ? [{ layer: second, keep: 0.5 }] : [])], keepFirst: true };
+  return {
+    prune: [{ layer: 1, keep: 0.25 }, ...(second < nLayers ? [{ layer: second, keep: 0.5 }] : [])],
+    keepFirst: true,
+  };
 }
 
 const t0 = Date.now();
@@ -87,7 +90,14 @@ function runChild(job: ChildJob, tag: string): Promise<ChildResult> {
   });
 }
 
-function writeReport(path: string, rows: SummaryRow[], meta: Record<string, unknown>, peak: MatMulPeak, targets: string, quick: boolean): void {
+function writeReport(
+  path: string,
+  rows: SummaryRow[],
+  meta: Record<string, unknown>,
+  peak: MatMulPeak,
+  targets: string,
+  quick: boolean,
+): void {
   const svgPath = join(dirname(path), 'benchmarks.svg');
   const when = new Date().toISOString().slice(0, 16).replace('T', ' ');
   const caption = `npm run bench${quick ? ' -- --quick' : ''}, ${when} UTC; onnxruntime-web 1.30 wasm, 1 thread; medians of min(wall, CPU)`;
@@ -99,7 +109,8 @@ function writeReport(path: string, rows: SummaryRow[], meta: Record<string, unkn
       `${meta.decode} decode tokens; medians of the repetitions in the \`reps\` field of the JSON.`,
     '',
     `wasm MatMul peak in this run: **${peak.gflopsCpu.toFixed(1)} GFLOP/s** (min of wall and CPU time, as the rows; wall alone ${peak.gflops.toFixed(1)}), best of ` +
-      peak.shapes.map((s) => `${s.m}×${s.k}×${s.n}: ${s.gflopsCpu.toFixed(1)}`).join(', ') + '.',
+      peak.shapes.map((s) => `${s.m}×${s.k}×${s.n}: ${s.gflopsCpu.toFixed(1)}`).join(', ') +
+      '.',
     '',
     `![TTFT and decode speed](${relative(dirname(path), svgPath)})`,
     '',
@@ -111,56 +122,101 @@ function writeReport(path: string, rows: SummaryRow[], meta: Record<string, unkn
     '',
     '† beyond the trained context (stories260K: 512 tokens); speed is still meaningful, quality is not. "(random)": seeded random weights, speed only. ' +
       '‡ useful dense FLOPs of the prompt (causal attention counted once) per second of TTFT; for lazy rows the same dense FLOPs, so it is an effective rate. ' +
-      '§ peak RSS of a process that ran only that row, once, at the model\'s longest prompt (Node and the runtime included).',
+      "§ peak RSS of a process that ran only that row, once, at the model's longest prompt (Node and the runtime included).",
     '',
     markdownTable(rows),
     END,
   ].join('\n');
   const old = existsSync(path) ? readFileSync(path, 'utf8') : `# Benchmarks\n\n${BEGIN}\n${END}\n`;
   const [a, b] = [old.indexOf(BEGIN), old.indexOf(END)];
-  const next = a >= 0 && b > a ? `${old.slice(0, a)}${generated}${old.slice(b + END.length)}` : `${old.trimEnd()}\n\n${generated}\n`;
+  const next =
+    a >= 0 && b > a
+      ? `${old.slice(0, a)}${generated}${old.slice(b + END.length)}`
+      : `${old.trimEnd()}\n\n${generated}\n`;
   writeFileSync(path, next);
 }
 
 function targetsTable(rows: SummaryRow[]): string {
-  const find = (model: string, length: number, row: string) => rows.find((r) => r.model === model && r.length === length && r.row === row);
+  const find = (model: string, length: number, row: string) =>
+    rows.find((r) => r.model === model && r.length === length && r.row === row);
   const lines: string[] = ['| target | measured | met |', '| --- | --- | --- |'];
   const add = (target: string, measured: string, ok: boolean | null | 'info') =>
-    lines.push(`| ${target} | ${measured} | ${ok === 'info' ? '–' : ok === null ? 'not measured' : ok ? 'yes' : '**no**'} |`);
-  const ratio = (a?: SummaryRow, b?: SummaryRow, k: 'ttft_cpu_ms' | 'decode_tok_s' = 'ttft_cpu_ms') => (a && b ? a[k] / b[k] : NaN);
+    lines.push(
+      `| ${target} | ${measured} | ${ok === 'info' ? '–' : ok === null ? 'not measured' : ok ? 'yes' : '**no**'} |`,
+    );
+  const ratio = (a?: SummaryRow, b?: SummaryRow, k: 'ttft_cpu_ms' | 'decode_tok_s' = 'ttft_cpu_ms') =>
+    a && b ? a[k] / b[k] : NaN;
   const s512 = find('stories260K', 512, 'lazy');
-  add('lazy vs dense TTFT, stories260K, 512 tokens: >= 2.5x', s512 ? `${s512.speedup_vs_dense.toFixed(2)}x (\`${s512.schedule}\`)` : '–', s512 ? s512.speedup_vs_dense >= 2.5 : null);
+  add(
+    'lazy vs dense TTFT, stories260K, 512 tokens: >= 2.5x',
+    s512 ? `${s512.speedup_vs_dense.toFixed(2)}x (\`${s512.schedule}\`)` : '–',
+    s512 ? s512.speedup_vs_dense >= 2.5 : null,
+  );
   const big = find('rand-12x768', 2048, 'lazy');
-  add('lazy vs dense TTFT, 12-layer dim-768, 2048 tokens: >= 3x', big ? `${big.speedup_vs_dense.toFixed(2)}x (\`${big.schedule}\`)` : '–', big ? big.speedup_vs_dense >= 3 : null);
-  const pairs = rows.filter((r) => r.row === 'dense').map((d) => ({ d, m: find(d.model, d.length, 'monolithic'), t: find(d.model, d.length, 'transformers.js'), l: find(d.model, d.length, 'lazy') }));
+  add(
+    'lazy vs dense TTFT, 12-layer dim-768, 2048 tokens: >= 3x',
+    big ? `${big.speedup_vs_dense.toFixed(2)}x (\`${big.schedule}\`)` : '–',
+    big ? big.speedup_vs_dense >= 3 : null,
+  );
+  const pairs = rows
+    .filter((r) => r.row === 'dense')
+    .map((d) => ({
+      d,
+      m: find(d.model, d.length, 'monolithic'),
+      t: find(d.model, d.length, 'transformers.js'),
+      l: find(d.model, d.length, 'lazy'),
+    }));
   const monoTtft = pairs.filter((p) => p.m).map((p) => ({ p, r: ratio(p.d, p.m) }));
   const worstMono = monoTtft.sort((a, b) => b.r - a.r)[0];
   add(
     'dense per-layer vs monolithic TTFT: within 1.1x',
-    worstMono ? `dense / monolithic TTFT: worst ${worstMono.r.toFixed(2)}x (${worstMono.p.d.model}, ${worstMono.p.d.length}), median ${median(monoTtft.map((x) => x.r)).toFixed(2)}x` : '–',
+    worstMono
+      ? `dense / monolithic TTFT: worst ${worstMono.r.toFixed(2)}x (${worstMono.p.d.model}, ${worstMono.p.d.length}), median ${median(monoTtft.map((x) => x.r)).toFixed(2)}x`
+      : '–',
     worstMono ? worstMono.r <= 1.1 : null,
   );
   const monoDec = pairs.filter((p) => p.m).map((p) => ({ p, r: ratio(p.m, p.d, 'decode_tok_s') }));
   const worstDec = monoDec.sort((a, b) => b.r - a.r)[0];
   add(
     'dense per-layer vs monolithic decode: within 1.1x',
-    worstDec ? `monolithic / dense decode tokens/s: worst ${worstDec.r.toFixed(2)}x (${worstDec.p.d.model}, ${worstDec.p.d.length}), median ${median(monoDec.map((x) => x.r)).toFixed(2)}x` : '–',
+    worstDec
+      ? `monolithic / dense decode tokens/s: worst ${worstDec.r.toFixed(2)}x (${worstDec.p.d.model}, ${worstDec.p.d.length}), median ${median(monoDec.map((x) => x.r)).toFixed(2)}x`
+      : '–',
     worstDec ? worstDec.r <= 1.1 : null,
   );
   const long = pairs.filter((p) => p.t && p.d.length >= 512);
   const vsTjs = long.map((p) => ratio(p.t, p.d));
-  add('dense faster than transformers.js at 512+ tokens', vsTjs.length ? `transformers.js / dense TTFT: min ${Math.min(...vsTjs).toFixed(2)}x, median ${median(vsTjs).toFixed(2)}x` : '–', vsTjs.length ? Math.min(...vsTjs) > 1 : null);
+  add(
+    'dense faster than transformers.js at 512+ tokens',
+    vsTjs.length
+      ? `transformers.js / dense TTFT: min ${Math.min(...vsTjs).toFixed(2)}x, median ${median(vsTjs).toFixed(2)}x`
+      : '–',
+    vsTjs.length ? Math.min(...vsTjs) > 1 : null,
+  );
   const lazyVsTjs = long.filter((p) => p.l).map((p) => ratio(p.t, p.l));
-  add('lazy >= 2.5x faster than transformers.js at 512+ tokens', lazyVsTjs.length ? `transformers.js / lazy TTFT: min ${Math.min(...lazyVsTjs).toFixed(2)}x, median ${median(lazyVsTjs).toFixed(2)}x` : '–', lazyVsTjs.length ? Math.min(...lazyVsTjs) >= 2.5 : null);
+  add(
+    'lazy >= 2.5x faster than transformers.js at 512+ tokens',
+    lazyVsTjs.length
+      ? `transformers.js / lazy TTFT: min ${Math.min(...lazyVsTjs).toFixed(2)}x, median ${median(lazyVsTjs).toFixed(2)}x`
+      : '–',
+    lazyVsTjs.length ? Math.min(...lazyVsTjs) >= 2.5 : null,
+  );
   const longest = new Map<string, SummaryRow>();
-  for (const r of rows.filter((x) => x.row === 'dense')) if ((longest.get(r.model)?.length ?? 0) < r.length) longest.set(r.model, r);
+  for (const r of rows.filter((x) => x.row === 'dense'))
+    if ((longest.get(r.model)?.length ?? 0) < r.length) longest.set(r.model, r);
   const peaks = [...longest.values()];
-  add('dense prefill >= 50% of the wasm MatMul peak (longest prompt per model)', peaks.map((r) => `${r.model} ${r.length}: ${r.pct_of_peak.toFixed(0)}%`).join('; ') || '–', peaks.length ? peaks.every((r) => r.pct_of_peak >= 50) : null);
+  add(
+    'dense prefill >= 50% of the wasm MatMul peak (longest prompt per model)',
+    peaks.map((r) => `${r.model} ${r.length}: ${r.pct_of_peak.toFixed(0)}%`).join('; ') || '–',
+    peaks.length ? peaks.every((r) => r.pct_of_peak >= 50) : null,
+  );
   const dec = pairs.filter((p) => p.l).map((p) => ({ p, r: ratio(p.l, p.d, 'decode_tok_s') }));
   const worstLazyDec = dec.sort((a, b) => a.r - b.r)[0];
   add(
     'lazy decode tokens/s >= dense',
-    worstLazyDec ? `lazy / dense decode tokens/s: worst ${worstLazyDec.r.toFixed(2)}x (${worstLazyDec.p.d.model}, ${worstLazyDec.p.d.length}); median ${median(dec.map((x) => x.r)).toFixed(2)}x` : '–',
+    worstLazyDec
+      ? `lazy / dense decode tokens/s: worst ${worstLazyDec.r.toFixed(2)}x (${worstLazyDec.p.d.model}, ${worstLazyDec.p.d.length}); median ${median(dec.map((x) => x.r)).toFixed(2)}x`
+      : '–',
     worstLazyDec ? worstLazyDec.r >= 1 : null,
   );
   const wd = rows.filter((r) => r.row.includes('workerd'));
@@ -198,8 +254,13 @@ async function main(): Promise<void> {
   });
   if (values['render-smol']) {
     // Re-render the SmolLM2 section from a saved `--json` output (nothing is measured).
-    const saved = JSON.parse(readFileSync(values['render-smol'], 'utf8')) as { meta: Record<string, unknown>; peak: { used: MatMulPeak }; smollm2: SmolRun | null };
-    if (!saved.smollm2) fail(`${values['render-smol']} holds no SmolLM2 run (a --json output of a run with --models smollm2)`);
+    const saved = JSON.parse(readFileSync(values['render-smol'], 'utf8')) as {
+      meta: Record<string, unknown>;
+      peak: { used: MatMulPeak };
+      smollm2: SmolRun | null;
+    };
+    if (!saved.smollm2)
+      fail(`${values['render-smol']} holds no SmolLM2 run (a --json output of a run with --models smollm2)`);
     // JSON wrote the browser rows' absent CPU clock (Infinity) as null.
     for (const r of saved.smollm2.rows)
       for (const ts of Object.values(r.trials))
@@ -209,19 +270,30 @@ async function main(): Promise<void> {
         }
     const out = values.out ?? join(REPO_ROOT, 'docs', 'BENCHMARKS.md');
     const when = String(saved.meta.when ?? statSync(values['render-smol']).mtime.toISOString());
-    const command = String(saved.meta.command ?? `npm run bench -- --models smollm2 --smol-lengths ${saved.smollm2.lengths.join(',')} --smol-reps ${saved.smollm2.reps} --smol-decode ${saved.smollm2.decode}`);
+    const command = String(
+      saved.meta.command ??
+        `npm run bench -- --models smollm2 --smol-lengths ${saved.smollm2.lengths.join(',')} --smol-reps ${saved.smollm2.reps} --smol-decode ${saved.smollm2.decode}`,
+    );
     process.stderr.write(`\n${writeSmolSection(out, saved.smollm2, saved.peak.used, saved.meta, command, when)}\n\n`);
     return;
   }
   const allowLoad = values['allow-load']!;
   const quick = values.quick!;
   // The committed docs/BENCHMARKS.md is a full run's; a quick run goes next to the cache unless told.
-  const out = values.out ?? (quick ? join(REPO_ROOT, '.bench-cache', 'BENCHMARKS-quick.md') : join(REPO_ROOT, 'docs', 'BENCHMARKS.md'));
+  const out =
+    values.out ??
+    (quick ? join(REPO_ROOT, '.bench-cache', 'BENCHMARKS-quick.md') : join(REPO_ROOT, 'docs', 'BENCHMARKS.md'));
   const decode = Number(values.decode);
   if (!(Number.isInteger(decode) && decode > 0)) fail(`--decode must be a positive integer, got "${values.decode}"`);
-  const wanted = (values.models?.split(',') ?? [...BENCH_MODELS.map((m) => m.id), 'smollm2']).map((w) => (w === SMOL_ID ? 'smollm2' : w));
-  const specs: BenchModelSpec[] = BENCH_MODELS.filter((m) => wanted.includes(m.id) && (quick ? m.quickLengths.length > 0 : true));
-  for (const w of wanted) if (w !== 'smollm2' && !BENCH_MODELS.some((m) => m.id === w)) fail(`unknown model "${w}" (known: ${BENCH_MODELS.map((m) => m.id).join(', ')}, smollm2)`);
+  const wanted = (values.models?.split(',') ?? [...BENCH_MODELS.map((m) => m.id), 'smollm2']).map((w) =>
+    w === SMOL_ID ? 'smollm2' : w,
+  );
+  const specs: BenchModelSpec[] = BENCH_MODELS.filter(
+    (m) => wanted.includes(m.id) && (quick ? m.quickLengths.length > 0 : true),
+  );
+  for (const w of wanted)
+    if (w !== 'smollm2' && !BENCH_MODELS.some((m) => m.id === w))
+      fail(`unknown model "${w}" (known: ${BENCH_MODELS.map((m) => m.id).join(', ')}, smollm2)`);
   const smol = wanted.includes('smollm2') && !quick;
   const posInts = (name: string, v: string) => {
     const xs = v.split(',').map(Number);
@@ -232,22 +304,41 @@ async function main(): Promise<void> {
   const [smolReps] = posInts('smol-reps', values['smol-reps']!);
   const [smolDecode] = posInts('smol-decode', values['smol-decode']!);
   const smolPeers = values['smol-peers']!.split(',') as SmolPeerId[];
-  for (const p of smolPeers) if (!SMOL_PEERS.includes(p)) fail(`unknown --smol-peers entry "${p}" (known: ${SMOL_PEERS.join(', ')})`);
+  for (const p of smolPeers)
+    if (!SMOL_PEERS.includes(p)) fail(`unknown --smol-peers entry "${p}" (known: ${SMOL_PEERS.join(', ')})`);
   if (Math.max(...smolLengths) > 8000) fail('--smol-lengths: SmolLM2 was trained on 8192 tokens; at most 8000 here');
 
   const foreignStart = await sampleForeignLoad(3000);
   if (foreignStart > MAX_FOREIGN_CORES) {
     const msg = `other processes keep ${foreignStart.toFixed(2)} cores busy (more than ${MAX_FOREIGN_CORES})`;
-    if (!allowLoad) fail(`${msg}: refusing to measure. Wait for the machine to be idle, or pass --allow-load (the load is then recorded beside the figures)`);
+    if (!allowLoad)
+      fail(
+        `${msg}: refusing to measure. Wait for the machine to be idle, or pass --allow-load (the load is then recorded beside the figures)`,
+      );
     progress(`${msg}; measuring anyway (--allow-load)`);
   }
 
   const command = `npm run bench -- ${process.argv.slice(2).join(' ')}`.trim();
-  const meta = { cpus: cpus().length, cpuModel: cpus()[0]?.model ?? 'unknown CPU', loadStart: loadPerCore(), loadEnd: NaN, decode, quick, foreignStart, command, when: new Date().toISOString(), node: process.versions.node };
-  progress(`${quick ? 'quick' : 'full'} run: ${[...specs.map((s) => s.id), ...(smol ? [SMOL_ID] : [])].join(', ')}; load per core ${meta.loadStart.toFixed(2)}`);
+  const meta = {
+    cpus: cpus().length,
+    cpuModel: cpus()[0]?.model ?? 'unknown CPU',
+    loadStart: loadPerCore(),
+    loadEnd: NaN,
+    decode,
+    quick,
+    foreignStart,
+    command,
+    when: new Date().toISOString(),
+    node: process.versions.node,
+  };
+  progress(
+    `${quick ? 'quick' : 'full'} run: ${[...specs.map((s) => s.id), ...(smol ? [SMOL_ID] : [])].join(', ')}; load per core ${meta.loadStart.toFixed(2)}`,
+  );
 
   const tok = Tokenizer.fromLlama2c(readBytes(join(DEFAULT_MODEL_DIR, 'tok512.bin')), 512, 'tok512.bin');
-  const stories = readFileSync(DEFAULT_DATA, 'utf8').split('\n').filter((l) => l.length > 0);
+  const stories = readFileSync(DEFAULT_DATA, 'utf8')
+    .split('\n')
+    .filter((l) => l.length > 0);
   const stream = storyStream(tok, stories);
   const prompts: Record<string, number[]> = {};
   for (const L of [128, 256, 512, 1024, 2048]) prompts[L] = promptWindows(stream, L, 0, 1)[0].prompt;
@@ -259,21 +350,36 @@ async function main(): Promise<void> {
   const runs: ModelRun[] = [];
   for (const spec of specs) {
     const paths = await ensureBenchModel(spec, progress);
-    const config = (JSON.parse(readFileSync(join(paths.shards, 'manifest.json'), 'utf8')) as { config: ModelConfig }).config;
+    const config = (JSON.parse(readFileSync(join(paths.shards, 'manifest.json'), 'utf8')) as { config: ModelConfig })
+      .config;
     const schedules: Partial<Record<RowName, string>> = {
       lazy: formatSchedule(defaultSchedule(config.nLayers)),
       'lazy-aggr': formatSchedule(aggressiveSchedule(config.nLayers)),
     };
     const lengths = quick ? spec.quickLengths : spec.lengths;
-    const job: ChildJob = { mode: 'time', ...paths, rows: ROWS, lengths, reps: quick ? spec.quickReps : spec.reps, decode, prompts, schedules };
-    progress(`${spec.id}: timing ${ROWS.join(', ')} at ${lengths.join(', ')} tokens (${job.reps} reps each, interleaved)`);
+    const job: ChildJob = {
+      mode: 'time',
+      ...paths,
+      rows: ROWS,
+      lengths,
+      reps: quick ? spec.quickReps : spec.reps,
+      decode,
+      prompts,
+      schedules,
+    };
+    progress(
+      `${spec.id}: timing ${ROWS.join(', ')} at ${lengths.join(', ')} tokens (${job.reps} reps each, interleaved)`,
+    );
     const time = await runChild(job, `${spec.id}-time`);
     const memory: ModelRun['memory'] = {};
     if (!values['no-memory']) {
       const length = lengths[lengths.length - 1];
       for (const row of ROWS) {
         progress(`${spec.id}: peak memory of ${row} alone at ${length} tokens`);
-        const r = await runChild({ ...job, mode: 'memory', rows: [row], lengths: [length], reps: 1 }, `${spec.id}-memory-${row}`);
+        const r = await runChild(
+          { ...job, mode: 'memory', rows: [row], lengths: [length], reps: 1 },
+          `${spec.id}-memory-${row}`,
+        );
         memory[row] = { length, peakRssMb: r.peakRssMb, loadRssMb: r.loadRssMb };
       }
     }
@@ -305,8 +411,17 @@ async function main(): Promise<void> {
 
   let smolRun: SmolRun | null = null;
   if (smol) {
-    progress(`${SMOL_ID}: ${smolPeers.join(', ')} at ${smolLengths.join(', ')} tokens (${smolReps} reps each, interleaved), ${smolDecode} decode tokens`);
-    smolRun = await benchSmolLM2({ lengths: smolLengths, reps: smolReps, decode: smolDecode, peers: smolPeers, checks: !values['no-smol-checks'], log: progress });
+    progress(
+      `${SMOL_ID}: ${smolPeers.join(', ')} at ${smolLengths.join(', ')} tokens (${smolReps} reps each, interleaved), ${smolDecode} decode tokens`,
+    );
+    smolRun = await benchSmolLM2({
+      lengths: smolLengths,
+      reps: smolReps,
+      decode: smolDecode,
+      peers: smolPeers,
+      checks: !values['no-smol-checks'],
+      log: progress,
+    });
   }
 
   progress('measuring the wasm MatMul peak again');
@@ -315,7 +430,9 @@ async function main(): Promise<void> {
   meta.loadEnd = loadPerCore();
 
   if (smolRun && smolRun.foreignCoresMedian > MAX_FOREIGN_CORES && !allowLoad) {
-    fail(`other processes kept a median ${smolRun.foreignCoresMedian.toFixed(2)} cores busy during the SmolLM2 figures: not writing a report (--allow-load to write it anyway)`);
+    fail(
+      `other processes kept a median ${smolRun.foreignCoresMedian.toFixed(2)} cores busy during the SmolLM2 figures: not writing a report (--allow-load to write it anyway)`,
+    );
   }
   const rows = summarize(runs, workerd, peak, decode);
   const targets = targetsTable(rows);
@@ -326,12 +443,24 @@ async function main(): Promise<void> {
   }
   if (smolRun) {
     const smolTargets = writeSmolSection(out, smolRun, peak, meta, command, meta.when);
-    progress(`wrote the SmolLM2 section of ${relative(REPO_ROOT, out)} and ${relative(REPO_ROOT, join(dirname(out), 'benchmarks-smollm2.svg'))}`);
+    progress(
+      `wrote the SmolLM2 section of ${relative(REPO_ROOT, out)} and ${relative(REPO_ROOT, join(dirname(out), 'benchmarks-smollm2.svg'))}`,
+    );
     process.stderr.write(`\n${smolTargets}\n\n`);
   }
   if (values.json) {
-    const models = runs.map((r) => ({ id: r.spec.id, label: r.spec.label, synthetic: r.spec.synthetic, trainedContext: r.spec.trainedContext, config: r.config, memory: r.memory, trials: r.time.rows }));
-    process.stdout.write(`${JSON.stringify({ meta, peak: { start: peakStart, end: peakEnd, used: peak }, schedules: Object.fromEntries(runs.map((r) => [r.spec.id, r.schedules])), rows, models, workerd, smollm2: smolRun })}\n`);
+    const models = runs.map((r) => ({
+      id: r.spec.id,
+      label: r.spec.label,
+      synthetic: r.spec.synthetic,
+      trainedContext: r.spec.trainedContext,
+      config: r.config,
+      memory: r.memory,
+      trials: r.time.rows,
+    }));
+    process.stdout.write(
+      `${JSON.stringify({ meta, peak: { start: peakStart, end: peakEnd, used: peak }, schedules: Object.fromEntries(runs.map((r) => [r.spec.id, r.schedules])), rows, models, workerd, smollm2: smolRun })}\n`,
+    );
   } else {
     process.stdout.write(`${markdownTable(rows)}\n`);
   }

@@ -22,7 +22,13 @@ import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { loadavg } from 'node:os';
 import { dirname, join } from 'node:path';
 import { parseArgs } from 'node:util';
-import { defaultSchedule, formatSchedule, parseSchedule, validateSchedule, type Schedule } from '../src/engine/policy.js';
+import {
+  defaultSchedule,
+  formatSchedule,
+  parseSchedule,
+  validateSchedule,
+  type Schedule,
+} from '../src/engine/policy.js';
 import { evaluateCase, summarize, type Summary } from './lib/fidelity.js';
 import { DEFAULT_DATA, fail, loadModelFromDir, progress, REPO_ROOT, runMain } from './lib/node-env.js';
 import { promptWindows, storyStream } from './lib/prompts.js';
@@ -39,7 +45,16 @@ export function scheduleGrid(nLayers: number): Schedule[] {
   const late = Math.max(2, Math.round((2 * L) / 3));
   const specs = new Set<string>();
   for (const k of [0.3, 0.4, 0.5, 0.6, 0.7, 0.8]) specs.add(`bos,1:${k}`);
-  for (const [a, b] of [[0.3, 0.5], [0.4, 0.5], [0.5, 0.5], [0.5, 0.8], [0.6, 0.6], [0.7, 0.7], [0.8, 0.8]]) specs.add(`bos,1:${a},${late}:${b}`);
+  for (const [a, b] of [
+    [0.3, 0.5],
+    [0.4, 0.5],
+    [0.5, 0.5],
+    [0.5, 0.8],
+    [0.6, 0.6],
+    [0.7, 0.7],
+    [0.8, 0.8],
+  ])
+    specs.add(`bos,1:${a},${late}:${b}`);
   specs.add(`bos,${mid}:0.5`);
   specs.add(`bos,${late}:0.5`);
   specs.add(`bos,${mid}:0.3`);
@@ -67,7 +82,14 @@ function svg(points: Point[], tokens: number, caption: string): string {
     },
     ...points
       .filter((p) => p.isDefault)
-      .map((p) => ({ name: `default ${p.schedule}`, color: color(p), scatter: true, highlight: true, points: [[p.summary.ttft_speedup, y(p.summary)] as [number, number]], labels: ['default'] })),
+      .map((p) => ({
+        name: `default ${p.schedule}`,
+        color: color(p),
+        scatter: true,
+        highlight: true,
+        points: [[p.summary.ttft_speedup, y(p.summary)] as [number, number]],
+        labels: ['default'],
+      })),
   ];
   return renderPanels(
     [
@@ -128,10 +150,14 @@ async function main(): Promise<void> {
     ? values.schedules.split(';').map((s) => validateSchedule(parseSchedule(s.trim()), L))
     : scheduleGrid(L);
   const def = formatSchedule(defaultSchedule(L));
-  const stories = readFileSync(values.data!, 'utf8').split('\n').filter((l) => l.trim().length > 0);
+  const stories = readFileSync(values.data!, 'utf8')
+    .split('\n')
+    .filter((l) => l.trim().length > 0);
   if (stories.length === 0) fail(`--data ${values.data} holds no stories (one story a line)`);
   const windows = promptWindows(storyStream(model.tokenizer, stories), tokens, next, prompts, model.tokenizer.bosId);
-  progress(`${model.manifest.name}: ${schedules.length} schedules x ${prompts} prompts of ${tokens} tokens (default ${def})`);
+  progress(
+    `${model.manifest.name}: ${schedules.length} schedules x ${prompts} prompts of ${tokens} tokens (default ${def})`,
+  );
 
   // Warm-up (JIT, wasm tier-up): otherwise the first schedule's dense timings are the slowest.
   for (let i = 0; i < 2; i++) await evaluateCase(model, windows[0], schedules[0], { continuation: 2, reps: 2 });
@@ -152,11 +178,20 @@ async function main(): Promise<void> {
 
   const when = new Date().toISOString().slice(0, 16).replace('T', ' ');
   mkdirSync(dirname(values.out!), { recursive: true });
-  writeFileSync(values.out!, svg(points, tokens, `npm run calibrate -- --tokens ${tokens} --prompts ${prompts}; ${model.manifest.name}; ${when} UTC`));
+  writeFileSync(
+    values.out!,
+    svg(
+      points,
+      tokens,
+      `npm run calibrate -- --tokens ${tokens} --prompts ${prompts}; ${model.manifest.name}; ${when} UTC`,
+    ),
+  );
   progress(`wrote ${values.out}`);
 
   if (values.json) {
-    process.stdout.write(`${JSON.stringify({ model: model.manifest.name, tokens, prompts, next, default: def, points })}\n`);
+    process.stdout.write(
+      `${JSON.stringify({ model: model.manifest.name, tokens, prompts, next, default: def, points })}\n`,
+    );
     return;
   }
   const pct = (v: number) => `${(100 * v).toFixed(1)}%`;
@@ -216,21 +251,41 @@ export interface TaskPoint {
  */
 async function taskSweep(values: Record<string, string | boolean | undefined>): Promise<void> {
   if (!values.model) fail('--tasks needs --model DIR');
-  const names = String(values.tasks).split(',').map((t) => t.trim());
-  for (const t of names) if (!(TASKS as readonly string[]).includes(t)) fail(`--tasks "${t}" is not one of ${TASKS.join(', ')}`);
+  const names = String(values.tasks)
+    .split(',')
+    .map((t) => t.trim());
+  for (const t of names)
+    if (!(TASKS as readonly string[]).includes(t)) fail(`--tasks "${t}" is not one of ${TASKS.join(', ')}`);
   const tokens = Number(values.tokens);
   const prompts = Number(values.prompts === '16' ? 3 : values.prompts);
-  if (!Number.isInteger(tokens) || tokens < 64 || !Number.isInteger(prompts) || prompts < 1) fail('--tokens and --prompts must be positive integers');
-  if (values.speed !== 'measured') fail(`--speed: task sweeps time every run side by side with dense (the FLOPs ratio comes with it); got "${values.speed}"`);
+  if (!Number.isInteger(tokens) || tokens < 64 || !Number.isInteger(prompts) || prompts < 1)
+    fail('--tokens and --prompts must be positive integers');
+  if (values.speed !== 'measured')
+    fail(
+      `--speed: task sweeps time every run side by side with dense (the FLOPs ratio comes with it); got "${values.speed}"`,
+    );
   const model = await loadModelFromDir(String(values.model), { contextTokens: tokens + 64 });
   const L = model.config.nLayers;
-  const schedules = values.schedules ? String(values.schedules).split(';').map((s) => validateSchedule(parseSchedule(s.trim()), L)) : deepScheduleGrid(L);
+  const schedules = values.schedules
+    ? String(values.schedules)
+        .split(';')
+        .map((s) => validateSchedule(parseSchedule(s.trim()), L))
+    : deepScheduleGrid(L);
   const def = formatSchedule(defaultSchedule(L, 'question'));
   const filler = DEFAULT_FILLER.map((f) => readFileSync(f, 'utf8')).join('\n');
   const cases = names.flatMap((task) =>
-    generateTasks({ task: task as TaskName, tokens, count: prompts, seed: Number(values.seed), filler, countTokens: (m) => promptTokens(model, m).length }),
+    generateTasks({
+      task: task as TaskName,
+      tokens,
+      count: prompts,
+      seed: Number(values.seed),
+      filler,
+      countTokens: (m) => promptTokens(model, m).length,
+    }),
   );
-  progress(`${model.manifest.name}: ${schedules.length} schedules x ${cases.length} task prompts of about ${tokens} tokens (default ${def})`);
+  progress(
+    `${model.manifest.name}: ${schedules.length} schedules x ${cases.length} task prompts of about ${tokens} tokens (default ${def})`,
+  );
   await runMode(model, promptTokens(model, cases[0].messages).slice(0, 256), null, 2); // warm-up
   const specs = schedules.map((s) => formatSchedule(s));
   const runs = new Map<string, { ok: boolean; kl: number; ratio: number; flops: number }[]>(specs.map((s) => [s, []]));
@@ -245,10 +300,19 @@ async function taskSweep(values: Record<string, string | boolean | undefined>): 
       const i = (j + k) % schedules.length;
       const r = await runMode(model, prompt, schedules[i], c.max_tokens ?? 16, question);
       const ok = scoreReply(r.text, c.answer);
-      runs.get(specs[i])!.push({ ok, kl: klDivergence(dense.firstLogits, r.firstLogits), ratio: dense.prefill_ms / r.prefill_ms, flops: r.prefill_flops_ratio });
+      runs
+        .get(specs[i])!
+        .push({
+          ok,
+          kl: klDivergence(dense.firstLogits, r.firstLogits),
+          ratio: dense.prefill_ms / r.prefill_ms,
+          flops: r.prefill_flops_ratio,
+        });
       line[i] = `${ok ? '+' : '-'}${(dense.prefill_ms / r.prefill_ms).toFixed(1)}x`;
     }
-    progress(`[${k + 1}/${cases.length}, ${((Date.now() - t0) / 1000).toFixed(0)} s] ${c.id} (${prompt.length} tokens): dense ${denseOk[k] ? '+' : '-'} ${(dense.prefill_ms / 1000).toFixed(1)} s | ${line.join(' ')}`);
+    progress(
+      `[${k + 1}/${cases.length}, ${((Date.now() - t0) / 1000).toFixed(0)} s] ${c.id} (${prompt.length} tokens): dense ${denseOk[k] ? '+' : '-'} ${(dense.prefill_ms / 1000).toFixed(1)} s | ${line.join(' ')}`,
+    );
   }
   const accDense = denseOk.filter(Boolean).length / cases.length;
   const points: TaskPoint[] = specs.map((spec) => {
@@ -267,12 +331,16 @@ async function taskSweep(values: Record<string, string | boolean | undefined>): 
   });
   points.sort((a, b) => a.ttft_speedup - b.ttft_speedup);
   const caption = `npm run calibrate -- --model ${values.model} --tasks ${values.tasks} --tokens ${tokens} --prompts ${prompts}; ${new Date().toISOString().slice(0, 16).replace('T', ' ')} UTC; load ${loadavg()[0].toFixed(2)}`;
-  const out = String(values.out).endsWith('calibration.svg') ? String(values.out).replace(/calibration\.svg$/, `calibration-${model.manifest.name}-${tokens}.svg`) : String(values.out);
+  const out = String(values.out).endsWith('calibration.svg')
+    ? String(values.out).replace(/calibration\.svg$/, `calibration-${model.manifest.name}-${tokens}.svg`)
+    : String(values.out);
   mkdirSync(dirname(out), { recursive: true });
   writeFileSync(out, frontierSvg([{ tokens, points }], caption));
   progress(`wrote ${out}`);
   if (values.json) {
-    process.stdout.write(`${JSON.stringify({ model: model.manifest.name, tokens, cases: cases.length, default: def, accuracy_dense: accDense, load: loadavg(), caption, points })}\n`);
+    process.stdout.write(
+      `${JSON.stringify({ model: model.manifest.name, tokens, cases: cases.length, default: def, accuracy_dense: accDense, load: loadavg(), caption, points })}\n`,
+    );
     return;
   }
   process.stdout.write(`${taskTable(accDense, cases.length, points)}\n`);
@@ -291,7 +359,12 @@ function plotSweeps(files: string, out: string, def?: string): void {
       fail(`--plot ${f}: not a task sweep's --json output (${(e as Error).message})`);
     }
     // --default SPEC marks that schedule (a sweep marks the default of its own day).
-    return def === undefined ? sweep : { ...sweep, points: sweep.points.map((p) => ({ ...p, isDefault: p.schedule === formatSchedule(parseSchedule(def)) })) };
+    return def === undefined
+      ? sweep
+      : {
+          ...sweep,
+          points: sweep.points.map((p) => ({ ...p, isDefault: p.schedule === formatSchedule(parseSchedule(def)) })),
+        };
   });
   mkdirSync(dirname(out), { recursive: true });
   const caption = `npm run calibrate -- --tasks ${TASKS.join(',')} --prompts 4, then --plot; ${sweeps.map((s) => `${s.tokens} tokens: ${s.cases} prompts, load ${s.load.map((l) => l.toFixed(1)).join('/')}`).join('; ')}`;
@@ -313,8 +386,10 @@ export function taskTable(accDense: number, n: number, points: TaskPoint[]): str
 
 /** The speed-accuracy frontier: accuracy change against TTFT speedup, the paper's signal against the query-aware ones, one panel per length. */
 export function frontierSvg(sweeps: { tokens: number; points: TaskPoint[] }[], caption: string): string {
-  const label = (p: TaskPoint) => p.schedule.replace(/^bos,min:128,/, '').replace('signal:query,heads:max,pool:15,', 'query,');
-  const kindOf = (p: TaskPoint) => (p.schedule.includes('signal:query') ? 'query' : p.schedule.includes('signal:window') ? 'window' : 'last');
+  const label = (p: TaskPoint) =>
+    p.schedule.replace(/^bos,min:128,/, '').replace('signal:query,heads:max,pool:15,', 'query,');
+  const kindOf = (p: TaskPoint) =>
+    p.schedule.includes('signal:query') ? 'query' : p.schedule.includes('signal:window') ? 'window' : 'last';
   const kinds = [
     { kind: 'last', name: "signal:last (the paper's)", color: PALETTE[0] },
     { kind: 'query', name: 'signal:query, heads:max, pool:15', color: PALETTE[1] },
@@ -328,9 +403,24 @@ export function frontierSvg(sweeps: { tokens: number; points: TaskPoint[] }[], c
       series: [
         ...kinds.map((k) => {
           const ps = points.filter((p) => kindOf(p) === k.kind && !p.isDefault);
-          return { name: k.name, color: k.color, scatter: true, points: ps.map((p) => [p.ttft_speedup, 100 * (p.accuracy_lazy - p.accuracy_dense)] as [number, number]), labels: ps.map(label) };
+          return {
+            name: k.name,
+            color: k.color,
+            scatter: true,
+            points: ps.map((p) => [p.ttft_speedup, 100 * (p.accuracy_lazy - p.accuracy_dense)] as [number, number]),
+            labels: ps.map(label),
+          };
         }),
-        ...points.filter((p) => p.isDefault).map((p) => ({ name: `default ${label(p)}`, color: PALETTE[1], scatter: true, highlight: true, points: [[p.ttft_speedup, 100 * (p.accuracy_lazy - p.accuracy_dense)] as [number, number]], labels: ['default'] })),
+        ...points
+          .filter((p) => p.isDefault)
+          .map((p) => ({
+            name: `default ${label(p)}`,
+            color: PALETTE[1],
+            scatter: true,
+            highlight: true,
+            points: [[p.ttft_speedup, 100 * (p.accuracy_lazy - p.accuracy_dense)] as [number, number]],
+            labels: ['default'],
+          })),
       ],
       hLines: [{ y: (-100 * 1) / 24, label: '1 task in 24' }],
     })),

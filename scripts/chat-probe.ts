@@ -54,18 +54,32 @@ async function main(): Promise<void> {
     },
   });
   const url = values.url!.replace(/\/$/, '');
-  const health = (await fetch(`${url}/healthz`).then((r) => r.json(), () => fail(`no server at ${url} (start it with npm start)`))) as { model: string };
+  const health = (await fetch(`${url}/healthz`).then(
+    (r) => r.json(),
+    () => fail(`no server at ${url} (start it with npm start)`),
+  )) as { model: string };
   // ~4.6 characters a token on this prose (NOTES.md); the server reports the exact count.
   const chars = Math.round(Number(values.tokens) * 4.4);
   const doc = readFileSync(values.data!, 'utf8').replace(/\s+/g, ' ').slice(0, chars);
-  const messages = [{ role: 'user', content: `${doc}\n\nIn one sentence: what does this license let people do with the Work?` }];
-  const base = { model: health.model, messages, max_tokens: Number(values['max-tokens']), temperature: 0, stream: true, stream_options: { include_usage: true } };
+  const messages = [
+    { role: 'user', content: `${doc}\n\nIn one sentence: what does this license let people do with the Work?` },
+  ];
+  const base = {
+    model: health.model,
+    messages,
+    max_tokens: Number(values['max-tokens']),
+    temperature: 0,
+    stream: true,
+    stream_options: { include_usage: true },
+  };
   const runs: Run[] = [];
   // Interleaved, the first pair discarded as warm-up (a fresh isolate runs its first steps slower).
   for (let i = 0; i <= Number(values.repeat); i++) {
     for (const mode of ['dense', 'lazy'] as const) {
       const r = await streamOnce(url, { ...base, lazy: { enabled: mode === 'lazy' } }, mode);
-      progress(`${i === 0 ? 'warm-up ' : ''}${mode}: ${r.prompt_tokens} prompt tokens, TTFT ${r.ttft_ms.toFixed(0)} ms (prefill ${r.prefill_ms.toFixed(0)} ms), decode ${r.decode_tokens_per_s.toFixed(1)} tok/s, ${r.keepalive_comments} keep-alive comments (longest silence ${(r.longest_silence_ms / 1000).toFixed(1)} s), ${JSON.stringify(r.text.slice(0, 80))}`);
+      progress(
+        `${i === 0 ? 'warm-up ' : ''}${mode}: ${r.prompt_tokens} prompt tokens, TTFT ${r.ttft_ms.toFixed(0)} ms (prefill ${r.prefill_ms.toFixed(0)} ms), decode ${r.decode_tokens_per_s.toFixed(1)} tok/s, ${r.keepalive_comments} keep-alive comments (longest silence ${(r.longest_silence_ms / 1000).toFixed(1)} s), ${JSON.stringify(r.text.slice(0, 80))}`,
+      );
       if (i > 0) runs.push(r);
     }
   }
@@ -74,10 +88,21 @@ async function main(): Promise<void> {
   const summary = Object.fromEntries(
     (['dense', 'lazy'] as const).map((m) => {
       const rs = runs.filter((r) => r.mode === m);
-      return [m, { ttft_ms: median(rs.map((r) => r.ttft_ms)), prefill_ms: median(rs.map((r) => r.prefill_ms)), decode_tokens_per_s: median(rs.map((r) => r.decode_tokens_per_s)), schedule: rs[0].schedule, text: rs[0].text }];
+      return [
+        m,
+        {
+          ttft_ms: median(rs.map((r) => r.ttft_ms)),
+          prefill_ms: median(rs.map((r) => r.prefill_ms)),
+          decode_tokens_per_s: median(rs.map((r) => r.decode_tokens_per_s)),
+          schedule: rs[0].schedule,
+          text: rs[0].text,
+        },
+      ];
     }),
   );
-  process.stdout.write(`${JSON.stringify({ url, model: health.model, prompt_tokens: runs[0].prompt_tokens, summary, ttft_speedup: summary.dense.ttft_ms / summary.lazy.ttft_ms, memory: after.memory, runs })}\n`);
+  process.stdout.write(
+    `${JSON.stringify({ url, model: health.model, prompt_tokens: runs[0].prompt_tokens, summary, ttft_speedup: summary.dense.ttft_ms / summary.lazy.ttft_ms, memory: after.memory, runs })}\n`,
+  );
 }
 
 runMain(main);

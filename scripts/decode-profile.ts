@@ -20,7 +20,14 @@ import { resolve } from 'node:path';
 import { parseArgs } from 'node:util';
 import { SequenceState } from '../src/engine/caches.js';
 import type { LoadedModel } from '../src/engine/model.js';
-import { defaultSchedule, formatSchedule, parseSchedule, stepRankings, validateSchedule, type Schedule } from '../src/engine/policy.js';
+import {
+  defaultSchedule,
+  formatSchedule,
+  parseSchedule,
+  stepRankings,
+  validateSchedule,
+  type Schedule,
+} from '../src/engine/policy.js';
 import { runStep } from '../src/engine/step.js';
 import { EmbeddingTable } from '../src/model/embedding-table.js';
 import type { GraphSession } from '../src/runtime/onnx-runtime.js';
@@ -30,7 +37,8 @@ import { servedShardsDir } from './lib/served-model.js';
 import { argmax } from './lib/stats.js';
 
 const t0 = Date.now();
-const progress = (m: string) => process.stderr.write(`[decode-profile ${((Date.now() - t0) / 1000).toFixed(0).padStart(4)} s] ${m}\n`);
+const progress = (m: string) =>
+  process.stderr.write(`[decode-profile ${((Date.now() - t0) / 1000).toFixed(0).padStart(4)} s] ${m}\n`);
 
 /** Wraps sessions so that the time spent inside their runs is added to `clock[key]`. */
 function timed(s: GraphSession, clock: Record<string, number>, key: string): GraphSession {
@@ -76,16 +84,22 @@ async function main() {
   });
   const tokens = Number(values.tokens);
   const decode = Number(values.decode);
-  if (!Number.isInteger(tokens) || tokens < 2 || !Number.isInteger(decode) || decode < 1) fail('--tokens and --decode take positive integers');
+  if (!Number.isInteger(tokens) || tokens < 2 || !Number.isInteger(decode) || decode < 1)
+    fail('--tokens and --decode take positive integers');
   const windows = values.windows === '' ? [] : values.windows.split(',').map(Number);
-  for (const w of windows) if (!(Number.isInteger(w) && w >= 1 && w <= decode)) fail(`--windows: each must be an integer from 1 to --decode (${decode}), got ${values.windows}`);
+  for (const w of windows)
+    if (!(Number.isInteger(w) && w >= 1 && w <= decode))
+      fail(`--windows: each must be an integer from 1 to --decode (${decode}), got ${values.windows}`);
   let text: string;
   try {
     text = readFileSync(values.text, 'utf8');
   } catch (e) {
     fail(`--text ${values.text}: ${(e as Error).message}`);
   }
-  const base = await loadModelFromDir(values.model ?? servedShardsDir(), { contextTokens: tokens + decode + 1, memoryBudgetBytes: Infinity });
+  const base = await loadModelFromDir(values.model ?? servedShardsDir(), {
+    contextTokens: tokens + decode + 1,
+    memoryBudgetBytes: Infinity,
+  });
   const clock = { layers: 0, vocab: 0 };
   const model: LoadedModel = {
     ...base,
@@ -99,17 +113,30 @@ async function main() {
     const spec = s.trim().replace(/^default/, def);
     if (spec === 'dense') return { name: 'dense', schedule: null };
     try {
-      return { name: s.trim().replace(/^default/, `default (${def})`), schedule: validateSchedule(parseSchedule(spec.replace(/\+/g, ',')), L) };
+      return {
+        name: s.trim().replace(/^default/, `default (${def})`),
+        schedule: validateSchedule(parseSchedule(spec.replace(/\+/g, ',')), L),
+      };
     } catch (e) {
       fail(`--schedules: ${s}: ${(e as Error).message}`);
     }
   });
   const prompt = streamOfLength(model.tokenizer, text, tokens);
-  const runs = schedules.map((s) => ({ seq: new SequenceState(model.config), ranking: stepRankings(s.schedule?.signal, null), next: 0, steps: [] as { ms: number; layersMs: number; vocabMs: number; revived: number; computed: number }[], prefillMs: 0, out: [] as number[] }));
+  const runs = schedules.map((s) => ({
+    seq: new SequenceState(model.config),
+    ranking: stepRankings(s.schedule?.signal, null),
+    next: 0,
+    steps: [] as { ms: number; layersMs: number; vocabMs: number; revived: number; computed: number }[],
+    prefillMs: 0,
+    out: [] as number[],
+  }));
   for (const [k, s] of schedules.entries()) {
     progress(`${s.name}: prefill ${tokens} tokens`);
     const t = performance.now();
-    const r = await runStep(model, runs[k].seq, prompt, { schedule: s.schedule, ranking: runs[k].ranking(0, prompt.length) });
+    const r = await runStep(model, runs[k].seq, prompt, {
+      schedule: s.schedule,
+      ranking: runs[k].ranking(0, prompt.length),
+    });
     runs[k].prefillMs = performance.now() - t;
     runs[k].next = argmax(r.logits);
   }
@@ -118,10 +145,19 @@ async function main() {
       const run = runs[k];
       clock.layers = clock.vocab = 0;
       const t = performance.now();
-      const r = await runStep(model, run.seq, [run.next], { schedule: s.schedule, ranking: run.ranking(run.seq.length, 1) });
+      const r = await runStep(model, run.seq, [run.next], {
+        schedule: s.schedule,
+        ranking: run.ranking(run.seq.length, 1),
+      });
       const ms = performance.now() - t;
       run.out.push(run.next);
-      run.steps.push({ ms, layersMs: clock.layers, vocabMs: clock.vocab, revived: r.stats.revived, computed: r.stats.computedPerLayer.reduce((a, b) => a + b, 0) });
+      run.steps.push({
+        ms,
+        layersMs: clock.layers,
+        vocabMs: clock.vocab,
+        revived: r.stats.revived,
+        computed: r.stats.computedPerLayer.reduce((a, b) => a + b, 0),
+      });
       run.next = argmax(r.logits);
     }
     if ((step + 1) % 8 === 0) progress(`decoded ${step + 1}/${decode} steps in every schedule`);
@@ -134,7 +170,9 @@ async function main() {
       schedule: s.name,
       prefill_ms: runs[k].prefillMs,
       decode_tok_s: (st.length * 1000) / total,
-      decode_tok_s_first: Object.fromEntries(windows.map((w) => [w, (w * 1000) / st.slice(0, w).reduce((a, x) => a + x.ms, 0)])),
+      decode_tok_s_first: Object.fromEntries(
+        windows.map((w) => [w, (w * 1000) / st.slice(0, w).reduce((a, x) => a + x.ms, 0)]),
+      ),
       end_to_end_ms: runs[k].prefillMs + total,
       step_ms: mean(st.map((x) => x.ms)),
       layer_runs_ms: mean(st.map((x) => x.layersMs)),
@@ -151,10 +189,20 @@ async function main() {
     progress(
       `${r.schedule}: decode ${r.decode_tok_s.toFixed(1)} tok/s (${(r.decode_tok_s / d.decode_tok_s).toFixed(2)}x ${d.schedule}); step ${r.step_ms.toFixed(1)} ms = layers ${r.layer_runs_ms.toFixed(1)} + embed/head ${r.vocab_runs_ms.toFixed(1)} + JS ${r.js_side_ms.toFixed(1)}; ` +
         `revived ${r.revived_per_step.toFixed(1)}/step (first steps ${r.revived_first_8.join(' ')}), ${r.query_rows_per_step.toFixed(0)} query rows/step; ` +
-        `${Object.entries(r.decode_tok_s_first).map(([w, v]) => `first ${w}: ${v.toFixed(1)} tok/s; `).join('')}prefill + decode ${(r.end_to_end_ms / 1000).toFixed(2)} s`,
+        `${Object.entries(r.decode_tok_s_first)
+          .map(([w, v]) => `first ${w}: ${v.toFixed(1)} tok/s; `)
+          .join('')}prefill + decode ${(r.end_to_end_ms / 1000).toFixed(2)} s`,
     );
   }
-  const out = { model: model.manifest.name, quant: `${model.quant.format}/${model.quant.kernel}`, kv_format: model.config.kvFormat, tokens, decode, windows, rows };
+  const out = {
+    model: model.manifest.name,
+    quant: `${model.quant.format}/${model.quant.kernel}`,
+    kv_format: model.config.kvFormat,
+    tokens,
+    decode,
+    windows,
+    rows,
+  };
   process.stdout.write(values.json ? `${JSON.stringify(out)}\n` : `${JSON.stringify(out, null, 2)}\n`);
 }
 

@@ -38,8 +38,12 @@ async function main(): Promise<void> {
   const dir = values.model ?? (await ensureDefaultShards((l) => process.stderr.write(`${l}\n`)));
   const model = await loadModelFromDir(dir);
   const schedule =
-    values.lazy === 'off' ? null
-    : validateSchedule(values.schedule ? parseSchedule(values.schedule) : defaultSchedule(model.config.nLayers), model.config.nLayers);
+    values.lazy === 'off'
+      ? null
+      : validateSchedule(
+          values.schedule ? parseSchedule(values.schedule) : defaultSchedule(model.config.nLayers),
+          model.config.nLayers,
+        );
   const prompt = encodePrompt(model.tokenizer, values.prompt);
   const result = await generate(model, new SequenceState(model.config), prompt, {
     maxTokens: num('max-tokens', values['max-tokens'], 256),
@@ -54,7 +58,13 @@ async function main(): Promise<void> {
     onText: values.json ? undefined : (t) => void process.stdout.write(t),
   });
   if (values.json) {
-    const out = { text: result.text, tokens: result.tokens, prompt_tokens: result.promptTokens, finish_reason: result.finishReason, stats: result.stats };
+    const out = {
+      text: result.text,
+      tokens: result.tokens,
+      prompt_tokens: result.promptTokens,
+      finish_reason: result.finishReason,
+      stats: result.stats,
+    };
     process.stdout.write(`${JSON.stringify(out)}\n`);
   } else {
     const s = result.stats;

@@ -22,7 +22,8 @@ import { servedShardsDir } from './lib/served-model.js';
 import { argmax, median } from './lib/stats.js';
 
 const t0 = Date.now();
-const progress = (m: string) => process.stderr.write(`[kv-formats ${((Date.now() - t0) / 1000).toFixed(0).padStart(4)} s] ${m}\n`);
+const progress = (m: string) =>
+  process.stderr.write(`[kv-formats ${((Date.now() - t0) / 1000).toFixed(0).padStart(4)} s] ${m}\n`);
 
 interface Run {
   logits: Float32Array[];
@@ -59,7 +60,8 @@ async function main() {
   const lengths = values.tokens.split(',').map(Number);
   const windows = Number(values.windows);
   const nextN = Number(values.next);
-  if (lengths.some((l) => !Number.isInteger(l) || l < 2) || !(windows >= 1) || !(nextN >= 1)) fail('--tokens, --windows and --next take positive integers');
+  if (lengths.some((l) => !Number.isInteger(l) || l < 2) || !(windows >= 1) || !(nextN >= 1))
+    fail('--tokens, --windows and --next take positive integers');
   let text: string;
   try {
     text = readFileSync(values.text, 'utf8');
@@ -67,16 +69,24 @@ async function main() {
     fail(`--text ${values.text}: ${(e as Error).message}`);
   }
   // Measuring, not serving: the isolate budget does not apply.
-  const model = await loadModelFromDir(values.model ?? servedShardsDir(), { contextTokens: Math.max(...lengths) + nextN + 1, memoryBudgetBytes: Infinity });
+  const model = await loadModelFromDir(values.model ?? servedShardsDir(), {
+    contextTokens: Math.max(...lengths) + nextN + 1,
+    memoryBudgetBytes: Infinity,
+  });
   const stream = evalStream(model.tokenizer, text);
   const cfg = model.config;
   const rows: Record<string, unknown>[] = [];
   for (const len of lengths) {
     const cases = promptWindows(stream, len, nextN, windows, model.tokenizer.addBos ? model.tokenizer.bosId : null);
-    if (cases.length < windows) fail(`${values.text} holds ${stream.length} tokens: too few for ${windows} windows of ${len + nextN}`);
-    const acc = new Map<KvFormat, { kl: number[]; agree: number[]; prefill: number[]; step: number[] }>(KV_FORMATS.map((f) => [f, { kl: [], agree: [], prefill: [], step: [] }]));
+    if (cases.length < windows)
+      fail(`${values.text} holds ${stream.length} tokens: too few for ${windows} windows of ${len + nextN}`);
+    const acc = new Map<KvFormat, { kl: number[]; agree: number[]; prefill: number[]; step: number[] }>(
+      KV_FORMATS.map((f) => [f, { kl: [], agree: [], prefill: [], step: [] }]),
+    );
     // Untimed: the first run of a process also pays for compiling the hot code.
-    if (lengths.indexOf(len) === 0) for (const f of KV_FORMATS) await teacherForced(model, f, cases[0].prompt.slice(0, 256), cases[0].next.slice(0, 4));
+    if (lengths.indexOf(len) === 0)
+      for (const f of KV_FORMATS)
+        await teacherForced(model, f, cases[0].prompt.slice(0, 256), cases[0].next.slice(0, 4));
     for (const [k, w] of cases.entries()) {
       // Formats interleaved per window, so that the machine's load falls on all of them alike.
       const runs = new Map<KvFormat, Run>();
@@ -117,10 +127,19 @@ async function main() {
       );
     }
   }
-  const out = { model: model.manifest.name, quant: `${model.quant.format}/${model.quant.kernel}`, text: values.text, windows, next: nextN, rows };
+  const out = {
+    model: model.manifest.name,
+    quant: `${model.quant.format}/${model.quant.kernel}`,
+    text: values.text,
+    windows,
+    next: nextN,
+    rows,
+  };
   if (values.json) process.stdout.write(`${JSON.stringify(out)}\n`);
   else {
-    process.stdout.write('| tokens | KV format | bytes/token | mean KL vs f32 | max KL | top-1 agreement | prefill vs f32 | decode step vs f32 |\n|---|---|---|---|---|---|---|---|\n');
+    process.stdout.write(
+      '| tokens | KV format | bytes/token | mean KL vs f32 | max KL | top-1 agreement | prefill vs f32 | decode step vs f32 |\n|---|---|---|---|---|---|---|---|\n',
+    );
     for (const r of rows as Array<Record<string, number | string>>) {
       const n = (k: string) => Number(r[k]);
       process.stdout.write(

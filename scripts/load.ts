@@ -63,13 +63,19 @@ async function main(): Promise<void> {
     return;
   }
   const url = new URL(values.url!);
-  if (!LOOPBACK.has(url.hostname)) fail(`--url must be a loopback address (127.0.0.1, localhost, ::1), got ${url.hostname}`);
+  if (!LOOPBACK.has(url.hostname))
+    fail(`--url must be a loopback address (127.0.0.1, localhost, ::1), got ${url.hostname}`);
   const base = url.origin;
   const clients = Number(values.clients);
   const total = Number(values.requests);
   const maxSeconds = Number(values['max-seconds']);
   const maxTokens = Number(values['max-tokens']);
-  for (const [name, v, hi] of [['clients', clients, 64], ['requests', total, 10_000], ['max-seconds', maxSeconds, 3600], ['max-tokens', maxTokens, 512]] as const) {
+  for (const [name, v, hi] of [
+    ['clients', clients, 64],
+    ['requests', total, 10_000],
+    ['max-seconds', maxSeconds, 3600],
+    ['max-tokens', maxTokens, 512],
+  ] as const) {
     if (!Number.isInteger(v) || v < 1 || v > hi) fail(`--${name} must be an integer in 1..${hi}, got ${v}`);
   }
   const headers: Record<string, string> = { 'Content-Type': 'application/json' };
@@ -110,10 +116,18 @@ async function main(): Promise<void> {
       let error: string | undefined;
       if (!res.ok) error = `HTTP ${res.status}: ${text.slice(0, 200)}`;
       else if (/^(:[^\n]*\n\n)*data: /.test(text)) {
-        if (text.includes('data: {"error"')) error = `stream error: ${text.slice(text.indexOf('data: {"error"'), text.indexOf('data: {"error"') + 200)}`;
+        if (text.includes('data: {"error"'))
+          error = `stream error: ${text.slice(text.indexOf('data: {"error"'), text.indexOf('data: {"error"') + 200)}`;
         else if (!text.endsWith('data: [DONE]\n\n')) error = 'stream ended without [DONE]';
       }
-      return { kind, ok: !error, status: res.status, ms, ttfb_ms: Number.isNaN(ttfb) ? ms : ttfb, ...(error ? { error } : {}) };
+      return {
+        kind,
+        ok: !error,
+        status: res.status,
+        ms,
+        ttfb_ms: Number.isNaN(ttfb) ? ms : ttfb,
+        ...(error ? { error } : {}),
+      };
     } catch (e) {
       const ms = performance.now() - t0;
       return { kind, ok: false, status: 0, ms, ttfb_ms: ms, error: String(e) };
@@ -136,10 +150,24 @@ async function main(): Promise<void> {
       const gen = { max_tokens: maxTokens, temperature: 0.8, seed: n + 1 };
       let s: Sample;
       if (kind === 'completion_stream' || kind === 'completion') {
-        s = await timed(kind, '/v1/completions', post({ model, prompt: prompt(k), stream: kind === 'completion_stream', ...gen }));
+        s = await timed(
+          kind,
+          '/v1/completions',
+          post({ model, prompt: prompt(k), stream: kind === 'completion_stream', ...gen }),
+        );
       } else if (sessionId) {
         // Keep the session short: a fresh history whenever it would grow past a few turns.
-        s = await timed(kind, `/v1/chat/completions`, post({ model, session_id: sessionId, messages: [{ role: 'user', content: `${prompt(k)} Turn ${i % 3}.` }], stream: kind === 'session_stream', ...gen }));
+        s = await timed(
+          kind,
+          `/v1/chat/completions`,
+          post({
+            model,
+            session_id: sessionId,
+            messages: [{ role: 'user', content: `${prompt(k)} Turn ${i % 3}.` }],
+            stream: kind === 'session_stream',
+            ...gen,
+          }),
+        );
       } else {
         s = { kind, ok: false, status: 0, ms: 0, ttfb_ms: 0, error: 'no session' };
       }
@@ -148,7 +176,8 @@ async function main(): Promise<void> {
       if (!s.ok) progress(`load: ${kind} failed: ${s.error}`);
       if (done % 8 === 0) progress(`load: ${done}/${total} done`);
     }
-    if (sessionId) await fetch(`${base}/v1/sessions/${sessionId}`, { method: 'DELETE', headers }).catch(() => undefined);
+    if (sessionId)
+      await fetch(`${base}/v1/sessions/${sessionId}`, { method: 'DELETE', headers }).catch(() => undefined);
   }
 
   let probing = true;
@@ -171,20 +200,55 @@ async function main(): Promise<void> {
       kind,
       requests: mine.length,
       errors: mine.length - ok.length,
-      p50_ms: round(quantile(ok.map((s) => s.ms), 0.5)),
-      p95_ms: round(quantile(ok.map((s) => s.ms), 0.95)),
-      ttfb_p50_ms: round(quantile(ok.map((s) => s.ttfb_ms), 0.5)),
-      ttfb_p95_ms: round(quantile(ok.map((s) => s.ttfb_ms), 0.95)),
+      p50_ms: round(
+        quantile(
+          ok.map((s) => s.ms),
+          0.5,
+        ),
+      ),
+      p95_ms: round(
+        quantile(
+          ok.map((s) => s.ms),
+          0.95,
+        ),
+      ),
+      ttfb_p50_ms: round(
+        quantile(
+          ok.map((s) => s.ttfb_ms),
+          0.5,
+        ),
+      ),
+      ttfb_p95_ms: round(
+        quantile(
+          ok.map((s) => s.ttfb_ms),
+          0.95,
+        ),
+      ),
     };
   });
-  const errors = [...new Set(samples.filter((s) => !s.ok).map((s) => `${s.kind}: ${s.error}`.slice(0, 160)))].slice(0, 10);
+  const errors = [...new Set(samples.filter((s) => !s.ok).map((s) => `${s.kind}: ${s.error}`.slice(0, 160)))].slice(
+    0,
+    10,
+  );
   const cols = ['kind', 'requests', 'errors', 'p50_ms', 'p95_ms', 'ttfb_p50_ms', 'ttfb_p95_ms'] as const;
   const cell = (v: unknown) => String(v ?? '-');
   const widths = cols.map((c) => Math.max(c.length, ...rows.map((r) => cell(r[c]).length)));
-  const line = (vals: string[]) => vals.map((v, i) => (i === 0 ? v.padEnd(widths[i]) : v.padStart(widths[i]))).join('  ');
+  const line = (vals: string[]) =>
+    vals.map((v, i) => (i === 0 ? v.padEnd(widths[i]) : v.padStart(widths[i]))).join('  ');
   console.log(line([...cols]));
   for (const r of rows) console.log(line(cols.map((c) => cell(r[c]))));
-  console.log(JSON.stringify({ url: base, model, clients, requests: done, wall_s: Math.round(wallS * 10) / 10, max_tokens: maxTokens, kinds: rows, errors }));
+  console.log(
+    JSON.stringify({
+      url: base,
+      model,
+      clients,
+      requests: done,
+      wall_s: Math.round(wallS * 10) / 10,
+      max_tokens: maxTokens,
+      kinds: rows,
+      errors,
+    }),
+  );
 }
 
 runMain(main);

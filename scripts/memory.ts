@@ -42,7 +42,8 @@ import { splitMemoryMain } from './split-memory.js';
 
 const DEFAULT_TEXT = resolve(REPO_ROOT, '../shared/data/mpl-2.0.txt');
 const t0 = Date.now();
-const progress = (m: string) => process.stderr.write(`[memory ${((Date.now() - t0) / 1000).toFixed(0).padStart(4)} s] ${m}\n`);
+const progress = (m: string) =>
+  process.stderr.write(`[memory ${((Date.now() - t0) / 1000).toFixed(0).padStart(4)} s] ${m}\n`);
 
 /** JS-side bytes: the V8 heap plus array buffers (Node does not count a WebAssembly.Memory among them). */
 function jsBytes(): number {
@@ -74,7 +75,13 @@ function peakSampler(baseJs: number) {
   };
 }
 
-async function measureInNode(dir: string, contexts: readonly number[], kv: KvFormat, text: string, lazy: boolean): Promise<MemoryReport[]> {
+async function measureInNode(
+  dir: string,
+  contexts: readonly number[],
+  kv: KvFormat,
+  text: string,
+  lazy: boolean,
+): Promise<MemoryReport[]> {
   settle();
   const baseJs = jsBytes();
   const load = peakSampler(baseJs);
@@ -83,10 +90,14 @@ async function measureInNode(dir: string, contexts: readonly number[], kv: KvFor
   initNodeRuntime();
   // The wasm memory before each shard is read: what the shards before it left behind (load_trace).
   const trace: { file: string; wasm_bytes: number }[] = [];
-  const model = await loadModel(readFileSync(join(dir, 'manifest.json'), 'utf8'), async (file) => {
-    trace.push({ file, wasm_bytes: wasmHeapBytes() ?? 0 });
-    return readBytes(join(dir, file));
-  }, { contextTokens: max, kvFormat: kv, memoryBudgetBytes: Infinity });
+  const model = await loadModel(
+    readFileSync(join(dir, 'manifest.json'), 'utf8'),
+    async (file) => {
+      trace.push({ file, wasm_bytes: wasmHeapBytes() ?? 0 });
+      return readBytes(join(dir, file));
+    },
+    { contextTokens: max, kvFormat: kv, memoryBudgetBytes: Infinity },
+  );
   const loadPeak = load.stop();
   settle();
   const wasmAfterLoad = wasmHeapBytes() ?? 0;
@@ -99,12 +110,18 @@ async function measureInNode(dir: string, contexts: readonly number[], kv: KvFor
     const fill = peakSampler(baseJs);
     // Dense by default: every token's KV rows in every layer, the most a context can take. --schedule default
     // prefills with the served schedule instead, for what its pruned tokens put in the Aux Cache.
-    await runStep(model, seq, tokens.slice(seq.length, n), { schedule: lazy ? defaultSchedule(model.config.nLayers) : null });
+    await runStep(model, seq, tokens.slice(seq.length, n), {
+      schedule: lazy ? defaultSchedule(model.config.nLayers) : null,
+    });
     const fillPeak = fill.stop();
     settle();
     const wasm = wasmHeapBytes() ?? 0;
     const js = Math.max(0, jsBytes() - baseJs);
-    const e = estimateMemory({ ...model.config, seqLen: seq.length }, model.quant, model.manifest.files.head.map((p) => p.rows));
+    const e = estimateMemory(
+      { ...model.config, seqLen: seq.length },
+      model.quant,
+      model.manifest.files.head.map((p) => p.rows),
+    );
     out.push({
       runtime: 'node',
       model: model.manifest.name,
@@ -125,7 +142,8 @@ async function measureInNode(dir: string, contexts: readonly number[], kv: KvFor
       estimate_bytes: estimateJson(e),
       deployed_isolate_bytes: DEFAULT_MEMORY_BUDGET_BYTES,
       fits_deployed_isolate: Math.max(loadPeak, fillPeak, wasm + js) <= DEFAULT_MEMORY_BUDGET_BYTES,
-      measured_in: 'node: wasm = WebAssembly.Memory size; JS = process.memoryUsage() heapUsed + arrayBuffers (which exclude the wasm memory), net of the process before loading, after a full GC; peaks sampled every 2 ms',
+      measured_in:
+        'node: wasm = WebAssembly.Memory size; JS = process.memoryUsage() heapUsed + arrayBuffers (which exclude the wasm memory), net of the process before loading, after a full GC; peaks sampled every 2 ms',
       js_baseline_bytes: baseJs,
       load_trace: trace,
     });
@@ -149,18 +167,25 @@ async function main() {
   });
   const dir = values.model ?? servedShardsDir();
   const contexts = values.context.split(',').map(Number);
-  if (!contexts.every((c, i) => Number.isInteger(c) && c >= 2 && (i === 0 || c > contexts[i - 1]))) fail(`--context ${values.context} must be integers of at least 2, ascending, comma-separated`);
+  if (!contexts.every((c, i) => Number.isInteger(c) && c >= 2 && (i === 0 || c > contexts[i - 1])))
+    fail(`--context ${values.context} must be integers of at least 2, ascending, comma-separated`);
   if (!isKvFormat(values.kv)) fail(`--kv ${values.kv} must be one of ${KV_FORMATS.join(', ')}`);
-  if (values.runtime !== 'node' && values.runtime !== 'workerd') fail(`--runtime ${values.runtime} must be node or workerd`);
-  if (values.schedule !== 'dense' && values.schedule !== 'default') fail(`--schedule ${values.schedule} must be dense or default`);
-  if (values.schedule === 'default' && values.runtime === 'workerd') fail('--schedule default is measured in Node only');
+  if (values.runtime !== 'node' && values.runtime !== 'workerd')
+    fail(`--runtime ${values.runtime} must be node or workerd`);
+  if (values.schedule !== 'dense' && values.schedule !== 'default')
+    fail(`--schedule ${values.schedule} must be dense or default`);
+  if (values.schedule === 'default' && values.runtime === 'workerd')
+    fail('--schedule default is measured in Node only');
   let text: string;
   try {
     text = readFileSync(values.text, 'utf8');
   } catch (e) {
     fail(`--text ${values.text}: ${(e as Error).message}`);
   }
-  const reports = values.runtime === 'node' ? await measureInNode(dir, contexts, values.kv, text, values.schedule === 'default') : await measureInWorkerd({ dir, contexts, kv: values.kv, text, log: progress });
+  const reports =
+    values.runtime === 'node'
+      ? await measureInNode(dir, contexts, values.kv, text, values.schedule === 'default')
+      : await measureInWorkerd({ dir, contexts, kv: values.kv, text, log: progress });
   const mb = (b: number) => `${(b / MB).toFixed(1)} MB`;
   for (const r of reports) {
     progress(

@@ -32,7 +32,15 @@ import { quantLabel, type QuantSpec } from '../src/model/quant.js';
 import { Tokenizer } from '../src/model/tokenizer.js';
 import type { ShardSource } from '../src/shards/build-shards.js';
 import { loadPerCore } from './lib/bench-clock.js';
-import { DEFAULT_DATA, DEFAULT_MODEL_DIR, fail, initNodeRuntime, readBytes, REPO_ROOT, runMain } from './lib/node-env.js';
+import {
+  DEFAULT_DATA,
+  DEFAULT_MODEL_DIR,
+  fail,
+  initNodeRuntime,
+  readBytes,
+  REPO_ROOT,
+  runMain,
+} from './lib/node-env.js';
 import { promptWindows, storyStream } from './lib/prompts.js';
 import { runChild, type ChildJob, type ChildResult } from './lib/quant-bench-child.js';
 import { MODELS, PPL_WINDOW, STRATEGIES, type BenchModel } from './lib/quant-bench-models.js';
@@ -69,7 +77,8 @@ import { runDecodeOpsChild, type DecodeOpsJob, type DecodeOpsResult } from './li
 
 const CACHE = join(REPO_ROOT, '.bench-cache', 'quant');
 const t0 = Date.now();
-const progress = (m: string) => process.stderr.write(`[quant-bench ${((Date.now() - t0) / 1000).toFixed(0).padStart(4)} s] ${m}\n`);
+const progress = (m: string) =>
+  process.stderr.write(`[quant-bench ${((Date.now() - t0) / 1000).toFixed(0).padStart(4)} s] ${m}\n`);
 
 function spawnChild(job: ChildJob, tag: string): Promise<unknown> {
   mkdirSync(CACHE, { recursive: true });
@@ -79,10 +88,14 @@ function spawnChild(job: ChildJob, tag: string): Promise<unknown> {
     // --no-liftoff: V8 compiles onnxruntime's wasm with its optimizing tier up front. Otherwise the first
     // runs execute baseline code while tier-up competes for the (shared) cores, and every figure
     // would depend on how long the process had been running; a warm isolate runs optimized code.
-    const child = spawn(process.execPath, ['--no-liftoff', '--import', 'tsx', join(REPO_ROOT, 'scripts/quant-bench.ts'), '--child', file], {
-      cwd: REPO_ROOT,
-      stdio: ['ignore', 'pipe', 'pipe'],
-    });
+    const child = spawn(
+      process.execPath,
+      ['--no-liftoff', '--import', 'tsx', join(REPO_ROOT, 'scripts/quant-bench.ts'), '--child', file],
+      {
+        cwd: REPO_ROOT,
+        stdio: ['ignore', 'pipe', 'pipe'],
+      },
+    );
     let out = '';
     let partial = '';
     child.stdout.on('data', (d) => (out += d));
@@ -107,7 +120,11 @@ async function shardsFor(model: BenchModel, q: QuantSpec, log: (l: string) => vo
   const dir = join(CACHE, model.id, quantLabel(q).replace(/\//g, '-'));
   const tokenizer = join(DEFAULT_MODEL_DIR, 'tok512.bin');
   if (!model.synthetic) {
-    const source = await sourceFromCheckpoint({ checkpoint: join(DEFAULT_MODEL_DIR, 'stories260K.bin'), tokenizer, name: model.id });
+    const source = await sourceFromCheckpoint({
+      checkpoint: join(DEFAULT_MODEL_DIR, 'stories260K.bin'),
+      tokenizer,
+      name: model.id,
+    });
     if (!upToDate(dir, source, q)) await buildAndWrite(dir, { ...source, quant: q });
     return dir;
   }
@@ -122,13 +139,19 @@ async function shardsFor(model: BenchModel, q: QuantSpec, log: (l: string) => vo
 
 function shardBytes(dir: string): number {
   const m = JSON.parse(readFileSync(join(dir, 'manifest.json'), 'utf8'));
-  return [...m.files.embed, ...m.files.layers, ...m.files.head].reduce((s: number, f: { bytes: number }) => s + f.bytes, 0);
+  return [...m.files.embed, ...m.files.layers, ...m.files.head].reduce(
+    (s: number, f: { bytes: number }) => s + f.bytes,
+    0,
+  );
 }
 
 function gitCommit(): string {
   try {
     const head = execFileSync('git', ['rev-parse', '--short', 'HEAD'], { cwd: REPO_ROOT, encoding: 'utf8' }).trim();
-    const dirty = execFileSync('git', ['status', '--porcelain', '--untracked-files=no', 'src'], { cwd: REPO_ROOT, encoding: 'utf8' }).trim();
+    const dirty = execFileSync('git', ['status', '--porcelain', '--untracked-files=no', 'src'], {
+      cwd: REPO_ROOT,
+      encoding: 'utf8',
+    }).trim();
     return `${head}${dirty ? '+dirty' : ''}`;
   } catch {
     return 'unknown';
@@ -158,10 +181,13 @@ async function main(): Promise<void> {
   if (values.child) {
     const job = JSON.parse(readFileSync(values.child, 'utf8')) as ChildJob | GgufChildJob | PeakChildJob | DecodeOpsJob;
     const result =
-      job.kind === 'gguf' ? await runGgufChild(job, initNodeRuntime)
-      : job.kind === 'peak' ? await runPeakChild(job, initNodeRuntime)
-      : job.kind === 'decode-ops' ? await runDecodeOpsChild(job, initNodeRuntime)
-      : await runChild(job);
+      job.kind === 'gguf'
+        ? await runGgufChild(job, initNodeRuntime)
+        : job.kind === 'peak'
+          ? await runPeakChild(job, initNodeRuntime)
+          : job.kind === 'decode-ops'
+            ? await runDecodeOpsChild(job, initNodeRuntime)
+            : await runChild(job);
     process.stdout.write(`${JSON.stringify(result)}\n`);
     process.exit(0); // onnxruntime's wasm keeps the event loop alive
   }
@@ -175,7 +201,16 @@ async function main(): Promise<void> {
       progress(`wrote the GGUF section of ${relative(REPO_ROOT, values.out)} from ${values.render}`);
       return;
     }
-    writeFileSync(values.out, keepGgufSection(values.out, renderDoc(saved, MODELS.filter((m) => saved.rows.some((r) => r.model === m.id)))));
+    writeFileSync(
+      values.out,
+      keepGgufSection(
+        values.out,
+        renderDoc(
+          saved,
+          MODELS.filter((m) => saved.rows.some((r) => r.model === m.id)),
+        ),
+      ),
+    );
     progress(`wrote ${relative(REPO_ROOT, values.out)} from ${values.render}`);
     return;
   }
@@ -187,14 +222,19 @@ async function main(): Promise<void> {
   if (!existsSync(DEFAULT_DATA)) fail(`no dev text at ${DEFAULT_DATA} (set LAZY_EDGE_DATA)`);
 
   const tok = Tokenizer.fromLlama2c(readBytes(join(DEFAULT_MODEL_DIR, 'tok512.bin')), 512, 'tok512.bin');
-  const stories = readFileSync(DEFAULT_DATA, 'utf8').split('\n').filter((l) => l.trim().length > 0);
+  const stories = readFileSync(DEFAULT_DATA, 'utf8')
+    .split('\n')
+    .filter((l) => l.trim().length > 0);
   const stream = storyStream(tok, stories);
   const nWindows = Math.min(quick ? 4 : 14, Math.floor(stream.length / PPL_WINDOW));
   const pplWindows = promptWindows(stream, PPL_WINDOW, 0, nWindows, tok.bosId).map((w) => w.prompt);
 
   const loadStart = loadPerCore();
   progress(`${quick ? 'quick' : 'full'} run; load per core ${loadStart.toFixed(2)}`);
-  const baseline = (await spawnChild({ kind: 'runtime', dir: '', fold: true, lengths: [], reps: {}, decode: 0, prompts: {}, pplWindows: [], warmup: [] }, 'runtime')) as {
+  const baseline = (await spawnChild(
+    { kind: 'runtime', dir: '', fold: true, lengths: [], reps: {}, decode: 0, prompts: {}, pplWindows: [], warmup: [] },
+    'runtime',
+  )) as {
     heapMb: number;
     rssMb: number;
   };
@@ -203,7 +243,9 @@ async function main(): Promise<void> {
   const rows: Row[] = [];
   for (const model of models) {
     const cfg = model.config();
-    const prompts = Object.fromEntries(model.lengths.map((l) => [String(l), promptWindows(stream, l, 0, 1, tok.bosId)[0].prompt]));
+    const prompts = Object.fromEntries(
+      model.lengths.map((l) => [String(l), promptWindows(stream, l, 0, 1, tok.bosId)[0].prompt]),
+    );
     const strategies = STRATEGIES.filter((s) => !s.extra || (model.perplexity && !quick));
     for (const st of strategies) {
       const dir = await shardsFor(model, st.quant, progress);
@@ -248,13 +290,21 @@ async function main(): Promise<void> {
     for (const r of rows) if (r.model === model.id && r.ppl !== null && f32?.ppl) r.pplChange = r.ppl / f32.ppl - 1;
   }
 
-  const ortVersion = JSON.parse(readFileSync(join(REPO_ROOT, 'node_modules/onnxruntime-web/package.json'), 'utf8')).version as string;
+  const ortVersion = JSON.parse(readFileSync(join(REPO_ROOT, 'node_modules/onnxruntime-web/package.json'), 'utf8'))
+    .version as string;
   const argv = process.argv.slice(2).filter((a) => a !== '--json');
   const report: Report = {
     command: `npm run quant-bench${argv.length ? ` -- ${argv.join(' ')}` : ''}`,
     quick,
     date: new Date().toISOString().slice(0, 10),
-    machine: { cpus: cpus().length, cpuModel: cpus()[0]?.model ?? '?', node: process.version, onnxruntimeWeb: ortVersion, loadPerCoreStart: loadStart, loadPerCoreEnd: loadPerCore() },
+    machine: {
+      cpus: cpus().length,
+      cpuModel: cpus()[0]?.model ?? '?',
+      node: process.version,
+      onnxruntimeWeb: ortVersion,
+      loadPerCoreStart: loadStart,
+      loadPerCoreEnd: loadPerCore(),
+    },
     runtimeBaseline: baseline,
     commit: gitCommit(),
     rows,
@@ -281,32 +331,62 @@ async function ggufPath(values: { gguf?: string; model?: string }): Promise<stri
     return values.gguf;
   }
   const manifestPath = join(values.model!, 'manifest.json');
-  if (!existsSync(manifestPath)) fail(`--model ${values.model}: no manifest.json there (build shards with npm run shards)`);
+  if (!existsSync(manifestPath))
+    fail(`--model ${values.model}: no manifest.json there (build shards with npm run shards)`);
   const m = JSON.parse(readFileSync(manifestPath, 'utf8'));
-  if (m.quant?.format !== 'gguf') fail(`--model ${values.model}: its shards were not built from a GGUF (quant.format ${m.quant?.format}); run without --model for llama2.c checkpoints`);
+  if (m.quant?.format !== 'gguf')
+    fail(
+      `--model ${values.model}: its shards were not built from a GGUF (quant.format ${m.quant?.format}); run without --model for llama2.c checkpoints`,
+    );
   const served = await locateServedGguf().catch(() => null);
   if (served && served.sha256 === m.source?.sha256) return served.path;
   const beside = resolve(values.model!, '..', '..', '..', 'shared', 'models');
-  fail(`--model ${values.model}: cannot find ${m.source?.file} (sha256 ${m.source?.sha256}); pass it with --gguf FILE${existsSync(beside) ? ` (look in ${beside})` : ''}`);
+  fail(
+    `--model ${values.model}: cannot find ${m.source?.file} (sha256 ${m.source?.sha256}); pass it with --gguf FILE${existsSync(beside) ? ` (look in ${beside})` : ''}`,
+  );
 }
 
 /** --decode-ops: the model's decode shapes (from its manifest) in every kernel, one process; JSON on stdout. */
 async function decodeOpsMain(dir: string): Promise<void> {
-  const m = JSON.parse(readFileSync(join(dir, 'manifest.json'), 'utf8')) as { config: ModelConfig; files: { head: { rows: number }[] } };
-  const job: DecodeOpsJob = { kind: 'decode-ops', config: m.config, headRows: m.files.head.map((p) => p.rows), rows: 1, budgetMs: 400 };
-  progress(`decode shapes of ${relative(REPO_ROOT, dir)}, one activation row; load per core ${loadPerCore().toFixed(2)}`);
+  const m = JSON.parse(readFileSync(join(dir, 'manifest.json'), 'utf8')) as {
+    config: ModelConfig;
+    files: { head: { rows: number }[] };
+  };
+  const job: DecodeOpsJob = {
+    kind: 'decode-ops',
+    config: m.config,
+    headRows: m.files.head.map((p) => p.rows),
+    rows: 1,
+    budgetMs: 400,
+  };
+  progress(
+    `decode shapes of ${relative(REPO_ROOT, dir)}, one activation row; load per core ${loadPerCore().toFixed(2)}`,
+  );
   const r = (await spawnChild(job as unknown as ChildJob, 'decode-ops')) as DecodeOpsResult;
-  for (const [kernel, t] of Object.entries(r.perToken)) progress(`${kernel}: a token's weight products ${t.totalMs.toFixed(2)} ms (layers ${t.layersMs.toFixed(2)}, classifier ${t.headMs.toFixed(2)})`);
+  for (const [kernel, t] of Object.entries(r.perToken))
+    progress(
+      `${kernel}: a token's weight products ${t.totalMs.toFixed(2)} ms (layers ${t.layersMs.toFixed(2)}, classifier ${t.headMs.toFixed(2)})`,
+    );
   progress(`load per core ${loadPerCore().toFixed(2)} at the end`);
   process.stdout.write(`${JSON.stringify(r)}\n`);
 }
 
-async function ggufMain(values: { gguf?: string; model?: string; configs?: string; reps?: string; out: string; json?: boolean; merge?: boolean }): Promise<void> {
+async function ggufMain(values: {
+  gguf?: string;
+  model?: string;
+  configs?: string;
+  reps?: string;
+  out: string;
+  json?: boolean;
+  merge?: boolean;
+}): Promise<void> {
   const path = await ggufPath(values);
   const wanted = values.configs ? values.configs.split(',').map((c) => c.trim()) : GGUF_CONFIGS.map((c) => c.id);
   const unknown = wanted.filter((w) => !GGUF_CONFIGS.some((c) => c.id === w));
-  if (unknown.length) fail(`--configs: unknown ${unknown.join(', ')} (known: ${GGUF_CONFIGS.map((c) => c.id).join(', ')})`);
-  if (!wanted.includes('dequant')) fail('--configs must include dequant: it is the exact-weights reference every other row is compared with');
+  if (unknown.length)
+    fail(`--configs: unknown ${unknown.join(', ')} (known: ${GGUF_CONFIGS.map((c) => c.id).join(', ')})`);
+  if (!wanted.includes('dequant'))
+    fail('--configs must include dequant: it is the exact-weights reference every other row is compared with');
   const reps = Number(values.reps);
   if (!Number.isInteger(reps) || reps < 1) fail(`--reps "${values.reps}" is not a positive integer`);
   const configs = GGUF_CONFIGS.filter((c) => wanted.includes(c.id));
@@ -337,7 +417,11 @@ async function ggufMain(values: { gguf?: string; model?: string; configs?: strin
     dirs.set(c.id, dir);
   }
   const first = JSON.parse(readFileSync(join(dirs.get('dequant')!, 'manifest.json'), 'utf8'));
-  const tok = BpeTokenizer.fromJson(JSON.parse(readFileSync(join(dirs.get('dequant')!, first.tokenizer.file), 'utf8')), first.tokenizer, first.tokenizer.file);
+  const tok = BpeTokenizer.fromJson(
+    JSON.parse(readFileSync(join(dirs.get('dequant')!, first.tokenizer.file), 'utf8')),
+    first.tokenizer,
+    first.tokenizer.file,
+  );
   const dataDir = dirname(DEFAULT_DATA);
   const text = (f: string) => {
     const p = join(dataDir, f);
@@ -348,7 +432,10 @@ async function ggufMain(values: { gguf?: string; model?: string; configs?: strin
   if (prompt.length < Math.max(...PREFILL_LENGTHS)) fail(`${TIMING_TEXT} has only ${prompt.length} tokens`);
   const windows = FIDELITY_TEXTS.map((t) => tok.encode(text(t)).slice(0, FIDELITY_TOKENS));
 
-  const baseline = (await spawnChild({ kind: 'runtime', dir: '', fold: true, lengths: [], reps: {}, decode: 0, prompts: {}, pplWindows: [], warmup: [] }, 'runtime')) as { heapMb: number };
+  const baseline = (await spawnChild(
+    { kind: 'runtime', dir: '', fold: true, lengths: [], reps: {}, decode: 0, prompts: {}, pplWindows: [], warmup: [] },
+    'runtime',
+  )) as { heapMb: number };
   // The wasm MatMul peak on the layers' shapes, in this run, for the prefills to be read against (quant-bench-peak.ts).
   progress('MatMul peak on the layer shapes');
   const peak = (await spawnChild(peakJob(cfg) as unknown as ChildJob, 'matmul-peak')) as PeakResult;
@@ -357,12 +444,31 @@ async function ggufMain(values: { gguf?: string; model?: string; configs?: strin
   for (const c of configs.sort((a, b) => (a.id === 'dequant' ? -1 : b.id === 'dequant' ? 1 : 0))) {
     const dir = dirs.get(c.id)!;
     progress(`${c.id}: ${c.what}`);
-    const job: GgufChildJob = { kind: 'gguf', dir, prompt, windows, referenceFile, reference: c.id === 'dequant', reps };
+    const job: GgufChildJob = {
+      kind: 'gguf',
+      dir,
+      prompt,
+      windows,
+      referenceFile,
+      reference: c.id === 'dequant',
+      reps,
+    };
     const result = (await spawnChild(job as unknown as ChildJob, `gguf-${c.id}`)) as GgufChildResult;
     const m = JSON.parse(readFileSync(join(dir, 'manifest.json'), 'utf8'));
-    rows.push({ id: c.id, kernel: c.kernel, what: c.what, headParts: m.files.head.length, shardMb: shardBytes(dir) / MB, bytes: ggufWeightBytes(cfg, kernelsOf(c)), nLayers: cfg.nLayers, result, peak });
+    rows.push({
+      id: c.id,
+      kernel: c.kernel,
+      what: c.what,
+      headParts: m.files.head.length,
+      shardMb: shardBytes(dir) / MB,
+      bytes: ggufWeightBytes(cfg, kernelsOf(c)),
+      nLayers: cfg.nLayers,
+      result,
+      peak,
+    });
   }
-  const ortVersion = JSON.parse(readFileSync(join(REPO_ROOT, 'node_modules/onnxruntime-web/package.json'), 'utf8')).version as string;
+  const ortVersion = JSON.parse(readFileSync(join(REPO_ROOT, 'node_modules/onnxruntime-web/package.json'), 'utf8'))
+    .version as string;
   const argv = process.argv.slice(2).filter((a) => a !== '--json');
   const report: GgufReport = {
     command: `npm run quant-bench -- ${argv.join(' ')}`,
@@ -370,7 +476,14 @@ async function ggufMain(values: { gguf?: string; model?: string; configs?: strin
     commit: gitCommit(),
     model: source.model.displayName,
     gguf: basename(path),
-    machine: { cpus: cpus().length, cpuModel: cpus()[0]?.model ?? '?', node: process.version, onnxruntimeWeb: ortVersion, loadPerCoreStart: loadStart, loadPerCoreEnd: loadPerCore() },
+    machine: {
+      cpus: cpus().length,
+      cpuModel: cpus()[0]?.model ?? '?',
+      node: process.version,
+      onnxruntimeWeb: ortVersion,
+      loadPerCoreStart: loadStart,
+      loadPerCoreEnd: loadPerCore(),
+    },
     runtimeHeapMb: baseline.heapMb,
     kvPerTokenF32: cfg.nLayers * 2 * cfg.kvDim * 4,
     config: cfg,
@@ -395,7 +508,9 @@ async function ggufMain(values: { gguf?: string; model?: string; configs?: strin
     report.commit = `${old.commit}, then ${report.commit}`;
   }
   writeFileSync(saved, JSON.stringify(report, null, 1));
-  const doc = existsSync(values.out) ? readFileSync(values.out, 'utf8') : '# Quantized weights on onnxruntime-web (wasm, one thread)\n';
+  const doc = existsSync(values.out)
+    ? readFileSync(values.out, 'utf8')
+    : '# Quantized weights on onnxruntime-web (wasm, one thread)\n';
   writeFileSync(values.out, spliceSection(doc, renderGgufSection(report)));
   progress(`wrote ${relative(REPO_ROOT, values.out)} (report ${relative(REPO_ROOT, join(cache, 'report.json'))})`);
   if (values.json) process.stdout.write(`${JSON.stringify(report)}\n`);

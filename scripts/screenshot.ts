@@ -18,7 +18,14 @@ import { SERVED_MODEL_NAME } from './lib/served-model.js';
 import { killGroup, spawnServe } from './lib/wrangler-dev.js';
 
 const CHROMIUM = '/usr/bin/chromium';
-const CHROMIUM_ARGS = ['--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking', '--disable-component-update', '--no-first-run'];
+const CHROMIUM_ARGS = [
+  '--headless',
+  '--no-sandbox',
+  '--disable-gpu',
+  '--disable-background-networking',
+  '--disable-component-update',
+  '--no-first-run',
+];
 const USAGE = `usage: npm run screenshot -- [--out docs/playground.png] [--model ${SERVED_MODEL_NAME}] [--schedule <schedule>] [--max-tokens 48] [--port <free>]
   Serves the Worker on 127.0.0.1, sends one chat message from the playground in headless Chromium
   (${CHROMIUM}) and saves the page with its reply and pruning grid to --out.`;
@@ -26,10 +33,12 @@ const USAGE = `usage: npm run screenshot -- [--out docs/playground.png] [--model
 /** Until /healthz answers 200; its 5xx (a model that cannot load) is final, not worth waiting out. */
 async function healthy(base: string, child: ChildProcess, log: string): Promise<void> {
   for (;;) {
-    if (child.exitCode !== null || child.signalCode !== null) throw new Error(`the local server exited; its log:\n${readFileSync(log, 'utf8')}`);
+    if (child.exitCode !== null || child.signalCode !== null)
+      throw new Error(`the local server exited; its log:\n${readFileSync(log, 'utf8')}`);
     const res = await fetch(`${base}/healthz`).catch(() => null);
     if (res?.ok) return;
-    if (res && res.status >= 500) throw new Error(`the server cannot serve the model: ${res.status} ${await res.text()}`);
+    if (res && res.status >= 500)
+      throw new Error(`the server cannot serve the model: ${res.status} ${await res.text()}`);
     await new Promise((r) => setTimeout(r, 500));
   }
 }
@@ -66,7 +75,21 @@ runMain(async () => {
   const base = `http://127.0.0.1:${port}`;
   const log = join(dir, 'wrangler.log');
   // the budget npm start serves with: the served model's f32 shards do not fit the default 128 MB
-  const child = spawnServe(['--ip', '127.0.0.1', '--port', String(port), '--persist-to', dir, '--var', `MODEL_NAME:${values.model}`, '--var', 'MEMORY_BUDGET_MB:1024'], log);
+  const child = spawnServe(
+    [
+      '--ip',
+      '127.0.0.1',
+      '--port',
+      String(port),
+      '--persist-to',
+      dir,
+      '--var',
+      `MODEL_NAME:${values.model}`,
+      '--var',
+      'MEMORY_BUDGET_MB:1024',
+    ],
+    log,
+  );
   const browser = await chromium.launch({ executablePath: CHROMIUM, args: CHROMIUM_ARGS }).catch((e) => {
     killGroup(child, 'SIGKILL');
     throw e;
@@ -76,7 +99,11 @@ runMain(async () => {
     await healthy(base, child, log);
     const page = await browser.newPage({ viewport: { width: 1280, height: 900 } });
     await page.goto(`${base}/`);
-    await page.waitForFunction((m) => document.getElementById('status')?.textContent?.includes(`model ${m}`), values.model, { timeout: 120_000 });
+    await page.waitForFunction(
+      (m) => document.getElementById('status')?.textContent?.includes(`model ${m}`),
+      values.model,
+      { timeout: 120_000 },
+    );
     await page.fill('#system', values.system);
     await page.fill('#maxtokens', values['max-tokens']);
     await page.fill('#temperature', '0');
@@ -86,8 +113,13 @@ runMain(async () => {
     await page.fill('#input', values.message);
     await page.click('#send');
     const reply = page.locator('.msg.assistant').first();
-    await page.waitForFunction(() => /^(done|error)$/.test(document.querySelector('.msg.assistant')?.getAttribute('data-state') ?? ''), null, { timeout: 600_000 });
-    if ((await reply.getAttribute('data-state')) !== 'done') throw new Error(`the reply failed: ${await reply.textContent()}`);
+    await page.waitForFunction(
+      () => /^(done|error)$/.test(document.querySelector('.msg.assistant')?.getAttribute('data-state') ?? ''),
+      null,
+      { timeout: 600_000 },
+    );
+    if ((await reply.getAttribute('data-state')) !== 'done')
+      throw new Error(`the reply failed: ${await reply.textContent()}`);
     await page.screenshot({ path: out, fullPage: true });
     progress(`wrote ${out}`);
   } finally {

@@ -34,11 +34,14 @@ try {
     strict: true,
   }).values;
 } catch (e) {
-  fail(`${(e as Error).message}\nusage: tsx scripts/serve.ts [--config FILE] [--ip IP] [--port N] [--persist-to DIR] [--var NAME:VALUE]...`);
+  fail(
+    `${(e as Error).message}\nusage: tsx scripts/serve.ts [--config FILE] [--ip IP] [--port N] [--persist-to DIR] [--var NAME:VALUE]...`,
+  );
 }
 
 const port = Number(args.port);
-if (!Number.isInteger(port) || port < 0 || port > 65535) fail(`--port: expected a port number, got ${JSON.stringify(args.port)}`);
+if (!Number.isInteger(port) || port < 0 || port > 65535)
+  fail(`--port: expected a port number, got ${JSON.stringify(args.port)}`);
 const bindings: Record<string, { type: 'plain_text'; value: string }> = {};
 for (const v of args.var) {
   const at = v.indexOf(':');

@@ -36,8 +36,14 @@ import { unreadableReason } from './lib/gguf-file.js';
 import { sha256File } from './lib/served-model.js';
 
 const RANDOM_KEYS: Record<string, keyof RandomCheckpointOptions> = {
-  dim: 'dim', hidden: 'hiddenDim', layers: 'nLayers', heads: 'nHeads', kv_heads: 'nKvHeads',
-  vocab: 'vocabSize', seq_len: 'seqLen', seed: 'seed',
+  dim: 'dim',
+  hidden: 'hiddenDim',
+  layers: 'nLayers',
+  heads: 'nHeads',
+  kv_heads: 'nKvHeads',
+  vocab: 'vocabSize',
+  seq_len: 'seqLen',
+  seed: 'seed',
 };
 
 export function parseRandomSpec(spec: string): RandomCheckpointOptions {
@@ -45,12 +51,14 @@ export function parseRandomSpec(spec: string): RandomCheckpointOptions {
   for (const item of spec.split(',').filter(Boolean)) {
     const [k, v] = item.split('=');
     const key = RANDOM_KEYS[k];
-    if (!key || !/^\d+$/.test(v ?? '')) fail(`--random item "${item}" is not one of ${Object.keys(RANDOM_KEYS).join(', ')} = integer`);
+    if (!key || !/^\d+$/.test(v ?? ''))
+      fail(`--random item "${item}" is not one of ${Object.keys(RANDOM_KEYS).join(', ')} = integer`);
     o[key] = Number(v);
   }
   o.nKvHeads ??= o.nHeads;
   o.hiddenDim ??= Math.round((o.dim * 8) / 3 / 32) * 32;
-  for (const k of ['dim', 'nLayers', 'nHeads'] as const) if (!o[k]) fail(`--random needs ${k === 'nLayers' ? 'layers' : k === 'nHeads' ? 'heads' : k}=`);
+  for (const k of ['dim', 'nLayers', 'nHeads'] as const)
+    if (!o[k]) fail(`--random needs ${k === 'nLayers' ? 'layers' : k === 'nHeads' ? 'heads' : k}=`);
   return o as unknown as RandomCheckpointOptions;
 }
 
@@ -60,15 +68,22 @@ export function parseQuantArgs(quant?: string, kernel?: string, blockSize?: stri
     if (kernel !== undefined || blockSize !== undefined) fail('--kernel and --block-size need --quant');
     return null;
   }
-  if (!(QUANT_FORMATS as readonly string[]).includes(quant)) fail(`--quant "${quant}" is not one of ${QUANT_FORMATS.join(', ')}`);
+  if (!(QUANT_FORMATS as readonly string[]).includes(quant))
+    fail(`--quant "${quant}" is not one of ${QUANT_FORMATS.join(', ')}`);
   if (blockSize !== undefined && !/^\d+$/.test(blockSize)) fail(`--block-size "${blockSize}" is not an integer`);
   const format = quant as QuantFormat;
   const r = resolveQuant({
     format,
     kernel: kernel ?? KERNELS_OF[format][0],
-    blockSize: format === 'int4' ? Number(blockSize ?? DEFAULT_INT4_BLOCK_SIZE) : blockSize === undefined ? undefined : Number(blockSize),
+    blockSize:
+      format === 'int4'
+        ? Number(blockSize ?? DEFAULT_INT4_BLOCK_SIZE)
+        : blockSize === undefined
+          ? undefined
+          : Number(blockSize),
   });
-  if ('error' in r) fail(r.error.replace(/quant\.(\w+)/g, (_, k: string) => `--${k === 'blockSize' ? 'block-size' : k}`));
+  if ('error' in r)
+    fail(r.error.replace(/quant\.(\w+)/g, (_, k: string) => `--${k === 'blockSize' ? 'block-size' : k}`));
   return r.spec;
 }
 
@@ -93,11 +108,12 @@ async function main(): Promise<void> {
     },
   });
   if (values.gguf === undefined) {
-    for (const k of ['attn', 'ffn', 'head', 'embed', 'head-parts'] as const) if (values[k] !== undefined) fail(`--${k} applies to --gguf only`);
+    for (const k of ['attn', 'ffn', 'head', 'embed', 'head-parts'] as const)
+      if (values[k] !== undefined) fail(`--${k} applies to --gguf only`);
   }
   if (values.gguf !== undefined) return ggufMain(values.gguf, values);
   const quant = parseQuantArgs(values.quant, values.kernel, values['block-size']);
-  if (quant?.format === 'gguf') fail('--quant gguf keeps a GGUF\'s own blocks: use it with --gguf FILE');
+  if (quant?.format === 'gguf') fail("--quant gguf keeps a GGUF's own blocks: use it with --gguf FILE");
   const tokenizer = values.tokenizer ?? join(DEFAULT_MODEL_DIR, 'tok512.bin');
   const source = values.random
     ? sourceFromRandom(values.name ?? 'random', parseRandomSpec(values.random), tokenizer)
@@ -112,31 +128,51 @@ async function main(): Promise<void> {
     progress(`shards up to date: ${out} (${quantLabel(source.quant)})`);
     return;
   }
-  progress(`building ${source.synthetic ? 'SYNTHETIC (seeded random weights) ' : ''}${quantLabel(source.quant)} shards for ${source.name} -> ${out}`);
+  progress(
+    `building ${source.synthetic ? 'SYNTHETIC (seeded random weights) ' : ''}${quantLabel(source.quant)} shards for ${source.name} -> ${out}`,
+  );
   const built = await buildAndWrite(out, source, progress);
   const bytes = [...built.files.values()].reduce((s, b) => s + b.byteLength, 0);
   progress(`done: ${built.files.size} files, ${(bytes / 1e6).toFixed(2)} MB`);
 }
 
 type GgufArgs = {
-  name?: string; out?: string; 'if-missing'?: boolean; checkpoint?: string; tokenizer?: string; random?: string; quant?: string;
-  kernel?: string; 'block-size'?: string; attn?: string; ffn?: string; head?: string; embed?: string; 'head-parts'?: string;
+  name?: string;
+  out?: string;
+  'if-missing'?: boolean;
+  checkpoint?: string;
+  tokenizer?: string;
+  random?: string;
+  quant?: string;
+  kernel?: string;
+  'block-size'?: string;
+  attn?: string;
+  ffn?: string;
+  head?: string;
+  embed?: string;
+  'head-parts'?: string;
 };
 
 /** --kernel and the per-group options as one set of GGUF kernels (clear message and exit on anything else). */
 export function parseGgufKernelArgs(v: Pick<GgufArgs, 'kernel' | 'attn' | 'ffn' | 'head' | 'embed'>): GgufKernels {
   const single = v.kernel !== undefined && !v.kernel.includes('=');
-  if (single && !(GGUF_MATRIX_KERNELS as readonly string[]).includes(v.kernel!)) fail(`--kernel "${v.kernel}" is not one of ${GGUF_MATRIX_KERNELS.join(', ')} (or role=kernel items)`);
+  if (single && !(GGUF_MATRIX_KERNELS as readonly string[]).includes(v.kernel!))
+    fail(`--kernel "${v.kernel}" is not one of ${GGUF_MATRIX_KERNELS.join(', ')} (or role=kernel items)`);
   const base = single ? `attn=${v.kernel},ffn=${v.kernel}${v.kernel === 'dequant' ? '' : ',head=nbits8'}` : v.kernel;
-  const items = [base, ...(['attn', 'ffn', 'head', 'embed'] as const).filter((r) => v[r] !== undefined).map((r) => `${r}=${v[r]}`)].filter(Boolean);
+  const items = [
+    base,
+    ...(['attn', 'ffn', 'head', 'embed'] as const).filter((r) => v[r] !== undefined).map((r) => `${r}=${v[r]}`),
+  ].filter(Boolean);
   const r = parseGgufKernels(items.length ? items.join(',') : undefined);
   if ('error' in r) fail(r.error.replace(/^quant\.kernel /, '--kernel '));
   return r.kernels;
 }
 
 async function ggufMain(path: string, values: GgufArgs): Promise<void> {
-  for (const k of ['checkpoint', 'tokenizer', 'random', 'block-size'] as const) if (values[k] !== undefined) fail(`--${k} does not apply to --gguf`);
-  if (values.quant !== undefined && values.quant !== 'gguf') fail(`--quant ${values.quant} is not available for a GGUF: its shards keep the file's own blocks (--quant gguf)`);
+  for (const k of ['checkpoint', 'tokenizer', 'random', 'block-size'] as const)
+    if (values[k] !== undefined) fail(`--${k} does not apply to --gguf`);
+  if (values.quant !== undefined && values.quant !== 'gguf')
+    fail(`--quant ${values.quant} is not available for a GGUF: its shards keep the file's own blocks (--quant gguf)`);
   const kernels = parseGgufKernelArgs(values);
   const hp = values['head-parts'];
   if (hp !== undefined && !/^[1-9]\d*$/.test(hp)) fail(`--head-parts "${hp}" is not a positive integer`);
@@ -153,7 +189,9 @@ async function ggufMain(path: string, values: GgufArgs): Promise<void> {
   source.kernels = kernels;
   if (hp !== undefined) source.headParts = Number(hp);
   const c = source.model.config;
-  progress(`building ${quantLabel(quant)} shards for ${name} from ${basename(path)} (${source.model.displayName}: ${c.nLayers} layers, dim ${c.dim}, ${c.nHeads}/${c.nKvHeads} heads, vocab ${c.vocabSize}, context ${c.seqLen}) -> ${out}`);
+  progress(
+    `building ${quantLabel(quant)} shards for ${name} from ${basename(path)} (${source.model.displayName}: ${c.nLayers} layers, dim ${c.dim}, ${c.nHeads}/${c.nKvHeads} heads, vocab ${c.vocabSize}, context ${c.seqLen}) -> ${out}`,
+  );
   const built = await buildAndWrite(out, source, progress);
   const bytes = [...built.files.values()].reduce((s, b) => s + b.byteLength, 0);
   progress(`done: ${built.files.size} files, ${(bytes / 1e6).toFixed(2)} MB`);

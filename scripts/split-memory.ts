@@ -42,7 +42,8 @@ import { fillPart } from './lib/split-fill.js';
 import { findWorkerds, residentBytes, startWranglerDev, waitReady } from './lib/wrangler-dev.js';
 
 const t0 = Date.now();
-const progress = (m: string) => process.stderr.write(`[split-memory ${((Date.now() - t0) / 1000).toFixed(0).padStart(4)} s] ${m}\n`);
+const progress = (m: string) =>
+  process.stderr.write(`[split-memory ${((Date.now() - t0) / 1000).toFixed(0).padStart(4)} s] ${m}\n`);
 const jsBytes = () => process.memoryUsage().heapUsed + process.memoryUsage().arrayBuffers;
 const settle = () => {
   const gc = (globalThis as { gc?: () => void }).gc;
@@ -77,7 +78,11 @@ async function child(job: ChildJob): Promise<ObjectMeasure> {
   const sample = () => (peak = Math.max(peak, (wasmHeapBytes() ?? 0) + Math.max(0, jsBytes() - base)));
   const timer = setInterval(sample, 2);
   const manifest = readFileSync(join(job.dir, 'manifest.json'), 'utf8');
-  const part = await loadModelPart(manifest, async (f) => readBytes(join(job.dir, f)), job.part, { contextTokens: job.context, kvFormat: job.kv, memoryBudgetBytes: Infinity });
+  const part = await loadModelPart(manifest, async (f) => readBytes(join(job.dir, f)), job.part, {
+    contextTokens: job.context,
+    kvFormat: job.kv,
+    memoryBudgetBytes: Infinity,
+  });
   sample();
   const loadPeak = peak;
   peak = 0;
@@ -90,7 +95,14 @@ async function child(job: ChildJob): Promise<ObjectMeasure> {
   settle();
   const wasm = wasmHeapBytes() ?? 0;
   const js = Math.max(0, jsBytes() - base);
-  return { load_peak_bytes: loadPeak, fill_peak_bytes: fillPeak, steady_bytes: wasm + js, wasm_bytes: wasm, js_heap_bytes: js, kv_aux_bytes: kvAux };
+  return {
+    load_peak_bytes: loadPeak,
+    fill_peak_bytes: fillPeak,
+    steady_bytes: wasm + js,
+    wasm_bytes: wasm,
+    js_heap_bytes: js,
+    kv_aux_bytes: kvAux,
+  };
 }
 
 interface WorkerdMeasure {
@@ -108,16 +120,28 @@ interface WorkerdMeasure {
 /** One object alone in a workerd process (scripts/split-memory-workerd/): loaded, filled, read from /proc. */
 async function inWorkerd(job: ChildJob): Promise<WorkerdMeasure> {
   const model = basename(resolve(job.dir));
-  if (resolve(job.dir) !== join(SHARDS_ROOT, model)) fail(`--runtime workerd serves shards from ${SHARDS_ROOT}: --model must be a directory there`);
+  if (resolve(job.dir) !== join(SHARDS_ROOT, model))
+    fail(`--runtime workerd serves shards from ${SHARDS_ROOT}: --model must be a directory there`);
   const log = join(tmpdir(), `split-memory-workerd-${process.pid}.log`);
-  const dev = await startWranglerDev('scripts/split-memory-workerd/wrangler.toml', log, {}, { freeze: { models: [model] } }); // edits and shard builds elsewhere must not reload it mid-fill
+  const dev = await startWranglerDev(
+    'scripts/split-memory-workerd/wrangler.toml',
+    log,
+    {},
+    { freeze: { models: [model] } },
+  ); // edits and shard builds elsewhere must not reload it mid-fill
   try {
     await waitReady(`${dev.base}/noop`, dev.child, 180_000);
     const pids = findWorkerds(dev.child.pid!);
     if (!pids.length) fail(`no workerd process under the local server (log ${log})`);
     const before = pids.map((p) => residentBytes(p).rss);
     const post = async (path: string, body: object) => {
-      const r = (await (await fetch(`${dev.base}${path}`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify(body) })).json()) as Record<string, number> & { error?: string };
+      const r = (await (
+        await fetch(`${dev.base}${path}`, {
+          method: 'POST',
+          headers: { 'content-type': 'application/json' },
+          body: JSON.stringify(body),
+        })
+      ).json()) as Record<string, number> & { error?: string };
       if (r.error) throw new Error(`workerd ${path}: ${r.error} (log ${log})`);
       return r;
     };
@@ -167,7 +191,8 @@ export async function splitMemoryMain(args: string[]): Promise<void> {
   if (!Number.isInteger(context) || context < 2) fail(`--context ${values.context} must be an integer of at least 2`);
   if (!isKvFormat(values.kv!)) fail(`--kv ${values.kv} must be one of ${KV_FORMATS.join(', ')}`);
   const stepTokens = Number(values['step-tokens']);
-  if (!Number.isInteger(stepTokens) || stepTokens < 0) fail(`--step-tokens ${values['step-tokens']}: an integer >= 0 (0: the whole context in one step)`);
+  if (!Number.isInteger(stepTokens) || stepTokens < 0)
+    fail(`--step-tokens ${values['step-tokens']}: an integer >= 0 (0: the whole context in one step)`);
   const runtime = values.runtime!;
   if (runtime !== 'node' && runtime !== 'workerd') fail(`--runtime ${runtime}: node or workerd`);
   const [g, h = '0'] = values.split!.split('+');
@@ -175,36 +200,94 @@ export async function splitMemoryMain(args: string[]): Promise<void> {
   const H = Number(h);
   if (!Number.isInteger(G) || G < 1 || !Number.isInteger(H) || H < 0) fail(`--split ${values.split}: "G" or "G+H"`);
   const manifest = parseManifest(readFileSync(join(dir, 'manifest.json'), 'utf8'));
-  const cfg = { ...manifest.config, seqLen: Math.min(context, manifest.config.seqLen), kvFormat: values.kv as KvFormat };
-  const plan = planSplit(cfg, quantOf(manifest), manifest.files.head.map((p) => p.rows), G, H, values['embed-in-front']);
+  const cfg = {
+    ...manifest.config,
+    seqLen: Math.min(context, manifest.config.seqLen),
+    kvFormat: values.kv as KvFormat,
+  };
+  const plan = planSplit(
+    cfg,
+    quantOf(manifest),
+    manifest.files.head.map((p) => p.rows),
+    G,
+    H,
+    values['embed-in-front'],
+  );
   const only = values.objects === undefined ? null : new Set(values.objects.split(',').map(Number));
-  if (only && [...only].some((i) => !(Number.isInteger(i) && i >= 0 && i < plan.length))) fail(`--objects ${values.objects}: indices of the ${plan.length} objects`);
+  if (only && [...only].some((i) => !(Number.isInteger(i) && i >= 0 && i < plan.length)))
+    fail(`--objects ${values.objects}: indices of the ${plan.length} objects`);
   const objects = [];
   for (const [i, p] of plan.entries()) {
     if (only && !only.has(i)) continue;
-    const job: ChildJob = { dir, context: cfg.seqLen, kv: values.kv as KvFormat, part: { layers: p.layers, embed: p.embed, head: p.head, tokenizer: p.front ?? false }, stepTokens };
-    const layers = p.front ? 'front: tokenizer' : p.layers.end > p.layers.start ? `layers ${p.layers.start}..${p.layers.end - 1}` : 'no layers';
+    const job: ChildJob = {
+      dir,
+      context: cfg.seqLen,
+      kv: values.kv as KvFormat,
+      part: { layers: p.layers, embed: p.embed, head: p.head, tokenizer: p.front ?? false },
+      stepTokens,
+    };
+    const layers = p.front
+      ? 'front: tokenizer'
+      : p.layers.end > p.layers.start
+        ? `layers ${p.layers.start}..${p.layers.end - 1}`
+        : 'no layers';
     const what = `object ${i}: ${layers}${p.embed ? ' + embedding' : ''}${p.head.length ? ` + classifier parts ${p.head.join(',')}` : ''}`;
     progress(`${what}: loading and filling ${cfg.seqLen} tokens in ${runtime}`);
     const estimate = `estimate ${(p.bytes.total / MB).toFixed(1)} MB`;
     const pieces = { index: i, ...(p.front ? { front: true } : {}), layers: p.layers, embed: p.embed, head: p.head };
     if (runtime === 'workerd') {
       const m = await inWorkerd(job);
-      progress(`${what}: resident ${(m.rss_bytes / MB).toFixed(1)} MB (wasm ${(m.wasm_bytes / MB).toFixed(1)}), peak ${(m.load_peak_bytes / MB).toFixed(1)} through the load, ${(m.fill_peak_bytes / MB).toFixed(1)} through the fill; ${estimate}`);
-      objects.push({ ...pieces, ...m, estimate_bytes: p.bytes.total, max_bytes: Math.max(m.rss_bytes, m.fill_peak_bytes) });
+      progress(
+        `${what}: resident ${(m.rss_bytes / MB).toFixed(1)} MB (wasm ${(m.wasm_bytes / MB).toFixed(1)}), peak ${(m.load_peak_bytes / MB).toFixed(1)} through the load, ${(m.fill_peak_bytes / MB).toFixed(1)} through the fill; ${estimate}`,
+      );
+      objects.push({
+        ...pieces,
+        ...m,
+        estimate_bytes: p.bytes.total,
+        max_bytes: Math.max(m.rss_bytes, m.fill_peak_bytes),
+      });
       continue;
     }
-    const r = spawnSync(process.execPath, ['--expose-gc', '--import', 'tsx', join(REPO_ROOT, 'scripts/split-memory.ts'), '--child', JSON.stringify(job)], { cwd: REPO_ROOT, encoding: 'utf8', maxBuffer: 1 << 20 });
+    const r = spawnSync(
+      process.execPath,
+      ['--expose-gc', '--import', 'tsx', join(REPO_ROOT, 'scripts/split-memory.ts'), '--child', JSON.stringify(job)],
+      { cwd: REPO_ROOT, encoding: 'utf8', maxBuffer: 1 << 20 },
+    );
     if (r.status !== 0) fail(`${what} failed:\n${r.stderr}`);
     const m = JSON.parse(r.stdout.trim().split('\n').at(-1)!) as ObjectMeasure;
-    progress(`${what}: steady ${(m.steady_bytes / MB).toFixed(1)} MB (wasm ${(m.wasm_bytes / MB).toFixed(1)}, JS ${(m.js_heap_bytes / MB).toFixed(1)}), load peak ${(m.load_peak_bytes / MB).toFixed(1)}, fill peak ${(m.fill_peak_bytes / MB).toFixed(1)}; ${estimate}`);
-    objects.push({ ...pieces, ...m, estimate_bytes: p.bytes.total, max_bytes: Math.max(m.steady_bytes, m.load_peak_bytes, m.fill_peak_bytes) });
+    progress(
+      `${what}: steady ${(m.steady_bytes / MB).toFixed(1)} MB (wasm ${(m.wasm_bytes / MB).toFixed(1)}, JS ${(m.js_heap_bytes / MB).toFixed(1)}), load peak ${(m.load_peak_bytes / MB).toFixed(1)}, fill peak ${(m.fill_peak_bytes / MB).toFixed(1)}; ${estimate}`,
+    );
+    objects.push({
+      ...pieces,
+      ...m,
+      estimate_bytes: p.bytes.total,
+      max_bytes: Math.max(m.steady_bytes, m.load_peak_bytes, m.fill_peak_bytes),
+    });
   }
   const max = Math.max(...objects.map((o) => o.max_bytes));
-  const out = { runtime, ...(runtime === 'workerd' ? { measured_in: 'workerd process per object: VmRSS / VmHWM net of the process before the load; wasm memory inside' } : {}), model: manifest.name, context: cfg.seqLen, kv_format: values.kv, split: { layer_groups: G, head_groups: H, embed_in_front: values['embed-in-front'] }, step_tokens: stepTokens, ...(only ? { measured_objects: [...only] } : {}), objects, max_object_bytes: max, fits_128mb: max <= 128 * MB };
+  const out = {
+    runtime,
+    ...(runtime === 'workerd'
+      ? {
+          measured_in:
+            'workerd process per object: VmRSS / VmHWM net of the process before the load; wasm memory inside',
+        }
+      : {}),
+    model: manifest.name,
+    context: cfg.seqLen,
+    kv_format: values.kv,
+    split: { layer_groups: G, head_groups: H, embed_in_front: values['embed-in-front'] },
+    step_tokens: stepTokens,
+    ...(only ? { measured_objects: [...only] } : {}),
+    objects,
+    max_object_bytes: max,
+    fits_128mb: max <= 128 * MB,
+  };
   progress(`max object ${(max / MB).toFixed(1)} MB: ${out.fits_128mb ? 'every object fits' : 'does not fit'} 128 MB`);
   process.stdout.write(values.json ? `${JSON.stringify(out)}\n` : `${JSON.stringify(out, null, 2)}\n`);
 }
 
 // Run as a script (not when scripts/memory.ts imports it for --split).
-if (process.argv[1] && import.meta.url === pathToFileURL(process.argv[1]).href) runMain(() => splitMemoryMain(process.argv.slice(2)));
+if (process.argv[1] && import.meta.url === pathToFileURL(process.argv[1]).href)
+  runMain(() => splitMemoryMain(process.argv.slice(2)));

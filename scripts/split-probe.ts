@@ -90,7 +90,8 @@ async function main(): Promise<void> {
     const [g, h = '0'] = spec.split('+');
     const G = Number(g);
     const H = Number(h);
-    if (!Number.isInteger(G) || G < 1 || !Number.isInteger(H) || H < 0) fail(`--groups ${values.groups}: "G" or "G+H" items (integers), comma-separated`);
+    if (!Number.isInteger(G) || G < 1 || !Number.isInteger(H) || H < 0)
+      fail(`--groups ${values.groups}: "G" or "G+H" items (integers), comma-separated`);
     return { G, H };
   };
   groupsList.forEach(splitOf);
@@ -98,19 +99,43 @@ async function main(): Promise<void> {
   const front = values['embed-in-front']!;
   const modes = values.modes!.split(',') as Run['mode'][];
   if (!modes.every((m) => m === 'dense' || m === 'lazy')) fail(`--modes ${values.modes}: dense and/or lazy`);
-  const extraVars = Object.fromEntries(values.var!.map((kv) => {
-    const i = kv.indexOf('=');
-    if (i < 1) fail(`--var ${kv}: NAME=VALUE`);
-    return [kv.slice(0, i), kv.slice(i + 1)];
-  }));
+  const extraVars = Object.fromEntries(
+    values.var!.map((kv) => {
+      const i = kv.indexOf('=');
+      if (i < 1) fail(`--var ${kv}: NAME=VALUE`);
+      return [kv.slice(0, i), kv.slice(i + 1)];
+    }),
+  );
   const manifest = parseManifest(readFileSync(join(shardsDir(values.model!), 'manifest.json'), 'utf8'));
   const quant = quantOf(manifest);
   const headRows = manifest.files.head.map((p) => p.rows);
   const plans = Object.fromEntries(
     [2048, 4096, 8192].map((ctx) => {
-      const cfg = { ...manifest.config, seqLen: Math.min(ctx, manifest.config.seqLen), kvFormat: values.kv as KvFormat };
+      const cfg = {
+        ...manifest.config,
+        seqLen: Math.min(ctx, manifest.config.seqLen),
+        kvFormat: values.kv as KvFormat,
+      };
       const fit = fewestGroups(cfg, quant, headRows, 128 * MB, front);
-      return [ctx, { fewest_for_128mb: fit.groups === null ? { reason: fit.reason } : { layer_groups: fit.groups, head_groups: fit.heads, max_object_mb: mib(Math.max(...fit.plan.map((p) => p.bytes.total))) }, per_object_mb: Object.fromEntries(groupsList.map((spec) => [spec, planSplit(cfg, quant, headRows, splitOf(spec).G, splitOf(spec).H, front).map((p) => mib(p.bytes.total))])) }];
+      return [
+        ctx,
+        {
+          fewest_for_128mb:
+            fit.groups === null
+              ? { reason: fit.reason }
+              : {
+                  layer_groups: fit.groups,
+                  head_groups: fit.heads,
+                  max_object_mb: mib(Math.max(...fit.plan.map((p) => p.bytes.total))),
+                },
+          per_object_mb: Object.fromEntries(
+            groupsList.map((spec) => [
+              spec,
+              planSplit(cfg, quant, headRows, splitOf(spec).G, splitOf(spec).H, front).map((p) => mib(p.bytes.total)),
+            ]),
+          ),
+        },
+      ];
     }),
   );
   if (values['plan-only']) {
@@ -119,8 +144,24 @@ async function main(): Promise<void> {
         kvFormat,
         Object.fromEntries(
           [2048, 4096, 8192].map((ctx) => {
-            const fit = fewestGroups({ ...manifest.config, seqLen: Math.min(ctx, manifest.config.seqLen), kvFormat }, quant, headRows, 128 * MB, front);
-            return [ctx, fit.groups === null ? { reason: fit.reason } : { layer_groups: fit.groups, head_groups: fit.heads, max_object_mb: mib(Math.max(...fit.plan.map((p) => p.bytes.total))), per_object_mb: fit.plan.map((p) => mib(p.bytes.total)) }];
+            const fit = fewestGroups(
+              { ...manifest.config, seqLen: Math.min(ctx, manifest.config.seqLen), kvFormat },
+              quant,
+              headRows,
+              128 * MB,
+              front,
+            );
+            return [
+              ctx,
+              fit.groups === null
+                ? { reason: fit.reason }
+                : {
+                    layer_groups: fit.groups,
+                    head_groups: fit.heads,
+                    max_object_mb: mib(Math.max(...fit.plan.map((p) => p.bytes.total))),
+                    per_object_mb: fit.plan.map((p) => mib(p.bytes.total)),
+                  },
+            ];
           }),
         ),
       ]),
@@ -128,15 +169,33 @@ async function main(): Promise<void> {
     process.stdout.write(`${JSON.stringify({ model: manifest.name, quant, budget_mb: 128, fewest_objects: table })}\n`);
     return;
   }
-  progress(`estimated MB per object (weights as the kernel holds them, KV and Aux at the context, runtime): ${JSON.stringify(plans)}`);
+  progress(
+    `estimated MB per object (weights as the kernel holds them, KV and Aux at the context, runtime): ${JSON.stringify(plans)}`,
+  );
 
   // --data FILE[,FILE...]: the files one after the other, as long as --tokens needs (~4.4 characters a token)
   const chars = Math.round(Number(values.tokens) * 4.4);
-  const text = values.data!.split(',').map((f) => readFileSync(f, 'utf8')).join('\n\n').replace(/\s+/g, ' ');
-  if (text.length < chars) fail(`--data ${values.data}: ${text.length} characters, ~${Math.floor(text.length / 4.4)} tokens; --tokens ${values.tokens} needs more (name several files, comma-separated)`);
+  const text = values
+    .data!.split(',')
+    .map((f) => readFileSync(f, 'utf8'))
+    .join('\n\n')
+    .replace(/\s+/g, ' ');
+  if (text.length < chars)
+    fail(
+      `--data ${values.data}: ${text.length} characters, ~${Math.floor(text.length / 4.4)} tokens; --tokens ${values.tokens} needs more (name several files, comma-separated)`,
+    );
   const doc = text.slice(0, chars);
-  const messages = [{ role: 'user', content: `${doc}\n\nIn one sentence: what does this license let people do with the Work?` }];
-  const base = { model: manifest.name, messages, max_tokens: Number(values['max-tokens']), temperature: 0, stream: true, stream_options: { include_usage: true } };
+  const messages = [
+    { role: 'user', content: `${doc}\n\nIn one sentence: what does this license let people do with the Work?` },
+  ];
+  const base = {
+    model: manifest.name,
+    messages,
+    max_tokens: Number(values['max-tokens']),
+    temperature: 0,
+    stream: true,
+    stream_options: { include_usage: true },
+  };
   const runs: Run[] = [];
   const peaks: Record<string, number> = {};
   const load = [loadavg()[0]];
@@ -150,16 +209,21 @@ async function main(): Promise<void> {
       const log = join(tmpdir(), `split-probe-${process.pid}-${G}.log`);
       progress(`LAYER_GROUPS=${G}: starting the local server (log ${log})`);
       // frozen: the bundle and the model's shards as they are now, whatever other work changes in the checkout meanwhile
-      const dev = await startWranglerDev(join(REPO_ROOT, 'wrangler.toml'), log, {
-        MODEL_NAME: values.model!,
-        LAYER_GROUPS: String(layerGroups),
-        HEAD_GROUPS: String(heads),
-        MEMORY_BUDGET_MB: '1024',
-        CONTEXT_TOKENS: String(context),
-        KV_FORMAT: values.kv!,
-        EMBED_IN_FRONT: front ? '1' : '0',
-        ...extraVars,
-      }, { freeze: { models: [values.model!] } });
+      const dev = await startWranglerDev(
+        join(REPO_ROOT, 'wrangler.toml'),
+        log,
+        {
+          MODEL_NAME: values.model!,
+          LAYER_GROUPS: String(layerGroups),
+          HEAD_GROUPS: String(heads),
+          MEMORY_BUDGET_MB: '1024',
+          CONTEXT_TOKENS: String(context),
+          KV_FORMAT: values.kv!,
+          EMBED_IN_FRONT: front ? '1' : '0',
+          ...extraVars,
+        },
+        { freeze: { models: [values.model!] } },
+      );
       servers.push({ G, dev });
       // The playground page: it loads no model (unsplit, GET /v1/models and /healthz load the whole one).
       await waitReady(`${dev.base}/`, dev.child, 120_000);
@@ -167,14 +231,28 @@ async function main(): Promise<void> {
     for (let i = 0; i <= Number(values.repeat); i++) {
       for (const { G, dev } of servers) {
         for (const mode of modes) {
-          const r = await streamOnce(dev.base, { ...base, lazy: { enabled: mode === 'lazy', ...(mode === 'lazy' && values.schedule ? { schedule: values.schedule } : {}) } }, G, mode);
-          progress(`G=${G} ${i === 0 ? 'warm-up ' : ''}${mode}: ${r.prompt_tokens} prompt tokens, TTFT ${r.ttft_ms.toFixed(0)} ms (prefill ${r.prefill_ms.toFixed(0)} ms), decode ${r.decode_tokens_per_s.toFixed(1)} tok/s, boundary bytes prefill ${r.prefill_boundary_bytes} / decode step ${r.decode_boundary_bytes_per_step}, ${r.keepalive_comments} keep-alive comments (longest silence ${(r.longest_silence_ms / 1000).toFixed(1)} s), ${JSON.stringify(r.text.slice(0, 60))}`);
+          const r = await streamOnce(
+            dev.base,
+            {
+              ...base,
+              lazy: {
+                enabled: mode === 'lazy',
+                ...(mode === 'lazy' && values.schedule ? { schedule: values.schedule } : {}),
+              },
+            },
+            G,
+            mode,
+          );
+          progress(
+            `G=${G} ${i === 0 ? 'warm-up ' : ''}${mode}: ${r.prompt_tokens} prompt tokens, TTFT ${r.ttft_ms.toFixed(0)} ms (prefill ${r.prefill_ms.toFixed(0)} ms), decode ${r.decode_tokens_per_s.toFixed(1)} tok/s, boundary bytes prefill ${r.prefill_boundary_bytes} / decode step ${r.decode_boundary_bytes_per_step}, ${r.keepalive_comments} keep-alive comments (longest silence ${(r.longest_silence_ms / 1000).toFixed(1)} s), ${JSON.stringify(r.text.slice(0, 60))}`,
+          );
           if (i > 0) runs.push(r);
         }
       }
       load.push(loadavg()[0]);
     }
-    for (const { G, dev } of servers) peaks[G] = findWorkerds(dev.child.pid!).reduce((m, pid) => Math.max(m, residentBytes(pid).hwm), 0);
+    for (const { G, dev } of servers)
+      peaks[G] = findWorkerds(dev.child.pid!).reduce((m, pid) => Math.max(m, residentBytes(pid).hwm), 0);
   } finally {
     for (const { dev } of servers) await dev.stop();
   }
@@ -195,15 +273,19 @@ async function main(): Promise<void> {
   });
   const unsplit = summary.find((s) => s.groups === '1');
   const ratios = unsplit
-    ? summary.filter((s) => s.groups !== '1').map((s) => ({
-        groups: s.groups,
-        decode_split_over_unsplit_dense: ratio(s.dense?.decode_tokens_per_s, unsplit.dense?.decode_tokens_per_s),
-        decode_split_over_unsplit_lazy: ratio(s.lazy?.decode_tokens_per_s, unsplit.lazy?.decode_tokens_per_s),
-        ttft_split_over_unsplit_dense: ratio(s.dense?.ttft_ms, unsplit.dense?.ttft_ms),
-        lazy_ttft_speedup_over_split_dense: ratio(s.dense?.ttft_ms, s.lazy?.ttft_ms),
-      }))
+    ? summary
+        .filter((s) => s.groups !== '1')
+        .map((s) => ({
+          groups: s.groups,
+          decode_split_over_unsplit_dense: ratio(s.dense?.decode_tokens_per_s, unsplit.dense?.decode_tokens_per_s),
+          decode_split_over_unsplit_lazy: ratio(s.lazy?.decode_tokens_per_s, unsplit.lazy?.decode_tokens_per_s),
+          ttft_split_over_unsplit_dense: ratio(s.dense?.ttft_ms, unsplit.dense?.ttft_ms),
+          lazy_ttft_speedup_over_split_dense: ratio(s.dense?.ttft_ms, s.lazy?.ttft_ms),
+        }))
     : [];
-  process.stdout.write(`${JSON.stringify({ model: manifest.name, context, prompt_tokens: runs[0]?.prompt_tokens, load_average_1m: load, plans, summary, ratios, runs })}\n`);
+  process.stdout.write(
+    `${JSON.stringify({ model: manifest.name, context, prompt_tokens: runs[0]?.prompt_tokens, load_average_1m: load, plans, summary, ratios, runs })}\n`,
+  );
 }
 
 runMain(main);

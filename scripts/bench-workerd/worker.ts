@@ -65,7 +65,11 @@ export default {
     const url = new URL(req.url);
     try {
       if (url.pathname === '/ready') {
-        const model = await getModel({ ...env, MODEL_NAME: url.searchParams.get('model') ?? 'stories260K', MEMORY_BUDGET_MB: 'off' });
+        const model = await getModel({
+          ...env,
+          MODEL_NAME: url.searchParams.get('model') ?? 'stories260K',
+          MEMORY_BUDGET_MB: 'off',
+        });
         return Response.json({ ok: true, layers: model.config.nLayers });
       }
       if (url.pathname === '/noop' && req.method === 'POST') {

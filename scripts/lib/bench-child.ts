@@ -65,7 +65,11 @@ export interface ChildResult {
   peakRssMb: number;
 }
 
-type Runner = (prompt: number[], decode: number, stop?: readonly number[]) => Promise<Trial & { promptTokens?: number }>;
+type Runner = (
+  prompt: number[],
+  decode: number,
+  stop?: readonly number[],
+) => Promise<Trial & { promptTokens?: number }>;
 
 export function engineRunner(model: LoadedModel, schedule: Schedule | null): Runner {
   return async (prompt, decode, stop) => {
@@ -88,7 +92,17 @@ export function engineRunner(model: LoadedModel, schedule: Schedule | null): Run
       for (const rows of r.stats.computedPerLayer) decodeRows += rows;
     }
     const [decodeMs, decodeCpuMs] = [performance.now() - t1, threadCpuMs() - c1];
-    return { ttftMs, ttftCpuMs, decodeMs, decodeCpuMs, tokens, computedPerLayer: first.stats.computedPerLayer, flops: first.stats.flops, decodeRows, promptTokens };
+    return {
+      ttftMs,
+      ttftCpuMs,
+      decodeMs,
+      decodeCpuMs,
+      tokens,
+      computedPerLayer: first.stats.computedPerLayer,
+      flops: first.stats.flops,
+      decodeRows,
+      promptTokens,
+    };
   };
 }
 
@@ -116,7 +130,10 @@ async function monolithicRunner(job: ChildJob, config: ModelConfig): Promise<Run
  * with a streamer whose put() timestamps each token. Runs on this process's onnxruntime-web (wasm,
  * one thread) through exposeRuntimeForPeers, so the runtime is the engine's.
  */
-async function transformersRunner(job: Pick<ChildJob, 'hfRoot' | 'hfName'>, dtype: 'fp32' | 'q8' | 'q4' = 'fp32'): Promise<Runner> {
+async function transformersRunner(
+  job: Pick<ChildJob, 'hfRoot' | 'hfName'>,
+  dtype: 'fp32' | 'q8' | 'q4' = 'fp32',
+): Promise<Runner> {
   exposeRuntimeForPeers((path) => readBytes(path));
   const T = await import('@huggingface/transformers');
   T.env.allowRemoteModels = false;
@@ -129,7 +146,11 @@ async function transformersRunner(job: Pick<ChildJob, 'hfRoot' | 'hfName'>, dtyp
     device: 'auto' as never, // no device list of its own: the exposed runtime's wasm backend
   });
   return async (prompt, decode, stop) => {
-    const input_ids = new T.Tensor('int64', BigInt64Array.from(prompt, (t) => BigInt(t)), [1, prompt.length]);
+    const input_ids = new T.Tensor(
+      'int64',
+      BigInt64Array.from(prompt, (t) => BigInt(t)),
+      [1, prompt.length],
+    );
     const attention_mask = new T.Tensor('int64', new BigInt64Array(prompt.length).fill(1n), [1, prompt.length]);
     const stamps: number[] = [];
     const cpu: number[] = [];
@@ -152,10 +173,20 @@ async function transformersRunner(job: Pick<ChildJob, 'hfRoot' | 'hfName'>, dtyp
     } as never)) as { tolist(): bigint[][] };
     // put() #0 is the prompt, #1 the first new token (prefill done), #k the k-th.
     // The first `decode` new tokens, as the other rows report them (the last one's logits are timed too).
-    const tokens = out.tolist()[0].slice(prompt.length, prompt.length + decode).map(Number);
+    const tokens = out
+      .tolist()[0]
+      .slice(prompt.length, prompt.length + decode)
+      .map(Number);
     const last = Math.min(decode, stamps.length - 2); // a reply that stopped early has fewer stamps
     const promptTokens = Number(input_ids.dims[1]);
-    return { ttftMs: stamps[1] - t0, ttftCpuMs: cpu[1] - c0, decodeMs: stamps[last + 1] - stamps[1], decodeCpuMs: cpu[last + 1] - cpu[1], tokens, promptTokens };
+    return {
+      ttftMs: stamps[1] - t0,
+      ttftCpuMs: cpu[1] - c0,
+      decodeMs: stamps[last + 1] - stamps[1],
+      decodeCpuMs: cpu[last + 1] - cpu[1],
+      tokens,
+      promptTokens,
+    };
   };
 }
 
@@ -182,7 +213,10 @@ async function serve(runners: Record<string, Runner>): Promise<void> {
       try {
         const run = runners[req.row];
         if (!run) throw new Error(`unknown row ${req.row}`);
-        reply({ ...(await run(req.prompt, req.decode, req.stop)), peakRssMb: (process.resourceUsage().maxRSS * 1024) / 2 ** 20 });
+        reply({
+          ...(await run(req.prompt, req.decode, req.stop)),
+          peakRssMb: (process.resourceUsage().maxRSS * 1024) / 2 ** 20,
+        });
       } catch (e) {
         reply({ error: (e as Error).message });
       }
@@ -205,23 +239,28 @@ async function main(): Promise<void> {
     const probe = new GraphBuilder('probe');
     probe.output(probe.op('Identity', [probe.input('x', 'float32', [1])]), 'y', 'float32', [1]);
     await createGraphSession('probe', probe.toBytes());
-    return serve({ [`transformers.js-${dtype}`]: await transformersRunner({ hfRoot, hfName }, dtype as 'fp32' | 'q8' | 'q4') });
+    return serve({
+      [`transformers.js-${dtype}`]: await transformersRunner({ hfRoot, hfName }, dtype as 'fp32' | 'q8' | 'q4'),
+    });
   }
   const job = JSON.parse(readFileSync(process.argv[2], 'utf8')) as ChildJob;
   const log = (m: string) => process.stderr.write(`  ${m}\n`);
   initNodeRuntime();
-  const config = (JSON.parse(readFileSync(join(job.shards, 'manifest.json'), 'utf8')) as { config: ModelConfig }).config;
+  const config = (JSON.parse(readFileSync(join(job.shards, 'manifest.json'), 'utf8')) as { config: ModelConfig })
+    .config;
   // Only processes that time an engine row hold the per-layer model (peak memory is per process).
   const engineRows = job.rows.filter((r) => r === 'dense' || r === 'lazy' || r === 'lazy-aggr');
   const model = engineRows.length ? await loadModelFromDir(job.shards) : null;
   const runners = new Map<RowName, Runner>();
   for (const row of job.rows) {
     if (row === 'dense') runners.set(row, engineRunner(model!, null));
-    else if (row === 'lazy' || row === 'lazy-aggr') runners.set(row, engineRunner(model!, parseSchedule(job.schedules[row]!)));
+    else if (row === 'lazy' || row === 'lazy-aggr')
+      runners.set(row, engineRunner(model!, parseSchedule(job.schedules[row]!)));
     else if (row === 'monolithic') runners.set(row, await monolithicRunner(job, config));
     else {
       // transformers.js looks for a host runtime only when it is imported, after our first session.
-      if (!model && !runners.has('monolithic')) await createGraphSession('probe', readBytes(join(job.shards, 'embed.onnx')));
+      if (!model && !runners.has('monolithic'))
+        await createGraphSession('probe', readBytes(join(job.shards, 'embed.onnx')));
       runners.set(row, await transformersRunner(job));
     }
   }

@@ -22,7 +22,10 @@ export function threadCpuMs(): number {
  * allocation, tier-up): calls go on until `budgetMs` of CPU is spent and at least `minRuns` were made.
  * The minimum, because on a shared machine every slower run is the same work plus interference.
  */
-export async function bestCpuMs(run: () => Promise<unknown>, o: { warmups: number; budgetMs: number; minRuns: number }): Promise<{ best: number; runs: number }> {
+export async function bestCpuMs(
+  run: () => Promise<unknown>,
+  o: { warmups: number; budgetMs: number; minRuns: number },
+): Promise<{ best: number; runs: number }> {
   for (let i = 0; i < o.warmups; i++) await run();
   let best = Infinity;
   let spent = 0;
@@ -45,7 +48,8 @@ export async function bestCpuMs(run: () => Promise<unknown>, o: { warmups: numbe
 export function processCpuMs(pid: number): number {
   try {
     let ns = 0;
-    for (const tid of readdirSync(`/proc/${pid}/task`)) ns += Number(readFileSync(`/proc/${pid}/task/${tid}/schedstat`, 'utf8').split(' ')[0]);
+    for (const tid of readdirSync(`/proc/${pid}/task`))
+      ns += Number(readFileSync(`/proc/${pid}/task/${tid}/schedstat`, 'utf8').split(' ')[0]);
     return ns / 1e6;
   } catch {
     return NaN;

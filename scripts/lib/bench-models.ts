@@ -9,7 +9,12 @@
  */
 import { existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { parseLlama2cCheckpoint, randomCheckpoint, type Checkpoint, type RandomCheckpointOptions } from '../../src/model/checkpoint.js';
+import {
+  parseLlama2cCheckpoint,
+  randomCheckpoint,
+  type Checkpoint,
+  type RandomCheckpointOptions,
+} from '../../src/model/checkpoint.js';
 import { buildShards } from '../../src/shards/build-shards.js';
 import { GRAPH_REVISION } from '../../src/shards/layer-graphs.js';
 import { buildMonolithicGraph, transformersConfig } from './bench-monolithic.js';
@@ -57,7 +62,16 @@ export const BENCH_MODELS: BenchModelSpec[] = [
     id: 'rand-12x768',
     label: '12 layers, dim 768, 12 heads, hidden 2048, vocab 32000, SEEDED RANDOM weights',
     synthetic: true,
-    random: { dim: 768, hiddenDim: 2048, nLayers: 12, nHeads: 12, nKvHeads: 12, vocabSize: 32000, seqLen: 2048, seed: 768 },
+    random: {
+      dim: 768,
+      hiddenDim: 2048,
+      nLayers: 12,
+      nHeads: 12,
+      nKvHeads: 12,
+      vocabSize: 32000,
+      seqLen: 2048,
+      seed: 768,
+    },
     trainedContext: 2048,
     lengths: [512, 1024, 2048],
     quickLengths: [],
@@ -128,10 +142,17 @@ export async function ensureBenchModel(spec: BenchModelSpec, log: (line: string)
   const paths = benchPaths(spec);
   const stamp = join(paths.shards, '..', 'source.txt');
   const hfModel = join(paths.hfRoot, paths.hfName, 'onnx', 'model.onnx');
-  if (existsSync(stamp) && readFileSync(stamp, 'utf8') === sourceTag(spec) && existsSync(hfModel) && existsSync(join(paths.shards, 'manifest.json'))) {
+  if (
+    existsSync(stamp) &&
+    readFileSync(stamp, 'utf8') === sourceTag(spec) &&
+    existsSync(hfModel) &&
+    existsSync(join(paths.shards, 'manifest.json'))
+  ) {
     return paths;
   }
-  log(`building ${spec.synthetic ? 'SYNTHETIC (seeded random) ' : ''}model ${spec.id} (shards + transformers.js export)`);
+  log(
+    `building ${spec.synthetic ? 'SYNTHETIC (seeded random) ' : ''}model ${spec.id} (shards + transformers.js export)`,
+  );
   rmSync(join(paths.shards, '..'), { recursive: true, force: true });
   const ck = loadBenchCheckpoint(spec);
   const built = await buildShards({

@@ -20,7 +20,14 @@ import type { Checkpoint } from '../../src/model/checkpoint.js';
 import type { ModelConfig } from '../../src/model/config.js';
 import type { GraphSession, HostTensor } from '../../src/runtime/onnx-runtime.js';
 import { GraphBuilder } from '../../src/shards/onnx-builder.js';
-import { f32Linear, rmsNorm, ropeQK, ropeTables, stackRows, type LinearEmitter } from '../../src/shards/layer-graphs.js';
+import {
+  f32Linear,
+  rmsNorm,
+  ropeQK,
+  ropeTables,
+  stackRows,
+  type LinearEmitter,
+} from '../../src/shards/layer-graphs.js';
 
 export const MONO_IO = {
   ids: 'input_ids',
@@ -55,9 +62,24 @@ export function buildMonolithicGraph(ck: Checkpoint, linear: LinearEmitter = f32
   const { cos, sin } = ropeTables(b, pos, hs, cfg.ropeTheta);
 
   // Additive mask [s, T]: key j is visible to query i iff j <= position_i and attention_mask[j] == 1.
-  const total = b.op('Gather', [b.op('Shape', [attnMask]), b.tensor('one_i', 'int64', [], BigInt64Array.of(1n))], { axis: 0 });
-  const keyIdx = b.op('Cast', [b.op('Range', [b.tensor('zero_i', 'int64', [], BigInt64Array.of(0n)), total, b.tensor('step_i', 'int64', [], BigInt64Array.of(1n))])], { to: 1 });
-  const causal = b.op('LessOrEqual', [b.op('Unsqueeze', [keyIdx, b.i64('ax0', [0])]), b.op('Unsqueeze', [pos, b.i64('ax1b', [1])])]);
+  const total = b.op('Gather', [b.op('Shape', [attnMask]), b.tensor('one_i', 'int64', [], BigInt64Array.of(1n))], {
+    axis: 0,
+  });
+  const keyIdx = b.op(
+    'Cast',
+    [
+      b.op('Range', [
+        b.tensor('zero_i', 'int64', [], BigInt64Array.of(0n)),
+        total,
+        b.tensor('step_i', 'int64', [], BigInt64Array.of(1n)),
+      ]),
+    ],
+    { to: 1 },
+  );
+  const causal = b.op('LessOrEqual', [
+    b.op('Unsqueeze', [keyIdx, b.i64('ax0', [0])]),
+    b.op('Unsqueeze', [pos, b.i64('ax1b', [1])]),
+  ]);
   const present = b.op('Cast', [b.op('Reshape', [attnMask, b.i64('flat2', [1, -1])])], { to: 9 }); // [1, T] bool
   const maskAdd = b.op('Where', [b.op('And', [causal, present]), b.scalar('zero', 0), b.scalar('neg_inf', -Infinity)]);
   const scale = b.scalar('scale', 1 / Math.sqrt(hs));
@@ -72,7 +94,12 @@ export function buildMonolithicGraph(ck: Checkpoint, linear: LinearEmitter = f32
     const pastV = b.input(MONO_IO.pastValue(l), 'float32', ['batch_size', nKvHeads, 'past_sequence_length', hs]);
     const xn = rmsNorm(b, x, w.rmsAtt, cfg.normEps, `${t}_rms_att`);
     const qkv = linear(b, xn, `${t}_wqkv`, stackRows(w.wq, w.wk, w.wv), dim + 2 * kvDim, dim);
-    const [qk0, vNew] = b.opN('Split', [qkv, b.i64(`${t}_qkv_split`, [dim + kvDim, kvDim])], { axis: -1 }, { outputs: 2 });
+    const [qk0, vNew] = b.opN(
+      'Split',
+      [qkv, b.i64(`${t}_qkv_split`, [dim + kvDim, kvDim])],
+      { axis: -1 },
+      { outputs: 2 },
+    );
     const qk = ropeQK(b, qk0, nHeads + nKvHeads, hs, cos, sin, `${t}_rope`);
     const [qRot, kRot] = b.opN('Split', [qk, b.i64(`${t}_qk_split`, [dim, kvDim])], { axis: -1 }, { outputs: 2 });
     // The cache grows along the sequence axis of [1, kvH, T, hs].
@@ -88,11 +115,19 @@ export function buildMonolithicGraph(ck: Checkpoint, linear: LinearEmitter = f32
     const scores = b.op('Mul', [b.op('MatMul', [qh, kh]), scale]);
     const probs = b.op('Softmax', [b.op('Add', [scores, maskAdd])], { axis: -1 });
     const ctx = b.op('MatMul', [probs, vh]);
-    const attnOut = b.op('Reshape', [b.op('Transpose', [ctx], { perm: [2, 0, 1, 3] }), b.i64(`${t}_attn_flat`, [0, dim])]);
+    const attnOut = b.op('Reshape', [
+      b.op('Transpose', [ctx], { perm: [2, 0, 1, 3] }),
+      b.i64(`${t}_attn_flat`, [0, dim]),
+    ]);
     const h = b.op('Add', [x, linear(b, attnOut, `${t}_wo`, w.wo, dim, dim)]);
     const hn = rmsNorm(b, h, w.rmsFfn, cfg.normEps, `${t}_rms_ffn`);
     const gateUp = linear(b, hn, `${t}_w13`, stackRows(w.w1, w.w3), 2 * hiddenDim, dim);
-    const [gate, up] = b.opN('Split', [gateUp, b.i64(`${t}_w13_split`, [hiddenDim, hiddenDim])], { axis: -1 }, { outputs: 2 });
+    const [gate, up] = b.opN(
+      'Split',
+      [gateUp, b.i64(`${t}_w13_split`, [hiddenDim, hiddenDim])],
+      { axis: -1 },
+      { outputs: 2 },
+    );
     const act = b.op('Mul', [b.op('Mul', [gate, b.op('Sigmoid', [gate])]), up]);
     x = b.op('Add', [h, linear(b, act, `${t}_w2`, w.w2, dim, hiddenDim)]);
   }
@@ -111,7 +146,11 @@ export function buildMonolithicGraph(ck: Checkpoint, linear: LinearEmitter = f32
   ]);
   const normed = rmsNorm(b, kept, ck.rmsFinal, cfg.normEps, 'rms_final');
   const logits = linear(b, normed, 'wcls', ck.wcls, vocabSize, dim);
-  b.output(b.op('Reshape', [logits, b.i64('logits_shape', [1, -1, vocabSize])]), MONO_IO.logits, 'float32', ['batch_size', 'num_logits', vocabSize]);
+  b.output(b.op('Reshape', [logits, b.i64('logits_shape', [1, -1, vocabSize])]), MONO_IO.logits, 'float32', [
+    'batch_size',
+    'num_logits',
+    vocabSize,
+  ]);
   return b.toBytes();
 }
 

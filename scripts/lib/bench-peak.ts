@@ -36,7 +36,11 @@ export async function measureMatMulPeak(reps = 7): Promise<MatMulPeak> {
   for (const [m, k, n] of PEAK_SHAPES) {
     const b = new GraphBuilder('matmul_peak');
     const a = b.input('a', 'float32', [m, k]);
-    const w = b.f32('w', [k, n], Float32Array.from({ length: k * n }, (_, i) => Math.sin(i)));
+    const w = b.f32(
+      'w',
+      [k, n],
+      Float32Array.from({ length: k * n }, (_, i) => Math.sin(i)),
+    );
     b.output(b.op('MatMul', [a, w]), 'y', 'float32', [m, n]);
     const session = await createGraphSession('matmul_peak', b.toBytes());
     const feeds = { a: { data: Float32Array.from({ length: m * k }, (_, i) => Math.cos(i)), dims: [m, k] } };

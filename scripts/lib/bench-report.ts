@@ -70,7 +70,12 @@ function sameUntilEos(dense: number[], other: number[], eos = 2): boolean {
   return true;
 }
 
-export function summarize(runs: ModelRun[], workerd: { model: string; rows: WorkerdRowResult[]; decode: number } | null, peak: MatMulPeak, decode: number): SummaryRow[] {
+export function summarize(
+  runs: ModelRun[],
+  workerd: { model: string; rows: WorkerdRowResult[]; decode: number } | null,
+  peak: MatMulPeak,
+  decode: number,
+): SummaryRow[] {
   const out: SummaryRow[] = [];
   for (const run of runs) {
     const dense = new Map<number, { cpu: number; tokens: number[] }>();
@@ -181,8 +186,18 @@ export function benchmarkSvg(rows: SummaryRow[], caption: string): string {
   };
   for (const model of models) {
     const synthetic = rows.find((r) => r.model === model)?.synthetic;
-    panels.push(panel(model, `${model}${synthetic ? ' (random weights)' : ''}: time to first token`, 'TTFT, ms (median)', (r) => r.ttft_cpu_ms));
+    panels.push(
+      panel(
+        model,
+        `${model}${synthetic ? ' (random weights)' : ''}: time to first token`,
+        'TTFT, ms (median)',
+        (r) => r.ttft_cpu_ms,
+      ),
+    );
   }
-  for (const model of models) panels.push(panel(model, `${model}: decode speed after the prompt`, 'decode tokens/s (median)', (r) => r.decode_tok_s));
+  for (const model of models)
+    panels.push(
+      panel(model, `${model}: decode speed after the prompt`, 'decode tokens/s (median)', (r) => r.decode_tok_s),
+    );
   return renderPanels(panels, { perRow: Math.max(1, models.length), caption });
 }

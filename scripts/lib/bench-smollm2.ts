@@ -28,7 +28,17 @@ import { REPO_ROOT } from './node-env.js';
 import { locateServedGguf, servedShardsDir } from './served-model.js';
 
 export const SMOL_ID = 'smollm2-135m-instruct';
-export const SMOL_PEERS = ['dense', 'lazy', 'workerd-dense', 'workerd-lazy', 'llama.cpp', 'wllama-1', 'wllama-2', 'transformers.js-q8', 'transformers.js-q4'] as const;
+export const SMOL_PEERS = [
+  'dense',
+  'lazy',
+  'workerd-dense',
+  'workerd-lazy',
+  'llama.cpp',
+  'wllama-1',
+  'wllama-2',
+  'transformers.js-q8',
+  'transformers.js-q4',
+] as const;
 export type SmolPeerId = (typeof SMOL_PEERS)[number];
 /** The prompt text: the first N tokens of the LGPL 2.1 (5,865 tokens; the fixtures' p2048 is its first 2048). */
 export const SMOL_TEXT = resolve(REPO_ROOT, '../shared/data/lgpl-2.1.txt');
@@ -111,7 +121,14 @@ export async function benchSmolLM2(opts: {
         if (opts.peers.includes('workerd-dense')) add('workerd-dense', workerd.dense.row, workerd.dense);
         if (opts.peers.includes('workerd-lazy')) add('workerd-lazy', workerd.lazy.row, workerd.lazy);
       } catch (e) {
-        for (const id of ['workerd-dense', 'workerd-lazy'] as const) if (opts.peers.includes(id)) add(id, `${id.slice(8)} (workerd)`, null, `wrangler dev did not serve the model: ${(e as Error).message} (log ${logFile})`);
+        for (const id of ['workerd-dense', 'workerd-lazy'] as const)
+          if (opts.peers.includes(id))
+            add(
+              id,
+              `${id.slice(8)} (workerd)`,
+              null,
+              `wrangler dev did not serve the model: ${(e as Error).message} (log ${logFile})`,
+            );
       }
     }
     if (opts.peers.includes('llama.cpp')) {
@@ -144,8 +161,16 @@ export async function benchSmolLM2(opts: {
       for (const r of order) {
         const t = await live.get(r.id)!.run(c.prompt, c.maxTokens, c.endIds);
         const agrees = agreesWithExact(c, t.tokens);
-        r.checks.push({ name: c.name, ids: t.tokens, promptTokens: t.promptTokens, expectedPromptTokens: c.prompt.ids.length, agreesWithExact: agrees });
-        log(`${r.row.padEnd(28)} check "${c.name}": ${agrees ? 'agrees with' : 'DEPARTS from'} the exact weights; prompt tokens ${t.promptTokens}/${c.prompt.ids.length}`);
+        r.checks.push({
+          name: c.name,
+          ids: t.tokens,
+          promptTokens: t.promptTokens,
+          expectedPromptTokens: c.prompt.ids.length,
+          agreesWithExact: agrees,
+        });
+        log(
+          `${r.row.padEnd(28)} check "${c.name}": ${agrees ? 'agrees with' : 'DEPARTS from'} the exact weights; prompt tokens ${t.promptTokens}/${c.prompt.ids.length}`,
+        );
       }
     }
 
@@ -168,11 +193,18 @@ export async function benchSmolLM2(opts: {
     }
     for (const r of order) r.peakRssMb = await live.get(r.id)!.peakRssMb();
   } finally {
-    for (const [id, p] of live) if (id !== 'dense' && id !== 'lazy') await p.close().catch((e: Error) => log(`closing ${id}: ${e.message}`));
+    for (const [id, p] of live)
+      if (id !== 'dense' && id !== 'lazy') await p.close().catch((e: Error) => log(`closing ${id}: ${e.message}`));
     await engine?.close().catch(() => {});
     await workerd?.close().catch(() => {});
   }
-  const all = rows.flatMap((r) => Object.values(r.trials).flat().map((t) => t.foreignCores)).sort((a, b) => a - b);
+  const all = rows
+    .flatMap((r) =>
+      Object.values(r.trials)
+        .flat()
+        .map((t) => t.foreignCores),
+    )
+    .sort((a, b) => a - b);
   return {
     gguf,
     sha256,

@@ -36,7 +36,16 @@ export async function benchWorkerd(opts: {
   const out = openSync(opts.logFile, 'w');
   const child = spawn(
     process.execPath,
-    [join(REPO_ROOT, 'node_modules/wrangler/bin/wrangler.js'), 'dev', '--config', 'scripts/bench-workerd/wrangler.toml', '--ip', '127.0.0.1', '--port', String(port)],
+    [
+      join(REPO_ROOT, 'node_modules/wrangler/bin/wrangler.js'),
+      'dev',
+      '--config',
+      'scripts/bench-workerd/wrangler.toml',
+      '--ip',
+      '127.0.0.1',
+      '--port',
+      String(port),
+    ],
     {
       cwd: REPO_ROOT,
       detached: true, // its own process group, so that wrangler and workerd stop together
@@ -62,7 +71,11 @@ export async function benchWorkerd(opts: {
     const post = async (path: string, body: object) => {
       const c0 = cpuNow();
       const t0 = performance.now();
-      const res = await fetch(`${base}${path}`, { method: 'POST', body: JSON.stringify(body), headers: { 'content-type': 'application/json' } });
+      const res = await fetch(`${base}${path}`, {
+        method: 'POST',
+        body: JSON.stringify(body),
+        headers: { 'content-type': 'application/json' },
+      });
       const json = (await res.json()) as { tokens: number[]; error?: string };
       const ms = performance.now() - t0;
       if (!res.ok) throw new Error(`workerd ${path}: ${json.error ?? res.status}`);
@@ -71,7 +84,10 @@ export async function benchWorkerd(opts: {
     const results: WorkerdRowResult[] = [];
     for (const length of opts.lengths) {
       const tokens = opts.prompts[String(length)];
-      for (const [row, schedule] of [['dense', null], ['lazy', opts.lazySchedule]] as const) {
+      for (const [row, schedule] of [
+        ['dense', null],
+        ['lazy', opts.lazySchedule],
+      ] as const) {
         const body = (decode: number) => ({ model: opts.model, tokens, schedule, decode });
         // Warm-up: a fresh isolate is up to 20x slower until V8 has optimised the hot wasm and JS.
         for (let i = 0; i < 12; i++) await post('/run', { ...body(16), tokens: tokens.slice(0, 128) });
@@ -96,7 +112,9 @@ export async function benchWorkerd(opts: {
           decodeCpuMs: m(full, 'cpu') - m(prefill, 'cpu'),
           tokens: full[0].tokens,
         };
-        opts.log(`workerd ${row.padEnd(6)} len ${length}: TTFT ${r.ttftMs.toFixed(1)} ms (cpu ${r.ttftCpuMs.toFixed(1)}), decode ${((opts.decode * 1000) / r.decodeCpuMs).toFixed(1)} tok/s (cpu)`);
+        opts.log(
+          `workerd ${row.padEnd(6)} len ${length}: TTFT ${r.ttftMs.toFixed(1)} ms (cpu ${r.ttftCpuMs.toFixed(1)}), decode ${((opts.decode * 1000) / r.decodeCpuMs).toFixed(1)} tok/s (cpu)`,
+        );
         results.push(r);
       }
     }

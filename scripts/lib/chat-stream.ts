@@ -29,10 +29,14 @@ export interface StreamedChat {
 function post(url: URL, body: string): Promise<{ status: number; chunks: AsyncIterable<string> }> {
   const send = url.protocol === 'https:' ? httpsRequest : httpRequest;
   return new Promise((resolve, reject) => {
-    const req = send(url, { method: 'POST', headers: { 'Content-Type': 'application/json', 'Content-Length': Buffer.byteLength(body) } }, (res) => {
-      res.setEncoding('utf8');
-      resolve({ status: res.statusCode ?? 0, chunks: res });
-    });
+    const req = send(
+      url,
+      { method: 'POST', headers: { 'Content-Type': 'application/json', 'Content-Length': Buffer.byteLength(body) } },
+      (res) => {
+        res.setEncoding('utf8');
+        resolve({ status: res.statusCode ?? 0, chunks: res });
+      },
+    );
     req.on('error', reject);
     req.end(body);
   });

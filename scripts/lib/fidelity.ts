@@ -59,12 +59,16 @@ async function prefill(model: LoadedModel, prompt: number[], schedule: Schedule 
   const ranking = stepRankings(schedule?.signal, null);
   const t = performance.now();
   const r = await runStep(model, seq, prompt, { schedule, ranking: ranking(0, prompt.length) });
-  const feed = async (token: number) => (await runStep(model, seq, [token], { schedule, ranking: ranking(seq.length, 1) })).logits;
+  const feed = async (token: number) =>
+    (await runStep(model, seq, [token], { schedule, ranking: ranking(seq.length, 1) })).logits;
   return { seq, ms: performance.now() - t, feed, ...r };
 }
 
 /** Greedy continuation of `steps` tokens after a prefill. */
-async function greedy(p: { logits: Float32Array; feed: (t: number) => Promise<Float32Array> }, steps: number): Promise<number[]> {
+async function greedy(
+  p: { logits: Float32Array; feed: (t: number) => Promise<Float32Array> },
+  steps: number,
+): Promise<number[]> {
   const out: number[] = [];
   let logits = p.logits;
   for (let s = 0; s < steps; s++) {
@@ -76,7 +80,10 @@ async function greedy(p: { logits: Float32Array; feed: (t: number) => Promise<Fl
 }
 
 /** Sum of -log p(next[k]) when the true text is fed one token at a time after the prompt. */
-async function teacherForcedNll(p: { logits: Float32Array; feed: (t: number) => Promise<Float32Array> }, next: number[]): Promise<number> {
+async function teacherForcedNll(
+  p: { logits: Float32Array; feed: (t: number) => Promise<Float32Array> },
+  next: number[],
+): Promise<number> {
   let nll = 0;
   let logits = p.logits;
   for (let k = 0; k < next.length; k++) {
@@ -93,7 +100,12 @@ export interface EvalOptions {
   reps: number;
 }
 
-export async function evaluateCase(model: LoadedModel, c: PromptCase, schedule: Schedule, opts: EvalOptions): Promise<CaseResult> {
+export async function evaluateCase(
+  model: LoadedModel,
+  c: PromptCase,
+  schedule: Schedule,
+  opts: EvalOptions,
+): Promise<CaseResult> {
   const dense = await prefill(model, c.prompt, null);
   const lazy = await prefill(model, c.prompt, schedule);
   const td = [dense.ms];

@@ -33,8 +33,18 @@ export async function readGgufHeader(path: string): Promise<GgufHeader> {
   } catch (e) {
     throw new ModelFormatError(path, 'a readable GGUF file', unreadableReason(e));
   }
-  if (size < 4) throw new ModelFormatError(path, 'a GGUF file (4 bytes of magic "GGUF" and a header)', `${size} bytes: the file is truncated`);
-  if (new TextDecoder().decode(head) !== 'GGUF') throw new ModelFormatError(path, 'a GGUF file (magic "GGUF")', `the bytes ${JSON.stringify(new TextDecoder().decode(head))}`);
+  if (size < 4)
+    throw new ModelFormatError(
+      path,
+      'a GGUF file (4 bytes of magic "GGUF" and a header)',
+      `${size} bytes: the file is truncated`,
+    );
+  if (new TextDecoder().decode(head) !== 'GGUF')
+    throw new ModelFormatError(
+      path,
+      'a GGUF file (magic "GGUF")',
+      `the bytes ${JSON.stringify(new TextDecoder().decode(head))}`,
+    );
   checkGgufHeaderComplete(path, size);
   let parsed: Awaited<ReturnType<typeof gguf>>;
   try {
@@ -43,13 +53,23 @@ export async function readGgufHeader(path: string): Promise<GgufHeader> {
     throw new ModelFormatError(path, 'a complete GGUF header', `an unreadable one (${(e as Error).message})`);
   }
   const dataStart = Number(parsed.tensorDataOffset);
-  const tensors = parsed.tensorInfos.map((t) => ({ name: t.name, dims: t.shape.map(Number), type: Number(t.dtype), offset: Number(t.offset) }));
+  const tensors = parsed.tensorInfos.map((t) => ({
+    name: t.name,
+    dims: t.shape.map(Number),
+    type: Number(t.dtype),
+    offset: Number(t.offset),
+  }));
   // A truncated download is caught here, by the first tensor that does not fit, before anything is built.
   for (const t of tensors) {
     if (!ggmlTypeInfo(t.type)) continue; // parseGgufModel names it
     const n = t.dims.reduce((a, b) => a * b, 1);
     const end = dataStart + t.offset + tensorBytes(t.type, n);
-    if (end > size) throw new ModelFormatError(path, `${end} bytes at least (tensor ${t.name} ends there)`, `${size} bytes: the file is truncated`);
+    if (end > size)
+      throw new ModelFormatError(
+        path,
+        `${end} bytes at least (tensor ${t.name} ends there)`,
+        `${size} bytes: the file is truncated`,
+      );
   }
   let bytes: Uint8Array | null = null;
   const byName = new Map(tensors.map((t) => [t.name, t]));
@@ -64,7 +84,14 @@ export async function readGgufHeader(path: string): Promise<GgufHeader> {
         bytes = new Uint8Array(buf.buffer, buf.byteOffset, buf.byteLength);
       }
       const start = dataStart + t.offset;
-      return bytes.subarray(start, start + tensorBytes(t.type, t.dims.reduce((a, b) => a * b, 1)));
+      return bytes.subarray(
+        start,
+        start +
+          tensorBytes(
+            t.type,
+            t.dims.reduce((a, b) => a * b, 1),
+          ),
+      );
     },
   };
 }

@@ -93,7 +93,12 @@ function skipValue(r: HeaderReader, type: number, what: string): void {
 export function checkGgufHeaderComplete(path: string, size: number): void {
   const fd = openSync(path, 'r');
   const r = new HeaderReader(fd, size);
-  const cut = (what: string) => new ModelFormatError(path, `a complete GGUF header`, `a file of ${size} bytes that ends inside ${what}: the header is truncated`);
+  const cut = (what: string) =>
+    new ModelFormatError(
+      path,
+      `a complete GGUF header`,
+      `a file of ${size} bytes that ends inside ${what}: the header is truncated`,
+    );
   try {
     r.skip(4n, 'the magic');
     r.u32('the version');

@@ -32,15 +32,27 @@ interface FillAnswer {
 const FILL_STEP = 2048;
 
 /** One report per context in `o.contexts` (ascending): the model loaded once at the largest, the cache filled in steps. */
-export async function measureInWorkerd(o: { dir: string; contexts: readonly number[]; kv: KvFormat; text: string; log: (m: string) => void }): Promise<MemoryReport[]> {
+export async function measureInWorkerd(o: {
+  dir: string;
+  contexts: readonly number[];
+  kv: KvFormat;
+  text: string;
+  log: (m: string) => void;
+}): Promise<MemoryReport[]> {
   const name = basename(resolve(o.dir));
-  if (resolve(o.dir) !== join(SHARDS_ROOT, name)) fail(`--runtime workerd serves shards from ${SHARDS_ROOT}: --model must be a directory there`);
+  if (resolve(o.dir) !== join(SHARDS_ROOT, name))
+    fail(`--runtime workerd serves shards from ${SHARDS_ROOT}: --model must be a directory there`);
   mkdirSync(join(REPO_ROOT, '.bench-cache'), { recursive: true });
   const logFile = join(REPO_ROOT, '.bench-cache', 'memory-workerd.log');
   // Frozen: a snapshot of the Worker and of this model's shards, so that edits and shard builds elsewhere in the
   // checkout neither reload it mid-fill nor change what it reads. serve.ts runs it without wrangler's inspector,
   // whose per-chunk devtools events once exhausted workerd's descriptors; the shard reads need no pacing.
-  const dev = await startWranglerDev('scripts/memory-workerd/wrangler.toml', logFile, {}, { freeze: { models: [name] } });
+  const dev = await startWranglerDev(
+    'scripts/memory-workerd/wrangler.toml',
+    logFile,
+    {},
+    { freeze: { models: [name] } },
+  );
   o.log(`workerd: scripts/serve.ts (pid ${dev.child.pid}) on ${dev.base}, log ${logFile}`);
   try {
     await waitReady(`${dev.base}/noop`, dev.child, 180_000);
@@ -50,7 +62,9 @@ export async function measureInWorkerd(o: { dir: string; contexts: readonly numb
     const before = read();
     const context = o.contexts[o.contexts.length - 1];
     o.log(`loading ${name} in workerd (context ${context}, KV ${o.kv})`);
-    const load = (await (await fetch(`${dev.base}/load?model=${encodeURIComponent(name)}&context=${context}&kv=${o.kv}`)).json()) as LoadAnswer;
+    const load = (await (
+      await fetch(`${dev.base}/load?model=${encodeURIComponent(name)}&context=${context}&kv=${o.kv}`)
+    ).json()) as LoadAnswer;
     if (load.error) throw new Error(`workerd /load: ${load.error}`);
     const afterLoad = read();
     const out: MemoryReport[] = [];
@@ -59,7 +73,11 @@ export async function measureInWorkerd(o: { dir: string; contexts: readonly numb
       let fill: FillAnswer | undefined;
       for (let at = Math.min(upTo, (out.at(-1)?.context ?? 0) + FILL_STEP); ; at = Math.min(upTo, at + FILL_STEP)) {
         o.log(`prefilling to ${at} tokens in workerd`);
-        const res = await fetch(`${dev.base}/fill`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ model: name, context, kv: o.kv, text: o.text, upTo: at }) });
+        const res = await fetch(`${dev.base}/fill`, {
+          method: 'POST',
+          headers: { 'content-type': 'application/json' },
+          body: JSON.stringify({ model: name, context, kv: o.kv, text: o.text, upTo: at }),
+        });
         fill = (await res.json()) as FillAnswer;
         if (fill.error) throw new Error(`workerd /fill: ${fill.error}`);
         if (at === upTo) break;
@@ -67,7 +85,8 @@ export async function measureInWorkerd(o: { dir: string; contexts: readonly numb
       const afterFill = read();
       // The Worker's runtime is the workerd whose resident set grew; wrangler's entry proxy barely moves.
       let k = 0;
-      for (let i = 1; i < pids.length; i++) if (afterFill[i].rss - before[i].rss > afterFill[k].rss - before[k].rss) k = i;
+      for (let i = 1; i < pids.length; i++)
+        if (afterFill[i].rss - before[i].rss > afterFill[k].rss - before[k].rss) k = i;
       const base = before[k].rss;
       out.push({
         runtime: 'workerd',
@@ -88,7 +107,7 @@ export async function measureInWorkerd(o: { dir: string; contexts: readonly numb
         fits_deployed_isolate: afterFill[k].hwm - base <= DEFAULT_MEMORY_BUDGET_BYTES,
         measured_in:
           'workerd: wasm = WebAssembly.Memory size inside the isolate; js_heap_bytes = the bytes of the KV and Aux caches and of the embedding table (workerd exposes no JS heap figure); ' +
-          'load_peak/steady/fill_peak = the workerd process\'s VmHWM/VmRSS from /proc net of its VmRSS before loading (they include workerd\'s own allocations for the isolate)',
+          "load_peak/steady/fill_peak = the workerd process's VmHWM/VmRSS from /proc net of its VmRSS before loading (they include workerd's own allocations for the isolate)",
         workerd_rss_before_bytes: base,
       });
     }

@@ -56,7 +56,8 @@ export function contextTokensFromEnv(env: Record<string, string | undefined> = p
   const v = env.LAZY_EDGE_CONTEXT_TOKENS?.trim();
   if (v === undefined || v === '') return undefined;
   const n = Number(v);
-  if (!Number.isInteger(n) || n < 2) throw new Error(`LAZY_EDGE_CONTEXT_TOKENS="${v}" must be an integer of at least 2`);
+  if (!Number.isInteger(n) || n < 2)
+    throw new Error(`LAZY_EDGE_CONTEXT_TOKENS="${v}" must be an integer of at least 2`);
   return n;
 }
 
@@ -71,7 +72,11 @@ export function kvFormatFromEnv(env: Record<string, string | undefined> = proces
 export async function loadModelFromDir(dir: string, opts: LoadOptions = {}): Promise<LoadedModel> {
   const manifestPath = join(dir, 'manifest.json');
   if (!existsSync(manifestPath)) {
-    throw new ModelFormatError(manifestPath, 'a shard manifest (build the shards with: npm run shards)', 'no such file');
+    throw new ModelFormatError(
+      manifestPath,
+      'a shard manifest (build the shards with: npm run shards)',
+      'no such file',
+    );
   }
   initNodeRuntime();
   return loadModel(readFileSync(manifestPath, 'utf8'), async (file) => readBytes(join(dir, file)), {
@@ -96,7 +101,9 @@ export function runMain(main: () => Promise<void>): void {
   main().catch((e: unknown) => {
     const err = e instanceof Error ? e : new Error(String(e));
     const usersMistake =
-      err instanceof ModelFormatError || err instanceof EngineError || String((err as { code?: unknown }).code ?? '').startsWith('ERR_PARSE_ARGS');
+      err instanceof ModelFormatError ||
+      err instanceof EngineError ||
+      String((err as { code?: unknown }).code ?? '').startsWith('ERR_PARSE_ARGS');
     fail(usersMistake ? err.message : (err.stack ?? err.message));
   });
 }

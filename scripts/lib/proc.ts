@@ -23,10 +23,12 @@ export function descendants(root: number): number[] {
     }
   }
   const out: number[] = [];
-  for (const pid of parent.keys()) for (let p = parent.get(pid); p; p = parent.get(p)) if (p === root) {
-    out.push(pid);
-    break;
-  }
+  for (const pid of parent.keys())
+    for (let p = parent.get(pid); p; p = parent.get(p))
+      if (p === root) {
+        out.push(pid);
+        break;
+      }
   return out;
 }
 
@@ -35,7 +37,8 @@ export function treeCpuMs(pids: number[]): number {
   let ns = 0;
   for (const pid of pids) {
     try {
-      for (const tid of readdirSync(`/proc/${pid}/task`)) ns += Number(readFileSync(`/proc/${pid}/task/${tid}/schedstat`, 'utf8').split(' ')[0]);
+      for (const tid of readdirSync(`/proc/${pid}/task`))
+        ns += Number(readFileSync(`/proc/${pid}/task/${tid}/schedstat`, 'utf8').split(' ')[0]);
     } catch {
       // gone
     }

@@ -10,7 +10,10 @@ export interface Encoder {
  */
 export function evalStream(tok: Encoder & { addBos: boolean }, text: string): number[] {
   if (!tok.addBos) return tok.encode(text);
-  return storyStream(tok, text.split('\n').filter((l) => l.trim().length > 0));
+  return storyStream(
+    tok,
+    text.split('\n').filter((l) => l.trim().length > 0),
+  );
 }
 
 /** The text as one token stream: BOS + story, BOS + story, ... */
@@ -24,7 +27,13 @@ export function storyStream(tok: Encoder, stories: readonly string[]): number[] 
  * BOS, as every training sequence did (bosId null: a model without BOS, windows as they fall). A
  * stream too short for one window is repeated.
  */
-export function promptWindows(stream: readonly number[], length: number, follow: number, count: number, bosId: number | null = 1): { prompt: number[]; next: number[] }[] {
+export function promptWindows(
+  stream: readonly number[],
+  length: number,
+  follow: number,
+  count: number,
+  bosId: number | null = 1,
+): { prompt: number[]; next: number[] }[] {
   const need = length + follow;
   let src = [...stream];
   while (src.length < need + 1) src = src.concat(stream);

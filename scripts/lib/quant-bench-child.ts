@@ -43,7 +43,12 @@ export interface ChildResult {
   rssAfterLoadMb: number;
   prefill: Record<string, { cpuMs: number[]; wallMs: number[] }>;
   /** decode in chunks: the best chunk's rate is the figure (noise only ever slows a chunk down) */
-  decode: { tokens: number; cpuMs: number; wallMs: number; chunks: { tokens: number; cpuMs: number; wallMs: number }[] };
+  decode: {
+    tokens: number;
+    cpuMs: number;
+    wallMs: number;
+    chunks: { tokens: number; cpuMs: number; wallMs: number }[];
+  };
   /** wasm heap after the prefills at DECODE_CONTEXT tokens and the decode */
   heapAfterContextMb: number;
   heapPeakMb: number;
@@ -78,9 +83,13 @@ async function timed<T>(f: () => Promise<T>): Promise<[T, Timing]> {
 async function allLogits(model: LoadedModel, ids: number[]): Promise<Float32Array> {
   const { dim } = model.config;
   const n = ids.length;
-  const { frontier } = await runLayers(model, new SequenceState(model.config), await embedStep(model, 0, ids), { schedule: null });
+  const { frontier } = await runLayers(model, new SequenceState(model.config), await embedStep(model, 0, ids), {
+    schedule: null,
+  });
   // Dense: every token is carried out of the last layer, in order. One head run over all n rows (quant-bench models have one head part).
-  return (await model.head[0].session.run({ [HEAD_IO.inputs.x]: { data: frontier.hidden, dims: [n, dim] } }))[HEAD_IO.outputs.logits].data as Float32Array;
+  return (await model.head[0].session.run({ [HEAD_IO.inputs.x]: { data: frontier.hidden, dims: [n, dim] } }))[
+    HEAD_IO.outputs.logits
+  ].data as Float32Array;
 }
 
 /** Teacher-forced NLL of a window: the sum over positions of -log p(next token). */
@@ -103,7 +112,10 @@ export async function runChild(job: ChildJob): Promise<ChildResult | { heapMb: n
   const log = (m: string) => process.stderr.write(`${m}\n`);
   const manifest = readFileSync(join(job.dir, 'manifest.json'), 'utf8');
   const [model, loadMs] = await timed(() =>
-    loadModel(manifest, async (f) => readBytes(join(job.dir, f)), { memoryBudgetBytes: Infinity, foldDequantize: job.fold }),
+    loadModel(manifest, async (f) => readBytes(join(job.dir, f)), {
+      memoryBudgetBytes: Infinity,
+      foldDequantize: job.fold,
+    }),
   );
   const heapAfterLoadMb = heapMb();
   const rssAfterLoadMb = rssMb();
@@ -135,7 +147,8 @@ export async function runChild(job: ChildJob): Promise<ChildResult | { heapMb: n
         for (let done = 0; done < job.decode; done += chunk) {
           const n = Math.min(chunk, job.decode - done);
           const [, d] = await timed(async () => {
-            for (let k = 0; k < n; k++) logits = (await runStep(model, seq, [argmax(logits)], { schedule: null })).logits;
+            for (let k = 0; k < n; k++)
+              logits = (await runStep(model, seq, [argmax(logits)], { schedule: null })).logits;
           });
           decode.chunks.push({ tokens: n, ...d });
           decode.tokens += n;
@@ -169,4 +182,3 @@ export async function runChild(job: ChildJob): Promise<ChildResult | { heapMb: n
     nll,
   };
 }
-

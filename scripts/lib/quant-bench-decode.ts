@@ -10,7 +10,12 @@ import type { ModelConfig } from '../../src/model/config.js';
 import { createGraphSession } from '../../src/runtime/onnx-runtime.js';
 import { GraphBuilder } from '../../src/shards/onnx-builder.js';
 import { f32Linear, type LinearEmitter } from '../../src/shards/layer-graphs.js';
-import { int8Integer2Linear, int8Integer2StackedLinear, int8Integer2TwoLinear, int8IntegerLinear } from '../../src/shards/quant-linear.js';
+import {
+  int8Integer2Linear,
+  int8Integer2StackedLinear,
+  int8Integer2TwoLinear,
+  int8IntegerLinear,
+} from '../../src/shards/quant-linear.js';
 import { bestCpuMs } from './bench-clock.js';
 import { layerShapes } from './quant-bench-peak.js';
 
@@ -55,7 +60,15 @@ export interface DecodeOpsResult {
 export async function runDecodeOpsChild(job: DecodeOpsJob, initRuntime: () => void): Promise<DecodeOpsResult> {
   initRuntime();
   const log = (m: string) => process.stderr.write(`${m}\n`);
-  const shapes = [...layerShapes(job.config).map((s) => ({ ...s, perToken: job.config.nLayers })), ...[...new Set(job.headRows)].map((n) => ({ name: `head part ${n}`, k: job.config.dim, n, perToken: job.headRows.filter((r) => r === n).length }))];
+  const shapes = [
+    ...layerShapes(job.config).map((s) => ({ ...s, perToken: job.config.nLayers })),
+    ...[...new Set(job.headRows)].map((n) => ({
+      name: `head part ${n}`,
+      k: job.config.dim,
+      n,
+      perToken: job.headRows.filter((r) => r === n).length,
+    })),
+  ];
   const ops: DecodeOp[] = [];
   for (const s of shapes) {
     const w = new Float32Array(s.k * s.n).map((_, i) => Math.sin(i * 0.7) * 0.05); // [out, in]
@@ -70,17 +83,34 @@ export async function runDecodeOpsChild(job: DecodeOpsJob, initRuntime: () => vo
       reference ??= y;
       let err = 0;
       let top = 0;
-      for (let i = 0; i < y.length; i++) [err, top] = [Math.max(err, Math.abs(y[i] - reference[i])), Math.max(top, Math.abs(reference[i]))];
-      const { best, runs } = await bestCpuMs(() => session.run(feeds), { warmups: 5, budgetMs: job.budgetMs, minRuns: 20 });
+      for (let i = 0; i < y.length; i++)
+        [err, top] = [Math.max(err, Math.abs(y[i] - reference[i])), Math.max(top, Math.abs(reference[i]))];
+      const { best, runs } = await bestCpuMs(() => session.run(feeds), {
+        warmups: 5,
+        budgetMs: job.budgetMs,
+        minRuns: 20,
+      });
       await session.release();
-      log(`${kernel} [${job.rows} x ${s.k}] x [${s.k} x ${s.n}] (${s.name}): ${(best * 1000).toFixed(0)} us (best of ${runs}), error vs f32 ${(err / top).toExponential(1)}`);
-      ops.push({ kernel, name: s.name, k: s.k, n: s.n, perToken: s.perToken, bestUs: best * 1000, runs, relErrVsF32: err / top });
+      log(
+        `${kernel} [${job.rows} x ${s.k}] x [${s.k} x ${s.n}] (${s.name}): ${(best * 1000).toFixed(0)} us (best of ${runs}), error vs f32 ${(err / top).toExponential(1)}`,
+      );
+      ops.push({
+        kernel,
+        name: s.name,
+        k: s.k,
+        n: s.n,
+        perToken: s.perToken,
+        bestUs: best * 1000,
+        runs,
+        relErrVsF32: err / top,
+      });
     }
   }
   const perToken: DecodeOpsResult['perToken'] = {};
   for (const kernel of Object.keys(DECODE_KERNELS)) {
     const mine = ops.filter((o) => o.kernel === kernel);
-    const sum = (head: boolean) => mine.filter((o) => o.name.startsWith('head') === head).reduce((t, o) => t + (o.bestUs * o.perToken) / 1000, 0);
+    const sum = (head: boolean) =>
+      mine.filter((o) => o.name.startsWith('head') === head).reduce((t, o) => t + (o.bestUs * o.perToken) / 1000, 0);
     perToken[kernel] = { layersMs: sum(false), headMs: sum(true), totalMs: sum(false) + sum(true) };
   }
   return { rows: job.rows, ops, perToken };

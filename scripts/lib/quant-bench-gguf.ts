@@ -32,17 +32,72 @@ export interface GgufConfig {
 
 /** The configurations, the reference first. Heads that MatMulNBits decodes per run are cut into 8 row parts (12 MB of f32 each). */
 export const GGUF_CONFIGS: GgufConfig[] = [
-  { id: 'dequant', kernel: 'dequant', headParts: 1, what: 'file blocks unpacked and folded to f32 at load (the reference)' },
-  { id: 'nbits', kernel: 'attn=nbits,ffn=nbits,head=nbits8,embed=q8', headParts: 8, what: 'MatMulNBits exact Q4_1 (zp 0 + m·Σx correction), head MatMulNBits 8-bit exact Q8_0' },
-  { id: 'nbits-zp', kernel: 'attn=nbits-zp,ffn=nbits-zp,head=nbits8,embed=q8', headParts: 8, what: 'MatMulNBits Q4_1 with float zero point −m/d, head 8-bit exact' },
-  { id: 'integer', kernel: 'attn=integer,ffn=integer,head=integer,embed=q8', headParts: 1, what: 'int8 per channel (symmetric) re-quantized, MatMulInteger everywhere, head too' },
-  { id: 'integer2', kernel: 'attn=integer2,ffn=integer2,head=integer,embed=q8', headParts: 1, what: 'int8 per channel asymmetric, activations as two int8 terms; head int8 MatMulInteger' },
-  { id: 'integer2-all', kernel: 'attn=integer2,ffn=integer2,head=integer2,embed=q8', headParts: 1, what: 'integer2 layers and head' },
-  { id: 'integer2-head8', kernel: 'attn=integer2,ffn=integer2,head=nbits8,embed=q8', headParts: 8, what: 'integer2 layers, head MatMulNBits 8-bit exact Q8_0' },
-  { id: 'integer2-head4', kernel: 'attn=integer2,ffn=integer2,head=nbits-zp,embed=q8', headParts: 8, what: 'integer2 layers, head re-quantized to 4-bit blocks (MatMulNBits)' },
-  { id: 'integer2-emb4', kernel: 'attn=integer2,ffn=integer2,head=integer,embed=q4', headParts: 1, what: 'integer2 layers and int8 head, embedding re-quantized to 4-bit rows' },
-  { id: 'attn8-ffn4', kernel: 'attn=integer2,ffn=nbits,head=nbits8,embed=q8', headParts: 8, what: 'attention integer2, FFN MatMulNBits exact Q4_1, head 8-bit exact' },
-  { id: 'attn4-ffn8', kernel: 'attn=nbits,ffn=integer2,head=nbits8,embed=q8', headParts: 8, what: 'attention MatMulNBits exact Q4_1, FFN integer2, head 8-bit exact' },
+  {
+    id: 'dequant',
+    kernel: 'dequant',
+    headParts: 1,
+    what: 'file blocks unpacked and folded to f32 at load (the reference)',
+  },
+  {
+    id: 'nbits',
+    kernel: 'attn=nbits,ffn=nbits,head=nbits8,embed=q8',
+    headParts: 8,
+    what: 'MatMulNBits exact Q4_1 (zp 0 + m·Σx correction), head MatMulNBits 8-bit exact Q8_0',
+  },
+  {
+    id: 'nbits-zp',
+    kernel: 'attn=nbits-zp,ffn=nbits-zp,head=nbits8,embed=q8',
+    headParts: 8,
+    what: 'MatMulNBits Q4_1 with float zero point −m/d, head 8-bit exact',
+  },
+  {
+    id: 'integer',
+    kernel: 'attn=integer,ffn=integer,head=integer,embed=q8',
+    headParts: 1,
+    what: 'int8 per channel (symmetric) re-quantized, MatMulInteger everywhere, head too',
+  },
+  {
+    id: 'integer2',
+    kernel: 'attn=integer2,ffn=integer2,head=integer,embed=q8',
+    headParts: 1,
+    what: 'int8 per channel asymmetric, activations as two int8 terms; head int8 MatMulInteger',
+  },
+  {
+    id: 'integer2-all',
+    kernel: 'attn=integer2,ffn=integer2,head=integer2,embed=q8',
+    headParts: 1,
+    what: 'integer2 layers and head',
+  },
+  {
+    id: 'integer2-head8',
+    kernel: 'attn=integer2,ffn=integer2,head=nbits8,embed=q8',
+    headParts: 8,
+    what: 'integer2 layers, head MatMulNBits 8-bit exact Q8_0',
+  },
+  {
+    id: 'integer2-head4',
+    kernel: 'attn=integer2,ffn=integer2,head=nbits-zp,embed=q8',
+    headParts: 8,
+    what: 'integer2 layers, head re-quantized to 4-bit blocks (MatMulNBits)',
+  },
+  {
+    id: 'integer2-emb4',
+    kernel: 'attn=integer2,ffn=integer2,head=integer,embed=q4',
+    headParts: 1,
+    what: 'integer2 layers and int8 head, embedding re-quantized to 4-bit rows',
+  },
+  {
+    id: 'attn8-ffn4',
+    kernel: 'attn=integer2,ffn=nbits,head=nbits8,embed=q8',
+    headParts: 8,
+    what: 'attention integer2, FFN MatMulNBits exact Q4_1, head 8-bit exact',
+  },
+  {
+    id: 'attn4-ffn8',
+    kernel: 'attn=nbits,ffn=integer2,head=nbits8,embed=q8',
+    headParts: 8,
+    what: 'attention MatMulNBits exact Q4_1, FFN integer2, head 8-bit exact',
+  },
 ];
 
 export function kernelsOf(c: GgufConfig): GgufKernels {
@@ -85,7 +140,8 @@ export interface GgufChildResult {
 }
 
 /** Positions scored in a window: every FIDELITY_STRIDE-th, from the 16th on (the first few predict from almost nothing). */
-const scored = (n: number) => Array.from({ length: n }, (_, i) => i).filter((i) => i >= 15 && (i - 15) % FIDELITY_STRIDE === 0);
+const scored = (n: number) =>
+  Array.from({ length: n }, (_, i) => i).filter((i) => i >= 15 && (i - 15) % FIDELITY_STRIDE === 0);
 
 /** Logits at `positions` of one dense, teacher-forced pass over `ids` (the engine's own layers and chunks): [positions.length, vocab]. */
 async function windowLogits(model: LoadedModel, ids: number[], positions: number[]): Promise<Float32Array> {
@@ -95,10 +151,13 @@ async function windowLogits(model: LoadedModel, ids: number[], positions: number
   const rowOf = new Map(Array.from(frontier.carried, (t, j) => [t, j]));
   const p = positions.length;
   const rows = new Float32Array(p * dim); // [p, dim]
-  positions.forEach((at, i) => rows.set(frontier.hidden.subarray(rowOf.get(at)! * dim, (rowOf.get(at)! + 1) * dim), i * dim));
+  positions.forEach((at, i) =>
+    rows.set(frontier.hidden.subarray(rowOf.get(at)! * dim, (rowOf.get(at)! + 1) * dim), i * dim),
+  );
   const logits = new Float32Array(p * vocabSize); // [p, vocab]
   for (const part of model.head) {
-    const l = (await part.session.run({ [HEAD_IO.inputs.x]: { data: rows, dims: [p, dim] } }))[HEAD_IO.outputs.logits].data as Float32Array; // [p, part.rows]
+    const l = (await part.session.run({ [HEAD_IO.inputs.x]: { data: rows, dims: [p, dim] } }))[HEAD_IO.outputs.logits]
+      .data as Float32Array; // [p, part.rows]
     for (let i = 0; i < p; i++) logits.set(l.subarray(i * part.rows, (i + 1) * part.rows), i * vocabSize + part.start);
   }
   return logits;
@@ -154,7 +213,11 @@ export async function runGgufChild(job: GgufChildJob, initRuntime: () => void): 
           cpuPer.push(threadCpuMs() - d0);
           wallPer.push(performance.now() - dw);
         }
-        const best = (xs: number[]) => xs.sort((a, b) => a - b).slice(0, Math.max(1, xs.length >> 1)).reduce((a, b) => a + b, 0) / Math.max(1, xs.length >> 1);
+        const best = (xs: number[]) =>
+          xs
+            .sort((a, b) => a - b)
+            .slice(0, Math.max(1, xs.length >> 1))
+            .reduce((a, b) => a + b, 0) / Math.max(1, xs.length >> 1);
         decodeTokS = 1000 / best(cpuPer);
         decodeWallTokS = 1000 / best(wallPer);
         log(`decode at ${len + 1}: ${decodeTokS.toFixed(2)} tok/s CPU`);
@@ -168,7 +231,8 @@ export async function runGgufChild(job: GgufChildJob, initRuntime: () => void): 
   const all: Float32Array[] = [];
   for (const w of job.windows) {
     const logits = await windowLogits(model, w, scored(w.length));
-    for (let i = 0; i < logits.length / vocab; i++) all.push(Float32Array.from(logSoftmax(logits.subarray(i * vocab, (i + 1) * vocab))));
+    for (let i = 0; i < logits.length / vocab; i++)
+      all.push(Float32Array.from(logSoftmax(logits.subarray(i * vocab, (i + 1) * vocab))));
   }
   let fidelity: GgufChildResult['fidelity'] = null;
   if (job.reference) {
@@ -179,7 +243,8 @@ export async function runGgufChild(job: GgufChildJob, initRuntime: () => void): 
   } else {
     const b = readFileSync(job.referenceFile);
     const ref = new Float32Array(b.buffer, b.byteOffset, b.byteLength / 4);
-    if (ref.length !== all.length * vocab) throw new Error(`reference holds ${ref.length / vocab} positions, this run ${all.length}`);
+    if (ref.length !== all.length * vocab)
+      throw new Error(`reference holds ${ref.length / vocab} positions, this run ${all.length}`);
     let sum = 0;
     let max = 0;
     let agree = 0;
@@ -193,9 +258,21 @@ export async function runGgufChild(job: GgufChildJob, initRuntime: () => void): 
       if (argmax(p) === argmax(q)) agree++;
     });
     fidelity = { positions: all.length, meanKl: sum / all.length, maxKl: max, argmaxAgreement: agree / all.length };
-    log(`fidelity over ${all.length} positions: mean KL ${fidelity.meanKl.toExponential(2)}, argmax agreement ${(100 * fidelity.argmaxAgreement).toFixed(1)}%`);
+    log(
+      `fidelity over ${all.length} positions: mean KL ${fidelity.meanKl.toExponential(2)}, argmax agreement ${(100 * fidelity.argmaxAgreement).toFixed(1)}%`,
+    );
   }
-  return { loadMs, heapAfterLoadMb, heapAfter2048Mb, heapPeakMb: heapMb(), prefillCpuMs, prefillWallMs, decodeTokS, decodeWallTokS, fidelity };
+  return {
+    loadMs,
+    heapAfterLoadMb,
+    heapAfter2048Mb,
+    heapPeakMb: heapMb(),
+    prefillCpuMs,
+    prefillWallMs,
+    decodeTokS,
+    decodeWallTokS,
+    fidelity,
+  };
 }
 
 export interface GgufRow {
@@ -221,7 +298,14 @@ export interface GgufReport {
   commit: string;
   model: string;
   gguf: string;
-  machine: { cpus: number; cpuModel: string; node: string; onnxruntimeWeb: string; loadPerCoreStart: number; loadPerCoreEnd: number };
+  machine: {
+    cpus: number;
+    cpuModel: string;
+    node: string;
+    onnxruntimeWeb: string;
+    loadPerCoreStart: number;
+    loadPerCoreEnd: number;
+  };
   runtimeHeapMb: number;
   /** KV cache bytes per token of context in f32, every layer: nLayers × 2 × kvDim × 4 */
   kvPerTokenF32: number;
@@ -230,7 +314,8 @@ export interface GgufReport {
   rows: GgufRow[];
 }
 
-const f = (v: number | undefined | null, d = 1) => (v === undefined || v === null || !Number.isFinite(v) ? '–' : v.toFixed(d));
+const f = (v: number | undefined | null, d = 1) =>
+  v === undefined || v === null || !Number.isFinite(v) ? '–' : v.toFixed(d);
 const mb = (b: number) => (b / MB).toFixed(2);
 
 export const SECTION_BEGIN = '<!-- gguf-kernels:begin (npm run quant-bench -- --gguf FILE) -->';
@@ -239,14 +324,24 @@ export const SECTION_END = '<!-- gguf-kernels:end -->';
 /** The doc section for a GGUF run, between markers so the rest of docs/QUANTIZATION.md is kept. */
 export function renderGgufSection(rep: GgufReport): string {
   const ref = rep.rows.find((r) => r.id === 'dequant');
-  const refOf = (r: GgufRow) => r.ref ?? (ref ? { prefillCpuMs: ref.result.prefillCpuMs, decodeTokS: ref.result.decodeTokS } : undefined);
+  const refOf = (r: GgufRow) =>
+    r.ref ?? (ref ? { prefillCpuMs: ref.result.prefillCpuMs, decodeTokS: ref.result.decodeTokS } : undefined);
   const runs = new Set(rep.rows.map((r) => r.run ?? 1));
   const m = rep.machine;
   const x = (a: number, b?: number) => (b ? `×${(a / b).toFixed(2)}` : '–');
   const tps = (r: GgufRow, len: number) => (len * 1000) / r.result.prefillCpuMs[len];
   const head = [
-    'configuration', 'kernels', 'prefill 512 tok/s', 'prefill 2048 tok/s', 'decode tok/s @2048', 'vs dequant (p512 / p2048 / decode)',
-    'wasm heap MB: load / after 2048', 'shards MB', 'mean KL vs exact', 'max KL', 'argmax agree',
+    'configuration',
+    'kernels',
+    'prefill 512 tok/s',
+    'prefill 2048 tok/s',
+    'decode tok/s @2048',
+    'vs dequant (p512 / p2048 / decode)',
+    'wasm heap MB: load / after 2048',
+    'shards MB',
+    'mean KL vs exact',
+    'max KL',
+    'argmax agree',
   ];
   const lines = rep.rows.map((r) => {
     const fi = r.result.fidelity;
@@ -269,11 +364,27 @@ export function renderGgufSection(rep: GgufReport): string {
       fi ? `${(100 * fi.argmaxAgreement).toFixed(1)}%` : '–',
     ].join(' | ');
   });
-  const bytesHead = ['configuration', 'per layer MB (attention + FFN + norms)', `${rep.rows[0]?.nLayers ?? '?'} layers MB`, 'embedding MB', 'head MB', 'all weights MB', 'measured heap after load − runtime MB'];
+  const bytesHead = [
+    'configuration',
+    'per layer MB (attention + FFN + norms)',
+    `${rep.rows[0]?.nLayers ?? '?'} layers MB`,
+    'embedding MB',
+    'head MB',
+    'all weights MB',
+    'measured heap after load − runtime MB',
+  ];
   const bytesLines = rep.rows.map((r) => {
     const b = r.bytes;
     const total = r.nLayers * b.perLayer + b.embed + b.head;
-    return [r.id, `${mb(b.perLayer)} (${mb(b.attn)} + ${mb(b.ffn)})`, mb(r.nLayers * b.perLayer), mb(b.embed), mb(b.head), mb(total), f(r.result.heapAfterLoadMb - rep.runtimeHeapMb, 0)].join(' | ');
+    return [
+      r.id,
+      `${mb(b.perLayer)} (${mb(b.attn)} + ${mb(b.ffn)})`,
+      mb(r.nLayers * b.perLayer),
+      mb(b.embed),
+      mb(b.head),
+      mb(total),
+      f(r.result.heapAfterLoadMb - rep.runtimeHeapMb, 0),
+    ].join(' | ');
   });
   const positions = rep.rows.find((r) => r.result.fidelity)?.result.fidelity?.positions ?? 0;
   return `${SECTION_BEGIN}
@@ -292,7 +403,17 @@ every ${FIDELITY_STRIDE}th position from the 16th (${positions} positions), full
 \`dequant\` build's (the file's values in f32: KL 3e-8 against the numpy exact-weights reference, test/node/smollm2-reference.test.ts).
 llama.cpp itself, on this file against the exact weights, has mean KL 0.0048 and 96.5% argmax agreement (NOTES.md).
 
-${runs.size > 1 ? `Rows come from ${runs.size} runs (the command above, in order; run N is the N-th). The machine's speed drifts between runs (the dequant row of each run: ${rep.rows.filter((r) => r.ref).map((r) => `run ${r.run ?? 1} decode ${f(r.ref!.decodeTokS, 1)} tok/s`).filter((v, i, a) => a.indexOf(v) === i).join(', ')}), so compare rows through the *vs dequant* column, which divides by the dequant row of the row's own run; the dequant row shown is the latest run's.\n\n` : ''}| ${head.join(' | ')} |
+${
+  runs.size > 1
+    ? `Rows come from ${runs.size} runs (the command above, in order; run N is the N-th). The machine's speed drifts between runs (the dequant row of each run: ${rep.rows
+        .filter((r) => r.ref)
+        .map((r) => `run ${r.run ?? 1} decode ${f(r.ref!.decodeTokS, 1)} tok/s`)
+        .filter((v, i, a) => a.indexOf(v) === i)
+        .join(
+          ', ',
+        )}), so compare rows through the *vs dequant* column, which divides by the dequant row of the row's own run; the dequant row shown is the latest run's.\n\n`
+    : ''
+}| ${head.join(' | ')} |
 |${head.map(() => '---').join('|')}|
 ${lines.map((l) => `| ${l} |`).join('\n')}
 
@@ -327,7 +448,12 @@ function peakSection(rep: GgufReport): string {
   const p = withPeak.at(-1)!.peak!;
   const shapes = p.shapes.map((s) => `${s.name} [${s.m}×${s.k}]×[${s.k}×${s.n}] ${f(s.gflops, 2)}`).join(', ');
   const lens = PREFILL_LENGTHS;
-  const head = ['configuration', ...lens.map((n) => `prefill ${n}: GFLOP/s (of it weights)`), ...lens.map((n) => `fraction of the peak at ${n}`), 'the run\'s peak GFLOP/s'];
+  const head = [
+    'configuration',
+    ...lens.map((n) => `prefill ${n}: GFLOP/s (of it weights)`),
+    ...lens.map((n) => `fraction of the peak at ${n}`),
+    "the run's peak GFLOP/s",
+  ];
   const lines = rep.rows.map((r) => {
     const g = (n: number) => prefillFlops(cfg, n).total / (r.result.prefillCpuMs[n] * 1e6);
     const w = (n: number) => prefillFlops(cfg, n).weights / prefillFlops(cfg, n).total;

@@ -39,7 +39,9 @@ export interface PeakResult {
 }
 
 /** The weight matrices of one decoder layer as [in, out] (wq|wk|wv and w1|w3 stacked, as the shards hold them). */
-export function layerShapes(c: Pick<ModelConfig, 'dim' | 'hiddenDim' | 'kvDim'>): { name: string; k: number; n: number }[] {
+export function layerShapes(
+  c: Pick<ModelConfig, 'dim' | 'hiddenDim' | 'kvDim'>,
+): { name: string; k: number; n: number }[] {
   return [
     { name: 'wq|wk|wv', k: c.dim, n: c.dim + 2 * c.kvDim },
     { name: 'wo', k: c.dim, n: c.dim },
@@ -53,7 +55,10 @@ export function layerShapes(c: Pick<ModelConfig, 'dim' | 'hiddenDim' | 'kvDim'>)
  * causal attention (scores and the weighted sum of values: 2 × 2 × dim per query per key it sees) and the
  * classifier for the last token (the prefill's only logits).
  */
-export function prefillFlops(c: ModelConfig, n: number): { weights: number; attention: number; head: number; total: number } {
+export function prefillFlops(
+  c: ModelConfig,
+  n: number,
+): { weights: number; attention: number; head: number; total: number } {
   const perToken = layerShapes(c).reduce((s, m) => s + 2 * m.k * m.n, 0);
   const weights = c.nLayers * n * perToken;
   const attention = c.nLayers * 4 * c.nHeads * c.headSize * ((n * (n + 1)) / 2);
@@ -74,18 +79,34 @@ export async function runPeakChild(job: PeakChildJob, initRuntime: () => void): 
     const session = await createGraphSession(`peak-${s.name}`, b.toBytes());
     const x = new Float32Array(job.rows * s.k).map((_, i) => Math.cos(i));
     const feeds = { x: { data: x, dims: [job.rows, s.k] } };
-    const { best, runs } = await bestCpuMs(() => session.run(feeds), { warmups: 3, budgetMs: job.budgetMs, minRuns: 5 });
+    const { best, runs } = await bestCpuMs(() => session.run(feeds), {
+      warmups: 3,
+      budgetMs: job.budgetMs,
+      minRuns: 5,
+    });
     await session.release();
     const gflops = (2 * job.rows * s.k * s.n) / (best * 1e6);
-    log(`MatMul [${job.rows} x ${s.k}] x [${s.k} x ${s.n}] (${s.name}): ${gflops.toFixed(2)} GFLOP/s (best of ${runs}, ${best.toFixed(2)} ms CPU)`);
+    log(
+      `MatMul [${job.rows} x ${s.k}] x [${s.k} x ${s.n}] (${s.name}): ${gflops.toFixed(2)} GFLOP/s (best of ${runs}, ${best.toFixed(2)} ms CPU)`,
+    );
     shapes.push({ name: s.name, m: job.rows, k: s.k, n: s.n, bestCpuMs: best, runs, gflops });
   }
   const flops = shapes.reduce((t, s) => t + 2 * s.m * s.k * s.n, 0);
   const ms = shapes.reduce((t, s) => t + s.bestCpuMs, 0);
-  return { rows: job.rows, shapes, peakGflops: Math.max(...shapes.map((s) => s.gflops)), layerGflops: flops / (ms * 1e6) };
+  return {
+    rows: job.rows,
+    shapes,
+    peakGflops: Math.max(...shapes.map((s) => s.gflops)),
+    layerGflops: flops / (ms * 1e6),
+  };
 }
 
 /** The job for a model: the engine's prefill chunk as the rows. */
 export function peakJob(c: ModelConfig, budgetMs = 1500): PeakChildJob {
-  return { kind: 'peak', config: { dim: c.dim, hiddenDim: c.hiddenDim, kvDim: c.kvDim }, rows: PREFILL_CHUNK, budgetMs };
+  return {
+    kind: 'peak',
+    config: { dim: c.dim, hiddenDim: c.hiddenDim, kvDim: c.kvDim },
+    rows: PREFILL_CHUNK,
+    budgetMs,
+  };
 }

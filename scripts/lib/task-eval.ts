@@ -46,10 +46,20 @@ export function promptTokens(model: LoadedModel, messages: ChatTurn[]): number[]
   return encodePrompt(model.tokenizer, renderChat(model.manifest.chatTemplate, messages));
 }
 
-export async function runTaskCase(model: LoadedModel, c: TaskCase, schedule: Schedule, order: number): Promise<TaskResult> {
+export async function runTaskCase(
+  model: LoadedModel,
+  c: TaskCase,
+  schedule: Schedule,
+  order: number,
+): Promise<TaskResult> {
   const { prompt, question } = chatPrompt(model, c.messages);
   const run = (s: Schedule | null) =>
-    generate(model, new SequenceState(model.config), prompt, { maxTokens: c.max_tokens ?? 16, sampler: { temperature: 0, topP: 1, topK: 0, seed: 1 }, schedule: s, question });
+    generate(model, new SequenceState(model.config), prompt, {
+      maxTokens: c.max_tokens ?? 16,
+      sampler: { temperature: 0, topP: 1, topK: 0, seed: 1 },
+      schedule: s,
+      question,
+    });
   const first = await run(order % 2 === 0 ? null : schedule);
   const second = await run(order % 2 === 0 ? schedule : null);
   const [dense, lazy] = order % 2 === 0 ? [first, second] : [second, first];
@@ -72,7 +82,15 @@ export async function runTaskCase(model: LoadedModel, c: TaskCase, schedule: Sch
 /** task -> bucket -> summary */
 export function summarizeTasks(results: TaskResult[]): Record<string, Record<string, TaskSummary>> {
   const out: Record<string, Record<string, TaskSummary>> = {};
-  for (const r of results) (out[r.task] ??= {})[r.bucket] ??= { n: 0, accuracy_dense: 0, accuracy_lazy: 0, ttft_dense_ms: 0, ttft_lazy_ms: 0, ttft_speedup: 0 };
+  for (const r of results)
+    (out[r.task] ??= {})[r.bucket] ??= {
+      n: 0,
+      accuracy_dense: 0,
+      accuracy_lazy: 0,
+      ttft_dense_ms: 0,
+      ttft_lazy_ms: 0,
+      ttft_speedup: 0,
+    };
   for (const [task, buckets] of Object.entries(out)) {
     for (const b of Object.keys(buckets)) {
       const rs = results.filter((r) => r.task === task && String(r.bucket) === b);
@@ -102,7 +120,13 @@ export interface ModeRun {
  * Prefill and greedy decode with one schedule (null = dense), keeping the first logits for KL;
  * `question` ranks the prompt under signal:query. (generate() does not hand out the first logits.)
  */
-export async function runMode(model: LoadedModel, prompt: number[], schedule: Schedule | null, maxTokens: number, question: TokenSpan | null = null): Promise<ModeRun> {
+export async function runMode(
+  model: LoadedModel,
+  prompt: number[],
+  schedule: Schedule | null,
+  maxTokens: number,
+  question: TokenSpan | null = null,
+): Promise<ModeRun> {
   const seq = new SequenceState(model.config);
   const t0 = performance.now();
   const ranking = stepRankings(schedule?.signal, question);

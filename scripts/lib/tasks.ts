@@ -16,7 +16,9 @@ import { createRng, type Rng } from '../../src/model/prng.js';
 import { REPO_ROOT } from './node-env.js';
 
 /** Haystack prose for the generated tasks (../shared/data/README.md): three license texts. */
-export const DEFAULT_FILLER = ['apache-2.0.txt', 'mpl-2.0.txt', 'lgpl-2.1.txt'].map((f) => resolve(REPO_ROOT, '../shared/data', f));
+export const DEFAULT_FILLER = ['apache-2.0.txt', 'mpl-2.0.txt', 'lgpl-2.1.txt'].map((f) =>
+  resolve(REPO_ROOT, '../shared/data', f),
+);
 
 export const TASKS = ['passkey', 'passkey-distractors', 'mdqa', 'which-key'] as const;
 export type TaskName = (typeof TASKS)[number];
@@ -97,7 +99,26 @@ function lookAlike(rng: Rng, key: string, avoid: string[]): string {
   }
 }
 
-const SYLLABLES = ['ve', 'lo', 'ria', 'tha', 'mor', 'ken', 'dal', 'sa', 'ri', 'on', 'bel', 'qu', 'ast', 'ur', 'ny', 'gar', 'pel', 'tis'];
+const SYLLABLES = [
+  've',
+  'lo',
+  'ria',
+  'tha',
+  'mor',
+  'ken',
+  'dal',
+  'sa',
+  'ri',
+  'on',
+  'bel',
+  'qu',
+  'ast',
+  'ur',
+  'ny',
+  'gar',
+  'pel',
+  'tis',
+];
 function name(rng: Rng): string {
   const n = int(rng, 2, 3);
   const s = Array.from({ length: n }, () => pick(rng, SYLLABLES)).join('');
@@ -107,11 +128,31 @@ function lookAlikeName(rng: Rng, n: string): string {
   const vowels = 'aeiou';
   const i = [...n].findIndex((c, k) => k > 0 && vowels.includes(c));
   const at = i > 0 ? i : n.length - 1;
-  const v = pick(rng, [...vowels].filter((c) => c !== n[at]));
+  const v = pick(
+    rng,
+    [...vowels].filter((c) => c !== n[at]),
+  );
   return n.slice(0, at) + v + n.slice(at + 1);
 }
 
-const OWNERS = ['Alice', 'Bruno', 'Chloe', 'Daniel', 'Emma', 'Felix', 'Grace', 'Hugo', 'Irene', 'Jonas', 'Karen', 'Leo', 'Maria', 'Nathan', 'Olivia', 'Peter'];
+const OWNERS = [
+  'Alice',
+  'Bruno',
+  'Chloe',
+  'Daniel',
+  'Emma',
+  'Felix',
+  'Grace',
+  'Hugo',
+  'Irene',
+  'Jonas',
+  'Karen',
+  'Leo',
+  'Maria',
+  'Nathan',
+  'Olivia',
+  'Peter',
+];
 
 interface Needles {
   /** facts to hide, in order; the first holds the answer */
@@ -158,7 +199,11 @@ function needlesFor(task: TaskName, rng: Rng): Needles {
     used.add(k).add(c);
     facts.push(`Document: in the records of the kingdom of ${k}, its capital city is ${c}.`);
   }
-  return { facts, question: `According to the documents, what is the capital city of the kingdom of ${kingdom}? Answer with the name only.`, answer: city };
+  return {
+    facts,
+    question: `According to the documents, what is the capital city of the kingdom of ${kingdom}? Answer with the name only.`,
+    answer: city,
+  };
 }
 
 function render(filler: string[], facts: string[], depths: number[], question: string): ChatTurn[] {
@@ -227,12 +272,24 @@ export function parseTasksFile(text: string, file: string): TaskCase[] {
         throw new Error(`${file}:${line}: not JSON (${(e as Error).message})`);
       }
       const msgs = o.messages;
-      const okMsgs = Array.isArray(msgs) && msgs.length > 0 && msgs.every((m) => m && typeof m.content === 'string' && ['system', 'user', 'assistant'].includes(m.role));
+      const okMsgs =
+        Array.isArray(msgs) &&
+        msgs.length > 0 &&
+        msgs.every((m) => m && typeof m.content === 'string' && ['system', 'user', 'assistant'].includes(m.role));
       if (typeof o.id !== 'string' || typeof o.task !== 'string' || typeof o.answer !== 'string' || !okMsgs) {
-        throw new Error(`${file}:${line}: expected {"id": string, "task": string, "messages": [{"role", "content"}...], "answer": string}`);
+        throw new Error(
+          `${file}:${line}: expected {"id": string, "task": string, "messages": [{"role", "content"}...], "answer": string}`,
+        );
       }
       const max = o.max_tokens;
-      if (max !== undefined && !(Number.isInteger(max) && (max as number) > 0)) throw new Error(`${file}:${line}: max_tokens must be a positive integer`);
-      return { id: o.id, task: o.task, messages: msgs as ChatTurn[], answer: o.answer, ...(max !== undefined ? { max_tokens: max as number } : {}) };
+      if (max !== undefined && !(Number.isInteger(max) && (max as number) > 0))
+        throw new Error(`${file}:${line}: max_tokens must be a positive integer`);
+      return {
+        id: o.id,
+        task: o.task,
+        messages: msgs as ChatTurn[],
+        answer: o.answer,
+        ...(max !== undefined ? { max_tokens: max as number } : {}),
+      };
     });
 }

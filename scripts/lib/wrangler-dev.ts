@@ -89,14 +89,31 @@ function linkTree(from: string, to: string): void {
  * anything in its assets directory changes (a shard build elsewhere in the checkout restarts every
  * Durable Object): a snapshot keeps a measurement on one version of the code and the shards.
  */
-function freezeWorker(config: string, models: string[], under = join(REPO_ROOT, '.bench-cache')): { config: string; dir: string } {
+function freezeWorker(
+  config: string,
+  models: string[],
+  under = join(REPO_ROOT, '.bench-cache'),
+): { config: string; dir: string } {
   const dir = join(under, `frozen-${process.pid}-${Date.now()}`);
-  const build = spawnSync(process.execPath, [join(REPO_ROOT, 'node_modules/wrangler/bin/wrangler.js'), 'deploy', '--dry-run', '--outdir', join(dir, 'build'), '--config', config], {
-    cwd: REPO_ROOT,
-    encoding: 'utf8',
-    env: { ...process.env, WRANGLER_SEND_METRICS: 'false', NO_COLOR: '1' },
-  });
-  if (build.status !== 0) throw new Error(`wrangler deploy --dry-run --config ${config} failed:\n${build.stderr || build.stdout}`);
+  const build = spawnSync(
+    process.execPath,
+    [
+      join(REPO_ROOT, 'node_modules/wrangler/bin/wrangler.js'),
+      'deploy',
+      '--dry-run',
+      '--outdir',
+      join(dir, 'build'),
+      '--config',
+      config,
+    ],
+    {
+      cwd: REPO_ROOT,
+      encoding: 'utf8',
+      env: { ...process.env, WRANGLER_SEND_METRICS: 'false', NO_COLOR: '1' },
+    },
+  );
+  if (build.status !== 0)
+    throw new Error(`wrangler deploy --dry-run --config ${config} failed:\n${build.stderr || build.stdout}`);
   let text = readFileSync(config, 'utf8');
   const main = /^main\s*=\s*"([^"]+)"/m.exec(text)?.[1];
   const assets = /^\[assets\][^[]*?^directory\s*=\s*"([^"]+)"/ms.exec(text)?.[1];
@@ -113,7 +130,12 @@ function freezeWorker(config: string, models: string[], under = join(REPO_ROOT, 
  * Serves `config` on a free loopback port; `vars` become --var flags. With
  * `freeze`, it runs a snapshot of the Worker and of those model folders (freezeWorker), removed at stop.
  */
-export async function startWranglerDev(config: string, logFile: string, vars: Record<string, string> = {}, opts: { freeze?: { models: string[]; under?: string } } = {}): Promise<WranglerDev> {
+export async function startWranglerDev(
+  config: string,
+  logFile: string,
+  vars: Record<string, string> = {},
+  opts: { freeze?: { models: string[]; under?: string } } = {},
+): Promise<WranglerDev> {
   const frozen = opts.freeze ? freezeWorker(resolve(REPO_ROOT, config), opts.freeze.models, opts.freeze.under) : null;
   if (frozen) config = frozen.config;
   const port = await freeLoopbackPort();

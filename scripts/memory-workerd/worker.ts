@@ -22,7 +22,13 @@ interface Env {
 const sequences = new Map<string, SequenceState>();
 
 const modelOf = (env: Env, p: { model: string; context: number; kv: string }) =>
-  getModel({ ...env, MODEL_NAME: p.model, CONTEXT_TOKENS: String(p.context), KV_FORMAT: p.kv, MEMORY_BUDGET_MB: 'off' });
+  getModel({
+    ...env,
+    MODEL_NAME: p.model,
+    CONTEXT_TOKENS: String(p.context),
+    KV_FORMAT: p.kv,
+    MEMORY_BUDGET_MB: 'off',
+  });
 
 export default {
   async fetch(req: Request, env: Env): Promise<Response> {
@@ -31,7 +37,11 @@ export default {
       if (url.pathname === '/noop') return Response.json({ ok: true });
       if (url.pathname === '/load') {
         const q = url.searchParams;
-        const model = await modelOf(env, { model: q.get('model') ?? '', context: Number(q.get('context')), kv: q.get('kv') ?? 'f32' });
+        const model = await modelOf(env, {
+          model: q.get('model') ?? '',
+          context: Number(q.get('context')),
+          kv: q.get('kv') ?? 'f32',
+        });
         const e = model.memory;
         return Response.json({
           wasm_bytes: wasmHeapBytes(),
@@ -53,7 +63,13 @@ export default {
           kv_cache_bytes: seq.kv.bytes + seq.aux.bytes,
           embedding_bytes: model.embed.bytes,
           tokens: seq.length,
-          estimate_bytes: estimateJson(estimateMemory({ ...model.config, seqLen: seq.length }, model.quant, model.manifest.files.head.map((p) => p.rows))),
+          estimate_bytes: estimateJson(
+            estimateMemory(
+              { ...model.config, seqLen: seq.length },
+              model.quant,
+              model.manifest.files.head.map((p) => p.rows),
+            ),
+          ),
         });
       }
       return new Response('not found', { status: 404 });

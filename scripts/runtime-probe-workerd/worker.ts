@@ -23,7 +23,8 @@ interface StreamRecord {
 const streams: StreamRecord[] = [];
 
 function stream(pipe: string, gap: number, ctx: ExecutionContext): Response {
-  const { readable, writable } = pipe === 'native' ? new IdentityTransformStream() : new TransformStream<Uint8Array, Uint8Array>();
+  const { readable, writable } =
+    pipe === 'native' ? new IdentityTransformStream() : new TransformStream<Uint8Array, Uint8Array>();
   const writer = writable.getWriter();
   const rec: StreamRecord = { pipe, gap, writes: 0, state: 'writing' };
   streams.push(rec);
@@ -70,7 +71,8 @@ async function refuse(req: Request, how: string): Promise<Response> {
 export default {
   async fetch(req: Request, _env: unknown, ctx: ExecutionContext): Promise<Response> {
     const url = new URL(req.url);
-    if (url.pathname === '/stream') return stream(url.searchParams.get('pipe') ?? 'js', Number(url.searchParams.get('gap') ?? 1), ctx);
+    if (url.pathname === '/stream')
+      return stream(url.searchParams.get('pipe') ?? 'js', Number(url.searchParams.get('gap') ?? 1), ctx);
     if (url.pathname === '/streams') return Response.json(streams);
     if (url.pathname === '/refuse') return refuse(req, url.searchParams.get('how') ?? 'ignore');
     return new Response('ok\n');

@@ -31,7 +31,11 @@ export default {
         const b = (await req.json()) as { model: string; context: number; kv: KvFormat; part: PartSpec };
         const read = assetReader(env.ASSETS, undefined);
         const manifest = new TextDecoder().decode(await read(`${b.model}/manifest.json`));
-        loaded = await loadModelPart(manifest, (f) => read(`${b.model}/${f}`), b.part, { contextTokens: b.context, kvFormat: b.kv, memoryBudgetBytes: Infinity });
+        loaded = await loadModelPart(manifest, (f) => read(`${b.model}/${f}`), b.part, {
+          contextTokens: b.context,
+          kvFormat: b.kv,
+          memoryBudgetBytes: Infinity,
+        });
         return Response.json({ wasm_bytes: wasmHeapBytes() });
       }
       if (url.pathname === '/fill' && req.method === 'POST') {

@@ -110,7 +110,8 @@ export class KVCache {
   /** [n] 0..n-1, shared and read-only: asks a row store for a view of its first n rows. */
   private identity = new Int32Array(0);
   private prefix(n: number): Int32Array {
-    if (this.identity.length < n) this.identity = Int32Array.from({ length: Math.max(n, 2 * this.identity.length) }, (_, i) => i);
+    if (this.identity.length < n)
+      this.identity = Int32Array.from({ length: Math.max(n, 2 * this.identity.length) }, (_, i) => i);
     return this.identity.subarray(0, n);
   }
 
@@ -240,7 +241,8 @@ export class SequenceState {
   private readonly auxEntries = new Map<number, Float32Array>();
 
   constructor(readonly config: ModelConfig) {
-    if (config.nLayers > 255) throw new EngineError('models with more than 255 layers are not supported', 'unsupported_model');
+    if (config.nLayers > 255)
+      throw new EngineError('models with more than 255 layers are not supported', 'unsupported_model');
     this.kv = new KVCache(config.nLayers, config.kvDim, config.kvFormat ?? 'f32');
     this.aux = new AuxCache(config.dim, this.auxEntries);
     this.depth = new Uint8Array(this.kv.capacity);

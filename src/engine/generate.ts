@@ -46,7 +46,11 @@ export interface GenerateOptions {
 }
 
 /** One step over `seq`'s sequence; a runner that keeps the caches elsewhere still appends the tokens to `seq`. */
-export type StepRunner = (seq: SequenceState, newTokens: readonly number[], opts: StepOptions) => Promise<{ logits: Float32Array; stats: StepStats }>;
+export type StepRunner = (
+  seq: SequenceState,
+  newTokens: readonly number[],
+  opts: StepOptions,
+) => Promise<{ logits: Float32Array; stats: StepStats }>;
 
 /** Figures of one generation; snake_case because they travel as JSON to the CLI and HTTP clients. */
 export interface GenerationStats {
@@ -101,9 +105,16 @@ function heldBack(text: string, stops: readonly string[]): number {
  * then decode. Ends on an end-of-generation id (EOS, an end-of-turn marker; for stories260K also
  * BOS, how a story ends), a stop string, maxTokens or the deadline. The sequence keeps every token that was fed through the model.
  */
-export async function generate(model: LoadedModel, seq: SequenceState, prompt: readonly number[], opts: GenerateOptions): Promise<GenerateResult> {
-  if (prompt.length === 0) throw new EngineError('the prompt must hold at least one token (BOS)', 'invalid_request', 'prompt');
-  if (!Number.isInteger(opts.maxTokens) || opts.maxTokens < 1) throw new EngineError(`max_tokens ${opts.maxTokens} must be a positive integer`, 'invalid_request', 'max_tokens');
+export async function generate(
+  model: LoadedModel,
+  seq: SequenceState,
+  prompt: readonly number[],
+  opts: GenerateOptions,
+): Promise<GenerateResult> {
+  if (prompt.length === 0)
+    throw new EngineError('the prompt must hold at least one token (BOS)', 'invalid_request', 'prompt');
+  if (!Number.isInteger(opts.maxTokens) || opts.maxTokens < 1)
+    throw new EngineError(`max_tokens ${opts.maxTokens} must be a positive integer`, 'invalid_request', 'max_tokens');
   const stops = (opts.stop ?? []).filter((s) => s.length > 0);
   const tok = model.tokenizer;
   const sampler = new Sampler(opts.sampler);
@@ -124,7 +135,12 @@ export async function generate(model: LoadedModel, seq: SequenceState, prompt: r
   // copy every layer's rows (and hold both copies) right after a long prefill.
   seq.reserve(seq.length + prompt.length + opts.maxTokens);
   const ranking = stepRankings(opts.schedule?.signal, opts.question ?? null);
-  const first = await runner(seq, prompt, { schedule: opts.schedule, trace: opts.trace, progress: opts.onPrefillProgress, ranking: ranking(seq.length, prompt.length) });
+  const first = await runner(seq, prompt, {
+    schedule: opts.schedule,
+    trace: opts.trace,
+    progress: opts.onPrefillProgress,
+    ranking: ranking(seq.length, prompt.length),
+  });
   account(first.stats);
   const prefillMs = first.stats.ms;
   const tDecode = performance.now();
@@ -173,7 +189,11 @@ export async function generate(model: LoadedModel, seq: SequenceState, prompt: r
     if (tokens.length >= opts.maxTokens) break;
     await opts.beforeStep?.();
     if (opts.deadline !== undefined && performance.now() >= opts.deadline) break;
-    const step = await runner(seq, [next], { schedule: opts.schedule, trace: opts.trace, ranking: ranking(seq.length, 1) });
+    const step = await runner(seq, [next], {
+      schedule: opts.schedule,
+      trace: opts.trace,
+      ranking: ranking(seq.length, 1),
+    });
     account(step.stats);
     decodeSteps++;
     logits = step.logits;
@@ -181,7 +201,8 @@ export async function generate(model: LoadedModel, seq: SequenceState, prompt: r
   // Whatever ended the generation, an unfinished UTF-8 character still held by the decoder comes
   // out (as U+FFFD); only text cut at a stop string has nothing after the cut to show.
   if (!cutAtStop) text += decoder.flush();
-  if (opts.onText && (text.length > emitted || (logprobs && sent < logprobs.length))) await opts.onText(text.slice(emitted), release(Infinity));
+  if (opts.onText && (text.length > emitted || (logprobs && sent < logprobs.length)))
+    await opts.onText(text.slice(emitted), release(Infinity));
 
   const decodeMs = performance.now() - tDecode;
   return {

@@ -52,7 +52,12 @@ export type RawRows =
  * run of consecutive tokens (active sets keep long runs); a view when they are rows 0..n-1.
  * The list may be in any order (a layer's rows are kept in the order they were computed, caches.ts).
  */
-function gatherRuns<T extends Float32Array | Uint16Array | Int8Array>(src: T, width: number, tokens: Int32Array, make: (n: number) => T): T {
+function gatherRuns<T extends Float32Array | Uint16Array | Int8Array>(
+  src: T,
+  width: number,
+  tokens: Int32Array,
+  make: (n: number) => T,
+): T {
   const n = tokens.length;
   let prefix = true;
   for (let j = 0; j < n && prefix; j++) prefix = tokens[j] === j;
@@ -82,7 +87,10 @@ class F32Rows implements RowStore {
   readonly format = 'f32';
   /** [capacity, width] */
   private data: Float32Array;
-  constructor(private readonly width: number, public capacity: number) {
+  constructor(
+    private readonly width: number,
+    public capacity: number,
+  ) {
     this.data = new Float32Array(capacity * width);
   }
   get bytes() {
@@ -141,7 +149,10 @@ class F16Rows implements RowStore {
   readonly format = 'f16';
   /** [capacity, width] IEEE half bits */
   private data: Uint16Array;
-  constructor(private readonly width: number, public capacity: number) {
+  constructor(
+    private readonly width: number,
+    public capacity: number,
+  ) {
     this.data = new Uint16Array(capacity * width);
   }
   get bytes() {
@@ -171,7 +182,10 @@ class Int8Rows implements RowStore {
   private data: Int8Array;
   /** [capacity] max|row| / 127 */
   private scales: Float32Array;
-  constructor(private readonly width: number, public capacity: number) {
+  constructor(
+    private readonly width: number,
+    public capacity: number,
+  ) {
     this.data = new Int8Array(capacity * width);
     this.scales = new Float32Array(capacity);
   }
@@ -201,7 +215,11 @@ class Int8Rows implements RowStore {
     this.scales[to] = this.scales[from];
   }
   take(tokens: Int32Array): RawRows {
-    return { format: 'int8', data: gatherRuns(this.data, this.width, tokens, (n) => new Int8Array(n)), scales: gatherRuns(this.scales, 1, tokens, (n) => new Float32Array(n)) };
+    return {
+      format: 'int8',
+      data: gatherRuns(this.data, this.width, tokens, (n) => new Int8Array(n)),
+      scales: gatherRuns(this.scales, 1, tokens, (n) => new Float32Array(n)),
+    };
   }
 }
 

@@ -13,11 +13,25 @@ import { estimatePartMemory } from './part-memory.js';
 import { SequenceState } from './caches.js';
 import { EngineError } from './errors.js';
 import type { LayerRange, ModelPart } from './model.js';
-import { embedStep, headStep, runLayers, stepStats, type Frontier, type LayerStats, type StepOptions, type StepStats } from './step.js';
+import {
+  embedStep,
+  headStep,
+  runLayers,
+  stepStats,
+  type Frontier,
+  type LayerStats,
+  type StepOptions,
+  type StepStats,
+} from './step.js';
 
 /** `groups` contiguous ranges covering layers 0..nLayers-1, sizes differing by at most one (the earlier ones larger). */
 export function splitLayers(nLayers: number, groups: number): LayerRange[] {
-  if (!(Number.isInteger(groups) && groups >= 1 && groups <= nLayers)) throw new EngineError(`${groups} layer groups: need an integer from 1 to the model's ${nLayers} layers`, 'invalid_request', 'groups');
+  if (!(Number.isInteger(groups) && groups >= 1 && groups <= nLayers))
+    throw new EngineError(
+      `${groups} layer groups: need an integer from 1 to the model's ${nLayers} layers`,
+      'invalid_request',
+      'groups',
+    );
   const out: LayerRange[] = [];
   for (let g = 0, start = 0; g < groups; g++) {
     const size = Math.floor(nLayers / groups) + (g < nLayers % groups ? 1 : 0);
@@ -44,11 +58,18 @@ export function groupConfig(config: ModelConfig, range: LayerRange): ModelConfig
 
 /** Bytes of a frontier as it crosses a boundary: ids, active set, scores and hidden rows, plus the layer, start and ranking (from, to, keepFrom, fresh). */
 export function frontierBytes(f: Frontier): number {
-  return 4 * (f.newTokens.length + f.active.length + (f.scores?.length ?? 0) + f.carried.length + f.hidden.length) + 8 + 16;
+  return (
+    4 * (f.newTokens.length + f.active.length + (f.scores?.length ?? 0) + f.carried.length + f.hidden.length) + 8 + 16
+  );
 }
 
 /** One group's step: its layers, with the state it owns. */
-export function groupStep(part: ModelPart, seq: SequenceState, into: Frontier, opts: StepOptions): Promise<{ frontier: Frontier; stats: LayerStats }> {
+export function groupStep(
+  part: ModelPart,
+  seq: SequenceState,
+  into: Frontier,
+  opts: StepOptions,
+): Promise<{ frontier: Frontier; stats: LayerStats }> {
   return runLayers(part, seq, into, opts);
 }
 
@@ -65,9 +86,11 @@ export class LocalChain {
     const L = parts[0].config.nLayers;
     parts.forEach((p, g) => {
       const want = g === 0 ? 0 : parts[g - 1].layerRange.end;
-      if (p.layerRange.start !== want) throw new EngineError(`group ${g} starts at layer ${p.layerRange.start}, expected ${want}`, 'internal');
+      if (p.layerRange.start !== want)
+        throw new EngineError(`group ${g} starts at layer ${p.layerRange.start}, expected ${want}`, 'internal');
     });
-    if (parts.at(-1)!.layerRange.end !== L) throw new EngineError(`the groups end at layer ${parts.at(-1)!.layerRange.end} of ${L}`, 'internal');
+    if (parts.at(-1)!.layerRange.end !== L)
+      throw new EngineError(`the groups end at layer ${parts.at(-1)!.layerRange.end} of ${L}`, 'internal');
     this.states = parts.map((p) => groupState(p.config, p.layerRange));
   }
 
@@ -80,7 +103,10 @@ export class LocalChain {
     for (const s of this.states) s.truncate(n);
   }
 
-  async step(newTokens: readonly number[], opts: StepOptions): Promise<{ logits: Float32Array; stats: StepStats; bytes: number[] }> {
+  async step(
+    newTokens: readonly number[],
+    opts: StepOptions,
+  ): Promise<{ logits: Float32Array; stats: StepStats; bytes: number[] }> {
     const t0 = performance.now();
     let f = await embedStep(this.parts[0], this.length, newTokens, opts.ranking);
     const stats: LayerStats[] = [];
@@ -115,11 +141,32 @@ export interface GroupPlan {
  * tokenizer, and is planned as a last object. The Worker places the pieces the same way
  * (src/worker/groups/config.ts).
  */
-export function planSplit(cfg: ModelConfig, q: QuantSpec, headRows: readonly number[], groups: number, heads = 0, frontEmbeds = false): GroupPlan[] {
+export function planSplit(
+  cfg: ModelConfig,
+  q: QuantSpec,
+  headRows: readonly number[],
+  groups: number,
+  heads = 0,
+  frontEmbeds = false,
+): GroupPlan[] {
   const all = headRows.map((_, i) => i);
-  const plan = (layers: LayerRange, embed: boolean, head: number[], front = false): GroupPlan => ({ layers, embed, head, ...(front ? { front } : {}), bytes: estimatePartMemory(cfg, q, { layers, embed, head, tokenizer: front }, headRows) });
-  const layerGroups = splitLayers(cfg.nLayers, groups).map((layers, g) => plan(layers, g === 0 && !frontEmbeds, heads === 0 && g === groups - 1 ? all : []));
-  const headObjects = Array.from({ length: heads }, (_, k) => plan({ start: cfg.nLayers, end: cfg.nLayers }, false, all.filter((i) => i % heads === k)));
+  const plan = (layers: LayerRange, embed: boolean, head: number[], front = false): GroupPlan => ({
+    layers,
+    embed,
+    head,
+    ...(front ? { front } : {}),
+    bytes: estimatePartMemory(cfg, q, { layers, embed, head, tokenizer: front }, headRows),
+  });
+  const layerGroups = splitLayers(cfg.nLayers, groups).map((layers, g) =>
+    plan(layers, g === 0 && !frontEmbeds, heads === 0 && g === groups - 1 ? all : []),
+  );
+  const headObjects = Array.from({ length: heads }, (_, k) =>
+    plan(
+      { start: cfg.nLayers, end: cfg.nLayers },
+      false,
+      all.filter((i) => i % heads === k),
+    ),
+  );
   return [...layerGroups, ...headObjects, ...(frontEmbeds ? [plan({ start: 0, end: 0 }, true, [], true)] : [])];
 }
 
@@ -127,7 +174,13 @@ export function planSplit(cfg: ModelConfig, q: QuantSpec, headRows: readonly num
  * The fewest objects (layer groups plus classifier objects, fewest layer groups first) whose every
  * object fits `budgetBytes`, or null when no split does (the reason names the piece that is too big).
  */
-export function fewestGroups(cfg: ModelConfig, q: QuantSpec, headRows: readonly number[], budgetBytes: number, frontEmbeds = false): { groups: number; heads: number; plan: GroupPlan[] } | { groups: null; reason: string } {
+export function fewestGroups(
+  cfg: ModelConfig,
+  q: QuantSpec,
+  headRows: readonly number[],
+  budgetBytes: number,
+  frontEmbeds = false,
+): { groups: number; heads: number; plan: GroupPlan[] } | { groups: null; reason: string } {
   let best: { groups: number; heads: number; plan: GroupPlan[] } | null = null;
   for (let heads = 0; heads <= headRows.length; heads++) {
     for (let G = 1; G <= cfg.nLayers; G++) {
@@ -141,6 +194,12 @@ export function fewestGroups(cfg: ModelConfig, q: QuantSpec, headRows: readonly 
   if (best) return best;
   const last = planSplit(cfg, q, headRows, cfg.nLayers, headRows.length, frontEmbeds);
   const worst = last.reduce((a, b) => (b.bytes.total > a.bytes.total ? b : a));
-  const what = worst.layers.end > worst.layers.start ? `layer ${worst.layers.start}${worst.embed ? ' with the embedding' : ''}` : `classifier part(s) ${worst.head.join(', ')}`;
-  return { groups: null, reason: `even split as far as it goes, ${what} needs ${(worst.bytes.total / MB).toFixed(1)} MB` };
+  const what =
+    worst.layers.end > worst.layers.start
+      ? `layer ${worst.layers.start}${worst.embed ? ' with the embedding' : ''}`
+      : `classifier part(s) ${worst.head.join(', ')}`;
+  return {
+    groups: null,
+    reason: `even split as far as it goes, ${what} needs ${(worst.bytes.total / MB).toFixed(1)} MB`,
+  };
 }

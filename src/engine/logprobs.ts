@@ -42,8 +42,10 @@ export function logSumExp(logits: Float32Array): number {
  * normaliser, one for the top list (kept sorted by insertion: top is at most 20).
  */
 export function tokenLogprobs(logits: Float32Array, id: number, top: number): TokenLogprob {
-  if (!Number.isInteger(id) || id < 0 || id >= logits.length) throw new RangeError(`token id ${id} outside the logits [0, ${logits.length})`);
-  if (!Number.isInteger(top) || top < 0 || top > MAX_TOP_LOGPROBS) throw new RangeError(`top ${top} must be an integer in 0..${MAX_TOP_LOGPROBS}`);
+  if (!Number.isInteger(id) || id < 0 || id >= logits.length)
+    throw new RangeError(`token id ${id} outside the logits [0, ${logits.length})`);
+  if (!Number.isInteger(top) || top < 0 || top > MAX_TOP_LOGPROBS)
+    throw new RangeError(`top ${top} must be an integer in 0..${MAX_TOP_LOGPROBS}`);
   const z = logSumExp(logits);
   const k = Math.min(top, logits.length);
   const ids: number[] = [];

@@ -132,7 +132,8 @@ function kernelsOf(q: QuantSpec): { attn: string; ffn: string; head: string } {
 }
 
 /** Copies per byte of a piece run by `kernel`; a GGUF's dequant folds Q4_1 layers and a Q8_0 head, which differ. */
-const factor = (kernel: string, piece: 'layer' | 'head') => MEASURED.copiesPerPieceByte[kernel === 'dequant' ? `dequant-${piece}` : kernel] ?? MEASURED.copiesPerPieceByte.matmul;
+const factor = (kernel: string, piece: 'layer' | 'head') =>
+  MEASURED.copiesPerPieceByte[kernel === 'dequant' ? `dequant-${piece}` : kernel] ?? MEASURED.copiesPerPieceByte.matmul;
 
 /**
  * The pieces a model (or a part of it) is made of, as held while running: one decoder layer's
@@ -210,7 +211,11 @@ export function estimateHeld(cfg: ModelConfig, q: QuantSpec, held: HeldPieces): 
  * What the whole model needs at its served context. `headRows`: the rows of each classifier part
  * (manifest.files.head); without it, one part of every row.
  */
-export function estimateMemory(cfg: ModelConfig, q: QuantSpec, headRows: readonly number[] = [cfg.vocabSize]): MemoryEstimate {
+export function estimateMemory(
+  cfg: ModelConfig,
+  q: QuantSpec,
+  headRows: readonly number[] = [cfg.vocabSize],
+): MemoryEstimate {
   return estimateHeld(cfg, q, { layers: cfg.nLayers, embed: true, headRows, tokenizer: true });
 }
 
@@ -230,8 +235,19 @@ export function partsText(e: MemoryEstimate, as: { weights?: string; kv?: string
  * Refuses a model that would not fit `budgetBytes` at its full (served) context, `cfg.seqLen`, naming each part of the
  * estimate and what to do about it. Infinity disables the check. headRows: as estimateMemory.
  */
-export function checkMemoryBudget(name: string, cfg: ModelConfig, q: QuantSpec, budgetBytes: number, headRows?: readonly number[]): MemoryEstimate {
-  if (!(budgetBytes > 0)) throw new EngineError(`memory budget ${budgetBytes} must be a positive number of bytes`, 'invalid_request', 'memoryBudget');
+export function checkMemoryBudget(
+  name: string,
+  cfg: ModelConfig,
+  q: QuantSpec,
+  budgetBytes: number,
+  headRows?: readonly number[],
+): MemoryEstimate {
+  if (!(budgetBytes > 0))
+    throw new EngineError(
+      `memory budget ${budgetBytes} must be a positive number of bytes`,
+      'invalid_request',
+      'memoryBudget',
+    );
   const e = estimateMemory(cfg, q, headRows);
   if (e.total > budgetBytes) {
     const held = keepsQuantizedWeights(q.kernel) ? q.format : 'f32';
@@ -241,7 +257,7 @@ export function checkMemoryBudget(name: string, cfg: ModelConfig, q: QuantSpec, 
         `but the isolate memory budget allows ${mb(budgetBytes)}. ` +
         'Rebuild the shards in a format that keeps weights quantized in memory (for a GGUF: npm run shards -- --gguf FILE --kernel integer2 --head integer2; ' +
         'for a checkpoint: --quant int4 --kernel nbits), hold the KV cache as f16 or int8 (KV_FORMAT, LAZY_EDGE_KV_FORMAT), use a shorter context, ' +
-        'split the model across Durable Objects (docs/LAYER-GROUPS.md), or raise the budget (LAZY_EDGE_MEMORY_BUDGET_MB, or loadModel\'s memoryBudgetBytes).',
+        "split the model across Durable Objects (docs/LAYER-GROUPS.md), or raise the budget (LAZY_EDGE_MEMORY_BUDGET_MB, or loadModel's memoryBudgetBytes).",
       'model_too_large',
       'memoryBudget',
     );

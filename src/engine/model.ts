@@ -3,7 +3,13 @@ import { parseManifest, quantOf, verifyFile, type FileEntry, type Manifest } fro
 import { EngineError } from './errors.js';
 import type { ModelConfig } from '../model/config.js';
 import type { QuantSpec } from '../model/quant.js';
-import { checkShardWeights, embedWeightSpecs, headWeightSpecs, layerWeightSpecs, type WeightSpec } from '../model/shard-check.js';
+import {
+  checkShardWeights,
+  embedWeightSpecs,
+  headWeightSpecs,
+  layerWeightSpecs,
+  type WeightSpec,
+} from '../model/shard-check.js';
 import { BpeTokenizer } from '../model/bpe-tokenizer.js';
 import type { TextTokenizer } from '../model/text-tokenizer.js';
 import { Tokenizer } from '../model/tokenizer.js';
@@ -79,14 +85,19 @@ export interface LoadOptions {
 
 function tokenizerOf(manifest: Manifest, bytes: Uint8Array): TextTokenizer {
   const t = manifest.tokenizer;
-  if (t.format === 'llama2c') return Tokenizer.fromLlama2c(bytes, manifest.config.vocabSize, t.file, { bosId: t.bosId, eosId: t.eosId });
+  if (t.format === 'llama2c')
+    return Tokenizer.fromLlama2c(bytes, manifest.config.vocabSize, t.file, { bosId: t.bosId, eosId: t.eosId });
   let json: unknown;
   try {
     json = JSON.parse(new TextDecoder().decode(bytes));
   } catch (e) {
     throw new ModelFormatError(t.file, 'a tokenizer.json', `unparseable JSON (${(e as Error).message})`);
   }
-  return BpeTokenizer.fromJson(json as object, { bosId: t.bosId, eosId: t.eosId, addBos: t.addBos, endIds: t.endIds }, t.file);
+  return BpeTokenizer.fromJson(
+    json as object,
+    { bosId: t.bosId, eosId: t.eosId, addBos: t.addBos, endIds: t.endIds },
+    t.file,
+  );
 }
 
 export async function loadModel(manifestText: string, read: ShardReader, opts: LoadOptions = {}): Promise<LoadedModel> {
@@ -96,32 +107,74 @@ export async function loadModel(manifestText: string, read: ShardReader, opts: L
 
 /** Every piece of the model: all layers, the embedding, every classifier part and the tokenizer. */
 export function wholePart(manifest: Manifest): PartSpec {
-  return { layers: { start: 0, end: manifest.config.nLayers }, embed: true, head: manifest.files.head.map((_, i) => i), tokenizer: true };
+  return {
+    layers: { start: 0, end: manifest.config.nLayers },
+    embed: true,
+    head: manifest.files.head.map((_, i) => i),
+    tokenizer: true,
+  };
 }
 
 /**
  * Loads some of a model: only the shards of the pieces asked for are read and checked. The memory
  * budget is checked for those pieces (src/engine/part-memory.ts); for the whole model, as loadModel does.
  */
-export async function loadModelPart(manifestText: string, read: ShardReader, want: Partial<PartSpec>, opts: LoadOptions = {}): Promise<ModelPart> {
+export async function loadModelPart(
+  manifestText: string,
+  read: ShardReader,
+  want: Partial<PartSpec>,
+  opts: LoadOptions = {},
+): Promise<ModelPart> {
   const manifest = parseManifest(manifestText);
   const whole = wholePart(manifest);
   const part: PartSpec = { ...whole, ...want };
   const L = manifest.config.nLayers;
   const { start, end } = part.layers;
   if (!(Number.isInteger(start) && Number.isInteger(end) && 0 <= start && start <= end && end <= L)) {
-    throw new EngineError(`layer range ${start}..${end} is not within the model's ${L} layers`, 'invalid_request', 'layers');
+    throw new EngineError(
+      `layer range ${start}..${end} is not within the model's ${L} layers`,
+      'invalid_request',
+      'layers',
+    );
   }
-  for (const i of part.head) if (!(Number.isInteger(i) && i >= 0 && i < manifest.files.head.length)) throw new EngineError(`classifier part ${i} does not exist (the model has ${manifest.files.head.length})`, 'invalid_request', 'head');
+  for (const i of part.head)
+    if (!(Number.isInteger(i) && i >= 0 && i < manifest.files.head.length))
+      throw new EngineError(
+        `classifier part ${i} does not exist (the model has ${manifest.files.head.length})`,
+        'invalid_request',
+        'head',
+      );
   const isWhole = start === 0 && end === L && part.embed && part.head.length === whole.head.length && part.tokenizer;
   const quant = quantOf(manifest);
   const requested = opts.contextTokens ?? DEFAULT_CONTEXT_TOKENS;
-  if (!Number.isSafeInteger(requested) || requested < 2) throw new EngineError(`context window ${requested} must be an integer of at least 2 tokens`, 'invalid_request', 'contextTokens');
-  const config: ModelConfig = { ...manifest.config, seqLen: Math.min(manifest.config.seqLen, requested), kvFormat: opts.kvFormat ?? 'f32' };
+  if (!Number.isSafeInteger(requested) || requested < 2)
+    throw new EngineError(
+      `context window ${requested} must be an integer of at least 2 tokens`,
+      'invalid_request',
+      'contextTokens',
+    );
+  const config: ModelConfig = {
+    ...manifest.config,
+    seqLen: Math.min(manifest.config.seqLen, requested),
+    kvFormat: opts.kvFormat ?? 'f32',
+  };
   const memoryBudgetBytes = opts.memoryBudgetBytes ?? DEFAULT_MEMORY_BUDGET_BYTES;
   const memory = isWhole
-    ? checkMemoryBudget(manifest.name, config, quant, memoryBudgetBytes, manifest.files.head.map((p) => p.rows))
-    : checkPartBudget(manifest.name, config, quant, part, manifest.files.head.map((p) => p.rows), memoryBudgetBytes);
+    ? checkMemoryBudget(
+        manifest.name,
+        config,
+        quant,
+        memoryBudgetBytes,
+        manifest.files.head.map((p) => p.rows),
+      )
+    : checkPartBudget(
+        manifest.name,
+        config,
+        quant,
+        part,
+        manifest.files.head.map((p) => p.rows),
+        memoryBudgetBytes,
+      );
   const sessionOpts = { foldDequantize: quant.kernel === 'dequant' && (opts.foldDequantize ?? true) };
   const verify = opts.verify ?? true;
   const fetchFile = async (entry: FileEntry) => {
@@ -141,17 +194,44 @@ export async function loadModelPart(manifestText: string, read: ShardReader, wan
     let first = 0;
     for (const [i, p] of manifest.files.head.entries()) {
       const name = manifest.files.head.length === 1 ? 'head' : `head ${i}`;
-      if (part.head.includes(i)) out.push({ session: await createGraphSession(name, await fetchWeights(p, headWeightSpecs(manifest.config, p.rows)), sessionOpts), start: first, rows: p.rows });
+      if (part.head.includes(i))
+        out.push({
+          session: await createGraphSession(
+            name,
+            await fetchWeights(p, headWeightSpecs(manifest.config, p.rows)),
+            sessionOpts,
+          ),
+          start: first,
+          rows: p.rows,
+        });
       first += p.rows;
     }
     return out;
   };
-  const embed = part.embed ? await EmbeddingTable.fromShards(manifest.files.embed, manifest.config.dim, (p) => fetchWeights(p, embedWeightSpecs(manifest.config, p.rows))) : null;
+  const embed = part.embed
+    ? await EmbeddingTable.fromShards(manifest.files.embed, manifest.config.dim, (p) =>
+        fetchWeights(p, embedWeightSpecs(manifest.config, p.rows)),
+      )
+    : null;
   const layers: GraphSession[] = [];
   const layerWeights = layerWeightSpecs(manifest.config);
   for (let l = start; l < end; l++) {
-    layers.push(await createGraphSession(`layer ${l}`, await fetchWeights(manifest.files.layers[l], layerWeights), sessionOpts));
+    layers.push(
+      await createGraphSession(`layer ${l}`, await fetchWeights(manifest.files.layers[l], layerWeights), sessionOpts),
+    );
   }
   const head = await headParts();
-  return { manifest, config, quant, memory, memoryBudgetBytes, part, layerRange: { start, end }, tokenizer, embed, layers, head };
+  return {
+    manifest,
+    config,
+    quant,
+    memory,
+    memoryBudgetBytes,
+    part,
+    layerRange: { start, end },
+    tokenizer,
+    embed,
+    layers,
+    head,
+  };
 }

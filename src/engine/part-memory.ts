@@ -29,15 +29,37 @@ export interface PartSpec {
  * A part with a session pays the runtime; the attention temporaries come with layers, the classifier's with
  * its rows, and the copies with its largest piece (memory-budget.ts estimateHeld).
  */
-export function estimatePartMemory(cfg: ModelConfig, q: QuantSpec, part: PartSpec, headRows: readonly number[]): MemoryEstimate {
-  return estimateHeld(cfg, q, { layers: part.layers.end - part.layers.start, embed: part.embed, headRows: part.head.map((i) => headRows[i]), tokenizer: part.tokenizer });
+export function estimatePartMemory(
+  cfg: ModelConfig,
+  q: QuantSpec,
+  part: PartSpec,
+  headRows: readonly number[],
+): MemoryEstimate {
+  return estimateHeld(cfg, q, {
+    layers: part.layers.end - part.layers.start,
+    embed: part.embed,
+    headRows: part.head.map((i) => headRows[i]),
+    tokenizer: part.tokenizer,
+  });
 }
 
 const mb = (b: number) => `${(b / MB).toFixed(1)} MB`;
 
 /** Refuses a part that would not fit `budgetBytes` at the served context, naming each part of the estimate. */
-export function checkPartBudget(name: string, cfg: ModelConfig, q: QuantSpec, part: PartSpec, headRows: readonly number[], budgetBytes: number): MemoryEstimate {
-  if (!(budgetBytes > 0)) throw new EngineError(`memory budget ${budgetBytes} must be a positive number of bytes`, 'invalid_request', 'memoryBudget');
+export function checkPartBudget(
+  name: string,
+  cfg: ModelConfig,
+  q: QuantSpec,
+  part: PartSpec,
+  headRows: readonly number[],
+  budgetBytes: number,
+): MemoryEstimate {
+  if (!(budgetBytes > 0))
+    throw new EngineError(
+      `memory budget ${budgetBytes} must be a positive number of bytes`,
+      'invalid_request',
+      'memoryBudget',
+    );
   const e = estimatePartMemory(cfg, q, part, headRows);
   if (e.total > budgetBytes) {
     const { start, end } = part.layers;

@@ -58,9 +58,13 @@ const invalidSchedule = (message: string) => new EngineError(message, 'invalid_s
  */
 export function parseSchedule(spec: string): Schedule {
   const items = spec.split(',').map((s) => s.trim());
-  if (spec.trim() === '') throw invalidSchedule(`schedule "${spec}" is empty; use "all" for no pruning or "L:share,..."`);
+  if (spec.trim() === '')
+    throw invalidSchedule(`schedule "${spec}" is empty; use "all" for no pruning or "L:share,..."`);
   if (items.includes('all')) {
-    if (items.length > 1) throw invalidSchedule(`schedule "${spec}" contradicts itself: "all" (no pruning) cannot be combined with other items`);
+    if (items.length > 1)
+      throw invalidSchedule(
+        `schedule "${spec}" contradicts itself: "all" (no pruning) cannot be combined with other items`,
+      );
     return KEEP_ALL;
   }
   const s: { -readonly [K in keyof Schedule]: Schedule[K] } = { prune: [], keepFirst: false };
@@ -84,7 +88,12 @@ export function parseSchedule(spec: string): Schedule {
       s.reviveBudget = Number(m[1]);
     } else if ((m = /^signal:(last|query|window:(\d+))$/.exec(item))) {
       once('signal', item);
-      s.signal = m[1] === 'last' ? { kind: 'last' } : m[1] === 'query' ? { kind: 'query' } : { kind: 'window', rows: Number(m[2]) };
+      s.signal =
+        m[1] === 'last'
+          ? { kind: 'last' }
+          : m[1] === 'query'
+            ? { kind: 'query' }
+            : { kind: 'window', rows: Number(m[2]) };
     } else if ((m = /^heads:(mean|max)$/.exec(item))) {
       once('heads', item);
       s.heads = m[1] as HeadReduction;
@@ -108,7 +117,16 @@ export function formatSignal(signal: Signal): string {
 }
 
 export function formatSchedule(s: Schedule): string {
-  if (s.prune.length === 0 && !s.keepFirst && s.minActive === undefined && s.reviveBudget === undefined && !s.signal && !s.heads && s.pool === undefined) return 'all';
+  if (
+    s.prune.length === 0 &&
+    !s.keepFirst &&
+    s.minActive === undefined &&
+    s.reviveBudget === undefined &&
+    !s.signal &&
+    !s.heads &&
+    s.pool === undefined
+  )
+    return 'all';
   return [
     ...(s.keepFirst ? ['bos'] : []),
     ...(s.minActive !== undefined ? [`min:${s.minActive}`] : []),
@@ -132,21 +150,32 @@ export function validateSchedule(s: Schedule, nLayers: number): Schedule {
   if (s.reviveBudget !== undefined && !(Number.isInteger(s.reviveBudget) && s.reviveBudget >= 0)) {
     throw invalidSchedule(`invalid schedule: revive ${s.reviveBudget} must be an integer >= 0`);
   }
-  if (s.signal?.kind === 'window' && !(Number.isInteger(s.signal.rows) && s.signal.rows >= 1 && s.signal.rows <= WINDOW_ROWS_MAX)) {
-    throw invalidSchedule(`invalid schedule: signal window ${s.signal.rows} must be an integer from 1 to ${WINDOW_ROWS_MAX}`);
+  if (
+    s.signal?.kind === 'window' &&
+    !(Number.isInteger(s.signal.rows) && s.signal.rows >= 1 && s.signal.rows <= WINDOW_ROWS_MAX)
+  ) {
+    throw invalidSchedule(
+      `invalid schedule: signal window ${s.signal.rows} must be an integer from 1 to ${WINDOW_ROWS_MAX}`,
+    );
   }
   if (s.pool !== undefined && !(Number.isInteger(s.pool) && s.pool >= 1 && s.pool <= POOL_MAX && s.pool % 2 === 1)) {
-    throw invalidSchedule(`invalid schedule: pool ${s.pool} must be an odd integer from 1 to ${POOL_MAX} (a window centred on each token)`);
+    throw invalidSchedule(
+      `invalid schedule: pool ${s.pool} must be an odd integer from 1 to ${POOL_MAX} (a window centred on each token)`,
+    );
   }
   let prev = 0;
   for (const { layer, keep } of s.prune) {
-    const why =
-      !Number.isInteger(layer) ? `layer ${layer} is not an integer`
-      : layer < 1 ? `layer ${layer} cannot prune: scores come from the layer before, so pruning starts at layer 1`
-      : layer >= nLayers ? `layer ${layer} does not exist (the model has layers 0..${nLayers - 1})`
-      : layer <= prev ? `pruning layers must be strictly increasing (${layer} after ${prev})`
-      : !(keep > 0 && keep <= 1) ? `keep share ${keep} at layer ${layer} must be in (0, 1]`
-      : null;
+    const why = !Number.isInteger(layer)
+      ? `layer ${layer} is not an integer`
+      : layer < 1
+        ? `layer ${layer} cannot prune: scores come from the layer before, so pruning starts at layer 1`
+        : layer >= nLayers
+          ? `layer ${layer} does not exist (the model has layers 0..${nLayers - 1})`
+          : layer <= prev
+            ? `pruning layers must be strictly increasing (${layer} after ${prev})`
+            : !(keep > 0 && keep <= 1)
+              ? `keep share ${keep} at layer ${layer} must be in (0, 1]`
+              : null;
     if (why) throw invalidSchedule(`invalid schedule: ${why}`);
     prev = layer;
   }
@@ -181,7 +210,13 @@ export interface Ranking {
  * (sequence indices). A decode step ranks by its own token under the paper's signal and
  * by what the prefill remembered otherwise, keeping what the prefill kept.
  */
-export function rankingFor(signal: Signal | undefined, start: number, newTokens: number, prefill: Ranking | null, question: TokenSpan | null): Ranking {
+export function rankingFor(
+  signal: Signal | undefined,
+  start: number,
+  newTokens: number,
+  prefill: Ranking | null,
+  question: TokenSpan | null,
+): Ranking {
   const n = start + newTokens;
   const last: Ranking = { from: n - 1, to: n, keepFrom: n - 1, fresh: true };
   if (!signal || signal.kind === 'last') return last;
@@ -190,8 +225,15 @@ export function rankingFor(signal: Signal | undefined, start: number, newTokens:
     const from = Math.max(start, n - signal.rows);
     return { from, to: n, keepFrom: from, fresh: true };
   }
-  if (!question) throw invalidSchedule('signal:query needs a question: it ranks by the final user message of a chat request (use signal:window:K for plain text)');
-  if (!(question.from < question.to && question.to <= n)) throw new EngineError(`question tokens ${question.from}..${question.to - 1} lie outside the sequence of ${n}`, 'internal');
+  if (!question)
+    throw invalidSchedule(
+      'signal:query needs a question: it ranks by the final user message of a chat request (use signal:window:K for plain text)',
+    );
+  if (!(question.from < question.to && question.to <= n))
+    throw new EngineError(
+      `question tokens ${question.from}..${question.to - 1} lie outside the sequence of ${n}`,
+      'internal',
+    );
   // A session turn that reuses part of the question from its cache ranks by the rest of it; by the
   // last token when all of it was cached (a regenerated reply: nothing new was asked).
   const a = Math.max(start, question.from);
@@ -204,7 +246,10 @@ export function rankingFor(signal: Signal | undefined, start: number, newTokens:
  * later one (a decode step) from the first. generate() and a turn's replay both use it, so a
  * replayed turn ranks exactly as it did.
  */
-export function stepRankings(signal: Signal | undefined, question: TokenSpan | null): (start: number, newTokens: number) => Ranking {
+export function stepRankings(
+  signal: Signal | undefined,
+  question: TokenSpan | null,
+): (start: number, newTokens: number) => Ranking {
   let prefill: Ranking | null = null;
   return (start, newTokens) => {
     const r = rankingFor(signal, start, newTokens, prefill, question);
@@ -219,9 +264,15 @@ export function stepRankings(signal: Signal | undefined, question: TokenSpan | n
  * by `heads`, then max-pooled over the `pool` entries centred on each (neighbours in the active set,
  * which at the first pruning layer are the prompt's positions). Returns [m].
  */
-export function importance(perHead: Float32Array, nHeads: number, heads: HeadReduction = 'mean', pool = 1): Float32Array {
+export function importance(
+  perHead: Float32Array,
+  nHeads: number,
+  heads: HeadReduction = 'mean',
+  pool = 1,
+): Float32Array {
   const m = perHead.length / nHeads;
-  if (!Number.isInteger(m)) throw new EngineError(`${perHead.length} attention values do not split into ${nHeads} heads`, 'internal');
+  if (!Number.isInteger(m))
+    throw new EngineError(`${perHead.length} attention values do not split into ${nHeads} heads`, 'internal');
   const reduced = new Float32Array(m); // [m]
   for (let h = 0; h < nHeads; h++) {
     const row = perHead.subarray(h * m, (h + 1) * m);
@@ -268,9 +319,17 @@ export function keepsFirst(s: Schedule): boolean {
  * `incoming` holds ascending token indices; `scores[j]` belongs to `incoming[j]`. Ties go to the
  * more recent token. Returns ascending indices, a subset of `incoming`.
  */
-export function selectActive(incoming: Int32Array, scores: Float32Array, keep: number, keepFirst: boolean, minActive = 1, keepFrom = Infinity): Int32Array {
+export function selectActive(
+  incoming: Int32Array,
+  scores: Float32Array,
+  keep: number,
+  keepFirst: boolean,
+  minActive = 1,
+  keepFrom = Infinity,
+): Int32Array {
   const m = incoming.length;
-  if (scores.length !== m) throw new EngineError(`scores (${scores.length}) and incoming set (${m}) differ in length`, 'internal');
+  if (scores.length !== m)
+    throw new EngineError(`scores (${scores.length}) and incoming set (${m}) differ in length`, 'internal');
   // Protected tokens beyond the last do not count against the share: a decode step that adds one
   // keeps the same others as the prefill did.
   let extra = 0;
@@ -320,7 +379,12 @@ export function selectActive(incoming: Int32Array, scores: Float32Array, keep: n
  * keeps the `budget` best by `score` (ties to the more recent) and leaves the rest out of the set;
  * they stay parked. Returns ascending indices, a subset of `selected`.
  */
-export function limitRevivals(selected: Int32Array, revivable: (i: number) => boolean, score: (i: number) => number, budget: number): Int32Array {
+export function limitRevivals(
+  selected: Int32Array,
+  revivable: (i: number) => boolean,
+  score: (i: number) => number,
+  budget: number,
+): Int32Array {
   const candidates = [...selected].filter(revivable);
   if (candidates.length <= budget) return selected;
   const keep = new Set(candidates.sort((a, b) => score(b) - score(a) || b - a).slice(0, budget));
@@ -356,11 +420,20 @@ export function defaultSchedule(nLayers: number, prompt: PromptKind = 'text'): S
     const at = (f: number) => Math.round(f * nLayers);
     const common = { keepFirst: true, minActive: 128, heads: 'max' as const, pool: 15 };
     if (prompt === 'question') {
-      return { ...common, signal: { kind: 'query' }, prune: [{ layer: at(0.27), keep: 0.2 }, { layer: at(0.53), keep: 0.5 }, { layer: at(2 / 3), keep: 0.5 }] };
+      return {
+        ...common,
+        signal: { kind: 'query' },
+        prune: [
+          { layer: at(0.27), keep: 0.2 },
+          { layer: at(0.53), keep: 0.5 },
+          { layer: at(2 / 3), keep: 0.5 },
+        ],
+      };
     }
     return { ...common, signal: { kind: 'window', rows: 16 }, prune: [{ layer: at(0.27), keep: 0.5 }] };
   }
-  const points = nLayers >= 8 ? [1, Math.round(nLayers / 3), Math.round((2 * nLayers) / 3)] : [1, Math.round((2 * nLayers) / 3)];
+  const points =
+    nLayers >= 8 ? [1, Math.round(nLayers / 3), Math.round((2 * nLayers) / 3)] : [1, Math.round((2 * nLayers) / 3)];
   const layers = [...new Set(points)].filter((l) => l >= 1 && l < nLayers);
   return { prune: layers.map((layer, k) => ({ layer, keep: k === 0 ? 0.55 : 0.6 })), keepFirst: true, minActive: 128 };
 }

@@ -44,7 +44,8 @@ export function penalizeLogits(
 ): Float32Array {
   const out = Float32Array.from(logits);
   if (p.repetition !== 1) {
-    for (const t of new Set(window.slice(-REPETITION_WINDOW))) out[t] = out[t] <= 0 ? out[t] * p.repetition : out[t] / p.repetition;
+    for (const t of new Set(window.slice(-REPETITION_WINDOW)))
+      out[t] = out[t] <= 0 ? out[t] * p.repetition : out[t] / p.repetition;
   }
   if (p.frequency !== 0 || p.presence !== 0) {
     const counts = new Map<number, number>();
@@ -72,15 +73,39 @@ export class Sampler {
 
   constructor(readonly opts: SamplerOptions) {
     const { temperature, topP, topK, seed, frequencyPenalty = 0, presencePenalty = 0, repetitionPenalty = 1 } = opts;
-    if (!(temperature >= 0) || !Number.isFinite(temperature)) throw new EngineError(`temperature ${temperature} must be a finite number >= 0`, 'invalid_sampler', 'temperature');
+    if (!(temperature >= 0) || !Number.isFinite(temperature))
+      throw new EngineError(
+        `temperature ${temperature} must be a finite number >= 0`,
+        'invalid_sampler',
+        'temperature',
+      );
     if (!(topP > 0 && topP <= 1)) throw new EngineError(`top_p ${topP} must be in (0, 1]`, 'invalid_sampler', 'top_p');
-    if (!Number.isInteger(topK) || topK < 0) throw new EngineError(`top_k ${topK} must be an integer >= 0`, 'invalid_sampler', 'top_k');
-    if (!Number.isSafeInteger(seed) || seed < 0) throw new EngineError(`seed ${seed} must be a non-negative integer`, 'invalid_sampler', 'seed');
-    if (!(Math.abs(frequencyPenalty) <= 2)) throw new EngineError(`frequency_penalty ${frequencyPenalty} must be in [-2, 2]`, 'invalid_sampler', 'frequency_penalty');
-    if (!(Math.abs(presencePenalty) <= 2)) throw new EngineError(`presence_penalty ${presencePenalty} must be in [-2, 2]`, 'invalid_sampler', 'presence_penalty');
-    if (!(repetitionPenalty > 0) || !Number.isFinite(repetitionPenalty)) throw new EngineError(`repetition_penalty ${repetitionPenalty} must be a finite number > 0`, 'invalid_sampler', 'repetition_penalty');
+    if (!Number.isInteger(topK) || topK < 0)
+      throw new EngineError(`top_k ${topK} must be an integer >= 0`, 'invalid_sampler', 'top_k');
+    if (!Number.isSafeInteger(seed) || seed < 0)
+      throw new EngineError(`seed ${seed} must be a non-negative integer`, 'invalid_sampler', 'seed');
+    if (!(Math.abs(frequencyPenalty) <= 2))
+      throw new EngineError(
+        `frequency_penalty ${frequencyPenalty} must be in [-2, 2]`,
+        'invalid_sampler',
+        'frequency_penalty',
+      );
+    if (!(Math.abs(presencePenalty) <= 2))
+      throw new EngineError(
+        `presence_penalty ${presencePenalty} must be in [-2, 2]`,
+        'invalid_sampler',
+        'presence_penalty',
+      );
+    if (!(repetitionPenalty > 0) || !Number.isFinite(repetitionPenalty))
+      throw new EngineError(
+        `repetition_penalty ${repetitionPenalty} must be a finite number > 0`,
+        'invalid_sampler',
+        'repetition_penalty',
+      );
     const off = frequencyPenalty === 0 && presencePenalty === 0 && repetitionPenalty === 1;
-    this.penalties = off ? null : { frequency: frequencyPenalty, presence: presencePenalty, repetition: repetitionPenalty };
+    this.penalties = off
+      ? null
+      : { frequency: frequencyPenalty, presence: presencePenalty, repetition: repetitionPenalty };
     this.window = [...(opts.penaltyContext ?? []).slice(-REPETITION_WINDOW)];
     // llama2.c seeds its state directly; a zero state would make xorshift emit zeros forever.
     this.state = BigInt(seed) === 0n ? 0x9e3779b97f4a7c15n : BigInt(seed) & MASK64;
@@ -131,7 +156,9 @@ export class Sampler {
     if (topK > 0 && topK < n) {
       const kth = Float32Array.from(probs).sort().reverse()[topK - 1];
       let kept = 0;
-      for (let i = 0; i < n; i++) if (probs[i] < kth || (probs[i] === kth && kept >= topK)) probs[i] = 0; else kept++;
+      for (let i = 0; i < n; i++)
+        if (probs[i] < kth || (probs[i] === kth && kept >= topK)) probs[i] = 0;
+        else kept++;
       let s = 0;
       for (let i = 0; i < n; i++) s = f(s + probs[i]);
       for (let i = 0; i < n; i++) probs[i] = f(probs[i] / s);

@@ -46,9 +46,16 @@ const OP_KV = 3;
 const OP_AUX_SET = 4;
 const OP_AUX_DEL = 5;
 
-if (new Uint8Array(new Uint32Array([1]).buffer)[0] !== 1) throw new Error('state-codec assumes a little-endian platform');
+if (new Uint8Array(new Uint32Array([1]).buffer)[0] !== 1)
+  throw new Error('state-codec assumes a little-endian platform');
 
-export type StateFormatReason = 'bad_magic' | 'unsupported_version' | 'checksum_mismatch' | 'foreign_model' | 'out_of_order' | 'malformed';
+export type StateFormatReason =
+  | 'bad_magic'
+  | 'unsupported_version'
+  | 'checksum_mismatch'
+  | 'foreign_model'
+  | 'out_of_order'
+  | 'malformed';
 
 /** A stored chunk that cannot be trusted: damaged, from another format version or another model. */
 export class StateFormatError extends Error {
@@ -87,7 +94,11 @@ export function modelFingerprint(m: {
   name: string;
   config: ModelConfig;
   tokenizer: { sha256: string };
-  files: { embed: ReadonlyArray<{ sha256: string }>; layers: ReadonlyArray<{ sha256: string }>; head: ReadonlyArray<{ sha256: string }> };
+  files: {
+    embed: ReadonlyArray<{ sha256: string }>;
+    layers: ReadonlyArray<{ sha256: string }>;
+    head: ReadonlyArray<{ sha256: string }>;
+  };
 }): number {
   const c = m.config;
   const canon = JSON.stringify([
@@ -147,7 +158,8 @@ class ChunkWriter {
 
   /** Room for an op of `bytes` bytes, starting a new chunk if this one is too full. */
   reserve(bytes: number): void {
-    if (HEADER_BYTES + bytes > this.maxBytes) throw new RangeError(`a ${bytes}-byte record does not fit a ${this.maxBytes}-byte chunk`);
+    if (HEADER_BYTES + bytes > this.maxBytes)
+      throw new RangeError(`a ${bytes}-byte record does not fit a ${this.maxBytes}-byte chunk`);
     if (this.off + bytes > this.maxBytes) this.flush();
     this.nOps++;
   }
@@ -313,9 +325,11 @@ export interface ChunkHeader {
 
 /** Checks a chunk's framing and checksum, and that it belongs to this model at this place in the log. */
 export function verifyChunk(chunk: Uint8Array, expect: { fingerprint: number; seq: number }): ChunkHeader {
-  if (chunk.byteLength < HEADER_BYTES) throw new StateFormatError('malformed', `chunk ${expect.seq}: ${chunk.byteLength} bytes, shorter than its header`);
+  if (chunk.byteLength < HEADER_BYTES)
+    throw new StateFormatError('malformed', `chunk ${expect.seq}: ${chunk.byteLength} bytes, shorter than its header`);
   const dv = new DataView(chunk.buffer, chunk.byteOffset, chunk.byteLength);
-  if (dv.getUint32(0, true) !== CHUNK_MAGIC) throw new StateFormatError('bad_magic', `chunk ${expect.seq}: not a lazy-edge state chunk`);
+  if (dv.getUint32(0, true) !== CHUNK_MAGIC)
+    throw new StateFormatError('bad_magic', `chunk ${expect.seq}: not a lazy-edge state chunk`);
   const h: ChunkHeader = {
     version: dv.getUint16(4, true),
     fingerprint: dv.getUint32(8, true),
@@ -323,10 +337,23 @@ export function verifyChunk(chunk: Uint8Array, expect: { fingerprint: number; se
     nOps: dv.getUint32(16, true),
     payloadBytes: dv.getUint32(20, true),
   };
-  if (h.version !== FORMAT_VERSION) throw new StateFormatError('unsupported_version', `chunk ${expect.seq}: format version ${h.version}, this build reads ${FORMAT_VERSION}`);
-  if (h.payloadBytes !== chunk.byteLength - HEADER_BYTES) throw new StateFormatError('malformed', `chunk ${expect.seq}: header says ${h.payloadBytes} payload bytes, found ${chunk.byteLength - HEADER_BYTES}`);
-  if (dv.getUint32(28, true) !== chunkCrc(chunk)) throw new StateFormatError('checksum_mismatch', `chunk ${expect.seq}: crc32 mismatch`);
-  if (h.fingerprint !== expect.fingerprint) throw new StateFormatError('foreign_model', `chunk ${expect.seq}: written for model ${hex(h.fingerprint)}, this is ${hex(expect.fingerprint)}`);
+  if (h.version !== FORMAT_VERSION)
+    throw new StateFormatError(
+      'unsupported_version',
+      `chunk ${expect.seq}: format version ${h.version}, this build reads ${FORMAT_VERSION}`,
+    );
+  if (h.payloadBytes !== chunk.byteLength - HEADER_BYTES)
+    throw new StateFormatError(
+      'malformed',
+      `chunk ${expect.seq}: header says ${h.payloadBytes} payload bytes, found ${chunk.byteLength - HEADER_BYTES}`,
+    );
+  if (dv.getUint32(28, true) !== chunkCrc(chunk))
+    throw new StateFormatError('checksum_mismatch', `chunk ${expect.seq}: crc32 mismatch`);
+  if (h.fingerprint !== expect.fingerprint)
+    throw new StateFormatError(
+      'foreign_model',
+      `chunk ${expect.seq}: written for model ${hex(h.fingerprint)}, this is ${hex(expect.fingerprint)}`,
+    );
   if (h.seq !== expect.seq) throw new StateFormatError('out_of_order', `chunk ${expect.seq} says it is chunk ${h.seq}`);
   return h;
 }
@@ -392,7 +419,8 @@ export function applyChunk(seq: SequenceState, chunk: Uint8Array, expect: { fing
         const i = token();
         const from = u32();
         const to = u32();
-        if (from !== seq.depth[i] || to <= from || to > nLayers) bad(`token ${i}: rows ${from}..${to} do not extend depth ${seq.depth[i]}`);
+        if (from !== seq.depth[i] || to <= from || to > nLayers)
+          bad(`token ${i}: rows ${from}..${to} do not extend depth ${seq.depth[i]}`);
         for (let l = from; l < to; l++) {
           seq.kv.write(l, Int32Array.of(i), f32s(kvDim), f32s(kvDim));
         }
@@ -420,7 +448,11 @@ export function applyChunk(seq: SequenceState, chunk: Uint8Array, expect: { fing
  * Rebuilds a state from a whole log, and the view that lets `encodeDelta` continue it.
  * Throws StateFormatError on the first chunk that cannot be trusted.
  */
-export function replayLog(config: ModelConfig, chunks: Iterable<Uint8Array>, fingerprint: number): { seq: SequenceState; view: StoredView } {
+export function replayLog(
+  config: ModelConfig,
+  chunks: Iterable<Uint8Array>,
+  fingerprint: number,
+): { seq: SequenceState; view: StoredView } {
   const seq = new SequenceState(config);
   let n = 0;
   for (const chunk of chunks) applyChunk(seq, chunk, { fingerprint, seq: n++ });
@@ -448,7 +480,10 @@ export function checkInvariants(seq: SequenceState): void {
   for (let i = 0; i < seq.length; i++) {
     const d = seq.depth[i];
     if (d < 1 || d > L) throw new StateFormatError('malformed', `token ${i} has depth ${d}`);
-    if ((d < L) !== seq.aux.entries.has(i)) throw new StateFormatError('malformed', `token ${i} at depth ${d} ${d < L ? 'lacks' : 'has'} an Aux Cache entry`);
+    if (d < L !== seq.aux.entries.has(i))
+      throw new StateFormatError('malformed', `token ${i} at depth ${d} ${d < L ? 'lacks' : 'has'} an Aux Cache entry`);
   }
-  for (const i of seq.aux.entries.keys()) if (i >= seq.length) throw new StateFormatError('malformed', `Aux Cache entry for token ${i} beyond the ${seq.length} held`);
+  for (const i of seq.aux.entries.keys())
+    if (i >= seq.length)
+      throw new StateFormatError('malformed', `Aux Cache entry for token ${i} beyond the ${seq.length} held`);
 }

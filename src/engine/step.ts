@@ -3,7 +3,16 @@ import type { ModelConfig } from '../model/config.js';
 import { SequenceState } from './caches.js';
 import { EngineError } from './errors.js';
 import type { LayerRange, ModelPart } from './model.js';
-import { importance, keepAt, keepsFirst, limitRevivals, rankingFor, selectActive, type Ranking, type Schedule } from './policy.js';
+import {
+  importance,
+  keepAt,
+  keepsFirst,
+  limitRevivals,
+  rankingFor,
+  selectActive,
+  type Ranking,
+  type Schedule,
+} from './policy.js';
 import { headLogits } from './vocab-parts.js';
 import type { RawRows } from './kv-rows.js';
 import type { HostTensor } from '../runtime/onnx-runtime.js';
@@ -149,7 +158,8 @@ async function runLayer(
   const q = queries.length;
   const held = seq.kv.layerRows(lk).tokens; // [past]
   const past = held.length;
-  if (past < context.length) throw new EngineError(`layer ${l} holds ${past} rows for a context of ${context.length}`, 'internal');
+  if (past < context.length)
+    throw new EngineError(`layer ${l} holds ${past} rows for a context of ${context.length}`, 'internal');
   // [past + q] the rows' positions, masked outside the context, then the queries' (chunk j sees chunks < j as keys)
   const keyPos = new Float32Array(past + q);
   if (context.length === past) for (let s = 0; s < past; s++) keyPos[s] = held[s];
@@ -166,7 +176,8 @@ async function runLayer(
     const a = Math.floor((c * q) / chunks);
     const b = Math.floor(((c + 1) * q) / chunks);
     const rows = seq.kv.layerRows(lk); // the earlier chunks' rows were appended after the past ones
-    if (rows.tokens.length !== past + a) throw new EngineError(`layer ${l} holds ${rows.tokens.length} rows, expected ${past + a}`, 'internal');
+    if (rows.tokens.length !== past + a)
+      throw new EngineError(`layer ${l} holds ${rows.tokens.length} rows, expected ${past + a}`, 'internal');
     const r0 = Math.max(rowFrom, a);
     const r1 = Math.min(rowTo, b);
     const out = await part.layers[lk].run({
@@ -174,7 +185,10 @@ async function runLayer(
       [LAYER_IO.inputs.pos]: { data: keyPos.slice(past + a, past + b), dims: [b - a] },
       ...pastFeeds(rows.k, rows.v, past + a, kvDim),
       // A chunk without signal rows still names one row: its output is not read.
-      [LAYER_IO.inputs.attnRows]: { data: r1 > r0 ? BigInt64Array.of(BigInt(r0 - a), BigInt(r1 - a)) : BigInt64Array.of(0n, 1n), dims: [2] },
+      [LAYER_IO.inputs.attnRows]: {
+        data: r1 > r0 ? BigInt64Array.of(BigInt(r0 - a), BigInt(r1 - a)) : BigInt64Array.of(0n, 1n),
+        dims: [2],
+      },
       [LAYER_IO.inputs.pastPos]: { data: keyPos.subarray(0, past + a), dims: [past + a] },
     });
     const yc = out[LAYER_IO.outputs.y].data as Float32Array;
@@ -183,12 +197,18 @@ async function runLayer(
       if (c === 0) y = new Float32Array(q * dim);
       y.set(yc, a * dim);
     }
-    seq.kv.write(lk, queries.subarray(a, b), out[LAYER_IO.outputs.k].data as Float32Array, out[LAYER_IO.outputs.v].data as Float32Array);
+    seq.kv.write(
+      lk,
+      queries.subarray(a, b),
+      out[LAYER_IO.outputs.k].data as Float32Array,
+      out[LAYER_IO.outputs.v].data as Float32Array,
+    );
     if (r1 > r0) {
       const chunkAttn = out[LAYER_IO.outputs.attn].data as Float32Array; // [heads, past + b]
       const w = (r1 - r0) / (rowTo - rowFrom);
       const tc = past + b;
-      for (let h = 0; h < nHeads; h++) for (let key = 0; key < tc; key++) attn[h * t + key] += w * chunkAttn[h * tc + key];
+      for (let h = 0; h < nHeads; h++)
+        for (let key = 0; key < tc; key++) attn[h * t + key] += w * chunkAttn[h * tc + key];
     }
   }
   return { y, attn, past };
@@ -213,12 +233,26 @@ function range(a: number, b: number): Int32Array {
 }
 
 /** The frontier entering layer 0: the new tokens (appended after `start` tokens) embedded, every token active. */
-export async function embedStep(part: Pick<ModelPart, 'config' | 'embed'>, start: number, newTokens: readonly number[], ranking?: Ranking): Promise<Frontier> {
+export async function embedStep(
+  part: Pick<ModelPart, 'config' | 'embed'>,
+  start: number,
+  newTokens: readonly number[],
+  ranking?: Ranking,
+): Promise<Frontier> {
   if (newTokens.length === 0) throw new EngineError('a step needs at least one new token', 'invalid_request');
   if (!part.embed) throw new EngineError('this model part holds no embedding', 'internal');
   const hidden = part.embed.lookup(newTokens); // [newTokens, dim]
   const n = start + newTokens.length;
-  return { layer: 0, start, newTokens: [...newTokens], active: range(0, n), scores: null, ranking: ranking ?? rankingFor(undefined, start, newTokens.length, null, null), carried: range(start, n), hidden };
+  return {
+    layer: 0,
+    start,
+    newTokens: [...newTokens],
+    active: range(0, n),
+    scores: null,
+    ranking: ranking ?? rankingFor(undefined, start, newTokens.length, null, null),
+    carried: range(start, n),
+    hidden,
+  };
 }
 
 /**
@@ -231,23 +265,36 @@ export async function embedStep(part: Pick<ModelPart, 'config' | 'embed'>, start
  * their cached K/V only. A token pruned at layer l parks the hidden state entering l here, in the
  * part that runs l, which is where it resumes.
  */
-export async function runLayers(part: ModelPart, seq: SequenceState, into: Frontier, opts: StepOptions): Promise<{ frontier: Frontier; stats: LayerStats }> {
+export async function runLayers(
+  part: ModelPart,
+  seq: SequenceState,
+  into: Frontier,
+  opts: StepOptions,
+): Promise<{ frontier: Frontier; stats: LayerStats }> {
   const cfg = part.config;
   const { dim } = cfg;
   const { start: a, end: b } = part.layerRange;
-  if (into.layer !== a) throw new EngineError(`layers ${a}..${b - 1} were handed the frontier entering layer ${into.layer}`, 'internal');
-  if (seq.kv.nLayers !== b - a) throw new EngineError(`a state of ${seq.kv.nLayers} layers cannot run layers ${a}..${b - 1}`, 'internal');
-  if (seq.length !== into.start) throw new EngineError(`the state holds ${seq.length} tokens, the step starts at ${into.start}`, 'internal');
+  if (into.layer !== a)
+    throw new EngineError(`layers ${a}..${b - 1} were handed the frontier entering layer ${into.layer}`, 'internal');
+  if (seq.kv.nLayers !== b - a)
+    throw new EngineError(`a state of ${seq.kv.nLayers} layers cannot run layers ${a}..${b - 1}`, 'internal');
+  if (seq.length !== into.start)
+    throw new EngineError(`the state holds ${seq.length} tokens, the step starts at ${into.start}`, 'internal');
   seq.append(into.newTokens);
   const n = seq.length;
   const { ranking } = into;
   const { from: rowFrom, to: rowTo } = ranking;
-  if (!(into.start <= rowFrom && rowFrom < rowTo && rowTo <= n)) throw new EngineError(`ranking rows ${rowFrom}..${rowTo - 1} are not among the step's new tokens ${into.start}..${n - 1}`, 'internal');
+  if (!(into.start <= rowFrom && rowFrom < rowTo && rowTo <= n))
+    throw new EngineError(
+      `ranking rows ${rowFrom}..${rowTo - 1} are not among the step's new tokens ${into.start}..${n - 1}`,
+      'internal',
+    );
   if (ranking.fresh) seq.rankMemo.clear();
 
   // Hidden states carried from the previous layer within this step: token -> [dim] row.
   let carried = new Map<number, Float32Array>();
-  for (let j = 0; j < into.carried.length; j++) carried.set(into.carried[j], into.hidden.subarray(j * dim, (j + 1) * dim));
+  for (let j = 0; j < into.carried.length; j++)
+    carried.set(into.carried[j], into.hidden.subarray(j * dim, (j + 1) * dim));
 
   const stats: LayerStats = {
     computedPerLayer: [],
@@ -267,12 +314,24 @@ export async function runLayers(part: ModelPart, seq: SequenceState, into: Front
     const lk = l - a; // this part's layer index, and the depth of a token that is a query at l
     const keep = opts.schedule ? keepAt(opts.schedule, l) : null;
     if (keep !== null && scores) {
-      let next = selectActive(active, scores, keep, keepsFirst(opts.schedule!), opts.schedule!.minActive, ranking.keepFrom);
+      let next = selectActive(
+        active,
+        scores,
+        keep,
+        keepsFirst(opts.schedule!),
+        opts.schedule!.minActive,
+        ranking.keepFrom,
+      );
       const budget = opts.schedule!.reviveBudget;
       if (budget !== undefined) {
         const at = new Map<number, number>();
         active.forEach((i, j) => at.set(i, scores![j]));
-        next = limitRevivals(next, (i) => seq.depth[i] === lk && !carried.has(i), (i) => at.get(i)!, budget);
+        next = limitRevivals(
+          next,
+          (i) => seq.depth[i] === lk && !carried.has(i),
+          (i) => at.get(i)!,
+          budget,
+        );
       }
       // Tokens leaving the active set park their current hidden state in the Aux Cache.
       if (next.length !== active.length) {
@@ -322,7 +381,8 @@ export async function runLayers(part: ModelPart, seq: SequenceState, into: Front
     // The signal's rows among the queries: they are kept, so every one of them is a query here.
     const j0 = lowerBound(queries, rowFrom);
     const j1 = lowerBound(queries, rowTo);
-    if (j1 - j0 !== rowTo - rowFrom) throw new EngineError(`layer ${l} computes ${j1 - j0} of the ${rowTo - rowFrom} ranking rows`, 'internal');
+    if (j1 - j0 !== rowTo - rowFrom)
+      throw new EngineError(`layer ${l} computes ${j1 - j0} of the ${rowTo - rowFrom} ranking rows`, 'internal');
     // Only the next layer reads the scores, and only when it prunes: otherwise no rows are gathered.
     const ranks = opts.schedule !== null && keepAt(opts.schedule, l + 1) !== null;
     const { y, attn, past } = await runLayer(part, seq, l, x, queries, context, ranks ? j0 : 0, ranks ? j1 : 0);
@@ -359,7 +419,16 @@ export async function runLayers(part: ModelPart, seq: SequenceState, into: Front
   }
   stats.auxEntries = seq.aux.size;
   stats.kvEntries = seq.kvEntries();
-  const frontier: Frontier = { layer: b, start: into.start, newTokens: into.newTokens, active, scores, ranking, carried: out.queries, hidden: out.y };
+  const frontier: Frontier = {
+    layer: b,
+    start: into.start,
+    newTokens: into.newTokens,
+    active,
+    scores,
+    ranking,
+    carried: out.queries,
+    hidden: out.y,
+  };
   return { frontier, stats };
 }
 
@@ -374,8 +443,10 @@ export function lastHidden(f: Frontier, dim: number): Float32Array {
 /** Logits [vocab] of the last token, from the frontier leaving the last layer. */
 export async function headStep(part: Pick<ModelPart, 'config' | 'head'>, f: Frontier): Promise<Float32Array> {
   const { dim, vocabSize, nLayers } = part.config;
-  if (f.layer !== nLayers) throw new EngineError(`the head was handed the frontier entering layer ${f.layer}`, 'internal');
-  if (part.head.reduce((s, p) => s + p.rows, 0) !== vocabSize) throw new EngineError('this model part holds only some of the classifier', 'internal');
+  if (f.layer !== nLayers)
+    throw new EngineError(`the head was handed the frontier entering layer ${f.layer}`, 'internal');
+  if (part.head.reduce((s, p) => s + p.rows, 0) !== vocabSize)
+    throw new EngineError('this model part holds only some of the classifier', 'internal');
   return headLogits(part.head, lastHidden(f, dim), dim, vocabSize);
 }
 
@@ -384,7 +455,18 @@ export const headFlops = (cfg: ModelConfig) => 2 * cfg.dim * cfg.vocabSize;
 
 /** One step's statistics from its groups' (in layer order). */
 export function stepStats(cfg: ModelConfig, newTokens: number, groups: readonly LayerStats[], ms: number): StepStats {
-  const s: StepStats = { newTokens, computedPerLayer: [], revivedPerLayer: [], activePerLayer: [], revived: 0, auxEntries: 0, kvEntries: 0, flops: headFlops(cfg), denseFlops: headFlops(cfg), ms };
+  const s: StepStats = {
+    newTokens,
+    computedPerLayer: [],
+    revivedPerLayer: [],
+    activePerLayer: [],
+    revived: 0,
+    auxEntries: 0,
+    kvEntries: 0,
+    flops: headFlops(cfg),
+    denseFlops: headFlops(cfg),
+    ms,
+  };
   for (const g of groups) {
     s.computedPerLayer.push(...g.computedPerLayer);
     s.revivedPerLayer.push(...g.revivedPerLayer);

@@ -63,7 +63,12 @@ export function commonPrefix(a: readonly number[], b: readonly number[]): number
  * target token is always fed, since its logits start the reply. On failure `seq` is left partly
  * changed: the caller restores it (a session reloads its stored state).
  */
-export async function runTurn(model: LoadedModel, seq: SequenceState, target: readonly number[], opts: GenerateOptions): Promise<TurnResult> {
+export async function runTurn(
+  model: LoadedModel,
+  seq: SequenceState,
+  target: readonly number[],
+  opts: GenerateOptions,
+): Promise<TurnResult> {
   if (target.length === 0) throw new EngineError('a turn needs at least one token', 'invalid_request');
   const L = model.config.nLayers;
   const before = seq.length;
@@ -87,7 +92,11 @@ export async function runTurn(model: LoadedModel, seq: SequenceState, target: re
     revived_per_layer: revived,
     dense_rerun_per_layer: new Array(L).fill(target.length + decoded.length),
   };
-  return { result, record: { keep, prompt: [...prompt], decoded, schedule: opts.schedule, question: opts.question ?? null }, stats };
+  return {
+    result,
+    record: { keep, prompt: [...prompt], decoded, schedule: opts.schedule, question: opts.question ?? null },
+    stats,
+  };
 }
 
 /** Redoes a recorded turn on `seq`: the same steps with the same tokens, hence the same state. */

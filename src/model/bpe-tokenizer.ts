@@ -173,7 +173,15 @@ export function tokenizerJsonFromSpec(spec: BpeTokenizerSpec, file = DEFAULT_SOU
     }
     vocab[text] = id;
     if (isSpecial(spec, id)) {
-      added.push({ id, content: text, single_word: false, lstrip: false, rstrip: false, normalized: false, special: true });
+      added.push({
+        id,
+        content: text,
+        single_word: false,
+        lstrip: false,
+        rstrip: false,
+        normalized: false,
+        special: true,
+      });
     }
   });
   // Pairs rather than "a b" strings: a byte-level symbol never holds a space, but this way no reader has
@@ -290,7 +298,11 @@ function checkJsonShape(json: object, file: string): asserts json is TokenizerJs
   const j = json as Partial<TokenizerJsonShape>;
   const m = j.model;
   if (!m || m.type !== 'BPE' || typeof m.vocab !== 'object' || m.vocab === null || !Array.isArray(m.merges)) {
-    throw new ModelFormatError(file, 'a tokenizer.json with a BPE model (vocab, merges)', m ? `model type ${String(m.type)}` : 'no model');
+    throw new ModelFormatError(
+      file,
+      'a tokenizer.json with a BPE model (vocab, merges)',
+      m ? `model type ${String(m.type)}` : 'no model',
+    );
   }
   if (!Array.isArray(j.added_tokens)) {
     throw new ModelFormatError(file, 'a tokenizer.json with an added_tokens array', typeof j.added_tokens);
@@ -374,7 +386,11 @@ export class BpeTokenizer implements TextTokenizer {
       // No clean-up of spaces: decode must give back exactly the text that was encoded.
       hf = new HfTokenizer(tokenizerJson, { clean_up_tokenization_spaces: false });
     } catch (e) {
-      throw new ModelFormatError(file, 'a tokenizer.json @huggingface/tokenizers accepts', e instanceof Error ? e.message : String(e));
+      throw new ModelFormatError(
+        file,
+        'a tokenizer.json @huggingface/tokenizers accepts',
+        e instanceof Error ? e.message : String(e),
+      );
     }
     return new BpeTokenizer(hf, meta, file);
   }

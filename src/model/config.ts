@@ -23,7 +23,10 @@ export interface ModelConfig {
 }
 
 /** The hyperparameters a llama2.c header (or a chosen shape) states; the rest follows from them. */
-export type ModelShape = Pick<ModelConfig, 'dim' | 'hiddenDim' | 'nLayers' | 'nHeads' | 'nKvHeads' | 'vocabSize' | 'seqLen'>;
+export type ModelShape = Pick<
+  ModelConfig,
+  'dim' | 'hiddenDim' | 'nLayers' | 'nHeads' | 'nKvHeads' | 'vocabSize' | 'seqLen'
+>;
 
 /** llama2.c's fixed constants (run.c): RMSNorm epsilon and RoPE base. */
 export const LLAMA2C_NORM_EPS = 1e-5;
@@ -33,7 +36,19 @@ export const LLAMA2C_ROPE_THETA = 10000;
 export function llama2cConfig(shape: ModelShape): ModelConfig {
   const { dim, hiddenDim, nLayers, nHeads, nKvHeads, vocabSize, seqLen } = shape;
   const headSize = dim / nHeads;
-  return { dim, hiddenDim, nLayers, nHeads, nKvHeads, vocabSize, seqLen, headSize, kvDim: nKvHeads * headSize, normEps: LLAMA2C_NORM_EPS, ropeTheta: LLAMA2C_ROPE_THETA };
+  return {
+    dim,
+    hiddenDim,
+    nLayers,
+    nHeads,
+    nKvHeads,
+    vocabSize,
+    seqLen,
+    headSize,
+    kvDim: nKvHeads * headSize,
+    normEps: LLAMA2C_NORM_EPS,
+    ropeTheta: LLAMA2C_ROPE_THETA,
+  };
 }
 
 /**
@@ -41,15 +56,7 @@ export function llama2cConfig(shape: ModelShape): ModelConfig {
  * out-of-bounds read or a silently wrong model, far away from the file that caused it.
  */
 export function validateConfig(c: ModelConfig, file: string): void {
-  const ints: Array<keyof ModelShape> = [
-    'dim',
-    'hiddenDim',
-    'nLayers',
-    'nHeads',
-    'nKvHeads',
-    'vocabSize',
-    'seqLen',
-  ];
+  const ints: Array<keyof ModelShape> = ['dim', 'hiddenDim', 'nLayers', 'nHeads', 'nKvHeads', 'vocabSize', 'seqLen'];
   for (const k of ints) {
     const v: number = c[k];
     if (!Number.isSafeInteger(v) || v <= 0) {
@@ -60,11 +67,7 @@ export function validateConfig(c: ModelConfig, file: string): void {
     throw new ModelFormatError(file, `dim divisible by nHeads`, `dim ${c.dim}, nHeads ${c.nHeads}`);
   }
   if (c.nHeads % c.nKvHeads !== 0) {
-    throw new ModelFormatError(
-      file,
-      `nHeads divisible by nKvHeads`,
-      `nHeads ${c.nHeads}, nKvHeads ${c.nKvHeads}`,
-    );
+    throw new ModelFormatError(file, `nHeads divisible by nKvHeads`, `nHeads ${c.nHeads}, nKvHeads ${c.nKvHeads}`);
   }
   // Derived fields last, so a bad header is reported by the field that was actually wrong.
   for (const k of ['headSize', 'kvDim'] as const) {
@@ -76,11 +79,7 @@ export function validateConfig(c: ModelConfig, file: string): void {
     throw new ModelFormatError(file, `headSize = dim / nHeads = ${c.dim / c.nHeads}`, String(c.headSize));
   }
   if (c.kvDim !== c.nKvHeads * c.headSize) {
-    throw new ModelFormatError(
-      file,
-      `kvDim = nKvHeads * headSize = ${c.nKvHeads * c.headSize}`,
-      String(c.kvDim),
-    );
+    throw new ModelFormatError(file, `kvDim = nKvHeads * headSize = ${c.nKvHeads * c.headSize}`, String(c.kvDim));
   }
   // RoPE rotates (i, i+1) pairs inside each head.
   if (c.headSize % 2 !== 0) {

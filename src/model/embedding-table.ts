@@ -28,31 +28,70 @@ export interface EmbeddingPart {
   stored: StoredRows;
 }
 
-function tensorBytes(file: string, inits: Map<string, onnxProto.onnx.ITensorProto>, name: string, n: number, elem: number): Uint8Array {
+function tensorBytes(
+  file: string,
+  inits: Map<string, onnxProto.onnx.ITensorProto>,
+  name: string,
+  n: number,
+  elem: number,
+): Uint8Array {
   const t = inits.get(name);
   const raw = t?.rawData;
-  if (!raw || raw.length !== n * elem) throw new ModelFormatError(file, `${name} with ${n} values as raw data`, raw ? `${raw.length} bytes` : 'no such tensor');
+  if (!raw || raw.length !== n * elem)
+    throw new ModelFormatError(
+      file,
+      `${name} with ${n} values as raw data`,
+      raw ? `${raw.length} bytes` : 'no such tensor',
+    );
   return raw;
 }
 
 const int8 = (b: Uint8Array) => new Int8Array(b.buffer, b.byteOffset, b.length);
 // A tensor's bytes start wherever protobuf put them; a Float32Array view needs 4-byte alignment, else a
 // copy (new Uint8Array(b) copies; a Node Buffer's slice() would not).
-const float32 = (b: Uint8Array) => (b.byteOffset % 4 === 0 ? new Float32Array(b.buffer, b.byteOffset, b.length / 4) : new Float32Array(new Uint8Array(b).buffer));
+const float32 = (b: Uint8Array) =>
+  b.byteOffset % 4 === 0
+    ? new Float32Array(b.buffer, b.byteOffset, b.length / 4)
+    : new Float32Array(new Uint8Array(b).buffer);
 
 /** Reads the rows an embed shard holds (its file name is for errors), without a runtime. */
-export function embeddingPartOf(file: string, bytes: Uint8Array, start: number, rows: number, dim: number): EmbeddingPart {
+export function embeddingPartOf(
+  file: string,
+  bytes: Uint8Array,
+  start: number,
+  rows: number,
+  dim: number,
+): EmbeddingPart {
   const { inits } = decodeShard(file, bytes);
   const get = (name: string, n: number, elem: number) => tensorBytes(file, inits, name, n, elem);
   const nb = dim / BLOCK;
   let stored: StoredRows;
   if (inits.has('token_embedding')) stored = { form: 'f32', x: float32(get('token_embedding', rows * dim, 4)) };
-  else if (inits.has('token_embedding_q')) stored = { form: 'int8-rows', q: int8(get('token_embedding_q', rows * dim, 1)), scale: float32(get('token_embedding_scale', rows, 4)) };
-  else if (inits.has('token_embedding_qs')) stored = { form: 'q8_0', qs: int8(get('token_embedding_qs', rows * dim, 1)), d: float32(get('token_embedding_d', rows * nb, 4)) };
+  else if (inits.has('token_embedding_q'))
+    stored = {
+      form: 'int8-rows',
+      q: int8(get('token_embedding_q', rows * dim, 1)),
+      scale: float32(get('token_embedding_scale', rows, 4)),
+    };
+  else if (inits.has('token_embedding_qs'))
+    stored = {
+      form: 'q8_0',
+      qs: int8(get('token_embedding_qs', rows * dim, 1)),
+      d: float32(get('token_embedding_d', rows * nb, 4)),
+    };
   else if (inits.has('token_embedding_q4')) {
-    stored = { form: 'q4', n: get('token_embedding_q4', rows * nb * 16, 1), d: float32(get('token_embedding_d', rows * nb, 4)), m: float32(get('token_embedding_m', rows * nb, 4)) };
+    stored = {
+      form: 'q4',
+      n: get('token_embedding_q4', rows * nb * 16, 1),
+      d: float32(get('token_embedding_d', rows * nb, 4)),
+      m: float32(get('token_embedding_m', rows * nb, 4)),
+    };
   } else {
-    throw new ModelFormatError(file, 'embedding rows (token_embedding, _q, _qs or _q4)', `only ${[...inits.keys()].join(', ') || 'no tensors'}`);
+    throw new ModelFormatError(
+      file,
+      'embedding rows (token_embedding, _q, _qs or _q4)',
+      `only ${[...inits.keys()].join(', ') || 'no tensors'}`,
+    );
   }
   return { start, rows, stored };
 }
@@ -70,7 +109,7 @@ function decodeRow(s: StoredRows, r: number, dim: number, out: Float32Array, at:
       return;
     }
     case 'q8_0': {
-      for (let i = 0; i < dim; i++) out[at + i] = s.qs[o + i] * s.d[(o + i) / BLOCK | 0];
+      for (let i = 0; i < dim; i++) out[at + i] = s.qs[o + i] * s.d[((o + i) / BLOCK) | 0];
       return;
     }
     case 'q4': {
@@ -98,7 +137,11 @@ export class EmbeddingTable {
   ) {}
 
   /** The table of a model's embed shards (the manifest's parts, in vocabulary order), each read by `bytesOf`. */
-  static async fromShards<P extends { file: string; rows: number }>(parts: readonly P[], dim: number, bytesOf: (p: P) => Uint8Array | Promise<Uint8Array>): Promise<EmbeddingTable> {
+  static async fromShards<P extends { file: string; rows: number }>(
+    parts: readonly P[],
+    dim: number,
+    bytesOf: (p: P) => Uint8Array | Promise<Uint8Array>,
+  ): Promise<EmbeddingTable> {
     const out: EmbeddingPart[] = [];
     let first = 0;
     for (const p of parts) {
@@ -122,7 +165,8 @@ export class EmbeddingTable {
   /** bytes the stored rows take (what the table holds on the JS heap) */
   get bytes(): number {
     let n = 0;
-    for (const { stored: s } of this.parts) for (const a of Object.values(s)) if (ArrayBuffer.isView(a)) n += a.byteLength;
+    for (const { stored: s } of this.parts)
+      for (const a of Object.values(s)) if (ArrayBuffer.isView(a)) n += a.byteLength;
     return n;
   }
 }

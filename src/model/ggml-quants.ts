@@ -72,7 +72,8 @@ function supportedList(): string {
 
 function requireType(type: number, what: string): GgmlTypeInfo {
   const info = ggmlTypeInfo(type);
-  if (!info) throw new RangeError(`${what}: ggml ${ggmlTypeName(type)} is not supported (supported: ${supportedList()})`);
+  if (!info)
+    throw new RangeError(`${what}: ggml ${ggmlTypeName(type)} is not supported (supported: ${supportedList()})`);
   return info;
 }
 
@@ -80,7 +81,9 @@ function requireType(type: number, what: string): GgmlTypeInfo {
 export function tensorBytes(type: number, nValues: number): number {
   const info = requireType(type, 'tensorBytes');
   if (!Number.isSafeInteger(nValues) || nValues < 0 || nValues % info.blockValues !== 0) {
-    throw new RangeError(`tensorBytes: ${nValues} values of ${info.name} is not a whole number of ${info.blockValues}-value blocks`);
+    throw new RangeError(
+      `tensorBytes: ${nValues} values of ${info.name} is not a whole number of ${info.blockValues}-value blocks`,
+    );
   }
   return (nValues / info.blockValues) * info.blockBytes;
 }
@@ -148,7 +151,9 @@ export function bf16ToF32(bits: number): number {
 export function dequantize(type: number, data: Uint8Array, nValues: number): Float32Array {
   const info = requireType(type, 'dequantize');
   if (!Number.isSafeInteger(nValues) || nValues < 0 || nValues % info.blockValues !== 0) {
-    throw new RangeError(`dequantize ${info.name}: ${nValues} values is not a whole number of ${info.blockValues}-value blocks`);
+    throw new RangeError(
+      `dequantize ${info.name}: ${nValues} values is not a whole number of ${info.blockValues}-value blocks`,
+    );
   }
   const nBlocks = nValues / info.blockValues;
   const expected = nBlocks * info.blockBytes;
@@ -178,8 +183,16 @@ export function dequantize(type: number, data: Uint8Array, nValues: number): Flo
 /** Row-major [rows, cols] values; ggml rows are whole blocks, so cols must be a multiple of the block size. */
 export function dequantizeRows(type: number, data: Uint8Array, rows: number, cols: number): Float32Array {
   const info = requireType(type, 'dequantizeRows');
-  if (!Number.isSafeInteger(rows) || rows < 0 || !Number.isSafeInteger(cols) || cols < 0 || cols % info.blockValues !== 0) {
-    throw new RangeError(`dequantizeRows ${info.name}: [${rows}, ${cols}] rows must be whole ${info.blockValues}-value blocks`);
+  if (
+    !Number.isSafeInteger(rows) ||
+    rows < 0 ||
+    !Number.isSafeInteger(cols) ||
+    cols < 0 ||
+    cols % info.blockValues !== 0
+  ) {
+    throw new RangeError(
+      `dequantizeRows ${info.name}: [${rows}, ${cols}] rows must be whole ${info.blockValues}-value blocks`,
+    );
   }
   return dequantize(type, data, rows * cols);
 }

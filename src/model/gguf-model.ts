@@ -82,7 +82,8 @@ function meta(h: GgufHeader, file: string) {
   };
   const arr = <T>(key: string, check: (x: unknown) => x is T): T[] => {
     const v = get(key);
-    if (!Array.isArray(v) || !v.every(check)) throw new ModelFormatError(file, `metadata ${key} (an array)`, v === undefined ? 'no such key' : typeof v);
+    if (!Array.isArray(v) || !v.every(check))
+      throw new ModelFormatError(file, `metadata ${key} (an array)`, v === undefined ? 'no such key' : typeof v);
     return v;
   };
   return { get, num, str, bool, arr };
@@ -95,7 +96,12 @@ const isNumber = (x: unknown): x is number => typeof x === 'number';
 function readConfig(h: GgufHeader, file: string): { config: ModelConfig; vocab: number } {
   const m = meta(h, file);
   const arch = m.str('general.architecture');
-  if (arch !== ARCH) throw new ModelFormatError(file, `general.architecture "${ARCH}" (the only architecture this build runs)`, arch === undefined ? 'no architecture key' : `"${arch}"`);
+  if (arch !== ARCH)
+    throw new ModelFormatError(
+      file,
+      `general.architecture "${ARCH}" (the only architecture this build runs)`,
+      arch === undefined ? 'no architecture key' : `"${arch}"`,
+    );
   const k = (s: string) => `${ARCH}.${s}`;
   const dim = m.num(k('embedding_length'));
   const nHeads = m.num(k('attention.head_count'));
@@ -104,10 +110,19 @@ function readConfig(h: GgufHeader, file: string): { config: ModelConfig; vocab: 
   const tokens = m.arr('tokenizer.ggml.tokens', isString);
   const vocab = m.num(k('vocab_size'), tokens.length);
   const ropeDims = m.num(k('rope.dimension_count'), headSize);
-  if (ropeDims !== headSize) throw new ModelFormatError(file, `${k('rope.dimension_count')} = head size ${headSize} (partial rotary is not supported)`, String(ropeDims));
+  if (ropeDims !== headSize)
+    throw new ModelFormatError(
+      file,
+      `${k('rope.dimension_count')} = head size ${headSize} (partial rotary is not supported)`,
+      String(ropeDims),
+    );
   const scaling = m.str(k('rope.scaling.type'));
   if (scaling !== undefined && scaling !== 'none') {
-    throw new ModelFormatError(file, `no ${k('rope.scaling.type')} (linear/yarn RoPE scaling is not supported; Llama 3 scaling comes as rope_freqs.weight and is)`, `"${scaling}"`);
+    throw new ModelFormatError(
+      file,
+      `no ${k('rope.scaling.type')} (linear/yarn RoPE scaling is not supported; Llama 3 scaling comes as rope_freqs.weight and is)`,
+      `"${scaling}"`,
+    );
   }
   const config: ModelConfig = {
     dim,
@@ -130,10 +145,15 @@ function readTokenizer(h: GgufHeader, file: string, vocab: number): BpeTokenizer
   const m = meta(h, file);
   const model = m.str('tokenizer.ggml.model');
   if (model !== 'gpt2') {
-    throw new ModelFormatError(file, 'tokenizer.ggml.model "gpt2" (byte-level BPE; SentencePiece GGUFs are not supported yet)', model === undefined ? 'no tokenizer' : `"${model}"`);
+    throw new ModelFormatError(
+      file,
+      'tokenizer.ggml.model "gpt2" (byte-level BPE; SentencePiece GGUFs are not supported yet)',
+      model === undefined ? 'no tokenizer' : `"${model}"`,
+    );
   }
   const tokens = m.arr('tokenizer.ggml.tokens', isString);
-  if (tokens.length !== vocab) throw new ModelFormatError(file, `${vocab} tokens (llama.vocab_size)`, `${tokens.length}`);
+  if (tokens.length !== vocab)
+    throw new ModelFormatError(file, `${vocab} tokens (llama.vocab_size)`, `${tokens.length}`);
   const types = m.get('tokenizer.ggml.token_type');
   const tokenTypes = Array.isArray(types) ? types.map(Number) : new Array<number>(vocab).fill(1);
   const optional = (key: string) => (m.get(key) === undefined ? undefined : m.num(key));
@@ -169,10 +189,16 @@ function blockTensors(c: ModelConfig, l: number) {
 }
 
 export function parseGgufModel(h: GgufHeader, file: string): GgufModel {
-  if (h.version !== 2 && h.version !== 3) throw new ModelFormatError(file, 'GGUF version 2 or 3', `version ${h.version}`);
+  if (h.version !== 2 && h.version !== 3)
+    throw new ModelFormatError(file, 'GGUF version 2 or 3', `version ${h.version}`);
   // Unknown tensor types are refused before anything else is read, naming the tensor.
   for (const t of h.tensors) {
-    if (!ggmlTypeInfo(t.type)) throw new ModelFormatError(file, `tensor types this build can read (F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q6_K)`, `${t.name} of ${ggmlTypeName(t.type)}`);
+    if (!ggmlTypeInfo(t.type))
+      throw new ModelFormatError(
+        file,
+        `tensor types this build can read (F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q6_K)`,
+        `${t.name} of ${ggmlTypeName(t.type)}`,
+      );
   }
   const { config, vocab } = readConfig(h, file);
   const byName = new Map(h.tensors.map((t) => [t.name, t]));
@@ -188,7 +214,8 @@ export function parseGgufModel(h: GgufHeader, file: string): GgufModel {
     }
     const data = h.read(name);
     const want = tensorBytes(t.type, out * inp);
-    if (data.byteLength !== want) throw new ModelFormatError(file, `${name}: ${want} bytes of ${ggmlTypeName(t.type)}`, `${data.byteLength} bytes`);
+    if (data.byteLength !== want)
+      throw new ModelFormatError(file, `${name}: ${want} bytes of ${ggmlTypeName(t.type)}`, `${data.byteLength} bytes`);
     return { type: t.type, out, inp, data };
   };
   const vector = (name: string, n: number): Float32Array => {
@@ -217,7 +244,9 @@ export function parseGgufModel(h: GgufHeader, file: string): GgufModel {
   const embedding = matrix('token_embd.weight', vocab, config.dim);
   const tiedHead = !byName.has('output.weight');
   const head = tiedHead ? embedding : matrix('output.weight', vocab, config.dim);
-  const ropeFreqFactors = byName.has('rope_freqs.weight') ? vector('rope_freqs.weight', config.headSize / 2) : undefined;
+  const ropeFreqFactors = byName.has('rope_freqs.weight')
+    ? vector('rope_freqs.weight', config.headSize / 2)
+    : undefined;
   const m = meta(h, file);
   return {
     config,

@@ -80,7 +80,9 @@ export function ggufKernelString(k: GgufKernels): string {
 
 /** The summary kernel of per-role kernels: what decides folding and the memory figures of the whole model. */
 function ggufSummary(k: GgufKernels): QuantKernel {
-  const layer = new Set([k.attn, k.ffn].map((x) => (x.startsWith('nbits') ? 'nbits' : x.startsWith('integer') ? 'integer' : x)));
+  const layer = new Set(
+    [k.attn, k.ffn].map((x) => (x.startsWith('nbits') ? 'nbits' : x.startsWith('integer') ? 'integer' : x)),
+  );
   if (layer.size > 1) return 'mixed';
   return [...layer][0] as QuantKernel;
 }
@@ -92,10 +94,13 @@ export function parseGgufKernels(kernel: string | undefined): { kernels: GgufKer
   for (const item of kernel.split(',')) {
     const [role, value] = item.split('=');
     if (!(ROLES as readonly string[]).includes(role) || value === undefined) {
-      return { error: `quant.kernel item "${item}" is not role=kernel with role one of ${ROLES.join(', ')} (or the whole kernel "dequant")` };
+      return {
+        error: `quant.kernel item "${item}" is not role=kernel with role one of ${ROLES.join(', ')} (or the whole kernel "dequant")`,
+      };
     }
     const allowed: readonly string[] = role === 'embed' ? GGUF_EMBED_KERNELS : GGUF_MATRIX_KERNELS;
-    if (!allowed.includes(value)) return { error: `quant.kernel ${role}=${value}: ${role} takes ${allowed.join(', ')}` };
+    if (!allowed.includes(value))
+      return { error: `quant.kernel ${role}=${value}: ${role} takes ${allowed.join(', ')}` };
     (k as unknown as Record<string, string>)[role] = value;
   }
   return { kernels: k };
@@ -107,23 +112,30 @@ export function ggufQuant(k: GgufKernels): QuantSpec {
 }
 
 /** What a manifest's `quant` record means once defaults are filled in; null plus a reason when it is inconsistent. */
-export function resolveQuant(q: { format: string; kernel?: string; blockSize?: number }): { spec: QuantSpec } | { error: string } {
+export function resolveQuant(q: {
+  format: string;
+  kernel?: string;
+  blockSize?: number;
+}): { spec: QuantSpec } | { error: string } {
   if (!(QUANT_FORMATS as readonly string[]).includes(q.format)) {
     return { error: `quant.format "${q.format}" is not one of ${QUANT_FORMATS.join(', ')}` };
   }
   const format = q.format as QuantFormat;
   if (format === 'gguf') {
-    if (q.blockSize !== undefined) return { error: 'quant.blockSize does not apply to gguf: its blocks are the file\'s (32)' };
+    if (q.blockSize !== undefined)
+      return { error: "quant.blockSize does not apply to gguf: its blocks are the file's (32)" };
     const r = parseGgufKernels(q.kernel);
     return 'error' in r ? r : { spec: ggufQuant(r.kernels) };
   }
   const kernels = KERNELS_OF[format];
   const kernel = (q.kernel ?? kernels[0]) as QuantKernel;
-  if (!kernels.includes(kernel)) return { error: `quant.kernel "${q.kernel}" cannot run ${format} weights (use ${kernels.join(' or ')})` };
+  if (!kernels.includes(kernel))
+    return { error: `quant.kernel "${q.kernel}" cannot run ${format} weights (use ${kernels.join(' or ')})` };
   if (format === 'int4') {
     const bs = q.blockSize;
     if (bs === undefined) return { error: 'quant.blockSize is required for int4' };
-    if (!Number.isInteger(bs) || bs < 16 || (bs & (bs - 1)) !== 0) return { error: `quant.blockSize ${bs} must be a power of two >= 16` };
+    if (!Number.isInteger(bs) || bs < 16 || (bs & (bs - 1)) !== 0)
+      return { error: `quant.blockSize ${bs} must be a power of two >= 16` };
     return { spec: { format, kernel, blockSize: bs } };
   }
   if (q.blockSize !== undefined) return { error: `quant.blockSize only applies to int4, not ${format}` };
@@ -182,11 +194,20 @@ export function ggufWeightBytes(
   const { dim, hiddenDim, kvDim, vocabSize } = c;
   const attn = ggufMatrixBytes(dim + 2 * kvDim, dim, k.attn) + ggufMatrixBytes(dim, dim, k.attn);
   const ffn = ggufMatrixBytes(2 * hiddenDim, dim, k.ffn) + ggufMatrixBytes(dim, hiddenDim, k.ffn);
-  return { perLayer: attn + ffn + 2 * dim * 4, attn, ffn, embed: ggufEmbeddingBytes(vocabSize, dim, k.embed), head: ggufMatrixBytes(vocabSize, dim, k.head) + dim * 4 };
+  return {
+    perLayer: attn + ffn + 2 * dim * 4,
+    attn,
+    ffn,
+    embed: ggufEmbeddingBytes(vocabSize, dim, k.embed),
+    head: ggufMatrixBytes(vocabSize, dim, k.head) + dim * 4,
+  };
 }
 
 /** All weight bytes of a GGUF build as held while running: layers, embedding, head (with the final norm). */
-export function ggufTotalWeightBytes(c: { dim: number; hiddenDim: number; kvDim: number; vocabSize: number; nLayers: number }, k: GgufKernels): number {
+export function ggufTotalWeightBytes(
+  c: { dim: number; hiddenDim: number; kvDim: number; vocabSize: number; nLayers: number },
+  k: GgufKernels,
+): number {
   const b = ggufWeightBytes(c, k);
   return c.nLayers * b.perLayer + b.embed + b.head;
 }

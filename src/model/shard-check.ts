@@ -57,7 +57,8 @@ const CONSUMER: Record<string, string> = {
 
 function embedTensors(w: WeightSpec, q: QuantSpec): Expected[] {
   const { name, out: rows, inp: cols } = w;
-  if (q.format === 'f32') return [{ name, dataType: DT.FLOAT, dims: [rows, cols], what: `float32 [${rows}, ${cols}] embeddings` }];
+  if (q.format === 'f32')
+    return [{ name, dataType: DT.FLOAT, dims: [rows, cols], what: `float32 [${rows}, ${cols}] embeddings` }];
   return [
     { name: `${name}_q`, dataType: DT.INT8, dims: [rows, cols], what: `int8 [${rows}, ${cols}] embedding rows` },
     { name: `${name}_scale`, dataType: DT.FLOAT, dims: [rows], what: `${rows} float32 scales (one per row)` },
@@ -82,10 +83,21 @@ function ggufTensorsOf(w: WeightSpec, inits: Map<string, onnxProto.onnx.ITensorP
   const e: Expected[] = [
     embed
       ? { name: `${name}_qs`, dataType: DT.INT8, dims: [out, inp], what: `int8 [${out}, ${inp}] Q8_0 embedding rows` }
-      : { name: `${name}_qs`, dataType: int8 ? DT.INT8 : DT.UINT8, dims: [out, nb, int8 ? 32 : 16], what: `${int8 ? 'int8' : 'uint8'} [${out}, ${nb}, ${int8 ? 32 : 16}] blocks of 32 inputs` },
+      : {
+          name: `${name}_qs`,
+          dataType: int8 ? DT.INT8 : DT.UINT8,
+          dims: [out, nb, int8 ? 32 : 16],
+          what: `${int8 ? 'int8' : 'uint8'} [${out}, ${nb}, ${int8 ? 32 : 16}] blocks of 32 inputs`,
+        },
     { name: `${name}_d`, dataType: DT.FLOAT, dims: scaleDims, what: `float32 [${scaleDims.join(', ')}] block scales` },
   ];
-  if (inits.has(`${name}_m`)) e.push({ name: `${name}_m`, dataType: DT.FLOAT, dims: scaleDims, what: `float32 [${scaleDims.join(', ')}] block minimums` });
+  if (inits.has(`${name}_m`))
+    e.push({
+      name: `${name}_m`,
+      dataType: DT.FLOAT,
+      dims: scaleDims,
+      what: `float32 [${scaleDims.join(', ')}] block minimums`,
+    });
   return e;
 }
 
@@ -97,17 +109,31 @@ function roleOf(name: string): keyof GgufKernels {
 }
 
 /** The tensors and the consuming op a GGUF weight must have under its group's kernel (src/shards/ggml-kernels.ts). */
-function ggufKernelTensors(w: WeightSpec, k: GgufKernels, inits: Map<string, onnxProto.onnx.ITensorProto>): { expected: Expected[]; consumer: string; bits?: number } {
+function ggufKernelTensors(
+  w: WeightSpec,
+  k: GgufKernels,
+  inits: Map<string, onnxProto.onnx.ITensorProto>,
+): { expected: Expected[]; consumer: string; bits?: number } {
   const { name, out, inp } = w;
   const kernel = k[roleOf(name)];
   const nb = inp / 32;
-  const scales = (what: string, suffix = 'scales'): Expected => ({ name: `${name}_${suffix}`, dataType: DT.FLOAT, dims: [out * nb], what: `${out * nb} float32 ${what} (${out} outputs x ${nb} blocks of 32)` });
+  const scales = (what: string, suffix = 'scales'): Expected => ({
+    name: `${name}_${suffix}`,
+    dataType: DT.FLOAT,
+    dims: [out * nb],
+    what: `${out * nb} float32 ${what} (${out} outputs x ${nb} blocks of 32)`,
+  });
   switch (kernel) {
     case 'q4':
       return {
         consumer: 'Gather',
         expected: [
-          { name: `${name}_q4`, dataType: DT.UINT8, dims: [out, nb, 16], what: `uint8 [${out}, ${nb}, 16] 4-bit embedding rows` },
+          {
+            name: `${name}_q4`,
+            dataType: DT.UINT8,
+            dims: [out, nb, 16],
+            what: `uint8 [${out}, ${nb}, 16] 4-bit embedding rows`,
+          },
           { name: `${name}_d`, dataType: DT.FLOAT, dims: [out, nb], what: `float32 [${out}, ${nb}] block scales` },
           { name: `${name}_m`, dataType: DT.FLOAT, dims: [out, nb], what: `float32 [${out}, ${nb}] block minimums` },
         ],
@@ -117,10 +143,25 @@ function ggufKernelTensors(w: WeightSpec, k: GgufKernels, inits: Map<string, onn
         consumer: 'MatMulNBits',
         bits: 4,
         expected: [
-          { name: `${name}_q4`, dataType: DT.UINT8, dims: [out, nb, 16], what: `uint8 [${out}, ${nb}, 16] MatMulNBits nibbles (blocks of 32)` },
+          {
+            name: `${name}_q4`,
+            dataType: DT.UINT8,
+            dims: [out, nb, 16],
+            what: `uint8 [${out}, ${nb}, 16] MatMulNBits nibbles (blocks of 32)`,
+          },
           scales('block scales'),
-          { name: `${name}_zp`, dataType: DT.UINT8, dims: [out * Math.ceil(nb / 2)], what: `uint8 [${out * Math.ceil(nb / 2)}] packed zero points` },
-          { name: `${name}_mt`, dataType: DT.FLOAT, dims: [nb, out], what: `float32 [${nb}, ${out}] block minimums (the correction)` },
+          {
+            name: `${name}_zp`,
+            dataType: DT.UINT8,
+            dims: [out * Math.ceil(nb / 2)],
+            what: `uint8 [${out * Math.ceil(nb / 2)}] packed zero points`,
+          },
+          {
+            name: `${name}_mt`,
+            dataType: DT.FLOAT,
+            dims: [nb, out],
+            what: `float32 [${nb}, ${out}] block minimums (the correction)`,
+          },
         ],
       };
     case 'nbits-zp':
@@ -128,7 +169,12 @@ function ggufKernelTensors(w: WeightSpec, k: GgufKernels, inits: Map<string, onn
         consumer: 'MatMulNBits',
         bits: 4,
         expected: [
-          { name: `${name}_q4`, dataType: DT.UINT8, dims: [out, nb, 16], what: `uint8 [${out}, ${nb}, 16] MatMulNBits nibbles (blocks of 32)` },
+          {
+            name: `${name}_q4`,
+            dataType: DT.UINT8,
+            dims: [out, nb, 16],
+            what: `uint8 [${out}, ${nb}, 16] MatMulNBits nibbles (blocks of 32)`,
+          },
           scales('block scales'),
           scales('float zero points', 'zpf'),
         ],
@@ -137,7 +183,15 @@ function ggufKernelTensors(w: WeightSpec, k: GgufKernels, inits: Map<string, onn
       return {
         consumer: 'MatMulNBits',
         bits: 8,
-        expected: [{ name: `${name}_q8`, dataType: DT.UINT8, dims: [out, nb, 32], what: `uint8 [${out}, ${nb}, 32] 8-bit MatMulNBits blocks` }, scales('block scales')],
+        expected: [
+          {
+            name: `${name}_q8`,
+            dataType: DT.UINT8,
+            dims: [out, nb, 32],
+            what: `uint8 [${out}, ${nb}, 32] 8-bit MatMulNBits blocks`,
+          },
+          scales('block scales'),
+        ],
       };
     case 'integer':
     case 'integer2':
@@ -145,13 +199,30 @@ function ggufKernelTensors(w: WeightSpec, k: GgufKernels, inits: Map<string, onn
         consumer: 'MatMulInteger',
         expected: [
           { name: `${name}_q`, dataType: DT.INT8, dims: [inp, out], what: `int8 [${inp}, ${out}] weights` },
-          { name: `${name}_scale`, dataType: DT.FLOAT, dims: [out], what: `${out} float32 scales (one per output channel)` },
-          ...(kernel === 'integer2' ? [{ name: `${name}_zq`, dataType: DT.INT8, dims: [out], what: `${out} int8 zero points (one per output channel)` }] : []),
+          {
+            name: `${name}_scale`,
+            dataType: DT.FLOAT,
+            dims: [out],
+            what: `${out} float32 scales (one per output channel)`,
+          },
+          ...(kernel === 'integer2'
+            ? [
+                {
+                  name: `${name}_zq`,
+                  dataType: DT.INT8,
+                  dims: [out],
+                  what: `${out} int8 zero points (one per output channel)`,
+                },
+              ]
+            : []),
         ],
       };
     default: {
       const expected = ggufTensorsOf(w, inits);
-      return { expected, consumer: name === 'token_embedding' ? 'Gather' : expected[0].name.endsWith('_qs') ? 'Cast' : 'MatMul' };
+      return {
+        expected,
+        consumer: name === 'token_embedding' ? 'Gather' : expected[0].name.endsWith('_qs') ? 'Cast' : 'MatMul',
+      };
     }
   }
 }
@@ -160,18 +231,34 @@ function tensorsOf(w: WeightSpec, q: QuantSpec, inits: Map<string, onnxProto.onn
   const { name, out, inp } = w;
   if (q.format === 'gguf') return ggufKernelTensors(w, q.gguf ?? GGUF_DEQUANT_KERNELS, inits).expected;
   if (name === 'token_embedding') return embedTensors(w, q);
-  if (q.format === 'f32') return [{ name, dataType: DT.FLOAT, dims: [inp, out], what: `float32 [${inp}, ${out}] weights` }];
+  if (q.format === 'f32')
+    return [{ name, dataType: DT.FLOAT, dims: [inp, out], what: `float32 [${inp}, ${out}] weights` }];
   if (q.format === 'int8') {
     return [
       { name: `${name}_q`, dataType: DT.INT8, dims: [inp, out], what: `int8 [${inp}, ${out}] weights` },
-      { name: `${name}_scale`, dataType: DT.FLOAT, dims: [out], what: `${out} float32 scales (one per output channel)` },
+      {
+        name: `${name}_scale`,
+        dataType: DT.FLOAT,
+        dims: [out],
+        what: `${out} float32 scales (one per output channel)`,
+      },
     ];
   }
   const bs = q.blockSize!;
   const nb = Math.ceil(inp / bs);
   return [
-    { name: `${name}_q4`, dataType: DT.UINT8, dims: [out, nb, bs / 2], what: `uint8 [${out}, ${nb}, ${bs / 2}] packed int4 weights (blocks of ${bs})` },
-    { name: `${name}_scales`, dataType: DT.FLOAT, dims: [out * nb], what: `${out * nb} float32 scales (${out} outputs x ${nb} blocks of ${bs} inputs)` },
+    {
+      name: `${name}_q4`,
+      dataType: DT.UINT8,
+      dims: [out, nb, bs / 2],
+      what: `uint8 [${out}, ${nb}, ${bs / 2}] packed int4 weights (blocks of ${bs})`,
+    },
+    {
+      name: `${name}_scales`,
+      dataType: DT.FLOAT,
+      dims: [out * nb],
+      what: `${out * nb} float32 scales (${out} outputs x ${nb} blocks of ${bs} inputs)`,
+    },
   ];
 }
 
@@ -184,7 +271,10 @@ function elementCount(t: onnxProto.onnx.ITensorProto): number {
 }
 
 /** A shard's graph and its initializers by name (their raw data are views of `bytes`, not copies). */
-export function decodeShard(file: string, bytes: Uint8Array): { model: onnxProto.onnx.ModelProto; inits: Map<string, onnxProto.onnx.ITensorProto> } {
+export function decodeShard(
+  file: string,
+  bytes: Uint8Array,
+): { model: onnxProto.onnx.ModelProto; inits: Map<string, onnxProto.onnx.ITensorProto> } {
   let model: onnxProto.onnx.ModelProto;
   try {
     model = onnx.ModelProto.decode(bytes);
@@ -198,14 +288,22 @@ export function decodeShard(file: string, bytes: Uint8Array): { model: onnxProto
 export function checkShardWeights(file: string, bytes: Uint8Array, q: QuantSpec, weights: WeightSpec[]): void {
   const { model, inits } = decodeShard(file, bytes);
   const nodes = model.graph?.node ?? [];
-  const label = q.gguf ? `gguf (${Object.entries(q.gguf).map(([r, k]) => `${r}=${k}`).join(', ')})` : `${q.format}${q.blockSize ? ` (block size ${q.blockSize})` : ''}`;
+  const label = q.gguf
+    ? `gguf (${Object.entries(q.gguf)
+        .map(([r, k]) => `${r}=${k}`)
+        .join(', ')})`
+    : `${q.format}${q.blockSize ? ` (block size ${q.blockSize})` : ''}`;
   for (const w of weights) {
     const expected = tensorsOf(w, q, inits);
     for (const e of expected) {
       const t = inits.get(e.name);
       if (!t) {
         const present = [...inits.keys()].filter((n) => n === w.name || n.startsWith(`${w.name}_`));
-        throw new ModelFormatError(file, `${e.name}: ${e.what}, as the manifest's ${label} format implies`, present.length ? `only ${present.join(', ')}` : 'no such tensor');
+        throw new ModelFormatError(
+          file,
+          `${e.name}: ${e.what}, as the manifest's ${label} format implies`,
+          present.length ? `only ${present.join(', ')}` : 'no such tensor',
+        );
       }
       const dims = (t.dims ?? []).map(toNum);
       const n = e.dims.reduce((a, b) => a * b, 1);
@@ -223,7 +321,11 @@ export function checkShardWeights(file: string, bytes: Uint8Array, q: QuantSpec,
     const kernelName = gguf ? `${roleOf(w.name)}=${(q.gguf ?? GGUF_DEQUANT_KERNELS)[roleOf(w.name)]}` : q.kernel;
     const consumer = nodes.find((nd) => nd.input?.includes(stored));
     if (consumer?.opType !== want) {
-      throw new ModelFormatError(file, `${stored} consumed by ${want} (kernel ${kernelName})`, consumer ? `${consumer.opType}` : 'no consumer');
+      throw new ModelFormatError(
+        file,
+        `${stored} consumed by ${want} (kernel ${kernelName})`,
+        consumer ? `${consumer.opType}` : 'no consumer',
+      );
     }
     if (want === 'MatMulNBits') {
       const attr = (k: string) => {
@@ -233,7 +335,11 @@ export function checkShardWeights(file: string, bytes: Uint8Array, q: QuantSpec,
       const found = { K: attr('K'), N: attr('N'), bits: attr('bits'), block_size: attr('block_size') };
       const expect = { K: w.inp, N: w.out, bits: gguf?.bits ?? 4, block_size: gguf ? 32 : q.blockSize };
       if (JSON.stringify(found) !== JSON.stringify(expect)) {
-        throw new ModelFormatError(file, `MatMulNBits on ${stored} with ${JSON.stringify(expect)}`, JSON.stringify(found));
+        throw new ModelFormatError(
+          file,
+          `MatMulNBits on ${stored} with ${JSON.stringify(expect)}`,
+          JSON.stringify(found),
+        );
       }
     }
   }

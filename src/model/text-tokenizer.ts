@@ -43,7 +43,13 @@ export function encodePrompt(tok: TextTokenizer, text: string): number[] {
  * wherever the cut falls between two pre-tokenized words, which it does before and after a
  * paragraph and at control tokens. Where a cut splits a token, that token counts as inside.
  */
-export function tokenSpanOf(tok: TextTokenizer, text: string, prompt: readonly number[], charFrom: number, charTo: number): { from: number; to: number } {
+export function tokenSpanOf(
+  tok: TextTokenizer,
+  text: string,
+  prompt: readonly number[],
+  charFrom: number,
+  charTo: number,
+): { from: number; to: number } {
   const boundary = (c: number, inside: 'after' | 'before'): number => {
     const head = encodePrompt(tok, text.slice(0, c));
     let k = 0;

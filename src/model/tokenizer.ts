@@ -78,7 +78,12 @@ export class Tokenizer implements TextTokenizer {
    * Layout: int32 max_token_length, then per token float32 score, int32 byte length, raw bytes.
    * `vocabSize` comes from the model header because the file does not record it.
    */
-  static fromLlama2c(bytes: Uint8Array, vocabSize: number, file: string, ids: { bosId: number; eosId: number } = LLAMA2C_SPECIAL_IDS): Tokenizer {
+  static fromLlama2c(
+    bytes: Uint8Array,
+    vocabSize: number,
+    file: string,
+    ids: { bosId: number; eosId: number } = LLAMA2C_SPECIAL_IDS,
+  ): Tokenizer {
     if (!Number.isSafeInteger(vocabSize) || vocabSize <= 0) {
       throw new ModelFormatError(file, 'a positive vocabSize from the model header', String(vocabSize));
     }

@@ -45,9 +45,13 @@ export function initRuntime(source: WasmSource): void {
 
 let wasmMemory: WebAssembly.Memory | null = null;
 
-function findMemory(imports: WebAssembly.Imports | undefined, instance: WebAssembly.Instance): WebAssembly.Memory | null {
+function findMemory(
+  imports: WebAssembly.Imports | undefined,
+  instance: WebAssembly.Instance,
+): WebAssembly.Memory | null {
   for (const v of Object.values(instance.exports)) if (v instanceof WebAssembly.Memory) return v;
-  for (const mod of Object.values(imports ?? {})) for (const v of Object.values(mod)) if (v instanceof WebAssembly.Memory) return v;
+  for (const mod of Object.values(imports ?? {}))
+    for (const v of Object.values(mod)) if (v instanceof WebAssembly.Memory) return v;
   return null;
 }
 
@@ -65,8 +69,13 @@ async function withInstantiateHook<T>(module: WebAssembly.Module | null, create:
   };
   const patched = ((source: unknown, imports?: WebAssembly.Imports) => {
     if (source instanceof WebAssembly.Module) return original(source, imports).then(keep(imports));
-    if (module) return original(module, imports).then(keep(imports)).then((instance) => ({ module, instance }));
-    return (original(source as BufferSource, imports) as unknown as Promise<WebAssembly.WebAssemblyInstantiatedSource>).then((r) => ({ module: r.module, instance: keep(imports)(r.instance) }));
+    if (module)
+      return original(module, imports)
+        .then(keep(imports))
+        .then((instance) => ({ module, instance }));
+    return (
+      original(source as BufferSource, imports) as unknown as Promise<WebAssembly.WebAssemblyInstantiatedSource>
+    ).then((r) => ({ module: r.module, instance: keep(imports)(r.instance) }));
   }) as typeof WebAssembly.instantiate;
   WebAssembly.instantiate = patched;
   try {
@@ -112,7 +121,9 @@ async function openSession(name: string, bytes: Uint8Array, opts: GraphSessionOp
   if (!initialised) throw new RuntimeError('initRuntime() must be called before creating sessions');
   const source = initialised;
   try {
-    const options = opts.foldDequantize ? { ...SESSION_OPTIONS, extra: { session: { disable_quant_qdq: '1' } } } : { ...SESSION_OPTIONS };
+    const options = opts.foldDequantize
+      ? { ...SESSION_OPTIONS, extra: { session: { disable_quant_qdq: '1' } } }
+      : { ...SESSION_OPTIONS };
     const create = () => ort.InferenceSession.create(bytes, options);
     if (!firstSession) {
       firstSession = withInstantiateHook('module' in source ? source.module : null, create);
@@ -126,7 +137,11 @@ async function openSession(name: string, bytes: Uint8Array, opts: GraphSessionOp
   }
 }
 
-export async function createGraphSession(name: string, bytes: Uint8Array, opts: GraphSessionOptions = {}): Promise<GraphSession> {
+export async function createGraphSession(
+  name: string,
+  bytes: Uint8Array,
+  opts: GraphSessionOptions = {},
+): Promise<GraphSession> {
   const session = await openSession(name, bytes, opts);
   return {
     name,
@@ -157,7 +172,10 @@ export async function createGraphSession(name: string, bytes: Uint8Array, opts: 
  * Call after the first session of this module exists. Benchmarks only.
  */
 export function exposeRuntimeForPeers(loadPath: (path: string) => Uint8Array): void {
-  const create = ort.InferenceSession.create.bind(ort.InferenceSession) as (m: Uint8Array, o?: ort.InferenceSession.SessionOptions) => Promise<ort.InferenceSession>;
+  const create = ort.InferenceSession.create.bind(ort.InferenceSession) as (
+    m: Uint8Array,
+    o?: ort.InferenceSession.SessionOptions,
+  ) => Promise<ort.InferenceSession>;
   const InferenceSession = Object.assign(Object.create(ort.InferenceSession), {
     create: (model: string | Uint8Array, options?: ort.InferenceSession.SessionOptions) =>
       create(typeof model === 'string' ? loadPath(model) : model, { ...options, executionProviders: ['wasm'] }),

@@ -69,7 +69,8 @@ export function q4Blocks(w: GgmlMatrix): Q4Blocks {
     const s = Math.fround((hi - lo) / 15);
     d[i] = s;
     m[i] = lo;
-    for (let k = 0; k < BLOCK; k++) n[i * BLOCK + k] = s === 0 ? 0 : Math.min(15, Math.max(0, Math.round((f[i * BLOCK + k] - lo) / s)));
+    for (let k = 0; k < BLOCK; k++)
+      n[i * BLOCK + k] = s === 0 ? 0 : Math.min(15, Math.max(0, Math.round((f[i * BLOCK + k] - lo) / s)));
   }
   return { n, d, m };
 }
@@ -101,7 +102,8 @@ export function q8Blocks(w: GgmlMatrix): Q8Blocks {
     for (let k = 0; k < BLOCK; k++) amax = Math.max(amax, Math.abs(f[i * BLOCK + k]));
     const s = Math.fround(amax / 127);
     d[i] = s;
-    for (let k = 0; k < BLOCK; k++) q[i * BLOCK + k] = s === 0 ? 0 : Math.max(-127, Math.min(127, Math.round(f[i * BLOCK + k] / s)));
+    for (let k = 0; k < BLOCK; k++)
+      q[i * BLOCK + k] = s === 0 ? 0 : Math.max(-127, Math.min(127, Math.round(f[i * BLOCK + k] / s)));
   }
   return { q, d };
 }
@@ -132,7 +134,9 @@ function nbits4(b: GraphBuilder, x: string, name: string, w: GgmlMatrix, floatZe
     t.d.forEach((d, i) => d === 0 && nibbles.fill(0, i * BLOCK, (i + 1) * BLOCK));
     const q = b.tensor(`${name}_q4`, 'uint8', [out, nb, BLOCK / 2], packNBits(nibbles)); // [out, nb, 16]
     const zpT = b.f32(`${name}_zpf`, [out * nb], zp); //                                     [out * nb]
-    return b.op('MatMulNBits', [x, q, b.f32(`${name}_scales`, [out * nb], scale), zpT], attrs, { domain: 'com.microsoft' });
+    return b.op('MatMulNBits', [x, q, b.f32(`${name}_scales`, [out * nb], scale), zpT], attrs, {
+      domain: 'com.microsoft',
+    });
   }
   const packed = b.tensor(`${name}_q4`, 'uint8', [out, nb, BLOCK / 2], packNBits(t.n)); // [out, nb, 16]
   const scales = b.f32(`${name}_scales`, [out * nb], t.d); //                             [out * nb]
@@ -177,7 +181,8 @@ export function q4EmbedRows(b: GraphBuilder, ids: string, table: GgmlMatrix): st
   const nb = dim / BLOCK;
   const t = q4Blocks(table);
   const bytes = new Uint8Array(rows * nb * 16);
-  for (let i = 0; i < rows * nb; i++) for (let j = 0; j < 16; j++) bytes[i * 16 + j] = t.n[i * BLOCK + j] | (t.n[i * BLOCK + j + 16] << 4);
+  for (let i = 0; i < rows * nb; i++)
+    for (let j = 0; j < 16; j++) bytes[i * 16 + j] = t.n[i * BLOCK + j] | (t.n[i * BLOCK + j + 16] << 4);
   const g = (name: string) => b.op('Gather', [name, ids], { axis: 0 });
   const q = b.op('Cast', [g(b.tensor('token_embedding_q4', 'uint8', [rows, nb, 16], bytes))], { to: FLOAT }); // [q, nb, 16]
   const hi = b.op('Floor', [b.op('Div', [q, b.scalar('emb_16', 16)])]);

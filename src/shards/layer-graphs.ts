@@ -9,7 +9,14 @@ import { quantizeInt8Rows } from './quantize.js';
  * plug in here so that the layer math below is written once.
  * `w` is [out, in] row-major (llama2.c layout); the result is x @ w^T.
  */
-export type LinearEmitter<M = Float32Array> = (b: GraphBuilder, x: string, name: string, w: M, out: number, inp: number) => string;
+export type LinearEmitter<M = Float32Array> = (
+  b: GraphBuilder,
+  x: string,
+  name: string,
+  w: M,
+  out: number,
+  inp: number,
+) => string;
 
 /** How one kind of matrix becomes graph nodes: the emitter, and row-stacking for fused projections. */
 export interface MatrixFormat<M> {
@@ -60,16 +67,28 @@ export function stackRows(...ws: Float32Array[]): Float32Array {
  * kernel instead of seven elementwise nodes, each of which costs a dispatch on every run.
  */
 export function rmsNorm(b: GraphBuilder, x: string, weight: Float32Array, eps: number, name: string): string {
-  return b.op('SimplifiedLayerNormalization', [x, b.f32(name, [weight.length], weight)], { axis: -1, epsilon: { float: eps } });
+  return b.op('SimplifiedLayerNormalization', [x, b.f32(name, [weight.length], weight)], {
+    axis: -1,
+    epsilon: { float: eps },
+  });
 }
 
 /**
  * RoPE tables for the rows of `pos` [q] (float positions, any order): cos/sin of pos * theta^(-2j/hs),
  * each [q, hs/2]. Row i belongs to the i-th token, so ropeQK can rotate tokens at arbitrary positions.
  */
-export function ropeTables(b: GraphBuilder, pos: string, hs: number, theta: number, freqFactors?: Float32Array): { cos: string; sin: string } {
+export function ropeTables(
+  b: GraphBuilder,
+  pos: string,
+  hs: number,
+  theta: number,
+  freqFactors?: Float32Array,
+): { cos: string; sin: string } {
   // Llama 3's rope scaling divides each frequency by a factor the GGUF stores (rope_freqs.weight).
-  const invFreq = Float32Array.from({ length: hs / 2 }, (_, j) => 1 / Math.pow(theta, (2 * j) / hs) / (freqFactors?.[j] ?? 1));
+  const invFreq = Float32Array.from(
+    { length: hs / 2 },
+    (_, j) => 1 / Math.pow(theta, (2 * j) / hs) / (freqFactors?.[j] ?? 1),
+  );
   const angles = b.op('Mul', [b.op('Unsqueeze', [pos, b.i64('rope_ax1', [1])]), b.f32('inv_freq', [hs / 2], invFreq)]);
   return { cos: b.op('Cos', [angles]), sin: b.op('Sin', [angles]) };
 }
@@ -79,9 +98,22 @@ export function ropeTables(b: GraphBuilder, pos: string, hs: number, theta: numb
  * (interleaved): qk [q, heads*hs] with `heads` = query heads + KV heads, tables from ropeTables.
  * position_ids is the offset 0, so token i reads row i of the tables: its own angles.
  */
-export function ropeQK(b: GraphBuilder, qk: string, heads: number, hs: number, cos: string, sin: string, tag: string): string {
+export function ropeQK(
+  b: GraphBuilder,
+  qk: string,
+  heads: number,
+  hs: number,
+  cos: string,
+  sin: string,
+  tag: string,
+): string {
   const batched = b.op('Unsqueeze', [qk, b.i64(`${tag}_ax0`, [0])]); // [1, q, heads*hs]
-  const rotated = b.op('RotaryEmbedding', [batched, b.tensor(`${tag}_offset`, 'int64', [1], BigInt64Array.of(0n)), cos, sin], { interleaved: 1, num_heads: heads }, { domain: 'com.microsoft' });
+  const rotated = b.op(
+    'RotaryEmbedding',
+    [batched, b.tensor(`${tag}_offset`, 'int64', [1], BigInt64Array.of(0n)), cos, sin],
+    { interleaved: 1, num_heads: heads },
+    { domain: 'com.microsoft' },
+  );
   return b.op('Squeeze', [rotated, b.i64(`${tag}_ax0s`, [0])]);
 }
 
@@ -121,7 +153,9 @@ export function buildLayerGraph<M>(
   const keyPos = b.op('Concat', [pastPos, pos], { axis: 0 }); //  [t]
 
   // GQA without repeating K/V: queries as [kvHeads, group, q, hs] against keys [kvHeads, 1, hs, t].
-  const qh = b.op('Transpose', [b.op('Reshape', [qRot, b.i64('q_heads', [0, nKvHeads, group, hs])])], { perm: [1, 2, 0, 3] });
+  const qh = b.op('Transpose', [b.op('Reshape', [qRot, b.i64('q_heads', [0, nKvHeads, group, hs])])], {
+    perm: [1, 2, 0, 3],
+  });
   const kvHeads = b.i64('kv_heads', [0, nKvHeads, 1, hs]);
   const kh = b.op('Transpose', [b.op('Reshape', [keys, kvHeads])], { perm: [1, 2, 3, 0] }); //   [kvH, 1, hs, t]
   const vh = b.op('Transpose', [b.op('Reshape', [values, kvHeads])], { perm: [1, 2, 0, 3] }); // [kvH, 1, t, hs]
@@ -166,7 +200,10 @@ export function buildLayerGraph<M>(
 function pastRows(b: GraphBuilder, kvDim: number, f32: string, f16: string, i8: string, i8Scale: string): string {
   const a = b.input(f32, 'float32', ['c32', kvDim]);
   const h = b.op('Cast', [b.input(f16, 'float16', ['c16', kvDim])], { to: 1 });
-  const q = b.op('Mul', [b.op('Cast', [b.input(i8, 'int8', ['c8', kvDim])], { to: 1 }), b.input(i8Scale, 'float32', ['c8', 1])]);
+  const q = b.op('Mul', [
+    b.op('Cast', [b.input(i8, 'int8', ['c8', kvDim])], { to: 1 }),
+    b.input(i8Scale, 'float32', ['c8', 1]),
+  ]);
   return b.op('Concat', [a, h, q], { axis: 0 });
 }
 

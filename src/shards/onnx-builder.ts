@@ -12,7 +12,14 @@ const UINT8 = onnx.TensorProto.DataType.UINT8;
 const INT32 = onnx.TensorProto.DataType.INT32;
 const FLOAT16 = onnx.TensorProto.DataType.FLOAT16;
 
-export const ElemType = { float32: FLOAT, float16: FLOAT16, int64: INT64, int8: INT8, uint8: UINT8, int32: INT32 } as const;
+export const ElemType = {
+  float32: FLOAT,
+  float16: FLOAT16,
+  int64: INT64,
+  int8: INT8,
+  uint8: UINT8,
+  int32: INT32,
+} as const;
 export type ElemName = keyof typeof ElemType;
 
 function valueInfo(name: string, elem: ElemName, dims: Dim[]): onnxProto.onnx.IValueInfoProto {
@@ -97,8 +104,8 @@ export class GraphBuilder {
     attrs: Record<string, AttrValue> = {},
     opts: { outputs?: string[] | number; domain?: string } = {},
   ): string[] {
-    const outputs =
-      Array.isArray(opts.outputs) ? opts.outputs
+    const outputs = Array.isArray(opts.outputs)
+      ? opts.outputs
       : Array.from({ length: opts.outputs ?? 1 }, (_, i) => `${opType.toLowerCase()}_${this.counter}_${i}`);
     const domain = opts.domain ?? '';
     if (domain && !this.opsets.has(domain)) this.opsets.set(domain, 1);

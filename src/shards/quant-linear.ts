@@ -82,9 +82,13 @@ export const int8Integer2StackedLinear: LinearEmitter = (b, x, name, w, out, inp
   const residual = b.op('Sub', [x, b.op('DequantizeLinear', [q1, s1, z1])]);
   const [q2, s2, z2] = b.opN('DynamicQuantizeLinear', [residual], {}, { outputs: 3 });
   const one = b.i64(`${name}_one`, [1]);
-  const pair = (u: string, v: string) => b.op('Concat', [b.op('Reshape', [u, one]), b.op('Reshape', [v, one])], { axis: 0 }); // [2]
+  const pair = (u: string, v: string) =>
+    b.op('Concat', [b.op('Reshape', [u, one]), b.op('Reshape', [v, one])], { axis: 0 }); // [2]
   const halves = b.i64(`${name}_halves`, [2, 1, 1]);
-  const acc = b.op('Reshape', [b.op('MatMulInteger', [b.op('Concat', [q1, q2], { axis: 0 }), t.q, '', t.zero]), b.i64(`${name}_2qn`, [2, -1, out])]); // int32 [2, q, out]
+  const acc = b.op('Reshape', [
+    b.op('MatMulInteger', [b.op('Concat', [q1, q2], { axis: 0 }), t.q, '', t.zero]),
+    b.i64(`${name}_2qn`, [2, -1, out]),
+  ]); // int32 [2, q, out]
   const zs = b.op('Reshape', [b.op('Cast', [pair(z1, z2)], { to: INT32 }), halves]); // int32 [2, 1, 1]
   const centred = b.op('Sub', [acc, b.op('Mul', [zs, t.colSums])]); // int32 [2, q, out], exact
   const terms = b.op('Mul', [b.op('Cast', [centred], { to: FLOAT }), b.op('Reshape', [pair(s1, s2), halves])]);
@@ -138,7 +142,12 @@ function int4Tensors(b: GraphBuilder, name: string, w: Float32Array, out: number
 export function int4NBitsLinear(blockSize: number): LinearEmitter {
   return (b, x, name, w, out, inp) => {
     const { packed, scales } = int4Tensors(b, name, w, out, inp, blockSize);
-    return b.op('MatMulNBits', [x, packed, scales], { K: inp, N: out, bits: 4, block_size: blockSize }, { domain: 'com.microsoft' });
+    return b.op(
+      'MatMulNBits',
+      [x, packed, scales],
+      { K: inp, N: out, bits: 4, block_size: blockSize },
+      { domain: 'com.microsoft' },
+    );
   };
 }
 

@@ -31,9 +31,16 @@ export function createApp(): Hono<AppEnv> {
     methodNotAllowed({
       app,
       onMethodNotAllowed: (c, methods) =>
-        new ApiError(405, `Method ${c.req.method} is not allowed on ${c.req.path}; use ${methods.join(' or ')}.`, 'method_not_allowed', null, 'invalid_request_error', {
-          Allow: methods.join(', '),
-        }).getResponse(),
+        new ApiError(
+          405,
+          `Method ${c.req.method} is not allowed on ${c.req.path}; use ${methods.join(' or ')}.`,
+          'method_not_allowed',
+          null,
+          'invalid_request_error',
+          {
+            Allow: methods.join(', '),
+          },
+        ).getResponse(),
     }),
   );
   app.use('/v1/*', requireJsonBody());

@@ -8,7 +8,10 @@ export const ANONYMOUS = 'anonymous';
 
 /** The configured keys: API_KEYS split on commas, blanks dropped. Empty = open server. */
 export function parseApiKeys(secret: string | undefined): string[] {
-  return (secret ?? '').split(',').map((k) => k.trim()).filter(Boolean);
+  return (secret ?? '')
+    .split(',')
+    .map((k) => k.trim())
+    .filter(Boolean);
 }
 
 /** Who is calling: the key id set by `requireApiKey`, or "anonymous" on an open server. */
@@ -49,18 +52,25 @@ export function requireApiKey(): MiddlewareHandler<AppEnv> {
     if (parseApiKeys(secret).length === 0) {
       if (!openNoticeLogged) {
         openNoticeLogged = true;
-        console.warn('lazy-edge: API_KEYS is not set, so /v1/* is open to anyone (set it with `wrangler secret put API_KEYS`)');
+        console.warn(
+          'lazy-edge: API_KEYS is not set, so /v1/* is open to anyone (set it with `wrangler secret put API_KEYS`)',
+        );
       }
       c.set('apiKeyId', ANONYMOUS);
       return next();
     }
     const header = c.req.header('Authorization');
-    if (!header) throw unauthorized('You did not provide an API key. Send it as "Authorization: Bearer YOUR_KEY".', 'missing_api_key');
+    if (!header)
+      throw unauthorized(
+        'You did not provide an API key. Send it as "Authorization: Bearer YOUR_KEY".',
+        'missing_api_key',
+      );
     const m = /^Bearer\s+(.+)$/i.exec(header.trim());
     if (!m) throw unauthorized('The Authorization header must be "Bearer YOUR_KEY".', 'invalid_api_key');
     const key = m[1].trim();
     const digest = await sha256Hex(new TextEncoder().encode(key));
-    if (!(await knownDigests(secret!)).has(digest)) throw unauthorized('Incorrect API key provided.', 'invalid_api_key');
+    if (!(await knownDigests(secret!)).has(digest))
+      throw unauthorized('Incorrect API key provided.', 'invalid_api_key');
     // A stable, non-secret name for the key, safe to log and to namespace sessions with.
     c.set('apiKeyId', `key-${digest.slice(0, 16)}`);
     return next();

@@ -16,7 +16,17 @@ import { replayStored } from './session/idempotency.js';
 import { playTurn, type TurnHost } from './session/turn.js';
 import type { Result, SessionInfo, TurnListener, TurnOutcome, TurnRequest } from './session/types.js';
 
-export type { CacheStats, Failure, Result, SessionInfo, StoredMessage, TurnEvent, TurnListener, TurnOutcome, TurnRequest } from './session/types.js';
+export type {
+  CacheStats,
+  Failure,
+  Result,
+  SessionInfo,
+  StoredMessage,
+  TurnEvent,
+  TurnListener,
+  TurnOutcome,
+  TurnRequest,
+} from './session/types.js';
 export { SESSION_SCHEMA } from './session/store.js';
 export { SESSION_DEFAULT_MAX_TOKENS } from './session/turn.js';
 
@@ -39,14 +49,17 @@ export { SESSION_DEFAULT_MAX_TOKENS } from './session/turn.js';
 
 export const DEFAULT_SESSION_TTL_SECONDS = 86_400;
 
-const notFound = (id: string): Failure => failureOf(404, `No session '${id}' exists for this API key.`, 'session_not_found', 'session_id');
-const busy = (): Failure => failureOf(409, 'Another request is using this session; retry once it has finished.', 'session_busy');
+const notFound = (id: string): Failure =>
+  failureOf(404, `No session '${id}' exists for this API key.`, 'session_not_found', 'session_id');
+const busy = (): Failure =>
+  failureOf(409, 'Another request is using this session; retry once it has finished.', 'session_busy');
 
 export function sessionTtlSeconds(env: Env): number {
   const raw = env.SESSION_TTL_SECONDS;
   if (raw === undefined || raw.trim() === '') return DEFAULT_SESSION_TTL_SECONDS;
   const s = Number(raw);
-  if (!Number.isFinite(s) || s <= 0) throw new Error(`SESSION_TTL_SECONDS must be a number of seconds > 0, got "${raw}"`);
+  if (!Number.isFinite(s) || s <= 0)
+    throw new Error(`SESSION_TTL_SECONDS must be a number of seconds > 0, got "${raw}"`);
   return s;
 }
 
@@ -91,15 +104,17 @@ export class ChatSession extends DurableObject<Env> {
 
   /** The loaded state; loads again if an earlier load failed (the constructor's, or one after a failed turn). */
   private async ensure(): Promise<Live | null> {
-    if (this.live === undefined) await this.ctx.blockConcurrencyWhile(async () => {
-      if (this.live === undefined) this.live = await loadSession(this.ctx.storage, this.env, this.ctx.id.toString());
-    });
+    if (this.live === undefined)
+      await this.ctx.blockConcurrencyWhile(async () => {
+        if (this.live === undefined) this.live = await loadSession(this.ctx.storage, this.env, this.ctx.id.toString());
+      });
     return this.live ?? null;
   }
 
   private async owned(owner: string, id?: string): Promise<Live | Failure> {
     const live = await this.ensure();
-    if (!live || live.meta.owner !== owner || (id !== undefined && live.meta.session_id !== id)) return notFound(id ?? '');
+    if (!live || live.meta.owner !== owner || (id !== undefined && live.meta.session_id !== id))
+      return notFound(id ?? '');
     return live;
   }
 
@@ -112,7 +127,12 @@ export class ChatSession extends DurableObject<Env> {
    * `split.stepTokens` (LAYER_GROUPS, HEAD_GROUPS and PREFILL_STEP_TOKENS of the Worker that
    * created it; kept for the session's life).
    */
-  async create(init: { id: string; owner: string; messages?: ChatMessage[]; split?: Split }): Promise<Result<{ session: SessionInfo }>> {
+  async create(init: {
+    id: string;
+    owner: string;
+    messages?: ChatMessage[];
+    split?: Split;
+  }): Promise<Result<{ session: SessionInfo }>> {
     try {
       if (await this.ensure()) return failureOf(409, `Session '${init.id}' already exists.`, 'session_exists');
     } catch (e) {
@@ -130,7 +150,12 @@ export class ChatSession extends DurableObject<Env> {
     }
   }
 
-  private async createNew(init: { id: string; owner: string; messages?: ChatMessage[]; split?: Split }): Promise<Result<{ session: SessionInfo }>> {
+  private async createNew(init: {
+    id: string;
+    owner: string;
+    messages?: ChatMessage[];
+    split?: Split;
+  }): Promise<Result<{ session: SessionInfo }>> {
     const split = init.split ?? { groups: 1, heads: 0 };
     const groups = split.groups;
     const model = groups > 1 ? await frontModel(this.env) : await getModel(this.env);
@@ -171,7 +196,20 @@ export class ChatSession extends DurableObject<Env> {
     });
     await this.ctx.storage.setAlarm(now + this.ttlMs());
     const seq = chain ? chain.frontState() : new SequenceState(model.config);
-    const live: Live = { meta, model, fingerprint, seq, view: emptyView(), messages, recordBytes: 0, turns: 0, source: 'new', committed: null, chain, groups: summary };
+    const live: Live = {
+      meta,
+      model,
+      fingerprint,
+      seq,
+      view: emptyView(),
+      messages,
+      recordBytes: 0,
+      turns: 0,
+      source: 'new',
+      committed: null,
+      chain,
+      groups: summary,
+    };
     live.committed = cacheStats(live, this.ctx.storage.sql);
     this.live = live;
     return { ok: true, session: this.info(live) };

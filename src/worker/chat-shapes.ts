@@ -21,14 +21,25 @@ export function chatShapes(model: string) {
     whole: (o: Outcome, extra: object = {}) => ({
       ...base(),
       object: 'chat.completion' as const,
-      choices: [{ index: 0, message: { role: 'assistant', content: o.text, refusal: null }, logprobs: o.logprobs ? chatLogprobs(o.logprobs) : null, finish_reason: o.finishReason }],
+      choices: [
+        {
+          index: 0,
+          message: { role: 'assistant', content: o.text, refusal: null },
+          logprobs: o.logprobs ? chatLogprobs(o.logprobs) : null,
+          finish_reason: o.finishReason,
+        },
+      ],
       usage: o.usage,
       lazy_stats: o.stats,
       ...extra,
     }),
     opening: () => chunk({ role: 'assistant', content: '' }, null),
     delta: (t, lps) => chunk({ content: t }, null, lps ? chatLogprobs(lps) : null),
-    finish: (reason: FinishReason, stats: GenerationStats, extra: object = {}) => ({ ...chunk({}, reason), lazy_stats: stats, ...extra }),
+    finish: (reason: FinishReason, stats: GenerationStats, extra: object = {}) => ({
+      ...chunk({}, reason),
+      lazy_stats: stats,
+      ...extra,
+    }),
     usage: (u: Usage) => ({ ...base(), object: 'chat.completion.chunk' as const, choices: [], usage: u }),
   } satisfies Shapes;
 }

@@ -23,7 +23,11 @@ export function renderChat(template: ChatTemplate, messages: readonly ChatMessag
   if ('format' in template) {
     // The model's own template (a GGUF's tokenizer.chat_template); "developer" is OpenAI's newer name for system.
     const msgs = messages.map((m) => ({ role: m.role === 'developer' ? 'system' : m.role, content: messageText(m) }));
-    return renderChatTemplate(template.template, msgs, { bosToken: template.bosToken, eosToken: template.eosToken, addGenerationPrompt: true });
+    return renderChatTemplate(template.template, msgs, {
+      bosToken: template.bosToken,
+      eosToken: template.eosToken,
+      addGenerationPrompt: true,
+    });
   }
   let out = '';
   for (const m of messages) {
@@ -57,17 +61,28 @@ const MARK = '\u{F8FF}';
  * The span is exact: the conversation is rendered once more with a mark in front of the question,
  * and the mark's place (the same text without it) is where the question starts.
  */
-export function encodeChat(tok: TextTokenizer, template: ChatTemplate, messages: readonly ChatMessage[]): { prompt: number[]; question: TokenSpan | null } {
+export function encodeChat(
+  tok: TextTokenizer,
+  template: ChatTemplate,
+  messages: readonly ChatMessage[],
+): { prompt: number[]; question: TokenSpan | null } {
   const text = renderChat(template, messages);
   const prompt = encodePrompt(tok, text);
   const q = questionText(messages);
   if (!q) return { prompt, question: null };
   const content = messageText(messages[q.message]);
   const at = content.lastIndexOf(q.text);
-  const marked = messages.map((m, i) => (i === q.message ? { ...m, content: content.slice(0, at) + MARK + content.slice(at) } : m));
+  const marked = messages.map((m, i) =>
+    i === q.message ? { ...m, content: content.slice(0, at) + MARK + content.slice(at) } : m,
+  );
   const markedText = renderChat(template, marked);
   const charFrom = markedText.indexOf(MARK);
   // A template that rewrites the content (or a message already holding the mark) gives no exact span: none rather than a guess.
-  if (charFrom < 0 || markedText.indexOf(MARK, charFrom + 1) >= 0 || markedText.slice(0, charFrom) + markedText.slice(charFrom + 1) !== text) return { prompt, question: null };
+  if (
+    charFrom < 0 ||
+    markedText.indexOf(MARK, charFrom + 1) >= 0 ||
+    markedText.slice(0, charFrom) + markedText.slice(charFrom + 1) !== text
+  )
+    return { prompt, question: null };
   return { prompt, question: tokenSpanOf(tok, text, prompt, charFrom, charFrom + q.text.length) };
 }

@@ -19,8 +19,18 @@ export function requireJsonBody(): MiddlewareHandler<AppEnv> {
     const type = req.headers.get('content-type') ?? '';
     if (!JSON_TYPE.test(type.trim())) {
       await req.body.cancel().catch(() => undefined);
-      const shown = type === '' ? 'no Content-Type' : `Content-Type ${JSON.stringify(type.slice(0, 64))}${type.length > 64 ? '…' : ''}`;
-      throw new ApiError(415, `The request body must be JSON, sent with Content-Type: application/json (got ${shown}).`, 'unsupported_media_type', null, 'invalid_request_error', { Accept: 'application/json' });
+      const shown =
+        type === ''
+          ? 'no Content-Type'
+          : `Content-Type ${JSON.stringify(type.slice(0, 64))}${type.length > 64 ? '…' : ''}`;
+      throw new ApiError(
+        415,
+        `The request body must be JSON, sent with Content-Type: application/json (got ${shown}).`,
+        'unsupported_media_type',
+        null,
+        'invalid_request_error',
+        { Accept: 'application/json' },
+      );
     }
     return next();
   };

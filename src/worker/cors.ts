@@ -26,7 +26,8 @@ export function corsOrigins(env: Env): Set<string> {
   const raw = env.CORS_ORIGINS ?? '';
   const list = raw.split(/[\s,]+/).filter((s) => s !== '');
   for (const o of list) {
-    if (!ORIGIN.test(o)) throw new Error(`CORS_ORIGINS must list origins like https://example.com (no path, no wildcard), got "${o}"`);
+    if (!ORIGIN.test(o))
+      throw new Error(`CORS_ORIGINS must list origins like https://example.com (no path, no wildcard), got "${o}"`);
   }
   return new Set(list.map((o) => o.toLowerCase()));
 }

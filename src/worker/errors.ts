@@ -42,11 +42,19 @@ export class ApiError extends HTTPException {
   }
 }
 
-export const invalid = (message: string, param: string | null, code: string | null = 'invalid_value') => new ApiError(400, message, code, param);
+export const invalid = (message: string, param: string | null, code: string | null = 'invalid_value') =>
+  new ApiError(400, message, code, param);
 
 /** A Failure (faults.ts) as the HTTP layer's error: the one place where a failure takes its HTTP form. */
 export function fromFailure(f: Failure, headers: Record<string, string> = {}): ApiError {
-  return new ApiError(f.status as ContentfulStatusCode, f.error.message, f.error.code, f.error.param, f.error.type, headers);
+  return new ApiError(
+    f.status as ContentfulStatusCode,
+    f.error.message,
+    f.error.code,
+    f.error.param,
+    f.error.type,
+    headers,
+  );
 }
 
 /**
@@ -56,7 +64,9 @@ export function fromFailure(f: Failure, headers: Record<string, string> = {}): A
 export function toApiError(e: unknown): ApiError {
   if (e instanceof ApiError) return e;
   if (e instanceof HTTPException) {
-    return e.status >= 500 ? new ApiError(e.status, INTERNAL, 'internal_error') : new ApiError(e.status, e.message || `HTTP ${e.status}`, null);
+    return e.status >= 500
+      ? new ApiError(e.status, INTERNAL, 'internal_error')
+      : new ApiError(e.status, e.message || `HTTP ${e.status}`, null);
   }
   return fromFailure(describeError(e));
 }

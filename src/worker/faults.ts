@@ -36,14 +36,25 @@ export class ClientGone extends Error {
   override name = 'ClientGone';
 }
 
-export const failureOf = (status: number, message: string, code: string | null, param: string | null = null, type?: string): Failure => ({
+export const failureOf = (
+  status: number,
+  message: string,
+  code: string | null,
+  param: string | null = null,
+  type?: string,
+): Failure => ({
   ok: false,
   status,
   error: { message, type: type ?? (status >= 500 ? 'server_error' : 'invalid_request_error'), param, code },
 });
 
 /** Engine codes that mean "the request asked for something impossible"; every other code is our fault. */
-const ENGINE_CLIENT_CODES = new Set(['invalid_request', 'invalid_sampler', 'invalid_schedule', 'context_length_exceeded']);
+const ENGINE_CLIENT_CODES = new Set([
+  'invalid_request',
+  'invalid_sampler',
+  'invalid_schedule',
+  'context_length_exceeded',
+]);
 
 export const INTERNAL = 'The server had an error while processing your request.';
 
@@ -54,8 +65,16 @@ export const INTERNAL = 'The server had an error while processing your request.'
 export function describeError(e: unknown): Failure {
   if (e instanceof RequestError) return failureOf(e.status, e.message, e.code, e.param);
   if (e instanceof ClientGone) return failureOf(499, 'The client closed the request.', 'client_gone');
-  if (e instanceof EngineError) return ENGINE_CLIENT_CODES.has(e.code) ? failureOf(400, e.message, e.code, e.param) : failureOf(500, INTERNAL, 'engine_error');
-  if (e instanceof ModelFormatError) return failureOf(500, 'The model could not be loaded; the server log says which file is wrong.', 'model_unavailable');
+  if (e instanceof EngineError)
+    return ENGINE_CLIENT_CODES.has(e.code)
+      ? failureOf(400, e.message, e.code, e.param)
+      : failureOf(500, INTERNAL, 'engine_error');
+  if (e instanceof ModelFormatError)
+    return failureOf(
+      500,
+      'The model could not be loaded; the server log says which file is wrong.',
+      'model_unavailable',
+    );
   if (e instanceof RuntimeError) return failureOf(500, INTERNAL, 'runtime_error');
   return failureOf(500, INTERNAL, 'internal_error');
 }
@@ -70,8 +89,15 @@ const LOAD_ANSWERS = new Set(['server_busy']);
 
 /** Server faults go to the log with their stack (never to the client); client mistakes are not logged; load answers are noted as such. */
 export function logFault(err: { status: number; code: string | null }, cause: unknown, where: string): void {
-  if (err.code !== null && LOAD_ANSWERS.has(err.code)) console.info(`lazy-edge: ${where} answered ${err.status} ${err.code} (load, not a fault): ${cause instanceof Error ? cause.message : String(cause)}`);
-  else if (err.status >= 500) console.error(`lazy-edge: ${where} failed (${err.code}):`, cause instanceof Error ? (cause.stack ?? cause.message) : cause);
+  if (err.code !== null && LOAD_ANSWERS.has(err.code))
+    console.info(
+      `lazy-edge: ${where} answered ${err.status} ${err.code} (load, not a fault): ${cause instanceof Error ? cause.message : String(cause)}`,
+    );
+  else if (err.status >= 500)
+    console.error(
+      `lazy-edge: ${where} failed (${err.code}):`,
+      cause instanceof Error ? (cause.stack ?? cause.message) : cause,
+    );
 }
 
 /** `describeError`, with a server fault logged (the RPC side of the Durable Object uses this). */

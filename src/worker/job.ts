@@ -44,19 +44,34 @@ const invalid = (message: string, param: string) => new RequestError(message, 'i
  * The request's schedule, or the default for its kind: a chat request with a question ranks by the
  * question (signal:query), anything else by the window ending the prompt (policy.ts defaultSchedule).
  */
-function resolveSchedule(lazy: LazyOptions | null | undefined, nLayers: number, question: TokenSpan | null): Schedule | null {
+function resolveSchedule(
+  lazy: LazyOptions | null | undefined,
+  nLayers: number,
+  question: TokenSpan | null,
+): Schedule | null {
   if (lazy?.enabled === false) {
-    if (lazy.schedule !== undefined) throw invalid('lazy.schedule was given with lazy.enabled false; drop one of them', 'lazy.schedule');
+    if (lazy.schedule !== undefined)
+      throw invalid('lazy.schedule was given with lazy.enabled false; drop one of them', 'lazy.schedule');
     return null;
   }
   const spec = lazy?.schedule;
   try {
     const s =
-      spec === undefined ? defaultSchedule(nLayers, question ? 'question' : 'text')
-      : typeof spec === 'string' ? parseSchedule(spec)
-      : { prune: spec.prune, keepFirst: spec.keep_first ?? false, ...(spec.min_active === undefined ? {} : { minActive: spec.min_active }) };
+      spec === undefined
+        ? defaultSchedule(nLayers, question ? 'question' : 'text')
+        : typeof spec === 'string'
+          ? parseSchedule(spec)
+          : {
+              prune: spec.prune,
+              keepFirst: spec.keep_first ?? false,
+              ...(spec.min_active === undefined ? {} : { minActive: spec.min_active }),
+            };
     if (s.signal?.kind === 'query' && !question) {
-      throw new EngineError('signal:query ranks by the question, the last paragraph of the final user message, and this request has none: use signal:window:K for text without a question', 'invalid_schedule', 'schedule');
+      throw new EngineError(
+        'signal:query ranks by the question, the last paragraph of the final user message, and this request has none: use signal:window:K for text without a question',
+        'invalid_schedule',
+        'schedule',
+      );
     }
     return validateSchedule(s, nLayers);
   } catch (e) {
@@ -67,9 +82,18 @@ function resolveSchedule(lazy: LazyOptions | null | undefined, nLayers: number, 
 
 /** The request's penalties for the sampler; none when all are off, so the sampler's plain path runs. */
 function penalties(o: CommonOptions, prompt: readonly number[]): Partial<SamplerOptions> {
-  const [frequencyPenalty, presencePenalty, repetitionPenalty] = [o.frequency_penalty ?? 0, o.presence_penalty ?? 0, o.repetition_penalty ?? 1];
+  const [frequencyPenalty, presencePenalty, repetitionPenalty] = [
+    o.frequency_penalty ?? 0,
+    o.presence_penalty ?? 0,
+    o.repetition_penalty ?? 1,
+  ];
   if (frequencyPenalty === 0 && presencePenalty === 0 && repetitionPenalty === 1) return {};
-  return { frequencyPenalty, presencePenalty, repetitionPenalty, ...(repetitionPenalty === 1 ? {} : { penaltyContext: prompt.slice(-REPETITION_WINDOW) }) };
+  return {
+    frequencyPenalty,
+    presencePenalty,
+    repetitionPenalty,
+    ...(repetitionPenalty === 1 ? {} : { penaltyContext: prompt.slice(-REPETITION_WINDOW) }),
+  };
 }
 
 function randomSeed(): number {
@@ -105,13 +129,24 @@ export function planJob(
   model: LoadedModel,
   prompt: number[],
   o: CommonOptions,
-  at: { promptParam: string; maxTokensParam: string; maxTokens?: number | null; defaultMaxTokens: number; logprobs?: number | null; question?: TokenSpan | null },
+  at: {
+    promptParam: string;
+    maxTokensParam: string;
+    maxTokens?: number | null;
+    defaultMaxTokens: number;
+    logprobs?: number | null;
+    question?: TokenSpan | null;
+  },
 ): Job {
-  if (o.n != null && o.n !== 1) throw invalid(`n must be 1: this server returns one choice per request (got ${o.n})`, 'n');
+  if (o.n != null && o.n !== 1)
+    throw invalid(`n must be 1: this server returns one choice per request (got ${o.n})`, 'n');
   const ctx = model.config.seqLen;
   const requested = at.maxTokens ?? o.max_tokens;
   if (requested != null && requested > ctx - 1) {
-    throw invalid(`${at.maxTokensParam} is too large: ${requested}. This model's context is ${ctx} tokens, so at most ${ctx - 1} can be generated.`, at.maxTokensParam);
+    throw invalid(
+      `${at.maxTokensParam} is too large: ${requested}. This model's context is ${ctx} tokens, so at most ${ctx - 1} can be generated.`,
+      at.maxTokensParam,
+    );
   }
   const maxTokens = requested ?? at.defaultMaxTokens;
   if (prompt.length + maxTokens > ctx) {
@@ -128,7 +163,13 @@ export function planJob(
     prompt,
     maxTokens,
     // top_p 0 asks for the single most likely token: greedy decoding (the sampler needs top_p > 0).
-    sampler: { temperature: topP === 0 ? 0 : (o.temperature ?? 1), topP: topP === 0 ? 1 : topP, topK: o.top_k ?? 0, seed: o.seed ?? randomSeed(), ...penalties(o, prompt) },
+    sampler: {
+      temperature: topP === 0 ? 0 : (o.temperature ?? 1),
+      topP: topP === 0 ? 1 : topP,
+      topK: o.top_k ?? 0,
+      seed: o.seed ?? randomSeed(),
+      ...penalties(o, prompt),
+    },
     stop: o.stop == null ? [] : typeof o.stop === 'string' ? [o.stop] : o.stop,
     schedule: resolveSchedule(o.lazy, model.config.nLayers, at.question ?? null),
     question: at.question ?? null,
@@ -139,7 +180,9 @@ export function planJob(
 }
 
 /** The job's part of the engine's options (the caller adds its hooks: onText, beforeStep, trace). */
-export function engineOptions(job: Job): Pick<GenerateOptions, 'maxTokens' | 'sampler' | 'stop' | 'schedule' | 'question' | 'deadline' | 'logprobs'> {
+export function engineOptions(
+  job: Job,
+): Pick<GenerateOptions, 'maxTokens' | 'sampler' | 'stop' | 'schedule' | 'question' | 'deadline' | 'logprobs'> {
   return {
     maxTokens: job.maxTokens,
     sampler: job.sampler,

@@ -58,7 +58,10 @@ export class LogprobShaper {
   private readonly decoder;
   private offset = 0;
 
-  constructor(tok: TextTokenizer, private prev: number) {
+  constructor(
+    tok: TextTokenizer,
+    private prev: number,
+  ) {
     this.bytesOf = pieceBytesOf(tok);
     this.decoder = tok.createDecoder({ prev });
   }
@@ -69,7 +72,11 @@ export class LogprobShaper {
         const b = this.bytesOf(this.prev, id);
         return { token: tokenString(b), bytes: Array.from(b), logprob };
       };
-      const shaped = { ...entry(lp.id, lp.logprob), offset: this.offset, top: lp.top.map((t) => entry(t.id, t.logprob)) };
+      const shaped = {
+        ...entry(lp.id, lp.logprob),
+        offset: this.offset,
+        top: lp.top.map((t) => entry(t.id, t.logprob)),
+      };
       this.offset += this.decoder.push(lp.id).length;
       this.prev = lp.id;
       return shaped;

@@ -22,7 +22,8 @@ export function assetReader(assets: Fetcher, mbPerSecond: number | undefined) {
     const wait = readyAt - Date.now();
     if (wait > 0) await new Promise((r) => setTimeout(r, wait));
     const res = await assets.fetch(`https://assets.local/${path}`);
-    if (!res.ok) throw new ModelFormatError(path, 'a model shard in the static assets', `HTTP ${res.status} (run npm run shards)`);
+    if (!res.ok)
+      throw new ModelFormatError(path, 'a model shard in the static assets', `HTTP ${res.status} (run npm run shards)`);
     const bytes = new Uint8Array(await res.arrayBuffer());
     if (mbPerSecond) readyAt = Math.max(readyAt, Date.now()) + (bytes.byteLength / (mbPerSecond * MB)) * 1000;
     return bytes;
@@ -33,7 +34,8 @@ export function assetReader(assets: Fetcher, mbPerSecond: number | undefined) {
 export const DEPLOYED_ISOLATE_MB = 128;
 
 /** What loading needs; the settings may be unset (their defaults apply). */
-export type ModelEnv = Pick<Env, 'ASSETS' | 'MODEL_NAME'> & Partial<Pick<Env, 'MEMORY_BUDGET_MB' | 'CONTEXT_TOKENS' | 'KV_FORMAT' | 'ASSET_READ_MB_PER_S'>>;
+export type ModelEnv = Pick<Env, 'ASSETS' | 'MODEL_NAME'> &
+  Partial<Pick<Env, 'MEMORY_BUDGET_MB' | 'CONTEXT_TOKENS' | 'KV_FORMAT' | 'ASSET_READ_MB_PER_S'>>;
 
 export function positiveVar(name: string, v: string | undefined): number | undefined {
   if (v === undefined || v.trim() === '') return undefined;
@@ -44,13 +46,15 @@ export function positiveVar(name: string, v: string | undefined): number | undef
 
 function kvFormatVar(name: string, v: string | undefined): KvFormat | undefined {
   if (v === undefined || v.trim() === '') return undefined;
-  if (!isKvFormat(v.trim())) throw new ModelFormatError(name, `one of ${KV_FORMATS.join(', ')} (wrangler.toml [vars])`, JSON.stringify(v));
+  if (!isKvFormat(v.trim()))
+    throw new ModelFormatError(name, `one of ${KV_FORMATS.join(', ')} (wrangler.toml [vars])`, JSON.stringify(v));
   return v.trim() as KvFormat;
 }
 
 /** MEMORY_BUDGET_MB, CONTEXT_TOKENS and KV_FORMAT as loadModel's options. */
 export function loadOptionsOf(env: ModelEnv): LoadOptions {
-  const budget = env.MEMORY_BUDGET_MB?.trim() === 'off' ? Infinity : positiveVar('MEMORY_BUDGET_MB', env.MEMORY_BUDGET_MB);
+  const budget =
+    env.MEMORY_BUDGET_MB?.trim() === 'off' ? Infinity : positiveVar('MEMORY_BUDGET_MB', env.MEMORY_BUDGET_MB);
   return {
     memoryBudgetBytes: budget === undefined ? undefined : budget * MB,
     contextTokens: positiveVar('CONTEXT_TOKENS', env.CONTEXT_TOKENS),
@@ -100,10 +104,12 @@ function jsHeapBytes(): { bytes: number; how: string } | null {
   const proc = (globalThis as { process?: { memoryUsage?: () => { heapUsed: number; arrayBuffers: number } } }).process;
   if (typeof proc?.memoryUsage === 'function') {
     const m = proc.memoryUsage();
-    if (m.heapUsed > 0) return { bytes: m.heapUsed + m.arrayBuffers, how: 'process.memoryUsage() heapUsed + arrayBuffers' };
+    if (m.heapUsed > 0)
+      return { bytes: m.heapUsed + m.arrayBuffers, how: 'process.memoryUsage() heapUsed + arrayBuffers' };
   }
   const perf = (globalThis as { performance?: { memory?: { usedJSHeapSize?: number } } }).performance;
-  if (perf?.memory?.usedJSHeapSize) return { bytes: perf.memory.usedJSHeapSize, how: 'performance.memory.usedJSHeapSize' };
+  if (perf?.memory?.usedJSHeapSize)
+    return { bytes: perf.memory.usedJSHeapSize, how: 'performance.memory.usedJSHeapSize' };
   return null;
 }
 

@@ -24,7 +24,12 @@ import { sseResponse, type SendComment, type SendEvent } from './sse.js';
 /** Any name but the configured one is a 404 like OpenAI's; checked against configuration, nothing loaded. */
 export function checkModelName(env: Pick<Env, 'MODEL_NAME'>, requested: string): void {
   if (requested !== env.MODEL_NAME) {
-    throw new ApiError(404, `The model '${requested}' does not exist. This server serves '${env.MODEL_NAME}'.`, 'model_not_found', 'model');
+    throw new ApiError(
+      404,
+      `The model '${requested}' does not exist. This server serves '${env.MODEL_NAME}'.`,
+      'model_not_found',
+      'model',
+    );
   }
 }
 
@@ -83,7 +88,8 @@ async function run(
     const seq = chain ? chain.frontState() : new SequenceState(job.model.config);
     // The pruning trace needs the caches' depths, which a split model keeps in its groups.
     const tracer = job.trace && !chain ? new TraceRecorder(job.model, seq, job.question) : undefined;
-    const shaper = job.logprobs === null ? undefined : new LogprobShaper(job.model.tokenizer, job.prompt[job.prompt.length - 1]);
+    const shaper =
+      job.logprobs === null ? undefined : new LogprobShaper(job.model.tokenizer, job.prompt[job.prompt.length - 1]);
     const r = await generate(job.model, seq, job.prompt, {
       ...engineOptions(job),
       onText: onText && (shaper ? (t, lps) => onText(t, shaper.shape(lps)) : (t) => onText(t)),
@@ -92,7 +98,12 @@ async function run(
       trace: tracer?.hook,
       ...(chain ? { step: chain.runner } : {}),
     });
-    const usage = { prompt_tokens: r.promptTokens, completion_tokens: r.tokens.length, total_tokens: r.promptTokens + r.tokens.length, prompt_tokens_details: { cached_tokens: 0 } };
+    const usage = {
+      prompt_tokens: r.promptTokens,
+      completion_tokens: r.tokens.length,
+      total_tokens: r.promptTokens + r.tokens.length,
+      prompt_tokens_details: { cached_tokens: 0 },
+    };
     const logprobs = shaper && !onText ? { logprobs: shaper.shape(r.logprobs) } : {};
     const stats = chain ? chain.fixStats(r.stats) : tracer ? { ...r.stats, trace: tracer.result() } : r.stats;
     return { text: r.text, finishReason: r.finishReason, usage, stats, ...logprobs };

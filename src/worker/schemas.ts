@@ -22,7 +22,12 @@ export const scheduleSchema = z.union(
       })
       .strict(),
   ],
-  { errorMap: () => ({ message: 'schedule must be a spec string like "bos,1:0.5,3:0.5" or {"prune": [{"layer": 1, "keep": 0.5}], "keep_first": true}' }) },
+  {
+    errorMap: () => ({
+      message:
+        'schedule must be a spec string like "bos,1:0.5,3:0.5" or {"prune": [{"layer": 1, "keep": 0.5}], "keep_first": true}',
+    }),
+  },
 );
 
 export const lazySchema = z
@@ -73,12 +78,24 @@ export const completionSchema = z.object({
   ...generationFields,
   /** one string or one list of token ids; OpenAI's list forms are accepted when they hold exactly one prompt */
   prompt: z.union([z.string(), z.tuple([z.string()]), tokenIds, z.tuple([tokenIds])], {
-    errorMap: () => ({ message: 'prompt must be a string or a list of token ids (or a list holding exactly one of them)' }),
+    errorMap: () => ({
+      message: 'prompt must be a string or a list of token ids (or a list holding exactly one of them)',
+    }),
   }),
   /** the legacy logprobs: how many alternatives per token, 0..5 (false = off, as null) */
-  logprobs: z.union([z.number().int().min(0).max(5), z.literal(false)], { errorMap: () => ({ message: 'logprobs must be an integer from 0 to 5' }) }).nullish(),
+  logprobs: z
+    .union([z.number().int().min(0).max(5), z.literal(false)], {
+      errorMap: () => ({ message: 'logprobs must be an integer from 0 to 5' }),
+    })
+    .nullish(),
   /** chat's option; here logprobs: N says how many alternatives */
-  top_logprobs: z.literal(0, { errorMap: () => ({ message: 'top_logprobs is a chat option; /v1/completions takes logprobs: N (0..5) alternatives per token' }) }).nullish(),
+  top_logprobs: z
+    .literal(0, {
+      errorMap: () => ({
+        message: 'top_logprobs is a chat option; /v1/completions takes logprobs: N (0..5) alternatives per token',
+      }),
+    })
+    .nullish(),
 });
 export type CompletionRequest = z.infer<typeof completionSchema>;
 
@@ -86,7 +103,9 @@ const textPart = z.object({ type: z.literal('text'), text: z.string() });
 export const messageSchema = z.object({
   /** "developer" is OpenAI's newer name for "system" */
   role: z.enum(['system', 'developer', 'user', 'assistant']),
-  content: z.union([z.string(), z.array(textPart)], { errorMap: () => ({ message: 'content must be a string or a list of {"type": "text", "text": ...} parts' }) }),
+  content: z.union([z.string(), z.array(textPart)], {
+    errorMap: () => ({ message: 'content must be a string or a list of {"type": "text", "text": ...} parts' }),
+  }),
   name: z.string().optional(),
 });
 export type ChatMessage = z.infer<typeof messageSchema>;
@@ -128,7 +147,13 @@ const UNSUPPORTED: Record<string, (v: unknown) => boolean> = {
  */
 export function chatTopLogprobs(o: { logprobs?: boolean | null; top_logprobs?: number | null }): number | null {
   if (o.logprobs === true) return o.top_logprobs ?? 0;
-  if (o.top_logprobs) throw new ApiError(400, "Invalid value for 'top_logprobs': logprobs must be set to true when top_logprobs is used.", 'invalid_value', 'top_logprobs');
+  if (o.top_logprobs)
+    throw new ApiError(
+      400,
+      "Invalid value for 'top_logprobs': logprobs must be set to true when top_logprobs is used.",
+      'invalid_value',
+      'top_logprobs',
+    );
   return null;
 }
 
@@ -157,19 +182,36 @@ function issueToError(issue: z.ZodIssue, body: unknown): ApiError {
   const param = paramName(issue.path);
   const where = param ? `'${param}'` : 'the request body';
   // A union (prompt, content, stop) reports a missing value as a value none of its members took.
-  const missing = (issue.code === 'invalid_type' && issue.received === 'undefined') || (issue.path.length > 0 && valueAt(body, issue.path) === undefined);
+  const missing =
+    (issue.code === 'invalid_type' && issue.received === 'undefined') ||
+    (issue.path.length > 0 && valueAt(body, issue.path) === undefined);
   if (missing) {
     return new ApiError(400, `Missing required parameter: ${where}.`, 'missing_required_parameter', param);
   }
   if (issue.code === 'invalid_type') {
-    return new ApiError(400, `Invalid type for ${where}: expected ${issue.expected}, but got ${issue.received}.`, 'invalid_type', param);
+    return new ApiError(
+      400,
+      `Invalid type for ${where}: expected ${issue.expected}, but got ${issue.received}.`,
+      'invalid_type',
+      param,
+    );
   }
   if (issue.code === 'unrecognized_keys' && issue.path.length === 0) {
     const list = issue.keys.join(', ');
-    return new ApiError(400, `Unrecognized request argument supplied: ${list}. This server does not know ${issue.keys.length > 1 ? 'these parameters' : 'this parameter'}; remove ${issue.keys.length > 1 ? 'them' : 'it'} or check the spelling.`, 'unknown_parameter', issue.keys[0]);
+    return new ApiError(
+      400,
+      `Unrecognized request argument supplied: ${list}. This server does not know ${issue.keys.length > 1 ? 'these parameters' : 'this parameter'}; remove ${issue.keys.length > 1 ? 'them' : 'it'} or check the spelling.`,
+      'unknown_parameter',
+      issue.keys[0],
+    );
   }
   if (issue.code === 'unrecognized_keys') {
-    return new ApiError(400, `Unrecognized ${issue.keys.length > 1 ? 'fields' : 'field'} in ${where}: ${issue.keys.join(', ')}.`, 'unknown_parameter', param);
+    return new ApiError(
+      400,
+      `Unrecognized ${issue.keys.length > 1 ? 'fields' : 'field'} in ${where}: ${issue.keys.join(', ')}.`,
+      'unknown_parameter',
+      param,
+    );
   }
   return new ApiError(400, `Invalid value for ${where}: ${issue.message}.`, 'invalid_value', param);
 }
@@ -186,7 +228,12 @@ export function validate<T extends z.ZodTypeAny>(schema: T, body: unknown): z.in
     for (const [key, isOff] of Object.entries(UNSUPPORTED)) {
       const v = copy[key];
       if (v !== undefined && v !== null && !isOff(v)) {
-        throw new ApiError(400, `'${key}' is not supported by this server; leave it unset.`, 'unsupported_parameter', key);
+        throw new ApiError(
+          400,
+          `'${key}' is not supported by this server; leave it unset.`,
+          'unsupported_parameter',
+          key,
+        );
       }
       delete copy[key];
     }

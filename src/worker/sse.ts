@@ -26,7 +26,10 @@ export const SSE_HEADERS = {
  * A hang-up is a normal event, never logged. `comment` writes an SSE comment line, which carries
  * no event: what a long prefill sends to keep the connection open (keep-alive.ts).
  */
-export function sseResponse(produce: (send: SendEvent, gone: AbortSignal, comment: SendComment) => Promise<void>, waitUntil?: (p: Promise<unknown>) => void): Response {
+export function sseResponse(
+  produce: (send: SendEvent, gone: AbortSignal, comment: SendComment) => Promise<void>,
+  waitUntil?: (p: Promise<unknown>) => void,
+): Response {
   // Not a JS TransformStream: when a client hangs up at some moments (about one time in three in
   // wrangler dev, issue 26), workerd drops the pump that reads the response body without
   // cancelling a JS-backed readable. The pending write then never settles, `closed` never rejects
@@ -51,7 +54,11 @@ export function sseResponse(produce: (send: SendEvent, gone: AbortSignal, commen
   const run = (async () => {
     try {
       // A comment is one line: a line break in it would start a field of an event.
-      await produce((data) => write(`data: ${JSON.stringify(data)}\n\n`), hangUp.signal, (text) => write(`: ${text.replace(/[\r\n]+/g, ' ')}\n\n`));
+      await produce(
+        (data) => write(`data: ${JSON.stringify(data)}\n\n`),
+        hangUp.signal,
+        (text) => write(`: ${text.replace(/[\r\n]+/g, ' ')}\n\n`),
+      );
       await write('data: [DONE]\n\n');
       await writer.close();
     } catch (e) {

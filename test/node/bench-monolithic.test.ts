@@ -15,14 +15,17 @@ async function compare(ck: Checkpoint, prompt: number[], extra: number[]): Promi
   const model = await loadCheckpointModel(ck);
   const seq = new SequenceState(model.config);
   const diffs = [maxAbsDiff(await mono.step(prompt), (await runStep(model, seq, prompt, { schedule: null })).logits)];
-  for (const t of extra) diffs.push(maxAbsDiff(await mono.step([t]), (await runStep(model, seq, [t], { schedule: null })).logits));
+  for (const t of extra)
+    diffs.push(maxAbsDiff(await mono.step([t]), (await runStep(model, seq, [t], { schedule: null })).logits));
   return diffs;
 }
 
 describe('monolithic benchmark graph (one ONNX graph with past_key_values)', () => {
   it('gives the dense engine logits on stories260K, prefill and decode', async () => {
     const { ck, tok } = loadStories260K();
-    const prompt = tok.encode('Once upon a time, there was a little girl named Lily. She loved to play outside.', { bos: true });
+    const prompt = tok.encode('Once upon a time, there was a little girl named Lily. She loved to play outside.', {
+      bos: true,
+    });
     for (const d of await compare(ck, prompt, [13, 410, 300])) expect(d).toBeLessThanOrEqual(1e-4);
   });
 

@@ -19,7 +19,13 @@ import { defaultSchedule, formatSchedule } from '../../src/engine/policy.js';
 import { startEngine, type EnginePeers } from '../../scripts/lib/peers/engine.js';
 import { startLlamaCpp } from '../../scripts/lib/peers/llamacpp.js';
 import type { Peer, PeerPrompt } from '../../scripts/lib/peers/peer.js';
-import { agreesWithExact, chatChecks, shardTokenizer, textWindows, type ChatCheck } from '../../scripts/lib/peers/prompts.js';
+import {
+  agreesWithExact,
+  chatChecks,
+  shardTokenizer,
+  textWindows,
+  type ChatCheck,
+} from '../../scripts/lib/peers/prompts.js';
 import { ensureSmolExport } from '../../scripts/lib/peers/smol-export.js';
 import { startTransformers } from '../../scripts/lib/peers/transformers.js';
 import { startWllama } from '../../scripts/lib/peers/wllama.js';
@@ -49,7 +55,9 @@ beforeAll(async () => {
   const tok = shardTokenizer(shards);
   check = chatChecks(shards, tok).find((c) => c.name === PROMPT)!;
   // 128 tokens of the MPL 2.0 (the fixtures' p512 ids), so that the test needs no data file
-  prose = textWindows(tok, fixture<LogitsFixture>('logits-exact.json').prompts.find((p) => p.name === 'p512')!.ids, [128])[128];
+  prose = textWindows(tok, fixture<LogitsFixture>('logits-exact.json').prompts.find((p) => p.name === 'p512')!.ids, [
+    128,
+  ])[128];
   engine = await startEngine({ shards, contextTokens: N_CTX, schedule: formatSchedule(defaultSchedule(30)), log });
   const chat = await engine.dense.run(check.prompt, check.maxTokens, check.endIds);
   const p = await engine.dense.run(prose, 4);
@@ -125,7 +133,14 @@ describe('transformers.js on our monolithic export', () => {
 
 describe('our engine inside workerd (scripts/bench-workerd, a frozen snapshot served locally)', () => {
   it('dense and lazy: the same tokens as dense in Node, and its prompt token counts equal ours', async () => {
-    const w = await startWorkerdEngine({ model: basename(servedShardsDir()), contextTokens: N_CTX, schedule: formatSchedule(defaultSchedule(30)), logFile: join(tmpdir(), `bench-peers-workerd-${process.pid}.log`), log, freezeUnder: CACHE });
+    const w = await startWorkerdEngine({
+      model: basename(servedShardsDir()),
+      contextTokens: N_CTX,
+      schedule: formatSchedule(defaultSchedule(30)),
+      logFile: join(tmpdir(), `bench-peers-workerd-${process.pid}.log`),
+      log,
+      freezeUnder: CACHE,
+    });
     try {
       await sameAsDense(w.dense);
       // the default schedule's floor (min:128) keeps all 39 prompt tokens: this checks the lazy row's path through workerd

@@ -55,7 +55,9 @@ function median(xs: number[]): number {
 }
 
 describe.skipIf(!present)(
-  present ? 'BPE tokenizer on SmolLM2-135M-Instruct' : `BPE tokenizer (skipped: no GGUF at ${GGUF_PATH}; set LAZY_EDGE_GGUF)`,
+  present
+    ? 'BPE tokenizer on SmolLM2-135M-Instruct'
+    : `BPE tokenizer (skipped: no GGUF at ${GGUF_PATH}; set LAZY_EDGE_GGUF)`,
   () => {
     let metadata: Record<string, unknown>;
     let spec: BpeTokenizerSpec;
@@ -184,13 +186,22 @@ describe.skipIf(!present)(
     it('builds the same tokenizer.json every time, and the parsed text works alone', () => {
       const text = JSON.stringify(tokenizerJsonFromSpec(spec));
       expect(JSON.stringify(tokenizerJsonFromSpec(spec))).toBe(text);
-      const fromText = BpeTokenizer.fromJson(JSON.parse(text), { ...spec, endIds: endOfGenerationIds(spec) }, 'tokenizer.json');
+      const fromText = BpeTokenizer.fromJson(
+        JSON.parse(text),
+        { ...spec, endIds: endOfGenerationIds(spec) },
+        'tokenizer.json',
+      );
       for (const [s] of NOTES_VECTORS) expect(fromText.encode(s)).toEqual(tok.encode(s));
       expect(fromText.encode(MULTILINGUAL.join('\n'))).toEqual(tok.encode(MULTILINGUAL.join('\n')));
     });
 
     it('refuses tokenizer kinds it does not implement, naming them', () => {
-      const e = expectFormatError(() => tokenizerJsonFromSpec({ ...spec, pre: 'qwen2' }, GGUF_PATH), GGUF_PATH, "'qwen2'", 'tokenizer.ggml.pre');
+      const e = expectFormatError(
+        () => tokenizerJsonFromSpec({ ...spec, pre: 'qwen2' }, GGUF_PATH),
+        GGUF_PATH,
+        "'qwen2'",
+        'tokenizer.ggml.pre',
+      );
       expect(e.expected).toContain('smollm');
       expectFormatError(() => tokenizerJsonFromSpec({ ...spec, model: 'llama' }), "'llama'", 'tokenizer.ggml.model');
       expectFormatError(() => endOfGenerationIds({ ...spec, model: 'bert' }), "'bert'");
@@ -198,7 +209,11 @@ describe.skipIf(!present)(
     });
 
     it('refuses metadata that cannot describe a vocabulary', () => {
-      expectFormatError(() => tokenizerJsonFromSpec({ ...spec, tokenTypes: spec.tokenTypes.slice(1) }), 'token_type', '49151 entries');
+      expectFormatError(
+        () => tokenizerJsonFromSpec({ ...spec, tokenTypes: spec.tokenTypes.slice(1) }),
+        'token_type',
+        '49151 entries',
+      );
       expectFormatError(() => tokenizerJsonFromSpec({ ...spec, eosId: 49152 }), 'eos_token_id', '49152');
       const dup = [...spec.tokens];
       dup[100] = dup[99];
@@ -206,13 +221,19 @@ describe.skipIf(!present)(
       expectFormatError(() => tokenizerJsonFromSpec({ ...spec, merges: ['ab', ...spec.merges] }), 'merges[0]', '"ab"');
       const { 'tokenizer.ggml.merges': _merges, ...noMerges } = metadata;
       expectFormatError(() => bpeSpecFromGguf(noMerges, GGUF_PATH), 'tokenizer.ggml.merges', 'no such key');
-      expectFormatError(() => BpeTokenizer.fromJson({ model: { type: 'Unigram' } }, { ...spec, endIds: [] }, 'x.json'), 'x.json', 'BPE');
+      expectFormatError(
+        () => BpeTokenizer.fromJson({ model: { type: 'Unigram' } }, { ...spec, endIds: [] }, 'x.json'),
+        'x.json',
+        'BPE',
+      );
     });
 
     it('renders other templates and reports template errors as ChatTemplateError', () => {
       const msgs = [{ role: 'user', content: 'hi' }];
       const opts = { bosToken: '<s>', eosToken: '</s>', addGenerationPrompt: false };
-      expect(renderChatTemplate('{{ bos_token }}{{ messages[0].content }}{{ eos_token }}', msgs, opts)).toBe('<s>hi</s>');
+      expect(renderChatTemplate('{{ bos_token }}{{ messages[0].content }}{{ eos_token }}', msgs, opts)).toBe(
+        '<s>hi</s>',
+      );
       expect(() => renderChatTemplate('{% for m in messages %}', msgs, opts)).toThrow(ChatTemplateError);
       let err: unknown;
       try {
@@ -255,7 +276,9 @@ describe.skipIf(!present)(
     });
 
     it.skipIf(!existsSync(LLAMACPP_FIXTURE))('matches llama.cpp on every case of the llama.cpp fixture', () => {
-      const fixture = JSON.parse(readFileSync(LLAMACPP_FIXTURE, 'utf8')) as { cases: Array<{ text: string; ids: number[] }> };
+      const fixture = JSON.parse(readFileSync(LLAMACPP_FIXTURE, 'utf8')) as {
+        cases: Array<{ text: string; ids: number[] }>;
+      };
       expect(fixture.cases.length).toBeGreaterThan(0);
       const mismatches = fixture.cases.filter((c) => tok.encode(c.text).join() !== c.ids.join());
       expect(mismatches.map((c) => ({ text: c.text, llamacpp: c.ids, ours: tok.encode(c.text) }))).toEqual([]);

@@ -29,7 +29,9 @@ beforeAll(() => initNodeRuntime());
 async function viaRuntime(bytes: Uint8Array, ids: readonly number[]): Promise<Float32Array> {
   const s = await createGraphSession('embed', bytes);
   try {
-    const out = await s.run({ [EMBED_IO.inputs.ids]: { data: BigInt64Array.from(ids, (t) => BigInt(t)), dims: [ids.length] } });
+    const out = await s.run({
+      [EMBED_IO.inputs.ids]: { data: BigInt64Array.from(ids, (t) => BigInt(t)), dims: [ids.length] },
+    });
     return (out[EMBED_IO.outputs.x].data as Float32Array).slice();
   } finally {
     s.release();
@@ -50,9 +52,18 @@ describe('the embedding in plain code gives what onnxruntime gives on the shard,
   const cfg = { dim: DIM } as ModelConfig;
   const forms: [string, () => Uint8Array][] = [
     ['f32 rows (a checkpoint build)', () => buildEmbedGraph(cfg, randomTable(ROWS, DIM, 1))],
-    ['int8 rows with a scale per row (a quantized checkpoint build)', () => buildEmbedGraph(cfg, randomTable(ROWS, DIM, 2), true)],
-    ['Q8_0 rows (a GGUF build, embed=q8)', () => embedGraph(DIM, (b, ids) => ggmlEmbedRows(b, ids, randomBlocks(Q8_0, ROWS, DIM, 3)))],
-    ['4-bit rows with a scale and minimum per block (embed=q4)', () => embedGraph(DIM, (b, ids) => q4EmbedRows(b, ids, randomBlocks(Q4_1, ROWS, DIM, 4)))],
+    [
+      'int8 rows with a scale per row (a quantized checkpoint build)',
+      () => buildEmbedGraph(cfg, randomTable(ROWS, DIM, 2), true),
+    ],
+    [
+      'Q8_0 rows (a GGUF build, embed=q8)',
+      () => embedGraph(DIM, (b, ids) => ggmlEmbedRows(b, ids, randomBlocks(Q8_0, ROWS, DIM, 3))),
+    ],
+    [
+      '4-bit rows with a scale and minimum per block (embed=q4)',
+      () => embedGraph(DIM, (b, ids) => q4EmbedRows(b, ids, randomBlocks(Q4_1, ROWS, DIM, 4))),
+    ],
   ];
   for (const [what, build] of forms) {
     it(what, async () => {
@@ -67,7 +78,10 @@ describe('the embedding in plain code gives what onnxruntime gives on the shard,
   it('looks each id up in the part that holds its row', async () => {
     const a = embedGraph(DIM, (b, ids) => ggmlEmbedRows(b, ids, randomBlocks(Q8_0, 24, DIM, 5)));
     const b2 = embedGraph(DIM, (b, ids) => ggmlEmbedRows(b, ids, randomBlocks(Q8_0, 16, DIM, 6)));
-    const table = new EmbeddingTable([embeddingPartOf('embed_0.onnx', a, 0, 24, DIM), embeddingPartOf('embed_1.onnx', b2, 24, 16, DIM)], DIM);
+    const table = new EmbeddingTable(
+      [embeddingPartOf('embed_0.onnx', a, 0, 24, DIM), embeddingPartOf('embed_1.onnx', b2, 24, 16, DIM)],
+      DIM,
+    );
     const ids = [30, 2, 23, 24, 39, 0];
     const js = table.lookup(ids);
     for (const [i, id] of ids.entries()) {
@@ -78,10 +92,20 @@ describe('the embedding in plain code gives what onnxruntime gives on the shard,
   });
 
   it('refuses a shard that holds no embedding rows, naming the file and what it holds', () => {
-    const head = buildHeadGraph({ dim: DIM, normEps: 1e-5 } as ModelConfig, new Float32Array(DIM).fill(1), randomTable(8, DIM, 7), 8, f32Format().linear);
+    const head = buildHeadGraph(
+      { dim: DIM, normEps: 1e-5 } as ModelConfig,
+      new Float32Array(DIM).fill(1),
+      randomTable(8, DIM, 7),
+      8,
+      f32Format().linear,
+    );
     expect(() => embeddingPartOf('head.onnx', head, 0, 8, DIM)).toThrow(ModelFormatError);
-    expect(() => embeddingPartOf('head.onnx', head, 0, 8, DIM)).toThrow(/head\.onnx: expected embedding rows .* found only /);
-    expect(() => embeddingPartOf('junk.onnx', new Uint8Array([0xff, 0xff, 0xff]), 0, 8, DIM)).toThrow(/junk\.onnx: expected an ONNX model/);
+    expect(() => embeddingPartOf('head.onnx', head, 0, 8, DIM)).toThrow(
+      /head\.onnx: expected embedding rows .* found only /,
+    );
+    expect(() => embeddingPartOf('junk.onnx', new Uint8Array([0xff, 0xff, 0xff]), 0, 8, DIM)).toThrow(
+      /junk\.onnx: expected an ONNX model/,
+    );
   });
 });
 
@@ -100,8 +124,12 @@ describe.each([
     const js = table.lookup(ids);
     for (const p of parts) {
       const mine = ids.flatMap((id, i) => (id >= p.start && id < p.start + p.rows ? [i] : []));
-      const ort = await viaRuntime(readBytes(join(dir, m.files.embed[parts.indexOf(p)].file)), mine.map((i) => ids[i] - p.start));
-      for (const [j, i] of mine.entries()) expect(bitsOf(js.subarray(i * dim, (i + 1) * dim))).toEqual(bitsOf(ort.subarray(j * dim, (j + 1) * dim)));
+      const ort = await viaRuntime(
+        readBytes(join(dir, m.files.embed[parts.indexOf(p)].file)),
+        mine.map((i) => ids[i] - p.start),
+      );
+      for (const [j, i] of mine.entries())
+        expect(bitsOf(js.subarray(i * dim, (i + 1) * dim))).toEqual(bitsOf(ort.subarray(j * dim, (j + 1) * dim)));
     }
   });
 });

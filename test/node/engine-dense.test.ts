@@ -11,7 +11,12 @@ import { ReferenceModel } from '../support/reference-forward.js';
 import { loadDefaultModel, maxAbsDiff, randomModel } from '../support/models.js';
 
 /** Prefill `prompt` in one step, then decode `extra` tokens; compare each step's logits with the reference. */
-async function compareWithReference(model: LoadedModel, ck: Checkpoint, prompt: number[], extra: number[]): Promise<number[]> {
+async function compareWithReference(
+  model: LoadedModel,
+  ck: Checkpoint,
+  prompt: number[],
+  extra: number[],
+): Promise<number[]> {
   const ref = new ReferenceModel(ck);
   let refLogits: Float32Array = new Float32Array();
   prompt.forEach((t, pos) => (refLogits = ref.forward(t, pos)));
@@ -51,28 +56,43 @@ describe('dense engine on stories260K', () => {
   it("reproduces llama2.c's published greedy sample from BOS", async () => {
     const sample = greedySampleText();
     // The sample is run.c's default 256 steps, so it ends mid-story.
-    const r = await generate(model, new SequenceState(model.config), [tok.bosId], { maxTokens: 256, sampler: GREEDY, schedule: null });
+    const r = await generate(model, new SequenceState(model.config), [tok.bosId], {
+      maxTokens: 256,
+      sampler: GREEDY,
+      schedule: null,
+    });
     expect(r.tokens).toHaveLength(256);
     expect(r.text).toBe(sample);
   });
 
   it("reproduces llama2.c's seeded sample (-t 1.0 -p 0.9 -s 133742): same sampler, same RNG", async () => {
     const r = await generate(model, new SequenceState(model.config), [tok.bosId], {
-      maxTokens: 256, sampler: { temperature: 1, topP: 0.9, topK: 0, seed: 133742 }, schedule: null,
+      maxTokens: 256,
+      sampler: { temperature: 1, topP: 0.9, topK: 0, seed: 133742 },
+      schedule: null,
     });
     expect(r.text).toBe(seededSampleText());
   });
 
   it('gives the same tokens for the same seed and different ones for another seed', async () => {
     const run = (seed: number) =>
-      generate(model, new SequenceState(model.config), [tok.bosId], { maxTokens: 40, sampler: { temperature: 1, topP: 0.95, topK: 40, seed }, schedule: null });
+      generate(model, new SequenceState(model.config), [tok.bosId], {
+        maxTokens: 40,
+        sampler: { temperature: 1, topP: 0.95, topK: 40, seed },
+        schedule: null,
+      });
     const [a, b, c] = await Promise.all([run(5), run(5), run(6)]);
     expect(a.tokens).toEqual(b.tokens);
     expect(c.tokens).not.toEqual(a.tokens);
   });
 
   it('stops at a stop string and excludes it from the text', async () => {
-    const r = await generate(model, new SequenceState(model.config), [tok.bosId], { maxTokens: 100, sampler: GREEDY, schedule: null, stop: ['Lily'] });
+    const r = await generate(model, new SequenceState(model.config), [tok.bosId], {
+      maxTokens: 100,
+      sampler: GREEDY,
+      schedule: null,
+      stop: ['Lily'],
+    });
     expect(r.text).toBe('Once upon a time, there was a little girl named ');
     expect(r.finishReason).toBe('stop');
   });

@@ -21,11 +21,19 @@ function computeCounter(nLayers: number) {
 }
 
 /** Prefill, `decode` sampled steps, then a batch of new tokens: the life of a chat turn. */
-async function drive(model: LoadedModel, schedule: Schedule | null, prompt: number[], decode: number, batch: number[], trace?: LayerTrace) {
+async function drive(
+  model: LoadedModel,
+  schedule: Schedule | null,
+  prompt: number[],
+  decode: number,
+  batch: number[],
+  trace?: LayerTrace,
+) {
   const seq = new SequenceState(model.config);
   const sampler = new Sampler({ temperature: 0.8, topP: 0.95, topK: 0, seed: 11 });
   const steps = [await runStep(model, seq, prompt, { schedule, trace })];
-  for (let s = 0; s < decode; s++) steps.push(await runStep(model, seq, [sampler.sample(steps.at(-1)!.logits)], { schedule, trace }));
+  for (let s = 0; s < decode; s++)
+    steps.push(await runStep(model, seq, [sampler.sample(steps.at(-1)!.logits)], { schedule, trace }));
   steps.push(await runStep(model, seq, batch, { schedule, trace }));
   return { seq, steps };
 }
@@ -100,7 +108,13 @@ describe('LazyLLM in the engine (stories260K)', () => {
       for (const i of revived) revivedInputs.set(i, layer);
     };
     let logits = first.logits;
-    for (let s = 0; s < 3; s++) logits = (await runStep(model, seq, [new Sampler({ temperature: 0, topP: 1, topK: 0, seed: 0 }).sample(logits)], { schedule: null, trace: layerTrace })).logits;
+    for (let s = 0; s < 3; s++)
+      logits = (
+        await runStep(model, seq, [new Sampler({ temperature: 0, topP: 1, topK: 0, seed: 0 }).sample(logits)], {
+          schedule: null,
+          trace: layerTrace,
+        })
+      ).logits;
     expect(c.maxCount()).toBe(1);
     for (const [i, { depth }] of parked) {
       expect(revivedInputs.get(i)).toBe(depth); // resumed at the layer where it stopped
@@ -137,7 +151,12 @@ describe('LazyLLM in the engine (stories260K)', () => {
     await runStep(model, denseSeq, [batch[0]], { schedule: null });
     const every = Int32Array.from({ length: next + 1 }, (_, i) => i);
     // Layer-1 K rows of pruned-then-revived tokens depend only on their own hidden state entering layer 1.
-    expect(maxAbsDiff(lazySeq.kv.gather(1, every).k.data as Float32Array, denseSeq.kv.gather(1, every).k.data as Float32Array)).toBeLessThanOrEqual(1e-5);
+    expect(
+      maxAbsDiff(
+        lazySeq.kv.gather(1, every).k.data as Float32Array,
+        denseSeq.kv.gather(1, every).k.data as Float32Array,
+      ),
+    ).toBeLessThanOrEqual(1e-5);
   });
 });
 
@@ -159,7 +178,16 @@ describe('LazyLLM on a seeded random GQA model', () => {
 describe("LazyLLM on SmolLM2's shape (30 layers, GQA 9/3), seeded random weights", () => {
   // SmolLM2-135M's layer count and head layout at a small width (head size 8): the invariants depend
   // on the shape of the schedule and the attention, not on the width or the weights.
-  const { model } = randomModel({ dim: 72, hiddenDim: 192, nLayers: 30, nHeads: 9, nKvHeads: 3, vocabSize: 512, seqLen: 1024, seed: 135 });
+  const { model } = randomModel({
+    dim: 72,
+    hiddenDim: 192,
+    nLayers: 30,
+    nHeads: 9,
+    nKvHeads: 3,
+    vocabSize: 512,
+    seqLen: 1024,
+    seed: 135,
+  });
   it('computes each token at most once per layer, follows the default 30-layer schedule, and keeps Aux entries exactly for unfinished tokens', async () => {
     const m = await model;
     const L = m.config.nLayers;
@@ -182,4 +210,3 @@ describe("LazyLLM on SmolLM2's shape (30 layers, GQA 9/3), seeded random weights
     }
   });
 });
-

@@ -66,12 +66,23 @@ describe('fixture coverage', () => {
     expect(fixture.source).toMatch(/^gguf \S+ gguf\.quants\.dequantize$/);
     const names = new Set(fixture.cases.map((c) => c.type_name));
     expect([...names].sort()).toEqual([...TYPE_NAMES].sort());
-    expect(Object.values(GGML_TYPES).map((t) => t.name).sort()).toEqual([...TYPE_NAMES].sort());
+    expect(
+      Object.values(GGML_TYPES)
+        .map((t) => t.name)
+        .sort(),
+    ).toEqual([...TYPE_NAMES].sort());
     // gguf 0.19.0 can quantize these; the others are random blocks only.
     for (const t of ['F16', 'BF16', 'Q4_0', 'Q4_1', 'Q5_0', 'Q5_1', 'Q8_0']) {
-      expect(fixture.cases.some((c) => c.type_name === t && c.origin === 'quantized'), t).toBe(true);
+      expect(
+        fixture.cases.some((c) => c.type_name === t && c.origin === 'quantized'),
+        t,
+      ).toBe(true);
     }
-    for (const origin of ['shared-gguf:blk.0.attn_q.weight', 'shared-gguf:token_embd.weight', 'shared-gguf:blk.0.attn_norm.weight']) {
+    for (const origin of [
+      'shared-gguf:blk.0.attn_q.weight',
+      'shared-gguf:token_embd.weight',
+      'shared-gguf:blk.0.attn_norm.weight',
+    ]) {
       expect(fixture.cases.filter((c) => c.origin === origin).length, origin).toBeGreaterThan(0);
     }
   });
@@ -80,7 +91,10 @@ describe('fixture coverage', () => {
     for (const [id, [blockValues, blockBytes]] of Object.entries(fixture.type_sizes)) {
       const info = ggmlTypeInfo(Number(id));
       expect(info, `type ${id}`).toBeDefined();
-      expect({ blockValues: info!.blockValues, blockBytes: info!.blockBytes }, info!.name).toEqual({ blockValues, blockBytes });
+      expect({ blockValues: info!.blockValues, blockBytes: info!.blockBytes }, info!.name).toEqual({
+        blockValues,
+        blockBytes,
+      });
       expect(info!.id).toBe(Number(id));
     }
     expect(Object.keys(fixture.type_sizes).sort()).toEqual(Object.keys(GGML_TYPES).sort());
@@ -174,16 +188,19 @@ describe('types, sizes and errors', () => {
     expect(() => tensorBytes(99, 32)).toThrow(/type 99/);
   });
 
-  it.each(Object.values(GGML_TYPES).map((t) => [t.name, t] as const))('%s: wrong byte lengths throw, naming the type', (name, t) => {
-    const n = 2 * t.blockValues;
-    const ok = new Uint8Array(tensorBytes(t.id, n));
-    expect(dequantize(t.id, ok, n).length).toBe(n);
-    for (const len of [ok.length - 1, ok.length + 1, 0]) {
-      expect(() => dequantize(t.id, new Uint8Array(len), n)).toThrow(RangeError);
-      expect(() => dequantize(t.id, new Uint8Array(len), n)).toThrow(new RegExp(`${name}.*got ${len}`));
-    }
-    if (t.blockValues > 1) expect(() => dequantize(t.id, ok, n - 1)).toThrow(new RegExp(name));
-  });
+  it.each(Object.values(GGML_TYPES).map((t) => [t.name, t] as const))(
+    '%s: wrong byte lengths throw, naming the type',
+    (name, t) => {
+      const n = 2 * t.blockValues;
+      const ok = new Uint8Array(tensorBytes(t.id, n));
+      expect(dequantize(t.id, ok, n).length).toBe(n);
+      for (const len of [ok.length - 1, ok.length + 1, 0]) {
+        expect(() => dequantize(t.id, new Uint8Array(len), n)).toThrow(RangeError);
+        expect(() => dequantize(t.id, new Uint8Array(len), n)).toThrow(new RegExp(`${name}.*got ${len}`));
+      }
+      if (t.blockValues > 1) expect(() => dequantize(t.id, ok, n - 1)).toThrow(new RegExp(name));
+    },
+  );
 
   it('unsupported types throw, naming the type', () => {
     expect(() => dequantize(10, new Uint8Array(84), 256)).toThrow(RangeError); // Q2_K: not implemented here

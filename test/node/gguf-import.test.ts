@@ -26,8 +26,17 @@ beforeAll(async () => {
 describe('GGUF model description', () => {
   it('takes every configuration value from the metadata', () => {
     expect(model.config).toEqual({
-      dim: 576, hiddenDim: 1536, nLayers: 30, nHeads: 9, nKvHeads: 3, vocabSize: 49152, seqLen: 8192,
-      headSize: 64, kvDim: 192, normEps: Math.fround(1e-5), ropeTheta: 100000,
+      dim: 576,
+      hiddenDim: 1536,
+      nLayers: 30,
+      nHeads: 9,
+      nKvHeads: 3,
+      vocabSize: 49152,
+      seqLen: 8192,
+      headSize: 64,
+      kvDim: 192,
+      normEps: Math.fround(1e-5),
+      ropeTheta: 100000,
     });
     expect(model.tiedHead).toBe(true);
     expect(model.head).toBe(model.embedding);
@@ -40,9 +49,17 @@ describe('GGUF model description', () => {
 
   it('keeps each matrix in the type the file stores it (Q4_1 blocks, a Q8_0 embedding)', () => {
     const q = model.layers[0].wq;
-    expect({ type: q.type, out: q.out, inp: q.inp, bytes: q.data.byteLength }).toEqual({ type: 3, out: 576, inp: 576, bytes: (576 * 576 * 20) / 32 });
+    expect({ type: q.type, out: q.out, inp: q.inp, bytes: q.data.byteLength }).toEqual({
+      type: 3,
+      out: 576,
+      inp: 576,
+      bytes: (576 * 576 * 20) / 32,
+    });
     expect(model.layers[29].w2).toMatchObject({ type: 3, out: 576, inp: 1536 });
-    expect({ type: model.embedding.type, bytes: model.embedding.data.byteLength }).toEqual({ type: 8, bytes: 30081024 });
+    expect({ type: model.embedding.type, bytes: model.embedding.data.byteLength }).toEqual({
+      type: 8,
+      bytes: 30081024,
+    });
   });
 
   it('the served shards stay under the 25 MiB static-asset limit and the manifest says how they were made', () => {
@@ -93,8 +110,15 @@ describe('npm run shards -- --gguf refuses a bad file before writing anything', 
       const path = join(dir, `${what.replace(/\W+/g, '-')}.gguf`);
       writeFileSync(path, make());
       const out = join(dir, `out-${what.replace(/\W+/g, '-')}`);
-      const run = promisify(execFile)(`${REPO}node_modules/.bin/tsx`, ['scripts/shards.ts', '--gguf', path, '--out', out], { cwd: REPO });
-      const err = (await run.then(() => null, (e: { code: number; stderr: string }) => e))!;
+      const run = promisify(execFile)(
+        `${REPO}node_modules/.bin/tsx`,
+        ['scripts/shards.ts', '--gguf', path, '--out', out],
+        { cwd: REPO },
+      );
+      const err = (await run.then(
+        () => null,
+        (e: { code: number; stderr: string }) => e,
+      ))!;
       expect(err?.code).toBe(2);
       expect(err.stderr).toMatch(message);
       expect(err.stderr).not.toMatch(/\n\s+at /); // a message, not a stack

@@ -15,7 +15,13 @@ import { initNodeRuntime } from '../../scripts/lib/node-env.js';
 import { loadModel } from '../../src/engine/model.js';
 import { dequantize } from '../../src/model/ggml-quants.js';
 import type { GgmlMatrix } from '../../src/model/gguf-model.js';
-import { ggufQuant, parseGgufKernels, resolveQuant, type GgufKernels, type GgufMatrixKernel } from '../../src/model/quant.js';
+import {
+  ggufQuant,
+  parseGgufKernels,
+  resolveQuant,
+  type GgufKernels,
+  type GgufMatrixKernel,
+} from '../../src/model/quant.js';
 import { createGraphSession } from '../../src/runtime/onnx-runtime.js';
 import { buildGgufShards, type BuiltShards, type GgufShardSource } from '../../src/shards/build-shards.js';
 import { ggmlLinearFor, packNBits, q4Blocks } from '../../src/shards/ggml-kernels.js';
@@ -36,11 +42,12 @@ async function runKernel(kernel: GgufMatrixKernel, w: GgmlMatrix, x: Float32Arra
 function reference(w: GgmlMatrix, x: Float32Array, q: number): Float64Array {
   const f = dequantize(w.type, w.data, w.out * w.inp); // [out, inp], ggml's decoding
   const y = new Float64Array(q * w.out);
-  for (let r = 0; r < q; r++) for (let o = 0; o < w.out; o++) {
-    let s = 0;
-    for (let k = 0; k < w.inp; k++) s += x[r * w.inp + k] * f[o * w.inp + k];
-    y[r * w.out + o] = s;
-  }
+  for (let r = 0; r < q; r++)
+    for (let o = 0; o < w.out; o++) {
+      let s = 0;
+      for (let k = 0; k < w.inp; k++) s += x[r * w.inp + k] * f[o * w.inp + k];
+      y[r * w.out + o] = s;
+    }
   return y;
 }
 
@@ -68,7 +75,12 @@ describe('repacks against ggml decoding', () => {
   });
 
   const x = Float32Array.from({ length: 3 * 96 }, (_, i) => Math.sin(0.37 * i) * (1 + (i % 7)));
-  for (const [kernel, type] of [['nbits', Q4_1], ['nbits-zp', Q4_1], ['nbits8', Q8_0], ['dequant', Q4_1]] as const) {
+  for (const [kernel, type] of [
+    ['nbits', Q4_1],
+    ['nbits-zp', Q4_1],
+    ['nbits8', Q8_0],
+    ['dequant', Q4_1],
+  ] as const) {
     it(`${kernel} computes a random ${type === Q4_1 ? 'Q4_1' : 'Q8_0'} [40, 96] matrix as ggml decodes it (relative error < 1e-5)`, async () => {
       const w = randomBlocks(type, 40, 96, 7);
       expect(relErr(await runKernel(kernel, w, x, 3), reference(w, x, 3))).toBeLessThan(1e-5);
@@ -147,14 +159,19 @@ describe('SmolLM2 through each kernel against the exact-weights reference (p16)'
   for (const c of CASES) {
     it(`${c.kernel}: mean KL <= ${c.maxMeanKl}, top-1 agreement >= ${c.minTop1}/16`, async () => {
       const built = await buildGgufShards({ ...source, kernels: kernels(c.kernel), headParts: 2 });
-      expect(built.manifest.quant).toEqual({ format: 'gguf', kernel: c.kernel.includes('embed') ? c.kernel : `${c.kernel},embed=q8` });
+      expect(built.manifest.quant).toEqual({
+        format: 'gguf',
+        kernel: c.kernel.includes('embed') ? c.kernel : `${c.kernel},embed=q8`,
+      });
       expect(built.manifest.files.head.length).toBeGreaterThanOrEqual(2);
       const model = await load(built);
       const ours = (await logitsAt(model, p16.ids, p16.positions)).map(logSoftmax);
       const kls = ours.map((lp, i) => bucketKl(p16.top_ids[i], p16.top_logprobs[i], lp));
       const mean = kls.reduce((a, b) => a + b, 0) / kls.length;
       const top1 = ours.filter((lp, i) => argmax(lp) === p16.top_ids[i][0]).length;
-      console.log(`[gguf kernels vs exact] ${c.kernel}: mean KL ${mean.toExponential(2)}, max ${Math.max(...kls).toExponential(2)}, top-1 ${top1}/16`);
+      console.log(
+        `[gguf kernels vs exact] ${c.kernel}: mean KL ${mean.toExponential(2)}, max ${Math.max(...kls).toExponential(2)}, top-1 ${top1}/16`,
+      );
       expect(mean).toBeLessThanOrEqual(c.maxMeanKl);
       expect(top1).toBeGreaterThanOrEqual(c.minTop1);
     }, 300_000);
@@ -169,11 +186,16 @@ describe('shard-check refuses shards that are not what the manifest says', () =>
 
   it('attention MatMulNBits shards under a manifest saying integer', async () => {
     const m = { ...built.manifest, quant: { format: 'gguf', kernel: 'attn=integer,ffn=integer,head=nbits8,embed=q4' } };
-    await expect(load(built, m)).rejects.toThrow(/layer_00\.onnx.*wqkv_q: int8 \[576, 960\] weights.*only wqkv_q4, wqkv_scales, wqkv_zp/s);
+    await expect(load(built, m)).rejects.toThrow(
+      /layer_00\.onnx.*wqkv_q: int8 \[576, 960\] weights.*only wqkv_q4, wqkv_scales, wqkv_zp/s,
+    );
   });
 
   it('a correction-form nbits shard under a manifest saying float zero points', async () => {
-    const m = { ...built.manifest, quant: { format: 'gguf', kernel: 'attn=nbits-zp,ffn=integer,head=nbits8,embed=q4' } };
+    const m = {
+      ...built.manifest,
+      quant: { format: 'gguf', kernel: 'attn=nbits-zp,ffn=integer,head=nbits8,embed=q4' },
+    };
     await expect(load(built, m)).rejects.toThrow(/wqkv_zpf/);
   });
 
@@ -183,8 +205,12 @@ describe('shard-check refuses shards that are not what the manifest says', () =>
   });
 
   it('an unknown kernel in the manifest', () => {
-    expect(resolveQuant({ format: 'gguf', kernel: 'attn=int3' })).toEqual({ error: expect.stringMatching(/attn=int3: attn takes dequant, nbits, nbits-zp, nbits8, integer/) });
-    expect(resolveQuant({ format: 'gguf', kernel: 'layers=nbits' })).toEqual({ error: expect.stringMatching(/role one of attn, ffn, head, embed/) });
+    expect(resolveQuant({ format: 'gguf', kernel: 'attn=int3' })).toEqual({
+      error: expect.stringMatching(/attn=int3: attn takes dequant, nbits, nbits-zp, nbits8, integer/),
+    });
+    expect(resolveQuant({ format: 'gguf', kernel: 'layers=nbits' })).toEqual({
+      error: expect.stringMatching(/role one of attn, ffn, head, embed/),
+    });
     expect(ggufQuant(kernels('attn=nbits,ffn=integer')).kernel).toBe('mixed');
   });
 });
@@ -199,15 +225,26 @@ describe('npm run shards -- --gguf FILE refuses bad kernel options with a messag
     [['--block-size', '32'], /--block-size does not apply to --gguf/],
   ];
   for (const [args, message] of cases) {
-    it(args.join(' '), async () => {
-      const { execFile } = await import('node:child_process');
-      const { promisify } = await import('node:util');
-      const gguf = (await locateServedGguf()).path;
-      const run = promisify(execFile)(`${REPO}node_modules/.bin/tsx`, ['scripts/shards.ts', '--gguf', gguf, '--out', '/nonexistent/never-written', ...args], { cwd: REPO });
-      const err = (await run.then(() => null, (e: { code: number; stderr: string }) => e))!;
-      expect(err?.code).toBe(2);
-      expect(err.stderr).toMatch(message);
-      expect(err.stderr).not.toMatch(/\n\s+at /);
-    }, 60_000);
+    it(
+      args.join(' '),
+      async () => {
+        const { execFile } = await import('node:child_process');
+        const { promisify } = await import('node:util');
+        const gguf = (await locateServedGguf()).path;
+        const run = promisify(execFile)(
+          `${REPO}node_modules/.bin/tsx`,
+          ['scripts/shards.ts', '--gguf', gguf, '--out', '/nonexistent/never-written', ...args],
+          { cwd: REPO },
+        );
+        const err = (await run.then(
+          () => null,
+          (e: { code: number; stderr: string }) => e,
+        ))!;
+        expect(err?.code).toBe(2);
+        expect(err.stderr).toMatch(message);
+        expect(err.stderr).not.toMatch(/\n\s+at /);
+      },
+      60_000,
+    );
   }
 });

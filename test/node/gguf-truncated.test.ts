@@ -34,15 +34,39 @@ function cutAt(name: string, bytes: number): string {
 describe('readGgufHeader on a cut file', () => {
   const q = 'blk.0.attn_q.weight';
   const cases: Array<[string, () => number, RegExp]> = [
-    ['inside the magic', () => 2, /expected a GGUF file \(4 bytes of magic "GGUF" and a header\), found 2 bytes: the file is truncated/],
+    [
+      'inside the magic',
+      () => 2,
+      /expected a GGUF file \(4 bytes of magic "GGUF" and a header\), found 2 bytes: the file is truncated/,
+    ],
     ['inside the version', () => 6, /found a file of 6 bytes that ends inside the version: the header is truncated/],
     ['inside the metadata count', () => 20, /ends inside the metadata entry count/],
-    ['inside a metadata key', () => at('general.architecture') + 7, /ends inside the key of metadata entry 1 of \d+ \(20 bytes\)/],
-    ['inside a value', () => at('general.architecture') + 'general.architecture'.length + 4 + 8 + 2, /ends inside the value of metadata entry 1 of \d+ \(general\.architecture\) \(5 bytes\)/],
-    ['inside the token list', () => at('tokenizer.ggml.tokens') + 5000, /ends inside .*element \d+ of 49152 of the value of metadata entry \d+ of \d+ \(tokenizer\.ggml\.tokens\)/],
+    [
+      'inside a metadata key',
+      () => at('general.architecture') + 7,
+      /ends inside the key of metadata entry 1 of \d+ \(20 bytes\)/,
+    ],
+    [
+      'inside a value',
+      () => at('general.architecture') + 'general.architecture'.length + 4 + 8 + 2,
+      /ends inside the value of metadata entry 1 of \d+ \(general\.architecture\) \(5 bytes\)/,
+    ],
+    [
+      'inside the token list',
+      () => at('tokenizer.ggml.tokens') + 5000,
+      /ends inside .*element \d+ of 49152 of the value of metadata entry \d+ of \d+ \(tokenizer\.ggml\.tokens\)/,
+    ],
     // after the name (19 bytes): u32 dimension count, then two u64 dimensions
-    ['inside a tensor description', () => at(q) + q.length + 4 + 3, new RegExp(`ends inside the dimensions of tensor description \\d+ of \\d+ \\(${q.replaceAll('.', '\\.')}\\)`)],
-    ['in the tensor data', () => 60_000_000, /expected \d+ bytes at least \(tensor \S+ ends there\), found 60000000 bytes: the file is truncated/],
+    [
+      'inside a tensor description',
+      () => at(q) + q.length + 4 + 3,
+      new RegExp(`ends inside the dimensions of tensor description \\d+ of \\d+ \\(${q.replaceAll('.', '\\.')}\\)`),
+    ],
+    [
+      'in the tensor data',
+      () => 60_000_000,
+      /expected \d+ bytes at least \(tensor \S+ ends there\), found 60000000 bytes: the file is truncated/,
+    ],
   ];
   it.each(cases)('%s', async (name, bytes, message) => {
     const n = bytes();
@@ -58,8 +82,15 @@ describe('readGgufHeader on a cut file', () => {
 
 describe('npm run shards -- --gguf says why a path cannot be read', () => {
   const shards = async (path: string) => {
-    const run = promisify(execFile)(`${REPO}node_modules/.bin/tsx`, ['scripts/shards.ts', '--gguf', path, '--out', join(dir, 'out')], { cwd: REPO });
-    const err = (await run.then(() => null, (e: { code: number; stderr: string }) => e))!;
+    const run = promisify(execFile)(
+      `${REPO}node_modules/.bin/tsx`,
+      ['scripts/shards.ts', '--gguf', path, '--out', join(dir, 'out')],
+      { cwd: REPO },
+    );
+    const err = (await run.then(
+      () => null,
+      (e: { code: number; stderr: string }) => e,
+    ))!;
     expect(err?.code).toBe(2);
     expect(err.stderr).not.toMatch(/\n\s+at /); // a message, not a stack
     return err.stderr;
@@ -72,7 +103,9 @@ describe('npm run shards -- --gguf says why a path cannot be read', () => {
     mkdirSync(folder);
     expect(await shards(folder)).toContain(`cannot read ${folder}: a directory, not a file`);
     const cut = cutAt('cli-cut', at('tokenizer.ggml.merges') + 100);
-    expect(await shards(cut)).toMatch(/ends inside .*of the value of metadata entry \d+ of \d+ \(tokenizer\.ggml\.merges\): the header is truncated/);
+    expect(await shards(cut)).toMatch(
+      /ends inside .*of the value of metadata entry \d+ of \d+ \(tokenizer\.ggml\.merges\): the header is truncated/,
+    );
   });
 
   it.each([

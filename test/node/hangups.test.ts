@@ -64,11 +64,21 @@ const pause = (ms: number) => new Promise((r) => setTimeout(r, ms));
 async function serve(name: string, vars: string[]): Promise<Server> {
   const port = await freePort();
   const log = join(dir, `${name}.log`);
-  const args = ['--ip', HOST, '--port', String(port), '--persist-to', join(dir, name), '--var', 'MODEL_NAME:stories260K'];
+  const args = [
+    '--ip',
+    HOST,
+    '--port',
+    String(port),
+    '--persist-to',
+    join(dir, name),
+    '--var',
+    'MODEL_NAME:stories260K',
+  ];
   const child = spawnServe([...args, ...vars.flatMap((v) => ['--var', v])], log);
   started.push(child);
   for (;;) {
-    if (child.exitCode !== null || child.signalCode !== null) throw new Error(`the local server exited; log:\n${readFileSync(log, 'utf8')}`);
+    if (child.exitCode !== null || child.signalCode !== null)
+      throw new Error(`the local server exited; log:\n${readFileSync(log, 'utf8')}`);
     try {
       if ((await fetch(`http://${HOST}:${port}/healthz`)).ok) return { child, port, log };
     } catch {
@@ -79,7 +89,13 @@ async function serve(name: string, vars: string[]): Promise<Server> {
 }
 
 /** A whole exchange on a new connection (fetch would pool connections; each request here must be alone on its own). */
-async function call(s: Server, method: string, path: string, body?: object, headers: Record<string, string> = {}): Promise<{ status: number; json: any }> {
+async function call(
+  s: Server,
+  method: string,
+  path: string,
+  body?: object,
+  headers: Record<string, string> = {},
+): Promise<{ status: number; json: any }> {
   const res = await fetch(`http://${HOST}:${s.port}${path}`, {
     method,
     headers: { 'content-type': 'application/json', connection: 'close', ...headers },
@@ -96,7 +112,9 @@ async function call(s: Server, method: string, path: string, body?: object, head
 }
 
 const requestHead = (method: string, path: string, headers: Record<string, string>) =>
-  `${method} ${path} HTTP/1.1\r\nHost: ${HOST}\r\n${Object.entries(headers).map(([k, v]) => `${k}: ${v}\r\n`).join('')}\r\n`;
+  `${method} ${path} HTTP/1.1\r\nHost: ${HOST}\r\n${Object.entries(headers)
+    .map(([k, v]) => `${k}: ${v}\r\n`)
+    .join('')}\r\n`;
 
 /**
  * Sends a streamed POST on a raw socket and destroys the socket at `point`: right after the
@@ -114,9 +132,15 @@ function hangUp(s: Server, path: string, body: object, point: HangUp, chunks = 1
     };
     sock.on('error', reject);
     sock.on('connect', () => {
-      sock.write(requestHead('POST', path, { 'content-type': 'application/json', 'content-length': String(Buffer.byteLength(payload)) }) + payload, () => {
-        if (point === 'before-first-byte') done();
-      });
+      sock.write(
+        requestHead('POST', path, {
+          'content-type': 'application/json',
+          'content-length': String(Buffer.byteLength(payload)),
+        }) + payload,
+        () => {
+          if (point === 'before-first-byte') done();
+        },
+      );
     });
     sock.on('data', (d) => {
       got += d.toString('latin1');
@@ -132,7 +156,10 @@ function hangUp(s: Server, path: string, body: object, point: HangUp, chunks = 1
 }
 
 /** Polls `probe` until it answers something other than `busy`; the answer, or `busy` if it never let go. */
-async function untilNot(busy: number, probe: () => Promise<{ status: number; json: any }>): Promise<{ status: number; json: any; polls: number }> {
+async function untilNot(
+  busy: number,
+  probe: () => Promise<{ status: number; json: any }>,
+): Promise<{ status: number; json: any; polls: number }> {
   let r = await probe();
   let polls = 0;
   while (r.status === busy && polls < POLLS) {
@@ -172,16 +199,42 @@ describe('[spawns the local server] a streamed session turn hung up by its clien
         const id = created.json.id as string;
         const first = await call(plain, 'POST', `/v1/sessions/${id}/messages`, { content: 'Hi', max_tokens: 5 });
         expect(first.status, JSON.stringify(first.json)).toBe(200);
-        const history = [{ role: 'user', content: 'Hi' }, { role: 'assistant', content: first.json.choices[0].message.content }];
+        const history = [
+          { role: 'user', content: 'Hi' },
+          { role: 'assistant', content: first.json.choices[0].message.content },
+        ];
         const streamed =
           route === 'messages'
-            ? hangUp(plain, `/v1/sessions/${id}/messages`, { content: 'And then?', max_tokens: 400, stream: true }, point, 1 + (i % 4))
-            : hangUp(plain, '/v1/chat/completions', { model: 'stories260K', session_id: id, messages: [...history, { role: 'user', content: 'And then?' }], max_tokens: 400, stream: true }, point, 1 + (i % 4));
+            ? hangUp(
+                plain,
+                `/v1/sessions/${id}/messages`,
+                { content: 'And then?', max_tokens: 400, stream: true },
+                point,
+                1 + (i % 4),
+              )
+            : hangUp(
+                plain,
+                '/v1/chat/completions',
+                {
+                  model: 'stories260K',
+                  session_id: id,
+                  messages: [...history, { role: 'user', content: 'And then?' }],
+                  max_tokens: 400,
+                  stream: true,
+                },
+                point,
+                1 + (i % 4),
+              );
         await streamed;
         // max_tokens 1000 does not fit the context: a free session refuses it with 400 and stays as it is, a busy one answers 409.
-        const probe = await untilNot(409, () => call(plain, 'POST', `/v1/sessions/${id}/messages`, { content: 'x', max_tokens: 1000 }));
+        const probe = await untilNot(409, () =>
+          call(plain, 'POST', `/v1/sessions/${id}/messages`, { content: 'x', max_tokens: 1000 }),
+        );
         outcomes.push(`${point}:${probe.status}`);
-        expect(probe.status, `try ${i} (${point}): the session is still busy after ${probe.polls} polls: ${JSON.stringify(probe.json)}`).toBe(400);
+        expect(
+          probe.status,
+          `try ${i} (${point}): the session is still busy after ${probe.polls} polls: ${JSON.stringify(probe.json)}`,
+        ).toBe(400);
         const after = await call(plain, 'GET', `/v1/sessions/${id}`);
         const msgs = after.json.messages as { role: string; content: string }[];
         if (point === 'mid-token' && msgs.length === history.length + 2) {
@@ -204,10 +257,21 @@ describe('[spawns the local server] a hung-up stateless stream in split mode (it
   it(`gives its group chain back, ${TRIES} times over at every hang-up point`, async () => {
     for (let i = 0; i < TRIES; i++) {
       const point = POINTS[i % POINTS.length];
-      await hangUp(split, '/v1/chat/completions', { model: 'stories260K', messages: [{ role: 'user', content: 'Once' }], max_tokens: 400, stream: true }, point, 1 + (i % 4));
+      await hangUp(
+        split,
+        '/v1/chat/completions',
+        { model: 'stories260K', messages: [{ role: 'user', content: 'Once' }], max_tokens: 400, stream: true },
+        point,
+        1 + (i % 4),
+      );
       // GROUP_CHAINS 1: while the hung-up request holds the only chain, every other one gets 503 server_busy.
-      const probe = await untilNot(503, () => call(split, 'POST', '/v1/completions', { model: 'stories260K', prompt: 'Once', max_tokens: 2 }));
-      expect(probe.status, `try ${i} (${point}): the chain is still held after ${probe.polls} polls: ${JSON.stringify(probe.json)}`).toBe(200);
+      const probe = await untilNot(503, () =>
+        call(split, 'POST', '/v1/completions', { model: 'stories260K', prompt: 'Once', max_tokens: 2 }),
+      );
+      expect(
+        probe.status,
+        `try ${i} (${point}): the chain is still held after ${probe.polls} polls: ${JSON.stringify(probe.json)}`,
+      ).toBe(200);
       expect(probe.json.choices[0].text.length).toBeGreaterThan(0);
     }
   });
@@ -242,12 +306,24 @@ function upload(s: Server, how: Upload, size: number, headers: Record<string, st
     sock.on('error', (e) => resolve(got || `error: ${e.message}`));
     sock.on('close', () => resolve(got));
     sock.on('connect', async () => {
-      const framing: Record<string, string> = how === 'chunked' ? { 'transfer-encoding': 'chunked' } : { 'content-length': String(size) };
-      sock.write(requestHead('POST', '/v1/completions', { 'content-type': 'application/json', connection: 'close', ...framing, ...headers }));
+      const framing: Record<string, string> =
+        how === 'chunked' ? { 'transfer-encoding': 'chunked' } : { 'content-length': String(size) };
+      sock.write(
+        requestHead('POST', '/v1/completions', {
+          'content-type': 'application/json',
+          connection: 'close',
+          ...framing,
+          ...headers,
+        }),
+      );
       if (how !== 'chunked') await pause(20);
       for (let sent = 0; sent < size && !sock.destroyed; sent += piece.length) {
         const part = piece.subarray(0, Math.min(piece.length, size - sent));
-        const ok = sock.write(how === 'chunked' ? Buffer.concat([Buffer.from(`${part.length.toString(16)}\r\n`), part, Buffer.from('\r\n')]) : part);
+        const ok = sock.write(
+          how === 'chunked'
+            ? Buffer.concat([Buffer.from(`${part.length.toString(16)}\r\n`), part, Buffer.from('\r\n')])
+            : part,
+        );
         if (!ok) await new Promise((r) => sock.once('drain', r));
       }
       if (how === 'chunked' && !sock.destroyed) sock.write('0\r\n\r\n');
@@ -258,7 +334,12 @@ function upload(s: Server, how: Upload, size: number, headers: Record<string, st
 describe('[spawns the local server] an oversized upload (item 3)', () => {
   const cases: { server: () => Server; how: Upload; headers: Record<string, string>; label: string }[] = [
     { server: () => plain, how: 'chunked', headers: {}, label: 'chunked' },
-    { server: () => plain, how: 'content-length, body after the headers', headers: {}, label: 'Content-Length, body after the headers' },
+    {
+      server: () => plain,
+      how: 'content-length, body after the headers',
+      headers: {},
+      label: 'Content-Length, body after the headers',
+    },
     { server: () => keyed, how: 'chunked', headers: {}, label: 'chunked, unauthenticated, API_KEYS set' },
   ];
   for (const c of cases) {
@@ -271,7 +352,13 @@ describe('[spawns the local server] an oversized upload (item 3)', () => {
         expect(answer).toContain('"code":"request_too_large"');
         const health = await call(s, 'GET', '/healthz');
         expect(health.status, `try ${i}: GET /healthz after the upload`).toBe(200);
-        const next = await call(s, 'POST', '/v1/completions', { model: 'stories260K', prompt: 'Once', max_tokens: 2 }, auth);
+        const next = await call(
+          s,
+          'POST',
+          '/v1/completions',
+          { model: 'stories260K', prompt: 'Once', max_tokens: 2 },
+          auth,
+        );
         expect(next.status, `try ${i}: POST after the upload: ${JSON.stringify(next.json)}`).toBe(200);
       }
     });

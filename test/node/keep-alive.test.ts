@@ -14,7 +14,11 @@ describe('prefill keep-alive', () => {
   it('sends a comment only when one is due, and yields to the event loop at every call', async () => {
     let t = 0;
     const sent: number[] = [];
-    const progress = prefillKeepAlive(async () => sent.push(t), 3000, () => t);
+    const progress = prefillKeepAlive(
+      async () => sent.push(t),
+      3000,
+      () => t,
+    );
     let timers = 0;
     const timer = setInterval(() => timers++, 0);
     for (t = 0; t <= 10_000; t += 500) await progress();

@@ -76,14 +76,22 @@ describe('KV row formats', () => {
           const x = r[j];
           const err = Math.abs(out[i * width + j] - x);
           // f16: half an ulp of x, or of the subnormal spacing 2^-24 below 2^-14. int8: half a step of the row's scale.
-          const bound = format === 'f32' ? 0 : format === 'f16' ? Math.max(Math.abs(x) * 2 ** -11, 2 ** -25) : (max / 127) * 0.5 * (1 + 1e-6);
+          const bound =
+            format === 'f32'
+              ? 0
+              : format === 'f16'
+                ? Math.max(Math.abs(x) * 2 ** -11, 2 ** -25)
+                : (max / 127) * 0.5 * (1 + 1e-6);
           worst = Math.max(worst, err / (bound || 1));
           expect(err).toBeLessThanOrEqual(bound);
         }
       }
       if (format !== 'f32') expect(worst).toBeGreaterThan(0.5); // the bound is tight, not vacuous
       expect(s.bytes).toBe(1024 * kvRowBytes(format, width));
-      expect(kvRowBytes(format, width) / (4 * width)).toBeCloseTo(format === 'f32' ? 1 : format === 'f16' ? 0.5 : 0.25, 1);
+      expect(kvRowBytes(format, width) / (4 * width)).toBeCloseTo(
+        format === 'f32' ? 1 : format === 'f16' ? 0.5 : 0.25,
+        1,
+      );
     });
   }
 
@@ -115,7 +123,7 @@ describe('KV row formats', () => {
     }
   });
 
-  it('KVCache keeps each layer\'s rows in the order computed, as a view, and truncate closes them up', () => {
+  it("KVCache keeps each layer's rows in the order computed, as a view, and truncate closes them up", () => {
     for (const format of KV_FORMATS) {
       const kv = new KVCache(2, width, format, 4);
       kv.reserve(8);
@@ -209,9 +217,19 @@ describe('KV formats in the engine (stories260K)', () => {
 
 describe('the memory check and KV formats', () => {
   it('counts the KV cache in its format: a context refused with f32 rows fits with int8 ones', () => {
-    const cfg = llama2cConfig({ dim: 576, hiddenDim: 1536, nLayers: 30, nHeads: 9, nKvHeads: 3, vocabSize: 512, seqLen: 8192 });
+    const cfg = llama2cConfig({
+      dim: 576,
+      hiddenDim: 1536,
+      nLayers: 30,
+      nHeads: 9,
+      nKvHeads: 3,
+      vocabSize: 512,
+      seqLen: 8192,
+    });
     const q = { format: 'int8', kernel: 'integer' } as const;
-    expect(() => checkMemoryBudget('m', { ...cfg, kvFormat: 'f32' }, q, 300 * MB)).toThrow(/KV cache 360\.0 MB as f32.*KV_FORMAT/);
+    expect(() => checkMemoryBudget('m', { ...cfg, kvFormat: 'f32' }, q, 300 * MB)).toThrow(
+      /KV cache 360\.0 MB as f32.*KV_FORMAT/,
+    );
     const e = checkMemoryBudget('m', { ...cfg, kvFormat: 'int8' }, q, 300 * MB);
     expect(e.kvCache).toBe(30 * 2 * 8192 * (192 + 4));
   });

@@ -47,14 +47,28 @@ async function loadGroups(dir: string, ranges: LayerRange[]): Promise<{ parts: M
   for (const [g, layers] of ranges.entries()) {
     const r = reader(dir);
     const heads = JSON.parse(r.manifest).files.head.map((_: unknown, i: number) => i);
-    parts.push(await loadModelPart(r.manifest, r.read, { layers, embed: g === 0, head: g === ranges.length - 1 ? heads : [], tokenizer: false }, NO_BUDGET));
+    parts.push(
+      await loadModelPart(
+        r.manifest,
+        r.read,
+        { layers, embed: g === 0, head: g === ranges.length - 1 ? heads : [], tokenizer: false },
+        NO_BUDGET,
+      ),
+    );
     files.push(r.files);
   }
   return { parts, files };
 }
 
 /** Prefill, `decode` greedy steps, then a batch of new tokens (a chat turn's shape), on the whole model and on the chain side by side. */
-async function drive(model: LoadedModel, chain: LocalChain, schedule: Schedule | null, prompt: number[], decode: number, batch: number[]) {
+async function drive(
+  model: LoadedModel,
+  chain: LocalChain,
+  schedule: Schedule | null,
+  prompt: number[],
+  decode: number,
+  batch: number[],
+) {
   const seq = new SequenceState(model.config);
   const whole: { logits: Float32Array; stats: StepStats }[] = [];
   const split: { logits: Float32Array; stats: StepStats }[] = [];
@@ -121,8 +135,15 @@ describe('stories260K split into layer groups', () => {
 
   it('splits 5 layers into contiguous groups of near-equal size', () => {
     expect(splitLayers(5, 1)).toEqual([{ start: 0, end: 5 }]);
-    expect(splitLayers(5, 2)).toEqual([{ start: 0, end: 3 }, { start: 3, end: 5 }]);
-    expect(splitLayers(5, 3)).toEqual([{ start: 0, end: 2 }, { start: 2, end: 4 }, { start: 4, end: 5 }]);
+    expect(splitLayers(5, 2)).toEqual([
+      { start: 0, end: 3 },
+      { start: 3, end: 5 },
+    ]);
+    expect(splitLayers(5, 3)).toEqual([
+      { start: 0, end: 2 },
+      { start: 2, end: 4 },
+      { start: 4, end: 5 },
+    ]);
     expect(splitLayers(30, 4).map((r) => r.end - r.start)).toEqual([8, 8, 7, 7]);
     expect(() => splitLayers(5, 6)).toThrow(/layer groups/);
     expect(() => splitLayers(5, 0)).toThrow(/layer groups/);
@@ -131,7 +152,11 @@ describe('stories260K split into layer groups', () => {
   it('each group reads only its own shards', async () => {
     const m = JSON.parse(readFileSync(join(dir, 'manifest.json'), 'utf8'));
     const { files } = await loadGroups(dir, splitLayers(5, 3));
-    expect(files[0]).toEqual([...m.files.embed.map((f: { file: string }) => f.file), m.files.layers[0].file, m.files.layers[1].file]);
+    expect(files[0]).toEqual([
+      ...m.files.embed.map((f: { file: string }) => f.file),
+      m.files.layers[0].file,
+      m.files.layers[1].file,
+    ]);
     expect(files[1]).toEqual([m.files.layers[2].file, m.files.layers[3].file]);
     expect(files[2]).toEqual([m.files.layers[4].file, ...m.files.head.map((f: { file: string }) => f.file)]);
   });
@@ -168,7 +193,7 @@ describe('stories260K split into layer groups', () => {
     expectSameState(r.seq, chain, ranges);
   });
 
-  it('generate through the chain gives the whole model\'s greedy tokens and statistics', async () => {
+  it("generate through the chain gives the whole model's greedy tokens and statistics", async () => {
     const chain = new LocalChain((await loadGroups(dir, splitLayers(5, 2))).parts);
     const schedule = parseSchedule('bos,1:0.5,3:0.5');
     const opts = { maxTokens: 40, sampler: GREEDY, schedule };
@@ -193,11 +218,16 @@ describe('sizing a split from the manifest and config', () => {
   const q = quantOf(m);
   const rows = m.files.head.map((p) => p.rows);
 
-  it('the objects of any split hold exactly the whole model\'s weights and KV cache between them', () => {
+  it("the objects of any split hold exactly the whole model's weights and KV cache between them", () => {
     for (const kvFormat of ['f32', 'int8'] as const) {
       const cfg = { ...m.config, seqLen: 4096, kvFormat };
       const whole = estimateMemory(cfg, q);
-      for (const [G, H] of [[1, 0], [3, 0], [8, 2], [30, 1]]) {
+      for (const [G, H] of [
+        [1, 0],
+        [3, 0],
+        [8, 2],
+        [30, 1],
+      ]) {
         const plan = planSplit(cfg, q, rows, G, H);
         expect(plan).toHaveLength(G + H);
         // every object holding classifier rows holds the final RMSNorm too ([dim] f32): one copy more per extra holder
@@ -210,7 +240,7 @@ describe('sizing a split from the manifest and config', () => {
     }
   });
 
-  it('with the embedding in the front, the front holds it and the tokenizer, no group holds it, and the groups still hold the whole model\'s layers', () => {
+  it("with the embedding in the front, the front holds it and the tokenizer, no group holds it, and the groups still hold the whole model's layers", () => {
     const cfg = { ...m.config, seqLen: 8192, kvFormat: 'int8' as const };
     const inGroup = planSplit(cfg, q, rows, 6, 1);
     const inFront = planSplit(cfg, q, rows, 6, 1, true);
@@ -244,8 +274,17 @@ describe('sizing a split from the manifest and config', () => {
   it('loading a part checks the budget for that part only, and refuses layers the model does not have', async () => {
     initNodeRuntime();
     const r = reader(shardsDir('stories260K'));
-    await expect(loadModelPart(r.manifest, r.read, { layers: { start: 3, end: 7 } }, NO_BUDGET)).rejects.toThrow(/layer range 3\.\.7/);
-    await expect(loadModelPart(r.manifest, r.read, { layers: { start: 0, end: 2 }, head: [], tokenizer: false }, { memoryBudgetBytes: 20 * MB })).rejects.toThrow(/layers 0\.\.1 with the embedding of model "stories260K" do not fit/);
+    await expect(loadModelPart(r.manifest, r.read, { layers: { start: 3, end: 7 } }, NO_BUDGET)).rejects.toThrow(
+      /layer range 3\.\.7/,
+    );
+    await expect(
+      loadModelPart(
+        r.manifest,
+        r.read,
+        { layers: { start: 0, end: 2 }, head: [], tokenizer: false },
+        { memoryBudgetBytes: 20 * MB },
+      ),
+    ).rejects.toThrow(/layers 0\.\.1 with the embedding of model "stories260K" do not fit/);
     expect(r.files).toEqual([]); // refused before reading any shard
   });
 });

@@ -18,11 +18,18 @@ beforeAll(async () => {
 });
 
 const SCHEDULE = parseSchedule('bos,1:0.5,3:0.5');
-const opts = (seed: number, schedule: Schedule | null = SCHEDULE) => ({ maxTokens: 40, sampler: { temperature: 0.8, topP: 0.9, topK: 0, seed }, schedule });
+const opts = (seed: number, schedule: Schedule | null = SCHEDULE) => ({
+  maxTokens: 40,
+  sampler: { temperature: 0.8, topP: 0.9, topK: 0, seed },
+  schedule,
+});
 
 /** Prefill rows per layer as the trace tells them. */
 function prefillRows(t: LazyTrace): number[] {
-  return Array.from({ length: t.layers }, (_, l) => t.prefill_depth.filter((d, i) => (i < t.reused ? t.depth_before[i] : 0) <= l && l < d).length);
+  return Array.from(
+    { length: t.layers },
+    (_, l) => t.prefill_depth.filter((d, i) => (i < t.reused ? t.depth_before[i] : 0) <= l && l < d).length,
+  );
 }
 
 /** Rows per layer the revivals add. */
@@ -41,13 +48,26 @@ function expectWithinBound(t: LazyTrace) {
 
 describe('TraceRecorder', () => {
   it('records a stateless generation exactly as the engine counted it', async () => {
-    const prompt = model.tokenizer.encode('Once upon a time, there was a little girl named Lily. She loved to play outside in the park.', { bos: true });
+    const prompt = model.tokenizer.encode(
+      'Once upon a time, there was a little girl named Lily. She loved to play outside in the park.',
+      { bos: true },
+    );
     const seq = new SequenceState(model.config);
     const tracer = new TraceRecorder(model, seq);
     const r = await generate(model, seq, prompt, { ...opts(3), trace: tracer.hook });
     const t = tracer.result();
 
-    expect(Object.keys(t).sort()).toEqual(['depth_before', 'layers', 'pieces', 'prefill_depth', 'question', 'reused', 'revivals', 'revivals_dropped', 'tokens']);
+    expect(Object.keys(t).sort()).toEqual([
+      'depth_before',
+      'layers',
+      'pieces',
+      'prefill_depth',
+      'question',
+      'reused',
+      'revivals',
+      'revivals_dropped',
+      'tokens',
+    ]);
     expect(t.question).toBeNull(); // a plain prompt: no chat question
     expect(t.layers).toBe(model.config.nLayers);
     expect(t.tokens).toBe(prompt.length);
@@ -62,7 +82,9 @@ describe('TraceRecorder', () => {
     // Every decode step computes its new token at every layer; the rest of each layer's rows are revivals.
     const decodeSteps = r.stats.computed_per_layer[0] - prompt.length;
     const rev = revivalRows(t);
-    expect(r.stats.computed_per_layer).toEqual(r.stats.prefill_computed_per_layer.map((p, l) => p + decodeSteps + rev[l]));
+    expect(r.stats.computed_per_layer).toEqual(
+      r.stats.prefill_computed_per_layer.map((p, l) => p + decodeSteps + rev[l]),
+    );
     expect(t.revivals.length).toBe(r.stats.revived);
     expect(t.revivals.length).toBeGreaterThan(0);
     expect(t.revivals_dropped).toBe(0);
@@ -111,8 +133,15 @@ describe('TraceRecorder', () => {
   it('stays within its size bound in the worst case: every position revived at every layer, one step each', () => {
     const layers = 30;
     const tokens = 2048;
-    const fakeSeq = { length: tokens, depth: new Uint8Array(tokens), tokens: new Array(tokens).fill(1) } as unknown as SequenceState;
-    const fakeModel = { config: { nLayers: layers }, tokenizer: { createDecoder: () => ({ push: () => 'ab', flush: () => '' }) } } as unknown as LoadedModel;
+    const fakeSeq = {
+      length: tokens,
+      depth: new Uint8Array(tokens),
+      tokens: new Array(tokens).fill(1),
+    } as unknown as SequenceState;
+    const fakeModel = {
+      config: { nLayers: layers },
+      tokenizer: { createDecoder: () => ({ push: () => 'ab', flush: () => '' }) },
+    } as unknown as LoadedModel;
     const tracer = new TraceRecorder(fakeModel, fakeSeq);
     const all = Int32Array.from({ length: tokens }, (_, i) => i);
     const none = new Int32Array(0);

@@ -25,7 +25,9 @@ import type { MemoryReport } from '../../scripts/lib/memory-report.js';
 
 const TOLERANCE = 0.2;
 /** Node's copy of onnxruntime's wasm binary (process.memoryUsage counts it among array buffers; workerd compiles it at deploy time). */
-const NODE_WASM_BINARY = statSync(join(createRequire(import.meta.url).resolve('onnxruntime-web'), '../ort-wasm-simd-threaded.wasm')).size;
+const NODE_WASM_BINARY = statSync(
+  join(createRequire(import.meta.url).resolve('onnxruntime-web'), '../ort-wasm-simd-threaded.wasm'),
+).size;
 const FIXTURES = join(REPO_ROOT, 'test/fixtures/memory');
 
 interface Fixture {
@@ -38,23 +40,49 @@ interface Fixture {
 function nodeEstimate(manifestText: string, r: MemoryReport): number {
   const m = parseManifest(manifestText);
   const cfg = { ...m.config, seqLen: r.context, kvFormat: r.kv_format };
-  return estimateMemory(cfg, quantOf(m), m.files.head.map((p) => p.rows)).total + NODE_WASM_BINARY;
+  return (
+    estimateMemory(
+      cfg,
+      quantOf(m),
+      m.files.head.map((p) => p.rows),
+    ).total + NODE_WASM_BINARY
+  );
 }
 
 function expectWithin(estimate: number, measured: number, what: string): void {
   const rel = (estimate - measured) / measured;
-  expect(Math.abs(rel), `${what}: estimate ${(estimate / MB).toFixed(1)} MB, measured ${(measured / MB).toFixed(1)} MB (${(100 * rel).toFixed(1)}%)`).toBeLessThanOrEqual(TOLERANCE);
+  expect(
+    Math.abs(rel),
+    `${what}: estimate ${(estimate / MB).toFixed(1)} MB, measured ${(measured / MB).toFixed(1)} MB (${(100 * rel).toFixed(1)}%)`,
+  ).toBeLessThanOrEqual(TOLERANCE);
 }
 
 describe('the memory estimate against measurements', () => {
   it('stories260K, measured now by npm run memory in its own process, at 256 and 512 tokens', () => {
     const dir = shardsDir('stories260K');
-    const out = execFileSync(process.execPath, ['--expose-gc', '--import', 'tsx', join(REPO_ROOT, 'scripts/memory.ts'), '--model', dir, '--context', '256,512', '--json'], {
-      cwd: REPO_ROOT,
-      encoding: 'utf8',
-      stdio: ['ignore', 'pipe', 'ignore'],
-    });
-    const reports = out.trim().split('\n').map((l) => JSON.parse(l) as MemoryReport);
+    const out = execFileSync(
+      process.execPath,
+      [
+        '--expose-gc',
+        '--import',
+        'tsx',
+        join(REPO_ROOT, 'scripts/memory.ts'),
+        '--model',
+        dir,
+        '--context',
+        '256,512',
+        '--json',
+      ],
+      {
+        cwd: REPO_ROOT,
+        encoding: 'utf8',
+        stdio: ['ignore', 'pipe', 'ignore'],
+      },
+    );
+    const reports = out
+      .trim()
+      .split('\n')
+      .map((l) => JSON.parse(l) as MemoryReport);
     expect(reports.map((r) => r.context)).toEqual([256, 512]);
     const manifest = readFileSync(join(dir, 'manifest.json'), 'utf8');
     for (const r of reports) {
@@ -68,7 +96,9 @@ describe('the memory estimate against measurements', () => {
 
   const fixtures = readdirSync(FIXTURES).filter((f) => f.endsWith('.json'));
   it('has recorded SmolLM2 runs, a quantized build among them', () => {
-    const quants = fixtures.map((f) => (JSON.parse(readFileSync(join(FIXTURES, f), 'utf8')) as Fixture).reports[0].quant);
+    const quants = fixtures.map(
+      (f) => (JSON.parse(readFileSync(join(FIXTURES, f), 'utf8')) as Fixture).reports[0].quant,
+    );
     expect(quants.some((q) => q.startsWith('gguf/') && q !== 'gguf/dequant')).toBe(true);
   });
 
@@ -96,7 +126,11 @@ describe('the memory estimate against workerd', () => {
       for (const r of fx.reports) {
         expect(r.runtime).toBe('workerd');
         const observed = r.wasm_bytes + r.js_heap_bytes;
-        const estimate = estimateMemory({ ...m.config, seqLen: r.context, kvFormat: r.kv_format }, quantOf(m), m.files.head.map((p) => p.rows)).total;
+        const estimate = estimateMemory(
+          { ...m.config, seqLen: r.context, kvFormat: r.kv_format },
+          quantOf(m),
+          m.files.head.map((p) => p.rows),
+        ).total;
         expectWithin(estimate, observed, `workerd/${file} at ${r.context}`);
         if (r.quant !== 'gguf/dequant') expect(estimate).toBeGreaterThan(observed);
       }
@@ -120,16 +154,35 @@ describe('the memory check', () => {
     expect(err).toBeInstanceOf(EngineError);
     expect((err as EngineError).code).toBe('model_too_large');
     const msg = (err as Error).message;
-    expect(msg).toMatch(/needs \d+\.\d MB at its full context of 2048 tokens \(weights \d+\.\d MB as gguf\/attn=integer2,ffn=integer2,head=integer2,embed=q8, held as gguf; the kernels' copies of them \d+\.\d MB; KV cache 45\.0 MB as f16; Aux Cache 4\.5 MB; activations \d+\.\d MB; tokenizer \d+\.\d MB; runtime 20\.0 MB; the copies and the activations reuse the same wasm memory, so only the larger counts\)/);
+    expect(msg).toMatch(
+      /needs \d+\.\d MB at its full context of 2048 tokens \(weights \d+\.\d MB as gguf\/attn=integer2,ffn=integer2,head=integer2,embed=q8, held as gguf; the kernels' copies of them \d+\.\d MB; KV cache 45\.0 MB as f16; Aux Cache 4\.5 MB; activations \d+\.\d MB; tokenizer \d+\.\d MB; runtime 20\.0 MB; the copies and the activations reuse the same wasm memory, so only the larger counts\)/,
+    );
     expect(msg).toMatch(/allows 128\.0 MB/);
-    for (const remedy of [/--kernel integer2/, /KV_FORMAT/, /shorter context/, /Durable Objects/, /LAZY_EDGE_MEMORY_BUDGET_MB/]) expect(msg).toMatch(remedy);
+    for (const remedy of [
+      /--kernel integer2/,
+      /KV_FORMAT/,
+      /shorter context/,
+      /Durable Objects/,
+      /LAZY_EDGE_MEMORY_BUDGET_MB/,
+    ])
+      expect(msg).toMatch(remedy);
   });
 
   it('sizes a part from the same pieces as the whole model', () => {
     const cfg = { ...m.config, seqLen: 4096, kvFormat: 'int8' as const };
     const whole = estimateMemory(cfg, q, rows);
-    const a = estimatePartMemory(cfg, q, { layers: { start: 0, end: 20 }, embed: true, head: [], tokenizer: true }, rows);
-    const b = estimatePartMemory(cfg, q, { layers: { start: 20, end: 30 }, embed: false, head: rows.map((_, i) => i), tokenizer: false }, rows);
+    const a = estimatePartMemory(
+      cfg,
+      q,
+      { layers: { start: 0, end: 20 }, embed: true, head: [], tokenizer: true },
+      rows,
+    );
+    const b = estimatePartMemory(
+      cfg,
+      q,
+      { layers: { start: 20, end: 30 }, embed: false, head: rows.map((_, i) => i), tokenizer: false },
+      rows,
+    );
     // weights, KV cache and tokenizer are divided between the parts
     expect(a.weights + b.weights).toBe(whole.weights);
     expect(a.kvCache + b.kvCache).toBe(whole.kvCache);
@@ -141,7 +194,12 @@ describe('the memory check', () => {
     expect(a.auxCache).toBe(whole.auxCache);
     expect(a.runtime).toBe(whole.runtime);
     // a layers-only part: its copies are one layer's, far less than the classifier part's
-    const layersOnly = estimatePartMemory(cfg, q, { layers: { start: 4, end: 8 }, embed: false, head: [], tokenizer: false }, rows);
+    const layersOnly = estimatePartMemory(
+      cfg,
+      q,
+      { layers: { start: 4, end: 8 }, embed: false, head: [], tokenizer: false },
+      rows,
+    );
     expect(layersOnly.weightCopies).toBeLessThan(b.weightCopies / 4);
   });
 });

@@ -108,7 +108,12 @@ describe('checkpoint format errors', () => {
   const bytes = readBytes(STORIES260K_BIN);
 
   it('rejects a file shorter than the header', () => {
-    const e = expectFormatError(() => parseLlama2cCheckpoint(bytes.subarray(0, 10), FILE), FILE, '28 bytes', 'found 10 bytes');
+    const e = expectFormatError(
+      () => parseLlama2cCheckpoint(bytes.subarray(0, 10), FILE),
+      FILE,
+      '28 bytes',
+      'found 10 bytes',
+    );
     expect(e.file).toBe(FILE);
     expectFormatError(() => parseLlama2cCheckpoint(new Uint8Array(0), FILE), 'found 0 bytes');
   });
@@ -132,7 +137,12 @@ describe('checkpoint format errors', () => {
   });
 
   it('names a newer llama2.c export instead of misreading its magic as dim', () => {
-    expectFormatError(() => parseLlama2cCheckpoint(withHeader(bytes, { 0: 0x616b3432, 1: 1 }), FILE), 'legacy v0', 'ak42', 'version 1');
+    expectFormatError(
+      () => parseLlama2cCheckpoint(withHeader(bytes, { 0: 0x616b3432, 1: 1 }), FILE),
+      'legacy v0',
+      'ak42',
+      'version 1',
+    );
   });
 
   it('rejects a size that does not match the header, naming both sizes', () => {
@@ -153,13 +163,26 @@ describe('checkpoint format errors', () => {
       'found 1056540 bytes',
     );
     // A plausible-but-wrong header (e.g. another model's) is caught by the size check.
-    expectFormatError(() => parseLlama2cCheckpoint(withHeader(bytes, { 1: 173 }), FILE), 'hidden_dim 173', 'found 1056540 bytes');
+    expectFormatError(
+      () => parseLlama2cCheckpoint(withHeader(bytes, { 1: 173 }), FILE),
+      'hidden_dim 173',
+      'found 1056540 bytes',
+    );
   });
 
   it('validateConfig rejects inconsistent derived fields', () => {
     const good: ModelConfig = {
-      dim: 64, hiddenDim: 172, nLayers: 5, nHeads: 8, nKvHeads: 4, vocabSize: 512, seqLen: 512,
-      headSize: 8, kvDim: 32, normEps: 1e-5, ropeTheta: 10000,
+      dim: 64,
+      hiddenDim: 172,
+      nLayers: 5,
+      nHeads: 8,
+      nKvHeads: 4,
+      vocabSize: 512,
+      seqLen: 512,
+      headSize: 8,
+      kvDim: 32,
+      normEps: 1e-5,
+      ropeTheta: 10000,
     };
     expect(() => validateConfig(good, 'x')).not.toThrow();
     expect(() => validateConfig({ ...good, dim: 64.5 }, 'x')).toThrow(ModelFormatError);

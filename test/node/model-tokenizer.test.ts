@@ -167,7 +167,12 @@ describe('decode', () => {
 
 describe('tokenizer format errors', () => {
   it('rejects a file too short for max_token_length', () => {
-    expectFormatError(() => Tokenizer.fromLlama2c(new Uint8Array(2), 512, FILE), FILE, 'max_token_length', 'found 2 bytes');
+    expectFormatError(
+      () => Tokenizer.fromLlama2c(new Uint8Array(2), 512, FILE),
+      FILE,
+      'max_token_length',
+      'found 2 bytes',
+    );
   });
 
   it('rejects a nonsense max_token_length', () => {
@@ -180,11 +185,19 @@ describe('tokenizer format errors', () => {
 
   it('rejects a piece that runs past the end of the file', () => {
     // Cut inside the last piece (" the..."-style pieces are a few bytes long).
-    expectFormatError(() => Tokenizer.fromLlama2c(bytes.subarray(0, bytes.length - 1), 512, FILE), FILE, 'token 511 piece of', 'bytes short');
+    expectFormatError(
+      () => Tokenizer.fromLlama2c(bytes.subarray(0, bytes.length - 1), 512, FILE),
+      FILE,
+      'token 511 piece of',
+      'bytes short',
+    );
   });
 
   it('rejects a file truncated inside a score/length pair', () => {
-    expectFormatError(() => Tokenizer.fromLlama2c(bytes.subarray(0, 4 + 8 + 5 + 3), 512, FILE), 'truncated inside the score/length of token 1');
+    expectFormatError(
+      () => Tokenizer.fromLlama2c(bytes.subarray(0, 4 + 8 + 5 + 3), 512, FILE),
+      'truncated inside the score/length of token 1',
+    );
   });
 
   it('rejects fewer tokens than the model vocab_size', () => {
@@ -192,7 +205,12 @@ describe('tokenizer format errors', () => {
   });
 
   it('rejects trailing bytes (a tokenizer for a bigger vocabulary)', () => {
-    expectFormatError(() => Tokenizer.fromLlama2c(bytes, 500, FILE), FILE, 'after 500 tokens', `found ${bytes.length} bytes`);
+    expectFormatError(
+      () => Tokenizer.fromLlama2c(bytes, 500, FILE),
+      FILE,
+      'after 500 tokens',
+      `found ${bytes.length} bytes`,
+    );
   });
 
   it('rejects piece lengths that are negative or exceed max_token_length', () => {

@@ -28,7 +28,14 @@ import { renderChat } from '../../src/worker/chat-template.js';
 import { exited, killGroup, startWranglerDev, type DevServer } from '../support/wrangler-dev.js';
 
 const CHROMIUM = '/usr/bin/chromium';
-const CHROMIUM_ARGS = ['--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking', '--disable-component-update', '--no-first-run'];
+const CHROMIUM_ARGS = [
+  '--headless',
+  '--no-sandbox',
+  '--disable-gpu',
+  '--disable-background-networking',
+  '--disable-component-update',
+  '--no-first-run',
+];
 
 const SYSTEM = 'A story about a cat and a dog.';
 const USER = 'Once upon a time, there was a little cat named Tom who wanted to find his ball.';
@@ -49,7 +56,11 @@ const pageErrors: string[] = [];
 beforeAll(async () => {
   if (!existsSync(CHROMIUM)) throw new Error(`${CHROMIUM} is missing: apt-get install -y chromium (.ci/run does)`);
   model = await loadModelFromDir(await ensureDefaultShards());
-  server = await startWranglerDev(['--persist-to', persist, '--var', 'MODEL_NAME:stories260K'], join(persist, 'wrangler.log'), started);
+  server = await startWranglerDev(
+    ['--persist-to', persist, '--var', 'MODEL_NAME:stories260K'],
+    join(persist, 'wrangler.log'),
+    started,
+  );
   browser = await chromium.launch({ executablePath: CHROMIUM, args: CHROMIUM_ARGS });
 });
 
@@ -91,7 +102,8 @@ async function sendAndWatch(page: Page, text: string): Promise<{ lengths: number
       for (const r of records) {
         const target = r.target as Element;
         if (!target.classList?.contains('text') || !target.parentElement?.classList.contains('assistant')) continue;
-        for (const n of Array.from(r.addedNodes)) if (n.nodeType === Node.TEXT_NODE) w.lengths.push((n as Text).data.length);
+        for (const n of Array.from(r.addedNodes))
+          if (n.nodeType === Node.TEXT_NODE) w.lengths.push((n as Text).data.length);
       }
     }).observe(document.getElementById('log')!, { childList: true, subtree: true });
   });
@@ -100,8 +112,11 @@ async function sendAndWatch(page: Page, text: string): Promise<{ lengths: number
   await page.click('#send');
   const reply = page.locator('.msg.assistant').nth(before);
   await expect.poll(() => reply.getAttribute('data-state'), { timeout: 120_000 }).toMatch(/^(done|error)$/);
-  expect(await reply.getAttribute('data-state'), await reply.textContent() ?? '').toBe('done');
-  return { lengths: await page.evaluate(() => (window as unknown as { lengths: number[] }).lengths), reply: (await reply.locator('.text').textContent()) ?? '' };
+  expect(await reply.getAttribute('data-state'), (await reply.textContent()) ?? '').toBe('done');
+  return {
+    lengths: await page.evaluate(() => (window as unknown as { lengths: number[] }).lengths),
+    reply: (await reply.locator('.text').textContent()) ?? '',
+  };
 }
 
 interface Completion {
@@ -123,7 +138,14 @@ describe('[spawns the local server and Chromium] the playground page', () => {
     const res = await fetch(`${server.base}/v1/chat/completions`, {
       method: 'POST',
       headers: { 'content-type': 'application/json' },
-      body: JSON.stringify({ model: 'stories260K', messages, max_tokens: MAX_TOKENS, temperature: 0, seed: SEED, lazy: { enabled: true, schedule: SCHEDULE, trace: true } }),
+      body: JSON.stringify({
+        model: 'stories260K',
+        messages,
+        max_tokens: MAX_TOKENS,
+        temperature: 0,
+        seed: SEED,
+        lazy: { enabled: true, schedule: SCHEDULE, trace: true },
+      }),
     });
     expect(res.status).toBe(200);
     const api = (await res.json()) as Completion;
@@ -145,7 +167,11 @@ describe('[spawns the local server and Chromium] the playground page', () => {
     expect(await grid.getAttribute('data-tokens')).toBe(String(tokens));
     expect(await page.locator('#grid .row.layer').count()).toBe(layers);
     const perLayer = await page.$$eval('#grid .row.layer', (rows) =>
-      rows.map((r) => ({ cells: r.querySelectorAll('.c').length, computed: r.querySelectorAll('.c.computed').length, revived: r.querySelectorAll('.c.revived').length })),
+      rows.map((r) => ({
+        cells: r.querySelectorAll('.c').length,
+        computed: r.querySelectorAll('.c.computed').length,
+        revived: r.querySelectorAll('.c.revived').length,
+      })),
     );
     expect(perLayer.map((r) => r.cells)).toEqual(new Array(layers).fill(tokens));
     expect(perLayer.map((r) => r.computed)).toEqual(api.lazy_stats.prefill_computed_per_layer);
@@ -166,7 +192,9 @@ describe('[spawns the local server and Chromium] the playground page', () => {
     expect(stats).toContain(`schedule ${SCHEDULE}`);
 
     await page.screenshot({ path: SCREENSHOT, fullPage: true });
-    expect(readFileSync(SCREENSHOT).subarray(0, 8)).toEqual(Buffer.from([0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a])); // a PNG
+    expect(readFileSync(SCREENSHOT).subarray(0, 8)).toEqual(
+      Buffer.from([0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a]),
+    ); // a PNG
     expect(pageErrors).toEqual([]);
     await page.close();
   });
@@ -190,7 +218,10 @@ describe('[spawns the local server and Chromium] the playground page', () => {
     const second = await sendAndWatch(page, 'Tom looked under the bed.');
     expect(second.reply.length).toBeGreaterThan(0);
     const grid = page.locator('#grid');
-    const stored = (await (await fetch(`${server.base}/v1/sessions/${id}`)).json()) as { messages: unknown[]; stats: { tokens: number } };
+    const stored = (await (await fetch(`${server.base}/v1/sessions/${id}`)).json()) as {
+      messages: unknown[];
+      stats: { tokens: number };
+    };
     expect(stored.messages).toHaveLength(5); // system, user, assistant, user, assistant
     const reusedCells = await page.locator('#grid .c.earlier').count();
     expect(reusedCells).toBeGreaterThan(0); // history computed in the first turn

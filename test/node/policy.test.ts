@@ -1,6 +1,14 @@
 import { describe, expect, it } from 'vitest';
 import { EngineError } from '../../src/engine/errors.js';
-import { defaultSchedule, formatSchedule, keepAt, limitRevivals, parseSchedule, selectActive, validateSchedule } from '../../src/engine/policy.js';
+import {
+  defaultSchedule,
+  formatSchedule,
+  keepAt,
+  limitRevivals,
+  parseSchedule,
+  selectActive,
+  validateSchedule,
+} from '../../src/engine/policy.js';
 
 const ids = (...a: number[]) => Int32Array.from(a);
 const sc = (...a: number[]) => Float32Array.from(a);
@@ -45,10 +53,20 @@ describe('selectActive (the pure LazyLLM policy)', () => {
 describe('schedules', () => {
   it('parses and formats specs', () => {
     const s = parseSchedule('bos, 1:0.5,3:0.25');
-    expect(s).toEqual({ prune: [{ layer: 1, keep: 0.5 }, { layer: 3, keep: 0.25 }], keepFirst: true });
+    expect(s).toEqual({
+      prune: [
+        { layer: 1, keep: 0.5 },
+        { layer: 3, keep: 0.25 },
+      ],
+      keepFirst: true,
+    });
     expect(formatSchedule(s)).toBe('bos,1:0.5,3:0.25');
     expect(parseSchedule('all')).toEqual({ prune: [], keepFirst: false });
-    expect(parseSchedule('bos,min:64,2:0.5')).toEqual({ prune: [{ layer: 2, keep: 0.5 }], keepFirst: true, minActive: 64 });
+    expect(parseSchedule('bos,min:64,2:0.5')).toEqual({
+      prune: [{ layer: 2, keep: 0.5 }],
+      keepFirst: true,
+      minActive: 64,
+    });
     expect(formatSchedule(parseSchedule('bos,min:64,2:0.5'))).toBe('bos,min:64,2:0.5');
     expect(keepAt(s, 3)).toBe(0.25);
     expect(keepAt(s, 2)).toBeNull();
@@ -81,7 +99,9 @@ describe('revival budget', () => {
     expect(formatSchedule(s)).toBe('bos,min:128,revive:4,10:0.5');
     expect(parseSchedule('revive:0,2:0.5').reviveBudget).toBe(0);
     expect(parseSchedule('2:0.5').reviveBudget).toBeUndefined();
-    expect(() => validateSchedule({ prune: [], keepFirst: false, reviveBudget: -1 }, 4)).toThrow(/revive -1 must be an integer >= 0/);
+    expect(() => validateSchedule({ prune: [], keepFirst: false, reviveBudget: -1 }, 4)).toThrow(
+      /revive -1 must be an integer >= 0/,
+    );
   });
 
   it('keeps the best-scored revivals up to the budget and every token that is not a revival', () => {
@@ -95,4 +115,3 @@ describe('revival budget', () => {
     expect([...limitRevivals(sel, revivable, () => 1, 1)]).toEqual([0, 7, 9]);
   });
 });
-

@@ -6,7 +6,10 @@ import { describe, expect, it } from 'vitest';
 import { REPO_ROOT } from '../../scripts/lib/node-env.js';
 
 function shards(args: string[]) {
-  const r = spawnSync(process.execPath, ['--import', 'tsx', join(REPO_ROOT, 'scripts', 'shards.ts'), ...args], { cwd: REPO_ROOT, encoding: 'utf8' });
+  const r = spawnSync(process.execPath, ['--import', 'tsx', join(REPO_ROOT, 'scripts', 'shards.ts'), ...args], {
+    cwd: REPO_ROOT,
+    encoding: 'utf8',
+  });
   return { code: r.status, stdout: r.stdout, stderr: r.stderr };
 }
 
@@ -28,10 +31,23 @@ describe('npm run shards --quant', () => {
 
   it('records the format, and --if-missing rebuilds only when the format asked for differs', () => {
     const out = join(mkdtempSync(join(tmpdir(), 'lazy-edge-')), 'q');
-    expect(shards([...RANDOM, '--out', out, '--quant', 'int4', '--block-size', '16', '--kernel', 'nbits']).code).toBe(0);
+    expect(shards([...RANDOM, '--out', out, '--quant', 'int4', '--block-size', '16', '--kernel', 'nbits']).code).toBe(
+      0,
+    );
     expect(quantOf(out)).toEqual({ format: 'int4', kernel: 'nbits', blockSize: 16 });
 
-    const same = shards([...RANDOM, '--out', out, '--quant', 'int4', '--block-size', '16', '--kernel', 'nbits', '--if-missing']);
+    const same = shards([
+      ...RANDOM,
+      '--out',
+      out,
+      '--quant',
+      'int4',
+      '--block-size',
+      '16',
+      '--kernel',
+      'nbits',
+      '--if-missing',
+    ]);
     expect(same.stderr).toMatch(/shards up to date: .* \(int4-b16\/nbits\)/);
 
     for (const [args, quant] of [

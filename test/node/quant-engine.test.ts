@@ -15,7 +15,13 @@ import { runStep } from '../../src/engine/step.js';
 import { randomCheckpoint, type Checkpoint, type LayerWeights } from '../../src/model/checkpoint.js';
 import type { QuantSpec } from '../../src/model/quant.js';
 import { buildShards } from '../../src/shards/build-shards.js';
-import { dequantizeInt4, dequantizeInt8, quantizeInt4, quantizeInt8, quantizeInt8Rows } from '../../src/shards/quantize.js';
+import {
+  dequantizeInt4,
+  dequantizeInt8,
+  quantizeInt4,
+  quantizeInt8,
+  quantizeInt8Rows,
+} from '../../src/shards/quantize.js';
 import { klDivergence } from '../../scripts/lib/fidelity.js';
 import { initNodeRuntime } from '../../scripts/lib/node-env.js';
 import { loadStories260K, readBytes, TOK512_BIN } from '../support/paths.js';
@@ -50,7 +56,14 @@ const FORMATS: QuantSpec[] = [
 ];
 
 async function load(ck: Checkpoint, quant: QuantSpec): Promise<LoadedModel> {
-  const built = await buildShards({ name: 'q', checkpoint: ck, tokenizerBytes: readBytes(TOK512_BIN), synthetic: true, source: { file: 'q' }, quant });
+  const built = await buildShards({
+    name: 'q',
+    checkpoint: ck,
+    tokenizerBytes: readBytes(TOK512_BIN),
+    synthetic: true,
+    source: { file: 'q' },
+    quant,
+  });
   initNodeRuntime();
   return loadModel(JSON.stringify(built.manifest), async (f) => built.files.get(f)!);
 }
@@ -78,7 +91,9 @@ async function engineLogits(model: LoadedModel, prompt: number[], extra: number[
 function dequantizedCheckpoint(ck: Checkpoint, q: QuantSpec): Checkpoint {
   const { dim, hiddenDim, kvDim, vocabSize } = ck.config;
   const rt = (w: Float32Array, out: number, inp: number) =>
-    q.format === 'int8' ? dequantizeInt8(quantizeInt8(w, out, inp)) : dequantizeInt4(quantizeInt4(w, out, inp, q.blockSize!));
+    q.format === 'int8'
+      ? dequantizeInt8(quantizeInt8(w, out, inp))
+      : dequantizeInt4(quantizeInt4(w, out, inp, q.blockSize!));
   // Per-row scales (int8) and per-row blocks (int4) make this equal to quantizing the stacked matrices.
   const layers: LayerWeights[] = ck.layers.map((w) => ({
     ...w,
@@ -101,7 +116,9 @@ const CASES: { name: string; ck: Checkpoint; prompt: number[]; extra: number[] }
   {
     name: 'stories260K',
     ck: stories.ck,
-    prompt: stories.tok.encode('Once upon a time, there was a little girl named Lily. She loved to play outside.', { bos: true }),
+    prompt: stories.tok.encode('Once upon a time, there was a little girl named Lily. She loved to play outside.', {
+      bos: true,
+    }),
     extra: [13, 410, 300],
   },
   {
@@ -115,15 +132,18 @@ const CASES: { name: string; ck: Checkpoint; prompt: number[]; extra: number[] }
 describe.each(CASES)('quantized formats on $name', ({ ck, prompt, extra }) => {
   const ref = referenceLogits(ck, prompt, extra);
 
-  it.each(FORMATS.map((q) => [`${q.format}/${q.kernel}`, q] as const))('%s stays within the stated tolerance of the f32 reference', async (label, q) => {
-    const ours = await engineLogits(await load(ck, q), prompt, extra);
-    const tol = TOLERANCE[label];
-    expect(ours).toHaveLength(ref.length);
-    ours.forEach((l, k) => {
-      expect(maxAbsDiff(l, ref[k])).toBeLessThanOrEqual(tol.maxAbs);
-      expect(klDivergence(ref[k], l)).toBeLessThanOrEqual(tol.kl);
-    });
-  });
+  it.each(FORMATS.map((q) => [`${q.format}/${q.kernel}`, q] as const))(
+    '%s stays within the stated tolerance of the f32 reference',
+    async (label, q) => {
+      const ours = await engineLogits(await load(ck, q), prompt, extra);
+      const tol = TOLERANCE[label];
+      expect(ours).toHaveLength(ref.length);
+      ours.forEach((l, k) => {
+        expect(maxAbsDiff(l, ref[k])).toBeLessThanOrEqual(tol.maxAbs);
+        expect(klDivergence(ref[k], l)).toBeLessThanOrEqual(tol.kl);
+      });
+    },
+  );
 
   it.each(FORMATS.filter((q) => q.kernel !== 'integer').map((q) => [`${q.format}/${q.kernel}`, q] as const))(
     '%s equals the reference forward on the dequantized weights (1e-4)',
@@ -135,11 +155,22 @@ describe.each(CASES)('quantized formats on $name', ({ ck, prompt, extra }) => {
   );
 
   it('int8 without folding (DequantizeLinear on every run) gives the same logits as folded', async () => {
-    const built = await buildShards({ name: 'q', checkpoint: ck, tokenizerBytes: readBytes(TOK512_BIN), synthetic: true, source: { file: 'q' }, quant: FORMATS[0] });
+    const built = await buildShards({
+      name: 'q',
+      checkpoint: ck,
+      tokenizerBytes: readBytes(TOK512_BIN),
+      synthetic: true,
+      source: { file: 'q' },
+      quant: FORMATS[0],
+    });
     initNodeRuntime();
     const read = async (f: string) => built.files.get(f)!;
     const folded = await engineLogits(await loadModel(JSON.stringify(built.manifest), read), prompt, extra);
-    const perRun = await engineLogits(await loadModel(JSON.stringify(built.manifest), read, { foldDequantize: false }), prompt, extra);
+    const perRun = await engineLogits(
+      await loadModel(JSON.stringify(built.manifest), read, { foldDequantize: false }),
+      prompt,
+      extra,
+    );
     // Same weights, different kernels (ORT fuses differently around a DequantizeLinear): float rounding only.
     perRun.forEach((l, k) => expect(maxAbsDiff(l, folded[k])).toBeLessThanOrEqual(2e-5));
   });

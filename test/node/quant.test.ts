@@ -1,6 +1,12 @@
 import { describe, expect, it } from 'vitest';
 import { EngineError } from '../../src/engine/errors.js';
-import { checkMemoryBudget, DEFAULT_MEMORY_BUDGET_BYTES, defaultQuant, estimateMemory, MB } from '../../src/engine/memory-budget.js';
+import {
+  checkMemoryBudget,
+  DEFAULT_MEMORY_BUDGET_BYTES,
+  defaultQuant,
+  estimateMemory,
+  MB,
+} from '../../src/engine/memory-budget.js';
 import { loadModel } from '../../src/engine/model.js';
 import { randomCheckpoint, type RandomCheckpointOptions } from '../../src/model/checkpoint.js';
 import type { ModelConfig } from '../../src/model/config.js';
@@ -97,10 +103,26 @@ describe('int4 block-wise symmetric quantization', () => {
   });
 });
 
-const TINY: RandomCheckpointOptions = { dim: 32, hiddenDim: 64, nLayers: 2, nHeads: 4, nKvHeads: 2, vocabSize: 512, seqLen: 64, seed: 3 };
+const TINY: RandomCheckpointOptions = {
+  dim: 32,
+  hiddenDim: 64,
+  nLayers: 2,
+  nHeads: 4,
+  nKvHeads: 2,
+  vocabSize: 512,
+  seqLen: 64,
+  seed: 3,
+};
 
 async function tinyShards(quant?: QuantSpec, opts: RandomCheckpointOptions = TINY): Promise<BuiltShards> {
-  return buildShards({ name: 'tiny', checkpoint: randomCheckpoint(opts), tokenizerBytes: readBytes(TOK512_BIN), synthetic: true, source: { file: 'tiny' }, quant });
+  return buildShards({
+    name: 'tiny',
+    checkpoint: randomCheckpoint(opts),
+    tokenizerBytes: readBytes(TOK512_BIN),
+    synthetic: true,
+    source: { file: 'tiny' },
+    quant,
+  });
 }
 
 function load(built: BuiltShards, manifest: object = built.manifest) {
@@ -110,8 +132,15 @@ function load(built: BuiltShards, manifest: object = built.manifest) {
 
 describe('quantized shards: the manifest and the files must agree', () => {
   it('records format, kernel and block size in the manifest', async () => {
-    expect((await tinyShards({ format: 'int8', kernel: 'dequant' })).manifest.quant).toEqual({ format: 'int8', kernel: 'dequant' });
-    expect((await tinyShards({ format: 'int4', kernel: 'nbits', blockSize: 16 })).manifest.quant).toEqual({ format: 'int4', kernel: 'nbits', blockSize: 16 });
+    expect((await tinyShards({ format: 'int8', kernel: 'dequant' })).manifest.quant).toEqual({
+      format: 'int8',
+      kernel: 'dequant',
+    });
+    expect((await tinyShards({ format: 'int4', kernel: 'nbits', blockSize: 16 })).manifest.quant).toEqual({
+      format: 'int4',
+      kernel: 'nbits',
+      blockSize: 16,
+    });
     expect((await tinyShards()).manifest.quant).toEqual({ format: 'f32', kernel: 'matmul' });
   });
 
@@ -141,7 +170,9 @@ describe('quantized shards: the manifest and the files must agree', () => {
   it('rejects shards whose weights are not in the format the manifest names', async () => {
     const int8 = await tinyShards({ format: 'int8', kernel: 'dequant' });
     // An int8 build relabelled int4: the packed tensors are missing.
-    await expect(load(int8, { ...int8.manifest, quant: { format: 'int4', kernel: 'nbits', blockSize: 32 } })).rejects.toThrow(
+    await expect(
+      load(int8, { ...int8.manifest, quant: { format: 'int4', kernel: 'nbits', blockSize: 32 } }),
+    ).rejects.toThrow(
       /layer_00\.onnx: expected wqkv_q4: uint8 \[64, 1, 16\] packed int4 weights.*found only wqkv_q, wqkv_scale/,
     );
     // Same bytes, another kernel: the graph says DequantizeLinear, the manifest says MatMulInteger.
@@ -150,9 +181,9 @@ describe('quantized shards: the manifest and the files must agree', () => {
     );
     // An int4 build with block 32 claimed to use blocks of 16.
     const int4 = await tinyShards({ format: 'int4', kernel: 'nbits', blockSize: 32 });
-    await expect(load(int4, { ...int4.manifest, quant: { format: 'int4', kernel: 'nbits', blockSize: 16 } })).rejects.toThrow(
-      /expected wqkv_q4: uint8 \[64, 2, 8\].*found uint8 \[64, 1, 16\]/,
-    );
+    await expect(
+      load(int4, { ...int4.manifest, quant: { format: 'int4', kernel: 'nbits', blockSize: 16 } }),
+    ).rejects.toThrow(/expected wqkv_q4: uint8 \[64, 2, 8\].*found uint8 \[64, 1, 16\]/);
   });
 
   it('rejects a layer whose scales tensor has the wrong length, naming file, tensor and both lengths', async () => {
@@ -163,7 +194,10 @@ describe('quantized shards: the manifest and the files must agree', () => {
       if (name !== 'wqkv') return int8DequantLinear(b, x, name, w, out, inp);
       const t = quantizeInt8(w, out, inp);
       const q = b.tensor(`${name}_q`, 'int8', [inp, out], t.q);
-      return b.op('MatMul', [x, b.op('DequantizeLinear', [q, b.f32(`${name}_scale`, [out - 1], t.scales.subarray(1))], { axis: 1 })]);
+      return b.op('MatMul', [
+        x,
+        b.op('DequantizeLinear', [q, b.f32(`${name}_scale`, [out - 1], t.scales.subarray(1))], { axis: 1 }),
+      ]);
     };
     const bad = buildLayerGraph(ck.config, ck.layers[1], 1, f32Format(shortScales));
     const files = new Map(built.files).set('layer_01.onnx', bad);
@@ -190,8 +224,26 @@ describe('quantized shards: the manifest and the files must agree', () => {
   });
 });
 
-function cfg(dim: number, nLayers: number, seqLen: number, nHeads = dim / 64, hiddenDim = Math.round((dim * 8) / 3 / 32) * 32): ModelConfig {
-  return { dim, hiddenDim, nLayers, nHeads, nKvHeads: nHeads, vocabSize: 32000, seqLen, headSize: dim / nHeads, kvDim: dim, normEps: 1e-5, ropeTheta: 10000 };
+function cfg(
+  dim: number,
+  nLayers: number,
+  seqLen: number,
+  nHeads = dim / 64,
+  hiddenDim = Math.round((dim * 8) / 3 / 32) * 32,
+): ModelConfig {
+  return {
+    dim,
+    hiddenDim,
+    nLayers,
+    nHeads,
+    nKvHeads: nHeads,
+    vocabSize: 32000,
+    seqLen,
+    headSize: dim / nHeads,
+    kvDim: dim,
+    normEps: 1e-5,
+    ropeTheta: 10000,
+  };
 }
 
 describe('memory budget', () => {
@@ -204,7 +256,9 @@ describe('memory budget', () => {
     expect(e.kvCache).toBe(12 * 2 * 1024 * 768 * 4);
     expect(e.auxCache).toBe(1024 * 768 * 4);
     // the load copies and the activations share the wasm memory: the larger counts
-    expect(e.total).toBe(e.weights + Math.max(e.weightCopies, e.activations) + e.kvCache + e.auxCache + e.tokenizer + e.runtime);
+    expect(e.total).toBe(
+      e.weights + Math.max(e.weightCopies, e.activations) + e.kvCache + e.auxCache + e.tokenizer + e.runtime,
+    );
     // Dequantize-at-load kernels hold f32 matrices (the embedding table is int8 rows in every quantized
     // format); 'integer' holds int8, about a quarter; 'nbits' 4 bits + a scale per 32, about a sixth.
     const embedSaving = 32000 * 768 * 4 - 32000 * (768 + 4);
@@ -228,8 +282,12 @@ describe('memory budget', () => {
     expect(err).toBeInstanceOf(EngineError);
     expect((err as EngineError).code).toBe('model_too_large');
     const msg = (err as Error).message;
-    expect(msg).toMatch(/^model "big" does not fit the memory budget: it needs \d+\.\d MB at its full context of 2048 tokens/);
-    expect(msg).toMatch(/weights \d+\.\d MB as f32, held as f32; the kernels' copies of them \d+\.\d MB; KV cache 144\.0 MB as f32; Aux Cache 6\.0 MB; activations \d+\.\d MB; tokenizer \d+\.\d MB; runtime 20\.0 MB/);
+    expect(msg).toMatch(
+      /^model "big" does not fit the memory budget: it needs \d+\.\d MB at its full context of 2048 tokens/,
+    );
+    expect(msg).toMatch(
+      /weights \d+\.\d MB as f32, held as f32; the kernels' copies of them \d+\.\d MB; KV cache 144\.0 MB as f32; Aux Cache 6\.0 MB; activations \d+\.\d MB; tokenizer \d+\.\d MB; runtime 20\.0 MB/,
+    );
     expect(msg).toMatch(/the isolate memory budget allows 128\.0 MB/);
     expect(msg).toMatch(/LAZY_EDGE_MEMORY_BUDGET_MB/);
     // The same model fits a budget raised far enough, and the check returns the estimate.
@@ -238,16 +296,33 @@ describe('memory budget', () => {
   });
 
   it('accepts stories260K in every format', () => {
-    const c: ModelConfig = { dim: 64, hiddenDim: 172, nLayers: 5, nHeads: 8, nKvHeads: 4, vocabSize: 512, seqLen: 512, headSize: 8, kvDim: 32, normEps: 1e-5, ropeTheta: 10000 };
-    for (const q of [f32, int4, { format: 'int8', kernel: 'dequant' } as QuantSpec]) expect(checkMemoryBudget('s', c, q, DEFAULT_MEMORY_BUDGET_BYTES).total).toBeLessThan(30 * MB);
+    const c: ModelConfig = {
+      dim: 64,
+      hiddenDim: 172,
+      nLayers: 5,
+      nHeads: 8,
+      nKvHeads: 4,
+      vocabSize: 512,
+      seqLen: 512,
+      headSize: 8,
+      kvDim: 32,
+      normEps: 1e-5,
+      ropeTheta: 10000,
+    };
+    for (const q of [f32, int4, { format: 'int8', kernel: 'dequant' } as QuantSpec])
+      expect(checkMemoryBudget('s', c, q, DEFAULT_MEMORY_BUDGET_BYTES).total).toBeLessThan(30 * MB);
   });
 
   it('refuses at load time, before reading any shard', async () => {
     const built = await tinyShards();
     let reads = 0;
     initNodeRuntime();
-    const p = loadModel(JSON.stringify(built.manifest), async (f) => (reads++, built.files.get(f)!), { memoryBudgetBytes: 10 * MB });
-    await expect(p).rejects.toThrow(/model "tiny" does not fit the memory budget: it needs \d+\.\d MB .* allows 10\.0 MB/);
+    const p = loadModel(JSON.stringify(built.manifest), async (f) => (reads++, built.files.get(f)!), {
+      memoryBudgetBytes: 10 * MB,
+    });
+    await expect(p).rejects.toThrow(
+      /model "tiny" does not fit the memory budget: it needs \d+\.\d MB .* allows 10\.0 MB/,
+    );
     expect(reads).toBe(0);
   });
 
@@ -255,7 +330,9 @@ describe('memory budget', () => {
     expect(memoryBudgetFromEnv({})).toBe(128 * MB);
     expect(memoryBudgetFromEnv({ LAZY_EDGE_MEMORY_BUDGET_MB: '512' })).toBe(512 * MB);
     expect(memoryBudgetFromEnv({ LAZY_EDGE_MEMORY_BUDGET_MB: 'off' })).toBe(Infinity);
-    expect(() => memoryBudgetFromEnv({ LAZY_EDGE_MEMORY_BUDGET_MB: 'lots' })).toThrow(/must be a positive number of MiB or "off"/);
+    expect(() => memoryBudgetFromEnv({ LAZY_EDGE_MEMORY_BUDGET_MB: 'lots' })).toThrow(
+      /must be a positive number of MiB or "off"/,
+    );
   });
 
   it('picks the default format by model size: int8 folded when small, int8 MatMulInteger when larger, int4 only when nothing else fits', () => {
@@ -266,10 +343,15 @@ describe('memory budget', () => {
     expect(defaultQuant(stories260K)).toEqual({ format: 'int8', kernel: 'dequant' });
     expect(defaultQuant(stories15M)).toEqual({ format: 'int8', kernel: 'integer' });
     expect(defaultQuant(wide)).toEqual({ format: 'int4', kernel: 'nbits', blockSize: 32 });
-    expect(estimateMemory(wide, { format: 'int8', kernel: 'integer' }).total).toBeGreaterThan(DEFAULT_MEMORY_BUDGET_BYTES);
-    for (const c of [stories260K, stories15M, wide]) expect(estimateMemory(c, defaultQuant(c)).total).toBeLessThanOrEqual(DEFAULT_MEMORY_BUDGET_BYTES);
+    expect(estimateMemory(wide, { format: 'int8', kernel: 'integer' }).total).toBeGreaterThan(
+      DEFAULT_MEMORY_BUDGET_BYTES,
+    );
+    for (const c of [stories260K, stories15M, wide])
+      expect(estimateMemory(c, defaultQuant(c)).total).toBeLessThanOrEqual(DEFAULT_MEMORY_BUDGET_BYTES);
     // Nothing fits: the smallest, so that loading refuses with the numbers.
     expect(defaultQuant(stories110M)).toEqual({ format: 'int4', kernel: 'nbits', blockSize: 32 });
-    expect(() => checkMemoryBudget('stories110M', stories110M, defaultQuant(stories110M), DEFAULT_MEMORY_BUDGET_BYTES)).toThrow(/does not fit/);
+    expect(() =>
+      checkMemoryBudget('stories110M', stories110M, defaultQuant(stories110M), DEFAULT_MEMORY_BUDGET_BYTES),
+    ).toThrow(/does not fit/);
   });
 });

@@ -15,10 +15,19 @@ import { loadSmolLM2 } from '../support/smollm2.js';
  */
 describe('query-aware LazyLLM over two session turns (SmolLM2)', () => {
   let model: LoadedModel;
-  const filler = readFileSync(DEFAULT_FILLER[0], 'utf8').replace(/\s+/g, ' ').split(/(?<=\.)\s+/).slice(20, 40);
+  const filler = readFileSync(DEFAULT_FILLER[0], 'utf8')
+    .replace(/\s+/g, ' ')
+    .split(/(?<=\.)\s+/)
+    .slice(20, 40);
   const facts = { 'pass key': '48213', 'door code': '73950' };
   // About 790 tokens: the door code early, the pass key late (a layout dense answers both ways).
-  const doc = [...filler.slice(0, 3), `The door code is ${facts['door code']}.`, ...filler.slice(3, 13), `The pass key is ${facts['pass key']}. Remember it.`, ...filler.slice(13)].join(' ');
+  const doc = [
+    ...filler.slice(0, 3),
+    `The door code is ${facts['door code']}.`,
+    ...filler.slice(3, 13),
+    `The pass key is ${facts['pass key']}. Remember it.`,
+    ...filler.slice(13),
+  ].join(' ');
   const ask = (what: string) => `What is the ${what}? Answer with the number only.`;
   beforeAll(async () => {
     model = await loadSmolLM2();
@@ -30,13 +39,17 @@ describe('query-aware LazyLLM over two session turns (SmolLM2)', () => {
     const turn1 = [{ role: 'user' as const, content: `${doc}\n\n${ask('pass key')}` }];
     const c1 = encodeChat(model.tokenizer, model.manifest.chatTemplate, turn1);
     const r1 = await runTurn(model, seq, c1.prompt, { maxTokens: 16, sampler, schedule, question: c1.question });
-    const turn2 = [...turn1, { role: 'assistant' as const, content: r1.result.text }, { role: 'user' as const, content: ask('door code') }];
+    const turn2 = [
+      ...turn1,
+      { role: 'assistant' as const, content: r1.result.text },
+      { role: 'user' as const, content: ask('door code') },
+    ];
     const c2 = encodeChat(model.tokenizer, model.manifest.chatTemplate, turn2);
     const r2 = await runTurn(model, seq, c2.prompt, { maxTokens: 16, sampler, schedule, question: c2.question });
     return { r1, r2, c1 };
   }
 
-  it('the second question revives what the first pruned, and both answers are dense\'s (the default schedule)', async () => {
+  it("the second question revives what the first pruned, and both answers are dense's (the default schedule)", async () => {
     const schedule = defaultSchedule(model.config.nLayers, 'question');
     expect(schedule.signal).toEqual({ kind: 'query' });
     const dense = await converse(null);

@@ -4,7 +4,16 @@ import { SequenceState } from '../../src/engine/caches.js';
 import { generate } from '../../src/engine/generate.js';
 import { LocalChain, splitLayers } from '../../src/engine/layer-group.js';
 import type { LoadedModel, ModelPart } from '../../src/engine/model.js';
-import { formatSchedule, importance, maxPool, parseSchedule, rankingFor, selectActive, stepRankings, validateSchedule } from '../../src/engine/policy.js';
+import {
+  formatSchedule,
+  importance,
+  maxPool,
+  parseSchedule,
+  rankingFor,
+  selectActive,
+  stepRankings,
+  validateSchedule,
+} from '../../src/engine/policy.js';
 import { ATTN_SCORE_BYTES, prefillChunks, runStep, type LayerTrace } from '../../src/engine/step.js';
 import { LAYER_IO } from '../../src/model/shard-io.js';
 import type { HostTensor } from '../../src/runtime/onnx-runtime.js';
@@ -17,9 +26,7 @@ describe('importance: head reduction and neighbour pooling on known arrays', () 
   it('reduces heads by mean or max, then max-pools over the centred window', () => {
     // 3 heads x 6 tokens
     const perHead = Float32Array.from([
-      0.1, 0.0, 0.0, 0.6, 0.0, 0.3,
-      0.0, 0.9, 0.0, 0.0, 0.1, 0.0,
-      0.2, 0.0, 0.0, 0.0, 0.5, 0.3,
+      0.1, 0.0, 0.0, 0.6, 0.0, 0.3, 0.0, 0.9, 0.0, 0.0, 0.1, 0.0, 0.2, 0.0, 0.0, 0.0, 0.5, 0.3,
     ]);
     const mean = importance(perHead, 3, 'mean');
     expect([...mean].map((v) => +v.toFixed(6))).toEqual([0.1, 0.3, 0, 0.2, 0.2, 0.2]);
@@ -49,7 +56,7 @@ describe('the protected tokens', () => {
     expect(got).toHaveLength(9);
     expect(got.filter((i) => i > 0 && i < 15).every((i) => i % 5 === 4 || i % 5 === 3)).toBe(true);
   });
-  it('with the paper\'s signal keeps only the last token beyond the share, as before', () => {
+  it("with the paper's signal keeps only the last token beyond the share, as before", () => {
     expect(selectActive(incoming, scores, 0.3, false, 1, 19)).toHaveLength(6);
   });
 });
@@ -72,9 +79,14 @@ describe('schedule items for the signal', () => {
     expect(formatSchedule(parseSchedule('all'))).toBe('all');
   });
 
-  it('rank a step by the signal\'s rows, and decode steps by what the prefill remembered', () => {
+  it("rank a step by the signal's rows, and decode steps by what the prefill remembered", () => {
     expect(rankingFor(undefined, 0, 100, null, null)).toEqual({ from: 99, to: 100, keepFrom: 99, fresh: true });
-    expect(rankingFor({ kind: 'window', rows: 16 }, 0, 100, null, null)).toEqual({ from: 84, to: 100, keepFrom: 84, fresh: true });
+    expect(rankingFor({ kind: 'window', rows: 16 }, 0, 100, null, null)).toEqual({
+      from: 84,
+      to: 100,
+      keepFrom: 84,
+      fresh: true,
+    });
     const q = { from: 80, to: 94 };
     const next = stepRankings({ kind: 'query' }, q);
     expect(next(0, 100)).toEqual({ from: 80, to: 94, keepFrom: 80, fresh: true });
@@ -90,11 +102,16 @@ describe('the question span, from the chat template', () => {
   const messages = [{ role: 'user' as const, content: `${doc}\n\nWho keeps the blue key? Answer with the name only.` }];
   it('is the last paragraph of the final user message', () => {
     expect(questionText(messages)?.text).toBe('Who keeps the blue key? Answer with the name only.');
-    expect(questionText([{ role: 'user', content: 'one paragraph only' }, { role: 'assistant', content: 'ok' }])).toEqual({ message: 0, text: 'one paragraph only' });
+    expect(
+      questionText([
+        { role: 'user', content: 'one paragraph only' },
+        { role: 'assistant', content: 'ok' },
+      ]),
+    ).toEqual({ message: 0, text: 'one paragraph only' });
     expect(questionText([{ role: 'system', content: 'no user' }])).toBeNull();
   });
 
-  it('covers exactly the question\'s tokens on SmolLM2 (ChatML) and stories260K (plain template)', async () => {
+  it("covers exactly the question's tokens on SmolLM2 (ChatML) and stories260K (plain template)", async () => {
     for (const model of [await loadSmolLM2(), await loadDefaultModel()]) {
       const { prompt, question } = encodeChat(model.tokenizer, model.manifest.chatTemplate, messages);
       expect(question).not.toBeNull();
@@ -107,7 +124,7 @@ describe('the question span, from the chat template', () => {
   });
 });
 
-describe('per-head attention of a span of query rows (the graph\'s attn output)', () => {
+describe("per-head attention of a span of query rows (the graph's attn output)", () => {
   let model: LoadedModel;
   const { tok } = loadStories260K();
   const [w] = promptWindows(storyStream(tok, devStories()), 40, 0, 1);
@@ -146,7 +163,8 @@ describe('per-head attention of a span of query rows (the graph\'s attn output)'
     const want = new Float32Array(H * n);
     for (let j = from; j < to; j++) {
       const row = await attn(j + 1, j, j + 1); // [H, j + 1]
-      for (let h = 0; h < H; h++) for (let key = 0; key <= j; key++) want[h * n + key] += row[h * (j + 1) + key] / (to - from);
+      for (let h = 0; h < H; h++)
+        for (let key = 0; key <= j; key++) want[h * n + key] += row[h * (j + 1) + key] / (to - from);
     }
     const got = await attn(n, from, to);
     expect(got.length).toBe(H * n);
@@ -177,13 +195,25 @@ describe('query-aware LazyLLM in the engine (stories260K)', () => {
     return { trace, max: () => Math.max(...counts.flatMap((m) => [...m.values()])), revived: () => revived, counts };
   }
 
-  it('ranks by the question: a different active set than the paper\'s, with the question and what follows kept at every layer', async () => {
+  it("ranks by the question: a different active set than the paper's, with the question and what follows kept at every layer", async () => {
     const c = counter();
-    const r = await generate(model, new SequenceState(model.config), w.prompt, { maxTokens: 1, sampler: { temperature: 0, topP: 1, topK: 0, seed: 1 }, schedule, question, trace: c.trace });
-    for (let l = 0; l < 5; l++) for (let i = question.from; i < w.prompt.length; i++) expect(c.counts[l].get(i)).toBe(1);
+    const r = await generate(model, new SequenceState(model.config), w.prompt, {
+      maxTokens: 1,
+      sampler: { temperature: 0, topP: 1, topK: 0, seed: 1 },
+      schedule,
+      question,
+      trace: c.trace,
+    });
+    for (let l = 0; l < 5; l++)
+      for (let i = question.from; i < w.prompt.length; i++) expect(c.counts[l].get(i)).toBe(1);
     expect(c.counts[4].get(0)).toBe(1); // the attention sink
     const paper = counter();
-    await generate(model, new SequenceState(model.config), w.prompt, { maxTokens: 1, sampler: { temperature: 0, topP: 1, topK: 0, seed: 1 }, schedule: { ...schedule, signal: { kind: 'last' } }, trace: paper.trace });
+    await generate(model, new SequenceState(model.config), w.prompt, {
+      maxTokens: 1,
+      sampler: { temperature: 0, topP: 1, topK: 0, seed: 1 },
+      schedule: { ...schedule, signal: { kind: 'last' } },
+      trace: paper.trace,
+    });
     expect([...c.counts[1].keys()].sort()).not.toEqual([...paper.counts[1].keys()].sort());
     expect(r.stats.flops_ratio).toBeLessThan(0.7);
   });
@@ -193,7 +223,8 @@ describe('query-aware LazyLLM in the engine (stories260K)', () => {
     const seq = new SequenceState(model.config);
     const ranking = stepRankings(schedule.signal, question);
     await runStep(model, seq, w.prompt, { schedule, ranking: ranking(0, w.prompt.length), trace: c.trace });
-    for (const t of w.next.slice(0, 30)) await runStep(model, seq, [t], { schedule, ranking: ranking(seq.length, 1), trace: c.trace });
+    for (const t of w.next.slice(0, 30))
+      await runStep(model, seq, [t], { schedule, ranking: ranking(seq.length, 1), trace: c.trace });
     expect(c.counts[4].size).toBeLessThan(seq.length);
     expect(c.max()).toBe(1);
     // Decode steps rank by the prefill's remembered scores: the same tokens stay out.
@@ -208,13 +239,25 @@ describe('query-aware LazyLLM in the engine (stories260K)', () => {
     const first = c.revived();
     const more = w.next.slice(0, 30);
     const start = seq.length;
-    await generate(model, seq, more, { maxTokens: 4, sampler, schedule, question: { from: start + 5, to: start + 25 }, trace: c.trace });
+    await generate(model, seq, more, {
+      maxTokens: 4,
+      sampler,
+      schedule,
+      question: { from: start + 5, to: start + 25 },
+      trace: c.trace,
+    });
     expect(c.max()).toBe(1);
     expect(c.revived()).toBeGreaterThan(first);
   });
 
-  it('split across layer groups equals unsplit: the frontier carries the ranking, each group remembers its layers\' scores', async () => {
-    const parts: ModelPart[] = splitLayers(5, 3).map((layerRange, g, all) => ({ ...model, layerRange, layers: model.layers.slice(layerRange.start, layerRange.end), embed: g === 0 ? model.embed : null, head: g === all.length - 1 ? model.head : [] }));
+  it("split across layer groups equals unsplit: the frontier carries the ranking, each group remembers its layers' scores", async () => {
+    const parts: ModelPart[] = splitLayers(5, 3).map((layerRange, g, all) => ({
+      ...model,
+      layerRange,
+      layers: model.layers.slice(layerRange.start, layerRange.end),
+      embed: g === 0 ? model.embed : null,
+      head: g === all.length - 1 ? model.head : [],
+    }));
     const chain = new LocalChain(parts);
     const seq = new SequenceState(model.config);
     const ranking = stepRankings(schedule.signal, question);
@@ -239,7 +282,12 @@ describe('KV rows reserved up front', () => {
     const [w] = promptWindows(storyStream(tok, devStories()), 130, 0, 1);
     const seq = new SequenceState(model.config);
     const capacities = new Set<number>();
-    await generate(model, seq, w.prompt, { maxTokens: 20, sampler: { temperature: 0, topP: 1, topK: 0, seed: 1 }, schedule: null, trace: () => capacities.add(seq.kv.capacity) });
+    await generate(model, seq, w.prompt, {
+      maxTokens: 20,
+      sampler: { temperature: 0, topP: 1, topK: 0, seed: 1 },
+      schedule: null,
+      trace: () => capacities.add(seq.kv.capacity),
+    });
     // 130 + 20 rows: not the next power of two (256) a doubling cache would hold after 129 tokens.
     expect([...capacities]).toEqual([150]);
   });

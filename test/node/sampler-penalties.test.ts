@@ -12,7 +12,7 @@ import { penalizeLogits, REPETITION_WINDOW, Sampler, type SamplerOptions } from 
 /** A small deterministic generator, so that the cases are fixed and unrelated to the sampler's RNG. */
 function lcg(seed: number) {
   let s = seed >>> 0;
-  return () => ((s = (Math.imul(s, 1664525) + 1013904223) >>> 0) / 2 ** 32);
+  return () => (s = (Math.imul(s, 1664525) + 1013904223) >>> 0) / 2 ** 32;
 }
 
 interface Penalties {
@@ -57,18 +57,33 @@ describe('penalizeLogits', () => {
   });
 
   it('divides a positive logit and multiplies a negative one, once however often the token occurs', () => {
-    const got = penalizeLogits(Float32Array.from([2, -2, 3]), { frequency: 0, presence: 0, repetition: 2 }, [], [0, 0, 0, 1, 1]);
+    const got = penalizeLogits(
+      Float32Array.from([2, -2, 3]),
+      { frequency: 0, presence: 0, repetition: 2 },
+      [],
+      [0, 0, 0, 1, 1],
+    );
     expect(Array.from(got)).toEqual([1, -4, 3]);
   });
 
   it('counts frequency per occurrence and presence once, over the generated tokens only', () => {
-    const got = penalizeLogits(Float32Array.from([1, 1, 1]), { frequency: 0.5, presence: 0.25, repetition: 1 }, [0, 0, 0, 1], [2, 2]);
+    const got = penalizeLogits(
+      Float32Array.from([1, 1, 1]),
+      { frequency: 0.5, presence: 0.25, repetition: 1 },
+      [0, 0, 0, 1],
+      [2, 2],
+    );
     expect(Array.from(got)).toEqual([1 - 1.5 - 0.25, 1 - 0.5 - 0.25, 1]);
   });
 
   it('looks back only REPETITION_WINDOW tokens for the repetition penalty', () => {
     const window = [5, ...new Array(REPETITION_WINDOW).fill(1)];
-    const got = penalizeLogits(Float32Array.from([0, 4, 0, 0, 0, 4]), { frequency: 0, presence: 0, repetition: 2 }, [], window);
+    const got = penalizeLogits(
+      Float32Array.from([0, 4, 0, 0, 0, 4]),
+      { frequency: 0, presence: 0, repetition: 2 },
+      [],
+      window,
+    );
     expect(got[5]).toBe(4); // 65 tokens back: outside
     expect(got[1]).toBe(2);
   });
@@ -103,7 +118,19 @@ describe('Sampler with penalties', () => {
     ['negative frequency (encourages repeats)', { frequency: -0.5, presence: 0, repetition: 1 }, false],
   ])('greedy with %s penalty follows the reference step by step', (_name, p, moves) => {
     const context = [3, 3, 9, 1];
-    const got = run({ temperature: 0, topP: 1, topK: 0, seed: 0, frequencyPenalty: p.frequency, presencePenalty: p.presence, repetitionPenalty: p.repetition, penaltyContext: context }, 40);
+    const got = run(
+      {
+        temperature: 0,
+        topP: 1,
+        topK: 0,
+        seed: 0,
+        frequencyPenalty: p.frequency,
+        presencePenalty: p.presence,
+        repetitionPenalty: p.repetition,
+        penaltyContext: context,
+      },
+      40,
+    );
     expect(got).toEqual(greedyReference(p, context, 40));
     // a positive penalty moves the choice off the plain argmax; a negative one keeps it there
     expect(new Set(got).size > 1).toBe(moves);
@@ -113,7 +140,13 @@ describe('Sampler with penalties', () => {
     const p = { frequency: 0.4, presence: 0.6, repetition: 1.5 };
     const context = [0, 2, 4];
     const opts = { temperature: 0.9, topP: 0.95, topK: 0, seed: 1234 };
-    const penalized = new Sampler({ ...opts, frequencyPenalty: p.frequency, presencePenalty: p.presence, repetitionPenalty: p.repetition, penaltyContext: context });
+    const penalized = new Sampler({
+      ...opts,
+      frequencyPenalty: p.frequency,
+      presencePenalty: p.presence,
+      repetitionPenalty: p.repetition,
+      penaltyContext: context,
+    });
     // the plain sampler, fed the reference's penalized logits, consumes the same RNG stream
     const plain = new Sampler(opts);
     const out: number[] = [];
@@ -126,7 +159,9 @@ describe('Sampler with penalties', () => {
 
   it('off values give exactly the plain sampler (llama2.c parity is kept)', () => {
     const opts = { temperature: 1, topP: 0.9, topK: 0, seed: 42 };
-    expect(run({ ...opts, frequencyPenalty: 0, presencePenalty: 0, repetitionPenalty: 1, penaltyContext: [1, 2] }, 30)).toEqual(run(opts, 30));
+    expect(
+      run({ ...opts, frequencyPenalty: 0, presencePenalty: 0, repetitionPenalty: 1, penaltyContext: [1, 2] }, 30),
+    ).toEqual(run(opts, 30));
   });
 
   it.each<[Partial<SamplerOptions>, RegExp]>([

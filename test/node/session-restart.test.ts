@@ -32,10 +32,18 @@ const started: ChildProcess[] = [];
 const persist = mkdtempSync(join(tmpdir(), 'lazy-edge-persist-'));
 
 const startServer = (n: number): Promise<Server> =>
-  startWranglerDev(['--persist-to', persist, '--var', 'MODEL_NAME:stories260K'], join(persist, `wrangler-${n}.log`), started);
+  startWranglerDev(
+    ['--persist-to', persist, '--var', 'MODEL_NAME:stories260K'],
+    join(persist, `wrangler-${n}.log`),
+    started,
+  );
 
 async function call<T>(s: Server, method: string, path: string, body?: object): Promise<T> {
-  const res = await fetch(`${s.base}${path}`, { method, headers: { 'content-type': 'application/json' }, body: body && JSON.stringify(body) });
+  const res = await fetch(`${s.base}${path}`, {
+    method,
+    headers: { 'content-type': 'application/json' },
+    body: body && JSON.stringify(body),
+  });
   const text = await res.text();
   expect(res.status, text).toBe(200);
   return JSON.parse(text) as T;
@@ -43,12 +51,24 @@ async function call<T>(s: Server, method: string, path: string, body?: object): 
 
 interface TurnBody {
   choices: { message: { content: string } }[];
-  session: { stats: { reused_tokens: number; computed_per_layer: number[]; cache: { storage_bytes: number; record_bytes: number } } };
+  session: {
+    stats: {
+      reused_tokens: number;
+      computed_per_layer: number[];
+      cache: { storage_bytes: number; record_bytes: number };
+    };
+  };
 }
 interface SessionBody {
   id: string;
   messages: { role: string; content: string }[];
-  stats: { state_source: string; tokens: number; depth_histogram: number[]; storage_bytes: number; record_bytes: number };
+  stats: {
+    state_source: string;
+    tokens: number;
+    depth_histogram: number[];
+    storage_bytes: number;
+    record_bytes: number;
+  };
 }
 
 afterAll(async () => {
@@ -97,6 +117,8 @@ describe('[spawns the local server] a chat session across a dev-server restart',
     const t2 = await call<TurnBody>(second, 'POST', `/v1/sessions/${created.id}/messages`, TURNS[1]);
     expect(t2.choices[0].message.content).toBe(expected[1]);
     expect(t2.session.stats.reused_tokens).toBeGreaterThan(0);
-    console.log(`session across restart: ${before.stats.tokens} tokens, storage ${before.stats.storage_bytes} B (records ${before.stats.record_bytes} B) after turn 1; ${t2.session.stats.cache.storage_bytes} B after turn 2`);
+    console.log(
+      `session across restart: ${before.stats.tokens} tokens, storage ${before.stats.storage_bytes} B (records ${before.stats.record_bytes} B) after turn 1; ${t2.session.stats.cache.storage_bytes} B after turn 2`,
+    );
   });
 });

@@ -11,7 +11,16 @@ import { SequenceState } from '../../src/engine/caches.js';
 import { generate } from '../../src/engine/generate.js';
 import { encodePrompt } from '../../src/model/text-tokenizer.js';
 import { renderChat } from '../../src/worker/chat-template.js';
-import { argmax, bucketKl, fixture, loadSmolLM2, logitsAt, logSoftmax, type ChatFixture, type LogitsFixture } from '../support/smollm2.js';
+import {
+  argmax,
+  bucketKl,
+  fixture,
+  loadSmolLM2,
+  logitsAt,
+  logSoftmax,
+  type ChatFixture,
+  type LogitsFixture,
+} from '../support/smollm2.js';
 
 const exact = fixture<LogitsFixture>('logits-exact.json');
 const llamacpp = fixture<LogitsFixture>('logits-llamacpp.json');
@@ -30,7 +39,9 @@ describe('SmolLM2 logits against the exact-weights reference', () => {
       const mean = kls.reduce((a, b) => a + b, 0) / kls.length;
       const clear = p.positions.map((_, i) => i).filter((i) => p.margin[i] > 0.1);
       const disagree = clear.filter((i) => argmax(ours[i]) !== p.top_ids[i][0]);
-      console.log(`[smollm2 vs exact] ${p.name}: ${p.positions.length} positions, mean KL ${mean.toExponential(2)}, max ${Math.max(...kls).toExponential(2)}, top-1 agreement ${ours.filter((lp, i) => argmax(lp) === p.top_ids[i][0]).length}/${ours.length}`);
+      console.log(
+        `[smollm2 vs exact] ${p.name}: ${p.positions.length} positions, mean KL ${mean.toExponential(2)}, max ${Math.max(...kls).toExponential(2)}, top-1 agreement ${ours.filter((lp, i) => argmax(lp) === p.top_ids[i][0]).length}/${ours.length}`,
+      );
       expect(mean).toBeLessThanOrEqual(1e-4);
       expect(disagree.map((i) => p.positions[i])).toEqual([]);
     });
@@ -45,7 +56,9 @@ describe('SmolLM2 logits against llama.cpp', () => {
       const kls = ours.map((lp, i) => bucketKl(p.top_ids[i], p.top_logprobs[i], lp));
       const mean = kls.reduce((a, b) => a + b, 0) / kls.length;
       const agree = ours.filter((lp, i) => argmax(lp) === p.top_ids[i][0]).length / ours.length;
-      console.log(`[smollm2 vs llama.cpp] ${p.name}: mean KL ${mean.toFixed(5)} (llama.cpp vs exact ${ref.mean_kl}), argmax agreement ${(100 * agree).toFixed(1)}% (llama.cpp vs exact ${(100 * ref.argmax_agreement).toFixed(1)}%)`);
+      console.log(
+        `[smollm2 vs llama.cpp] ${p.name}: mean KL ${mean.toFixed(5)} (llama.cpp vs exact ${ref.mean_kl}), argmax agreement ${(100 * agree).toFixed(1)}% (llama.cpp vs exact ${(100 * ref.argmax_agreement).toFixed(1)}%)`,
+      );
       // Same range: within twice llama.cpp's own distance from the exact weights.
       expect(mean).toBeLessThanOrEqual(2 * ref.mean_kl + 1e-3);
       expect(agree).toBeGreaterThanOrEqual(ref.argmax_agreement - 0.05);
@@ -55,7 +68,8 @@ describe('SmolLM2 logits against llama.cpp', () => {
 
 describe('SmolLM2 greedy chat', () => {
   it('the chat template and tokenizer give the reference prompt ids (jinja2 + llama.cpp) for every prompt', () => {
-    for (const c of chat.prompts) expect(encodePrompt(model.tokenizer, renderChat(model.manifest.chatTemplate, c.messages))).toEqual(c.prompt_ids);
+    for (const c of chat.prompts)
+      expect(encodePrompt(model.tokenizer, renderChat(model.manifest.chatTemplate, c.messages))).toEqual(c.prompt_ids);
   });
 
   it("replies equal the exact reference's up to its first near-tie; where llama.cpp parts is reported", async () => {
@@ -75,8 +89,13 @@ describe('SmolLM2 greedy chat', () => {
         const i = a.findIndex((t, k) => t !== b[k]);
         return i < 0 ? (a.length === b.length ? null : Math.min(a.length, b.length)) : i;
       };
-      const vsLlama = partsAt(r.tokens, c.llamacpp.ids.filter((t) => !chat.end_ids.includes(t)));
-      report.push(`${JSON.stringify(c.messages[0].content)}: near-tie at ${c.first_near_tie ?? 'none'}, vs exact parts at ${partsAt(r.tokens, ref) ?? 'never'}, vs llama.cpp at ${vsLlama ?? 'never'} -> ${JSON.stringify(r.text.slice(0, 60))}`);
+      const vsLlama = partsAt(
+        r.tokens,
+        c.llamacpp.ids.filter((t) => !chat.end_ids.includes(t)),
+      );
+      report.push(
+        `${JSON.stringify(c.messages[0].content)}: near-tie at ${c.first_near_tie ?? 'none'}, vs exact parts at ${partsAt(r.tokens, ref) ?? 'never'}, vs llama.cpp at ${vsLlama ?? 'never'} -> ${JSON.stringify(r.text.slice(0, 60))}`,
+      );
     }
     console.log(`[smollm2 greedy chat]\n${report.join('\n')}`);
   });

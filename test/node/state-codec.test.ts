@@ -52,7 +52,13 @@ interface Run {
  * tokens, decodes a few sampled tokens with a random schedule (dense now and then), and exports the
  * delta; after every turn the log replayed from scratch must equal the live state byte for byte.
  */
-async function randomLife(model: LoadedModel, seed: number, turns: number, source: number[], maxChunkBytes?: number): Promise<Run> {
+async function randomLife(
+  model: LoadedModel,
+  seed: number,
+  turns: number,
+  source: number[],
+  maxChunkBytes?: number,
+): Promise<Run> {
   const r = rng(seed);
   const L = model.config.nLayers;
   const fingerprint = 0x1234abcd;
@@ -64,7 +70,12 @@ async function randomLife(model: LoadedModel, seed: number, turns: number, sourc
   let truncations = 0;
   let view: StoredView = emptyView();
   const sampler = new Sampler({ temperature: 0.9, topP: 0.95, topK: 0, seed });
-  const schedules: Array<Schedule | null> = [parseSchedule('bos,1:0.4,3:0.5'), parseSchedule('1:0.3'), parseSchedule(`bos,${Math.min(2, L - 1)}:0.5`), null];
+  const schedules: Array<Schedule | null> = [
+    parseSchedule('bos,1:0.4,3:0.5'),
+    parseSchedule('1:0.3'),
+    parseSchedule(`bos,${Math.min(2, L - 1)}:0.5`),
+    null,
+  ];
   let pos = 0;
   for (let t = 0; t < turns; t++) {
     if (t > 0 && r.next() < 0.4) seq.truncate(r.int(1, seq.length - 1));
@@ -73,7 +84,8 @@ async function randomLife(model: LoadedModel, seed: number, turns: number, sourc
     if (seq.length === 0) batch[0] = 1;
     const schedule = r.next() < 0.15 ? null : schedules[r.int(0, schedules.length - 2)];
     let { logits } = await runStep(model, seq, batch, { schedule });
-    for (let d = r.int(0, 12); d > 0; d--) logits = (await runStep(model, seq, [sampler.sample(logits)], { schedule })).logits;
+    for (let d = r.int(0, 12); d > 0; d--)
+      logits = (await runStep(model, seq, [sampler.sample(logits)], { schedule })).logits;
     const delta = encodeDelta(seq, view, { fingerprint, maxChunkBytes });
     log.push(...delta.chunks);
     turnBytes.push(delta.chunks.reduce((s, c) => s + c.byteLength, 0));
@@ -116,14 +128,17 @@ describe('state codec: incremental export and exact replay', () => {
     model = await loadDefaultModel();
   });
 
-  it.each([1, 2, 3])('rebuilds random lazy generations byte for byte after every turn (stories260K, seed %i)', async (seed) => {
-    const run = await randomLife(model, seed, 8, source.slice(seed * 400));
-    // Aux Cache churn really happened: entries were parked, and removed again when revived tokens
-    // reached the last layer; some turns diverged and truncated.
-    expect(run.auxSet).toBeGreaterThan(0);
-    expect(run.auxDeleted).toBeGreaterThan(0);
-    expect(run.truncations).toBeGreaterThan(0);
-  });
+  it.each([1, 2, 3])(
+    'rebuilds random lazy generations byte for byte after every turn (stories260K, seed %i)',
+    async (seed) => {
+      const run = await randomLife(model, seed, 8, source.slice(seed * 400));
+      // Aux Cache churn really happened: entries were parked, and removed again when revived tokens
+      // reached the last layer; some turns diverged and truncated.
+      expect(run.auxSet).toBeGreaterThan(0);
+      expect(run.auxDeleted).toBeGreaterThan(0);
+      expect(run.truncations).toBeGreaterThan(0);
+    },
+  );
 
   it('splits into chunks no larger than asked, and still replays exactly', async () => {
     const maxChunkBytes = 2048; // smaller than one token's 5 layers of K/V (1280 B) plus framing, twice over
@@ -157,7 +172,10 @@ describe('state codec: incremental export and exact replay', () => {
     const log = run.log;
     expect(log.length).toBeGreaterThan(3);
     const cfg = model.config;
-    const replay = (l: Uint8Array[], f = fp) => () => replayLog(cfg, l, f);
+    const replay =
+      (l: Uint8Array[], f = fp) =>
+      () =>
+        replayLog(cfg, l, f);
     expect(reason(replay(log))).toBe('accepted');
 
     const flipped = log.map((c, k) => (k === 1 ? c.slice() : c));
@@ -193,7 +211,9 @@ describe('state codec: incremental export and exact replay', () => {
       files: { embed: [{ sha256: 'b' }], layers: [{ sha256: 'c' }], head: [{ sha256: 'd' }] },
     };
     expect(modelFingerprint(base)).toBe(modelFingerprint({ ...base }));
-    expect(modelFingerprint(base)).not.toBe(modelFingerprint({ ...base, files: { ...base.files, layers: [{ sha256: 'x' }] } }));
+    expect(modelFingerprint(base)).not.toBe(
+      modelFingerprint({ ...base, files: { ...base.files, layers: [{ sha256: 'x' }] } }),
+    );
     expect(modelFingerprint(model.manifest)).toBe(modelFingerprint(model.manifest));
   });
 });

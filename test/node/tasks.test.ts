@@ -7,7 +7,17 @@ import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { servedShardsDir } from '../../scripts/lib/served-model.js';
-import { bucketOf, DEFAULT_FILLER, generateTasks, normalize, occurrences, parseTasksFile, scoreReply, TASKS, type ChatTurn } from '../../scripts/lib/tasks.js';
+import {
+  bucketOf,
+  DEFAULT_FILLER,
+  generateTasks,
+  normalize,
+  occurrences,
+  parseTasksFile,
+  scoreReply,
+  TASKS,
+  type ChatTurn,
+} from '../../scripts/lib/tasks.js';
 import { BpeTokenizer } from '../../src/model/bpe-tokenizer.js';
 import { renderChatTemplate } from '../../src/model/chat-template.js';
 import { parseManifest } from '../../src/model/manifest.js';
@@ -21,9 +31,20 @@ beforeAll(() => {
   const m = parseManifest(readFileSync(join(dir, 'manifest.json'), 'utf8'));
   if (m.tokenizer.format !== 'hf-bpe' || !('format' in m.chatTemplate)) throw new Error('expected SmolLM2 shards');
   const t = m.tokenizer;
-  const tok = BpeTokenizer.fromJson(JSON.parse(readFileSync(join(dir, t.file), 'utf8')), { bosId: t.bosId, eosId: t.eosId, addBos: t.addBos, endIds: t.endIds }, t.file);
+  const tok = BpeTokenizer.fromJson(
+    JSON.parse(readFileSync(join(dir, t.file), 'utf8')),
+    { bosId: t.bosId, eosId: t.eosId, addBos: t.addBos, endIds: t.endIds },
+    t.file,
+  );
   const tpl = m.chatTemplate;
-  countTokens = (msgs) => tok.encode(renderChatTemplate(tpl.template, msgs, { bosToken: tpl.bosToken, eosToken: tpl.eosToken, addGenerationPrompt: true })).length;
+  countTokens = (msgs) =>
+    tok.encode(
+      renderChatTemplate(tpl.template, msgs, {
+        bosToken: tpl.bosToken,
+        eosToken: tpl.eosToken,
+        addGenerationPrompt: true,
+      }),
+    ).length;
 });
 
 describe('generated tasks', () => {
@@ -50,7 +71,14 @@ describe('generated tasks', () => {
   }
 
   it('distractors look like the answer but are not it', () => {
-    for (const c of generateTasks({ task: 'passkey-distractors', tokens: 512, count: 3, seed: 9, filler, countTokens })) {
+    for (const c of generateTasks({
+      task: 'passkey-distractors',
+      tokens: 512,
+      count: 3,
+      seed: 9,
+      filler,
+      countTokens,
+    })) {
       const keys = [...c.messages[0].content.matchAll(/\b\d{5}\b/g)].map((m) => m[0]);
       expect(keys).toContain(c.answer);
       expect(keys.filter((k) => k !== c.answer).length).toBeGreaterThanOrEqual(3);
@@ -75,7 +103,10 @@ describe('scoring', () => {
   });
 
   it('reads a tasks file line by line and names the line of a bad one', () => {
-    const ok = parseTasksFile('{"id":"a","task":"t","messages":[{"role":"user","content":"hi"}],"answer":"x","extra":1}\n\n{"id":"b","task":"t","messages":[{"role":"user","content":"yo"}],"answer":"y","max_tokens":4}\n', 'f.jsonl');
+    const ok = parseTasksFile(
+      '{"id":"a","task":"t","messages":[{"role":"user","content":"hi"}],"answer":"x","extra":1}\n\n{"id":"b","task":"t","messages":[{"role":"user","content":"yo"}],"answer":"y","max_tokens":4}\n',
+      'f.jsonl',
+    );
     expect(ok).toEqual([
       { id: 'a', task: 't', messages: [{ role: 'user', content: 'hi' }], answer: 'x' },
       { id: 'b', task: 't', messages: [{ role: 'user', content: 'yo' }], answer: 'y', max_tokens: 4 },

@@ -19,11 +19,26 @@ export interface CliCase {
 }
 
 export const CLI_CASES: CliCase[] = [
-  { name: 'greedy, default lazy schedule', prompt: 'Once upon a time, there was a little girl named Lily.', maxTokens: 80, temperature: 0, lazy: 'on' },
-  { name: 'greedy, dense, stop strings', prompt: 'The cat sat on the mat.', maxTokens: 120, temperature: 0, lazy: 'off', stop: ['park', 'happy'] },
+  {
+    name: 'greedy, default lazy schedule',
+    prompt: 'Once upon a time, there was a little girl named Lily.',
+    maxTokens: 80,
+    temperature: 0,
+    lazy: 'on',
+  },
+  {
+    name: 'greedy, dense, stop strings',
+    prompt: 'The cat sat on the mat.',
+    maxTokens: 120,
+    temperature: 0,
+    lazy: 'off',
+    stop: ['park', 'happy'],
+  },
   {
     name: 'seeded top-p, explicit schedule, long prompt',
-    prompt: 'Tom and his sister Mia found a red ball in the garden. They played with it all day and laughed. '.repeat(8),
+    prompt: 'Tom and his sister Mia found a red ball in the garden. They played with it all day and laughed. '.repeat(
+      8,
+    ),
     maxTokens: 64,
     temperature: 0.8,
     topP: 0.9,

@@ -5,7 +5,17 @@ import { promisify } from 'node:util';
 import { CLI_CASES, type CliCase, type CliResult } from './cli-parity.js';
 
 export function cliArgs(c: CliCase): string[] {
-  const args = ['--prompt', c.prompt, '--max-tokens', String(c.maxTokens), '--temperature', String(c.temperature), '--lazy', c.lazy, '--json'];
+  const args = [
+    '--prompt',
+    c.prompt,
+    '--max-tokens',
+    String(c.maxTokens),
+    '--temperature',
+    String(c.temperature),
+    '--lazy',
+    c.lazy,
+    '--json',
+  ];
   if (c.topP !== undefined) args.push('--top-p', String(c.topP));
   if (c.seed !== undefined) args.push('--seed', String(c.seed));
   if (c.schedule !== undefined) args.push('--schedule', c.schedule);
@@ -20,7 +30,10 @@ export async function runCliCases(cases: readonly CliCase[] = CLI_CASES): Promis
   const run = promisify(execFile);
   return Promise.all(
     cases.map(async (c) => {
-      const { stdout } = await run(`${REPO_ROOT}node_modules/.bin/tsx`, ['scripts/generate.ts', ...cliArgs(c)], { cwd: REPO_ROOT, maxBuffer: 16 << 20 });
+      const { stdout } = await run(`${REPO_ROOT}node_modules/.bin/tsx`, ['scripts/generate.ts', ...cliArgs(c)], {
+        cwd: REPO_ROOT,
+        maxBuffer: 16 << 20,
+      });
       return { name: c.name, ...(JSON.parse(stdout) as Omit<CliResult, 'name'>) };
     }),
   );

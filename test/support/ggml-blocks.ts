@@ -27,7 +27,7 @@ export function randomBlocks(type: number, out: number, inp: number, seed: numbe
     // scales and minimums that are exact in f16: small multiples of 2^-10
     view.setUint16(i * bb, f16Bits((1 + Math.floor(rnd() * 64)) / 1024), true);
     if (type === Q4_1) {
-      view.setUint16(i * bb + 2, f16Bits(-(Math.floor(rnd() * 512)) / 1024), true);
+      view.setUint16(i * bb + 2, f16Bits(-Math.floor(rnd() * 512) / 1024), true);
       for (let j = 0; j < 16; j++) data[i * bb + 4 + j] = Math.floor(rnd() * 256);
     } else {
       for (let j = 0; j < 32; j++) view.setInt8(i * bb + 2 + j, Math.floor(rnd() * 255) - 127);

@@ -12,7 +12,11 @@ export function worker(path: string, init?: RequestInit): Promise<Response> {
 }
 
 export function post(path: string, body: unknown, headers: Record<string, string> = {}): Promise<Response> {
-  return worker(path, { method: 'POST', headers: { 'Content-Type': 'application/json', ...headers }, body: typeof body === 'string' ? body : JSON.stringify(body) });
+  return worker(path, {
+    method: 'POST',
+    headers: { 'Content-Type': 'application/json', ...headers },
+    body: typeof body === 'string' ? body : JSON.stringify(body),
+  });
 }
 
 /**
@@ -29,7 +33,9 @@ export async function withEnv(overrides: Partial<Cloudflare.Env>, path: string, 
  * field in order; checks the framing (every event is exactly one `data: ` line and a blank line,
  * or a comment: one `: ` line and a blank line, returned apart with the count of events before it).
  */
-export async function readEvents(res: Response): Promise<{ events: string[]; reads: number; comments: { text: string; after: number }[] }> {
+export async function readEvents(
+  res: Response,
+): Promise<{ events: string[]; reads: number; comments: { text: string; after: number }[] }> {
   const reader = res.body!.pipeThrough(new TextDecoderStream()).getReader();
   let buf = '';
   let reads = 0;
@@ -48,7 +54,8 @@ export async function readEvents(res: Response): Promise<{ events: string[]; rea
         comments.push({ text: event.slice(2), after: events.length });
         continue;
       }
-      if (!event.startsWith('data: ') || event.includes('\n')) throw new Error(`malformed event: ${JSON.stringify(event)}`);
+      if (!event.startsWith('data: ') || event.includes('\n'))
+        throw new Error(`malformed event: ${JSON.stringify(event)}`);
       events.push(event.slice('data: '.length));
     }
   }

@@ -18,16 +18,32 @@ export function loadDefaultModel(): Promise<LoadedModel> {
 
 /** Shards a checkpoint in memory and loads it: no disk, so tests can use any shape. */
 export async function loadCheckpointModel(ck: Checkpoint, name = 'test'): Promise<LoadedModel> {
-  const built = await buildShards({ name, checkpoint: ck, tokenizerBytes: readBytes(TOK512_BIN), synthetic: true, source: { file: name } });
+  const built = await buildShards({
+    name,
+    checkpoint: ck,
+    tokenizerBytes: readBytes(TOK512_BIN),
+    synthetic: true,
+    source: { file: name },
+  });
   initNodeRuntime();
   return loadModel(JSON.stringify(built.manifest), async (f) => built.files.get(f)!);
 }
 
 export const SMALL_GQA: RandomCheckpointOptions = {
-  dim: 96, hiddenDim: 256, nLayers: 3, nHeads: 6, nKvHeads: 2, vocabSize: 512, seqLen: 256, seed: 7,
+  dim: 96,
+  hiddenDim: 256,
+  nLayers: 3,
+  nHeads: 6,
+  nKvHeads: 2,
+  vocabSize: 512,
+  seqLen: 256,
+  seed: 7,
 };
 
-export function randomModel(opts: RandomCheckpointOptions = SMALL_GQA): { ck: Checkpoint; model: Promise<LoadedModel> } {
+export function randomModel(opts: RandomCheckpointOptions = SMALL_GQA): {
+  ck: Checkpoint;
+  model: Promise<LoadedModel>;
+} {
   const ck = randomCheckpoint(opts);
   return { ck, model: loadCheckpointModel(ck) };
 }
@@ -38,4 +54,3 @@ export function maxAbsDiff(a: Float32Array, b: Float32Array): number {
   for (let i = 0; i < a.length; i++) m = Math.max(m, Math.abs(a[i] - b[i]));
   return m;
 }
-

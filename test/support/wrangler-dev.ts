@@ -16,7 +16,10 @@ export interface DevServer {
   log: string;
 }
 
-export const exited = (child: ChildProcess) => new Promise<void>((r) => (child.exitCode !== null || child.signalCode !== null ? r() : child.once('exit', () => r())));
+export const exited = (child: ChildProcess) =>
+  new Promise<void>((r) =>
+    child.exitCode !== null || child.signalCode !== null ? r() : child.once('exit', () => r()),
+  );
 
 /**
  * Serves the Worker on 127.0.0.1:<free> with `args` (scripts/serve.ts flags) and its output in `log`;
@@ -29,7 +32,10 @@ export async function startWranglerDev(args: string[], log: string, started: Chi
   const base = `http://127.0.0.1:${port}`;
   // Ready when /healthz answers (the model is loaded by then); fail at once if the server exits.
   for (;;) {
-    if (child.exitCode !== null || child.signalCode !== null) throw new Error(`the local server exited (${child.exitCode ?? child.signalCode}); log:\n${readFileSync(log, 'utf8')}`);
+    if (child.exitCode !== null || child.signalCode !== null)
+      throw new Error(
+        `the local server exited (${child.exitCode ?? child.signalCode}); log:\n${readFileSync(log, 'utf8')}`,
+      );
     try {
       const res = await fetch(`${base}/healthz`);
       if (res.ok) return { child, base, log };

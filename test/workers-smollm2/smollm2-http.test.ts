@@ -25,18 +25,30 @@ describe('SmolLM2 served by the Worker', () => {
     expect(MODEL).toBe('smollm2-135m-instruct');
     const h = (await (await worker('/healthz')).json()) as { status: string; memory: Record<string, unknown> };
     expect(h.status).toBe('ok');
-    expect(h.memory).toMatchObject({ budget_mb: 1024, deployed_isolate_mb: 128, fits_deployed_isolate: false, context_tokens: 2048 });
+    expect(h.memory).toMatchObject({
+      budget_mb: 1024,
+      deployed_isolate_mb: 128,
+      fits_deployed_isolate: false,
+      context_tokens: 2048,
+    });
     const est = h.memory.estimate_mb as Record<string, number>;
     expect(est.total).toBeGreaterThan(128);
     expect(est.kv_cache).toBeCloseTo((30 * 2 * 2048 * 192 * 4) / 2 ** 20, 0);
     expect(h.memory.measured_wasm_heap_mb).toBeGreaterThan(est.weights);
-    const models = (await (await worker('/v1/models')).json()) as { data: Array<{ id: string; context_length: number }> };
+    const models = (await (await worker('/v1/models')).json()) as {
+      data: Array<{ id: string; context_length: number }>;
+    };
     expect(models.data[0]).toMatchObject({ id: MODEL, context_length: 2048 });
   });
 
   it("answers chat with the exact reference's greedy reply, stopping at <|im_end|>", async () => {
     expect(france.first_near_tie).toBeNull();
-    const r = await client.chat.completions.create({ model: MODEL, messages: france.messages as OpenAI.ChatCompletionMessageParam[], max_tokens: 40, temperature: 0 });
+    const r = await client.chat.completions.create({
+      model: MODEL,
+      messages: france.messages as OpenAI.ChatCompletionMessageParam[],
+      max_tokens: 40,
+      temperature: 0,
+    });
     expect(r.choices[0].message.content).toBe(france.exact.text.replace('<|im_end|>', ''));
     expect(r.choices[0].finish_reason).toBe('stop');
     expect(r.usage?.prompt_tokens).toBe(france.prompt_ids.length);
@@ -44,7 +56,12 @@ describe('SmolLM2 served by the Worker', () => {
 
   it('streams through the openai SDK: the pieces add up to the non-streamed reply', async () => {
     const p = clear[1] ?? clear[0];
-    const req = { model: MODEL, messages: p.messages as OpenAI.ChatCompletionMessageParam[], max_tokens: 24, temperature: 0 };
+    const req = {
+      model: MODEL,
+      messages: p.messages as OpenAI.ChatCompletionMessageParam[],
+      max_tokens: 24,
+      temperature: 0,
+    };
     const whole = await client.chat.completions.create(req);
     const stream = await client.chat.completions.create({ ...req, stream: true });
     let text = '';
@@ -54,7 +71,9 @@ describe('SmolLM2 served by the Worker', () => {
   });
 
   it('completes raw text without BOS (the file says add_bos_token false)', async () => {
-    const r = (await (await post('/v1/completions', { model: MODEL, prompt: 'The capital of France is', max_tokens: 1, temperature: 0 })).json()) as {
+    const r = (await (
+      await post('/v1/completions', { model: MODEL, prompt: 'The capital of France is', max_tokens: 1, temperature: 0 })
+    ).json()) as {
       choices: Array<{ text: string }>;
       usage: { prompt_tokens: number };
     };
@@ -64,11 +83,19 @@ describe('SmolLM2 served by the Worker', () => {
 
   it('keeps a session: the reply equals stateless chat, and the next turn reuses the cached history', async () => {
     const s = (await (await post('/v1/sessions', {})).json()) as { id: string };
-    const first = (await (await post(`/v1/sessions/${s.id}/messages`, { content: france.messages[0].content, max_tokens: 40, temperature: 0 })).json()) as {
+    const first = (await (
+      await post(`/v1/sessions/${s.id}/messages`, {
+        content: france.messages[0].content,
+        max_tokens: 40,
+        temperature: 0,
+      })
+    ).json()) as {
       choices: Array<{ message: { content: string } }>;
     };
     expect(first.choices[0].message.content).toBe(france.exact.text.replace('<|im_end|>', ''));
-    const second = (await (await post(`/v1/sessions/${s.id}/messages`, { content: 'And of Italy?', max_tokens: 16, temperature: 0 })).json()) as {
+    const second = (await (
+      await post(`/v1/sessions/${s.id}/messages`, { content: 'And of Italy?', max_tokens: 16, temperature: 0 })
+    ).json()) as {
       usage: { prompt_tokens_details: { cached_tokens: number } };
       session: { stats: { reused_tokens: number } };
     };

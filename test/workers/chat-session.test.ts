@@ -7,7 +7,14 @@ import type { LoadedModel } from '../../src/engine/model.js';
 import { parseSchedule, type Schedule } from '../../src/engine/policy.js';
 import { crc32, HEADER_BYTES } from '../../src/engine/state-codec.js';
 import { runStep } from '../../src/engine/step.js';
-import type { CacheStats, ChatSession, SessionInfo, TurnEvent, TurnOutcome, TurnRequest } from '../../src/worker/chat-session.js';
+import type {
+  CacheStats,
+  ChatSession,
+  SessionInfo,
+  TurnEvent,
+  TurnOutcome,
+  TurnRequest,
+} from '../../src/worker/chat-session.js';
 import { renderChat } from '../../src/worker/chat-template.js';
 import { getModel } from '../../src/worker/model-store.js';
 import { MODEL, post, readEvents, withEnv, worker } from '../support/http.js';
@@ -32,9 +39,27 @@ interface Turn {
 const CHAT_SCHEDULE = 'bos,1:0.5,3:0.5';
 
 const TURNS: Turn[] = [
-  { content: 'Once upon a time, there was a little cat named Tom. Tom liked to play with a red ball in the garden.', max_tokens: 40, temperature: 0.8, seed: 11, lazy: { schedule: CHAT_SCHEDULE } },
-  { content: 'One day, the ball rolled away into the big forest.', max_tokens: 40, temperature: 0.8, seed: 12, lazy: { schedule: CHAT_SCHEDULE } },
-  { content: 'Tom was sad, but then he saw his friend the dog.', max_tokens: 40, temperature: 0.8, seed: 13, lazy: { schedule: CHAT_SCHEDULE } },
+  {
+    content: 'Once upon a time, there was a little cat named Tom. Tom liked to play with a red ball in the garden.',
+    max_tokens: 40,
+    temperature: 0.8,
+    seed: 11,
+    lazy: { schedule: CHAT_SCHEDULE },
+  },
+  {
+    content: 'One day, the ball rolled away into the big forest.',
+    max_tokens: 40,
+    temperature: 0.8,
+    seed: 12,
+    lazy: { schedule: CHAT_SCHEDULE },
+  },
+  {
+    content: 'Tom was sad, but then he saw his friend the dog.',
+    max_tokens: 40,
+    temperature: 0.8,
+    seed: 13,
+    lazy: { schedule: CHAT_SCHEDULE },
+  },
 ];
 
 type Msg = { role: 'system' | 'user' | 'assistant'; content: string };
@@ -63,14 +88,19 @@ beforeAll(async () => {
   model = await getModel(env);
 });
 
-const encodeChat = (msgs: readonly Msg[]) => model.tokenizer.encode(renderChat(model.manifest.chatTemplate, msgs), { bos: true });
+const encodeChat = (msgs: readonly Msg[]) =>
+  model.tokenizer.encode(renderChat(model.manifest.chatTemplate, msgs), { bos: true });
 
 /**
  * The reference: one SequenceState in this process, each turn keeping the longest common token
  * prefix and generating with the engine's own generate(); plus, per turn, a dense cache-free rerun of
  * the whole history with the same reply tokens, whose per-layer work the session must beat.
  */
-async function reference(histories: Msg[][], turns: readonly Turn[], schedule: Schedule | null = parseSchedule(CHAT_SCHEDULE)): Promise<RefTurn[]> {
+async function reference(
+  histories: Msg[][],
+  turns: readonly Turn[],
+  schedule: Schedule | null = parseSchedule(CHAT_SCHEDULE),
+): Promise<RefTurn[]> {
   const seq = new SequenceState(model.config);
   const out: RefTurn[] = [];
   for (const [k, t] of turns.entries()) {
@@ -84,8 +114,17 @@ async function reference(histories: Msg[][], turns: readonly Turn[], schedule: S
     const fed = seq.tokens.slice(target.length);
     const dense = new SequenceState(model.config);
     const denseComputed = (await runStep(model, dense, target, { schedule: null })).stats.computedPerLayer;
-    for (const tok of fed) (await runStep(model, dense, [tok], { schedule: null })).stats.computedPerLayer.forEach((c, l) => (denseComputed[l] += c));
-    out.push({ text: r.text, tokens: r.tokens, reused: keep, computed: r.stats.computed_per_layer, denseRerun: denseComputed });
+    for (const tok of fed)
+      (await runStep(model, dense, [tok], { schedule: null })).stats.computedPerLayer.forEach(
+        (c, l) => (denseComputed[l] += c),
+      );
+    out.push({
+      text: r.text,
+      tokens: r.tokens,
+      reused: keep,
+      computed: r.stats.computed_per_layer,
+      denseRerun: denseComputed,
+    });
   }
   return out;
 }
@@ -130,7 +169,9 @@ async function snapshot(id: string) {
 async function expectError(res: Response, status: number, code: string | null) {
   const text = await res.text();
   expect(res.status, text).toBe(status);
-  const body = JSON.parse(text) as { error: { message: string; type: string; param: string | null; code: string | null } };
+  const body = JSON.parse(text) as {
+    error: { message: string; type: string; param: string | null; code: string | null };
+  };
   expect(Object.keys(body.error).sort()).toEqual(['code', 'message', 'param', 'type']);
   expect(body.error.code).toBe(code);
   return body.error;
@@ -182,12 +223,19 @@ describe('a three-turn session conversation', () => {
       expect(s.reused_tokens).toBeGreaterThan(0);
       s.computed_per_layer.forEach((c, l) => expect(c).toBeLessThan(ref[k].denseRerun[l]));
       // layer 0 sees only what is new: the new prompt tokens and the decode steps
-      expect(s.computed_per_layer[0]).toBe(s.new_prompt_tokens + (ref[k].denseRerun[0] - replies[k].body.usage.prompt_tokens));
+      expect(s.computed_per_layer[0]).toBe(
+        s.new_prompt_tokens + (ref[k].denseRerun[0] - replies[k].body.usage.prompt_tokens),
+      );
     }
     // Figures for the record (docs/SESSIONS.md).
     console.log(
       'session turns, tokens computed per layer (session vs dense rerun):\n' +
-        replies.map((r, k) => `  turn ${k + 1}: ${JSON.stringify(r.body.session.stats.computed_per_layer)} vs ${JSON.stringify(ref[k].denseRerun)}, revived ${JSON.stringify(r.body.session.stats.revived_per_layer)}, reused ${r.body.session.stats.reused_tokens}, delta ${r.body.session.stats.delta_bytes} B, storage ${r.body.session.stats.cache.storage_bytes} B, records ${r.body.session.stats.cache.record_bytes} B, kv ${r.body.session.stats.cache.kv_bytes} B, aux ${r.body.session.stats.cache.aux_bytes} B`).join('\n'),
+        replies
+          .map(
+            (r, k) =>
+              `  turn ${k + 1}: ${JSON.stringify(r.body.session.stats.computed_per_layer)} vs ${JSON.stringify(ref[k].denseRerun)}, revived ${JSON.stringify(r.body.session.stats.revived_per_layer)}, reused ${r.body.session.stats.reused_tokens}, delta ${r.body.session.stats.delta_bytes} B, storage ${r.body.session.stats.cache.storage_bytes} B, records ${r.body.session.stats.cache.record_bytes} B, kv ${r.body.session.stats.cache.kv_bytes} B, aux ${r.body.session.stats.cache.aux_bytes} B`,
+          )
+          .join('\n'),
     );
   });
 
@@ -215,7 +263,13 @@ describe('a three-turn session conversation', () => {
     const strip = (r: Reply) => {
       const { cache, ...turn } = r.body.session.stats;
       const { state_source: _s, ...rest } = cache as CacheStats;
-      return { text: r.body.choices[0].message.content, usage: r.body.usage, turn, cache: rest, computed: r.body.lazy_stats.computed_per_layer };
+      return {
+        text: r.body.choices[0].message.content,
+        usage: r.body.usage,
+        turn,
+        cache: rest,
+        computed: r.body.lazy_stats.computed_per_layer,
+      };
     };
     expect(again.map(strip)).toEqual(replies.map(strip));
     await abortAllDurableObjects();
@@ -230,12 +284,26 @@ describe('a three-turn session conversation', () => {
     let text = '';
     let last: Record<string, unknown> = {};
     for (const [k, t] of TURNS.entries()) {
-      const res = await post(`/v1/sessions/${id}/messages`, { ...t, stream: true, stream_options: { include_usage: true } });
+      const res = await post(`/v1/sessions/${id}/messages`, {
+        ...t,
+        stream: true,
+        stream_options: { include_usage: true },
+      });
       expect(res.status).toBe(200);
       expect(res.headers.get('content-type')).toMatch(/^text\/event-stream/);
       const { events } = await readEvents(res);
       expect(events.at(-1)).toBe('[DONE]');
-      const chunks = events.slice(0, -1).map((e) => JSON.parse(e) as { object: string; choices: { delta: { content?: string; role?: string }; finish_reason: string | null }[]; session?: TurnOutcome['session']; usage?: object });
+      const chunks = events
+        .slice(0, -1)
+        .map(
+          (e) =>
+            JSON.parse(e) as {
+              object: string;
+              choices: { delta: { content?: string; role?: string }; finish_reason: string | null }[];
+              session?: TurnOutcome['session'];
+              usage?: object;
+            },
+        );
       expect(chunks[0].choices[0].delta.role).toBe('assistant');
       text = chunks.map((c) => c.choices[0]?.delta.content ?? '').join('');
       expect(text).toBe(replies[k].body.choices[0].message.content);
@@ -261,7 +329,16 @@ describe('a three-turn session conversation', () => {
       expect(s.stats.last_recovery).toMatch(how === 'flip' ? /^checksum_mismatch/ : /^foreign_model/);
       expect(s.messages).toEqual(before.messages);
       // the same cache as before the damage, now stored as one snapshot
-      for (const k of ['tokens', 'depth_histogram', 'kv_bytes', 'aux_bytes', 'kv_entries', 'aux_entries', 'turns'] as const) expect(s.stats[k]).toEqual(before.stats[k]);
+      for (const k of [
+        'tokens',
+        'depth_histogram',
+        'kv_bytes',
+        'aux_bytes',
+        'kv_entries',
+        'aux_entries',
+        'turns',
+      ] as const)
+        expect(s.stats[k]).toEqual(before.stats[k]);
       expect(s.stats.record_chunks).toBe(1);
       // and the conversation goes on exactly as if nothing had happened
       const third = await say(id, TURNS[2]);
@@ -297,7 +374,15 @@ describe('chat completions with a session', () => {
     const id = await createSession();
     const t = TURNS;
     const chat = async (messages: Msg[], turn: Turn, how: 'body' | 'header') => {
-      const body = { model: MODEL, messages, max_tokens: turn.max_tokens, temperature: turn.temperature, seed: turn.seed, lazy: turn.lazy, ...(how === 'body' ? { session_id: id } : {}) };
+      const body = {
+        model: MODEL,
+        messages,
+        max_tokens: turn.max_tokens,
+        temperature: turn.temperature,
+        seed: turn.seed,
+        lazy: turn.lazy,
+        ...(how === 'body' ? { session_id: id } : {}),
+      };
       const res = await post('/v1/chat/completions', body, how === 'header' ? { 'x-session-id': id } : {});
       const json = await res.json();
       expect(res.status, JSON.stringify(json)).toBe(200);
@@ -305,10 +390,18 @@ describe('chat completions with a session', () => {
     };
     const h1: Msg[] = [{ role: 'user', content: t[0].content }];
     const r1 = await chat(h1, t[0], 'body');
-    const h2: Msg[] = [...h1, { role: 'assistant', content: r1.choices[0].message.content }, { role: 'user', content: t[1].content }];
+    const h2: Msg[] = [
+      ...h1,
+      { role: 'assistant', content: r1.choices[0].message.content },
+      { role: 'user', content: t[1].content },
+    ];
     const r2 = await chat(h2, t[1], 'header');
     // the client edits the past: another assistant reply in the middle
-    const h3: Msg[] = [...h1, { role: 'assistant', content: 'The cat slept all day.' }, { role: 'user', content: t[2].content }];
+    const h3: Msg[] = [
+      ...h1,
+      { role: 'assistant', content: 'The cat slept all day.' },
+      { role: 'user', content: t[2].content },
+    ];
     const r3 = await chat(h3, t[2], 'body');
 
     const ref = await reference([h1, h2, h3], t);
@@ -334,8 +427,20 @@ describe('chat completions with a session', () => {
     const id = await createSession();
     const seen: TurnOutcome['session']['stats'][] = [];
     // Every request rewrites the start of the history, so each turn truncates almost everything.
-    for (const [k, opening] of ['Tom had a red hat.', 'Sue had a blue cup.', 'Max had a green ball.', 'Amy had a pink bag.'].entries()) {
-      const res = await post('/v1/chat/completions', { model: MODEL, session_id: id, messages: [{ role: 'user', content: `${opening} ${TURNS[0].content}` }], max_tokens: 40, temperature: 0.8, seed: k });
+    for (const [k, opening] of [
+      'Tom had a red hat.',
+      'Sue had a blue cup.',
+      'Max had a green ball.',
+      'Amy had a pink bag.',
+    ].entries()) {
+      const res = await post('/v1/chat/completions', {
+        model: MODEL,
+        session_id: id,
+        messages: [{ role: 'user', content: `${opening} ${TURNS[0].content}` }],
+        max_tokens: 40,
+        temperature: 0.8,
+        seed: k,
+      });
       const body = (await res.json()) as Reply['body'];
       expect(res.status, JSON.stringify(body)).toBe(200);
       seen.push(body.session.stats);
@@ -350,20 +455,49 @@ describe('chat completions with a session', () => {
     await abortAllDurableObjects();
     const reloaded = await info(id);
     expect(reloaded.stats.state_source).toBe('records');
-    for (const f of ['tokens', 'depth_histogram', 'kv_bytes', 'aux_bytes', 'record_bytes', 'record_chunks'] as const) expect(reloaded.stats[f]).toEqual(live.stats[f]);
+    for (const f of ['tokens', 'depth_histogram', 'kv_bytes', 'aux_bytes', 'record_bytes', 'record_chunks'] as const)
+      expect(reloaded.stats[f]).toEqual(live.stats[f]);
   });
 
   it('answers 404 for an unknown session and leaves stateless chat alone', async () => {
-    await expectError(await post('/v1/chat/completions', { model: MODEL, messages: [{ role: 'user', content: 'Hi' }], session_id: 'sess_' + '0'.repeat(32) }), 404, 'session_not_found');
-    await expectError(await post('/v1/chat/completions', { model: MODEL, messages: [{ role: 'user', content: 'Hi' }] }, { 'x-session-id': 'nope' }), 404, 'session_not_found');
+    await expectError(
+      await post('/v1/chat/completions', {
+        model: MODEL,
+        messages: [{ role: 'user', content: 'Hi' }],
+        session_id: 'sess_' + '0'.repeat(32),
+      }),
+      404,
+      'session_not_found',
+    );
+    await expectError(
+      await post(
+        '/v1/chat/completions',
+        { model: MODEL, messages: [{ role: 'user', content: 'Hi' }] },
+        { 'x-session-id': 'nope' },
+      ),
+      404,
+      'session_not_found',
+    );
     const id = await createSession();
-    await expectError(await post('/v1/chat/completions', { model: 'gpt-4o', messages: [{ role: 'user', content: 'Hi' }], session_id: id }), 404, 'model_not_found');
+    await expectError(
+      await post('/v1/chat/completions', {
+        model: 'gpt-4o',
+        messages: [{ role: 'user', content: 'Hi' }],
+        session_id: id,
+      }),
+      404,
+      'model_not_found',
+    );
     expect((await info(id)).stats.turns).toBe(0);
   });
 
   it('refuses a wrong model on /v1/sessions/:id/messages as every other route does, and takes the served one (issue 26, item 4)', async () => {
     const id = await createSession();
-    await expectError(await post(`/v1/sessions/${id}/messages`, { model: 'gpt-4', content: 'Hi', max_tokens: 2 }), 404, 'model_not_found');
+    await expectError(
+      await post(`/v1/sessions/${id}/messages`, { model: 'gpt-4', content: 'Hi', max_tokens: 2 }),
+      404,
+      'model_not_found',
+    );
     expect((await info(id)).messages).toEqual([]);
     const ok = await post(`/v1/sessions/${id}/messages`, { model: MODEL, content: 'Hi', max_tokens: 2 });
     expect(ok.status).toBe(200);
@@ -376,7 +510,13 @@ describe('session lifecycle', () => {
     const id = await createSession({}, { messages: [{ role: 'system', content: 'A story about a dog.' }] });
     expect(id).toMatch(/^sess_[0-9a-f]{32}$/);
     const s = await info(id);
-    expect(s).toMatchObject({ id, object: 'chat.session', model: MODEL, messages: [{ role: 'system', content: 'A story about a dog.' }], ttl_seconds: 86400 });
+    expect(s).toMatchObject({
+      id,
+      object: 'chat.session',
+      model: MODEL,
+      messages: [{ role: 'system', content: 'A story about a dog.' }],
+      ttl_seconds: 86400,
+    });
     expect(s.expires_at - s.last_active).toBe(86400);
     const r = await say(id, TURNS[0]);
     const histories = appendHistories([], [TURNS[0]], [{ role: 'system', content: 'A story about a dog.' }]);
@@ -386,7 +526,11 @@ describe('session lifecycle', () => {
     expect(await del.json()).toEqual({ id, object: 'chat.session.deleted', deleted: true });
     await expectError(await worker(`/v1/sessions/${id}`), 404, 'session_not_found');
     await expectError(await worker(`/v1/sessions/${id}`, { method: 'DELETE' }), 404, 'session_not_found');
-    const tables = await runInDurableObject(stubFor('anonymous', id), (_o: ChatSession, state) => state.storage.sql.exec(`SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE '\\_%' ESCAPE '\\'`).toArray());
+    const tables = await runInDurableObject(stubFor('anonymous', id), (_o: ChatSession, state) =>
+      state.storage.sql
+        .exec(`SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE '\\_%' ESCAPE '\\'`)
+        .toArray(),
+    );
     expect(tables).toEqual([]);
   });
 
@@ -403,7 +547,12 @@ describe('session lifecycle', () => {
     });
     expect(await runDurableObjectAlarm(stub)).toBe(true);
     await expectError(await worker(`/v1/sessions/${id}`), 404, 'session_not_found');
-    const size = await runInDurableObject(stub, (_o: ChatSession, state) => state.storage.sql.exec(`SELECT COUNT(*) AS n FROM sqlite_master WHERE type = 'table' AND name = 'chunks'`).one().n);
+    const size = await runInDurableObject(
+      stub,
+      (_o: ChatSession, state) =>
+        state.storage.sql.exec(`SELECT COUNT(*) AS n FROM sqlite_master WHERE type = 'table' AND name = 'chunks'`).one()
+          .n,
+    );
     expect(size).toBe(0);
   });
 });
@@ -411,20 +560,41 @@ describe('session lifecycle', () => {
 describe('isolation by API key', () => {
   const keys = { API_KEYS: 'alpha-key,beta-key' };
   const as = (key: string | null, path: string, init: RequestInit = {}) =>
-    withEnv(keys, path, { ...init, headers: { 'Content-Type': 'application/json', ...(key ? { Authorization: `Bearer ${key}` } : {}), ...(init.headers as object) } });
+    withEnv(keys, path, {
+      ...init,
+      headers: {
+        'Content-Type': 'application/json',
+        ...(key ? { Authorization: `Bearer ${key}` } : {}),
+        ...(init.headers as object),
+      },
+    });
 
   it("answers 404 to another key for the same session id, and never touches the owner's session", async () => {
     const created = await as('alpha-key', '/v1/sessions', { method: 'POST', body: '{}' });
     expect(created.status).toBe(200);
     const { id } = (await created.json()) as { id: string };
-    const turn = await as('alpha-key', `/v1/sessions/${id}/messages`, { method: 'POST', body: JSON.stringify(TURNS[0]) });
+    const turn = await as('alpha-key', `/v1/sessions/${id}/messages`, {
+      method: 'POST',
+      body: JSON.stringify(TURNS[0]),
+    });
     expect(turn.status).toBe(200);
     const mine = await (await as('alpha-key', `/v1/sessions/${id}`)).json();
 
     await expectError(await as('beta-key', `/v1/sessions/${id}`), 404, 'session_not_found');
-    await expectError(await as('beta-key', `/v1/sessions/${id}/messages`, { method: 'POST', body: JSON.stringify(TURNS[1]) }), 404, 'session_not_found');
+    await expectError(
+      await as('beta-key', `/v1/sessions/${id}/messages`, { method: 'POST', body: JSON.stringify(TURNS[1]) }),
+      404,
+      'session_not_found',
+    );
     await expectError(await as('beta-key', `/v1/sessions/${id}`, { method: 'DELETE' }), 404, 'session_not_found');
-    await expectError(await as('beta-key', '/v1/chat/completions', { method: 'POST', body: JSON.stringify({ model: MODEL, messages: [{ role: 'user', content: 'x' }], session_id: id }) }), 404, 'session_not_found');
+    await expectError(
+      await as('beta-key', '/v1/chat/completions', {
+        method: 'POST',
+        body: JSON.stringify({ model: MODEL, messages: [{ role: 'user', content: 'x' }], session_id: id }),
+      }),
+      404,
+      'session_not_found',
+    );
     await expectError(await as(null, `/v1/sessions/${id}`), 401, 'missing_api_key');
     // an open server (anonymous) does not see it either
     await expectError(await worker(`/v1/sessions/${id}`), 404, 'session_not_found');
@@ -446,7 +616,14 @@ describe('concurrency and refusals', () => {
     const gate = new Promise<void>((r) => (release = r));
     let inside!: () => void;
     const entered = new Promise<void>((r) => (inside = r));
-    const req: TurnRequest = { owner: 'anonymous', mode: 'append', messages: [{ role: 'user', content: TURNS[1].content }], options: TURNS[1], maxTokensParam: 'max_tokens', maxTokens: TURNS[1].max_tokens };
+    const req: TurnRequest = {
+      owner: 'anonymous',
+      mode: 'append',
+      messages: [{ role: 'user', content: TURNS[1].content }],
+      options: TURNS[1],
+      maxTokensParam: 'max_tokens',
+      maxTokens: TURNS[1].max_tokens,
+    };
     const held = stub.turn(id, req, async (e: TurnEvent) => {
       if (e.type === 'text') {
         inside();
@@ -462,12 +639,22 @@ describe('concurrency and refusals', () => {
     const first = await held;
     expect(first.ok).toBe(true);
     const after = await snapshot(id);
-    expect(after.messages).toEqual([...before.messages, { role: 'user', content: TURNS[1].content }, { role: 'assistant', content: (first as TurnOutcome).text }]);
+    expect(after.messages).toEqual([
+      ...before.messages,
+      { role: 'user', content: TURNS[1].content },
+      { role: 'assistant', content: (first as TurnOutcome).text },
+    ]);
 
     // Two requests at once: each is answered 200 or 409, never both half-done; storage replays cleanly.
-    const both = await Promise.all([post(`/v1/sessions/${id}/messages`, TURNS[2]), post(`/v1/sessions/${id}/messages`, TURNS[2])]);
+    const both = await Promise.all([
+      post(`/v1/sessions/${id}/messages`, TURNS[2]),
+      post(`/v1/sessions/${id}/messages`, TURNS[2]),
+    ]);
     const statuses = both.map((r) => r.status).sort();
-    expect([[200, 200], [200, 409]]).toContainEqual(statuses);
+    expect([
+      [200, 200],
+      [200, 409],
+    ]).toContainEqual(statuses);
     const done = statuses.filter((s) => s === 200).length;
     const s = await info(id);
     expect(s.messages).toHaveLength(after.messages.length + 2 * done);
@@ -491,24 +678,65 @@ describe('concurrency and refusals', () => {
       ['content of the wrong type', () => msg({ content: 42 }), 400, 'invalid_value'],
       ['max_tokens 0', () => msg({ content: 'Hi', max_tokens: 0 }), 400, 'invalid_value'],
       ['max_tokens beyond the context', () => msg({ content: 'Hi', max_tokens: 4096 }), 400, 'invalid_value'],
-      ['history + max_tokens beyond the context', () => msg({ content: 'Hi', max_tokens: 500 }), 400, 'context_length_exceeded'],
+      [
+        'history + max_tokens beyond the context',
+        () => msg({ content: 'Hi', max_tokens: 500 }),
+        400,
+        'context_length_exceeded',
+      ],
       ['a message longer than the context', () => msg({ content: long }), 400, 'context_length_exceeded'],
       ['temperature out of range', () => msg({ content: 'Hi', temperature: 7 }), 400, 'invalid_value'],
       ['n = 2', () => msg({ content: 'Hi', n: 2 }), 400, 'invalid_value'],
-      ['a schedule naming a missing layer', () => msg({ content: 'Hi', lazy: { schedule: '9:0.5' } }), 400, 'invalid_schedule'],
-      ['an unknown lazy field', () => msg({ content: 'Hi', lazy: { enabled: true, speed: 'max' } }), 400, 'unknown_parameter'],
-      ['an unsupported OpenAI option', () => msg({ content: 'Hi', logit_bias: { '5': 10 } }), 400, 'unsupported_parameter'],
+      [
+        'a schedule naming a missing layer',
+        () => msg({ content: 'Hi', lazy: { schedule: '9:0.5' } }),
+        400,
+        'invalid_schedule',
+      ],
+      [
+        'an unknown lazy field',
+        () => msg({ content: 'Hi', lazy: { enabled: true, speed: 'max' } }),
+        400,
+        'unknown_parameter',
+      ],
+      [
+        'an unsupported OpenAI option',
+        () => msg({ content: 'Hi', logit_bias: { '5': 10 } }),
+        400,
+        'unsupported_parameter',
+      ],
       ['an unknown field', () => msg({ content: 'Hi', contents: 'Hi' }), 400, 'unknown_parameter'],
       ['presence_penalty out of range', () => msg({ content: 'Hi', presence_penalty: 2.5 }), 400, 'invalid_value'],
       ['top_logprobs without logprobs', () => msg({ content: 'Hi', top_logprobs: 2 }), 400, 'invalid_value'],
       ['an assistant role', () => msg({ content: 'Hi', role: 'assistant' }), 400, 'invalid_value'],
       ['a body over the size limit', () => msg({ content: 'x'.repeat(300 * 1024) }), 413, 'request_too_large'],
       ['a wrong method', () => worker(`/v1/sessions/${id}`, { method: 'PUT' }), 405, 'method_not_allowed'],
-      ['an unknown session', () => post(`/v1/sessions/sess_${'f'.repeat(32)}/messages`, { content: 'Hi' }), 404, 'session_not_found'],
+      [
+        'an unknown session',
+        () => post(`/v1/sessions/sess_${'f'.repeat(32)}/messages`, { content: 'Hi' }),
+        404,
+        'session_not_found',
+      ],
       ['a malformed session id', () => post('/v1/sessions/../messages', { content: 'Hi' }), 404, null],
-      ['chat with a session, bad messages', () => post('/v1/chat/completions', { model: MODEL, session_id: id, messages: [] }), 400, 'invalid_value'],
-      ['chat with a session, too long', () => post('/v1/chat/completions', { model: MODEL, session_id: id, messages: [{ role: 'user', content: long }] }), 400, 'context_length_exceeded'],
-      ['a streamed request refused before it starts', () => msg({ content: long, stream: true }), 400, 'context_length_exceeded'],
+      [
+        'chat with a session, bad messages',
+        () => post('/v1/chat/completions', { model: MODEL, session_id: id, messages: [] }),
+        400,
+        'invalid_value',
+      ],
+      [
+        'chat with a session, too long',
+        () =>
+          post('/v1/chat/completions', { model: MODEL, session_id: id, messages: [{ role: 'user', content: long }] }),
+        400,
+        'context_length_exceeded',
+      ],
+      [
+        'a streamed request refused before it starts',
+        () => msg({ content: long, stream: true }),
+        400,
+        'context_length_exceeded',
+      ],
     ];
     for (const [name, send, status, code] of cases) {
       const res = await send();
@@ -519,7 +747,10 @@ describe('concurrency and refusals', () => {
     }
     // The in-memory state is untouched as well: the next turn is exactly the reference's second turn.
     const second = await say(id, TURNS[1]);
-    const ref = await reference(appendHistories([first.body.choices[0].message.content], TURNS.slice(0, 2)), TURNS.slice(0, 2));
+    const ref = await reference(
+      appendHistories([first.body.choices[0].message.content], TURNS.slice(0, 2)),
+      TURNS.slice(0, 2),
+    );
     expect(second.body.choices[0].message.content).toBe(ref[1].text);
     expect(second.body.session.stats.computed_per_layer).toEqual(ref[1].computed);
   });
@@ -542,11 +773,18 @@ describe('concurrency and refusals', () => {
     }
     const body = (await second.json()) as Reply['body'];
     expect(second.status, JSON.stringify(body)).toBe(200);
-    const ref = await reference(appendHistories([first.body.choices[0].message.content], TURNS.slice(0, 2)), TURNS.slice(0, 2));
+    const ref = await reference(
+      appendHistories([first.body.choices[0].message.content], TURNS.slice(0, 2)),
+      TURNS.slice(0, 2),
+    );
     expect(body.choices[0].message.content).toBe(ref[1].text);
     expect(body.session.stats.computed_per_layer).toEqual(ref[1].computed);
     const after = await snapshot(id);
-    expect(after.messages).toEqual([...before.messages, { role: 'user', content: TURNS[1].content }, { role: 'assistant', content: ref[1].text }]);
+    expect(after.messages).toEqual([
+      ...before.messages,
+      { role: 'user', content: TURNS[1].content },
+      { role: 'assistant', content: ref[1].text },
+    ]);
     expect(after.stats.turns).toBe(2);
   });
 
@@ -555,7 +793,14 @@ describe('concurrency and refusals', () => {
     const first = await say(id, TURNS[0]);
     const before = await snapshot(id);
     const stub = stubFor('anonymous', id);
-    const req: TurnRequest = { owner: 'anonymous', mode: 'append', messages: [{ role: 'user', content: TURNS[1].content }], options: { ...TURNS[1], lazy: { enabled: false } }, maxTokensParam: 'max_tokens', maxTokens: TURNS[1].max_tokens };
+    const req: TurnRequest = {
+      owner: 'anonymous',
+      mode: 'append',
+      messages: [{ role: 'user', content: TURNS[1].content }],
+      options: { ...TURNS[1], lazy: { enabled: false } },
+      maxTokensParam: 'max_tokens',
+      maxTokens: TURNS[1].max_tokens,
+    };
     let texts = 0;
     // A dense turn revives every pruned token (deepening old tokens) before the client "goes away".
     const r = await stub.turn(id, req, async (e: TurnEvent) => {
@@ -567,7 +812,10 @@ describe('concurrency and refusals', () => {
     expect(after.stats.state_source).toBe('records'); // memory was reloaded from storage
     expect({ ...after, stats: { ...after.stats, state_source: 'new' } }).toEqual(before);
     const second = await say(id, TURNS[1]);
-    const ref = await reference(appendHistories([first.body.choices[0].message.content], TURNS.slice(0, 2)), TURNS.slice(0, 2));
+    const ref = await reference(
+      appendHistories([first.body.choices[0].message.content], TURNS.slice(0, 2)),
+      TURNS.slice(0, 2),
+    );
     expect(second.body.choices[0].message.content).toBe(ref[1].text);
     expect(second.body.session.stats.computed_per_layer).toEqual(ref[1].computed);
     expect(second.body.session.stats.revived_per_layer).toEqual(expect.any(Array));

@@ -22,7 +22,14 @@ interface Completion {
   model: string;
   choices: { text: string; index: number; logprobs: null; finish_reason: string }[];
   usage: { prompt_tokens: number; completion_tokens: number; total_tokens: number };
-  lazy_stats: { schedule: string; completion_tokens: number; computed_per_layer: number[]; flops_ratio: number; prefill_ms: number; decode_ms: number };
+  lazy_stats: {
+    schedule: string;
+    completion_tokens: number;
+    computed_per_layer: number[];
+    flops_ratio: number;
+    prefill_ms: number;
+    decode_ms: number;
+  };
 }
 interface ChatCompletion extends Omit<Completion, 'choices'> {
   choices: { index: number; message: { role: string; content: string }; finish_reason: string }[];
@@ -66,7 +73,13 @@ describe('GET /healthz and /v1/models', () => {
     const body = (await res.json()) as { status: string; model: string; memory: Record<string, unknown> };
     expect(body).toMatchObject({ status: 'ok', model: MODEL });
     // stories260K at its 512-token context fits a deployed isolate with room to spare.
-    expect(body.memory).toMatchObject({ budget_mb: 128, deployed_isolate_mb: 128, fits_deployed_isolate: true, context_tokens: 512, kv_format: 'f32' });
+    expect(body.memory).toMatchObject({
+      budget_mb: 128,
+      deployed_isolate_mb: 128,
+      fits_deployed_isolate: true,
+      context_tokens: 512,
+      kv_format: 'f32',
+    });
     expect(body.memory.measured_wasm_heap_mb).toBeGreaterThanOrEqual(16);
     // workerd exposes no JS heap figure: reported as such, not as 0.
     expect(body.memory.measured_js_heap_mb).toBeNull();
@@ -95,7 +108,7 @@ describe('GET /healthz and /v1/models', () => {
     expect(((await done.json()) as { usage: { completion_tokens: number } }).usage.completion_tokens).toBe(8);
   });
 
-  it('refuses a KV_FORMAT it does not know, naming the setting in the log (a server fault, not the client\'s)', async () => {
+  it("refuses a KV_FORMAT it does not know, naming the setting in the log (a server fault, not the client's)", async () => {
     const logged = vi.spyOn(console, 'error').mockImplementation(() => {});
     await expectError(await withEnv({ KV_FORMAT: 'bf16' }, '/healthz'), 500, 'model_unavailable');
     expect(logged.mock.calls.flat().join(' ')).toMatch(/KV_FORMAT.*f32, f16, int8.*"bf16"/);
@@ -106,7 +119,15 @@ describe('GET /healthz and /v1/models', () => {
     expect(res.status).toBe(200);
     const body = await json<{ object: string; data: Record<string, unknown>[] }>(res);
     expect(body.object).toBe('list');
-    expect(body.data).toEqual([expect.objectContaining({ id: MODEL, object: 'model', owned_by: 'lazy-edge', context_length: 512, created: expect.any(Number) })]);
+    expect(body.data).toEqual([
+      expect.objectContaining({
+        id: MODEL,
+        object: 'model',
+        owned_by: 'lazy-edge',
+        context_length: 512,
+        created: expect.any(Number),
+      }),
+    ]);
     const one = await worker(`/v1/models/${MODEL}`);
     expect(await one.json()).toEqual(body.data[0]);
     await expectError(await worker('/v1/models/gpt-4o'), 404, 'model_not_found', 'model');
@@ -115,7 +136,14 @@ describe('GET /healthz and /v1/models', () => {
 
 describe('POST /v1/completions', () => {
   it('answers in OpenAI shape with usage, lazy_stats and a Server-Timing header', async () => {
-    const res = await post('/v1/completions', { model: MODEL, prompt: 'Once upon a time', max_tokens: 40, temperature: 0, user: 'someone', n: 1 });
+    const res = await post('/v1/completions', {
+      model: MODEL,
+      prompt: 'Once upon a time',
+      max_tokens: 40,
+      temperature: 0,
+      user: 'someone',
+      n: 1,
+    });
     expect(res.status).toBe(200);
     expect(res.headers.get('server-timing')).toMatch(/^prefill;dur=\d+(\.\d+)?, decode;dur=\d+(\.\d+)?$/);
     const body = await json<Completion>(res);
@@ -126,11 +154,17 @@ describe('POST /v1/completions', () => {
       model: MODEL,
       choices: [{ text: expect.any(String), index: 0, logprobs: null, finish_reason: 'length' }],
       usage: { prompt_tokens: 5, completion_tokens: 40, total_tokens: 45, prompt_tokens_details: { cached_tokens: 0 } },
-      lazy_stats: expect.objectContaining({ schedule: formatSchedule(defaultSchedule(5)), prompt_tokens: 5, completion_tokens: 40 }),
+      lazy_stats: expect.objectContaining({
+        schedule: formatSchedule(defaultSchedule(5)),
+        prompt_tokens: 5,
+        completion_tokens: 40,
+      }),
     });
     expect(body.choices[0].text).toMatch(/^, there was a little/);
     const timing = res.headers.get('server-timing')!;
-    expect(timing).toBe(`prefill;dur=${body.lazy_stats.prefill_ms.toFixed(2)}, decode;dur=${body.lazy_stats.decode_ms.toFixed(2)}`);
+    expect(timing).toBe(
+      `prefill;dur=${body.lazy_stats.prefill_ms.toFixed(2)}, decode;dur=${body.lazy_stats.decode_ms.toFixed(2)}`,
+    );
   });
 
   it('defaults to 16 tokens like OpenAI, and takes the prompt as a list of one string', async () => {
@@ -145,10 +179,25 @@ describe('POST /v1/completions', () => {
     const dense = await complete({ prompt, max_tokens: 30, temperature: 0, lazy: { enabled: false } });
     expect(dense.lazy_stats.schedule).toBe('dense');
     expect(dense.lazy_stats.flops_ratio).toBe(1);
-    const bySpec = await complete({ prompt, max_tokens: 30, temperature: 0, lazy: { enabled: true, schedule: 'bos,2:0.5' } });
-    const byObject = await complete({ prompt, max_tokens: 30, temperature: 0, lazy: { schedule: { prune: [{ layer: 2, keep: 0.5 }], keep_first: true } } });
+    const bySpec = await complete({
+      prompt,
+      max_tokens: 30,
+      temperature: 0,
+      lazy: { enabled: true, schedule: 'bos,2:0.5' },
+    });
+    const byObject = await complete({
+      prompt,
+      max_tokens: 30,
+      temperature: 0,
+      lazy: { schedule: { prune: [{ layer: 2, keep: 0.5 }], keep_first: true } },
+    });
     expect(bySpec.lazy_stats.schedule).toBe('bos,2:0.5');
-    expect(byObject.lazy_stats).toEqual({ ...bySpec.lazy_stats, prefill_ms: expect.any(Number), decode_ms: expect.any(Number), decode_tokens_per_s: expect.any(Number) });
+    expect(byObject.lazy_stats).toEqual({
+      ...bySpec.lazy_stats,
+      prefill_ms: expect.any(Number),
+      decode_ms: expect.any(Number),
+      decode_tokens_per_s: expect.any(Number),
+    });
     expect(byObject.choices[0].text).toBe(bySpec.choices[0].text);
     expect(bySpec.lazy_stats.flops_ratio).toBeLessThan(1);
   });
@@ -159,7 +208,12 @@ describe('POST /v1/completions', () => {
     expect(at).toBeGreaterThan(0);
     const one = await complete({ prompt: 'Once upon a time', max_tokens: 40, temperature: 0, stop: ' named' });
     expect(one.choices[0]).toMatchObject({ text: full.slice(0, at), finish_reason: 'stop' });
-    const four = await complete({ prompt: 'Once upon a time', max_tokens: 40, temperature: 0, stop: ['zebra', 'named', 'xyz', 'qqq'] });
+    const four = await complete({
+      prompt: 'Once upon a time',
+      max_tokens: 40,
+      temperature: 0,
+      stop: ['zebra', 'named', 'xyz', 'qqq'],
+    });
     expect(four.choices[0]).toMatchObject({ text: full.slice(0, at + 1), finish_reason: 'stop' });
   });
 
@@ -175,7 +229,12 @@ describe('POST /v1/completions', () => {
   it('streams OpenAI chunks that reassemble to the non-streamed text for the same seed', async () => {
     const req = { prompt: 'One day, a little bird', max_tokens: 60, temperature: 0.8, top_p: 0.9, seed: 42 };
     const whole = await complete(req);
-    const res = await post('/v1/completions', { model: MODEL, ...req, stream: true, stream_options: { include_usage: true } });
+    const res = await post('/v1/completions', {
+      model: MODEL,
+      ...req,
+      stream: true,
+      stream_options: { include_usage: true },
+    });
     expect(res.status).toBe(200);
     expect(res.headers.get('content-type')).toBe('text/event-stream; charset=utf-8');
     const { events } = await readEvents(res);
@@ -186,10 +245,19 @@ describe('POST /v1/completions', () => {
     expect(chunks.length).toBeGreaterThan(10); // one event per released piece of text, not one blob
     for (const ch of chunks) {
       // with include_usage, OpenAI sends "usage": null in every chunk before the usage chunk
-      expect(ch).toEqual({ id: finish.id, object: 'text_completion', created: finish.created, model: MODEL, choices: [{ text: expect.any(String), index: 0, logprobs: null, finish_reason: null }], usage: null });
+      expect(ch).toEqual({
+        id: finish.id,
+        object: 'text_completion',
+        created: finish.created,
+        model: MODEL,
+        choices: [{ text: expect.any(String), index: 0, logprobs: null, finish_reason: null }],
+        usage: null,
+      });
     }
     expect(chunks.map((ch) => ch.choices[0].text).join('')).toBe(whole.choices[0].text);
-    expect(finish.choices).toEqual([{ text: '', index: 0, logprobs: null, finish_reason: whole.choices[0].finish_reason }]);
+    expect(finish.choices).toEqual([
+      { text: '', index: 0, logprobs: null, finish_reason: whole.choices[0].finish_reason },
+    ]);
     expect(finish.usage).toBeNull();
     expect(finish.lazy_stats.computed_per_layer).toEqual(whole.lazy_stats.computed_per_layer);
     expect(usage.choices).toEqual([]);
@@ -205,18 +273,33 @@ describe('POST /v1/completions', () => {
   });
 
   it('survives a client that hangs up mid-stream', async () => {
-    const res = await post('/v1/completions', { model: MODEL, prompt: '', max_tokens: 300, temperature: 1, seed: 5, stream: true });
+    const res = await post('/v1/completions', {
+      model: MODEL,
+      prompt: '',
+      max_tokens: 300,
+      temperature: 1,
+      seed: 5,
+      stream: true,
+    });
     const reader = res.body!.getReader();
     expect((await reader.read()).done).toBe(false);
     await reader.cancel();
-    expect((await complete({ prompt: 'Once upon a time', max_tokens: 5, temperature: 0 })).choices[0].text).toMatch(/^, there/);
+    expect((await complete({ prompt: 'Once upon a time', max_tokens: 5, temperature: 0 })).choices[0].text).toMatch(
+      /^, there/,
+    );
   });
 });
 
 describe('POST /v1/chat/completions', () => {
   const messages = [
     { role: 'system', content: 'A story for children.' },
-    { role: 'user', content: [{ type: 'text', text: 'Once upon a time there was a girl named ' }, { type: 'text', text: 'Lily.' }] },
+    {
+      role: 'user',
+      content: [
+        { type: 'text', text: 'Once upon a time there was a girl named ' },
+        { type: 'text', text: 'Lily.' },
+      ],
+    },
   ];
 
   it('renders messages with the manifest template: the same as completing the rendered text', async () => {
@@ -231,15 +314,23 @@ describe('POST /v1/chat/completions', () => {
       object: 'chat.completion',
       created: expect.any(Number),
       model: MODEL,
-      choices: [{ index: 0, message: { role: 'assistant', content: plain.choices[0].text, refusal: null }, logprobs: null, finish_reason: plain.choices[0].finish_reason }],
+      choices: [
+        {
+          index: 0,
+          message: { role: 'assistant', content: plain.choices[0].text, refusal: null },
+          logprobs: null,
+          finish_reason: plain.choices[0].finish_reason,
+        },
+      ],
       usage: plain.usage,
       lazy_stats: expect.objectContaining({ computed_per_layer: plain.lazy_stats.computed_per_layer }),
     });
     expect(chat.usage.prompt_tokens).toBe(model.tokenizer.encode(rendered, { bos: true }).length);
   });
 
-  it('ranks by the question under signal:query: the engine\'s reply given the template\'s question span, not the paper\'s', async () => {
-    const story = 'Once upon a time there was a girl named Lily. She found a red ball in the park. She played with her dog Max all day. The sun was warm and the birds sang. Her mom called her home for dinner.';
+  it("ranks by the question under signal:query: the engine's reply given the template's question span, not the paper's", async () => {
+    const story =
+      'Once upon a time there was a girl named Lily. She found a red ball in the park. She played with her dog Max all day. The sun was warm and the birds sang. Her mom called her home for dinner.';
     const long = [{ role: 'user' as const, content: `${story} ${story}\n\nWhat did Lily find in the park?` }];
     const spec = 'signal:query,heads:max,pool:3,1:0.4,3:0.5';
     const chat = await chatComplete({ messages: long, max_tokens: 20, temperature: 0, lazy: { schedule: spec } });
@@ -247,17 +338,27 @@ describe('POST /v1/chat/completions', () => {
     const { prompt, question } = encodeChat(model.tokenizer, model.manifest.chatTemplate, long);
     expect(question).not.toBeNull();
     const run = (schedule: string, q: typeof question) =>
-      generate(model, new SequenceState(model.config), prompt, { maxTokens: 20, sampler: { temperature: 0, topP: 1, topK: 0, seed: 1 }, schedule: parseSchedule(schedule), question: q });
+      generate(model, new SequenceState(model.config), prompt, {
+        maxTokens: 20,
+        sampler: { temperature: 0, topP: 1, topK: 0, seed: 1 },
+        schedule: parseSchedule(schedule),
+        question: q,
+      });
     const engine = await run(spec, question);
     expect(chat.choices[0].message.content).toBe(engine.text);
     expect(chat.lazy_stats.schedule).toBe(spec);
-    expect((chat.lazy_stats as unknown as { prefill_computed_per_layer: number[] }).prefill_computed_per_layer).toEqual(engine.stats.prefill_computed_per_layer);
+    expect((chat.lazy_stats as unknown as { prefill_computed_per_layer: number[] }).prefill_computed_per_layer).toEqual(
+      engine.stats.prefill_computed_per_layer,
+    );
     const paper = await run('signal:last,heads:max,pool:3,1:0.4,3:0.5', null);
     expect(paper.stats.computed_per_layer).not.toEqual(engine.stats.computed_per_layer);
     // Text without a question cannot rank by one: a clear 400, not a silent fallback.
     const res = await post('/v1/completions', { model: MODEL, prompt: story, max_tokens: 4, lazy: { schedule: spec } });
     expect(res.status).toBe(400);
-    expect(((await res.json()) as { error: { message: string; param: string } }).error).toMatchObject({ param: 'lazy.schedule', message: expect.stringMatching(/signal:window:K/) });
+    expect(((await res.json()) as { error: { message: string; param: string } }).error).toMatchObject({
+      param: 'lazy.schedule',
+      message: expect.stringMatching(/signal:window:K/),
+    });
   });
 
   it('accepts max_completion_tokens and defaults to the rest of the context', async () => {
@@ -275,19 +376,41 @@ describe('POST /v1/chat/completions', () => {
     const res = await post('/v1/chat/completions', { model: MODEL, ...req, stream: true });
     const { events } = await readEvents(res);
     expect(events.at(-1)).toBe('[DONE]');
-    type Chunk = { id: string; object: string; choices: { index: number; delta: { role?: string; content?: string }; logprobs: null; finish_reason: string | null }[]; lazy_stats?: unknown };
+    type Chunk = {
+      id: string;
+      object: string;
+      choices: {
+        index: number;
+        delta: { role?: string; content?: string };
+        logprobs: null;
+        finish_reason: string | null;
+      }[];
+      lazy_stats?: unknown;
+    };
     const chunks = events.slice(0, -1).map((e) => JSON.parse(e) as Chunk);
     expect(chunks.every((c) => c.object === 'chat.completion.chunk' && c.id === chunks[0].id)).toBe(true);
-    expect(chunks[0].choices).toEqual([{ index: 0, delta: { role: 'assistant', content: '' }, logprobs: null, finish_reason: null }]);
+    expect(chunks[0].choices).toEqual([
+      { index: 0, delta: { role: 'assistant', content: '' }, logprobs: null, finish_reason: null },
+    ]);
     const finish = chunks.at(-1)!;
-    expect(finish.choices).toEqual([{ index: 0, delta: {}, logprobs: null, finish_reason: whole.choices[0].finish_reason }]);
+    expect(finish.choices).toEqual([
+      { index: 0, delta: {}, logprobs: null, finish_reason: whole.choices[0].finish_reason },
+    ]);
     expect(finish.lazy_stats).toBeDefined();
-    const text = chunks.slice(1, -1).map((c) => c.choices[0].delta.content).join('');
+    const text = chunks
+      .slice(1, -1)
+      .map((c) => c.choices[0].delta.content)
+      .join('');
     expect(text).toBe(whole.choices[0].message.content);
   });
 
   it('renders any manifest template, developer messages as system, text literally', () => {
-    const t = { system: '<s>{content}</s>', user: 'U: {content}\n', assistant: 'A: {content}\n', generationPrompt: 'A:' };
+    const t = {
+      system: '<s>{content}</s>',
+      user: 'U: {content}\n',
+      assistant: 'A: {content}\n',
+      generationPrompt: 'A:',
+    };
     const msgs = [
       { role: 'developer', content: 'be brief' },
       { role: 'user', content: 'costs $& and {content}' },
@@ -306,18 +429,23 @@ describe('time budget (REQUEST_BUDGET_MS)', () => {
     expect(cut.choices[0].finish_reason).toBe('length');
     expect(cut.usage.completion_tokens).toBeGreaterThanOrEqual(1);
     expect(cut.usage.completion_tokens).toBeLessThan(50);
-    const full = await json<Completion>(await withEnv({ REQUEST_BUDGET_MS: '600000' }, '/v1/completions', { ...req, body }));
+    const full = await json<Completion>(
+      await withEnv({ REQUEST_BUDGET_MS: '600000' }, '/v1/completions', { ...req, body }),
+    );
     expect(full.usage.completion_tokens).toBe(50);
     expect(full.choices[0].text.startsWith(cut.choices[0].text)).toBe(true);
 
-    const streamed = await withEnv({ REQUEST_BUDGET_MS: '0' }, '/v1/completions', { ...req, body: body.replace('}', ',"stream":true}') });
+    const streamed = await withEnv({ REQUEST_BUDGET_MS: '0' }, '/v1/completions', {
+      ...req,
+      body: body.replace('}', ',"stream":true}'),
+    });
     const { events } = await readEvents(streamed);
     const finish = JSON.parse(events.at(-2)!) as Completion;
     expect(finish.choices[0].finish_reason).toBe('length');
     expect(finish.lazy_stats.completion_tokens).toBeLessThan(50);
   });
 
-  it('uses wrangler.toml\'s budget by default', async () => {
+  it("uses wrangler.toml's budget by default", async () => {
     expect(Number(env.REQUEST_BUDGET_MS)).toBeGreaterThan(0);
     // What a request is given: its deadline is its start plus the configured budget, or the default one when unset.
     const model = await getModel(env);
@@ -339,7 +467,13 @@ describe('bad input: a 4xx with an OpenAI error body', () => {
     ['a missing prompt', { model: MODEL }, 400, 'missing_required_parameter', 'prompt'],
     ['a prompt of the wrong type', { ...ok, prompt: 42 }, 400, 'invalid_value', 'prompt'],
     ['a prompt list of two strings', { ...ok, prompt: ['a', 'b'] }, 400, 'invalid_value', 'prompt'],
-    ['a prompt of token ids outside the vocabulary', { ...ok, prompt: [1, 2, 99999] }, 400, 'invalid_value', 'prompt[2]'],
+    [
+      'a prompt of token ids outside the vocabulary',
+      { ...ok, prompt: [1, 2, 99999] },
+      400,
+      'invalid_value',
+      'prompt[2]',
+    ],
     ['a prompt list of two token-id lists', { ...ok, prompt: [[1], [2]] }, 400, 'invalid_value', 'prompt'],
     ['max_tokens as a string', { ...ok, max_tokens: '10' }, 400, 'invalid_type', 'max_tokens'],
     ['max_tokens not an integer', { ...ok, max_tokens: 2.5 }, 400, 'invalid_type', 'max_tokens'],
@@ -353,17 +487,47 @@ describe('bad input: a 4xx with an OpenAI error body', () => {
     ['n = 2', { ...ok, n: 2 }, 400, 'invalid_value', 'n'],
     ['an unknown model', { ...ok, model: 'gpt-4o' }, 404, 'model_not_found', 'model'],
     ['a prompt longer than the context', { ...ok, prompt: long }, 400, 'context_length_exceeded', 'prompt'],
-    ['prompt + max_tokens over the context', { ...ok, prompt: long.slice(0, 1500), max_tokens: 400 }, 400, 'context_length_exceeded', 'prompt'],
-    ['a schedule naming a missing layer', { ...ok, lazy: { schedule: 'bos,9:0.5' } }, 400, 'invalid_schedule', 'lazy.schedule'],
+    [
+      'prompt + max_tokens over the context',
+      { ...ok, prompt: long.slice(0, 1500), max_tokens: 400 },
+      400,
+      'context_length_exceeded',
+      'prompt',
+    ],
+    [
+      'a schedule naming a missing layer',
+      { ...ok, lazy: { schedule: 'bos,9:0.5' } },
+      400,
+      'invalid_schedule',
+      'lazy.schedule',
+    ],
     ['a schedule that does not parse', { ...ok, lazy: { schedule: 'half' } }, 400, 'invalid_schedule', 'lazy.schedule'],
-    ['a schedule object keeping more than all', { ...ok, lazy: { schedule: { prune: [{ layer: 1, keep: 2 }] } } }, 400, 'invalid_schedule', 'lazy.schedule'],
+    [
+      'a schedule object keeping more than all',
+      { ...ok, lazy: { schedule: { prune: [{ layer: 1, keep: 2 }] } } },
+      400,
+      'invalid_schedule',
+      'lazy.schedule',
+    ],
     ['a schedule of the wrong type', { ...ok, lazy: { schedule: 5 } }, 400, 'invalid_value', 'lazy.schedule'],
-    ['a schedule with lazy disabled', { ...ok, lazy: { enabled: false, schedule: 'bos' } }, 400, 'invalid_value', 'lazy.schedule'],
+    [
+      'a schedule with lazy disabled',
+      { ...ok, lazy: { enabled: false, schedule: 'bos' } },
+      400,
+      'invalid_value',
+      'lazy.schedule',
+    ],
     ['an unknown lazy option', { ...ok, lazy: { enable: true } }, 400, 'unknown_parameter', 'lazy'],
     ['logprobs beyond 5', { ...ok, logprobs: 6 }, 400, 'invalid_value', 'logprobs'],
     ['echo', { ...ok, echo: true }, 400, 'unsupported_parameter', 'echo'],
     ['an unknown field', { ...ok, temprature: 0 }, 400, 'unknown_parameter', 'temprature'],
-    ['a known field of another endpoint', { ...ok, max_completion_tokens: 5 }, 400, 'unknown_parameter', 'max_completion_tokens'],
+    [
+      'a known field of another endpoint',
+      { ...ok, max_completion_tokens: 5 },
+      400,
+      'unknown_parameter',
+      'max_completion_tokens',
+    ],
     ['frequency_penalty above 2', { ...ok, frequency_penalty: 2.5 }, 400, 'invalid_value', 'frequency_penalty'],
     ['presence_penalty below -2', { ...ok, presence_penalty: -3 }, 400, 'invalid_value', 'presence_penalty'],
     ['repetition_penalty 0', { ...ok, repetition_penalty: 0 }, 400, 'invalid_value', 'repetition_penalty'],
@@ -373,28 +537,107 @@ describe('bad input: a 4xx with an OpenAI error body', () => {
   });
 
   it('accepts the "off" values of unsupported OpenAI options and nulls for defaults', async () => {
-    const body = await complete({ prompt: 'Hi', max_tokens: 3, echo: false, logprobs: null, presence_penalty: 0, frequency_penalty: 0, repetition_penalty: null, best_of: 1, temperature: null, stop: null, seed: null, stream: false, lazy: null, user: 'u1', store: false, metadata: {}, tool_choice: 'none', parallel_tool_calls: true, modalities: ['text'] });
+    const body = await complete({
+      prompt: 'Hi',
+      max_tokens: 3,
+      echo: false,
+      logprobs: null,
+      presence_penalty: 0,
+      frequency_penalty: 0,
+      repetition_penalty: null,
+      best_of: 1,
+      temperature: null,
+      stop: null,
+      seed: null,
+      stream: false,
+      lazy: null,
+      user: 'u1',
+      store: false,
+      metadata: {},
+      tool_choice: 'none',
+      parallel_tool_calls: true,
+      modalities: ['text'],
+    });
     expect(body.usage.completion_tokens).toBeGreaterThan(0);
   });
 
   it('explains context_length_exceeded with the policy: prompt tokens + max_tokens <= 512', async () => {
-    const err = await expectError(await completion({ ...ok, prompt: long.slice(0, 1500), max_tokens: 400 }), 400, 'context_length_exceeded', 'prompt');
+    const err = await expectError(
+      await completion({ ...ok, prompt: long.slice(0, 1500), max_tokens: 400 }),
+      400,
+      'context_length_exceeded',
+      'prompt',
+    );
     expect(err.message).toMatch(/maximum context length is 512 tokens.*\(\d+ in the prompt, 400 for the completion\)/);
   });
 
   it.each<[string, unknown, number, string | null, string | null]>([
     ['no messages', { model: MODEL, messages: [] }, 400, 'invalid_value', 'messages'],
     ['messages not a list', { model: MODEL, messages: 'hi' }, 400, 'invalid_type', 'messages'],
-    ['an unknown role', { model: MODEL, messages: [{ role: 'tool', content: 'x' }] }, 400, 'invalid_value', 'messages[0].role'],
-    ['content of the wrong type', { model: MODEL, messages: [{ role: 'user', content: 7 }] }, 400, 'invalid_value', 'messages[0].content'],
-    ['a missing content', { model: MODEL, messages: [{ role: 'user' }] }, 400, 'missing_required_parameter', 'messages[0].content'],
-    ['a conversation longer than the context', { model: MODEL, messages: [{ role: 'user', content: long }] }, 400, 'context_length_exceeded', 'messages'],
-    ['max_completion_tokens beyond the context', { model: MODEL, messages: [{ role: 'user', content: 'hi' }], max_completion_tokens: 9999 }, 400, 'invalid_value', 'max_completion_tokens'],
+    [
+      'an unknown role',
+      { model: MODEL, messages: [{ role: 'tool', content: 'x' }] },
+      400,
+      'invalid_value',
+      'messages[0].role',
+    ],
+    [
+      'content of the wrong type',
+      { model: MODEL, messages: [{ role: 'user', content: 7 }] },
+      400,
+      'invalid_value',
+      'messages[0].content',
+    ],
+    [
+      'a missing content',
+      { model: MODEL, messages: [{ role: 'user' }] },
+      400,
+      'missing_required_parameter',
+      'messages[0].content',
+    ],
+    [
+      'a conversation longer than the context',
+      { model: MODEL, messages: [{ role: 'user', content: long }] },
+      400,
+      'context_length_exceeded',
+      'messages',
+    ],
+    [
+      'max_completion_tokens beyond the context',
+      { model: MODEL, messages: [{ role: 'user', content: 'hi' }], max_completion_tokens: 9999 },
+      400,
+      'invalid_value',
+      'max_completion_tokens',
+    ],
     ['n = 3', { model: MODEL, messages: [{ role: 'user', content: 'hi' }], n: 3 }, 400, 'invalid_value', 'n'],
-    ['tools', { model: MODEL, messages: [{ role: 'user', content: 'hi' }], tools: [{ type: 'function' }] }, 400, 'unsupported_parameter', 'tools'],
-    ['an unknown field', { model: MODEL, messages: [{ role: 'user', content: 'hi' }], top_a: 0.5 }, 400, 'unknown_parameter', 'top_a'],
-    ['repetition_penalty negative', { model: MODEL, messages: [{ role: 'user', content: 'hi' }], repetition_penalty: -1 }, 400, 'invalid_value', 'repetition_penalty'],
-    ['an unknown model', { model: 'gpt-4o', messages: [{ role: 'user', content: 'hi' }] }, 404, 'model_not_found', 'model'],
+    [
+      'tools',
+      { model: MODEL, messages: [{ role: 'user', content: 'hi' }], tools: [{ type: 'function' }] },
+      400,
+      'unsupported_parameter',
+      'tools',
+    ],
+    [
+      'an unknown field',
+      { model: MODEL, messages: [{ role: 'user', content: 'hi' }], top_a: 0.5 },
+      400,
+      'unknown_parameter',
+      'top_a',
+    ],
+    [
+      'repetition_penalty negative',
+      { model: MODEL, messages: [{ role: 'user', content: 'hi' }], repetition_penalty: -1 },
+      400,
+      'invalid_value',
+      'repetition_penalty',
+    ],
+    [
+      'an unknown model',
+      { model: 'gpt-4o', messages: [{ role: 'user', content: 'hi' }] },
+      404,
+      'model_not_found',
+      'model',
+    ],
   ])('chat: %s', async (_name, body, status, code, param) => {
     await expectError(await post('/v1/chat/completions', body), status, code, param);
   });
@@ -409,7 +652,11 @@ describe('bad input: a 4xx with an OpenAI error body', () => {
         ctrl.close();
       },
     });
-    const chunked = await worker('/v1/completions', { method: 'POST', headers: { 'Content-Type': 'application/json' }, body: stream });
+    const chunked = await worker('/v1/completions', {
+      method: 'POST',
+      headers: { 'Content-Type': 'application/json' },
+      body: stream,
+    });
     await expectError(chunked, 413, 'request_too_large');
   });
 
@@ -441,8 +688,15 @@ describe('bad input: a 4xx with an OpenAI error body', () => {
     [`/v1/sessions/sess_${'a'.repeat(32)}/messages`, 'POST'],
   ])('answers every other method on %s with a JSON 405 allowing %s', async (path, allow) => {
     const allowed = allow.split(', ');
-    for (const method of ['GET', 'POST', 'PUT', 'PATCH', 'DELETE', 'OPTIONS', 'TRACE', 'PROPFIND'].filter((m) => !allowed.includes(m))) {
-      const res = await worker(path, { method, ...(method === 'GET' || method === 'TRACE' ? {} : { body: '{}', headers: { 'Content-Type': 'application/json' } }) });
+    for (const method of ['GET', 'POST', 'PUT', 'PATCH', 'DELETE', 'OPTIONS', 'TRACE', 'PROPFIND'].filter(
+      (m) => !allowed.includes(m),
+    )) {
+      const res = await worker(path, {
+        method,
+        ...(method === 'GET' || method === 'TRACE'
+          ? {}
+          : { body: '{}', headers: { 'Content-Type': 'application/json' } }),
+      });
       expect(res.headers.get('allow'), `${method} ${path}`).toBe(allow);
       const err = await expectError(res, 405, 'method_not_allowed');
       expect(err.message).toContain(`Method ${method} is not allowed on ${path}`);
@@ -453,16 +707,35 @@ describe('bad input: a 4xx with an OpenAI error body', () => {
 describe('unexpected faults', () => {
   it('are a 500 in the same shape, logged with the cause, with no stack in the body', async () => {
     const logged = vi.spyOn(console, 'error').mockImplementation(() => undefined);
-    const init = { method: 'POST', headers: { 'Content-Type': 'application/json' }, body: JSON.stringify({ model: MODEL, prompt: 'x', max_tokens: 2 }) };
-    const err = await expectError(await withEnv({ REQUEST_BUDGET_MS: 'soon' }, '/v1/completions', init), 500, 'internal_error');
+    const init = {
+      method: 'POST',
+      headers: { 'Content-Type': 'application/json' },
+      body: JSON.stringify({ model: MODEL, prompt: 'x', max_tokens: 2 }),
+    };
+    const err = await expectError(
+      await withEnv({ REQUEST_BUDGET_MS: 'soon' }, '/v1/completions', init),
+      500,
+      'internal_error',
+    );
     expect(err.message).toBe('The server had an error while processing your request.');
-    expect(logged).toHaveBeenCalledWith(expect.stringContaining('POST /v1/completions failed (internal_error)'), expect.stringMatching(/REQUEST_BUDGET_MS[\s\S]*\n\s+at /));
+    expect(logged).toHaveBeenCalledWith(
+      expect.stringContaining('POST /v1/completions failed (internal_error)'),
+      expect.stringMatching(/REQUEST_BUDGET_MS[\s\S]*\n\s+at /),
+    );
   });
 
   it('a model whose shards cannot be read is a 500 naming no file, and the log says which', async () => {
     const logged = vi.spyOn(console, 'error').mockImplementation(() => undefined);
-    const init = { method: 'POST', headers: { 'Content-Type': 'application/json' }, body: JSON.stringify({ model: 'no-such-model', prompt: 'x' }) };
-    const err = await expectError(await withEnv({ MODEL_NAME: 'no-such-model' }, '/v1/completions', init), 500, 'model_unavailable');
+    const init = {
+      method: 'POST',
+      headers: { 'Content-Type': 'application/json' },
+      body: JSON.stringify({ model: 'no-such-model', prompt: 'x' }),
+    };
+    const err = await expectError(
+      await withEnv({ MODEL_NAME: 'no-such-model' }, '/v1/completions', init),
+      500,
+      'model_unavailable',
+    );
     expect(err.message).not.toMatch(/manifest/);
     expect(logged).toHaveBeenCalledWith(expect.any(String), expect.stringContaining('no-such-model/manifest.json'));
   });
@@ -481,11 +754,19 @@ describe('access control (API_KEYS)', () => {
     await expectError(await models({ Authorization: 'Bearer alpha' }), 401, 'invalid_api_key');
     expect((await models({ Authorization: 'Bearer beta-key' })).status).toBe(200);
     const post = (auth: Record<string, string>) =>
-      withEnv(keys, '/v1/completions', { method: 'POST', headers: { 'Content-Type': 'application/json', ...auth }, body: JSON.stringify({ model: MODEL, prompt: 'Hi', max_tokens: 2 }) });
+      withEnv(keys, '/v1/completions', {
+        method: 'POST',
+        headers: { 'Content-Type': 'application/json', ...auth },
+        body: JSON.stringify({ model: MODEL, prompt: 'Hi', max_tokens: 2 }),
+      });
     await expectError(await post({}), 401, 'missing_api_key');
     expect((await post({ Authorization: 'Bearer alpha-key' })).status).toBe(200);
     await expectError(await withEnv(keys, '/v1/nothing'), 401, 'missing_api_key');
-    await expectError(await withEnv(keys, '/v1/nothing', { headers: { Authorization: 'Bearer alpha-key' } }), 404, 'unknown_url');
+    await expectError(
+      await withEnv(keys, '/v1/nothing', { headers: { Authorization: 'Bearer alpha-key' } }),
+      404,
+      'unknown_url',
+    );
   });
 
   it('leaves /healthz open', async () => {
@@ -505,7 +786,12 @@ describe('access control (API_KEYS)', () => {
     const probe = new Hono<AppEnv>().use('*', requireApiKey()).get('/who', (c) => c.text(apiKeyId(c)));
     vi.spyOn(console, 'warn').mockImplementation(() => undefined);
     const who = async (apiKeys: string | undefined, auth?: string) =>
-      (await probe.fetch(new Request('http://x/who', { headers: auth ? { Authorization: auth } : {} }), { ...env, API_KEYS: apiKeys })).text();
+      (
+        await probe.fetch(new Request('http://x/who', { headers: auth ? { Authorization: auth } : {} }), {
+          ...env,
+          API_KEYS: apiKeys,
+        })
+      ).text();
     const digest = await sha256Hex(new TextEncoder().encode('beta-key'));
     expect(await who(keys.API_KEYS, 'Bearer beta-key')).toBe(`key-${digest.slice(0, 16)}`);
     expect(await who(keys.API_KEYS, 'bearer  beta-key ')).toBe(`key-${digest.slice(0, 16)}`);

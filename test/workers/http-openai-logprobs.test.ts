@@ -68,7 +68,7 @@ describe('logprobs through the openai SDK', () => {
     expect(Math.max(...content.map((t) => t.logprob))).toBeGreaterThan(Math.log(0.5));
   });
 
-  it('chat: the values are the model\'s log-softmax, the same as a prefill of the text so far gives (dense)', async () => {
+  it("chat: the values are the model's log-softmax, the same as a prefill of the text so far gives (dense)", async () => {
     const r = await client.chat.completions.create({
       model: MODEL,
       messages: [{ role: 'user', content: STORY }],
@@ -87,7 +87,14 @@ describe('logprobs through the openai SDK', () => {
     const ids = model.tokenizer.encode(`${STORY}\n${r.choices[0].message.content}`, { bos: true });
     expect(ids.slice(0, prompt.length)).toEqual(prompt);
     for (const k of [0, 4, 9]) {
-      const forced = await client.completions.create({ model: MODEL, prompt: ids.slice(0, prompt.length + k), max_tokens: 1, temperature: 0, logprobs: 3, ...DENSE });
+      const forced = await client.completions.create({
+        model: MODEL,
+        prompt: ids.slice(0, prompt.length + k),
+        max_tokens: 1,
+        temperature: 0,
+        logprobs: 3,
+        ...DENSE,
+      });
       const lp = forced.choices[0].logprobs!;
       const top = Object.entries(lp.top_logprobs![0]);
       expect(top.map(([tok]) => tok)).toEqual(content[k].top_logprobs.map((a) => a.token));
@@ -96,7 +103,15 @@ describe('logprobs through the openai SDK', () => {
   });
 
   it('chat: streamed chunks carry the logprobs of their own tokens; together they are the non-streamed ones', async () => {
-    const req = { model: MODEL, messages: [{ role: 'user' as const, content: STORY }], max_tokens: 40, temperature: 0.8, seed: 11, logprobs: true, top_logprobs: 2 };
+    const req = {
+      model: MODEL,
+      messages: [{ role: 'user' as const, content: STORY }],
+      max_tokens: 40,
+      temperature: 0.8,
+      seed: 11,
+      logprobs: true,
+      top_logprobs: 2,
+    };
     const whole = await client.chat.completions.create(req);
     const stream = await client.chat.completions.create({ ...req, stream: true });
     const all: TokenLogprob[] = [];
@@ -113,13 +128,21 @@ describe('logprobs through the openai SDK', () => {
   });
 
   it('chat: without logprobs there are none; top_logprobs needs logprobs and is at most 20', async () => {
-    const plain = await client.chat.completions.create({ model: MODEL, messages: [{ role: 'user', content: 'Hi' }], max_tokens: 3, logprobs: false, top_logprobs: 0 });
+    const plain = await client.chat.completions.create({
+      model: MODEL,
+      messages: [{ role: 'user', content: 'Hi' }],
+      max_tokens: 3,
+      logprobs: false,
+      top_logprobs: 0,
+    });
     expect(plain.choices[0].logprobs).toBeNull();
     for (const [body, param] of [
       [{ top_logprobs: 2 }, 'top_logprobs'],
       [{ logprobs: true, top_logprobs: 21 }, 'top_logprobs'],
     ] as const) {
-      const e = await client.chat.completions.create({ model: MODEL, messages: [{ role: 'user', content: 'Hi' }], max_tokens: 3, ...body }).catch((x: unknown) => x);
+      const e = await client.chat.completions
+        .create({ model: MODEL, messages: [{ role: 'user', content: 'Hi' }], max_tokens: 3, ...body })
+        .catch((x: unknown) => x);
       expect(e).toBeInstanceOf(OpenAI.BadRequestError);
       expect((e as InstanceType<typeof OpenAI.BadRequestError>).code).toBe('invalid_value');
       expect((e as InstanceType<typeof OpenAI.BadRequestError>).param).toBe(param);
@@ -127,7 +150,14 @@ describe('logprobs through the openai SDK', () => {
   });
 
   it('completions: the legacy shape, with text offsets into the text and the sampled token among top_logprobs', async () => {
-    const r = await client.completions.create({ model: MODEL, prompt: 'Once upon a time', max_tokens: 24, temperature: 1, seed: 9, logprobs: 2 });
+    const r = await client.completions.create({
+      model: MODEL,
+      prompt: 'Once upon a time',
+      max_tokens: 24,
+      temperature: 1,
+      seed: 9,
+      logprobs: 2,
+    });
     const text = r.choices[0].text;
     const lp = r.choices[0].logprobs!;
     const n = r.usage!.completion_tokens;
@@ -148,7 +178,9 @@ describe('logprobs through the openai SDK', () => {
       expect(Object.values(top).reduce((s, v) => s + Math.exp(v), 0)).toBeLessThanOrEqual(1 + 1e-9);
     });
     // at temperature 1 some token is not the most likely one: sampling, not argmax
-    expect(lp.tokens!.some((tok, i) => Math.max(...Object.values(lp.top_logprobs![i])) > lp.token_logprobs![i])).toBe(true);
+    expect(lp.tokens!.some((tok, i) => Math.max(...Object.values(lp.top_logprobs![i])) > lp.token_logprobs![i])).toBe(
+      true,
+    );
   });
 
   it('completions: logprobs 0 gives the sampled token only; streamed chunks add up to the whole', async () => {
@@ -157,7 +189,12 @@ describe('logprobs through the openai SDK', () => {
     const lp = whole.choices[0].logprobs!;
     lp.top_logprobs!.forEach((top, i) => expect(top).toEqual({ [lp.tokens![i]]: lp.token_logprobs![i] }));
     const stream = await client.completions.create({ ...req, stream: true });
-    const got = { tokens: [] as string[], token_logprobs: [] as number[], top_logprobs: [] as Record<string, number>[], text_offset: [] as number[] };
+    const got = {
+      tokens: [] as string[],
+      token_logprobs: [] as number[],
+      top_logprobs: [] as Record<string, number>[],
+      text_offset: [] as number[],
+    };
     for await (const chunk of stream) {
       const c = chunk.choices[0]?.logprobs;
       if (!c) continue;
@@ -171,7 +208,14 @@ describe('logprobs through the openai SDK', () => {
   });
 
   it('completions: with a stop string held back and then hit, every completion token still gets its logprobs once', async () => {
-    const req = { model: MODEL, prompt: 'Once upon a time', max_tokens: 40, temperature: 0, logprobs: 1, stop: [' named'] };
+    const req = {
+      model: MODEL,
+      prompt: 'Once upon a time',
+      max_tokens: 40,
+      temperature: 0,
+      logprobs: 1,
+      stop: [' named'],
+    };
     const whole = await client.completions.create(req);
     const lp = whole.choices[0].logprobs!;
     expect(whole.choices[0].text).toBe(', there was a little girl');
@@ -190,12 +234,14 @@ describe('logprobs through the openai SDK', () => {
     expect(tokens).toEqual(lp.tokens);
   });
 
-  it('completions: logprobs must be 0..5, and top_logprobs is chat\'s option', async () => {
+  it("completions: logprobs must be 0..5, and top_logprobs is chat's option", async () => {
     for (const [body, param] of [
       [{ logprobs: 6 }, 'logprobs'],
       [{ top_logprobs: 3 }, 'top_logprobs'],
     ] as const) {
-      const e = await client.completions.create({ model: MODEL, prompt: 'Hi', max_tokens: 2, ...body } as OpenAI.CompletionCreateParamsNonStreaming).catch((x: unknown) => x);
+      const e = await client.completions
+        .create({ model: MODEL, prompt: 'Hi', max_tokens: 2, ...body } as OpenAI.CompletionCreateParamsNonStreaming)
+        .catch((x: unknown) => x);
       expect(e).toBeInstanceOf(OpenAI.BadRequestError);
       expect((e as InstanceType<typeof OpenAI.BadRequestError>).code).toBe('invalid_value');
       expect((e as InstanceType<typeof OpenAI.BadRequestError>).param).toBe(param);
@@ -204,7 +250,13 @@ describe('logprobs through the openai SDK', () => {
 
   it('session turns give logprobs too, streamed or not', async () => {
     const { id } = (await (await post('/v1/sessions', {})).json()) as { id: string };
-    const turn = await post(`/v1/sessions/${id}/messages`, { content: STORY, max_tokens: 10, temperature: 0, logprobs: true, top_logprobs: 1 });
+    const turn = await post(`/v1/sessions/${id}/messages`, {
+      content: STORY,
+      max_tokens: 10,
+      temperature: 0,
+      logprobs: true,
+      top_logprobs: 1,
+    });
     expect(turn.status).toBe(200);
     const body = (await turn.json()) as OpenAI.Chat.ChatCompletion;
     const content = body.choices[0].logprobs!.content!;
@@ -215,7 +267,11 @@ describe('logprobs through the openai SDK', () => {
     });
     const stream = await client.chat.completions.create({
       model: MODEL,
-      messages: [{ role: 'user', content: STORY }, { role: 'assistant', content: body.choices[0].message.content! }, { role: 'user', content: 'Lily ran.' }],
+      messages: [
+        { role: 'user', content: STORY },
+        { role: 'assistant', content: body.choices[0].message.content! },
+        { role: 'user', content: 'Lily ran.' },
+      ],
       max_tokens: 10,
       temperature: 0,
       logprobs: true,
@@ -241,12 +297,33 @@ describe('logprobs through the openai SDK', () => {
 describe('usage.prompt_tokens_details.cached_tokens on every response', () => {
   it('is 0 on stateless completions and chat, streamed or not', async () => {
     const c = await client.completions.create({ model: MODEL, prompt: 'Once upon a time', max_tokens: 4 });
-    expect(c.usage).toEqual({ prompt_tokens: 5, completion_tokens: 4, total_tokens: 9, prompt_tokens_details: { cached_tokens: 0 } });
-    const ch = await client.chat.completions.create({ model: MODEL, messages: [{ role: 'user', content: 'Hi' }], max_tokens: 4 });
+    expect(c.usage).toEqual({
+      prompt_tokens: 5,
+      completion_tokens: 4,
+      total_tokens: 9,
+      prompt_tokens_details: { cached_tokens: 0 },
+    });
+    const ch = await client.chat.completions.create({
+      model: MODEL,
+      messages: [{ role: 'user', content: 'Hi' }],
+      max_tokens: 4,
+    });
     expect(ch.usage!.prompt_tokens_details).toEqual({ cached_tokens: 0 });
     for (const stream of [
-      await client.completions.create({ model: MODEL, prompt: 'Hi', max_tokens: 4, stream: true, stream_options: { include_usage: true } }),
-      await client.chat.completions.create({ model: MODEL, messages: [{ role: 'user', content: 'Hi' }], max_tokens: 4, stream: true, stream_options: { include_usage: true } }),
+      await client.completions.create({
+        model: MODEL,
+        prompt: 'Hi',
+        max_tokens: 4,
+        stream: true,
+        stream_options: { include_usage: true },
+      }),
+      await client.chat.completions.create({
+        model: MODEL,
+        messages: [{ role: 'user', content: 'Hi' }],
+        max_tokens: 4,
+        stream: true,
+        stream_options: { include_usage: true },
+      }),
     ]) {
       let usage: OpenAI.CompletionUsage | null | undefined;
       for await (const chunk of stream) usage = chunk.usage ?? usage;
@@ -277,7 +354,9 @@ describe('prompts as token ids on /v1/completions', () => {
       [[[1, -1]], 'prompt[0][1]', '-1'],
       [[1, 2.5], 'prompt[1]', '2.5'],
     ] as const) {
-      const e = await client.completions.create({ model: MODEL, prompt: prompt as unknown as number[], max_tokens: 2 }).catch((x: unknown) => x);
+      const e = await client.completions
+        .create({ model: MODEL, prompt: prompt as unknown as number[], max_tokens: 2 })
+        .catch((x: unknown) => x);
       expect(e).toBeInstanceOf(OpenAI.BadRequestError);
       const err = e as InstanceType<typeof OpenAI.BadRequestError>;
       expect(err.code).toBe('invalid_value');

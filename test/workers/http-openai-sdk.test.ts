@@ -22,12 +22,29 @@ describe('the openai SDK against the Worker', () => {
   });
 
   it('creates completions, with the lazy extension passed through', async () => {
-    const r = await client.completions.create({ model: MODEL, prompt: 'Once upon a time', max_tokens: 24, temperature: 0, stop: ['zzz'] });
+    const r = await client.completions.create({
+      model: MODEL,
+      prompt: 'Once upon a time',
+      max_tokens: 24,
+      temperature: 0,
+      stop: ['zzz'],
+    });
     expect(r.object).toBe('text_completion');
     expect(r.choices[0].text).toMatch(/^, there was a little/);
     expect(r.choices[0].finish_reason).toBe('length');
-    expect(r.usage).toEqual({ prompt_tokens: 5, completion_tokens: 24, total_tokens: 29, prompt_tokens_details: { cached_tokens: 0 } });
-    const dense = await client.completions.create({ model: MODEL, prompt: 'Once upon a time', max_tokens: 24, temperature: 0, lazy: { enabled: false } } as OpenAI.CompletionCreateParamsNonStreaming);
+    expect(r.usage).toEqual({
+      prompt_tokens: 5,
+      completion_tokens: 24,
+      total_tokens: 29,
+      prompt_tokens_details: { cached_tokens: 0 },
+    });
+    const dense = await client.completions.create({
+      model: MODEL,
+      prompt: 'Once upon a time',
+      max_tokens: 24,
+      temperature: 0,
+      lazy: { enabled: false },
+    } as OpenAI.CompletionCreateParamsNonStreaming);
     expect((dense as unknown as { lazy_stats: { schedule: string } }).lazy_stats.schedule).toBe('dense');
   });
 
@@ -47,12 +64,22 @@ describe('the openai SDK against the Worker', () => {
   });
 
   it('creates chat completions, streamed and not', async () => {
-    const req = { model: MODEL, messages: [{ role: 'user' as const, content: 'Once upon a time there was a cat named Tom.' }], max_tokens: 40, temperature: 0.7, seed: 5 };
+    const req = {
+      model: MODEL,
+      messages: [{ role: 'user' as const, content: 'Once upon a time there was a cat named Tom.' }],
+      max_tokens: 40,
+      temperature: 0.7,
+      seed: 5,
+    };
     const whole = await client.chat.completions.create(req);
     expect(whole.object).toBe('chat.completion');
     expect(whole.choices[0].message.role).toBe('assistant');
     expect(whole.choices[0].message.content!.length).toBeGreaterThan(0);
-    const stream = await client.chat.completions.create({ ...req, stream: true, stream_options: { include_usage: true } });
+    const stream = await client.chat.completions.create({
+      ...req,
+      stream: true,
+      stream_options: { include_usage: true },
+    });
     let text = '';
     let usage: OpenAI.CompletionUsage | null | undefined;
     for await (const chunk of stream) {
@@ -63,7 +90,7 @@ describe('the openai SDK against the Worker', () => {
     expect(usage).toEqual(whole.usage);
   });
 
-  it('raises the SDK\'s typed errors from OpenAI-shaped error bodies', async () => {
+  it("raises the SDK's typed errors from OpenAI-shaped error bodies", async () => {
     const e1 = await client.completions.create({ model: 'gpt-4o', prompt: 'x' }).catch((e: unknown) => e);
     expect(e1).toBeInstanceOf(OpenAI.NotFoundError);
     expect((e1 as InstanceType<typeof OpenAI.NotFoundError>).code).toBe('model_not_found');

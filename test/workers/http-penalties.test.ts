@@ -20,12 +20,25 @@ const GREEDY = { temperature: 0, topP: 1, topK: 0, seed: 1 };
 async function engineText(extra: Partial<SamplerOptions>): Promise<string> {
   const model = await getModel(env);
   const ids = encodePrompt(model.tokenizer, PROMPT);
-  const sampler = { ...GREEDY, ...extra, ...(extra.repetitionPenalty ? { penaltyContext: ids.slice(-REPETITION_WINDOW) } : {}) };
-  return (await generate(model, new SequenceState(model.config), ids, { maxTokens: MAX_TOKENS, sampler, schedule: null })).text;
+  const sampler = {
+    ...GREEDY,
+    ...extra,
+    ...(extra.repetitionPenalty ? { penaltyContext: ids.slice(-REPETITION_WINDOW) } : {}),
+  };
+  return (
+    await generate(model, new SequenceState(model.config), ids, { maxTokens: MAX_TOKENS, sampler, schedule: null })
+  ).text;
 }
 
 async function completionText(extra: object): Promise<string> {
-  const res = await post('/v1/completions', { model: MODEL, prompt: PROMPT, max_tokens: MAX_TOKENS, temperature: 0, lazy: { enabled: false }, ...extra });
+  const res = await post('/v1/completions', {
+    model: MODEL,
+    prompt: PROMPT,
+    max_tokens: MAX_TOKENS,
+    temperature: 0,
+    lazy: { enabled: false },
+    ...extra,
+  });
   const body = await res.text();
   expect(res.status, body).toBe(200);
   return (JSON.parse(body) as { choices: { text: string }[] }).choices[0].text;
@@ -36,7 +49,11 @@ describe('penalties through HTTP', () => {
     ['frequency_penalty', { frequency_penalty: 1.5 }, { frequencyPenalty: 1.5 }],
     ['presence_penalty', { presence_penalty: 2 }, { presencePenalty: 2 }],
     ['repetition_penalty (the prompt counts too)', { repetition_penalty: 1.8 }, { repetitionPenalty: 1.8 }],
-    ['all three', { frequency_penalty: 0.5, presence_penalty: 0.5, repetition_penalty: 1.3 }, { frequencyPenalty: 0.5, presencePenalty: 0.5, repetitionPenalty: 1.3 }],
+    [
+      'all three',
+      { frequency_penalty: 0.5, presence_penalty: 0.5, repetition_penalty: 1.3 },
+      { frequencyPenalty: 0.5, presencePenalty: 0.5, repetitionPenalty: 1.3 },
+    ],
   ])('/v1/completions with %s answers what the engine gives with it', async (_name, body, sampler) => {
     const [http, engine, plain] = await Promise.all([completionText(body), engineText(sampler), engineText({})]);
     expect(http).toBe(engine);
@@ -46,15 +63,37 @@ describe('penalties through HTTP', () => {
   it('repetition_penalty without its prompt window would answer differently: the prompt is in it', async () => {
     const model = await getModel(env);
     const ids = encodePrompt(model.tokenizer, PROMPT);
-    const noContext = (await generate(model, new SequenceState(model.config), ids, { maxTokens: MAX_TOKENS, sampler: { ...GREEDY, repetitionPenalty: 1.8 }, schedule: null })).text;
+    const noContext = (
+      await generate(model, new SequenceState(model.config), ids, {
+        maxTokens: MAX_TOKENS,
+        sampler: { ...GREEDY, repetitionPenalty: 1.8 },
+        schedule: null,
+      })
+    ).text;
     expect(await completionText({ repetition_penalty: 1.8 })).not.toBe(noContext);
   });
 
   it('a chat session turn applies them as /v1/chat/completions does', async () => {
     const messages = [{ role: 'user', content: 'Tell me a story about a dog.' }];
-    const opts = { max_tokens: 30, temperature: 0, frequency_penalty: 1, repetition_penalty: 1.5, lazy: { enabled: false } };
-    const chat = (await (await post('/v1/chat/completions', { model: MODEL, messages, ...opts })).json()) as { choices: { message: { content: string } }[] };
-    const plain = (await (await post('/v1/chat/completions', { model: MODEL, messages, ...opts, frequency_penalty: 0, repetition_penalty: 1 })).json()) as typeof chat;
+    const opts = {
+      max_tokens: 30,
+      temperature: 0,
+      frequency_penalty: 1,
+      repetition_penalty: 1.5,
+      lazy: { enabled: false },
+    };
+    const chat = (await (await post('/v1/chat/completions', { model: MODEL, messages, ...opts })).json()) as {
+      choices: { message: { content: string } }[];
+    };
+    const plain = (await (
+      await post('/v1/chat/completions', {
+        model: MODEL,
+        messages,
+        ...opts,
+        frequency_penalty: 0,
+        repetition_penalty: 1,
+      })
+    ).json()) as typeof chat;
     const { id } = (await (await post('/v1/sessions', {})).json()) as { id: string };
     const res = await post(`/v1/sessions/${id}/messages`, { content: messages[0].content, ...opts });
     const turn = (await res.json()) as typeof chat;

@@ -36,7 +36,11 @@ async function fetchWithCtx(path: string, init: RequestInit) {
   return { res, done: () => waitOnExecutionContext(ctx) };
 }
 
-const json = (body: unknown): RequestInit => ({ method: 'POST', headers: { 'Content-Type': 'application/json' }, body: JSON.stringify(body) });
+const json = (body: unknown): RequestInit => ({
+  method: 'POST',
+  headers: { 'Content-Type': 'application/json' },
+  body: JSON.stringify(body),
+});
 
 /** Reads until the first event carrying text, then hangs up. */
 async function hangUpAfterFirstText(res: Response): Promise<void> {
@@ -64,14 +68,30 @@ describe('item 1: a client that hangs up a stream', () => {
     const warnings = vi.spyOn(console, 'warn');
     for (const via of ['messages', 'chat'] as const) {
       const id = await newSession();
-      const first = await post(`/v1/sessions/${id}/messages`, { content: 'Once upon a time, there was a cat.', max_tokens: 10, temperature: 0 });
+      const first = await post(`/v1/sessions/${id}/messages`, {
+        content: 'Once upon a time, there was a cat.',
+        max_tokens: 10,
+        temperature: 0,
+      });
       expect(first.status).toBe(200);
-      const before = (await (await worker(`/v1/sessions/${id}`)).json()) as { messages: unknown[]; stats: { tokens: number } };
+      const before = (await (await worker(`/v1/sessions/${id}`)).json()) as {
+        messages: unknown[];
+        stats: { tokens: number };
+      };
 
       const turn =
         via === 'messages'
           ? fetchWithCtx(`/v1/sessions/${id}/messages`, json({ content: 'The cat saw a dog.', stream: true, ...TURN }))
-          : fetchWithCtx('/v1/chat/completions', json({ model: MODEL, session_id: id, messages: [...before.messages, { role: 'user', content: 'The cat saw a dog.' }], stream: true, ...TURN }));
+          : fetchWithCtx(
+              '/v1/chat/completions',
+              json({
+                model: MODEL,
+                session_id: id,
+                messages: [...before.messages, { role: 'user', content: 'The cat saw a dog.' }],
+                stream: true,
+                ...TURN,
+              }),
+            );
       const { res, done } = await turn;
       expect(res.status).toBe(200);
       await hangUpAfterFirstText(res);
@@ -94,7 +114,10 @@ describe('item 1: a client that hangs up a stream', () => {
     const id = await newSession();
     for (const [path, body] of [
       ['/v1/completions', { model: MODEL, prompt: 'Once upon a time', stream: true, ...TURN }],
-      ['/v1/chat/completions', { model: MODEL, messages: [{ role: 'user', content: 'Tell me a story.' }], stream: true, ...TURN }],
+      [
+        '/v1/chat/completions',
+        { model: MODEL, messages: [{ role: 'user', content: 'Tell me a story.' }], stream: true, ...TURN },
+      ],
       ['/v1/completions', { model: MODEL, prompt: 'Once upon a time', stream: true, stop: ['qqqqqqqq'], ...TURN }],
       [`/v1/sessions/${id}/messages`, { content: 'Tell me a story.', stream: true, ...TURN }],
     ] as const) {
@@ -110,7 +133,10 @@ describe('item 1: a client that hangs up a stream', () => {
 
 describe('item 2: a streamed generation yields to other requests between tokens', () => {
   it('/healthz answers while a stream runs, not after it', async () => {
-    const { res, done } = await fetchWithCtx('/v1/completions', json({ model: MODEL, prompt: 'Once upon a time', ...TURN, stream: true }));
+    const { res, done } = await fetchWithCtx(
+      '/v1/completions',
+      json({ model: MODEL, prompt: 'Once upon a time', ...TURN, stream: true }),
+    );
     const stream = readEvents(res);
     const atStart = steps;
     const health = await worker('/healthz');
@@ -125,7 +151,10 @@ describe('item 2: a streamed generation yields to other requests between tokens'
 
   it('a second streamed turn or a DELETE on a streaming session gets 409 at once instead of queueing', async () => {
     const id = await newSession();
-    const { res, done } = await fetchWithCtx(`/v1/sessions/${id}/messages`, json({ content: 'Tell me a story.', stream: true, ...TURN }));
+    const { res, done } = await fetchWithCtx(
+      `/v1/sessions/${id}/messages`,
+      json({ content: 'Tell me a story.', stream: true, ...TURN }),
+    );
     const stream = readEvents(res);
     const atStart = steps;
     const second = await post(`/v1/sessions/${id}/messages`, { content: 'And another.', stream: true, max_tokens: 10 });
@@ -153,7 +182,11 @@ describe('item 3: an oversized chunked upload', () => {
         if (pulled >= 400_000) ctrl.close();
       },
     });
-    const res = await worker('/v1/completions', { method: 'POST', headers: { 'Content-Type': 'application/json' }, body });
+    const res = await worker('/v1/completions', {
+      method: 'POST',
+      headers: { 'Content-Type': 'application/json' },
+      body,
+    });
     expect(res.status).toBe(413);
     expect(((await res.json()) as { error: { code: string } }).error.code).toBe('request_too_large');
     // Read to its end (issue 26: stopping mid-body broke the next request in workerd).
@@ -170,7 +203,11 @@ describe('item 3: an oversized chunked upload', () => {
         ctrl.enqueue(chunk);
       },
     });
-    const res = await worker('/v1/completions', { method: 'POST', headers: { 'Content-Type': 'application/json' }, body });
+    const res = await worker('/v1/completions', {
+      method: 'POST',
+      headers: { 'Content-Type': 'application/json' },
+      body,
+    });
     expect(res.status).toBe(413);
     expect(((await res.json()) as { error: { code: string } }).error.code).toBe('request_too_large');
     expect(pulled).toBeGreaterThan(DRAIN_CAP_BYTES);
@@ -181,7 +218,9 @@ describe('item 3: an oversized chunked upload', () => {
 describe('item 4: a tiny temperature', () => {
   it('1e-38 and 1e-45 decode as greedy (their limit), not one token repeated', async () => {
     const req = { model: MODEL, prompt: 'Once upon a time', max_tokens: 30, seed: 3 };
-    const greedy = (await (await post('/v1/completions', { ...req, temperature: 0 })).json()) as { choices: { text: string }[] };
+    const greedy = (await (await post('/v1/completions', { ...req, temperature: 0 })).json()) as {
+      choices: { text: string }[];
+    };
     for (const temperature of [1e-38, 1e-45]) {
       const res = await post('/v1/completions', { ...req, temperature });
       expect(res.status).toBe(200);
@@ -194,7 +233,9 @@ describe('item 4: a tiny temperature', () => {
 
 describe('item 5: POST /v1/sessions with initial messages longer than the context', () => {
   it('is refused with context_length_exceeded', async () => {
-    const res = await post('/v1/sessions', { messages: [{ role: 'system', content: 'Once upon a time there was a dog. '.repeat(200) }] });
+    const res = await post('/v1/sessions', {
+      messages: [{ role: 'system', content: 'Once upon a time there was a dog. '.repeat(200) }],
+    });
     expect(res.status).toBe(400);
     const { error } = (await res.json()) as { error: { code: string; param: string; message: string } };
     expect(error.code).toBe('context_length_exceeded');
@@ -207,7 +248,10 @@ describe('item 6: a missing prompt', () => {
   it('is missing_required_parameter', async () => {
     const res = await post('/v1/completions', { model: MODEL });
     expect(res.status).toBe(400);
-    expect(((await res.json()) as { error: object }).error).toMatchObject({ code: 'missing_required_parameter', param: 'prompt' });
+    expect(((await res.json()) as { error: object }).error).toMatchObject({
+      code: 'missing_required_parameter',
+      param: 'prompt',
+    });
   });
 });
 
@@ -215,20 +259,39 @@ describe('item 8: content types and echoed input', () => {
   it('answers 415 to a POST whose body is not declared JSON', async () => {
     const body = JSON.stringify({ model: MODEL, prompt: 'Hi', max_tokens: 2 });
     for (const type of ['text/plain', 'application/x-www-form-urlencoded', 'multipart/form-data; boundary=x', null]) {
-      const res = await worker('/v1/completions', { method: 'POST', headers: type ? { 'Content-Type': type } : {}, body: new TextEncoder().encode(body) });
+      const res = await worker('/v1/completions', {
+        method: 'POST',
+        headers: type ? { 'Content-Type': type } : {},
+        body: new TextEncoder().encode(body),
+      });
       expect(res.status, String(type)).toBe(415);
-      expect(((await res.json()) as { error: object }).error).toMatchObject({ code: 'unsupported_media_type', type: 'invalid_request_error' });
+      expect(((await res.json()) as { error: object }).error).toMatchObject({
+        code: 'unsupported_media_type',
+        type: 'invalid_request_error',
+      });
     }
-    expect((await worker('/v1/completions', { method: 'POST', headers: { 'Content-Type': 'application/json; charset=utf-8' }, body })).status).toBe(200);
+    expect(
+      (
+        await worker('/v1/completions', {
+          method: 'POST',
+          headers: { 'Content-Type': 'application/json; charset=utf-8' },
+          body,
+        })
+      ).status,
+    ).toBe(200);
     expect((await worker('/v1/sessions', { method: 'POST' })).status).toBe(200); // no body, no type needed
   });
 
   it('caps what an error message echoes', async () => {
-    const res = await post('/v1/completions', { model: MODEL, prompt: 'Hi', lazy: { schedule: `bos,${'1:0.5,'.repeat(40_000)}` } });
+    const res = await post('/v1/completions', {
+      model: MODEL,
+      prompt: 'Hi',
+      lazy: { schedule: `bos,${'1:0.5,'.repeat(40_000)}` },
+    });
     expect(res.status).toBe(400);
     const text = await res.text();
     expect(text.length).toBeLessThan(MAX_MESSAGE_CHARS + 300);
-    expect(((JSON.parse(text) as { error: { code: string } }).error.code)).toBe('invalid_schedule');
+    expect((JSON.parse(text) as { error: { code: string } }).error.code).toBe('invalid_schedule');
     const name = await post('/v1/completions', { model: 'm'.repeat(100_000), prompt: 'Hi' });
     expect(name.status).toBe(404);
     expect((await name.text()).length).toBeLessThan(MAX_MESSAGE_CHARS + 300);
@@ -244,14 +307,18 @@ describe('item 9: stream_options.include_usage', () => {
       [`/v1/sessions/${id}/messages`, { content: 'Hi', max_tokens: 8 }],
     ] as const) {
       const res = await post(path, { ...body, stream: true, stream_options: { include_usage: true } });
-      const chunks = (await readEvents(res)).events.slice(0, -1).map((e) => JSON.parse(e) as { usage: unknown; choices: unknown[] });
+      const chunks = (await readEvents(res)).events
+        .slice(0, -1)
+        .map((e) => JSON.parse(e) as { usage: unknown; choices: unknown[] });
       const last = chunks.pop()!;
       expect(last.choices).toEqual([]);
       expect(last.usage).toMatchObject({ completion_tokens: expect.any(Number) });
       expect(chunks.length).toBeGreaterThan(1);
       for (const ch of chunks) expect(ch).toHaveProperty('usage', null);
     }
-    const plain = (await readEvents(await post('/v1/completions', { model: MODEL, prompt: 'Hi', max_tokens: 4, stream: true }))).events;
+    const plain = (
+      await readEvents(await post('/v1/completions', { model: MODEL, prompt: 'Hi', max_tokens: 4, stream: true }))
+    ).events;
     expect(JSON.parse(plain[0])).not.toHaveProperty('usage');
   });
 });

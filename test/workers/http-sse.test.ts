@@ -26,9 +26,17 @@ describe('sseResponse', () => {
     const { events } = await readEvents(res);
     expect(events).toHaveLength(2);
     expect(JSON.parse(events[1])).toEqual({
-      error: { message: 'The server had an error while processing your request.', type: 'server_error', param: null, code: 'internal_error' },
+      error: {
+        message: 'The server had an error while processing your request.',
+        type: 'server_error',
+        param: null,
+        code: 'internal_error',
+      },
     });
-    expect(logged).toHaveBeenCalledWith(expect.stringContaining('streamed generation failed'), expect.stringContaining('shard exploded'));
+    expect(logged).toHaveBeenCalledWith(
+      expect.stringContaining('streamed generation failed'),
+      expect.stringContaining('shard exploded'),
+    );
   });
 
   it('passes a client mistake found mid-stream on as its 4xx error body, unlogged', async () => {
@@ -37,7 +45,11 @@ describe('sseResponse', () => {
       throw new EngineError('bad schedule', 'invalid_schedule', 'schedule');
     });
     const { events } = await readEvents(res);
-    expect(events.map((e) => JSON.parse(e))).toEqual([{ error: { message: 'bad schedule', type: 'invalid_request_error', param: 'schedule', code: 'invalid_schedule' } }]);
+    expect(events.map((e) => JSON.parse(e))).toEqual([
+      {
+        error: { message: 'bad schedule', type: 'invalid_request_error', param: 'schedule', code: 'invalid_schedule' },
+      },
+    ]);
     expect(logged).not.toHaveBeenCalled();
   });
 

@@ -16,7 +16,12 @@ import { readEvents, withEnv } from '../support/http.js';
 
 const SCHEDULE = 'bos,1:0.5,3:0.5';
 const TURNS = [
-  { content: 'Once upon a time, there was a little cat named Tom. Tom liked to play with a red ball in the garden.', max_tokens: 30, temperature: 0.8, seed: 11 },
+  {
+    content: 'Once upon a time, there was a little cat named Tom. Tom liked to play with a red ball in the garden.',
+    max_tokens: 30,
+    temperature: 0.8,
+    seed: 11,
+  },
   { content: 'One day, the ball rolled away into the big forest.', max_tokens: 30, temperature: 0.8, seed: 12 },
   { content: 'Tom was sad, but then he saw his friend the dog.', max_tokens: 30, temperature: 0.8, seed: 13 },
   { content: 'They looked for the ball together.', max_tokens: 30, temperature: 0.8, seed: 14 },
@@ -24,12 +29,24 @@ const TURNS = [
 
 interface Reply {
   choices: { message: { content: string } }[];
-  session: { turn: number; stats: { computed_per_layer: number[]; revived_per_layer: number[]; reused_tokens: number; cache: SessionInfo['stats'] } };
+  session: {
+    turn: number;
+    stats: {
+      computed_per_layer: number[];
+      revived_per_layer: number[];
+      reused_tokens: number;
+      cache: SessionInfo['stats'];
+    };
+  };
   lazy_stats: { computed_per_layer: number[] };
 }
 
 const call = (groups: number, path: string, body?: object, method = 'POST') =>
-  withEnv({ LAYER_GROUPS: String(groups) }, path, body ? { method, headers: { 'Content-Type': 'application/json' }, body: JSON.stringify(body) } : { method });
+  withEnv(
+    { LAYER_GROUPS: String(groups) },
+    path,
+    body ? { method, headers: { 'Content-Type': 'application/json' }, body: JSON.stringify(body) } : { method },
+  );
 
 async function create(groups: number): Promise<string> {
   const res = await call(groups, '/v1/sessions', {});
@@ -51,8 +68,22 @@ async function stats(id: string): Promise<SessionInfo['stats']> {
 }
 
 /** The figures that must agree between a split and an unsplit session (storage layout aside). */
-const cacheFigures = (s: SessionInfo['stats']) => ({ tokens: s.tokens, depth_histogram: s.depth_histogram, kv_entries: s.kv_entries, kv_bytes: s.kv_bytes, aux_entries: s.aux_entries, aux_bytes: s.aux_bytes, turns: s.turns });
-const replyFigures = (r: Reply) => ({ text: r.choices[0].message.content, computed: r.session.stats.computed_per_layer, revived: r.session.stats.revived_per_layer, reused: r.session.stats.reused_tokens, cache: cacheFigures(r.session.stats.cache) });
+const cacheFigures = (s: SessionInfo['stats']) => ({
+  tokens: s.tokens,
+  depth_histogram: s.depth_histogram,
+  kv_entries: s.kv_entries,
+  kv_bytes: s.kv_bytes,
+  aux_entries: s.aux_entries,
+  aux_bytes: s.aux_bytes,
+  turns: s.turns,
+});
+const replyFigures = (r: Reply) => ({
+  text: r.choices[0].message.content,
+  computed: r.session.stats.computed_per_layer,
+  revived: r.session.stats.revived_per_layer,
+  reused: r.session.stats.reused_tokens,
+  cache: cacheFigures(r.session.stats.cache),
+});
 
 /** The groups of the session `id` (no API key: owner "anonymous"). */
 function groupsOf(id: string, groups: number) {
@@ -81,7 +112,7 @@ async function unsplitReference() {
 }
 
 describe('sessions split into layer groups (stories260K)', () => {
-  it('3 groups: every turn gives the unsplit session\'s reply, per-layer work and cache figures', async () => {
+  it("3 groups: every turn gives the unsplit session's reply, per-layer work and cache figures", async () => {
     const ref = await unsplitReference();
     const id = await create(3);
     for (const [k, t] of TURNS.entries()) expect(replyFigures(await say(3, id, t))).toEqual(ref[k]);
@@ -114,7 +145,14 @@ describe('sessions split into layer groups (stories260K)', () => {
       const t = TURNS[1];
       const r = await session.turn(
         id,
-        { owner: 'anonymous', mode: 'append', messages: [{ role: 'user', content: t.content }], options: { temperature: t.temperature, seed: t.seed, lazy: { schedule: SCHEDULE } }, maxTokensParam: 'max_tokens', maxTokens: t.max_tokens },
+        {
+          owner: 'anonymous',
+          mode: 'append',
+          messages: [{ role: 'user', content: t.content }],
+          options: { temperature: t.temperature, seed: t.seed, lazy: { schedule: SCHEDULE } },
+          maxTokensParam: 'max_tokens',
+          maxTokens: t.max_tokens,
+        },
         async (e) => {
           if (e.type === 'text' && !restarted) {
             restarted = true;
@@ -137,7 +175,12 @@ describe('sessions split into layer groups (stories260K)', () => {
     expect(replyFigures(await say(3, id, TURNS[0]))).toEqual(ref[0]);
     const before = await stats(id);
     // What a ChatSession that died right after `prepare` leaves: each group holds turn 1's chunks, pending.
-    const chain = sessionChain(env, env.CHAT_SESSIONS.idFromName(`anonymous/${id}`).toString(), { groups: 3, heads: 0 }, (await frontModel(env)).config);
+    const chain = sessionChain(
+      env,
+      env.CHAT_SESSIONS.idFromName(`anonymous/${id}`).toString(),
+      { groups: 3, heads: 0 },
+      (await frontModel(env)).config,
+    );
     const { runner, id: attempt } = chain.attempt(1);
     const seq = chain.frontState();
     seq.append(new Array(before.tokens).fill(0));
@@ -151,15 +194,30 @@ describe('sessions split into layer groups (stories260K)', () => {
 
   it('2 groups: chat completions whose history diverges truncate every group to the common prefix, as unsplit', async () => {
     const chatTurn = async (groups: number, id: string, messages: { role: string; content: string }[]) => {
-      const res = await call(groups, '/v1/chat/completions', { model: env.MODEL_NAME, session_id: id, messages, max_tokens: 20, temperature: 0, lazy: { schedule: SCHEDULE } });
+      const res = await call(groups, '/v1/chat/completions', {
+        model: env.MODEL_NAME,
+        session_id: id,
+        messages,
+        max_tokens: 20,
+        temperature: 0,
+        lazy: { schedule: SCHEDULE },
+      });
       const text = await res.text();
       expect(res.status, text).toBe(200);
       return JSON.parse(text) as Reply;
     };
     const histories = [
       [{ role: 'user', content: TURNS[0].content }],
-      [{ role: 'user', content: TURNS[0].content }, { role: 'assistant', content: 'The cat ran.' }, { role: 'user', content: TURNS[1].content }],
-      [{ role: 'user', content: TURNS[0].content }, { role: 'assistant', content: 'The dog sat.' }, { role: 'user', content: TURNS[2].content }],
+      [
+        { role: 'user', content: TURNS[0].content },
+        { role: 'assistant', content: 'The cat ran.' },
+        { role: 'user', content: TURNS[1].content },
+      ],
+      [
+        { role: 'user', content: TURNS[0].content },
+        { role: 'assistant', content: 'The dog sat.' },
+        { role: 'user', content: TURNS[2].content },
+      ],
     ];
     const [a, b] = [await create(1), await create(2)];
     for (const h of histories) {
@@ -169,9 +227,13 @@ describe('sessions split into layer groups (stories260K)', () => {
     expect(cacheFigures(await stats(b))).toEqual(cacheFigures(await stats(a)));
   });
 
-  it('2 layer groups and the classifier in an object of its own: the unsplit session\'s replies, and a restart of that object survived', async () => {
+  it("2 layer groups and the classifier in an object of its own: the unsplit session's replies, and a restart of that object survived", async () => {
     const ref = await unsplitReference();
-    const res = await withEnv({ LAYER_GROUPS: '2', HEAD_GROUPS: '1' }, '/v1/sessions', { method: 'POST', headers: { 'Content-Type': 'application/json' }, body: '{}' });
+    const res = await withEnv({ LAYER_GROUPS: '2', HEAD_GROUPS: '1' }, '/v1/sessions', {
+      method: 'POST',
+      headers: { 'Content-Type': 'application/json' },
+      body: '{}',
+    });
     const id = ((await res.json()) as { id: string }).id;
     const obj = env.CHAT_SESSIONS.idFromName(`anonymous/${id}`).toString();
     for (const [k, t] of TURNS.entries()) {
@@ -180,15 +242,31 @@ describe('sessions split into layer groups (stories260K)', () => {
     }
   });
 
-  it('2 groups, created with PREFILL_STEP_TOKENS 7: dense turns go through the groups in steps of at most 7 tokens, with the unsplit session\'s replies and per-layer work; a streamed turn sends SSE comments between the steps', async () => {
+  it("2 groups, created with PREFILL_STEP_TOKENS 7: dense turns go through the groups in steps of at most 7 tokens, with the unsplit session's replies and per-layer work; a streamed turn sends SSE comments between the steps", async () => {
     const DENSE = TURNS.map((t) => ({ ...t, temperature: 0, lazy: { enabled: false } }));
     const turn = async (vars: Record<string, string>, id: string, t: object) => {
-      const res = await withEnv(vars, `/v1/sessions/${id}/messages`, { method: 'POST', headers: { 'Content-Type': 'application/json' }, body: JSON.stringify(t) });
+      const res = await withEnv(vars, `/v1/sessions/${id}/messages`, {
+        method: 'POST',
+        headers: { 'Content-Type': 'application/json' },
+        body: JSON.stringify(t),
+      });
       const text = await res.text();
       expect(res.status, text).toBe(200);
-      return JSON.parse(text) as Reply & { usage: { prompt_tokens: number; prompt_tokens_details: { cached_tokens: number } }; lazy_stats: { split?: { prefill_steps: number } } };
+      return JSON.parse(text) as Reply & {
+        usage: { prompt_tokens: number; prompt_tokens_details: { cached_tokens: number } };
+        lazy_stats: { split?: { prefill_steps: number } };
+      };
     };
-    const made = async (vars: Record<string, string>) => ((await (await withEnv(vars, '/v1/sessions', { method: 'POST', headers: { 'Content-Type': 'application/json' }, body: '{}' })).json()) as { id: string }).id;
+    const made = async (vars: Record<string, string>) =>
+      (
+        (await (
+          await withEnv(vars, '/v1/sessions', {
+            method: 'POST',
+            headers: { 'Content-Type': 'application/json' },
+            body: '{}',
+          })
+        ).json()) as { id: string }
+      ).id;
     const whole = await made({ LAYER_GROUPS: '1' });
     // The step size is the creating Worker's: the turns below run without it, and the ChatSession's own env says 0.
     const split = await made({ LAYER_GROUPS: '2', PREFILL_STEP_TOKENS: '7' });
@@ -203,10 +281,22 @@ describe('sessions split into layer groups (stories260K)', () => {
 
     // streamed, a comment after each group's answer in each step (STREAM_KEEPALIVE_MS 0: at every one), all before the first text
     const ref = await turn({ LAYER_GROUPS: '1' }, whole, DENSE[3]);
-    const res = await withEnv({ LAYER_GROUPS: '2', STREAM_KEEPALIVE_MS: '0' }, `/v1/sessions/${split}/messages`, { method: 'POST', headers: { 'Content-Type': 'application/json' }, body: JSON.stringify({ ...DENSE[3], stream: true }) });
+    const res = await withEnv({ LAYER_GROUPS: '2', STREAM_KEEPALIVE_MS: '0' }, `/v1/sessions/${split}/messages`, {
+      method: 'POST',
+      headers: { 'Content-Type': 'application/json' },
+      body: JSON.stringify({ ...DENSE[3], stream: true }),
+    });
     expect(res.status).toBe(200);
     const { events, comments } = await readEvents(res);
-    const chunks = events.slice(0, -1).map((e) => JSON.parse(e) as { choices: { delta: { content?: string } }[]; lazy_stats?: { split?: { prefill_steps: number } } });
+    const chunks = events
+      .slice(0, -1)
+      .map(
+        (e) =>
+          JSON.parse(e) as {
+            choices: { delta: { content?: string } }[];
+            lazy_stats?: { split?: { prefill_steps: number } };
+          },
+      );
     expect(chunks.map((c) => c.choices[0]?.delta.content ?? '').join('')).toBe(ref.choices[0].message.content);
     const steps = chunks.at(-1)!.lazy_stats!.split!.prefill_steps;
     expect(steps).toBe(Math.ceil((ref.usage.prompt_tokens - ref.usage.prompt_tokens_details.cached_tokens) / 7));
@@ -221,7 +311,9 @@ describe('sessions split into layer groups (stories260K)', () => {
     expect(del.status).toBe(200);
     for (const stub of groupsOf(id, 2)) {
       await runInDurableObject(stub, (_o: LayerGroup, state) => {
-        expect(state.storage.sql.exec(`SELECT COUNT(*) AS n FROM sqlite_master WHERE name = 'group_chunks'`).one().n).toBe(0);
+        expect(
+          state.storage.sql.exec(`SELECT COUNT(*) AS n FROM sqlite_master WHERE name = 'group_chunks'`).one().n,
+        ).toBe(0);
       });
     }
   });

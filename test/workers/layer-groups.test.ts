@@ -13,29 +13,55 @@ import { BASE, MODEL, readEvents, withEnv } from '../support/http.js';
  * Worker, the real objects over RPC. What the split serves must be what the whole model serves.
  */
 
-const PROMPT = 'Once upon a time, there was a little cat named Tom. Tom liked to play with a red ball in the garden. One day,';
+const PROMPT =
+  'Once upon a time, there was a little cat named Tom. Tom liked to play with a red ball in the garden. One day,';
 
 interface Completion {
   status: number;
   body: {
     choices: { text: string; finish_reason: string }[];
     usage: { prompt_tokens: number };
-    lazy_stats: { computed_per_layer: number[]; prefill_computed_per_layer: number[]; aux_entries: number; kv_entries: number; split?: { groups: number; prefill_boundary_bytes: number; decode_boundary_bytes_per_step: number; steps: number; prefill_steps: number } };
+    lazy_stats: {
+      computed_per_layer: number[];
+      prefill_computed_per_layer: number[];
+      aux_entries: number;
+      kv_entries: number;
+      split?: {
+        groups: number;
+        prefill_boundary_bytes: number;
+        decode_boundary_bytes_per_step: number;
+        steps: number;
+        prefill_steps: number;
+      };
+    };
     error?: { code: string };
   };
 }
 
 async function complete(vars: Record<string, string>, body: object): Promise<Completion> {
-  const res = await withEnv(vars, '/v1/completions', { method: 'POST', headers: { 'Content-Type': 'application/json' }, body: JSON.stringify({ model: MODEL, prompt: PROMPT, ...body }) });
+  const res = await withEnv(vars, '/v1/completions', {
+    method: 'POST',
+    headers: { 'Content-Type': 'application/json' },
+    body: JSON.stringify({ model: MODEL, prompt: PROMPT, ...body }),
+  });
   return { status: res.status, body: (await res.json()) as Completion['body'] };
 }
 
 const CASES = [
   ['dense, greedy', { max_tokens: 40, temperature: 0, lazy: { enabled: false } }],
-  ['lazy bos,1:0.5,3:0.5, sampled', { max_tokens: 40, temperature: 0.8, seed: 7, lazy: { schedule: 'bos,1:0.5,3:0.5' } }],
-  ['lazy bos,1:0.4,2:0.5,4:0.5, greedy', { max_tokens: 40, temperature: 0, lazy: { schedule: 'bos,1:0.4,2:0.5,4:0.5' } }],
+  [
+    'lazy bos,1:0.5,3:0.5, sampled',
+    { max_tokens: 40, temperature: 0.8, seed: 7, lazy: { schedule: 'bos,1:0.5,3:0.5' } },
+  ],
+  [
+    'lazy bos,1:0.4,2:0.5,4:0.5, greedy',
+    { max_tokens: 40, temperature: 0, lazy: { schedule: 'bos,1:0.4,2:0.5,4:0.5' } },
+  ],
   // A window signal: every group ranks by the rows the frontier names and decodes by the scores it remembered.
-  ['lazy signal:window:8,heads:max,pool:3,1:0.4,3:0.5, greedy', { max_tokens: 40, temperature: 0, lazy: { schedule: 'signal:window:8,heads:max,pool:3,1:0.4,3:0.5' } }],
+  [
+    'lazy signal:window:8,heads:max,pool:3,1:0.4,3:0.5, greedy',
+    { max_tokens: 40, temperature: 0, lazy: { schedule: 'signal:window:8,heads:max,pool:3,1:0.4,3:0.5' } },
+  ],
 ] as const;
 
 describe('layer groups in workerd (stories260K)', () => {
@@ -46,7 +72,7 @@ describe('layer groups in workerd (stories260K)', () => {
     expect(pa.isolate).toBe(pb.isolate);
   });
 
-  it('GET /healthz and /v1/models on a split front load only what the front holds (the tokenizer; with EMBED_IN_FRONT the embedding), never a layer or the classifier; /healthz gives every object\'s estimate', async () => {
+  it("GET /healthz and /v1/models on a split front load only what the front holds (the tokenizer; with EMBED_IN_FRONT the embedding), never a layer or the classifier; /healthz gives every object's estimate", async () => {
     const m = (await frontModel(env)).manifest;
     /** the static assets, recording which of the model's files are read through them */
     const recording = () => {
@@ -61,19 +87,39 @@ describe('layer groups in workerd (stories260K)', () => {
     };
     const weights = (kind: 'layers' | 'head' | 'embed') => m.files[kind].map((f) => f.file);
     // A context of its own per case makes every load a fresh one (loads are cached per isolate and options).
-    for (const [embed, ctx] of [['0', '301'], ['1', '302']] as const) {
+    for (const [embed, ctx] of [
+      ['0', '301'],
+      ['1', '302'],
+    ] as const) {
       const { assets, read } = recording();
       const vars = { LAYER_GROUPS: '2', HEAD_GROUPS: '1', EMBED_IN_FRONT: embed, CONTEXT_TOKENS: ctx, ASSETS: assets };
       const health = await withEnv(vars, '/healthz');
       expect(health.status).toBe(200);
       const list = await withEnv(vars, '/v1/models');
       expect(list.status).toBe(200);
-      expect(((await list.json()) as { data: { id: string; context_length: number }[] }).data).toMatchObject([{ id: MODEL, context_length: Number(ctx) }]);
+      expect(((await list.json()) as { data: { id: string; context_length: number }[] }).data).toMatchObject([
+        { id: MODEL, context_length: Number(ctx) },
+      ]);
       expect(read).toContain(m.tokenizer.file);
       for (const f of [...weights('layers'), ...weights('head')]) expect(read).not.toContain(f);
       for (const f of weights('embed')) expect(read.includes(f)).toBe(embed === '1');
-      type Obj = { object: string; layers: number[] | null; embed: boolean; head_parts: number[]; estimate_mb: Record<string, number> };
-      const body = (await health.json()) as { status: string; memory: { context_tokens: number; estimate_mb: Record<string, number> }; split: { layer_groups: number; objects: Obj[]; max_object_estimate_mb: number; fits_deployed_isolates: boolean } };
+      type Obj = {
+        object: string;
+        layers: number[] | null;
+        embed: boolean;
+        head_parts: number[];
+        estimate_mb: Record<string, number>;
+      };
+      const body = (await health.json()) as {
+        status: string;
+        memory: { context_tokens: number; estimate_mb: Record<string, number> };
+        split: {
+          layer_groups: number;
+          objects: Obj[];
+          max_object_estimate_mb: number;
+          fits_deployed_isolates: boolean;
+        };
+      };
       expect(body.status).toBe('ok');
       const objects = body.split.objects;
       // stories260K: 5 layers in 2 groups, its one classifier part in the classifier object
@@ -95,7 +141,9 @@ describe('layer groups in workerd (stories260K)', () => {
     }
     // Unsplit, the same check reads every layer: what the split front must not do.
     const whole = recording();
-    expect((await withEnv({ LAYER_GROUPS: '1', CONTEXT_TOKENS: '303', ASSETS: whole.assets }, '/healthz')).status).toBe(200);
+    expect((await withEnv({ LAYER_GROUPS: '1', CONTEXT_TOKENS: '303', ASSETS: whole.assets }, '/healthz')).status).toBe(
+      200,
+    );
     for (const f of weights('layers')) expect(whole.read).toContain(f);
   });
 
@@ -109,7 +157,8 @@ describe('layer groups in workerd (stories260K)', () => {
         expect(whole.body.choices[0].text.length).toBeGreaterThan(20);
         expect(split.body.choices[0]).toEqual(whole.body.choices[0]);
         const { split: s, ...stats } = split.body.lazy_stats;
-        for (const k of ['computed_per_layer', 'prefill_computed_per_layer', 'aux_entries', 'kv_entries'] as const) expect(stats[k]).toEqual(whole.body.lazy_stats[k]);
+        for (const k of ['computed_per_layer', 'prefill_computed_per_layer', 'aux_entries', 'kv_entries'] as const)
+          expect(stats[k]).toEqual(whole.body.lazy_stats[k]);
         expect(s!.groups).toBe(G);
         // the frontier leaving a group at prefill holds at least the last token's hidden state (64 floats)
         expect(s!.prefill_boundary_bytes).toBeGreaterThan((G - 1) * 64 * 4);
@@ -127,7 +176,8 @@ describe('layer groups in workerd (stories260K)', () => {
       expect(split.body.choices[0]).toEqual(whole.body.choices[0]);
       expect(split.body.lazy_stats.computed_per_layer).toEqual(whole.body.lazy_stats.computed_per_layer);
       // the last layer group sends on only the last token's hidden state (stories260K: 64 floats), not the prompt's
-      const more = split.body.lazy_stats.split!.prefill_boundary_bytes - inGroup.body.lazy_stats.split!.prefill_boundary_bytes;
+      const more =
+        split.body.lazy_stats.split!.prefill_boundary_bytes - inGroup.body.lazy_stats.split!.prefill_boundary_bytes;
       expect(more).toBeGreaterThanOrEqual(2 * 64 * 4);
       expect(more).toBeLessThan(3 * 64 * 4);
     });
@@ -136,7 +186,11 @@ describe('layer groups in workerd (stories260K)', () => {
   it('streams the split reply token by token, the same text as unsplit', async () => {
     const body = { max_tokens: 30, temperature: 0, lazy: { schedule: 'bos,1:0.5,3:0.5' } };
     const whole = await complete({ LAYER_GROUPS: '1' }, body);
-    const res = await withEnv({ LAYER_GROUPS: '3' }, '/v1/completions', { method: 'POST', headers: { 'Content-Type': 'application/json' }, body: JSON.stringify({ model: MODEL, prompt: PROMPT, stream: true, ...body }) });
+    const res = await withEnv({ LAYER_GROUPS: '3' }, '/v1/completions', {
+      method: 'POST',
+      headers: { 'Content-Type': 'application/json' },
+      body: JSON.stringify({ model: MODEL, prompt: PROMPT, stream: true, ...body }),
+    });
     expect(res.status).toBe(200);
     const { events, reads } = await readEvents(res);
     expect(events.at(-1)).toBe('[DONE]');
@@ -153,10 +207,16 @@ describe('layer groups in workerd (stories260K)', () => {
     const vars = { LAYER_GROUPS: String(G), PREFILL_STEP_TOKENS: '7', STREAM_KEEPALIVE_MS: '0' };
     const body = { max_tokens: 30, temperature: 0, lazy: { enabled: false } };
     const whole = await complete({ LAYER_GROUPS: '1' }, body);
-    const res = await withEnv(vars, '/v1/completions', { method: 'POST', headers: { 'Content-Type': 'application/json' }, body: JSON.stringify({ model: MODEL, prompt: PROMPT, stream: true, ...body }) });
+    const res = await withEnv(vars, '/v1/completions', {
+      method: 'POST',
+      headers: { 'Content-Type': 'application/json' },
+      body: JSON.stringify({ model: MODEL, prompt: PROMPT, stream: true, ...body }),
+    });
     expect(res.status).toBe(200);
     const { events, comments } = await readEvents(res);
-    const chunks = events.slice(0, -1).map((e) => JSON.parse(e) as { choices: { text: string }[]; lazy_stats?: Completion['body']['lazy_stats'] });
+    const chunks = events
+      .slice(0, -1)
+      .map((e) => JSON.parse(e) as { choices: { text: string }[]; lazy_stats?: Completion['body']['lazy_stats'] });
     expect(chunks.map((c) => c.choices[0]?.text ?? '').join('')).toBe(whole.body.choices[0].text);
     const steps = chunks.at(-1)!.lazy_stats!.split!.prefill_steps;
     expect(steps).toBe(Math.ceil(whole.body.usage.prompt_tokens / 7));
@@ -168,9 +228,15 @@ describe('layer groups in workerd (stories260K)', () => {
       apiKey: 'unused',
       baseURL: `${BASE}/v1`,
       maxRetries: 0,
-      fetch: async (url: string | URL | Request, init?: RequestInit) => app.fetch(new Request(url, init), { ...env, ...vars }, createExecutionContext()),
+      fetch: async (url: string | URL | Request, init?: RequestInit) =>
+        app.fetch(new Request(url, init), { ...env, ...vars }, createExecutionContext()),
     });
-    const stream = await client.completions.create({ model: MODEL, prompt: PROMPT, stream: true, ...body } as OpenAI.CompletionCreateParamsStreaming);
+    const stream = await client.completions.create({
+      model: MODEL,
+      prompt: PROMPT,
+      stream: true,
+      ...body,
+    } as OpenAI.CompletionCreateParamsStreaming);
     let text = '';
     for await (const chunk of stream) text += chunk.choices[0]?.text ?? '';
     expect(text).toBe(whole.body.choices[0].text);
@@ -179,13 +245,22 @@ describe('layer groups in workerd (stories260K)', () => {
   it('the whole model streamed sends an SSE comment after each layer of its prefill, none while it decodes', async () => {
     const body = { max_tokens: 20, temperature: 0, lazy: { enabled: false } };
     const whole = await complete({ LAYER_GROUPS: '1' }, body);
-    const res = await withEnv({ LAYER_GROUPS: '1', STREAM_KEEPALIVE_MS: '0' }, '/v1/completions', { method: 'POST', headers: { 'Content-Type': 'application/json' }, body: JSON.stringify({ model: MODEL, prompt: PROMPT, stream: true, ...body }) });
+    const res = await withEnv({ LAYER_GROUPS: '1', STREAM_KEEPALIVE_MS: '0' }, '/v1/completions', {
+      method: 'POST',
+      headers: { 'Content-Type': 'application/json' },
+      body: JSON.stringify({ model: MODEL, prompt: PROMPT, stream: true, ...body }),
+    });
     const { events, comments } = await readEvents(res);
-    expect(events.slice(0, -1).map((e) => (JSON.parse(e) as { choices: { text: string }[] }).choices[0]?.text ?? '').join('')).toBe(whole.body.choices[0].text);
+    expect(
+      events
+        .slice(0, -1)
+        .map((e) => (JSON.parse(e) as { choices: { text: string }[] }).choices[0]?.text ?? '')
+        .join(''),
+    ).toBe(whole.body.choices[0].text);
     expect(comments.map((c) => c.after)).toEqual([0, 0, 0, 0, 0]); // stories260K: 5 layers
   });
 
-  it('a request that finds every chain busy gets 503 server_busy, never a share of another request\'s state; the log notes it as load, not as a fault', async () => {
+  it("a request that finds every chain busy gets 503 server_busy, never a share of another request's state; the log notes it as load, not as a fault", async () => {
     const vars = { LAYER_GROUPS: '2', GROUP_CHAINS: '1' };
     const front = await frontModel(env);
     const held = await acquirePoolChain({ ...env, ...vars }, front.config);
@@ -196,7 +271,9 @@ describe('layer groups in workerd (stories260K)', () => {
       expect(busy.status).toBe(503);
       expect(busy.body.error!.code).toBe('server_busy');
       expect(errors).not.toHaveBeenCalled();
-      expect(infos.mock.calls.flat().join(' ')).toMatch(/POST \/v1\/completions answered 503 server_busy \(load, not a fault\)/);
+      expect(infos.mock.calls.flat().join(' ')).toMatch(
+        /POST \/v1\/completions answered 503 server_busy \(load, not a fault\)/,
+      );
     } finally {
       errors.mockRestore();
       infos.mockRestore();
@@ -206,7 +283,7 @@ describe('layer groups in workerd (stories260K)', () => {
     expect(after.status).toBe(200);
   });
 
-  it('a group taken over by another lease refuses the old one\'s steps (lease_lost)', async () => {
+  it("a group taken over by another lease refuses the old one's steps (lease_lost)", async () => {
     const front = await frontModel(env);
     const vars = { LAYER_GROUPS: '2', GROUP_CHAINS: '1' };
     const a = await acquirePoolChain({ ...env, ...vars }, front.config);
@@ -222,13 +299,17 @@ describe('layer groups in workerd (stories260K)', () => {
 
   for (const G of [2, 3]) {
     it(`${G} groups, a dense prefill sent in steps of at most 7 tokens (PREFILL_STEP_TOKENS): the same text and per-layer work as the whole model; a lazy one is not cut`, async () => {
-      for (const [body, dense] of [[CASES[0][1], true], [CASES[2][1], false]] as const) {
+      for (const [body, dense] of [
+        [CASES[0][1], true],
+        [CASES[2][1], false],
+      ] as const) {
         const whole = await complete({ LAYER_GROUPS: '1' }, body);
         const split = await complete({ LAYER_GROUPS: String(G), PREFILL_STEP_TOKENS: '7' }, body);
         expect(split.status).toBe(200);
         expect(split.body.choices[0]).toEqual(whole.body.choices[0]);
         const { split: s, ...stats } = split.body.lazy_stats;
-        for (const k of ['computed_per_layer', 'prefill_computed_per_layer', 'aux_entries', 'kv_entries'] as const) expect(stats[k]).toEqual(whole.body.lazy_stats[k]);
+        for (const k of ['computed_per_layer', 'prefill_computed_per_layer', 'aux_entries', 'kv_entries'] as const)
+          expect(stats[k]).toEqual(whole.body.lazy_stats[k]);
         expect(s!.groups).toBe(G);
         expect(s!.prefill_steps).toBe(dense ? Math.ceil(split.body.usage.prompt_tokens / 7) : 1);
       }
@@ -278,11 +359,14 @@ describe('layer groups in workerd (stories260K)', () => {
         expect(inFront.status).toBe(200);
         expect(inFront.body.choices[0]).toEqual(whole.body.choices[0]);
         const { split: s, ...stats } = inFront.body.lazy_stats;
-        for (const k of ['computed_per_layer', 'prefill_computed_per_layer', 'aux_entries', 'kv_entries'] as const) expect(stats[k]).toEqual(whole.body.lazy_stats[k]);
+        for (const k of ['computed_per_layer', 'prefill_computed_per_layer', 'aux_entries', 'kv_entries'] as const)
+          expect(stats[k]).toEqual(whole.body.lazy_stats[k]);
         // the embedded prompt [tokens, dim] f32 crosses front -> group 0 on top of what crossed before
         const prompt = (front: typeof inFront) => front.body.lazy_stats.split!.prefill_boundary_bytes;
         expect(prompt(inFront)).toBeGreaterThan(prompt(inGroup) + 10 * 64 * 4);
-        expect(s!.decode_boundary_bytes_per_step).toBeGreaterThan(inGroup.body.lazy_stats.split!.decode_boundary_bytes_per_step);
+        expect(s!.decode_boundary_bytes_per_step).toBeGreaterThan(
+          inGroup.body.lazy_stats.split!.decode_boundary_bytes_per_step,
+        );
       });
     }
   }

@@ -22,7 +22,9 @@ const traceSchema = z
     depth_before: z.array(z.number().int().min(1)),
     prefill_depth: z.array(z.number().int().min(0)),
     question: z.tuple([z.number().int().min(0), z.number().int().min(1)]).nullable(),
-    revivals: z.array(z.tuple([z.number().int().min(1), z.number().int().min(0), z.number().int().min(0), z.number().int().min(1)])),
+    revivals: z.array(
+      z.tuple([z.number().int().min(1), z.number().int().min(0), z.number().int().min(0), z.number().int().min(1)]),
+    ),
     revivals_dropped: z.number().int().min(0),
   })
   .strict();
@@ -38,7 +40,9 @@ function checkTrace(t: unknown, promptTokens: number): Trace {
   expect(trace.depth_before).toHaveLength(trace.reused);
   expect(Math.max(...trace.prefill_depth)).toBeLessThanOrEqual(trace.layers);
   if (trace.question) expect(trace.question[1]).toBeLessThanOrEqual(trace.tokens);
-  expect(jsonBytes(trace)).toBeLessThanOrEqual(traceSizeBound(trace.tokens, trace.layers, 512, jsonBytes(trace.pieces)));
+  expect(jsonBytes(trace)).toBeLessThanOrEqual(
+    traceSizeBound(trace.tokens, trace.layers, 512, jsonBytes(trace.pieces)),
+  );
   return trace;
 }
 
@@ -59,7 +63,11 @@ describe('GET / and /playground', () => {
   });
 
   it('keeps the model shards private: asset paths are not served', async () => {
-    for (const path of [`/${MODEL}/manifest.json`, '/stories260K/tokenizer.bin', '/playground/../stories260K/manifest.json']) {
+    for (const path of [
+      `/${MODEL}/manifest.json`,
+      '/stories260K/tokenizer.bin',
+      '/playground/../stories260K/manifest.json',
+    ]) {
       const res = await worker(path);
       expect(res.status, path).toBe(404);
       expect(((await res.json()) as { error: { code: string } }).error.code).toBe('unknown_url');
@@ -68,7 +76,14 @@ describe('GET / and /playground', () => {
 });
 
 describe('CORS (CORS_ORIGINS)', () => {
-  const preflight = (origin: string) => ({ method: 'OPTIONS', headers: { Origin: origin, 'Access-Control-Request-Method': 'POST', 'Access-Control-Request-Headers': 'authorization, content-type' } });
+  const preflight = (origin: string) => ({
+    method: 'OPTIONS',
+    headers: {
+      Origin: origin,
+      'Access-Control-Request-Method': 'POST',
+      'Access-Control-Request-Headers': 'authorization, content-type',
+    },
+  });
 
   it('is off by default: a preflight is refused and no answer carries CORS headers', async () => {
     expect(env.CORS_ORIGINS).toBeUndefined();
@@ -105,7 +120,9 @@ describe('CORS (CORS_ORIGINS)', () => {
     const denied = await withEnv(cfg, '/v1/models', { headers: { Origin: 'http://localhost:5173' } });
     expect(denied.status).toBe(401);
     expect(denied.headers.get('access-control-allow-origin')).toBe('http://localhost:5173');
-    const allowed = await withEnv(cfg, '/v1/models', { headers: { Origin: 'http://localhost:5173', Authorization: 'Bearer k1' } });
+    const allowed = await withEnv(cfg, '/v1/models', {
+      headers: { Origin: 'http://localhost:5173', Authorization: 'Bearer k1' },
+    });
     expect(allowed.status).toBe(200);
     expect(allowed.headers.get('access-control-allow-origin')).toBe('http://localhost:5173');
     expect(allowed.headers.get('access-control-expose-headers')).toContain('Server-Timing');
@@ -123,16 +140,30 @@ describe('lazy.trace', () => {
   it('is absent unless asked for, and is refused when not a boolean', async () => {
     const res = await post('/v1/chat/completions', { model: MODEL, messages: MESSAGES, max_tokens: 4, seed: 1 });
     expect(((await res.json()) as { lazy_stats: object }).lazy_stats).not.toHaveProperty('trace');
-    const bad = await post('/v1/chat/completions', { model: MODEL, messages: MESSAGES, max_tokens: 4, lazy: { trace: 'yes' } });
+    const bad = await post('/v1/chat/completions', {
+      model: MODEL,
+      messages: MESSAGES,
+      max_tokens: 4,
+      lazy: { trace: 'yes' },
+    });
     expect(bad.status).toBe(400);
     expect(((await bad.json()) as { error: { param: string } }).error.param).toBe('lazy.trace');
   });
 
   it('rides on the last chunk of a stream, matching the prefill statistics', async () => {
-    const res = await post('/v1/chat/completions', { model: MODEL, messages: MESSAGES, max_tokens: 30, seed: 2, stream: true, lazy: { schedule: SCHEDULE, trace: true } });
+    const res = await post('/v1/chat/completions', {
+      model: MODEL,
+      messages: MESSAGES,
+      max_tokens: 30,
+      seed: 2,
+      stream: true,
+      lazy: { schedule: SCHEDULE, trace: true },
+    });
     expect(res.status).toBe(200);
     const { events } = await readEvents(res);
-    const last = JSON.parse(events.at(-2)!) as { lazy_stats: { prompt_tokens: number; prefill_computed_per_layer: number[]; revived: number; trace: unknown } };
+    const last = JSON.parse(events.at(-2)!) as {
+      lazy_stats: { prompt_tokens: number; prefill_computed_per_layer: number[]; revived: number; trace: unknown };
+    };
     const t = checkTrace(last.lazy_stats.trace, last.lazy_stats.prompt_tokens);
     expect(t.reused).toBe(0);
     // The question (the user message's last paragraph, here all of it) as the template rendered it.
@@ -146,9 +177,18 @@ describe('lazy.trace', () => {
   it('covers the whole conversation in a session, with what earlier turns computed', async () => {
     const created = (await (await post('/v1/sessions', {})).json()) as { id: string };
     const turn = async (content: string) => {
-      const res = await post(`/v1/sessions/${created.id}/messages`, { content, max_tokens: 20, seed: 3, lazy: { schedule: SCHEDULE, trace: true } });
+      const res = await post(`/v1/sessions/${created.id}/messages`, {
+        content,
+        max_tokens: 20,
+        seed: 3,
+        lazy: { schedule: SCHEDULE, trace: true },
+      });
       expect(res.status).toBe(200);
-      return (await res.json()) as { usage: { prompt_tokens: number }; lazy_stats: { trace: unknown }; session: { stats: { reused_tokens: number } } };
+      return (await res.json()) as {
+        usage: { prompt_tokens: number };
+        lazy_stats: { trace: unknown };
+        session: { stats: { reused_tokens: number } };
+      };
     };
     await turn('Once upon a time, there was a big bear.');
     const second = await turn('The bear was hungry.');

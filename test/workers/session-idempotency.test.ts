@@ -15,8 +15,13 @@ async function session(): Promise<string> {
   return ((await (await post('/v1/sessions', {})).json()) as { id: string }).id;
 }
 
-async function stored(id: string): Promise<{ messages: { role: string; content: string }[]; stats: { tokens: number } }> {
-  return (await (await worker(`/v1/sessions/${id}`)).json()) as { messages: { role: string; content: string }[]; stats: { tokens: number } };
+async function stored(
+  id: string,
+): Promise<{ messages: { role: string; content: string }[]; stats: { tokens: number } }> {
+  return (await (await worker(`/v1/sessions/${id}`)).json()) as {
+    messages: { role: string; content: string }[];
+    stats: { tokens: number };
+  };
 }
 
 /** seed unset: a turn run twice would sample differently, so a replay shows as the same text */
@@ -48,7 +53,10 @@ describe('Idempotency-Key on session turns', () => {
     expect(streamed.status).toBe(200);
     const { events } = await readEvents(streamed);
     expect(events.at(-1)).toBe('[DONE]');
-    const text = events.slice(0, -1).map((e) => (JSON.parse(e) as { choices: { delta: { content?: string } }[] }).choices[0]?.delta.content ?? '').join('');
+    const text = events
+      .slice(0, -1)
+      .map((e) => (JSON.parse(e) as { choices: { delta: { content?: string } }[] }).choices[0]?.delta.content ?? '')
+      .join('');
     expect(text).toBe(a.choices[0].message.content);
     expect(await stored(id)).toEqual(after);
 
@@ -64,13 +72,23 @@ describe('Idempotency-Key on session turns', () => {
     const before = await stored(id);
     const res = await send(id, 'k', { ...BODY, content: 'Something else.' });
     expect(res.status).toBe(422);
-    expect(((await res.json()) as { error: object }).error).toMatchObject({ code: 'idempotency_key_reused', param: 'Idempotency-Key', type: 'invalid_request_error' });
+    expect(((await res.json()) as { error: object }).error).toMatchObject({
+      code: 'idempotency_key_reused',
+      param: 'Idempotency-Key',
+      type: 'invalid_request_error',
+    });
     expect(await stored(id)).toEqual(before);
   });
 
   it('works on /v1/chat/completions with a session, and refuses a malformed key', async () => {
     const id = await session();
-    const body = { model: MODEL, session_id: id, messages: [{ role: 'user', content: 'Hi there.' }], max_tokens: 16, temperature: 1 };
+    const body = {
+      model: MODEL,
+      session_id: id,
+      messages: [{ role: 'user', content: 'Hi there.' }],
+      max_tokens: 16,
+      temperature: 1,
+    };
     const a = (await (await post('/v1/chat/completions', body, { 'Idempotency-Key': 'chat-1' })).json()) as Turn;
     const b = (await (await post('/v1/chat/completions', body, { 'Idempotency-Key': 'chat-1' })).json()) as Turn;
     expect(b.choices[0].message.content).toBe(a.choices[0].message.content);

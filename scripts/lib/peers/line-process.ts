@@ -7,7 +7,11 @@ export class LineProcess {
   private exited: Error | null = null;
   readonly child: ChildProcess;
 
-  constructor(cmd: string, args: string[], opts: { cwd: string; env?: NodeJS.ProcessEnv; log: (line: string) => void }) {
+  constructor(
+    cmd: string,
+    args: string[],
+    opts: { cwd: string; env?: NodeJS.ProcessEnv; log: (line: string) => void },
+  ) {
     this.child = spawn(cmd, args, { cwd: opts.cwd, env: opts.env ?? process.env, stdio: ['pipe', 'pipe', 'pipe'] });
     this.child.stdout!.setEncoding('utf8');
     this.child.stdout!.on('data', (d: string) => {

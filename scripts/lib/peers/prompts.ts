@@ -31,7 +31,11 @@ export function roundTrip(tok: TextTokenizer, ids: number[]): PeerPrompt | null 
   return same(tok.encode(text, { bos: false }), ids) ? { ids, text } : null;
 }
 
-export function textWindows(tok: TextTokenizer, text: string | readonly number[], lengths: number[]): Record<number, PeerPrompt> {
+export function textWindows(
+  tok: TextTokenizer,
+  text: string | readonly number[],
+  lengths: number[],
+): Record<number, PeerPrompt> {
   const all = typeof text === 'string' ? tok.encode(text, { bos: false }) : [...text];
   const out: Record<number, PeerPrompt> = {};
   for (const n of lengths) {
@@ -42,7 +46,10 @@ export function textWindows(tok: TextTokenizer, text: string | readonly number[]
         break;
       }
     }
-    if (!out[n]) throw new Error(`no ${n}-token window of the text round-trips through the tokenizer (text has ${all.length} tokens)`);
+    if (!out[n])
+      throw new Error(
+        `no ${n}-token window of the text round-trips through the tokenizer (text has ${all.length} tokens)`,
+      );
   }
   return out;
 }
@@ -73,8 +80,16 @@ export function chatChecks(shards: string, tok: TextTokenizer, fixture = CHAT_FI
   const manifest = JSON.parse(readFileSync(join(shards, 'manifest.json'), 'utf8')) as { chatTemplate: ChatTemplate };
   return f.prompts.map((p) => {
     const text = renderChat(manifest.chatTemplate, p.messages);
-    if (!same(tok.encode(text, { bos: false }), p.prompt_ids)) throw new Error(`${fixture}: "${p.messages[0].content}" renders to other ids than the fixture's`);
-    return { name: String(p.messages[0].content), prompt: { ids: p.prompt_ids, text }, exact: p.exact.ids, firstNearTie: p.first_near_tie, maxTokens: f.max_tokens, endIds: f.end_ids };
+    if (!same(tok.encode(text, { bos: false }), p.prompt_ids))
+      throw new Error(`${fixture}: "${p.messages[0].content}" renders to other ids than the fixture's`);
+    return {
+      name: String(p.messages[0].content),
+      prompt: { ids: p.prompt_ids, text },
+      exact: p.exact.ids,
+      firstNearTie: p.first_near_tie,
+      maxTokens: f.max_tokens,
+      endIds: f.end_ids,
+    };
   });
 }
 

@@ -37,11 +37,33 @@ export async function ggufCheckpoint(path: string): Promise<Checkpoint> {
   const m = parseGgufModel(await readGgufHeader(path), path);
   if (m.ropeFreqFactors) throw new Error(`${path}: rope frequency factors are not supported by the monolithic export`);
   const tokenEmbedding = f32(m.embedding);
-  const layers: LayerWeights[] = m.layers.map((l) => ({ ...l, wq: f32(l.wq), wk: f32(l.wk), wv: f32(l.wv), wo: f32(l.wo), w1: f32(l.w1), w2: f32(l.w2), w3: f32(l.w3) }));
-  return { config: m.config, tokenEmbedding, layers, rmsFinal: m.rmsFinal, wcls: m.tiedHead ? tokenEmbedding : f32(m.head), sharedClassifier: m.tiedHead };
+  const layers: LayerWeights[] = m.layers.map((l) => ({
+    ...l,
+    wq: f32(l.wq),
+    wk: f32(l.wk),
+    wv: f32(l.wv),
+    wo: f32(l.wo),
+    w1: f32(l.w1),
+    w2: f32(l.w2),
+    w3: f32(l.w3),
+  }));
+  return {
+    config: m.config,
+    tokenEmbedding,
+    layers,
+    rmsFinal: m.rmsFinal,
+    wcls: m.tiedHead ? tokenEmbedding : f32(m.head),
+    sharedClassifier: m.tiedHead,
+  };
 }
 
-export async function ensureSmolExport(gguf: string, sha256: string, dtypes: readonly SmolTjsDtype[], log: (m: string) => void, cacheRoot = join(REPO_ROOT, '.bench-cache')): Promise<SmolExport> {
+export async function ensureSmolExport(
+  gguf: string,
+  sha256: string,
+  dtypes: readonly SmolTjsDtype[],
+  log: (m: string) => void,
+  cacheRoot = join(REPO_ROOT, '.bench-cache'),
+): Promise<SmolExport> {
   const hfRoot = join(cacheRoot, 'models', 'smollm2', 'hf');
   const hfName = 'smollm2';
   const dir = join(hfRoot, hfName);
@@ -59,7 +81,10 @@ export async function ensureSmolExport(gguf: string, sha256: string, dtypes: rea
   writeFileSync(join(dir, 'generation_config.json'), `${JSON.stringify(generationConfig, null, 2)}\n`);
   for (const d of missing) {
     log(`transformers.js export: building ${SMOL_TJS_DTYPES[d]}`);
-    writeFileSync(join(dir, 'onnx', SMOL_TJS_DTYPES[d]), buildMonolithicGraph(ck, d === 'fp32' ? f32Linear : d === 'q8' ? int8IntegerLinear : int4NBitsLinear(32)));
+    writeFileSync(
+      join(dir, 'onnx', SMOL_TJS_DTYPES[d]),
+      buildMonolithicGraph(ck, d === 'fp32' ? f32Linear : d === 'q8' ? int8IntegerLinear : int4NBitsLinear(32)),
+    );
   }
   writeFileSync(stamp, tag);
   return { hfRoot, hfName };

@@ -7,7 +7,10 @@
 import { readFileSync } from 'node:fs';
 import { fail, runMain } from '../node-env.js';
 
-export function simdBytesByFunction(bytes: Uint8Array, wanted: string[]): { name: string; bytes: number; simdPrefixBytes: number }[] {
+export function simdBytesByFunction(
+  bytes: Uint8Array,
+  wanted: string[],
+): { name: string; bytes: number; simdPrefixBytes: number }[] {
   let p = 8;
   const uleb = () => {
     let r = 0;
@@ -104,7 +107,8 @@ export function simdBytesByFunction(bytes: Uint8Array, wanted: string[]): { name
 async function main(): Promise<void> {
   const [file, ...wanted] = process.argv.slice(2);
   if (!file || !wanted.length) fail('usage: wasm-simd.ts FILE.wasm NAME_PART...');
-  for (const f of simdBytesByFunction(readFileSync(file), wanted)) process.stdout.write(`${f.name}\t${f.bytes} bytes\t${f.simdPrefixBytes} SIMD-prefix bytes\n`);
+  for (const f of simdBytesByFunction(readFileSync(file), wanted))
+    process.stdout.write(`${f.name}\t${f.bytes} bytes\t${f.simdPrefixBytes} SIMD-prefix bytes\n`);
 }
 
 if (process.argv[1]?.endsWith('wasm-simd.ts')) runMain(main);

@@ -20,7 +20,12 @@ const ISOLATED = {
   'Cross-Origin-Resource-Policy': 'same-origin',
   'Cache-Control': 'no-store',
 };
-const TYPES: Record<string, string> = { '.js': 'text/javascript', '.wasm': 'application/wasm', '.html': 'text/html; charset=utf-8', '.gguf': 'application/octet-stream' };
+const TYPES: Record<string, string> = {
+  '.js': 'text/javascript',
+  '.wasm': 'application/wasm',
+  '.html': 'text/html; charset=utf-8',
+  '.gguf': 'application/octet-stream',
+};
 
 /**
  * The page's script. run() is one greedy completion from token ids (top_k 1, no penalties, no prompt
@@ -111,7 +116,8 @@ export interface PageServer {
 }
 
 export function servePeerPage(gguf: string, compatDir?: string): Promise<PageServer> {
-  if (!existsSync(join(WLLAMA_DIR, 'esm', 'index.js'))) throw new Error(`${WLLAMA_DIR} is missing: npm install (the @wllama/wllama devDependency)`);
+  if (!existsSync(join(WLLAMA_DIR, 'esm', 'index.js')))
+    throw new Error(`${WLLAMA_DIR} is missing: npm install (the @wllama/wllama devDependency)`);
   const server: Server = createServer((req, res) => {
     const path = decodeURIComponent(new URL(req.url ?? '/', 'http://x').pathname);
     let file: string | null = null;
@@ -133,7 +139,11 @@ export function servePeerPage(gguf: string, compatDir?: string): Promise<PageSer
       res.end('not found');
       return;
     }
-    res.writeHead(200, { ...ISOLATED, 'Content-Type': TYPES[extname(file)] ?? 'application/octet-stream', 'Content-Length': statSync(file).size });
+    res.writeHead(200, {
+      ...ISOLATED,
+      'Content-Type': TYPES[extname(file)] ?? 'application/octet-stream',
+      'Content-Length': statSync(file).size,
+    });
     createReadStream(file).pipe(res);
   });
   return new Promise((resolve, reject) => {

@@ -36,8 +36,11 @@ async function main(): Promise<void> {
       'no-native': { type: 'boolean', default: false },
     },
   });
-  const [length, reps, decode, threads] = ['length', 'reps', 'decode', 'threads'].map((k) => Number(values[k as 'length']));
-  if (![length, reps, decode, threads].every((x) => Number.isInteger(x) && x > 0)) fail('--length, --reps, --decode, --threads: positive integers');
+  const [length, reps, decode, threads] = ['length', 'reps', 'decode', 'threads'].map((k) =>
+    Number(values[k as 'length']),
+  );
+  if (![length, reps, decode, threads].every((x) => Number.isInteger(x) && x > 0))
+    fail('--length, --reps, --decode, --threads: positive integers');
   const log = (m: string) => process.stderr.write(`[probe] ${m}\n`);
   const gguf = values.gguf ?? (await locateServedGguf()).path;
   const prompt = textWindows(shardTokenizer(servedShardsDir()), readFileSync(SMOL_TEXT, 'utf8'), [length])[length];
@@ -63,7 +66,9 @@ async function main(): Promise<void> {
         const w = new ForeignLoad();
         const t = await p.run(prompt, decode);
         trials.get(p)!.push({ ...t, foreign: w.cores() });
-        log(`${p.row}: TTFT ${t.ttftMs.toFixed(0)} ms${t.own ? ` (own ${t.own.ttftMs.toFixed(0)})` : ''}, decode ${((decode * 1000) / t.decodeMs).toFixed(1)} tok/s, prompt tokens ${t.promptTokens}`);
+        log(
+          `${p.row}: TTFT ${t.ttftMs.toFixed(0)} ms${t.own ? ` (own ${t.own.ttftMs.toFixed(0)})` : ''}, decode ${((decode * 1000) / t.decodeMs).toFixed(1)} tok/s, prompt tokens ${t.promptTokens}`,
+        );
       }
     }
   } finally {

@@ -18,7 +18,14 @@ import { servePeerPage, type PageServer } from './wllama-page.js';
 import { unavailable, type Peer, type PeerStart, type PeerTrial } from './peer.js';
 
 export const CHROMIUM = process.env.CHROMIUM ?? '/usr/bin/chromium';
-export const CHROMIUM_ARGS = ['--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking', '--disable-component-update', '--no-first-run'];
+export const CHROMIUM_ARGS = [
+  '--headless',
+  '--no-sandbox',
+  '--disable-gpu',
+  '--disable-background-networking',
+  '--disable-component-update',
+  '--no-first-run',
+];
 
 interface Chunk {
   choices?: { logprobs?: { content?: { id: number }[] } | null }[];
@@ -43,7 +50,12 @@ interface Loaded {
 }
 
 /** Ids and stamps of the token chunks (the last chunk only carries finish_reason, usage and timings). */
-export function readRun(run: PageRun): { ids: number[]; stamps: number[]; timings: Chunk['timings']; promptTokens: number } {
+export function readRun(run: PageRun): {
+  ids: number[];
+  stamps: number[];
+  timings: Chunk['timings'];
+  promptTokens: number;
+} {
   const ids: number[] = [];
   const stamps: number[] = [];
   let timings: Chunk['timings'];
@@ -66,7 +78,14 @@ export function readRun(run: PageRun): { ids: number[]; stamps: number[]; timing
  * build (wasm32 + Asyncify) instead of its default one (Memory64 + JSPI); not a dependency of this
  * project, an experiment (npm install --prefix /tmp/x @wllama/wllama-compat@3.13.0).
  */
-export async function startWllama(opts: { gguf: string; threads: number; nCtx: number; log: (m: string) => void; nativeLog?: boolean; compatDir?: string }): Promise<PeerStart> {
+export async function startWllama(opts: {
+  gguf: string;
+  threads: number;
+  nCtx: number;
+  log: (m: string) => void;
+  nativeLog?: boolean;
+  compatDir?: string;
+}): Promise<PeerStart> {
   const row = `wllama${opts.compatDir ? ' compat build' : ''} (${opts.threads} thread${opts.threads > 1 ? 's' : ''})`;
   if (!existsSync(CHROMIUM)) return unavailable(row, `${CHROMIUM} is missing (apt-get install chromium)`);
   let server: PageServer | null = null;
@@ -85,14 +104,21 @@ export async function startWllama(opts: { gguf: string; threads: number; nCtx: n
     page.on('pageerror', (e) => opts.log(`wllama page error: ${e.message}`));
     if (opts.nativeLog) page.on('console', (m) => opts.log(`wllama: ${m.text().slice(0, 300)}`));
     await page.goto(server.url);
-    await page.waitForFunction(() => (window as unknown as { peerReady?: boolean }).peerReady === true, undefined, { timeout: 60_000 });
-    const env = await page.evaluate(() => (window as unknown as { peer: { env(): Record<string, unknown> } }).peer.env());
+    await page.waitForFunction(() => (window as unknown as { peerReady?: boolean }).peerReady === true, undefined, {
+      timeout: 60_000,
+    });
+    const env = await page.evaluate(() =>
+      (window as unknown as { peer: { env(): Record<string, unknown> } }).peer.env(),
+    );
     if (!env.crossOriginIsolated) throw new Error('the page is not cross-origin isolated (COOP/COEP headers missing?)');
     const loaded = await page.evaluate(
       (o) => (window as unknown as { peer: { load(o: object): Promise<Loaded> } }).peer.load(o),
       { threads: opts.threads, nCtx: opts.nCtx, nBatch: 512, nativeLog: !!opts.nativeLog, compat: !!opts.compatDir },
     );
-    if (loaded.threads !== opts.threads) throw new Error(`wllama runs ${loaded.threads} thread(s), asked for ${opts.threads} (multithread: ${loaded.multithread})`);
+    if (loaded.threads !== opts.threads)
+      throw new Error(
+        `wllama runs ${loaded.threads} thread(s), asked for ${opts.threads} (multithread: ${loaded.multithread})`,
+      );
     // The browser's processes: the page's renderer holds wllama's worker and its wasm memory.
     const pids = () => [...new Set([...roots, ...roots.flatMap(descendants)])];
     const b = browser;
@@ -102,7 +128,9 @@ export async function startWllama(opts: { gguf: string; threads: number; nCtx: n
         engine: `@wllama/wllama (libllama ${loaded.libllama})`,
         threads: loaded.threads,
         multithread: loaded.multithread,
-        build: loaded.compat ? 'compat build (wasm32 + Asyncify, @wllama/wllama-compat)' : 'default build (Memory64 + JSPI)',
+        build: loaded.compat
+          ? 'compat build (wasm32 + Asyncify, @wllama/wllama-compat)'
+          : 'default build (Memory64 + JSPI)',
         n_batch: 512,
         browser: b.version(),
         cross_origin_isolated: env.crossOriginIsolated,
@@ -112,7 +140,10 @@ export async function startWllama(opts: { gguf: string; threads: number; nCtx: n
       async run(prompt, decode, stop): Promise<PeerTrial> {
         const c0 = treeCpuMs(pids());
         const r = await page.evaluate(
-          ([text, n, s]) => (window as unknown as { peer: { run(t: string, n: number, s: number[] | null): Promise<PageRun> } }).peer.run(text, n, s),
+          ([text, n, s]) =>
+            (
+              window as unknown as { peer: { run(t: string, n: number, s: number[] | null): Promise<PageRun> } }
+            ).peer.run(text, n, s),
           [prompt.text, decode, stop ?? null] as [string, number, number[] | null],
         );
         const c1 = treeCpuMs(pids());
@@ -132,12 +163,16 @@ export async function startWllama(opts: { gguf: string; threads: number; nCtx: n
           cpuPerWall: (c1 - c0) / total,
           tokens: stop ? ids : ids.slice(0, decode),
           promptTokens,
-          own: timings ? { ttftMs: timings.prompt_ms, decodeMs: timings.predicted_ms, decodeTokens: timings.predicted_n - 1 } : undefined,
+          own: timings
+            ? { ttftMs: timings.prompt_ms, decodeMs: timings.predicted_ms, decodeTokens: timings.predicted_n - 1 }
+            : undefined,
         };
       },
       peakRssMb: async () => maxPeakRssMb(pids()),
       async close() {
-        await page.evaluate(() => (window as unknown as { peer: { exit(): Promise<void> } }).peer.exit()).catch(() => {});
+        await page
+          .evaluate(() => (window as unknown as { peer: { exit(): Promise<void> } }).peer.exit())
+          .catch(() => {});
         await cleanup();
       },
     };

@@ -28,9 +28,14 @@ export async function startWorkerdEngine(opts: {
   /** where the frozen snapshot goes (default .bench-cache/) */
   freezeUnder?: string;
 }): Promise<WorkerdPeers> {
-  const dev: WranglerDev = await startWranglerDev(join(REPO_ROOT, 'scripts/bench-workerd/wrangler.toml'), opts.logFile, {
-    CONTEXT_TOKENS: String(opts.contextTokens),
-  }, { freeze: { models: [opts.model], under: opts.freezeUnder } });
+  const dev: WranglerDev = await startWranglerDev(
+    join(REPO_ROOT, 'scripts/bench-workerd/wrangler.toml'),
+    opts.logFile,
+    {
+      CONTEXT_TOKENS: String(opts.contextTokens),
+    },
+    { freeze: { models: [opts.model], under: opts.freezeUnder } },
+  );
   try {
     opts.log(`workerd: local server (pid ${dev.child.pid}) on ${dev.base}, log ${opts.logFile}; loading ${opts.model}`);
     await waitReady(`${dev.base}/ready?model=${opts.model}`, dev.child, 600_000);
@@ -43,7 +48,11 @@ export async function startWorkerdEngine(opts: {
   const cpu = () => (workerds.length ? treeCpuMs(workerds) : NaN);
   const post = async <T>(path: string, body: object): Promise<{ ms: number; cpuMs: number; json: T }> => {
     const [c0, t0] = [cpu(), performance.now()];
-    const res = await fetch(`${dev.base}${path}`, { method: 'POST', body: JSON.stringify(body), headers: { 'content-type': 'application/json' } });
+    const res = await fetch(`${dev.base}${path}`, {
+      method: 'POST',
+      body: JSON.stringify(body),
+      headers: { 'content-type': 'application/json' },
+    });
     const json = (await res.json()) as T & { error?: string };
     const [ms, cpuMs] = [performance.now() - t0, cpu() - c0];
     if (!res.ok) throw new Error(`workerd ${path}: ${json.error ?? res.status}`);
@@ -56,7 +65,11 @@ export async function startWorkerdEngine(opts: {
 
   const make = (row: 'dense' | 'lazy'): Peer => ({
     row: `${row === 'dense' ? 'dense' : `lazy \`${opts.schedule}\``} (workerd)`,
-    info: { engine: 'lazy-edge (onnxruntime-web 1.30 wasm, 1 thread, workerd served by scripts/serve.ts)', threads: 1, ...(row === 'lazy' ? { schedule: opts.schedule } : {}) },
+    info: {
+      engine: 'lazy-edge (onnxruntime-web 1.30 wasm, 1 thread, workerd served by scripts/serve.ts)',
+      threads: 1,
+      ...(row === 'lazy' ? { schedule: opts.schedule } : {}),
+    },
     async run(prompt, decode, stop): Promise<PeerTrial> {
       const schedule = row === 'lazy' ? opts.schedule : null;
       const p = await post<{ prompt_tokens: number }>('/prefill', { model: opts.model, tokens: prompt.ids, schedule });

@@ -48,7 +48,7 @@ class GroupFailure extends Error {
   }
 }
 
-function unwrap<T extends object>(r: { ok: true } & T | Failure): T {
+function unwrap<T extends object>(r: ({ ok: true } & T) | Failure): T {
   if (!r.ok) throw new GroupFailure(r as Failure);
   return r as T;
 }
@@ -58,7 +58,12 @@ export function chainError(e: unknown): unknown {
   return e instanceof GroupFailure ? fromFailure(e.failure) : e;
 }
 
-type StepCall = (g: number, input: GroupStepCall['input'], schedule: GroupStepCall['schedule'], trace: boolean) => Promise<Failure | ({ ok: true } & GroupStepReply)>;
+type StepCall = (
+  g: number,
+  input: GroupStepCall['input'],
+  schedule: GroupStepCall['schedule'],
+  trace: boolean,
+) => Promise<Failure | ({ ok: true } & GroupStepReply)>;
 /** The front's embedding (EMBED_IN_FRONT): the frontier entering layer 0 for the new tokens. */
 export type FrontEmbed = (start: number, tokens: readonly number[], ranking?: Ranking) => Promise<Frontier>;
 
@@ -69,7 +74,10 @@ export function frontEmbed(env: Pick<Env, 'ASSETS' | 'MODEL_NAME'> & Partial<Env
 }
 
 /** Classifier object k: the logits of its rows for the last token's hidden state. */
-type HeadCall = (k: number, hidden: Float32Array) => Promise<Failure | { ok: true; rows: { start: number; logits: Float32Array }[] }>;
+type HeadCall = (
+  k: number,
+  hidden: Float32Array,
+) => Promise<Failure | { ok: true; rows: { start: number; logits: Float32Array }[] }>;
 
 /** Two consecutive steps over the same layers as one step's figures: the work summed, the active set and caches as the later step left them. */
 function addLayerStats(a: LayerStats, b: LayerStats): LayerStats {
@@ -142,11 +150,19 @@ export class ChainRunner {
   };
 
   /** One step through every object: the last token's logits, each layer group's figures, and the bytes that crossed the boundaries. */
-  private async oneStep(seq: SequenceState, newTokens: readonly number[], opts: Parameters<StepRunner>[2]): Promise<{ logits: Float32Array; stats: LayerStats[]; moved: number }> {
+  private async oneStep(
+    seq: SequenceState,
+    newTokens: readonly number[],
+    opts: Parameters<StepRunner>[2],
+  ): Promise<{ logits: Float32Array; stats: LayerStats[]; moved: number }> {
     const start = seq.length;
     seq.append(newTokens);
     let moved = 0;
-    let input: GroupStepCall['input'] = { tokens: [...newTokens], start, ...(opts.ranking ? { ranking: opts.ranking } : {}) };
+    let input: GroupStepCall['input'] = {
+      tokens: [...newTokens],
+      start,
+      ...(opts.ranking ? { ranking: opts.ranking } : {}),
+    };
     if (this.embed) {
       // The front holds the embedding: the first boundary is front -> group 0.
       input = { frontier: compactFrontier(await this.embed(start, newTokens, opts.ranking)) };
@@ -155,7 +171,9 @@ export class ChainRunner {
     const stats: LayerStats[] = [];
     let logits: Float32Array | null = null;
     for (let g = 0; g < this.groups; g++) {
-      const r: GroupStepReply = unwrap<GroupStepReply>(await this.call(g, input, opts.schedule, opts.trace !== undefined));
+      const r: GroupStepReply = unwrap<GroupStepReply>(
+        await this.call(g, input, opts.schedule, opts.trace !== undefined),
+      );
       await opts.progress?.();
       stats.push(r.stats);
       for (const t of r.trace ?? []) opts.trace?.(t.layer, t.queries, t.revived);
@@ -168,14 +186,20 @@ export class ChainRunner {
     if (this.heads > 0) {
       // The classifier objects share the last token's hidden state and answer their rows at once.
       const h = lastHidden((input as { frontier: Frontier }).frontier, this.config.dim).slice();
-      const parts = await Promise.all(Array.from({ length: this.heads }, async (_, k) => unwrap<{ rows: { start: number; logits: Float32Array }[] }>(await this.headCall!(k, h)).rows));
+      const parts = await Promise.all(
+        Array.from(
+          { length: this.heads },
+          async (_, k) => unwrap<{ rows: { start: number; logits: Float32Array }[] }>(await this.headCall!(k, h)).rows,
+        ),
+      );
       logits = new Float32Array(this.config.vocabSize); // [vocab]
       let filled = 0;
       for (const r of parts.flat()) {
         logits.set(r.logits, r.start);
         filled += r.logits.length;
       }
-      if (filled !== this.config.vocabSize) throw new Error(`the classifier objects answered ${filled} of ${this.config.vocabSize} rows`);
+      if (filled !== this.config.vocabSize)
+        throw new Error(`the classifier objects answered ${filled} of ${this.config.vocabSize} rows`);
       moved += h.byteLength * this.heads;
     }
     if (!logits) throw new Error('the last layer group answered no logits');
@@ -199,7 +223,9 @@ export class ChainRunner {
         heads: this.heads,
         ...(this.index === undefined ? {} : { chain: this.index }),
         prefill_boundary_bytes: this.bytes[0] ?? 0,
-        decode_boundary_bytes_per_step: decode.length ? Math.round(decode.reduce((a, b) => a + b, 0) / decode.length) : 0,
+        decode_boundary_bytes_per_step: decode.length
+          ? Math.round(decode.reduce((a, b) => a + b, 0) / decode.length)
+          : 0,
         steps: this.bytes.length,
         prefill_steps: this.pieces[0] ?? 0,
       },
@@ -224,7 +250,8 @@ export class Chain extends ChainRunner {
     super(
       G,
       config,
-      (g, input, schedule, trace) => stubs[g].step({ groups: G, group: g, heads, frontEmbeds, lease, input, schedule, trace }),
+      (g, input, schedule, trace) =>
+        stubs[g].step({ groups: G, group: g, heads, frontEmbeds, lease, input, schedule, trace }),
       index,
       heads,
       (k, hidden) => stubs[G + k].head({ groups: G, group: G + k, heads }, hidden),
@@ -273,11 +300,14 @@ export function holdObjects(stubs: readonly GroupStub[], lastUse: () => number):
   };
 }
 
-const stubOf = (env: Env, name: string): GroupStub => env.LAYER_GROUP_OBJECTS.get(env.LAYER_GROUP_OBJECTS.idFromName(name));
+const stubOf = (env: Env, name: string): GroupStub =>
+  env.LAYER_GROUP_OBJECTS.get(env.LAYER_GROUP_OBJECTS.idFromName(name));
 
 /** The objects of stateless chain c: its layer groups, then its classifier objects. */
 export function poolChain(env: Env, c: number, groups: number, heads = 0): GroupStub[] {
-  return Array.from({ length: groups + heads }, (_, g) => stubOf(env, heads ? `pool/${c}/${groups}+${heads}/${g}` : `pool/${c}/${g}`));
+  return Array.from({ length: groups + heads }, (_, g) =>
+    stubOf(env, heads ? `pool/${c}/${groups}+${heads}/${g}` : `pool/${c}/${g}`),
+  );
 }
 
 /**
@@ -304,7 +334,10 @@ export async function acquirePoolChain(env: Env, config: ModelConfig): Promise<C
     const chain = new Chain(stubs, lease, config, c, H, embed, prefillStepTokens(env));
     chain.stopHolding = holdObjects(stubs, () => chain.lastUse);
     try {
-      for (let g = 1; g < G; g++) unwrap<{ loaded: boolean }>(await stubs[g].acquire({ groups: G, group: g, heads: H, frontEmbeds, lease, exclusive: false }));
+      for (let g = 1; g < G; g++)
+        unwrap<{ loaded: boolean }>(
+          await stubs[g].acquire({ groups: G, group: g, heads: H, frontEmbeds, lease, exclusive: false }),
+        );
     } catch (e) {
       await chain.release();
       throw chainError(e);
@@ -312,7 +345,14 @@ export async function acquirePoolChain(env: Env, config: ModelConfig): Promise<C
     chain.lastUse = Date.now();
     return chain;
   }
-  throw new ApiError(503, `All ${C} layer-group chains are serving other requests; retry shortly.`, 'server_busy', null, 'server_error', { 'Retry-After': '1' });
+  throw new ApiError(
+    503,
+    `All ${C} layer-group chains are serving other requests; retry shortly.`,
+    'server_busy',
+    null,
+    'server_error',
+    { 'Retry-After': '1' },
+  );
 }
 
 /** generate() options for a chain: its runner. */

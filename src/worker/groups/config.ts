@@ -18,19 +18,23 @@ function intVar(name: string, raw: string | undefined, fallback: number): number
   return n;
 }
 
-export type GroupEnv = Partial<Pick<Env, 'LAYER_GROUPS' | 'GROUP_CHAINS' | 'HEAD_GROUPS' | 'EMBED_IN_FRONT' | 'PREFILL_STEP_TOKENS'>>;
+export type GroupEnv = Partial<
+  Pick<Env, 'LAYER_GROUPS' | 'GROUP_CHAINS' | 'HEAD_GROUPS' | 'EMBED_IN_FRONT' | 'PREFILL_STEP_TOKENS'>
+>;
 
 export const layerGroups = (env: GroupEnv) => intVar('LAYER_GROUPS', env.LAYER_GROUPS, DEFAULT_LAYER_GROUPS);
 export const groupChains = (env: GroupEnv) => intVar('GROUP_CHAINS', env.GROUP_CHAINS, DEFAULT_GROUP_CHAINS);
 /** Objects holding only classifier row parts (0: the last layer group holds the whole classifier). */
-export const headGroups = (env: GroupEnv) => (env.HEAD_GROUPS?.trim() === '0' ? 0 : intVar('HEAD_GROUPS', env.HEAD_GROUPS, 0));
+export const headGroups = (env: GroupEnv) =>
+  env.HEAD_GROUPS?.trim() === '0' ? 0 : intVar('HEAD_GROUPS', env.HEAD_GROUPS, 0);
 
 /**
  * PREFILL_STEP_TOKENS = C (0, the default: never): a dense prefill of more than C tokens goes
  * through the chain as consecutive steps of at most C tokens (chain.ts). An object's prefill peak
  * is its frontiers and hidden states: 19 MB each for SmolLM2 at 8192 tokens, 2.4 MB at 1024.
  */
-export const prefillStepTokens = (env: GroupEnv) => (env.PREFILL_STEP_TOKENS?.trim() === '0' ? 0 : intVar('PREFILL_STEP_TOKENS', env.PREFILL_STEP_TOKENS, 0));
+export const prefillStepTokens = (env: GroupEnv) =>
+  env.PREFILL_STEP_TOKENS?.trim() === '0' ? 0 : intVar('PREFILL_STEP_TOKENS', env.PREFILL_STEP_TOKENS, 0);
 
 /**
  * EMBED_IN_FRONT = 1: the front (Worker or ChatSession object) holds the embedding with the
@@ -51,11 +55,30 @@ export function embedInFront(env: GroupEnv): boolean {
  * i mod heads = k. The classifier is the largest piece of a model with a big vocabulary (SmolLM2:
  * 49152 rows, 108 MiB as f32), so it may need objects of its own.
  */
-export function groupPart(nLayers: number, headParts: number, groups: number, g: number, heads = 0, frontEmbeds = false): PartSpec {
+export function groupPart(
+  nLayers: number,
+  headParts: number,
+  groups: number,
+  g: number,
+  heads = 0,
+  frontEmbeds = false,
+): PartSpec {
   const ranges: LayerRange[] = splitLayers(nLayers, groups);
   if (heads > headParts) throw new Error(`${heads} classifier objects for ${headParts} classifier parts`);
-  if (!(Number.isInteger(g) && g >= 0 && g < groups + heads)) throw new Error(`object ${g} of ${groups} + ${heads} does not exist`);
+  if (!(Number.isInteger(g) && g >= 0 && g < groups + heads))
+    throw new Error(`object ${g} of ${groups} + ${heads} does not exist`);
   const all = Array.from({ length: headParts }, (_, i) => i);
-  if (g >= groups) return { layers: { start: nLayers, end: nLayers }, embed: false, head: all.filter((i) => i % heads === g - groups), tokenizer: false };
-  return { layers: ranges[g], embed: g === 0 && !frontEmbeds, head: heads === 0 && g === groups - 1 ? all : [], tokenizer: false };
+  if (g >= groups)
+    return {
+      layers: { start: nLayers, end: nLayers },
+      embed: false,
+      head: all.filter((i) => i % heads === g - groups),
+      tokenizer: false,
+    };
+  return {
+    layers: ranges[g],
+    embed: g === 0 && !frontEmbeds,
+    head: heads === 0 && g === groups - 1 ? all : [],
+    tokenizer: false,
+  };
 }

@@ -7,7 +7,13 @@ function own<T extends Int32Array | Float32Array>(a: T): T {
 
 /** The frontier with every array its own: what is sent is what it holds. */
 export function compactFrontier(f: Frontier): Frontier {
-  return { ...f, active: own(f.active), scores: f.scores && own(f.scores), carried: own(f.carried), hidden: own(f.hidden) };
+  return {
+    ...f,
+    active: own(f.active),
+    scores: f.scores && own(f.scores),
+    carried: own(f.carried),
+    hidden: own(f.hidden),
+  };
 }
 
 /**
@@ -17,5 +23,11 @@ export function compactFrontier(f: Frontier): Frontier {
  */
 export function lastTokenFrontier(f: Frontier, dim: number): Frontier {
   const q = f.carried.length;
-  return { ...f, active: f.active.slice(-1), scores: null, carried: f.carried.slice(q - 1), hidden: f.hidden.slice((q - 1) * dim, q * dim) };
+  return {
+    ...f,
+    active: f.active.slice(-1),
+    scores: null,
+    carried: f.carried.slice(q - 1),
+    hidden: f.hidden.slice((q - 1) * dim, q * dim),
+  };
 }

@@ -22,13 +22,22 @@ export function groupFingerprint(modelFingerprint: number, start: number, end: n
   return crc32(new TextEncoder().encode(`${modelFingerprint}:${start}-${end}/${groups}`));
 }
 
-const blobOf = (u: Uint8Array): ArrayBuffer => (u.byteOffset === 0 && u.byteLength === u.buffer.byteLength ? (u.buffer as ArrayBuffer) : (u.slice().buffer as ArrayBuffer));
+const blobOf = (u: Uint8Array): ArrayBuffer =>
+  u.byteOffset === 0 && u.byteLength === u.buffer.byteLength
+    ? (u.buffer as ArrayBuffer)
+    : (u.slice().buffer as ArrayBuffer);
 
 /**
  * Rebuilds the group's committed state: drops the chunks of turns >= committed (never committed),
  * then replays the rest in order onto `seq` (empty). Throws StateFormatError on a chunk it cannot trust.
  */
-export function loadGroupLog(sql: SqlStorage, seq: SequenceState, committed: number, fingerprint: number, first: boolean): { view: StoredView; bytes: number } {
+export function loadGroupLog(
+  sql: SqlStorage,
+  seq: SequenceState,
+  committed: number,
+  fingerprint: number,
+  first: boolean,
+): { view: StoredView; bytes: number } {
   for (const s of GROUP_SCHEMA) sql.exec(s);
   sql.exec('DELETE FROM group_chunks WHERE turn >= ?', committed);
   const rows = sql.exec('SELECT seq, bytes FROM group_chunks ORDER BY seq').toArray();
@@ -46,7 +55,9 @@ export function loadGroupLog(sql: SqlStorage, seq: SequenceState, committed: num
 /** Appends a turn's chunks, tagged with its turn index, from sequence number `first`. */
 export function writeGroupChunks(sql: SqlStorage, first: number, turn: number, chunks: readonly Uint8Array[]): void {
   for (const s of GROUP_SCHEMA) sql.exec(s);
-  chunks.forEach((c, k) => sql.exec('INSERT INTO group_chunks (seq, turn, bytes) VALUES (?, ?, ?)', first + k, turn, blobOf(c)));
+  chunks.forEach((c, k) =>
+    sql.exec('INSERT INTO group_chunks (seq, turn, bytes) VALUES (?, ?, ?)', first + k, turn, blobOf(c)),
+  );
 }
 
 /**
@@ -61,8 +72,12 @@ function checkGroupInvariants(seq: SequenceState, first: boolean): void {
     const d = seq.depth[i];
     const has = seq.aux.entries.has(i);
     if (first && d < 1) throw new StateFormatError('malformed', `token ${i} has depth ${d} in the first group`);
-    if (d > 0 && d < S && !has) throw new StateFormatError('malformed', `token ${i} at depth ${d} lacks an Aux Cache entry`);
-    if (d === S && has) throw new StateFormatError('malformed', `token ${i} went through the group but has an Aux Cache entry`);
+    if (d > 0 && d < S && !has)
+      throw new StateFormatError('malformed', `token ${i} at depth ${d} lacks an Aux Cache entry`);
+    if (d === S && has)
+      throw new StateFormatError('malformed', `token ${i} went through the group but has an Aux Cache entry`);
   }
-  for (const i of seq.aux.entries.keys()) if (i >= seq.length) throw new StateFormatError('malformed', `Aux Cache entry for token ${i} beyond the ${seq.length} held`);
+  for (const i of seq.aux.entries.keys())
+    if (i >= seq.length)
+      throw new StateFormatError('malformed', `Aux Cache entry for token ${i} beyond the ${seq.length} held`);
 }

@@ -13,7 +13,17 @@ import { groupPart } from './config.js';
 import { compactFrontier, lastTokenFrontier } from './frontier.js';
 import { groupFingerprint, loadGroupLog, writeGroupChunks } from './group-store.js';
 import { groupModel, manifestOf } from './parts.js';
-import type { GroupAddress, GroupStepCall, GroupStepReply, GroupSummary, IsolateProbe, LayerTraceEntry, Result, SessionGroupAddress, SessionStepCall } from './types.js';
+import type {
+  GroupAddress,
+  GroupStepCall,
+  GroupStepReply,
+  GroupSummary,
+  IsolateProbe,
+  LayerTraceEntry,
+  Result,
+  SessionGroupAddress,
+  SessionStepCall,
+} from './types.js';
 
 /** A session group's state in memory: committed through `turn` turns, or inside attempt `attempt` at turn `turn`. */
 interface SessionMemory {
@@ -26,14 +36,28 @@ interface SessionMemory {
 }
 
 /** One step over a group's layers: group 0 embeds `tokens`, the last applies the head. */
-async function runGroupStep(part: ModelPart, seq: SequenceState, call: GroupStepCall | SessionStepCall): Promise<GroupStepReply> {
+async function runGroupStep(
+  part: ModelPart,
+  seq: SequenceState,
+  call: GroupStepCall | SessionStepCall,
+): Promise<GroupStepReply> {
   // Tokens go to the group holding the embedding; a frontier to any group (the first one too when the front embeds).
-  if ('tokens' in call.input && !part.embed) throw new EngineError(`group ${call.group} holds no embedding but was sent tokens`, 'internal');
-  const into: Frontier = 'tokens' in call.input ? await embedStep(part, call.input.start, call.input.tokens, call.input.ranking) : call.input.frontier;
+  if ('tokens' in call.input && !part.embed)
+    throw new EngineError(`group ${call.group} holds no embedding but was sent tokens`, 'internal');
+  const into: Frontier =
+    'tokens' in call.input
+      ? await embedStep(part, call.input.start, call.input.tokens, call.input.ranking)
+      : call.input.frontier;
   const trace: LayerTraceEntry[] | undefined = call.trace ? [] : undefined;
-  const { frontier, stats } = await runLayers(part, seq, into, { schedule: call.schedule, trace: trace && ((layer, queries, revived) => trace.push({ layer, queries, revived })) });
+  const { frontier, stats } = await runLayers(part, seq, into, {
+    schedule: call.schedule,
+    trace: trace && ((layer, queries, revived) => trace.push({ layer, queries, revived })),
+  });
   const last = call.group === call.groups - 1;
-  const output = last && !call.heads ? { logits: await headStep(part, frontier) } : { frontier: last ? lastTokenFrontier(frontier, part.config.dim) : compactFrontier(frontier) };
+  const output =
+    last && !call.heads
+      ? { logits: await headStep(part, frontier) }
+      : { frontier: last ? lastTokenFrontier(frontier, part.config.dim) : compactFrontier(frontier) };
   return { output, stats, ...(trace ? { trace } : {}) };
 }
 
@@ -65,11 +89,17 @@ export class LayerGroup extends DurableObject<Env> {
 
   private async part(a: Pick<GroupAddress, 'groups' | 'group' | 'heads' | 'frontEmbeds'>): Promise<ModelPart> {
     const m = await manifestOf(this.env);
-    return groupModel(this.env, groupPart(m.config.nLayers, m.files.head.length, a.groups, a.group, a.heads ?? 0, a.frontEmbeds ?? false));
+    return groupModel(
+      this.env,
+      groupPart(m.config.nLayers, m.files.head.length, a.groups, a.group, a.heads ?? 0, a.frontEmbeds ?? false),
+    );
   }
 
   /** A classifier object: the logits of its vocabulary rows for the last token's hidden state [dim]. Stateless. */
-  async head(a: Pick<GroupAddress, 'groups' | 'group' | 'heads'>, hidden: Float32Array): Promise<Result<{ rows: { start: number; logits: Float32Array }[] }>> {
+  async head(
+    a: Pick<GroupAddress, 'groups' | 'group' | 'heads'>,
+    hidden: Float32Array,
+  ): Promise<Result<{ rows: { start: number; logits: Float32Array }[] }>> {
     try {
       const part = await this.part(a);
       if (part.head.length === 0) throw new EngineError(`object ${a.group} holds no classifier rows`, 'internal');
@@ -103,9 +133,15 @@ export class LayerGroup extends DurableObject<Env> {
   /** Runs the step over this group's layers for the lease holding it. */
   async step(call: GroupStepCall): Promise<Result<GroupStepReply>> {
     if (!this.held(call.lease) || !this.state) {
-      const why = this.lease ? `held by another request since ${Date.now() - this.lease.at} ms` : `holding no request, started ${Date.now() - this.born} ms ago`;
+      const why = this.lease
+        ? `held by another request since ${Date.now() - this.lease.at} ms`
+        : `holding no request, started ${Date.now() - this.born} ms ago`;
       console.warn(`layer group ${call.group}/${call.groups}: step refused (lease_lost): ${why}`);
-      return failureOf(409, `Layer group ${call.group} of ${call.groups} is no longer held by this request (${why}).`, 'lease_lost');
+      return failureOf(
+        409,
+        `Layer group ${call.group} of ${call.groups} is no longer held by this request (${why}).`,
+        'lease_lost',
+      );
     }
     if (this.stepping) return failureOf(409, 'A step is already running on this layer group.', 'chain_busy');
     this.stepping = true;
@@ -135,16 +171,29 @@ export class LayerGroup extends DurableObject<Env> {
   private session: SessionMemory | null = null;
 
   /** The committed state at `a.committed` turns, or the attempt `a.attempt` in progress; reloaded from storage otherwise. */
-  private async sessionMemory(a: SessionGroupAddress, continuing: boolean): Promise<{ part: ModelPart; mem: SessionMemory }> {
+  private async sessionMemory(
+    a: SessionGroupAddress,
+    continuing: boolean,
+  ): Promise<{ part: ModelPart; mem: SessionMemory }> {
     const part = await this.part(a);
     const mem = this.session;
-    if (mem && (continuing ? mem.attempt === a.attempt || (mem.attempt === null && mem.turn === a.committed) : mem.attempt === null && mem.turn === a.committed)) return { part, mem };
+    if (
+      mem &&
+      (continuing
+        ? mem.attempt === a.attempt || (mem.attempt === null && mem.turn === a.committed)
+        : mem.attempt === null && mem.turn === a.committed)
+    )
+      return { part, mem };
     // Not loaded, evicted, or left mid-turn by an attempt that did not commit: rebuild from storage.
     this.session = null;
     const { start, end } = part.layerRange;
     const fingerprint = groupFingerprint(modelFingerprint(part.manifest), start, end, a.groups);
     const seq = groupState(part.config, part.layerRange);
-    const { view, bytes } = await this.ctx.blockConcurrencyWhile(async () => this.ctx.storage.transactionSync(() => loadGroupLog(this.ctx.storage.sql, seq, a.committed, fingerprint, a.group === 0)));
+    const { view, bytes } = await this.ctx.blockConcurrencyWhile(async () =>
+      this.ctx.storage.transactionSync(() =>
+        loadGroupLog(this.ctx.storage.sql, seq, a.committed, fingerprint, a.group === 0),
+      ),
+    );
     this.session = { seq, view, fingerprint, turn: a.committed, attempt: null, recordBytes: bytes };
     return { part, mem: this.session };
   }
@@ -155,7 +204,12 @@ export class LayerGroup extends DurableObject<Env> {
     this.stepping = true;
     try {
       // Later steps continue the attempt this object is in; if it lost it (evicted mid-turn), the turn fails.
-      if (call.step > 0 && this.session?.attempt !== call.attempt) return failureOf(409, 'This layer group lost the turn in progress (it was restarted); the turn is abandoned.', 'turn_lost');
+      if (call.step > 0 && this.session?.attempt !== call.attempt)
+        return failureOf(
+          409,
+          'This layer group lost the turn in progress (it was restarted); the turn is abandoned.',
+          'turn_lost',
+        );
       const { part, mem } = await this.sessionMemory(call, true);
       mem.attempt = call.attempt;
       // The session keeps the longest common prefix of the conversation: a step may start earlier than the state ends.
@@ -178,9 +232,12 @@ export class LayerGroup extends DurableObject<Env> {
   async prepare(a: SessionGroupAddress): Promise<Result<{ delta_bytes: number }>> {
     try {
       const mem = this.session;
-      if (!mem || mem.attempt !== a.attempt || mem.turn !== a.committed) return failureOf(409, 'This layer group no longer holds the turn being committed.', 'turn_lost');
+      if (!mem || mem.attempt !== a.attempt || mem.turn !== a.committed)
+        return failureOf(409, 'This layer group no longer holds the turn being committed.', 'turn_lost');
       const delta = encodeDelta(mem.seq, mem.view, { fingerprint: mem.fingerprint });
-      this.ctx.storage.transactionSync(() => writeGroupChunks(this.ctx.storage.sql, mem.view.nextSeq, a.committed, delta.chunks));
+      this.ctx.storage.transactionSync(() =>
+        writeGroupChunks(this.ctx.storage.sql, mem.view.nextSeq, a.committed, delta.chunks),
+      );
       const bytes = delta.chunks.reduce((t, c) => t + c.byteLength, 0);
       mem.view = delta.view;
       mem.recordBytes += bytes;

@@ -38,7 +38,10 @@ const manifests = new Map<string, Promise<Manifest>>();
 export function manifestOf(env: ModelEnv): Promise<Manifest> {
   let p = manifests.get(env.MODEL_NAME);
   if (!p) {
-    p = (async () => parseManifest(new TextDecoder().decode(await assetReader(env.ASSETS, undefined)(`${env.MODEL_NAME}/manifest.json`))))();
+    p = (async () =>
+      parseManifest(
+        new TextDecoder().decode(await assetReader(env.ASSETS, undefined)(`${env.MODEL_NAME}/manifest.json`)),
+      ))();
     p.catch(() => manifests.delete(env.MODEL_NAME));
     manifests.set(env.MODEL_NAME, p);
   }
@@ -56,9 +59,13 @@ export function groupModel(env: ModelEnv, spec: PartSpec): Promise<ModelPart> {
  * template; no weights but the embedding with EMBED_IN_FRONT (config.ts). Typed as a LoadedModel so that the job planning and generation code paths
  * stay the same; its steps are run by the chain (chain.ts).
  */
-export async function frontModel(env: Pick<Env, 'ASSETS' | 'MODEL_NAME'> & Partial<Env> & GroupEnv): Promise<LoadedModel> {
+export async function frontModel(
+  env: Pick<Env, 'ASSETS' | 'MODEL_NAME'> & Partial<Env> & GroupEnv,
+): Promise<LoadedModel> {
   const embed = embedInFront(env);
   // Keyed by the load options too (as model-store.ts keys the whole model): they set the served context.
   const key = `${env.MODEL_NAME}|front${embed ? '+e' : ''}|${JSON.stringify(loadOptionsOf(env))}`;
-  return (await cached(key, async () => load(env, { layers: { start: 0, end: 0 }, embed, head: [], tokenizer: true }))) as LoadedModel;
+  return (await cached(key, async () =>
+    load(env, { layers: { start: 0, end: 0 }, embed, head: [], tokenizer: true }),
+  )) as LoadedModel;
 }

@@ -16,7 +16,9 @@ export function sessionGroups(env: Env, sessionObject: string, groups: number, h
   // The split is part of the name: a session made under another split never meets these objects.
   const ns = env.LAYER_GROUP_OBJECTS;
   const split = heads ? `${groups}+${heads}` : String(groups);
-  return Array.from({ length: groups + heads }, (_, g) => ns.get(ns.idFromName(`session/${sessionObject}/${split}/${g}`)));
+  return Array.from({ length: groups + heads }, (_, g) =>
+    ns.get(ns.idFromName(`session/${sessionObject}/${split}/${g}`)),
+  );
 }
 
 export class SessionChainFailure extends Error {}
@@ -66,7 +68,14 @@ export class SessionChain {
   }
 
   private address(g: number, committed: number, attempt: string): SessionGroupAddress {
-    return { groups: this.groups, group: g, heads: this.heads, frontEmbeds: this.embed !== undefined, committed, attempt };
+    return {
+      groups: this.groups,
+      group: g,
+      heads: this.heads,
+      frontEmbeds: this.embed !== undefined,
+      committed,
+      attempt,
+    };
   }
 
   /** A runner for one attempt at turn `committed`; `done()` ends its holds on the objects (chain.ts holdObjects) once the attempt is over. */
@@ -80,7 +89,8 @@ export class SessionChain {
     runner = new ChainRunner(
       G,
       this.config,
-      (g, input, schedule, trace) => stubs[g].turnStep({ ...this.address(g, committed, id), step: steps[g]++, input, schedule, trace }),
+      (g, input, schedule, trace) =>
+        stubs[g].turnStep({ ...this.address(g, committed, id), step: steps[g]++, input, schedule, trace }),
       undefined,
       this.heads,
       (k, hidden) => stubs[G + k].head({ groups: G, group: G + k, heads: this.heads }, hidden),
@@ -98,11 +108,17 @@ export class SessionChain {
 
   /** The groups' committed state at `committed` turns, summed. */
   async summary(committed: number): Promise<ChainSummary> {
-    const parts: GroupSummary[] = (await Promise.all(this.layerStubs().map((s, g) => s.summary({ groups: this.groups, group: g, heads: this.heads, committed })))).map((r, g) => ok<{ summary: GroupSummary }>(r, `layer group ${g}`).summary);
+    const parts: GroupSummary[] = (
+      await Promise.all(
+        this.layerStubs().map((s, g) => s.summary({ groups: this.groups, group: g, heads: this.heads, committed })),
+      )
+    ).map((r, g) => ok<{ summary: GroupSummary }>(r, `layer group ${g}`).summary);
     const n = parts[0].tokens;
     const hist = new Array(this.config.nLayers + 1).fill(0);
     for (let i = 0; i < n; i++) hist[parts.reduce((d, p) => d + p.depth[i], 0)]++;
-    const sum = (k: 'kv_entries' | 'kv_bytes' | 'aux_entries' | 'aux_bytes' | 'record_bytes' | 'record_chunks' | 'storage_bytes') => parts.reduce((t, p) => t + p[k], 0);
+    const sum = (
+      k: 'kv_entries' | 'kv_bytes' | 'aux_entries' | 'aux_bytes' | 'record_bytes' | 'record_chunks' | 'storage_bytes',
+    ) => parts.reduce((t, p) => t + p[k], 0);
     return {
       tokens: n,
       depth_histogram: hist,

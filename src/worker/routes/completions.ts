@@ -23,7 +23,10 @@ function promptTokens(tok: TextTokenizer, prompt: CompletionRequest['prompt']): 
   const bad = ids.findIndex((t) => !Number.isInteger(t) || t < 0 || t >= tok.vocabSize);
   if (bad >= 0) {
     const param = nested ? `prompt[0][${bad}]` : `prompt[${bad}]`;
-    throw invalid(`Invalid value for '${param}': ${ids[bad]} is not a token id of this model (an integer in [0, ${tok.vocabSize})).`, param);
+    throw invalid(
+      `Invalid value for '${param}': ${ids[bad]} is not a token id of this model (an integer in [0, ${tok.vocabSize})).`,
+      param,
+    );
   }
   return [...ids];
 }
@@ -46,12 +49,26 @@ export const completions = new Hono<AppEnv>().post('/', async (c) => {
   return respond(c, job, body, {
     whole: (o) => ({
       ...base(),
-      choices: [{ text: o.text, index: 0, logprobs: o.logprobs ? completionLogprobs(o.logprobs) : null, finish_reason: o.finishReason }],
+      choices: [
+        {
+          text: o.text,
+          index: 0,
+          logprobs: o.logprobs ? completionLogprobs(o.logprobs) : null,
+          finish_reason: o.finishReason,
+        },
+      ],
       usage: o.usage,
       lazy_stats: o.stats,
     }),
-    delta: (t, lps) => ({ ...base(), choices: [{ text: t, index: 0, logprobs: lps ? completionLogprobs(lps) : null, finish_reason: null }] }),
-    finish: (reason, stats) => ({ ...base(), choices: [{ text: '', index: 0, logprobs: null, finish_reason: reason }], lazy_stats: stats }),
+    delta: (t, lps) => ({
+      ...base(),
+      choices: [{ text: t, index: 0, logprobs: lps ? completionLogprobs(lps) : null, finish_reason: null }],
+    }),
+    finish: (reason, stats) => ({
+      ...base(),
+      choices: [{ text: '', index: 0, logprobs: null, finish_reason: reason }],
+      lazy_stats: stats,
+    }),
     usage: (u) => ({ ...base(), choices: [], usage: u }),
   });
 });

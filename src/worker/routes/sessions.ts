@@ -32,7 +32,8 @@ export function newSessionId(): string {
 }
 
 function stub(c: Context<AppEnv>, id: string) {
-  if (!ID_PATTERN.test(id)) throw new ApiError(404, `No session '${id}' exists for this API key.`, 'session_not_found', 'session_id');
+  if (!ID_PATTERN.test(id))
+    throw new ApiError(404, `No session '${id}' exists for this API key.`, 'session_not_found', 'session_id');
   const ns = c.env.CHAT_SESSIONS;
   return ns.get(ns.idFromName(`${apiKeyId(c)}/${id}`));
 }
@@ -45,7 +46,12 @@ function idempotencyKey(c: Context<AppEnv>): string | undefined {
   const key = c.req.header('idempotency-key');
   if (key === undefined) return undefined;
   if (!/^[\x21-\x7e]{1,255}$/.test(key)) {
-    throw new ApiError(400, "Invalid value for 'Idempotency-Key': it must be 1 to 255 visible ASCII characters (a UUID is a good key).", 'invalid_value', 'Idempotency-Key');
+    throw new ApiError(
+      400,
+      "Invalid value for 'Idempotency-Key': it must be 1 to 255 visible ASCII characters (a UUID is a good key).",
+      'invalid_value',
+      'Idempotency-Key',
+    );
   }
   return key;
 }
@@ -59,7 +65,25 @@ const createSchema = z.object({ messages: z.array(messageSchema).optional() });
 
 /** The options of a session message: chat's generation options, without model and messages. */
 export const sessionMessageSchema = chatSchema
-  .pick({ max_tokens: true, max_completion_tokens: true, temperature: true, top_p: true, top_k: true, seed: true, stop: true, stream: true, stream_options: true, n: true, lazy: true, logprobs: true, top_logprobs: true, frequency_penalty: true, presence_penalty: true, repetition_penalty: true, user: true })
+  .pick({
+    max_tokens: true,
+    max_completion_tokens: true,
+    temperature: true,
+    top_p: true,
+    top_k: true,
+    seed: true,
+    stop: true,
+    stream: true,
+    stream_options: true,
+    n: true,
+    lazy: true,
+    logprobs: true,
+    top_logprobs: true,
+    frequency_penalty: true,
+    presence_penalty: true,
+    repetition_penalty: true,
+    user: true,
+  })
   .extend({
     /** optional here (the session's model is the served one), but a wrong name is refused as everywhere else */
     model: z.string().optional(),
@@ -71,7 +95,13 @@ export const sessionMessageSchema = chatSchema
 type Options = z.infer<typeof sessionMessageSchema> | ChatRequest;
 
 /** Runs one turn in the session's object and answers like /v1/chat/completions (JSON or SSE). */
-async function turnResponse(c: Context<AppEnv>, id: string, model: string, req: TurnRequest, o: Options): Promise<Response> {
+async function turnResponse(
+  c: Context<AppEnv>,
+  id: string,
+  model: string,
+  req: TurnRequest,
+  o: Options,
+): Promise<Response> {
   const obj = stub(c, id);
   const shapes = chatShapes(model);
 
@@ -169,9 +199,17 @@ export async function sessionChat(c: Context<AppEnv>, body: ChatRequest, id: str
 export const sessions = new Hono<AppEnv>()
   .post('/', async (c) => {
     const text = await c.req.text();
-    const body = validate(createSchema, text.trim() === '' ? {} : await readJson(new Request('http://x', { method: 'POST', body: text })));
+    const body = validate(
+      createSchema,
+      text.trim() === '' ? {} : await readJson(new Request('http://x', { method: 'POST', body: text })),
+    );
     const id = newSessionId();
-    const r = await stub(c, id).create({ id, owner: apiKeyId(c), messages: body.messages, split: { groups: layerGroups(c.env), heads: headGroups(c.env), stepTokens: prefillStepTokens(c.env) } });
+    const r = await stub(c, id).create({
+      id,
+      owner: apiKeyId(c),
+      messages: body.messages,
+      split: { groups: layerGroups(c.env), heads: headGroups(c.env), stepTokens: prefillStepTokens(c.env) },
+    });
     if (!r.ok) raise(r);
     return c.json({ object: 'chat.session', ...(r as { session: object }).session }, 200);
   })
@@ -191,7 +229,12 @@ export const sessions = new Hono<AppEnv>()
     const id = c.req.param('id');
     const json = await readJson(c.req.raw);
     // content's union type would report a missing value as an invalid one
-    if (typeof json === 'object' && json !== null && !Array.isArray(json) && (json as { content?: unknown }).content === undefined) {
+    if (
+      typeof json === 'object' &&
+      json !== null &&
+      !Array.isArray(json) &&
+      (json as { content?: unknown }).content === undefined
+    ) {
       throw new ApiError(400, "Missing required parameter: 'content'.", 'missing_required_parameter', 'content');
     }
     const body = validate(sessionMessageSchema, json);

@@ -14,7 +14,13 @@ const SCHEMA = `CREATE TABLE IF NOT EXISTS idempotency (key TEXT PRIMARY KEY, re
 /** what a key is bound to: the turn's content, not how it is delivered (streamed or not) */
 export function requestFingerprint(req: TurnRequest): string {
   const { stream: _s, stream_options: _o, ...options } = req.options;
-  return JSON.stringify({ mode: req.mode, messages: req.messages, options, maxTokens: req.maxTokens ?? null, logprobs: req.logprobs ?? null });
+  return JSON.stringify({
+    mode: req.mode,
+    messages: req.messages,
+    options,
+    maxTokens: req.maxTokens ?? null,
+    logprobs: req.logprobs ?? null,
+  });
 }
 
 /** The stored outcome for `key` (sessions made before keys existed have no table yet). */
@@ -28,7 +34,12 @@ function lookup(sql: SqlStorage, key: string): { request: string; outcome: TurnO
 export function recordOutcome(sql: SqlStorage, key: string, req: TurnRequest, outcome: TurnOutcome): void {
   sql.exec(SCHEMA);
   const { trace: _t, ...stats } = outcome.stats;
-  sql.exec('INSERT INTO idempotency (key, request, outcome) VALUES (?, ?, ?)', key, requestFingerprint(req), JSON.stringify({ ...outcome, stats }));
+  sql.exec(
+    'INSERT INTO idempotency (key, request, outcome) VALUES (?, ?, ?)',
+    key,
+    requestFingerprint(req),
+    JSON.stringify({ ...outcome, stats }),
+  );
 }
 
 /**
@@ -36,18 +47,37 @@ export function recordOutcome(sql: SqlStorage, key: string, req: TurnRequest, ou
  * a streamed turn would be (one text event) when `onEvent` is given; null when the key is new. A key
  * sent with another request is refused (422) and changes nothing.
  */
-export async function replayStored(sql: SqlStorage, req: TurnRequest, cache: CacheStats | null, onEvent?: TurnListener): Promise<Result<TurnOutcome> | Failure | null> {
+export async function replayStored(
+  sql: SqlStorage,
+  req: TurnRequest,
+  cache: CacheStats | null,
+  onEvent?: TurnListener,
+): Promise<Result<TurnOutcome> | Failure | null> {
   const key = req.idempotencyKey;
   if (key === undefined) return null;
   const stored = lookup(sql, key);
   if (!stored) return null;
   if (stored.request !== requestFingerprint(req)) {
-    return failureOf(422, `Idempotency-Key '${key}' was already used for a different request on this session; use a new key for a new turn.`, 'idempotency_key_reused', 'Idempotency-Key');
+    return failureOf(
+      422,
+      `Idempotency-Key '${key}' was already used for a different request on this session; use a new key for a new turn.`,
+      'idempotency_key_reused',
+      'Idempotency-Key',
+    );
   }
-  const outcome: { ok: true } & TurnOutcome = { ...stored.outcome, ok: true, session: { ...stored.outcome.session, replayed: true, stats: { ...stored.outcome.session.stats, cache: cache ?? stored.outcome.session.stats.cache } } };
+  const outcome: { ok: true } & TurnOutcome = {
+    ...stored.outcome,
+    ok: true,
+    session: {
+      ...stored.outcome.session,
+      replayed: true,
+      stats: { ...stored.outcome.session.stats, cache: cache ?? stored.outcome.session.stats.cache },
+    },
+  };
   if (onEvent) {
     await onEvent({ type: 'start' });
-    if (outcome.text) await onEvent({ type: 'text', text: outcome.text, ...(outcome.logprobs ? { logprobs: outcome.logprobs } : {}) });
+    if (outcome.text)
+      await onEvent({ type: 'text', text: outcome.text, ...(outcome.logprobs ? { logprobs: outcome.logprobs } : {}) });
     delete outcome.logprobs;
   }
   return outcome;

@@ -23,7 +23,11 @@ const hex8 = (v: number) => (v >>> 0).toString(16).padStart(8, '0');
  * The stored session, loaded (and recovered if need be); null when the object holds none.
  * `sessionObject` (the object's id) names the session's layer groups when its layers are split.
  */
-export async function loadSession(storage: DurableObjectStorage, env: Env, sessionObject: string): Promise<Live | null> {
+export async function loadSession(
+  storage: DurableObjectStorage,
+  env: Env,
+  sessionObject: string,
+): Promise<Live | null> {
   const stored = readSession(storage.sql);
   if (!stored) return null;
   const split = readSplit(storage.sql);
@@ -31,12 +35,29 @@ export async function loadSession(storage: DurableObjectStorage, env: Env, sessi
   const { meta, messages, turns, chunks, recordBytes } = stored;
   const model = await getModel(env);
   const fingerprint = modelFingerprint(model.manifest);
-  const live: Live = { meta, model, fingerprint, seq: new SequenceState(model.config), view: emptyView(), messages, recordBytes, turns, source: 'records', committed: null };
+  const live: Live = {
+    meta,
+    model,
+    fingerprint,
+    seq: new SequenceState(model.config),
+    view: emptyView(),
+    messages,
+    recordBytes,
+    turns,
+    source: 'records',
+    committed: null,
+  };
   try {
-    if (meta.fingerprint !== fingerprint) throw new StateFormatError('foreign_model', `the session was stored for model ${meta.model} (${hex8(meta.fingerprint)}), this is ${model.manifest.name} (${hex8(fingerprint)})`);
-    if (chunks.length !== meta.chunks) throw new StateFormatError('out_of_order', `${chunks.length} chunks stored, ${meta.chunks} expected`);
+    if (meta.fingerprint !== fingerprint)
+      throw new StateFormatError(
+        'foreign_model',
+        `the session was stored for model ${meta.model} (${hex8(meta.fingerprint)}), this is ${model.manifest.name} (${hex8(fingerprint)})`,
+      );
+    if (chunks.length !== meta.chunks)
+      throw new StateFormatError('out_of_order', `${chunks.length} chunks stored, ${meta.chunks} expected`);
     const r = replayLog(model.config, chunks, fingerprint);
-    if (r.seq.length !== meta.tokens) throw new StateFormatError('malformed', `the log rebuilds ${r.seq.length} tokens, ${meta.tokens} expected`);
+    if (r.seq.length !== meta.tokens)
+      throw new StateFormatError('malformed', `the log rebuilds ${r.seq.length} tokens, ${meta.tokens} expected`);
     live.seq = r.seq;
     live.view = r.view;
   } catch (e) {
@@ -53,16 +74,42 @@ export async function loadSession(storage: DurableObjectStorage, env: Env, sessi
  * asked for its figures here. A group log that cannot be trusted fails the load: rebuilding a
  * split session from its records is not done yet.
  */
-async function loadSplitSession(storage: DurableObjectStorage, env: Env, sessionObject: string, split: Split, stored: NonNullable<ReturnType<typeof readSession>>): Promise<Live> {
+async function loadSplitSession(
+  storage: DurableObjectStorage,
+  env: Env,
+  sessionObject: string,
+  split: Split,
+  stored: NonNullable<ReturnType<typeof readSession>>,
+): Promise<Live> {
   const { meta, messages, turns } = stored;
   const model = await frontModel(env);
   const fingerprint = modelFingerprint(model.manifest);
-  if (meta.fingerprint !== fingerprint) throw new StateFormatError('foreign_model', `the split session was stored for model ${meta.model} (${hex8(meta.fingerprint)}), this is ${model.manifest.name} (${hex8(fingerprint)})`);
+  if (meta.fingerprint !== fingerprint)
+    throw new StateFormatError(
+      'foreign_model',
+      `the split session was stored for model ${meta.model} (${hex8(meta.fingerprint)}), this is ${model.manifest.name} (${hex8(fingerprint)})`,
+    );
   const records = readTurns(storage.sql).map((r) => r.record);
   const chain = sessionChain(env, sessionObject, split, model.config);
-  const live: Live = { meta, model, fingerprint, seq: tokensOfRecords(model.config, records), view: emptyView(), messages, recordBytes: 0, turns, source: 'records', committed: null, chain };
+  const live: Live = {
+    meta,
+    model,
+    fingerprint,
+    seq: tokensOfRecords(model.config, records),
+    view: emptyView(),
+    messages,
+    recordBytes: 0,
+    turns,
+    source: 'records',
+    committed: null,
+    chain,
+  };
   live.groups = await chain.summary(turns);
-  if (live.groups.tokens !== live.seq.length) throw new StateFormatError('malformed', `the layer groups hold ${live.groups.tokens} tokens, the turn records ${live.seq.length}`);
+  if (live.groups.tokens !== live.seq.length)
+    throw new StateFormatError(
+      'malformed',
+      `the layer groups hold ${live.groups.tokens} tokens, the turn records ${live.seq.length}`,
+    );
   live.committed = cacheStats(live, storage.sql);
   return live;
 }
@@ -94,7 +141,13 @@ async function rebuild(storage: DurableObjectStorage, live: Live, why: StateForm
     seq = new SequenceState(model.config);
     if (live.messages.length > 0) {
       const { prompt: target, question } = encodeChat(model.tokenizer, model.manifest.chatTemplate, live.messages);
-      synthetic = { keep: 0, prompt: target, decoded: [], schedule: defaultSchedule(model.config.nLayers, question ? 'question' : 'text'), question };
+      synthetic = {
+        keep: 0,
+        prompt: target,
+        decoded: [],
+        schedule: defaultSchedule(model.config.nLayers, question ? 'question' : 'text'),
+        question,
+      };
       await replayTurn(model, seq, synthetic!);
     }
   }
@@ -107,9 +160,23 @@ async function rebuild(storage: DurableObjectStorage, live: Live, why: StateForm
       clearTurns(sql);
       insertTurn(sql, 0, synthetic, fingerprint);
     }
-    recordRecovery(sql, { fingerprint, model: model.manifest.name, tokens: seq.length, chunks: delta.chunks.length, note });
+    recordRecovery(sql, {
+      fingerprint,
+      model: model.manifest.name,
+      tokens: seq.length,
+      chunks: delta.chunks.length,
+      note,
+    });
   });
-  live.meta = { ...live.meta, fingerprint, model: model.manifest.name, tokens: seq.length, chunks: delta.chunks.length, recoveries: live.meta.recoveries + 1, last_recovery: note };
+  live.meta = {
+    ...live.meta,
+    fingerprint,
+    model: model.manifest.name,
+    tokens: seq.length,
+    chunks: delta.chunks.length,
+    recoveries: live.meta.recoveries + 1,
+    last_recovery: note,
+  };
   live.seq = seq;
   live.view = delta.view;
   live.recordBytes = delta.chunks.reduce((s, c) => s + c.byteLength, 0);

@@ -32,17 +32,27 @@ export interface Split {
 
 /** The session's split as stored; 1 group (its own caches) when none is. */
 export function readSplit(sql: SqlStorage): Split {
-  const has = sql.exec(`SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'layer_groups'`).toArray().length > 0;
+  const has =
+    sql.exec(`SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'layer_groups'`).toArray().length > 0;
   // SELECT *: a table written before step_tokens existed has no such column
   const row = has ? sql.exec('SELECT * FROM layer_groups WHERE id = 1').toArray()[0] : undefined;
   if (!row) return { groups: 1, heads: 0 };
   const step = row.step_tokens;
-  return { groups: row.groups as number, heads: row.heads as number, ...(typeof step === 'number' ? { stepTokens: step } : {}) };
+  return {
+    groups: row.groups as number,
+    heads: row.heads as number,
+    ...(typeof step === 'number' ? { stepTokens: step } : {}),
+  };
 }
 
 export function writeSplit(sql: SqlStorage, s: Split): void {
   sql.exec(SCHEMA);
-  sql.exec('INSERT OR REPLACE INTO layer_groups (id, groups, heads, step_tokens) VALUES (1, ?, ?, ?)', s.groups, s.heads, s.stepTokens ?? null);
+  sql.exec(
+    'INSERT OR REPLACE INTO layer_groups (id, groups, heads, step_tokens) VALUES (1, ?, ?, ?)',
+    s.groups,
+    s.heads,
+    s.stepTokens ?? null,
+  );
 }
 
 /** The tokens a session holds after its recorded turns, in a state without layers (the groups hold the caches). */
@@ -58,5 +68,12 @@ export function tokensOfRecords(config: ModelConfig, records: readonly TurnRecor
 
 /** The chain of a session's groups, named from its ChatSession object's id. */
 export function sessionChain(env: Env, sessionObject: string, split: Split, config: ModelConfig): SessionChain {
-  return new SessionChain(() => sessionGroups(env, sessionObject, split.groups, split.heads), split.groups, config, split.heads, frontEmbed(env), split.stepTokens ?? prefillStepTokens(env));
+  return new SessionChain(
+    () => sessionGroups(env, sessionObject, split.groups, split.heads),
+    split.groups,
+    config,
+    split.heads,
+    frontEmbed(env),
+    split.stepTokens ?? prefillStepTokens(env),
+  );
 }

@@ -61,7 +61,10 @@ export interface Meta {
 
 const u32Blob = (a: readonly number[]): ArrayBuffer => Uint32Array.from(a).buffer;
 const blobU32 = (b: unknown): number[] => Array.from(new Uint32Array(b as ArrayBuffer));
-const blobOf = (u: Uint8Array): ArrayBuffer => (u.byteOffset === 0 && u.byteLength === u.buffer.byteLength ? (u.buffer as ArrayBuffer) : (u.slice().buffer as ArrayBuffer));
+const blobOf = (u: Uint8Array): ArrayBuffer =>
+  u.byteOffset === 0 && u.byteLength === u.buffer.byteLength
+    ? (u.buffer as ArrayBuffer)
+    : (u.slice().buffer as ArrayBuffer);
 
 /** Everything stored, as read at load; null when this object holds no session. */
 export interface StoredSession {
@@ -73,7 +76,8 @@ export interface StoredSession {
 }
 
 export function readSession(sql: SqlStorage): StoredSession | null {
-  const hasTable = sql.exec(`SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'session'`).toArray().length > 0;
+  const hasTable =
+    sql.exec(`SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'session'`).toArray().length > 0;
   if (!hasTable) return null;
   const row = sql.exec('SELECT * FROM session WHERE id = 1').toArray()[0];
   if (!row) return null;
@@ -81,13 +85,21 @@ export function readSession(sql: SqlStorage): StoredSession | null {
   const turns = (sql.exec('SELECT COUNT(*) AS n FROM turns').one().n as number) ?? 0;
   const rows = sql.exec('SELECT seq, bytes FROM chunks ORDER BY seq').toArray();
   const recordBytes = rows.reduce((s, r) => s + (r.bytes as ArrayBuffer).byteLength, 0);
-  return { meta: row as unknown as Meta, messages, turns, chunks: rows.map((x) => new Uint8Array(x.bytes as ArrayBuffer)), recordBytes };
+  return {
+    meta: row as unknown as Meta,
+    messages,
+    turns,
+    chunks: rows.map((x) => new Uint8Array(x.bytes as ArrayBuffer)),
+    recordBytes,
+  };
 }
 
 /** The turn records in order, each with the fingerprint of the model that made it. */
 export function readTurns(sql: SqlStorage): { record: TurnRecord; fingerprint: number }[] {
   return sql
-    .exec('SELECT keep, prompt, decoded, schedule, fingerprint, q_from, q_to FROM turns LEFT JOIN turn_questions USING (idx) ORDER BY idx')
+    .exec(
+      'SELECT keep, prompt, decoded, schedule, fingerprint, q_from, q_to FROM turns LEFT JOIN turn_questions USING (idx) ORDER BY idx',
+    )
     .toArray()
     .map((r) => ({
       record: {
@@ -116,7 +128,8 @@ export function insertTurn(sql: SqlStorage, idx: number, r: TurnRecord, fingerpr
     JSON.stringify(r.schedule),
     fingerprint,
   );
-  if (r.question) sql.exec('INSERT INTO turn_questions (idx, q_from, q_to) VALUES (?, ?, ?)', idx, r.question.from, r.question.to);
+  if (r.question)
+    sql.exec('INSERT INTO turn_questions (idx, q_from, q_to) VALUES (?, ?, ?)', idx, r.question.from, r.question.to);
 }
 
 /** Appends chunks to the log from sequence number `first`; with `replace`, the log is emptied first. */
@@ -126,9 +139,16 @@ export function writeChunks(sql: SqlStorage, first: number, chunks: readonly Uin
 }
 
 /** Appends messages from index `from`; with `replace`, the stored conversation is emptied first. */
-export function writeMessages(sql: SqlStorage, from: number, messages: readonly StoredMessage[], replace = false): void {
+export function writeMessages(
+  sql: SqlStorage,
+  from: number,
+  messages: readonly StoredMessage[],
+  replace = false,
+): void {
   if (replace) sql.exec('DELETE FROM messages');
-  messages.forEach((m, k) => sql.exec('INSERT INTO messages (idx, role, content) VALUES (?, ?, ?)', from + k, m.role, m.content));
+  messages.forEach((m, k) =>
+    sql.exec('INSERT INTO messages (idx, role, content) VALUES (?, ?, ?)', from + k, m.role, m.content),
+  );
 }
 
 export function insertSession(sql: SqlStorage, meta: Meta, messages: readonly StoredMessage[]): void {
@@ -147,7 +167,10 @@ export function insertSession(sql: SqlStorage, meta: Meta, messages: readonly St
 }
 
 /** After a recovery: the model the log now belongs to, its size, and the note. */
-export function recordRecovery(sql: SqlStorage, m: { fingerprint: number; model: string; tokens: number; chunks: number; note: string }): void {
+export function recordRecovery(
+  sql: SqlStorage,
+  m: { fingerprint: number; model: string; tokens: number; chunks: number; note: string },
+): void {
   sql.exec(
     'UPDATE session SET fingerprint = ?, model = ?, format = ?, tokens = ?, chunks = ?, recoveries = recoveries + 1, last_recovery = ? WHERE id = 1',
     m.fingerprint,

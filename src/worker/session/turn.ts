@@ -16,7 +16,8 @@ import type { Result, StoredMessage, TurnEvent, TurnListener, TurnOutcome, TurnR
 export const SESSION_DEFAULT_MAX_TOKENS = 128;
 
 /** The turn was abandoned because its client went away; the HTTP layer writes nothing more. */
-const goneFailure = (): Failure => failureOf(499, 'The client closed the stream; the turn was abandoned and nothing was stored.', 'client_gone');
+const goneFailure = (): Failure =>
+  failureOf(499, 'The client closed the stream; the turn was abandoned and nothing was stored.', 'client_gone');
 
 export interface TurnHost {
   storage: DurableObjectStorage;
@@ -32,7 +33,12 @@ export interface TurnHost {
  * events. Memory changes only inside the turn and storage only at its end, in one transaction; a
  * turn that fails leaves storage untouched and has the host reload memory from it.
  */
-export async function playTurn(host: TurnHost, live: Live, req: TurnRequest, onEvent?: TurnListener): Promise<Result<TurnOutcome>> {
+export async function playTurn(
+  host: TurnHost,
+  live: Live,
+  req: TurnRequest,
+  onEvent?: TurnListener,
+): Promise<Result<TurnOutcome>> {
   const startedAt = performance.now();
   const { model } = live;
   const sql = host.storage.sql;
@@ -47,7 +53,8 @@ export async function playTurn(host: TurnHost, live: Live, req: TurnRequest, onE
       promptParam: 'messages',
       maxTokensParam: req.maxTokensParam,
       maxTokens: req.maxTokens,
-      defaultMaxTokens: req.mode === 'append' ? Math.max(1, Math.min(SESSION_DEFAULT_MAX_TOKENS, room)) : Math.max(1, room),
+      defaultMaxTokens:
+        req.mode === 'append' ? Math.max(1, Math.min(SESSION_DEFAULT_MAX_TOKENS, room)) : Math.max(1, room),
       logprobs: req.logprobs,
     });
   } catch (e) {
@@ -92,13 +99,17 @@ export async function playTurn(host: TurnHost, live: Live, req: TurnRequest, onE
       // zero-delay timer lets other requests take their turn (a concurrent message or DELETE is
       // refused with 409 at once rather than queued behind this turn; /healthz answers), and lets
       // the deployed clock move for the request budget. A hung-up stream stops here, within a token.
-      onText: onEvent ? (text, lps) => emit(shaper ? { type: 'text', text, logprobs: shaper.shape(lps) } : { type: 'text', text }) : undefined,
+      onText: onEvent
+        ? (text, lps) => emit(shaper ? { type: 'text', text, logprobs: shaper.shape(lps) } : { type: 'text', text })
+        : undefined,
       beforeStep: async () => {
         await yieldToEventLoop();
         if (clientGone) throw new Error('client gone');
       },
       // Streamed: a long prefill says now and then that it is still at work (keep-alive.ts).
-      onPrefillProgress: onEvent ? prefillKeepAlive(() => emit({ type: 'progress' }), req.keepAliveMs ?? DEFAULT_KEEPALIVE_MS) : undefined,
+      onPrefillProgress: onEvent
+        ? prefillKeepAlive(() => emit({ type: 'progress' }), req.keepAliveMs ?? DEFAULT_KEEPALIVE_MS)
+        : undefined,
       ...(attempt ? { step: attempt.runner.runner } : {}),
     });
     const r = turn.result;
@@ -107,7 +118,9 @@ export async function playTurn(host: TurnHost, live: Live, req: TurnRequest, onE
 
     // Split: every group stores its part of the turn as pending first; the transaction below commits it.
     const groupBytes = attempt ? await live.chain!.prepare(live.turns, attempt.id) : [];
-    let delta = attempt ? { chunks: [] as Uint8Array[], view: live.view } : encodeDelta(live.seq, live.view, { fingerprint: live.fingerprint });
+    let delta = attempt
+      ? { chunks: [] as Uint8Array[], view: live.view }
+      : encodeDelta(live.seq, live.view, { fingerprint: live.fingerprint });
     let deltaBytes = delta.chunks.reduce((s, c) => s + c.byteLength, 0) + groupBytes.reduce((a, b) => a + b, 0);
     // Truncations leave dead records behind; once the log is over twice the live state, rewrite it once.
     const compacted = !attempt && live.recordBytes + deltaBytes > 2 * snapshotBytes(live.seq) + 65_536;

@@ -70,7 +70,10 @@ export interface TurnRequest {
  * "progress": the turn is still prefilling (at most once per TurnRequest.keepAliveMs); the HTTP
  * layer writes an SSE comment for it, which keeps a silent stream open (keep-alive.ts).
  */
-export type TurnEvent = { type: 'start' } | { type: 'progress' } | { type: 'text'; text: string; logprobs?: ShapedLogprob[] };
+export type TurnEvent =
+  | { type: 'start' }
+  | { type: 'progress' }
+  | { type: 'text'; text: string; logprobs?: ShapedLogprob[] };
 /**
  * Receives a streamed turn's events; resolving to `false` (or throwing) says the client is gone and
  * the turn is abandoned. The HTTP layer answers `false` rather than throwing: an exception thrown
