@@ -20,7 +20,7 @@ interface Run {
   prefill_ms: number;
   decode_tokens_per_s: number;
   schedule: string;
-  /** SSE comments before the first token, and the longest silence then (the server's keep-alives: src/worker/keep-alive.ts) */
+  /** SSE comments before the first token, and the longest silence then (the server's keep-alives: src/worker/job/keep-alive.ts) */
   keepalive_comments: number;
   longest_silence_ms: number;
   text: string;

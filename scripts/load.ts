@@ -93,7 +93,7 @@ async function main(): Promise<void> {
   /**
    * One request, timed to its first body byte and to its end; a stream must end with [DONE] and no
    * error event. The keep-alive comments a stream sends while it prefills (`: prefilling`,
-   * src/worker/keep-alive.ts) are not its first byte here: that is its first event.
+   * src/worker/job/keep-alive.ts) are not its first byte here: that is its first event.
    */
   async function timed(kind: Kind, path: string, init: RequestInit): Promise<Sample> {
     const t0 = performance.now();

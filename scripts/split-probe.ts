@@ -39,7 +39,7 @@ interface Run {
   decode_tokens_per_s: number;
   prefill_boundary_bytes: number | null;
   decode_boundary_bytes_per_step: number | null;
-  /** SSE comment lines the server sent while prefilling (keep-alives: src/worker/keep-alive.ts), and the longest silence before the first token */
+  /** SSE comment lines the server sent while prefilling (keep-alives: src/worker/job/keep-alive.ts), and the longest silence before the first token */
   keepalive_comments: number;
   longest_silence_ms: number;
   text: string;

@@ -5,7 +5,7 @@
  *
  * Sent with node:http rather than fetch: Node's fetch (undici) gives up on a response whose headers
  * or next body bytes take over 300 s, and a split 8k prefill took 300-450 s. The server sends SSE
- * comment lines while it prefills (src/worker/keep-alive.ts), which are skipped here; a server
+ * comment lines while it prefills (src/worker/job/keep-alive.ts), which are skipped here; a server
  * without them must still be timed, not cut off.
  */
 import { request as httpRequest } from 'node:http';

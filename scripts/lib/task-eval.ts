@@ -7,7 +7,7 @@ import { generate } from '../../src/engine/generate.js';
 import type { LoadedModel } from '../../src/engine/model.js';
 import { stepRankings, type Schedule, type TokenSpan } from '../../src/engine/policy.js';
 import { encodePrompt } from '../../src/model/text-tokenizer.js';
-import { encodeChat, renderChat } from '../../src/worker/chat-template.js';
+import { encodeChat, renderChat } from '../../src/model/chat-prompt.js';
 import { argmax, median } from './fidelity.js';
 import { runStep } from '../../src/engine/step.js';
 import { bucketOf, scoreReply, type ChatTurn, type TaskCase } from './tasks.js';

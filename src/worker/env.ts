@@ -9,7 +9,7 @@ declare global {
     interface Env {
       /** comma-separated bearer tokens (`wrangler secret put API_KEYS`); unset = open server */
       API_KEYS?: string;
-      /** origins (comma-separated, e.g. https://app.example.com) allowed to call the API from a browser; unset = no CORS (src/worker/cors.ts) */
+      /** origins (comma-separated, e.g. https://app.example.com) allowed to call the API from a browser; unset = no CORS (src/worker/http/cors.ts) */
       CORS_ORIGINS?: string;
       /** local development only: pace shard reads to this many MB/s (src/worker/model-store.ts says why) */
       ASSET_READ_MB_PER_S?: string;

@@ -29,6 +29,21 @@ export class RequestError extends Error {
 }
 
 /**
+ * A Failure raised as an exception below the HTTP layer: what a Durable Object answered (a group's
+ * refusal travels up the chain as is), or a refusal of the server's load (`server_busy`). The edge
+ * answers it with its status and `headers` (Retry-After).
+ */
+export class Refusal extends Error {
+  override name = 'Refusal';
+  constructor(
+    readonly failure: Failure,
+    readonly headers: Record<string, string> = {},
+  ) {
+    super(failure.error.message);
+  }
+}
+
+/**
  * The client hung up (a stream's reader cancelled, a request aborted): a normal event, not a fault.
  * Generation stops on it; nobody is left to read an answer, and nothing is logged.
  */
@@ -63,6 +78,7 @@ export const INTERNAL = 'The server had an error while processing your request.'
  * (it says what to fix); server faults get a fixed message, and the caller logs the original.
  */
 export function describeError(e: unknown): Failure {
+  if (e instanceof Refusal) return e.failure;
   if (e instanceof RequestError) return failureOf(e.status, e.message, e.code, e.param);
   if (e instanceof ClientGone) return failureOf(499, 'The client closed the request.', 'client_gone');
   if (e instanceof EngineError)

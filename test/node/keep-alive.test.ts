@@ -1,7 +1,7 @@
 import { describe, expect, it } from 'vitest';
-import { keepAliveMs, onceEvery, prefillKeepAlive } from '../../src/worker/keep-alive.js';
+import { keepAliveMs, onceEvery, prefillKeepAlive } from '../../src/worker/job/keep-alive.js';
 
-/** The rate limit of the comments a streamed prefill sends (src/worker/keep-alive.ts), on a clock the test moves. */
+/** The rate limit of the comments a streamed prefill sends (src/worker/job/keep-alive.ts), on a clock the test moves. */
 describe('prefill keep-alive', () => {
   it('is due at most once per interval, and not before an interval has passed since the stream opened', () => {
     let t = 1000;

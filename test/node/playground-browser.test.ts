@@ -24,7 +24,7 @@ import { ensureDefaultShards } from '../../scripts/lib/shard-tasks.js';
 import type { LoadedModel } from '../../src/engine/model.js';
 import type { LazyTrace } from '../../src/engine/trace.js';
 import { encodePrompt } from '../../src/model/text-tokenizer.js';
-import { renderChat } from '../../src/worker/chat-template.js';
+import { renderChat } from '../../src/model/chat-prompt.js';
 import { exited, killGroup, startWranglerDev, type DevServer } from '../support/wrangler-dev.js';
 
 const CHROMIUM = '/usr/bin/chromium';

@@ -17,7 +17,7 @@ import {
 import { ATTN_SCORE_BYTES, prefillChunks, runStep, type LayerTrace } from '../../src/engine/step.js';
 import { LAYER_IO } from '../../src/model/shard-io.js';
 import type { HostTensor } from '../../src/runtime/onnx-runtime.js';
-import { encodeChat, questionText } from '../../src/worker/chat-template.js';
+import { encodeChat, questionText } from '../../src/model/chat-prompt.js';
 import { devStories, loadStories260K } from '../support/paths.js';
 import { loadDefaultModel, maxAbsDiff } from '../support/models.js';
 import { loadSmolLM2 } from '../support/smollm2.js';

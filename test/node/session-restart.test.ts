@@ -18,7 +18,7 @@ import { ensureDefaultShards } from '../../scripts/lib/shard-tasks.js';
 import { SequenceState } from '../../src/engine/caches.js';
 import { generate } from '../../src/engine/generate.js';
 import { defaultSchedule } from '../../src/engine/policy.js';
-import { renderChat } from '../../src/worker/chat-template.js';
+import { renderChat } from '../../src/model/chat-prompt.js';
 import { exited, killGroup, startWranglerDev, type DevServer } from '../support/wrangler-dev.js';
 
 const TURNS = [

@@ -10,7 +10,7 @@ import type { LoadedModel } from '../../src/engine/model.js';
 import { SequenceState } from '../../src/engine/caches.js';
 import { generate } from '../../src/engine/generate.js';
 import { encodePrompt } from '../../src/model/text-tokenizer.js';
-import { renderChat } from '../../src/worker/chat-template.js';
+import { renderChat } from '../../src/model/chat-prompt.js';
 import {
   argmax,
   bucketKl,

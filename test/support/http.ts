@@ -1,7 +1,7 @@
 /** Helpers for driving the Worker over HTTP inside workerd. */
 import { env, exports } from 'cloudflare:workers';
 import { createExecutionContext } from 'cloudflare:test';
-import { app } from '../../src/worker/app.js';
+import { app } from '../../src/worker/http/app.js';
 
 export const MODEL = env.MODEL_NAME;
 export const BASE = 'http://localhost';

@@ -14,8 +14,8 @@ import type {
   TurnEvent,
   TurnOutcome,
   TurnRequest,
-} from '../../src/worker/chat-session.js';
-import { renderChat } from '../../src/worker/chat-template.js';
+} from '../../src/worker/session/chat-session.js';
+import { renderChat } from '../../src/model/chat-prompt.js';
 import { getModel } from '../../src/worker/model-store.js';
 import { MODEL, post, readEvents, withEnv, worker } from '../support/http.js';
 

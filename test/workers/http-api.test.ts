@@ -6,11 +6,11 @@ import { generate } from '../../src/engine/generate.js';
 import { defaultSchedule, formatSchedule, parseSchedule } from '../../src/engine/policy.js';
 import { sha256Hex } from '../../src/model/manifest.js';
 import { PLAIN_CHAT_TEMPLATE } from '../../src/shards/build-shards.js';
-import type { AppEnv } from '../../src/worker/app-env.js';
-import { MAX_BODY_BYTES } from '../../src/worker/app.js';
-import { apiKeyId, requireApiKey, resetOpenNotice } from '../../src/worker/auth.js';
-import { encodeChat, renderChat } from '../../src/worker/chat-template.js';
-import { DEFAULT_REQUEST_BUDGET_MS, planJob } from '../../src/worker/job.js';
+import type { AppEnv } from '../../src/worker/http/app-env.js';
+import { MAX_BODY_BYTES } from '../../src/worker/http/app.js';
+import { apiKeyId, requireApiKey, resetOpenNotice } from '../../src/worker/http/auth.js';
+import { encodeChat, renderChat } from '../../src/model/chat-prompt.js';
+import { DEFAULT_REQUEST_BUDGET_MS, planJob } from '../../src/worker/job/plan.js';
 import { getModel } from '../../src/worker/model-store.js';
 import { MODEL, post, readEvents, withEnv, worker } from '../support/http.js';
 

@@ -3,9 +3,9 @@ import { createExecutionContext, waitOnExecutionContext } from 'cloudflare:test'
 import { afterEach, beforeAll, describe, expect, it, vi } from 'vitest';
 import type { LoadedModel } from '../../src/engine/model.js';
 import { Sampler } from '../../src/engine/sampler.js';
-import { app, MAX_BODY_BYTES } from '../../src/worker/app.js';
-import { DRAIN_CAP_BYTES } from '../../src/worker/body-limit.js';
-import { MAX_MESSAGE_CHARS } from '../../src/worker/errors.js';
+import { app, MAX_BODY_BYTES } from '../../src/worker/http/app.js';
+import { DRAIN_CAP_BYTES } from '../../src/worker/http/body-limit.js';
+import { MAX_MESSAGE_CHARS } from '../../src/worker/http/errors.js';
 import { getModel } from '../../src/worker/model-store.js';
 import { BASE, MODEL, post, readEvents, worker } from '../support/http.js';
 

@@ -1,6 +1,6 @@
 import { afterEach, describe, expect, it, vi } from 'vitest';
 import { EngineError } from '../../src/engine/errors.js';
-import { sseResponse } from '../../src/worker/sse.js';
+import { sseResponse } from '../../src/worker/http/sse.js';
 import { readEvents } from '../support/http.js';
 
 afterEach(() => vi.restoreAllMocks());

@@ -1,7 +1,7 @@
 import { env } from 'cloudflare:workers';
 import { runInDurableObject } from 'cloudflare:test';
 import { describe, expect, it } from 'vitest';
-import type { SessionInfo } from '../../src/worker/chat-session.js';
+import type { SessionInfo } from '../../src/worker/session/chat-session.js';
 import type { LayerGroup } from '../../src/worker/groups/layer-group-object.js';
 import { frontModel } from '../../src/worker/groups/parts.js';
 import { sessionGroups } from '../../src/worker/groups/session-chain.js';

@@ -5,7 +5,7 @@ import { describe, expect, it, vi } from 'vitest';
 import type { LayerGroup } from '../../src/worker/groups/layer-group-object.js';
 import { acquirePoolChain, poolChain } from '../../src/worker/groups/chain.js';
 import { frontModel } from '../../src/worker/groups/parts.js';
-import { app } from '../../src/worker/app.js';
+import { app } from '../../src/worker/http/app.js';
 import { BASE, MODEL, readEvents, withEnv } from '../support/http.js';
 
 /**

@@ -8,8 +8,7 @@ import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { BpeTokenizer } from '../../../src/model/bpe-tokenizer.js';
 import type { TextTokenizer } from '../../../src/model/text-tokenizer.js';
-import { renderChat, type ChatTemplate } from '../../../src/worker/chat-template.js';
-import type { ChatMessage } from '../../../src/worker/schemas.js';
+import { renderChat, type ChatMessage, type ChatTemplate } from '../../../src/model/chat-prompt.js';
 import { REPO_ROOT } from '../node-env.js';
 import type { PeerPrompt } from './peer.js';
 

@@ -12,7 +12,7 @@ import type { ModelConfig } from '../../model/config.js';
 import { embedStep, lastHidden, stepStats, type Frontier, type LayerStats, type StepStats } from '../../engine/step.js';
 import type { Ranking } from '../../engine/policy.js';
 import type { Env } from '../env.js';
-import { ApiError, fromFailure } from '../errors.js';
+import { failureOf, Refusal } from '../faults.js';
 import { embedInFront, groupChains, headGroups, layerGroups, prefillStepTokens, type GroupEnv } from './config.js';
 import { compactFrontier } from './frontier.js';
 import { frontModel } from './parts.js';
@@ -42,20 +42,9 @@ export interface SplitStats {
   prefill_steps: number;
 }
 
-class GroupFailure extends Error {
-  constructor(readonly failure: Failure) {
-    super(failure.error.message);
-  }
-}
-
 function unwrap<T extends object>(r: ({ ok: true } & T) | Failure): T {
-  if (!r.ok) throw new GroupFailure(r as Failure);
+  if (!r.ok) throw new Refusal(r as Failure);
   return r as T;
-}
-
-/** A Failure a group answered, as the HTTP layer's error. */
-export function chainError(e: unknown): unknown {
-  return e instanceof GroupFailure ? fromFailure(e.failure) : e;
 }
 
 type StepCall = (
@@ -329,7 +318,7 @@ export async function acquirePoolChain(env: Env, config: ModelConfig): Promise<C
     const head = await stubs[0].acquire({ groups: G, group: 0, heads: H, frontEmbeds, lease, exclusive: true });
     if (!head.ok) {
       if (head.error.code === 'chain_busy') continue;
-      throw fromFailure(head);
+      throw new Refusal(head);
     }
     const chain = new Chain(stubs, lease, config, c, H, embed, prefillStepTokens(env));
     chain.stopHolding = holdObjects(stubs, () => chain.lastUse);
@@ -340,17 +329,13 @@ export async function acquirePoolChain(env: Env, config: ModelConfig): Promise<C
         );
     } catch (e) {
       await chain.release();
-      throw chainError(e);
+      throw e;
     }
     chain.lastUse = Date.now();
     return chain;
   }
-  throw new ApiError(
-    503,
-    `All ${C} layer-group chains are serving other requests; retry shortly.`,
-    'server_busy',
-    null,
-    'server_error',
+  throw new Refusal(
+    failureOf(503, `All ${C} layer-group chains are serving other requests; retry shortly.`, 'server_busy'),
     { 'Retry-After': '1' },
   );
 }

@@ -2,7 +2,7 @@ import { SequenceState } from '../../engine/caches.js';
 import { defaultSchedule } from '../../engine/policy.js';
 import { emptyView, encodeDelta, modelFingerprint, replayLog, StateFormatError } from '../../engine/state-codec.js';
 import { replayTurn, replayTurns, type TurnRecord } from '../../engine/turns.js';
-import { encodeChat } from '../chat-template.js';
+import { encodeChat } from '../../model/chat-prompt.js';
 import type { Env } from '../env.js';
 import { frontModel } from '../groups/parts.js';
 import { getModel } from '../model-store.js';

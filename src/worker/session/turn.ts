@@ -2,11 +2,11 @@ import { emptyView, encodeDelta, snapshotBytes } from '../../engine/state-codec.
 import { TraceRecorder } from '../../engine/trace.js';
 import { runTurn } from '../../engine/turns.js';
 import { encodePrompt } from '../../model/text-tokenizer.js';
-import { messageText, renderChat } from '../chat-template.js';
+import { messageText, renderChat } from '../../model/chat-prompt.js';
 import { failureOf, failureFrom, type Failure } from '../faults.js';
-import { engineOptions, planJob, yieldToEventLoop, type Job } from '../job.js';
-import { DEFAULT_KEEPALIVE_MS, prefillKeepAlive } from '../keep-alive.js';
-import { LogprobShaper } from '../logprobs.js';
+import { engineOptions, planJob, yieldToEventLoop, type Job } from '../job/plan.js';
+import { DEFAULT_KEEPALIVE_MS, prefillKeepAlive } from '../job/keep-alive.js';
+import { LogprobShaper } from '../job/logprobs.js';
 import { recordOutcome } from './idempotency.js';
 import { cacheStats, type Live } from './live.js';
 import { insertTurn, updateCounts, writeChunks, writeMessages } from './store.js';

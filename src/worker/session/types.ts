@@ -1,9 +1,9 @@
 import type { FinishReason, GenerationStats } from '../../engine/generate.js';
 import type { TurnStats } from '../../engine/turns.js';
 import type { Failure } from '../faults.js';
-import type { CommonOptions, Usage } from '../job.js';
-import type { ShapedLogprob } from '../logprobs.js';
-import type { ChatMessage } from '../schemas.js';
+import type { CommonOptions, Usage } from '../job/plan.js';
+import type { ShapedLogprob } from '../job/logprobs.js';
+import type { ChatMessage } from '../../model/chat-prompt.js';
 
 /** What crosses the RPC boundary between the HTTP routes (routes/sessions.ts) and a ChatSession. */
 

@@ -1,6 +1,6 @@
 import type { MiddlewareHandler } from 'hono';
 import type { AppEnv } from './app-env.js';
-import type { Env } from './env.js';
+import type { Env } from '../env.js';
 
 /**
  * CORS for API use from other origins, off unless CORS_ORIGINS lists origins. Only an explicit

@@ -1,11 +1,10 @@
-import { EngineError } from '../engine/errors.js';
-import type { GenerateOptions } from '../engine/generate.js';
-import type { LoadedModel } from '../engine/model.js';
-import { defaultSchedule, parseSchedule, validateSchedule, type Schedule, type TokenSpan } from '../engine/policy.js';
-import { REPETITION_WINDOW, type SamplerOptions } from '../engine/sampler.js';
-import { RequestError } from './faults.js';
-import { millisecondsVar } from './env.js';
-import type { LazyOptions } from './schemas.js';
+import { EngineError } from '../../engine/errors.js';
+import type { GenerateOptions } from '../../engine/generate.js';
+import type { LoadedModel } from '../../engine/model.js';
+import { defaultSchedule, parseSchedule, validateSchedule, type Schedule, type TokenSpan } from '../../engine/policy.js';
+import { REPETITION_WINDOW, type SamplerOptions } from '../../engine/sampler.js';
+import { RequestError } from '../faults.js';
+import { millisecondsVar } from '../env.js';
 
 /**
  * A request as an engine job, without HTTP: the OpenAI options both endpoints accept turned into
@@ -13,6 +12,16 @@ import type { LazyOptions } from './schemas.js';
  * (through respond.ts) and by the chat session's Durable Object alike; refusals are RequestErrors,
  * which take their HTTP form at the edge.
  */
+
+/** The `lazy` extension of a request, after validation (src/worker/http/schemas.ts checks it has this shape). */
+export interface LazyOptions {
+  /** false = dense inference; default true */
+  enabled?: boolean;
+  /** default: the engine's measured default schedule for the model */
+  schedule?: string | { prune: { layer: number; keep: number }[]; keep_first?: boolean; min_active?: number };
+  /** adds `lazy_stats.trace`: what each layer computed at prefill and what decode revived (src/engine/trace.ts) */
+  trace?: boolean;
+}
 
 /** The OpenAI options both endpoints accept, after validation. */
 export interface CommonOptions {
@@ -108,7 +117,7 @@ export interface Job {
   sampler: SamplerOptions;
   stop: string[];
   schedule: Schedule | null;
-  /** [from, to) prompt tokens of the question (chat requests with one: src/worker/chat-template.ts encodeChat) */
+  /** [from, to) prompt tokens of the question (chat requests with one: src/model/chat-prompt.ts encodeChat) */
   question: TokenSpan | null;
   /** performance.now() after which no new token is started */
   deadline: number;

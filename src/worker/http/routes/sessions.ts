@@ -2,18 +2,18 @@ import { Hono, type Context } from 'hono';
 import { z } from 'zod';
 import type { AppEnv } from '../app-env.js';
 import { apiKeyId } from '../auth.js';
-import type { Failure, TurnEvent, TurnOutcome, TurnRequest } from '../session/types.js';
+import type { Failure, TurnEvent, TurnOutcome, TurnRequest } from '../../session/types.js';
 import { chatShapes } from '../chat-shapes.js';
-import { headGroups, layerGroups, prefillStepTokens } from '../groups/config.js';
+import { headGroups, layerGroups, prefillStepTokens } from '../../groups/config.js';
 import { ApiError, fromFailure } from '../errors.js';
 import { checkModelName, waitUntilOf, withNullUsage } from '../respond.js';
 import { chatSchema, chatTopLogprobs, messageSchema, readJson, validate, type ChatRequest } from '../schemas.js';
-import { keepAliveMs } from '../keep-alive.js';
+import { keepAliveMs } from '../../job/keep-alive.js';
 import { ClientGone, sseResponse, type SendComment, type SendEvent } from '../sse.js';
 
 /**
  * Chat sessions over HTTP: the routes validate, find the caller's Durable Object and shape
- * OpenAI-style objects; the object (src/worker/chat-session.ts) holds the state and runs the turn.
+ * OpenAI-style objects; the object (src/worker/session/chat-session.ts) holds the state and runs the turn.
  *
  *   POST   /v1/sessions               {messages?}                     -> the new session
  *   GET    /v1/sessions/:id                                           -> messages + cache statistics

@@ -1,5 +1,5 @@
 import { Hono } from 'hono';
-import type { LoadedModel } from '../../engine/model.js';
+import type { LoadedModel } from '../../../engine/model.js';
 import type { AppEnv } from '../app-env.js';
 import { localModel, servedModel } from '../respond.js';
 

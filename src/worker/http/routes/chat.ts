@@ -1,8 +1,8 @@
 import { Hono } from 'hono';
 import type { AppEnv } from '../app-env.js';
-import { encodeChat } from '../chat-template.js';
+import { encodeChat } from '../../../model/chat-prompt.js';
 import { chatShapes } from '../chat-shapes.js';
-import { planJob } from '../job.js';
+import { planJob } from '../../job/plan.js';
 import { respond, servedModel } from '../respond.js';
 import { chatSchema, chatTopLogprobs, readJson, validate } from '../schemas.js';
 import { sessionChat } from './sessions.js';

@@ -1,11 +1,11 @@
 import { Hono } from 'hono';
 import type { AppEnv } from '../app-env.js';
 import { invalid } from '../errors.js';
-import { planJob } from '../job.js';
+import { planJob } from '../../job/plan.js';
 import { completionId, respond, servedModel } from '../respond.js';
-import { completionLogprobs } from '../logprobs.js';
+import { completionLogprobs } from '../../job/logprobs.js';
 import { completionSchema, completionTopLogprobs, readJson, validate, type CompletionRequest } from '../schemas.js';
-import { encodePrompt, type TextTokenizer } from '../../model/text-tokenizer.js';
+import { encodePrompt, type TextTokenizer } from '../../../model/text-tokenizer.js';
 
 /** OpenAI's documented default for /v1/completions when max_tokens is not set. */
 export const COMPLETIONS_DEFAULT_MAX_TOKENS = 16;

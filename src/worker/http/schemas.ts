@@ -1,4 +1,6 @@
 import { z } from 'zod';
+import type { ChatMessage } from '../../model/chat-prompt.js';
+import type { LazyOptions } from '../job/plan.js';
 import { ApiError } from './errors.js';
 
 /**
@@ -40,7 +42,7 @@ export const lazySchema = z
     trace: z.boolean().optional(),
   })
   .strict();
-export type LazyOptions = z.infer<typeof lazySchema>;
+lazySchema satisfies z.ZodType<LazyOptions>;
 
 const MAX_STOPS = 4;
 
@@ -108,7 +110,8 @@ export const messageSchema = z.object({
   }),
   name: z.string().optional(),
 });
-export type ChatMessage = z.infer<typeof messageSchema>;
+// The schema yields exactly the message type the prompt code takes (src/model/chat-prompt.ts).
+messageSchema satisfies z.ZodType<ChatMessage>;
 
 export const chatSchema = z.object({
   ...generationFields,
@@ -118,7 +121,7 @@ export const chatSchema = z.object({
   top_logprobs: z.number().int().min(0).max(20).nullish(),
   /** OpenAI's newer name for max_tokens in chat */
   max_completion_tokens: z.number().int().min(1).nullish(),
-  /** extension: continue a chat session (src/worker/routes/sessions.ts); also the x-session-id header */
+  /** extension: continue a chat session (src/worker/http/routes/sessions.ts); also the x-session-id header */
   session_id: z.string().nullish(),
 });
 export type ChatRequest = z.infer<typeof chatSchema>;

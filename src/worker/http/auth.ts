@@ -1,5 +1,5 @@
 import type { Context, MiddlewareHandler } from 'hono';
-import { sha256Hex } from '../model/manifest.js';
+import { sha256Hex } from '../../model/manifest.js';
 import type { AppEnv } from './app-env.js';
 import { ApiError } from './errors.js';
 

@@ -1,6 +1,6 @@
 import { HTTPException } from 'hono/http-exception';
 import type { ContentfulStatusCode } from 'hono/utils/http-status';
-import { ClientGone, describeError, INTERNAL, logFault, type ErrorBody, type Failure } from './faults.js';
+import { ClientGone, describeError, INTERNAL, logFault, Refusal, type ErrorBody, type Failure } from '../faults.js';
 
 export { ClientGone, logFault, type ErrorBody };
 
@@ -63,6 +63,7 @@ export function fromFailure(f: Failure, headers: Record<string, string> = {}): A
  */
 export function toApiError(e: unknown): ApiError {
   if (e instanceof ApiError) return e;
+  if (e instanceof Refusal) return fromFailure(e.failure, e.headers);
   if (e instanceof HTTPException) {
     return e.status >= 500
       ? new ApiError(e.status, INTERNAL, 'internal_error')

@@ -1,5 +1,5 @@
-import type { TokenLogprob } from '../engine/logprobs.js';
-import type { TextTokenizer } from '../model/text-tokenizer.js';
+import type { TokenLogprob } from '../../engine/logprobs.js';
+import type { TextTokenizer } from '../../model/text-tokenizer.js';
 
 /**
  * OpenAI's logprobs objects from the engine's per-token logprobs (src/engine/logprobs.ts, which

@@ -1,10 +1,16 @@
-import { renderChatTemplate } from '../model/chat-template.js';
-import type { Manifest } from '../model/manifest.js';
-import { encodePrompt, tokenSpanOf, type TextTokenizer } from '../model/text-tokenizer.js';
+import { renderChatTemplate } from './chat-template.js';
+import type { Manifest } from './manifest.js';
+import { encodePrompt, tokenSpanOf, type TextTokenizer } from './text-tokenizer.js';
 import type { TokenSpan } from '../engine/policy.js';
-import type { ChatMessage } from './schemas.js';
 
 export type ChatTemplate = Manifest['chatTemplate'];
+
+/** A chat message as OpenAI's API sends it ("developer" is its newer name for "system"); the HTTP schema checks it. */
+export interface ChatMessage {
+  role: 'system' | 'developer' | 'user' | 'assistant';
+  content: string | { type: 'text'; text: string }[];
+  name?: string;
+}
 
 /** A message's text: a string, or its text parts joined without separator (as OpenAI does). */
 export function messageText(m: ChatMessage): string {

@@ -1,6 +1,6 @@
 import { Hono, type Context } from 'hono';
 import type { AppEnv } from '../app-env.js';
-import page from '../../playground/index.html';
+import page from '../../../playground/index.html';
 
 /**
  * GET / and GET /playground: the playground page (src/playground/index.html). It is bundled into

@@ -6,8 +6,8 @@
  * goes out at most once per STREAM_KEEPALIVE_MS, the first that long after the stream opened: a
  * request that answers sooner sends none.
  */
-import { millisecondsVar } from './env.js';
-import { yieldToEventLoop } from './job.js';
+import { millisecondsVar } from '../env.js';
+import { yieldToEventLoop } from './plan.js';
 
 export const DEFAULT_KEEPALIVE_MS = 5_000;
 

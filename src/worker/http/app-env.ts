@@ -1,4 +1,4 @@
-import type { Env } from './env.js';
+import type { Env } from '../env.js';
 
 /** Hono's typing of this app: the Worker's bindings, and what middleware leaves for handlers. */
 export interface AppEnv {

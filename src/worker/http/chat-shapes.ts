@@ -1,6 +1,6 @@
-import type { FinishReason, GenerationStats } from '../engine/generate.js';
-import type { Usage } from './job.js';
-import { chatLogprobs } from './logprobs.js';
+import type { FinishReason, GenerationStats } from '../../engine/generate.js';
+import type { Usage } from '../job/plan.js';
+import { chatLogprobs } from '../job/logprobs.js';
 import { completionId, type Outcome, type Shapes } from './respond.js';
 
 /**

@@ -6,11 +6,11 @@
  * the front's own figures and the estimate for every object of the split (planSplit, the same
  * placement the groups load: groups/config.ts).
  */
-import { planSplit } from '../engine/layer-group.js';
-import { DEPLOYED_ISOLATE_MB, estimateMb, getModel, memoryReport } from './model-store.js';
-import { embedInFront, headGroups, layerGroups } from './groups/config.js';
-import { frontModel } from './groups/parts.js';
-import type { Env } from './env.js';
+import { planSplit } from '../../engine/layer-group.js';
+import { DEPLOYED_ISOLATE_MB, estimateMb, getModel, memoryReport } from '../model-store.js';
+import { embedInFront, headGroups, layerGroups } from '../groups/config.js';
+import { frontModel } from '../groups/parts.js';
+import type { Env } from '../env.js';
 
 export async function health(env: Env) {
   const G = layerGroups(env);

@@ -1,20 +1,20 @@
 import { DurableObject } from 'cloudflare:workers';
-import { SequenceState } from '../engine/caches.js';
-import { emptyView, modelFingerprint } from '../engine/state-codec.js';
-import { encodePrompt } from '../model/text-tokenizer.js';
-import { messageText, renderChat } from './chat-template.js';
-import type { Env } from './env.js';
-import { failureOf, failureFrom, type Failure } from './faults.js';
-import { frontModel } from './groups/parts.js';
-import { getModel } from './model-store.js';
-import type { ChatMessage } from './schemas.js';
-import { cacheStats, type Live } from './session/live.js';
-import { loadSession } from './session/recovery.js';
-import { insertSession, readLastActive, setLastActive, type Meta } from './session/store.js';
-import { sessionChain, writeSplit, type Split } from './session/split.js';
-import { replayStored } from './session/idempotency.js';
-import { playTurn, type TurnHost } from './session/turn.js';
-import type { Result, SessionInfo, TurnListener, TurnOutcome, TurnRequest } from './session/types.js';
+import { SequenceState } from '../../engine/caches.js';
+import { emptyView, modelFingerprint } from '../../engine/state-codec.js';
+import { encodePrompt } from '../../model/text-tokenizer.js';
+import { messageText, renderChat } from '../../model/chat-prompt.js';
+import type { Env } from '../env.js';
+import { failureOf, failureFrom, type Failure } from '../faults.js';
+import { frontModel } from '../groups/parts.js';
+import { getModel } from '../model-store.js';
+import type { ChatMessage } from '../../model/chat-prompt.js';
+import { cacheStats, type Live } from './live.js';
+import { loadSession } from './recovery.js';
+import { insertSession, readLastActive, setLastActive, type Meta } from './store.js';
+import { sessionChain, writeSplit, type Split } from './split.js';
+import { replayStored } from './idempotency.js';
+import { playTurn, type TurnHost } from './turn.js';
+import type { Result, SessionInfo, TurnListener, TurnOutcome, TurnRequest } from './types.js';
 
 export type {
   CacheStats,
@@ -26,9 +26,9 @@ export type {
   TurnListener,
   TurnOutcome,
   TurnRequest,
-} from './session/types.js';
-export { SESSION_SCHEMA } from './session/store.js';
-export { SESSION_DEFAULT_MAX_TOKENS } from './session/turn.js';
+} from './types.js';
+export { SESSION_SCHEMA } from './store.js';
+export { SESSION_DEFAULT_MAX_TOKENS } from './turn.js';
 
 /**
  * One chat session: a SQLite-backed Durable Object that owns the conversation's messages and its

@@ -1,18 +1,18 @@
 import type { Context } from 'hono';
-import { SequenceState } from '../engine/caches.js';
-import { generate, type FinishReason, type GenerationStats } from '../engine/generate.js';
-import type { LoadedModel } from '../engine/model.js';
-import { TraceRecorder } from '../engine/trace.js';
+import { SequenceState } from '../../engine/caches.js';
+import { generate, type FinishReason, type GenerationStats } from '../../engine/generate.js';
+import type { LoadedModel } from '../../engine/model.js';
+import { TraceRecorder } from '../../engine/trace.js';
 import type { AppEnv } from './app-env.js';
-import type { Env } from './env.js';
+import type { Env } from '../env.js';
 import { ApiError, ClientGone } from './errors.js';
-import { engineOptions, yieldToEventLoop, type CommonOptions, type Job, type Usage } from './job.js';
-import { LogprobShaper, type ShapedLogprob } from './logprobs.js';
-import { acquirePoolChain, chainError, type Chain } from './groups/chain.js';
-import { layerGroups } from './groups/config.js';
-import { frontModel } from './groups/parts.js';
-import { getModel } from './model-store.js';
-import { keepAliveMs, prefillKeepAlive } from './keep-alive.js';
+import { engineOptions, yieldToEventLoop, type CommonOptions, type Job, type Usage } from '../job/plan.js';
+import { LogprobShaper, type ShapedLogprob } from '../job/logprobs.js';
+import { acquirePoolChain, type Chain } from '../groups/chain.js';
+import { layerGroups } from '../groups/config.js';
+import { frontModel } from '../groups/parts.js';
+import { getModel } from '../model-store.js';
+import { keepAliveMs, prefillKeepAlive } from '../job/keep-alive.js';
 import { sseResponse, type SendComment, type SendEvent } from './sse.js';
 
 /**
@@ -107,8 +107,6 @@ async function run(
     const logprobs = shaper && !onText ? { logprobs: shaper.shape(r.logprobs) } : {};
     const stats = chain ? chain.fixStats(r.stats) : tracer ? { ...r.stats, trace: tracer.result() } : r.stats;
     return { text: r.text, finishReason: r.finishReason, usage, stats, ...logprobs };
-  } catch (e) {
-    throw chainError(e);
   } finally {
     await chain?.release();
   }
