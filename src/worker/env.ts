@@ -17,17 +17,5 @@ declare global {
   }
 }
 
-/**
- * The Worker's env. The [vars] are typed as wrangler.toml sets them, but the code still reads each
- * as possibly unset (a deployment may drop one) and falls back to its default: MEMORY_BUDGET_MB
- * (MiB or "off", 128), CONTEXT_TOKENS (2048), KV_FORMAT (f32), REQUEST_BUDGET_MS (60000), SESSION_TTL_SECONDS (86400).
- */
+/** The Worker's env: its bindings, and the variables config.ts reads and checks once. */
 export type Env = Cloudflare.Env;
-
-/** A var holding milliseconds (>= 0); unset or blank gives `fallback`, anything else is a deployment mistake. */
-export function millisecondsVar(name: string, raw: string | undefined, fallback: number): number {
-  if (raw === undefined || raw.trim() === '') return fallback;
-  const ms = Number(raw);
-  if (!Number.isFinite(ms) || ms < 0) throw new Error(`${name} must be a number of milliseconds >= 0, got "${raw}"`);
-  return ms;
-}

@@ -1,6 +1,7 @@
 import { EngineError } from '../engine/errors.js';
 import { ModelFormatError } from '../model/errors.js';
 import { RuntimeError } from '../runtime/onnx-runtime.js';
+import { ConfigError } from './config.js';
 
 /**
  * Failures as plain data, without HTTP: what the Durable Object returns over RPC and what the HTTP
@@ -14,6 +15,9 @@ export interface ErrorBody {
 }
 
 export type Failure = { ok: false; status: number; error: ErrorBody['error'] };
+
+/** What every Durable Object RPC method answers: nothing but a broken object throws across the boundary. */
+export type Result<T> = ({ ok: true } & T) | Failure;
 
 /** A client mistake found while planning a request (job.ts); the edge answers it with `status`. */
 export class RequestError extends Error {
@@ -79,6 +83,8 @@ export const INTERNAL = 'The server had an error while processing your request.'
  */
 export function describeError(e: unknown): Failure {
   if (e instanceof Refusal) return e.failure;
+  // The operator's mistake, named so that /healthz and every request say what to fix.
+  if (e instanceof ConfigError) return failureOf(503, e.message, 'server_misconfigured', null, 'server_error');
   if (e instanceof RequestError) return failureOf(e.status, e.message, e.code, e.param);
   if (e instanceof ClientGone) return failureOf(499, 'The client closed the request.', 'client_gone');
   if (e instanceof EngineError)

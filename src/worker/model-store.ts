@@ -1,9 +1,9 @@
 import wasmModule from 'onnxruntime-web/ort-wasm-simd-threaded.wasm';
-import { isKvFormat, KV_FORMATS, type KvFormat } from '../engine/kv-rows.js';
 import { MB, type MemoryEstimate } from '../engine/memory-budget.js';
-import { loadModel, type LoadedModel, type LoadOptions } from '../engine/model.js';
+import { loadModel, type LoadedModel } from '../engine/model.js';
 import { ModelFormatError } from '../model/errors.js';
 import { initRuntime, wasmHeapBytes } from '../runtime/onnx-runtime.js';
+import { configOf } from './config.js';
 import type { Env } from './env.js';
 
 initRuntime({ module: wasmModule });
@@ -33,46 +33,20 @@ export function assetReader(assets: Fetcher, mbPerSecond: number | undefined) {
 /** What a deployed Worker isolate has, whatever MEMORY_BUDGET_MB says (DESIGN.md). */
 export const DEPLOYED_ISOLATE_MB = 128;
 
-/** What loading needs; the settings may be unset (their defaults apply). */
-export type ModelEnv = Pick<Env, 'ASSETS' | 'MODEL_NAME'> &
-  Partial<Pick<Env, 'MEMORY_BUDGET_MB' | 'CONTEXT_TOKENS' | 'KV_FORMAT' | 'ASSET_READ_MB_PER_S'>>;
-
-export function positiveVar(name: string, v: string | undefined): number | undefined {
-  if (v === undefined || v.trim() === '') return undefined;
-  const n = Number(v);
-  if (!(n > 0)) throw new ModelFormatError(name, 'a positive number (wrangler.toml [vars])', JSON.stringify(v));
-  return n;
-}
-
-function kvFormatVar(name: string, v: string | undefined): KvFormat | undefined {
-  if (v === undefined || v.trim() === '') return undefined;
-  if (!isKvFormat(v.trim()))
-    throw new ModelFormatError(name, `one of ${KV_FORMATS.join(', ')} (wrangler.toml [vars])`, JSON.stringify(v));
-  return v.trim() as KvFormat;
-}
-
-/** MEMORY_BUDGET_MB, CONTEXT_TOKENS and KV_FORMAT as loadModel's options. */
-export function loadOptionsOf(env: ModelEnv): LoadOptions {
-  const budget =
-    env.MEMORY_BUDGET_MB?.trim() === 'off' ? Infinity : positiveVar('MEMORY_BUDGET_MB', env.MEMORY_BUDGET_MB);
-  return {
-    memoryBudgetBytes: budget === undefined ? undefined : budget * MB,
-    contextTokens: positiveVar('CONTEXT_TOKENS', env.CONTEXT_TOKENS),
-    kvFormat: kvFormatVar('KV_FORMAT', env.KV_FORMAT),
-  };
-}
+/** What loading needs: the assets and the variables (config.ts). */
+export type ModelEnv = Pick<Env, 'ASSETS'> & Partial<Env>;
 
 /** The configured model's shards, read from the static assets and verified against the manifest's sha256. */
 export function getModel(env: ModelEnv): Promise<LoadedModel> {
-  const name = env.MODEL_NAME;
+  const { modelName: name, load, assetReadMbPerS } = configOf(env);
   // Keyed by the options too: a model served at another context or KV format is another load.
-  const key = `${name} ${JSON.stringify(loadOptionsOf(env))}`;
+  const key = `${name} ${JSON.stringify(load)}`;
   let p = loads.get(key);
   if (!p) {
     p = (async () => {
-      const read = assetReader(env.ASSETS, positiveVar('ASSET_READ_MB_PER_S', env.ASSET_READ_MB_PER_S));
+      const read = assetReader(env.ASSETS, assetReadMbPerS);
       const manifest = new TextDecoder().decode(await read(`${name}/manifest.json`));
-      return loadModel(manifest, (file) => read(`${name}/${file}`), loadOptionsOf(env));
+      return loadModel(manifest, (file) => read(`${name}/${file}`), load);
     })();
     p.catch(() => loads.delete(key));
     loads.set(key, p);

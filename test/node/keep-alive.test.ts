@@ -1,5 +1,8 @@
 import { describe, expect, it } from 'vitest';
-import { keepAliveMs, onceEvery, prefillKeepAlive } from '../../src/worker/job/keep-alive.js';
+import { configOf } from '../../src/worker/config.js';
+import { onceEvery, prefillKeepAlive } from '../../src/worker/job/keep-alive.js';
+
+const keepAliveMs = (vars: { STREAM_KEEPALIVE_MS?: string }) => configOf({ MODEL_NAME: 'm', ...vars }).keepAliveMs;
 
 /** The rate limit of the comments a streamed prefill sends (src/worker/job/keep-alive.ts), on a clock the test moves. */
 describe('prefill keep-alive', () => {

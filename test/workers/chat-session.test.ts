@@ -293,17 +293,15 @@ describe('a three-turn session conversation', () => {
       expect(res.headers.get('content-type')).toMatch(/^text\/event-stream/);
       const { events } = await readEvents(res);
       expect(events.at(-1)).toBe('[DONE]');
-      const chunks = events
-        .slice(0, -1)
-        .map(
-          (e) =>
-            JSON.parse(e) as {
-              object: string;
-              choices: { delta: { content?: string; role?: string }; finish_reason: string | null }[];
-              session?: TurnOutcome['session'];
-              usage?: object;
-            },
-        );
+      const chunks = events.slice(0, -1).map(
+        (e) =>
+          JSON.parse(e) as {
+            object: string;
+            choices: { delta: { content?: string; role?: string }; finish_reason: string | null }[];
+            session?: TurnOutcome['session'];
+            usage?: object;
+          },
+      );
       expect(chunks[0].choices[0].delta.role).toBe('assistant');
       text = chunks.map((c) => c.choices[0]?.delta.content ?? '').join('');
       expect(text).toBe(replies[k].body.choices[0].message.content);

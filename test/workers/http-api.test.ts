@@ -10,7 +10,8 @@ import type { AppEnv } from '../../src/worker/http/app-env.js';
 import { MAX_BODY_BYTES } from '../../src/worker/http/app.js';
 import { apiKeyId, requireApiKey, resetOpenNotice } from '../../src/worker/http/auth.js';
 import { encodeChat, renderChat } from '../../src/model/chat-prompt.js';
-import { DEFAULT_REQUEST_BUDGET_MS, planJob } from '../../src/worker/job/plan.js';
+import { DEFAULTS } from '../../src/worker/config.js';
+import { planJob } from '../../src/worker/job/plan.js';
 import { getModel } from '../../src/worker/model-store.js';
 import { MODEL, post, readEvents, withEnv, worker } from '../support/http.js';
 
@@ -108,9 +109,11 @@ describe('GET /healthz and /v1/models', () => {
     expect(((await done.json()) as { usage: { completion_tokens: number } }).usage.completion_tokens).toBe(8);
   });
 
-  it("refuses a KV_FORMAT it does not know, naming the setting in the log (a server fault, not the client's)", async () => {
+  it("refuses a KV_FORMAT it does not know, naming the setting in the answer and the log (a server fault, not the client's)", async () => {
     const logged = vi.spyOn(console, 'error').mockImplementation(() => {});
-    await expectError(await withEnv({ KV_FORMAT: 'bf16' }, '/healthz'), 500, 'model_unavailable');
+    const res = await withEnv({ KV_FORMAT: 'bf16' }, '/healthz');
+    expect(((await res.clone().json()) as { error: { message: string } }).error.message).toMatch(/KV_FORMAT.*"bf16"/);
+    await expectError(res, 503, 'server_misconfigured');
     expect(logged.mock.calls.flat().join(' ')).toMatch(/KV_FORMAT.*f32, f16, int8.*"bf16"/);
   });
 
@@ -451,7 +454,7 @@ describe('time budget (REQUEST_BUDGET_MS)', () => {
     const model = await getModel(env);
     const at = { promptParam: 'prompt', maxTokensParam: 'max_tokens', defaultMaxTokens: 1 };
     expect(planJob(env, 1000, model, [1], {}, at).deadline).toBe(1000 + Number(env.REQUEST_BUDGET_MS));
-    expect(planJob({}, 1000, model, [1], {}, at).deadline).toBe(1000 + DEFAULT_REQUEST_BUDGET_MS);
+    expect(planJob({ MODEL_NAME: MODEL }, 1000, model, [1], {}, at).deadline).toBe(1000 + DEFAULTS.REQUEST_BUDGET_MS);
   });
 });
 

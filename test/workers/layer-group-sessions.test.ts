@@ -288,15 +288,13 @@ describe('sessions split into layer groups (stories260K)', () => {
     });
     expect(res.status).toBe(200);
     const { events, comments } = await readEvents(res);
-    const chunks = events
-      .slice(0, -1)
-      .map(
-        (e) =>
-          JSON.parse(e) as {
-            choices: { delta: { content?: string } }[];
-            lazy_stats?: { split?: { prefill_steps: number } };
-          },
-      );
+    const chunks = events.slice(0, -1).map(
+      (e) =>
+        JSON.parse(e) as {
+          choices: { delta: { content?: string } }[];
+          lazy_stats?: { split?: { prefill_steps: number } };
+        },
+    );
     expect(chunks.map((c) => c.choices[0]?.delta.content ?? '').join('')).toBe(ref.choices[0].message.content);
     const steps = chunks.at(-1)!.lazy_stats!.split!.prefill_steps;
     expect(steps).toBe(Math.ceil((ref.usage.prompt_tokens - ref.usage.prompt_tokens_details.cached_tokens) / 7));

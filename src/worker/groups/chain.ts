@@ -13,7 +13,8 @@ import { embedStep, lastHidden, stepStats, type Frontier, type LayerStats, type 
 import type { Ranking } from '../../engine/policy.js';
 import type { Env } from '../env.js';
 import { failureOf, Refusal } from '../faults.js';
-import { embedInFront, groupChains, headGroups, layerGroups, prefillStepTokens, type GroupEnv } from './config.js';
+import { configOf } from '../config.js';
+import type { ModelEnv } from '../model-store.js';
 import { compactFrontier } from './frontier.js';
 import { frontModel } from './parts.js';
 import { LEASE_IDLE_MS, type LayerGroup } from './layer-group-object.js';
@@ -57,8 +58,8 @@ type StepCall = (
 export type FrontEmbed = (start: number, tokens: readonly number[], ranking?: Ranking) => Promise<Frontier>;
 
 /** The front's embedding when EMBED_IN_FRONT is set (the front part loads it with the tokenizer), else undefined. */
-export function frontEmbed(env: Pick<Env, 'ASSETS' | 'MODEL_NAME'> & Partial<Env> & GroupEnv): FrontEmbed | undefined {
-  if (!embedInFront(env)) return undefined;
+export function frontEmbed(env: ModelEnv): FrontEmbed | undefined {
+  if (!configOf(env).split.frontEmbeds) return undefined;
   return async (start, tokens, ranking) => embedStep(await frontModel(env), start, tokens, ranking);
 }
 
@@ -305,9 +306,7 @@ export function poolChain(env: Env, c: number, groups: number, heads = 0): Group
  * another one's whole generation, and never shares a chain's state.
  */
 export async function acquirePoolChain(env: Env, config: ModelConfig): Promise<Chain> {
-  const G = layerGroups(env);
-  const H = headGroups(env);
-  const C = groupChains(env);
+  const { groups: G, heads: H, chains: C, stepTokens } = configOf(env).split;
   const lease = crypto.randomUUID();
   const embed = frontEmbed(env);
   const frontEmbeds = embed !== undefined;
@@ -320,7 +319,7 @@ export async function acquirePoolChain(env: Env, config: ModelConfig): Promise<C
       if (head.error.code === 'chain_busy') continue;
       throw new Refusal(head);
     }
-    const chain = new Chain(stubs, lease, config, c, H, embed, prefillStepTokens(env));
+    const chain = new Chain(stubs, lease, config, c, H, embed, stepTokens);
     chain.stopHolding = holdObjects(stubs, () => chain.lastUse);
     try {
       for (let g = 1; g < G; g++)

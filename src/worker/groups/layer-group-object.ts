@@ -9,7 +9,7 @@ import { wasmHeapBytes } from '../../runtime/onnx-runtime.js';
 import type { Env } from '../env.js';
 import { failureFrom, failureOf } from '../faults.js';
 import { emptyView, encodeDelta, modelFingerprint, type StoredView } from '../../engine/state-codec.js';
-import { groupPart } from './config.js';
+import { groupPart } from './placement.js';
 import { compactFrontier, lastTokenFrontier } from './frontier.js';
 import { groupFingerprint, loadGroupLog, writeGroupChunks } from './group-store.js';
 import { groupModel, manifestOf } from './parts.js';

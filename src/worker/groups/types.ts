@@ -1,11 +1,11 @@
 /** What crosses RPC between the front Worker (chain.ts) and a LayerGroup object. */
 import type { Ranking, Schedule } from '../../engine/policy.js';
 import type { Frontier, LayerStats } from '../../engine/step.js';
-import type { Failure } from '../faults.js';
+import type { Failure, Result } from '../faults.js';
 
 export type { Failure };
 
-export type Result<T> = ({ ok: true } & T) | Failure;
+export type { Result };
 
 /** Who the object is: group `group` of `groups`, serving one lease (a stateless request, or a session's turn). */
 export interface GroupAddress {

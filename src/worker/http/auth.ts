@@ -2,17 +2,10 @@ import type { Context, MiddlewareHandler } from 'hono';
 import { sha256Hex } from '../../model/manifest.js';
 import type { AppEnv } from './app-env.js';
 import { ApiError } from './errors.js';
+import { configOf, parseApiKeys } from '../config.js';
 
 /** Identity of callers when the server is open (API_KEYS unset). */
 export const ANONYMOUS = 'anonymous';
-
-/** The configured keys: API_KEYS split on commas, blanks dropped. Empty = open server. */
-export function parseApiKeys(secret: string | undefined): string[] {
-  return (secret ?? '')
-    .split(',')
-    .map((k) => k.trim())
-    .filter(Boolean);
-}
 
 /** Who is calling: the key id set by `requireApiKey`, or "anonymous" on an open server. */
 export function apiKeyId(c: Context<AppEnv>): string {
@@ -49,7 +42,7 @@ const unauthorized = (message: string, code: string) =>
 export function requireApiKey(): MiddlewareHandler<AppEnv> {
   return async (c, next) => {
     const secret = c.env.API_KEYS;
-    if (parseApiKeys(secret).length === 0) {
+    if (configOf(c.env).apiKeys.length === 0) {
       if (!openNoticeLogged) {
         openNoticeLogged = true;
         console.warn(

@@ -1,6 +1,6 @@
 import type { MiddlewareHandler } from 'hono';
 import type { AppEnv } from './app-env.js';
-import type { Env } from '../env.js';
+import { configOf } from '../config.js';
 
 /**
  * CORS for API use from other origins, off unless CORS_ORIGINS lists origins. Only an explicit
@@ -19,23 +19,10 @@ const ALLOW_HEADERS = 'Authorization, Content-Type, X-Session-Id, Idempotency-Ke
 const EXPOSE_HEADERS = 'Server-Timing, Retry-After';
 const PREFLIGHT_MAX_AGE_S = '600';
 
-const ORIGIN = /^https?:\/\/[^/\s]+$/;
-
-/** CORS_ORIGINS as a set of origins; an entry that is not `scheme://host[:port]` is a deployment mistake. */
-export function corsOrigins(env: Env): Set<string> {
-  const raw = env.CORS_ORIGINS ?? '';
-  const list = raw.split(/[\s,]+/).filter((s) => s !== '');
-  for (const o of list) {
-    if (!ORIGIN.test(o))
-      throw new Error(`CORS_ORIGINS must list origins like https://example.com (no path, no wildcard), got "${o}"`);
-  }
-  return new Set(list.map((o) => o.toLowerCase()));
-}
-
 export function cors(): MiddlewareHandler<AppEnv> {
   return async (c, next) => {
     const origin = c.req.header('origin');
-    const origins = corsOrigins(c.env);
+    const origins = configOf(c.env).corsOrigins;
     const allowed = origin !== undefined && origins.has(origin.toLowerCase());
     if (!allowed) {
       await next();

@@ -4,23 +4,21 @@
  * (and with EMBED_IN_FRONT the embedding): a health check that loaded every layer would put the
  * whole model into the one isolate the split exists to keep it out of. What it reports then is
  * the front's own figures and the estimate for every object of the split (planSplit, the same
- * placement the groups load: groups/config.ts).
+ * placement the groups load: groups/placement.ts).
  */
 import { planSplit } from '../../engine/layer-group.js';
 import { DEPLOYED_ISOLATE_MB, estimateMb, getModel, memoryReport } from '../model-store.js';
-import { embedInFront, headGroups, layerGroups } from '../groups/config.js';
+import { configOf } from '../config.js';
 import { frontModel } from '../groups/parts.js';
 import type { Env } from '../env.js';
 
 export async function health(env: Env) {
-  const G = layerGroups(env);
+  const { groups: G, heads: H, frontEmbeds: embed } = configOf(env).split;
   if (G <= 1) {
     const model = await getModel(env);
     return { status: 'ok' as const, model: model.manifest.name, memory: memoryReport(model) };
   }
   const front = await frontModel(env);
-  const H = headGroups(env);
-  const embed = embedInFront(env);
   const headRows = front.manifest.files.head.map((p) => p.rows);
   // planSplit lists the front only when it embeds; the front's own estimate is the same arithmetic either way.
   const objects = planSplit(front.config, front.quant, headRows, G, H, embed)

@@ -9,10 +9,10 @@ import { ApiError, ClientGone } from './errors.js';
 import { engineOptions, yieldToEventLoop, type CommonOptions, type Job, type Usage } from '../job/plan.js';
 import { LogprobShaper, type ShapedLogprob } from '../job/logprobs.js';
 import { acquirePoolChain, type Chain } from '../groups/chain.js';
-import { layerGroups } from '../groups/config.js';
 import { frontModel } from '../groups/parts.js';
 import { getModel } from '../model-store.js';
-import { keepAliveMs, prefillKeepAlive } from '../job/keep-alive.js';
+import { prefillKeepAlive } from '../job/keep-alive.js';
+import { configOf } from '../config.js';
 import { sseResponse, type SendComment, type SendEvent } from './sse.js';
 
 /**
@@ -35,7 +35,7 @@ export function checkModelName(env: Pick<Env, 'MODEL_NAME'>, requested: string):
 
 /** The model as this isolate holds it, loaded once: the whole model, or with split layers only the front's pieces (tokenizer, config, maybe the embedding: groups/parts.ts). */
 export function localModel(env: Env): Promise<LoadedModel> {
-  return layerGroups(env) > 1 ? frontModel(env) : getModel(env);
+  return configOf(env).split.groups > 1 ? frontModel(env) : getModel(env);
 }
 
 /** The served model, after `checkModelName` (localModel). */
@@ -74,7 +74,7 @@ export function betweenTokens(gone?: AbortSignal): () => Promise<void> {
 
 /** With split layers, a chain of layer groups held for this request (released by `run`); null otherwise. */
 async function chainFor(env: Env, job: Job): Promise<Chain | null> {
-  return layerGroups(env) > 1 ? acquirePoolChain(env, job.model.config) : null;
+  return configOf(env).split.groups > 1 ? acquirePoolChain(env, job.model.config) : null;
 }
 
 async function run(
@@ -149,7 +149,7 @@ export async function respond(c: Context<AppEnv>, job: Job, o: CommonOptions, sh
     const send = withNullUsage(o, sendRaw);
     const opening = shapes.opening?.();
     if (opening) await send(opening);
-    const keepAlive = prefillKeepAlive(() => comment('prefilling'), keepAliveMs(c.env));
+    const keepAlive = prefillKeepAlive(() => comment('prefilling'), configOf(c.env).keepAliveMs);
     const out = await run(job, chain, betweenTokens(gone), (t, lps) => send(shapes.delta(t, lps)), keepAlive);
     await send(shapes.finish(out.finishReason, out.stats));
     if (o.stream_options?.include_usage) await sendRaw(shapes.usage(out.usage));

@@ -6,15 +6,7 @@
  * goes out at most once per STREAM_KEEPALIVE_MS, the first that long after the stream opened: a
  * request that answers sooner sends none.
  */
-import { millisecondsVar } from '../env.js';
 import { yieldToEventLoop } from './plan.js';
-
-export const DEFAULT_KEEPALIVE_MS = 5_000;
-
-/** STREAM_KEEPALIVE_MS as milliseconds (0: a comment at every point the prefill reports); anything else is a deployment mistake. */
-export function keepAliveMs(env: { STREAM_KEEPALIVE_MS?: string }): number {
-  return millisecondsVar('STREAM_KEEPALIVE_MS', env.STREAM_KEEPALIVE_MS, DEFAULT_KEEPALIVE_MS);
-}
 
 /** True at most once per `ms`, and not before `ms` have passed since it was made. */
 export function onceEvery(ms: number, now: () => number = Date.now): () => boolean {

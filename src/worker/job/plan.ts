@@ -1,10 +1,17 @@
 import { EngineError } from '../../engine/errors.js';
 import type { GenerateOptions } from '../../engine/generate.js';
 import type { LoadedModel } from '../../engine/model.js';
-import { defaultSchedule, parseSchedule, validateSchedule, type Schedule, type TokenSpan } from '../../engine/policy.js';
+import {
+  defaultSchedule,
+  parseSchedule,
+  validateSchedule,
+  type Schedule,
+  type TokenSpan,
+} from '../../engine/policy.js';
 import { REPETITION_WINDOW, type SamplerOptions } from '../../engine/sampler.js';
 import { RequestError } from '../faults.js';
-import { millisecondsVar } from '../env.js';
+import { configOf } from '../config.js';
+import type { Env } from '../env.js';
 
 /**
  * A request as an engine job, without HTTP: the OpenAI options both endpoints accept turned into
@@ -38,13 +45,6 @@ export interface CommonOptions {
   frequency_penalty?: number | null;
   presence_penalty?: number | null;
   repetition_penalty?: number | null;
-}
-
-export const DEFAULT_REQUEST_BUDGET_MS = 60_000;
-
-/** REQUEST_BUDGET_MS as a number of milliseconds; a value that is not a number >= 0 is a deployment mistake. */
-export function requestBudgetMs(env: { REQUEST_BUDGET_MS?: string }): number {
-  return millisecondsVar('REQUEST_BUDGET_MS', env.REQUEST_BUDGET_MS, DEFAULT_REQUEST_BUDGET_MS);
 }
 
 const invalid = (message: string, param: string) => new RequestError(message, 'invalid_value', param);
@@ -133,7 +133,7 @@ export interface Job {
  * `defaultMaxTokens` is used when the client sets none.
  */
 export function planJob(
-  env: { REQUEST_BUDGET_MS?: string },
+  env: Partial<Env>,
   startedAt: number,
   model: LoadedModel,
   prompt: number[],
@@ -182,7 +182,7 @@ export function planJob(
     stop: o.stop == null ? [] : typeof o.stop === 'string' ? [o.stop] : o.stop,
     schedule: resolveSchedule(o.lazy, model.config.nLayers, at.question ?? null),
     question: at.question ?? null,
-    deadline: startedAt + requestBudgetMs(env),
+    deadline: startedAt + configOf(env).requestBudgetMs,
     trace: o.lazy?.trace === true,
     logprobs: at.logprobs ?? null,
   };

@@ -3,6 +3,7 @@ import { SequenceState } from '../../engine/caches.js';
 import { emptyView, modelFingerprint } from '../../engine/state-codec.js';
 import { encodePrompt } from '../../model/text-tokenizer.js';
 import { messageText, renderChat } from '../../model/chat-prompt.js';
+import { configOf } from '../config.js';
 import type { Env } from '../env.js';
 import { failureOf, failureFrom, type Failure } from '../faults.js';
 import { frontModel } from '../groups/parts.js';
@@ -47,21 +48,10 @@ export { SESSION_DEFAULT_MAX_TOKENS } from './turn.js';
  * it, so a rejected request leaves the session exactly as it was.
  */
 
-export const DEFAULT_SESSION_TTL_SECONDS = 86_400;
-
 const notFound = (id: string): Failure =>
   failureOf(404, `No session '${id}' exists for this API key.`, 'session_not_found', 'session_id');
 const busy = (): Failure =>
   failureOf(409, 'Another request is using this session; retry once it has finished.', 'session_busy');
-
-export function sessionTtlSeconds(env: Env): number {
-  const raw = env.SESSION_TTL_SECONDS;
-  if (raw === undefined || raw.trim() === '') return DEFAULT_SESSION_TTL_SECONDS;
-  const s = Number(raw);
-  if (!Number.isFinite(s) || s <= 0)
-    throw new Error(`SESSION_TTL_SECONDS must be a number of seconds > 0, got "${raw}"`);
-  return s;
-}
 
 export class ChatSession extends DurableObject<Env> {
   /** undefined until loaded; null when this object holds no session */
@@ -77,7 +67,7 @@ export class ChatSession extends DurableObject<Env> {
   }
 
   private ttlMs(): number {
-    return sessionTtlSeconds(this.env) * 1000;
+    return configOf(this.env).sessionTtlMs;
   }
 
   private info(live: Live): SessionInfo {

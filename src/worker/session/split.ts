@@ -10,7 +10,7 @@ import type { TurnRecord } from '../../engine/turns.js';
 import type { ModelConfig } from '../../model/config.js';
 import type { Env } from '../env.js';
 import { frontEmbed } from '../groups/chain.js';
-import { prefillStepTokens } from '../groups/config.js';
+import { configOf } from '../config.js';
 import { SessionChain, sessionGroups } from '../groups/session-chain.js';
 
 // step_tokens may be NULL: sessions stored before it existed (they step as the object's PREFILL_STEP_TOKENS says).
@@ -74,6 +74,6 @@ export function sessionChain(env: Env, sessionObject: string, split: Split, conf
     config,
     split.heads,
     frontEmbed(env),
-    split.stepTokens ?? prefillStepTokens(env),
+    split.stepTokens ?? configOf(env).split.stepTokens,
   );
 }

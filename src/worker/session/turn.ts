@@ -5,7 +5,9 @@ import { encodePrompt } from '../../model/text-tokenizer.js';
 import { messageText, renderChat } from '../../model/chat-prompt.js';
 import { failureOf, failureFrom, type Failure } from '../faults.js';
 import { engineOptions, planJob, yieldToEventLoop, type Job } from '../job/plan.js';
-import { DEFAULT_KEEPALIVE_MS, prefillKeepAlive } from '../job/keep-alive.js';
+import { DEFAULTS } from '../config.js';
+import type { Env } from '../env.js';
+import { prefillKeepAlive } from '../job/keep-alive.js';
 import { LogprobShaper } from '../job/logprobs.js';
 import { recordOutcome } from './idempotency.js';
 import { cacheStats, type Live } from './live.js';
@@ -21,7 +23,7 @@ const goneFailure = (): Failure =>
 
 export interface TurnHost {
   storage: DurableObjectStorage;
-  env: { REQUEST_BUDGET_MS?: string };
+  env: Partial<Env>;
   ttlMs(): number;
   /** called when the turn failed after memory started changing: memory must be reloaded from storage */
   discardMemory(): Promise<void>;
@@ -108,7 +110,7 @@ export async function playTurn(
       },
       // Streamed: a long prefill says now and then that it is still at work (keep-alive.ts).
       onPrefillProgress: onEvent
-        ? prefillKeepAlive(() => emit({ type: 'progress' }), req.keepAliveMs ?? DEFAULT_KEEPALIVE_MS)
+        ? prefillKeepAlive(() => emit({ type: 'progress' }), req.keepAliveMs ?? DEFAULTS.STREAM_KEEPALIVE_MS)
         : undefined,
       ...(attempt ? { step: attempt.runner.runner } : {}),
     });

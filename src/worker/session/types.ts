@@ -1,6 +1,6 @@
 import type { FinishReason, GenerationStats } from '../../engine/generate.js';
 import type { TurnStats } from '../../engine/turns.js';
-import type { Failure } from '../faults.js';
+import type { Failure, Result } from '../faults.js';
 import type { CommonOptions, Usage } from '../job/plan.js';
 import type { ShapedLogprob } from '../job/logprobs.js';
 import type { ChatMessage } from '../../model/chat-prompt.js';
@@ -44,8 +44,7 @@ export interface SessionInfo {
 }
 
 export type { Failure };
-/** Every RPC method answers with a Result; nothing but a broken object throws across the boundary. */
-export type Result<T> = ({ ok: true } & T) | Failure;
+export type { Result };
 
 export interface TurnRequest {
   owner: string;

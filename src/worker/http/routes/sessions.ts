@@ -4,11 +4,10 @@ import type { AppEnv } from '../app-env.js';
 import { apiKeyId } from '../auth.js';
 import type { Failure, TurnEvent, TurnOutcome, TurnRequest } from '../../session/types.js';
 import { chatShapes } from '../chat-shapes.js';
-import { headGroups, layerGroups, prefillStepTokens } from '../../groups/config.js';
 import { ApiError, fromFailure } from '../errors.js';
 import { checkModelName, waitUntilOf, withNullUsage } from '../respond.js';
 import { chatSchema, chatTopLogprobs, messageSchema, readJson, validate, type ChatRequest } from '../schemas.js';
-import { keepAliveMs } from '../../job/keep-alive.js';
+import { configOf } from '../../config.js';
 import { ClientGone, sseResponse, type SendComment, type SendEvent } from '../sse.js';
 
 /**
@@ -140,7 +139,7 @@ async function turnResponse(
       return false; // the client hung up (ClientGone): the object abandons the turn
     }
   };
-  const replyP = obj.turn(id, { ...req, keepAliveMs: keepAliveMs(c.env) }, onEvent);
+  const replyP = obj.turn(id, { ...req, keepAliveMs: configOf(c.env).keepAliveMs }, onEvent);
   replyP.catch(() => {}); // awaited below; this only keeps an early rejection from counting as unhandled
   const early = await Promise.race([startedP, replyP]);
   if (early && !early.ok) raise(early);
@@ -208,7 +207,11 @@ export const sessions = new Hono<AppEnv>()
       id,
       owner: apiKeyId(c),
       messages: body.messages,
-      split: { groups: layerGroups(c.env), heads: headGroups(c.env), stepTokens: prefillStepTokens(c.env) },
+      split: {
+        groups: configOf(c.env).split.groups,
+        heads: configOf(c.env).split.heads,
+        stepTokens: configOf(c.env).split.stepTokens,
+      },
     });
     if (!r.ok) raise(r);
     return c.json({ object: 'chat.session', ...(r as { session: object }).session }, 200);
