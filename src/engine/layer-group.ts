@@ -14,12 +14,11 @@ import { SequenceState } from './caches.js';
 import { EngineError } from './errors.js';
 import type { LayerRange, ModelPart } from './model.js';
 import {
-  embedStep,
-  headStep,
-  runLayers,
+  composeStep,
+  runPart,
   stepStats,
   type Frontier,
-  type LayerStats,
+  type Stage,
   type StepOptions,
   type StepStats,
 } from './step.js';
@@ -63,20 +62,11 @@ export function frontierBytes(f: Frontier): number {
   );
 }
 
-/** One group's step: its layers, with the state it owns. */
-export function groupStep(
-  part: ModelPart,
-  seq: SequenceState,
-  into: Frontier,
-  opts: StepOptions,
-): Promise<{ frontier: Frontier; stats: LayerStats }> {
-  return runLayers(part, seq, into, opts);
-}
-
 /**
  * A split model run in one process: the groups' parts and states, in layer order; the first part
- * holds the embedding and the last the classifier. Its steps give what runStep gives on the whole
- * model (the same arithmetic, in the same order), which is what tests check.
+ * holds the embedding and the last the classifier. Its steps are the same composition as runStep's
+ * with one stage per group, and give what runStep gives on the whole model (the same arithmetic,
+ * in the same order), which is what tests check.
  */
 export class LocalChain {
   readonly states: SequenceState[];
@@ -103,23 +93,11 @@ export class LocalChain {
     for (const s of this.states) s.truncate(n);
   }
 
-  async step(
-    newTokens: readonly number[],
-    opts: StepOptions,
-  ): Promise<{ logits: Float32Array; stats: StepStats; bytes: number[] }> {
+  async step(newTokens: readonly number[], opts: StepOptions): Promise<{ logits: Float32Array; stats: StepStats }> {
     const t0 = performance.now();
-    let f = await embedStep(this.parts[0], this.length, newTokens, opts.ranking);
-    const stats: LayerStats[] = [];
-    const bytes: number[] = [];
-    for (const [g, part] of this.parts.entries()) {
-      bytes.push(frontierBytes(f));
-      const r = await groupStep(part, this.states[g], f, opts);
-      f = r.frontier;
-      stats.push(r.stats);
-    }
-    bytes.push(frontierBytes(f));
-    const logits = await headStep(this.parts.at(-1)!, f);
-    return { logits, stats: stepStats(this.parts[0].config, newTokens.length, stats, performance.now() - t0), bytes };
+    const stages: Stage[] = this.parts.map((p, g) => (input, o) => runPart(p, this.states[g], input, o));
+    const { logits, stats } = await composeStep(stages, this.length, newTokens, opts);
+    return { logits, stats: stepStats(this.parts[0].config, newTokens.length, stats, performance.now() - t0) };
   }
 }
 

@@ -480,11 +480,72 @@ export function stepStats(cfg: ModelConfig, newTokens: number, groups: readonly 
   return s;
 }
 
+/** What enters a stage of a step: the new tokens (appended after `start`) for a part holding the embedding, or the frontier entering its first layer. */
+export type StageInput = { tokens: number[]; start: number; ranking?: Ranking } | { frontier: Frontier };
+
+/** What leaves a stage: the last token's logits from a part holding the whole classifier, else the frontier leaving its last layer. */
+export type StageOutput = { frontier: Frontier } | { logits: Float32Array };
+
 /**
- * One generation step: appends `newTokens` to the sequence and runs them through the model with
- * LazyLLM's progressive pruning, returning the logits of the last token. The composition of
- * embedStep, runLayers over every layer, and headStep; a split model runs the same three with the
- * layers in groups (src/engine/layer-group.ts).
+ * Some of a step's layers, run in this isolate (runPart) or by an object reached by a call
+ * (src/worker/groups/chain.ts): how a step runs is the list of its stages, in layer order.
+ */
+export type Stage = (input: StageInput, opts: StepOptions) => Promise<{ output: StageOutput; stats: LayerStats }>;
+
+/**
+ * One part's share of a step, with the state it owns: embeds the tokens if handed them, runs its
+ * layers, and applies the classifier if it holds all of it. The whole model is one part; a layer
+ * group is another.
+ */
+export async function runPart(
+  part: ModelPart,
+  seq: SequenceState,
+  input: StageInput,
+  opts: StepOptions,
+): Promise<{ output: StageOutput; stats: LayerStats }> {
+  const into = 'tokens' in input ? await embedStep(part, input.start, input.tokens, input.ranking) : input.frontier;
+  const { frontier, stats } = await runLayers(part, seq, into, opts);
+  const wholeHead = part.head.length > 0 && part.head.reduce((s, p) => s + p.rows, 0) === part.config.vocabSize;
+  return { output: wholeHead ? { logits: await headStep(part, frontier) } : { frontier }, stats };
+}
+
+/**
+ * The composition of a step, the one place it is written: the new tokens (embedded first by
+ * `ends.embed` when the caller holds the embedding) go through the stages in order, each handing
+ * the next its frontier, until one answers logits, or `ends.head` applies the classifier to the
+ * frontier leaving the last. Returns the logits and each stage's statistics.
+ */
+export async function composeStep(
+  stages: readonly Stage[],
+  start: number,
+  newTokens: readonly number[],
+  opts: StepOptions,
+  ends: {
+    embed?: (start: number, tokens: readonly number[], ranking?: Ranking) => Promise<Frontier>;
+    head?: (leaving: Frontier) => Promise<Float32Array>;
+  } = {},
+): Promise<{ logits: Float32Array; stats: LayerStats[] }> {
+  let input: StageInput = ends.embed
+    ? { frontier: await ends.embed(start, newTokens, opts.ranking) }
+    : { tokens: [...newTokens], start, ...(opts.ranking ? { ranking: opts.ranking } : {}) };
+  const stats: LayerStats[] = [];
+  for (const [k, stage] of stages.entries()) {
+    const { output, stats: s } = await stage(input, opts);
+    stats.push(s);
+    if ('logits' in output) {
+      if (k !== stages.length - 1) throw new EngineError(`stage ${k} of ${stages.length} answered logits`, 'internal');
+      return { logits: output.logits, stats };
+    }
+    input = { frontier: output.frontier };
+  }
+  if (!ends.head || !('frontier' in input)) throw new EngineError('no stage holds the classifier', 'internal');
+  return { logits: await ends.head(input.frontier), stats };
+}
+
+/**
+ * One generation step on the whole model in this isolate: appends `newTokens` to the sequence and
+ * runs them through the model with LazyLLM's progressive pruning, returning the logits of the last
+ * token. A split model runs the same composition with its layers in groups (src/worker/groups/chain.ts).
  */
 export async function runStep(
   model: ModelPart,
@@ -493,8 +554,7 @@ export async function runStep(
   opts: StepOptions,
 ): Promise<{ logits: Float32Array; stats: StepStats }> {
   const t0 = performance.now();
-  const into = await embedStep(model, seq.length, newTokens, opts.ranking);
-  const { frontier, stats } = await runLayers(model, seq, into, opts);
-  const logits = await headStep(model, frontier);
-  return { logits, stats: stepStats(model.config, newTokens.length, [stats], performance.now() - t0) };
+  const stage: Stage = (input, o) => runPart(model, seq, input, o);
+  const { logits, stats } = await composeStep([stage], seq.length, newTokens, opts);
+  return { logits, stats: stepStats(model.config, newTokens.length, stats, performance.now() - t0) };
 }

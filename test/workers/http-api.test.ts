@@ -715,15 +715,35 @@ describe('unexpected faults', () => {
       headers: { 'Content-Type': 'application/json' },
       body: JSON.stringify({ model: MODEL, prompt: 'x', max_tokens: 2 }),
     };
-    const err = await expectError(
-      await withEnv({ REQUEST_BUDGET_MS: 'soon' }, '/v1/completions', init),
-      500,
-      'internal_error',
-    );
+    // A fault no code path expects: the completion id cannot be drawn.
+    vi.spyOn(crypto, 'randomUUID').mockImplementation(() => {
+      throw new Error('randomUUID broke');
+    });
+    const err = await expectError(await worker('/v1/completions', init), 500, 'internal_error');
+    vi.mocked(crypto.randomUUID).mockRestore();
     expect(err.message).toBe('The server had an error while processing your request.');
     expect(logged).toHaveBeenCalledWith(
       expect.stringContaining('POST /v1/completions failed (internal_error)'),
-      expect.stringMatching(/REQUEST_BUDGET_MS[\s\S]*\n\s+at /),
+      expect.stringMatching(/randomUUID broke[\s\S]*\n\s+at /),
+    );
+  });
+
+  it('a variable set to what it cannot take is a 503 naming it, in the answer and the log', async () => {
+    const logged = vi.spyOn(console, 'error').mockImplementation(() => undefined);
+    const init = {
+      method: 'POST',
+      headers: { 'Content-Type': 'application/json' },
+      body: JSON.stringify({ model: MODEL, prompt: 'x', max_tokens: 2 }),
+    };
+    const err = await expectError(
+      await withEnv({ REQUEST_BUDGET_MS: 'soon' }, '/v1/completions', init),
+      503,
+      'server_misconfigured',
+    );
+    expect(err.message).toBe('REQUEST_BUDGET_MS must be a number of milliseconds >= 0, got "soon"');
+    expect(logged).toHaveBeenCalledWith(
+      expect.stringContaining('POST /v1/completions failed (server_misconfigured)'),
+      expect.stringMatching(/REQUEST_BUDGET_MS/),
     );
   });
 

@@ -9,7 +9,16 @@ import { kvRowBytes } from '../../engine/kv-rows.js';
 import type { GenerateOptions, GenerationStats, StepRunner } from '../../engine/generate.js';
 import { frontierBytes } from '../../engine/layer-group.js';
 import type { ModelConfig } from '../../model/config.js';
-import { embedStep, lastHidden, stepStats, type Frontier, type LayerStats, type StepStats } from '../../engine/step.js';
+import {
+  composeStep,
+  embedStep,
+  lastHidden,
+  stepStats,
+  type Frontier,
+  type LayerStats,
+  type Stage,
+  type StepStats,
+} from '../../engine/step.js';
 import type { Ranking } from '../../engine/policy.js';
 import type { Env } from '../env.js';
 import { failureOf, Refusal } from '../faults.js';
@@ -139,7 +148,7 @@ export class ChainRunner {
     return { logits: r.logits, stats: this.last };
   };
 
-  /** One step through every object: the last token's logits, each layer group's figures, and the bytes that crossed the boundaries. */
+  /** One step through every object (the engine's composeStep, with a stage per group reached by RPC): the last token's logits, each layer group's figures, and the bytes that crossed the boundaries. */
   private async oneStep(
     seq: SequenceState,
     newTokens: readonly number[],
@@ -148,52 +157,46 @@ export class ChainRunner {
     const start = seq.length;
     seq.append(newTokens);
     let moved = 0;
-    let input: GroupStepCall['input'] = {
-      tokens: [...newTokens],
-      start,
-      ...(opts.ranking ? { ranking: opts.ranking } : {}),
-    };
-    if (this.embed) {
+    const stages: Stage[] = Array.from({ length: this.groups }, (_, g) => async (input, o) => {
+      const r = unwrap<GroupStepReply>(await this.call(g, input, o.schedule, o.trace !== undefined));
+      await o.progress?.();
+      for (const t of r.trace ?? []) o.trace?.(t.layer, t.queries, t.revived);
+      if ('frontier' in r.output) moved += frontierBytes(r.output.frontier);
+      return r;
+    });
+    const { logits, stats } = await composeStep(stages, start, newTokens, opts, {
       // The front holds the embedding: the first boundary is front -> group 0.
-      input = { frontier: compactFrontier(await this.embed(start, newTokens, opts.ranking)) };
-      moved += frontierBytes(input.frontier);
-    }
-    const stats: LayerStats[] = [];
-    let logits: Float32Array | null = null;
-    for (let g = 0; g < this.groups; g++) {
-      const r: GroupStepReply = unwrap<GroupStepReply>(
-        await this.call(g, input, opts.schedule, opts.trace !== undefined),
-      );
-      await opts.progress?.();
-      stats.push(r.stats);
-      for (const t of r.trace ?? []) opts.trace?.(t.layer, t.queries, t.revived);
-      if ('logits' in r.output) logits = r.output.logits;
-      else {
-        input = { frontier: r.output.frontier };
-        moved += frontierBytes(r.output.frontier);
-      }
-    }
-    if (this.heads > 0) {
-      // The classifier objects share the last token's hidden state and answer their rows at once.
-      const h = lastHidden((input as { frontier: Frontier }).frontier, this.config.dim).slice();
-      const parts = await Promise.all(
-        Array.from(
-          { length: this.heads },
-          async (_, k) => unwrap<{ rows: { start: number; logits: Float32Array }[] }>(await this.headCall!(k, h)).rows,
-        ),
-      );
-      logits = new Float32Array(this.config.vocabSize); // [vocab]
-      let filled = 0;
-      for (const r of parts.flat()) {
-        logits.set(r.logits, r.start);
-        filled += r.logits.length;
-      }
-      if (filled !== this.config.vocabSize)
-        throw new Error(`the classifier objects answered ${filled} of ${this.config.vocabSize} rows`);
-      moved += h.byteLength * this.heads;
-    }
-    if (!logits) throw new Error('the last layer group answered no logits');
+      ...(this.embed && {
+        embed: async (at: number, tokens: readonly number[], ranking?: Ranking) => {
+          const f = compactFrontier(await this.embed!(at, tokens, ranking));
+          moved += frontierBytes(f);
+          return f;
+        },
+      }),
+      ...(this.heads > 0 && { head: (leaving: Frontier) => this.headLogits(leaving, (b) => (moved += b)) }),
+    });
     return { logits, stats, moved };
+  }
+
+  /** The classifier objects share the last token's hidden state and answer their rows at once. */
+  private async headLogits(leaving: Frontier, count: (bytes: number) => void): Promise<Float32Array> {
+    const h = lastHidden(leaving, this.config.dim).slice();
+    const parts = await Promise.all(
+      Array.from(
+        { length: this.heads },
+        async (_, k) => unwrap<{ rows: { start: number; logits: Float32Array }[] }>(await this.headCall!(k, h)).rows,
+      ),
+    );
+    const logits = new Float32Array(this.config.vocabSize); // [vocab]
+    let filled = 0;
+    for (const r of parts.flat()) {
+      logits.set(r.logits, r.start);
+      filled += r.logits.length;
+    }
+    if (filled !== this.config.vocabSize)
+      throw new Error(`the classifier objects answered ${filled} of ${this.config.vocabSize} rows`);
+    count(h.byteLength * this.heads);
+    return logits;
   }
 
   /** The generation's statistics with the caches' figures from the groups (the front state holds none). */

@@ -3,7 +3,7 @@ import type { SequenceState } from '../../engine/caches.js';
 import { EngineError } from '../../engine/errors.js';
 import { groupState } from '../../engine/layer-group.js';
 import type { ModelPart } from '../../engine/model.js';
-import { embedStep, headStep, runLayers, type Frontier } from '../../engine/step.js';
+import { runPart } from '../../engine/step.js';
 import { headPartLogits } from '../../engine/vocab-parts.js';
 import { wasmHeapBytes } from '../../runtime/onnx-runtime.js';
 import type { Env } from '../env.js';
@@ -35,30 +35,24 @@ interface SessionMemory {
   recordBytes: number;
 }
 
-/** One step over a group's layers: group 0 embeds `tokens`, the last applies the head. */
+/** One step over a group's layers (the engine's runPart), its output made ready to cross RPC. */
 async function runGroupStep(
   part: ModelPart,
   seq: SequenceState,
   call: GroupStepCall | SessionStepCall,
 ): Promise<GroupStepReply> {
-  // Tokens go to the group holding the embedding; a frontier to any group (the first one too when the front embeds).
-  if ('tokens' in call.input && !part.embed)
-    throw new EngineError(`group ${call.group} holds no embedding but was sent tokens`, 'internal');
-  const into: Frontier =
-    'tokens' in call.input
-      ? await embedStep(part, call.input.start, call.input.tokens, call.input.ranking)
-      : call.input.frontier;
   const trace: LayerTraceEntry[] | undefined = call.trace ? [] : undefined;
-  const { frontier, stats } = await runLayers(part, seq, into, {
+  const { output, stats } = await runPart(part, seq, call.input, {
     schedule: call.schedule,
     trace: trace && ((layer, queries, revived) => trace.push({ layer, queries, revived })),
   });
   const last = call.group === call.groups - 1;
-  const output =
-    last && !call.heads
-      ? { logits: await headStep(part, frontier) }
-      : { frontier: last ? lastTokenFrontier(frontier, part.config.dim) : compactFrontier(frontier) };
-  return { output, stats, ...(trace ? { trace } : {}) };
+  // The classifier objects need only the last token's hidden state, not every computed token's.
+  const ready =
+    'logits' in output
+      ? output
+      : { frontier: last ? lastTokenFrontier(output.frontier, part.config.dim) : compactFrontier(output.frontier) };
+  return { output: ready, stats, ...(trace ? { trace } : {}) };
 }
 
 /** Drawn once per isolate, at the first probe (the global scope may not draw random values): tells whether two objects run in the same one. */
