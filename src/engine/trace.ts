@@ -80,6 +80,8 @@ export class TraceRecorder {
     private readonly seq: SequenceState,
     /** the prompt's question, if it has one */
     private readonly question: TokenSpan | null = null,
+    /** each token's depth before this generation when `seq` holds no depths (a split model's groups do) */
+    private readonly depthBefore?: Uint8Array,
   ) {}
 
   readonly hook: LayerTrace = (layer, queries, revived) => {
@@ -90,7 +92,8 @@ export class TraceRecorder {
       // still every position's depth before this request (0 for the new prompt tokens).
       if (this.step === 0) {
         this.n = this.seq.length;
-        this.before = this.seq.depth.slice(0, this.n);
+        this.before = new Uint8Array(this.n);
+        this.before.set((this.depthBefore ?? this.seq.depth).subarray(0, this.n));
         this.after = this.before.slice();
       }
     }

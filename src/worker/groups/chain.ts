@@ -28,6 +28,7 @@ import { compactFrontier } from './frontier.js';
 import { frontModel } from './parts.js';
 import { LEASE_IDLE_MS, type LayerGroup } from './layer-group-object.js';
 import type { Failure, GroupStepCall, GroupStepReply } from './types.js';
+import type { Runner } from '../job/run.js';
 
 export type GroupStub = DurableObjectStub<LayerGroup>;
 
@@ -113,6 +114,11 @@ export class ChainRunner {
     /** a dense step of more tokens runs as steps of at most this many (PREFILL_STEP_TOKENS; 0: never cut) */
     private readonly stepTokens = 0,
   ) {}
+
+  /** This chain as a job's runner (job/run.ts), continuing `seq` (tokens only: the caches live in the groups). */
+  jobRunner(seq: SequenceState = this.frontState(), depthBefore?: Uint8Array): Runner {
+    return { seq, step: this.runner, finish: (s) => this.fixStats(s), ...(depthBefore ? { depthBefore } : {}) };
+  }
 
   /** A state for generate(): tokens only, since the caches live in the groups. */
   frontState(): SequenceState {

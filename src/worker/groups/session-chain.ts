@@ -9,7 +9,7 @@ import { SequenceState } from '../../engine/caches.js';
 import type { ModelConfig } from '../../model/config.js';
 import type { Env } from '../env.js';
 import { ChainRunner, holdObjects, type FrontEmbed, type GroupStub } from './chain.js';
-import type { GroupSummary, SessionGroupAddress } from './types.js';
+import { sumFigures, type CacheFigures, type GroupSummary, type SessionGroupAddress } from './types.js';
 
 /** The objects of the session whose ChatSession object has id `sessionObject`. */
 export function sessionGroups(env: Env, sessionObject: string, groups: number, heads = 0): GroupStub[] {
@@ -28,17 +28,11 @@ function ok<T extends object>(r: ({ ok: true } & T) | { ok: false; error: { mess
   return r as T;
 }
 
-/** Sum of the groups' committed figures; a token's depth is the sum of its depths in the groups. */
-export interface ChainSummary {
-  tokens: number;
+/** The groups' committed figures summed; a token's depth is the sum of its depths in the groups. */
+export interface ChainSummary extends CacheFigures {
+  /** [tokens] each token's depth in the model */
+  depth: Uint8Array;
   depth_histogram: number[];
-  kv_entries: number;
-  kv_bytes: number;
-  aux_entries: number;
-  aux_bytes: number;
-  record_bytes: number;
-  record_chunks: number;
-  storage_bytes: number;
 }
 
 /**
@@ -114,22 +108,11 @@ export class SessionChain {
       )
     ).map((r, g) => ok<{ summary: GroupSummary }>(r, `layer group ${g}`).summary);
     const n = parts[0].tokens;
+    const depth = new Uint8Array(n); // [tokens]
+    for (const p of parts) for (let i = 0; i < n; i++) depth[i] += p.depth[i];
     const hist = new Array(this.config.nLayers + 1).fill(0);
-    for (let i = 0; i < n; i++) hist[parts.reduce((d, p) => d + p.depth[i], 0)]++;
-    const sum = (
-      k: 'kv_entries' | 'kv_bytes' | 'aux_entries' | 'aux_bytes' | 'record_bytes' | 'record_chunks' | 'storage_bytes',
-    ) => parts.reduce((t, p) => t + p[k], 0);
-    return {
-      tokens: n,
-      depth_histogram: hist,
-      kv_entries: sum('kv_entries'),
-      kv_bytes: sum('kv_bytes'),
-      aux_entries: sum('aux_entries'),
-      aux_bytes: sum('aux_bytes'),
-      record_bytes: sum('record_bytes'),
-      record_chunks: sum('record_chunks'),
-      storage_bytes: sum('storage_bytes'),
-    };
+    for (const d of depth) hist[d]++;
+    return { ...sumFigures(parts), depth, depth_histogram: hist };
   }
 
   async erase(): Promise<void> {

@@ -73,16 +73,37 @@ export interface SessionStepCall extends SessionGroupAddress {
   trace?: boolean;
 }
 
-/** A session group's committed state, for the session's statistics. */
-export interface GroupSummary {
+/** What a state holds and stores: one record for a group, a session's chain of groups (summed) and a session. */
+export interface CacheFigures {
   tokens: number;
-  /** [tokens] each token's depth within this group's layers */
-  depth: Uint8Array;
   kv_entries: number;
   kv_bytes: number;
   aux_entries: number;
   aux_bytes: number;
+  /** bytes of the stored state log, and its chunk count */
   record_bytes: number;
   record_chunks: number;
+  /** the object's whole SQLite database */
   storage_bytes: number;
+}
+
+/** The figures of several states side by side (a chain's groups): their sums, over the same tokens. */
+export function sumFigures(parts: readonly CacheFigures[]): CacheFigures {
+  const sum = (k: Exclude<keyof CacheFigures, 'tokens'>) => parts.reduce((t, p) => t + p[k], 0);
+  return {
+    tokens: parts[0]?.tokens ?? 0,
+    kv_entries: sum('kv_entries'),
+    kv_bytes: sum('kv_bytes'),
+    aux_entries: sum('aux_entries'),
+    aux_bytes: sum('aux_bytes'),
+    record_bytes: sum('record_bytes'),
+    record_chunks: sum('record_chunks'),
+    storage_bytes: sum('storage_bytes'),
+  };
+}
+
+/** A session group's committed state, for the session's statistics. */
+export interface GroupSummary extends CacheFigures {
+  /** [tokens] each token's depth within this group's layers */
+  depth: Uint8Array;
 }

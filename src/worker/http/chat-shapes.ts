@@ -1,7 +1,8 @@
 import type { FinishReason, GenerationStats } from '../../engine/generate.js';
 import type { Usage } from '../job/plan.js';
 import { chatLogprobs } from '../job/logprobs.js';
-import { completionId, type Outcome, type Shapes } from './respond.js';
+import type { Outcome } from '../job/run.js';
+import { completionId, type Shapes } from './respond.js';
 
 /**
  * The objects of /v1/chat/completions, stateless (routes/chat.ts) or with a session

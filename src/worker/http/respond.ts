@@ -1,13 +1,13 @@
 import type { Context } from 'hono';
 import { SequenceState } from '../../engine/caches.js';
-import { generate, type FinishReason, type GenerationStats } from '../../engine/generate.js';
+import type { FinishReason, GenerationStats } from '../../engine/generate.js';
 import type { LoadedModel } from '../../engine/model.js';
-import { TraceRecorder } from '../../engine/trace.js';
 import type { AppEnv } from './app-env.js';
 import type { Env } from '../env.js';
 import { ApiError, ClientGone } from './errors.js';
-import { engineOptions, yieldToEventLoop, type CommonOptions, type Job, type Usage } from '../job/plan.js';
-import { LogprobShaper, type ShapedLogprob } from '../job/logprobs.js';
+import { yieldToEventLoop, type CommonOptions, type Job, type Usage } from '../job/plan.js';
+import type { ShapedLogprob } from '../job/logprobs.js';
+import { runJob, type Outcome, type Runner } from '../job/run.js';
 import { acquirePoolChain, type Chain } from '../groups/chain.js';
 import { frontModel } from '../groups/parts.js';
 import { getModel } from '../model-store.js';
@@ -44,15 +44,6 @@ export async function servedModel(env: Env, requested: string): Promise<LoadedMo
   return localModel(env);
 }
 
-export interface Outcome {
-  text: string;
-  finishReason: FinishReason;
-  usage: Usage;
-  stats: GenerationStats;
-  /** when the job asked for logprobs: one per completion token */
-  logprobs?: ShapedLogprob[];
-}
-
 /** How an endpoint shapes its objects; `id`, `created` and `model` are the same in every chunk. */
 export interface Shapes {
   whole(o: Outcome): object;
@@ -72,43 +63,24 @@ export function betweenTokens(gone?: AbortSignal): () => Promise<void> {
   };
 }
 
-/** With split layers, a chain of layer groups held for this request (released by `run`); null otherwise. */
-async function chainFor(env: Env, job: Job): Promise<Chain | null> {
-  return configOf(env).split.groups > 1 ? acquirePoolChain(env, job.model.config) : null;
+/** How this request's layers run: the whole model here on a fresh state, or a chain of groups held for it (released by `run`). */
+async function runnerFor(env: Env, job: Job): Promise<{ runner: Runner; chain: Chain | null }> {
+  if (configOf(env).split.groups <= 1) return { runner: { seq: new SequenceState(job.model.config) }, chain: null };
+  const chain = await acquirePoolChain(env, job.model.config);
+  return { runner: chain.jobRunner(), chain };
 }
 
 async function run(
   job: Job,
-  chain: Chain | null,
+  taken: { runner: Runner; chain: Chain | null },
   beforeStep: () => Promise<void>,
   onText?: (t: string, logprobs?: ShapedLogprob[]) => Promise<void>,
   onPrefillProgress?: () => Promise<void>,
 ): Promise<Outcome> {
   try {
-    const seq = chain ? chain.frontState() : new SequenceState(job.model.config);
-    // The pruning trace needs the caches' depths, which a split model keeps in its groups.
-    const tracer = job.trace && !chain ? new TraceRecorder(job.model, seq, job.question) : undefined;
-    const shaper =
-      job.logprobs === null ? undefined : new LogprobShaper(job.model.tokenizer, job.prompt[job.prompt.length - 1]);
-    const r = await generate(job.model, seq, job.prompt, {
-      ...engineOptions(job),
-      onText: onText && (shaper ? (t, lps) => onText(t, shaper.shape(lps)) : (t) => onText(t)),
-      beforeStep,
-      onPrefillProgress,
-      trace: tracer?.hook,
-      ...(chain ? { step: chain.runner } : {}),
-    });
-    const usage = {
-      prompt_tokens: r.promptTokens,
-      completion_tokens: r.tokens.length,
-      total_tokens: r.promptTokens + r.tokens.length,
-      prompt_tokens_details: { cached_tokens: 0 },
-    };
-    const logprobs = shaper && !onText ? { logprobs: shaper.shape(r.logprobs) } : {};
-    const stats = chain ? chain.fixStats(r.stats) : tracer ? { ...r.stats, trace: tracer.result() } : r.stats;
-    return { text: r.text, finishReason: r.finishReason, usage, stats, ...logprobs };
+    return (await runJob(job, taken.runner, { beforeStep, onText, onPrefillProgress })).outcome;
   } finally {
-    await chain?.release();
+    await taken.chain?.release();
   }
 }
 
@@ -139,9 +111,9 @@ export function waitUntilOf(c: Context<AppEnv>): ((p: Promise<unknown>) => void)
  */
 export async function respond(c: Context<AppEnv>, job: Job, o: CommonOptions, shapes: Shapes): Promise<Response> {
   // Taken before answering, so that a busy pool is a plain 503 rather than an error inside a stream.
-  const chain = await chainFor(c.env, job);
+  const taken = await runnerFor(c.env, job);
   if (!o.stream) {
-    const out = await run(job, chain, betweenTokens(c.req.raw.signal));
+    const out = await run(job, taken, betweenTokens(c.req.raw.signal));
     const timing = `prefill;dur=${out.stats.prefill_ms.toFixed(2)}, decode;dur=${out.stats.decode_ms.toFixed(2)}`;
     return c.json(shapes.whole(out), 200, { 'Server-Timing': timing });
   }
@@ -150,7 +122,7 @@ export async function respond(c: Context<AppEnv>, job: Job, o: CommonOptions, sh
     const opening = shapes.opening?.();
     if (opening) await send(opening);
     const keepAlive = prefillKeepAlive(() => comment('prefilling'), configOf(c.env).keepAliveMs);
-    const out = await run(job, chain, betweenTokens(gone), (t, lps) => send(shapes.delta(t, lps)), keepAlive);
+    const out = await run(job, taken, betweenTokens(gone), (t, lps) => send(shapes.delta(t, lps)), keepAlive);
     await send(shapes.finish(out.finishReason, out.stats));
     if (o.stream_options?.include_usage) await sendRaw(shapes.usage(out.usage));
   };

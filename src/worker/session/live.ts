@@ -2,6 +2,7 @@ import type { SequenceState } from '../../engine/caches.js';
 import type { LoadedModel } from '../../engine/model.js';
 import type { StoredView } from '../../engine/state-codec.js';
 import type { ChainSummary, SessionChain } from '../groups/session-chain.js';
+import { sumFigures } from '../groups/types.js';
 import type { Meta } from './store.js';
 import type { CacheStats, StoredMessage } from './types.js';
 
@@ -26,22 +27,21 @@ export interface Live {
 export function cacheStats(live: Live, sql: SqlStorage): CacheStats {
   const { seq } = live;
   const g = live.groups;
+  const session = {
+    turns: live.turns,
+    state_source: live.source,
+    recoveries: live.meta.recoveries,
+    last_recovery: live.meta.last_recovery,
+  };
+  // Split, the caches and their logs are the groups'; the session object adds its own log and database.
+  const own = { record_bytes: live.recordBytes, record_chunks: live.view.nextSeq, storage_bytes: sql.databaseSize };
   if (g) {
-    return {
-      tokens: seq.length,
-      depth_histogram: g.depth_histogram,
-      kv_entries: g.kv_entries,
-      kv_bytes: g.kv_bytes,
-      aux_entries: g.aux_entries,
-      aux_bytes: g.aux_bytes,
-      record_bytes: live.recordBytes + g.record_bytes,
-      record_chunks: live.view.nextSeq + g.record_chunks,
-      storage_bytes: sql.databaseSize + g.storage_bytes,
-      turns: live.turns,
-      state_source: live.source,
-      recoveries: live.meta.recoveries,
-      last_recovery: live.meta.last_recovery,
-    };
+    const { depth: _, depth_histogram, ...figures } = g;
+    const both = sumFigures([
+      figures,
+      { ...figures, kv_entries: 0, kv_bytes: 0, aux_entries: 0, aux_bytes: 0, ...own },
+    ]);
+    return { ...both, tokens: seq.length, depth_histogram, ...session };
   }
   return {
     tokens: seq.length,
@@ -50,12 +50,7 @@ export function cacheStats(live: Live, sql: SqlStorage): CacheStats {
     kv_bytes: seq.kvBytes(),
     aux_entries: seq.aux.size,
     aux_bytes: seq.aux.bytes,
-    record_bytes: live.recordBytes,
-    record_chunks: live.view.nextSeq,
-    storage_bytes: sql.databaseSize,
-    turns: live.turns,
-    state_source: live.source,
-    recoveries: live.meta.recoveries,
-    last_recovery: live.meta.last_recovery,
+    ...own,
+    ...session,
   };
 }

@@ -1,14 +1,11 @@
 import { emptyView, encodeDelta, snapshotBytes } from '../../engine/state-codec.js';
-import { TraceRecorder } from '../../engine/trace.js';
-import { runTurn } from '../../engine/turns.js';
-import { encodePrompt } from '../../model/text-tokenizer.js';
-import { messageText, renderChat } from '../../model/chat-prompt.js';
+import { encodeChat, messageText } from '../../model/chat-prompt.js';
 import { failureOf, failureFrom, type Failure } from '../faults.js';
-import { engineOptions, planJob, yieldToEventLoop, type Job } from '../job/plan.js';
+import { planJob, yieldToEventLoop, type Job } from '../job/plan.js';
+import { runJob } from '../job/run.js';
 import { DEFAULTS } from '../config.js';
 import type { Env } from '../env.js';
 import { prefillKeepAlive } from '../job/keep-alive.js';
-import { LogprobShaper } from '../job/logprobs.js';
 import { recordOutcome } from './idempotency.js';
 import { cacheStats, type Live } from './live.js';
 import { insertTurn, updateCounts, writeChunks, writeMessages } from './store.js';
@@ -47,17 +44,17 @@ export async function playTurn(
   const incoming = req.messages.map((m) => ({ role: m.role, content: messageText(m) }));
   const conversation = req.mode === 'append' ? [...live.messages, ...incoming] : incoming;
   let job: Job;
-  let target: number[];
   try {
-    target = encodePrompt(model.tokenizer, renderChat(model.manifest.chatTemplate, conversation));
-    const room = model.config.seqLen - target.length;
-    job = planJob(host.env, startedAt, model, target, req.options, {
+    const { prompt, question } = encodeChat(model.tokenizer, model.manifest.chatTemplate, conversation);
+    const room = model.config.seqLen - prompt.length;
+    job = planJob(host.env, startedAt, model, prompt, req.options, {
       promptParam: 'messages',
       maxTokensParam: req.maxTokensParam,
       maxTokens: req.maxTokens,
       defaultMaxTokens:
         req.mode === 'append' ? Math.max(1, Math.min(SESSION_DEFAULT_MAX_TOKENS, room)) : Math.max(1, room),
       logprobs: req.logprobs,
+      question,
     });
   } catch (e) {
     return failureFrom(e, 'session turn (validation)');
@@ -88,32 +85,31 @@ export async function playTurn(
   // From here on memory changes; on any failure it is reloaded from storage, which this turn has not touched.
   let attemptDone: (() => void) | undefined;
   try {
-    // Split layers: this turn is one attempt through the session's groups (session/split.ts); the
-    // pruning trace needs depths the groups hold, so it is not recorded.
+    // Split layers: this turn is one attempt through the session's groups (session/split.ts).
     const attempt = live.chain?.attempt(live.turns);
     attemptDone = attempt?.done;
-    const tracer = job.trace && !attempt ? new TraceRecorder(model, live.seq, job.question) : undefined;
-    const shaper = job.logprobs === null ? undefined : new LogprobShaper(model.tokenizer, target[target.length - 1]);
-    const turn = await runTurn(model, live.seq, target, {
-      ...engineOptions(job),
-      trace: tracer?.hook,
-      // Streamed: each piece goes out as it is released. Before every token, streamed or not, a
-      // zero-delay timer lets other requests take their turn (a concurrent message or DELETE is
-      // refused with 409 at once rather than queued behind this turn; /healthz answers), and lets
-      // the deployed clock move for the request budget. A hung-up stream stops here, within a token.
-      onText: onEvent
-        ? (text, lps) => emit(shaper ? { type: 'text', text, logprobs: shaper.shape(lps) } : { type: 'text', text })
-        : undefined,
-      beforeStep: async () => {
-        await yieldToEventLoop();
-        if (clientGone) throw new Error('client gone');
+    const { outcome: out, turn } = await runJob(
+      job,
+      attempt ? attempt.runner.jobRunner(live.seq, live.groups?.depth) : { seq: live.seq },
+      {
+        // Before every token, streamed or not, a zero-delay timer lets other requests take their
+        // turn (a concurrent message or DELETE is refused with 409 at once rather than queued
+        // behind this turn; /healthz answers), and lets the deployed clock move for the request
+        // budget. A hung-up stream stops here, within a token.
+        beforeStep: async () => {
+          await yieldToEventLoop();
+          if (clientGone) throw new Error('client gone');
+        },
+        // Streamed: each piece goes out as it is released.
+        onText: onEvent
+          ? (text, logprobs) => emit({ type: 'text', text, ...(logprobs ? { logprobs } : {}) })
+          : undefined,
+        // Streamed: a long prefill says now and then that it is still at work (keep-alive.ts).
+        onPrefillProgress: onEvent
+          ? prefillKeepAlive(() => emit({ type: 'progress' }), req.keepAliveMs ?? DEFAULTS.STREAM_KEEPALIVE_MS)
+          : undefined,
       },
-      // Streamed: a long prefill says now and then that it is still at work (keep-alive.ts).
-      onPrefillProgress: onEvent
-        ? prefillKeepAlive(() => emit({ type: 'progress' }), req.keepAliveMs ?? DEFAULTS.STREAM_KEEPALIVE_MS)
-        : undefined,
-      ...(attempt ? { step: attempt.runner.runner } : {}),
-    });
+    );
     const r = turn.result;
     const reply: StoredMessage = { role: 'assistant', content: r.text };
     const messages = [...conversation, reply];
@@ -132,19 +128,9 @@ export async function playTurn(
     }
     const turnIdx = live.turns;
     const now = Date.now();
-    const completion = r.tokens.length;
     const outcome: { ok: true } & TurnOutcome = {
       ok: true,
-      text: r.text,
-      finishReason: r.finishReason,
-      usage: {
-        prompt_tokens: target.length,
-        completion_tokens: completion,
-        total_tokens: target.length + completion,
-        prompt_tokens_details: { cached_tokens: turn.stats.reused_tokens },
-      },
-      stats: attempt ? attempt.runner.fixStats(r.stats) : tracer ? { ...r.stats, trace: tracer.result() } : r.stats,
-      ...(shaper && !onEvent ? { logprobs: shaper.shape(r.logprobs) } : {}),
+      ...out,
       session: {
         id: live.meta.session_id,
         turn: turnIdx,

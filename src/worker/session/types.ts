@@ -1,6 +1,7 @@
 import type { FinishReason, GenerationStats } from '../../engine/generate.js';
 import type { TurnStats } from '../../engine/turns.js';
 import type { Failure, Result } from '../faults.js';
+import type { CacheFigures } from '../groups/types.js';
 import type { CommonOptions, Usage } from '../job/plan.js';
 import type { ShapedLogprob } from '../job/logprobs.js';
 import type { ChatMessage } from '../../model/chat-prompt.js';
@@ -12,19 +13,9 @@ export interface StoredMessage {
   content: string;
 }
 
-export interface CacheStats {
-  tokens: number;
+export interface CacheStats extends CacheFigures {
   /** how many tokens stopped at each depth 0..nLayers */
   depth_histogram: number[];
-  kv_entries: number;
-  kv_bytes: number;
-  aux_entries: number;
-  aux_bytes: number;
-  /** bytes of the stored state log, and its chunk count */
-  record_bytes: number;
-  record_chunks: number;
-  /** the object's whole SQLite database (messages, turns, log, page overhead) */
-  storage_bytes: number;
   turns: number;
   /** "records" when the state came from the stored log, "rebuilt" after a recovery */
   state_source: 'records' | 'rebuilt' | 'new';
