@@ -8,8 +8,7 @@
  */
 import type { ModelConfig } from '../model/config.js';
 import type { QuantSpec } from '../model/quant.js';
-import { MB, type MemoryEstimate } from './memory-budget.js';
-import { estimatePartMemory } from './part-memory.js';
+import { estimatePartMemory, MB, type MemoryEstimate, type PartSpec } from './memory-budget.js';
 import { SequenceState } from './caches.js';
 import { EngineError } from './errors.js';
 import type { LayerRange, ModelPart } from './model.js';
@@ -101,7 +100,7 @@ export class LocalChain {
   }
 }
 
-/** One object of a planned split: its pieces and what they need at the served context (part-memory.ts). */
+/** One object of a planned split: its pieces and what they need at the served context (estimatePartMemory). */
 export interface GroupPlan {
   layers: LayerRange;
   embed: boolean;
@@ -113,11 +112,41 @@ export interface GroupPlan {
 }
 
 /**
- * The estimates of a split into `groups` layer groups (the first also embedding) and `heads`
- * classifier objects holding the row parts i with i mod heads = k; without them the last layer
- * group holds the whole classifier. With `frontEmbeds` the front holds the embedding beside the
- * tokenizer, and is planned as a last object. The Worker places the pieces the same way
- * (src/worker/groups/config.ts).
+ * Where the pieces of a split into `groups` layer groups and `heads` classifier objects live, the
+ * one placement rule: object g < groups is layer group g, holding its layers, the first also the
+ * embedding (unless `frontEmbeds`: the front holds it beside the tokenizer) and, without
+ * classifier objects, the last the whole classifier; object groups + k is classifier object k,
+ * holding the row parts i with i mod heads = k. The classifier is the largest piece of a model with
+ * a big vocabulary (SmolLM2: 49152 rows, 108 MiB as f32), so it may need objects of its own.
+ */
+export function placeSplit(
+  nLayers: number,
+  headParts: number,
+  groups: number,
+  heads = 0,
+  frontEmbeds = false,
+): PartSpec[] {
+  if (!(Number.isInteger(heads) && heads >= 0 && heads <= headParts))
+    throw new EngineError(`${heads} classifier objects for ${headParts} classifier parts`, 'invalid_request', 'heads');
+  const all = Array.from({ length: headParts }, (_, i) => i);
+  const layerGroups = splitLayers(nLayers, groups).map((layers, g) => ({
+    layers,
+    embed: g === 0 && !frontEmbeds,
+    head: heads === 0 && g === groups - 1 ? all : [],
+    tokenizer: false,
+  }));
+  const headObjects = Array.from({ length: heads }, (_, k) => ({
+    layers: { start: nLayers, end: nLayers },
+    embed: false,
+    head: all.filter((i) => i % heads === k),
+    tokenizer: false,
+  }));
+  return [...layerGroups, ...headObjects];
+}
+
+/**
+ * The estimates of the split placeSplit places, one per object; with `frontEmbeds` the front
+ * (tokenizer and embedding) is planned as a last object.
  */
 export function planSplit(
   cfg: ModelConfig,
@@ -127,25 +156,16 @@ export function planSplit(
   heads = 0,
   frontEmbeds = false,
 ): GroupPlan[] {
-  const all = headRows.map((_, i) => i);
-  const plan = (layers: LayerRange, embed: boolean, head: number[], front = false): GroupPlan => ({
-    layers,
-    embed,
-    head,
+  const plan = (p: PartSpec, front = false): GroupPlan => ({
+    layers: p.layers,
+    embed: p.embed,
+    head: [...p.head],
     ...(front ? { front } : {}),
-    bytes: estimatePartMemory(cfg, q, { layers, embed, head, tokenizer: front }, headRows),
+    bytes: estimatePartMemory(cfg, q, { ...p, tokenizer: front }, headRows),
   });
-  const layerGroups = splitLayers(cfg.nLayers, groups).map((layers, g) =>
-    plan(layers, g === 0 && !frontEmbeds, heads === 0 && g === groups - 1 ? all : []),
-  );
-  const headObjects = Array.from({ length: heads }, (_, k) =>
-    plan(
-      { start: cfg.nLayers, end: cfg.nLayers },
-      false,
-      all.filter((i) => i % heads === k),
-    ),
-  );
-  return [...layerGroups, ...headObjects, ...(frontEmbeds ? [plan({ start: 0, end: 0 }, true, [], true)] : [])];
+  const objects = placeSplit(cfg.nLayers, headRows.length, groups, heads, frontEmbeds).map((p) => plan(p));
+  const front = { layers: { start: 0, end: 0 }, embed: true, head: [], tokenizer: true };
+  return frontEmbeds ? [...objects, plan(front, true)] : objects;
 }
 
 /**

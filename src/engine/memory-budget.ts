@@ -107,7 +107,7 @@ export function totalOf(e: Omit<MemoryEstimate, 'total'>): number {
 
 /** Bytes of one [out, in] weight matrix as the kernel holds it while running. */
 export function matrixBytes(out: number, inp: number, q: QuantSpec): number {
-  // A GGUF build's groups differ (estimateMemory sizes each); a lone matrix here is the classifier (part-memory.ts).
+  // A GGUF build's groups differ (estimateMemory sizes each); a lone matrix here is the classifier (estimatePartMemory).
   if (q.gguf) return ggufMatrixBytes(out, inp, q.gguf.head);
   if (!keepsQuantizedWeights(q.kernel)) return out * inp * 4;
   if (q.format === 'int8') return out * inp + out * 4; // int8 values + one f32 scale per output channel
@@ -138,7 +138,7 @@ const factor = (kernel: string, piece: 'layer' | 'head') =>
 /**
  * The pieces a model (or a part of it) is made of, as held while running: one decoder layer's
  * tensors, the embedding, one classifier row, the final norm; the copies each piece's session
- * creation leaves behind per byte; the per-token figures. part-memory.ts sums them for a part.
+ * creation leaves behind per byte; the per-token figures. estimatePartMemory sums them for a part.
  */
 export function pieceBytes(cfg: ModelConfig, q: QuantSpec) {
   const { dim, hiddenDim, kvDim, vocabSize } = cfg;
@@ -288,4 +288,73 @@ export function defaultQuant(cfg: ModelConfig, budgetBytes = DEFAULT_MEMORY_BUDG
     { format: 'int4', kernel: 'nbits', blockSize: 32 },
   ];
   return candidates.find((q) => estimateMemory(cfg, q).total <= budgetBytes) ?? candidates[candidates.length - 1];
+}
+
+// ---- Parts of a split model: one part's layers' weights and KV rows, an Aux Cache that may hold
+// every token (a token has one entry, in the part that runs the layer it stopped at, so one part
+// can hold them all), the runtime, and the embedding or classifier rows it holds; the same pieces
+// as the whole-model estimate, so both count the same bytes.
+
+/** Decoder layers [start, end). */
+export interface LayerRange {
+  start: number;
+  end: number;
+}
+
+/** Which pieces of a model one part holds. */
+export interface PartSpec {
+  layers: LayerRange;
+  embed: boolean;
+  /** indices into manifest.files.head: the classifier's row parts held here */
+  head: readonly number[];
+  tokenizer: boolean;
+}
+
+/**
+ * The estimate for `part` of a model whose config (served seqLen) is `cfg`; headRows = rows of each head part.
+ * A part with a session pays the runtime; the attention temporaries come with layers, the classifier's with
+ * its rows, and the copies with its largest piece (memory-budget.ts estimateHeld).
+ */
+export function estimatePartMemory(
+  cfg: ModelConfig,
+  q: QuantSpec,
+  part: PartSpec,
+  headRows: readonly number[],
+): MemoryEstimate {
+  return estimateHeld(cfg, q, {
+    layers: part.layers.end - part.layers.start,
+    embed: part.embed,
+    headRows: part.head.map((i) => headRows[i]),
+    tokenizer: part.tokenizer,
+  });
+}
+
+/** Refuses a part that would not fit `budgetBytes` at the served context, naming each part of the estimate. */
+export function checkPartBudget(
+  name: string,
+  cfg: ModelConfig,
+  q: QuantSpec,
+  part: PartSpec,
+  headRows: readonly number[],
+  budgetBytes: number,
+): MemoryEstimate {
+  if (!(budgetBytes > 0))
+    throw new EngineError(
+      `memory budget ${budgetBytes} must be a positive number of bytes`,
+      'invalid_request',
+      'memoryBudget',
+    );
+  const e = estimatePartMemory(cfg, q, part, headRows);
+  if (e.total > budgetBytes) {
+    const { start, end } = part.layers;
+    throw new EngineError(
+      `layers ${start}..${end - 1}${part.embed ? ' with the embedding' : ''}${part.head.length ? ` with ${part.head.length} classifier part(s)` : ''} of model "${name}" ` +
+        `do not fit the memory budget: they need ${mb(e.total)} at a context of ${cfg.seqLen} tokens (${partsText(e)}), ` +
+        `but the isolate memory budget allows ${mb(budgetBytes)}. Split the layers into more groups, put the classifier in objects of its own, ` +
+        'hold the KV cache as f16 or int8 (KV_FORMAT), or use a shorter context.',
+      'model_too_large',
+      'memoryBudget',
+    );
+  }
+  return e;
 }

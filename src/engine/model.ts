@@ -15,12 +15,12 @@ import type { TextTokenizer } from '../model/text-tokenizer.js';
 import { Tokenizer } from '../model/tokenizer.js';
 import { createGraphSession, type GraphSession } from '../runtime/onnx-runtime.js';
 import { checkMemoryBudget, DEFAULT_MEMORY_BUDGET_BYTES, type MemoryEstimate } from './memory-budget.js';
-import { checkPartBudget, type LayerRange, type PartSpec } from './part-memory.js';
+import { checkPartBudget, type LayerRange, type PartSpec } from './memory-budget.js';
 import type { RowPart } from './vocab-parts.js';
 import { EmbeddingTable } from '../model/embedding-table.js';
 import type { KvFormat } from './kv-rows.js';
 
-export type { LayerRange, PartSpec } from './part-memory.js';
+export type { LayerRange, PartSpec } from './memory-budget.js';
 
 /**
  * Some of a model's pieces, ready to run: a contiguous range of decoder layers, and maybe the
@@ -117,7 +117,7 @@ export function wholePart(manifest: Manifest): PartSpec {
 
 /**
  * Loads some of a model: only the shards of the pieces asked for are read and checked. The memory
- * budget is checked for those pieces (src/engine/part-memory.ts); for the whole model, as loadModel does.
+ * budget is checked for those pieces (src/engine/memory-budget.ts); for the whole model, as loadModel does.
  */
 export async function loadModelPart(
   manifestText: string,

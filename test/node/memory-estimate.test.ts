@@ -1,5 +1,5 @@
 /**
- * The load-time estimate (src/engine/memory-budget.ts, part-memory.ts) against memory measured by
+ * The load-time estimate (src/engine/memory-budget.ts) against memory measured by
  * `npm run memory` (scripts/memory.ts): stories260K measured here, in a child process of its own (the
  * wasm memory never shrinks, so a measurement needs a fresh process); the SmolLM2 builds from the
  * recorded runs in test/fixtures/memory/ (minutes each; the command is in each file).
@@ -17,7 +17,7 @@ import { createRequire } from 'node:module';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { checkMemoryBudget, DEFAULT_MEMORY_BUDGET_BYTES, estimateMemory, MB } from '../../src/engine/memory-budget.js';
-import { estimatePartMemory } from '../../src/engine/part-memory.js';
+import { estimatePartMemory } from '../../src/engine/memory-budget.js';
 import { EngineError } from '../../src/engine/errors.js';
 import { parseManifest, quantOf } from '../../src/model/manifest.js';
 import { REPO_ROOT, shardsDir } from '../../scripts/lib/node-env.js';

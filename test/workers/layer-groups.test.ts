@@ -65,6 +65,17 @@ const CASES = [
 ] as const;
 
 describe('layer groups in workerd (stories260K)', () => {
+  it('a split request gets the same pruning trace as the whole model (one runJob for both)', async () => {
+    const body = { max_tokens: 12, temperature: 0, lazy: { schedule: 'bos,1:0.5,3:0.5', trace: true } };
+    const whole = await complete({}, body);
+    const split = await complete({ LAYER_GROUPS: '3' }, body);
+    expect(whole.status).toBe(200);
+    expect(split.status).toBe(200);
+    const trace = (c: Completion) => (c.body.lazy_stats as unknown as { trace: unknown }).trace;
+    expect(trace(whole)).toBeDefined();
+    expect(trace(split)).toEqual(trace(whole));
+  });
+
   it('objects of one class share one isolate here (so one onnxruntime heap): memory per object is not measurable apart locally', async () => {
     const [a, b] = poolChain(env, 0, 2);
     const [pa, pb] = [await a.probe(), await b.probe()];

@@ -2,14 +2,14 @@ import { DurableObject } from 'cloudflare:workers';
 import type { SequenceState } from '../../engine/caches.js';
 import { EngineError } from '../../engine/errors.js';
 import { groupState } from '../../engine/layer-group.js';
-import type { ModelPart } from '../../engine/model.js';
+import type { ModelPart, PartSpec } from '../../engine/model.js';
 import { runPart } from '../../engine/step.js';
 import { headPartLogits } from '../../engine/vocab-parts.js';
 import { wasmHeapBytes } from '../../runtime/onnx-runtime.js';
 import type { Env } from '../env.js';
 import { failureFrom, failureOf } from '../faults.js';
 import { emptyView, encodeDelta, modelFingerprint, type StoredView } from '../../engine/state-codec.js';
-import { groupPart } from './placement.js';
+import { placeSplit } from '../../engine/layer-group.js';
 import { compactFrontier, lastTokenFrontier } from './frontier.js';
 import { groupFingerprint, loadGroupLog, writeGroupChunks } from './group-store.js';
 import { groupModel, manifestOf } from './parts.js';
@@ -55,6 +55,19 @@ async function runGroupStep(
   return { output: ready, stats, ...(trace ? { trace } : {}) };
 }
 
+/** This object's pieces in its split (the engine's placement rule). */
+function objectPart(
+  nLayers: number,
+  headParts: number,
+  a: Pick<GroupAddress, 'groups' | 'group' | 'heads' | 'frontEmbeds'>,
+): PartSpec {
+  const parts = placeSplit(nLayers, headParts, a.groups, a.heads ?? 0, a.frontEmbeds ?? false);
+  const part = parts[a.group];
+  if (!Number.isInteger(a.group) || !part)
+    throw new EngineError(`object ${a.group} of ${a.groups} + ${a.heads ?? 0} does not exist`, 'internal');
+  return part;
+}
+
 /** Drawn once per isolate, at the first probe (the global scope may not draw random values): tells whether two objects run in the same one. */
 let isolateId: string | null = null;
 
@@ -83,10 +96,7 @@ export class LayerGroup extends DurableObject<Env> {
 
   private async part(a: Pick<GroupAddress, 'groups' | 'group' | 'heads' | 'frontEmbeds'>): Promise<ModelPart> {
     const m = await manifestOf(this.env);
-    return groupModel(
-      this.env,
-      groupPart(m.config.nLayers, m.files.head.length, a.groups, a.group, a.heads ?? 0, a.frontEmbeds ?? false),
-    );
+    return groupModel(this.env, objectPart(m.config.nLayers, m.files.head.length, a));
   }
 
   /** A classifier object: the logits of its vocabulary rows for the last token's hidden state [dim]. Stateless. */

@@ -11,7 +11,7 @@ export type { Result };
 export interface GroupAddress {
   groups: number;
   group: number;
-  /** classifier objects after the layer groups (config.ts groupPart); 0 or absent: the last layer group applies the classifier */
+  /** classifier objects after the layer groups (placeSplit in src/engine/layer-group.ts); 0 or absent: the last layer group applies the classifier */
   heads?: number;
   /** the front embeds the tokens (EMBED_IN_FRONT): group 0 holds no embedding and receives a frontier */
   frontEmbeds?: boolean;

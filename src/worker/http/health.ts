@@ -4,7 +4,7 @@
  * (and with EMBED_IN_FRONT the embedding): a health check that loaded every layer would put the
  * whole model into the one isolate the split exists to keep it out of. What it reports then is
  * the front's own figures and the estimate for every object of the split (planSplit, the same
- * placement the groups load: groups/placement.ts).
+ * placement the groups load: placeSplit in src/engine/layer-group.ts).
  */
 import { planSplit } from '../../engine/layer-group.js';
 import { DEPLOYED_ISOLATE_MB, estimateMb, getModel, memoryReport } from '../model-store.js';
