@@ -2,7 +2,7 @@ import { LAYER_IO } from '../model/shard-io.js';
 import type { ModelConfig } from '../model/config.js';
 import { SequenceState } from './caches.js';
 import { EngineError } from './errors.js';
-import type { LayerRange, ModelPart } from './model.js';
+import type { ModelPart } from './model.js';
 import {
   importance,
   keepAt,

@@ -6,7 +6,7 @@
  */
 import { SequenceState } from '../../engine/caches.js';
 import { kvRowBytes } from '../../engine/kv-rows.js';
-import type { GenerateOptions, GenerationStats, StepRunner } from '../../engine/generate.js';
+import type { GenerationStats, StepRunner } from '../../engine/generate.js';
 import { frontierBytes } from '../../engine/layer-group.js';
 import type { ModelConfig } from '../../model/config.js';
 import {
@@ -347,6 +347,3 @@ export async function acquirePoolChain(env: Env, config: ModelConfig): Promise<C
     { 'Retry-After': '1' },
   );
 }
-
-/** generate() options for a chain: its runner. */
-export const chainOptions = (chain: Chain): Pick<GenerateOptions, 'step'> => ({ step: chain.runner });

@@ -8,7 +8,7 @@ import { headPartLogits } from '../../engine/vocab-parts.js';
 import { wasmHeapBytes } from '../../runtime/onnx-runtime.js';
 import type { Env } from '../env.js';
 import { failureFrom, failureOf } from '../faults.js';
-import { emptyView, encodeDelta, modelFingerprint, type StoredView } from '../../engine/state-codec.js';
+import { encodeDelta, modelFingerprint, type StoredView } from '../../engine/state-codec.js';
 import { placeSplit } from '../../engine/layer-group.js';
 import { compactFrontier, lastTokenFrontier } from './frontier.js';
 import { groupFingerprint, loadGroupLog, writeGroupChunks } from './group-store.js';

@@ -9,9 +9,8 @@
  */
 import { loadModelPart, type LoadedModel, type ModelPart, type PartSpec } from '../../engine/model.js';
 import { parseManifest, type Manifest } from '../../model/manifest.js';
-import type { Env } from '../env.js';
 import { configOf } from '../config.js';
-import { assetReader, type ModelEnv } from '../model-store.js';
+import { assetReader, getModel, type ModelEnv } from '../model-store.js';
 
 const parts = new Map<string, Promise<ModelPart>>();
 
@@ -66,4 +65,12 @@ export async function frontModel(env: ModelEnv): Promise<LoadedModel> {
   return (await cached(key, async () =>
     load(env, { layers: { start: 0, end: 0 }, embed, head: [], tokenizer: true }),
   )) as LoadedModel;
+}
+
+/**
+ * The model as this isolate holds it: the whole model, or with its layers split into `groups`
+ * (the Worker's LAYER_GROUPS, or a session's stored split) only the front's pieces.
+ */
+export function heldModel(env: ModelEnv, groups = configOf(env).split.groups): Promise<LoadedModel> {
+  return groups > 1 ? frontModel(env) : getModel(env);
 }

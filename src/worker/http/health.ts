@@ -7,15 +7,15 @@
  * placement the groups load: placeSplit in src/engine/layer-group.ts).
  */
 import { planSplit } from '../../engine/layer-group.js';
-import { DEPLOYED_ISOLATE_MB, estimateMb, getModel, memoryReport } from '../model-store.js';
+import { DEPLOYED_ISOLATE_MB, estimateMb, memoryReport } from '../model-store.js';
 import { configOf } from '../config.js';
-import { frontModel } from '../groups/parts.js';
+import { frontModel, heldModel } from '../groups/parts.js';
 import type { Env } from '../env.js';
 
 export async function health(env: Env) {
   const { groups: G, heads: H, frontEmbeds: embed } = configOf(env).split;
   if (G <= 1) {
-    const model = await getModel(env);
+    const model = await heldModel(env);
     return { status: 'ok' as const, model: model.manifest.name, memory: memoryReport(model) };
   }
   const front = await frontModel(env);

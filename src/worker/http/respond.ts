@@ -9,8 +9,7 @@ import { yieldToEventLoop, type CommonOptions, type Job, type Usage } from '../j
 import type { ShapedLogprob } from '../job/logprobs.js';
 import { runJob, type Outcome, type Runner } from '../job/run.js';
 import { acquirePoolChain, type Chain } from '../groups/chain.js';
-import { frontModel } from '../groups/parts.js';
-import { getModel } from '../model-store.js';
+import { heldModel } from '../groups/parts.js';
 import { prefillKeepAlive } from '../job/keep-alive.js';
 import { configOf } from '../config.js';
 import { sseResponse, type SendComment, type SendEvent } from './sse.js';
@@ -33,15 +32,10 @@ export function checkModelName(env: Pick<Env, 'MODEL_NAME'>, requested: string):
   }
 }
 
-/** The model as this isolate holds it, loaded once: the whole model, or with split layers only the front's pieces (tokenizer, config, maybe the embedding: groups/parts.ts). */
-export function localModel(env: Env): Promise<LoadedModel> {
-  return configOf(env).split.groups > 1 ? frontModel(env) : getModel(env);
-}
-
-/** The served model, after `checkModelName` (localModel). */
+/** The served model as this isolate holds it (heldModel), after `checkModelName`. */
 export async function servedModel(env: Env, requested: string): Promise<LoadedModel> {
   checkModelName(env, requested);
-  return localModel(env);
+  return heldModel(env);
 }
 
 /** How an endpoint shapes its objects; `id`, `created` and `model` are the same in every chunk. */

@@ -6,8 +6,7 @@ import { messageText, renderChat } from '../../model/chat-prompt.js';
 import { configOf } from '../config.js';
 import type { Env } from '../env.js';
 import { failureOf, failureFrom, type Failure } from '../faults.js';
-import { frontModel } from '../groups/parts.js';
-import { getModel } from '../model-store.js';
+import { heldModel } from '../groups/parts.js';
 import type { ChatMessage } from '../../model/chat-prompt.js';
 import { cacheStats, type Live } from './live.js';
 import { loadSession } from './recovery.js';
@@ -148,7 +147,7 @@ export class ChatSession extends DurableObject<Env> {
   }): Promise<Result<{ session: SessionInfo }>> {
     const split = init.split ?? { groups: 1, heads: 0 };
     const groups = split.groups;
-    const model = groups > 1 ? await frontModel(this.env) : await getModel(this.env);
+    const model = await heldModel(this.env, groups);
     const fingerprint = modelFingerprint(model.manifest);
     const now = Date.now();
     const messages = (init.messages ?? []).map((m) => ({ role: m.role, content: messageText(m) }));

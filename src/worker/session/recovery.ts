@@ -4,8 +4,7 @@ import { emptyView, encodeDelta, modelFingerprint, replayLog, StateFormatError }
 import { replayTurn, replayTurns, type TurnRecord } from '../../engine/turns.js';
 import { encodeChat } from '../../model/chat-prompt.js';
 import type { Env } from '../env.js';
-import { frontModel } from '../groups/parts.js';
-import { getModel } from '../model-store.js';
+import { heldModel } from '../groups/parts.js';
 import { cacheStats, type Live } from './live.js';
 import { readSplit, sessionChain, tokensOfRecords, type Split } from './split.js';
 import { clearTurns, insertTurn, readSession, readTurns, recordRecovery, writeChunks } from './store.js';
@@ -33,7 +32,7 @@ export async function loadSession(
   const split = readSplit(storage.sql);
   if (split.groups > 1) return loadSplitSession(storage, env, sessionObject, split, stored);
   const { meta, messages, turns, chunks, recordBytes } = stored;
-  const model = await getModel(env);
+  const model = await heldModel(env, 1);
   const fingerprint = modelFingerprint(model.manifest);
   const live: Live = {
     meta,
@@ -82,7 +81,7 @@ async function loadSplitSession(
   stored: NonNullable<ReturnType<typeof readSession>>,
 ): Promise<Live> {
   const { meta, messages, turns } = stored;
-  const model = await frontModel(env);
+  const model = await heldModel(env, split.groups);
   const fingerprint = modelFingerprint(model.manifest);
   if (meta.fingerprint !== fingerprint)
     throw new StateFormatError(

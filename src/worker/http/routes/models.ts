@@ -1,7 +1,8 @@
 import { Hono } from 'hono';
 import type { LoadedModel } from '../../../engine/model.js';
 import type { AppEnv } from '../app-env.js';
-import { localModel, servedModel } from '../respond.js';
+import { heldModel } from '../../groups/parts.js';
+import { servedModel } from '../respond.js';
 
 /** OpenAI's model object, plus what a client of this server needs to know: context size and format. */
 function describe(m: LoadedModel) {
@@ -18,5 +19,5 @@ function describe(m: LoadedModel) {
 
 /** GET /v1/models and GET /v1/models/{id}: the one model this Worker serves (MODEL_NAME); split, the front loads only its own pieces for it. */
 export const models = new Hono<AppEnv>()
-  .get('/', async (c) => c.json({ object: 'list', data: [describe(await localModel(c.env))] }))
+  .get('/', async (c) => c.json({ object: 'list', data: [describe(await heldModel(c.env))] }))
   .get('/:id', async (c) => c.json(describe(await servedModel(c.env, c.req.param('id')))));
