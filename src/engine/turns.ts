@@ -11,7 +11,7 @@
  */
 import { SequenceState } from './caches.js';
 import { EngineError } from './errors.js';
-import { generate, type GenerateOptions, type GenerateResult } from './generate.js';
+import { generate, type GenerateOptions, type GenerateResult, type StepRunner } from './generate.js';
 import type { LoadedModel } from './model.js';
 import { stepRankings, type Schedule, type TokenSpan } from './policy.js';
 import { runStep } from './step.js';
@@ -99,18 +99,30 @@ export async function runTurn(
   };
 }
 
-/** Redoes a recorded turn on `seq`: the same steps with the same tokens, hence the same state. */
-export async function replayTurn(model: LoadedModel, seq: SequenceState, r: TurnRecord): Promise<void> {
+/**
+ * Redoes a recorded turn on `seq`: the same steps with the same tokens, hence the same state.
+ * `step` runs them (default: the whole model here; a split model passes its chain's runner).
+ */
+export async function replayTurn(
+  model: LoadedModel,
+  seq: SequenceState,
+  r: TurnRecord,
+  step: StepRunner = (s, t, o) => runStep(model, s, t, o),
+): Promise<void> {
   if (r.keep > seq.length) throw new EngineError(`turn keeps ${r.keep} tokens of ${seq.length}`, 'internal');
   seq.truncate(r.keep);
   const ranking = stepRankings(r.schedule?.signal, r.question);
-  await runStep(model, seq, r.prompt, { schedule: r.schedule, ranking: ranking(seq.length, r.prompt.length) });
-  for (const t of r.decoded) await runStep(model, seq, [t], { schedule: r.schedule, ranking: ranking(seq.length, 1) });
+  await step(seq, r.prompt, { schedule: r.schedule, ranking: ranking(seq.length, r.prompt.length) });
+  for (const t of r.decoded) await step(seq, [t], { schedule: r.schedule, ranking: ranking(seq.length, 1) });
 }
 
-/** A fresh state rebuilt from a session's turn records. */
-export async function replayTurns(model: LoadedModel, records: Iterable<TurnRecord>): Promise<SequenceState> {
-  const seq = new SequenceState(model.config);
-  for (const r of records) await replayTurn(model, seq, r);
+/** `seq` (a fresh state by default) rebuilt from a session's turn records. */
+export async function replayTurns(
+  model: LoadedModel,
+  records: Iterable<TurnRecord>,
+  seq: SequenceState = new SequenceState(model.config),
+  step?: StepRunner,
+): Promise<SequenceState> {
+  for (const r of records) await replayTurn(model, seq, r, step);
   return seq;
 }

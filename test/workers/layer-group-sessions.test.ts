@@ -169,6 +169,37 @@ describe('sessions split into layer groups (stories260K)', () => {
     });
   }
 
+  for (const g of [0, 2]) {
+    it(`3 groups: a damaged chunk in group ${g}'s storage is never served: the session rebuilds every group from its turn records, as an unsplit session rebuilds its log`, async () => {
+      const ref = await unsplitReference();
+      const id = await create(3);
+      const stubs = groupsOf(id, 3);
+      for (const t of TURNS.slice(0, 2)) await say(3, id, t);
+      // One byte flipped in the group's first chunk, then the group and the session restarted (their memory gone).
+      await runInDurableObject(stubs[g], (_o: LayerGroup, state) => {
+        const row = state.storage.sql.exec('SELECT bytes FROM group_chunks WHERE seq = 0').one();
+        const bytes = new Uint8Array(row.bytes as ArrayBuffer).slice();
+        bytes[bytes.length >> 1] ^= 0xff;
+        state.storage.sql.exec('UPDATE group_chunks SET bytes = ? WHERE seq = 0', bytes.buffer);
+      });
+      await restart(stubs[g]);
+      const session = env.CHAT_SESSIONS.get(env.CHAT_SESSIONS.idFromName(`anonymous/${id}`));
+      await runInDurableObject(session, (_o, state) => {
+        try {
+          state.abort('test: restart the session');
+        } catch {
+          // abort throws in the caller by design
+        }
+      }).catch(() => undefined);
+      const after = await stats(id);
+      expect(after.state_source).toBe('rebuilt');
+      expect(after.recoveries).toBe(1);
+      expect(after.last_recovery).toMatch(/rebuilt from turn records/);
+      expect(cacheFigures(after)).toEqual(ref[1].cache);
+      for (const k of [2, 3]) expect(replyFigures(await say(3, id, TURNS[k]))).toEqual(ref[k]);
+    });
+  }
+
   it('3 groups: a turn every group stored as pending but the session never committed (a crash in between) is dropped by every group', async () => {
     const ref = await unsplitReference();
     const id = await create(3);

@@ -7,6 +7,7 @@ import type { Env } from '../env.js';
 import { heldModel } from '../groups/parts.js';
 import { cacheStats, type Live } from './live.js';
 import { readSplit, sessionChain, tokensOfRecords, type Split } from './split.js';
+import { SessionChainFailure, type SessionChain } from '../groups/session-chain.js';
 import { clearTurns, insertTurn, readSession, readTurns, recordRecovery, writeChunks } from './store.js';
 
 /**
@@ -70,8 +71,8 @@ export async function loadSession(
 /**
  * A session whose layers are split: the tokens come from the turn records; every group loads its
  * own committed state (dropping what a turn that never committed left, groups/group-store.ts) when
- * asked for its figures here. A group log that cannot be trusted fails the load: rebuilding a
- * split session from its records is not done yet.
+ * asked for its figures here. A group log that cannot be trusted is rebuilt as an unsplit
+ * session's is (rebuild), through the groups.
  */
 async function loadSplitSession(
   storage: DurableObjectStorage,
@@ -103,12 +104,22 @@ async function loadSplitSession(
     committed: null,
     chain,
   };
-  live.groups = await chain.summary(turns);
-  if (live.groups.tokens !== live.seq.length)
-    throw new StateFormatError(
-      'malformed',
-      `the layer groups hold ${live.groups.tokens} tokens, the turn records ${live.seq.length}`,
+  try {
+    live.groups = await chain.summary(turns);
+    if (live.groups.tokens !== live.seq.length)
+      throw new StateFormatError(
+        'malformed',
+        `the layer groups hold ${live.groups.tokens} tokens, the turn records ${live.seq.length}`,
+      );
+  } catch (e) {
+    // A group's log that cannot be trusted (damaged, foreign, lost): rebuilt like a session's own.
+    if (!(e instanceof StateFormatError || e instanceof SessionChainFailure)) throw e;
+    await rebuild(
+      storage,
+      live,
+      e instanceof StateFormatError ? e : new StateFormatError('malformed', `a layer group's state: ${e.message}`),
     );
+  }
   live.committed = cacheStats(live, storage.sql);
   return live;
 }
@@ -116,28 +127,43 @@ async function loadSplitSession(
 /**
  * Recovers from a log that cannot be trusted: redoes the recorded turns (identical state) when
  * they were made with this model, else prefills the stored messages; then replaces the log with a
- * snapshot of the rebuilt state. Never serves from the bad log.
+ * snapshot of the rebuilt state. Never serves from the bad log. A split session redoes them
+ * through its groups, emptied first, as one attempt that they store as committed.
  */
 async function rebuild(storage: DurableObjectStorage, live: Live, why: StateFormatError): Promise<void> {
-  const { model, fingerprint } = live;
+  const { model, fingerprint, chain } = live;
   const sql = storage.sql;
   const rows = readTurns(sql);
+  /** a fresh state, and how its steps run: here, or through the session's groups (emptied) */
+  const fresh = async () => {
+    if (!chain) return { seq: new SequenceState(model.config), attempt: undefined };
+    await chain.erase();
+    return { seq: chain.frontState(), attempt: chain.attempt(0) };
+  };
   let seq: SequenceState | null = null;
+  let attempt: ReturnType<SessionChain['attempt']> | undefined;
   let how = 'turn records';
   if (rows.every((r) => r.fingerprint === fingerprint)) {
     try {
+      const f = await fresh();
+      attempt = f.attempt;
       seq = await replayTurns(
         model,
         rows.map((r) => r.record),
+        f.seq,
+        attempt?.runner.runner,
       );
     } catch (e) {
+      attempt?.done();
       console.warn('lazy-edge: session turn records could not be replayed; prefilling the messages instead:', e);
     }
   }
   let synthetic: TurnRecord | null = null;
   if (!seq) {
     how = 'messages';
-    seq = new SequenceState(model.config);
+    const f = await fresh();
+    seq = f.seq;
+    attempt = f.attempt;
     if (live.messages.length > 0) {
       const { prompt: target, question } = encodeChat(model.tokenizer, model.manifest.chatTemplate, live.messages);
       synthetic = {
@@ -147,10 +173,18 @@ async function rebuild(storage: DurableObjectStorage, live: Live, why: StateForm
         schedule: defaultSchedule(model.config.nLayers, question ? 'question' : 'text'),
         question,
       };
-      await replayTurn(model, seq, synthetic!);
+      await replayTurn(model, seq, synthetic, attempt?.runner.runner);
     }
   }
-  const delta = encodeDelta(seq, emptyView(), { fingerprint });
+  // Split: the groups store the rebuilt state as the attempt of turn 0, which every later turn counts as committed.
+  if (chain && attempt) {
+    try {
+      await chain.prepare(0, attempt.id);
+    } finally {
+      attempt.done();
+    }
+  }
+  const delta = chain ? { chunks: [], view: emptyView() } : encodeDelta(seq, emptyView(), { fingerprint });
   const note = `${why.reason}: ${why.message}; rebuilt from ${how}`;
   console.warn(`lazy-edge: session ${live.meta.session_id}: stored state rejected (${note})`);
   storage.transactionSync(() => {
@@ -181,4 +215,5 @@ async function rebuild(storage: DurableObjectStorage, live: Live, why: StateForm
   live.recordBytes = delta.chunks.reduce((s, c) => s + c.byteLength, 0);
   if (synthetic) live.turns = 1;
   live.source = 'rebuilt';
+  if (chain) live.groups = await chain.summary(live.turns);
 }
