@@ -7,7 +7,11 @@ import { Sampler, type SamplerOptions } from './sampler.js';
 import { runStep, type LayerTrace, type StepOptions, type StepStats } from './step.js';
 import type { LazyTrace } from './trace.js';
 
-export type FinishReason = 'stop' | 'length';
+/**
+ * Why a generation ended: an end-of-generation token or a stop string, max_tokens, or the deadline
+ * (the request's time budget) before max_tokens: never reported as "length", which it is not.
+ */
+export type FinishReason = 'stop' | 'length' | 'time_limit';
 
 export interface GenerateOptions {
   maxTokens: number;
@@ -22,7 +26,7 @@ export interface GenerateOptions {
    * query signal ranks by their attention.
    */
   question?: TokenSpan | null;
-  /** performance.now() value after which no further token is started (finish_reason "length") */
+  /** performance.now() value after which no further token is started (finish_reason "time_limit") */
   deadline?: number;
   /**
    * receives text as soon as it is safe to show (never part of a stop string). With `logprobs`,
@@ -72,6 +76,8 @@ export interface GenerationStats {
   flops: number;
   dense_flops: number;
   flops_ratio: number;
+  /** why the generation ended early, when it did (the request's time budget ran out: finish_reason "time_limit") */
+  note?: string;
   /** only when the caller asked for it (a TraceRecorder, src/engine/trace.ts): what was computed and pruned */
   trace?: LazyTrace;
 }
@@ -188,7 +194,10 @@ export async function generate(
     emitted = Math.max(emitted, safe);
     if (tokens.length >= opts.maxTokens) break;
     await opts.beforeStep?.();
-    if (opts.deadline !== undefined && performance.now() >= opts.deadline) break;
+    if (opts.deadline !== undefined && performance.now() >= opts.deadline) {
+      finishReason = 'time_limit';
+      break;
+    }
     const step = await runner(seq, [next], {
       schedule: opts.schedule,
       trace: opts.trace,

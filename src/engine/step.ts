@@ -84,6 +84,29 @@ export function layerFlops(cfg: ModelConfig, q: number, t: number): number {
 }
 
 /**
+ * What a step of `newTokens` after `held` tokens is expected to cost under `schedule`, in FLOPs,
+ * before it runs: each layer computes the new tokens that are still active there, the share the
+ * schedule keeps (never fewer than its floor), against every token as keys. An estimate for
+ * planning (the request budget), not an account: the signal's protected rows are not counted.
+ */
+export function expectedStepFlops(
+  cfg: ModelConfig,
+  schedule: Schedule | null,
+  held: number,
+  newTokens: number,
+): number {
+  const t = held + newTokens;
+  let active = t;
+  let flops = headFlops(cfg);
+  for (let l = 0; l < cfg.nLayers; l++) {
+    const keep = schedule ? keepAt(schedule, l) : null;
+    if (keep !== null) active = Math.min(active, Math.max(schedule!.minActive ?? 1, Math.ceil(keep * active)));
+    flops += layerFlops(cfg, Math.min(newTokens, active), t);
+  }
+  return flops;
+}
+
+/**
  * Query rows per layer run when a layer has many queries (long prefills). Queries are in ascending
  * position, so chunk j needs as keys only the context and chunks 0..j-1 (later chunks are all
  * masked for it): the causally masked part of the score matrix is mostly never computed, and the

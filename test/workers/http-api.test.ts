@@ -12,6 +12,7 @@ import { apiKeyId, requireApiKey, resetOpenNotice } from '../../src/worker/http/
 import { encodeChat, renderChat } from '../../src/model/chat-prompt.js';
 import { DEFAULTS } from '../../src/worker/config.js';
 import { planJob } from '../../src/worker/job/plan.js';
+import { prefillSpeed } from '../../src/worker/job/budget.js';
 import { getModel } from '../../src/worker/model-store.js';
 import { MODEL, post, readEvents, withEnv, worker } from '../support/http.js';
 
@@ -425,11 +426,12 @@ describe('POST /v1/chat/completions', () => {
 });
 
 describe('time budget (REQUEST_BUDGET_MS)', () => {
-  it('ends a generation that reaches the budget with what it has and finish_reason "length"', async () => {
+  it('ends a generation that reaches the budget with what it has, finish_reason "time_limit" and a note saying so (never "length")', async () => {
     const req = { method: 'POST', headers: { 'Content-Type': 'application/json' } };
     const body = JSON.stringify({ model: MODEL, prompt: 'Once upon a time', max_tokens: 50, temperature: 0 });
     const cut = await json<Completion>(await withEnv({ REQUEST_BUDGET_MS: '0' }, '/v1/completions', { ...req, body }));
-    expect(cut.choices[0].finish_reason).toBe('length');
+    expect(cut.choices[0].finish_reason).toBe('time_limit');
+    expect((cut.lazy_stats as { note?: string }).note).toMatch(/REQUEST_BUDGET_MS/);
     expect(cut.usage.completion_tokens).toBeGreaterThanOrEqual(1);
     expect(cut.usage.completion_tokens).toBeLessThan(50);
     const full = await json<Completion>(
@@ -444,8 +446,29 @@ describe('time budget (REQUEST_BUDGET_MS)', () => {
     });
     const { events } = await readEvents(streamed);
     const finish = JSON.parse(events.at(-2)!) as Completion;
-    expect(finish.choices[0].finish_reason).toBe('length');
+    expect(finish.choices[0].finish_reason).toBe('time_limit');
     expect(finish.lazy_stats.completion_tokens).toBeLessThan(50);
+  });
+
+  it("refuses before it starts a prefill that this isolate's measured speed cannot finish within the budget: 503 naming it, nothing streamed", async () => {
+    const path = `${MODEL}|whole`;
+    // As if this isolate had measured a very slow prefill (stories260K's own are too short to count).
+    prefillSpeed.record(path, 1000, 1000);
+    try {
+      for (const stream of [false, true]) {
+        const res = await withEnv({ REQUEST_BUDGET_MS: '60000' }, '/v1/completions', {
+          method: 'POST',
+          headers: { 'Content-Type': 'application/json' },
+          body: JSON.stringify({ model: MODEL, prompt: 'Once upon a time', max_tokens: 5, stream }),
+        });
+        const err = await expectError(res, 503, 'request_budget_exceeded');
+        expect(err.message).toMatch(/REQUEST_BUDGET_MS/);
+      }
+    } finally {
+      prefillSpeed.forget(path);
+    }
+    const ok = await post('/v1/completions', { model: MODEL, prompt: 'Once upon a time', max_tokens: 5 });
+    expect(ok.status).toBe(200);
   });
 
   it("uses wrangler.toml's budget by default", async () => {

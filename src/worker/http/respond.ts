@@ -7,7 +7,8 @@ import type { Env } from '../env.js';
 import { ApiError, ClientGone } from './errors.js';
 import { yieldToEventLoop, type CommonOptions, type Job, type Usage } from '../job/plan.js';
 import type { ShapedLogprob } from '../job/logprobs.js';
-import { runJob, type Outcome, type Runner } from '../job/run.js';
+import { budgetPath, runJob, type Outcome, type Runner } from '../job/run.js';
+import { checkBudget } from '../job/budget.js';
 import { acquirePoolChain, type Chain } from '../groups/chain.js';
 import { heldModel } from '../groups/parts.js';
 import { prefillKeepAlive } from '../job/keep-alive.js';
@@ -105,6 +106,8 @@ export function waitUntilOf(c: Context<AppEnv>): ((p: Promise<unknown>) => void)
  */
 export async function respond(c: Context<AppEnv>, job: Job, o: CommonOptions, shapes: Shapes): Promise<Response> {
   // Taken before answering, so that a busy pool is a plain 503 rather than an error inside a stream.
+  // Refused before anything is taken or sent when the prefill cannot finish within the budget.
+  checkBudget(job, 0, budgetPath(job, configOf(c.env).split.groups > 1));
   const taken = await runnerFor(c.env, job);
   if (!o.stream) {
     const out = await run(job, taken, betweenTokens(c.req.raw.signal));

@@ -10,6 +10,7 @@ import { TraceRecorder } from '../../engine/trace.js';
 import { runTurn, type TurnResult } from '../../engine/turns.js';
 import { engineOptions, type Job, type Usage } from './plan.js';
 import { LogprobShaper, type ShapedLogprob } from './logprobs.js';
+import { prefillFlops, prefillSpeed } from './budget.js';
 
 /** How a job's layers run. */
 export interface Runner {
@@ -41,6 +42,9 @@ export interface Outcome {
   logprobs?: ShapedLogprob[];
 }
 
+/** The path a job's speed is measured on (job/budget.ts): the model, whole here or split into groups. */
+export const budgetPath = (job: Job, split: boolean) => `${job.model.manifest.name}|${split ? 'split' : 'whole'}`;
+
 /** Runs `job` on `runner`'s state: the prompt's longest prefix the state holds is reused, the rest computed, then decoded. */
 export async function runJob(
   job: Job,
@@ -60,7 +64,19 @@ export async function runJob(
     ...(runner.step ? { step: runner.step } : {}),
   });
   const r = turn.result;
-  const stats = runner.finish ? runner.finish(r.stats) : r.stats;
+  prefillSpeed.record(
+    budgetPath(job, runner.step !== undefined),
+    prefillFlops(model.config, r.stats, turn.stats.reused_tokens),
+    r.stats.prefill_ms,
+  );
+  const finished = runner.finish ? runner.finish(r.stats) : r.stats;
+  const stats =
+    r.finishReason === 'time_limit'
+      ? {
+          ...finished,
+          note: `the request budget (REQUEST_BUDGET_MS) ran out after ${r.tokens.length} of ${job.maxTokens} tokens`,
+        }
+      : finished;
   const outcome: Outcome = {
     text: r.text,
     finishReason: r.finishReason,

@@ -2,7 +2,9 @@ import { emptyView, encodeDelta, snapshotBytes } from '../../engine/state-codec.
 import { encodeChat, messageText } from '../../model/chat-prompt.js';
 import { failureOf, failureFrom, type Failure } from '../faults.js';
 import { planJob, yieldToEventLoop, type Job } from '../job/plan.js';
-import { runJob } from '../job/run.js';
+import { budgetPath, runJob } from '../job/run.js';
+import { checkBudget } from '../job/budget.js';
+import { commonPrefix } from '../../engine/turns.js';
 import { DEFAULTS } from '../config.js';
 import type { Env } from '../env.js';
 import { prefillKeepAlive } from '../job/keep-alive.js';
@@ -56,6 +58,7 @@ export async function playTurn(
       logprobs: req.logprobs,
       question,
     });
+    checkBudget(job, commonPrefix(live.seq.tokens, job.prompt), budgetPath(job, live.chain !== undefined));
   } catch (e) {
     return failureFrom(e, 'session turn (validation)');
   }
