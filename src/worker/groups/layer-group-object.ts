@@ -193,11 +193,19 @@ export class LayerGroup extends DurableObject<Env> {
     const { start, end } = part.layerRange;
     const fingerprint = groupFingerprint(modelFingerprint(part.manifest), start, end, a.groups);
     const seq = groupState(part.config, part.layerRange);
-    const { view, bytes } = await this.ctx.blockConcurrencyWhile(async () =>
-      this.ctx.storage.transactionSync(() =>
-        loadGroupLog(this.ctx.storage.sql, seq, a.committed, fingerprint, a.group === 0),
-      ),
-    );
+    // A log that cannot be trusted is answered as a failure (the session rebuilds it); thrown out of
+    // blockConcurrencyWhile it would reset this object and break the call instead.
+    const loaded = await this.ctx.blockConcurrencyWhile(async () => {
+      try {
+        return this.ctx.storage.transactionSync(() =>
+          loadGroupLog(this.ctx.storage.sql, seq, a.committed, fingerprint, a.group === 0),
+        );
+      } catch (e) {
+        return e instanceof Error ? e : new Error(String(e));
+      }
+    });
+    if (loaded instanceof Error) throw loaded;
+    const { view, bytes } = loaded;
     this.session = { seq, view, fingerprint, turn: a.committed, attempt: null, recordBytes: bytes };
     return { part, mem: this.session };
   }
