@@ -113,9 +113,26 @@ describe('GET /healthz and /v1/models', () => {
   it("refuses a KV_FORMAT it does not know, naming the setting in the answer and the log (a server fault, not the client's)", async () => {
     const logged = vi.spyOn(console, 'error').mockImplementation(() => {});
     const res = await withEnv({ KV_FORMAT: 'bf16' }, '/healthz');
-    expect(((await res.clone().json()) as { error: { message: string } }).error.message).toMatch(/KV_FORMAT.*"bf16"/);
+    expect(((await res.clone().json()) as { reason: string }).reason).toMatch(/KV_FORMAT.*"bf16"/);
     await expectError(res, 503, 'server_misconfigured');
     expect(logged.mock.calls.flat().join(' ')).toMatch(/KV_FORMAT.*f32, f16, int8.*"bf16"/);
+  });
+
+  it('/healthz says why when the model cannot be served, as JSON with a 503: never a bare 500', async () => {
+    const logged = vi.spyOn(console, 'error').mockImplementation(() => {});
+    const cases: [Partial<Cloudflare.Env>, RegExp][] = [
+      [{ MODEL_NAME: 'no-such-model' }, /no-such-model\/manifest\.json/],
+      [{ MEMORY_BUDGET_MB: '1', CONTEXT_TOKENS: '304' }, /memory budget/],
+      [{ LAYER_GROUPS: 'many' }, /LAYER_GROUPS must be an integer >= 1, got "many"/],
+    ];
+    for (const [vars, why] of cases) {
+      const res = await withEnv(vars, '/healthz');
+      expect(res.status, JSON.stringify(vars)).toBe(503);
+      const body = (await res.json()) as { status: string; reason: string; error: { code: string } };
+      expect(body.status).toBe('unavailable');
+      expect(body.reason).toMatch(why);
+    }
+    expect(logged).toHaveBeenCalled();
   });
 
   it('lists the served model in OpenAI shape, with its context length', async () => {

@@ -6,7 +6,7 @@ import { bodyLimit } from './body-limit.js';
 import { cors } from './cors.js';
 import { requireJsonBody } from './content-type.js';
 import { ApiError, logFault, toApiError } from './errors.js';
-import { health } from './health.js';
+import { healthResponse } from './health.js';
 import { chat } from './routes/chat.js';
 import { completions } from './routes/completions.js';
 import { models } from './routes/models.js';
@@ -52,7 +52,7 @@ export function createApp(): Hono<AppEnv> {
   app.route('/v1/models', models);
   app.route('/v1/sessions', sessions);
   app.route('/', playground);
-  app.get('/healthz', async (c) => c.json(await health(c.env)));
+  app.get('/healthz', (c) => healthResponse(c.env));
 
   app.notFound((c) => new ApiError(404, `Invalid URL (${c.req.method} ${c.req.path}).`, 'unknown_url').getResponse());
   app.onError((e, c) => {

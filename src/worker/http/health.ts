@@ -11,6 +11,27 @@ import { DEPLOYED_ISOLATE_MB, estimateMb, memoryReport } from '../model-store.js
 import { configOf } from '../config.js';
 import { frontModel, heldModel } from '../groups/parts.js';
 import type { Env } from '../env.js';
+import { describeError, logFault } from '../faults.js';
+
+/**
+ * /healthz's answer: 200 with the figures when the model can be served; otherwise 503 with why, as
+ * JSON (a configuration mistake, shards that cannot be read, a model too large for the memory
+ * budget), never a bare 500. The reason is the operator's to read: it names variables and budgets,
+ * never a secret.
+ */
+export async function healthResponse(env: Env): Promise<Response> {
+  try {
+    return Response.json(await health(env));
+  } catch (e) {
+    const f = describeError(e);
+    const reason = e instanceof Error && !(f.status < 500 && f.status >= 400) ? e.message : f.error.message;
+    logFault({ status: 503, code: f.error.code }, e, 'GET /healthz');
+    return Response.json(
+      { status: 'unavailable', reason, error: { ...f.error, message: reason, type: 'server_error' } },
+      { status: 503 },
+    );
+  }
+}
 
 export async function health(env: Env) {
   const { groups: G, heads: H, frontEmbeds: embed } = configOf(env).split;
