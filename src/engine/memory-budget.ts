@@ -231,6 +231,15 @@ export function partsText(e: MemoryEstimate, as: { weights?: string; kv?: string
   );
 }
 
+function requirePositive(budgetBytes: number): void {
+  if (!(budgetBytes > 0))
+    throw new EngineError(
+      `memory budget ${budgetBytes} must be a positive number of bytes`,
+      'invalid_request',
+      'memoryBudget',
+    );
+}
+
 /**
  * Refuses a model that would not fit `budgetBytes` at its full (served) context, `cfg.seqLen`, naming each part of the
  * estimate and what to do about it. Infinity disables the check. headRows: as estimateMemory.
@@ -242,12 +251,7 @@ export function checkMemoryBudget(
   budgetBytes: number,
   headRows?: readonly number[],
 ): MemoryEstimate {
-  if (!(budgetBytes > 0))
-    throw new EngineError(
-      `memory budget ${budgetBytes} must be a positive number of bytes`,
-      'invalid_request',
-      'memoryBudget',
-    );
+  requirePositive(budgetBytes);
   const e = estimateMemory(cfg, q, headRows);
   if (e.total > budgetBytes) {
     const held = keepsQuantizedWeights(q.kernel) ? q.format : 'f32';
@@ -338,12 +342,7 @@ export function checkPartBudget(
   headRows: readonly number[],
   budgetBytes: number,
 ): MemoryEstimate {
-  if (!(budgetBytes > 0))
-    throw new EngineError(
-      `memory budget ${budgetBytes} must be a positive number of bytes`,
-      'invalid_request',
-      'memoryBudget',
-    );
+  requirePositive(budgetBytes);
   const e = estimatePartMemory(cfg, q, part, headRows);
   if (e.total > budgetBytes) {
     const { start, end } = part.layers;
