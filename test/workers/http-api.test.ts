@@ -113,8 +113,11 @@ describe('GET /healthz and /v1/models', () => {
   it("refuses a KV_FORMAT it does not know, naming the setting in the answer and the log (a server fault, not the client's)", async () => {
     const logged = vi.spyOn(console, 'error').mockImplementation(() => {});
     const res = await withEnv({ KV_FORMAT: 'bf16' }, '/healthz');
-    expect(((await res.clone().json()) as { reason: string }).reason).toMatch(/KV_FORMAT.*"bf16"/);
-    await expectError(res, 503, 'server_misconfigured');
+    expect(res.status).toBe(503);
+    const body = (await res.json()) as { status: string; reason: string; error: { code: string; message: string } };
+    expect(body.status).toBe('unavailable');
+    expect(body.reason).toMatch(/KV_FORMAT.*"bf16"/);
+    expect(body.error).toMatchObject({ code: 'server_misconfigured', message: body.reason, type: 'server_error' });
     expect(logged.mock.calls.flat().join(' ')).toMatch(/KV_FORMAT.*f32, f16, int8.*"bf16"/);
   });
 
@@ -446,6 +449,8 @@ describe('time budget (REQUEST_BUDGET_MS)', () => {
   it('ends a generation that reaches the budget with what it has, finish_reason "time_limit" and a note saying so (never "length")', async () => {
     const req = { method: 'POST', headers: { 'Content-Type': 'application/json' } };
     const body = JSON.stringify({ model: MODEL, prompt: 'Once upon a time', max_tokens: 50, temperature: 0 });
+    // An isolate that has measured no prefill lets the request start (with one measured, a budget of 0 refuses it).
+    prefillSpeed.forget(`${MODEL}|whole`);
     const cut = await json<Completion>(await withEnv({ REQUEST_BUDGET_MS: '0' }, '/v1/completions', { ...req, body }));
     expect(cut.choices[0].finish_reason).toBe('time_limit');
     expect((cut.lazy_stats as { note?: string }).note).toMatch(/REQUEST_BUDGET_MS/);
@@ -469,7 +474,8 @@ describe('time budget (REQUEST_BUDGET_MS)', () => {
 
   it("refuses before it starts a prefill that this isolate's measured speed cannot finish within the budget: 503 naming it, nothing streamed", async () => {
     const path = `${MODEL}|whole`;
-    // As if this isolate had measured a very slow prefill (stories260K's own are too short to count).
+    // As if this isolate had only measured a very slow prefill.
+    prefillSpeed.forget(path);
     prefillSpeed.record(path, 1000, 1000);
     try {
       for (const stream of [false, true]) {

@@ -6,7 +6,7 @@ import { bodyLimit } from './body-limit.js';
 import { cors } from './cors.js';
 import { requireJsonBody } from './content-type.js';
 import { ApiError, logFault, toApiError } from './errors.js';
-import { healthResponse } from './health.js';
+import { healthResponse, unavailable } from './health.js';
 import { chat } from './routes/chat.js';
 import { completions } from './routes/completions.js';
 import { models } from './routes/models.js';
@@ -56,6 +56,8 @@ export function createApp(): Hono<AppEnv> {
 
   app.notFound((c) => new ApiError(404, `Invalid URL (${c.req.method} ${c.req.path}).`, 'unknown_url').getResponse());
   app.onError((e, c) => {
+    // /healthz says why it cannot serve, whatever failed before its handler (a variable read by middleware).
+    if (c.req.path === '/healthz') return unavailable(e);
     const err = toApiError(e);
     logFault(err, e, `${c.req.method} ${c.req.path}`);
     return err.getResponse();

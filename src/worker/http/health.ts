@@ -23,14 +23,19 @@ export async function healthResponse(env: Env): Promise<Response> {
   try {
     return Response.json(await health(env));
   } catch (e) {
-    const f = describeError(e);
-    const reason = e instanceof Error && !(f.status < 500 && f.status >= 400) ? e.message : f.error.message;
-    logFault({ status: 503, code: f.error.code }, e, 'GET /healthz');
-    return Response.json(
-      { status: 'unavailable', reason, error: { ...f.error, message: reason, type: 'server_error' } },
-      { status: 503 },
-    );
+    return unavailable(e);
   }
+}
+
+/** /healthz's 503: the reason the model cannot be served, for the operator (it names variables and budgets, never a secret). */
+export function unavailable(e: unknown): Response {
+  const f = describeError(e);
+  const reason = e instanceof Error ? e.message : f.error.message;
+  logFault({ status: 503, code: f.error.code }, e, 'GET /healthz');
+  return Response.json(
+    { status: 'unavailable', reason, error: { ...f.error, message: reason, type: 'server_error' } },
+    { status: 503 },
+  );
 }
 
 export async function health(env: Env) {
