@@ -1,11 +1,14 @@
 import { SequenceState } from './caches.js';
+import { decodeLoop, type StepRunner } from './decode-loop.js';
 import { EngineError } from './errors.js';
 import type { LoadedModel } from './model.js';
 import { tokenLogprobs, type TokenLogprob } from './logprobs.js';
-import { formatSchedule, stepRankings, type Schedule, type TokenSpan } from './policy.js';
+import { formatSchedule, type Schedule, type TokenSpan } from './policy.js';
 import { Sampler, type SamplerOptions } from './sampler.js';
-import { runStep, type LayerTrace, type StepOptions, type StepStats } from './step.js';
+import type { LayerTrace, StepStats } from './step.js';
 import type { LazyTrace } from './trace.js';
+
+export type { StepRunner } from './decode-loop.js';
 
 /**
  * Why a generation ended: an end-of-generation token or a stop string, max_tokens, or the deadline
@@ -48,13 +51,6 @@ export interface GenerateOptions {
   /** runs each step (default: runStep on the whole model); a split model passes its chain of layer groups (src/engine/layer-group.ts) */
   step?: StepRunner;
 }
-
-/** One step over `seq`'s sequence; a runner that keeps the caches elsewhere still appends the tokens to `seq`. */
-export type StepRunner = (
-  seq: SequenceState,
-  newTokens: readonly number[],
-  opts: StepOptions,
-) => Promise<{ logits: Float32Array; stats: StepStats }>;
 
 /** Figures of one generation; snake_case because they travel as JSON to the CLI and HTTP clients. */
 export interface GenerationStats {
@@ -136,27 +132,25 @@ export async function generate(
     denseFlops += s.denseFlops;
   };
 
-  const runner: StepRunner = opts.step ?? ((s, t, o) => runStep(model, s, t, o));
   // Every row the generation can need, at once: growing by doubling at the first decode step would
   // copy every layer's rows (and hold both copies) right after a long prefill.
   seq.reserve(seq.length + prompt.length + opts.maxTokens);
-  const ranking = stepRankings(opts.schedule?.signal, opts.question ?? null);
-  const first = await runner(seq, prompt, {
+  const loop = decodeLoop(model, seq, prompt, {
     schedule: opts.schedule,
+    question: opts.question,
     trace: opts.trace,
-    progress: opts.onPrefillProgress,
-    ranking: ranking(seq.length, prompt.length),
+    onPrefillProgress: opts.onPrefillProgress,
+    step: opts.step,
+    pick: (logits) => sampler.sample(logits),
   });
-  account(first.stats);
-  const prefillMs = first.stats.ms;
-  const tDecode = performance.now();
 
   const tokens: number[] = [];
-  const decoder = tok.createDecoder({ prev: seq.tokens[seq.length - 1] });
+  const decoder = tok.createDecoder({ prev: prompt[prompt.length - 1] });
   let text = '';
   let emitted = 0;
   let finishReason: FinishReason = 'length';
-  let logits = first.logits;
+  let prefill: StepStats | undefined;
+  let tDecode = 0;
   let decodeSteps = 0;
   let cutAtStop = false;
   const top = opts.logprobs?.top;
@@ -170,8 +164,12 @@ export async function generate(
     while (sent < logprobs.length && ends[sent] <= upTo) sent++;
     return logprobs.slice(from, sent);
   };
-  for (;;) {
-    const next = sampler.sample(logits);
+  for await (const { token: next, logits, stats } of loop) {
+    account(stats);
+    if (!prefill) {
+      prefill = stats;
+      tDecode = performance.now();
+    } else decodeSteps++;
     if (tok.endIds.has(next)) {
       finishReason = 'stop';
       break;
@@ -198,14 +196,6 @@ export async function generate(
       finishReason = 'time_limit';
       break;
     }
-    const step = await runner(seq, [next], {
-      schedule: opts.schedule,
-      trace: opts.trace,
-      ranking: ranking(seq.length, 1),
-    });
-    account(step.stats);
-    decodeSteps++;
-    logits = step.logits;
   }
   // Whatever ended the generation, an unfinished UTF-8 character still held by the decoder comes
   // out (as U+FFFD); only text cut at a stop string has nothing after the cut to show.
@@ -224,12 +214,12 @@ export async function generate(
       schedule: opts.schedule ? formatSchedule(opts.schedule) : 'dense',
       prompt_tokens: prompt.length,
       completion_tokens: tokens.length,
-      prefill_ms: prefillMs,
+      prefill_ms: prefill!.ms,
       decode_ms: decodeMs,
       // decode steps actually run (a token that ended the generation was sampled but never fed)
       decode_tokens_per_s: decodeSteps > 0 ? (decodeSteps * 1000) / decodeMs : 0,
       computed_per_layer: computed,
-      prefill_computed_per_layer: first.stats.computedPerLayer,
+      prefill_computed_per_layer: prefill!.computedPerLayer,
       revived,
       aux_entries: seq.aux.size,
       aux_bytes: seq.aux.bytes,
