@@ -34,7 +34,7 @@ import { DEFAULT_DATA, fail, loadModelFromDir, progress, REPO_ROOT, runMain } fr
 import { promptWindows, storyStream } from './lib/prompts.js';
 import { ensureDefaultShards } from './lib/shard-tasks.js';
 import { PALETTE, renderPanels } from './lib/svg-plot.js';
-import { klDivergence, median } from './lib/fidelity.js';
+import { klDivergence, median } from './lib/stats.js';
 import { chatPrompt, promptTokens, runMode, type ModeRun } from './lib/task-eval.js';
 import { DEFAULT_FILLER, generateTasks, scoreReply, TASKS, type TaskName } from './lib/tasks.js';
 

@@ -19,22 +19,20 @@ import { readFileSync } from 'node:fs';
 import { resolve } from 'node:path';
 import { parseArgs } from 'node:util';
 import { SequenceState } from '../src/engine/caches.js';
+import { decodeLoop, nextStep, type DecodeStep } from '../src/engine/decode-loop.js';
 import type { LoadedModel } from '../src/engine/model.js';
 import {
   defaultSchedule,
   formatSchedule,
   parseSchedule,
-  stepRankings,
   validateSchedule,
   type Schedule,
 } from '../src/engine/policy.js';
-import { runStep } from '../src/engine/step.js';
 import { EmbeddingTable } from '../src/model/embedding-table.js';
 import type { GraphSession } from '../src/runtime/onnx-runtime.js';
 import { fail, loadModelFromDir, REPO_ROOT, runMain } from './lib/node-env.js';
 import { streamOfLength } from './lib/prompts.js';
 import { servedShardsDir } from './lib/served-model.js';
-import { argmax } from './lib/stats.js';
 
 const t0 = Date.now();
 const progress = (m: string) =>
@@ -123,42 +121,31 @@ async function main() {
   });
   const prompt = streamOfLength(model.tokenizer, text, tokens);
   const runs = schedules.map((s) => ({
-    seq: new SequenceState(model.config),
-    ranking: stepRankings(s.schedule?.signal, null),
-    next: 0,
+    loop: decodeLoop(model, new SequenceState(model.config), prompt, { schedule: s.schedule }),
+    /** the last step: its token is the next one fed */
+    at: null as DecodeStep | null,
     steps: [] as { ms: number; layersMs: number; vocabMs: number; revived: number; computed: number }[],
     prefillMs: 0,
     out: [] as number[],
   }));
   for (const [k, s] of schedules.entries()) {
     progress(`${s.name}: prefill ${tokens} tokens`);
-    const t = performance.now();
-    const r = await runStep(model, runs[k].seq, prompt, {
-      schedule: s.schedule,
-      ranking: runs[k].ranking(0, prompt.length),
-    });
-    runs[k].prefillMs = performance.now() - t;
-    runs[k].next = argmax(r.logits);
+    runs[k].at = await nextStep(runs[k].loop);
+    runs[k].prefillMs = runs[k].at.stats.ms;
   }
   for (let step = 0; step < decode; step++) {
-    for (const [k, s] of schedules.entries()) {
-      const run = runs[k];
+    for (const run of runs) {
       clock.layers = clock.vocab = 0;
-      const t = performance.now();
-      const r = await runStep(model, run.seq, [run.next], {
-        schedule: s.schedule,
-        ranking: run.ranking(run.seq.length, 1),
-      });
-      const ms = performance.now() - t;
-      run.out.push(run.next);
+      run.out.push(run.at!.token);
+      run.at = await nextStep(run.loop);
+      const { ms, revived, computedPerLayer } = run.at.stats;
       run.steps.push({
         ms,
         layersMs: clock.layers,
         vocabMs: clock.vocab,
-        revived: r.stats.revived,
-        computed: r.stats.computedPerLayer.reduce((a, b) => a + b, 0),
+        revived,
+        computed: computedPerLayer.reduce((a, b) => a + b, 0),
       });
-      run.next = argmax(r.logits);
     }
     if ((step + 1) % 8 === 0) progress(`decoded ${step + 1}/${decode} steps in every schedule`);
   }

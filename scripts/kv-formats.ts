@@ -12,14 +12,14 @@ import { readFileSync } from 'node:fs';
 import { resolve } from 'node:path';
 import { parseArgs } from 'node:util';
 import { SequenceState } from '../src/engine/caches.js';
+import { decodeLoop, nextStep } from '../src/engine/decode-loop.js';
 import { kvRowBytes, KV_FORMATS, type KvFormat } from '../src/engine/kv-rows.js';
+import { argmax } from '../src/engine/logits.js';
 import type { LoadedModel } from '../src/engine/model.js';
-import { runStep } from '../src/engine/step.js';
-import { klDivergence } from './lib/fidelity.js';
 import { fail, loadModelFromDir, REPO_ROOT, runMain } from './lib/node-env.js';
 import { evalStream, promptWindows } from './lib/prompts.js';
 import { servedShardsDir } from './lib/served-model.js';
-import { argmax, median } from './lib/stats.js';
+import { klDivergence, median } from './lib/stats.js';
 
 const t0 = Date.now();
 const progress = (m: string) =>
@@ -33,17 +33,16 @@ interface Run {
 
 async function teacherForced(model: LoadedModel, format: KvFormat, prompt: number[], next: number[]): Promise<Run> {
   const m: LoadedModel = { ...model, config: { ...model.config, kvFormat: format } };
-  const seq = new SequenceState(m.config);
-  let t = performance.now();
-  const logits = [(await runStep(m, seq, prompt, { schedule: null })).logits];
-  const prefillMs = performance.now() - t;
+  const loop = decodeLoop(m, new SequenceState(m.config), prompt, { schedule: null, pick: (_, k) => next[k] });
+  const first = await nextStep(loop);
+  const logits = [first.logits];
   const stepMs: number[] = [];
-  for (const tok of next) {
-    t = performance.now();
-    logits.push((await runStep(m, seq, [tok], { schedule: null })).logits);
-    stepMs.push(performance.now() - t);
+  for (let k = 0; k < next.length; k++) {
+    const s = await nextStep(loop);
+    logits.push(s.logits);
+    stepMs.push(s.stats.ms);
   }
-  return { logits, prefillMs, stepMs };
+  return { logits, prefillMs: first.stats.ms, stepMs };
 }
 
 async function main() {

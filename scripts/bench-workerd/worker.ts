@@ -11,10 +11,10 @@
  * first. One benchmark drives one sequence at a time, so one held sequence is enough.
  */
 import { SequenceState } from '../../src/engine/caches.js';
-import type { LoadedModel } from '../../src/engine/model.js';
-import { parseSchedule, type Schedule } from '../../src/engine/policy.js';
-import { runStep } from '../../src/engine/step.js';
+import { decodeLoop, nextStep, type DecodeLoop, type DecodeStep } from '../../src/engine/decode-loop.js';
+import { parseSchedule } from '../../src/engine/policy.js';
 import { getModel } from '../../src/worker/model-store.js';
+import { benchDecode } from '../lib/bench-decode.js';
 
 interface Env {
   ASSETS: Fetcher;
@@ -27,37 +27,19 @@ interface RunRequest {
   decode: number;
 }
 
+/** A prefilled greedy loop: `at` is its last step, whose token is the next one out. */
 interface Held {
-  model: LoadedModel;
-  seq: SequenceState;
-  schedule: Schedule | null;
-  logits: Float32Array;
+  loop: DecodeLoop;
+  at: DecodeStep;
+  promptTokens: number;
 }
 let held: Held | null = null;
 
-function argmax(x: Float32Array): number {
-  let b = 0;
-  for (let i = 1; i < x.length; i++) if (x[i] > x[b]) b = i;
-  return b;
-}
-
-async function prefill(env: Env, body: RunRequest): Promise<Held & { computedPerLayer: number[] }> {
+async function prefill(env: Env, body: RunRequest): Promise<Held> {
   const model = await getModel({ ...env, MODEL_NAME: body.model, MEMORY_BUDGET_MB: 'off' });
   const schedule = body.schedule ? parseSchedule(body.schedule) : null;
-  const seq = new SequenceState(model.config);
-  const { logits, stats } = await runStep(model, seq, body.tokens, { schedule });
-  return { model, seq, schedule, logits, computedPerLayer: stats.computedPerLayer };
-}
-
-/** Greedy tokens from the held logits on; with `stop`, ends after a stop id (included), as bench-child's. */
-async function decode(h: Held, n: number, stop?: number[]): Promise<number[]> {
-  const tokens: number[] = [];
-  for (let i = 0; i < n; i++) {
-    tokens.push(argmax(h.logits));
-    if (stop?.includes(tokens[i])) break;
-    h.logits = (await runStep(h.model, h.seq, [tokens[i]], { schedule: h.schedule })).logits;
-  }
-  return tokens;
+  const loop = decodeLoop(model, new SequenceState(model.config), body.tokens, { schedule });
+  return { loop, at: await nextStep(loop), promptTokens: body.tokens.length };
 }
 
 export default {
@@ -79,19 +61,20 @@ export default {
       if (url.pathname === '/run' && req.method === 'POST') {
         const body = (await req.json()) as RunRequest;
         const h = await prefill(env, body);
-        return Response.json({ tokens: await decode(h, body.decode), computed_per_layer: h.computedPerLayer });
+        const { tokens } = await benchDecode(h.loop, h.at, body.decode);
+        return Response.json({ tokens, computed_per_layer: h.at.stats.computedPerLayer });
       }
       if (url.pathname === '/prefill' && req.method === 'POST') {
         held = null;
         held = await prefill(env, (await req.json()) as RunRequest);
-        return Response.json({ prompt_tokens: held.seq.length });
+        return Response.json({ prompt_tokens: held.promptTokens });
       }
       if (url.pathname === '/decode' && req.method === 'POST') {
         const body = (await req.json()) as { decode: number; stop?: number[] };
         if (!held) return Response.json({ error: 'POST /prefill first' }, { status: 409 });
         const h = held;
         held = null;
-        return Response.json({ tokens: await decode(h, body.decode, body.stop) });
+        return Response.json({ tokens: (await benchDecode(h.loop, h.at, body.decode, body.stop)).tokens });
       }
       return new Response('not found', { status: 404 });
     } catch (e) {

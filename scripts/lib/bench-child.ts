@@ -10,16 +10,17 @@
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { SequenceState } from '../../src/engine/caches.js';
+import { decodeLoop, nextStep } from '../../src/engine/decode-loop.js';
+import { argmax } from '../../src/engine/logits.js';
 import type { LoadedModel } from '../../src/engine/model.js';
 import type { ModelConfig } from '../../src/model/config.js';
-import { parseSchedule, stepRankings, type Schedule } from '../../src/engine/policy.js';
-import { runStep } from '../../src/engine/step.js';
+import { parseSchedule, type Schedule } from '../../src/engine/policy.js';
 import { createGraphSession, exposeRuntimeForPeers } from '../../src/runtime/onnx-runtime.js';
 import { threadCpuMs } from './bench-clock.js';
+import { benchDecode } from './bench-decode.js';
 import { MonolithicDecoder } from './bench-monolithic.js';
 import { GraphBuilder } from '../../src/shards/onnx-builder.js';
 import { initNodeRuntime, loadModelFromDir, readBytes } from './node-env.js';
-import { argmax } from './stats.js';
 
 export type RowName = 'dense' | 'lazy' | 'lazy-aggr' | 'monolithic' | 'transformers.js';
 
@@ -73,24 +74,13 @@ type Runner = (
 
 export function engineRunner(model: LoadedModel, schedule: Schedule | null): Runner {
   return async (prompt, decode, stop) => {
-    const seq = new SequenceState(model.config);
     // Text prompts: a window signal ranks by the prompt's end (a chat prompt's question is not known here).
-    const ranking = stepRankings(schedule?.signal, null);
+    const loop = decodeLoop(model, new SequenceState(model.config), prompt, { schedule });
     const [c0, t0] = [threadCpuMs(), performance.now()];
-    const first = await runStep(model, seq, prompt, { schedule, ranking: ranking(0, prompt.length) });
+    const first = await nextStep(loop);
     const [ttftMs, ttftCpuMs] = [performance.now() - t0, threadCpuMs() - c0];
-    const promptTokens = seq.length;
-    let logits = first.logits;
-    const tokens: number[] = [];
-    let decodeRows = 0;
     const [c1, t1] = [threadCpuMs(), performance.now()];
-    for (let i = 0; i < decode; i++) {
-      tokens.push(argmax(logits));
-      if (stop?.includes(tokens[i])) break; // a reply ends at its stop id (included), as the fixtures'
-      const r = await runStep(model, seq, [tokens[i]], { schedule, ranking: ranking(seq.length, 1) });
-      logits = r.logits;
-      for (const rows of r.stats.computedPerLayer) decodeRows += rows;
-    }
+    const { tokens, steps } = await benchDecode(loop, first, decode, stop);
     const [decodeMs, decodeCpuMs] = [performance.now() - t1, threadCpuMs() - c1];
     return {
       ttftMs,
@@ -100,8 +90,8 @@ export function engineRunner(model: LoadedModel, schedule: Schedule | null): Run
       tokens,
       computedPerLayer: first.stats.computedPerLayer,
       flops: first.stats.flops,
-      decodeRows,
-      promptTokens,
+      decodeRows: steps.reduce((n, s) => n + s.computedPerLayer.reduce((a, b) => a + b, 0), 0),
+      promptTokens: prompt.length,
     };
   };
 }

@@ -56,8 +56,6 @@ export function processCpuMs(pid: number): number {
   }
 }
 
-export { median } from './stats.js';
-
 /** 1-minute load average per core, to say how busy the machine was during a measurement. */
 export function loadPerCore(): number {
   try {

@@ -5,7 +5,8 @@
  */
 import { createGraphSession } from '../../src/runtime/onnx-runtime.js';
 import { GraphBuilder } from '../../src/shards/onnx-builder.js';
-import { median, threadCpuMs } from './bench-clock.js';
+import { threadCpuMs } from './bench-clock.js';
+import { median } from './stats.js';
 import { initNodeRuntime } from './node-env.js';
 
 export interface PeakShape {

@@ -1,7 +1,7 @@
 /** Benchmark results -> summary rows, a markdown report and an SVG plot. */
 import type { ModelConfig } from '../../src/model/config.js';
 import type { ChildResult, RowName, Trial } from './bench-child.js';
-import { median } from './bench-clock.js';
+import { median } from './stats.js';
 import type { BenchModelSpec } from './bench-models.js';
 import type { MatMulPeak } from './bench-peak.js';
 import type { WorkerdRowResult } from './bench-workerd.js';

@@ -7,7 +7,8 @@
 import { spawn } from 'node:child_process';
 import { openSync } from 'node:fs';
 import { join } from 'node:path';
-import { median, processCpuMs } from './bench-clock.js';
+import { processCpuMs } from './bench-clock.js';
+import { median } from './stats.js';
 import { freeLoopbackPort, REPO_ROOT } from './node-env.js';
 import { findWorkerds, waitReady } from './wrangler-dev.js';
 

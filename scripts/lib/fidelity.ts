@@ -4,12 +4,11 @@
  * not skewed by whatever else the machine is doing at the time.
  */
 import { SequenceState } from '../../src/engine/caches.js';
+import { decodeLoop, nextStep, type DecodeLoop, type DecodeStep } from '../../src/engine/decode-loop.js';
+import { argmax, logSoftmax } from '../../src/engine/logits.js';
 import type { LoadedModel } from '../../src/engine/model.js';
-import { runStep } from '../../src/engine/step.js';
-import { stepRankings, type Schedule } from '../../src/engine/policy.js';
-import { argmax, logSoftmax, median } from './stats.js';
-
-export { argmax, logSoftmax, median };
+import type { Schedule } from '../../src/engine/policy.js';
+import { klDivergence, median } from './stats.js';
 
 export interface PromptCase {
   prompt: number[];
@@ -44,52 +43,32 @@ export interface Summary {
   prefill_flops_ratio: number;
 }
 
-/** KL(p || q) of two next-token distributions given as logits: how far lazy moves dense's prediction. */
-export function klDivergence(pLogits: Float32Array, qLogits: Float32Array): number {
-  const lp = logSoftmax(pLogits);
-  const lq = logSoftmax(qLogits);
-  let kl = 0;
-  for (let i = 0; i < lp.length; i++) kl += Math.exp(lp[i]) * (lp[i] - lq[i]);
-  return Math.max(0, kl);
+/** A prefill and the loop that continues it: greedily, or with `forced`, the text's own tokens. */
+interface Prefill {
+  loop: DecodeLoop;
+  first: DecodeStep;
 }
 
-/** A prefill, timed, and `feed`: one decode step after it, ranked as generate() ranks them (text: the window signal, if any). */
-async function prefill(model: LoadedModel, prompt: number[], schedule: Schedule | null) {
-  const seq = new SequenceState(model.config);
-  const ranking = stepRankings(schedule?.signal, null);
-  const t = performance.now();
-  const r = await runStep(model, seq, prompt, { schedule, ranking: ranking(0, prompt.length) });
-  const feed = async (token: number) =>
-    (await runStep(model, seq, [token], { schedule, ranking: ranking(seq.length, 1) })).logits;
-  return { seq, ms: performance.now() - t, feed, ...r };
+/** A prefill (its time: first.stats.ms), ranked as generate() ranks text (the window signal, if any). */
+async function prefill(model: LoadedModel, prompt: number[], schedule: Schedule | null, forced?: number[]) {
+  const loop = decodeLoop(model, new SequenceState(model.config), prompt, {
+    schedule,
+    ...(forced ? { pick: (_, k) => forced[k] } : {}),
+  });
+  return { loop, first: await nextStep(loop) } satisfies Prefill;
 }
 
-/** Greedy continuation of `steps` tokens after a prefill. */
-async function greedy(
-  p: { logits: Float32Array; feed: (t: number) => Promise<Float32Array> },
-  steps: number,
-): Promise<number[]> {
-  const out: number[] = [];
-  let logits = p.logits;
-  for (let s = 0; s < steps; s++) {
-    const t = argmax(logits);
-    out.push(t);
-    if (s + 1 < steps) logits = await p.feed(t);
-  }
+/** The first `n` tokens of a prefill's continuation; the last one is not fed. */
+async function continuation(p: Prefill, n: number): Promise<DecodeStep[]> {
+  const out = n > 0 ? [p.first] : [];
+  while (out.length < n) out.push(await nextStep(p.loop));
   return out;
 }
 
-/** Sum of -log p(next[k]) when the true text is fed one token at a time after the prompt. */
-async function teacherForcedNll(
-  p: { logits: Float32Array; feed: (t: number) => Promise<Float32Array> },
-  next: number[],
-): Promise<number> {
+/** Sum of -log p(next[k]) when the true text is fed one token at a time after the prompt (a `forced` prefill). */
+async function teacherForcedNll(p: Prefill, n: number): Promise<number> {
   let nll = 0;
-  let logits = p.logits;
-  for (let k = 0; k < next.length; k++) {
-    nll -= logSoftmax(logits)[next[k]];
-    if (k + 1 < next.length) logits = await p.feed(next[k]);
-  }
+  for (const s of await continuation(p, n)) nll -= logSoftmax(s.logits)[s.token];
   return nll;
 }
 
@@ -106,37 +85,40 @@ export async function evaluateCase(
   schedule: Schedule,
   opts: EvalOptions,
 ): Promise<CaseResult> {
-  const dense = await prefill(model, c.prompt, null);
-  const lazy = await prefill(model, c.prompt, schedule);
-  const td = [dense.ms];
-  const tl = [lazy.ms];
+  // The first prefills continue greedily when a continuation is asked; with none (0), perplexity
+  // continues from them (long prompts: half the prefills).
+  const forced = opts.continuation > 0 ? undefined : c.next;
+  const dense = await prefill(model, c.prompt, null, forced);
+  const lazy = await prefill(model, c.prompt, schedule, forced);
+  const td = [dense.first.stats.ms];
+  const tl = [lazy.first.stats.ms];
   for (let r = 1; r < opts.reps; r++) {
-    tl.push((await prefill(model, c.prompt, schedule)).ms);
-    td.push((await prefill(model, c.prompt, null)).ms);
+    tl.push((await prefill(model, c.prompt, schedule)).first.stats.ms);
+    td.push((await prefill(model, c.prompt, null)).first.stats.ms);
   }
-  // Continuations and perplexity continue from fresh prefills so that each mode carries its own caches;
-  // with no continuation asked (0), perplexity continues from the first prefills (long prompts: half the prefills).
+  // Continuations and perplexity continue from fresh prefills so that each mode carries its own caches.
   let agree = 0;
   let [d2, l2] = [dense, lazy];
   if (opts.continuation > 0) {
-    const gDense = await greedy(dense, opts.continuation);
-    const gLazy = await greedy(lazy, opts.continuation);
+    const gDense = (await continuation(dense, opts.continuation)).map((s) => s.token);
+    const gLazy = (await continuation(lazy, opts.continuation)).map((s) => s.token);
     while (agree < gDense.length && gDense[agree] === gLazy[agree]) agree++;
-    d2 = await prefill(model, c.prompt, null);
-    l2 = await prefill(model, c.prompt, schedule);
+    d2 = await prefill(model, c.prompt, null, c.next);
+    l2 = await prefill(model, c.prompt, schedule, c.next);
   }
+  const [dl, ll] = [dense.first.logits, lazy.first.logits];
   return {
     tokens: c.prompt.length,
-    first_token_agree: argmax(dense.logits) === argmax(lazy.logits),
-    kl: klDivergence(dense.logits, lazy.logits),
+    first_token_agree: argmax(dl) === argmax(ll),
+    kl: klDivergence(dl, ll),
     /** NaN (null in JSON) when no continuation was asked */
     continuation_agreement: opts.continuation > 0 ? agree / opts.continuation : NaN,
-    nll_dense: await teacherForcedNll(d2, c.next),
-    nll_lazy: await teacherForcedNll(l2, c.next),
+    nll_dense: await teacherForcedNll(d2, c.next.length),
+    nll_lazy: await teacherForcedNll(l2, c.next.length),
     ttft_dense_ms: median(td),
     ttft_lazy_ms: median(tl),
-    prefill_flops_ratio: lazy.stats.flops / lazy.stats.denseFlops,
-    prefill_computed_per_layer: lazy.stats.computedPerLayer,
+    prefill_flops_ratio: lazy.first.stats.flops / lazy.first.stats.denseFlops,
+    prefill_computed_per_layer: lazy.first.stats.computedPerLayer,
   };
 }
 

@@ -6,16 +6,17 @@
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { SequenceState } from '../../src/engine/caches.js';
+import { decodeLoop, nextStep } from '../../src/engine/decode-loop.js';
+import { tokenNll } from '../../src/engine/logits.js';
 import { MB } from '../../src/engine/memory-budget.js';
 import { loadModel, type LoadedModel } from '../../src/engine/model.js';
-import { embedStep, runLayers, runStep } from '../../src/engine/step.js';
+import { embedStep, runLayers } from '../../src/engine/step.js';
 import { HEAD_IO } from '../../src/model/shard-io.js';
 import { createGraphSession } from '../../src/runtime/onnx-runtime.js';
 import { GraphBuilder } from '../../src/shards/onnx-builder.js';
 import { threadCpuMs } from './bench-clock.js';
 import { initNodeRuntime, readBytes } from './node-env.js';
 import { DECODE_CONTEXT } from './quant-bench-models.js';
-import { argmax, tokenNll } from './stats.js';
 
 export interface ChildJob {
   kind: 'model' | 'runtime';
@@ -123,9 +124,12 @@ export async function runChild(job: ChildJob): Promise<ChildResult | { heapMb: n
 
   // Warm-up: first runs allocate, prepack and grow the heap.
   for (const len of job.warmup) {
-    const warm = new SequenceState(model.config);
-    await runStep(model, warm, job.prompts[String(len)], { schedule: null });
-    await runStep(model, warm, [5], { schedule: null });
+    const warm = decodeLoop(model, new SequenceState(model.config), job.prompts[String(len)], {
+      schedule: null,
+      pick: () => 5,
+    });
+    await nextStep(warm); // the prefill
+    await nextStep(warm); // one decode step
     log(`warm-up ${len} done`);
   }
 
@@ -136,19 +140,17 @@ export async function runChild(job: ChildJob): Promise<ChildResult | { heapMb: n
     const prompt = job.prompts[String(len)];
     const p = (prefill[String(len)] = { cpuMs: [] as number[], wallMs: [] as number[] });
     for (let r = 0; r < job.reps[String(len)]; r++) {
-      const seq = new SequenceState(model.config);
-      const [step, t] = await timed(() => runStep(model, seq, prompt, { schedule: null }));
+      const loop = decodeLoop(model, new SequenceState(model.config), prompt, { schedule: null });
+      const [, t] = await timed(() => nextStep(loop));
       p.cpuMs.push(t.cpuMs);
       p.wallMs.push(t.wallMs);
       log(`prefill ${len}: ${t.cpuMs.toFixed(0)} ms CPU (${t.wallMs.toFixed(0)} ms wall)`);
       if (len === DECODE_CONTEXT && r === 0) {
-        let logits = step.logits;
         const chunk = Math.max(1, Math.floor(job.decode / 4));
         for (let done = 0; done < job.decode; done += chunk) {
           const n = Math.min(chunk, job.decode - done);
           const [, d] = await timed(async () => {
-            for (let k = 0; k < n; k++)
-              logits = (await runStep(model, seq, [argmax(logits)], { schedule: null })).logits;
+            for (let k = 0; k < n; k++) await nextStep(loop);
           });
           decode.chunks.push({ tokens: n, ...d });
           decode.tokens += n;

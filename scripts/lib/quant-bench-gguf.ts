@@ -11,14 +11,15 @@
 import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { SequenceState } from '../../src/engine/caches.js';
+import { decodeLoop, nextStep } from '../../src/engine/decode-loop.js';
+import { argmax, logSoftmax } from '../../src/engine/logits.js';
 import { MB } from '../../src/engine/memory-budget.js';
 import { loadModel, type LoadedModel } from '../../src/engine/model.js';
-import { embedStep, runLayers, runStep } from '../../src/engine/step.js';
+import { embedStep, runLayers } from '../../src/engine/step.js';
 import { ggufWeightBytes, parseGgufKernels, type GgufKernels } from '../../src/model/quant.js';
 import { HEAD_IO } from '../../src/model/shard-io.js';
 import { threadCpuMs } from './bench-clock.js';
 import { readBytes } from './node-env.js';
-import { argmax, logSoftmax } from './stats.js';
 import type { ModelConfig } from '../../src/model/config.js';
 import { prefillFlops, type PeakResult } from './quant-bench-peak.js';
 
@@ -193,10 +194,10 @@ export async function runGgufChild(job: GgufChildJob, initRuntime: () => void): 
   let decodeWallTokS = NaN;
   for (const len of PREFILL_LENGTHS) {
     for (let r = 0; r < job.reps; r++) {
-      const seq = new SequenceState(model.config);
+      const loop = decodeLoop(model, new SequenceState(model.config), job.prompt.slice(0, len), { schedule: null });
       const c0 = threadCpuMs();
       const t0 = performance.now();
-      let { logits } = await runStep(model, seq, job.prompt.slice(0, len), { schedule: null });
+      await nextStep(loop);
       const cpu = threadCpuMs() - c0;
       const wall = performance.now() - t0;
       prefillCpuMs[len] = Math.min(prefillCpuMs[len] ?? Infinity, cpu);
@@ -209,7 +210,7 @@ export async function runGgufChild(job: GgufChildJob, initRuntime: () => void): 
         for (let k = 0; k < DECODE_TOKENS; k++) {
           const d0 = threadCpuMs();
           const dw = performance.now();
-          logits = (await runStep(model, seq, [argmax(logits)], { schedule: null })).logits;
+          await nextStep(loop);
           cpuPer.push(threadCpuMs() - d0);
           wallPer.push(performance.now() - dw);
         }

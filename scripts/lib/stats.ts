@@ -1,13 +1,9 @@
 /**
- * The small numeric helpers the scripts share (benchmarks, fidelity, calibration): one argmax, one
- * median, one log-softmax and one negative log-likelihood.
+ * The small numeric helpers the scripts share (benchmarks, fidelity, calibration): one median and one
+ * KL divergence. What reads a single step's logits (argmax, log-softmax, a token's NLL) is the
+ * engine's: src/engine/logits.ts.
  */
-
-export function argmax(a: ArrayLike<number>): number {
-  let b = 0;
-  for (let i = 1; i < a.length; i++) if (a[i] > a[b]) b = i;
-  return b;
-}
+import { logSoftmax } from '../../src/engine/logits.js';
 
 /** The median; NaN for no values. */
 export function median(xs: readonly number[]): number {
@@ -16,20 +12,11 @@ export function median(xs: readonly number[]): number {
   return s.length === 0 ? NaN : s.length % 2 ? s[m] : (s[m - 1] + s[m]) / 2;
 }
 
-export function logSoftmax(logits: Float32Array): Float64Array {
-  let max = -Infinity;
-  for (const v of logits) max = Math.max(max, v);
-  let sum = 0;
-  for (const v of logits) sum += Math.exp(v - max);
-  const lse = max + Math.log(sum);
-  return Float64Array.from(logits, (v) => v - lse);
-}
-
-/** -log p(target) under softmax(logits), without materializing the distribution. */
-export function tokenNll(logits: Float32Array, target: number): number {
-  let max = -Infinity;
-  for (const v of logits) max = Math.max(max, v);
-  let s = 0;
-  for (const v of logits) s += Math.exp(v - max);
-  return -(logits[target] - max - Math.log(s));
+/** KL(p || q) of two next-token distributions given as logits: how far lazy moves dense's prediction. */
+export function klDivergence(pLogits: Float32Array, qLogits: Float32Array): number {
+  const lp = logSoftmax(pLogits);
+  const lq = logSoftmax(qLogits);
+  let kl = 0;
+  for (let i = 0; i < lp.length; i++) kl += Math.exp(lp[i]) * (lp[i] - lq[i]);
+  return Math.max(0, kl);
 }

@@ -3,13 +3,13 @@
  * order alternating between cases so that neither mode always runs on a warmer machine.
  */
 import { SequenceState } from '../../src/engine/caches.js';
+import { decodeLoop, type DecodeStep } from '../../src/engine/decode-loop.js';
 import { generate } from '../../src/engine/generate.js';
 import type { LoadedModel } from '../../src/engine/model.js';
-import { stepRankings, type Schedule, type TokenSpan } from '../../src/engine/policy.js';
+import type { Schedule, TokenSpan } from '../../src/engine/policy.js';
 import { encodePrompt } from '../../src/model/text-tokenizer.js';
 import { encodeChat, renderChat } from '../../src/model/chat-prompt.js';
-import { argmax, median } from './fidelity.js';
-import { runStep } from '../../src/engine/step.js';
+import { median } from './stats.js';
 import { bucketOf, scoreReply, type ChatTurn, type TaskCase } from './tasks.js';
 
 export interface TaskResult {
@@ -127,20 +127,20 @@ export async function runMode(
   maxTokens: number,
   question: TokenSpan | null = null,
 ): Promise<ModeRun> {
-  const seq = new SequenceState(model.config);
-  const t0 = performance.now();
-  const ranking = stepRankings(schedule?.signal, question);
-  let step = await runStep(model, seq, prompt, { schedule, ranking: ranking(0, prompt.length) });
-  const prefillMs = performance.now() - t0;
-  const firstLogits = step.logits;
-  const flopsRatio = step.stats.flops / step.stats.denseFlops;
   const decoder = model.tokenizer.createDecoder({ prev: prompt[prompt.length - 1] });
+  let first: DecodeStep | undefined;
   let text = '';
-  for (let k = 0; k < maxTokens; k++) {
-    const next = argmax(step.logits);
-    if (model.tokenizer.endIds.has(next)) break;
-    text += decoder.push(next);
-    if (k + 1 < maxTokens) step = await runStep(model, seq, [next], { schedule, ranking: ranking(seq.length, 1) });
+  for await (const s of decodeLoop(model, new SequenceState(model.config), prompt, { schedule, question })) {
+    first ??= s;
+    if (s.index >= maxTokens || model.tokenizer.endIds.has(s.token)) break;
+    text += decoder.push(s.token);
+    if (s.index + 1 === maxTokens) break;
   }
-  return { text: text + decoder.flush(), firstLogits, prefill_ms: prefillMs, prefill_flops_ratio: flopsRatio };
+  const { logits, stats } = first!;
+  return {
+    text: text + decoder.flush(),
+    firstLogits: logits,
+    prefill_ms: stats.ms,
+    prefill_flops_ratio: stats.flops / stats.denseFlops,
+  };
 }

@@ -27,7 +27,8 @@ import { buildGgufShards, type BuiltShards, type GgufShardSource } from '../../s
 import { ggmlLinearFor, packNBits, q4Blocks } from '../../src/shards/ggml-kernels.js';
 import { GraphBuilder } from '../../src/shards/onnx-builder.js';
 import { int8Integer2StackedLinear, int8Integer2TwoLinear } from '../../src/shards/quant-linear.js';
-import { argmax, bucketKl, fixture, logitsAt, logSoftmax, type LogitsFixture } from '../support/smollm2.js';
+import { argmax, logSoftmax } from '../../src/engine/logits.js';
+import { bucketKl, fixture, logitsAt, type LogitsFixture } from '../support/smollm2.js';
 import { Q4_1, Q8_0, randomBlocks } from '../support/ggml-blocks.js';
 
 /** y = x @ w^T through the kernel's graph, for x [q, inp]. */

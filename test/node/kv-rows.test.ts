@@ -1,5 +1,5 @@
 import { beforeAll, describe, expect, it } from 'vitest';
-import { klDivergence } from '../../scripts/lib/fidelity.js';
+import { klDivergence } from '../../scripts/lib/stats.js';
 import { promptWindows, storyStream } from '../../scripts/lib/prompts.js';
 import { KVCache, SequenceState } from '../../src/engine/caches.js';
 import { decodeRows, f32ToF16Bits, kvRowBytes, KV_FORMATS, rowStore, type KvFormat } from '../../src/engine/kv-rows.js';

@@ -22,7 +22,7 @@ import {
   quantizeInt8,
   quantizeInt8Rows,
 } from '../../src/shards/quantize.js';
-import { klDivergence } from '../../scripts/lib/fidelity.js';
+import { klDivergence } from '../../scripts/lib/stats.js';
 import { initNodeRuntime } from '../../scripts/lib/node-env.js';
 import { loadStories260K, readBytes, TOK512_BIN } from '../support/paths.js';
 import { maxAbsDiff, SMALL_GQA } from '../support/models.js';

@@ -11,13 +11,12 @@ import { SequenceState } from '../../src/engine/caches.js';
 import { generate } from '../../src/engine/generate.js';
 import { encodePrompt } from '../../src/model/text-tokenizer.js';
 import { renderChat } from '../../src/model/chat-prompt.js';
+import { argmax, logSoftmax } from '../../src/engine/logits.js';
 import {
-  argmax,
   bucketKl,
   fixture,
   loadSmolLM2,
   logitsAt,
-  logSoftmax,
   type ChatFixture,
   type LogitsFixture,
 } from '../support/smollm2.js';

@@ -6,7 +6,6 @@ import { servedShardsDir } from '../../scripts/lib/served-model.js';
 import { SequenceState } from '../../src/engine/caches.js';
 import type { LoadedModel } from '../../src/engine/model.js';
 import { runStep } from '../../src/engine/step.js';
-export { argmax, logSoftmax } from '../../scripts/lib/fidelity.js';
 
 const FIXTURES = fileURLToPath(new URL('../fixtures/smollm2/', import.meta.url));
 export const fixture = <T>(name: string): T => JSON.parse(readFileSync(`${FIXTURES}${name}`, 'utf8')) as T;
