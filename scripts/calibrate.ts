@@ -300,14 +300,12 @@ async function taskSweep(values: Record<string, string | boolean | undefined>): 
       const i = (j + k) % schedules.length;
       const r = await runMode(model, prompt, schedules[i], c.max_tokens ?? 16, question);
       const ok = scoreReply(r.text, c.answer);
-      runs
-        .get(specs[i])!
-        .push({
-          ok,
-          kl: klDivergence(dense.firstLogits, r.firstLogits),
-          ratio: dense.prefill_ms / r.prefill_ms,
-          flops: r.prefill_flops_ratio,
-        });
+      runs.get(specs[i])!.push({
+        ok,
+        kl: klDivergence(dense.firstLogits, r.firstLogits),
+        ratio: dense.prefill_ms / r.prefill_ms,
+        flops: r.prefill_flops_ratio,
+      });
       line[i] = `${ok ? '+' : '-'}${(dense.prefill_ms / r.prefill_ms).toFixed(1)}x`;
     }
     progress(

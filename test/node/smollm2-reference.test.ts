@@ -12,14 +12,7 @@ import { generate } from '../../src/engine/generate.js';
 import { encodePrompt } from '../../src/model/text-tokenizer.js';
 import { renderChat } from '../../src/model/chat-prompt.js';
 import { argmax, logSoftmax } from '../../src/engine/logits.js';
-import {
-  bucketKl,
-  fixture,
-  loadSmolLM2,
-  logitsAt,
-  type ChatFixture,
-  type LogitsFixture,
-} from '../support/smollm2.js';
+import { bucketKl, fixture, loadSmolLM2, logitsAt, type ChatFixture, type LogitsFixture } from '../support/smollm2.js';
 
 const exact = fixture<LogitsFixture>('logits-exact.json');
 const llamacpp = fixture<LogitsFixture>('logits-llamacpp.json');
