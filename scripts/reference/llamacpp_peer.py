@@ -10,7 +10,7 @@ A line protocol, so that the benchmark can interleave this peer with its other r
   {"ttftMs", "ttftCpuMs", "decodeMs", "decodeCpuMs", "tokens", "promptTokens", "peakRssMb"}
   {"cmd": "quit"} -> exits.
 
-What is timed mirrors our engine rows (scripts/lib/bench-child.ts): TTFT is the prompt's eval from
+What is timed mirrors our engine rows (scripts/bench/child.ts): TTFT is the prompt's eval from
 an empty cache plus the argmax of the last position's logits (only that position's logits are
 computed: logits_all=False); decode is N steps of argmax + eval of that one token, so `tokens` holds
 N greedy ids and the logits after the last one are timed too. With "stop", decoding ends after a stop

@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { buildMonolithicGraph, MonolithicDecoder } from '../../scripts/lib/bench-monolithic.js';
+import { buildMonolithicGraph, MonolithicDecoder } from '../../scripts/bench/monolithic.js';
 import { initNodeRuntime } from '../../scripts/lib/node-env.js';
 import { SequenceState } from '../../src/engine/caches.js';
 import { runStep } from '../../src/engine/step.js';

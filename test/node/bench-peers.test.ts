@@ -1,5 +1,5 @@
 /**
- * The benchmark's peer runners (scripts/lib/peers/) compute what our dense row computes, so that a
+ * The benchmark's peer runners (scripts/bench/peers/) compute what our dense row computes, so that a
  * peer row cannot silently measure something else: on a short chat prompt where llama.cpp's greedy
  * reply equals the exact-weights reference ("Translate 'good morning' into Spanish.", 9 tokens
  * ending at <|im_end|>), each peer gives the same tokens as our dense engine row, and each reports
@@ -16,20 +16,20 @@ import { tmpdir } from 'node:os';
 import { basename, join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { defaultSchedule, formatSchedule } from '../../src/engine/policy.js';
-import { startEngine, type EnginePeers } from '../../scripts/lib/peers/engine.js';
-import { startLlamaCpp } from '../../scripts/lib/peers/llamacpp.js';
-import type { Peer, PeerPrompt } from '../../scripts/lib/peers/peer.js';
+import { startEngine, type EnginePeers } from '../../scripts/bench/peers/engine.js';
+import { startLlamaCpp } from '../../scripts/bench/peers/llamacpp.js';
+import type { Peer, PeerPrompt } from '../../scripts/bench/peers/peer.js';
 import {
   agreesWithExact,
   chatChecks,
   shardTokenizer,
   textWindows,
   type ChatCheck,
-} from '../../scripts/lib/peers/prompts.js';
-import { ensureSmolExport } from '../../scripts/lib/peers/smol-export.js';
-import { startTransformers } from '../../scripts/lib/peers/transformers.js';
-import { startWllama } from '../../scripts/lib/peers/wllama.js';
-import { startWorkerdEngine } from '../../scripts/lib/peers/workerd.js';
+} from '../../scripts/bench/peers/prompts.js';
+import { ensureSmolExport } from '../../scripts/bench/peers/smol-export.js';
+import { startTransformers } from '../../scripts/bench/peers/transformers.js';
+import { startWllama } from '../../scripts/bench/peers/wllama.js';
+import { startWorkerdEngine } from '../../scripts/bench/peers/workerd.js';
 import { locateServedGguf, servedShardsDir } from '../../scripts/lib/served-model.js';
 import { fixture, type LogitsFixture } from '../support/smollm2.js';
 
@@ -131,7 +131,7 @@ describe('transformers.js on our monolithic export', () => {
   });
 });
 
-describe('our engine inside workerd (scripts/bench-workerd, a frozen snapshot served locally)', () => {
+describe('our engine inside workerd (scripts/bench/worker, a frozen snapshot served locally)', () => {
   it('dense and lazy: the same tokens as dense in Node, and its prompt token counts equal ours', async () => {
     const w = await startWorkerdEngine({
       model: basename(servedShardsDir()),

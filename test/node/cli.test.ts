@@ -113,7 +113,7 @@ describe('npm run eval and npm run calibrate take the signal items of a schedule
   const data = join(REPO_ROOT, '../shared/data/tinystories-dev.txt');
 
   it('eval on text ranks by a window; a chat task ranks by its question; a bad item is a clear error', () => {
-    const text = run('eval.ts', [
+    const text = run('quality/eval.ts', [
       '--model',
       stories,
       '--data',
@@ -136,7 +136,7 @@ describe('npm run eval and npm run calibrate take the signal items of a schedule
     const t = JSON.parse(text.stdout);
     expect(t.schedule).toBe('bos,signal:window:8,heads:max,pool:3,1:0.5,3:0.5');
     expect(t.summary['128'].prefill_flops_ratio).toBeLessThan(1);
-    const tasks = run('eval.ts', [
+    const tasks = run('quality/eval.ts', [
       '--model',
       stories,
       '--tasks',
@@ -150,7 +150,7 @@ describe('npm run eval and npm run calibrate take the signal items of a schedule
       '--json',
     ]);
     expect(tasks.code, tasks.stderr).toBe(0);
-    const bad = run('eval.ts', [
+    const bad = run('quality/eval.ts', [
       '--model',
       stories,
       '--data',
@@ -168,7 +168,7 @@ describe('npm run eval and npm run calibrate take the signal items of a schedule
 
   it('calibrate sweeps signal x schedule on chat tasks, every schedule beside dense, and plots the frontier from its JSON', () => {
     const dir = mkdtempSync(join(tmpdir(), 'lazy-edge-calibrate-'));
-    const r = run('calibrate.ts', [
+    const r = run('quality/calibrate.ts', [
       '--model',
       stories,
       '--tasks',
@@ -191,7 +191,7 @@ describe('npm run eval and npm run calibrate take the signal items of a schedule
     ]);
     for (const p of sweep.points) expect(p.prefill_flops_ratio).toBeLessThan(1);
     writeFileSync(join(dir, 'sweep.json'), r.stdout);
-    const plot = run('calibrate.ts', ['--plot', join(dir, 'sweep.json'), '--out', join(dir, 'frontier.svg')]);
+    const plot = run('quality/calibrate.ts', ['--plot', join(dir, 'sweep.json'), '--out', join(dir, 'frontier.svg')]);
     expect(plot.code, plot.stderr).toBe(0);
   });
 });

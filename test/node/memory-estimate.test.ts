@@ -1,6 +1,6 @@
 /**
  * The load-time estimate (src/engine/memory-budget.ts) against memory measured by
- * `npm run memory` (scripts/memory.ts): stories260K measured here, in a child process of its own (the
+ * `npm run memory` (scripts/memory/memory.ts): stories260K measured here, in a child process of its own (the
  * wasm memory never shrinks, so a measurement needs a fresh process); the SmolLM2 builds from the
  * recorded runs in test/fixtures/memory/ (minutes each; the command is in each file).
  *
@@ -21,7 +21,7 @@ import { estimatePartMemory } from '../../src/engine/memory-budget.js';
 import { EngineError } from '../../src/engine/errors.js';
 import { parseManifest, quantOf } from '../../src/model/manifest.js';
 import { REPO_ROOT, shardsDir } from '../../scripts/lib/node-env.js';
-import type { MemoryReport } from '../../scripts/lib/memory-report.js';
+import type { MemoryReport } from '../../scripts/memory/report.js';
 
 const TOLERANCE = 0.2;
 /** Node's copy of onnxruntime's wasm binary (process.memoryUsage counts it among array buffers; workerd compiles it at deploy time). */
@@ -66,7 +66,7 @@ describe('the memory estimate against measurements', () => {
         '--expose-gc',
         '--import',
         'tsx',
-        join(REPO_ROOT, 'scripts/memory.ts'),
+        join(REPO_ROOT, 'scripts/memory/memory.ts'),
         '--model',
         dir,
         '--context',

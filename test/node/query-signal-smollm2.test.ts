@@ -5,7 +5,7 @@ import type { LoadedModel } from '../../src/engine/model.js';
 import { defaultSchedule, type Schedule } from '../../src/engine/policy.js';
 import { runTurn } from '../../src/engine/turns.js';
 import { encodeChat } from '../../src/model/chat-prompt.js';
-import { DEFAULT_FILLER } from '../../scripts/lib/tasks.js';
+import { DEFAULT_FILLER } from '../../scripts/quality/tasks.js';
 import { loadSmolLM2 } from '../support/smollm2.js';
 
 /**

@@ -1,5 +1,5 @@
 /**
- * The long-context task suite (scripts/lib/tasks.ts): deterministic for a seed, each answer in its
+ * The long-context task suite (scripts/quality/tasks.ts): deterministic for a seed, each answer in its
  * prompt exactly once, prompts within the requested length as SmolLM2 counts them; the scorer and
  * the --tasks-file reader on known cases.
  */
@@ -17,7 +17,7 @@ import {
   scoreReply,
   TASKS,
   type ChatTurn,
-} from '../../scripts/lib/tasks.js';
+} from '../../scripts/quality/tasks.js';
 import { BpeTokenizer } from '../../src/model/bpe-tokenizer.js';
 import { renderChatTemplate } from '../../src/model/chat-template.js';
 import { parseManifest } from '../../src/model/manifest.js';
