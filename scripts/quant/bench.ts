@@ -24,7 +24,6 @@
  */
 import { execFileSync, spawn } from 'node:child_process';
 import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
-import { cpus } from 'node:os';
 import { dirname, join, relative } from 'node:path';
 import { parseArgs } from 'node:util';
 import { DEFAULT_MEMORY_BUDGET_BYTES, estimateMemory, MB } from '../../src/engine/memory-budget.js';
@@ -44,7 +43,7 @@ import {
 import { promptWindows, storyStream } from '../lib/prompts.js';
 import { runChild, type ChildJob, type ChildResult } from './child.js';
 import { MODELS, PPL_WINDOW, STRATEGIES, type BenchModel } from './models.js';
-import { renderDoc, type Report, type Row } from './report.js';
+import { renderDoc, thisMachine, type Report, type Row } from './report.js';
 import { buildAndWrite, sourceFromCheckpoint, sourceFromGguf, sourceFromRandom, upToDate } from '../lib/shard-tasks.js';
 import {
   FIDELITY_TEXTS,
@@ -290,21 +289,12 @@ async function main(): Promise<void> {
     for (const r of rows) if (r.model === model.id && r.ppl !== null && f32?.ppl) r.pplChange = r.ppl / f32.ppl - 1;
   }
 
-  const ortVersion = JSON.parse(readFileSync(join(REPO_ROOT, 'node_modules/onnxruntime-web/package.json'), 'utf8'))
-    .version as string;
   const argv = process.argv.slice(2).filter((a) => a !== '--json');
   const report: Report = {
     command: `npm run quant-bench${argv.length ? ` -- ${argv.join(' ')}` : ''}`,
     quick,
     date: new Date().toISOString().slice(0, 10),
-    machine: {
-      cpus: cpus().length,
-      cpuModel: cpus()[0]?.model ?? '?',
-      node: process.version,
-      onnxruntimeWeb: ortVersion,
-      loadPerCoreStart: loadStart,
-      loadPerCoreEnd: loadPerCore(),
-    },
+    machine: thisMachine(loadStart),
     runtimeBaseline: baseline,
     commit: gitCommit(),
     rows,
@@ -467,8 +457,6 @@ async function ggufMain(values: {
       peak,
     });
   }
-  const ortVersion = JSON.parse(readFileSync(join(REPO_ROOT, 'node_modules/onnxruntime-web/package.json'), 'utf8'))
-    .version as string;
   const argv = process.argv.slice(2).filter((a) => a !== '--json');
   const report: GgufReport = {
     command: `npm run quant-bench -- ${argv.join(' ')}`,
@@ -476,14 +464,7 @@ async function ggufMain(values: {
     commit: gitCommit(),
     model: source.model.displayName,
     gguf: basename(path),
-    machine: {
-      cpus: cpus().length,
-      cpuModel: cpus()[0]?.model ?? '?',
-      node: process.version,
-      onnxruntimeWeb: ortVersion,
-      loadPerCoreStart: loadStart,
-      loadPerCoreEnd: loadPerCore(),
-    },
+    machine: thisMachine(loadStart),
     runtimeHeapMb: baseline.heapMb,
     kvPerTokenF32: cfg.nLayers * 2 * cfg.kvDim * 4,
     config: cfg,

@@ -17,6 +17,7 @@ import { GraphBuilder } from '../../src/shards/onnx-builder.js';
 import { threadCpuMs } from '../lib/clock.js';
 import { initNodeRuntime, readBytes } from '../lib/node-env.js';
 import { DECODE_CONTEXT } from './models.js';
+import { heapMb, watchWasmMemory } from './wasm-heap.js';
 
 export interface ChildJob {
   kind: 'model' | 'runtime';
@@ -57,20 +58,6 @@ export interface ChildResult {
   nll: { sum: number; count: number } | null;
 }
 
-// The wasm heap is a WebAssembly.Memory that onnxruntime's glue creates in JS: record it so its size
-// can be read. (Its pages are never returned: the size is the high-water mark.)
-const memories: WebAssembly.Memory[] = [];
-function watchWasmMemory(): void {
-  const Original = WebAssembly.Memory;
-  WebAssembly.Memory = new Proxy(Original, {
-    construct(target, args) {
-      const m = Reflect.construct(target, args) as WebAssembly.Memory;
-      memories.push(m);
-      return m;
-    },
-  });
-}
-const heapMb = () => Math.max(0, ...memories.map((m) => m.buffer.byteLength)) / MB;
 const rssMb = () => process.memoryUsage().rss / MB;
 
 async function timed<T>(f: () => Promise<T>): Promise<[T, Timing]> {

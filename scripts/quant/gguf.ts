@@ -21,7 +21,9 @@ import { HEAD_IO } from '../../src/model/shard-io.js';
 import { threadCpuMs } from '../lib/clock.js';
 import { readBytes } from '../lib/node-env.js';
 import type { ModelConfig } from '../../src/model/config.js';
+import { heapMb, watchWasmMemory } from './wasm-heap.js';
 import { prefillFlops, type PeakResult } from './peak.js';
+import type { Machine } from './report.js';
 
 export interface GgufConfig {
   id: string;
@@ -164,19 +166,6 @@ async function windowLogits(model: LoadedModel, ids: number[], positions: number
   return logits;
 }
 
-const memories: WebAssembly.Memory[] = [];
-function watchWasmMemory(): void {
-  const Original = WebAssembly.Memory;
-  WebAssembly.Memory = new Proxy(Original, {
-    construct(target, args) {
-      const m = Reflect.construct(target, args) as WebAssembly.Memory;
-      memories.push(m);
-      return m;
-    },
-  });
-}
-const heapMb = () => Math.max(0, ...memories.map((m) => m.buffer.byteLength)) / MB;
-
 export async function runGgufChild(job: GgufChildJob, initRuntime: () => void): Promise<GgufChildResult> {
   watchWasmMemory();
   initRuntime();
@@ -299,14 +288,7 @@ export interface GgufReport {
   commit: string;
   model: string;
   gguf: string;
-  machine: {
-    cpus: number;
-    cpuModel: string;
-    node: string;
-    onnxruntimeWeb: string;
-    loadPerCoreStart: number;
-    loadPerCoreEnd: number;
-  };
+  machine: Machine;
   runtimeHeapMb: number;
   /** KV cache bytes per token of context in f32, every layer: nLayers × 2 × kvDim × 4 */
   kvPerTokenF32: number;

@@ -1,4 +1,9 @@
 /** scripts/quant/bench.ts's report: the rows measured, rendered as docs/QUANTIZATION.md. */
+import { readFileSync } from 'node:fs';
+import { cpus } from 'node:os';
+import { join } from 'node:path';
+import { loadPerCore } from '../lib/clock.js';
+import { REPO_ROOT } from '../lib/node-env.js';
 import {
   defaultQuant,
   DEFAULT_MEMORY_BUDGET_BYTES,
@@ -104,18 +109,34 @@ export function table(rows: Row[], withPpl: boolean, lengths: number[]): string 
   return `| ${cols.join(' | ')} |\n|${cols.map(() => '---').join('|')}|\n${lines.map((l) => `| ${l} |`).join('\n')}`;
 }
 
+/** Where a quant-bench run measured: the machine, the runtime, and its load per core at the start and end. */
+export interface Machine {
+  cpus: number;
+  cpuModel: string;
+  node: string;
+  onnxruntimeWeb: string;
+  loadPerCoreStart: number;
+  loadPerCoreEnd: number;
+}
+
+/** This machine now, for a run that started at `loadPerCoreStart`. */
+export function thisMachine(loadPerCoreStart: number): Machine {
+  const ortPackage = join(REPO_ROOT, 'node_modules/onnxruntime-web/package.json');
+  return {
+    cpus: cpus().length,
+    cpuModel: cpus()[0]?.model ?? '?',
+    node: process.version,
+    onnxruntimeWeb: (JSON.parse(readFileSync(ortPackage, 'utf8')) as { version: string }).version,
+    loadPerCoreStart,
+    loadPerCoreEnd: loadPerCore(),
+  };
+}
+
 export interface Report {
   command: string;
   quick: boolean;
   date: string;
-  machine: {
-    cpus: number;
-    cpuModel: string;
-    node: string;
-    onnxruntimeWeb: string;
-    loadPerCoreStart: number;
-    loadPerCoreEnd: number;
-  };
+  machine: Machine;
   /** the commit measured, "+dirty" when the working tree had changes */
   commit: string;
   runtimeBaseline: { heapMb: number; rssMb: number };
