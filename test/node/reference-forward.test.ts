@@ -1,6 +1,7 @@
 import { describe, expect, it } from 'vitest';
 import { randomCheckpoint, serializeLlama2cCheckpoint } from '../../src/model/checkpoint.js';
-import { argmax, greedyGenerate, ReferenceModel } from '../support/reference-forward.js';
+import { argmax } from '../../src/engine/logits.js';
+import { greedyGenerate, ReferenceModel } from '../support/reference-forward.js';
 import { greedySampleText, loadStories260K } from '../support/paths.js';
 
 describe('reference forward on stories260K', () => {

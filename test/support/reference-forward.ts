@@ -4,6 +4,7 @@
  */
 import type { Checkpoint } from '../../src/model/checkpoint.js';
 import type { Tokenizer } from '../../src/model/tokenizer.js';
+import { argmax } from '../../src/engine/logits.js';
 
 function rmsnorm(out: Float32Array, x: Float32Array, weight: Float32Array, eps: number): void {
   let ss = 0;
@@ -158,13 +159,6 @@ export class ReferenceModel {
     matmul(this.logits, x, ck.wcls, dim, c.vocabSize);
     return this.logits.slice();
   }
-}
-
-/** First index of the maximum, like run.c's sample_argmax. */
-export function argmax(logits: Float32Array): number {
-  let best = 0;
-  for (let i = 1; i < logits.length; i++) if (logits[i] > logits[best]) best = i;
-  return best;
 }
 
 /**
