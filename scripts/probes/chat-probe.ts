@@ -9,7 +9,7 @@ import { readFileSync } from 'node:fs';
 import { resolve } from 'node:path';
 import { parseArgs } from 'node:util';
 import { fail, progress, REPO_ROOT, runMain } from '../lib/node-env.js';
-import { streamChat } from './chat-stream.js';
+import { licenseQuestion, streamChat } from './chat-stream.js';
 
 interface Run {
   mode: 'dense' | 'lazy';
@@ -61,17 +61,7 @@ async function main(): Promise<void> {
   // ~4.6 characters a token on this prose (NOTES.md); the server reports the exact count.
   const chars = Math.round(Number(values.tokens) * 4.4);
   const doc = readFileSync(values.data!, 'utf8').replace(/\s+/g, ' ').slice(0, chars);
-  const messages = [
-    { role: 'user', content: `${doc}\n\nIn one sentence: what does this license let people do with the Work?` },
-  ];
-  const base = {
-    model: health.model,
-    messages,
-    max_tokens: Number(values['max-tokens']),
-    temperature: 0,
-    stream: true,
-    stream_options: { include_usage: true },
-  };
+  const base = licenseQuestion(health.model, doc, Number(values['max-tokens']));
   const runs: Run[] = [];
   // Interleaved, the first pair discarded as warm-up (a fresh isolate runs its first steps slower).
   for (let i = 0; i <= Number(values.repeat); i++) {

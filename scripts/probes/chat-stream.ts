@@ -1,7 +1,7 @@
 /**
  * One streamed chat completion against a running server, read as a user's client reads it: time to
  * the first content piece on this clock, the whole text, and the server's `lazy_stats` and `usage`
- * from the stream's last events. Used by the probes that time a served Worker from outside.
+ * from the stream's last events; and the one long question the probes ask (chat-probe, split-probe).
  *
  * Sent with node:http rather than fetch: Node's fetch (undici) gives up on a response whose headers
  * or next body bytes take over 300 s, and a split 8k prefill took 300-450 s. The server sends SSE
@@ -85,4 +85,17 @@ export async function streamChat(url: string, body: object): Promise<StreamedCha
     }
   }
   return { ttft_ms: ttft, total_ms: performance.now() - t0, text, stats, usage, comments, longest_silence_ms: silence };
+}
+
+/** The probes' request: a license text, then one question about it, answered greedily and streamed with its usage. */
+export function licenseQuestion(model: string, doc: string, maxTokens: number) {
+  const question = 'In one sentence: what does this license let people do with the Work?';
+  return {
+    model,
+    messages: [{ role: 'user', content: `${doc}\n\n${question}` }],
+    max_tokens: maxTokens,
+    temperature: 0,
+    stream: true,
+    stream_options: { include_usage: true },
+  };
 }

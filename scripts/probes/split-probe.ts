@@ -26,7 +26,7 @@ import type { KvFormat } from '../../src/engine/kv-rows.js';
 import { MB } from '../../src/engine/memory-budget.js';
 import { parseManifest, quantOf } from '../../src/model/manifest.js';
 import { fail, progress, REPO_ROOT, runMain, shardsDir } from '../lib/node-env.js';
-import { streamChat } from './chat-stream.js';
+import { licenseQuestion, streamChat } from './chat-stream.js';
 import { findWorkerds, residentBytes, startWranglerDev, waitReady } from '../lib/wrangler-dev.js';
 
 interface Run {
@@ -185,17 +185,7 @@ async function main(): Promise<void> {
       `--data ${values.data}: ${text.length} characters, ~${Math.floor(text.length / 4.4)} tokens; --tokens ${values.tokens} needs more (name several files, comma-separated)`,
     );
   const doc = text.slice(0, chars);
-  const messages = [
-    { role: 'user', content: `${doc}\n\nIn one sentence: what does this license let people do with the Work?` },
-  ];
-  const base = {
-    model: manifest.name,
-    messages,
-    max_tokens: Number(values['max-tokens']),
-    temperature: 0,
-    stream: true,
-    stream_options: { include_usage: true },
-  };
+  const base = licenseQuestion(manifest.name, doc, Number(values['max-tokens']));
   const runs: Run[] = [];
   const peaks: Record<string, number> = {};
   const load = [loadavg()[0]];
