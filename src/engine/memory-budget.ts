@@ -27,7 +27,7 @@ export const RUNTIME_OVERHEAD_BYTES = 16 * MB + JS_ENGINE_BYTES;
 /**
  * The measured constants. Commands (docs/MEMORY.md has the runs and the tables):
  *   npm run memory -- --model model-shards/<build> --context 2048,4096,8192 --kv F --json   (whole models)
- *   node --expose-gc --import tsx scripts/split-memory.ts --context 2048 --split 8+2 --json  (one object each, dequant)
+ *   node --expose-gc --import tsx scripts/memory/split-memory.ts --context 2048 --split 8+2 --json  (one object each, dequant)
  * onnxruntime's wasm memory grows by at least a fifth at a time (emscripten's geometric step 0.2,
  * capped at 96 MiB) and never shrinks, so a measured size is up to 20% above what was live at its
  * peak; the constants are fitted to the measured sizes, which is what an isolate really reserves.

@@ -1,4 +1,5 @@
 import { EngineError } from './errors.js';
+import { argmax } from './logits.js';
 
 export interface SamplerOptions {
   /** 0 = greedy */
@@ -166,12 +167,6 @@ export class Sampler {
     const coin = this.randomF32();
     return topP <= 0 || topP >= 1 ? sampleMult(probs, coin) : sampleTopP(probs, topP, coin);
   }
-}
-
-function argmax(logits: Float32Array): number {
-  let best = 0;
-  for (let i = 1; i < logits.length; i++) if (logits[i] > logits[best]) best = i;
-  return best;
 }
 
 function sampleMult(probs: Float32Array, coin: number): number {

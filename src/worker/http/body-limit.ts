@@ -7,7 +7,7 @@ import { ApiError } from './errors.js';
  * cancelled. Why read it at all: in the local runtime (workerd under wrangler), a Worker that
  * stops reading a request body before its end, cancelled or not, breaks the server's next request,
  * from any client on any connection: it hangs until a timeout or gets "Your worker restarted
- * mid-request" (issue 26; scripts/runtime-probe-workerd shows it with a ten-line Worker). Reading
+ * mid-request" (issue 26; scripts/probes/runtime-worker shows it with a ten-line Worker). Reading
  * to the end never did. 16 MiB is far beyond any real request to this API and a few ms of reading.
  */
 export const DRAIN_CAP_BYTES = 16 * 1024 * 1024;

@@ -35,7 +35,7 @@ export function sseResponse(
   // cancelling a JS-backed readable. The pending write then never settles, `closed` never rejects
   // and request.signal never aborts, so a session stayed busy and a group chain held for good.
   // The runtime's native pipe errors its writable whenever its readable end goes away, however it
-  // goes (scripts/runtime-probe-workerd shows both with a minimal Worker).
+  // goes (scripts/probes/runtime-worker shows both with a minimal Worker).
   const { readable, writable } = new IdentityTransformStream();
   const writer = writable.getWriter();
   const encoder = new TextEncoder();
