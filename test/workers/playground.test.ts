@@ -131,7 +131,10 @@ describe('CORS (CORS_ORIGINS)', () => {
   it('refuses a wildcard or a URL with a path as a configuration mistake', async () => {
     for (const bad of ['*', 'https://app.example/path']) {
       const res = await withEnv({ CORS_ORIGINS: bad }, '/v1/models', { headers: { Origin: 'https://app.example' } });
-      expect(res.status).toBe(500);
+      expect(res.status).toBe(503);
+      const body = (await res.json()) as { error: { code: string; message: string } };
+      expect(body.error.code).toBe('server_misconfigured');
+      expect(body.error.message).toContain(`CORS_ORIGINS must list origins like https://example.com`);
     }
   });
 });
