@@ -53,6 +53,8 @@ export const MEASURED = {
     'dequant-head': 4.75,
     integer: 4.8,
     integer2: 4.8,
+    row: 4.8, // the same tensors and consumer as integer2 (not measured apart)
+    row2: 4.8,
     nbits: 3.0,
     'nbits-zp': 3.0,
     nbits8: 3.0,

@@ -50,9 +50,11 @@ export interface QuantSpec {
  * - nbits8:   MatMulNBits 8-bit: Q8_0 exactly (q + 128 with the default zero point 128); others re-quantized to Q8_0.
  * - integer:  int8 per output channel re-quantized from the file's exact values, DynamicQuantizeLinear + MatMulInteger.
  * - integer2: the same int8 weights, the activations as two int8 terms (the second quantizes the first's error).
+ * - row:      the same int8 weights, each activation row quantized with its own scale (one term; src/shards/int8-rows.ts).
+ * - row2:     row with two terms, stacked in one MatMulInteger.
  * The embedding is looked up, not multiplied: q8 keeps Q8_0 rows (the file's, or re-quantized), q4 re-quantizes to 4-bit rows.
  */
-export const GGUF_MATRIX_KERNELS = ['dequant', 'nbits', 'nbits-zp', 'nbits8', 'integer', 'integer2'] as const;
+export const GGUF_MATRIX_KERNELS = ['dequant', 'nbits', 'nbits-zp', 'nbits8', 'integer', 'integer2', 'row', 'row2'] as const;
 export type GgufMatrixKernel = (typeof GGUF_MATRIX_KERNELS)[number];
 export const GGUF_EMBED_KERNELS = ['q8', 'q4'] as const;
 export type GgufEmbedKernel = (typeof GGUF_EMBED_KERNELS)[number];
@@ -81,7 +83,9 @@ export function ggufKernelString(k: GgufKernels): string {
 /** The summary kernel of per-role kernels: what decides folding and the memory figures of the whole model. */
 function ggufSummary(k: GgufKernels): QuantKernel {
   const layer = new Set(
-    [k.attn, k.ffn].map((x) => (x.startsWith('nbits') ? 'nbits' : x.startsWith('integer') ? 'integer' : x)),
+    [k.attn, k.ffn].map((x) =>
+      x.startsWith('nbits') ? 'nbits' : x.startsWith('integer') || x.startsWith('row') ? 'integer' : x,
+    ),
   );
   if (layer.size > 1) return 'mixed';
   return [...layer][0] as QuantKernel;
@@ -176,6 +180,8 @@ export function ggufMatrixBytes(out: number, inp: number, k: GgufMatrixKernel): 
     case 'integer':
       return out * inp + out * 4;
     case 'integer2': // + an int8 zero point per output channel
+    case 'row':
+    case 'row2':
       return out * inp + out * 5;
   }
 }

@@ -195,6 +195,8 @@ function ggufKernelTensors(
       };
     case 'integer':
     case 'integer2':
+    case 'row':
+    case 'row2':
       return {
         consumer: 'MatMulInteger',
         expected: [
@@ -205,7 +207,7 @@ function ggufKernelTensors(
             dims: [out],
             what: `${out} float32 scales (one per output channel)`,
           },
-          ...(kernel === 'integer2'
+          ...(kernel !== 'integer'
             ? [
                 {
                   name: `${name}_zq`,

@@ -20,6 +20,7 @@ import type { GraphBuilder } from './onnx-builder.js';
 import type { LinearEmitter } from './layer-graphs.js';
 import { ggmlDequantLinear, toF32 } from './ggml-linear.js';
 import { int8Integer2Linear, int8IntegerLinear } from './quant-linear.js';
+import { int8Row2Linear, int8RowLinear } from './int8-rows.js';
 
 const FLOAT = 1; // TensorProto.FLOAT, for Cast
 const Q4_1 = 3;
@@ -167,6 +168,8 @@ export function ggmlLinearFor(kernel: GgufMatrixKernel): LinearEmitter<GgmlMatri
     if (kernel === 'dequant' || inp % BLOCK !== 0) return ggmlDequantLinear(b, x, name, w, out, inp);
     if (kernel === 'integer') return int8IntegerLinear(b, x, name, toF32(w), out, inp);
     if (kernel === 'integer2') return int8Integer2Linear(b, x, name, toF32(w), out, inp);
+    if (kernel === 'row') return int8RowLinear(b, x, name, toF32(w), out, inp);
+    if (kernel === 'row2') return int8Row2Linear(b, x, name, toF32(w), out, inp);
     if (kernel === 'nbits8') return nbits8(b, x, name, w);
     return nbits4(b, x, name, w, kernel === 'nbits-zp');
   };
@@ -200,6 +203,8 @@ export function kernelRowBytes(inp: number, kernel: GgufMatrixKernel | GgufEmbed
   switch (kernel) {
     case 'integer':
     case 'integer2':
+    case 'row':
+    case 'row2':
       return inp + 4;
     case 'nbits8':
     case 'q8':

@@ -99,7 +99,7 @@ export const int8Integer2StackedLinear: LinearEmitter = (b, x, name, w, out, inp
  * int8 per output channel, asymmetric: 255 levels over [min, max] of the row (value = (q − zp)·scale), for
  * rows whose range is not centred on zero (a Q4_1 row's blocks each have their own minimum).
  */
-function int8AsymTensors(b: GraphBuilder, name: string, w: Float32Array, out: number, inp: number) {
+export function int8AsymTensors(b: GraphBuilder, name: string, w: Float32Array, out: number, inp: number) {
   const q = new Int8Array(inp * out); //  [in, out]
   const scale = new Float32Array(out); // [out]
   const zero = new Int8Array(out); //     [out]
