@@ -55,6 +55,7 @@ export const MEASURED = {
     integer2: 4.8,
     row: 4.8, // the same tensors and consumer as integer2 (not measured apart)
     row2: 4.8,
+    rowx: 4.8,
     nbits: 3.0,
     'nbits-zp': 3.0,
     nbits8: 3.0,

@@ -54,7 +54,7 @@ export interface QuantSpec {
  * - row2:     row with two terms, stacked in one MatMulInteger.
  * The embedding is looked up, not multiplied: q8 keeps Q8_0 rows (the file's, or re-quantized), q4 re-quantizes to 4-bit rows.
  */
-export const GGUF_MATRIX_KERNELS = ['dequant', 'nbits', 'nbits-zp', 'nbits8', 'integer', 'integer2', 'row', 'row2'] as const;
+export const GGUF_MATRIX_KERNELS = ['dequant', 'nbits', 'nbits-zp', 'nbits8', 'integer', 'integer2', 'row', 'row2', 'rowx'] as const;
 export type GgufMatrixKernel = (typeof GGUF_MATRIX_KERNELS)[number];
 export const GGUF_EMBED_KERNELS = ['q8', 'q4'] as const;
 export type GgufEmbedKernel = (typeof GGUF_EMBED_KERNELS)[number];
@@ -182,6 +182,7 @@ export function ggufMatrixBytes(out: number, inp: number, k: GgufMatrixKernel): 
     case 'integer2': // + an int8 zero point per output channel
     case 'row':
     case 'row2':
+    case 'rowx':
       return out * inp + out * 5;
   }
 }

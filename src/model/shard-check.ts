@@ -197,6 +197,7 @@ function ggufKernelTensors(
     case 'integer2':
     case 'row':
     case 'row2':
+    case 'rowx':
       return {
         consumer: 'MatMulInteger',
         expected: [

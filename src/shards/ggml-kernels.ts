@@ -20,7 +20,10 @@ import type { GraphBuilder } from './onnx-builder.js';
 import type { LinearEmitter } from './layer-graphs.js';
 import { ggmlDequantLinear, toF32 } from './ggml-linear.js';
 import { int8Integer2Linear, int8IntegerLinear } from './quant-linear.js';
-import { int8Row2Linear, int8RowLinear } from './int8-rows.js';
+import { int8Row2Linear, int8RowLinear, int8RowOutlierLinear } from './int8-rows.js';
+
+/** rowx: the channels of each product's input taken out to f32 per run (LAZY_EDGE_ROWX_CHANNELS for probes). */
+const ROWX_CHANNELS = Number(globalThis.process?.env?.LAZY_EDGE_ROWX_CHANNELS ?? 16);
 
 const FLOAT = 1; // TensorProto.FLOAT, for Cast
 const Q4_1 = 3;
@@ -170,6 +173,7 @@ export function ggmlLinearFor(kernel: GgufMatrixKernel): LinearEmitter<GgmlMatri
     if (kernel === 'integer2') return int8Integer2Linear(b, x, name, toF32(w), out, inp);
     if (kernel === 'row') return int8RowLinear(b, x, name, toF32(w), out, inp);
     if (kernel === 'row2') return int8Row2Linear(b, x, name, toF32(w), out, inp);
+    if (kernel === 'rowx') return int8RowOutlierLinear(ROWX_CHANNELS)(b, x, name, toF32(w), out, inp);
     if (kernel === 'nbits8') return nbits8(b, x, name, w);
     return nbits4(b, x, name, w, kernel === 'nbits-zp');
   };
@@ -205,6 +209,7 @@ export function kernelRowBytes(inp: number, kernel: GgufMatrixKernel | GgufEmbed
     case 'integer2':
     case 'row':
     case 'row2':
+    case 'rowx':
       return inp + 4;
     case 'nbits8':
     case 'q8':

@@ -66,3 +66,34 @@ export function int8Row2LinearWith(sym: boolean): LinearEmitter {
 
 export const int8RowLinear = int8RowLinearWith(false);
 export const int8Row2Linear = int8Row2LinearWith(false);
+
+/**
+ * rowx: one int8 term per row, with the chunk's `k` largest channels taken out and multiplied in f32 (an
+ * LLM.int8()-style decomposition chosen per run, no calibration): the channels with the largest max|x| over
+ * the run's rows (TopK), their columns of x against those rows of the int8 weights dequantized (a [k, out]
+ * f32 slice), plus the rest, whose per-row scale no longer carries the outliers, through MatMulInteger.
+ */
+export function int8RowOutlierLinear(k: number): LinearEmitter {
+  return (b, x, name, w, out, inp) => {
+    const t = int8AsymTensors(b, name, w, out, inp);
+    const chanMax = b.op('ReduceMax', [b.op('Abs', [x])], { axes: [0], keepdims: 0 }); // [in]
+    const [, idx] = b.opN('TopK', [chanMax, b.i64(`${name}_k`, [k])], { axis: 0, largest: 1, sorted: 0 }, { outputs: 2 }); // [k]
+    const mask = b.op('Sub', [
+      b.scalar(`${name}_one`, 1),
+      b.op('ReduceMax', [b.op('OneHot', [idx, b.i64(`${name}_depth`, [inp]), b.f32(`${name}_onoff`, [2], [0, 1])], { axis: -1 })], {
+        axes: [0],
+        keepdims: 0,
+      }),
+    ]); // [in]: 0 on the k channels
+    const { q, s } = quantizeRows(b, b.op('Mul', [x, mask]), `${name}_a`);
+    const acc = b.op('Cast', [b.op('MatMulInteger', [q, t.q, zp128(b, name), t.zero])], { to: FLOAT });
+    const main = b.op('Mul', [b.op('Mul', [acc, s]), t.scale]);
+    // the k channels: x[:, idx] @ ((Wq[idx, :] − zw) · w_scale)
+    const wRows = b.op('Mul', [
+      b.op('Sub', [b.op('Cast', [b.op('Gather', [t.q, idx], { axis: 0 })], { to: FLOAT }), b.op('Cast', [t.zero], { to: FLOAT })]),
+      t.scale,
+    ]); // [k, out]
+    const side = b.op('MatMul', [b.op('Gather', [x, idx], { axis: 1 }), wRows]); // [rows, out]
+    return b.op('Add', [main, side]);
+  };
+}
