@@ -38,7 +38,10 @@ export async function profiledSession(bytes: Uint8Array, extra: Record<string, u
       const log = console.log;
       const write = process.stdout.write.bind(process.stdout);
       console.log = (...a: unknown[]) => void chunks.push(a.map(String).join(' '));
-      process.stdout.write = ((s: string | Uint8Array) => (chunks.push(String(s)), true)) as typeof process.stdout.write;
+      process.stdout.write = ((s: string | Uint8Array) => (
+        chunks.push(String(s)),
+        true
+      )) as typeof process.stdout.write;
       try {
         session.endProfiling();
       } finally {

@@ -76,7 +76,10 @@ function mha(): Uint8Array {
     b.op('Unsqueeze', [keyPos, b.i64('ax0', [0])]),
     b.op('Unsqueeze', [pos, b.i64('ax1b', [1])]),
   ]);
-  const bias = b.op('Unsqueeze', [b.op('Where', [visible, b.scalar('zero', 0), b.scalar('neg_inf', -1e30)]), b.i64('ax01', [0, 1])]);
+  const bias = b.op('Unsqueeze', [
+    b.op('Where', [visible, b.scalar('zero', 0), b.scalar('neg_inf', -1e30)]),
+    b.i64('ax01', [0, 1]),
+  ]);
   const o = b.op(
     'MultiHeadAttention',
     [b.op('Unsqueeze', [q, b.i64('q0', [0])]), keys, values, '', '', bias],
@@ -112,7 +115,9 @@ function gqa(): Uint8Array {
 const rand = (n: number, s: number) => Float32Array.from({ length: n }, () => (Math.random() * 2 - 1) * s);
 
 async function main() {
-  const { values } = parseArgs({ options: { tokens: { type: 'string', default: '512,2048' }, reps: { type: 'string', default: '3' } } });
+  const { values } = parseArgs({
+    options: { tokens: { type: 'string', default: '512,2048' }, reps: { type: 'string', default: '3' } },
+  });
   initNodeRuntime();
   const forms = { chunked: chunked(), mha: mha(), gqa: gqa() };
   for (const n of values.tokens.split(',').map(Number)) {
@@ -133,12 +138,21 @@ async function main() {
         base.seqlens = new ort.Tensor('int32', Int32Array.of(c - 1), [1]);
         base.total = new ort.Tensor('int32', Int32Array.of(c), []);
       } else {
-        base.pos = f(Float32Array.from({ length: c - a }, (_, j) => a + j), [c - a]);
-        base.past_pos = f(Float32Array.from({ length: a }, (_, j) => j), [a]);
+        base.pos = f(
+          Float32Array.from({ length: c - a }, (_, j) => a + j),
+          [c - a],
+        );
+        base.past_pos = f(
+          Float32Array.from({ length: a }, (_, j) => j),
+          [a],
+        );
       }
       return base;
     };
-    const bounds = Array.from({ length: chunks }, (_, j) => [Math.floor((j * n) / chunks), Math.floor(((j + 1) * n) / chunks)]);
+    const bounds = Array.from({ length: chunks }, (_, j) => [
+      Math.floor((j * n) / chunks),
+      Math.floor(((j + 1) * n) / chunks),
+    ]);
     let ref: Float32Array[] = [];
     const line: string[] = [];
     for (const [name, bytes] of Object.entries(forms)) {
@@ -165,7 +179,8 @@ async function main() {
       }
       if (!ref.length) ref = outs;
       let err = 0;
-      for (let j = 0; j < outs.length; j++) for (let i = 0; i < outs[j].length; i++) err = Math.max(err, Math.abs(outs[j][i] - ref[j][i]));
+      for (let j = 0; j < outs.length; j++)
+        for (let i = 0; i < outs[j].length; i++) err = Math.max(err, Math.abs(outs[j][i] - ref[j][i]));
       line.push(`${name} ${best.toFixed(1)} ms (max diff ${err.toExponential(1)})`);
       await s.release();
     }

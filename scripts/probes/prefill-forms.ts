@@ -25,6 +25,10 @@ import { initNodeRuntime, REPO_ROOT } from '../lib/node-env.js';
 import { streamOfLength } from '../lib/prompts.js';
 import { locateServedGguf } from '../lib/served-model.js';
 import { sourceFromGguf } from '../lib/shard-tasks.js';
+import { buildMonolithicGraph, MonolithicDecoder } from '../lib/bench-monolithic.js';
+import { ggufCheckpoint } from '../lib/peers/smol-export.js';
+import { int8IntegerLinear } from '../../src/shards/quant-linear.js';
+import { createGraphSession } from '../../src/runtime/onnx-runtime.js';
 
 const load = () => readFileSync('/proc/loadavg', 'utf8').split(' ').slice(0, 3).join(' ');
 const log = (m: string) => process.stderr.write(`[prefill-forms] ${m}\n`);
@@ -36,6 +40,9 @@ async function main() {
       tokens: { type: 'string', default: '512,2048' },
       kl: { type: 'string', default: 'p512,p2048' },
       json: { type: 'string' },
+      // also the transformers.js peer's graph: our monolithic export (scripts/lib/bench-monolithic.ts) with
+      // int8IntegerLinear (q8), in this process, through MonolithicDecoder as transformers.js feeds it
+      mono: { type: 'boolean', default: false },
     },
   });
   initNodeRuntime();
@@ -43,6 +50,7 @@ async function main() {
   const source = await sourceFromGguf((await locateServedGguf()).path, 'smollm2-forms');
   const text = readFileSync(join(REPO_ROOT, '../shared/data/lgpl-2.1.txt'), 'utf8');
   const results = [];
+  let firstTokenizer: LoadedModel['tokenizer'] | undefined;
   for (const k of values.kernels.split(';')) {
     const r = parseGgufKernels(k);
     if ('error' in r) throw new Error(r.error);
@@ -51,9 +59,15 @@ async function main() {
       memoryBudgetBytes: Infinity,
       contextTokens: 4096,
     });
-    const row: Record<string, unknown> = { kernel: built.manifest.quant.kernel, heapAfterLoadMb: (wasmHeapBytes() ?? 0) / 2 ** 20 };
+    firstTokenizer ??= model.tokenizer;
+    const row: Record<string, unknown> = {
+      kernel: built.manifest.quant.kernel,
+      heapAfterLoadMb: (wasmHeapBytes() ?? 0) / 2 ** 20,
+    };
     // warm-up
-    await runStep(model, new SequenceState(model.config), streamOfLength(model.tokenizer, text, 16), { schedule: null });
+    await runStep(model, new SequenceState(model.config), streamOfLength(model.tokenizer, text, 16), {
+      schedule: null,
+    });
     for (const n of values.tokens.split(',').filter(Boolean).map(Number)) {
       const prompt = streamOfLength(model.tokenizer, text, n);
       const l0 = load();
@@ -63,7 +77,9 @@ async function main() {
       const ms = performance.now() - t;
       const c = process.cpuUsage(c0);
       row[`prefill${n}`] = { ms: Math.round(ms), cpuMs: Math.round((c.user + c.system) / 1000), load: l0 };
-      log(`${row.kernel}: prefill ${n}: ${ms.toFixed(0)} ms wall, ${((c.user + c.system) / 1000).toFixed(0)} ms on-CPU (load ${l0})`);
+      log(
+        `${row.kernel}: prefill ${n}: ${ms.toFixed(0)} ms wall, ${((c.user + c.system) / 1000).toFixed(0)} ms on-CPU (load ${l0})`,
+      );
     }
     for (const name of values.kl.split(',').filter(Boolean)) {
       const p = exact.prompts.find((x) => x.name === name)!;
@@ -72,10 +88,37 @@ async function main() {
       const mean = kls.reduce((a, b) => a + b, 0) / kls.length;
       const top1 = ours.filter((lp, i) => argmax(lp) === p.top_ids[i][0]).length;
       row[name] = { meanKl: mean, maxKl: Math.max(...kls), top1: `${top1}/${ours.length}` };
-      log(`${row.kernel}: ${name}: mean KL ${mean.toExponential(2)}, max ${Math.max(...kls).toExponential(2)}, top-1 ${top1}/${ours.length}`);
+      log(
+        `${row.kernel}: ${name}: mean KL ${mean.toExponential(2)}, max ${Math.max(...kls).toExponential(2)}, top-1 ${top1}/${ours.length}`,
+      );
     }
     results.push(row);
     for (const s of [...model.layers, ...model.head.map((h) => h.session)]) await s.release();
+  }
+  if (values.mono) {
+    const ck = await ggufCheckpoint((await locateServedGguf()).path);
+    const session = await createGraphSession('mono-q8', buildMonolithicGraph(ck, int8IntegerLinear));
+    const mono = new MonolithicDecoder(session, ck.config);
+    const tok = firstTokenizer!;
+    const row: Record<string, unknown> = { kernel: 'transformers.js q8 graph (monolithic, integer)' };
+    mono.reset();
+    await mono.step(streamOfLength(tok, text, 16));
+    for (const n of values.tokens.split(',').filter(Boolean).map(Number)) {
+      const prompt = streamOfLength(tok, text, n);
+      mono.reset();
+      const l0 = load();
+      const c0 = process.cpuUsage();
+      const t = performance.now();
+      await mono.step(prompt);
+      const ms = performance.now() - t;
+      const c = process.cpuUsage(c0);
+      row[`prefill${n}`] = { ms: Math.round(ms), cpuMs: Math.round((c.user + c.system) / 1000), load: l0 };
+      log(
+        `${row.kernel}: prefill ${n}: ${ms.toFixed(0)} ms wall, ${((c.user + c.system) / 1000).toFixed(0)} ms on-CPU (load ${l0})`,
+      );
+    }
+    results.push(row);
+    await session.release();
   }
   if (values.json) writeFileSync(values.json, JSON.stringify({ date: new Date().toISOString(), results }, null, 2));
 }

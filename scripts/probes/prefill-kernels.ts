@@ -65,7 +65,10 @@ async function main() {
       const b = new GraphBuilder(`${f}_${mname}`);
       const xin = b.input('x', 'float32', ['rows', inp]);
       b.output(FORMS[f](b, xin, 'w', w, out, inp), 'y', 'float32', ['rows', out]);
-      const s = await ort.InferenceSession.create(b.toBytes(), { executionProviders: ['wasm'], graphOptimizationLevel: 'all' });
+      const s = await ort.InferenceSession.create(b.toBytes(), {
+        executionProviders: ['wasm'],
+        graphOptimizationLevel: 'all',
+      });
       const feeds = { x: new ort.Tensor('float32', x, [rows, inp]) };
       for (let i = 0; i < 2; i++) await s.run(feeds);
       const times: number[] = [];
@@ -93,7 +96,9 @@ async function main() {
     }
     console.log(`${mname} x ${rows} rows: ${line.join('; ')}`);
   }
-  console.log(`a layer's four products, best: ${forms.map((f) => `${f} ${total[f].toFixed(2)} ms (x${(total[forms[0]] / total[f]).toFixed(2)} ${forms[0]})`).join('; ')}`);
+  console.log(
+    `a layer's four products, best: ${forms.map((f) => `${f} ${total[f].toFixed(2)} ms (x${(total[forms[0]] / total[f]).toFixed(2)} ${forms[0]})`).join('; ')}`,
+  );
 }
 
 await main();

@@ -123,7 +123,10 @@ export function chunkFeeds(a: number, b: number, dim: number, kvDim: number): Re
   const f = (d: Float32Array, dims: number[]) => new ort.Tensor('float32', d, dims);
   return {
     [io.x]: f(rand((b - a) * dim), [b - a, dim]), // hidden rows of order 1 (the layer's norm divides the scale out)
-    [io.pos]: f(Float32Array.from({ length: b - a }, (_, j) => a + j), [b - a]),
+    [io.pos]: f(
+      Float32Array.from({ length: b - a }, (_, j) => a + j),
+      [b - a],
+    ),
     [io.pastK]: f(rand(a * kvDim, 2), [a, kvDim]),
     [io.pastV]: f(rand(a * kvDim, 0.5), [a, kvDim]),
     [io.pastKF16]: new ort.Tensor('float16', new Uint16Array(0), [0, kvDim]),
@@ -132,7 +135,10 @@ export function chunkFeeds(a: number, b: number, dim: number, kvDim: number): Re
     [io.pastVI8]: new ort.Tensor('int8', new Int8Array(0), [0, kvDim]),
     [io.pastKI8Scale]: f(new Float32Array(0), [0, 1]),
     [io.pastVI8Scale]: f(new Float32Array(0), [0, 1]),
-    [io.pastPos]: f(Float32Array.from({ length: a }, (_, j) => j), [a]),
+    [io.pastPos]: f(
+      Float32Array.from({ length: a }, (_, j) => j),
+      [a],
+    ),
     [io.attnRows]: new ort.Tensor('int64', BigInt64Array.of(0n, 1n), [2]),
   };
 }
@@ -143,7 +149,11 @@ export interface KindRow {
 }
 
 /** Sums a profile by kind of work; `wallMs` is the JS wall time of the runs the profile covers. */
-export function byKind(p: Profile, wallMs: number, skipRuns: number): { rows: KindRow[]; byOp: Record<string, number> } {
+export function byKind(
+  p: Profile,
+  wallMs: number,
+  skipRuns: number,
+): { rows: KindRow[]; byOp: Record<string, number> } {
   // drop the warm-up runs' node events: they come first, in run order
   const perRun = p.nodes.length / p.runUs.length;
   const nodes = p.nodes.slice(Math.round(perRun * skipRuns));
@@ -176,7 +186,10 @@ export async function profileLayer(
 ) {
   const { session, end } = await profiledSession(bytes, sessionOptions);
   const chunks = prefillChunks(n, n, nHeads);
-  const bounds = Array.from({ length: chunks }, (_, c) => [Math.floor((c * n) / chunks), Math.floor(((c + 1) * n) / chunks)]);
+  const bounds = Array.from({ length: chunks }, (_, c) => [
+    Math.floor((c * n) / chunks),
+    Math.floor(((c + 1) * n) / chunks),
+  ]);
   const feeds = bounds.map(([a, b]) => feedsOf(a, b));
   // warm-up: the whole schedule once (wasm memory growth and first-run costs), then the measured pass
   for (const f of feeds) await session.run(f);
@@ -219,9 +232,18 @@ async function main() {
     for (const n of lengths) {
       const r = await profileLayer(bytes, n, dim, kvDim, nHeads);
       layer[n] = r;
-      log(`layer 0 at ${n} tokens: ${r.chunks} chunks of ~${r.rowsPerChunk} rows, ${r.wallMs.toFixed(0)} ms (x${nLayers} = ${((r.wallMs * nLayers) / 1000).toFixed(1)} s)`);
-      log(`   products by weight: ${Object.entries(r.matrices).map(([m, ms]) => `${m} ${ms.toFixed(1)}`).join(', ')}`);
-      for (const k of r.rows) log(`   ${k.kind.padEnd(42)} ${k.ms.toFixed(1).padStart(8)} ms  ${((100 * k.ms) / r.wallMs).toFixed(1).padStart(5)}%`);
+      log(
+        `layer 0 at ${n} tokens: ${r.chunks} chunks of ~${r.rowsPerChunk} rows, ${r.wallMs.toFixed(0)} ms (x${nLayers} = ${((r.wallMs * nLayers) / 1000).toFixed(1)} s)`,
+      );
+      log(
+        `   products by weight: ${Object.entries(r.matrices)
+          .map(([m, ms]) => `${m} ${ms.toFixed(1)}`)
+          .join(', ')}`,
+      );
+      for (const k of r.rows)
+        log(
+          `   ${k.kind.padEnd(42)} ${k.ms.toFixed(1).padStart(8)} ms  ${((100 * k.ms) / r.wallMs).toFixed(1).padStart(5)}%`,
+        );
     }
     out.layer = layer;
   }

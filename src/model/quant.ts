@@ -54,7 +54,17 @@ export interface QuantSpec {
  * - row2:     row with two terms, stacked in one MatMulInteger.
  * The embedding is looked up, not multiplied: q8 keeps Q8_0 rows (the file's, or re-quantized), q4 re-quantizes to 4-bit rows.
  */
-export const GGUF_MATRIX_KERNELS = ['dequant', 'nbits', 'nbits-zp', 'nbits8', 'integer', 'integer2', 'row', 'row2', 'rowx'] as const;
+export const GGUF_MATRIX_KERNELS = [
+  'dequant',
+  'nbits',
+  'nbits-zp',
+  'nbits8',
+  'integer',
+  'integer2',
+  'row',
+  'row2',
+  'rowx',
+] as const;
 export type GgufMatrixKernel = (typeof GGUF_MATRIX_KERNELS)[number];
 export const GGUF_EMBED_KERNELS = ['q8', 'q4'] as const;
 export type GgufEmbedKernel = (typeof GGUF_EMBED_KERNELS)[number];

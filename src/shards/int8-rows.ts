@@ -32,7 +32,11 @@ export function quantizeRows(b: GraphBuilder, x: string, tag: string): { q: stri
 function weights(b: GraphBuilder, name: string, w: Float32Array, out: number, inp: number, sym: boolean) {
   if (!sym) return int8AsymTensors(b, name, w, out, inp);
   const t = quantizeInt8(w, out, inp);
-  return { q: b.tensor(`${name}_q`, 'int8', [inp, out], t.q), scale: b.f32(`${name}_scale`, [out], t.scales), zero: '' };
+  return {
+    q: b.tensor(`${name}_q`, 'int8', [inp, out], t.q),
+    scale: b.f32(`${name}_scale`, [out], t.scales),
+    zero: '',
+  };
 }
 
 function zp128(b: GraphBuilder, name: string): string {
@@ -43,7 +47,9 @@ export function int8RowLinearWith(sym: boolean): LinearEmitter {
   return (b, x, name, w, out, inp) => {
     const t = weights(b, name, w, out, inp, sym);
     const { q, s } = quantizeRows(b, x, `${name}_a`);
-    const acc = b.op('Cast', [b.op('MatMulInteger', [q, t.q, zp128(b, name), ...(t.zero ? [t.zero] : [])])], { to: FLOAT }); // [rows, out]
+    const acc = b.op('Cast', [b.op('MatMulInteger', [q, t.q, zp128(b, name), ...(t.zero ? [t.zero] : [])])], {
+      to: FLOAT,
+    }); // [rows, out]
     return b.op('Mul', [b.op('Mul', [acc, s]), t.scale]);
   };
 }
@@ -77,20 +83,32 @@ export function int8RowOutlierLinear(k: number): LinearEmitter {
   return (b, x, name, w, out, inp) => {
     const t = int8AsymTensors(b, name, w, out, inp);
     const chanMax = b.op('ReduceMax', [b.op('Abs', [x])], { axes: [0], keepdims: 0 }); // [in]
-    const [, idx] = b.opN('TopK', [chanMax, b.i64(`${name}_k`, [k])], { axis: 0, largest: 1, sorted: 0 }, { outputs: 2 }); // [k]
+    const [, idx] = b.opN(
+      'TopK',
+      [chanMax, b.i64(`${name}_k`, [k])],
+      { axis: 0, largest: 1, sorted: 0 },
+      { outputs: 2 },
+    ); // [k]
     const mask = b.op('Sub', [
       b.scalar(`${name}_one`, 1),
-      b.op('ReduceMax', [b.op('OneHot', [idx, b.i64(`${name}_depth`, [inp]), b.f32(`${name}_onoff`, [2], [0, 1])], { axis: -1 })], {
-        axes: [0],
-        keepdims: 0,
-      }),
+      b.op(
+        'ReduceMax',
+        [b.op('OneHot', [idx, b.i64(`${name}_depth`, [inp]), b.f32(`${name}_onoff`, [2], [0, 1])], { axis: -1 })],
+        {
+          axes: [0],
+          keepdims: 0,
+        },
+      ),
     ]); // [in]: 0 on the k channels
     const { q, s } = quantizeRows(b, b.op('Mul', [x, mask]), `${name}_a`);
     const acc = b.op('Cast', [b.op('MatMulInteger', [q, t.q, zp128(b, name), t.zero])], { to: FLOAT });
     const main = b.op('Mul', [b.op('Mul', [acc, s]), t.scale]);
     // the k channels: x[:, idx] @ ((Wq[idx, :] − zw) · w_scale)
     const wRows = b.op('Mul', [
-      b.op('Sub', [b.op('Cast', [b.op('Gather', [t.q, idx], { axis: 0 })], { to: FLOAT }), b.op('Cast', [t.zero], { to: FLOAT })]),
+      b.op('Sub', [
+        b.op('Cast', [b.op('Gather', [t.q, idx], { axis: 0 })], { to: FLOAT }),
+        b.op('Cast', [t.zero], { to: FLOAT }),
+      ]),
       t.scale,
     ]); // [k, out]
     const side = b.op('MatMul', [b.op('Gather', [x, idx], { axis: 1 }), wRows]); // [rows, out]
