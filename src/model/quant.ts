@@ -52,6 +52,7 @@ export interface QuantSpec {
  * - integer2: the same int8 weights, the activations as two int8 terms (the second quantizes the first's error).
  * - row:      the same int8 weights, each activation row quantized with its own scale (one term; src/shards/int8-rows.ts).
  * - row2:     row with two terms, stacked in one MatMulInteger.
+ * - rowx:     row with the run's 32 largest input channels multiplied in f32 (w2 in row2): faster than row2, less faithful.
  * The embedding is looked up, not multiplied: q8 keeps Q8_0 rows (the file's, or re-quantized), q4 re-quantizes to 4-bit rows.
  */
 export const GGUF_MATRIX_KERNELS = [

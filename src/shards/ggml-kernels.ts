@@ -22,8 +22,12 @@ import { ggmlDequantLinear, toF32 } from './ggml-linear.js';
 import { int8Integer2Linear, int8IntegerLinear } from './quant-linear.js';
 import { int8Row2Linear, int8RowLinear, int8RowOutlierLinear } from './int8-rows.js';
 
-/** rowx: the channels of each product's input taken out to f32 per run (LAZY_EDGE_ROWX_CHANNELS for probes). */
-const ROWX_CHANNELS = Number(globalThis.process?.env?.LAZY_EDGE_ROWX_CHANNELS ?? 16);
+/**
+ * rowx: the input channels each run takes out of the int8 product to f32 (the run's 32 largest by max|x|), and
+ * w2, which takes two int8 terms instead (measured on SmolLM2, docs/PREFILL.md: mean KL at 2048 tokens 4.8e-3 with
+ * the row2 head; with w2 in rowx too, 4.9e-3 already with the f32 head, to which an int8 head adds ~1e-3).
+ */
+export const ROWX_CHANNELS = 32;
 
 const FLOAT = 1; // TensorProto.FLOAT, for Cast
 const Q4_1 = 3;
@@ -173,6 +177,7 @@ export function ggmlLinearFor(kernel: GgufMatrixKernel): LinearEmitter<GgmlMatri
     if (kernel === 'integer2') return int8Integer2Linear(b, x, name, toF32(w), out, inp);
     if (kernel === 'row') return int8RowLinear(b, x, name, toF32(w), out, inp);
     if (kernel === 'row2') return int8Row2Linear(b, x, name, toF32(w), out, inp);
+    if (kernel === 'rowx' && name === 'w2') return int8Row2Linear(b, x, name, toF32(w), out, inp);
     if (kernel === 'rowx') return int8RowOutlierLinear(ROWX_CHANNELS)(b, x, name, toF32(w), out, inp);
     if (kernel === 'nbits8') return nbits8(b, x, name, w);
     return nbits4(b, x, name, w, kernel === 'nbits-zp');

@@ -2,9 +2,9 @@
  * int8 weight products with per-row activation scales (src/shards/int8-rows.ts; issue 27, docs/PREFILL.md):
  * - each form's graph against a float64 reference written here from the definition (per-row symmetric
  *   rounding of x, asymmetric per-channel int8 weights): the integers onnxruntime computes are the ones meant;
- * - SmolLM2 with row2 layers (two int8 activation terms per row) against the exact-weights fixtures at 512 and
- *   2048 tokens (mean KL <= 0.005, the bound for a default form; llama.cpp's own drift is 0.0048) and the 8
- *   reference chat replies, equal up to their first near-tie.
+ * - SmolLM2 built with the row2 and rowx kernels (int8 weights in memory, head included) against the
+ *   exact-weights fixtures at 512 and 2048 tokens (mean KL <= 0.005, the bound for a default form; llama.cpp's
+ *   own drift is 0.0048) and the 8 reference chat replies, equal up to their first near-tie.
  */
 import { beforeAll, describe, expect, it } from 'vitest';
 import { locateServedGguf } from '../../scripts/lib/served-model.js';
@@ -139,44 +139,50 @@ describe('int8 rows against their definition', () => {
   });
 });
 
-describe('SmolLM2 with row2 layers against the exact-weights references', () => {
-  const exact = fixture<LogitsFixture>('logits-exact.json');
-  const chat = fixture<ChatFixture>('chat-greedy.json');
-  let model: LoadedModel;
-  beforeAll(async () => {
-    const source = await sourceFromGguf((await locateServedGguf()).path, 'smollm2-row2');
-    const k = parseGgufKernels('attn=row2,ffn=row2,head=dequant');
-    if ('error' in k) throw new Error(k.error);
-    const built = await buildGgufShards({ ...source, kernels: k.kernels, headParts: 2 });
-    model = await loadModel(JSON.stringify(built.manifest), async (f) => built.files.get(f)!, {
-      memoryBudgetBytes: Infinity,
-    });
-  }, 600_000);
-
-  for (const name of ['p512', 'p2048']) {
-    it(`${name}: mean KL <= 0.005`, async () => {
-      const p = exact.prompts.find((x) => x.name === name)!;
-      const ours = (await logitsAt(model, p.ids, p.positions)).map(logSoftmax);
-      const kls = ours.map((lp, i) => bucketKl(p.top_ids[i], p.top_logprobs[i], lp));
-      const mean = kls.reduce((a, b) => a + b, 0) / kls.length;
-      const top1 = ours.filter((lp, i) => argmax(lp) === p.top_ids[i][0]).length;
-      console.log(
-        `[row2 vs exact] ${name}: mean KL ${mean.toExponential(2)}, max ${Math.max(...kls).toExponential(2)}, top-1 ${top1}/${ours.length}`,
-      );
-      expect(mean).toBeLessThanOrEqual(0.005);
-    }, 600_000);
-  }
-
-  it("the 8 chat replies equal the exact reference's up to its first near-tie", async () => {
-    for (const c of chat.prompts) {
-      const r = await generate(model, new SequenceState(model.config), c.prompt_ids, {
-        maxTokens: chat.max_tokens,
-        sampler: { temperature: 0, topP: 1, topK: 0, seed: 1 },
-        schedule: null,
+/**
+ * row2 everywhere: every product with two int8 activation terms, the head too (int8 weights in memory throughout).
+ * rowx: one int8 term per row with the run's 32 largest channels in f32, w2 in row2, the row2 head.
+ */
+for (const kernel of ['attn=row2,ffn=row2,head=row2', 'attn=rowx,ffn=rowx,head=row2']) {
+  describe(`SmolLM2 with ${kernel} against the exact-weights references`, () => {
+    const exact = fixture<LogitsFixture>('logits-exact.json');
+    const chat = fixture<ChatFixture>('chat-greedy.json');
+    let model: LoadedModel;
+    beforeAll(async () => {
+      const source = await sourceFromGguf((await locateServedGguf()).path, 'smollm2-int8-rows');
+      const k = parseGgufKernels(kernel);
+      if ('error' in k) throw new Error(k.error);
+      const built = await buildGgufShards({ ...source, kernels: k.kernels, headParts: 2 });
+      model = await loadModel(JSON.stringify(built.manifest), async (f) => built.files.get(f)!, {
+        memoryBudgetBytes: Infinity,
       });
-      const ref = c.exact.ids.filter((t) => !chat.end_ids.includes(t));
-      const upTo = c.first_near_tie ?? ref.length;
-      expect(r.tokens.slice(0, upTo), c.messages[0].content).toEqual(ref.slice(0, upTo));
+    }, 600_000);
+
+    for (const name of ['p512', 'p2048']) {
+      it(`${name}: mean KL <= 0.005`, async () => {
+        const p = exact.prompts.find((x) => x.name === name)!;
+        const ours = (await logitsAt(model, p.ids, p.positions)).map(logSoftmax);
+        const kls = ours.map((lp, i) => bucketKl(p.top_ids[i], p.top_logprobs[i], lp));
+        const mean = kls.reduce((a, b) => a + b, 0) / kls.length;
+        const top1 = ours.filter((lp, i) => argmax(lp) === p.top_ids[i][0]).length;
+        console.log(
+          `[${kernel} vs exact] ${name}: mean KL ${mean.toExponential(2)}, max ${Math.max(...kls).toExponential(2)}, top-1 ${top1}/${ours.length}`,
+        );
+        expect(mean).toBeLessThanOrEqual(0.005);
+      }, 600_000);
     }
-  }, 900_000);
-});
+
+    it("the 8 chat replies equal the exact reference's up to its first near-tie", async () => {
+      for (const c of chat.prompts) {
+        const r = await generate(model, new SequenceState(model.config), c.prompt_ids, {
+          maxTokens: chat.max_tokens,
+          sampler: { temperature: 0, topP: 1, topK: 0, seed: 1 },
+          schedule: null,
+        });
+        const ref = c.exact.ids.filter((t) => !chat.end_ids.includes(t));
+        const upTo = c.first_near_tie ?? ref.length;
+        expect(r.tokens.slice(0, upTo), c.messages[0].content).toEqual(ref.slice(0, upTo));
+      }
+    }, 900_000);
+  });
+}
