@@ -43,6 +43,8 @@ async function main() {
       // also the transformers.js peer's graph: our monolithic export (scripts/lib/bench-monolithic.ts) with
       // int8IntegerLinear (q8), in this process, through MonolithicDecoder as transformers.js feeds it
       mono: { type: 'boolean', default: false },
+      // greedy decode steps after each prefill: on-CPU ms a token
+      decode: { type: 'string', default: '0' },
     },
   });
   initNodeRuntime();
@@ -73,10 +75,23 @@ async function main() {
       const l0 = load();
       const c0 = process.cpuUsage();
       const t = performance.now();
-      await runStep(model, new SequenceState(model.config), prompt, { schedule: null });
+      const seq = new SequenceState(model.config);
+      let logits = (await runStep(model, seq, prompt, { schedule: null })).logits;
       const ms = performance.now() - t;
       const c = process.cpuUsage(c0);
       row[`prefill${n}`] = { ms: Math.round(ms), cpuMs: Math.round((c.user + c.system) / 1000), load: l0 };
+      const steps = Number(values.decode);
+      if (steps > 0) {
+        const d0 = process.cpuUsage();
+        for (let i = 0; i < steps; i++)
+          logits = (await runStep(model, seq, [argmax(logits)], { schedule: null })).logits;
+        const d = process.cpuUsage(d0);
+        const perToken = (d.user + d.system) / 1000 / steps;
+        row[`decode${n}`] = { cpuMsPerToken: perToken, tokPerS: 1000 / perToken };
+        log(
+          `${row.kernel}: decode after ${n}: ${perToken.toFixed(1)} ms on-CPU a token (${(1000 / perToken).toFixed(1)} tok/s)`,
+        );
+      }
       log(
         `${row.kernel}: prefill ${n}: ${ms.toFixed(0)} ms wall, ${((c.user + c.system) / 1000).toFixed(0)} ms on-CPU (load ${l0})`,
       );
@@ -109,10 +124,21 @@ async function main() {
       const l0 = load();
       const c0 = process.cpuUsage();
       const t = performance.now();
-      await mono.step(prompt);
+      let logits = await mono.step(prompt);
       const ms = performance.now() - t;
       const c = process.cpuUsage(c0);
       row[`prefill${n}`] = { ms: Math.round(ms), cpuMs: Math.round((c.user + c.system) / 1000), load: l0 };
+      const steps = Number(values.decode);
+      if (steps > 0) {
+        const d0 = process.cpuUsage();
+        for (let i = 0; i < steps; i++) logits = await mono.step([argmax(logits)]);
+        const d = process.cpuUsage(d0);
+        const perToken = (d.user + d.system) / 1000 / steps;
+        row[`decode${n}`] = { cpuMsPerToken: perToken, tokPerS: 1000 / perToken };
+        log(
+          `${row.kernel}: decode after ${n}: ${perToken.toFixed(1)} ms on-CPU a token (${(1000 / perToken).toFixed(1)} tok/s)`,
+        );
+      }
       log(
         `${row.kernel}: prefill ${n}: ${ms.toFixed(0)} ms wall, ${((c.user + c.system) / 1000).toFixed(0)} ms on-CPU (load ${l0})`,
       );
