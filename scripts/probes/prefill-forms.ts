@@ -20,7 +20,16 @@ import { runStep } from '../../src/engine/step.js';
 import { parseGgufKernels } from '../../src/model/quant.js';
 import { buildGgufShards } from '../../src/shards/build-shards.js';
 import { wasmHeapBytes } from '../../src/runtime/onnx-runtime.js';
-import { argmax, bucketKl, fixture, logitsAt, logSoftmax, type LogitsFixture } from '../../test/support/smollm2.js';
+import {
+  argmax,
+  bucketKl,
+  fixture,
+  logitsAt,
+  logSoftmax,
+  type ChatFixture,
+  type LogitsFixture,
+} from '../../test/support/smollm2.js';
+import { generate } from '../../src/engine/generate.js';
 import { initNodeRuntime, REPO_ROOT } from '../lib/node-env.js';
 import { streamOfLength } from '../lib/prompts.js';
 import { locateServedGguf } from '../lib/served-model.js';
@@ -45,6 +54,8 @@ async function main() {
       mono: { type: 'boolean', default: false },
       // greedy decode steps after each prefill: on-CPU ms a token
       decode: { type: 'string', default: '0' },
+      // the 8 reference chat replies (test/fixtures/smollm2/chat-greedy.json): where each departs from the exact one
+      chat: { type: 'boolean', default: false },
     },
   });
   initNodeRuntime();
@@ -105,6 +116,27 @@ async function main() {
       row[name] = { meanKl: mean, maxKl: Math.max(...kls), top1: `${top1}/${ours.length}` };
       log(
         `${row.kernel}: ${name}: mean KL ${mean.toExponential(2)}, max ${Math.max(...kls).toExponential(2)}, top-1 ${top1}/${ours.length}`,
+      );
+    }
+    if (values.chat) {
+      const chat = fixture<ChatFixture>('chat-greedy.json');
+      const departs: string[] = [];
+      let ok = 0;
+      for (const c of chat.prompts) {
+        const r = await generate(model, new SequenceState(model.config), c.prompt_ids, {
+          maxTokens: chat.max_tokens,
+          sampler: { temperature: 0, topP: 1, topK: 0, seed: 1 },
+          schedule: null,
+        });
+        const ref = c.exact.ids.filter((t) => !chat.end_ids.includes(t));
+        const upTo = c.first_near_tie ?? ref.length;
+        const at = ref.slice(0, upTo).findIndex((t, i) => r.tokens[i] !== t);
+        if (at < 0) ok++;
+        else departs.push(`"${c.messages[0].content.slice(0, 24)}" at ${at} (exact margin ${c.exact.margins[at]})`);
+      }
+      row.chat = { equalUpToNearTie: `${ok}/${chat.prompts.length}`, departs };
+      log(
+        `${row.kernel}: chat ${ok}/${chat.prompts.length} equal up to their near-tie; departs: ${departs.join('; ') || 'none'}`,
       );
     }
     results.push(row);

