@@ -2,10 +2,11 @@
  * Where a dense prefill's time goes (issue 27).
  *
  *   LAZY_EDGE_MEMORY_BUDGET_MB=off flock /tmp/lazy-edge-cpu.lock \
- *     node --import tsx scripts/probes/prefill-profile.ts [--model DIR] [--tokens 512,2048] [--parts step,layer] [--json FILE]
+ *     node --import tsx scripts/probes/prefill-profile.ts [--model DIR] [--tokens 512,2048] [--parts layer,step,step-same,step-lazy] [--json FILE]
  *
  * step:  the whole model, one dense runStep per length (the engine's chunks), every session's runs timed from JS:
  *        layer runs, embedding + head, and the rest (JavaScript between sessions: KV writes, gathers, copies).
+ *        step-same: layer 0's session in place of every layer's; step-lazy: the default LazyLLM schedule.
  * layer: layer 0's shard (the same graph as every layer) under onnxruntime's own profiler, fed the engine's
  *        chunk schedule for a dense prefill of each length (chunk j's past = the rows of chunks < j, random
  *        values: speed depends on shapes only). Node times are summed by kind of work (ort-profile.ts kindOf);
@@ -20,6 +21,7 @@ import * as ort from 'onnxruntime-web/wasm';
 import { SequenceState } from '../../src/engine/caches.js';
 import type { LoadedModel } from '../../src/engine/model.js';
 import { prefillChunks, runStep } from '../../src/engine/step.js';
+import { defaultSchedule, formatSchedule, stepRankings } from '../../src/engine/policy.js';
 import { LAYER_IO } from '../../src/model/shard-io.js';
 import type { GraphSession } from '../../src/runtime/onnx-runtime.js';
 import { initNodeRuntime, loadModelFromDir, REPO_ROOT } from '../lib/node-env.js';
@@ -51,7 +53,7 @@ function timed(s: GraphSession, clock: Record<string, number>, key: string): Gra
  * sameLayer: every layer runs layer 0's session (the same weights 30 times: what the layers' own
  * weights and sessions cost against one session's).
  */
-export async function stepSplit(dir: string, lengths: number[], sameLayer = false) {
+export async function stepSplit(dir: string, lengths: number[], sameLayer = false, lazy = false) {
   const base = await loadModelFromDir(dir, { contextTokens: Math.max(...lengths) + 1, memoryBudgetBytes: Infinity });
   const clock: Record<string, number> = { layers: 0, vocab: 0 };
   const perLayer = new Float64Array(base.layers.length);
@@ -88,13 +90,19 @@ export async function stepSplit(dir: string, lengths: number[], sameLayer = fals
     const l0 = load();
     const c0 = process.cpuUsage();
     const t = performance.now();
-    await runStep(model, new SequenceState(model.config), prompt, { schedule: null });
+    const schedule = lazy ? defaultSchedule(model.config.nLayers) : null;
+    const r = await runStep(model, new SequenceState(model.config), prompt, {
+      schedule,
+      ranking: stepRankings(schedule?.signal, null)(0, prompt.length),
+    });
     const ms = performance.now() - t;
     const cu = process.cpuUsage(c0);
     const cpuMs = (cu.user + cu.system) / 1000;
     rows.push({
       tokens: n,
       sameLayer,
+      schedule: lazy ? formatSchedule(defaultSchedule(model.config.nLayers)) : 'dense',
+      computedPerLayer: r.stats.computedPerLayer,
       ms,
       cpuMs,
       layerRunsMs: clock.layers,
@@ -104,9 +112,10 @@ export async function stepSplit(dir: string, lengths: number[], sameLayer = fals
       load: l0,
     });
     log(
-      `step ${n}${sameLayer ? ' (layer 0 session x30)' : ''}: ${ms.toFixed(0)} ms wall, ${cpuMs.toFixed(0)} ms on-CPU = layer runs ${clock.layers.toFixed(0)} + embed/head ${clock.vocab.toFixed(0)} + JS ${(ms - clock.layers - clock.vocab).toFixed(0)} (load ${l0})`,
+      `step ${n}${sameLayer ? ' (layer 0 session x30)' : ''}${lazy ? ' lazy (default schedule)' : ''}: ${ms.toFixed(0)} ms wall, ${cpuMs.toFixed(0)} ms on-CPU = layer runs ${clock.layers.toFixed(0)} + embed/head ${clock.vocab.toFixed(0)} + JS ${(ms - clock.layers - clock.vocab).toFixed(0)} (load ${l0})`,
     );
     log(`   per layer ms: ${[...perLayer].map((x) => x.toFixed(0)).join(' ')}`);
+    if (lazy) log(`   query rows per layer: ${r.stats.computedPerLayer.join(' ')}`);
   }
   return rows;
 }
@@ -249,6 +258,7 @@ async function main() {
   }
   if (parts.includes('step')) out.step = await stepSplit(dir, lengths);
   if (parts.includes('step-same')) out.stepSame = await stepSplit(dir, lengths, true);
+  if (parts.includes('step-lazy')) out.stepLazy = await stepSplit(dir, lengths, false, true);
   out.loadEnd = load();
   if (values.json) writeFileSync(values.json, JSON.stringify(out, null, 2));
 }
