@@ -20,22 +20,15 @@ import { runStep } from '../../src/engine/step.js';
 import { parseGgufKernels } from '../../src/model/quant.js';
 import { buildGgufShards } from '../../src/shards/build-shards.js';
 import { wasmHeapBytes } from '../../src/runtime/onnx-runtime.js';
-import {
-  argmax,
-  bucketKl,
-  fixture,
-  logitsAt,
-  logSoftmax,
-  type ChatFixture,
-  type LogitsFixture,
-} from '../../test/support/smollm2.js';
+import { bucketKl, fixture, logitsAt, type ChatFixture, type LogitsFixture } from '../../test/support/smollm2.js';
 import { generate } from '../../src/engine/generate.js';
+import { argmax, logSoftmax } from '../../src/engine/logits.js';
 import { initNodeRuntime, REPO_ROOT } from '../lib/node-env.js';
 import { streamOfLength } from '../lib/prompts.js';
 import { locateServedGguf } from '../lib/served-model.js';
 import { sourceFromGguf } from '../lib/shard-tasks.js';
-import { buildMonolithicGraph, MonolithicDecoder } from '../lib/bench-monolithic.js';
-import { ggufCheckpoint } from '../lib/peers/smol-export.js';
+import { buildMonolithicGraph, MonolithicDecoder } from '../bench/monolithic.js';
+import { ggufCheckpoint } from '../bench/peers/smol-export.js';
 import { int8IntegerLinear } from '../../src/shards/quant-linear.js';
 import { createGraphSession } from '../../src/runtime/onnx-runtime.js';
 

@@ -13,6 +13,7 @@ import { sourceFromGguf } from '../../scripts/lib/shard-tasks.js';
 import { initNodeRuntime } from '../../scripts/lib/node-env.js';
 import { SequenceState } from '../../src/engine/caches.js';
 import { generate } from '../../src/engine/generate.js';
+import { argmax, logSoftmax } from '../../src/engine/logits.js';
 import { loadModel, type LoadedModel } from '../../src/engine/model.js';
 import { parseGgufKernels } from '../../src/model/quant.js';
 import { createGraphSession } from '../../src/runtime/onnx-runtime.js';
@@ -20,15 +21,7 @@ import { buildGgufShards } from '../../src/shards/build-shards.js';
 import { int8Row2Linear, int8RowLinear, int8RowOutlierLinear } from '../../src/shards/int8-rows.js';
 import type { LinearEmitter } from '../../src/shards/layer-graphs.js';
 import { GraphBuilder } from '../../src/shards/onnx-builder.js';
-import {
-  argmax,
-  bucketKl,
-  fixture,
-  logitsAt,
-  logSoftmax,
-  type ChatFixture,
-  type LogitsFixture,
-} from '../support/smollm2.js';
+import { bucketKl, fixture, logitsAt, type ChatFixture, type LogitsFixture } from '../support/smollm2.js';
 
 beforeAll(() => initNodeRuntime());
 
