@@ -42,7 +42,7 @@ async function main() {
       tokens: { type: 'string', default: '512,2048' },
       kl: { type: 'string', default: 'p512,p2048' },
       json: { type: 'string' },
-      // also the transformers.js peer's graph: our monolithic export (scripts/lib/bench-monolithic.ts) with
+      // also the transformers.js peer's graph: our monolithic export (scripts/bench/monolithic.ts) with
       // int8IntegerLinear (q8), in this process, through MonolithicDecoder as transformers.js feeds it
       mono: { type: 'boolean', default: false },
       // greedy decode steps after each prefill: on-CPU ms a token
