@@ -26,6 +26,7 @@ import { configOf } from '../config.js';
 import type { ModelEnv } from '../model-store.js';
 import { compactFrontier } from './frontier.js';
 import { frontModel } from './parts.js';
+import { groupStub } from './stub.js';
 import { LEASE_IDLE_MS, type LayerGroup } from './layer-group-object.js';
 import type { Failure, GroupStepCall, GroupStepReply } from './types.js';
 import type { Runner } from '../job/run.js';
@@ -299,13 +300,10 @@ export function holdObjects(stubs: readonly GroupStub[], lastUse: () => number):
   };
 }
 
-const stubOf = (env: Env, name: string): GroupStub =>
-  env.LAYER_GROUP_OBJECTS.get(env.LAYER_GROUP_OBJECTS.idFromName(name));
-
-/** The objects of stateless chain c: its layer groups, then its classifier objects. */
+/** The objects of stateless chain c: its layer groups, then its classifier objects (each in its own Worker when bound: stub.ts). */
 export function poolChain(env: Env, c: number, groups: number, heads = 0): GroupStub[] {
   return Array.from({ length: groups + heads }, (_, g) =>
-    stubOf(env, heads ? `pool/${c}/${groups}+${heads}/${g}` : `pool/${c}/${g}`),
+    groupStub(env, g, heads ? `pool/${c}/${groups}+${heads}/${g}` : `pool/${c}/${g}`),
   );
 }
 

@@ -14,6 +14,14 @@ import { assetReader, getModel, type ModelEnv } from '../model-store.js';
 
 const parts = new Map<string, Promise<ModelPart>>();
 
+/** Loads started in this isolate, by piece key (tests count them: instances of one group in one isolate share one load). */
+const loads = new Map<string, number>();
+
+/** How many times this isolate loaded each piece (a failed load that was retried counts twice). */
+export function partLoads(): Record<string, number> {
+  return Object.fromEntries(loads);
+}
+
 async function load(env: ModelEnv, spec: Partial<PartSpec>): Promise<ModelPart> {
   const { modelName: name, load: options, assetReadMbPerS } = configOf(env);
   const read = assetReader(env.ASSETS, assetReadMbPerS);
@@ -24,6 +32,7 @@ async function load(env: ModelEnv, spec: Partial<PartSpec>): Promise<ModelPart> 
 function cached(key: string, make: () => Promise<ModelPart>): Promise<ModelPart> {
   let p = parts.get(key);
   if (!p) {
+    loads.set(key, (loads.get(key) ?? 0) + 1);
     p = make();
     p.catch(() => parts.delete(key));
     parts.set(key, p);

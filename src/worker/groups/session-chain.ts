@@ -9,16 +9,14 @@ import { SequenceState } from '../../engine/caches.js';
 import type { ModelConfig } from '../../model/config.js';
 import type { Env } from '../env.js';
 import { ChainRunner, holdObjects, type FrontEmbed, type GroupStub } from './chain.js';
+import { groupStub } from './stub.js';
 import { sumFigures, type CacheFigures, type GroupSummary, type SessionGroupAddress } from './types.js';
 
 /** The objects of the session whose ChatSession object has id `sessionObject`. */
 export function sessionGroups(env: Env, sessionObject: string, groups: number, heads = 0): GroupStub[] {
   // The split is part of the name: a session made under another split never meets these objects.
-  const ns = env.LAYER_GROUP_OBJECTS;
   const split = heads ? `${groups}+${heads}` : String(groups);
-  return Array.from({ length: groups + heads }, (_, g) =>
-    ns.get(ns.idFromName(`session/${sessionObject}/${split}/${g}`)),
-  );
+  return Array.from({ length: groups + heads }, (_, g) => groupStub(env, g, `session/${sessionObject}/${split}/${g}`));
 }
 
 export class SessionChainFailure extends Error {}
