@@ -1,0 +1,208 @@
+/**
+ * Memory measured in the multi-Worker topology itself, inside each isolate: serves the generated
+ * topology locally (scripts/lib/topology-serve.ts), loads it with one short request, then sends
+ * dense chat requests of about N prompt tokens (one, or --concurrent of them at once, each on its
+ * own chain), and meanwhile polls every group Worker's instances of every chain with topologyProbe()
+ * (src/worker/groups/entry.ts): onnxruntime's wasm memory in that Worker's isolate (a high-water
+ * mark: wasm memory never shrinks), what each instance's state holds, the isolate's loads.
+ *
+ *   npx tsx scripts/topology-memory.ts [--tokens 2000,8000] [--concurrent 1] [--var NAME=VALUE]... [--out .topology-memory] [--port 8950]
+ *
+ * Prints one line per phase and worker, then the whole as JSON on stdout. For 8k prompts pass
+ * --var CONTEXT_TOKENS=8192 --var REQUEST_BUDGET_MS=1800000.
+ */
+import { readFileSync } from 'node:fs';
+import { join, resolve } from 'node:path';
+import { parseArgs } from 'node:util';
+import { freePortIn } from './lib/port-range.js';
+import { REPO_ROOT } from './lib/node-env.js';
+import { generateTopology, parseVars, TopologyError, type GeneratedWorker } from './lib/topology.js';
+import { serveTopology } from './lib/topology-serve.js';
+import type { TopologyProbe } from '../src/worker/groups/entry.js';
+
+const USAGE =
+  'usage: npx tsx scripts/topology-memory.ts [--tokens 2000,8000] [--concurrent N] [--max-tokens 4] [--var NAME=VALUE]... [--out DIR] [--port N] [--data FILE,...]';
+
+function fail(message: string): never {
+  process.stderr.write(`topology-memory: ${message}\n`);
+  process.exit(2);
+}
+
+function parse() {
+  return parseArgs({
+    options: {
+      tokens: { type: 'string', default: '2000' },
+      concurrent: { type: 'string', default: '1' },
+      'max-tokens': { type: 'string', default: '4' },
+      var: { type: 'string', multiple: true, default: [] },
+      out: { type: 'string', default: '.topology-memory' },
+      port: { type: 'string' },
+      data: {
+        type: 'string',
+        default: ['apache-2.0.txt', 'lgpl-2.1.txt', 'mpl-2.0.txt']
+          .map((f) => resolve(REPO_ROOT, '../shared/data', f))
+          .join(','),
+      },
+      help: { type: 'boolean', default: false },
+    },
+    strict: true,
+  }).values;
+}
+let parsed: ReturnType<typeof parse> | undefined;
+try {
+  parsed = parse();
+} catch (e) {
+  fail(`${(e as Error).message}\n${USAGE}`);
+}
+const args = parsed;
+if (args.help) {
+  process.stdout.write(`${USAGE}\n`);
+  process.exit(0);
+}
+const tokenCounts = args.tokens.split(',').map(Number);
+if (tokenCounts.some((n) => !Number.isInteger(n) || n < 1))
+  fail(`--tokens: expected positive integers, got ${args.tokens}`);
+const concurrent = Number(args.concurrent);
+if (!Number.isInteger(concurrent) || concurrent < 1)
+  fail(`--concurrent: expected a positive integer, got ${args.concurrent}`);
+const say = (l: string) => process.stderr.write(`topology-memory: ${l}\n`);
+process.env.CLOUDFLARE_CF_FETCH_ENABLED ??= 'false';
+
+let topo;
+try {
+  const gen = generateTopology({
+    wrangler: join(REPO_ROOT, 'wrangler.toml'),
+    topology: join(REPO_ROOT, 'topology.json'),
+    out: args.out,
+    vars: parseVars(args.var),
+    progress: say,
+  });
+  const chains = Number(gen.vars.GROUP_CHAINS ?? '2');
+  if (concurrent > chains) fail(`--concurrent ${concurrent}: the topology has ${chains} chains (GROUP_CHAINS)`);
+  const port = args.port !== undefined ? Number(args.port) : await freePortIn(8940, 8969);
+  topo = await serveTopology({ dir: args.out, port, progress: say });
+} catch (e) {
+  if (e instanceof TopologyError) fail(e.message);
+  throw e;
+}
+const t = topo;
+const G = t.topology.layer_groups;
+const H = t.topology.classifier_groups;
+const C = Number(t.topology.vars.GROUP_CHAINS ?? '2');
+const model = t.topology.model;
+const groups = t.topology.workers.filter((w) => w.role !== 'front');
+const MiB = 2 ** 20;
+
+type Rpc = { topologyProbe(): Promise<TopologyProbe> };
+const stubs = new Map<string, Rpc[]>();
+for (const w of groups) {
+  const ns = await t.namespace(w);
+  stubs.set(
+    w.name,
+    Array.from({ length: C }, (_, c) => ns.get(ns.idFromName(`pool/${c}/${G}+${H}/${w.object}`)) as unknown as Rpc),
+  );
+}
+
+interface WorkerFigures {
+  worker: string;
+  isolate: string;
+  wasm_mb: number | null;
+  /** per chain instance: tokens, KV and Aux bytes held (the largest seen while polling) */
+  instances: { tokens: number; kv_mb: number; aux_mb: number }[];
+  loads: Record<string, number>;
+}
+
+/** Polls every group Worker's instances until `done`, keeping each figure's largest value. */
+async function watch(done: Promise<unknown>): Promise<WorkerFigures[]> {
+  const best = new Map<string, WorkerFigures>();
+  let finished = false;
+  void done.finally(() => (finished = true));
+  for (;;) {
+    await Promise.all(
+      groups.map(async (w: GeneratedWorker) => {
+        const probes = await Promise.all(stubs.get(w.name)!.map((s) => s.topologyProbe()));
+        const prev = best.get(w.name);
+        best.set(w.name, {
+          worker: w.name,
+          isolate: probes[0].isolate,
+          wasm_mb: Math.max(prev?.wasm_mb ?? 0, ...probes.map((p) => (p.wasm_heap_bytes ?? 0) / MiB)) || null,
+          instances: probes.map((p, c) => ({
+            tokens: Math.max(prev?.instances[c].tokens ?? 0, p.tokens),
+            kv_mb: Math.max(prev?.instances[c].kv_mb ?? 0, p.kv_bytes / MiB),
+            aux_mb: Math.max(prev?.instances[c].aux_mb ?? 0, p.aux_bytes / MiB),
+          })),
+          loads: probes[0].loads,
+        });
+        if (new Set(probes.map((p) => p.isolate)).size !== 1)
+          throw new Error(`${w.name}: its chains' instances answered from different isolates`);
+      }),
+    );
+    if (finished) break;
+    await new Promise((r) => setTimeout(r, 500));
+  }
+  return [...best.values()];
+}
+
+const text = args.data
+  .split(',')
+  .map((f) => readFileSync(f, 'utf8'))
+  .join('\n\n')
+  .replace(/\s+/g, ' ');
+
+async function chat(tokens: number): Promise<{ prompt_tokens: number; ms: number; text: string; chain?: number }> {
+  const chars = Math.round(tokens * 4.4);
+  if (text.length < chars)
+    fail(`--data: ${text.length} characters, about ${Math.floor(text.length / 4.4)} tokens; ${tokens} asked`);
+  const t0 = performance.now();
+  const res = await fetch(new URL('/v1/chat/completions', t.url), {
+    method: 'POST',
+    headers: { 'Content-Type': 'application/json' },
+    body: JSON.stringify({
+      model,
+      messages: [
+        { role: 'user', content: `${text.slice(0, chars)}\n\nIn one sentence: what does this license let people do?` },
+      ],
+      max_tokens: Number(args['max-tokens']),
+      temperature: 0,
+      lazy: { enabled: false },
+    }),
+  });
+  const body = (await res.json()) as {
+    usage?: { prompt_tokens: number };
+    choices?: { message: { content: string } }[];
+    lazy_stats?: { split?: { chain?: number } };
+    error?: { message: string };
+  };
+  if (!res.ok) throw new Error(`HTTP ${res.status}: ${body.error?.message ?? JSON.stringify(body)}`);
+  return {
+    prompt_tokens: body.usage!.prompt_tokens,
+    ms: performance.now() - t0,
+    text: body.choices![0].message.content,
+    chain: body.lazy_stats?.split?.chain,
+  };
+}
+
+const phases: { phase: string; requests: unknown[]; workers: WorkerFigures[] }[] = [];
+function report(phase: string, requests: unknown[], workers: WorkerFigures[]) {
+  phases.push({ phase, requests, workers });
+  for (const w of workers)
+    say(
+      `${phase}: ${w.worker}: wasm ${w.wasm_mb?.toFixed(1) ?? '-'} MiB; instances ${w.instances.map((i) => `${i.tokens} tok, KV ${i.kv_mb.toFixed(1)} + Aux ${i.aux_mb.toFixed(1)} MiB`).join(' | ')}; loads ${JSON.stringify(Object.values(w.loads))}`,
+    );
+}
+
+try {
+  say('load: one short request');
+  const load = chat(16);
+  report('load (one short request)', [await load], await watch(load));
+  for (const n of tokenCounts) {
+    say(`${concurrent} request(s) of ~${n} prompt tokens ...`);
+    const reqs = Promise.all(Array.from({ length: concurrent }, () => chat(n)));
+    const figures = await watch(reqs);
+    report(`${n} tokens x ${concurrent}`, await reqs, figures);
+  }
+  const health = await (await fetch(new URL('/healthz', t.url))).json();
+  process.stdout.write(`${JSON.stringify({ model, vars: t.topology.vars, phases, front_healthz: health })}\n`);
+} finally {
+  await t.dispose();
+}
