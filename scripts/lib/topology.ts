@@ -9,7 +9,8 @@
 import { copyFileSync, existsSync, linkSync, mkdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { dirname, join, relative, resolve } from 'node:path';
 import { experimental_readRawConfig } from 'wrangler';
-import { embedInFront, groupPart, headGroups, layerGroups, prefillStepTokens } from '../../src/worker/groups/config.js';
+import { configOf } from '../../src/worker/config.js';
+import { placeSplit } from '../../src/engine/layer-group.js';
 import { groupBinding } from '../../src/worker/groups/stub.js';
 import { parseManifest, type Manifest } from '../../src/model/manifest.js';
 import type { PartSpec } from '../../src/engine/model.js';
@@ -178,10 +179,7 @@ export function generateTopology(opts: GenerateOptions): GeneratedTopology {
   // The split, as the Workers will read it (the same functions, the same errors).
   let G: number, H: number, embed: boolean;
   try {
-    G = layerGroups(vars);
-    H = headGroups(vars);
-    embed = embedInFront(vars);
-    prefillStepTokens(vars);
+    ({ groups: G, heads: H, frontEmbeds: embed } = configOf(vars as Parameters<typeof configOf>[0]).split);
   } catch (e) {
     throw new TopologyError((e as Error).message);
   }
@@ -260,11 +258,12 @@ export function generateTopology(opts: GenerateOptions): GeneratedTopology {
   const rel = (dir: string, p: string) => relative(dir, p) || '.';
   const assets = { directory: './assets', binding: raw.assets.binding ?? 'ASSETS', run_worker_first: true };
 
+  const placement = placeSplit(L, P, G, H, embed);
   say(
     `${model}: ${L} layers in ${G} layer groups + ${H} classifier groups, embedding in the ${embed ? 'front' : 'first group'}`,
   );
   for (let g = 0; g < G + H; g++) {
-    const spec = groupPart(L, P, G, g, H, embed);
+    const spec = placement[g];
     const role = g < G ? 'group' : 'classifier';
     const name = fill(settings.workers[role].name, front, g < G ? g : g - G);
     const what =
