@@ -12,6 +12,7 @@
  * --var CONTEXT_TOKENS=8192 --var REQUEST_BUDGET_MS=1800000.
  */
 import { readFileSync } from 'node:fs';
+import { request } from 'node:http';
 import { join, resolve } from 'node:path';
 import { parseArgs } from 'node:util';
 import { freePortIn } from './lib/port-range.js';
@@ -149,31 +150,51 @@ const text = args.data
   .join('\n\n')
   .replace(/\s+/g, ' ');
 
+/**
+ * POSTs JSON and reads the JSON answer with no client-side timeout: the first request loads every
+ * group Worker before the front answers anything, which took over undici's 300 s headers timeout
+ * (fetch's) on a loaded 2-core machine.
+ */
+function post(url: URL, body: object): Promise<{ status: number; body: unknown }> {
+  return new Promise((resolve, reject) => {
+    const req = request(url, { method: 'POST', headers: { 'Content-Type': 'application/json' } }, (res) => {
+      const chunks: Buffer[] = [];
+      res.on('data', (c: Buffer) => chunks.push(c));
+      res.on('end', () => {
+        try {
+          resolve({ status: res.statusCode ?? 0, body: JSON.parse(Buffer.concat(chunks).toString('utf8')) });
+        } catch (e) {
+          reject(e as Error);
+        }
+      });
+      res.on('error', reject);
+    });
+    req.on('error', reject);
+    req.end(JSON.stringify(body));
+  });
+}
+
 async function chat(tokens: number): Promise<{ prompt_tokens: number; ms: number; text: string; chain?: number }> {
   const chars = Math.round(tokens * 4.4);
   if (text.length < chars)
     fail(`--data: ${text.length} characters, about ${Math.floor(text.length / 4.4)} tokens; ${tokens} asked`);
   const t0 = performance.now();
-  const res = await fetch(new URL('/v1/chat/completions', t.url), {
-    method: 'POST',
-    headers: { 'Content-Type': 'application/json' },
-    body: JSON.stringify({
-      model,
-      messages: [
-        { role: 'user', content: `${text.slice(0, chars)}\n\nIn one sentence: what does this license let people do?` },
-      ],
-      max_tokens: Number(args['max-tokens']),
-      temperature: 0,
-      lazy: { enabled: false },
-    }),
+  const res = await post(new URL('/v1/chat/completions', t.url), {
+    model,
+    messages: [
+      { role: 'user', content: `${text.slice(0, chars)}\n\nIn one sentence: what does this license let people do?` },
+    ],
+    max_tokens: Number(args['max-tokens']),
+    temperature: 0,
+    lazy: { enabled: false },
   });
-  const body = (await res.json()) as {
+  const body = res.body as {
     usage?: { prompt_tokens: number };
     choices?: { message: { content: string } }[];
     lazy_stats?: { split?: { chain?: number } };
     error?: { message: string };
   };
-  if (!res.ok) throw new Error(`HTTP ${res.status}: ${body.error?.message ?? JSON.stringify(body)}`);
+  if (res.status !== 200) throw new Error(`HTTP ${res.status}: ${body.error?.message ?? JSON.stringify(body)}`);
   return {
     prompt_tokens: body.usage!.prompt_tokens,
     ms: performance.now() - t0,
