@@ -117,7 +117,12 @@ interface WorkerFigures {
 async function watch(done: Promise<unknown>): Promise<WorkerFigures[]> {
   const best = new Map<string, WorkerFigures>();
   let finished = false;
-  void done.finally(() => (finished = true));
+  let rounds = 0;
+  const t0 = performance.now();
+  done.then(
+    () => (finished = true),
+    () => (finished = true),
+  );
   for (;;) {
     await Promise.all(
       groups.map(async (w: GeneratedWorker) => {
@@ -139,6 +144,7 @@ async function watch(done: Promise<unknown>): Promise<WorkerFigures[]> {
       }),
     );
     if (finished) break;
+    if (++rounds % 20 === 0) say(`  ... ${rounds} probe rounds, ${((performance.now() - t0) / 1000).toFixed(0)} s`);
     await new Promise((r) => setTimeout(r, 500));
   }
   return [...best.values()];
@@ -168,6 +174,9 @@ function post(url: URL, body: object): Promise<{ status: number; body: unknown }
         }
       });
       res.on('error', reject);
+      res.on('close', () => {
+        if (!res.complete) reject(new Error(`${url.pathname}: the connection closed before the answer was complete`));
+      });
     });
     req.on('error', reject);
     req.end(JSON.stringify(body));
@@ -195,6 +204,9 @@ async function chat(tokens: number): Promise<{ prompt_tokens: number; ms: number
     error?: { message: string };
   };
   if (res.status !== 200) throw new Error(`HTTP ${res.status}: ${body.error?.message ?? JSON.stringify(body)}`);
+  say(
+    `  a request of ${body.usage!.prompt_tokens} prompt tokens answered in ${((performance.now() - t0) / 1000).toFixed(1)} s`,
+  );
   return {
     prompt_tokens: body.usage!.prompt_tokens,
     ms: performance.now() - t0,
