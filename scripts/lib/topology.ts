@@ -32,8 +32,8 @@ export interface TopologySettings {
     classifier: { name: string; limits?: { cpu_ms?: number } };
     front?: { limits?: { cpu_ms?: number } };
   };
-  /** how to build each model's shards (named in the error when they are missing) */
-  shards?: Record<string, string>;
+  /** the GGUF kernels each model's shards are built with from the served GGUF (npm run deploy builds them when missing) */
+  build?: Record<string, string>;
 }
 
 export interface GeneratedWorker {
@@ -193,7 +193,10 @@ export function generateTopology(opts: GenerateOptions): GeneratedTopology {
   const modelDir = join(shardsRoot, model);
   const manifestPath = join(modelDir, 'manifest.json');
   if (!existsSync(manifestPath)) {
-    const how = settings.shards?.[model];
+    const spec = settings.build?.[model];
+    const how =
+      spec &&
+      `npm run deploy -- --dry-run (it builds them), or npm run shards -- --gguf FILE --kernel ${spec} --name ${model} --out model-shards/${model}`;
     throw new TopologyError(
       `${relative(process.cwd(), manifestPath)} does not exist: the shards of ${model} are not built${how ? `; build them with:\n  ${how}` : ' (npm run shards)'}`,
     );
