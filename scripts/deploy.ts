@@ -10,14 +10,11 @@
  * reason, on the first Worker that fails.
  */
 import { spawnSync } from 'node:child_process';
-import { existsSync, mkdirSync, readdirSync, readFileSync, statSync } from 'node:fs';
+import { existsSync, mkdirSync, readdirSync, statSync } from 'node:fs';
 import { join, relative } from 'node:path';
 import { parseArgs } from 'node:util';
-import { parseGgufKernels } from '../src/model/quant.js';
-import { buildGgufShards } from '../src/shards/build-shards.js';
-import { progress, REPO_ROOT, runMain, shardsDir } from './lib/node-env.js';
-import { locateServedGguf } from './lib/served-model.js';
-import { sourceFromGguf, writeShards } from './lib/shard-tasks.js';
+import { progress, REPO_ROOT, runMain } from './lib/node-env.js';
+import { ensureTopologyShards } from './lib/shard-tasks.js';
 import { ASSET_LIMIT_BYTES, generateTopology, parseVars, TopologyError } from './lib/topology.js';
 
 /** Cloudflare's limit on a Worker's script bundle (paid plan, uncompressed as wrangler measures it here). */
@@ -59,27 +56,6 @@ if (args.help) {
   process.exit(0);
 }
 
-/** The kernels each model of topology.json's `build` is made with, from the served GGUF. */
-function buildSpec(model: string): string | undefined {
-  const t = JSON.parse(readFileSync(join(REPO_ROOT, 'topology.json'), 'utf8')) as { build?: Record<string, string> };
-  return t.build?.[model];
-}
-
-async function ensureShards(model: string): Promise<void> {
-  if (existsSync(join(shardsDir(model), 'manifest.json'))) return;
-  const spec = buildSpec(model);
-  if (!spec) fail(`model-shards/${model} is missing and topology.json's "build" says nothing of how to make it`);
-  const kernels = parseGgufKernels(spec);
-  if ('error' in kernels) fail(`topology.json build.${model}: ${kernels.error}`);
-  const gguf = await locateServedGguf();
-  progress(`building model-shards/${model} (${spec}) from ${gguf.path}`);
-  const built = await buildGgufShards(
-    { ...(await sourceFromGguf(gguf.path, model, gguf.sha256)), kernels: kernels.kernels },
-    (done, total, file) => progress(`[${done}/${total}] ${file}`),
-  );
-  writeShards(shardsDir(model), built);
-}
-
 function filesUnder(dir: string): string[] {
   if (!existsSync(dir)) return [];
   return readdirSync(dir, { recursive: true, withFileTypes: true })
@@ -98,14 +74,8 @@ function wrangler(argv: string[]): void {
 
 async function main(): Promise<void> {
   const vars = parseVars(args.var);
-  const model =
-    vars.MODEL_NAME ??
-    (
-      JSON.parse(readFileSync(join(REPO_ROOT, 'topology.json'), 'utf8')) as {
-        vars: Record<string, string>;
-      }
-    ).vars.MODEL_NAME;
-  await ensureShards(model);
+  // The topology's own shards (topology.json); a --var MODEL_NAME names shards built elsewhere.
+  if (vars.MODEL_NAME === undefined) await ensureTopologyShards(progress);
   const out = join(REPO_ROOT, args.out);
   const topo = generateTopology({
     wrangler: join(REPO_ROOT, 'wrangler.toml'),
@@ -128,7 +98,7 @@ async function main(): Promise<void> {
       const assets = filesUnder(join(dir, 'assets'));
       const big = assets.find((f) => statSync(f).size > ASSET_LIMIT_BYTES);
       if (big) throw new TopologyError(`${w.name}: asset ${relative(dir, big)} is over the 25 MiB limit`);
-      const own = new Set(['manifest.json', ...w.files].map((f) => join(dir, 'assets', model, f)));
+      const own = new Set(['manifest.json', ...w.files].map((f) => join(dir, 'assets', topo.model, f)));
       const foreign = assets.filter((f) => !own.has(f));
       if (foreign.length)
         throw new TopologyError(

@@ -5,11 +5,12 @@
  * stories260K (the fast model most tests use). Up-to-date shards cost a hash of each source.
  */
 import { progress, runMain } from './lib/node-env.js';
-import { ensureDefaultShards, ensureServedShards } from './lib/shard-tasks.js';
+import { ensureDefaultShards, ensureServedShards, ensureTopologyShards } from './lib/shard-tasks.js';
 
 async function main(): Promise<void> {
   progress(`model-shards: ${await ensureServedShards(progress)} ready`);
   progress(`model-shards: ${await ensureDefaultShards(progress)} ready`);
+  progress(`the deployable topology's shards: ${await ensureTopologyShards(progress)} ready`);
 }
 
 runMain(main);

@@ -2,7 +2,7 @@ import { existsSync, mkdirSync, readFileSync, renameSync, rmSync, writeFileSync 
 import { basename, join } from 'node:path';
 import { parseLlama2cCheckpoint, randomCheckpoint, type RandomCheckpointOptions } from '../../src/model/checkpoint.js';
 import { sha256Hex } from '../../src/model/manifest.js';
-import { resolveQuant, sameQuant, type QuantSpec } from '../../src/model/quant.js';
+import { parseGgufKernels, resolveQuant, sameQuant, type QuantSpec } from '../../src/model/quant.js';
 import { defaultQuant } from '../../src/engine/memory-budget.js';
 import { GRAPH_REVISION } from '../../src/shards/layer-graphs.js';
 import {
@@ -130,5 +130,39 @@ export async function ensureServedShards(log?: (line: string) => void): Promise<
   if (upToDate(out, { source: { file: basename(gguf.path), sha256: gguf.sha256 } }, GGUF_QUANT)) return out;
   log?.(`building ${SERVED_MODEL_NAME} shards from ${gguf.path}`);
   await buildAndWrite(out, await sourceFromGguf(gguf.path, SERVED_MODEL_NAME, gguf.sha256), log);
+  return out;
+}
+
+/**
+ * Builds the deployable topology's shards (topology.json: its model, with the kernels of its
+ * "build" entry, into its shards_directory) from the served GGUF when they are missing or stale:
+ * npm start serves them, npm run deploy uploads them.
+ */
+export async function ensureTopologyShards(log?: (line: string) => void): Promise<string> {
+  const { REPO_ROOT } = await import('./node-env.js');
+  const { readSettings } = await import('./topology.js');
+  const settings = readSettings(join(REPO_ROOT, 'topology.json'));
+  const model = settings.vars.MODEL_NAME;
+  const spec = model ? settings.build?.[model] : undefined;
+  if (!model || !spec)
+    throw new Error(`topology.json: vars.MODEL_NAME and build.<MODEL_NAME> (its kernels) are needed`);
+  const kernels = parseGgufKernels(spec);
+  if ('error' in kernels) throw new Error(`topology.json build.${model}: ${kernels.error}`);
+  const out = join(REPO_ROOT, settings.shards_directory ?? 'model-shards', model);
+  const gguf = await locateServedGguf();
+  const m = existsSync(join(out, 'manifest.json'))
+    ? JSON.parse(readFileSync(join(out, 'manifest.json'), 'utf8'))
+    : null;
+  const fresh =
+    m?.source?.sha256 === gguf.sha256 &&
+    m?.graphRevision === GRAPH_REVISION &&
+    String(m?.quant?.kernel).startsWith(spec);
+  if (fresh) return out;
+  log?.(`building ${out} (${spec}) from ${gguf.path}`);
+  const source = await sourceFromGguf(gguf.path, model, gguf.sha256);
+  writeShards(
+    out,
+    await buildGgufShards({ ...source, kernels: kernels.kernels }, (d, t, f) => log?.(`[${d}/${t}] ${f}`)),
+  );
   return out;
 }

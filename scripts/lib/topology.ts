@@ -32,8 +32,10 @@ export interface TopologySettings {
     classifier: { name: string; limits?: { cpu_ms?: number } };
     front?: { limits?: { cpu_ms?: number } };
   };
-  /** the GGUF kernels each model's shards are built with from the served GGUF (npm run deploy builds them when missing) */
+  /** the GGUF kernels each model's shards are built with from the served GGUF (npm run setup and deploy build them) */
   build?: Record<string, string>;
+  /** where the models of `build` are built (relative to the repository; default: wrangler.toml's [assets] directory) */
+  shards_directory?: string;
 }
 
 export interface GeneratedWorker {
@@ -88,7 +90,7 @@ type Raw = Record<string, unknown> & {
   migrations?: unknown[];
 };
 
-function readSettings(path: string): TopologySettings {
+export function readSettings(path: string): TopologySettings {
   let text: string;
   try {
     text = readFileSync(path, 'utf8');
@@ -189,14 +191,18 @@ export function generateTopology(opts: GenerateOptions): GeneratedTopology {
     );
   const model = vars.MODEL_NAME;
   if (!model) throw new TopologyError('MODEL_NAME is empty');
-  const shardsRoot = resolve(base, raw.assets.directory);
+  // The models topology.json builds live in its shards_directory; any other in wrangler.toml's assets.
+  const shardsRoot = resolve(
+    base,
+    settings.build?.[model] ? (settings.shards_directory ?? raw.assets.directory) : raw.assets.directory,
+  );
   const modelDir = join(shardsRoot, model);
   const manifestPath = join(modelDir, 'manifest.json');
   if (!existsSync(manifestPath)) {
     const spec = settings.build?.[model];
     const how =
       spec &&
-      `npm run deploy -- --dry-run (it builds them), or npm run shards -- --gguf FILE --kernel ${spec} --name ${model} --out model-shards/${model}`;
+      `npm run deploy -- --dry-run (it builds them), or npm run shards -- --gguf FILE --kernel ${spec} --name ${model} --out ${settings.shards_directory ?? 'model-shards'}/${model}`;
     throw new TopologyError(
       `${relative(process.cwd(), manifestPath)} does not exist: the shards of ${model} are not built${how ? `; build them with:\n  ${how}` : ' (npm run shards)'}`,
     );

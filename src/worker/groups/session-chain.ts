@@ -102,7 +102,11 @@ export class SessionChain {
   async summary(committed: number): Promise<ChainSummary> {
     const parts: GroupSummary[] = (
       await Promise.all(
-        this.layerStubs().map((s, g) => s.summary({ groups: this.groups, group: g, heads: this.heads, committed })),
+        this.layerStubs().map((s, g) => {
+          // The whole address (EMBED_IN_FRONT included): it says which pieces the group loads.
+          const { attempt: _, ...address } = this.address(g, committed, '');
+          return s.summary(address);
+        }),
       )
     ).map((r, g) => ok<{ summary: GroupSummary }>(r, `layer group ${g}`).summary);
     const n = parts[0].tokens;
