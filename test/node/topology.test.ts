@@ -179,6 +179,33 @@ describe('the multi-Worker topology in local workerd (stories260K, 3 layer group
     });
   }
 
+  it("a chat session across the group Workers: the unsplit Worker's replies turn after turn, its caches kept in the groups", async () => {
+    const session = async (base: string) => {
+      const created = await fetch(`${base}/v1/sessions`, { method: 'POST' });
+      expect(created.status).toBe(200);
+      const { id } = (await created.json()) as { id: string };
+      const turns: { text: string; cached: number }[] = [];
+      for (const content of ['Once upon a time, there was a little cat named Tom.', 'One day, the ball rolled away.']) {
+        const res = await fetch(`${base}/v1/sessions/${id}/messages`, {
+          method: 'POST',
+          headers: { 'Content-Type': 'application/json' },
+          body: JSON.stringify({ content, max_tokens: 24, temperature: 0, lazy: { schedule: 'bos,1:0.5,3:0.5' } }),
+        });
+        const text = await res.text();
+        expect(res.status, text).toBe(200);
+        const r = JSON.parse(text) as {
+          choices: { message: { content: string } }[];
+          usage: { prompt_tokens_details: { cached_tokens: number } };
+        };
+        turns.push({ text: r.choices[0].message.content, cached: r.usage.prompt_tokens_details.cached_tokens });
+      }
+      return turns;
+    };
+    const whole = await session(unsplit!.base);
+    expect(whole[1].cached).toBeGreaterThan(0);
+    expect(await session(topo.url.origin)).toEqual(whole);
+  });
+
   it("each group Worker runs in an isolate of its own, not the front's; its wasm memory is read inside it", async () => {
     // the front's own LayerGroup class (its fallback) runs in the front's isolate: its probe() names that isolate
     const frontNs = await topo.mf.getDurableObjectNamespace('LAYER_GROUP_OBJECTS', 'lazy-edge');
