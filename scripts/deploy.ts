@@ -58,9 +58,12 @@ if (args.help) {
 
 function filesUnder(dir: string): string[] {
   if (!existsSync(dir)) return [];
-  return readdirSync(dir, { recursive: true, withFileTypes: true })
-    .filter((e) => e.isFile())
-    .map((e) => join(e.parentPath, e.name));
+  return (
+    readdirSync(dir, { recursive: true, withFileTypes: true })
+      .filter((e) => e.isFile())
+      // parentPath from Node 20.12; `path` before it
+      .map((e) => join((e as { parentPath?: string }).parentPath ?? e.path, e.name))
+  );
 }
 
 function wrangler(argv: string[]): void {
