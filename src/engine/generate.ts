@@ -84,6 +84,8 @@ export interface GenerateResult {
   promptTokens: number;
   finishReason: FinishReason;
   stats: GenerationStats;
+  /** tokens resumed from the Aux Cache per layer, over every step */
+  revivedPerLayer: number[];
   /** with GenerateOptions.logprobs: one per entry of `tokens` */
   logprobs?: TokenLogprob[];
 }
@@ -125,8 +127,10 @@ export async function generate(
   let revived = 0;
   let flops = 0;
   let denseFlops = 0;
+  const revivedPerLayer = new Array(L).fill(0);
   const account = (s: StepStats) => {
     s.computedPerLayer.forEach((c, l) => (computed[l] += c));
+    s.revivedPerLayer.forEach((r, l) => (revivedPerLayer[l] += r));
     revived += s.revived;
     flops += s.flops;
     denseFlops += s.denseFlops;
@@ -210,6 +214,7 @@ export async function generate(
     promptTokens: prompt.length,
     finishReason,
     ...(logprobs ? { logprobs } : {}),
+    revivedPerLayer,
     stats: {
       schedule: opts.schedule ? formatSchedule(opts.schedule) : 'dense',
       prompt_tokens: prompt.length,

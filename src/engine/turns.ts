@@ -75,21 +75,16 @@ export async function runTurn(
   const keep = Math.min(commonPrefix(seq.tokens, target), target.length - 1);
   seq.truncate(keep);
   const prompt = target.slice(keep);
-  const revived = new Array(L).fill(0);
-  const result = await generate(model, seq, prompt, {
-    ...opts,
-    trace: (layer, queries, rev) => {
-      revived[layer] += rev.length;
-      opts.trace?.(layer, queries, rev);
-    },
-  });
+  // Revivals are counted from the steps' own figures: a trace hook here would have every split step
+  // send each layer's query list back over RPC whether anyone records a trace or not.
+  const result = await generate(model, seq, prompt, opts);
   const decoded = seq.tokens.slice(keep + prompt.length);
   const stats: TurnStats = {
     reused_tokens: keep,
     new_prompt_tokens: prompt.length,
     truncated_tokens: before - keep,
     computed_per_layer: result.stats.computed_per_layer,
-    revived_per_layer: revived,
+    revived_per_layer: result.revivedPerLayer,
     dense_rerun_per_layer: new Array(L).fill(target.length + decoded.length),
   };
   return {
