@@ -2,7 +2,7 @@ import type { SequenceState } from '../../engine/caches.js';
 import type { LoadedModel } from '../../engine/model.js';
 import type { StoredView } from '../../engine/state-codec.js';
 import type { ChainSummary, SessionChain } from '../groups/session-chain.js';
-import { sumFigures } from '../groups/types.js';
+import { sumFigures, type CacheFigures } from '../groups/types.js';
 import type { Meta } from './store.js';
 import type { CacheStats, StoredMessage } from './types.js';
 
@@ -33,24 +33,18 @@ export function cacheStats(live: Live, sql: SqlStorage): CacheStats {
     recoveries: live.meta.recoveries,
     last_recovery: live.meta.last_recovery,
   };
-  // Split, the caches and their logs are the groups'; the session object adds its own log and database.
-  const own = { record_bytes: live.recordBytes, record_chunks: live.view.nextSeq, storage_bytes: sql.databaseSize };
-  if (g) {
-    const { depth: _, depth_histogram, ...figures } = g;
-    const both = sumFigures([
-      figures,
-      { ...figures, kv_entries: 0, kv_bytes: 0, aux_entries: 0, aux_bytes: 0, ...own },
-    ]);
-    return { ...both, tokens: seq.length, depth_histogram, ...session };
-  }
-  return {
+  // The object's own state and log; split, its state holds only the tokens (no layers, so no KV or
+  // Aux entries) and the groups add theirs.
+  const own: CacheFigures = {
     tokens: seq.length,
-    depth_histogram: seq.depthHistogram(),
     kv_entries: seq.kvEntries(),
     kv_bytes: seq.kvBytes(),
     aux_entries: seq.aux.size,
     aux_bytes: seq.aux.bytes,
-    ...own,
-    ...session,
+    record_bytes: live.recordBytes,
+    record_chunks: live.view.nextSeq,
+    storage_bytes: sql.databaseSize,
   };
+  const figures = g ? sumFigures([own, g]) : own;
+  return { ...figures, depth_histogram: g ? g.depth_histogram : seq.depthHistogram(), ...session };
 }
