@@ -35,6 +35,8 @@ export interface RunningTopology {
   topology: GeneratedTopology;
   /** a group Worker's own LayerGroup namespace, as the front's binding reaches it */
   namespace(worker: GeneratedWorker): ReturnType<Miniflare['getDurableObjectNamespace']>;
+  /** Restarts every Worker (workerd itself): their memory is gone, Durable Object storage stays if persisted. */
+  restart(): Promise<void>;
   dispose(): Promise<void>;
 }
 
@@ -137,6 +139,7 @@ export async function serveTopology(opts: ServeTopologyOptions): Promise<Running
     mf,
     topology: topo,
     namespace: (w) => mf.getDurableObjectNamespace('LAYER_GROUP_OBJECTS', w.name),
+    restart: () => mf.setOptions(options),
     dispose: () => mf.dispose(),
   };
 }

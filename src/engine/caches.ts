@@ -48,9 +48,7 @@ export class KVCache {
    */
   reserve(n: number, exact = false): void {
     if (n <= this.capacity) return;
-    let cap = this.capacity;
-    if (exact) cap = n;
-    else while (cap < n) cap *= 2;
+    const cap = this.capacityFor(n, exact);
     for (const s of [...this.keys, ...this.values]) s.grow(cap);
     const grow = (a: Int32Array, fill: number) => {
       const b = new Int32Array(cap).fill(fill);
@@ -60,6 +58,19 @@ export class KVCache {
     this.rowOf = this.rowOf.map((a) => grow(a, -1));
     this.tokenAt = this.tokenAt.map((a) => grow(a, 0));
     this.capacity = cap;
+  }
+
+  /** The capacity `reserve(n, exact)` leaves. */
+  capacityFor(n: number, exact = false): number {
+    if (n <= this.capacity || exact) return Math.max(n, this.capacity);
+    let cap = this.capacity;
+    while (cap < n) cap *= 2;
+    return cap;
+  }
+
+  /** What `bytes` is at capacity `cap`: K and V rows in this format, and the two row indexes, per layer. */
+  bytesAt(cap: number): number {
+    return this.nLayers * cap * (2 * kvRowBytes(this.format, this.kvDim) + 8);
   }
 
   /** Bytes the rows take at the current capacity, with the two row indexes (8 bytes per token and layer). */
@@ -334,6 +345,21 @@ export class SequenceState {
     let s = 0;
     for (let i = 0; i < this.tokens.length; i++) s += this.depth[i];
     return s;
+  }
+
+  /** Bytes this state holds in memory: the KV cache at its capacity, the per-token arrays, the Aux Cache entries. */
+  get bytes(): number {
+    return this.kv.bytes + this.depth.byteLength + this.touchedAt.byteLength + this.bornAt.byteLength + this.aux.bytes;
+  }
+
+  /**
+   * The most `bytes` can be once the state holds `n` tokens: the KV cache grown as `append` grows it,
+   * and, when steps may park tokens here (`parks`: a LazyLLM schedule), an Aux entry for each of them.
+   */
+  bytesAt(n: number, parks: boolean): number {
+    const cap = this.kv.capacityFor(n);
+    const perToken = this.depth.BYTES_PER_ELEMENT + this.touchedAt.BYTES_PER_ELEMENT + this.bornAt.BYTES_PER_ELEMENT;
+    return this.kv.bytesAt(cap) + perToken * cap + Math.max(this.aux.bytes, parks ? n * this.aux.dim * 4 : 0);
   }
 
   /** Bytes of the rows held (not of the capacity reserved: KVCache.bytes). */

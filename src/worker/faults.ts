@@ -103,11 +103,18 @@ export function describeError(e: unknown): Failure {
 
 /**
  * 5xx answers that are the server's load, not its fault: every layer-group chain serving another
- * request (`server_busy`, groups/chain.ts). Expected whenever requests outnumber GROUP_CHAINS, so
+ * request (`server_busy`, groups/chain.ts), a group isolate without room for another state
+ * (`isolate_full`, groups/isolate-room.ts). Expected whenever requests outnumber GROUP_CHAINS, so
  * they are counted in the log as such (one line, no stack), where an operator sizing the pool
  * looks, and kept out of the error log, where a real fault must not drown among them.
  */
-const LOAD_ANSWERS = new Set(['server_busy']);
+const LOAD_ANSWERS = new Set(['server_busy', 'isolate_full']);
+
+/** When a load answer is worth retrying: a busy chain frees within a request, a full isolate when a request or session ends. */
+export function retryHeaders(f: Failure): Record<string, string> {
+  const code = f.error.code ?? '';
+  return code === 'server_busy' ? { 'Retry-After': '1' } : code === 'isolate_full' ? { 'Retry-After': '10' } : {};
+}
 
 /** Server faults go to the log with their stack (never to the client); client mistakes are not logged; load answers are noted as such. */
 export function logFault(err: { status: number; code: string | null }, cause: unknown, where: string): void {

@@ -17,6 +17,10 @@ import { serveTopology, type RunningTopology } from '../../scripts/lib/topology-
 import { killGroup, spawnServe, waitReady } from '../../scripts/lib/wrangler-dev.js';
 import type { TopologyProbe } from '../../src/worker/groups/entry.js';
 import type { GroupAddress, Result } from '../../src/worker/groups/types.js';
+import { groupState, placeSplit } from '../../src/engine/layer-group.js';
+import { estimatePartMemory, MB } from '../../src/engine/memory-budget.js';
+import { parseManifest, quantOf } from '../../src/model/manifest.js';
+import { fixedBytes } from '../../src/worker/groups/isolate-room.js';
 
 const MODEL = 'stories260K';
 const G = 3;
@@ -268,5 +272,122 @@ describe('the multi-Worker topology in local workerd (stories260K, 3 layer group
     });
     expect(r).toMatchObject({ ok: false, error: { code: 'topology_mismatch' } });
     expect((r as { error: { message: string } }).error.message).toMatch(/regenerate and deploy them together/);
+  });
+});
+
+/**
+ * A group isolate hosts many sessions' instances, all within the one isolate's budget: a session
+ * that would take an isolate past it is refused (503 isolate_full) before anything changes, and the
+ * sessions already there go on, also across a restart of every Worker of the topology (memory gone,
+ * storage kept). The budget is set, from the engine's own estimate, to hold one session's state of
+ * the served context beside the weights but not two.
+ */
+describe('sessions in the topology: room per group isolate, and a restart of every Worker', () => {
+  const OUT2 = join(REPO_ROOT, `.topology-test-room-${process.pid}`);
+  const STORY =
+    'Once upon a time, there was a little cat named Tom. Tom liked to play with a red ball in the garden. ' +
+    'One day, the ball rolled under a big tree. Tom looked and looked, but he could not find it. ' +
+    'His friend the dog came to help. They looked under the bushes and behind the fence. ' +
+    'At last the bird in the tree said: the ball is here, under my nest! Tom was very happy. ' +
+    'He said thank you to the bird and to the dog, and they all played with the red ball until the sun went down. ';
+  const TURNS = [STORY + STORY, 'Then Tom went home.', 'The next day, it was sunny.'];
+  let room: RunningTopology;
+
+  /** A budget that holds each group's weights and runtime plus one (lazy) state of the served context, but not two of over half of it. */
+  function budgetMb(): number {
+    const manifest = parseManifest(readFileSync(join(REPO_ROOT, 'model-shards', MODEL, 'manifest.json'), 'utf8'));
+    const cfg = { ...manifest.config, seqLen: Math.min(manifest.config.seqLen, 2048), kvFormat: 'int8' as const };
+    const headRows = manifest.files.head.map((p) => p.rows);
+    const parts = placeSplit(cfg.nLayers, headRows.length, G, H, true).slice(0, G);
+    const figures = parts.map((part) => {
+      const e = estimatePartMemory(cfg, quantOf(manifest), { ...part, tokenizer: false }, headRows);
+      const fresh = groupState(cfg, part.layers);
+      return {
+        loads: e.total,
+        fixed: fixedBytes(e),
+        state: fresh.bytesAt(cfg.seqLen, true),
+        // a state of over half the context with no Aux entry yet, and its Aux entries when another one joins
+        half: fresh.bytesAt(cfg.seqLen / 2 + 1, false),
+        halfAux: (cfg.seqLen / 2 + 1) * cfg.dim * 4,
+      };
+    });
+    // one full state fits every group; two states of more than half the context (capacity 512) fit none
+    const budget = Math.max(...figures.map((f) => Math.max(f.loads, f.fixed + f.state))) + 1024;
+    expect(figures.some((f) => f.fixed + 2 * f.half + f.halfAux > budget)).toBe(true);
+    return Math.ceil((budget / MB) * 1e6) / 1e6;
+  }
+
+  async function turn(base: string, id: string, content: string) {
+    const res = await fetch(`${base}/v1/sessions/${id}/messages`, {
+      method: 'POST',
+      headers: { 'Content-Type': 'application/json' },
+      body: JSON.stringify({ content, max_tokens: 12, temperature: 0, lazy: { schedule: 'bos,1:0.5,3:0.5' } }),
+    });
+    const body = (await res.json()) as {
+      choices?: { message: { content: string } }[];
+      usage?: { prompt_tokens: number; prompt_tokens_details: { cached_tokens: number } };
+      error?: { code: string; message: string };
+    };
+    return { status: res.status, body, retryAfter: res.headers.get('Retry-After') };
+  }
+  const newSession = async (base: string) => {
+    const res = await fetch(`${base}/v1/sessions`, { method: 'POST' });
+    expect(res.status).toBe(200);
+    return ((await res.json()) as { id: string }).id;
+  };
+
+  beforeAll(async () => {
+    generateTopology({
+      wrangler: join(REPO_ROOT, 'wrangler.toml'),
+      topology: join(REPO_ROOT, 'topology.json'),
+      out: OUT2,
+      vars: { ...VARS, MEMORY_BUDGET_MB: String(budgetMb()) },
+    });
+    room = await serveTopology({ dir: OUT2, port: await freePortIn(8940, 8969), persist: join(OUT2, 'state') });
+  });
+  afterAll(async () => {
+    await room?.dispose();
+    rmSync(OUT2, { recursive: true, force: true });
+  });
+
+  it('a second session that would overfill a group isolate is refused (503 isolate_full); the first goes on, across a restart, as the unsplit Worker answers', async () => {
+    const ref = await newSession(unsplit!.base);
+    const want: string[] = [];
+    for (const content of TURNS) {
+      const r = await turn(unsplit!.base, ref, content);
+      expect(r.status, JSON.stringify(r.body)).toBe(200);
+      want.push(r.body.choices![0].message.content);
+    }
+
+    const base = room.url.origin;
+    const a = await newSession(base);
+    const first = await turn(base, a, TURNS[0]);
+    expect(first.status, JSON.stringify(first.body)).toBe(200);
+    expect(first.body.choices![0].message.content).toBe(want[0]);
+    expect(first.body.usage!.prompt_tokens).toBeGreaterThan(256); // a state of the served context's capacity
+
+    const b = await newSession(base);
+    const refused = await turn(base, b, TURNS[0]);
+    expect(refused.status).toBe(503);
+    expect(refused.body.error).toMatchObject({ code: 'isolate_full' });
+    expect(refused.body.error!.message).toMatch(/MEMORY_BUDGET_MB/);
+    expect(refused.retryAfter).not.toBeNull();
+
+    const second = await turn(base, a, TURNS[1]);
+    expect(second.status, JSON.stringify(second.body)).toBe(200);
+    expect(second.body.choices![0].message.content).toBe(want[1]);
+    expect(second.body.usage!.prompt_tokens_details.cached_tokens).toBeGreaterThan(256);
+
+    // Every Worker restarted: the groups' and the sessions' memory gone, their storage kept.
+    await room.restart();
+    const third = await turn(base, a, TURNS[2]);
+    expect(third.status, JSON.stringify(third.body)).toBe(200);
+    expect(third.body.choices![0].message.content).toBe(want[2]);
+
+    // The room the first session held is free once it is deleted: the refused session now goes in.
+    expect((await fetch(`${base}/v1/sessions/${a}`, { method: 'DELETE' })).status).toBe(200);
+    const retried = await turn(base, b, TURNS[0]);
+    expect(retried.status, JSON.stringify(retried.body)).toBe(200);
+    expect(retried.body.choices![0].message.content).toBe(want[0]);
   });
 });

@@ -21,7 +21,7 @@ import {
 } from '../../engine/step.js';
 import type { Ranking } from '../../engine/policy.js';
 import type { Env } from '../env.js';
-import { failureOf, Refusal } from '../faults.js';
+import { failureOf, Refusal, retryHeaders } from '../faults.js';
 import { configOf } from '../config.js';
 import type { ModelEnv } from '../model-store.js';
 import { compactFrontier } from './frontier.js';
@@ -55,7 +55,7 @@ export interface SplitStats {
 }
 
 function unwrap<T extends object>(r: ({ ok: true } & T) | Failure): T {
-  if (!r.ok) throw new Refusal(r as Failure);
+  if (!r.ok) throw new Refusal(r as Failure, retryHeaders(r as Failure));
   return r as T;
 }
 
@@ -340,8 +340,6 @@ export async function acquirePoolChain(env: Env, config: ModelConfig): Promise<C
     chain.lastUse = Date.now();
     return chain;
   }
-  throw new Refusal(
-    failureOf(503, `All ${C} layer-group chains are serving other requests; retry shortly.`, 'server_busy'),
-    { 'Retry-After': '1' },
-  );
+  const busy = failureOf(503, `All ${C} layer-group chains are serving other requests; retry shortly.`, 'server_busy');
+  throw new Refusal(busy, retryHeaders(busy));
 }

@@ -13,6 +13,7 @@ import { placeSplit } from '../../engine/layer-group.js';
 import { compactFrontier, lastTokenFrontier } from './frontier.js';
 import { groupFingerprint, loadGroupLog, writeGroupChunks } from './group-store.js';
 import { groupModel, manifestOf } from './parts.js';
+import { hostTenant, refuseGrowth, type Tenant } from './isolate-room.js';
 import type {
   GroupAddress,
   GroupStepCall,
@@ -68,6 +69,11 @@ function objectPart(
   return part;
 }
 
+/** The sequence length after a step with this input: its new tokens appended at `start`. */
+function lengthAfter(input: GroupStepCall['input']): number {
+  return 'tokens' in input ? input.start + input.tokens.length : input.frontier.start + input.frontier.newTokens.length;
+}
+
 /** Drawn once per isolate, at the first probe (the global scope may not draw random values): tells whether two objects run in the same one. */
 let isolateId: string | null = null;
 
@@ -87,12 +93,22 @@ export const LEASE_IDLE_MS = 180_000;
  * whoever holds the first, and drop the state of any lease before. A step under any other lease
  * than the holder's is refused, so two requests never mix their states.
  */
-export class LayerGroup extends DurableObject<Env> {
+export class LayerGroup extends DurableObject<Env> implements Tenant {
   private lease: { id: string; at: number } | null = null;
   private state: SequenceState | null = null;
   private stepping = false;
   /** when this instance started (an eviction or restart starts a new one, with no lease) */
   private readonly born = Date.now();
+
+  constructor(ctx: DurableObjectState, env: Env) {
+    super(ctx, env);
+    hostTenant(this);
+  }
+
+  /** The states this instance holds (a request's, a session's): what it adds to its isolate's memory (isolate-room.ts). */
+  heldStates(): SequenceState[] {
+    return [this.state, this.session?.seq ?? null].filter((s): s is SequenceState => s !== null);
+  }
 
   private async part(a: Pick<GroupAddress, 'groups' | 'group' | 'heads' | 'frontEmbeds'>): Promise<ModelPart> {
     const m = await manifestOf(this.env);
@@ -150,7 +166,10 @@ export class LayerGroup extends DurableObject<Env> {
     if (this.stepping) return failureOf(409, 'A step is already running on this layer group.', 'chain_busy');
     this.stepping = true;
     try {
-      const reply = await runGroupStep(await this.part(call), this.state, call);
+      const part = await this.part(call);
+      const full = refuseGrowth(part, this.state, lengthAfter(call.input), call.schedule !== null);
+      if (full) return full;
+      const reply = await runGroupStep(part, this.state, call);
       this.lease = { id: call.lease, at: Date.now() };
       return { ok: true, ...reply };
     } catch (e) {
@@ -223,6 +242,11 @@ export class LayerGroup extends DurableObject<Env> {
           'turn_lost',
         );
       const { part, mem } = await this.sessionMemory(call, true);
+      const full = refuseGrowth(part, mem.seq, lengthAfter(call.input), call.schedule !== null);
+      if (full) {
+        this.session = null; // the isolate is short of room: the committed state waits in storage
+        return full;
+      }
       mem.attempt = call.attempt;
       // The session keeps the longest common prefix of the conversation: a step may start earlier than the state ends.
       const start = 'tokens' in call.input ? call.input.start : call.input.frontier.start;
@@ -284,6 +308,11 @@ export class LayerGroup extends DurableObject<Env> {
     } catch (e) {
       return failureFrom(e, 'session layer group summary');
     }
+  }
+
+  /** Drops attempt `attempt` from memory (its turn failed): the committed state is reloaded from storage when next needed. */
+  async abandon(attempt: string): Promise<void> {
+    if (this.session?.attempt === attempt && !this.stepping) this.session = null;
   }
 
   /** Deletes everything this group stored (the session was deleted or expired). */

@@ -117,6 +117,14 @@ export class SessionChain {
     return { ...sumFigures(parts), depth, depth_histogram: hist };
   }
 
+  /**
+   * Every group drops a failed attempt from memory at once, so that its half-grown state stops
+   * counting against its isolate (isolate-room.ts). Best effort: a group not reached drops it when next called.
+   */
+  async abandon(attempt: string): Promise<void> {
+    await Promise.allSettled(this.layerStubs().map((s) => s.abandon(attempt)));
+  }
+
   async erase(): Promise<void> {
     await Promise.all(this.layerStubs().map((s) => s.erase()));
   }

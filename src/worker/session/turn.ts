@@ -87,10 +87,12 @@ export async function playTurn(
 
   // From here on memory changes; on any failure it is reloaded from storage, which this turn has not touched.
   let attemptDone: (() => void) | undefined;
+  let attemptId: string | undefined;
   try {
     // Split layers: this turn is one attempt through the session's groups (session/split.ts).
     const attempt = live.chain?.attempt(live.turns);
     attemptDone = attempt?.done;
+    attemptId = attempt?.id;
     const { outcome: out, turn } = await runJob(
       job,
       attempt ? attempt.runner.jobRunner(live.seq, live.groups?.depth) : { seq: live.seq },
@@ -162,6 +164,7 @@ export async function playTurn(
     outcome.session.stats.cache = live.committed;
     return outcome;
   } catch (e) {
+    if (attemptId !== undefined) await live.chain?.abandon(attemptId);
     await host.discardMemory();
     return clientGone ? goneFailure() : failureFrom(e, 'session turn');
   } finally {

@@ -8,6 +8,7 @@ import { ApiError, fromFailure } from '../errors.js';
 import { checkModelName, waitUntilOf, withNullUsage } from '../respond.js';
 import { chatSchema, chatTopLogprobs, messageSchema, readJson, validate, type ChatRequest } from '../schemas.js';
 import { configOf } from '../../config.js';
+import { retryHeaders } from '../../faults.js';
 import { ClientGone, sseResponse, type SendComment, type SendEvent } from '../sse.js';
 
 /**
@@ -57,7 +58,7 @@ function idempotencyKey(c: Context<AppEnv>): string | undefined {
 
 /** The object's Failure takes its HTTP form here, once. */
 function raise(f: Failure): never {
-  throw fromFailure(f, f.status === 409 ? { 'Retry-After': '1' } : {});
+  throw fromFailure(f, f.status === 409 ? { 'Retry-After': '1' } : retryHeaders(f));
 }
 
 const createSchema = z.object({ messages: z.array(messageSchema).optional() });

@@ -1,0 +1,74 @@
+/**
+ * The room that the group instances one isolate hosts share. Cloudflare may place any number of a
+ * group Worker's instances in one isolate (the pool chains' and every session's; locally workerd
+ * always does): the weights are held once (parts.ts), but each instance's state is its own, and
+ * they all count against the one isolate's 128 MB. So before a step grows an instance's state, the
+ * isolate's estimate (the part's fixed bytes, every hosted state as it is, and this state as it will
+ * be) must stay within the memory budget; otherwise the step is refused with a clear 503 before
+ * anything changes, and the session or request it serves keeps what it had.
+ */
+import type { SequenceState } from '../../engine/caches.js';
+import { MB, type MemoryEstimate } from '../../engine/memory-budget.js';
+import type { ModelPart } from '../../engine/model.js';
+import { failureOf, type Failure } from '../faults.js';
+
+/** An instance hosted here: the states it holds now. */
+export interface Tenant {
+  heldStates(): SequenceState[];
+}
+
+/**
+ * The instances this isolate hosts, held weakly: one the runtime evicts leaves with its state (its
+ * bytes count until it is collected, which only errs towards refusing).
+ */
+const tenants = new Set<WeakRef<Tenant>>();
+
+export function hostTenant(t: Tenant): void {
+  tenants.add(new WeakRef(t));
+}
+
+/** Every state the hosted instances hold now. */
+function hostedStates(): SequenceState[] {
+  const out: SequenceState[] = [];
+  for (const ref of tenants) {
+    const t = ref.deref();
+    if (t) out.push(...t.heldStates());
+    else tenants.delete(ref);
+  }
+  return out;
+}
+
+/** What an isolate holds whatever its instances' states: weights, their load copies or the attention temporaries, runtime. */
+export function fixedBytes(memory: MemoryEstimate): number {
+  return memory.total - memory.kvCache - memory.auxCache;
+}
+
+const mb = (b: number) => `${(b / MB).toFixed(1)} MB`;
+
+/**
+ * Null when `seq` may grow to `tokens` tokens (Aux entries included when the step `parks` tokens)
+ * within the isolate's budget beside every other hosted state; else the refusal to answer.
+ */
+export function refuseGrowth(part: ModelPart, seq: SequenceState, tokens: number, parks: boolean): Failure | null {
+  const budget = part.memoryBudgetBytes;
+  if (!Number.isFinite(budget)) return null;
+  const others = hostedStates().filter((s) => s !== seq);
+  const othersBytes = others.reduce((t, s) => t + s.bytes, 0);
+  const need = fixedBytes(part.memory) + othersBytes + seq.bytesAt(tokens, parks);
+  if (need <= budget) return null;
+  const { start, end } = part.layerRange;
+  return failureOf(
+    503,
+    `The isolate running layers ${start}..${end - 1} is full: a state of ${tokens} tokens needs ${mb(seq.bytesAt(tokens, parks))} ` +
+      `beside ${others.length} other state(s) holding ${mb(othersBytes)} and ${mb(fixedBytes(part.memory))} of weights and runtime, ` +
+      `over the isolate memory budget of ${mb(budget)} (MEMORY_BUDGET_MB). Nothing was changed; retry later, with a shorter prompt, or after idle sessions end.`,
+    'isolate_full',
+    null,
+    'server_error',
+  );
+}
+
+/** How many states of `tokens` tokens (with their Aux entries when `parks`) fit beside the part's fixed bytes, from empty `fresh`. */
+export function tenantsThatFit(part: ModelPart, fresh: SequenceState, tokens: number, parks: boolean): number {
+  return Math.max(0, Math.floor((part.memoryBudgetBytes - fixedBytes(part.memory)) / fresh.bytesAt(tokens, parks)));
+}
