@@ -234,3 +234,39 @@ describe('the memory check and KV formats', () => {
     expect(e.kvCache).toBe(30 * 2 * 8192 * (192 + 4));
   });
 });
+
+describe("a state's bytes, as the isolate room counts them (src/worker/groups/isolate-room.ts)", () => {
+  const cfg = {
+    ...llama2cConfig({ dim: 64, hiddenDim: 172, nLayers: 5, nHeads: 8, nKvHeads: 4, vocabSize: 512, seqLen: 512 }),
+    kvFormat: 'int8' as KvFormat,
+  };
+  it.each([1, 63, 64, 65, 300, 512])(
+    'bytesAt(%i) is what a state holds once grown to that many tokens, its Aux entries at most one per token',
+    (n) => {
+      for (const format of KV_FORMATS) {
+        const seq = new SequenceState({ ...cfg, kvFormat: format });
+        const predicted = seq.bytesAt(n, false);
+        const withAux = seq.bytesAt(n, true);
+        seq.append(Array.from({ length: n }, (_, i) => i % 512));
+        expect(seq.bytes).toBe(predicted);
+        for (let i = 0; i < n; i++) seq.park(i, new Float32Array(cfg.dim));
+        expect(seq.bytes).toBe(withAux);
+        // growing no further costs nothing more
+        expect(seq.bytesAt(n, true)).toBe(withAux);
+      }
+    },
+  );
+  it('KVCache.bytesAt(capacity) equals its bytes after reserve, growing by doubling or exactly', () => {
+    const kv = new KVCache(3, 32, 'int8');
+    for (const [n, exact] of [
+      [100, false],
+      [129, true],
+      [1000, false],
+    ] as const) {
+      const cap = kv.capacityFor(n, exact);
+      kv.reserve(n, exact);
+      expect(kv.capacity).toBe(cap);
+      expect(kv.bytes).toBe(kv.bytesAt(cap));
+    }
+  });
+});
