@@ -6,23 +6,33 @@
  * (src/worker/groups/entry.ts): onnxruntime's wasm memory in that Worker's isolate (a high-water
  * mark: wasm memory never shrinks), what each instance's state holds, the isolate's loads.
  *
- *   npx tsx scripts/topology-memory.ts [--tokens 2000,8000] [--concurrent 1] [--var NAME=VALUE]... [--out .topology-memory] [--port 8950]
+ *   npx tsx scripts/topology-memory.ts [--tokens 2000,8000] [--concurrent 1 | --sessions N] [--var NAME=VALUE]... [--out .topology-memory] [--port 8950]
+ *
+ * --sessions N: instead, N chat sessions each take one turn of about N prompt tokens, one after the
+ * other (each session's group instances are hosted by the group Workers' isolates beside the others'),
+ * and every isolate is probed after each. The output also gives, from the engine's estimate, how many
+ * sessions' states of each length one group isolate can host (isolate-room.ts refuses the next one).
  *
  * Prints one line per phase and worker, then the whole as JSON on stdout. For 8k prompts pass
  * --var CONTEXT_TOKENS=8192 --var REQUEST_BUDGET_MS=1800000.
  */
 import { readFileSync } from 'node:fs';
 import { request } from 'node:http';
-import { join, resolve } from 'node:path';
+import { dirname, join, resolve } from 'node:path';
 import { parseArgs } from 'node:util';
 import { freePortIn } from './lib/port-range.js';
 import { REPO_ROOT } from './lib/node-env.js';
 import { generateTopology, parseVars, TopologyError, type GeneratedWorker } from './lib/topology.js';
 import { serveTopology } from './lib/topology-serve.js';
 import type { TopologyProbe } from '../src/worker/groups/entry.js';
+import { groupState, placeSplit } from '../src/engine/layer-group.js';
+import { estimatePartMemory } from '../src/engine/memory-budget.js';
+import type { KvFormat } from '../src/engine/kv-rows.js';
+import { parseManifest, quantOf } from '../src/model/manifest.js';
+import { fixedBytes } from '../src/worker/groups/isolate-room.js';
 
 const USAGE =
-  'usage: npx tsx scripts/topology-memory.ts [--tokens 2000,8000] [--concurrent N] [--max-tokens 4] [--var NAME=VALUE]... [--out DIR] [--port N] [--data FILE,...]';
+  'usage: npx tsx scripts/topology-memory.ts [--tokens 2000,8000] [--concurrent N | --sessions N] [--lazy] [--max-tokens 4] [--var NAME=VALUE]... [--out DIR] [--port N] [--data FILE,...]';
 
 function fail(message: string): never {
   process.stderr.write(`topology-memory: ${message}\n`);
@@ -34,6 +44,8 @@ function parse() {
     options: {
       tokens: { type: 'string', default: '2000' },
       concurrent: { type: 'string', default: '1' },
+      sessions: { type: 'string', default: '0' },
+      lazy: { type: 'boolean', default: false },
       'max-tokens': { type: 'string', default: '4' },
       var: { type: 'string', multiple: true, default: [] },
       out: { type: 'string', default: '.topology-memory' },
@@ -66,6 +78,9 @@ if (tokenCounts.some((n) => !Number.isInteger(n) || n < 1))
 const concurrent = Number(args.concurrent);
 if (!Number.isInteger(concurrent) || concurrent < 1)
   fail(`--concurrent: expected a positive integer, got ${args.concurrent}`);
+const sessions = Number(args.sessions);
+if (!Number.isInteger(sessions) || sessions < 0) fail(`--sessions: expected an integer >= 0, got ${args.sessions}`);
+if (sessions > 0 && concurrent > 1) fail('--sessions and --concurrent: one or the other');
 const say = (l: string) => process.stderr.write(`topology-memory: ${l}\n`);
 process.env.CLOUDFLARE_CF_FETCH_ENABLED ??= 'false';
 
@@ -111,6 +126,9 @@ interface WorkerFigures {
   /** per chain instance: tokens, KV and Aux bytes held (the largest seen while polling) */
   instances: { tokens: number; kv_mb: number; aux_mb: number }[];
   loads: Record<string, number>;
+  /** every state the isolate's instances hold (the largest seen) */
+  hosted_states: number;
+  hosted_mb: number;
 }
 
 /** Polls every group Worker's instances until `done`, keeping each figure's largest value. */
@@ -138,6 +156,8 @@ async function watch(done: Promise<unknown>): Promise<WorkerFigures[]> {
             aux_mb: Math.max(prev?.instances[c].aux_mb ?? 0, p.aux_bytes / MiB),
           })),
           loads: probes[0].loads,
+          hosted_states: Math.max(prev?.hosted_states ?? 0, probes[0].hosted_states),
+          hosted_mb: Math.max(prev?.hosted_mb ?? 0, probes[0].hosted_bytes / MiB),
         });
         if (new Set(probes.map((p) => p.isolate)).size !== 1)
           throw new Error(`${w.name}: its chains' instances answered from different isolates`);
@@ -183,20 +203,24 @@ function post(url: URL, body: object): Promise<{ status: number; body: unknown }
   });
 }
 
-async function chat(tokens: number): Promise<{ prompt_tokens: number; ms: number; text: string; chain?: number }> {
+/** A chat request of about `tokens` prompt tokens: stateless, or a turn of the session `session`. */
+async function chat(
+  tokens: number,
+  session?: string,
+): Promise<{ prompt_tokens: number; ms: number; text: string; chain?: number }> {
   const chars = Math.round(tokens * 4.4);
   if (text.length < chars)
     fail(`--data: ${text.length} characters, about ${Math.floor(text.length / 4.4)} tokens; ${tokens} asked`);
-  const t0 = performance.now();
-  const res = await post(new URL('/v1/chat/completions', t.url), {
-    model,
-    messages: [
-      { role: 'user', content: `${text.slice(0, chars)}\n\nIn one sentence: what does this license let people do?` },
-    ],
+  const content = `${text.slice(0, chars)}\n\nIn one sentence: what does this license let people do?`;
+  const options = {
     max_tokens: Number(args['max-tokens']),
     temperature: 0,
-    lazy: { enabled: false },
-  });
+    ...(args.lazy ? {} : { lazy: { enabled: false } }),
+  };
+  const t0 = performance.now();
+  const res = session
+    ? await post(new URL(`/v1/sessions/${session}/messages`, t.url), { content, ...options })
+    : await post(new URL('/v1/chat/completions', t.url), { model, messages: [{ role: 'user', content }], ...options });
   const body = res.body as {
     usage?: { prompt_tokens: number };
     choices?: { message: { content: string } }[];
@@ -215,12 +239,50 @@ async function chat(tokens: number): Promise<{ prompt_tokens: number; ms: number
   };
 }
 
+/**
+ * From the engine's estimate, as each group Worker's isolate-room.ts counts it: what a layer group's
+ * isolate holds whatever it hosts, one state of each --tokens length (dense: KV rows only; lazy: an
+ * Aux entry per token at most), and how many such states fit its budget beside the fixed bytes.
+ */
+function roomTable() {
+  const front = t.topology.workers.find((w) => w.role === 'front')!;
+  const manifest = parseManifest(readFileSync(join(dirname(front.config), 'assets', model, 'manifest.json'), 'utf8'));
+  const v = t.topology.vars;
+  const cfg = {
+    ...manifest.config,
+    seqLen: Math.min(manifest.config.seqLen, Number(v.CONTEXT_TOKENS ?? 2048)),
+    kvFormat: (v.KV_FORMAT ?? 'f32') as KvFormat,
+  };
+  const headRows = manifest.files.head.map((p) => p.rows);
+  const budget = Number(v.MEMORY_BUDGET_MB) * MiB;
+  return placeSplit(cfg.nLayers, headRows.length, G, H, t.topology.embed_in_front)
+    .slice(0, G)
+    .map((part, object) => {
+      const fixed = fixedBytes(estimatePartMemory(cfg, quantOf(manifest), { ...part, tokenizer: false }, headRows));
+      const fresh = groupState(cfg, part.layers);
+      return {
+        object,
+        layers: `${part.layers.start}-${part.layers.end - 1}`,
+        fixed_mb: fixed / MiB,
+        by_tokens: tokenCounts.map((tokens) => {
+          const dense = fresh.bytesAt(tokens, false);
+          const lazy = fresh.bytesAt(tokens, true);
+          return {
+            tokens,
+            state_mb: { dense: dense / MiB, lazy: lazy / MiB },
+            fit: { dense: Math.floor((budget - fixed) / dense), lazy: Math.floor((budget - fixed) / lazy) },
+          };
+        }),
+      };
+    });
+}
+
 const phases: { phase: string; requests: unknown[]; workers: WorkerFigures[] }[] = [];
 function report(phase: string, requests: unknown[], workers: WorkerFigures[]) {
   phases.push({ phase, requests, workers });
   for (const w of workers)
     say(
-      `${phase}: ${w.worker}: wasm ${w.wasm_mb?.toFixed(1) ?? '-'} MiB; instances ${w.instances.map((i) => `${i.tokens} tok, KV ${i.kv_mb.toFixed(1)} + Aux ${i.aux_mb.toFixed(1)} MiB`).join(' | ')}; loads ${JSON.stringify(Object.values(w.loads))}`,
+      `${phase}: ${w.worker}: wasm ${w.wasm_mb?.toFixed(1) ?? '-'} MiB; hosted ${w.hosted_states} states, ${w.hosted_mb.toFixed(1)} MiB; instances ${w.instances.map((i) => `${i.tokens} tok, KV ${i.kv_mb.toFixed(1)} + Aux ${i.aux_mb.toFixed(1)} MiB`).join(' | ')}; loads ${JSON.stringify(Object.values(w.loads))}`,
     );
 }
 
@@ -230,13 +292,28 @@ try {
   const load = await chat(16);
   report('load (one short request)', [load], await watch(Promise.resolve()));
   for (const n of tokenCounts) {
+    if (sessions > 0) {
+      for (let k = 1; k <= sessions; k++) {
+        say(`session ${k} of ${sessions}: one turn of ~${n} prompt tokens ...`);
+        const id = ((await post(new URL('/v1/sessions', t.url), {})).body as { id: string }).id;
+        const turn = chat(n, id);
+        const figures = await watch(turn);
+        report(`${n} tokens, session ${k} of ${sessions}`, [await turn], figures);
+      }
+      continue;
+    }
     say(`${concurrent} request(s) of ~${n} prompt tokens ...`);
     const reqs = Promise.all(Array.from({ length: concurrent }, () => chat(n)));
     const figures = await watch(reqs);
     report(`${n} tokens x ${concurrent}`, await reqs, figures);
   }
   const health = await (await fetch(new URL('/healthz', t.url))).json();
-  process.stdout.write(`${JSON.stringify({ model, vars: t.topology.vars, phases, front_healthz: health })}\n`);
+  const room = roomTable();
+  for (const r of room)
+    say(
+      `room: object ${r.object}: ${r.fixed_mb.toFixed(1)} MiB fixed; ${r.by_tokens.map((b) => `${b.tokens} tokens: ${b.state_mb.dense.toFixed(2)} / ${b.state_mb.lazy.toFixed(2)} MiB a state, ${b.fit.dense} / ${b.fit.lazy} states (dense / lazy)`).join('; ')}`,
+    );
+  process.stdout.write(`${JSON.stringify({ model, vars: t.topology.vars, phases, room, front_healthz: health })}\n`);
 } finally {
   await t.dispose();
 }

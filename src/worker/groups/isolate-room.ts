@@ -38,6 +38,12 @@ function hostedStates(): SequenceState[] {
   return out;
 }
 
+/** The states hosted here and their bytes: for measurements (the isolate probe). */
+export function hostedFigures(): { states: number; bytes: number } {
+  const states = hostedStates();
+  return { states: states.length, bytes: states.reduce((t, s) => t + s.bytes, 0) };
+}
+
 /** What an isolate holds whatever its instances' states: weights, their load copies or the attention temporaries, runtime. */
 export function fixedBytes(memory: MemoryEstimate): number {
   return memory.total - memory.kvCache - memory.auxCache;
@@ -66,9 +72,4 @@ export function refuseGrowth(part: ModelPart, seq: SequenceState, tokens: number
     null,
     'server_error',
   );
-}
-
-/** How many states of `tokens` tokens (with their Aux entries when `parks`) fit beside the part's fixed bytes, from empty `fresh`. */
-export function tenantsThatFit(part: ModelPart, fresh: SequenceState, tokens: number, parks: boolean): number {
-  return Math.max(0, Math.floor((part.memoryBudgetBytes - fixedBytes(part.memory)) / fresh.bytesAt(tokens, parks)));
 }

@@ -13,7 +13,7 @@ import { placeSplit } from '../../engine/layer-group.js';
 import { compactFrontier, lastTokenFrontier } from './frontier.js';
 import { groupFingerprint, loadGroupLog, writeGroupChunks } from './group-store.js';
 import { groupModel, manifestOf } from './parts.js';
-import { hostTenant, refuseGrowth, type Tenant } from './isolate-room.js';
+import { hostedFigures, hostTenant, refuseGrowth, type Tenant } from './isolate-room.js';
 import type {
   GroupAddress,
   GroupStepCall,
@@ -355,6 +355,7 @@ export class LayerGroup extends DurableObject<Env> implements Tenant {
   /** Which isolate this object runs in, its wasm heap, what its state holds and how many holds are in flight: for tests and measurements. */
   async probe(): Promise<IsolateProbe> {
     const s = this.state ?? this.session?.seq ?? null;
+    const hosted = hostedFigures();
     return {
       isolate: (isolateId ??= crypto.randomUUID()),
       wasm_heap_bytes: wasmHeapBytes(),
@@ -362,6 +363,8 @@ export class LayerGroup extends DurableObject<Env> implements Tenant {
       kv_bytes: s?.kvBytes() ?? 0,
       aux_bytes: s?.aux.bytes ?? 0,
       holds: this.holds.size,
+      hosted_states: hosted.states,
+      hosted_bytes: hosted.bytes,
     };
   }
 }

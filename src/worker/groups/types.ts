@@ -51,6 +51,9 @@ export interface IsolateProbe {
   aux_bytes: number;
   /** hold() calls in flight (a chain serving a request holds each of its objects once) */
   holds: number;
+  /** every state the instances hosted by this isolate hold, and their bytes (isolate-room.ts) */
+  hosted_states: number;
+  hosted_bytes: number;
 }
 
 /** A session's group: which session turn it serves. */
