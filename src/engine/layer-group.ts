@@ -54,13 +54,6 @@ export function groupConfig(config: ModelConfig, range: LayerRange): ModelConfig
   return { ...config, nLayers: range.end - range.start };
 }
 
-/** Bytes of a frontier as it crosses a boundary: ids, active set, scores and hidden rows, plus the layer, start and ranking (from, to, keepFrom, fresh). */
-export function frontierBytes(f: Frontier): number {
-  return (
-    4 * (f.newTokens.length + f.active.length + (f.scores?.length ?? 0) + f.carried.length + f.hidden.length) + 8 + 16
-  );
-}
-
 /**
  * A split model run in one process: the groups' parts and states, in layer order; the first part
  * holds the embedding and the last the classifier. Its steps are the same composition as runStep's

@@ -178,6 +178,17 @@ describe('layer groups in workerd (stories260K)', () => {
     }
   }
 
+  it('a dense decode step sends the same bytes across the groups whatever the context: no list of every token crosses', async () => {
+    const dense = { max_tokens: 6, temperature: 0, lazy: { enabled: false } };
+    const short = await complete({ LAYER_GROUPS: '3' }, { ...dense, prompt: 'Once upon a time' });
+    const long = await complete({ LAYER_GROUPS: '3' }, dense);
+    expect(long.body.usage.prompt_tokens).toBeGreaterThan(short.body.usage.prompt_tokens + 20);
+    const perStep = (c: Completion) => c.body.lazy_stats.split!.decode_boundary_bytes_per_step;
+    expect(perStep(long)).toBe(perStep(short));
+    // two boundaries, each one token's hidden state (stories260K: 64 floats) and a few fields
+    expect(perStep(long)).toBeLessThan(2 * 2 * 64 * 4);
+  });
+
   for (const [name, body] of CASES) {
     it(`2 layer groups and the classifier in an object of its own, ${name}: the same text as the whole model`, async () => {
       const whole = await complete({ LAYER_GROUPS: '1' }, body);

@@ -7,7 +7,6 @@
 import { SequenceState } from '../../engine/caches.js';
 import { kvRowBytes } from '../../engine/kv-rows.js';
 import type { GenerationStats, StepRunner } from '../../engine/generate.js';
-import { frontierBytes } from '../../engine/layer-group.js';
 import type { ModelConfig } from '../../model/config.js';
 import {
   composeStep,
@@ -24,7 +23,7 @@ import type { Env } from '../env.js';
 import { failureOf, Refusal, retryHeaders } from '../faults.js';
 import { configOf } from '../config.js';
 import type { ModelEnv } from '../model-store.js';
-import { compactFrontier } from './frontier.js';
+import { fromWire, toWire, wireBytes } from './frontier.js';
 import { frontModel } from './parts.js';
 import { groupStub } from './stub.js';
 import { LEASE_IDLE_MS, type LayerGroup } from './layer-group-object.js';
@@ -164,19 +163,22 @@ export class ChainRunner {
     const start = seq.length;
     seq.append(newTokens);
     let moved = 0;
+    // Frontiers cross as the groups send them (frontier.ts toWire); `moved` counts what leaves each boundary.
     const stages: Stage[] = Array.from({ length: this.groups }, (_, g) => async (input, o) => {
-      const r = unwrap<GroupStepReply>(await this.call(g, input, o.schedule, o.trace !== undefined));
+      const sent = 'frontier' in input ? { frontier: toWire(input.frontier) } : input;
+      const r = unwrap<GroupStepReply>(await this.call(g, sent, o.schedule, o.trace !== undefined));
       await o.progress?.();
       for (const t of r.trace ?? []) o.trace?.(t.layer, t.queries, t.revived);
-      if ('frontier' in r.output) moved += frontierBytes(r.output.frontier);
-      return r;
+      if (!('frontier' in r.output)) return { output: r.output, stats: r.stats };
+      moved += wireBytes(r.output.frontier);
+      return { output: { frontier: fromWire(r.output.frontier) }, stats: r.stats };
     });
     const { logits, stats } = await composeStep(stages, start, newTokens, opts, {
       // The front holds the embedding: the first boundary is front -> group 0.
       ...(this.embed && {
         embed: async (at: number, tokens: readonly number[], ranking?: Ranking) => {
-          const f = compactFrontier(await this.embed!(at, tokens, ranking));
-          moved += frontierBytes(f);
+          const f = await this.embed!(at, tokens, ranking);
+          moved += wireBytes(toWire(f));
           return f;
         },
       }),

@@ -10,7 +10,7 @@ import type { Env } from '../env.js';
 import { failureFrom, failureOf } from '../faults.js';
 import { encodeDelta, modelFingerprint, type StoredView } from '../../engine/state-codec.js';
 import { placeSplit } from '../../engine/layer-group.js';
-import { compactFrontier, lastTokenFrontier } from './frontier.js';
+import { fromWire, lastTokenFrontier, toWire } from './frontier.js';
 import { groupFingerprint, loadGroupLog, writeGroupChunks } from './group-store.js';
 import { groupModel, manifestOf } from './parts.js';
 import { hostedFigures, hostTenant, refuseGrowth, type Tenant } from './isolate-room.js';
@@ -43,7 +43,8 @@ async function runGroupStep(
   call: GroupStepCall | SessionStepCall,
 ): Promise<GroupStepReply> {
   const trace: LayerTraceEntry[] | undefined = call.trace ? [] : undefined;
-  const { output, stats } = await runPart(part, seq, call.input, {
+  const input = 'frontier' in call.input ? { frontier: fromWire(call.input.frontier) } : call.input;
+  const { output, stats } = await runPart(part, seq, input, {
     schedule: call.schedule,
     trace: trace && ((layer, queries, revived) => trace.push({ layer, queries, revived })),
   });
@@ -52,7 +53,7 @@ async function runGroupStep(
   const ready =
     'logits' in output
       ? output
-      : { frontier: last ? lastTokenFrontier(output.frontier, part.config.dim) : compactFrontier(output.frontier) };
+      : { frontier: toWire(last ? lastTokenFrontier(output.frontier, part.config.dim) : output.frontier) };
   return { output: ready, stats, ...(trace ? { trace } : {}) };
 }
 

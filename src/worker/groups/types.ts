@@ -1,6 +1,7 @@
 /** What crosses RPC between the front Worker (chain.ts) and a LayerGroup object. */
 import type { Ranking, Schedule } from '../../engine/policy.js';
-import type { Frontier, LayerStats } from '../../engine/step.js';
+import type { LayerStats } from '../../engine/step.js';
+import type { WireFrontier } from './frontier.js';
 import type { Failure, Result } from '../faults.js';
 
 export type { Failure };
@@ -20,7 +21,7 @@ export interface GroupAddress {
 
 export interface GroupStepCall extends GroupAddress {
   /** the first group embeds the step's new tokens (appended after `start`); every other group receives the frontier */
-  input: { tokens: number[]; start: number; ranking?: Ranking } | { frontier: Frontier };
+  input: { tokens: number[]; start: number; ranking?: Ranking } | { frontier: WireFrontier };
   schedule: Schedule | null;
   /** answer each layer's queries and revivals (the engine's LayerTrace, replayed by the caller) */
   trace?: boolean;
@@ -35,7 +36,7 @@ export interface LayerTraceEntry {
 
 /** The last group answers the logits of the step's last token; the others the frontier leaving their last layer. */
 export interface GroupStepReply {
-  output: { frontier: Frontier } | { logits: Float32Array };
+  output: { frontier: WireFrontier } | { logits: Float32Array };
   stats: LayerStats;
   trace?: LayerTraceEntry[];
 }
