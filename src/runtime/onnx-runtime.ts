@@ -42,9 +42,9 @@ export type ProviderSetting = ExecutionProvider | 'auto';
 export const PROVIDER_SETTINGS: readonly ProviderSetting[] = ['wasm', 'webgpu', 'auto'];
 
 /**
- * The ops onnxruntime-web 1.30's WebGPU EP runs in our shard graphs, as ORT's node placement log
- * shows them (test/browser/webgpu-engine.test.ts checks the placement): "domain:Op", or "Op" for
- * ai.onnx. A graph with any other op does not go to WebGPU: ORT would quietly run that node on its
+ * The ops onnxruntime-web 1.30's WebGPU EP runs in our shard graphs, as ORT's verbose node placement
+ * log showed them in Chromium (SwiftShader adapter) for the int8-dequant, GGUF-dequant and integer2
+ * builds: "domain:Op", or "Op" for ai.onnx (test/browser/webgpu-engine.test.ts runs the models). A graph with any other op does not go to WebGPU: ORT would quietly run that node on its
  * CPU EP, copying its inputs off and its outputs back onto the GPU, so the whole model stays on wasm.
  * Not in it: MatMulInteger and DynamicQuantizeLinear (the int8 `integer`/`integer2`/`row*` kernels:
  * ORT has no WebGPU kernel for either). com.microsoft:MatMulNBits has a WebGPU kernel in ORT's
