@@ -2,7 +2,7 @@
  * The test page's script (bundled by scripts/lib/browser-bundle.ts): loads a model on a provider and
  * runs one greedy generation, dense or lazy, returning what the test compares across providers.
  */
-import { generateRecorded, loadInBrowser, wasmHeapBytes } from '../../src/browser/engine.js';
+import { generateRecorded, loadInBrowser, wasmHeapBytes, type LoadProgress } from '../../src/browser/engine.js';
 import { parseSchedule } from '../../src/engine/policy.js';
 import type { LoadedModel } from '../../src/engine/model.js';
 import type { ProviderSetting } from '../../src/runtime/onnx-runtime.js';
@@ -56,4 +56,15 @@ async function runCase(c: PageCase) {
   };
 }
 
-(globalThis as { runCase?: typeof runCase }).runCase = runCase;
+/** Loads without running: the progress reports seen, or the error that stopped the load. */
+async function loadOnly(c: Pick<PageCase, 'modelUrl' | 'wasmUrl' | 'provider'>) {
+  const progress: LoadProgress[] = [];
+  try {
+    await loadInBrowser({ ...c, onProgress: (p) => progress.push(p) });
+    return { progress, error: null };
+  } catch (e) {
+    return { progress, error: `${(e as Error).name}: ${(e as Error).message}` };
+  }
+}
+
+Object.assign(globalThis, { runCase, loadOnly });

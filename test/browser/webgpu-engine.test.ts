@@ -53,13 +53,20 @@ function serve(): Promise<void> {
     if (url.pathname === '/bundle/page.js') return send(join(bundleDir, 'page.js'), 'text/javascript');
     if (url.pathname === `/bundle/${BROWSER_WASM}`) return send(join(bundleDir, BROWSER_WASM), 'application/wasm');
     // as the Worker's GET /v1/model-files/ lays them out: manifest.json, then <sha256>/<file>
-    const m = /^\/models\/([\w.-]+)\/(?:([0-9a-f]{64})\/)?([\w.-]+)$/.exec(url.pathname);
+    const m = /^(?:\/tampered)?\/models\/([\w.-]+)\/(?:([0-9a-f]{64})\/)?([\w.-]+)$/.exec(url.pathname);
     if (m) {
       const dir = join(SHARDS_ROOT, m[1]);
       const manifest = JSON.parse(readFileSync(join(dir, 'manifest.json'), 'utf8'));
       const files = [manifest.tokenizer, ...manifest.files.embed, ...manifest.files.layers, ...manifest.files.head];
       const named = files.some((f: { file: string; sha256: string }) => f.file === m[3] && f.sha256 === m[2]);
-      if ((m[3] === 'manifest.json' && !m[2]) || named) return send(join(dir, m[3]), 'application/octet-stream');
+      if ((m[3] === 'manifest.json' && !m[2]) || named) {
+        const bytes = readFileSync(join(dir, m[3]));
+        // /tampered/models/...: one byte of one layer differs from what the manifest promises
+        if (url.pathname.startsWith('/tampered/') && m[3] === manifest.files.layers[1].file)
+          bytes[bytes.length >> 1] ^= 1;
+        res.writeHead(200, { 'content-type': 'application/octet-stream' });
+        return res.end(bytes);
+      }
     }
     res.writeHead(404);
     res.end();
@@ -196,6 +203,32 @@ describe('the engine on WebGPU (headless Chromium, SwiftShader)', () => {
     const cpu = await runInPage({ model: name, provider: 'wasm', prompt, maxTokens: 3, schedules });
     timing(`${name} wasm (page)`, cpu);
     expectAgreement(`${name} wasm (page)`, cpu.runs, want, 1e-5);
+  });
+
+  it('shows load progress to the last byte, and refuses a file whose bytes are not the manifest’s', async () => {
+    type Loaded = { progress: { file: string; loadedBytes: number; totalBytes: number }[]; error: string | null };
+    const load = (prefix: string) =>
+      page.evaluate((a) => (globalThis as unknown as { loadOnly(a: object): Promise<Loaded> }).loadOnly(a), {
+        modelUrl: `${base}${prefix}/models/stories260K/`,
+        wasmUrl: `${base}/bundle/${BROWSER_WASM}`,
+        provider: 'webgpu',
+      });
+    const manifest = JSON.parse(readFileSync(join(SHARDS_ROOT, 'stories260K', 'manifest.json'), 'utf8'));
+    const files = [manifest.tokenizer, ...manifest.files.embed, ...manifest.files.layers, ...manifest.files.head];
+    const total = files.reduce((n: number, f: { bytes: number }) => n + f.bytes, 0);
+    const ok = await load('');
+    expect(ok.error).toBeNull();
+    expect(ok.progress.map((p) => p.file).sort()).toEqual(files.map((f: { file: string }) => f.file).sort());
+    expect(
+      ok.progress.every(
+        (p, i) => p.totalBytes === total && (i === 0 || p.loadedBytes > ok.progress[i - 1].loadedBytes),
+      ),
+    ).toBe(true);
+    expect(ok.progress.at(-1)!.loadedBytes).toBe(total);
+    const bad = await load('/tampered');
+    expect(bad.error).toMatch(
+      new RegExp(`${manifest.files.layers[1].file}: expected sha256 ${manifest.files.layers[1].sha256}`),
+    );
   });
 
   it('SmolLM2’s int8 build (MatMulInteger) is refused for webgpu, naming the ops', async () => {
