@@ -1,8 +1,8 @@
 /**
  * Inside workerd: GET /v1/model-files, the served model's own files for a page that runs the engine
  * itself. Every file the manifest names comes back with the bytes its sha256 promises (hashed here),
- * cached as immutable under that hash and revalidated by ETag; anything else is refused, and a file
- * this Worker's assets lack (a split front) is a 503 saying so.
+ * cached as immutable under that hash and revalidated by ETag; anything else is refused. A split
+ * front streams the files it lacks from the group objects holding them; a file nobody holds is a 503.
  */
 import { env } from 'cloudflare:workers';
 import { describe, expect, it } from 'vitest';
@@ -95,7 +95,25 @@ describe('GET /v1/model-files', () => {
     expect(ok.status).toBe(200);
   });
 
-  it('says so when the file is another Worker’s (a split front holds only its own shards)', async () => {
+  it('split: streams the files the front lacks from the group objects that hold them', async () => {
+    const { entries } = await manifest();
+    const tokenizer = entries[0];
+    // a front that holds only the manifest and the tokenizer, as the topology's does without EMBED_IN_FRONT
+    const frontAssets = {
+      fetch: (url: string) =>
+        url.endsWith('/manifest.json') || url.endsWith(`/${tokenizer.file}`)
+          ? env.ASSETS.fetch(url)
+          : Promise.resolve(new Response('not found', { status: 404 })),
+    } as unknown as Fetcher;
+    for (const e of entries) {
+      const res = await withEnv({ ASSETS: frontAssets, LAYER_GROUPS: '2' }, `/v1/model-files/${e.sha256}/${e.file}`);
+      expect(res.status, e.file).toBe(200);
+      expect(res.headers.get('cache-control')).toBe('public, max-age=31536000, immutable');
+      expect(await sha256(await res.arrayBuffer()), e.file).toBe(e.sha256);
+    }
+  });
+
+  it('says so when no Worker of its split can give the file', async () => {
     const { entries } = await manifest();
     const layer = entries.find((e) => e.file.startsWith('layer_'))!;
     const frontAssets = {

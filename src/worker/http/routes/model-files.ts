@@ -1,6 +1,9 @@
 import { Hono } from 'hono';
 import { parseManifest, sha256Hex, type FileEntry, type Manifest } from '../../../model/manifest.js';
+import { placeSplit } from '../../../engine/layer-group.js';
 import { configOf } from '../../config.js';
+import type { Env } from '../../env.js';
+import { groupStub } from '../../groups/stub.js';
 import type { AppEnv } from '../app-env.js';
 import { ApiError } from '../errors.js';
 
@@ -12,9 +15,38 @@ import { ApiError } from '../errors.js';
  * than other bytes. The manifest (which names the hashes) is revalidated by its ETag. The page
  * checks every file against the manifest's sha256 before onnxruntime sees it (loadModel's verify).
  *
- * Split across Workers (docs/TOPOLOGY.md), a Worker's assets hold only its own shards: a file this
- * Worker does not hold is a 503 `model_file_elsewhere` saying so, never another file.
+ * Split across Workers (docs/TOPOLOGY.md), the front's assets hold only its own shards: a file it
+ * does not hold is streamed from the group object that holds it (placeSplit, the one placement rule),
+ * through the Durable Object binding the front already has, so the page still talks to one origin.
+ * A file no object can give is a 503 `model_file_elsewhere` saying so, never another file.
  */
+
+/** The object of the split that holds `file` (placeSplit's placement), or null when none does. */
+function holderOf(env: Env, m: Manifest, file: string): number | null {
+  const { groups, heads, frontEmbeds } = configOf(env).split;
+  if (groups < 2) return null;
+  const objects = placeSplit(m.config.nLayers, m.files.head.length, groups, heads, frontEmbeds);
+  const layer = m.files.layers.findIndex((e) => e.file === file);
+  const head = m.files.head.findIndex((e) => e.file === file);
+  const embed = m.files.embed.some((e) => e.file === file);
+  const g = objects.findIndex(
+    (o) =>
+      (layer >= 0 && o.layers.start <= layer && layer < o.layers.end) ||
+      (head >= 0 && o.head.includes(head)) ||
+      (embed && o.embed),
+  );
+  return g >= 0 ? g : null;
+}
+
+/** The file from the group object holding it: the bytes, or null. */
+async function fromGroup(env: Env, m: Manifest, entry: FileEntry): Promise<ReadableStream<Uint8Array> | null> {
+  const g = holderOf(env, m, entry.file);
+  if (g === null) return null;
+  return (await groupStub(env, g, 'model-files').modelFile(
+    entry.file,
+    entry.sha256,
+  )) as ReadableStream<Uint8Array> | null;
+}
 
 const IMMUTABLE = 'public, max-age=31536000, immutable';
 
@@ -58,15 +90,18 @@ export const modelFiles = new Hono<AppEnv>()
     const headers = { ETag: etag, 'Cache-Control': IMMUTABLE, 'X-Content-Type-Options': 'nosniff' };
     if (notModified(c.req.raw, etag)) return c.body(null, 304, headers);
     const res = await c.env.ASSETS.fetch(`https://assets.local/${name}/${entry.file}`);
+    let body: ReadableStream<Uint8Array> | null = res.ok ? res.body : null;
     if (!res.ok) {
       await res.body?.cancel();
+      body = await fromGroup(c.env, manifest, entry);
+    }
+    if (!body)
       throw new ApiError(
         503,
-        `${entry.file} of model ${name} is not among this Worker's assets: split across Workers, each holds only its own shards (docs/WEBGPU.md)`,
+        `${entry.file} of model ${name} is neither among this Worker's assets nor held by a group object of its split (docs/WEBGPU.md)`,
         'model_file_elsewhere',
       );
-    }
-    return new Response(res.body, {
+    return new Response(body, {
       status: 200,
       headers: { ...headers, 'Content-Type': 'application/octet-stream', 'Content-Length': String(entry.bytes) },
     });
