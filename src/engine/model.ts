@@ -13,7 +13,16 @@ import {
 import { BpeTokenizer } from '../model/bpe-tokenizer.js';
 import type { TextTokenizer } from '../model/text-tokenizer.js';
 import { Tokenizer } from '../model/tokenizer.js';
-import { createGraphSession, type GraphSession } from '../runtime/onnx-runtime.js';
+import { graphOps } from '../model/graph-ops.js';
+import {
+  chooseProvider,
+  createGraphSession,
+  RuntimeError,
+  unsupportedOps,
+  type GraphSession,
+  type ProviderChoice,
+  type ProviderSetting,
+} from '../runtime/onnx-runtime.js';
 import { checkMemoryBudget, DEFAULT_MEMORY_BUDGET_BYTES, type MemoryEstimate } from './memory-budget.js';
 import { checkPartBudget, type LayerRange, type PartSpec } from './memory-budget.js';
 import type { RowPart } from './vocab-parts.js';
@@ -47,6 +56,8 @@ export interface ModelPart {
   layers: GraphSession[];
   /** classifier by vocabulary rows, in order (those of `part.head`); empty when not held */
   head: RowPart[];
+  /** where every graph of this part runs, and why (one provider for the whole part) */
+  runtime: ProviderChoice;
 }
 
 /** A model ready to run: its sessions are created once and shared by every sequence. */
@@ -81,6 +92,11 @@ export interface LoadOptions {
   contextTokens?: number;
   /** how the KV cache holds its rows (default f32; src/engine/kv-rows.ts): part of the memory budget */
   kvFormat?: KvFormat;
+  /**
+   * The execution provider (default wasm): `webgpu` refuses a model it cannot run whole (a RuntimeError
+   * saying why), `auto` then falls back to wasm (src/runtime/onnx-runtime.ts chooseProvider).
+   */
+  provider?: ProviderSetting;
 }
 
 function tokenizerOf(manifest: Manifest, bytes: Uint8Array): TextTokenizer {
@@ -175,12 +191,40 @@ export async function loadModelPart(
         manifest.files.head.map((p) => p.rows),
         memoryBudgetBytes,
       );
-  const sessionOpts = { foldDequantize: quant.kernel === 'dequant' && (opts.foldDequantize ?? true) };
   const verify = opts.verify ?? true;
+  // Files read early to choose the provider, handed over when their turn comes (read once).
+  const early = new Map<string, Uint8Array>();
   const fetchFile = async (entry: FileEntry) => {
-    const bytes = await read(entry.file);
-    if (verify) await verifyFile(entry, bytes);
+    const ahead = early.get(entry.file);
+    early.delete(entry.file);
+    const bytes = ahead ?? (await read(entry.file));
+    if (verify && !ahead) await verifyFile(entry, bytes);
     return bytes;
+  };
+  // One provider for the whole part, chosen from its graphs' ops before any session exists: every layer
+  // graph has the same ops, and so has every classifier part, so the first of each stands for all.
+  const setting = opts.provider ?? 'wasm';
+  const samples: { name: string; entry: FileEntry }[] = [];
+  if (start < end) samples.push({ name: `layer ${start}`, entry: manifest.files.layers[start] });
+  if (part.head.length) samples.push({ name: `head ${part.head[0]}`, entry: manifest.files.head[part.head[0]] });
+  const sampled: { name: string; ops: string[] }[] = [];
+  if (setting !== 'wasm')
+    for (const { name, entry } of samples) {
+      const bytes = await fetchFile(entry);
+      early.set(entry.file, bytes);
+      sampled.push({ name, ops: graphOps(entry.file, bytes) });
+    }
+  const runtime = await chooseProvider(setting, sampled);
+  const sessionOpts = {
+    foldDequantize: quant.kernel === 'dequant' && (opts.foldDequantize ?? true),
+    provider: runtime.provider,
+  };
+  /** a session on the chosen provider; a graph unlike its sample would be split across providers: refused */
+  const session = (name: string, file: string, bytes: Uint8Array) => {
+    const missing = unsupportedOps(runtime.provider, runtime.provider === 'wasm' ? [] : graphOps(file, bytes));
+    if (missing.length)
+      throw new RuntimeError(`graph "${name}" uses ${missing.join(', ')}, which ${runtime.provider} does not run`);
+    return createGraphSession(name, bytes, sessionOpts);
   };
   const tokenizer = part.tokenizer ? tokenizerOf(manifest, await fetchFile(manifest.tokenizer)) : null;
   const fetchWeights = async (entry: FileEntry, weights: WeightSpec[]) => {
@@ -196,11 +240,7 @@ export async function loadModelPart(
       const name = manifest.files.head.length === 1 ? 'head' : `head ${i}`;
       if (part.head.includes(i))
         out.push({
-          session: await createGraphSession(
-            name,
-            await fetchWeights(p, headWeightSpecs(manifest.config, p.rows)),
-            sessionOpts,
-          ),
+          session: await session(name, p.file, await fetchWeights(p, headWeightSpecs(manifest.config, p.rows))),
           start: first,
           rows: p.rows,
         });
@@ -216,9 +256,8 @@ export async function loadModelPart(
   const layers: GraphSession[] = [];
   const layerWeights = layerWeightSpecs(manifest.config);
   for (let l = start; l < end; l++) {
-    layers.push(
-      await createGraphSession(`layer ${l}`, await fetchWeights(manifest.files.layers[l], layerWeights), sessionOpts),
-    );
+    const entry = manifest.files.layers[l];
+    layers.push(await session(`layer ${l}`, entry.file, await fetchWeights(entry, layerWeights)));
   }
   const head = await headParts();
   return {
@@ -233,5 +272,6 @@ export async function loadModelPart(
     embed,
     layers,
     head,
+    runtime,
   };
 }

@@ -1,6 +1,12 @@
 /**
  * The only module that imports onnxruntime. Everything else sees plain typed arrays, so the
  * engine can be tested and reasoned about without the runtime, and a runtime swap touches one file.
+ *
+ * Two execution providers: `wasm` (Node, workerd, any browser) and `webgpu` (a browser with a WebGPU
+ * adapter). The import below is onnxruntime-web's wasm-only build, which Node and the Worker bundle
+ * (its binary, ort-wasm-simd-threaded.wasm, 14 MB). The browser bundle (scripts/lib/browser-bundle.ts)
+ * maps it to `onnxruntime-web/webgpu`, the same API built with the WebGPU EP, whose binary is
+ * ort-wasm-simd-threaded.asyncify.wasm; that bundle says so with initRuntime's `webgpu: true`.
  */
 import * as ort from 'onnxruntime-web/wasm';
 
@@ -29,11 +35,114 @@ export class RuntimeError extends Error {
   override name = 'RuntimeError';
 }
 
+/** Where graphs run. */
+export type ExecutionProvider = 'wasm' | 'webgpu';
+/** What a caller asks for: `auto` is webgpu when this build has it and the browser gives an adapter, else wasm. */
+export type ProviderSetting = ExecutionProvider | 'auto';
+export const PROVIDER_SETTINGS: readonly ProviderSetting[] = ['wasm', 'webgpu', 'auto'];
+
+/**
+ * The ops onnxruntime-web 1.30's WebGPU EP runs in our shard graphs, as ORT's verbose node placement
+ * log showed them in Chromium (SwiftShader adapter) for the int8-dequant, GGUF-dequant and integer2
+ * builds: "domain:Op", or "Op" for ai.onnx (test/browser/webgpu-engine.test.ts runs the models). A graph with any other op does not go to WebGPU: ORT would quietly run that node on its
+ * CPU EP, copying its inputs off and its outputs back onto the GPU, so the whole model stays on wasm.
+ * Not in it: MatMulInteger and DynamicQuantizeLinear (the int8 `integer`/`integer2`/`row*` kernels:
+ * ORT has no WebGPU kernel for either). com.microsoft:MatMulNBits has a WebGPU kernel in ORT's
+ * sources but is not built or checked here, so it is left out until a test places it.
+ * Two placements stay on ORT's CPU EP by ORT's own choice and are accepted: the int64 Split of
+ * `attn_rows` (two numbers) and the Cast of int8 KV rows (`past_k_i8`/`past_v_i8`, empty unless the
+ * KV format is int8, which the browser does not use).
+ */
+export const WEBGPU_OPS: ReadonlySet<string> = new Set([
+  'Add',
+  'Cast',
+  'Concat',
+  'Cos',
+  'DequantizeLinear',
+  'Div',
+  'Floor',
+  'Identity',
+  'LessOrEqual',
+  'MatMul',
+  'Mul',
+  'ReduceMean',
+  'ReduceSum',
+  'Reshape',
+  'Sigmoid',
+  'SimplifiedLayerNormalization',
+  'Sin',
+  'Slice',
+  'Softmax',
+  'Split',
+  'Squeeze',
+  'Sub',
+  'Transpose',
+  'Unsqueeze',
+  'Where',
+  'com.microsoft:RotaryEmbedding',
+]);
+
+/** The ops of `ops` a provider does not run ("domain:Op" as WEBGPU_OPS spells them); wasm runs every op we emit. */
+export function unsupportedOps(provider: ExecutionProvider, ops: Iterable<string>): string[] {
+  if (provider === 'wasm') return [];
+  return [...new Set(ops)].filter((op) => !WEBGPU_OPS.has(op)).sort();
+}
+
+/** Whether webgpu can be used here, and why not when it cannot. */
+export async function webgpuAvailability(): Promise<{ ok: true } | { ok: false; reason: string }> {
+  if (!webgpuBuild)
+    return { ok: false, reason: 'this onnxruntime build is wasm-only (Node and the Worker bundle no WebGPU EP)' };
+  const gpu = (globalThis as { navigator?: { gpu?: { requestAdapter(): Promise<unknown> } } }).navigator?.gpu;
+  if (!gpu) return { ok: false, reason: 'this browser has no WebGPU (navigator.gpu is missing)' };
+  const adapter = await gpu.requestAdapter().catch(() => null);
+  if (!adapter) return { ok: false, reason: 'this browser offers no WebGPU adapter' };
+  return { ok: true };
+}
+
+/** The provider a model runs on, and why (the reason names what kept it off WebGPU, if anything did). */
+export interface ProviderChoice {
+  provider: ExecutionProvider;
+  reason: string;
+}
+
+/**
+ * Picks the provider for one whole model from the setting and its graphs' ops: never a mix per node.
+ * `webgpu` asked for but impossible is a RuntimeError naming why; `auto` falls back to wasm with that
+ * reason.
+ */
+export async function chooseProvider(
+  setting: ProviderSetting,
+  graphs: readonly { name: string; ops: Iterable<string> }[],
+): Promise<ProviderChoice> {
+  if (setting === 'wasm') return { provider: 'wasm', reason: 'wasm was asked for' };
+  const available = await webgpuAvailability();
+  let why: string | null = available.ok ? null : available.reason;
+  if (!why)
+    for (const g of graphs) {
+      const missing = unsupportedOps('webgpu', g.ops);
+      if (missing.length) {
+        why = `graph "${g.name}" uses ${missing.join(', ')}, which onnxruntime-web's WebGPU EP does not run`;
+        break;
+      }
+    }
+  if (!why)
+    return { provider: 'webgpu', reason: `${setting === 'auto' ? 'auto: ' : ''}a WebGPU adapter runs every op` };
+  if (setting === 'webgpu') throw new RuntimeError(`webgpu cannot run this model: ${why}`);
+  return { provider: 'wasm', reason: `auto: ${why}` };
+}
+
 let initialised: WasmSource | null = null;
+let webgpuBuild = false;
 let firstSession: Promise<unknown> | null = null;
 
-export function initRuntime(source: WasmSource): void {
+export interface RuntimeInit {
+  /** true only where onnxruntime-web/wasm resolves to the WebGPU build (the browser bundle), with its binary */
+  webgpu?: boolean;
+}
+
+export function initRuntime(source: WasmSource, init: RuntimeInit = {}): void {
   if (initialised) return;
+  webgpuBuild = init.webgpu ?? false;
   ort.env.wasm.numThreads = 1; // workerd has no threads; one thread also keeps Node measurements comparable
   ort.env.wasm.proxy = false;
   ort.env.logLevel = 'error';
@@ -91,7 +200,6 @@ export function wasmHeapBytes(): number | null {
 }
 
 const SESSION_OPTIONS: ort.InferenceSession.SessionOptions = {
-  executionProviders: ['wasm'],
   graphOptimizationLevel: 'all',
 };
 
@@ -102,6 +210,8 @@ export interface GraphSessionOptions {
    * for its QDQ fusions, and then dequantizes on every run). Sets session.disable_quant_qdq.
    */
   foldDequantize?: boolean;
+  /** where the graph runs (default wasm); chooseProvider decides it once per model */
+  provider?: ExecutionProvider;
 }
 
 function elementType(d: TensorData): 'float32' | 'float16' | 'int8' | 'int64' {
@@ -121,9 +231,13 @@ async function openSession(name: string, bytes: Uint8Array, opts: GraphSessionOp
   if (!initialised) throw new RuntimeError('initRuntime() must be called before creating sessions');
   const source = initialised;
   try {
-    const options = opts.foldDequantize
-      ? { ...SESSION_OPTIONS, extra: { session: { disable_quant_qdq: '1' } } }
-      : { ...SESSION_OPTIONS };
+    const provider = opts.provider ?? 'wasm';
+    if (provider === 'webgpu' && !webgpuBuild) throw new Error('this onnxruntime build has no WebGPU EP');
+    const options: ort.InferenceSession.SessionOptions = {
+      ...SESSION_OPTIONS,
+      executionProviders: [provider],
+      ...(opts.foldDequantize ? { extra: { session: { disable_quant_qdq: '1' } } } : {}),
+    };
     const create = () => ort.InferenceSession.create(bytes, options);
     if (!firstSession) {
       firstSession = withInstantiateHook('module' in source ? source.module : null, create);

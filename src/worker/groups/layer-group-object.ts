@@ -353,6 +353,25 @@ export class LayerGroup extends DurableObject<Env> implements Tenant {
     this.holds.get(id)?.();
   }
 
+  /**
+   * One file of the served model from this Worker's own assets, for GET /v1/model-files on the front
+   * (which holds only its own shards in the topology): only a file the manifest names under this
+   * sha256, else null; the bytes are streamed, never loaded as a model.
+   */
+  async modelFile(file: string, sha256: string): Promise<ReadableStream<Uint8Array> | null> {
+    const m = await manifestOf(this.env);
+    const named = [m.tokenizer, ...m.files.embed, ...m.files.layers, ...m.files.head].some(
+      (e) => e.file === file && e.sha256 === sha256,
+    );
+    if (!named) return null;
+    const res = await this.env.ASSETS.fetch(`https://assets.local/${m.name}/${file}`);
+    if (!res.ok || !res.body) {
+      await res.body?.cancel();
+      return null;
+    }
+    return res.body;
+  }
+
   /** Which isolate this object runs in, its wasm heap, what its state holds and how many holds are in flight: for tests and measurements. */
   async probe(): Promise<IsolateProbe> {
     const s = this.state ?? this.session?.seq ?? null;

@@ -9,6 +9,7 @@ import { ApiError, logFault, toApiError } from './errors.js';
 import { healthResponse, unavailable } from './health.js';
 import { chat } from './routes/chat.js';
 import { completions } from './routes/completions.js';
+import { modelFiles } from './routes/model-files.js';
 import { models } from './routes/models.js';
 import { playground } from './routes/playground.js';
 import { sessions } from './routes/sessions.js';
@@ -50,6 +51,7 @@ export function createApp(): Hono<AppEnv> {
   app.route('/v1/completions', completions);
   app.route('/v1/chat/completions', chat);
   app.route('/v1/models', models);
+  app.route('/v1/model-files', modelFiles);
   app.route('/v1/sessions', sessions);
   app.route('/', playground);
   app.get('/healthz', (c) => healthResponse(c.env));
