@@ -11,7 +11,8 @@
  * --sessions N: instead, N chat sessions each take one turn of about N prompt tokens, one after the
  * other (each session's group instances are hosted by the group Workers' isolates beside the others'),
  * and every isolate is probed after each. The output also gives, from the engine's estimate, how many
- * sessions' states of each length one group isolate can host (isolate-room.ts refuses the next one).
+ * sessions' states of each length one group isolate can host (isolate-room.ts refuses the next one);
+ * --room-only prints that alone, without serving.
  *
  * Prints one line per phase and worker, then the whole as JSON on stdout. For 8k prompts pass
  * --var CONTEXT_TOKENS=8192 --var REQUEST_BUDGET_MS=1800000.
@@ -22,7 +23,13 @@ import { dirname, join, resolve } from 'node:path';
 import { parseArgs } from 'node:util';
 import { freePortIn } from './lib/port-range.js';
 import { REPO_ROOT } from './lib/node-env.js';
-import { generateTopology, parseVars, TopologyError, type GeneratedWorker } from './lib/topology.js';
+import {
+  generateTopology,
+  parseVars,
+  TopologyError,
+  type GeneratedTopology,
+  type GeneratedWorker,
+} from './lib/topology.js';
 import { serveTopology } from './lib/topology-serve.js';
 import type { TopologyProbe } from '../src/worker/groups/entry.js';
 import { groupState, placeSplit } from '../src/engine/layer-group.js';
@@ -32,7 +39,7 @@ import { parseManifest, quantOf } from '../src/model/manifest.js';
 import { fixedBytes } from '../src/worker/groups/isolate-room.js';
 
 const USAGE =
-  'usage: npx tsx scripts/topology-memory.ts [--tokens 2000,8000] [--concurrent N | --sessions N] [--lazy] [--max-tokens 4] [--var NAME=VALUE]... [--out DIR] [--port N] [--data FILE,...]';
+  'usage: npx tsx scripts/topology-memory.ts [--tokens 2000,8000] [--concurrent N | --sessions N] [--lazy] [--room-only] [--max-tokens 4] [--var NAME=VALUE]... [--out DIR] [--port N] [--data FILE,...]';
 
 function fail(message: string): never {
   process.stderr.write(`topology-memory: ${message}\n`);
@@ -46,6 +53,7 @@ function parse() {
       concurrent: { type: 'string', default: '1' },
       sessions: { type: 'string', default: '0' },
       lazy: { type: 'boolean', default: false },
+      'room-only': { type: 'boolean', default: false },
       'max-tokens': { type: 'string', default: '4' },
       var: { type: 'string', multiple: true, default: [] },
       out: { type: 'string', default: '.topology-memory' },
@@ -84,6 +92,56 @@ if (sessions > 0 && concurrent > 1) fail('--sessions and --concurrent: one or th
 const say = (l: string) => process.stderr.write(`topology-memory: ${l}\n`);
 process.env.CLOUDFLARE_CF_FETCH_ENABLED ??= 'false';
 
+const MiB = 2 ** 20;
+
+/**
+ * From the engine's estimate, as each group Worker's isolate-room.ts counts it: what a layer group's
+ * isolate holds whatever it hosts, one state of each --tokens length (dense: KV rows only; lazy: an
+ * Aux entry per token at most), and how many such states fit its budget beside the fixed bytes.
+ */
+function roomTable(topo: GeneratedTopology) {
+  const front = topo.workers.find((w) => w.role === 'front')!;
+  const manifest = parseManifest(
+    readFileSync(join(dirname(front.config), 'assets', topo.model, 'manifest.json'), 'utf8'),
+  );
+  const v = topo.vars;
+  const cfg = {
+    ...manifest.config,
+    seqLen: Math.min(manifest.config.seqLen, Number(v.CONTEXT_TOKENS ?? 2048)),
+    kvFormat: (v.KV_FORMAT ?? 'f32') as KvFormat,
+  };
+  const headRows = manifest.files.head.map((p) => p.rows);
+  const budget = Number(v.MEMORY_BUDGET_MB) * MiB;
+  const G = topo.layer_groups;
+  return placeSplit(cfg.nLayers, headRows.length, G, topo.classifier_groups, topo.embed_in_front)
+    .slice(0, G)
+    .map((part, object) => {
+      const fixed = fixedBytes(estimatePartMemory(cfg, quantOf(manifest), { ...part, tokenizer: false }, headRows));
+      const fresh = groupState(cfg, part.layers);
+      return {
+        object,
+        layers: `${part.layers.start}-${part.layers.end - 1}`,
+        fixed_mb: fixed / MiB,
+        by_tokens: tokenCounts.map((tokens) => {
+          const dense = fresh.bytesAt(tokens, false);
+          const lazy = fresh.bytesAt(tokens, true);
+          return {
+            tokens,
+            state_mb: { dense: dense / MiB, lazy: lazy / MiB },
+            fit: { dense: Math.floor((budget - fixed) / dense), lazy: Math.floor((budget - fixed) / lazy) },
+          };
+        }),
+      };
+    });
+}
+
+function sayRoom(room: ReturnType<typeof roomTable>): void {
+  for (const r of room)
+    say(
+      `room: object ${r.object}: ${r.fixed_mb.toFixed(1)} MiB fixed; ${r.by_tokens.map((b) => `${b.tokens} tokens: ${b.state_mb.dense.toFixed(2)} / ${b.state_mb.lazy.toFixed(2)} MiB a state, ${b.fit.dense} / ${b.fit.lazy} states (dense / lazy)`).join('; ')}`,
+    );
+}
+
 let topo;
 try {
   const gen = generateTopology({
@@ -93,6 +151,12 @@ try {
     vars: parseVars(args.var),
     progress: say,
   });
+  if (args['room-only']) {
+    const room = roomTable(gen);
+    sayRoom(room);
+    process.stdout.write(`${JSON.stringify({ model: gen.model, vars: gen.vars, room })}\n`);
+    process.exit(0);
+  }
   const chains = Number(gen.vars.GROUP_CHAINS ?? '2');
   if (concurrent > chains) fail(`--concurrent ${concurrent}: the topology has ${chains} chains (GROUP_CHAINS)`);
   const port = args.port !== undefined ? Number(args.port) : await freePortIn(8940, 8969);
@@ -107,7 +171,6 @@ const H = t.topology.classifier_groups;
 const C = Number(t.topology.vars.GROUP_CHAINS ?? '2');
 const model = t.topology.model;
 const groups = t.topology.workers.filter((w) => w.role !== 'front');
-const MiB = 2 ** 20;
 
 type Rpc = { topologyProbe(): Promise<TopologyProbe> };
 const stubs = new Map<string, Rpc[]>();
@@ -239,44 +302,6 @@ async function chat(
   };
 }
 
-/**
- * From the engine's estimate, as each group Worker's isolate-room.ts counts it: what a layer group's
- * isolate holds whatever it hosts, one state of each --tokens length (dense: KV rows only; lazy: an
- * Aux entry per token at most), and how many such states fit its budget beside the fixed bytes.
- */
-function roomTable() {
-  const front = t.topology.workers.find((w) => w.role === 'front')!;
-  const manifest = parseManifest(readFileSync(join(dirname(front.config), 'assets', model, 'manifest.json'), 'utf8'));
-  const v = t.topology.vars;
-  const cfg = {
-    ...manifest.config,
-    seqLen: Math.min(manifest.config.seqLen, Number(v.CONTEXT_TOKENS ?? 2048)),
-    kvFormat: (v.KV_FORMAT ?? 'f32') as KvFormat,
-  };
-  const headRows = manifest.files.head.map((p) => p.rows);
-  const budget = Number(v.MEMORY_BUDGET_MB) * MiB;
-  return placeSplit(cfg.nLayers, headRows.length, G, H, t.topology.embed_in_front)
-    .slice(0, G)
-    .map((part, object) => {
-      const fixed = fixedBytes(estimatePartMemory(cfg, quantOf(manifest), { ...part, tokenizer: false }, headRows));
-      const fresh = groupState(cfg, part.layers);
-      return {
-        object,
-        layers: `${part.layers.start}-${part.layers.end - 1}`,
-        fixed_mb: fixed / MiB,
-        by_tokens: tokenCounts.map((tokens) => {
-          const dense = fresh.bytesAt(tokens, false);
-          const lazy = fresh.bytesAt(tokens, true);
-          return {
-            tokens,
-            state_mb: { dense: dense / MiB, lazy: lazy / MiB },
-            fit: { dense: Math.floor((budget - fixed) / dense), lazy: Math.floor((budget - fixed) / lazy) },
-          };
-        }),
-      };
-    });
-}
-
 const phases: { phase: string; requests: unknown[]; workers: WorkerFigures[] }[] = [];
 function report(phase: string, requests: unknown[], workers: WorkerFigures[]) {
   phases.push({ phase, requests, workers });
@@ -308,11 +333,8 @@ try {
     report(`${n} tokens x ${concurrent}`, await reqs, figures);
   }
   const health = await (await fetch(new URL('/healthz', t.url))).json();
-  const room = roomTable();
-  for (const r of room)
-    say(
-      `room: object ${r.object}: ${r.fixed_mb.toFixed(1)} MiB fixed; ${r.by_tokens.map((b) => `${b.tokens} tokens: ${b.state_mb.dense.toFixed(2)} / ${b.state_mb.lazy.toFixed(2)} MiB a state, ${b.fit.dense} / ${b.fit.lazy} states (dense / lazy)`).join('; ')}`,
-    );
+  const room = roomTable(t.topology);
+  sayRoom(room);
   process.stdout.write(`${JSON.stringify({ model, vars: t.topology.vars, phases, room, front_healthz: health })}\n`);
 } finally {
   await t.dispose();
