@@ -367,24 +367,6 @@ export class SequenceState {
     return this.kvEntries() * 2 * kvRowBytes(this.kv.format, this.config.kvDim);
   }
 
-  /**
-   * Bytes this state holds as allocated: the KV rows and row indexes at their reserved capacity, the
-   * Aux Cache's entries, and the per-token arrays. What a cache of states counts against memory.
-   */
-  get bytes(): number {
-    const perToken = this.depth.byteLength + this.touchedAt.byteLength + this.bornAt.byteLength;
-    return this.kv.bytes + this.aux.bytes + perToken + this.tokens.length * 8;
-  }
-
-  /**
-   * The most a state of `n` tokens can hold (every KV row written, every token in the Aux Cache,
-   * capacity exactly n): what `bytes` reaches at most for a generation reserved for n tokens.
-   */
-  static bytesFor(config: ModelConfig, n: number): number {
-    const rows = 2 * kvRowBytes(config.kvFormat ?? 'f32', config.kvDim) + 8; // K and V rows, rowOf and tokenAt
-    return config.nLayers * n * rows + n * (config.dim * 4 + 1 + 4 + 4 + 8);
-  }
-
   /** How many tokens stopped at each depth 0..nLayers. */
   depthHistogram(): number[] {
     const h = new Array(this.config.nLayers + 1).fill(0);

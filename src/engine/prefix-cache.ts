@@ -94,16 +94,15 @@ export class PrefixCache {
       if (n >= this.limits.minMatch && n > bestLen) [best, bestLen] = [k, n];
     }
     let seq: SequenceState;
-    let reservedBytes = SequenceState.bytesFor(this.config, finalLength);
     if (best >= 0) {
       const [e] = this.entries.splice(best, 1);
       this.held -= e.bytes;
       seq = e.seq;
-      // A reused state keeps what it had reserved, which may be more than this request needs.
-      reservedBytes = Math.max(reservedBytes, e.bytes);
     } else {
       seq = new SequenceState(this.config);
     }
+    // The most the state can reach for this request, every token parked in the Aux Cache at worst.
+    const reservedBytes = seq.bytesAt(finalLength, true);
     this.evictUntil(() => this.held + this.leased + reservedBytes <= this.limits.stateRoomBytes);
     const lease: PrefixLease = { seq, matched: bestLen, reservedBytes };
     this.out.set(lease, reservedBytes);

@@ -132,7 +132,7 @@ describe('the prefix cache over stories260K', () => {
 
   it("the isolate's cache never takes states past what the memory budget leaves them, request after request", async () => {
     // A budget with room for the estimate's one state and about two more of these requests' states.
-    const extra = 2 * SequenceState.bytesFor(model.config, first.length + 12) + 1000;
+    const extra = 2 * new SequenceState(model.config).bytesAt(first.length + 12, false) + 1000;
     const tight: LoadedModel = { ...model, memoryBudgetBytes: model.memory.total + extra };
     const cache = isolatePrefixCache({ MODEL_NAME: 'stories260K', PREFIX_CACHE_MB: '1024' }, tight)!;
     const fixed = model.memory.total - model.memory.kvCache - model.memory.auxCache;
@@ -187,7 +187,7 @@ describe('the prefix cache: least recently used eviction within its byte limits'
 
   it("evicts to admit a request's own state within the room every state shares, before the request runs", () => {
     const b = one();
-    const need = SequenceState.bytesFor(cfg as never, 40);
+    const need = new SequenceState(cfg as never).bytesAt(40, true);
     const room = 3 * b + need / 2;
     const cache = new PrefixCache(cfg as never, { maxBytes: 10 * b, stateRoomBytes: room, minMatch: 4 });
     for (const start of [1, 2, 3]) cache.restore(stateOf(cache, seqOf(start)));

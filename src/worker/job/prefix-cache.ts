@@ -6,6 +6,7 @@
 import type { LoadedModel, ModelPart } from '../../engine/model.js';
 import { PrefixCache } from '../../engine/prefix-cache.js';
 import { configOf } from '../config.js';
+import { fixedBytes } from '../groups/isolate-room.js';
 import type { Env } from '../env.js';
 
 /**
@@ -19,8 +20,7 @@ export const MIN_PREFIX_MATCH = 16;
  * one state its estimate counts (engine/memory-budget.ts: kvCache and auxCache at the served context).
  */
 export function stateRoomBytes(model: Pick<ModelPart, 'memory' | 'memoryBudgetBytes'>): number {
-  const m = model.memory;
-  return model.memoryBudgetBytes - (m.total - m.kvCache - m.auxCache);
+  return model.memoryBudgetBytes - fixedBytes(model.memory);
 }
 
 const caches = new WeakMap<LoadedModel, PrefixCache>();
