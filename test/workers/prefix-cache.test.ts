@@ -37,6 +37,7 @@ const story =
   'Once upon a time, there was a little girl named Lily. She loved to play in the park with her big red ball. ' +
   'One day, she saw a small dog sitting under a tree. The dog was sad because it had lost its way home. ' +
   'Lily wanted to help the dog find its family.';
+const sum = (a: number[]) => a.reduce((t, x) => t + x, 0);
 const text = (r: Reply) => r.choices[0].text ?? r.choices[0].message!.content;
 
 describe('the prefix cache over HTTP (stateless requests)', () => {
@@ -132,5 +133,32 @@ describe('the prefix cache over HTTP (stateless requests)', () => {
     const body = (await res.json()) as { error: { code: string; message: string } };
     expect(body.error.code).toBe('server_misconfigured');
     expect(body.error.message).toMatch(/PREFIX_CACHE_MB/);
+  });
+
+  it("split (2 layer groups, 1 chain): the groups keep the finished request's state, the next one reuses it, dense and lazy, and answers as unsplit", async () => {
+    const doc =
+      'Ben had a little boat. Every morning he sailed it on the pond near his house. One day the wind was very strong ' +
+      'and the boat went far away. Ben ran around the pond to find it. A duck was sitting in the boat!';
+    for (const lazy of [{ enabled: false }, { schedule: 'bos,1:0.5,3:0.5' }]) {
+      const tag = lazy.enabled === false ? 'Dense.' : 'Lazy.';
+      // Each pass its own document (the tag first), so that split and unsplit start it from nothing alike.
+      const body = (end: string) => ({ prompt: `${tag} ${doc} ${end}`, max_tokens: 16, temperature: 0, lazy });
+      const SPLIT = { ...ON, LAYER_GROUPS: '2', GROUP_CHAINS: '1' };
+      // The same two requests, split and unsplit, each through its cache.
+      await ok(SPLIT, '/v1/completions', body('The duck'));
+      const split = await ok(SPLIT, '/v1/completions', body('Then Ben'));
+      await ok(ON, '/v1/completions', body('The duck'));
+      const whole = await ok(ON, '/v1/completions', body('Then Ben'));
+      expect(split.usage.prompt_tokens_details.cached_tokens).toBeGreaterThan(40);
+      expect(split.usage.prompt_tokens_details.cached_tokens).toBe(whole.usage.prompt_tokens_details.cached_tokens);
+      expect(text(split)).toBe(text(whole));
+      expect(split.lazy_stats.computed_per_layer).toEqual(whole.lazy_stats.computed_per_layer);
+      expect(split.lazy_stats.revived_per_layer).toEqual(whole.lazy_stats.revived_per_layer);
+      // Only the new tokens were computed.
+      const fresh = await ok(SPLIT, '/v1/completions', { ...body('Then Ben'), cache_prompt: false });
+      expect(fresh.usage.prompt_tokens_details.cached_tokens).toBe(0);
+      expect(sum(split.lazy_stats.computed_per_layer)).toBeLessThan(sum(fresh.lazy_stats.computed_per_layer));
+      if (lazy.enabled === false) expect(text(split)).toBe(text(fresh));
+    }
   });
 });

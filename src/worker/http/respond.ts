@@ -13,7 +13,7 @@ import { acquirePoolChain, type Chain } from '../groups/chain.js';
 import { heldModel } from '../groups/parts.js';
 import { prefillKeepAlive } from '../job/keep-alive.js';
 import { configOf } from '../config.js';
-import { isolatePrefixCache } from '../job/prefix-cache.js';
+import { isolatePrefixCache, MIN_PREFIX_MATCH } from '../job/prefix-cache.js';
 import type { PrefixCache, PrefixLease } from '../../engine/prefix-cache.js';
 import { sseResponse, type SendComment, type SendEvent } from './sse.js';
 
@@ -66,6 +66,8 @@ interface Taken {
   chain: Chain | null;
   /** the whole model here with the prefix cache on: the state lent by the isolate's cache */
   cached: { cache: PrefixCache; lease: PrefixLease } | null;
+  /** split with the prefix cache on: the bytes each group may keep of a finished request's state */
+  keepUpTo?: number;
 }
 
 /**
@@ -74,10 +76,15 @@ interface Taken {
  * Refused before anything runs when its prefill cannot finish within the budget (job/budget.ts).
  */
 async function take(env: Env, job: Job): Promise<Taken> {
-  if (configOf(env).split.groups > 1) {
+  const { split, prefixCacheBytes } = configOf(env);
+  if (split.groups > 1) {
+    // Split, the cache lives where the layers run: each group keeps a finished request's state (chain.ts).
     checkBudget(job, 0, budgetPath(job, true));
-    const chain = await acquirePoolChain(env, job.model.config);
-    return { runner: chain.jobRunner(), chain, cached: null };
+    const keepUpTo = job.cachePrompt ? prefixCacheBytes : 0;
+    const chain = await acquirePoolChain(env, job.model.config, keepUpTo > 0 ? job.prompt : undefined);
+    const seq = chain.frontState();
+    if (chain.held >= MIN_PREFIX_MATCH) seq.append(job.prompt.slice(0, chain.held));
+    return { runner: chain.jobRunner(seq), chain, cached: null, keepUpTo };
   }
   const cache = job.cachePrompt ? isolatePrefixCache(env, job.model) : null;
   if (!cache) {
@@ -113,7 +120,10 @@ async function run(
     return { ...outcome, stats: { ...outcome.stats, prefix_cache: { entries: f.entries, bytes: f.bytes } } };
   } finally {
     if (cached && !finished) cached.cache.discard(cached.lease);
-    await taken.chain?.release();
+    const keepUpTo = taken.keepUpTo ?? 0;
+    await taken.chain?.release(
+      finished && keepUpTo > 0 ? { tokens: taken.runner.seq.tokens, upTo: keepUpTo } : undefined,
+    );
   }
 }
 
