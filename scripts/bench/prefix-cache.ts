@@ -1,8 +1,8 @@
 /**
  * The prefix cache measured as a stateless client uses it: one document (about --tokens tokens of
- * the dev suite's filler prose with --questions facts hidden through it: people's locker numbers,
- * the which-key task's shape), asked one question per request, each request resending the whole
- * document. For dense and lazy (the served default schedule, query signal), side by side in one run:
+ * the dev suite's filler prose with --questions facts hidden through it at evenly spread depths, as
+ * the passkey tasks hide theirs: the pass key, the door code, ...), asked one question per request,
+ * each request resending the whole document. For dense and lazy (the served default schedule, query signal), side by side in one run:
  * each question through the prefix cache (the first fills it, the others reuse the document), and
  * each computed fresh; TTFT, the reply's answer against the fresh request's and against the truth,
  * tokens reused and revived, and the bytes the cache holds.
@@ -29,63 +29,61 @@ import { loadModelFromDir, progress, REPO_ROOT, runMain, shardsDir } from '../li
 import { PALETTE, renderPanels } from '../lib/svg-plot.js';
 import { DEFAULT_FILLER, scoreReply } from '../quality/tasks.js';
 
-const OWNERS = [
-  'Alice',
-  'Bruno',
-  'Chloe',
-  'Daniel',
-  'Emma',
-  'Felix',
-  'Grace',
-  'Hugo',
-  'Irene',
-  'Jonas',
-  'Karen',
-  'Leo',
+/** What the facts are about: one five-digit number each, asked for as "What is the <label>?". */
+const LABELS = [
+  'pass key',
+  'door code',
+  'safe combination',
+  'parking permit number',
+  'invoice number',
+  'flight number',
+  'membership number',
+  'tracking number',
+  'ticket number',
+  'account number',
 ];
 
 interface Doc {
   /** the document, facts included */
   text: string;
-  facts: { owner: string; key: string }[];
+  facts: { label: string; key: string }[];
 }
 
-/** Filler sentences with one locker number per owner at evenly spread depths, about `tokens` tokens as a chat prompt. */
+/** Filler sentences with one five-digit fact per label at evenly spread depths, about `tokens` tokens as a chat prompt. */
 function makeDoc(model: LoadedModel, tokens: number, questions: number, seed: number): Doc {
   const rng = createRng(seed);
   const sentences = readFileSync(DEFAULT_FILLER[0], 'utf8')
     .replace(/\s+/g, ' ')
     .split(/(?<=[.;:])\s+/)
     .filter((s) => s.length > 20);
-  const facts = OWNERS.slice(0, questions).map((owner) => ({
-    owner,
+  const facts = LABELS.slice(0, questions).map((label) => ({
+    label,
     key: String(10000 + Math.floor(rng.next() * 90000)),
   }));
   const render = (n: number) => {
     const parts = sentences.slice(0, n);
     const at = facts.map((_, i) => Math.round((0.05 + (0.9 * i) / Math.max(1, questions - 1)) * n));
-    for (let i = facts.length - 1; i >= 0; i--)
-      parts.splice(at[i], 0, `${facts[i].owner}'s locker number is ${facts[i].key}.`);
+    for (let i = facts.length - 1; i >= 0; i--) parts.splice(at[i], 0, `The ${facts[i].label} is ${facts[i].key}.`);
     return parts.join(' ');
   };
   // The most filler sentences that keep the first question's prompt within `tokens`.
   let n = 1;
-  while (n < sentences.length && promptOf(model, render(n + 1), facts[0].owner).prompt.length <= tokens) n++;
+  while (n < sentences.length && promptOf(model, render(n + 1), facts[0].label).prompt.length <= tokens) n++;
   const text = render(n);
   for (const f of facts)
     if (text.split(f.key).length !== 2) throw new Error(`the filler holds ${f.key}; use another --seed`);
   return { text, facts };
 }
 
-function promptOf(model: LoadedModel, doc: string, owner: string) {
-  const content = `${doc}\n\nWhat is ${owner}'s locker number? Answer with the number only.`;
+function promptOf(model: LoadedModel, doc: string, label: string) {
+  const content = `${doc}\n\nWhat is the ${label}? Answer with the number only.`;
   return encodeChat(model.tokenizer, model.manifest.chatTemplate, [{ role: 'user', content }]);
 }
 
 interface Row {
   mode: 'dense' | 'lazy';
   q: number;
-  owner: string;
+  label: string;
   promptTokens: number;
   cachedTokens: number;
   revived: number;
@@ -100,6 +98,7 @@ interface Row {
 }
 
 const sum = (a: number[]) => a.reduce((s, x) => s + x, 0);
+const med = (a: number[]) => [...a].sort((x, y) => x - y)[a.length >> 1];
 const mb = (b: number) => (b / 2 ** 20).toFixed(1);
 
 async function main(): Promise<void> {
@@ -119,7 +118,7 @@ async function main(): Promise<void> {
   const maxTokens = Number(a['max-tokens']);
   const doc = makeDoc(model, Number(a.tokens), questions, Number(a.seed));
   const load = execFileSync('uptime').toString().trim();
-  progress(`${a.model}: document of ${promptOf(model, doc.text, doc.facts[0].owner).prompt.length} tokens; ${load}`);
+  progress(`${a.model}: document of ${promptOf(model, doc.text, doc.facts[0].label).prompt.length} tokens; ${load}`);
   const rows: Row[] = [];
   const schedules: [Row['mode'], Schedule | null][] = [
     ['dense', null],
@@ -134,7 +133,7 @@ async function main(): Promise<void> {
       minMatch: MIN_PREFIX_MATCH,
     });
     for (const [q, f] of doc.facts.entries()) {
-      const p = promptOf(model, doc.text, f.owner);
+      const p = promptOf(model, doc.text, f.label);
       const opts: GenerateOptions = { maxTokens, sampler, schedule, question: p.question };
       // Through the cache, as the Worker serves a stateless request (src/worker/http/respond.ts).
       const t0 = performance.now();
@@ -152,7 +151,7 @@ async function main(): Promise<void> {
       const row: Row = {
         mode,
         q: q + 1,
-        owner: f.owner,
+        label: f.label,
         promptTokens: p.prompt.length,
         cachedTokens: cached.stats.reused_tokens,
         revived: sum(cached.stats.revived_per_layer),
@@ -167,7 +166,7 @@ async function main(): Promise<void> {
       };
       rows.push(row);
       progress(
-        `${mode} q${row.q} (${f.owner}): TTFT ${row.ttftCachedMs.toFixed(0)} ms cached (${row.cachedTokens} reused, ` +
+        `${mode} q${row.q} (${f.label}): TTFT ${row.ttftCachedMs.toFixed(0)} ms cached (${row.cachedTokens} reused, ` +
           `${row.revived} revived) vs ${row.ttftFreshMs.toFixed(0)} ms fresh; ${row.rightCached ? 'right' : 'WRONG'}` +
           `/${row.rightFresh ? 'right' : 'WRONG'}; cache ${mb(row.cacheBytes)} MiB`,
       );
@@ -187,7 +186,7 @@ async function main(): Promise<void> {
   for (const r of rows) {
     const first = rows.find((x) => x.mode === r.mode && x.q === 1)!;
     lines.push(
-      `| ${r.mode} | ${r.q} (${r.owner}) | ${r.promptTokens} | ${r.cachedTokens} | ${r.revived}` +
+      `| ${r.mode} | ${r.q} (${r.label}) | ${r.promptTokens} | ${r.cachedTokens} | ${r.revived}` +
         `${r.revivedLayers.length ? ` (${r.revivedLayers.join(',')})` : ''} | ${r.ttftCachedMs.toFixed(0)} | ` +
         `${r.ttftFreshMs.toFixed(0)} | ${(r.ttftCachedMs / first.ttftCachedMs).toFixed(3)} | ${r.replyCached.replaceAll('|', '\\|')} | ` +
         `${r.replyFresh.replaceAll('|', '\\|')} | ${r.rightCached ? 'yes' : 'no'} / ${r.rightFresh ? 'yes' : 'no'} | ${mb(r.cacheBytes)} |`,
@@ -196,10 +195,14 @@ async function main(): Promise<void> {
   for (const mode of ['dense', 'lazy'] as const) {
     const m = rows.filter((r) => r.mode === mode);
     const later = m.slice(1).map((r) => r.ttftCachedMs / m[0].ttftCachedMs);
+    // Every fresh run computes what the first question does: their median is the steadier reference.
+    const freshMedian = med(m.map((r) => r.ttftFreshMs));
+    const vsFresh = m.slice(1).map((r) => r.ttftCachedMs / freshMedian);
     lines.push(
       '',
       `${mode}: later questions' TTFT / first question's: max ${Math.max(...later).toFixed(3)}, ` +
-        `median ${later.sort((x, y) => x - y)[later.length >> 1].toFixed(3)} (target <= 0.1); ` +
+        `median ${med(later).toFixed(3)} (target <= 0.1); / the median fresh TTFT (${freshMedian.toFixed(0)} ms): ` +
+        `max ${Math.max(...vsFresh).toFixed(3)}, median ${med(vsFresh).toFixed(3)}; ` +
         `right ${m.filter((r) => r.rightCached).length}/${m.length} cached, ${m.filter((r) => r.rightFresh).length}/${m.length} fresh; ` +
         `same reply as fresh ${m.filter((r) => r.replyCached === r.replyFresh).length}/${m.length}.`,
     );
@@ -207,6 +210,7 @@ async function main(): Promise<void> {
   lines.push('', `Command: \`${command}\``);
   mkdirSync(dirname(a.out!), { recursive: true });
   writeFileSync(a.out!, `${lines.join('\n')}\n`);
+  writeFileSync(a.out!.replace(/\.md$/, '.json'), JSON.stringify({ command, when, load, after, rows }, null, 1));
   const series = (mode: Row['mode'], which: 'ttftCachedMs' | 'ttftFreshMs', color: string, dashed = false) => ({
     name: `${mode} ${which === 'ttftCachedMs' ? 'through the cache' : 'fresh'}`,
     points: rows.filter((r) => r.mode === mode).map((r) => [r.q, r[which]] as [number, number]),
