@@ -9,6 +9,7 @@ import { defaultSchedule, type Schedule } from '../../src/engine/policy.js';
 import { PrefixCache, type PrefixCacheLimits } from '../../src/engine/prefix-cache.js';
 import { runTurn, type TurnResult } from '../../src/engine/turns.js';
 import { encodeChat } from '../../src/model/chat-prompt.js';
+import { hostTenant, refuseGrowth } from '../../src/worker/groups/isolate-room.js';
 import { isolatePrefixCache } from '../../src/worker/job/prefix-cache.js';
 import { devStories, loadStories260K } from '../support/paths.js';
 import { loadDefaultModel } from '../support/models.js';
@@ -260,5 +261,42 @@ describe('the prefix cache over one document and two questions (SmolLM2)', () =>
     const d = await viaCache(denseCache, model, q2.prompt, o(q2, null));
     expect(d.matched).toBe(b.matched);
     expect(d.turn.result.tokens).toEqual(dense.result.tokens);
+  });
+});
+
+describe('the split prefix cache in a group isolate (src/worker/groups/isolate-room.ts)', () => {
+  const cfg = { dim: 8, hiddenDim: 16, nLayers: 2, nHeads: 2, nKvHeads: 1, vocabSize: 64, seqLen: 256, kvDim: 4 };
+  const stateOf = (n: number) => {
+    const s = new SequenceState(cfg as never);
+    s.append(Array.from({ length: n }, (_, i) => i % 50));
+    return s;
+  };
+
+  it("drops states kept for reuse before refusing another state's growth, and refuses only when that is not enough", () => {
+    const kept = stateOf(200);
+    const session = stateOf(40);
+    const tenant = {
+      kept: kept as SequenceState | null,
+      heldStates() {
+        return [session, ...(this.kept ? [this.kept] : [])];
+      },
+      dropKept() {
+        const had = this.kept !== null;
+        this.kept = null;
+        return had;
+      },
+    };
+    hostTenant(tenant);
+    const growing = stateOf(10);
+    const memory = { total: 1000, kvCache: 0, auxCache: 0 } as never;
+    const need = growing.bytesAt(100, true);
+    // Room for the session's state and the growth, not for the kept state too.
+    const part = { memory, memoryBudgetBytes: 1000 + session.bytes + need, layerRange: { start: 0, end: 2 } } as never;
+    expect(refuseGrowth(part, growing, 100, true)).toBeNull();
+    expect(tenant.kept).toBeNull();
+    // Nothing kept is left to drop: a growth that does not fit is refused, and the session's state stays.
+    const small = { memory, memoryBudgetBytes: 1000 + need, layerRange: { start: 0, end: 2 } } as never;
+    expect(refuseGrowth(small, growing, 100, true)).toMatchObject({ ok: false, error: { code: 'isolate_full' } });
+    expect(tenant.heldStates()).toEqual([session]);
   });
 });
