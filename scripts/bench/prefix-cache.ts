@@ -13,72 +13,19 @@
  * --svg (default docs/prefix-cache.svg); progress goes to stderr.
  */
 import { execFileSync } from 'node:child_process';
-import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { mkdirSync, writeFileSync } from 'node:fs';
 import { dirname, resolve } from 'node:path';
 import { parseArgs } from 'node:util';
 import { SequenceState } from '../../src/engine/caches.js';
 import type { GenerateOptions } from '../../src/engine/generate.js';
-import type { LoadedModel } from '../../src/engine/model.js';
 import { defaultSchedule, formatSchedule, type Schedule } from '../../src/engine/policy.js';
 import { PrefixCache } from '../../src/engine/prefix-cache.js';
 import { runTurn, type TurnResult } from '../../src/engine/turns.js';
-import { encodeChat } from '../../src/model/chat-prompt.js';
-import { createRng } from '../../src/model/prng.js';
 import { MIN_PREFIX_MATCH, stateRoomBytes } from '../../src/worker/job/prefix-cache.js';
 import { loadModelFromDir, progress, REPO_ROOT, runMain, shardsDir } from '../lib/node-env.js';
 import { PALETTE, renderPanels } from '../lib/svg-plot.js';
-import { DEFAULT_FILLER, scoreReply } from '../quality/tasks.js';
-
-/** What the facts are about: one five-digit number each, asked for as "What is the <label>?". */
-const LABELS = [
-  'pass key',
-  'door code',
-  'safe combination',
-  'parking permit number',
-  'invoice number',
-  'flight number',
-  'membership number',
-  'tracking number',
-  'ticket number',
-  'account number',
-];
-
-interface Doc {
-  /** the document, facts included */
-  text: string;
-  facts: { label: string; key: string }[];
-}
-
-/** Filler sentences with one five-digit fact per label at evenly spread depths, about `tokens` tokens as a chat prompt. */
-function makeDoc(model: LoadedModel, tokens: number, questions: number, seed: number): Doc {
-  const rng = createRng(seed);
-  const sentences = readFileSync(DEFAULT_FILLER[0], 'utf8')
-    .replace(/\s+/g, ' ')
-    .split(/(?<=[.;:])\s+/)
-    .filter((s) => s.length > 20);
-  const facts = LABELS.slice(0, questions).map((label) => ({
-    label,
-    key: String(10000 + Math.floor(rng.next() * 90000)),
-  }));
-  const render = (n: number) => {
-    const parts = sentences.slice(0, n);
-    const at = facts.map((_, i) => Math.round((0.05 + (0.9 * i) / Math.max(1, questions - 1)) * n));
-    for (let i = facts.length - 1; i >= 0; i--) parts.splice(at[i], 0, `The ${facts[i].label} is ${facts[i].key}.`);
-    return parts.join(' ');
-  };
-  // The most filler sentences that keep the first question's prompt within `tokens`.
-  let n = 1;
-  while (n < sentences.length && promptOf(model, render(n + 1), facts[0].label).prompt.length <= tokens) n++;
-  const text = render(n);
-  for (const f of facts)
-    if (text.split(f.key).length !== 2) throw new Error(`the filler holds ${f.key}; use another --seed`);
-  return { text, facts };
-}
-
-function promptOf(model: LoadedModel, doc: string, label: string) {
-  const content = `${doc}\n\nWhat is the ${label}? Answer with the number only.`;
-  return encodeChat(model.tokenizer, model.manifest.chatTemplate, [{ role: 'user', content }]);
-}
+import { scoreReply } from '../quality/tasks.js';
+import { makeDoc, promptOf } from './prefix-doc.js';
 
 interface Row {
   mode: 'dense' | 'lazy';
