@@ -15,11 +15,12 @@ export default defineConfig({
         },
       },
       {
-        // Most Worker tests run the small stories260K; its outputs are what they pin.
+        // Most Worker tests run the small stories260K; its outputs are what they pin. They pin fresh
+        // computations, so the prefix cache is off (test/workers/prefix-cache.test.ts turns it on).
         plugins: [
           cloudflareTest({
             wrangler: { configPath: './wrangler.toml' },
-            miniflare: { bindings: { MODEL_NAME: 'stories260K' } },
+            miniflare: { bindings: { MODEL_NAME: 'stories260K', PREFIX_CACHE_MB: '0' } },
           }),
         ],
         test: {
@@ -30,11 +31,12 @@ export default defineConfig({
         },
       },
       {
-        // The served default, SmolLM2, as wrangler.toml configures it, with the budget npm start sets.
+        // The served default, SmolLM2, as wrangler.toml configures it, with the budget npm start sets
+        // (and no prefix cache: these tests pin fresh computations).
         plugins: [
           cloudflareTest({
             wrangler: { configPath: './wrangler.toml' },
-            miniflare: { bindings: { MEMORY_BUDGET_MB: '1024' } },
+            miniflare: { bindings: { MEMORY_BUDGET_MB: '1024', PREFIX_CACHE_MB: '0' } },
           }),
         ],
         test: {

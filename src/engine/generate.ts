@@ -72,6 +72,10 @@ export interface GenerationStats {
   flops: number;
   dense_flops: number;
   flops_ratio: number;
+  /** tokens resumed from the Aux Cache per layer (job/run.ts adds it: a request reusing a cached prefix revives what an earlier one pruned) */
+  revived_per_layer?: number[];
+  /** the isolate's prefix cache after a stateless request gave its state back (src/engine/prefix-cache.ts) */
+  prefix_cache?: { entries: number; bytes: number };
   /** why the generation ended early, when it did (the request's time budget ran out: finish_reason "time_limit") */
   note?: string;
   /** only when the caller asked for it (a TraceRecorder, src/engine/trace.ts): what was computed and pruned */

@@ -41,6 +41,8 @@ export interface Config {
   sessionTtlMs: number;
   /** STREAM_KEEPALIVE_MS: a prefilling stream sends a comment at most this often (0: at every progress point) */
   keepAliveMs: number;
+  /** PREFIX_CACHE_MB, in bytes: recent stateless requests' states kept for reuse (0: off); docs/PREFIX-CACHE.md */
+  prefixCacheBytes: number;
   split: SplitConfig;
   /** API_KEYS (secret): bearer tokens; empty = an open server */
   apiKeys: string[];
@@ -54,6 +56,7 @@ export const DEFAULTS = {
   STREAM_KEEPALIVE_MS: 5_000,
   LAYER_GROUPS: 1,
   GROUP_CHAINS: 2,
+  PREFIX_CACHE_MB: 256,
 } as const;
 
 type Vars = Partial<Env>;
@@ -131,6 +134,14 @@ function read(env: Vars): Config {
         'a number of seconds > 0',
       ) ?? DEFAULTS.SESSION_TTL_SECONDS),
     keepAliveMs: milliseconds('STREAM_KEEPALIVE_MS', env.STREAM_KEEPALIVE_MS, DEFAULTS.STREAM_KEEPALIVE_MS),
+    prefixCacheBytes:
+      MB *
+      (number(
+        'PREFIX_CACHE_MB',
+        env.PREFIX_CACHE_MB,
+        (n) => Number.isFinite(n) && n >= 0,
+        'a number of MiB >= 0 (0: off)',
+      ) ?? DEFAULTS.PREFIX_CACHE_MB),
     split: {
       groups: count('LAYER_GROUPS', env.LAYER_GROUPS, DEFAULTS.LAYER_GROUPS),
       chains: count('GROUP_CHAINS', env.GROUP_CHAINS, DEFAULTS.GROUP_CHAINS),

@@ -62,7 +62,8 @@ async function complete(base: string, body: object) {
   const res = await fetch(`${base}/v1/completions`, {
     method: 'POST',
     headers: { 'Content-Type': 'application/json' },
-    body: JSON.stringify({ model: MODEL, prompt: PROMPT, ...body }),
+    // Each request computed fresh (no prefix cache): the same prompt is sent again and again.
+    body: JSON.stringify({ model: MODEL, prompt: PROMPT, cache_prompt: false, ...body }),
   });
   return {
     status: res.status,

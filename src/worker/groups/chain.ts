@@ -19,6 +19,7 @@ import {
   type StepStats,
 } from '../../engine/step.js';
 import type { Ranking } from '../../engine/policy.js';
+import { commonPrefix } from '../../engine/turns.js';
 import type { Env } from '../env.js';
 import { failureOf, Refusal, retryHeaders } from '../faults.js';
 import { configOf } from '../config.js';
@@ -265,10 +266,37 @@ export class Chain extends ChainRunner {
   /** the holds started while the chain was being taken (objects loaded first must not be evicted while later ones load) */
   stopHolding: () => void = () => undefined;
 
-  async release(): Promise<void> {
+  /** prompt tokens every group of the chain held when taken (the split prefix cache; 0: fresh states) */
+  held = 0;
+
+  /**
+   * Frees the chain. `keep` (a finished request, prefix cache on): each group keeps its state if it
+   * holds at most `upTo` bytes, and this isolate notes that the chain holds `tokens`.
+   */
+  async release(keep?: { tokens: readonly number[]; upTo: number }): Promise<void> {
     this.stopHolding();
-    await Promise.all(this.stubs.map((s) => s.release(this.lease).catch(() => undefined)));
+    if (this.index !== undefined) {
+      if (keep) chainHints.set(this.index, [...keep.tokens]);
+      else chainHints.delete(this.index);
+    }
+    await Promise.all(this.stubs.map((s) => s.release(this.lease, keep?.upTo ?? 0).catch(() => undefined)));
   }
+}
+
+/**
+ * What this front isolate last left in each pool chain (the split prefix cache): the tokens a
+ * finished request's groups kept, by chain index. Only a routing hint: another front isolate may
+ * have used the chain since; the groups compare the prompt with what they really hold (acquire).
+ */
+const chainHints = new Map<number, readonly number[]>();
+
+/** The order to try the C chains in: from a random one, and with a prompt, those last left holding its longest prefix first. */
+function chainOrder(C: number, prefix?: readonly number[]): number[] {
+  const first = crypto.getRandomValues(new Uint32Array(1))[0] % C;
+  const order = Array.from({ length: C }, (_, k) => (first + k) % C);
+  if (!prefix) return order;
+  const match = (c: number) => commonPrefix(chainHints.get(c) ?? [], prefix);
+  return order.sort((a, b) => match(b) - match(a)); // stable: random among equals
 }
 
 /** How long one hold() call lasts before the front renews it (any length works; a short one ends sooner if the front dies). */
@@ -312,18 +340,19 @@ export function poolChain(env: Env, c: number, groups: number, heads = 0): Group
 /**
  * Takes a free chain of the pool for one request, starting from a random one. When every chain is
  * serving a request, the answer is a clear 503 with Retry-After: a request never waits behind
- * another one's whole generation, and never shares a chain's state.
+ * another one's whole generation, and never shares a chain's state. With `prefix` (the prompt, the
+ * prefix cache on) the chains this isolate last left holding its longest prefix are tried first,
+ * and `held` says how much of it every group of the taken chain still holds.
  */
-export async function acquirePoolChain(env: Env, config: ModelConfig): Promise<Chain> {
+export async function acquirePoolChain(env: Env, config: ModelConfig, prefix?: number[]): Promise<Chain> {
   const { groups: G, heads: H, chains: C, stepTokens } = configOf(env).split;
   const lease = crypto.randomUUID();
   const embed = frontEmbed(env);
   const frontEmbeds = embed !== undefined;
-  const first = crypto.getRandomValues(new Uint32Array(1))[0] % C;
-  for (let k = 0; k < C; k++) {
-    const c = (first + k) % C;
+  for (const c of chainOrder(C, prefix)) {
     const stubs = poolChain(env, c, G, H);
-    const head = await stubs[0].acquire({ groups: G, group: 0, heads: H, frontEmbeds, lease, exclusive: true });
+    const taking = { groups: G, heads: H, frontEmbeds, lease, ...(prefix ? { prefix } : {}) };
+    const head = await stubs[0].acquire({ ...taking, group: 0, exclusive: true });
     if (!head.ok) {
       if (head.error.code === 'chain_busy') continue;
       throw new Refusal(head);
@@ -331,10 +360,13 @@ export async function acquirePoolChain(env: Env, config: ModelConfig): Promise<C
     const chain = new Chain(stubs, lease, config, c, H, embed, stepTokens);
     chain.stopHolding = holdObjects(stubs, () => chain.lastUse);
     try {
+      let held = head.held;
       for (let g = 1; g < G; g++)
-        unwrap<{ loaded: boolean }>(
-          await stubs[g].acquire({ groups: G, group: g, heads: H, frontEmbeds, lease, exclusive: false }),
+        held = Math.min(
+          held,
+          unwrap<{ held: number }>(await stubs[g].acquire({ ...taking, group: g, exclusive: false })).held,
         );
+      chain.held = held;
     } catch (e) {
       await chain.release();
       throw e;

@@ -77,7 +77,9 @@ export class LayerGroup extends FrontLayerGroup {
     return why ? refused(why) : super.head(a, hidden);
   }
 
-  override async acquire(a: GroupAddress & { exclusive: boolean }): Promise<Result<{ loaded: boolean }>> {
+  override async acquire(
+    a: GroupAddress & { exclusive: boolean; prefix?: number[] },
+  ): Promise<Result<{ loaded: boolean; held: number }>> {
     const why = misaddressed(this.env, a);
     return why ? refused(why) : super.acquire(a);
   }

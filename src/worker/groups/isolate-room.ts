@@ -15,6 +15,8 @@ import { failureOf, type Failure } from '../faults.js';
 /** An instance hosted here: the states it holds now. */
 export interface Tenant {
   heldStates(): SequenceState[];
+  /** drops a state held only for reuse (the split prefix cache), returning whether there was one */
+  dropKept?(): boolean;
 }
 
 /**
@@ -27,15 +29,20 @@ export function hostTenant(t: Tenant): void {
   tenants.add(new WeakRef(t));
 }
 
-/** Every state the hosted instances hold now. */
-function hostedStates(): SequenceState[] {
-  const out: SequenceState[] = [];
+/** The hosted instances still alive. */
+function liveTenants(): Tenant[] {
+  const out: Tenant[] = [];
   for (const ref of tenants) {
     const t = ref.deref();
-    if (t) out.push(...t.heldStates());
+    if (t) out.push(t);
     else tenants.delete(ref);
   }
   return out;
+}
+
+/** Every state the hosted instances hold now. */
+function hostedStates(): SequenceState[] {
+  return liveTenants().flatMap((t) => t.heldStates());
 }
 
 /** The states hosted here and their bytes: for measurements (the isolate probe). */
@@ -58,10 +65,19 @@ const mb = (b: number) => `${(b / MB).toFixed(1)} MB`;
 export function refuseGrowth(part: ModelPart, seq: SequenceState, tokens: number, parks: boolean): Failure | null {
   const budget = part.memoryBudgetBytes;
   if (!Number.isFinite(budget)) return null;
-  const others = hostedStates().filter((s) => s !== seq);
-  const othersBytes = others.reduce((t, s) => t + s.bytes, 0);
-  const need = fixedBytes(part.memory) + othersBytes + seq.bytesAt(tokens, parks);
-  if (need <= budget) return null;
+  const fits = () => {
+    const others = hostedStates().filter((s) => s !== seq);
+    const othersBytes = others.reduce((t, s) => t + s.bytes, 0);
+    return { others, othersBytes, ok: fixedBytes(part.memory) + othersBytes + seq.bytesAt(tokens, parks) <= budget };
+  };
+  let f = fits();
+  // States kept only for reuse (the prefix cache) make room before anything is refused.
+  for (const t of liveTenants()) {
+    if (f.ok) return null;
+    if (t.dropKept?.()) f = fits();
+  }
+  if (f.ok) return null;
+  const { others, othersBytes } = f;
   const { start, end } = part.layerRange;
   return failureOf(
     503,

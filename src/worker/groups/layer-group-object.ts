@@ -10,6 +10,7 @@ import type { Env } from '../env.js';
 import { failureFrom, failureOf } from '../faults.js';
 import { encodeDelta, modelFingerprint, type StoredView } from '../../engine/state-codec.js';
 import { placeSplit } from '../../engine/layer-group.js';
+import { commonPrefix } from '../../engine/turns.js';
 import { fromWire, lastTokenFrontier, toWire } from './frontier.js';
 import { groupFingerprint, loadGroupLog, writeGroupChunks } from './group-store.js';
 import { groupModel, manifestOf } from './parts.js';
@@ -97,6 +98,12 @@ export const LEASE_IDLE_MS = 180_000;
 export class LayerGroup extends DurableObject<Env> implements Tenant {
   private lease: { id: string; at: number } | null = null;
   private state: SequenceState | null = null;
+  /**
+   * The split prefix cache's entry: the state a finished stateless request left here (released with
+   * a byte limit, PREFIX_CACHE_MB), taken by the next acquire whose prompt shares its prefix. The one
+   * state this object holds between requests; dropped first when the isolate is short of room.
+   */
+  private kept: SequenceState | null = null;
   private stepping = false;
   /** when this instance started (an eviction or restart starts a new one, with no lease) */
   private readonly born = Date.now();
@@ -108,7 +115,14 @@ export class LayerGroup extends DurableObject<Env> implements Tenant {
 
   /** The states this instance holds (a request's, a session's): what it adds to its isolate's memory (isolate-room.ts). */
   heldStates(): SequenceState[] {
-    return [this.state, this.session?.seq ?? null].filter((s): s is SequenceState => s !== null);
+    return [this.state, this.kept, this.session?.seq ?? null].filter((s): s is SequenceState => s !== null);
+  }
+
+  /** Drops the state kept for reuse, if any (isolate-room.ts: room is made before a step is refused). */
+  dropKept(): boolean {
+    const had = this.kept !== null;
+    this.kept = null;
+    return had;
   }
 
   private async part(a: Pick<GroupAddress, 'groups' | 'group' | 'heads' | 'frontEmbeds'>): Promise<ModelPart> {
@@ -135,7 +149,9 @@ export class LayerGroup extends DurableObject<Env> implements Tenant {
   }
 
   /** Takes the object for `a.lease` with an empty state (`exclusive`: refused while another live lease holds it). */
-  async acquire(a: GroupAddress & { exclusive: boolean }): Promise<Result<{ loaded: boolean }>> {
+  async acquire(
+    a: GroupAddress & { exclusive: boolean; prefix?: number[] },
+  ): Promise<Result<{ loaded: boolean; held: number }>> {
     try {
       const now = Date.now();
       if (a.exclusive && this.lease && !this.held(a.lease) && now - this.lease.at < LEASE_IDLE_MS) {
@@ -144,8 +160,12 @@ export class LayerGroup extends DurableObject<Env> implements Tenant {
       if (this.stepping) return failureOf(503, 'This layer group is in the middle of a step.', 'chain_busy');
       const part = await this.part(a);
       this.lease = { id: a.lease, at: now };
-      this.state = groupState(part.config, part.layerRange);
-      return { ok: true, loaded: true };
+      // `prefix`: the request's prompt, for the kept state (its first steps truncate it to where they start).
+      const kept = this.kept;
+      this.kept = null;
+      const held = kept && a.prefix ? commonPrefix(kept.tokens, a.prefix) : 0;
+      this.state = held > 0 ? kept : groupState(part.config, part.layerRange);
+      return { ok: true, loaded: true, held };
     } catch (e) {
       return failureFrom(e, 'layer group acquire');
     }
@@ -170,6 +190,9 @@ export class LayerGroup extends DurableObject<Env> implements Tenant {
       const part = await this.part(call);
       const full = refuseGrowth(part, this.state, lengthAfter(call.input), call.schedule !== null);
       if (full) return full;
+      // A state reused from the prefix cache holds more than the step's common prefix: the rest goes.
+      const start = 'tokens' in call.input ? call.input.start : call.input.frontier.start;
+      if (this.state.length > start) this.state.truncate(start);
       const reply = await runGroupStep(part, this.state, call);
       this.lease = { id: call.lease, at: Date.now() };
       return { ok: true, ...reply };
@@ -183,11 +206,16 @@ export class LayerGroup extends DurableObject<Env> implements Tenant {
     }
   }
 
-  /** Frees the object (the state is dropped) if `lease` still holds it. */
-  async release(lease: string): Promise<void> {
+  /**
+   * Frees the object if `lease` still holds it. A finished request's state of at most `keepUpTo`
+   * bytes (0: none) is kept for the next request sharing its prefix; anything else is dropped.
+   */
+  async release(lease: string, keepUpTo = 0): Promise<void> {
     if (!this.held(lease) || this.stepping) return;
+    const s = this.state;
     this.lease = null;
     this.state = null;
+    this.kept = s && s.length > 0 && s.bytes <= keepUpTo ? s : null;
   }
 
   // ---- a session's group (named from the session and the group index; its state is stored) ----

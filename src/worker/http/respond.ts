@@ -13,6 +13,8 @@ import { acquirePoolChain, type Chain } from '../groups/chain.js';
 import { heldModel } from '../groups/parts.js';
 import { prefillKeepAlive } from '../job/keep-alive.js';
 import { configOf } from '../config.js';
+import { isolatePrefixCache, MIN_PREFIX_MATCH } from '../job/prefix-cache.js';
+import type { PrefixCache, PrefixLease } from '../../engine/prefix-cache.js';
 import { sseResponse, type SendComment, type SendEvent } from './sse.js';
 
 /**
@@ -58,24 +60,70 @@ export function betweenTokens(gone?: AbortSignal): () => Promise<void> {
   };
 }
 
-/** How this request's layers run: the whole model here on a fresh state, or a chain of groups held for it (released by `run`). */
-async function runnerFor(env: Env, job: Job): Promise<{ runner: Runner; chain: Chain | null }> {
-  if (configOf(env).split.groups <= 1) return { runner: { seq: new SequenceState(job.model.config) }, chain: null };
-  const chain = await acquirePoolChain(env, job.model.config);
-  return { runner: chain.jobRunner(), chain };
+/** What a request holds while it runs: a runner, and the chain or the prefix cache's lease it gives back. */
+interface Taken {
+  runner: Runner;
+  chain: Chain | null;
+  /** the whole model here with the prefix cache on: the state lent by the isolate's cache */
+  cached: { cache: PrefixCache; lease: PrefixLease } | null;
+  /** split with the prefix cache on: the bytes each group may keep of a finished request's state */
+  keepUpTo?: number;
 }
 
+/**
+ * How this request's layers run: the whole model here on a state the isolate's prefix cache lends
+ * (the longest cached prefix, or a fresh one), or a chain of groups held for it (released by `run`).
+ * Refused before anything runs when its prefill cannot finish within the budget (job/budget.ts).
+ */
+async function take(env: Env, job: Job): Promise<Taken> {
+  const { split, prefixCacheBytes } = configOf(env);
+  if (split.groups > 1) {
+    // Split, the cache lives where the layers run: each group keeps a finished request's state (chain.ts).
+    checkBudget(job, 0, budgetPath(job, true));
+    const keepUpTo = job.cachePrompt ? prefixCacheBytes : 0;
+    const chain = await acquirePoolChain(env, job.model.config, keepUpTo > 0 ? job.prompt : undefined);
+    const seq = chain.frontState();
+    if (chain.held >= MIN_PREFIX_MATCH) seq.append(job.prompt.slice(0, chain.held));
+    return { runner: chain.jobRunner(seq), chain, cached: null, keepUpTo };
+  }
+  const cache = job.cachePrompt ? isolatePrefixCache(env, job.model) : null;
+  if (!cache) {
+    checkBudget(job, 0, budgetPath(job, false));
+    return { runner: { seq: new SequenceState(job.model.config) }, chain: null, cached: null };
+  }
+  const lease = cache.lease(job.prompt, job.prompt.length + job.maxTokens);
+  try {
+    checkBudget(job, lease.matched, budgetPath(job, false));
+  } catch (e) {
+    cache.restore(lease); // untouched: nothing ran
+    throw e;
+  }
+  return { runner: { seq: lease.seq }, chain: null, cached: { cache, lease } };
+}
+
+/** Runs the job on what was taken, then gives it back: a cached state only when the job finished. */
 async function run(
   job: Job,
-  taken: { runner: Runner; chain: Chain | null },
+  taken: Taken,
   beforeStep: () => Promise<void>,
   onText?: (t: string, logprobs?: ShapedLogprob[]) => Promise<void>,
   onPrefillProgress?: () => Promise<void>,
 ): Promise<Outcome> {
+  const { cached } = taken;
+  let finished = false;
   try {
-    return (await runJob(job, taken.runner, { beforeStep, onText, onPrefillProgress })).outcome;
+    const { outcome } = await runJob(job, taken.runner, { beforeStep, onText, onPrefillProgress });
+    finished = true;
+    if (!cached) return outcome;
+    cached.cache.restore(cached.lease);
+    const f = cached.cache.figures();
+    return { ...outcome, stats: { ...outcome.stats, prefix_cache: { entries: f.entries, bytes: f.bytes } } };
   } finally {
-    await taken.chain?.release();
+    if (cached && !finished) cached.cache.discard(cached.lease);
+    const keepUpTo = taken.keepUpTo ?? 0;
+    await taken.chain?.release(
+      finished && keepUpTo > 0 ? { tokens: taken.runner.seq.tokens, upTo: keepUpTo } : undefined,
+    );
   }
 }
 
@@ -105,10 +153,8 @@ export function waitUntilOf(c: Context<AppEnv>): ((p: Promise<unknown>) => void)
  * up stops before its next token (or, prefilling, its next layer or group call).
  */
 export async function respond(c: Context<AppEnv>, job: Job, o: CommonOptions, shapes: Shapes): Promise<Response> {
-  // Taken before answering, so that a busy pool is a plain 503 rather than an error inside a stream.
-  // Refused before anything is taken or sent when the prefill cannot finish within the budget.
-  checkBudget(job, 0, budgetPath(job, configOf(c.env).split.groups > 1));
-  const taken = await runnerFor(c.env, job);
+  // Taken before answering, so that a busy pool or a budget refusal is a plain 503 rather than an error inside a stream.
+  const taken = await take(c.env, job);
   if (!o.stream) {
     const out = await run(job, taken, betweenTokens(c.req.raw.signal));
     const timing = `prefill;dur=${out.stats.prefill_ms.toFixed(2)}, decode;dur=${out.stats.decode_ms.toFixed(2)}`;

@@ -71,6 +71,8 @@ const generationFields = {
   /** llama.cpp's repeat penalty over the last 64 tokens, prompt included (src/engine/sampler.ts); 1 = off */
   repetition_penalty: z.number().gt(0, 'repetition_penalty must be greater than 0 (1 is off)').nullish(),
   lazy: lazySchema.nullish(),
+  /** llama.cpp's: false = no prefix cache for this request (src/worker/job/prefix-cache.ts) */
+  cache_prompt: z.boolean().nullish(),
 };
 
 /** Token ids as given (no BOS added); checked against the vocabulary once the model is known. */

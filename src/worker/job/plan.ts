@@ -45,6 +45,8 @@ export interface CommonOptions {
   frequency_penalty?: number | null;
   presence_penalty?: number | null;
   repetition_penalty?: number | null;
+  /** llama.cpp's name: false = this request neither reuses nor leaves a cached prefix (stateless requests only) */
+  cache_prompt?: boolean | null;
 }
 
 const invalid = (message: string, param: string) => new RequestError(message, 'invalid_value', param);
@@ -125,6 +127,8 @@ export interface Job {
   trace: boolean;
   /** logprobs requested: how many alternatives per token (0 = the token's own only); null = off */
   logprobs: number | null;
+  /** a stateless job may reuse, and leaves, a cached prefix (cache_prompt, default true; job/prefix-cache.ts) */
+  cachePrompt: boolean;
 }
 
 /**
@@ -185,6 +189,7 @@ export function planJob(
     deadline: startedAt + configOf(env).requestBudgetMs,
     trace: o.lazy?.trace === true,
     logprobs: at.logprobs ?? null,
+    cachePrompt: o.cache_prompt !== false,
   };
 }
 
@@ -207,7 +212,7 @@ export interface Usage {
   prompt_tokens: number;
   completion_tokens: number;
   total_tokens: number;
-  /** prompt tokens whose state was reused rather than computed: 0 without a session */
+  /** prompt tokens whose state was reused rather than computed (a session's, or the prefix cache's) */
   prompt_tokens_details: { cached_tokens: number };
 }
 

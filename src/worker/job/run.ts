@@ -69,7 +69,10 @@ export async function runJob(
     prefillFlops(model.config, r.stats, turn.stats.reused_tokens),
     r.stats.prefill_ms,
   );
-  const finished = runner.finish ? runner.finish(r.stats) : r.stats;
+  const finished = {
+    ...(runner.finish ? runner.finish(r.stats) : r.stats),
+    revived_per_layer: turn.stats.revived_per_layer,
+  };
   const stats =
     r.finishReason === 'time_limit'
       ? {

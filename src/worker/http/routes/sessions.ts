@@ -183,6 +183,13 @@ async function turnResponse(
  */
 export async function sessionChat(c: Context<AppEnv>, body: ChatRequest, id: string): Promise<Response> {
   checkModelName(c.env, body.model);
+  if (body.cache_prompt === false)
+    throw new ApiError(
+      400,
+      "Invalid value for 'cache_prompt': false turns off the prefix cache of stateless requests, and a session always continues its own state. Drop session_id or cache_prompt.",
+      'invalid_value',
+      'cache_prompt',
+    );
   const req: TurnRequest = {
     owner: apiKeyId(c),
     mode: 'replace',
