@@ -129,11 +129,24 @@ function transposeF32(a: Float32Array, rows: number, cols: number): Float32Array
   return t;
 }
 
-function nbits4(b: GraphBuilder, x: string, name: string, w: GgmlMatrix, floatZeroPoint: boolean): string {
+/** MatMulNBits' accuracy_level: 0 computes in f32 (the weights decoded), 4 quantizes the activations to int8 per block. */
+export interface NBitsOptions {
+  floatZeroPoint: boolean;
+  accuracyLevel?: 0 | 1 | 2 | 3 | 4;
+}
+
+export function nbits4(b: GraphBuilder, x: string, name: string, w: GgmlMatrix, opts: NBitsOptions): string {
   const { out, inp } = w;
   const nb = inp / BLOCK;
   const t = q4Blocks(w);
-  const attrs = { K: inp, N: out, bits: 4, block_size: BLOCK };
+  const floatZeroPoint = opts.floatZeroPoint;
+  const attrs = {
+    K: inp,
+    N: out,
+    bits: 4,
+    block_size: BLOCK,
+    ...(opts.accuracyLevel ? { accuracy_level: opts.accuracyLevel } : {}),
+  };
   if (floatZeroPoint) {
     // (n − zp)·d = n·d + m for zp = −m/d. A block with d = 0 is the constant m: scale m, zp −1, nibbles 0.
     const scale = Float32Array.from(t.d, (d, i) => (d === 0 ? t.m[i] : d));
@@ -156,7 +169,7 @@ function nbits4(b: GraphBuilder, x: string, name: string, w: GgmlMatrix, floatZe
   return b.op('Add', [nd, corr]);
 }
 
-function nbits8(b: GraphBuilder, x: string, name: string, w: GgmlMatrix): string {
+export function nbits8(b: GraphBuilder, x: string, name: string, w: GgmlMatrix, accuracyLevel = 0): string {
   const { out, inp } = w;
   const nb = inp / BLOCK;
   const t = q8Blocks(w);
@@ -164,7 +177,7 @@ function nbits8(b: GraphBuilder, x: string, name: string, w: GgmlMatrix): string
   return b.op(
     'MatMulNBits',
     [x, b.tensor(`${name}_q8`, 'uint8', [out, nb, BLOCK], u), b.f32(`${name}_scales`, [out * nb], t.d)],
-    { K: inp, N: out, bits: 8, block_size: BLOCK },
+    { K: inp, N: out, bits: 8, block_size: BLOCK, ...(accuracyLevel ? { accuracy_level: accuracyLevel } : {}) },
     { domain: 'com.microsoft' },
   );
 }
@@ -180,7 +193,7 @@ export function ggmlLinearFor(kernel: GgufMatrixKernel): LinearEmitter<GgmlMatri
     if (kernel === 'rowx' && name === 'w2') return int8Row2Linear(b, x, name, toF32(w), out, inp);
     if (kernel === 'rowx') return int8RowOutlierLinear(ROWX_CHANNELS)(b, x, name, toF32(w), out, inp);
     if (kernel === 'nbits8') return nbits8(b, x, name, w);
-    return nbits4(b, x, name, w, kernel === 'nbits-zp');
+    return nbits4(b, x, name, w, { floatZeroPoint: kernel === 'nbits-zp' });
   };
 }
 
