@@ -17,6 +17,7 @@ import { f16ToF32 } from '../model/ggml-quants.js';
 import type { GgmlMatrix } from '../model/gguf-model.js';
 import type { GgufEmbedKernel, GgufMatrixKernel } from '../model/quant.js';
 import type { GraphBuilder } from './onnx-builder.js';
+import { matMulNBits, type NBitsShape } from './matmul-nbits.js';
 import type { LinearEmitter } from './layer-graphs.js';
 import { ggmlDequantLinear, toF32 } from './ggml-linear.js';
 import { int8Integer2Linear, int8IntegerLinear } from './quant-linear.js';
@@ -129,12 +130,18 @@ function transposeF32(a: Float32Array, rows: number, cols: number): Float32Array
   return t;
 }
 
-function nbits4(b: GraphBuilder, x: string, name: string, w: GgmlMatrix, floatZeroPoint: boolean): string {
+/** How a GGUF matrix is held as 4-bit MatMulNBits blocks, and MatMulNBits' accuracy_level (matmul-nbits.ts). */
+export interface NBitsOptions {
+  floatZeroPoint: boolean;
+  accuracyLevel?: NBitsShape['accuracyLevel'];
+}
+
+export function nbits4(b: GraphBuilder, x: string, name: string, w: GgmlMatrix, opts: NBitsOptions): string {
   const { out, inp } = w;
   const nb = inp / BLOCK;
   const t = q4Blocks(w);
-  const attrs = { K: inp, N: out, bits: 4, block_size: BLOCK };
-  if (floatZeroPoint) {
+  const shape: NBitsShape = { K: inp, N: out, bits: 4, blockSize: BLOCK, accuracyLevel: opts.accuracyLevel };
+  if (opts.floatZeroPoint) {
     // (n − zp)·d = n·d + m for zp = −m/d. A block with d = 0 is the constant m: scale m, zp −1, nibbles 0.
     const scale = Float32Array.from(t.d, (d, i) => (d === 0 ? t.m[i] : d));
     const zp = Float32Array.from(t.d, (d, i) => (d === 0 ? -1 : -t.m[i] / d));
@@ -142,30 +149,35 @@ function nbits4(b: GraphBuilder, x: string, name: string, w: GgmlMatrix, floatZe
     t.d.forEach((d, i) => d === 0 && nibbles.fill(0, i * BLOCK, (i + 1) * BLOCK));
     const q = b.tensor(`${name}_q4`, 'uint8', [out, nb, BLOCK / 2], packNBits(nibbles)); // [out, nb, 16]
     const zpT = b.f32(`${name}_zpf`, [out * nb], zp); //                                     [out * nb]
-    return b.op('MatMulNBits', [x, q, b.f32(`${name}_scales`, [out * nb], scale), zpT], attrs, {
-      domain: 'com.microsoft',
-    });
+    return matMulNBits(b, x, { q, scales: b.f32(`${name}_scales`, [out * nb], scale), zeroPoints: zpT }, shape);
   }
   const packed = b.tensor(`${name}_q4`, 'uint8', [out, nb, BLOCK / 2], packNBits(t.n)); // [out, nb, 16]
   const scales = b.f32(`${name}_scales`, [out * nb], t.d); //                             [out * nb]
   const zeros = b.tensor(`${name}_zp`, 'uint8', [out * Math.ceil(nb / 2)], new Uint8Array(out * Math.ceil(nb / 2))); // 4-bit zero points, two a byte
-  const nd = b.op('MatMulNBits', [x, packed, scales, zeros], attrs, { domain: 'com.microsoft' }); // [q, out]: Σ n·d·x
+  const nd = matMulNBits(b, x, { q: packed, scales, zeroPoints: zeros }, shape); // [q, out]: Σ n·d·x
   const blocks = b.op('Reshape', [x, b.i64(`${name}_xblocks`, [0, nb, BLOCK])]); // [q, nb, 32]
   const sums = b.op('ReduceSum', [blocks, b.i64(`${name}_ax`, [-1])], { keepdims: 0 }); // [q, nb]
   const corr = b.op('MatMul', [sums, b.f32(`${name}_mt`, [nb, out], transposeF32(t.m, out, nb))]); // [q, out]: Σ m·Σx
   return b.op('Add', [nd, corr]);
 }
 
-function nbits8(b: GraphBuilder, x: string, name: string, w: GgmlMatrix): string {
+export function nbits8(
+  b: GraphBuilder,
+  x: string,
+  name: string,
+  w: GgmlMatrix,
+  accuracyLevel?: NBitsShape['accuracyLevel'],
+): string {
   const { out, inp } = w;
   const nb = inp / BLOCK;
   const t = q8Blocks(w);
   const u = Uint8Array.from(t.q, (v) => v + 128); // the default 8-bit zero point is 128
-  return b.op(
-    'MatMulNBits',
-    [x, b.tensor(`${name}_q8`, 'uint8', [out, nb, BLOCK], u), b.f32(`${name}_scales`, [out * nb], t.d)],
-    { K: inp, N: out, bits: 8, block_size: BLOCK },
-    { domain: 'com.microsoft' },
+  const q = b.tensor(`${name}_q8`, 'uint8', [out, nb, BLOCK], u); // [out, nb, 32]
+  return matMulNBits(
+    b,
+    x,
+    { q, scales: b.f32(`${name}_scales`, [out * nb], t.d) },
+    { K: inp, N: out, bits: 8, blockSize: BLOCK, accuracyLevel },
   );
 }
 
@@ -180,7 +192,7 @@ export function ggmlLinearFor(kernel: GgufMatrixKernel): LinearEmitter<GgmlMatri
     if (kernel === 'rowx' && name === 'w2') return int8Row2Linear(b, x, name, toF32(w), out, inp);
     if (kernel === 'rowx') return int8RowOutlierLinear(ROWX_CHANNELS)(b, x, name, toF32(w), out, inp);
     if (kernel === 'nbits8') return nbits8(b, x, name, w);
-    return nbits4(b, x, name, w, kernel === 'nbits-zp');
+    return nbits4(b, x, name, w, { floatZeroPoint: kernel === 'nbits-zp' });
   };
 }
 

@@ -5,6 +5,7 @@
  */
 import type { QuantSpec } from '../model/quant.js';
 import type { GraphBuilder } from './onnx-builder.js';
+import { matMulNBits } from './matmul-nbits.js';
 import { f32Linear, type LinearEmitter } from './layer-graphs.js';
 import { INT4_ZERO_POINT, quantizeInt4, quantizeInt8 } from './quantize.js';
 
@@ -142,12 +143,7 @@ function int4Tensors(b: GraphBuilder, name: string, w: Float32Array, out: number
 export function int4NBitsLinear(blockSize: number): LinearEmitter {
   return (b, x, name, w, out, inp) => {
     const { packed, scales } = int4Tensors(b, name, w, out, inp, blockSize);
-    return b.op(
-      'MatMulNBits',
-      [x, packed, scales],
-      { K: inp, N: out, bits: 4, block_size: blockSize },
-      { domain: 'com.microsoft' },
-    );
+    return matMulNBits(b, x, { q: packed, scales }, { K: inp, N: out, bits: 4, blockSize });
   };
 }
 

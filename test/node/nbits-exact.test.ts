@@ -1,0 +1,66 @@
+/**
+ * SmolLM2 with the file's own 4-bit blocks in memory (com.microsoft MatMulNBits, src/shards/ggml-kernels.ts):
+ * Q4_1 layers with a float zero point −m/d, the Q8_0 head as 8-bit blocks. Held to the same committed
+ * exact-weights references and the same bounds as the f32 build (test/node/smollm2-reference.test.ts): it
+ * computes the same weights, only decoded on every run instead of once at session creation.
+ */
+import { beforeAll, describe, expect, it } from 'vitest';
+import { SequenceState } from '../../src/engine/caches.js';
+import { generate } from '../../src/engine/generate.js';
+import { argmax, logSoftmax } from '../../src/engine/logits.js';
+import { loadModel, type LoadedModel } from '../../src/engine/model.js';
+import { parseGgufKernels } from '../../src/model/quant.js';
+import { buildGgufShards } from '../../src/shards/build-shards.js';
+import { initNodeRuntime } from '../../scripts/lib/node-env.js';
+import { locateServedGguf } from '../../scripts/lib/served-model.js';
+import { sourceFromGguf } from '../../scripts/lib/shard-tasks.js';
+import { bucketKl, fixture, logitsAt, type ChatFixture, type LogitsFixture } from '../support/smollm2.js';
+
+const KERNEL = 'attn=nbits-zp,ffn=nbits-zp,head=nbits8';
+const exact = fixture<LogitsFixture>('logits-exact.json');
+const chat = fixture<ChatFixture>('chat-greedy.json');
+
+describe(`SmolLM2 with ${KERNEL} against the exact-weights references`, () => {
+  let model: LoadedModel;
+  beforeAll(async () => {
+    initNodeRuntime();
+    const source = await sourceFromGguf((await locateServedGguf()).path, 'smollm2-nbits');
+    const k = parseGgufKernels(KERNEL);
+    if ('error' in k) throw new Error(k.error);
+    const built = await buildGgufShards({ ...source, kernels: k.kernels, headParts: 2 });
+    expect(built.manifest.quant.kernel).toBe(`${KERNEL},embed=q8`);
+    model = await loadModel(JSON.stringify(built.manifest), async (f) => built.files.get(f)!, {
+      memoryBudgetBytes: Infinity,
+    });
+  }, 600_000);
+
+  for (const name of ['p512', 'p2048']) {
+    it(`${name}: mean KL <= 1e-4 (the f32 build's bound), same top-1 wherever the reference's top-2 margin exceeds 0.1`, async () => {
+      const p = exact.prompts.find((x) => x.name === name)!;
+      const ours = (await logitsAt(model, p.ids, p.positions)).map(logSoftmax);
+      const kls = ours.map((lp, i) => bucketKl(p.top_ids[i], p.top_logprobs[i], lp));
+      const mean = kls.reduce((a, b) => a + b, 0) / kls.length;
+      const clear = p.positions.map((_, i) => i).filter((i) => p.margin[i] > 0.1);
+      const disagree = clear.filter((i) => argmax(ours[i]) !== p.top_ids[i][0]);
+      console.log(
+        `[${KERNEL} vs exact] ${name}: mean KL ${mean.toExponential(2)}, max ${Math.max(...kls).toExponential(2)}, top-1 ${ours.filter((lp, i) => argmax(lp) === p.top_ids[i][0]).length}/${ours.length}`,
+      );
+      expect(mean).toBeLessThanOrEqual(1e-4);
+      expect(disagree.map((i) => p.positions[i])).toEqual([]);
+    }, 600_000);
+  }
+
+  it("all 8 chat replies equal the exact reference's up to its first near-tie (whole, where it has none)", async () => {
+    for (const c of chat.prompts) {
+      const r = await generate(model, new SequenceState(model.config), c.prompt_ids, {
+        maxTokens: chat.max_tokens,
+        sampler: { temperature: 0, topP: 1, topK: 0, seed: 1 },
+        schedule: null,
+      });
+      const ref = c.exact.ids.filter((t) => !chat.end_ids.includes(t));
+      const upTo = c.first_near_tie ?? ref.length;
+      expect(r.tokens.slice(0, upTo), c.messages[0].content).toEqual(ref.slice(0, upTo));
+      if (c.first_near_tie === null) expect(r.tokens, c.messages[0].content).toEqual(ref);
+    }
+  }, 900_000);
+});
