@@ -11,8 +11,6 @@ import { beforeAll, describe, expect, it } from 'vitest';
 import { locateServedGguf } from '../../scripts/lib/served-model.js';
 import { sourceFromGguf } from '../../scripts/lib/shard-tasks.js';
 import { initNodeRuntime } from '../../scripts/lib/node-env.js';
-import { SequenceState } from '../../src/engine/caches.js';
-import { generate } from '../../src/engine/generate.js';
 import { argmax, logSoftmax } from '../../src/engine/logits.js';
 import { loadModel, type LoadedModel } from '../../src/engine/model.js';
 import { parseGgufKernels } from '../../src/model/quant.js';
@@ -21,7 +19,14 @@ import { buildGgufShards } from '../../src/shards/build-shards.js';
 import { int8Row2Linear, int8RowLinear, int8RowOutlierLinear } from '../../src/shards/int8-rows.js';
 import type { LinearEmitter } from '../../src/shards/layer-graphs.js';
 import { GraphBuilder } from '../../src/shards/onnx-builder.js';
-import { bucketKl, fixture, logitsAt, type ChatFixture, type LogitsFixture } from '../support/smollm2.js';
+import {
+  bucketKl,
+  fixture,
+  greedyChatReplies,
+  logitsAt,
+  type ChatFixture,
+  type LogitsFixture,
+} from '../support/smollm2.js';
 
 beforeAll(() => initNodeRuntime());
 
@@ -173,14 +178,8 @@ for (const kernel of ['attn=row2,ffn=row2,head=row2', 'attn=rowx,ffn=rowx,head=r
       const llamaKeeps = chat.prompts.filter((c) => !before(c.llamacpp_departs_at, c.first_near_tie)).length;
       const departs: string[] = [];
       let keeps = 0;
-      for (const c of chat.prompts) {
-        const r = await generate(model, new SequenceState(model.config), c.prompt_ids, {
-          maxTokens: chat.max_tokens,
-          sampler: { temperature: 0, topP: 1, topK: 0, seed: 1 },
-          schedule: null,
-        });
-        const ref = c.exact.ids.filter((t) => !chat.end_ids.includes(t));
-        const at = ref.slice(0, c.first_near_tie ?? ref.length).findIndex((t, k) => r.tokens[k] !== t);
+      for (const { prompt: c, tokens, ref } of await greedyChatReplies(model, chat)) {
+        const at = ref.slice(0, c.first_near_tie ?? ref.length).findIndex((t, k) => tokens[k] !== t);
         if (at < 0) keeps++;
         else departs.push(`${JSON.stringify(c.messages[0].content)} at ${at} (exact margin ${c.exact.margins[at]})`);
       }

@@ -5,8 +5,6 @@
  * computes the same weights, only decoded on every run instead of once at session creation.
  */
 import { beforeAll, describe, expect, it } from 'vitest';
-import { SequenceState } from '../../src/engine/caches.js';
-import { generate } from '../../src/engine/generate.js';
 import { argmax, logSoftmax } from '../../src/engine/logits.js';
 import { loadModel, type LoadedModel } from '../../src/engine/model.js';
 import { parseGgufKernels } from '../../src/model/quant.js';
@@ -14,7 +12,14 @@ import { buildGgufShards } from '../../src/shards/build-shards.js';
 import { initNodeRuntime } from '../../scripts/lib/node-env.js';
 import { locateServedGguf } from '../../scripts/lib/served-model.js';
 import { sourceFromGguf } from '../../scripts/lib/shard-tasks.js';
-import { bucketKl, fixture, logitsAt, type ChatFixture, type LogitsFixture } from '../support/smollm2.js';
+import {
+  bucketKl,
+  fixture,
+  greedyChatReplies,
+  logitsAt,
+  type ChatFixture,
+  type LogitsFixture,
+} from '../support/smollm2.js';
 
 const KERNEL = 'attn=nbits-zp,ffn=nbits-zp,head=nbits8';
 const exact = fixture<LogitsFixture>('logits-exact.json');
@@ -51,16 +56,10 @@ describe(`SmolLM2 with ${KERNEL} against the exact-weights references`, () => {
   }
 
   it("all 8 chat replies equal the exact reference's up to its first near-tie (whole, where it has none)", async () => {
-    for (const c of chat.prompts) {
-      const r = await generate(model, new SequenceState(model.config), c.prompt_ids, {
-        maxTokens: chat.max_tokens,
-        sampler: { temperature: 0, topP: 1, topK: 0, seed: 1 },
-        schedule: null,
-      });
-      const ref = c.exact.ids.filter((t) => !chat.end_ids.includes(t));
+    for (const { prompt: c, tokens, ref } of await greedyChatReplies(model, chat)) {
       const upTo = c.first_near_tie ?? ref.length;
-      expect(r.tokens.slice(0, upTo), c.messages[0].content).toEqual(ref.slice(0, upTo));
-      if (c.first_near_tie === null) expect(r.tokens, c.messages[0].content).toEqual(ref);
+      expect(tokens.slice(0, upTo), c.messages[0].content).toEqual(ref.slice(0, upTo));
+      if (c.first_near_tie === null) expect(tokens, c.messages[0].content).toEqual(ref);
     }
   }, 900_000);
 });

@@ -130,7 +130,8 @@ describe('[spawns the local server and Chromium] the playground page', () => {
     await settings(page, { session: false });
     const { lengths, reply } = await sendAndWatch(page, USER);
 
-    // The same request, non-streamed, straight to the API: the page must show exactly its text.
+    // The same request, non-streamed, straight to the API: the page must show exactly its text. Computed
+    // afresh (cache_prompt false), since the page's grid shows a fresh prefill, not one the cache served.
     const messages = [
       { role: 'system' as const, content: SYSTEM },
       { role: 'user' as const, content: USER },
@@ -145,6 +146,7 @@ describe('[spawns the local server and Chromium] the playground page', () => {
         temperature: 0,
         seed: SEED,
         lazy: { enabled: true, schedule: SCHEDULE, trace: true },
+        cache_prompt: false,
       }),
     });
     expect(res.status).toBe(200);

@@ -1,7 +1,5 @@
-import { readFileSync } from 'node:fs';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { promptWindows, storyStream } from '../../scripts/lib/prompts.js';
-import { DEFAULT_FILLER } from '../../scripts/quality/tasks.js';
 import { SequenceState } from '../../src/engine/caches.js';
 import type { GenerateOptions } from '../../src/engine/generate.js';
 import type { LoadedModel } from '../../src/engine/model.js';
@@ -13,7 +11,7 @@ import { hostTenant, refuseGrowth } from '../../src/worker/groups/isolate-room.j
 import { isolatePrefixCache } from '../../src/worker/job/prefix-cache.js';
 import { devStories, loadStories260K } from '../support/paths.js';
 import { loadDefaultModel } from '../support/models.js';
-import { loadSmolLM2 } from '../support/smollm2.js';
+import { loadSmolLM2, twoFactDocument } from '../support/smollm2.js';
 
 const greedy = { temperature: 0, topP: 1, topK: 0, seed: 1 };
 const opts = (schedule: Schedule | null, extra: Partial<GenerateOptions> = {}): GenerateOptions => ({
@@ -217,18 +215,7 @@ describe('the prefix cache: least recently used eviction within its byte limits'
  */
 describe('the prefix cache over one document and two questions (SmolLM2)', () => {
   let model: LoadedModel;
-  const filler = readFileSync(DEFAULT_FILLER[0], 'utf8')
-    .replace(/\s+/g, ' ')
-    .split(/(?<=\.)\s+/)
-    .slice(20, 40);
-  const facts = { 'pass key': '48213', 'door code': '73950' };
-  const doc = [
-    ...filler.slice(0, 3),
-    `The door code is ${facts['door code']}.`,
-    ...filler.slice(3, 13),
-    `The pass key is ${facts['pass key']}. Remember it.`,
-    ...filler.slice(13),
-  ].join(' ');
+  const { doc, facts } = twoFactDocument();
   const ask = (what: string) => ({
     role: 'user' as const,
     content: `${doc}\n\nWhat is the ${what}? Answer with the number only.`,

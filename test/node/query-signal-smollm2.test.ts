@@ -1,12 +1,10 @@
-import { readFileSync } from 'node:fs';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { SequenceState } from '../../src/engine/caches.js';
 import type { LoadedModel } from '../../src/engine/model.js';
 import { defaultSchedule, type Schedule } from '../../src/engine/policy.js';
 import { runTurn } from '../../src/engine/turns.js';
 import { encodeChat } from '../../src/model/chat-prompt.js';
-import { DEFAULT_FILLER } from '../../scripts/quality/tasks.js';
-import { loadSmolLM2 } from '../support/smollm2.js';
+import { loadSmolLM2, twoFactDocument } from '../support/smollm2.js';
 
 /**
  * Two session turns over one document on the served model: the first asks for one fact, the
@@ -15,19 +13,7 @@ import { loadSmolLM2 } from '../support/smollm2.js';
  */
 describe('query-aware LazyLLM over two session turns (SmolLM2)', () => {
   let model: LoadedModel;
-  const filler = readFileSync(DEFAULT_FILLER[0], 'utf8')
-    .replace(/\s+/g, ' ')
-    .split(/(?<=\.)\s+/)
-    .slice(20, 40);
-  const facts = { 'pass key': '48213', 'door code': '73950' };
-  // About 790 tokens: the door code early, the pass key late (a layout dense answers both ways).
-  const doc = [
-    ...filler.slice(0, 3),
-    `The door code is ${facts['door code']}.`,
-    ...filler.slice(3, 13),
-    `The pass key is ${facts['pass key']}. Remember it.`,
-    ...filler.slice(13),
-  ].join(' ');
+  const { doc, facts } = twoFactDocument();
   const ask = (what: string) => `What is the ${what}? Answer with the number only.`;
   beforeAll(async () => {
     model = await loadSmolLM2();

@@ -7,12 +7,18 @@
  */
 import { beforeAll, describe, expect, it } from 'vitest';
 import type { LoadedModel } from '../../src/engine/model.js';
-import { SequenceState } from '../../src/engine/caches.js';
-import { generate } from '../../src/engine/generate.js';
 import { encodePrompt } from '../../src/model/text-tokenizer.js';
 import { renderChat } from '../../src/model/chat-prompt.js';
 import { argmax, logSoftmax } from '../../src/engine/logits.js';
-import { bucketKl, fixture, loadSmolLM2, logitsAt, type ChatFixture, type LogitsFixture } from '../support/smollm2.js';
+import {
+  bucketKl,
+  fixture,
+  greedyChatReplies,
+  loadSmolLM2,
+  logitsAt,
+  type ChatFixture,
+  type LogitsFixture,
+} from '../support/smollm2.js';
 
 const exact = fixture<LogitsFixture>('logits-exact.json');
 const llamacpp = fixture<LogitsFixture>('logits-llamacpp.json');
@@ -66,27 +72,20 @@ describe('SmolLM2 greedy chat', () => {
 
   it("replies equal the exact reference's up to its first near-tie; where llama.cpp parts is reported", async () => {
     const report: string[] = [];
-    for (const c of chat.prompts) {
-      const r = await generate(model, new SequenceState(model.config), c.prompt_ids, {
-        maxTokens: chat.max_tokens,
-        sampler: { temperature: 0, topP: 1, topK: 0, seed: 1 },
-        schedule: null,
-      });
-      // The reference includes the end id it stopped on; generate() does not emit it.
-      const ref = c.exact.ids.filter((t) => !chat.end_ids.includes(t));
+    for (const { prompt: c, tokens, text, ref } of await greedyChatReplies(model, chat)) {
       const upTo = c.first_near_tie ?? ref.length;
-      expect(r.tokens.slice(0, upTo), c.messages[0].content).toEqual(ref.slice(0, upTo));
-      if (c.first_near_tie === null) expect(r.tokens).toEqual(ref);
+      expect(tokens.slice(0, upTo), c.messages[0].content).toEqual(ref.slice(0, upTo));
+      if (c.first_near_tie === null) expect(tokens).toEqual(ref);
       const partsAt = (a: number[], b: number[]) => {
         const i = a.findIndex((t, k) => t !== b[k]);
         return i < 0 ? (a.length === b.length ? null : Math.min(a.length, b.length)) : i;
       };
       const vsLlama = partsAt(
-        r.tokens,
+        tokens,
         c.llamacpp.ids.filter((t) => !chat.end_ids.includes(t)),
       );
       report.push(
-        `${JSON.stringify(c.messages[0].content)}: near-tie at ${c.first_near_tie ?? 'none'}, vs exact parts at ${partsAt(r.tokens, ref) ?? 'never'}, vs llama.cpp at ${vsLlama ?? 'never'} -> ${JSON.stringify(r.text.slice(0, 60))}`,
+        `${JSON.stringify(c.messages[0].content)}: near-tie at ${c.first_near_tie ?? 'none'}, vs exact parts at ${partsAt(tokens, ref) ?? 'never'}, vs llama.cpp at ${vsLlama ?? 'never'} -> ${JSON.stringify(text.slice(0, 60))}`,
       );
     }
     console.log(`[smollm2 greedy chat]\n${report.join('\n')}`);

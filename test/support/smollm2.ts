@@ -3,7 +3,9 @@ import { readFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { loadModelFromDir } from '../../scripts/lib/node-env.js';
 import { servedShardsDir } from '../../scripts/lib/served-model.js';
+import { DEFAULT_FILLER } from '../../scripts/quality/tasks.js';
 import { SequenceState } from '../../src/engine/caches.js';
+import { generate } from '../../src/engine/generate.js';
 import type { LoadedModel } from '../../src/engine/model.js';
 import { runStep } from '../../src/engine/step.js';
 
@@ -82,4 +84,35 @@ export function bucketKl(refIds: number[], refLogprobs: number[], ours: Float64A
   const qRest = Math.max(1e-300, 1 - qTop);
   if (pRest > 0) kl += pRest * (Math.log(pRest) - Math.log(qRest));
   return Math.max(0, kl);
+}
+
+/** Each reference chat prompt's greedy dense reply on `m`, beside the exact reference's ids (without the end id it stopped on, which generate() does not emit). */
+export async function greedyChatReplies(m: LoadedModel, chat: ChatFixture) {
+  const out: { prompt: ChatFixture['prompts'][number]; tokens: number[]; text: string; ref: number[] }[] = [];
+  for (const c of chat.prompts) {
+    const r = await generate(m, new SequenceState(m.config), c.prompt_ids, {
+      maxTokens: chat.max_tokens,
+      sampler: { temperature: 0, topP: 1, topK: 0, seed: 1 },
+      schedule: null,
+    });
+    out.push({ prompt: c, tokens: r.tokens, text: r.text, ref: c.exact.ids.filter((t) => !chat.end_ids.includes(t)) });
+  }
+  return out;
+}
+
+/** About 790 tokens of license text holding two facts: the door code early, the pass key late (a layout dense answers both ways). */
+export function twoFactDocument() {
+  const filler = readFileSync(DEFAULT_FILLER[0], 'utf8')
+    .replace(/\s+/g, ' ')
+    .split(/(?<=\.)\s+/)
+    .slice(20, 40);
+  const facts = { 'pass key': '48213', 'door code': '73950' };
+  const doc = [
+    ...filler.slice(0, 3),
+    `The door code is ${facts['door code']}.`,
+    ...filler.slice(3, 13),
+    `The pass key is ${facts['pass key']}. Remember it.`,
+    ...filler.slice(13),
+  ].join(' ');
+  return { doc, facts };
 }

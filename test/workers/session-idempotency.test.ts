@@ -15,13 +15,15 @@ async function session(): Promise<string> {
   return ((await (await post('/v1/sessions', {})).json()) as { id: string }).id;
 }
 
+/** What the session holds: its conversation and cache figures (not its activity times: reading a session counts as activity). */
 async function stored(
   id: string,
 ): Promise<{ messages: { role: string; content: string }[]; stats: { tokens: number } }> {
-  return (await (await worker(`/v1/sessions/${id}`)).json()) as {
+  const { messages, stats } = (await (await worker(`/v1/sessions/${id}`)).json()) as {
     messages: { role: string; content: string }[];
     stats: { tokens: number };
   };
+  return { messages, stats };
 }
 
 /** seed unset: a turn run twice would sample differently, so a replay shows as the same text */
