@@ -32,8 +32,7 @@ import {
 } from './lib/topology.js';
 import { serveTopology } from './lib/topology-serve.js';
 import type { TopologyProbe } from '../src/worker/groups/entry.js';
-import { groupState, placeSplit } from '../src/engine/layer-group.js';
-import { estimatePartMemory } from '../src/engine/memory-budget.js';
+import { groupState, planSplit } from '../src/engine/layer-group.js';
 import type { KvFormat } from '../src/engine/kv-rows.js';
 import { parseManifest, quantOf } from '../src/model/manifest.js';
 import { fixedBytes } from '../src/worker/groups/isolate-room.js';
@@ -113,10 +112,10 @@ function roomTable(topo: GeneratedTopology) {
   const headRows = manifest.files.head.map((p) => p.rows);
   const budget = Number(v.MEMORY_BUDGET_MB) * MiB;
   const G = topo.layer_groups;
-  return placeSplit(cfg.nLayers, headRows.length, G, topo.classifier_groups, topo.embed_in_front)
+  return planSplit(cfg, quantOf(manifest), headRows, G, topo.classifier_groups, topo.embed_in_front)
     .slice(0, G)
     .map((part, object) => {
-      const fixed = fixedBytes(estimatePartMemory(cfg, quantOf(manifest), { ...part, tokenizer: false }, headRows));
+      const fixed = fixedBytes(part.bytes);
       const fresh = groupState(cfg, part.layers);
       return {
         object,

@@ -17,8 +17,8 @@ import { serveTopology, type RunningTopology } from '../../scripts/lib/topology-
 import { killGroup, spawnServe, waitReady } from '../../scripts/lib/wrangler-dev.js';
 import type { TopologyProbe } from '../../src/worker/groups/entry.js';
 import type { GroupAddress, Result } from '../../src/worker/groups/types.js';
-import { groupState, placeSplit } from '../../src/engine/layer-group.js';
-import { estimatePartMemory, MB } from '../../src/engine/memory-budget.js';
+import { groupState, planSplit } from '../../src/engine/layer-group.js';
+import { MB } from '../../src/engine/memory-budget.js';
 import { parseManifest, quantOf } from '../../src/model/manifest.js';
 import { fixedBytes } from '../../src/worker/groups/isolate-room.js';
 
@@ -299,19 +299,19 @@ describe('sessions in the topology: room per group isolate, and a restart of eve
     const manifest = parseManifest(readFileSync(join(REPO_ROOT, 'model-shards', MODEL, 'manifest.json'), 'utf8'));
     const cfg = { ...manifest.config, seqLen: Math.min(manifest.config.seqLen, 2048), kvFormat: 'int8' as const };
     const headRows = manifest.files.head.map((p) => p.rows);
-    const parts = placeSplit(cfg.nLayers, headRows.length, G, H, true).slice(0, G);
-    const figures = parts.map((part) => {
-      const e = estimatePartMemory(cfg, quantOf(manifest), { ...part, tokenizer: false }, headRows);
-      const fresh = groupState(cfg, part.layers);
-      return {
-        loads: e.total,
-        fixed: fixedBytes(e),
-        state: fresh.bytesAt(cfg.seqLen, true),
-        // a state of over half the context with no Aux entry yet, and its Aux entries when another one joins
-        half: fresh.bytesAt(cfg.seqLen / 2 + 1, false),
-        halfAux: (cfg.seqLen / 2 + 1) * cfg.dim * 4,
-      };
-    });
+    const figures = planSplit(cfg, quantOf(manifest), headRows, G, H, true)
+      .slice(0, G)
+      .map((part) => {
+        const fresh = groupState(cfg, part.layers);
+        return {
+          loads: part.bytes.total,
+          fixed: fixedBytes(part.bytes),
+          state: fresh.bytesAt(cfg.seqLen, true),
+          // a state of over half the context with no Aux entry yet, and its Aux entries when another one joins
+          half: fresh.bytesAt(cfg.seqLen / 2 + 1, false),
+          halfAux: (cfg.seqLen / 2 + 1) * cfg.dim * 4,
+        };
+      });
     // one full state fits every group; two states of more than half the context (capacity 512) fit none
     const budget = Math.max(...figures.map((f) => Math.max(f.loads, f.fixed + f.state))) + 1024;
     expect(figures.some((f) => f.fixed + 2 * f.half + f.halfAux > budget)).toBe(true);

@@ -164,25 +164,20 @@ export class ChainRunner {
     const start = seq.length;
     seq.append(newTokens);
     let moved = 0;
-    // Frontiers cross as the groups send them (frontier.ts toWire); `moved` counts what leaves each boundary.
+    // Frontiers cross in their wire form (frontier.ts); `moved` counts each as it is sent to a group, and the last group's as it comes back.
     const stages: Stage[] = Array.from({ length: this.groups }, (_, g) => async (input, o) => {
       const sent = 'frontier' in input ? { frontier: toWire(input.frontier) } : input;
+      if ('frontier' in sent) moved += wireBytes(sent.frontier);
       const r = unwrap<GroupStepReply>(await this.call(g, sent, o.schedule, o.trace !== undefined));
       await o.progress?.();
       for (const t of r.trace ?? []) o.trace?.(t.layer, t.queries, t.revived);
       if (!('frontier' in r.output)) return { output: r.output, stats: r.stats };
-      moved += wireBytes(r.output.frontier);
+      if (g === this.groups - 1) moved += wireBytes(r.output.frontier);
       return { output: { frontier: fromWire(r.output.frontier) }, stats: r.stats };
     });
     const { logits, stats } = await composeStep(stages, start, newTokens, opts, {
       // The front holds the embedding: the first boundary is front -> group 0.
-      ...(this.embed && {
-        embed: async (at: number, tokens: readonly number[], ranking?: Ranking) => {
-          const f = await this.embed!(at, tokens, ranking);
-          moved += wireBytes(toWire(f));
-          return f;
-        },
-      }),
+      ...(this.embed && { embed: this.embed }),
       ...(this.heads > 0 && { head: (leaving: Frontier) => this.headLogits(leaving, (b) => (moved += b)) }),
     });
     return { logits, stats, moved };
