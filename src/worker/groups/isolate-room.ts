@@ -65,10 +65,12 @@ const mb = (b: number) => `${(b / MB).toFixed(1)} MB`;
 export function refuseGrowth(part: ModelPart, seq: SequenceState, tokens: number, parks: boolean): Failure | null {
   const budget = part.memoryBudgetBytes;
   if (!Number.isFinite(budget)) return null;
+  const fixed = fixedBytes(part.memory);
+  const need = seq.bytesAt(tokens, parks);
   const fits = () => {
     const others = hostedStates().filter((s) => s !== seq);
     const othersBytes = others.reduce((t, s) => t + s.bytes, 0);
-    return { others, othersBytes, ok: fixedBytes(part.memory) + othersBytes + seq.bytesAt(tokens, parks) <= budget };
+    return { others, othersBytes, ok: fixed + othersBytes + need <= budget };
   };
   let f = fits();
   // States kept only for reuse (the prefix cache) make room before anything is refused.
@@ -81,8 +83,8 @@ export function refuseGrowth(part: ModelPart, seq: SequenceState, tokens: number
   const { start, end } = part.layerRange;
   return failureOf(
     503,
-    `The isolate running layers ${start}..${end - 1} is full: a state of ${tokens} tokens needs ${mb(seq.bytesAt(tokens, parks))} ` +
-      `beside ${others.length} other state(s) holding ${mb(othersBytes)} and ${mb(fixedBytes(part.memory))} of weights and runtime, ` +
+    `The isolate running layers ${start}..${end - 1} is full: a state of ${tokens} tokens needs ${mb(need)} ` +
+      `beside ${others.length} other state(s) holding ${mb(othersBytes)} and ${mb(fixed)} of weights and runtime, ` +
       `over the isolate memory budget of ${mb(budget)} (MEMORY_BUDGET_MB). Nothing was changed; retry later, with a shorter prompt, or after idle sessions end.`,
     'isolate_full',
     null,
