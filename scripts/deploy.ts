@@ -3,8 +3,9 @@
  *
  * Deploys the multi-Worker topology (docs/TOPOLOGY.md, docs/DEPLOY.md) in order: builds the
  * topology's shards when they are missing (from the GGUF the set-up locates), generates every
- * Worker's configuration (scripts/lib/topology.ts), then `wrangler deploy`s each group Worker and
- * the front last (its bindings name them). With --dry-run nothing is uploaded: each Worker is
+ * Worker's configuration (scripts/lib/topology.ts), then `wrangler deploy`s each Worker after the
+ * ones its bindings name (deployOrder: the classifier groups, the layer groups from the last to the
+ * first, each binding the next, then the front). With --dry-run nothing is uploaded: each Worker is
  * bundled as it would be and checked against Cloudflare's limits (64 MiB per script bundle,
  * 25 MiB per asset, and only that Worker's own shards among its assets). Exits non-zero, with the
  * reason, on the first Worker that fails.
@@ -15,7 +16,7 @@ import { join, relative } from 'node:path';
 import { parseArgs } from 'node:util';
 import { progress, REPO_ROOT, runMain } from './lib/node-env.js';
 import { ensureTopologyShards } from './lib/shard-tasks.js';
-import { ASSET_LIMIT_BYTES, generateTopology, parseVars, TopologyError } from './lib/topology.js';
+import { ASSET_LIMIT_BYTES, deployOrder, generateTopology, parseVars, TopologyError } from './lib/topology.js';
 
 /** Cloudflare's limit on a Worker's script bundle (paid plan, uncompressed as wrangler measures it here). */
 const BUNDLE_LIMIT_BYTES = 64 * 1024 * 1024;
@@ -88,7 +89,7 @@ async function main(): Promise<void> {
     progress,
   });
   const rows: string[] = [];
-  for (const w of topo.workers) {
+  for (const w of deployOrder(topo)) {
     const dir = join(out, w.name);
     if (args['dry-run']) {
       const bundleDir = join(dir, 'bundle');

@@ -292,7 +292,21 @@ export function generateTopology(opts: GenerateOptions): GeneratedTopology {
       preview_urls: false,
       assets,
       vars: { ...vars, TOPOLOGY_OBJECT: String(g), TOPOLOGY_ROLE: what },
-      durable_objects: { bindings: [{ name: 'LAYER_GROUP_OBJECTS', class_name: 'LayerGroup' }] },
+      durable_objects: {
+        bindings: [
+          { name: 'LAYER_GROUP_OBJECTS', class_name: 'LayerGroup' },
+          // a layer group hands each step's frontier on to the next one itself (layer-group-object.ts handOn)
+          ...(g < G - 1
+            ? [
+                {
+                  name: groupBinding(g + 1),
+                  class_name: 'LayerGroup',
+                  script_name: fill(settings.workers.group.name, front, g + 1),
+                },
+              ]
+            : []),
+        ],
+      },
       migrations: [{ tag: 'v1', new_sqlite_classes: ['LayerGroup'] }],
     }));
   }
@@ -348,6 +362,14 @@ export function generateTopology(opts: GenerateOptions): GeneratedTopology {
 }
 
 /** What a previous generation wrote in `dir`. */
+/**
+ * The order to deploy the Workers in, each after every Worker its bindings name: the classifier
+ * groups, the layer groups from the last (each binds the next) to the first, then the front.
+ */
+export function deployOrder(topo: GeneratedTopology): GeneratedWorker[] {
+  return [...topo.workers].sort((a, b) => (b.object ?? -1) - (a.object ?? -1));
+}
+
 export function readGenerated(dir: string): GeneratedTopology {
   const path = join(resolve(dir), 'topology.json');
   if (!existsSync(path))

@@ -225,6 +225,8 @@ async function main(): Promise<void> {
             dev.base,
             {
               ...base,
+              // every run prefills afresh: the prefix cache would serve the repeats
+              cache_prompt: false,
               lazy: {
                 enabled: mode === 'lazy',
                 ...(mode === 'lazy' && values.schedule ? { schedule: values.schedule } : {}),

@@ -14,10 +14,9 @@ import { EngineError } from './errors.js';
 import type { LayerRange, ModelPart } from './model.js';
 import {
   composeStep,
-  runPart,
+  partStage,
   stepStats,
   type Frontier,
-  type Stage,
   type StepOptions,
   type StepStats,
 } from './step.js';
@@ -87,7 +86,7 @@ export class LocalChain {
 
   async step(newTokens: readonly number[], opts: StepOptions): Promise<{ logits: Float32Array; stats: StepStats }> {
     const t0 = performance.now();
-    const stages: Stage[] = this.parts.map((p, g) => (input, o) => runPart(p, this.states[g], input, o));
+    const stages = this.parts.map((p, g) => partStage(p, this.states[g]));
     const { logits, stats } = await composeStep(stages, this.length, newTokens, opts);
     return { logits, stats: stepStats(this.parts[0].config, newTokens.length, stats, performance.now() - t0) };
   }

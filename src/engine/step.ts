@@ -510,10 +510,19 @@ export type StageInput = { tokens: number[]; start: number; ranking?: Ranking } 
 export type StageOutput = { frontier: Frontier } | { logits: Float32Array };
 
 /**
- * Some of a step's layers, run in this isolate (runPart) or by an object reached by a call
- * (src/worker/groups/chain.ts): how a step runs is the list of its stages, in layer order.
+ * Some of a step's layers, run in this isolate (runPart) or by objects reached by a call
+ * (src/worker/groups/chain.ts): how a step runs is the list of its stages, in layer order. A stage
+ * answers the figures of each part it ran (one for runPart; a chain of layer groups, one each).
  */
-export type Stage = (input: StageInput, opts: StepOptions) => Promise<{ output: StageOutput; stats: LayerStats }>;
+export type Stage = (input: StageInput, opts: StepOptions) => Promise<{ output: StageOutput; stats: LayerStats[] }>;
+
+/** A part of the model in this isolate, with the state it owns, as a stage. */
+export const partStage =
+  (part: ModelPart, seq: SequenceState): Stage =>
+  async (input, opts) => {
+    const { output, stats } = await runPart(part, seq, input, opts);
+    return { output, stats: [stats] };
+  };
 
 /**
  * One part's share of a step, with the state it owns: embeds the tokens if handed them, runs its
@@ -536,7 +545,7 @@ export async function runPart(
  * The composition of a step, the one place it is written: the new tokens (embedded first by
  * `ends.embed` when the caller holds the embedding) go through the stages in order, each handing
  * the next its frontier, until one answers logits, or `ends.head` applies the classifier to the
- * frontier leaving the last. Returns the logits and each stage's statistics.
+ * frontier leaving the last. Returns the logits and each part's statistics (a stage may run several).
  */
 export async function composeStep(
   stages: readonly Stage[],
@@ -554,7 +563,7 @@ export async function composeStep(
   const stats: LayerStats[] = [];
   for (const [k, stage] of stages.entries()) {
     const { output, stats: s } = await stage(input, opts);
-    stats.push(s);
+    stats.push(...s);
     if ('logits' in output) {
       if (k !== stages.length - 1) throw new EngineError(`stage ${k} of ${stages.length} answered logits`, 'internal');
       return { logits: output.logits, stats };
@@ -577,7 +586,6 @@ export async function runStep(
   opts: StepOptions,
 ): Promise<{ logits: Float32Array; stats: StepStats }> {
   const t0 = performance.now();
-  const stage: Stage = (input, o) => runPart(model, seq, input, o);
-  const { logits, stats } = await composeStep([stage], seq.length, newTokens, opts);
+  const { logits, stats } = await composeStep([partStage(model, seq)], seq.length, newTokens, opts);
   return { logits, stats: stepStats(model.config, newTokens.length, stats, performance.now() - t0) };
 }

@@ -12,7 +12,7 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { REPO_ROOT } from '../../scripts/lib/node-env.js';
 import { freePortIn } from '../../scripts/lib/port-range.js';
-import { generateTopology, TopologyError, type GeneratedWorker } from '../../scripts/lib/topology.js';
+import { deployOrder, generateTopology, TopologyError, type GeneratedWorker } from '../../scripts/lib/topology.js';
 import { serveTopology, type RunningTopology } from '../../scripts/lib/topology-serve.js';
 import { killGroup, spawnServe, waitReady } from '../../scripts/lib/wrangler-dev.js';
 import type { TopologyProbe } from '../../src/worker/groups/entry.js';
@@ -133,10 +133,27 @@ describe('the multi-Worker topology in local workerd (stories260K, 3 layer group
       workers.slice(0, 4).map((w, g) => ({ name: `LAYER_GROUP_${g}`, class_name: 'LayerGroup', script_name: w.name })),
     );
     for (const w of workers.slice(0, 4)) {
-      const c = JSON.parse(readFileSync(w.config, 'utf8')) as { vars: Record<string, string>; workers_dev: boolean };
+      const c = JSON.parse(readFileSync(w.config, 'utf8')) as {
+        vars: Record<string, string>;
+        workers_dev: boolean;
+        durable_objects: { bindings: { name: string; class_name: string; script_name?: string }[] };
+      };
       expect(c.vars).toMatchObject({ ...VARS, TOPOLOGY_OBJECT: String(w.object) });
       expect(c.workers_dev).toBe(false);
+      // a layer group binds the next one (it hands the frontier on itself); the last and the classifier bind none
+      const g = w.object!;
+      expect(c.durable_objects.bindings.filter((b) => b.script_name)).toEqual(
+        g < 2 ? [{ name: `LAYER_GROUP_${g + 1}`, class_name: 'LayerGroup', script_name: workers[g + 1].name }] : [],
+      );
     }
+    // each Worker is deployed after the ones it binds
+    expect(deployOrder(topo.topology).map((w) => w.name)).toEqual([
+      'lazy-edge-classifier-0',
+      'lazy-edge-group-2',
+      'lazy-edge-group-1',
+      'lazy-edge-group-0',
+      'lazy-edge',
+    ]);
   });
 
   it('a bad configuration is refused with a clear message, and nothing is written', () => {

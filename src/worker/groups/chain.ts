@@ -1,8 +1,10 @@
 /**
  * The front Worker's side of a split model: a chain of LayerGroup objects run as one model. Each
- * step goes through the groups in order, the frontier crossing every boundary (hidden states of
- * the tokens still computed, the active set and its scores), and the last group answers logits;
- * sampling, stop strings and streaming stay in the front (engine/generate.ts, with this runner).
+ * step is one call to the chain's first group, which hands the frontier (hidden states of the
+ * tokens still computed, the active set and its scores) to the next group itself, and so on down
+ * the chain (layer-group-object.ts handOn); the last group's logits, or its last hidden state for
+ * the classifier objects, come back up with every group's figures. Sampling, stop strings and
+ * streaming stay in the front (engine/generate.ts, with this runner).
  */
 import { SequenceState } from '../../engine/caches.js';
 import { kvRowBytes } from '../../engine/kv-rows.js';
@@ -26,6 +28,7 @@ import { configOf } from '../config.js';
 import type { ModelEnv } from '../model-store.js';
 import { fromWire, toWire, wireBytes } from './frontier.js';
 import { frontModel } from './parts.js';
+import { awaitWithProgress } from '../job/keep-alive.js';
 import { groupStub } from './stub.js';
 import { LEASE_IDLE_MS, type LayerGroup } from './layer-group-object.js';
 import type { Failure, GroupStepCall, GroupStepReply } from './types.js';
@@ -41,9 +44,10 @@ export interface SplitStats {
   /** the chain that served the request (stateless) */
   chain?: number;
   /**
-   * bytes that crossed the group boundaries in the prefill step: the frontiers (active set,
-   * scores, carried hidden states, token ids) summed over the G - 1 boundaries. The front relays
-   * each, so RPC carries twice this, plus the token ids in and the logits out.
+   * bytes that crossed the object boundaries in the prefill step: the frontiers (active set,
+   * scores, carried hidden states, token ids) summed over the boundaries they crossed, the groups
+   * handing them on to each other (plus the front's embedding into group 0, and the last hidden
+   * state out to the classifier objects when there are any)
    */
   prefill_boundary_bytes: number;
   /** the same per decode step, averaged */
@@ -59,12 +63,13 @@ function unwrap<T extends object>(r: ({ ok: true } & T) | Failure): T {
   return r as T;
 }
 
+/** A step's call to the chain's first group, which hands it on down the chain. */
 type StepCall = (
-  g: number,
   input: GroupStepCall['input'],
   schedule: GroupStepCall['schedule'],
   trace: boolean,
 ) => Promise<Failure | ({ ok: true } & GroupStepReply)>;
+
 /** The front's embedding (EMBED_IN_FRONT): the frontier entering layer 0 for the new tokens. */
 export type FrontEmbed = (start: number, tokens: readonly number[], ranking?: Ranking) => Promise<Frontier>;
 
@@ -155,7 +160,7 @@ export class ChainRunner {
     return { logits: r.logits, stats: this.last };
   };
 
-  /** One step through every object (the engine's composeStep, with a stage per group reached by RPC): the last token's logits, each layer group's figures, and the bytes that crossed the boundaries. */
+  /** One step through every object (the engine's composeStep, the chain one stage reached by RPC): the last token's logits, each layer group's figures, and the bytes that crossed the boundaries. */
   private async oneStep(
     seq: SequenceState,
     newTokens: readonly number[],
@@ -164,18 +169,23 @@ export class ChainRunner {
     const start = seq.length;
     seq.append(newTokens);
     let moved = 0;
-    // Frontiers cross in their wire form (frontier.ts); `moved` counts each as it is sent to a group, and the last group's as it comes back.
-    const stages: Stage[] = Array.from({ length: this.groups }, (_, g) => async (input, o) => {
+    // Frontiers cross in their wire form (frontier.ts): `moved` counts the front's into group 0, the
+    // groups' to each other (handed_bytes), and the last group's as it comes back.
+    const chain: Stage = async (input, o) => {
       const sent = 'frontier' in input ? { frontier: toWire(input.frontier) } : input;
       if ('frontier' in sent) moved += wireBytes(sent.frontier);
-      const r = unwrap<GroupStepReply>(await this.call(g, sent, o.schedule, o.trace !== undefined));
-      await o.progress?.();
+      const r = unwrap<GroupStepReply>(
+        await awaitWithProgress(this.call(sent, o.schedule, o.trace !== undefined), o.progress),
+      );
+      if (r.stats.length !== this.groups)
+        throw new Error(`the chain answered the figures of ${r.stats.length} of its ${this.groups} layer groups`);
       for (const t of r.trace ?? []) o.trace?.(t.layer, t.queries, t.revived);
+      moved += r.handed_bytes;
       if (!('frontier' in r.output)) return { output: r.output, stats: r.stats };
-      if (g === this.groups - 1) moved += wireBytes(r.output.frontier);
+      moved += wireBytes(r.output.frontier);
       return { output: { frontier: fromWire(r.output.frontier) }, stats: r.stats };
-    });
-    const { logits, stats } = await composeStep(stages, start, newTokens, opts, {
+    };
+    const { logits, stats } = await composeStep([chain], start, newTokens, opts, {
       // The front holds the embedding: the first boundary is front -> group 0.
       ...(this.embed && { embed: this.embed }),
       ...(this.heads > 0 && { head: (leaving: Frontier) => this.headLogits(leaving, (b) => (moved += b)) }),
@@ -233,9 +243,12 @@ export class ChainRunner {
 
 /** A pool chain held for one lease (a stateless request). */
 export class Chain extends ChainRunner {
-  /** `stubs`: the layer groups, then `heads` classifier objects. */
+  readonly stubs: readonly GroupStub[];
+
+  /** `names`: the instance names of the layer groups, then of the `heads` classifier objects. */
   constructor(
-    readonly stubs: readonly GroupStub[],
+    env: Env,
+    names: readonly string[],
     readonly lease: string,
     config: ModelConfig,
     index?: number,
@@ -243,19 +256,22 @@ export class Chain extends ChainRunner {
     embed?: FrontEmbed,
     stepTokens = 0,
   ) {
-    const G = stubs.length - heads;
+    const G = names.length - heads;
     const frontEmbeds = embed !== undefined;
+    const stubs = connect(env, names);
+    const next = names.slice(1, G);
     super(
       G,
       config,
-      (g, input, schedule, trace) =>
-        stubs[g].step({ groups: G, group: g, heads, frontEmbeds, lease, input, schedule, trace }),
+      (input, schedule, trace) =>
+        stubs[0].step({ groups: G, group: 0, heads, frontEmbeds, lease, input, schedule, trace, next }),
       index,
       heads,
       (k, hidden) => stubs[G + k].head({ groups: G, group: G + k, heads }, hidden),
       embed,
       stepTokens,
     );
+    this.stubs = stubs;
   }
 
   /** the holds started while the chain was being taken (objects loaded first must not be evicted while later ones load) */
@@ -325,11 +341,21 @@ export function holdObjects(stubs: readonly GroupStub[], lastUse: () => number):
   };
 }
 
-/** The objects of stateless chain c: its layer groups, then its classifier objects (each in its own Worker when bound: stub.ts). */
-export function poolChain(env: Env, c: number, groups: number, heads = 0): GroupStub[] {
+/** The instance names of stateless chain c's objects: its layer groups, then its classifier objects. */
+export function poolNames(c: number, groups: number, heads = 0): string[] {
   return Array.from({ length: groups + heads }, (_, g) =>
-    groupStub(env, g, heads ? `pool/${c}/${groups}+${heads}/${g}` : `pool/${c}/${g}`),
+    heads ? `pool/${c}/${groups}+${heads}/${g}` : `pool/${c}/${g}`,
   );
+}
+
+/** The stubs of a chain's objects by their instance names, object g in its own Worker when bound (stub.ts). */
+export function connect(env: Env, names: readonly string[]): GroupStub[] {
+  return names.map((name, g) => groupStub(env, g, name));
+}
+
+/** The objects of stateless chain c (poolNames). */
+export function poolChain(env: Env, c: number, groups: number, heads = 0): GroupStub[] {
+  return connect(env, poolNames(c, groups, heads));
 }
 
 /**
@@ -345,14 +371,15 @@ export async function acquirePoolChain(env: Env, config: ModelConfig, prefix?: n
   const embed = frontEmbed(env);
   const frontEmbeds = embed !== undefined;
   for (const c of chainOrder(C, prefix)) {
-    const stubs = poolChain(env, c, G, H);
+    const names = poolNames(c, G, H);
+    const stubs = connect(env, names);
     const taking = { groups: G, heads: H, frontEmbeds, lease, ...(prefix ? { prefix } : {}) };
     const head = await stubs[0].acquire({ ...taking, group: 0, exclusive: true });
     if (!head.ok) {
       if (head.error.code === 'chain_busy') continue;
       throw new Refusal(head);
     }
-    const chain = new Chain(stubs, lease, config, c, H, embed, stepTokens);
+    const chain = new Chain(env, names, lease, config, c, H, embed, stepTokens);
     chain.stopHolding = holdObjects(stubs, () => chain.lastUse);
     try {
       let held = head.held;

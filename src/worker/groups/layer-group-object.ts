@@ -11,7 +11,8 @@ import { failureFrom, failureOf } from '../faults.js';
 import { encodeDelta, modelFingerprint, type StoredView } from '../../engine/state-codec.js';
 import { placeSplit } from '../../engine/layer-group.js';
 import { commonPrefix } from '../../engine/turns.js';
-import { fromWire, lastTokenFrontier, toWire } from './frontier.js';
+import { fromWire, lastTokenFrontier, toWire, wireBytes } from './frontier.js';
+import { groupStub } from './stub.js';
 import { groupFingerprint, loadGroupLog, writeGroupChunks } from './group-store.js';
 import { groupModel, manifestOf } from './parts.js';
 import { hostedFigures, hostTenant, refuseGrowth, type Tenant } from './isolate-room.js';
@@ -55,7 +56,43 @@ async function runGroupStep(
     'logits' in output
       ? output
       : { frontier: toWire(last ? lastTokenFrontier(output.frontier, part.config.dim) : output.frontier) };
-  return { output: ready, stats, ...(trace ? { trace } : {}) };
+  return { output: ready, stats: [stats], ...(trace ? { trace } : {}), handed_bytes: 0 };
+}
+
+/**
+ * Hands this group's frontier to the next layer group of the chain (`call.next`), which does the
+ * same, and answers what comes back: the last group's output, with this group's figures first.
+ * The frontier thus crosses each boundary once, group to group, instead of going back through
+ * the caller (half the RPC hops per step). A failure below is answered as it is.
+ */
+async function handOn<C extends GroupStepCall | SessionStepCall>(
+  env: Env,
+  call: C,
+  own: GroupStepReply,
+  send: (next: DurableObjectStub<LayerGroup>, call: C) => Promise<Result<GroupStepReply>>,
+): Promise<Result<GroupStepReply>> {
+  const [name, ...rest] = call.next ?? [];
+  if (name === undefined || !('frontier' in own.output)) return { ok: true, ...own };
+  const frontier = own.output.frontier;
+  let below: Result<GroupStepReply>;
+  try {
+    below = await send(groupStub(env, call.group + 1, name), {
+      ...call,
+      group: call.group + 1,
+      next: rest,
+      input: { frontier },
+    });
+  } catch (e) {
+    return failureFrom(e, `layer group ${call.group} handing on to layer group ${call.group + 1}`);
+  }
+  if (!below.ok) return below;
+  return {
+    ok: true,
+    output: below.output,
+    stats: [...own.stats, ...below.stats],
+    ...(own.trace ? { trace: [...own.trace, ...(below.trace ?? [])] } : {}),
+    handed_bytes: wireBytes(frontier) + below.handed_bytes,
+  };
 }
 
 /** This object's pieces in its split (the engine's placement rule). */
@@ -154,7 +191,12 @@ export class LayerGroup extends DurableObject<Env> implements Tenant {
   ): Promise<Result<{ loaded: boolean; held: number }>> {
     try {
       const now = Date.now();
-      if (a.exclusive && this.lease && !this.held(a.lease) && now - this.lease.at < LEASE_IDLE_MS) {
+      if (
+        a.exclusive &&
+        this.lease &&
+        !this.held(a.lease) &&
+        (this.handing > 0 || now - this.lease.at < LEASE_IDLE_MS)
+      ) {
         return failureOf(503, 'This layer-group chain is serving another request.', 'chain_busy');
       }
       if (this.stepping) return failureOf(503, 'This layer group is in the middle of a step.', 'chain_busy');
@@ -171,8 +213,24 @@ export class LayerGroup extends DurableObject<Env> implements Tenant {
     }
   }
 
-  /** Runs the step over this group's layers for the lease holding it. */
+  /** Runs the step over this group's layers for the lease holding it, then hands it on down the chain. */
   async step(call: GroupStepCall): Promise<Result<GroupStepReply>> {
+    const own = await this.ownStep(call);
+    if (!own.ok) return own;
+    this.handing++;
+    try {
+      return await handOn(this.env, call, own, (next, c) => next.step(c));
+    } finally {
+      this.handing--;
+      // the lease was in use all along: its idle time counts from the chain's answer
+      if (this.held(call.lease)) this.lease = { id: call.lease, at: Date.now() };
+    }
+  }
+
+  /** Steps handed on down the chain and not yet answered: the lease is in use meanwhile. */
+  private handing = 0;
+
+  private async ownStep(call: GroupStepCall): Promise<Result<GroupStepReply>> {
     if (!this.held(call.lease) || !this.state) {
       const why = this.lease
         ? `held by another request since ${Date.now() - this.lease.at} ms`
@@ -258,8 +316,14 @@ export class LayerGroup extends DurableObject<Env> implements Tenant {
     return { part, mem: this.session };
   }
 
-  /** One step of a session turn's attempt; the first step of an attempt starts from the committed state. */
+  /** One step of a session turn's attempt over this group's layers, handed on down the chain. */
   async turnStep(call: SessionStepCall): Promise<Result<GroupStepReply>> {
+    const own = await this.ownTurnStep(call);
+    return own.ok ? handOn(this.env, call, own, (next, c) => next.turnStep(c)) : own;
+  }
+
+  /** The first step of an attempt starts from the committed state. */
+  private async ownTurnStep(call: SessionStepCall): Promise<Result<GroupStepReply>> {
     if (this.stepping) return failureOf(409, 'A step is already running on this layer group.', 'chain_busy');
     this.stepping = true;
     try {

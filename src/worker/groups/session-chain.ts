@@ -8,15 +8,19 @@
 import { SequenceState } from '../../engine/caches.js';
 import type { ModelConfig } from '../../model/config.js';
 import type { Env } from '../env.js';
-import { ChainRunner, holdObjects, type FrontEmbed, type GroupStub } from './chain.js';
-import { groupStub } from './stub.js';
+import { ChainRunner, connect, holdObjects, type FrontEmbed, type GroupStub } from './chain.js';
 import { sumFigures, type CacheFigures, type GroupSummary, type SessionGroupAddress } from './types.js';
 
-/** The objects of the session whose ChatSession object has id `sessionObject`. */
-export function sessionGroups(env: Env, sessionObject: string, groups: number, heads = 0): GroupStub[] {
+/** The instance names of the objects of the session whose ChatSession object has id `sessionObject`. */
+export function sessionNames(sessionObject: string, groups: number, heads = 0): string[] {
   // The split is part of the name: a session made under another split never meets these objects.
   const split = heads ? `${groups}+${heads}` : String(groups);
-  return Array.from({ length: groups + heads }, (_, g) => groupStub(env, g, `session/${sessionObject}/${split}/${g}`));
+  return Array.from({ length: groups + heads }, (_, g) => `session/${sessionObject}/${split}/${g}`);
+}
+
+/** The objects of that session (sessionNames). */
+export function sessionGroups(env: Env, sessionObject: string, groups: number, heads = 0): GroupStub[] {
+  return connect(env, sessionNames(sessionObject, groups, heads));
 }
 
 export class SessionChainFailure extends Error {}
@@ -38,9 +42,10 @@ export interface ChainSummary extends CacheFigures {
  * restarted) stays broken, while a new one reaches the object as it restores itself.
  */
 export class SessionChain {
-  /** `connect` gives the layer groups' stubs, then the `heads` classifier objects'. */
+  /** `names`: the instance names of the layer groups, then of the `heads` classifier objects (sessionNames). */
   constructor(
-    private readonly connect: () => GroupStub[],
+    private readonly env: Env,
+    private readonly names: readonly string[],
     readonly groups: number,
     readonly config: ModelConfig,
     readonly heads = 0,
@@ -49,6 +54,10 @@ export class SessionChain {
     /** a dense step of more tokens goes through the groups as steps of at most this many (PREFILL_STEP_TOKENS; 0: never cut) */
     private readonly stepTokens = 0,
   ) {}
+
+  private connect(): GroupStub[] {
+    return connect(this.env, this.names);
+  }
 
   private layerStubs(): GroupStub[] {
     return this.connect().slice(0, this.groups);
@@ -76,13 +85,14 @@ export class SessionChain {
     const stubs = this.connect();
     let runner: ChainRunner | null = null;
     const done = holdObjects(stubs, () => runner?.lastUse ?? Date.now());
-    const steps = new Array<number>(this.groups).fill(0);
+    let step = 0;
     const G = this.groups;
+    const next = this.names.slice(1, G);
     runner = new ChainRunner(
       G,
       this.config,
-      (g, input, schedule, trace) =>
-        stubs[g].turnStep({ ...this.address(g, committed, id), step: steps[g]++, input, schedule, trace }),
+      (input, schedule, trace) =>
+        stubs[0].turnStep({ ...this.address(0, committed, id), step: step++, input, schedule, trace, next }),
       undefined,
       this.heads,
       (k, hidden) => stubs[G + k].head({ groups: G, group: G + k, heads: this.heads }, hidden),

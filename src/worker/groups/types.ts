@@ -19,7 +19,17 @@ export interface GroupAddress {
   lease: string;
 }
 
-export interface GroupStepCall extends GroupAddress {
+/**
+ * The instance names of the layer groups after this one in its chain, in order: the group hands
+ * its frontier to the first of them itself (the step goes down the chain, group to group, and the
+ * chain's answer comes back up), so a frontier crosses each boundary once instead of going back
+ * through the caller. Empty or absent: this is the chain's last layer group.
+ */
+export interface HandOn {
+  next?: string[];
+}
+
+export interface GroupStepCall extends GroupAddress, HandOn {
   /** the first group embeds the step's new tokens (appended after `start`); every other group receives the frontier */
   input: { tokens: number[]; start: number; ranking?: Ranking } | { frontier: WireFrontier };
   schedule: Schedule | null;
@@ -34,11 +44,18 @@ export interface LayerTraceEntry {
   revived: Int32Array;
 }
 
-/** The last group answers the logits of the step's last token; the others the frontier leaving their last layer. */
+/**
+ * The answer of a step from the group called down to the chain's last layer group: the last one's
+ * output (the logits of the step's last token, or the frontier leaving the last layer when
+ * classifier objects apply the head), and every group's figures, in layer order.
+ */
 export interface GroupStepReply {
   output: { frontier: WireFrontier } | { logits: Float32Array };
-  stats: LayerStats;
+  /** one per layer group from the one called to the last */
+  stats: LayerStats[];
   trace?: LayerTraceEntry[];
+  /** wire bytes of the frontiers handed from group to group below the one called */
+  handed_bytes: number;
 }
 
 export interface IsolateProbe {
@@ -69,7 +86,7 @@ export interface SessionGroupAddress {
   attempt: string;
 }
 
-export interface SessionStepCall extends SessionGroupAddress {
+export interface SessionStepCall extends SessionGroupAddress, HandOn {
   /** the step's index within the attempt: only step 0 may start from the committed state */
   step: number;
   input: GroupStepCall['input'];

@@ -11,7 +11,7 @@ import type { ModelConfig } from '../../model/config.js';
 import type { Env } from '../env.js';
 import { frontEmbed } from '../groups/chain.js';
 import { configOf } from '../config.js';
-import { SessionChain, sessionGroups } from '../groups/session-chain.js';
+import { SessionChain, sessionNames } from '../groups/session-chain.js';
 
 // step_tokens may be NULL: sessions stored before it existed (they step as the object's PREFILL_STEP_TOKENS says).
 const SCHEMA = `CREATE TABLE IF NOT EXISTS layer_groups (id INTEGER PRIMARY KEY CHECK (id = 1), groups INTEGER NOT NULL, heads INTEGER NOT NULL, step_tokens INTEGER)`;
@@ -69,7 +69,8 @@ export function tokensOfRecords(config: ModelConfig, records: readonly TurnRecor
 /** The chain of a session's groups, named from its ChatSession object's id. */
 export function sessionChain(env: Env, sessionObject: string, split: Split, config: ModelConfig): SessionChain {
   return new SessionChain(
-    () => sessionGroups(env, sessionObject, split.groups, split.heads),
+    env,
+    sessionNames(sessionObject, split.groups, split.heads),
     split.groups,
     config,
     split.heads,
