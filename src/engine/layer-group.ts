@@ -12,14 +12,7 @@ import { estimatePartMemory, MB, type MemoryEstimate, type PartSpec } from './me
 import { SequenceState } from './caches.js';
 import { EngineError } from './errors.js';
 import type { LayerRange, ModelPart } from './model.js';
-import {
-  composeStep,
-  partStage,
-  stepStats,
-  type Frontier,
-  type StepOptions,
-  type StepStats,
-} from './step.js';
+import { composeStep, partStage, stepStats, type Frontier, type StepOptions, type StepStats } from './step.js';
 
 /** `groups` contiguous ranges covering layers 0..nLayers-1, sizes differing by at most one (the earlier ones larger). */
 export function splitLayers(nLayers: number, groups: number): LayerRange[] {
