@@ -19,7 +19,7 @@ import type { TopologyProbe } from '../../src/worker/groups/entry.js';
 import type { GroupAddress, Result } from '../../src/worker/groups/types.js';
 import { groupState, planSplit } from '../../src/engine/layer-group.js';
 import { MB } from '../../src/engine/memory-budget.js';
-import { parseManifest, quantOf } from '../../src/model/manifest.js';
+import { parseManifest, quantOf, sha256Hex } from '../../src/model/manifest.js';
 import { fixedBytes } from '../../src/worker/groups/isolate-room.js';
 
 const MODEL = 'stories260K';
@@ -257,6 +257,27 @@ describe('the multi-Worker topology in local workerd (stories260K, 3 layer group
         }
       }
     }
+  });
+
+  it('GET /v1/model-files on the front serves every file of the manifest, each from the Worker that holds it, with the bytes its sha256 names', async () => {
+    const manifest = await fetch(`${topo.url.origin}/v1/model-files/manifest.json`);
+    expect(manifest.status).toBe(200);
+    const m = parseManifest(await manifest.text());
+    const entries = [m.tokenizer, ...m.files.embed, ...m.files.layers, ...m.files.head];
+    // the front holds only some of them: the others come through its bindings from the group Workers
+    const frontFiles = topo.topology.workers.find((w) => w.role === 'front')!.files;
+    expect(entries.filter((e) => !frontFiles.includes(e.file)).length).toBeGreaterThan(0);
+    for (const e of entries) {
+      const res = await fetch(`${topo.url.origin}/v1/model-files/${e.sha256}/${e.file}`);
+      const bytes = new Uint8Array(await res.arrayBuffer());
+      expect([e.file, res.status, bytes.length]).toEqual([e.file, 200, e.bytes]);
+      expect(await sha256Hex(bytes)).toBe(e.sha256);
+    }
+    // another file's hash never answers this file's name
+    const [a, b] = m.files.layers;
+    const wrong = await fetch(`${topo.url.origin}/v1/model-files/${b.sha256}/${a.file}`);
+    await wrong.arrayBuffer();
+    expect(wrong.status).toBe(404);
   });
 
   it("two chains' instances of one group are hosted by its isolate and share one load of its weights", async () => {
