@@ -273,7 +273,7 @@ describe('sessions split into layer groups (stories260K)', () => {
     }
   });
 
-  it("2 groups, created with PREFILL_STEP_TOKENS 7: dense turns go through the groups in steps of at most 7 tokens, with the unsplit session's replies and per-layer work; a streamed turn sends SSE comments as the steps answer", async () => {
+  it("2 groups, created with PREFILL_STEP_TOKENS 7: dense turns go through the groups in steps of at most 7 tokens, with the unsplit session's replies and per-layer work; a streamed turn sends an SSE comment as each group of each step is done", async () => {
     const DENSE = TURNS.map((t) => ({ ...t, temperature: 0, lazy: { enabled: false } }));
     const turn = async (vars: Record<string, string>, id: string, t: object) => {
       const res = await withEnv(vars, `/v1/sessions/${id}/messages`, {
@@ -329,8 +329,8 @@ describe('sessions split into layer groups (stories260K)', () => {
     expect(chunks.map((c) => c.choices[0]?.delta.content ?? '').join('')).toBe(ref.choices[0].message.content);
     const steps = chunks.at(-1)!.lazy_stats!.split!.prefill_steps;
     expect(steps).toBe(Math.ceil((ref.usage.prompt_tokens - ref.usage.prompt_tokens_details.cached_tokens) / 7));
-    // one as each step comes back up the chain (more while a step takes over a second: keep-alive.ts awaitWithProgress)
-    expect(comments.length).toBeGreaterThanOrEqual(steps);
+    // one as each group of each step is done
+    expect(comments.length).toBe(steps * 2);
     expect(comments.every((c) => c.after === 1)).toBe(true); // after the assistant-role chunk, before any text
   });
 

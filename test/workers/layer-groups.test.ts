@@ -223,7 +223,7 @@ describe('layer groups in workerd (stories260K)', () => {
     expect(reads).toBeGreaterThan(5);
   });
 
-  it('a streamed split prefill in steps (PREFILL_STEP_TOKENS) sends SSE comments as its chain steps answer, all before the first token; the openai SDK reads the same text as unstreamed', async () => {
+  it('a streamed split prefill in steps (PREFILL_STEP_TOKENS) sends an SSE comment as each group of each step is done, all before the first token; the openai SDK reads the same text as unstreamed', async () => {
     // STREAM_KEEPALIVE_MS 0: a comment at every point the prefill reports (5 s apart by default)
     const G = 2;
     const vars = { LAYER_GROUPS: String(G), PREFILL_STEP_TOKENS: '7', STREAM_KEEPALIVE_MS: '0' };
@@ -242,9 +242,9 @@ describe('layer groups in workerd (stories260K)', () => {
     expect(chunks.map((c) => c.choices[0]?.text ?? '').join('')).toBe(whole.body.choices[0].text);
     const steps = chunks.at(-1)!.lazy_stats!.split!.prefill_steps;
     expect(steps).toBe(Math.ceil(whole.body.usage.prompt_tokens / 7));
-    // one as each step of the prefill comes back up the chain (and one a second while a step takes
-    // longer: keep-alive.ts awaitWithProgress); none once tokens flow
-    expect(comments.length).toBeGreaterThanOrEqual(steps);
+    // one as each group of each step of the prefill is done (the groups call the front's hook before
+    // handing on, the front once the chain answers); none once tokens flow
+    expect(comments.length).toBe(steps * G);
     expect(comments.every((c) => c.after === 0 && c.text === 'prefilling')).toBe(true);
 
     const client = new OpenAI({

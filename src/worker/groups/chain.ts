@@ -28,7 +28,6 @@ import { configOf } from '../config.js';
 import type { ModelEnv } from '../model-store.js';
 import { fromWire, toWire, wireBytes } from './frontier.js';
 import { frontModel } from './parts.js';
-import { awaitWithProgress } from '../job/keep-alive.js';
 import { groupStub } from './stub.js';
 import { LEASE_IDLE_MS, type LayerGroup } from './layer-group-object.js';
 import type { Failure, GroupStepCall, GroupStepReply } from './types.js';
@@ -63,12 +62,40 @@ function unwrap<T extends object>(r: ({ ok: true } & T) | Failure): T {
   return r as T;
 }
 
-/** A step's call to the chain's first group, which hands it on down the chain. */
+/** A step's call to the chain's first group, which hands it on down the chain (`progress`: HandOn's). */
 type StepCall = (
   input: GroupStepCall['input'],
   schedule: GroupStepCall['schedule'],
   trace: boolean,
+  progress?: () => Promise<void>,
 ) => Promise<Failure | ({ ok: true } & GroupStepReply)>;
+
+/**
+ * The step's progress hook as the groups call it (HandOn.progress) and once more as the chain
+ * answers: a group never sees the hook's error (the client left); `settle` throws it once the
+ * chain has answered, and the job stops there.
+ */
+function progressHook(progress: (() => void | Promise<void>) | undefined): {
+  hook?: () => Promise<void>;
+  settle: () => Promise<void>;
+} {
+  if (!progress) return { settle: async () => undefined };
+  const failed: { error?: unknown } = {};
+  const hook = async () => {
+    try {
+      await progress();
+    } catch (e) {
+      if (!('error' in failed)) failed.error = e;
+    }
+  };
+  return {
+    hook,
+    settle: async () => {
+      await hook();
+      if ('error' in failed) throw failed.error;
+    },
+  };
+}
 
 /** The front's embedding (EMBED_IN_FRONT): the frontier entering layer 0 for the new tokens. */
 export type FrontEmbed = (start: number, tokens: readonly number[], ranking?: Ranking) => Promise<Frontier>;
@@ -174,9 +201,9 @@ export class ChainRunner {
     const chain: Stage = async (input, o) => {
       const sent = 'frontier' in input ? { frontier: toWire(input.frontier) } : input;
       if ('frontier' in sent) moved += wireBytes(sent.frontier);
-      const r = unwrap<GroupStepReply>(
-        await awaitWithProgress(this.call(sent, o.schedule, o.trace !== undefined), o.progress),
-      );
+      const { hook, settle } = progressHook(o.progress);
+      const r = unwrap<GroupStepReply>(await this.call(sent, o.schedule, o.trace !== undefined, hook));
+      await settle();
       if (r.stats.length !== this.groups)
         throw new Error(`the chain answered the figures of ${r.stats.length} of its ${this.groups} layer groups`);
       for (const t of r.trace ?? []) o.trace?.(t.layer, t.queries, t.revived);
@@ -263,8 +290,19 @@ export class Chain extends ChainRunner {
     super(
       G,
       config,
-      (input, schedule, trace) =>
-        stubs[0].step({ groups: G, group: 0, heads, frontEmbeds, lease, input, schedule, trace, next }),
+      (input, schedule, trace, progress) =>
+        stubs[0].step({
+          groups: G,
+          group: 0,
+          heads,
+          frontEmbeds,
+          lease,
+          input,
+          schedule,
+          trace,
+          next,
+          ...(progress && { progress }),
+        }),
       index,
       heads,
       (k, hidden) => stubs[G + k].head({ groups: G, group: G + k, heads }, hidden),

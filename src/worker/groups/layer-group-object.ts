@@ -76,6 +76,7 @@ async function handOn<C extends GroupStepCall | SessionStepCall>(
   const frontier = own.output.frontier;
   let below: Result<GroupStepReply>;
   try {
+    await call.progress?.();
     below = await send(groupStub(env, call.group + 1, name), {
       ...call,
       group: call.group + 1,

@@ -91,8 +91,16 @@ export class SessionChain {
     runner = new ChainRunner(
       G,
       this.config,
-      (input, schedule, trace) =>
-        stubs[0].turnStep({ ...this.address(0, committed, id), step: step++, input, schedule, trace, next }),
+      (input, schedule, trace, progress) =>
+        stubs[0].turnStep({
+          ...this.address(0, committed, id),
+          step: step++,
+          input,
+          schedule,
+          trace,
+          next,
+          ...(progress && { progress }),
+        }),
       undefined,
       this.heads,
       (k, hidden) => stubs[G + k].head({ groups: G, group: G + k, heads: this.heads }, hidden),

@@ -27,6 +27,13 @@ export interface GroupAddress {
  */
 export interface HandOn {
   next?: string[];
+  /**
+   * The caller's keep-alive hook for a streamed prefill (a function stub back to the front): each
+   * group calls it once its own layers are done, before it hands on, so the client hears from the
+   * front while the later groups compute. Timers in the front cannot do that in local workerd,
+   * where every Worker shares one thread and the front's timers wait until the chain step is over.
+   */
+  progress?: () => Promise<void>;
 }
 
 export interface GroupStepCall extends GroupAddress, HandOn {

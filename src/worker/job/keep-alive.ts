@@ -32,31 +32,3 @@ export function prefillKeepAlive(send: () => Promise<unknown>, ms: number, now?:
     await yieldToEventLoop();
   };
 }
-
-/** How often a long call's progress hook is called while it is awaited (prefillKeepAlive decides what that sends). */
-export const PROGRESS_MS = 1_000;
-
-/**
- * Awaits `answer`, calling `progress` every PROGRESS_MS meanwhile and once at the end: a split
- * model's step is one long call down its chain of layer groups (src/worker/groups/chain.ts), and a
- * streamed client must still get its keep-alive comments. The hook's first error (the client left)
- * is thrown once the answer is in: the job stops there.
- */
-export async function awaitWithProgress<T>(answer: Promise<T>, progress?: () => void | Promise<void>): Promise<T> {
-  if (!progress) return answer;
-  const failed: { error?: unknown } = {};
-  let beat = Promise.resolve();
-  const tick = () => {
-    beat = beat.then(progress).catch((e: unknown) => void ('error' in failed || (failed.error = e)));
-  };
-  const timer = setInterval(tick, PROGRESS_MS);
-  try {
-    const r = await answer;
-    tick();
-    await beat;
-    if ('error' in failed) throw failed.error;
-    return r;
-  } finally {
-    clearInterval(timer);
-  }
-}
