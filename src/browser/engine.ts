@@ -124,7 +124,11 @@ export async function loadInBrowser(opts: BrowserLoadOptions): Promise<LoadedMod
       ...manifest.config,
       seqLen: Math.min(manifest.config.seqLen, opts.contextTokens ?? DEFAULT_CONTEXT_TOKENS),
     };
-    const held = estimateMemory(config, quantOf(manifest), f.head.map((p) => p.rows)).total;
+    const held = estimateMemory(
+      config,
+      quantOf(manifest),
+      f.head.map((p) => p.rows),
+    ).total;
     throw new BrowserMemoryError(manifest.name, totalBytes, held, message);
   }
 }

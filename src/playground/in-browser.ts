@@ -46,14 +46,19 @@ export async function runtimeList(): Promise<RuntimeList> {
  * onnxruntime's binary from its parts (each under the per-asset limit), checked part by part and
  * whole against the list's sha256 before onnxruntime sees it.
  */
-export async function fetchRuntimeBinary(list: RuntimeList, onProgress?: (loaded: number) => void): Promise<Uint8Array> {
+export async function fetchRuntimeBinary(
+  list: RuntimeList,
+  onProgress?: (loaded: number) => void,
+): Promise<Uint8Array> {
   const whole = new Uint8Array(list.wasm.bytes);
   let at = 0;
   for (const p of list.wasm.parts) {
     const bytes = await get(`${RUNTIME_BASE}files/${p.file}`);
     const hash = await sha256Hex(bytes);
     if (bytes.byteLength !== p.bytes || hash !== p.sha256)
-      throw new Error(`${p.file}: expected ${p.bytes} bytes with sha256 ${p.sha256}, got ${bytes.byteLength} (${hash})`);
+      throw new Error(
+        `${p.file}: expected ${p.bytes} bytes with sha256 ${p.sha256}, got ${bytes.byteLength} (${hash})`,
+      );
     whole.set(bytes, at);
     at += bytes.byteLength;
     onProgress?.(at);

@@ -60,7 +60,12 @@ async function runCase(c: PageCase) {
 async function loadOnly(c: Pick<PageCase, 'modelUrl' | 'wasmUrl' | 'provider'>) {
   const progress: LoadProgress[] = [];
   try {
-    await loadInBrowser({ modelUrl: c.modelUrl, wasm: c.wasmUrl, provider: c.provider, onProgress: (p) => progress.push(p) });
+    await loadInBrowser({
+      modelUrl: c.modelUrl,
+      wasm: c.wasmUrl,
+      provider: c.provider,
+      onProgress: (p) => progress.push(p),
+    });
     return { progress, error: null };
   } catch (e) {
     return { progress, error: `${(e as Error).name}: ${(e as Error).message}` };

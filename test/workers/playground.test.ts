@@ -7,6 +7,7 @@ import { env } from 'cloudflare:workers';
 import { describe, expect, it } from 'vitest';
 import { z } from 'zod';
 import { traceSizeBound } from '../../src/engine/trace.js';
+import { sha256Hex } from '../../src/model/manifest.js';
 import { parseRuntimeList } from '../../src/playground/runtime-files.js';
 import { MODEL, post, readEvents, withEnv, worker } from '../support/http.js';
 
@@ -79,9 +80,6 @@ describe('GET / and /playground', () => {
 });
 
 describe('GET /playground/runtime.json and /playground/files/{file}: what "run in this browser" downloads', () => {
-  const sha256 = async (b: Uint8Array) =>
-    [...new Uint8Array(await crypto.subtle.digest('SHA-256', b))].map((x) => x.toString(16).padStart(2, '0')).join('');
-
   it('lists the engine bundle and the binary in parts within the asset limit; every file has its hash, the parts make the binary', async () => {
     const res = await withEnv({ API_KEYS: 'secret-key' }, '/playground/runtime.json');
     expect(res.status).toBe(200);
@@ -98,13 +96,13 @@ describe('GET /playground/runtime.json and /playground/files/{file}: what "run i
       const bytes = new Uint8Array(await r.arrayBuffer());
       expect(bytes.byteLength, f.file).toBe(f.bytes);
       expect(bytes.byteLength).toBeLessThanOrEqual(25 * 1024 * 1024);
-      expect(await sha256(bytes), f.file).toBe(f.sha256);
+      expect(await sha256Hex(bytes), f.file).toBe(f.sha256);
       if (f !== list.engine) parts.push(bytes);
     }
     const whole = new Uint8Array(list.wasm.bytes);
     let at = 0;
     for (const p of parts) whole.set(p, (at += p.byteLength) - p.byteLength);
-    expect(await sha256(whole)).toBe(list.wasm.sha256);
+    expect(await sha256Hex(whole)).toBe(list.wasm.sha256);
     expect(new TextDecoder().decode(whole.subarray(1, 4))).toBe('asm'); // a WebAssembly binary
   });
 

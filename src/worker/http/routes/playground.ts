@@ -2,7 +2,12 @@ import { Hono, type Context } from 'hono';
 import type { AppEnv } from '../app-env.js';
 import { ApiError } from '../errors.js';
 import page from '../../../playground/index.html';
-import { parseRuntimeList, PLAYGROUND_ASSETS_DIR, RUNTIME_LIST, servedFiles } from '../../../playground/runtime-files.js';
+import {
+  parseRuntimeList,
+  PLAYGROUND_ASSETS_DIR,
+  RUNTIME_LIST,
+  servedFiles,
+} from '../../../playground/runtime-files.js';
 
 /**
  * GET / and GET /playground: the playground page (src/playground/index.html). It is bundled into
