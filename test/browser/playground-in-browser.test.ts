@@ -152,11 +152,14 @@ async function send(page: Page, text: string): Promise<Sent> {
 interface Completion {
   choices: { message: { content: string } }[];
   usage: { completion_tokens: number };
-  lazy_stats: { trace: LazyTrace; completion_tokens: number };
+  lazy_stats: { trace: LazyTrace; completion_tokens: number; schedule: string };
 }
 
-/** The same request straight to the API, non-streamed: what the page's own run must reproduce. */
-async function fromApi(): Promise<Completion> {
+/**
+ * The same request straight to the API, non-streamed: what the page's own run must reproduce.
+ * `schedule` null: none given, the server's default.
+ */
+async function fromApi(schedule: string | null = SCHEDULE): Promise<Completion> {
   const res = await fetch(`${server.base}/v1/chat/completions`, {
     method: 'POST',
     headers: { 'content-type': 'application/json' },
@@ -169,7 +172,7 @@ async function fromApi(): Promise<Completion> {
       max_tokens: MAX_TOKENS,
       temperature: 0,
       seed: 7,
-      lazy: { enabled: true, schedule: SCHEDULE, trace: true },
+      lazy: { enabled: true, trace: true, ...(schedule === null ? {} : { schedule }) },
     }),
   });
   expect(res.status).toBe(200);
@@ -243,7 +246,16 @@ describe('[spawns the local server and Chromium] the playground runs the model i
       /^No WebGPU for this model here, so it runs on wasm \(the CPU\): this browser (has no WebGPU|offers no WebGPU adapter)/,
     );
     expect(await page.isHidden('#useserver')).toBe(true);
+    // No schedule given: the page plans with the server's default, and gets the server's reply and trace.
+    await page.fill('#schedule', '');
+    const api = await fromApi(null);
+    const local = await send(page, USER);
+    expect(local.stats).toContain(`schedule ${api.lazy_stats.schedule} ·`);
+    expect(local.reply).toBe(api.choices[0].message.content);
+    expect(local.trace).toEqual(api.lazy_stats.trace);
 
+    await page.fill('#schedule', SCHEDULE);
+    await page.click('#newchat');
     await page.setChecked('#inbrowser', false);
     expect((await runInBrowser(page, 'webgpu')).state).toBe('error');
     expect(await page.getAttribute('#browsernotice', 'data-kind')).toBe('no-webgpu');
