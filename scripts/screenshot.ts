@@ -1,12 +1,13 @@
 /**
- * npm run screenshot -- [--out docs/playground.png] [--model <name>] [--schedule <schedule>] [--max-tokens 48] [--port <free>] [--in-browser wasm|webgpu|auto]
+ * npm run screenshot -- [--out docs/playground.png] [--model <name>] [--schedule <schedule>] [--max-tokens 48] [--port <free>] [--in-browser wasm|webgpu|auto [--compare]]
  * Refreshes the README's picture of the playground: serves the Worker locally (scripts/serve.ts on
  * 127.0.0.1, the served model unless --model names another shard folder, state in a temporary
  * directory), opens the page in Debian's headless Chromium (playwright-core, never a downloaded
  * browser), sends one chat message with the lazy schedule on and saves the page once the reply is
  * done. With --in-browser the page runs the model itself ("run in this browser", docs/WEBGPU.md) on
  * that provider (webgpu needs --enable-unsafe-webgpu, added then) and the picture shows its load and
- * reply: `--in-browser wasm --out docs/playground-in-browser.png` makes that picture.
+ * reply: `--in-browser wasm --out docs/playground-in-browser.png` makes that picture; `--compare` then
+ * sends the message again on the server path and fails unless its reply and pruning trace are the page's.
  * The only script that writes docs/playground.png: the tests save their screenshot in a
  * temporary directory, so that `npm test` leaves the checkout as it found it.
  */
@@ -29,10 +30,10 @@ const CHROMIUM_ARGS = [
   '--disable-component-update',
   '--no-first-run',
 ];
-const USAGE = `usage: npm run screenshot -- [--out docs/playground.png] [--model ${SERVED_MODEL_NAME}] [--schedule <schedule>] [--max-tokens 48] [--port <free>] [--in-browser wasm|webgpu|auto]
+const USAGE = `usage: npm run screenshot -- [--out docs/playground.png] [--model ${SERVED_MODEL_NAME}] [--schedule <schedule>] [--max-tokens 48] [--port <free>] [--in-browser wasm|webgpu|auto [--compare]]
   Serves the Worker on 127.0.0.1, sends one chat message from the playground in headless Chromium
   (${CHROMIUM}) and saves the page with its reply and pruning grid to --out; with --in-browser the
-  page runs the model itself on that provider.`;
+  page runs the model itself on that provider, and with --compare the server path must give its reply.`;
 const PROVIDERS = ['wasm', 'webgpu', 'auto'];
 
 /** Until /healthz answers 200; its 5xx (a model that cannot load) is final, not worth waiting out. */
@@ -62,6 +63,8 @@ runMain(async () => {
         message: { type: 'string', default: 'Write two sentences about a cat who finds a lost ball.' },
         port: { type: 'string' },
         'in-browser': { type: 'string' },
+        // with --in-browser: then the same message on the server path, whose reply and trace must be the page's
+        compare: { type: 'boolean', default: false },
         help: { type: 'boolean', default: false },
       },
     }));
@@ -96,6 +99,8 @@ runMain(async () => {
       `MODEL_NAME:${values.model}`,
       '--var',
       'MEMORY_BUDGET_MB:1024',
+      // every server reply a fresh prefill, as the page's is (the comparison's trace would show a reused prefix)
+      ...(values.compare ? ['--var', 'PREFIX_CACHE_MB:0'] : []),
     ],
     log,
   );
@@ -147,6 +152,29 @@ runMain(async () => {
     progress(`reply stats: ${await reply.locator('.stats').textContent()}`);
     await page.screenshot({ path: out, fullPage: true });
     progress(`wrote ${out}`);
+    if (values.compare && inBrowser) {
+      const seen = async () => ({
+        text: await reply.locator('.text').textContent(),
+        trace: await reply.evaluate((el) => JSON.stringify((el as unknown as { trace: unknown }).trace)),
+      });
+      const local = await seen();
+      await page.click('#newchat');
+      await page.setChecked('#inbrowser', false);
+      await page.fill('#input', values.message);
+      await page.click('#send');
+      await page.waitForFunction(
+        () => /^(done|error)$/.test(document.querySelector('.msg.assistant')?.getAttribute('data-state') ?? ''),
+        null,
+        { timeout: 600_000 },
+      );
+      progress(`server path: ${await reply.locator('.stats').textContent()}`);
+      const remote = await seen();
+      if (remote.text !== local.text || remote.trace !== local.trace)
+        throw new Error(
+          `the server path differs: ${JSON.stringify(remote.text)} vs the page's ${JSON.stringify(local.text)}`,
+        );
+      progress('the server path gives the same reply and pruning trace');
+    }
   } finally {
     await browser.close();
     killGroup(child, 'SIGKILL');
