@@ -48,13 +48,20 @@ export async function buildPlaygroundAssets(
     };
     // a fresh folder swapped in whole: a server reading the old one never sees a half-written list
     const dir = join(assetsDir, PLAYGROUND_ASSETS_DIR);
-    const next = `${dir}.next`;
+    // per process: two builds at once (a test's and the global setup's) never write the same folder
+    const next = `${dir}.next-${process.pid}`;
     rmSync(next, { recursive: true, force: true });
     mkdirSync(next, { recursive: true });
     for (const f of [engine, ...parts]) writeFileSync(join(next, f.file), f.data);
     writeFileSync(join(next, RUNTIME_LIST), JSON.stringify(list, null, 2) + '\n');
     rmSync(dir, { recursive: true, force: true });
-    renameSync(next, dir);
+    try {
+      renameSync(next, dir);
+    } catch (e) {
+      // another build swapped its folder in meanwhile: the same sources give the same files
+      if (!['ENOTEMPTY', 'EEXIST'].includes((e as NodeJS.ErrnoException).code ?? '')) throw e;
+      rmSync(next, { recursive: true, force: true });
+    }
     return { dir, list, files: readdirSync(dir) };
   } finally {
     rmSync(tmp, { recursive: true, force: true });
