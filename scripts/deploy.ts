@@ -7,7 +7,8 @@
  * ones its bindings name (deployOrder: the classifier groups, the layer groups from the last to the
  * first, each binding the next, then the front). With --dry-run nothing is uploaded: each Worker is
  * bundled as it would be and checked against Cloudflare's limits (64 MiB per script bundle,
- * 25 MiB per asset, and only that Worker's own shards among its assets). Exits non-zero, with the
+ * 25 MiB per asset, and only that Worker's own shards among its assets, plus the playground's
+ * in-browser runtime for the front). Exits non-zero, with the
  * reason, on the first Worker that fails.
  */
 import { spawnSync } from 'node:child_process';
@@ -16,6 +17,7 @@ import { join, relative } from 'node:path';
 import { parseArgs } from 'node:util';
 import { progress, REPO_ROOT, runMain } from './lib/node-env.js';
 import { ensureTopologyShards } from './lib/shard-tasks.js';
+import { buildPlaygroundAssets } from './lib/playground-assets.js';
 import { ASSET_LIMIT_BYTES, deployOrder, generateTopology, parseVars, TopologyError } from './lib/topology.js';
 
 /** Cloudflare's limit on a Worker's script bundle (paid plan, uncompressed as wrangler measures it here). */
@@ -80,6 +82,8 @@ async function main(): Promise<void> {
   const vars = parseVars(args.var);
   // The topology's own shards (topology.json); a --var MODEL_NAME names shards built elsewhere.
   if (vars.MODEL_NAME === undefined) await ensureTopologyShards(progress);
+  // the playground's in-browser runtime, which the front serves from its assets
+  await buildPlaygroundAssets();
   const out = join(REPO_ROOT, args.out);
   const topo = generateTopology({
     wrangler: join(REPO_ROOT, 'wrangler.toml'),
@@ -102,7 +106,10 @@ async function main(): Promise<void> {
       const assets = filesUnder(join(dir, 'assets'));
       const big = assets.find((f) => statSync(f).size > ASSET_LIMIT_BYTES);
       if (big) throw new TopologyError(`${w.name}: asset ${relative(dir, big)} is over the 25 MiB limit`);
-      const own = new Set(['manifest.json', ...w.files].map((f) => join(dir, 'assets', topo.model, f)));
+      const own = new Set([
+        ...['manifest.json', ...w.files].map((f) => join(dir, 'assets', topo.model, f)),
+        ...(w.page_files ?? []).map((f) => join(dir, 'assets', f)),
+      ]);
       const foreign = assets.filter((f) => !own.has(f));
       if (foreign.length)
         throw new TopologyError(
@@ -110,7 +117,8 @@ async function main(): Promise<void> {
         );
       rows.push(
         `${w.name.padEnd(28)} ${w.role.padEnd(10)} bundle ${(bundle / MIB).toFixed(1).padStart(5)} MiB   ` +
-          `${String(assets.length).padStart(3)} assets, ${(w.asset_bytes / MIB).toFixed(1).padStart(5)} MiB`,
+          `${String(assets.length).padStart(3)} assets, ${(w.asset_bytes / MIB).toFixed(1).padStart(5)} MiB` +
+          (w.page_files ? ` + the playground's runtime (${w.page_files.length} files)` : ''),
       );
     } else {
       progress(`${w.name}: wrangler deploy ...`);

@@ -7,6 +7,12 @@
  * `wrangler deploy --config <dir>/<worker>/wrangler.json` deploys each (groups first).
  */
 import { copyFileSync, existsSync, linkSync, mkdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import {
+  parseRuntimeList,
+  PLAYGROUND_ASSETS_DIR,
+  RUNTIME_LIST,
+  servedFiles,
+} from '../../src/playground/runtime-files.js';
 import { dirname, join, relative, resolve } from 'node:path';
 import { experimental_readRawConfig } from 'wrangler';
 import { configOf } from '../../src/worker/config.js';
@@ -53,6 +59,11 @@ export interface GeneratedWorker {
   /** its assets: the model files it holds */
   files: string[];
   asset_bytes: number;
+  /**
+   * the front only: the playground's in-browser runtime among its assets (`_playground/…`, src/playground/
+   * runtime-files.ts), linked from wrangler.toml's assets directory when scripts/setup.ts built it
+   */
+  page_files?: string[];
 }
 
 export interface GeneratedTopology {
@@ -344,6 +355,23 @@ export function generateTopology(opts: GenerateOptions): GeneratedTopology {
       };
     },
   );
+  // The playground's "run in this browser" downloads its engine and onnxruntime's binary from the front.
+  const pageDir = resolve(base, raw.assets.directory, PLAYGROUND_ASSETS_DIR);
+  const frontWorker = workers[workers.length - 1];
+  if (existsSync(join(pageDir, RUNTIME_LIST))) {
+    const list = parseRuntimeList(readFileSync(join(pageDir, RUNTIME_LIST), 'utf8'));
+    frontWorker.page_files = [RUNTIME_LIST, ...servedFiles(list).map((f) => f.file)].map(
+      (f) => `${PLAYGROUND_ASSETS_DIR}/${f}`,
+    );
+    for (const f of frontWorker.page_files) {
+      if (
+        linkOrCopy(join(pageDir, f.slice(PLAYGROUND_ASSETS_DIR.length + 1)), join(out, front, 'assets', f)) === 'link'
+      )
+        links++;
+      else copies++;
+    }
+    say(`  ${front}: the playground's in-browser runtime, ${frontWorker.page_files.length} files`);
+  } else say(`  ${front}: no ${relative(process.cwd(), pageDir)} (npm run setup builds it): no "run in this browser"`);
   const topo: GeneratedTopology = {
     generated_by: 'scripts/topology.ts',
     source: { wrangler: wranglerPath, topology: resolve(opts.topology) },

@@ -24,7 +24,7 @@ async function runCase(c: PageCase) {
   const t0 = performance.now();
   let model = loaded.get(key);
   if (!model)
-    loaded.set(key, (model = await loadInBrowser({ modelUrl: c.modelUrl, wasmUrl: c.wasmUrl, provider: c.provider })));
+    loaded.set(key, (model = await loadInBrowser({ modelUrl: c.modelUrl, wasm: c.wasmUrl, provider: c.provider })));
   const loadMs = performance.now() - t0;
   const runs = [];
   for (const s of c.schedules) {
@@ -60,7 +60,12 @@ async function runCase(c: PageCase) {
 async function loadOnly(c: Pick<PageCase, 'modelUrl' | 'wasmUrl' | 'provider'>) {
   const progress: LoadProgress[] = [];
   try {
-    await loadInBrowser({ ...c, onProgress: (p) => progress.push(p) });
+    await loadInBrowser({
+      modelUrl: c.modelUrl,
+      wasm: c.wasmUrl,
+      provider: c.provider,
+      onProgress: (p) => progress.push(p),
+    });
     return { progress, error: null };
   } catch (e) {
     return { progress, error: `${(e as Error).name}: ${(e as Error).message}` };

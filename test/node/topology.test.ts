@@ -20,6 +20,7 @@ import type { GroupAddress, Result } from '../../src/worker/groups/types.js';
 import { groupState, planSplit } from '../../src/engine/layer-group.js';
 import { MB } from '../../src/engine/memory-budget.js';
 import { parseManifest, quantOf, sha256Hex } from '../../src/model/manifest.js';
+import { parseRuntimeList, servedFiles } from '../../src/playground/runtime-files.js';
 import { fixedBytes } from '../../src/worker/groups/isolate-room.js';
 
 const MODEL = 'stories260K';
@@ -278,6 +279,27 @@ describe('the multi-Worker topology in local workerd (stories260K, 3 layer group
     const wrong = await fetch(`${topo.url.origin}/v1/model-files/${b.sha256}/${a.file}`);
     await wrong.arrayBuffer();
     expect(wrong.status).toBe(404);
+  });
+
+  it("the front serves the playground's in-browser runtime from its assets; no group Worker holds it", async () => {
+    const front = topo.topology.workers.find((w) => w.role === 'front')!;
+    const res = await fetch(`${topo.url.origin}/playground/runtime.json`);
+    expect(res.status).toBe(200);
+    const list = parseRuntimeList(await res.text());
+    expect([...(front.page_files ?? [])].sort()).toEqual(
+      ['runtime.json', ...servedFiles(list).map((f) => f.file)].map((f) => `_playground/${f}`).sort(),
+    );
+    for (const f of servedFiles(list)) {
+      const r = await fetch(`${topo.url.origin}/playground/files/${f.file}`);
+      expect([f.file, r.status]).toEqual([f.file, 200]);
+      expect(await sha256Hex(new Uint8Array(await r.arrayBuffer()))).toBe(f.sha256);
+    }
+    for (const w of groupWorkers()) {
+      const { ASSETS } = (await topo.mf.getBindings(w.name)) as { ASSETS: Fetcher };
+      const r = await ASSETS.fetch(`https://assets.local/_playground/runtime.json`);
+      await r.arrayBuffer();
+      expect([w.name, r.status]).toEqual([w.name, 404]);
+    }
   });
 
   it("two chains' instances of one group are hosted by its isolate and share one load of its weights", async () => {

@@ -1,6 +1,7 @@
 import type { TestProject } from 'vitest/node';
 import { loadModelFromDir } from '../../scripts/lib/node-env.js';
 import { ensureDefaultShards, ensureServedShards } from '../../scripts/lib/shard-tasks.js';
+import { buildPlaygroundAssets } from '../../scripts/lib/playground-assets.js';
 import { SequenceState } from '../../src/engine/caches.js';
 import { generate } from '../../src/engine/generate.js';
 import { parseSchedule } from '../../src/engine/policy.js';
@@ -15,12 +16,14 @@ declare module 'vitest' {
 
 /**
  * Builds model-shards/stories260K once for both projects (Node reads it from disk, workerd through
- * ASSETS), and runs the parity generations in Node so that the workerd tests can compare.
+ * ASSETS) and the playground's runtime folder beside it, and runs the parity generations in Node so that the workerd tests can compare.
  */
 export default async function setup(project: TestProject): Promise<void> {
   const log = (line: string) => process.stderr.write(`shards: ${line}\n`);
   await ensureServedShards(log); // SmolLM2, for the workers-smollm2 project and the Node SmolLM2 tests
   const dir = await ensureDefaultShards(log);
+  // the playground's in-browser runtime, which the Worker serves from the same assets (test/workers/playground.test.ts)
+  log(`playground runtime: ${(await buildPlaygroundAssets()).dir}`);
   const model = await loadModelFromDir(dir);
   // The generate CLI runs in child processes while the parity generations below run here.
   const cli = runCliCases();

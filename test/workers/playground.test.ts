@@ -7,6 +7,8 @@ import { env } from 'cloudflare:workers';
 import { describe, expect, it } from 'vitest';
 import { z } from 'zod';
 import { traceSizeBound } from '../../src/engine/trace.js';
+import { sha256Hex } from '../../src/model/manifest.js';
+import { parseRuntimeList } from '../../src/playground/runtime-files.js';
 import { MODEL, post, readEvents, withEnv, worker } from '../support/http.js';
 
 const SCHEDULE = 'bos,1:0.5,3:0.5';
@@ -57,7 +59,9 @@ describe('GET / and /playground', () => {
       const script = /<script>([\s\S]*?)<\/script>/.exec(html)![1];
       const digest = new Uint8Array(await crypto.subtle.digest('SHA-256', new TextEncoder().encode(script)));
       const csp = res.headers.get('content-security-policy')!;
-      expect(csp).toContain(`script-src 'sha256-${btoa(String.fromCharCode(...digest))}'`);
+      // 'self': the in-browser engine's bundle; 'wasm-unsafe-eval': compiling onnxruntime's binary
+      expect(csp).toContain(`script-src 'self' 'wasm-unsafe-eval' 'sha256-${btoa(String.fromCharCode(...digest))}'`);
+      expect(csp).not.toMatch(/'unsafe-eval'|'unsafe-inline'[^;]*script|script-src[^;]*\*/);
       expect(csp).toContain("connect-src 'self'");
     }
   });
@@ -71,6 +75,46 @@ describe('GET / and /playground', () => {
       const res = await worker(path);
       expect(res.status, path).toBe(404);
       expect(((await res.json()) as { error: { code: string } }).error.code).toBe('unknown_url');
+    }
+  });
+});
+
+describe('GET /playground/runtime.json and /playground/files/{file}: what "run in this browser" downloads', () => {
+  it('lists the engine bundle and the binary in parts within the asset limit; every file has its hash, the parts make the binary', async () => {
+    const res = await withEnv({ API_KEYS: 'secret-key' }, '/playground/runtime.json');
+    expect(res.status).toBe(200);
+    expect(res.headers.get('cache-control')).toBe('no-cache');
+    const list = parseRuntimeList(await res.text());
+    expect(list.wasm.file).toBe('ort-wasm-simd-threaded.asyncify.wasm');
+    expect(list.wasm.parts.length).toBeGreaterThanOrEqual(2); // the whole is over 25 MiB
+    const parts: Uint8Array[] = [];
+    for (const f of [list.engine, ...list.wasm.parts]) {
+      const r = await withEnv({ API_KEYS: 'secret-key' }, `/playground/files/${f.file}`);
+      expect(r.status, f.file).toBe(200);
+      expect(r.headers.get('cache-control')).toBe('public, max-age=31536000, immutable');
+      expect(r.headers.get('etag')).toBe(`"${f.sha256}"`);
+      const bytes = new Uint8Array(await r.arrayBuffer());
+      expect(bytes.byteLength, f.file).toBe(f.bytes);
+      expect(bytes.byteLength).toBeLessThanOrEqual(25 * 1024 * 1024);
+      expect(await sha256Hex(bytes), f.file).toBe(f.sha256);
+      if (f !== list.engine) parts.push(bytes);
+    }
+    const whole = new Uint8Array(list.wasm.bytes);
+    let at = 0;
+    for (const p of parts) whole.set(p, (at += p.byteLength) - p.byteLength);
+    expect(await sha256Hex(whole)).toBe(list.wasm.sha256);
+    expect(new TextDecoder().decode(whole.subarray(1, 4))).toBe('asm'); // a WebAssembly binary
+  });
+
+  it('serves nothing else from the assets: not the list under files/, not a model file, not a made-up name', async () => {
+    for (const path of [
+      '/playground/files/runtime.json',
+      `/playground/files/manifest.json`,
+      '/playground/files/engine.0000000000000000.js',
+      '/playground/files/..%2Fstories260K%2Fmanifest.json',
+    ]) {
+      const res = await worker(path);
+      expect(res.status, path).toBe(404);
     }
   });
 });
