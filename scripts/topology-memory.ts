@@ -6,11 +6,12 @@
  * (src/worker/groups/entry.ts): onnxruntime's wasm memory in that Worker's isolate (a high-water
  * mark: wasm memory never shrinks), what each instance's state holds, the isolate's loads.
  *
- *   npx tsx scripts/topology-memory.ts [--tokens 2000,8000] [--concurrent 1 | --sessions N] [--var NAME=VALUE]... [--out .topology-memory] [--port 8950]
+ *   npx tsx scripts/topology-memory.ts [--tokens 2000,8000] [--concurrent 1 | --sessions N[,N...]] [--var NAME=VALUE]... [--out .topology-memory] [--port 8950]
  *
  * --sessions N: instead, N chat sessions each take one turn of about N prompt tokens, one after the
  * other (each session's group instances are hosted by the group Workers' isolates beside the others'),
- * and every isolate is probed after each. The output also gives, from the engine's estimate, how many
+ * and every isolate is probed after each. --sessions N,M,...: that many sessions for each --tokens
+ * entry in turn (every session stays, so the later lengths' isolates host the earlier ones too). The output also gives, from the engine's estimate, how many
  * sessions' states of each length one group isolate can host (isolate-room.ts refuses the next one);
  * --room-only prints that alone, without serving.
  *
@@ -38,7 +39,7 @@ import { parseManifest, quantOf } from '../src/model/manifest.js';
 import { fixedBytes } from '../src/worker/groups/isolate-room.js';
 
 const USAGE =
-  'usage: npx tsx scripts/topology-memory.ts [--tokens 2000,8000] [--concurrent N | --sessions N] [--lazy] [--room-only] [--max-tokens 4] [--var NAME=VALUE]... [--out DIR] [--port N] [--data FILE,...]';
+  'usage: npx tsx scripts/topology-memory.ts [--tokens 2000,8000] [--concurrent N | --sessions N[,N...]] [--lazy] [--room-only] [--max-tokens 4] [--var NAME=VALUE]... [--out DIR] [--port N] [--data FILE,...]';
 
 function fail(message: string): never {
   process.stderr.write(`topology-memory: ${message}\n`);
@@ -85,8 +86,16 @@ if (tokenCounts.some((n) => !Number.isInteger(n) || n < 1))
 const concurrent = Number(args.concurrent);
 if (!Number.isInteger(concurrent) || concurrent < 1)
   fail(`--concurrent: expected a positive integer, got ${args.concurrent}`);
-const sessions = Number(args.sessions);
-if (!Number.isInteger(sessions) || sessions < 0) fail(`--sessions: expected an integer >= 0, got ${args.sessions}`);
+const sessionCounts = args.sessions.split(',').map(Number);
+if (sessionCounts.some((n) => !Number.isInteger(n) || n < 0))
+  fail(`--sessions: expected integers >= 0, got ${args.sessions}`);
+if (sessionCounts.length !== 1 && sessionCounts.length !== tokenCounts.length)
+  fail(`--sessions: one count, or one per --tokens entry (${tokenCounts.length}), got ${args.sessions}`);
+/** how many sessions take a turn of the i-th --tokens length (0: stateless requests instead) */
+const sessionsAt = (i: number) => sessionCounts[sessionCounts.length === 1 ? 0 : i];
+const sessions = Math.max(...sessionCounts);
+if (sessions > 0 && sessionCounts.some((n) => n === 0))
+  fail(`--sessions: a count of 0 (stateless requests) mixed with sessions: ${args.sessions}`);
 if (sessions > 0 && concurrent > 1) fail('--sessions and --concurrent: one or the other');
 const say = (l: string) => process.stderr.write(`topology-memory: ${l}\n`);
 process.env.CLOUDFLARE_CF_FETCH_ENABLED ??= 'false';
@@ -315,14 +324,15 @@ try {
   // Probed once it answered: a probe waits while its instance loads (onnxruntime's compilation holds the isolate).
   const load = await chat(16);
   report('load (one short request)', [load], await watch(Promise.resolve()));
-  for (const n of tokenCounts) {
+  for (const [i, n] of tokenCounts.entries()) {
     if (sessions > 0) {
-      for (let k = 1; k <= sessions; k++) {
-        say(`session ${k} of ${sessions}: one turn of ~${n} prompt tokens ...`);
+      const count = sessionsAt(i);
+      for (let k = 1; k <= count; k++) {
+        say(`session ${k} of ${count}: one turn of ~${n} prompt tokens ...`);
         const id = ((await post(new URL('/v1/sessions', t.url), {})).body as { id: string }).id;
         const turn = chat(n, id);
         const figures = await watch(turn);
-        report(`${n} tokens, session ${k} of ${sessions}`, [await turn], figures);
+        report(`${n} tokens, session ${k} of ${count}`, [await turn], figures);
       }
       continue;
     }
