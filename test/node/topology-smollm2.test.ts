@@ -31,7 +31,8 @@ beforeAll(async () => {
     out: OUT,
     vars: {},
   });
-  topo = await serveTopology({ dir: OUT, port: await freePortIn(8940, 8969) });
+  // a range of its own: topology.test.ts may be starting its servers at the same time
+  topo = await serveTopology({ dir: OUT, port: await freePortIn(8970, 8989) });
 });
 
 afterAll(async () => {
