@@ -25,6 +25,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { buildPlaygroundAssets } from '../../scripts/lib/playground-assets.js';
 import { ensureDefaultShards } from '../../scripts/lib/shard-tasks.js';
 import type { LazyTrace } from '../../src/engine/trace.js';
+import { sendAndWatch } from '../support/playground-page.js';
 import { exited, killGroup, startWranglerDev, type DevServer } from '../support/wrangler-dev.js';
 
 const CHROMIUM = '/usr/bin/chromium';
@@ -114,29 +115,10 @@ interface Sent {
 }
 
 async function send(page: Page, text: string): Promise<Sent> {
-  await page.evaluate(() => {
-    const w = window as unknown as { lengths: number[] };
-    w.lengths = [];
-    new MutationObserver((records) => {
-      for (const r of records) {
-        const target = r.target as Element;
-        if (!target.classList?.contains('text') || !target.parentElement?.classList.contains('assistant')) continue;
-        for (const n of Array.from(r.addedNodes))
-          if (n.nodeType === Node.TEXT_NODE) w.lengths.push((n as Text).data.length);
-      }
-    }).observe(document.getElementById('log')!, { childList: true, subtree: true });
-  });
-  const before = await page.locator('.msg.assistant').count();
-  await page.fill('#input', text);
-  await page.click('#send');
-  const reply = page.locator('.msg.assistant').nth(before);
-  await expect
-    .poll(() => reply.getAttribute('data-state'), { timeout: 600_000, interval: 250 })
-    .toMatch(/^(done|error)$/);
-  expect(await reply.getAttribute('data-state'), (await reply.textContent()) ?? '').toBe('done');
+  const { reply, text: replyText, lengths } = await sendAndWatch(page, text, 600_000);
   return {
-    reply: (await reply.locator('.text').textContent()) ?? '',
-    lengths: await page.evaluate(() => (window as unknown as { lengths: number[] }).lengths),
+    reply: replyText,
+    lengths,
     stats: (await reply.locator('.stats').textContent()) ?? '',
     trace: await reply.evaluate((el) => (el as unknown as { trace: LazyTrace }).trace),
     grid: await page.$$eval('#grid .row.layer', (rows) =>

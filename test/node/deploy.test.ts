@@ -1,7 +1,7 @@
 /**
  * npm run deploy -- --dry-run (scripts/deploy.ts) on stories260K's topology: every Worker is bundled as
- * wrangler would upload it and checked against Cloudflare's limits, in deployment order (groups before
- * the front that binds them); a setting it cannot deploy stops it with the reason and exit code 2.
+ * wrangler would upload it and checked against Cloudflare's limits, in deployment order (each Worker
+ * after the ones it binds); a setting it cannot deploy stops it with the reason and exit code 2.
  */
 import { spawnSync } from 'node:child_process';
 import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
@@ -29,10 +29,11 @@ describe('npm run deploy -- --dry-run', () => {
     expect(r.status, r.stderr).toBe(0);
     const rows = r.stdout.trim().split('\n');
     expect(rows.at(-1)).toBe("deploy --dry-run: 4 Workers bundled and within Cloudflare's limits");
+    // each after the Workers it binds: group 0 binds group 1 (it hands the frontier on), the front binds all
     expect(rows.slice(0, -1).map((l) => l.split(/\s+/).slice(0, 2))).toEqual([
-      ['lazy-edge-group-0', 'group'],
-      ['lazy-edge-group-1', 'group'],
       ['lazy-edge-classifier-0', 'classifier'],
+      ['lazy-edge-group-1', 'group'],
+      ['lazy-edge-group-0', 'group'],
       ['lazy-edge', 'front'],
     ]);
     // Each bundle is what wrangler would upload: the entry module and onnxruntime's wasm.

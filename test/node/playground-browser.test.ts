@@ -25,6 +25,7 @@ import type { LoadedModel } from '../../src/engine/model.js';
 import type { LazyTrace } from '../../src/engine/trace.js';
 import { encodePrompt } from '../../src/model/text-tokenizer.js';
 import { renderChat } from '../../src/model/chat-prompt.js';
+import { sendAndWatch } from '../support/playground-page.js';
 import { exited, killGroup, startWranglerDev, type DevServer } from '../support/wrangler-dev.js';
 
 const CHROMIUM = '/usr/bin/chromium';
@@ -89,36 +90,6 @@ async function settings(page: Page, o: { session: boolean }) {
   await page.setChecked('#usesession', o.session);
 }
 
-/**
- * Sends `text` and waits for the reply; returns the lengths the reply's text had, in order. The
- * page sets the text once per streamed delta, each time as a new text node, so a MutationObserver
- * sees every length even when several deltas arrive in one network read.
- */
-async function sendAndWatch(page: Page, text: string): Promise<{ lengths: number[]; reply: string }> {
-  await page.evaluate(() => {
-    const w = window as unknown as { lengths: number[] };
-    w.lengths = [];
-    new MutationObserver((records) => {
-      for (const r of records) {
-        const target = r.target as Element;
-        if (!target.classList?.contains('text') || !target.parentElement?.classList.contains('assistant')) continue;
-        for (const n of Array.from(r.addedNodes))
-          if (n.nodeType === Node.TEXT_NODE) w.lengths.push((n as Text).data.length);
-      }
-    }).observe(document.getElementById('log')!, { childList: true, subtree: true });
-  });
-  const before = await page.locator('.msg.assistant').count();
-  await page.fill('#input', text);
-  await page.click('#send');
-  const reply = page.locator('.msg.assistant').nth(before);
-  await expect.poll(() => reply.getAttribute('data-state'), { timeout: 120_000 }).toMatch(/^(done|error)$/);
-  expect(await reply.getAttribute('data-state'), (await reply.textContent()) ?? '').toBe('done');
-  return {
-    lengths: await page.evaluate(() => (window as unknown as { lengths: number[] }).lengths),
-    reply: (await reply.locator('.text').textContent()) ?? '',
-  };
-}
-
 interface Completion {
   choices: { message: { content: string } }[];
   lazy_stats: { prefill_computed_per_layer: number[]; trace: LazyTrace };
@@ -128,7 +99,7 @@ describe('[spawns the local server and Chromium] the playground page', () => {
   it('streams a reply and draws the pruning grid the model and prompt imply', async () => {
     const page = await openPage();
     await settings(page, { session: false });
-    const { lengths, reply } = await sendAndWatch(page, USER);
+    const { lengths, text: reply } = await sendAndWatch(page, USER, 120_000);
 
     // The same request, non-streamed, straight to the API: the page must show exactly its text. Computed
     // afresh (cache_prompt false), since the page's grid shows a fresh prefill, not one the cache served.
@@ -205,7 +176,7 @@ describe('[spawns the local server and Chromium] the playground page', () => {
     const page = await openPage();
     await page.click('#newchat');
     await settings(page, { session: true });
-    const { reply } = await sendAndWatch(page, USER);
+    const { text: reply } = await sendAndWatch(page, USER, 120_000);
     const id = await page.evaluate(() => localStorage.getItem('lazy-edge.session'));
     expect(id).toMatch(/^sess_[0-9a-f]{32}$/);
     expect(await page.textContent('#sessioninfo')).toContain(id!);
@@ -217,8 +188,8 @@ describe('[spawns the local server and Chromium] the playground page', () => {
     expect(await page.inputValue('#system')).toBe(SYSTEM);
 
     // The second turn continues the stored session: the server reuses the cached history.
-    const second = await sendAndWatch(page, 'Tom looked under the bed.');
-    expect(second.reply.length).toBeGreaterThan(0);
+    const second = await sendAndWatch(page, 'Tom looked under the bed.', 120_000);
+    expect(second.text.length).toBeGreaterThan(0);
     const grid = page.locator('#grid');
     const stored = (await (await fetch(`${server.base}/v1/sessions/${id}`)).json()) as {
       messages: unknown[];
