@@ -409,15 +409,14 @@ export async function acquirePoolChain(env: Env, config: ModelConfig, prefix?: n
   const embed = frontEmbed(env);
   const frontEmbeds = embed !== undefined;
   for (const c of chainOrder(C, prefix)) {
-    const names = poolNames(c, G, H);
-    const stubs = connect(env, names);
+    const chain = new Chain(env, poolNames(c, G, H), lease, config, c, H, embed, stepTokens);
+    const { stubs } = chain;
     const taking = { groups: G, heads: H, frontEmbeds, lease, ...(prefix ? { prefix } : {}) };
     const head = await stubs[0].acquire({ ...taking, group: 0, exclusive: true });
     if (!head.ok) {
       if (head.error.code === 'chain_busy') continue;
       throw new Refusal(head);
     }
-    const chain = new Chain(env, names, lease, config, c, H, embed, stepTokens);
     chain.stopHolding = holdObjects(stubs, () => chain.lastUse);
     try {
       let held = head.held;
