@@ -11,7 +11,6 @@ import { beforeAll, describe, expect, it } from 'vitest';
 import { locateServedGguf } from '../../scripts/lib/served-model.js';
 import { sourceFromGguf } from '../../scripts/lib/shard-tasks.js';
 import { initNodeRuntime } from '../../scripts/lib/node-env.js';
-import { argmax, logSoftmax } from '../../src/engine/logits.js';
 import { loadModel, type LoadedModel } from '../../src/engine/model.js';
 import { parseGgufKernels } from '../../src/model/quant.js';
 import { createGraphSession } from '../../src/runtime/onnx-runtime.js';
@@ -19,14 +18,7 @@ import { buildGgufShards } from '../../src/shards/build-shards.js';
 import { int8Row2Linear, int8RowLinear, int8RowOutlierLinear } from '../../src/shards/int8-rows.js';
 import type { LinearEmitter } from '../../src/shards/layer-graphs.js';
 import { GraphBuilder } from '../../src/shards/onnx-builder.js';
-import {
-  bucketKl,
-  fixture,
-  greedyChatReplies,
-  logitsAt,
-  type ChatFixture,
-  type LogitsFixture,
-} from '../support/smollm2.js';
+import { type ChatFixture, compareLogits, fixture, greedyChatReplies, type LogitsFixture } from '../support/smollm2.js';
 
 beforeAll(() => initNodeRuntime());
 
@@ -160,14 +152,11 @@ for (const kernel of ['attn=row2,ffn=row2,head=row2', 'attn=rowx,ffn=rowx,head=r
     for (const name of ['p512', 'p2048']) {
       it(`${name}: mean KL <= 0.005`, async () => {
         const p = exact.prompts.find((x) => x.name === name)!;
-        const ours = (await logitsAt(model, p.ids, p.positions)).map(logSoftmax);
-        const kls = ours.map((lp, i) => bucketKl(p.top_ids[i], p.top_logprobs[i], lp));
-        const mean = kls.reduce((a, b) => a + b, 0) / kls.length;
-        const top1 = ours.filter((lp, i) => argmax(lp) === p.top_ids[i][0]).length;
+        const c = await compareLogits(model, p);
         console.log(
-          `[${kernel} vs exact] ${name}: mean KL ${mean.toExponential(2)}, max ${Math.max(...kls).toExponential(2)}, top-1 ${top1}/${ours.length}`,
+          `[${kernel} vs exact] ${name}: mean KL ${c.mean.toExponential(2)}, max ${c.max.toExponential(2)}, top-1 ${c.top1}/${c.kls.length}`,
         );
-        expect(mean).toBeLessThanOrEqual(0.005);
+        expect(c.mean).toBeLessThanOrEqual(0.005);
       }, 600_000);
     }
 

@@ -5,21 +5,13 @@
  * computes the same weights, only decoded on every run instead of once at session creation.
  */
 import { beforeAll, describe, expect, it } from 'vitest';
-import { argmax, logSoftmax } from '../../src/engine/logits.js';
 import { loadModel, type LoadedModel } from '../../src/engine/model.js';
 import { parseGgufKernels } from '../../src/model/quant.js';
 import { buildGgufShards } from '../../src/shards/build-shards.js';
 import { initNodeRuntime } from '../../scripts/lib/node-env.js';
 import { locateServedGguf } from '../../scripts/lib/served-model.js';
 import { sourceFromGguf } from '../../scripts/lib/shard-tasks.js';
-import {
-  bucketKl,
-  fixture,
-  greedyChatReplies,
-  logitsAt,
-  type ChatFixture,
-  type LogitsFixture,
-} from '../support/smollm2.js';
+import { type ChatFixture, compareLogits, fixture, greedyChatReplies, type LogitsFixture } from '../support/smollm2.js';
 
 const KERNEL = 'attn=nbits-zp,ffn=nbits-zp,head=nbits8';
 const exact = fixture<LogitsFixture>('logits-exact.json');
@@ -42,16 +34,12 @@ describe(`SmolLM2 with ${KERNEL} against the exact-weights references`, () => {
   for (const name of ['p512', 'p2048']) {
     it(`${name}: mean KL <= 1e-4 (the f32 build's bound), same top-1 wherever the reference's top-2 margin exceeds 0.1`, async () => {
       const p = exact.prompts.find((x) => x.name === name)!;
-      const ours = (await logitsAt(model, p.ids, p.positions)).map(logSoftmax);
-      const kls = ours.map((lp, i) => bucketKl(p.top_ids[i], p.top_logprobs[i], lp));
-      const mean = kls.reduce((a, b) => a + b, 0) / kls.length;
-      const clear = p.positions.map((_, i) => i).filter((i) => p.margin[i] > 0.1);
-      const disagree = clear.filter((i) => argmax(ours[i]) !== p.top_ids[i][0]);
+      const c = await compareLogits(model, p);
       console.log(
-        `[${KERNEL} vs exact] ${name}: mean KL ${mean.toExponential(2)}, max ${Math.max(...kls).toExponential(2)}, top-1 ${ours.filter((lp, i) => argmax(lp) === p.top_ids[i][0]).length}/${ours.length}`,
+        `[${KERNEL} vs exact] ${name}: mean KL ${c.mean.toExponential(2)}, max ${c.max.toExponential(2)}, top-1 ${c.top1}/${c.kls.length}`,
       );
-      expect(mean).toBeLessThanOrEqual(1e-4);
-      expect(disagree.map((i) => p.positions[i])).toEqual([]);
+      expect(c.mean).toBeLessThanOrEqual(1e-4);
+      expect(c.clearDisagreements).toEqual([]);
     }, 600_000);
   }
 

@@ -9,14 +9,13 @@ import { beforeAll, describe, expect, it } from 'vitest';
 import type { LoadedModel } from '../../src/engine/model.js';
 import { encodePrompt } from '../../src/model/text-tokenizer.js';
 import { renderChat } from '../../src/model/chat-prompt.js';
-import { argmax, logSoftmax } from '../../src/engine/logits.js';
+import { argmax } from '../../src/engine/logits.js';
 import {
-  bucketKl,
+  type ChatFixture,
+  compareLogits,
   fixture,
   greedyChatReplies,
   loadSmolLM2,
-  logitsAt,
-  type ChatFixture,
   type LogitsFixture,
 } from '../support/smollm2.js';
 
@@ -32,16 +31,13 @@ beforeAll(async () => {
 describe('SmolLM2 logits against the exact-weights reference', () => {
   for (const p of exact.prompts) {
     it(`${p.name}: mean KL <= 1e-4, same top-1 wherever the reference's top-2 margin exceeds 0.1`, async () => {
-      const ours = (await logitsAt(model, p.ids, p.positions)).map(logSoftmax);
-      const kls = ours.map((lp, i) => bucketKl(p.top_ids[i], p.top_logprobs[i], lp));
-      const mean = kls.reduce((a, b) => a + b, 0) / kls.length;
-      const clear = p.positions.map((_, i) => i).filter((i) => p.margin[i] > 0.1);
-      const disagree = clear.filter((i) => argmax(ours[i]) !== p.top_ids[i][0]);
+      const c = await compareLogits(model, p);
+      const { mean } = c;
       console.log(
-        `[smollm2 vs exact] ${p.name}: ${p.positions.length} positions, mean KL ${mean.toExponential(2)}, max ${Math.max(...kls).toExponential(2)}, top-1 agreement ${ours.filter((lp, i) => argmax(lp) === p.top_ids[i][0]).length}/${ours.length}`,
+        `[smollm2 vs exact] ${p.name}: ${p.positions.length} positions, mean KL ${mean.toExponential(2)}, max ${c.max.toExponential(2)}, top-1 agreement ${c.top1}/${c.kls.length}`,
       );
       expect(mean).toBeLessThanOrEqual(1e-4);
-      expect(disagree.map((i) => p.positions[i])).toEqual([]);
+      expect(c.clearDisagreements).toEqual([]);
     });
   }
 });
@@ -50,10 +46,9 @@ describe('SmolLM2 logits against llama.cpp', () => {
   for (const p of llamacpp.prompts.filter((x) => llamacpp.vs_exact?.[x.name])) {
     it(`${p.name}: as close to llama.cpp as llama.cpp is to the exact weights`, async () => {
       const ref = llamacpp.vs_exact![p.name];
-      const ours = (await logitsAt(model, p.ids, p.positions)).map(logSoftmax);
-      const kls = ours.map((lp, i) => bucketKl(p.top_ids[i], p.top_logprobs[i], lp));
-      const mean = kls.reduce((a, b) => a + b, 0) / kls.length;
-      const agree = ours.filter((lp, i) => argmax(lp) === p.top_ids[i][0]).length / ours.length;
+      const c = await compareLogits(model, p);
+      const { mean } = c;
+      const agree = c.top1 / c.kls.length;
       console.log(
         `[smollm2 vs llama.cpp] ${p.name}: mean KL ${mean.toFixed(5)} (llama.cpp vs exact ${ref.mean_kl}), argmax agreement ${(100 * agree).toFixed(1)}% (llama.cpp vs exact ${(100 * ref.argmax_agreement).toFixed(1)}%)`,
       );

@@ -6,6 +6,7 @@ import { servedShardsDir } from '../../scripts/lib/served-model.js';
 import { DEFAULT_FILLER } from '../../scripts/quality/tasks.js';
 import { SequenceState } from '../../src/engine/caches.js';
 import { generate } from '../../src/engine/generate.js';
+import { argmax, logSoftmax } from '../../src/engine/logits.js';
 import type { LoadedModel } from '../../src/engine/model.js';
 import { runStep } from '../../src/engine/step.js';
 
@@ -84,6 +85,31 @@ export function bucketKl(refIds: number[], refLogprobs: number[], ours: Float64A
   const qRest = Math.max(1e-300, 1 - qTop);
   if (pRest > 0) kl += pRest * (Math.log(pRest) - Math.log(qRest));
   return Math.max(0, kl);
+}
+
+/** How `m`'s dense logits at a reference prompt's positions compare with the reference's stored top-k. */
+export interface LogitsComparison {
+  /** bucketKl at each position, and their mean and largest */
+  kls: number[];
+  mean: number;
+  max: number;
+  /** positions where `m`'s argmax is the reference's top-1 */
+  top1: number;
+  /** the prompt positions where the reference's top-2 margin exceeds 0.1 and `m`'s argmax differs */
+  clearDisagreements: number[];
+}
+
+export async function compareLogits(m: LoadedModel, p: LogitsPrompt): Promise<LogitsComparison> {
+  const ours = (await logitsAt(m, p.ids, p.positions)).map(logSoftmax);
+  const kls = ours.map((lp, i) => bucketKl(p.top_ids[i], p.top_logprobs[i], lp));
+  const agrees = ours.map((lp, i) => argmax(lp) === p.top_ids[i][0]);
+  return {
+    kls,
+    mean: kls.reduce((a, b) => a + b, 0) / kls.length,
+    max: Math.max(...kls),
+    top1: agrees.filter(Boolean).length,
+    clearDisagreements: p.positions.filter((_, i) => p.margin[i] > 0.1 && !agrees[i]),
+  };
 }
 
 /** Each reference chat prompt's greedy dense reply on `m`, beside the exact reference's ids (without the end id it stopped on, which generate() does not emit). */
